@@ -1,0 +1,124 @@
+"""`python3 -m dynamo.sglang`: one multi-node SGLang instance per group, Dynamo runtime on every rank."""
+
+from __future__ import annotations
+
+from launcher.engines import args as A
+from launcher.engines.base import Engine, GroupContext, component_for, dynamo_env
+from launcher.model import Probe
+
+# Flags the launcher owns per rank: a hand-written value would be wrong on every other node.
+MANAGED = ("--dist-init-addr", "--nccl-init-addr", "--nnodes", "--node-rank")
+
+
+class DynamoSGLang(Engine):
+    name = "dynamo-sglang"
+    module = ("python3", "-m", "dynamo.sglang")
+
+    def validate(self, group: GroupContext) -> list[str]:
+        argv = group.argv
+        for flag in MANAGED:
+            if A.has(argv, flag):
+                raise group.error("args", f"{flag} is set by the launcher for each rank; remove it")
+        mode = A.value(argv, "--disaggregation-mode")
+        if mode is not None and group.mode != "agg" and mode != group.mode:
+            raise group.error("args", f"--disaggregation-mode {mode} contradicts the group's mode {group.mode}")
+        gpus = group.nnodes * len(group.gpus)
+        tp = self._int(group, "--tp-size", "--tensor-parallel-size")
+        if tp is not None and tp != gpus:
+            raise group.error(
+                "args",
+                f"--tp-size {tp} does not match {group.nnodes} node(s) x {len(group.gpus)} GPU(s) = {gpus};"
+                f" SGLang's --tp-size is the instance's global GPU count",
+            )
+        tp = tp or gpus
+        dp = self._int(group, "--dp-size", "--data-parallel-size")
+        if dp is not None and (dp < 1 or tp % dp):
+            raise group.error("args", f"--dp-size {dp} must divide --tp-size {tp}")
+        dp_attention = A.has(argv, "--enable-dp-attention", "--attn-dp-size")
+        if dp is not None and dp > 1 and group.nnodes > 1 and not dp_attention:
+            raise group.error(
+                "args",
+                "multi-node --dp-size > 1 needs DP attention (--enable-dp-attention); SGLang refuses it otherwise",
+            )
+        return []
+
+    @staticmethod
+    def _int(group: GroupContext, *names: str) -> int | None:
+        raw = A.value(group.argv, *names)
+        if raw is None:
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise group.error("args", f"{names[0]} expects a whole number, got {raw!r}") from None
+
+    def bootstrap_port(self, group: GroupContext) -> int:
+        given = A.value(group.argv, "--disaggregation-bootstrap-port")
+        if given:
+            return int(given)
+        return group.spec.bootstrap_port or 8998
+
+    def command(self, group: GroupContext, rank: int) -> list[str]:
+        argv = list(group.argv)
+        head: list[str] = []
+        if group.model and not A.has(argv, "--model-path", "--model"):
+            head += ["--model-path", group.model.path]
+        if group.model and group.model.name and not A.has(argv, "--served-model-name"):
+            head += ["--served-model-name", group.model.name]
+        topo: list[str] = []
+        if group.mode != "agg" and not A.has(argv, "--disaggregation-mode"):
+            topo += ["--disaggregation-mode", group.mode]
+        if group.mode != "agg" and not A.has(argv, "--disaggregation-bootstrap-port"):
+            topo += ["--disaggregation-bootstrap-port", str(self.bootstrap_port(group))]
+        if group.nnodes > 1:
+            topo += [
+                "--dist-init-addr",
+                f"{group.leader.address}:{group.spec.dist_init_port}",
+                "--nnodes",
+                str(group.nnodes),
+                "--node-rank",
+                str(rank),
+            ]
+        if not A.has(argv, "--tp-size", "--tensor-parallel-size"):
+            topo += ["--tp-size", str(group.nnodes * len(group.gpus))]
+        return [*self.module, *head, *topo, *argv]
+
+    def env(self, group: GroupContext, rank: int) -> dict[str, str]:
+        node = group.nodes[rank]
+        env = dynamo_env(node.address, group.etcd_endpoint, group.nats_url)
+        # SGLang falls back to this when it advertises the bootstrap host.
+        env["SGLANG_HOST_IP"] = node.address
+        if rank == 0 and group.spec.system_port:
+            env["DYN_SYSTEM_PORT"] = str(group.spec.system_port)
+            env["DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"] = '["generate"]'
+        return env
+
+    def ports(self, group: GroupContext, rank: int) -> list[int]:
+        ports: list[int] = []
+        if group.nnodes > 1 and rank == 0:
+            # torch rendezvous, then the ZMQ ports SGLang derives from it on the dist-init host
+            ports += [group.spec.dist_init_port + i for i in range(6)]
+        if rank == 0 and group.mode == "prefill":
+            ports.append(self.bootstrap_port(group))
+        if rank == 0 and group.spec.system_port:
+            ports.append(group.spec.system_port)
+        return ports
+
+    def probe(self, group: GroupContext, rank: int) -> Probe:
+        if rank == 0 and group.spec.system_port:
+            url = f"http://{group.nodes[0].address}:{group.spec.system_port}/health"
+            return Probe(kind="http", url=url, expect={"status": "ready"})
+        # Ranks >= 1 serve nothing (Dynamo's non-leader nodes): alive is all we can know.
+        return Probe(kind="running")
+
+    def expected_instances(self, group: GroupContext) -> dict[str, int]:
+        # Only node-rank 0 registers `generate`: one instance per multi-node group.
+        return {component_for(group.mode): 1}
+
+    def summary(self, group: GroupContext) -> str:
+        tp = A.value(group.argv, "--tp-size", "--tensor-parallel-size") or str(group.nnodes * len(group.gpus))
+        dp = A.value(group.argv, "--dp-size", "--data-parallel-size")
+        return f"{group.nnodes} node(s) TP{tp}" + (f"/DP{dp}" if dp else "")
+
+
+ENGINE = DynamoSGLang()

@@ -1,0 +1,40 @@
+"""Errors the user can act on. Each renders as one line; the CLI maps them to exit codes."""
+
+from __future__ import annotations
+
+
+class LauncherError(Exception):
+    """Base for errors that are reported as one line without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(LauncherError):
+    """Bad input: names the file, the key path (and line when known) and what was expected."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None, line: int | None = None):
+        self.message = message
+        self.file = file
+        self.key = key
+        self.line = line
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = self.file or "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.key:
+            where += f": {self.key}"
+        return f"{where}: {self.message}"
+
+
+class ConfigErrors(LauncherError):
+    """Several independent problems found in one pass; each still one line."""
+
+    exit_code = 2
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = errors
+        super().__init__("\n".join(e.render() for e in errors))

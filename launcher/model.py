@@ -1,0 +1,133 @@
+"""The plan: which service runs on which node, with which argv, env, mounts, labels and probe.
+
+Pure data. Built by `launcher.plan.build`, rendered by `launcher.render`, acted on by the runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.config import ContainerSettings, SSHSettings
+
+LABEL = "launcher"  # label prefix: launcher.deployment, launcher.role, ...
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int
+    name: str
+    address: str
+    ssh: SSHSettings
+    gpus: int
+    ib_devices: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"node {self.index} ({self.name} {self.address})"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How to tell a service is up: its container runs, and (for http) a URL answers as expected."""
+
+    kind: str  # "running" | "http"
+    url: str | None = None
+    expect: dict[str, Any] | None = None  # JSON keys that must have these values
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "url": self.url, "expect": self.expect}
+
+
+@dataclass
+class Service:
+    deployment: str
+    service: str  # e.g. "etcd", "decode-r3"
+    role: str  # etcd | nats | frontend | prefill | decode | agg | router ...
+    node: Node
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    container: ContainerSettings
+    probe: Probe
+    timeout: float
+    group: str | None = None
+    rank: int | None = None
+    engine: str | None = None
+    secret_env: dict[str, str] = field(default_factory=dict)  # name -> value, never rendered
+    ports: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.deployment}-{self.service}"
+
+    @property
+    def tag(self) -> str:
+        """Short prefix for log lines: `node3 decode r2`."""
+        who = self.role if self.rank is None else f"{self.group} r{self.rank}"
+        return f"{self.node.name} {who}"
+
+    def spec_hash(self) -> str:
+        """Changes whenever anything that affects the running container changes (secrets by hash only)."""
+        body = {
+            "image": self.image,
+            "command": self.command,
+            "env": self.env,
+            "secrets": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in sorted(self.secret_env.items())},
+            "container": self.container.model_dump(),
+            "node": self.node.address,
+        }
+        return _digest(body)
+
+
+@dataclass
+class Group:
+    name: str
+    engine: str
+    mode: str
+    node_indices: list[int]
+    gpus: list[int]
+    # What the frontend must list before the group counts as ready: component -> instance count.
+    expected_instances: dict[str, int]
+    summary: str = ""
+
+
+@dataclass
+class Plan:
+    deployment: str
+    file: str
+    nodes: list[Node]
+    services: list[Service]
+    groups: list[Group]
+    state_dir: str
+    model_name: str | None = None
+    endpoint: str | None = None  # frontend URL on the head node
+    warnings: list[str] = field(default_factory=list)
+
+    def by_node(self, index: int) -> list[Service]:
+        return [s for s in self.services if s.node.index == index]
+
+    def group_hash(self, group: str) -> str:
+        return _digest(sorted(s.spec_hash() for s in self.services if s.group == group))
+
+    def labels(self, service: Service) -> dict[str, str]:
+        labels = {
+            f"{LABEL}.deployment": self.deployment,
+            f"{LABEL}.service": service.service,
+            f"{LABEL}.role": service.role,
+            f"{LABEL}.node": str(service.node.index),
+            f"{LABEL}.address": service.node.address,
+            f"{LABEL}.spec": service.spec_hash(),
+        }
+        if service.group is not None:
+            labels[f"{LABEL}.group"] = service.group
+            labels[f"{LABEL}.group-spec"] = self.group_hash(service.group)
+        if service.rank is not None:
+            labels[f"{LABEL}.rank"] = str(service.rank)
+        return labels
+
+
+def _digest(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
