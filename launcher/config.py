@@ -310,16 +310,21 @@ def validation_errors(
 ) -> ConfigErrors:
     found: list[ConfigError] = []
     seen: set[tuple[Any, ...]] = set()
-    for error in exc.errors():
+    # Unknown keys first: a misspelt key also makes its real name "missing", which says less.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    suggested: set[tuple[Any, ...]] = set()
+    for error in errors:
         loc = _clean_loc(tuple(error["loc"]))
-        if loc in seen:  # one line per key, even when several union branches failed
-            continue
+        if loc in seen or (error["type"] == "missing" and loc in suggested):
+            continue  # one line per key, even when several union branches failed
         seen.add(loc)
         if error["type"] == "extra_forbidden":
             owner = _model_at(model, loc)
             names = sorted(owner.model_fields) if owner else []
             close = difflib.get_close_matches(str(loc[-1]), names, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(names)}"
+            if close:
+                suggested.add(loc[:-1] + (close[0],))
             message = f"unknown key: {hint}"
         else:
             message = _expected(error)

@@ -182,7 +182,7 @@ def build(loaded: Loaded) -> Plan:
     if svc.frontend.enabled:
         node = find_node(nodes, svc.frontend.node, loaded, ("services", "frontend", "node"))
         try:
-            command = services.frontend_command(svc.frontend)
+            command = services.frontend_command(svc.frontend, node)
         except ValueError as exc:
             raise ConfigError(
                 str(exc),

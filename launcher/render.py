@@ -139,12 +139,11 @@ def to_text(plan: Plan, verbose: bool = False) -> str:
         for s in here:
             who = s.role if s.rank is None else f"{s.group} r{s.rank}"
             lines.append(f"  {who:<14} {redact(shell(s.command))}")
+            env = " ".join(f"{k}={shlex.quote(v)}" for k, v in s.env.items())
+            secret = " ".join(f"{k}={REDACTED}" for k in s.secret_env)
+            lines.append(f"  {'':<14} env: {redact(' '.join(x for x in (env, secret) if x))}")
             if verbose:
                 lines.append(f"  {'':<14} {redact(shell(docker_run(plan, s)))}")
-            else:
-                env = " ".join(f"{k}={shlex.quote(v)}" for k, v in s.env.items())
-                secret = " ".join(f"{k}={REDACTED}" for k in s.secret_env)
-                lines.append(f"  {'':<14} env: {redact(' '.join(x for x in (env, secret) if x))}")
     for warning in plan.warnings:
         lines.append(f"warning: {redact(warning)}")
     return "\n".join(lines)

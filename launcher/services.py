@@ -66,18 +66,16 @@ def nats_probe(spec: NatsSpec, node: Node) -> Probe:
     return Probe(kind="http", url=f"http://{node.address}:{spec.monitor_port}/healthz", expect={"status": "ok"})
 
 
-def frontend_command(spec: FrontendSpec) -> list[str]:
+def frontend_command(spec: FrontendSpec, node: Node) -> list[str]:
     argv = A.normalize(spec.args)
     node_free = [f for f in ("--http-host", "--http-port") if A.has(argv, f)]
     if node_free:
         raise ValueError(f"{node_free[0]} is set from services.frontend.port; remove it from args")
-    return ["python3", "-m", "dynamo.frontend", "--http-port", str(spec.port), *argv]
+    return ["python3", "-m", "dynamo.frontend", "--http-host", bind_host(node), "--http-port", str(spec.port), *argv]
 
 
 def frontend_env(spec: FrontendSpec, node: Node, etcd: str | None, nats: str | None) -> dict[str, str]:
-    env = dynamo_env(node.address, etcd, nats)
-    env["DYN_HTTP_HOST"] = bind_host(node)
-    return env
+    return dynamo_env(node.address, etcd, nats)
 
 
 def frontend_probe(spec: FrontendSpec, node: Node) -> Probe:

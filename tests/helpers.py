@@ -1,0 +1,55 @@
+"""Small helpers shared by the unit tests (no servers)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from launcher import cli
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+MINIMAL = """\
+deployment: demo
+image: example/image:1
+gpus_per_node: 8
+nodes:
+  - {address: 10.9.0.1}
+  - {address: 10.9.0.2}
+  - {address: 10.9.0.3}
+  - {address: 10.9.0.4}
+groups:
+  prefill:
+    engine: dynamo-sglang
+    nodes: 2
+    args: {tp-size: 16, dp-size: 16, enable-dp-attention: true}
+  decode:
+    engine: dynamo-sglang
+    nodes: 2
+    args: {tp-size: 16}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "deploy.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the real CLI entry point in-process; return (exit code, stdout, stderr)."""
+    old = sys.argv
+    sys.argv = ["launcher", *args]
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -1,0 +1,217 @@
+"""The plan of the shipped configs: topology, ranks, addresses, the JSON contract."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from launcher import config, plan, render
+from launcher.engines import args as A
+from tests.helpers import CONFIGS, MINIMAL, REPO, run_cli, write
+
+INVENTORY_32 = REPO / "tests" / "data" / "inventory-32.yaml"
+GOLDEN = REPO / "tests" / "golden"
+
+# Every shipped config, with the inventory it needs (None: its nodes are in the file).
+SHIPPED = {
+    "dsr1-104gpu.yaml": None,
+    "testbed-104.yaml": INVENTORY_32,
+    "testbed-small.yaml": INVENTORY_32,
+}
+
+
+def build(name: str, inventory: Path | None = None, environ: dict[str, str] | None = None):
+    return plan.build(config.load(CONFIGS / name, inventory, environ=environ or {}))
+
+
+def test_every_config_is_covered():
+    assert set(SHIPPED) == {p.name for p in CONFIGS.glob("*.yaml")}, "add new configs to SHIPPED"
+
+
+@pytest.fixture(scope="module")
+def dsr1():
+    return build("dsr1-104gpu.yaml")
+
+
+def test_dsr1_topology(dsr1):
+    assert len(dsr1.nodes) == 13
+    prefill = [s for s in dsr1.services if s.group == "prefill"]
+    decode = [s for s in dsr1.services if s.group == "decode"]
+    assert [s.node.index for s in prefill] == [0, 1, 2, 3]
+    assert [s.node.index for s in decode] == list(range(4, 13))
+    assert {s.role for s in dsr1.services if s.node.index == 0} == {"etcd", "nats", "frontend", "prefill"}
+    for group, leader, nnodes, tp in ((prefill, "192.0.2.10", 4, 32), (decode, "192.0.2.14", 9, 72)):
+        for rank, s in enumerate(group):
+            flags = A.flags(s.command)
+            assert s.command[:3] == ["python3", "-m", "dynamo.sglang"]
+            assert flags["--dist-init-addr"] == [f"{leader}:29500"]
+            assert flags["--nnodes"] == [str(nnodes)]
+            assert flags["--node-rank"] == [str(rank)]
+            assert flags["--tp-size"] == [str(tp)] and flags["--dp-size"] == [str(tp)]
+            assert flags["--disaggregation-mode"] == [s.role]
+            assert flags["--disaggregation-bootstrap-port"] == ["30001"]
+            assert s.env["ETCD_ENDPOINTS"] == "http://192.0.2.10:2379"
+            assert s.env["NATS_SERVER"] == "nats://192.0.2.10:4222"
+            assert s.env["DYN_TCP_RPC_HOST"] == s.node.address
+            assert s.rank == rank
+
+
+def test_dsr1_keeps_every_seed_flag_or_its_port(dsr1):
+    """Every flag of seed 004 is present, except the two renamed ones, which appear under their new names."""
+    seed = (REPO.parent / "shared" / "seeds" / "004_70099621d036eea2.txt").read_text()
+    blocks = [b.split("python3 -m dynamo.sglang", 1)[1].split("```")[0] for b in seed.split("```bash") if "python3 -m dynamo.sglang" in b]
+    assert len(blocks) == 2
+    renamed = {"--enable-deepep-moe": "--moe-a2a-backend", "--cuda-graph-bs": "--cuda-graph-bs-decode"}
+    for block, role in zip(blocks, ("prefill", "decode"), strict=True):
+        seed_flags = {tok for tok in block.replace("\\\n", " ").split() if tok.startswith("--")}
+        ours = A.flags(next(s for s in dsr1.services if s.role == role).command)
+        for flag in seed_flags:
+            assert renamed.get(flag, flag) in ours, f"{role}: {flag} missing"
+        assert "--enable-deepep-moe" not in ours and "--cuda-graph-bs" not in ours
+
+
+def test_expected_instances():
+    p = build("testbed-104.yaml", INVENTORY_32)
+    assert {g.name: g.expected_instances for g in p.groups} == {"prefill": {"prefill": 4}, "decode": {"backend": 9}}
+    d = build("dsr1-104gpu.yaml")
+    assert {g.name: g.expected_instances for g in d.groups} == {"prefill": {"prefill": 1}, "decode": {"backend": 1}}
+
+
+def test_labels_identify_every_container(dsr1):
+    names = set()
+    for s in dsr1.services:
+        labels = dsr1.labels(s)
+        assert labels["launcher.deployment"] == "dsr1-104gpu"
+        assert labels["launcher.role"] == s.role
+        assert labels["launcher.node"] == str(s.node.index)
+        assert len(labels["launcher.spec"]) == 16
+        if s.rank is not None:
+            assert labels["launcher.rank"] == str(s.rank)
+        names.add(s.name)
+    assert len(names) == len(dsr1.services)
+
+
+def test_spec_hash_changes_only_the_edited_group(tmp_path):
+    before = plan.build(config.load(write(tmp_path, MINIMAL), environ={}))
+    after = plan.build(config.load(write(tmp_path, MINIMAL.replace("{tp-size: 16}", "{tp-size: 16, page-size: 1}"), "b.yaml"), environ={}))
+
+    def hashes(p):
+        return {s.service: p.labels(s)["launcher.spec"] for s in p.services}
+
+    h1, h2 = hashes(before), hashes(after)
+    changed = {k for k in h1 if h1[k] != h2[k]}
+    assert changed == {"decode-r0", "decode-r1"}
+    assert before.group_hash("prefill") == after.group_hash("prefill")
+    assert before.group_hash("decode") != after.group_hash("decode")
+
+
+def test_inventory_vars_and_env_interpolation(tmp_path, monkeypatch):
+    p = build("testbed-small.yaml", INVENTORY_32)
+    assert p.services[0].image == "launcher-testbed:latest"
+    assert "/repo/models/tiny:/model:ro" in p.services[0].container.volumes
+    # the environment wins over the inventory's vars
+    p2 = build("testbed-small.yaml", INVENTORY_32, environ={"TESTBED_IMAGE": "other:2"})
+    assert p2.services[0].image == "other:2"
+
+
+def test_dotenv_beside_the_file(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("example/image:1", "${IMG:-fallback:1}"))
+    assert plan.build(config.load(path, environ={})).services[0].image == "fallback:1"
+    (tmp_path / ".env").write_text("IMG=from-dotenv:3\n")
+    assert plan.build(config.load(path, environ={})).services[0].image == "from-dotenv:3"
+    assert plan.build(config.load(path, environ={"IMG": "from-env:4"})).services[0].image == "from-env:4"
+
+
+def test_secrets_are_redacted_everywhere(tmp_path, capsys):
+    token = "hf_SeCrEt_value_123"
+    path = write(tmp_path, MINIMAL + "secrets: [HF_TOKEN]\ncontainer:\n  env: {OTHER_API_KEY: 'k-${HF_TOKEN}'}\n")
+    (tmp_path / ".env").write_text(f"HF_TOKEN={token}\n")
+    p = plan.build(config.load(path, environ={}))
+    worker = next(s for s in p.services if s.group == "decode")
+    assert worker.secret_env["HF_TOKEN"] == token
+    assert "OTHER_API_KEY" in worker.secret_env and "HF_TOKEN" not in worker.env
+    etcd = next(s for s in p.services if s.role == "etcd")
+    assert "HF_TOKEN" not in etcd.secret_env
+    for fmt in ("text", "json", "script"):
+        code, out, err = run_cli(["plan", str(path), "--format", fmt, "-v"], capsys)
+        assert code == 0, err
+        assert token not in out and token not in err
+        assert "HF_TOKEN" in out
+    docker = render.docker_run(p, worker)
+    assert not any(token in a for a in docker)
+    assert "--env-file" in docker
+
+
+def test_json_contract(capsys):
+    code, out, err = run_cli(["plan", str(CONFIGS / "dsr1-104gpu.yaml"), "--format", "json"], capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert isinstance(data["deployment"], str)
+    assert [n["index"] for n in data["nodes"]] == list(range(13))
+    for node in data["nodes"]:
+        assert isinstance(node["address"], str) and isinstance(node["name"], str)
+    roles = {"etcd", "nats", "frontend", "prefill", "decode"}
+    for s in data["services"]:
+        assert isinstance(s["name"], str) and s["role"] in roles
+        assert isinstance(s["node_index"], int)
+        assert s["rank"] is None or isinstance(s["rank"], int)
+        assert isinstance(s["image"], str)
+        assert all(isinstance(a, str) for a in s["command"])
+        assert s["docker_run"][:2] == ["docker", "run"] and s["docker_run"][-len(s["command"]) :] == s["command"]
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in s["env"].items())
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in s["labels"].items())
+
+
+def test_text_shows_all_nodes(capsys):
+    code, out, err = run_cli(["plan", str(CONFIGS / "dsr1-104gpu.yaml")], capsys)
+    assert code == 0
+    for i in range(13):
+        assert f"\nnode {i}  h100-{i:02d}  192.0.2.{10 + i}" in out
+
+
+def test_script_format_writes_one_runnable_script_per_node(tmp_path, capsys):
+    code, out, err = run_cli(["plan", str(CONFIGS / "dsr1-104gpu.yaml"), "-f", "script", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    scripts = sorted(tmp_path.glob("*.sh"))
+    assert len(scripts) == 13
+    import subprocess
+
+    for script in scripts:
+        assert os.access(script, os.X_OK)
+        subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_golden_plan(name):
+    """The whole JSON plan of each shipped config; refresh with UPDATE_GOLDEN=1 after a deliberate change."""
+    inv = SHIPPED[name]
+    data = render.to_json(build(name, inv))
+    data["file"] = f"configs/{name}"
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    golden = GOLDEN / name.replace(".yaml", ".json")
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert golden.exists(), f"run UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == golden.read_text(), f"plan of {name} changed; review the diff and refresh with UPDATE_GOLDEN=1"
+
+
+def test_gpu_split_groups_share_a_node(tmp_path):
+    text = """\
+    deployment: split
+    image: x:1
+    nodes: [{address: 10.9.0.1}]
+    groups:
+      decode-a: {engine: dynamo-sglang, mode: decode, nodes: [0], gpus: [0, 1, 2, 3], dist_init_port: 29500,
+                 bootstrap_port: 30001}
+      decode-b: {engine: dynamo-sglang, mode: decode, nodes: [0], gpus: [4, 5, 6, 7], dist_init_port: 29600,
+                 bootstrap_port: 30002}
+    """
+    p = plan.build(config.load(write(tmp_path, text), environ={}))
+    a, b = (s for s in p.services if s.group)
+    assert a.container.gpus == "0,1,2,3" and b.container.gpus == "4,5,6,7"
+    assert '"device=0,1,2,3"' in render.docker_run(p, a)
+    assert A.flags(a.command)["--tp-size"] == ["4"]
