@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from launcher import __version__
-from launcher.errors import LauncherError
+from launcher.errors import ConfigError, LauncherError
 
 app = typer.Typer(
     add_completion=False,
@@ -28,6 +28,11 @@ InventoryOpt = Annotated[
     Path | None,
     typer.Option("-i", "--inventory", help="Inventory file with the nodes and SSH settings (like Ansible's)."),
 ]
+
+
+class HostKeyPolicy(str, Enum):
+    strict = "strict"
+    accept_new = "accept-new"
 
 
 class Format(str, Enum):
@@ -78,6 +83,299 @@ def plan(
             out.print(f"wrote {len(p.nodes)} scripts to {out_dir}")
     else:
         out.print(render.to_text(p, verbose=verbose), markup=False)
+
+
+ConfigArg = Annotated[
+    Path | None,
+    typer.Argument(help="Deployment file. Default: -c, $LAUNCHER_CONFIG, or the last `up` in this directory."),
+]
+ConfigOpt = Annotated[Path | None, typer.Option("-c", "--config", help="Deployment file (same as the argument).")]
+ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=512, help="How many nodes to work on at once.")]
+TimeoutOpt = Annotated[float, typer.Option("--connect-timeout", min=0.5, help="SSH connect timeout, seconds.")]
+HostKeyOpt = Annotated[
+    HostKeyPolicy, typer.Option("--host-key-policy", help="strict: known_hosts only; accept-new: remember new hosts.")
+]
+LAST = Path(".launcher") / "last.json"
+
+
+def resolve(config: Path | None, config_opt: Path | None, inventory: Path | None) -> tuple[Path, Path | None]:
+    """The deployment a command acts on: argument, -c, $LAUNCHER_CONFIG, then the last `up` here."""
+    chosen = (
+        config or config_opt or (Path(os.environ["LAUNCHER_CONFIG"]) if os.environ.get("LAUNCHER_CONFIG") else None)
+    )
+    inv = inventory or _env_inventory()
+    if chosen is None and LAST.exists():
+        last = json.loads(LAST.read_text())
+        chosen = Path(last["config"])
+        if inv is None and last.get("inventory"):
+            inv = Path(last["inventory"])
+    if chosen is None:
+        raise ConfigError("no deployment given: pass CONFIG, -c FILE or set LAUNCHER_CONFIG (or run `up` here first)")
+    return chosen, inv
+
+
+def remember(config: Path, inventory: Path | None) -> None:
+    LAST.parent.mkdir(exist_ok=True)
+    LAST.write_text(
+        json.dumps({"config": str(config.resolve()), "inventory": str(inventory.resolve()) if inventory else None})
+    )
+
+
+def fleet_for(p, parallel: int, connect_timeout: float, host_key_policy: HostKeyPolicy):
+    from launcher.transport import Fleet, Options
+
+    return Fleet(
+        p.nodes, Options(parallel=parallel, connect_timeout=connect_timeout, host_key_policy=host_key_policy.value)
+    )
+
+
+@app.command()
+def up(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = 10.0,
+    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+) -> None:
+    """Start the deployment on every node, wait until it answers, and print the endpoint.
+
+    Re-running converges: unchanged services are kept, a changed group is recreated whole, services no
+    longer in the file are removed."""
+    from launcher import readiness
+    from launcher import up as upmod
+    from launcher.progress import Progress
+
+    path, inv = resolve(config, config_opt, inventory)
+    p = load_plan(path, inv)
+    remember(path, inv)
+    progress = Progress(err)
+    command = "launcher up " + " ".join(sys.argv[2:])
+    with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
+        try:
+            changes = upmod.up(p, fleet, progress, command=command)
+        except KeyboardInterrupt:
+            err.print(
+                f"interrupted: containers already started stay up. See them with `launcher status`; remove them all"
+                f" with `launcher down -c {path}`.",
+                markup=False,
+            )
+            raise typer.Exit(130) from None
+    state = "unchanged" if changes.unchanged else f"{len(changes.create)} service(s) (re)created"
+    out.print(f"ready: {p.deployment} on {len(p.nodes)} node(s), {state}", markup=False)
+    if p.endpoint:
+        out.print(f"endpoint: {p.endpoint}  model: {p.model_name}", markup=False)
+        out.print(readiness.curl_command(p.endpoint, p.model_name), markup=False, soft_wrap=True)
+
+
+@app.command()
+def status(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = 10.0,
+    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+) -> None:
+    """Every service on every node, read from the nodes' labels. Exit 1 if anything is down."""
+    from rich.table import Table
+
+    from launcher import ops
+
+    path, inv = resolve(config, config_opt, inventory)
+    p = load_plan(path, inv)
+    with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
+        rows, unreachable, frontend = ops.status(p, fleet)
+    down = [r for r in rows if r.state != "running"] or unreachable
+    if as_json:
+        data = {
+            "deployment": p.deployment,
+            "endpoint": p.endpoint,
+            "frontend": frontend,
+            "ok": not down,
+            "unreachable": {str(i): why for i, why in unreachable.items()},
+            "services": [r.to_json() for r in rows],
+        }
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        table = Table(box=None, pad_edge=False)
+        for col in ("node", "address", "service", "role", "rank", "state", "uptime", "restarts", "health"):
+            table.add_column(col)
+        for r in rows:
+            style = "green" if r.state == "running" else "red"
+            table.add_row(
+                f"{r.node.index} {r.node.name}",
+                r.node.address,
+                r.service,
+                r.role,
+                "-" if r.rank is None else str(r.rank),
+                f"[{style}]{r.state}[/]",
+                ops.format_uptime(r.uptime),
+                str(r.restarts),
+                r.health,
+            )
+        out.print(table)
+        for i, why in sorted(unreachable.items()):
+            out.print(f"[red]{p.nodes[i].label}: unreachable: {why}[/]")
+        if p.endpoint:
+            inst = frontend.get("instances", {})
+            exp = frontend.get("expected_instances", {})
+            seen = ", ".join(f"{c} {inst.get(c, 0)}/{n}" for c, n in exp.items())
+            out.print(f"endpoint {p.endpoint}  model {p.model_name}  workers registered: {seen}", markup=False)
+    if down:
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    node: Annotated[str | None, typer.Option("--node", "-n", help="Node index, name or address.")] = None,
+    role: Annotated[str | None, typer.Option("--role", "-r", help="Role or group (etcd, frontend, decode...).")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", help="With --role: one rank of the group.")] = None,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep streaming until Ctrl-C.")] = False,
+    tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines of each container.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Since a time or duration (10m, 2026-11-24T10:00).")
+    ] = None,
+    grep: Annotated[str | None, typer.Option("--grep", help="Only lines matching this regular expression.")] = None,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = 10.0,
+    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+) -> None:
+    """Logs of the selected containers, each line prefixed with node, role and rank."""
+    import re as _re
+
+    from launcher import ops
+
+    if node is None and role is None:
+        raise ConfigError("choose what to show: --node I, or --role R [--rank K]", key="logs")
+    if grep:
+        try:
+            _re.compile(grep)
+        except _re.error as exc:
+            raise ConfigError(f"not a regular expression: {exc}", key="--grep") from None
+    path, inv = resolve(config, config_opt, inventory)
+    p = load_plan(path, inv)
+    with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
+        chosen, failed = ops.select_containers(p, fleet, node, role, rank)
+        for i, why in failed.items():
+            err.print(f"{p.nodes[i].label}: {why}", markup=False)
+        if not chosen:
+            err.print("no container matches", markup=False)
+            raise typer.Exit(1)
+        try:
+            failed.update(
+                ops.stream_logs(
+                    p, fleet, chosen, out, follow=follow, tail=tail, since=since, grep=grep, with_prefix=True
+                )
+            )
+        except KeyboardInterrupt:
+            raise typer.Exit(0) from None
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("exec")
+def exec_(
+    command: Annotated[list[str], typer.Argument(help="Command to run on the hosts (after --).")],
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    node: Annotated[str | None, typer.Option("--node", "-n", help="Node index, name or address.")] = None,
+    role: Annotated[str | None, typer.Option("--role", "-r", help="Every node running this role or group.")] = None,
+    all_nodes: Annotated[bool, typer.Option("--all", help="Every node of the deployment.")] = False,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = 10.0,
+    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+) -> None:
+    """Run a command on the nodes' hosts in parallel; output grouped per node; exit code the worst one."""
+    from launcher import ops
+
+    if sum(x is not None and x is not False for x in (node, role, all_nodes or None)) != 1:
+        raise ConfigError("choose exactly one of --node I, --role R or --all", key="exec")
+    path, inv = resolve(None, config_opt, inventory)
+    p = load_plan(path, inv)
+    if node is not None:
+        indices = [ops.select_nodes(p, node).index]
+    elif role is not None:
+        indices = sorted({s.node.index for s in p.services if role in (s.role, s.group, s.service)})
+        if not indices:
+            raise ConfigError(f"no service has role or group {role!r}", key="--role")
+    else:
+        indices = [n.index for n in p.nodes]
+    worst = 0
+    with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
+        results = ops.run_everywhere(p, fleet, indices, command)
+    for i in indices:
+        r = results[i]
+        out.print(f"[bold]== {p.nodes[i].label}[/]", highlight=False)
+        if isinstance(r, Exception):
+            out.print(f"[red]{r}[/]", highlight=False)
+            worst = max(worst, 255)
+            continue
+        if r.stdout:
+            out.print(r.stdout.rstrip("\n"), markup=False, highlight=False)
+        if r.stderr:
+            err.print(r.stderr.rstrip("\n"), markup=False, highlight=False)
+        if r.exit_code:
+            out.print(f"[red](exit {r.exit_code})[/]", highlight=False)
+        worst = max(worst, r.exit_code)
+    raise typer.Exit(worst)
+
+
+@app.command()
+def down(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = 10.0,
+    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+) -> None:
+    """Remove every container of the deployment on every node (found by label). Idempotent."""
+    from launcher import ops
+
+    path, inv = resolve(config, config_opt, inventory)
+    p = load_plan(path, inv)
+    with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
+        removed = ops.down(p, fleet, command="launcher down " + " ".join(sys.argv[2:]))
+    out.print(
+        f"down: removed {sum(removed.values())} container(s) of {p.deployment} on {len(removed)} node(s)", markup=False
+    )
+
+
+lock_app = typer.Typer(help="The deployment lock on the head node.", no_args_is_help=True)
+app.add_typer(lock_app, name="lock")
+
+
+@lock_app.command("status")
+def lock_status(config: ConfigArg = None, config_opt: ConfigOpt = None, inventory: InventoryOpt = None) -> None:
+    """Who holds the lock, if anyone."""
+    from launcher import lock as lockmod
+    from launcher.up import head_index
+
+    path, inv = resolve(config, config_opt, inventory)
+    p = load_plan(path, inv)
+    with fleet_for(p, 4, 10.0, HostKeyPolicy.strict) as fleet:
+        held = lockmod.status(fleet.host(head_index(p)), p.state_dir, p.deployment)
+    out.print(f"locked by {held.describe()}" if held else "not locked", markup=False)
+
+
+@lock_app.command("break")
+def lock_break(config: ConfigArg = None, config_opt: ConfigOpt = None, inventory: InventoryOpt = None) -> None:
+    """Remove the lock, whoever holds it (after making sure nobody is running up or down)."""
+    from launcher import lock as lockmod
+    from launcher.up import head_index
+
+    path, inv = resolve(config, config_opt, inventory)
+    p = load_plan(path, inv)
+    with fleet_for(p, 4, 10.0, HostKeyPolicy.strict) as fleet:
+        host = fleet.host(head_index(p))
+        held = lockmod.break_lock(host, p.state_dir, p.deployment)
+        lockmod.audit(host, p.state_dir, p.deployment, "lock broken" + (f" (was {held.describe()})" if held else ""))
+    out.print(f"lock removed (was held by {held.describe()})" if held else "no lock was held", markup=False)
 
 
 @app.command()

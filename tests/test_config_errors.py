@@ -41,7 +41,10 @@ def test_unknown_key_suggests_closest(tmp_path, capsys):
 
 
 def test_unknown_nested_key(tmp_path, capsys):
-    text = MINIMAL.replace("    engine: dynamo-sglang\n    nodes: 2\n    args: {tp-size: 16}", "    engine: dynamo-sglang\n    nodez: 2\n    args: {tp-size: 16}")
+    text = MINIMAL.replace(
+        "    engine: dynamo-sglang\n    nodes: 2\n    args: {tp-size: 16}",
+        "    engine: dynamo-sglang\n    nodez: 2\n    args: {tp-size: 16}",
+    )
     line = plan_error(tmp_path, capsys, text)
     assert "groups.decode.nodez" in line and "did you mean 'nodes'" in line
 
@@ -67,7 +70,11 @@ def test_dp_must_divide_tp(tmp_path, capsys):
 
 
 def test_more_nodes_than_inventory(tmp_path, capsys):
-    line = plan_error(tmp_path, capsys, MINIMAL.replace("    nodes: 2\n    args: {tp-size: 16}\n", "    nodes: 3\n    args: {tp-size: 24}\n"))
+    line = plan_error(
+        tmp_path,
+        capsys,
+        MINIMAL.replace("    nodes: 2\n    args: {tp-size: 16}\n", "    nodes: 3\n    args: {tp-size: 24}\n"),
+    )
     assert "groups.decode.nodes" in line and "asks for 3 node(s)" in line and "only 2 are free" in line
 
 
@@ -77,9 +84,9 @@ def test_same_address_twice(tmp_path, capsys):
 
 
 def test_node_in_two_groups(tmp_path, capsys):
-    text = MINIMAL.replace("    nodes: 2\n    args: {tp-size: 16, dp", "    nodes: [0, 1]\n    args: {tp-size: 16, dp").replace(
-        "    nodes: 2\n    args: {tp-size: 16}\n", "    nodes: [1, 2]\n    args: {tp-size: 16}\n"
-    )
+    text = MINIMAL.replace(
+        "    nodes: 2\n    args: {tp-size: 16, dp", "    nodes: [0, 1]\n    args: {tp-size: 16, dp"
+    ).replace("    nodes: 2\n    args: {tp-size: 16}\n", "    nodes: [1, 2]\n    args: {tp-size: 16}\n")
     line = plan_error(tmp_path, capsys, text)
     assert "groups.decode.nodes" in line and "node 1" in line and "in groups prefill and decode" in line
 
@@ -103,7 +110,14 @@ def test_secret_named_but_not_defined(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_engine(tmp_path, capsys):
-    line = plan_error(tmp_path, capsys, MINIMAL.replace("engine: dynamo-sglang\n    nodes: 2\n    args: {tp-size: 16}", "engine: dynamo-sglng\n    nodes: 2\n    args: {tp-size: 16}"))
+    line = plan_error(
+        tmp_path,
+        capsys,
+        MINIMAL.replace(
+            "engine: dynamo-sglang\n    nodes: 2\n    args: {tp-size: 16}",
+            "engine: dynamo-sglng\n    nodes: 2\n    args: {tp-size: 16}",
+        ),
+    )
     assert "groups.decode.engine" in line and "did you mean 'dynamo-sglang'" in line
 
 

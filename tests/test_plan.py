@@ -62,7 +62,11 @@ def test_dsr1_topology(dsr1):
 def test_dsr1_keeps_every_seed_flag_or_its_port(dsr1):
     """Every flag of seed 004 is present, except the two renamed ones, which appear under their new names."""
     seed = (REPO.parent / "shared" / "seeds" / "004_70099621d036eea2.txt").read_text()
-    blocks = [b.split("python3 -m dynamo.sglang", 1)[1].split("```")[0] for b in seed.split("```bash") if "python3 -m dynamo.sglang" in b]
+    blocks = [
+        b.split("python3 -m dynamo.sglang", 1)[1].split("```")[0]
+        for b in seed.split("```bash")
+        if "python3 -m dynamo.sglang" in b
+    ]
     assert len(blocks) == 2
     renamed = {"--enable-deepep-moe": "--moe-a2a-backend", "--cuda-graph-bs": "--cuda-graph-bs-decode"}
     for block, role in zip(blocks, ("prefill", "decode"), strict=True):
@@ -96,7 +100,11 @@ def test_labels_identify_every_container(dsr1):
 
 def test_spec_hash_changes_only_the_edited_group(tmp_path):
     before = plan.build(config.load(write(tmp_path, MINIMAL), environ={}))
-    after = plan.build(config.load(write(tmp_path, MINIMAL.replace("{tp-size: 16}", "{tp-size: 16, page-size: 1}"), "b.yaml"), environ={}))
+    after = plan.build(
+        config.load(
+            write(tmp_path, MINIMAL.replace("{tp-size: 16}", "{tp-size: 16, page-size: 1}"), "b.yaml"), environ={}
+        )
+    )
 
     def hashes(p):
         return {s.service: p.labels(s)["launcher.spec"] for s in p.services}
@@ -173,7 +181,9 @@ def test_text_shows_all_nodes(capsys):
 
 
 def test_script_format_writes_one_runnable_script_per_node(tmp_path, capsys):
-    code, out, err = run_cli(["plan", str(CONFIGS / "dsr1-104gpu.yaml"), "-f", "script", "--out", str(tmp_path)], capsys)
+    code, out, err = run_cli(
+        ["plan", str(CONFIGS / "dsr1-104gpu.yaml"), "-f", "script", "--out", str(tmp_path)], capsys
+    )
     assert code == 0, err
     scripts = sorted(tmp_path.glob("*.sh"))
     assert len(scripts) == 13

@@ -28,10 +28,12 @@ NASTY = ["/models/my model", "it's", 'say "hi"', "$(touch /tmp/pwned)", "a;b", "
 
 def test_bash_receives_exactly_the_argv(tmp_path):
     """Run the rendered text through real bash, with `docker` replaced by a function printing its argv."""
-    text = MINIMAL.replace("example/image:1", "img:1").replace(
-        "{tp-size: 16}", "{tp-size: 16, served-model-name: " + json.dumps(NASTY[2]) + "}"
-    ) + "container:\n  volumes: ['/models/my model:/m ro:ro']\n  env:\n" + "".join(
-        f"    V{i}: {json.dumps(v)}\n" for i, v in enumerate(NASTY)
+    text = (
+        MINIMAL.replace("example/image:1", "img:1").replace(
+            "{tp-size: 16}", "{tp-size: 16, served-model-name: " + json.dumps(NASTY[2]) + "}"
+        )
+        + "container:\n  volumes: ['/models/my model:/m ro:ro']\n  env:\n"
+        + "".join(f"    V{i}: {json.dumps(v)}\n" for i, v in enumerate(NASTY))
     )
     p = plan.build(config.load(write(tmp_path, text), environ={}))
     for service in p.services:
@@ -49,7 +51,7 @@ def test_bash_receives_exactly_the_argv(tmp_path):
 def test_node_script_runs_the_same_argv(tmp_path):
     p = plan.build(config.load(write(tmp_path, MINIMAL + "container:\n  env: {V: '$(echo no); x'}\n"), environ={}))
     script = render.node_script(p, 0)
-    fake = "docker() { if [ \"$1\" = run ]; then python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' \"$@\"; fi; }\n"
+    fake = 'docker() { if [ "$1" = run ]; then python3 -c \'import json,sys; print(json.dumps(sys.argv[1:]))\' "$@"; fi; }\n'
     body = script.replace("set -euo pipefail", "set -euo pipefail\n" + fake)
     out = subprocess.run(["bash", "-c", body], capture_output=True, text=True, check=True).stdout
     lines = [json.loads(line) for line in out.splitlines()]
@@ -57,7 +59,13 @@ def test_node_script_runs_the_same_argv(tmp_path):
 
 
 @settings(max_examples=200, derandomize=True)
-@given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9-]{0,12}", fullmatch=True), st.one_of(st.booleans(), st.integers(), arg_text), max_size=6))
+@given(
+    st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9-]{0,12}", fullmatch=True),
+        st.one_of(st.booleans(), st.integers(), arg_text),
+        max_size=6,
+    )
+)
 def test_mapping_args_round_trip(mapping):
     argv = A.normalize(mapping)
     found = A.flags(argv)

@@ -1,0 +1,137 @@
+"""A lock on the head node, so two people cannot start or stop the same deployment at once.
+
+`mkdir` is atomic on every filesystem; the directory holds who, when, which command. A lock whose
+holder is gone is reported as stale; `launcher lock break` removes any lock explicitly.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import posixpath
+import secrets
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+
+from launcher.errors import LauncherError
+from launcher.transport import Host
+
+q = shlex.quote
+
+
+class Locked(LauncherError):
+    exit_code = 1
+
+
+@dataclass
+class LockInfo:
+    who: str
+    host: str
+    pid: int
+    command: str
+    since: float
+    token: str
+
+    def describe(self) -> str:
+        age = time.time() - self.since
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        return f"{self.who}@{self.host} (pid {self.pid}) since {when} ({age:.0f}s ago), running `{self.command}`"
+
+    def stale(self) -> str | None:
+        """Why this lock is stale, if we can tell from here."""
+        if self.host == socket.gethostname():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return f"its process {self.pid} on this machine is gone"
+            except PermissionError:
+                pass
+        if time.time() - self.since > 24 * 3600:
+            return "it is over a day old"
+        return None
+
+
+def lock_dir(state_dir: str, deployment: str) -> str:
+    return posixpath.join(state_dir, deployment, "lock")
+
+
+def acquire(host: Host, state_dir: str, deployment: str, command: str) -> LockInfo:
+    info = LockInfo(
+        who=getpass.getuser(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        command=command,
+        since=time.time(),
+        token=secrets.token_hex(8),
+    )
+    d = lock_dir(state_dir, deployment)
+    script = (
+        f"mkdir -p {q(posixpath.dirname(d))} && "
+        f"if mkdir {q(d)} 2>/dev/null; then cat > {q(d + '/info')}; echo ACQUIRED; "
+        f"else cat {q(d + '/info')} 2>/dev/null; echo; echo HELD; fi"
+    )
+    result = host.run(script, stdin=json.dumps(info.__dict__))
+    if result.stdout.strip().endswith("ACQUIRED"):
+        return info
+    if not result.stdout.strip().endswith("HELD"):
+        raise Locked(
+            f"{host.node.label}: cannot create the lock in {d}: {result.stderr.strip() or result.stdout.strip()}"
+        )
+    holder = _parse(result.stdout)
+    if holder is None:
+        raise Locked(
+            f"deployment {deployment} is locked ({d} exists, no holder recorded); `launcher lock break` removes it"
+        )
+    stale = holder.stale()
+    hint = (
+        f" — stale: {stale}; `launcher lock break` removes it"
+        if stale
+        else "; wait, or `launcher lock break` if you are sure"
+    )
+    raise Locked(f"deployment {deployment} is locked by {holder.describe()}{hint}")
+
+
+def _parse(text: str) -> LockInfo | None:
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return LockInfo(**json.loads(line))
+            except (ValueError, TypeError):
+                return None
+    return None
+
+
+def status(host: Host, state_dir: str, deployment: str) -> LockInfo | None:
+    d = lock_dir(state_dir, deployment)
+    result = host.run(f"cat {q(d + '/info')} 2>/dev/null || true")
+    return _parse(result.stdout)
+
+
+def release(host: Host, state_dir: str, deployment: str, info: LockInfo) -> None:
+    """Remove the lock only if it is still ours (the token matches)."""
+    d = lock_dir(state_dir, deployment)
+    host.run(f"grep -qF {q(info.token)} {q(d + '/info')} 2>/dev/null && rm -rf {q(d)} || true")
+
+
+def break_lock(host: Host, state_dir: str, deployment: str) -> LockInfo | None:
+    held = status(host, state_dir, deployment)
+    host.run(f"rm -rf {q(lock_dir(state_dir, deployment))}")
+    return held
+
+
+def audit(host: Host, state_dir: str, deployment: str, action: str) -> None:
+    """Append one line to the head node's audit log: when, who, from where, what."""
+    line = json.dumps(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "who": getpass.getuser(),
+            "from": socket.gethostname(),
+            "action": action,
+        }
+    )
+    path = posixpath.join(state_dir, deployment, "audit.log")
+    host.run(f"mkdir -p {q(posixpath.dirname(path))} && cat >> {q(path)}", stdin=line + "\n")

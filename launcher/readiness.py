@@ -1,0 +1,67 @@
+"""What "ready" means, as pure functions over what the nodes answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from launcher.model import Plan, Probe
+
+
+def probe_passes(probe: Probe, status: int, body: Any) -> bool:
+    if status != 200:
+        return False
+    if not probe.expect:
+        return True
+    return isinstance(body, dict) and all(str(body.get(k)) == str(v) for k, v in probe.expect.items())
+
+
+def expected_instances(plan: Plan) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for group in plan.groups:
+        for component, count in group.expected_instances.items():
+            total[component] = total.get(component, 0) + count
+    return total
+
+
+def count_instances(health: Any) -> dict[str, int]:
+    """Dynamo frontend `/health`: count `generate` instances per component.
+
+    Its `status` field says healthy even with no worker at all, so only the instances count."""
+    counts: dict[str, int] = {}
+    if not isinstance(health, dict):
+        return counts
+    for item in health.get("instances") or []:
+        if isinstance(item, dict) and item.get("endpoint") == "generate":
+            component = str(item.get("component"))
+            counts[component] = counts.get(component, 0) + 1
+    return counts
+
+
+def missing_instances(expected: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
+    return {c: n - counts.get(c, 0) for c, n in expected.items() if counts.get(c, 0) < n}
+
+
+def model_listed(models: Any, name: str | None) -> bool:
+    if not isinstance(models, dict):
+        return False
+    ids = [m.get("id") for m in models.get("data") or [] if isinstance(m, dict)]
+    return bool(ids) if name is None else name in ids
+
+
+def chat_request(model: str | None) -> dict[str, Any]:
+    return {
+        "model": model or "default",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 8,
+        "stream": False,
+    }
+
+
+def curl_command(endpoint: str, model: str | None) -> str:
+    import json
+    import shlex
+
+    body = json.dumps(
+        {"model": model or "default", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
+    )
+    return f"curl -sS {endpoint}/v1/chat/completions -H 'Content-Type: application/json' -d {shlex.quote(body)}"

@@ -1,0 +1,179 @@
+"""The docker runtime: every action on a node as a shell script built from argv lists.
+
+Commands are data: these functions only build text, so they are unit-tested without a node. One
+script per node and action keeps it to one SSH round trip per node.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from launcher import render
+from launcher.model import LABEL, Plan, Service
+
+q = shlex.quote
+
+
+@dataclass
+class Container:
+    """A container as a node reports it, identified by the launcher's labels."""
+
+    node_index: int
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: str  # running | exited | created | restarting | dead ...
+    exit_code: int
+    started_at: str = ""
+    finished_at: str = ""
+    restarts: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def service(self) -> str:
+        return self.labels.get(f"{LABEL}.service", self.name)
+
+    @property
+    def role(self) -> str:
+        return self.labels.get(f"{LABEL}.role", "?")
+
+    @property
+    def group(self) -> str | None:
+        return self.labels.get(f"{LABEL}.group")
+
+    @property
+    def rank(self) -> int | None:
+        raw = self.labels.get(f"{LABEL}.rank")
+        return int(raw) if raw is not None and raw.isdigit() else None
+
+    @property
+    def spec(self) -> str:
+        return self.labels.get(f"{LABEL}.spec", "")
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def uptime(self, now: datetime) -> float | None:
+        if not self.running:
+            return None
+        match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", self.started_at)
+        if not match:
+            return None
+        started = datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC)
+        return max(0.0, (now - started).total_seconds())
+
+
+def deployment_dir(plan_or_state_dir: Plan | str, deployment: str | None = None) -> str:
+    if isinstance(plan_or_state_dir, Plan):
+        return posixpath.join(plan_or_state_dir.state_dir, plan_or_state_dir.deployment)
+    return posixpath.join(plan_or_state_dir, deployment or "")
+
+
+def check_script() -> str:
+    """Is the engine answering? Prints its version."""
+    return "docker version --format '{{.Server.Version}}'"
+
+
+def list_script(deployment: str) -> str:
+    """Every container of the deployment on this node, as `docker inspect` JSON (`[]` when none)."""
+    label = q(f"label={LABEL}.deployment={deployment}")
+    return (
+        f"ids=$(docker ps -aq --filter {label}) || exit $?; "
+        'if [ -n "$ids" ]; then docker inspect $ids; else echo "[]"; fi'
+    )
+
+
+def parse_list(node_index: int, stdout: str) -> list[Container]:
+    out = []
+    for item in json.loads(stdout or "[]"):
+        state = item.get("State", {})
+        out.append(
+            Container(
+                node_index=node_index,
+                id=item.get("Id", "")[:12],
+                name=item.get("Name", "").lstrip("/"),
+                labels=item.get("Config", {}).get("Labels") or {},
+                state=state.get("Status", "unknown"),
+                exit_code=int(state.get("ExitCode", 0) or 0),
+                started_at=state.get("StartedAt", ""),
+                finished_at=state.get("FinishedAt", ""),
+                restarts=int(item.get("RestartCount", 0) or 0),
+            )
+        )
+    return out
+
+
+def start_script(plan: Plan, services: list[Service]) -> tuple[str, str]:
+    """(script, stdin) that starts these services on one node.
+
+    Secret env files are written from stdin (`dd` reads exactly their size each), mode 0600, so no
+    secret is ever on a command line. Any leftover container of the same name is removed first.
+    """
+    lines = ["set -e"]
+    stdin = ""
+    for s in services:
+        if s.secret_env:
+            path = render.secrets_file(plan, s)
+            body = "".join(f"{k}={v}\n" for k, v in sorted(s.secret_env.items()))
+            size = len(body.encode())
+            lines.append(f"install -d -m 0700 {q(posixpath.dirname(path))}")
+            lines.append(f"(umask 077; dd bs=1 count={size} status=none of={q(path)})")
+            stdin += body
+        lines.append(f"docker rm -f {q(s.name)} >/dev/null 2>&1 || true")
+        lines.append(render.shell(render.docker_run(plan, s)) + " >/dev/null")
+    return "\n".join(lines), stdin
+
+
+def remove_script(names: list[str]) -> str:
+    if not names:
+        return "true"
+    return "docker rm -f " + " ".join(q(n) for n in names) + " >/dev/null"
+
+
+def remove_all_script(deployment: str, state_dir: str) -> str:
+    """Remove every container of the deployment on this node, and its secret env files."""
+    label = q(f"label={LABEL}.deployment={deployment}")
+    secrets = q(posixpath.join(state_dir, deployment, "secrets"))
+    return (
+        f"ids=$(docker ps -aq --filter {label}) || exit $?; "
+        f'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null || exit $?; fi; '
+        f'rm -rf {secrets}; echo "$ids" | grep -c . || true'
+    )
+
+
+def logs_script(name: str, tail: int | None = None, follow: bool = False, since: str | None = None) -> str:
+    argv = ["docker", "logs"]
+    if tail is not None:
+        argv += ["--tail", str(tail)]
+    if since:
+        argv += ["--since", since]
+    if follow:
+        argv.append("-f")
+    argv.append(name)
+    return render.shell(argv) + " 2>&1"
+
+
+POLL_MARK = "@@launcher-last-line@@"
+
+
+def poll_script(deployment: str, names: list[str]) -> str:
+    """One round trip: the deployment's containers, then the last log line of each named one."""
+    script = list_script(deployment)
+    for name in names:
+        script += f"; echo {q(POLL_MARK + name)}; docker logs --tail 1 {q(name)} 2>&1 | tail -n 1 | cut -c1-200"
+    return script
+
+
+def parse_poll(node_index: int, stdout: str) -> tuple[list[Container], dict[str, str]]:
+    head, *rest = stdout.split(POLL_MARK)
+    last: dict[str, str] = {}
+    for chunk in rest:
+        name, _, line = chunk.partition("\n")
+        last[name.strip()] = line.strip()
+    return parse_list(node_index, head), last

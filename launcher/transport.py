@@ -1,0 +1,333 @@
+"""Run commands on many nodes at once: one SSH connection per node (fabric), bounded fan-out,
+errors gathered per node, HTTP to a node's own ports tunnelled through its SSH connection.
+
+A node whose address is local (127.0.0.1/localhost) runs commands directly, without SSH.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import paramiko
+
+from launcher.errors import LauncherError
+from launcher.model import Node
+
+T = TypeVar("T")
+LOCAL_ADDRESSES = {"127.0.0.1", "localhost", "::1"}
+
+
+class NodeError(LauncherError):
+    """A node could not be reached or lost its connection. `kind` tells the cause apart."""
+
+    def __init__(self, node: Node, kind: str, detail: str):
+        self.node = node
+        self.kind = kind
+        self.detail = detail
+        super().__init__(f"{node.label}: {kind}: {detail}")
+
+
+@dataclass
+class Options:
+    parallel: int = 32
+    connect_timeout: float = 10.0
+    keepalive: int = 5
+    command_timeout: float = 120.0
+    host_key_policy: str = "strict"  # or "accept-new"
+
+
+@dataclass
+class Completed:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's StrictHostKeyChecking=accept-new: remember unknown hosts, refuse changed keys."""
+
+    lock = threading.Lock()
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """Tell connection failures apart: what a person must fix differs for each."""
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return "host key changed", (
+            f"the key offered by {exc.hostname} differs from known_hosts (reinstalled node, or a"
+            " man in the middle); check, then remove the old entry with ssh-keygen -R"
+        )
+    if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
+        return "host key unknown", f"{exc}; add it to known_hosts or use --host-key-policy accept-new"
+    if isinstance(exc, paramiko.AuthenticationException):
+        return "auth refused", f"{exc} (check user, key and ssh-agent)"
+    if isinstance(exc, socket.gaierror):
+        return "name not resolved", str(exc)
+    if isinstance(exc, ConnectionRefusedError | paramiko.ssh_exception.NoValidConnectionsError):
+        return "connection refused", "nothing listens on the SSH port (sshd down?)"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out", "no answer within the connect timeout (node down or network cut?)"
+    if isinstance(exc, OSError) and exc.errno in (113, 101):  # no route to host, network unreachable
+        return "unreachable", str(exc)
+    if isinstance(exc, EOFError | paramiko.SSHException):
+        return "connection lost", str(exc) or type(exc).__name__
+    return "error", f"{type(exc).__name__}: {exc}"
+
+
+class Host:
+    """One node, one SSH connection, opened on first use and kept for the whole command."""
+
+    def __init__(self, node: Node, options: Options):
+        self.node = node
+        self.options = options
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------------------------
+    def connect(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._conn.is_connected:
+                return
+            self._conn = self._open()
+
+    def _open(self) -> Any:
+        from fabric import Config, Connection
+
+        ssh = self.node.ssh
+        timeout = ssh.connect_timeout or self.options.connect_timeout
+        connect_kwargs: dict[str, Any] = {"banner_timeout": timeout, "auth_timeout": timeout}
+        if ssh.key:
+            connect_kwargs["key_filename"] = os.path.expanduser(ssh.key)
+        gateway = None
+        if ssh.jump:
+            user, _, rest = ssh.jump.rpartition("@")
+            host, _, port = rest.partition(":")
+            gateway = Connection(host, user=user or None, port=int(port) if port else None, connect_timeout=timeout)
+        conn = Connection(
+            self.node.address,
+            user=ssh.user,
+            port=ssh.port,
+            connect_timeout=timeout,
+            connect_kwargs=connect_kwargs,
+            gateway=gateway,
+            config=Config(overrides={"run": {"hide": True, "warn": True, "in_stream": False}}),
+        )
+        known = Path(os.path.expanduser(ssh.known_hosts or "~/.ssh/known_hosts"))
+        client: paramiko.SSHClient = conn.client
+        if known.exists():
+            client.load_host_keys(str(known))
+        policy = ssh.host_key_policy or self.options.host_key_policy
+        client.set_missing_host_key_policy(_AcceptNew(known) if policy == "accept-new" else paramiko.RejectPolicy())
+        try:
+            conn.open()
+        except Exception as exc:  # every failure becomes a per-node error, classified
+            kind, detail = classify(exc)
+            raise NodeError(self.node, kind, detail) from None
+        conn.transport.set_keepalive(self.options.keepalive)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:
+                    pass
+                self._conn = None
+
+    # -- commands ---------------------------------------------------------------------------
+    def run(
+        self,
+        script: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        out: Callable[[str], None] | None = None,
+    ) -> Completed:
+        """Run a shell script on the node. `stdin` never appears on a command line (secrets go here).
+
+        With `out`, stdout is streamed to it chunk by chunk (for `logs -f`)."""
+        self.connect()
+        kwargs: dict[str, Any] = {"hide": True, "warn": True, "timeout": timeout or self.options.command_timeout}
+        kwargs["in_stream"] = io.StringIO(stdin) if stdin is not None else False
+        if out is not None:
+            kwargs["out_stream"] = _Sink(out)
+            kwargs["timeout"] = timeout
+        try:
+            result = self._conn.run(script, **kwargs)
+        except Exception as exc:
+            from invoke.exceptions import CommandTimedOut
+
+            if isinstance(exc, CommandTimedOut):
+                raise NodeError(self.node, "command timed out", f"after {exc.timeout}s") from None
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        return Completed(result.exited, result.stdout, result.stderr)
+
+    def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+        """An HTTP request to a port on the node, through the SSH connection (no route needed)."""
+        parts = urlsplit(url)
+        host, port = parts.hostname or self.node.address, parts.port or 80
+        sock = self._channel(host, port, timeout)
+        return _http(sock, method, host, port, parts.path or "/", body, timeout)
+
+    def _channel(self, host: str, port: int, timeout: float) -> Any:
+        self.connect()
+        try:
+            chan = self._conn.transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+        except paramiko.ChannelException as exc:
+            raise ConnectionRefusedError(f"{host}:{port}: {exc}") from None
+        except Exception as exc:
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        chan.settimeout(timeout)
+        return chan
+
+
+class LocalHost(Host):
+    """The operator's own machine: commands run directly (no SSH), HTTP goes straight to loopback."""
+
+    def connect(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def run(self, script, *, stdin=None, timeout=None, out=None) -> Completed:
+        if out is not None:
+            proc = subprocess.Popen(
+                ["bash", "-c", script],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            try:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    out(line)
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(5)
+            return Completed(proc.returncode or 0, "", "")
+        try:
+            proc = subprocess.run(
+                ["bash", "-c", script],
+                input=stdin if stdin is not None else "",
+                capture_output=True,
+                text=True,
+                timeout=timeout or self.options.command_timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise NodeError(self.node, "command timed out", f"after {exc.timeout}s") from None
+        return Completed(proc.returncode, proc.stdout, proc.stderr)
+
+    def _channel(self, host, port, timeout):
+        return socket.create_connection((host, port), timeout=timeout)
+
+
+class _Sink(io.TextIOBase):
+    def __init__(self, fn: Callable[[str], None]):
+        self.fn = fn
+
+    def write(self, text: str) -> int:
+        self.fn(text)
+        return len(text)
+
+
+def _http(sock: Any, method: str, host: str, port: int, path: str, body: Any, timeout: float) -> tuple[int, Any]:
+    """A minimal HTTP/1.0 client over any socket-like object (an SSH channel or a socket)."""
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = f"{method} {path} HTTP/1.0\r\nHost: {host}:{port}\r\nAccept: */*\r\nConnection: close\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+    try:
+        sock.sendall(head.encode() + b"\r\n" + payload)
+        chunks = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        sock.close()
+    raw = b"".join(chunks)
+    header, _, content = raw.partition(b"\r\n\r\n")
+    status_line = header.split(b"\r\n", 1)[0].decode(errors="replace")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise ConnectionError(f"no HTTP answer from {host}:{port}{path}") from None
+    text = content.decode(errors="replace")
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+class Fleet:
+    """All nodes of a plan. `map` runs a function on many nodes at once and gathers every outcome."""
+
+    def __init__(self, nodes: Iterable[Node], options: Options | None = None):
+        self.options = options or Options()
+        self.hosts: dict[int, Host] = {}
+        for node in nodes:
+            cls = LocalHost if node.address in LOCAL_ADDRESSES else Host
+            self.hosts[node.index] = cls(node, self.options)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.parallel), thread_name_prefix="node")
+
+    def host(self, index: int) -> Host:
+        return self.hosts[index]
+
+    def map(self, fn: Callable[[Host], T], indices: Iterable[int] | None = None) -> dict[int, T | Exception]:
+        """fn(host) on each node in parallel (bounded); a failure on one node never hides the others."""
+        chosen = list(self.hosts) if indices is None else list(dict.fromkeys(indices))
+
+        def guarded(i: int) -> T | Exception:
+            try:
+                return fn(self.hosts[i])
+            except Exception as exc:  # gathered per node, reported together by the caller
+                return exc
+
+        futures = {i: self._pool.submit(guarded, i) for i in chosen}
+        return {i: f.result() for i, f in futures.items()}
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            host.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

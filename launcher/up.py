@@ -1,0 +1,332 @@
+"""`launcher up`: start everything in order, wait until the service really answers, converge on re-runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from launcher import diff, lock, readiness, runtime
+from launcher.errors import LauncherError
+from launcher.model import Plan, Service
+from launcher.progress import Progress, Row
+from launcher.runtime import Container
+from launcher.transport import Fleet, NodeError
+
+POLL_INTERVAL = 1.0
+LOG_LINES_ON_FAILURE = 40
+
+
+class NodeFailures(LauncherError):
+    """Failures on several nodes, reported together: one line per node."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, failures: dict[int, str], plan: Plan):
+        lines = [f"{what} on {len(failures)} of {len(plan.nodes)} node(s):"]
+        for index in sorted(failures):
+            lines.append(f"  {plan.nodes[index].label}: {failures[index]}")
+        super().__init__("\n".join(lines))
+
+
+class ServiceFailed(LauncherError):
+    exit_code = 1
+
+
+def describe(exc: Exception) -> str:
+    if isinstance(exc, NodeError):
+        return f"{exc.kind}: {exc.detail}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def head_index(plan: Plan) -> int:
+    """Where the lock and the audit log live: the node running etcd (the head), else node 0."""
+    for s in plan.services:
+        if s.role == "etcd":
+            return s.node.index
+    return plan.nodes[0].index
+
+
+def check_nodes(plan: Plan, fleet: Fleet, indices: list[int] | None = None) -> None:
+    """Every node reachable over SSH and its container engine answering, or nothing starts."""
+    results = fleet.map(lambda h: h.run(runtime.check_script(), timeout=30), indices)
+    failures = {}
+    for i, r in results.items():
+        if isinstance(r, Exception):
+            failures[i] = describe(r)
+        elif not r.ok:
+            failures[i] = "docker not answering: " + ((r.stderr or r.stdout).strip().splitlines() or ["?"])[-1]
+    if failures:
+        raise NodeFailures("cannot start: nodes not ready", failures, plan)
+
+
+def list_containers(plan: Plan, fleet: Fleet, indices: list[int] | None = None) -> list[Container]:
+    results = fleet.map(lambda h: h.run(runtime.list_script(plan.deployment)), indices)
+    failures, found = {}, []
+    for i, r in results.items():
+        if isinstance(r, Exception):
+            failures[i] = describe(r)
+        elif not r.ok:
+            failures[i] = "cannot list containers: " + r.stderr.strip()
+        else:
+            found += runtime.parse_list(i, r.stdout)
+    if failures:
+        raise NodeFailures("cannot read the deployment's state", failures, plan)
+    return found
+
+
+def by_node(services: list[Service]) -> dict[int, list[Service]]:
+    out: dict[int, list[Service]] = {}
+    for s in services:
+        out.setdefault(s.node.index, []).append(s)
+    return out
+
+
+def start(plan: Plan, fleet: Fleet, services: list[Service], progress: Progress) -> None:
+    """Start services: one script per node, all nodes at once."""
+    if not services:
+        return
+    groups = by_node(services)
+
+    def go(host):
+        script, stdin = runtime.start_script(plan, groups[host.node.index])
+        return host.run(script, stdin=stdin, timeout=300)
+
+    results = fleet.map(go, groups)
+    failures = {}
+    for i, r in results.items():
+        if isinstance(r, Exception):
+            failures[i] = describe(r)
+        elif not r.ok:
+            failures[i] = "docker run failed: " + (r.stderr.strip() or r.stdout.strip())
+    if failures:
+        raise NodeFailures("failed to start containers", failures, plan)
+    progress.log(
+        f"started {len(services)} container(s) on {len(groups)} node(s): "
+        + ", ".join(sorted({s.service.rsplit("-r", 1)[0] for s in services}))
+    )
+
+
+def remove(plan: Plan, fleet: Fleet, containers: list[Container]) -> None:
+    groups: dict[int, list[str]] = {}
+    for c in containers:
+        groups.setdefault(c.node_index, []).append(c.name)
+    results = fleet.map(lambda h: h.run(runtime.remove_script(groups[h.node.index])), groups)
+    failures = {
+        i: describe(r) if isinstance(r, Exception) else r.stderr.strip()
+        for i, r in results.items()
+        if isinstance(r, Exception) or not r.ok
+    }
+    if failures:
+        raise NodeFailures("failed to remove old containers", failures, plan)
+
+
+@dataclass
+class Waiter:
+    """Polls the nodes until the given services are ready; fails fast when one exits."""
+
+    plan: Plan
+    fleet: Fleet
+    progress: Progress
+    services: list[Service]
+    check_frontend: bool = False
+    started: float = field(default_factory=time.monotonic)
+    passed: set[str] = field(default_factory=set)
+    last_lines: dict[str, str] = field(default_factory=dict)
+    frontend_note: str = ""
+
+    def run(self) -> None:
+        self.progress.start()
+        try:
+            while True:
+                tick = time.monotonic()
+                if self._tick():
+                    return
+                time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - tick)))
+        finally:
+            self.progress.stop()
+
+    def _tick(self) -> bool:
+        plan, fleet = self.plan, self.fleet
+        nodes = by_node(self.services)
+        names = {i: [s.name for s in ss] for i, ss in nodes.items()} if self.progress.wants_last_lines else {}
+        results = fleet.map(lambda h: h.run(runtime.poll_script(plan.deployment, names.get(h.node.index, []))), nodes)
+        containers: dict[tuple[int, str], Container] = {}
+        failures = {}
+        for i, r in results.items():
+            if isinstance(r, Exception) or not r.ok:
+                failures[i] = describe(r) if isinstance(r, Exception) else r.stderr.strip()
+                continue
+            found, last = runtime.parse_poll(i, r.stdout)
+            containers.update({(c.node_index, c.name): c for c in found})
+            self.last_lines.update(last)
+        if failures:
+            raise NodeFailures("lost contact while waiting", failures, plan)
+        for s in self.services:
+            c = containers.get((s.node.index, s.name))
+            if c is None or c.state in ("exited", "dead") or (c.state != "running" and c.restarts):
+                self._fail(s, c)
+        self._probe()
+        frontend_ok = self._frontend() if self.check_frontend else True
+        elapsed = time.monotonic() - self.started
+        self.progress.update(self._rows(containers, elapsed))
+        if frontend_ok and all(s.service in self.passed for s in self.services):
+            return True
+        for s in self.services:
+            if s.service not in self.passed and elapsed > s.timeout:
+                raise ServiceFailed(
+                    f"{s.tag} ({s.node.address}) not ready after {s.timeout:.0f}s: its probe {s.probe.url or 'running'}"
+                    f" has not passed. Look with `launcher logs --node {s.node.index}`; raise groups.*.timeout if"
+                    f" it is just slow; `launcher down` removes everything."
+                )
+        if self.check_frontend and not frontend_ok:
+            limit = max((s.timeout for s in self.services if s.group), default=300)
+            if elapsed > limit:
+                raise ServiceFailed(f"the frontend never saw every worker after {limit:.0f}s: {self.frontend_note}")
+        return False
+
+    def _probe(self) -> None:
+        todo = [s for s in self.services if s.service not in self.passed]
+        for s in todo:
+            if s.probe.kind == "running":
+                self.passed.add(s.service)
+        http = [s for s in todo if s.probe.kind == "http"]
+        if not http:
+            return
+        nodes = by_node(http)
+
+        def check(host):
+            ok = []
+            for s in nodes[host.node.index]:
+                try:
+                    status, body = host.http("GET", s.probe.url, timeout=3)
+                except (OSError, ConnectionError):
+                    continue
+                if readiness.probe_passes(s.probe, status, body):
+                    ok.append(s.service)
+            return ok
+
+        for r in self.fleet.map(check, nodes).values():
+            if isinstance(r, list):
+                self.passed.update(r)
+
+    def _frontend(self) -> bool:
+        plan = self.plan
+        frontend = next((s for s in plan.services if s.role == "frontend"), None)
+        if frontend is None or plan.endpoint is None:
+            return True
+        host = self.fleet.host(frontend.node.index)
+        try:
+            status, health = host.http("GET", plan.endpoint + "/health", timeout=3)
+            counts = readiness.count_instances(health)
+            missing = readiness.missing_instances(readiness.expected_instances(plan), counts)
+            if missing:
+                self.frontend_note = "waiting for " + ", ".join(
+                    f"{n} more `{c}` instance(s)" for c, n in missing.items()
+                )
+                return False
+            status, models = host.http("GET", plan.endpoint + "/v1/models", timeout=3)
+            if not readiness.model_listed(models, plan.model_name):
+                self.frontend_note = f"/v1/models does not list {plan.model_name or 'a model'} yet"
+                return False
+        except (OSError, ConnectionError) as exc:
+            self.frontend_note = f"frontend not answering: {exc}"
+            return False
+        self.frontend_note = "all workers registered"
+        return True
+
+    def _rows(self, containers: dict[tuple[int, str], Container], elapsed: float) -> list[Row]:
+        rows = []
+        for s in self.services:
+            c = containers.get((s.node.index, s.name))
+            state = "ready" if s.service in self.passed else (c.state if c else "missing")
+            rows.append(Row(s.node.name, s.service, state, elapsed, self.last_lines.get(s.name, "")))
+        if self.check_frontend:
+            rows.append(
+                Row(
+                    "-",
+                    "frontend registry",
+                    "ready" if self.frontend_note == "all workers registered" else self.frontend_note or "waiting",
+                    elapsed,
+                )
+            )
+        return rows
+
+    def _fail(self, s: Service, c: Container | None) -> None:
+        host = self.fleet.host(s.node.index)
+        try:
+            logs = host.run(runtime.logs_script(s.name, tail=LOG_LINES_ON_FAILURE), timeout=30).stdout
+        except Exception as exc:  # the node itself may be the problem
+            logs = f"(no logs: {describe(exc)})"
+        what = "disappeared" if c is None else f"{c.state} with exit code {c.exit_code}"
+        rank = f" rank {s.rank} of group {s.group}" if s.rank is not None else ""
+        raise ServiceFailed(
+            f"{s.role}{rank} on {s.node.label} {what} (container {s.name}).\n"
+            f"--- last {LOG_LINES_ON_FAILURE} log lines of {s.name} ---\n{logs.rstrip()}\n---\n"
+            f"The other containers are left running for inspection: `launcher logs --node {s.node.index}`,"
+            f" `launcher status`. Remove everything with `launcher down`."
+        )
+
+
+def smoke_test(plan: Plan, fleet: Fleet, attempts: int = 10) -> str:
+    """One short chat completion through the frontend; retried briefly (routing may lag registration)."""
+    frontend = next(s for s in plan.services if s.role == "frontend")
+    host = fleet.host(frontend.node.index)
+    last = ""
+    for _ in range(attempts):
+        try:
+            status, body = host.http(
+                "POST", plan.endpoint + "/v1/chat/completions", readiness.chat_request(plan.model_name), timeout=60
+            )
+            if status == 200:
+                return "200 OK"
+            last = f"HTTP {status}: {str(body)[:300]}"
+        except (OSError, ConnectionError) as exc:
+            last = str(exc)
+        time.sleep(1)
+    raise ServiceFailed(f"smoke test failed: a chat completion through {plan.endpoint} answered {last}")
+
+
+def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up") -> Changes:
+    progress.log(f"checking {len(plan.nodes)} node(s)")
+    check_nodes(plan, fleet)
+    head = fleet.host(head_index(plan))
+    held = lock.acquire(head, plan.state_dir, plan.deployment, command)
+    try:
+        lock.audit(head, plan.state_dir, plan.deployment, f"up started ({command})")
+        changes = diff.compute(plan, list_containers(plan, fleet))
+        if changes.unchanged:
+            progress.log(f"unchanged: all {len(changes.keep)} service(s) already run as planned")
+        else:
+            for s in changes.create:
+                progress.log(f"will (re)create {s.tag}: {changes.reasons.get(s.service)}")
+            if changes.remove:
+                progress.log(f"removing {len(changes.remove)} old container(s)")
+                remove(plan, fleet, changes.remove)
+        create = {s.service for s in changes.create}
+        phases = [
+            [s for s in plan.services if s.role in ("etcd", "nats")],
+            [s for s in plan.services if s.role == "frontend"],
+            [s for s in plan.services if s.group is not None],
+        ]
+        for i, phase in enumerate(phases):
+            start(plan, fleet, [s for s in phase if s.service in create], progress)
+            if i < 2 and phase:
+                Waiter(plan, fleet, progress, phase).run()
+        Waiter(plan, fleet, progress, plan.services, check_frontend=plan.endpoint is not None).run()
+        if plan.endpoint:
+            progress.log("smoke test: " + smoke_test(plan, fleet))
+        lock.audit(
+            head,
+            plan.state_dir,
+            plan.deployment,
+            "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created"),
+        )
+        return changes
+    finally:
+        try:
+            lock.release(head, plan.state_dir, plan.deployment, held)
+        except Exception:
+            pass
+
+
+Changes = diff.Changes

@@ -1,0 +1,150 @@
+"""The pure parts of up/status/down: diffing labels against the plan, scripts, readiness rules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from launcher import config, diff, plan, readiness, runtime
+from launcher.model import Probe
+from launcher.runtime import Container
+from tests.helpers import CONFIGS, REPO
+
+INV = REPO / "tests" / "data" / "inventory-32.yaml"
+
+
+def make_plan(name="testbed-104.yaml", environ=None):
+    return plan.build(config.load(CONFIGS / name, INV, environ=environ or {}))
+
+
+def running(p, state="running", skip=()):
+    return [
+        Container(s.node.index, "id" + s.service, s.name, p.labels(s), state, 0)
+        for s in p.services
+        if s.service not in skip
+    ]
+
+
+def test_unchanged_plan_keeps_everything():
+    p = make_plan()
+    changes = diff.compute(p, running(p))
+    assert changes.unchanged and len(changes.keep) == len(p.services)
+
+
+def test_fresh_cluster_creates_everything():
+    p = make_plan()
+    changes = diff.compute(p, [])
+    assert len(changes.create) == len(p.services) == 16 and not changes.remove
+
+
+def test_changed_decode_arg_recreates_exactly_the_decode_group():
+    old = make_plan()
+    new = plan.build(config.load(CONFIGS / "testbed-104.yaml", INV, environ={}))
+    new_group = next(g for g in new.services if g.group == "decode")
+    for s in new.services:
+        if s.group == "decode":
+            s.command = s.command + ["--max-num-seqs", "64"]
+    assert new_group.spec_hash() != next(s for s in old.services if s.service == new_group.service).spec_hash()
+    changes = diff.compute(new, running(old))
+    assert sorted(s.service for s in changes.create) == sorted(f"decode-r{i}" for i in range(9))
+    assert sorted(c.service for c in changes.remove) == sorted(f"decode-r{i}" for i in range(9))
+
+
+def test_one_dead_rank_recreates_its_whole_group():
+    p = make_plan()
+    containers = running(p)
+    dead = next(c for c in containers if c.service == "prefill-r2")
+    dead.state, dead.exit_code = "exited", 137
+    changes = diff.compute(p, containers)
+    assert sorted(s.service for s in changes.create) == [f"prefill-r{i}" for i in range(4)]
+    assert "exited (exit 137)" in changes.reasons["prefill-r2"]
+    assert "recreated together" in changes.reasons["prefill-r0"]
+
+
+def test_recreated_etcd_recreates_everything_registered_in_it():
+    p = make_plan()
+    changes = diff.compute(p, running(p, skip=("etcd",)))
+    assert len(changes.create) == len(p.services) - 1  # all but NATS
+
+
+def test_orphans_are_removed():
+    p = make_plan()
+    orphan = Container(5, "x", "testbed-104-old-r0", {"launcher.deployment": "testbed-104"}, "running", 0)
+    changes = diff.compute(p, running(p) + [orphan])
+    assert changes.remove == [orphan] and not changes.create
+
+
+def test_parse_list_reads_docker_inspect():
+    inspect = [
+        {
+            "Id": "0123456789abcdef",
+            "Name": "/testbed-104-decode-r3",
+            "Config": {"Labels": {"launcher.service": "decode-r3", "launcher.rank": "3", "launcher.group": "decode"}},
+            "State": {"Status": "exited", "ExitCode": 137, "StartedAt": "2026-11-24T10:00:00.123456789Z"},
+            "RestartCount": 0,
+        }
+    ]
+    (c,) = runtime.parse_list(7, json.dumps(inspect))
+    assert (c.node_index, c.name, c.rank, c.group, c.state, c.exit_code) == (
+        7,
+        "testbed-104-decode-r3",
+        3,
+        "decode",
+        "exited",
+        137,
+    )
+    assert c.id == "0123456789ab"
+
+
+def test_start_script_keeps_secrets_off_the_command_line(tmp_path):
+    p = make_plan()
+    s = next(s for s in p.services if s.group == "decode")
+    s.secret_env = {"HF_TOKEN": "hf_top_secret"}
+    script, stdin = runtime.start_script(p, [s])
+    assert "hf_top_secret" not in script
+    assert stdin == "HF_TOKEN=hf_top_secret\n"
+    # The dd line writes exactly the stdin it is given, with mode 0600, using real bash.
+    path = tmp_path / "s.env"
+    line = next(x for x in script.splitlines() if x.startswith("(umask 077; dd"))
+    line = line.replace(runtime.render.secrets_file(p, s), str(path))
+    subprocess.run(["bash", "-c", line], input=stdin + "EXTRA", text=True, check=True)
+    assert path.read_text() == stdin
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_poll_script_output_parses(tmp_path):
+    out = "[]\n" + runtime.POLL_MARK + "a\nlast line of a\n" + runtime.POLL_MARK + "b\n\n"
+    containers, last = runtime.parse_poll(0, out)
+    assert containers == [] and last == {"a": "last line of a", "b": ""}
+
+
+def test_frontend_readiness_counts_instances_not_status():
+    health = {"status": "healthy", "instances": []}
+    assert readiness.count_instances(health) == {}
+    p = make_plan()
+    expected = readiness.expected_instances(p)
+    assert expected == {"prefill": 4, "backend": 9}
+    health = {
+        "status": "healthy",
+        "instances": [{"component": "prefill", "endpoint": "generate"}] * 4
+        + [{"component": "backend", "endpoint": "generate"}] * 8
+        + [{"component": "backend", "endpoint": "clear_kv_blocks"}],
+    }
+    assert readiness.missing_instances(expected, readiness.count_instances(health)) == {"backend": 1}
+
+
+def test_probe_expectations():
+    probe = Probe("http", "http://x/health", {"health": "true"})
+    assert readiness.probe_passes(probe, 200, {"health": "true"})
+    assert not readiness.probe_passes(probe, 200, {"health": "false"})
+    assert not readiness.probe_passes(probe, 503, {"health": "true"})
+    assert readiness.model_listed({"data": [{"id": "tiny"}]}, "tiny")
+    assert not readiness.model_listed({"data": []}, "tiny")
+
+
+def test_curl_is_pasteable():
+    import shlex
+
+    cmd = readiness.curl_command("http://10.0.0.1:8000", "it's-a-model")
+    argv = shlex.split(cmd)
+    assert argv[0] == "curl" and json.loads(argv[-1])["model"] == "it's-a-model"
