@@ -51,7 +51,8 @@ def test_bash_receives_exactly_the_argv(tmp_path):
 def test_node_script_runs_the_same_argv(tmp_path):
     p = plan.build(config.load(write(tmp_path, MINIMAL + "container:\n  env: {V: '$(echo no); x'}\n"), environ={}))
     script = render.node_script(p, 0)
-    fake = 'docker() { if [ "$1" = run ]; then python3 -c \'import json,sys; print(json.dumps(sys.argv[1:]))\' "$@"; fi; }\n'
+    printer = "python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))'"
+    fake = 'docker() { if [ "$1" = run ]; then ' + printer + ' "$@"; fi; }\n'
     body = script.replace("set -euo pipefail", "set -euo pipefail\n" + fake)
     out = subprocess.run(["bash", "-c", body], capture_output=True, text=True, check=True).stdout
     lines = [json.loads(line) for line in out.splitlines()]
