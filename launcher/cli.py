@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from launcher import __version__
-from launcher.errors import ConfigError, LauncherError
+from launcher.errors import ConfigError, ConfigErrors, LauncherError
 
 app = typer.Typer(
     add_completion=False,
@@ -22,7 +22,8 @@ app = typer.Typer(
     help="Bring up disaggregated wide-EP LLM deployments on bare-metal nodes over SSH.",
 )
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Piped output keeps whole lines: tables are not squeezed to 80 columns.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 InventoryOpt = Annotated[
     Path | None,
@@ -388,8 +389,15 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except LauncherError as exc:
-        for line in str(exc).splitlines():
-            err.print(f"error: {line}", markup=False)
+        # ConfigErrors: one line per problem, each prefixed; otherwise one headline and its details.
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        if isinstance(exc, ConfigErrors):
+            for line in lines:
+                err.print(f"error: {line}", markup=False)
+        else:
+            err.print(f"error: {lines[0]}", markup=False)
+            for line in lines[1:]:
+                err.print(line, markup=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)

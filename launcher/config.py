@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from launcher.errors import ConfigError, ConfigErrors
 from launcher.interpolate import Interpolator
@@ -198,8 +198,11 @@ class VersionsSpec(Strict):
 
 class DeploymentSpec(Strict):
     deployment: Annotated[str, Field(pattern=NAME_RE, max_length=48)]
-    image: str
-    runtime: Literal["docker"] = "docker"
+    image: str | None = None
+    runtime: Literal["docker", "process"] = "docker"
+    python_env: str | None = Field(
+        default=None, description="process runtime: a Python environment on the nodes; its bin/ leads PATH"
+    )
     gpus_per_node: Annotated[int, Field(ge=0)] = 8
     versions: VersionsSpec = VersionsSpec()
     model: ModelSpec | None = None
@@ -210,6 +213,12 @@ class DeploymentSpec(Strict):
     services: ServicesSpec = ServicesSpec()
     groups: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")], GroupSpec]
     state_dir: str = "/var/tmp/launcher"
+
+    @model_validator(mode="after")
+    def _runtime_needs(self) -> DeploymentSpec:
+        if self.runtime == "docker" and not self.image:
+            raise ValueError("`image` is required with the docker runtime (or set `runtime: process`)")
+        return self
 
     @field_validator("groups")
     @classmethod

@@ -102,6 +102,8 @@ class Plan:
     services: list[Service]
     groups: list[Group]
     state_dir: str
+    runtime: str = "docker"
+    python_env: str | None = None
     model_name: str | None = None
     endpoint: str | None = None  # frontend URL on the head node
     warnings: list[str] = field(default_factory=list)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from launcher import lock, readiness, runtime
 from launcher.errors import ConfigError
@@ -19,6 +20,7 @@ from launcher.runtime import Container
 from launcher.transport import Fleet, NodeError
 from launcher.up import NodeFailures, describe, head_index
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 COLOURS = [
     "cyan",
     "magenta",
@@ -78,7 +80,7 @@ class StatusRow:
 
 def status(plan: Plan, fleet: Fleet) -> tuple[list[StatusRow], dict[int, str], dict[str, Any]]:
     """Rows for every planned service and every labelled container found; unreachable nodes apart."""
-    results = fleet.map(lambda h: h.run(runtime.list_script(plan.deployment)))
+    results = fleet.map(lambda h: h.run(runtime.for_plan(plan).list_script(plan)))
     unreachable: dict[int, str] = {}
     found: dict[tuple[int, str], Container] = {}
     for i, r in results.items():
@@ -194,7 +196,7 @@ def select_containers(
     plan: Plan, fleet: Fleet, node: str | None, role: str | None, rank: int | None, indices: list[int] | None = None
 ) -> tuple[list[Container], dict[int, str]]:
     target = [select_nodes(plan, node).index] if node is not None else indices
-    results = fleet.map(lambda h: h.run(runtime.list_script(plan.deployment)), target)
+    results = fleet.map(lambda h: h.run(runtime.for_plan(plan).list_script(plan)), target)
     chosen, failed = [], {}
     for i, r in results.items():
         if isinstance(r, Exception) or not r.ok:
@@ -239,16 +241,18 @@ def stream_logs(
     lock_out = threading.Lock()
     failed: dict[int, str] = {}
 
+    strip = not console.is_terminal
+
     def emit(c: Container, line: str) -> None:
+        if strip:
+            line = ANSI.sub("", line)
         if pattern and not pattern.search(line):
             return
         with lock_out:
             if with_prefix:
                 p = prefix(plan, c)
-                console.print(f"[{colour(p)}]{p}[/] ", end="", highlight=False)
-                console.print(line, markup=False, highlight=False)
-            else:
-                console.print(line, markup=False, highlight=False)
+                console.print(f"[{colour(p)}]{escape(p)}[/] ", end="", highlight=False)
+            console.print(line, markup=False, highlight=False)
 
     def one(c: Container) -> None:
         buffer = [""]
@@ -262,7 +266,7 @@ def stream_logs(
         host = fleet.host(c.node_index)
         try:
             result = host.run(
-                runtime.logs_script(c.name, tail=tail, follow=follow, since=since),
+                runtime.for_plan(plan).logs_script(plan, c.name, tail=tail, follow=follow, since=since),
                 out=feed,
                 timeout=None if follow else 120,
             )
@@ -273,7 +277,7 @@ def stream_logs(
         except Exception as exc:
             failed[c.node_index] = describe(exc)
             with lock_out:
-                console.print(f"[red]{prefix(plan, c)} lost: {describe(exc)}[/]", highlight=False)
+                console.print(f"[red]{escape(prefix(plan, c))} lost: {escape(describe(exc))}[/]", highlight=False)
 
     threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in containers]
     for t in threads:
@@ -305,7 +309,7 @@ def down(plan: Plan, fleet: Fleet, command: str = "launcher down") -> dict[int, 
     except NodeError:
         pass  # an unreachable head must not stop the others from being cleaned; reported below
     try:
-        results = fleet.map(lambda h: h.run(runtime.remove_all_script(plan.deployment, plan.state_dir), timeout=300))
+        results = fleet.map(lambda h: h.run(runtime.for_plan(plan).remove_all_script(plan), timeout=300))
     finally:
         if held is not None:
             try:

@@ -101,12 +101,19 @@ def _claim(loaded: Loaded, owner: dict[int, str], node: Node, name: str, groups:
     mine, theirs = groups[name].gpus, groups[other].gpus
     if mine is not None and theirs is not None and not set(mine) & set(theirs):
         return
+    if not any(_uses_gpus(loaded, g) for g in (name, other)):
+        return  # engines that need no GPU (the mocker) may share a node
     raise ConfigError(
         f"{node.label} is in groups {other} and {name}; a node belongs to one group unless both set disjoint `gpus`",
         file=loaded.file,
         key=f"groups.{name}.nodes",
         line=loaded.line("groups", name, "nodes"),
     )
+
+
+def _uses_gpus(loaded: Loaded, group: str) -> bool:
+    engine = engines.get(loaded.spec.groups[group].engine)
+    return engine is None or (engine.needs_gpu and loaded.spec.gpus_per_node > 0)
 
 
 def build(loaded: Loaded) -> Plan:
@@ -135,6 +142,8 @@ def build(loaded: Loaded) -> Plan:
         merged = override.over(base_container)
         return merged.model_copy(update={"env": {}})
 
+    # Scratch space of etcd/NATS: the container's own /tmp, or the process's private directory.
+    scratch = "." if spec.runtime == "process" else "/tmp"
     etcd_url = nats_url = None
     if svc.etcd.enabled:
         node = find_node(nodes, svc.etcd.node, loaded, ("services", "etcd", "node"))
@@ -148,7 +157,7 @@ def build(loaded: Loaded) -> Plan:
                 role="etcd",
                 node=node,
                 image=svc.etcd.image or spec.image,
-                command=services.etcd_command(svc.etcd, node),
+                command=services.etcd_command(svc.etcd, node, scratch),
                 env=plain,
                 secret_env=hidden,
                 container=c,
@@ -169,7 +178,7 @@ def build(loaded: Loaded) -> Plan:
                 role="nats",
                 node=node,
                 image=svc.nats.image or spec.image,
-                command=services.nats_command(svc.nats, node),
+                command=services.nats_command(svc.nats, node, scratch),
                 env=plain,
                 secret_env=hidden,
                 container=c,
@@ -204,7 +213,7 @@ def build(loaded: Loaded) -> Plan:
                 service="frontend",
                 role="frontend",
                 node=node,
-                image=svc.frontend.image or spec.image,
+                image=svc.frontend.image or spec.image or "",
                 command=command,
                 env=plain,
                 secret_env=hidden,
@@ -287,7 +296,7 @@ def build(loaded: Loaded) -> Plan:
                     service=f"{name}-r{rank}",
                     role=mode if mode != "agg" else name,
                     node=node,
-                    image=group.image or spec.image,
+                    image=group.image or spec.image or "",
                     command=engine.command(ctx, rank),
                     env=plain,
                     secret_env=hidden,
@@ -321,6 +330,8 @@ def build(loaded: Loaded) -> Plan:
         services=out,
         groups=groups,
         state_dir=spec.state_dir,
+        runtime=spec.runtime,
+        python_env=spec.python_env,
         model_name=model_name,
         endpoint=endpoint,
         warnings=warnings,

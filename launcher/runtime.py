@@ -69,27 +69,105 @@ class Container:
         return max(0.0, (now - started).total_seconds())
 
 
-def deployment_dir(plan_or_state_dir: Plan | str, deployment: str | None = None) -> str:
-    if isinstance(plan_or_state_dir, Plan):
-        return posixpath.join(plan_or_state_dir.state_dir, plan_or_state_dir.deployment)
-    return posixpath.join(plan_or_state_dir, deployment or "")
+POLL_MARK = "@@launcher-last-line@@"
 
 
-def check_script() -> str:
-    """Is the engine answering? Prints its version."""
-    return "docker version --format '{{.Server.Version}}'"
+class Docker:
+    """Containers on each node's Docker engine; state in container labels."""
+
+    name = "docker"
+
+    def check_script(self, plan: Plan) -> str:
+        """Is the engine answering? Prints its version."""
+        return "docker version --format '{{.Server.Version}}'"
+
+    def list_script(self, plan: Plan) -> str:
+        """Every container of the deployment on this node, as `docker inspect` JSON (`[]` when none)."""
+        label = q(f"label={LABEL}.deployment={plan.deployment}")
+        return (
+            f"ids=$(docker ps -aq --filter {label}) || exit $?; "
+            'if [ -n "$ids" ]; then docker inspect $ids; else echo "[]"; fi'
+        )
+
+    def start_script(self, plan: Plan, services: list[Service]) -> tuple[str, str]:
+        """(script, stdin) that starts these services on one node.
+
+        Secret env files are written from stdin (`dd` reads exactly their size each), mode 0600, so no
+        secret is ever on a command line. Any leftover container of the same name is removed first.
+        """
+        lines = ["set -e"]
+        stdin = ""
+        for s in services:
+            if s.secret_env:
+                path = render.secrets_file(plan, s)
+                body = "".join(f"{k}={v}\n" for k, v in sorted(s.secret_env.items()))
+                lines.append(f"install -d -m 0700 {q(posixpath.dirname(path))}")
+                lines.append(write_from_stdin(path, body))
+                stdin += body
+            lines.append(f"docker rm -f {q(s.name)} >/dev/null 2>&1 || true")
+            lines.append(render.shell(render.docker_run(plan, s)) + " >/dev/null")
+        return "\n".join(lines), stdin
+
+    def remove_script(self, plan: Plan, names: list[str]) -> str:
+        if not names:
+            return "true"
+        return "docker rm -f " + " ".join(q(n) for n in names) + " >/dev/null"
+
+    def remove_all_script(self, plan: Plan) -> str:
+        """Remove every container of the deployment on this node, and its secret env files; print the count."""
+        label = q(f"label={LABEL}.deployment={plan.deployment}")
+        secrets = q(posixpath.join(plan.state_dir, plan.deployment, "secrets"))
+        return (
+            f"ids=$(docker ps -aq --filter {label}) || exit $?; "
+            f'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null || exit $?; fi; '
+            f'rm -rf {secrets}; echo "$ids" | grep -c . || true'
+        )
+
+    def logs_script(
+        self, plan: Plan, name: str, tail: int | None = None, follow: bool = False, since: str | None = None
+    ) -> str:
+        argv = ["docker", "logs"]
+        if tail is not None:
+            argv += ["--tail", str(tail)]
+        if since:
+            argv += ["--since", since]
+        if follow:
+            argv.append("-f")
+        argv.append(name)
+        return render.shell(argv) + " 2>&1"
+
+    def poll_script(self, plan: Plan, names: list[str]) -> str:
+        """One round trip: the deployment's containers, then the last log line of each named one."""
+        script = self.list_script(plan)
+        for name in names:
+            script += f"; echo {q(POLL_MARK + name)}; {self.logs_script(plan, name, tail=1)} | tail -n 1 | cut -c1-200"
+        return script
 
 
-def list_script(deployment: str) -> str:
-    """Every container of the deployment on this node, as `docker inspect` JSON (`[]` when none)."""
-    label = q(f"label={LABEL}.deployment={deployment}")
-    return (
-        f"ids=$(docker ps -aq --filter {label}) || exit $?; "
-        'if [ -n "$ids" ]; then docker inspect $ids; else echo "[]"; fi'
-    )
+def write_from_stdin(path: str, body: str) -> str:
+    """A line that writes exactly len(body) bytes of stdin to path, mode 0600 (secrets never in argv)."""
+    return f"(umask 077; dd bs=1 count={len(body.encode())} status=none of={q(path)})"
+
+
+def for_plan(plan: Plan):
+    if plan.runtime == "process":
+        from launcher.process_runtime import Process
+
+        return Process()
+    return Docker()
+
+
+def parse_poll(node_index: int, stdout: str) -> tuple[list[Container], dict[str, str]]:
+    head, *rest = stdout.split(POLL_MARK)
+    last: dict[str, str] = {}
+    for chunk in rest:
+        name, _, line = chunk.partition("\n")
+        last[name.strip()] = line.strip()
+    return parse_list(node_index, head), last
 
 
 def parse_list(node_index: int, stdout: str) -> list[Container]:
+    """`docker inspect` JSON (the process runtime prints the same shape) -> containers."""
     out = []
     for item in json.loads(stdout or "[]"):
         state = item.get("State", {})
@@ -107,73 +185,3 @@ def parse_list(node_index: int, stdout: str) -> list[Container]:
             )
         )
     return out
-
-
-def start_script(plan: Plan, services: list[Service]) -> tuple[str, str]:
-    """(script, stdin) that starts these services on one node.
-
-    Secret env files are written from stdin (`dd` reads exactly their size each), mode 0600, so no
-    secret is ever on a command line. Any leftover container of the same name is removed first.
-    """
-    lines = ["set -e"]
-    stdin = ""
-    for s in services:
-        if s.secret_env:
-            path = render.secrets_file(plan, s)
-            body = "".join(f"{k}={v}\n" for k, v in sorted(s.secret_env.items()))
-            size = len(body.encode())
-            lines.append(f"install -d -m 0700 {q(posixpath.dirname(path))}")
-            lines.append(f"(umask 077; dd bs=1 count={size} status=none of={q(path)})")
-            stdin += body
-        lines.append(f"docker rm -f {q(s.name)} >/dev/null 2>&1 || true")
-        lines.append(render.shell(render.docker_run(plan, s)) + " >/dev/null")
-    return "\n".join(lines), stdin
-
-
-def remove_script(names: list[str]) -> str:
-    if not names:
-        return "true"
-    return "docker rm -f " + " ".join(q(n) for n in names) + " >/dev/null"
-
-
-def remove_all_script(deployment: str, state_dir: str) -> str:
-    """Remove every container of the deployment on this node, and its secret env files."""
-    label = q(f"label={LABEL}.deployment={deployment}")
-    secrets = q(posixpath.join(state_dir, deployment, "secrets"))
-    return (
-        f"ids=$(docker ps -aq --filter {label}) || exit $?; "
-        f'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null || exit $?; fi; '
-        f'rm -rf {secrets}; echo "$ids" | grep -c . || true'
-    )
-
-
-def logs_script(name: str, tail: int | None = None, follow: bool = False, since: str | None = None) -> str:
-    argv = ["docker", "logs"]
-    if tail is not None:
-        argv += ["--tail", str(tail)]
-    if since:
-        argv += ["--since", since]
-    if follow:
-        argv.append("-f")
-    argv.append(name)
-    return render.shell(argv) + " 2>&1"
-
-
-POLL_MARK = "@@launcher-last-line@@"
-
-
-def poll_script(deployment: str, names: list[str]) -> str:
-    """One round trip: the deployment's containers, then the last log line of each named one."""
-    script = list_script(deployment)
-    for name in names:
-        script += f"; echo {q(POLL_MARK + name)}; docker logs --tail 1 {q(name)} 2>&1 | tail -n 1 | cut -c1-200"
-    return script
-
-
-def parse_poll(node_index: int, stdout: str) -> tuple[list[Container], dict[str, str]]:
-    head, *rest = stdout.split(POLL_MARK)
-    last: dict[str, str] = {}
-    for chunk in rest:
-        name, _, line = chunk.partition("\n")
-        last[name.strip()] = line.strip()
-    return parse_list(node_index, head), last

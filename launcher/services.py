@@ -13,7 +13,7 @@ def bind_host(node: Node) -> str:
     return "127.0.0.1" if node.address in ("127.0.0.1", "localhost", "::1") else "0.0.0.0"
 
 
-def etcd_command(spec: EtcdSpec, node: Node) -> list[str]:
+def etcd_command(spec: EtcdSpec, node: Node, scratch: str = "/tmp") -> list[str]:
     # A single member. The official recipe's `--initial-cluster default=http://HEAD:2380` without a
     # matching --initial-advertise-peer-urls makes etcd exit ("missing from
     # --initial-advertise-peer-urls"): pass all three peer flags, consistently, and a fresh data dir.
@@ -24,7 +24,7 @@ def etcd_command(spec: EtcdSpec, node: Node) -> list[str]:
         "--name",
         "launcher",
         "--data-dir",
-        "/tmp/launcher-etcd",
+        f"{scratch}/launcher-etcd",
         "--listen-client-urls",
         ",".join(client_urls),
         "--advertise-client-urls",
@@ -45,7 +45,7 @@ def etcd_probe(spec: EtcdSpec, node: Node) -> Probe:
     return Probe(kind="http", url=f"http://{node.address}:{spec.client_port}/health", expect={"health": "true"})
 
 
-def nats_command(spec: NatsSpec, node: Node) -> list[str]:
+def nats_command(spec: NatsSpec, node: Node, scratch: str = "/tmp") -> list[str]:
     # JetStream (-js) is required by Dynamo; without it requests fail much later, not at start.
     return [
         "nats-server",
@@ -57,7 +57,7 @@ def nats_command(spec: NatsSpec, node: Node) -> list[str]:
         "-m",
         str(spec.monitor_port),
         "-sd",
-        "/tmp/launcher-nats",
+        f"{scratch}/launcher-nats",
         *spec.args,
     ]
 

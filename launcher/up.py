@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from launcher.runtime import Container
 from launcher.transport import Fleet, NodeError
 
 POLL_INTERVAL = 1.0
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 LOG_LINES_ON_FAILURE = 40
 
 
@@ -48,19 +50,22 @@ def head_index(plan: Plan) -> int:
 
 def check_nodes(plan: Plan, fleet: Fleet, indices: list[int] | None = None) -> None:
     """Every node reachable over SSH and its container engine answering, or nothing starts."""
-    results = fleet.map(lambda h: h.run(runtime.check_script(), timeout=30), indices)
+    results = fleet.map(lambda h: h.run(runtime.for_plan(plan).check_script(plan), timeout=30), indices)
     failures = {}
     for i, r in results.items():
         if isinstance(r, Exception):
             failures[i] = describe(r)
         elif not r.ok:
-            failures[i] = "docker not answering: " + ((r.stderr or r.stdout).strip().splitlines() or ["?"])[-1]
+            failures[i] = (
+                f"{runtime.for_plan(plan).name} not answering: "
+                + ((r.stderr or r.stdout).strip().splitlines() or ["?"])[-1]
+            )
     if failures:
         raise NodeFailures("cannot start: nodes not ready", failures, plan)
 
 
 def list_containers(plan: Plan, fleet: Fleet, indices: list[int] | None = None) -> list[Container]:
-    results = fleet.map(lambda h: h.run(runtime.list_script(plan.deployment)), indices)
+    results = fleet.map(lambda h: h.run(runtime.for_plan(plan).list_script(plan)), indices)
     failures, found = {}, []
     for i, r in results.items():
         if isinstance(r, Exception):
@@ -88,7 +93,7 @@ def start(plan: Plan, fleet: Fleet, services: list[Service], progress: Progress)
     groups = by_node(services)
 
     def go(host):
-        script, stdin = runtime.start_script(plan, groups[host.node.index])
+        script, stdin = runtime.for_plan(plan).start_script(plan, groups[host.node.index])
         return host.run(script, stdin=stdin, timeout=300)
 
     results = fleet.map(go, groups)
@@ -110,7 +115,7 @@ def remove(plan: Plan, fleet: Fleet, containers: list[Container]) -> None:
     groups: dict[int, list[str]] = {}
     for c in containers:
         groups.setdefault(c.node_index, []).append(c.name)
-    results = fleet.map(lambda h: h.run(runtime.remove_script(groups[h.node.index])), groups)
+    results = fleet.map(lambda h: h.run(runtime.for_plan(plan).remove_script(plan, groups[h.node.index])), groups)
     failures = {
         i: describe(r) if isinstance(r, Exception) else r.stderr.strip()
         for i, r in results.items()
@@ -149,7 +154,9 @@ class Waiter:
         plan, fleet = self.plan, self.fleet
         nodes = by_node(self.services)
         names = {i: [s.name for s in ss] for i, ss in nodes.items()} if self.progress.wants_last_lines else {}
-        results = fleet.map(lambda h: h.run(runtime.poll_script(plan.deployment, names.get(h.node.index, []))), nodes)
+        results = fleet.map(
+            lambda h: h.run(runtime.for_plan(plan).poll_script(plan, names.get(h.node.index, []))), nodes
+        )
         containers: dict[tuple[int, str], Container] = {}
         failures = {}
         for i, r in results.items():
@@ -254,9 +261,12 @@ class Waiter:
     def _fail(self, s: Service, c: Container | None) -> None:
         host = self.fleet.host(s.node.index)
         try:
-            logs = host.run(runtime.logs_script(s.name, tail=LOG_LINES_ON_FAILURE), timeout=30).stdout
+            logs = host.run(
+                runtime.for_plan(self.plan).logs_script(self.plan, s.name, tail=LOG_LINES_ON_FAILURE), timeout=30
+            ).stdout
         except Exception as exc:  # the node itself may be the problem
             logs = f"(no logs: {describe(exc)})"
+        logs = ANSI.sub("", logs)
         what = "disappeared" if c is None else f"{c.state} with exit code {c.exit_code}"
         rank = f" rank {s.rank} of group {s.group}" if s.rank is not None else ""
         raise ServiceFailed(

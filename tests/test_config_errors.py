@@ -56,7 +56,7 @@ def test_wrong_type(tmp_path, capsys):
 
 def test_missing_required_key(tmp_path, capsys):
     line = plan_error(tmp_path, capsys, MINIMAL.replace("image: example/image:1\n", ""))
-    assert "image" in line and "required key is missing" in line
+    assert "`image` is required with the docker runtime" in line
 
 
 def test_tp_not_matching_nodes_times_gpus(tmp_path, capsys):

@@ -100,7 +100,7 @@ def test_start_script_keeps_secrets_off_the_command_line(tmp_path):
     p = make_plan()
     s = next(s for s in p.services if s.group == "decode")
     s.secret_env = {"HF_TOKEN": "hf_top_secret"}
-    script, stdin = runtime.start_script(p, [s])
+    script, stdin = runtime.Docker().start_script(p, [s])
     assert "hf_top_secret" not in script
     assert stdin == "HF_TOKEN=hf_top_secret\n"
     # The dd line writes exactly the stdin it is given, with mode 0600, using real bash.

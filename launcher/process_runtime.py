@@ -1,0 +1,135 @@
+"""The process runtime: services as plain processes, for Docker-less nodes and the local default.
+
+Each service runs in its own session (`setsid`), so its whole process tree can be ended by session
+id: no orphaned workers left holding GPU memory after a stop (SGLang's schedulers outlive their
+parent otherwise). A per-deployment run directory on the node holds, per service: pid, its start
+time (so a reused pid is never mistaken for ours), labels.json, the env file (0600), the log and the
+exit code. `list_script` prints the same JSON shape as `docker inspect`, so everything above the
+runtime is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+
+from launcher.model import Plan, Service
+from launcher.runtime import POLL_MARK, write_from_stdin
+
+q = shlex.quote
+
+# Stop one service directory's session: TERM, up to 10 s, then KILL. Only a pid whose start time
+# matches the one recorded is signalled as a leader; survivors are found by session id.
+STOP_FN = r"""
+stop_svc() {
+  d=$1; [ -f "$d/pid" ] || return 0
+  pid=$(cat "$d/pid"); st=$(cat "$d/starttime" 2>/dev/null || true)
+  if [ -r "/proc/$pid/stat" ]; then
+    now=$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null || true)
+    [ "$now" = "$st" ] || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  fi
+  pkill -TERM -s "$pid" 2>/dev/null || true
+  i=0; while pgrep -s "$pid" >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  pkill -KILL -s "$pid" 2>/dev/null || true
+  kill -KILL -- "-$pid" 2>/dev/null || true
+}
+"""
+
+LIST_FN = r"""
+list_svcs() {
+  run=$1; first=1; printf '['
+  for d in "$run"/*/; do
+    [ -f "$d/labels.json" ] || continue
+    d=${d%/}; name=$(basename "$d"); pid=$(cat "$d/pid" 2>/dev/null || echo 0)
+    st=$(cat "$d/starttime" 2>/dev/null || true); state=exited; code=$(cat "$d/exit" 2>/dev/null || echo 137)
+    if [ -r "/proc/$pid/stat" ] && [ "$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null)" = "$st" ]; then
+      state=running; code=0
+    fi
+    [ $first = 1 ] || printf ','; first=0
+    printf '{"Id":"%s","Name":"/%s","State":{"Status":"%s","ExitCode":%s,"StartedAt":"%s"},"Config":{"Labels":' \
+      "$pid" "$name" "$state" "${code:-137}" "$(cat "$d/started" 2>/dev/null)"
+    cat "$d/labels.json"; printf '}}'
+  done
+  printf ']\n'
+}
+"""
+
+
+class Process:
+    name = "process"
+
+    def run_dir(self, plan: Plan) -> str:
+        return posixpath.join(plan.state_dir, plan.deployment, "run")
+
+    def check_script(self, plan: Plan) -> str:
+        env = plan.python_env
+        if not env:
+            return "command -v python3"
+        return (
+            f"test -x {q(env + '/bin/python3')} && {q(env + '/bin/python3')} --version || "
+            f"{{ echo 'python environment {env} not found (python_env)' >&2; exit 1; }}"
+        )
+
+    def list_script(self, plan: Plan) -> str:
+        run = self.run_dir(plan)
+        return LIST_FN + f"mkdir -p {q(run)} && list_svcs {q(run)}"
+
+    def start_script(self, plan: Plan, services: list[Service]) -> tuple[str, str]:
+        run = self.run_dir(plan)
+        lines = ["set -e", STOP_FN]
+        stdin = ""
+        path_prefix = f"{plan.python_env}/bin:" if plan.python_env else ""
+        for s in services:
+            d = posixpath.join(run, s.name)
+            env = {**s.env, **s.secret_env}
+            if path_prefix:
+                env["PATH"] = path_prefix + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+            body = "".join(f"export {k}={q(v)}\n" for k, v in env.items())
+            labels = json.dumps(plan.labels(s))
+            lines += [
+                f"stop_svc {q(d)}",
+                f"rm -rf {q(d)}",
+                f"install -d -m 0700 {q(d)} {q(d + '/scratch')}",
+                write_from_stdin(d + "/env", body),
+                f"printf '%s' {q(labels)} > {q(d + '/labels.json')}",
+                f"date -u +%Y-%m-%dT%H:%M:%SZ > {q(d + '/started')}",
+                # The wrapper is the session leader; it records the service's exit code.
+                f"(cd {q(d + '/scratch')} && exec setsid bash -c "
+                + q('. ../env; "$@"; echo $? > ../exit')
+                + f" {q(s.name)} {' '.join(q(a) for a in s.command)} > {q(d + '/log')} 2>&1 < /dev/null) &",
+                f"echo $! > {q(d + '/pid')}",
+                f"awk '{{print $22}}' /proc/$(cat {q(d + '/pid')})/stat > {q(d + '/starttime')}",
+            ]
+            stdin += body
+        return "\n".join(lines), stdin
+
+    def remove_script(self, plan: Plan, names: list[str]) -> str:
+        run = self.run_dir(plan)
+        parts = [STOP_FN]
+        for name in names:
+            d = posixpath.join(run, name)
+            parts.append(f"stop_svc {q(d)}; rm -rf {q(d)}")
+        return "\n".join(parts)
+
+    def remove_all_script(self, plan: Plan) -> str:
+        run = self.run_dir(plan)
+        return STOP_FN + (
+            f'n=0; for d in {q(run)}/*/; do [ -d "$d" ] || continue; stop_svc "${{d%/}}"; rm -rf "$d"; '
+            f"n=$((n+1)); done; rm -rf {q(posixpath.join(plan.state_dir, plan.deployment, 'secrets'))}; echo $n"
+        )
+
+    def logs_script(
+        self, plan: Plan, name: str, tail: int | None = None, follow: bool = False, since: str | None = None
+    ) -> str:
+        log = q(posixpath.join(self.run_dir(plan), name, "log"))
+        argv = "tail " + (f"-n {int(tail)}" if tail is not None else "-n +1") + (" -F" if follow else "")
+        return f"{argv} {log} 2>&1"
+
+    def poll_script(self, plan: Plan, names: list[str]) -> str:
+        script = self.list_script(plan)
+        for name in names:
+            log = q(posixpath.join(self.run_dir(plan), name, "log"))
+            script += f"; echo {q(POLL_MARK + name)}; tail -n 1 {log} 2>/dev/null | cut -c1-200"
+        return script
