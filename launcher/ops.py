@@ -60,6 +60,7 @@ class StatusRow:
     restarts: int
     health: str
     container: str | None
+    id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +76,7 @@ class StatusRow:
             "restarts": self.restarts,
             "health": self.health,
             "container": self.container,
+            "id": self.id,
         }
 
 
@@ -110,6 +112,7 @@ def status(plan: Plan, fleet: Fleet) -> tuple[list[StatusRow], dict[int, str], d
                 c.restarts if c else 0,
                 health.get(s.name, "-"),
                 c.name if c else None,
+                c.id if c else None,
             )
         )
     for key, c in found.items():

@@ -1,0 +1,79 @@
+"""The embedded default, for real: etcd, NATS, the Dynamo frontend and two mockers as local processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+LAUNCHER = [sys.executable, "-m", "launcher"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([*LAUNCHER, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_status_down_on_this_machine(tmp_path):
+    port = free_port()
+    env = {**os.environ, "LAUNCHER_PORT": str(port)}
+    config = str(REPO / "configs" / "local.yaml")
+    started = time.monotonic()
+    up = launcher("up", config, env=env, cwd=tmp_path)
+    print(f"\nlocal up to ready: {time.monotonic() - started:.1f}s")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "Traceback" not in up.stderr
+        curl = next(line for line in up.stdout.splitlines() if line.startswith("curl "))
+        answer = subprocess.run(
+            shlex.split(curl) + ["-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True, timeout=60
+        )
+        assert answer.stdout == "200", answer
+
+        # Without CONFIG: the last `up` in this directory is used.
+        status = launcher("status", "--json", env=env, cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        data = json.loads(status.stdout)
+        assert data["endpoint"] == f"http://127.0.0.1:{port}"
+        running = [s for s in data["services"] if s["state"] == "running"]
+        assert len(running) == 5 and {s["role"] for s in running} == {"etcd", "nats", "frontend", "prefill", "decode"}
+        # The process runtime reports each service's session-leader pid as its id.
+        pids = [int(s["id"]) for s in running]
+        assert all(Path(f"/proc/{p}").exists() for p in pids)
+
+        logs = launcher("logs", "--role", "decode", "--tail", "50", env=env, cwd=tmp_path)
+        assert logs.returncode == 0 and "[local decode r0]" in logs.stdout
+
+        again = launcher("up", config, env=env, cwd=tmp_path)
+        assert again.returncode == 0 and "unchanged" in again.stdout + again.stderr
+    finally:
+        down = launcher("down", config, env=env, cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "a process outlived down"
+    for p in (port, 12379, 12380, 14222, 18222, 19090, 19091, 13001):
+        assert not listening(p), f"port {p} still open after down"
