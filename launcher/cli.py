@@ -138,6 +138,12 @@ def up(
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = 10.0,
     host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait", help="Wait until the service answers (default), or only until every container runs."
+        ),
+    ] = True,
 ) -> None:
     """Start the deployment on every node, wait until it answers, and print the endpoint.
 
@@ -154,7 +160,7 @@ def up(
     command = "launcher up " + " ".join(sys.argv[2:])
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         try:
-            changes = upmod.up(p, fleet, progress, command=command)
+            changes = upmod.up(p, fleet, progress, command=command, wait=wait)
         except KeyboardInterrupt:
             err.print(
                 f"interrupted: containers already started stay up. See them with `launcher status`; remove them all"
@@ -163,8 +169,8 @@ def up(
             )
             raise typer.Exit(130) from None
     state = "unchanged" if changes.unchanged else f"{len(changes.create)} service(s) (re)created"
-    out.print(f"ready: {p.deployment} on {len(p.nodes)} node(s), {state}", markup=False)
-    if p.endpoint:
+    out.print(f"{'ready' if wait else 'running'}: {p.deployment} on {len(p.nodes)} node(s), {state}", markup=False)
+    if p.endpoint and wait:
         out.print(f"endpoint: {p.endpoint}  model: {p.model_name}", markup=False)
         out.print(readiness.curl_command(p.endpoint, p.model_name), markup=False, soft_wrap=True)
 

@@ -138,6 +138,7 @@ class Waiter:
     passed: set[str] = field(default_factory=set)
     last_lines: dict[str, str] = field(default_factory=dict)
     frontend_note: str = ""
+    running_only: bool = False  # ready = the container runs (up --no-wait)
 
     def run(self) -> None:
         self.progress.start()
@@ -194,7 +195,7 @@ class Waiter:
     def _probe(self) -> None:
         todo = [s for s in self.services if s.service not in self.passed]
         for s in todo:
-            if s.probe.kind == "running":
+            if s.probe.kind == "running" or self.running_only:
                 self.passed.add(s.service)
         http = [s for s in todo if s.probe.kind == "http"]
         if not http:
@@ -296,7 +297,8 @@ def smoke_test(plan: Plan, fleet: Fleet, attempts: int = 10) -> str:
     raise ServiceFailed(f"smoke test failed: a chat completion through {plan.endpoint} answered {last}")
 
 
-def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up") -> Changes:
+def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up", wait: bool = True) -> Changes:
+    """Converge the nodes on the plan. With wait=False, return once every container runs (no readiness)."""
     progress.log(f"checking {len(plan.nodes)} node(s)")
     check_nodes(plan, fleet)
     head = fleet.host(head_index(plan))
@@ -320,10 +322,17 @@ def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up
         ]
         for i, phase in enumerate(phases):
             start(plan, fleet, [s for s in phase if s.service in create], progress)
-            if i < 2 and phase:
+            if i < 2 and phase and wait:
                 Waiter(plan, fleet, progress, phase).run()
-        Waiter(plan, fleet, progress, plan.services, check_frontend=plan.endpoint is not None).run()
-        if plan.endpoint:
+        Waiter(
+            plan,
+            fleet,
+            progress,
+            plan.services,
+            check_frontend=wait and plan.endpoint is not None,
+            running_only=not wait,
+        ).run()
+        if plan.endpoint and wait:
             progress.log("smoke test: " + smoke_test(plan, fleet))
         lock.audit(
             head,
