@@ -391,7 +391,14 @@ def version() -> None:
     out.print(__version__)
 
 
+def _terminate(signum, frame):  # SIGTERM behaves like Ctrl-C: clean up, release the lock, explain
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app(standalone_mode=False)
     except LauncherError as exc:

@@ -70,7 +70,7 @@ class ContainerSettings(Strict):
     network: str | None = None
     ipc: str | None = None
     shm_size: str | None = None
-    ulimits: dict[str, str | int] | None = None
+    ulimits: dict[str, str | int | None] | None = None  # null drops a default limit
     cap_add: list[str] | None = None
     devices: list[str] | None = None
     privileged: bool | None = None
@@ -97,7 +97,7 @@ class ContainerSettings(Strict):
             if mine is None:
                 out[name] = theirs
             elif isinstance(mine, dict) and isinstance(theirs, dict):
-                out[name] = {**theirs, **mine}
+                out[name] = {k: v for k, v in {**theirs, **mine}.items() if v is not None}
             elif isinstance(mine, list) and isinstance(theirs, list):
                 out[name] = list(dict.fromkeys(theirs + mine))
             else:
@@ -185,7 +185,8 @@ class GroupSpec(Strict):
     dist_init_port: Annotated[int, Field(ge=1, le=65535)] = 29500
     bootstrap_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
-    system_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # Dynamo keeps DYN_SYSTEM_PORT in a signed 16-bit integer: a higher port crashes the worker.
+    system_port: Annotated[int, Field(ge=1, le=32767)] | None = None
     timeout: Annotated[float, Field(gt=0)] = 1800
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -24,6 +26,10 @@ import paramiko
 
 from launcher.errors import LauncherError
 from launcher.model import Node
+
+# paramiko logs every refused forwarded channel (a probe before the service listens) at ERROR level;
+# the launcher reports what matters itself, per node.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 LOCAL_ADDRESSES = {"127.0.0.1", "localhost", "::1"}
@@ -172,13 +178,18 @@ class Host:
 
         With `out`, stdout is streamed to it chunk by chunk (for `logs -f`)."""
         self.connect()
-        kwargs: dict[str, Any] = {"hide": True, "warn": True, "timeout": timeout or self.options.command_timeout}
-        kwargs["in_stream"] = io.StringIO(stdin) if stdin is not None else False
-        if out is not None:
-            kwargs["out_stream"] = _Sink(out)
-            kwargs["timeout"] = timeout
+        if out is None:
+            return self._exec(script, stdin, timeout or self.options.command_timeout)
         try:
-            result = self._conn.run(script, **kwargs)
+            result = self._conn.run(
+                script,
+                hide=True,
+                warn=True,
+                in_stream=False,
+                out_stream=_Sink(out),
+                err_stream=_Sink(out),
+                timeout=timeout,
+            )
         except Exception as exc:
             from invoke.exceptions import CommandTimedOut
 
@@ -188,6 +199,50 @@ class Host:
             self.close()
             raise NodeError(self.node, kind, detail) from None
         return Completed(result.exited, result.stdout, result.stderr)
+
+    def _exec(self, script: str, stdin: str | None, timeout: float) -> Completed:
+        """One command on a fresh channel of the node's connection; stdin written, then closed.
+
+        A script that exits without reading all of its stdin is fine (the rest is dropped)."""
+        try:
+            chan = self._conn.transport.open_session(timeout=timeout)
+        except Exception as exc:
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            chan.exec_command(script)
+            if stdin:
+                try:
+                    chan.sendall(stdin.encode())
+                except OSError:
+                    pass  # the command ended first
+            chan.shutdown_write()
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                    continue
+                if chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    continue
+                idle = not chan.recv_ready() and not chan.recv_stderr_ready()
+                if chan.exit_status_ready() and idle and (chan.eof_received or chan.closed):
+                    break
+                if time.monotonic() > deadline:
+                    raise NodeError(self.node, "command timed out", f"after {timeout:.0f}s")
+                select.select([chan], [], [], 0.05)
+            code = chan.recv_exit_status()
+        except NodeError:
+            raise
+        except Exception as exc:
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        finally:
+            chan.close()
+        return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
 
     def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
         """An HTTP request to a port on the node, through the SSH connection (no route needed)."""

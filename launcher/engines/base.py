@@ -80,6 +80,9 @@ def dynamo_env(address: str, etcd: str | None, nats: str | None) -> dict[str, st
     unreachable interface on multi-NIC hosts.
     """
     env = {
+        # The mocker's prefill workers advertise their bootstrap host from this (else from the
+        # hostname, which on a real cluster may resolve to a loopback or management address).
+        "DYN_HTTP_RPC_HOST": address,
         "DYN_TCP_RPC_HOST": address,
         "DYN_TCP_RESPONSE_STREAM_HOST": address,
         "DYN_EVENT_PLANE_HOST": address,

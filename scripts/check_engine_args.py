@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""Parse an engine's launch argv with the engine's own argument parser, starting nothing.
+
+Usage (ARGV is what follows `python3 -m <module>`):
+
+    python check_engine_args.py --engine ENGINE [--env KEY=VALUE ...] -- ARGV...
+    python check_engine_args.py --batch < requests.jsonl
+
+ENGINE is one of:
+
+* ``sglang``: SGLang's ``ServerArgs.add_cli_args`` on ``argparse.ArgumentParser(prog="sglang serve")``,
+  as ``sglang.launch_server`` builds it (``--config`` files are merged the same way). Where constructing
+  ``ServerArgs`` is free of side effects (0.5.21: ``__post_init__`` does nothing and resolution is a
+  separate ``resolve_once`` step), ``ServerArgs.from_cli_args`` runs too. Older releases resolve in
+  ``__post_init__`` (GPU probing, model config download), so for them only the parser runs.
+  ``resolve_once`` is never called: it reads the model config and the hardware.
+* ``dynamo-sglang``: ``dynamo.sglang.args.parse_args``, the function ``python3 -m dynamo.sglang`` calls
+  first. It builds the Dynamo runtime + Dynamo SGLang groups and SGLang's ``ServerArgs`` parser and
+  runs Dynamo's own post-parse checks; it creates no runtime and no engine. Its model prefetch
+  (``fetch_model``) is replaced by a no-op so that nothing is downloaded.
+* ``dynamo-mocker``: ``dynamo.mocker.args.parse_args``.
+* ``dynamo-frontend``: ``dynamo.frontend.main.parse_args`` (reads ``sys.argv``, which is set for the call).
+
+Output: one JSON object on stdout, ``{"ok", "engine", "version", "errors", "warnings", ...}``; exit
+status 0 if ok, 1 if the argv was rejected, 2 if the parser itself could not be loaded. Argparse
+errors (unrecognized arguments, ambiguous option prefixes, invalid choices, retired flags) and
+exceptions raised while parsing are errors; deprecation messages (logged or ``warnings.warn``) are
+warnings. Whatever the engines print goes to stderr, so stdout holds only the JSON.
+
+``--batch`` reads JSON lines ``{"engine": ..., "argv": [...], "env": {...}}`` from stdin and writes one
+result line per request (flushed), so one process (whose imports take tens of seconds for
+dynamo-sglang) can check many argvs. Environment variables (``--env`` / ``"env"``) are set before the
+engine modules are imported (Dynamo reads defaults such as ``DYN_NAMESPACE`` from the environment);
+in batch mode they stay set for later requests.
+
+Dependencies: the standard library and the engine packages only, so that the file can be copied into
+an engine container and run with its python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import sys
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+ENGINES = ("sglang", "dynamo-sglang", "dynamo-mocker", "dynamo-frontend")
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class ParserRejected(Exception):
+    """Raised instead of argparse's print-usage-and-exit."""
+
+
+class LoadFailed(Exception):
+    """The engine's parser could not be imported or built."""
+
+
+def _clean(text: str) -> str:
+    return _ANSI.sub("", str(text)).strip()
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _argparse_raises() -> Iterator[None]:
+    """Make every ArgumentParser raise ParserRejected where it would print usage and exit(2)."""
+
+    original = argparse.ArgumentParser.error
+
+    def error(self: argparse.ArgumentParser, message: str) -> None:
+        raise ParserRejected(f"{self.prog}: error: {message}")
+
+    argparse.ArgumentParser.error = error  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.error = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _capture_diagnostics(records: list[logging.LogRecord], caught: list[warnings.WarningMessage]) -> Iterator[None]:
+    """Collect log records at WARNING and above (whatever handlers the engines installed) and warnings."""
+
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if record.levelno >= logging.WARNING:
+            records.append(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                caught.extend(got)
+    finally:
+        logging.setLogRecordFactory(previous)
+
+
+# --- engines -----------------------------------------------------------------------------------------
+# Each loader imports the engine (outside the capture window: import-time noise is not about the argv)
+# and returns (versions, check) where check(argv) parses and returns a list of notes.
+
+
+def _load_sglang() -> tuple[dict[str, str | None], Callable[[list[str]], list[str]]]:
+    try:
+        from sglang.srt.server_args import ServerArgs
+    except Exception as exc:  # noqa: BLE001 - any import failure means "cannot check here"
+        raise LoadFailed(f"cannot import sglang.srt.server_args: {type(exc).__name__}: {exc}") from exc
+
+    construct = hasattr(ServerArgs, "resolve_once")
+
+    def check(argv: list[str]) -> list[str]:
+        parser = argparse.ArgumentParser(prog="sglang serve")
+        ServerArgs.add_cli_args(parser)
+        if "--config" in argv:
+            from sglang.srt.utils.server_args_config_parser import ConfigArgumentMerger
+
+            argv = ConfigArgumentMerger(parser).merge_config_with_args(argv)
+        namespace = parser.parse_args(argv)
+        if construct:
+            ServerArgs.from_cli_args(namespace)
+            return ["parsed and constructed ServerArgs (not resolved: resolution reads the model and hardware)"]
+        return ["parsed only: this SGLang resolves in ServerArgs.__post_init__, which needs the model and a GPU"]
+
+    return {"sglang": _dist_version("sglang")}, check
+
+
+def _load_dynamo_sglang() -> tuple[dict[str, str | None], Callable[[list[str]], list[str]]]:
+    try:
+        dynamo_args = importlib.import_module("dynamo.sglang.args")
+    except Exception as exc:  # noqa: BLE001
+        raise LoadFailed(f"cannot import dynamo.sglang.args: {type(exc).__name__}: {exc}") from exc
+
+    skipped: list[str] = []
+
+    async def no_fetch(model: str, *args: Any, **kwargs: Any) -> str:
+        skipped.append(model)
+        return model
+
+    # parse_args prefetches models that are not on local disk; the check must not download anything.
+    dynamo_args.fetch_model = no_fetch
+
+    def check(argv: list[str]) -> list[str]:
+        skipped.clear()
+        asyncio.run(dynamo_args.parse_args(list(argv)))
+        notes = ["dynamo.sglang.args.parse_args completed (ServerArgs built, not resolved)"]
+        notes += [f"model prefetch skipped for {model!r}" for model in skipped]
+        return notes
+
+    return {"ai-dynamo": _dist_version("ai-dynamo"), "sglang": _dist_version("sglang")}, check
+
+
+def _load_dynamo_mocker() -> tuple[dict[str, str | None], Callable[[list[str]], list[str]]]:
+    try:
+        mocker_args = importlib.import_module("dynamo.mocker.args")
+    except Exception as exc:  # noqa: BLE001
+        raise LoadFailed(f"cannot import dynamo.mocker.args: {type(exc).__name__}: {exc}") from exc
+
+    def check(argv: list[str]) -> list[str]:
+        mocker_args.parse_args(list(argv))
+        return ["dynamo.mocker.args.parse_args completed"]
+
+    return {"ai-dynamo": _dist_version("ai-dynamo")}, check
+
+
+def _load_dynamo_frontend() -> tuple[dict[str, str | None], Callable[[list[str]], list[str]]]:
+    try:
+        frontend_main = importlib.import_module("dynamo.frontend.main")
+    except Exception as exc:  # noqa: BLE001
+        raise LoadFailed(f"cannot import dynamo.frontend.main: {type(exc).__name__}: {exc}") from exc
+
+    def check(argv: list[str]) -> list[str]:
+        saved = sys.argv
+        sys.argv = [saved[0], *argv]
+        try:
+            frontend_main.parse_args()
+        finally:
+            sys.argv = saved
+        return ["dynamo.frontend.main.parse_args completed"]
+
+    return {"ai-dynamo": _dist_version("ai-dynamo")}, check
+
+
+_LOADERS = {
+    "sglang": _load_sglang,
+    "dynamo-sglang": _load_dynamo_sglang,
+    "dynamo-mocker": _load_dynamo_mocker,
+    "dynamo-frontend": _load_dynamo_frontend,
+}
+_loaded: dict[str, tuple[dict[str, str | None], Callable[[list[str]], list[str]]]] = {}
+
+_PROGRAM = {
+    "sglang": "sglang serve",
+    "dynamo-sglang": "python3 -m dynamo.sglang",
+    "dynamo-mocker": "python3 -m dynamo.mocker",
+    "dynamo-frontend": "python3 -m dynamo.frontend",
+}
+_MAX_ROUNDS = 12
+_AMBIGUOUS = re.compile(r"ambiguous option: (-[^\s=]+)")
+_ARGUMENT = re.compile(r"error: argument (\S+?): ")
+
+
+@contextlib.contextmanager
+def _program_name(engine: str) -> Iterator[None]:
+    """Parsers built with the default prog name themselves after sys.argv[0]; name the real program."""
+
+    saved = sys.argv
+    sys.argv = [_PROGRAM[engine], *saved[1:]]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def _drop_offender(message: str, argv: list[str]) -> list[str] | None:
+    """Remove the option an argparse error names (with its values); None when that cannot be done.
+
+    "unrecognized arguments" already lists every leftover, so it ends the search.
+    """
+
+    if (match := _AMBIGUOUS.search(message)) is not None:
+        names = {match.group(1)}
+    elif (match := _ARGUMENT.search(message)) is not None:
+        names = set(match.group(1).split("/"))
+    else:
+        return None
+    for index, token in enumerate(argv):
+        option = token.split("=", 1)[0]
+        if not option.startswith("-"):
+            continue
+        # exact spelling, or an abbreviation argparse expanded to one of the names
+        if option in names or any(name.startswith(option) and option.startswith("--") for name in names):
+            end = index + 1
+            if "=" not in token:
+                while end < len(argv) and not _looks_like_option(argv[end]):
+                    end += 1
+            return argv[:index] + argv[end:]
+    return None
+
+
+def _looks_like_option(token: str) -> bool:
+    return token.startswith("-") and not re.fullmatch(r"-\d+(\.\d*)?([eE][-+]?\d+)?", token)
+
+
+def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
+    """Check one argv; returns (result, exit status)."""
+
+    result: dict[str, Any] = {"ok": False, "engine": engine, "version": None, "errors": [], "warnings": []}
+    if engine not in _LOADERS:
+        result["errors"].append(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+        return result, 2
+    for key, value in (env or {}).items():
+        os.environ[key] = value
+    try:
+        if engine not in _loaded:
+            _loaded[engine] = _LOADERS[engine]()
+    except LoadFailed as exc:
+        result["errors"].append(str(exc))
+        return result, 2
+    versions, check = _loaded[engine]
+    result["version"] = versions.get("ai-dynamo" if engine.startswith("dynamo-") else "sglang")
+    result["versions"] = versions
+
+    records: list[logging.LogRecord] = []
+    caught: list[warnings.WarningMessage] = []
+    errors: list[str] = []
+    notes: list[str] = []
+    remaining = list(argv)
+    with _argparse_raises(), _capture_diagnostics(records, caught), _program_name(engine):
+        try:
+            # argparse stops at the first error. To report every bad option at once, drop the option an
+            # error names and parse again (a bounded number of times); the verdict stays "rejected".
+            for _ in range(_MAX_ROUNDS):
+                try:
+                    notes = check(list(remaining))
+                    if errors:
+                        notes.append("the argv parsed once the rejected options were removed")
+                    break
+                except ParserRejected as exc:
+                    errors.append(_clean(exc))
+                    remaining = _drop_offender(str(exc), remaining)
+                    if remaining is None:
+                        break
+        except SystemExit as exc:
+            # Engines that log the problem and sys.exit() themselves (the frontend's "Unknown arguments").
+            if exc.code not in (0, None):
+                errors.append(f"exited with status {exc.code}")
+            else:
+                errors.append("the parser exited with status 0 (--help or --version in the argv?)")
+        except Exception as exc:  # noqa: BLE001 - e.g. a retired flag's ValueError, Dynamo's own checks
+            errors.append(_clean(f"{type(exc).__name__}: {exc}"))
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            notes.append(f"raised at {frame.filename}:{frame.lineno}")
+
+    failed = bool(errors)
+    logged_errors: list[str] = []
+    for record in records:
+        try:
+            message = _clean(record.getMessage())
+        except Exception:  # noqa: BLE001 - a malformed log call must not hide the verdict
+            message = _clean(str(record.msg))
+        if not message:
+            continue
+        if record.levelno < logging.ERROR:
+            result["warnings"].append(message)
+        elif failed:
+            logged_errors.append(message)  # e.g. the frontend logs "Unknown arguments" and then exits
+        else:
+            result["warnings"].append(f"logged error: {message}")
+    for item in caught:
+        result["warnings"].append(f"{item.category.__name__}: {_clean(item.message)}")
+
+    result["errors"] = logged_errors + errors
+    result["ok"] = not failed
+    result["notes"] = notes
+    return result, 0 if result["ok"] else 1
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[Any]:
+    """Send everything written to fd 1 (Python or native code) to stderr; yield a stream to the real stdout."""
+
+    sys.stdout.flush()
+    saved_fd = os.dup(1)
+    os.dup2(2, 1)
+    real_stdout = os.fdopen(saved_fd, "w", buffering=1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield real_stdout
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved_fd, 1)
+        real_stdout.flush()
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--env expects KEY=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    engine_argv: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, engine_argv = argv[:cut], argv[cut + 1 :]
+
+    cli = argparse.ArgumentParser(
+        prog="check_engine_args.py",
+        description="Parse an engine launch argv with the engine's real argument parser.",
+        epilog="Put the engine argv after `--`.",
+        allow_abbrev=False,
+    )
+    mode = cli.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--engine", choices=ENGINES)
+    mode.add_argument("--batch", action="store_true", help="read JSON requests from stdin, one per line")
+    cli.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set before importing")
+    options = cli.parse_args(argv)
+    if options.batch and engine_argv:
+        cli.error("--batch takes its argvs from stdin, not after `--`")
+    env = _parse_env(options.env)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+
+    with _stdout_to_stderr() as out:
+        if not options.batch:
+            result, status = check_argv(options.engine, engine_argv, env)
+            out.write(json.dumps(result) + "\n")
+            return status
+        worst = 0
+        for os_env_key, os_env_value in env.items():
+            os.environ[os_env_key] = os_env_value
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+                result, status = check_argv(
+                    str(request["engine"]), [str(a) for a in request["argv"]], request.get("env") or {}
+                )
+                if "id" in request:
+                    result["id"] = request["id"]
+            except (ValueError, KeyError, TypeError) as exc:
+                result, status = {"ok": False, "engine": None, "version": None, "errors": [f"bad request: {exc}"]}, 2
+                result["warnings"] = []
+            out.write(json.dumps(result) + "\n")
+            out.flush()
+            worst = max(worst, status)
+        return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())

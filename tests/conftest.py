@@ -1,0 +1,165 @@
+"""Shared fixtures. `testbed`: the multi-node testbed of scripts/testbed, brought up once per session.
+
+Each testbed node is a network namespace with its own sshd and dockerd (see scripts/testbed). The fixture runs
+`scripts/testbed up N` (N from LAUNCHER_TESTBED_NODES, default 13) once and `scripts/testbed down` at the end of
+the session (LAUNCHER_TESTBED_KEEP=1 leaves it up for debugging). Without root or network namespaces the tests
+that use it are skipped, except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TESTBED_SCRIPT = REPO / "scripts" / "testbed"
+SSH_OPTIONS = ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def testbed_unavailable_reason() -> str | None:
+    """Why the testbed cannot run on this machine, or None."""
+    if not sys.platform.startswith("linux"):
+        return "the testbed needs Linux"
+    if os.geteuid() != 0:
+        return "the testbed needs root (network namespaces, one sshd and one dockerd per node)"
+    if not Path("/proc/self/ns/net").exists():
+        return "this kernel has no network namespaces"
+    unshare = shutil.which("unshare")
+    if unshare:
+        probe = subprocess.run([unshare, "--net", "true"], capture_output=True, text=True, timeout=30)
+        if probe.returncode != 0:
+            return f"cannot create a network namespace here: {probe.stderr.strip()}"
+    return None
+
+
+def require_testbed_capable() -> None:
+    """pytest.skip (locally) or pytest.fail (CI=true) when the testbed cannot run here."""
+    reason = testbed_unavailable_reason()
+    if reason is None:
+        return
+    if in_ci():
+        pytest.fail(f"testbed required in CI but unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclasses.dataclass
+class Testbed:
+    """A running testbed: where it lives, its nodes, and helpers to reach them."""
+
+    __test__ = False  # not a test class, despite the name
+
+    repo: Path
+    dir: Path
+    inventory: Path
+    key: Path
+    known_hosts: Path
+    nodes: list[tuple[str, str]]  # (name, address)
+    vars: dict[str, str]  # the inventory's `vars:` (TESTBED_IMAGE, TESTBED_PYTHON_HOME, TESTBED_VENV, TESTBED_REPO)
+    env: dict[str, str]  # environment for scripts/testbed (TESTBED_* overrides for a second testbed)
+    up_seconds: float = 0.0  # bring-up time the script reported
+    up_output: str = ""
+
+    def ssh_command(self, i: int, cmd: str, known_hosts: Path | None = None) -> list[str]:
+        return [
+            "ssh",
+            "-F", "/dev/null",
+            "-i", str(self.key),
+            "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={known_hosts or self.known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            *SSH_OPTIONS,
+            f"root@{self.nodes[i][1]}",
+            cmd,
+        ]  # fmt: skip
+
+    def ssh(self, i: int, cmd: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+        """Run `cmd` on node i with OpenSSH (host key checked against the testbed's known_hosts)."""
+        return subprocess.run(self.ssh_command(i, cmd), capture_output=True, text=True, timeout=timeout, check=check)
+
+    def run(self, verb: str, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        """Call scripts/testbed (e.g. run("cut", "3"), run("heal", "3"), run("status", "--json"))."""
+        proc = subprocess.run(
+            [sys.executable, str(TESTBED_SCRIPT), verb, *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"scripts/testbed {verb} {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout}{proc.stderr}")  # fmt: skip
+        return proc
+
+    def docker_run(self, *args: str, detach: bool = False) -> str:
+        """`docker run` command line (--rm, or -d) for a node container, with /usr, python and venv mounted as
+        deployments do, and PATH leading to the venv."""
+        v = self.vars
+        mounts = [
+            "-v", "/usr:/usr:ro",
+            "-v", f"{v['TESTBED_PYTHON_HOME']}:{v['TESTBED_PYTHON_HOME']}:ro",
+            "-v", f"{v['TESTBED_VENV']}:{v['TESTBED_VENV']}:ro",
+            "-e", f"PATH={v['TESTBED_VENV']}/bin:/usr/bin:/bin",
+        ]  # fmt: skip
+        return shlex.join(["docker", "run", "-d" if detach else "--rm", "--network", "host", *mounts, *args])
+
+
+def env_for_testbed(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(overrides)
+    return env
+
+
+def bring_up(n: int, env: dict[str, str], timeout: float = 1200) -> Testbed:
+    """`scripts/testbed up n` with env; returns the Testbed read back from its inventory."""
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(TESTBED_SCRIPT), "up", str(n)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    wall = time.monotonic() - t0
+    if proc.returncode != 0:
+        pytest.fail(f"scripts/testbed up {n} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}", pytrace=False)
+    state_dir = Path(env.get("TESTBED_DIR") or REPO / ".testbed")
+    inventory = state_dir / "inventory.yaml"
+    inv = yaml.safe_load(inventory.read_text())
+    m = re.search(r"(\d+) nodes up in ([\d.]+) s", proc.stdout)
+    return Testbed(
+        repo=REPO,
+        dir=state_dir,
+        inventory=inventory,
+        key=Path(inv["ssh"]["key"]),
+        known_hosts=Path(inv["ssh"]["known_hosts"]),
+        nodes=[(node["name"], node["address"]) for node in inv["nodes"]],
+        vars={k: str(v) for k, v in inv["vars"].items()},
+        env=env,
+        up_seconds=float(m.group(2)) if m else wall,
+        up_output=proc.stdout + proc.stderr,
+    )
+
+
+@pytest.fixture(scope="session")
+def testbed():
+    """The session's testbed: N nodes (LAUNCHER_TESTBED_NODES, default 13), torn down at the end."""
+    require_testbed_capable()
+    n = int(os.environ.get("LAUNCHER_TESTBED_NODES", "13"))
+    tb = bring_up(n, env_for_testbed())
+    try:
+        yield tb
+    finally:
+        if os.environ.get("LAUNCHER_TESTBED_KEEP") != "1":
+            down = tb.run("down", check=False)
+            if down.returncode != 0:
+                pytest.fail(f"scripts/testbed down failed:\n{down.stdout}{down.stderr}", pytrace=False)

@@ -1,0 +1,172 @@
+"""The main job on the real testbed: 13 nodes (sshd + dockerd each), the real Dynamo stack with mockers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.testbed
+
+CONFIG = REPO / "configs" / "testbed-104.yaml"
+LABEL = "label=launcher.deployment=testbed-104"
+
+
+def launcher(testbed, command: str, *args: str, cwd: Path, timeout: float = 300, config: Path = CONFIG):
+    argv = [sys.executable, "-m", "launcher", command, "-c", str(config), "-i", str(testbed.inventory), *args]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def ids(testbed, cwd: Path) -> dict[str, str]:
+    """service -> container id, from the nodes' labels (status --json)."""
+    out = launcher(testbed, "status", "--json", cwd=cwd)
+    data = json.loads(out.stdout)
+    return {s["service"]: s["id"] for s in data["services"] if s["id"]}
+
+
+def chat(address: str) -> tuple[int, dict]:
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}).encode()
+    req = urllib.request.Request(
+        f"http://{address}:8000/v1/chat/completions", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+def variant(tmp_path: Path, name: str, **decode_args) -> Path:
+    data = yaml.safe_load(CONFIG.read_text())
+    data["groups"]["decode"]["args"].update(decode_args)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))  # group order decides node placement
+    return path
+
+
+def containers_on(testbed, i: int) -> list[str]:
+    r = testbed.ssh(i, f"docker ps -aq --filter {LABEL}")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, testbed):
+    cwd = tmp_path_factory.mktemp("e2e")
+    yield cwd
+    launcher(testbed, "down", cwd=cwd)
+
+
+def test_up_serves_through_prefill_and_decode(testbed, work):
+    started = time.monotonic()
+    up = launcher(testbed, "up", cwd=work)
+    took = time.monotonic() - started
+    print(f"\nup on 13 nodes to ready: {took:.1f}s")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "ready: testbed-104 on 13 node(s)" in up.stdout
+    assert "curl -sS http://10.213.0.10:8000/v1/chat/completions" in up.stdout
+
+    status, body = chat(testbed.nodes[0][1])
+    assert status == 200 and body["usage"]["completion_tokens"] > 0
+    request = body["id"].removeprefix("chatcmpl-")
+    for role in ("prefill", "decode"):
+        logs = launcher(testbed, "logs", "--role", role, "--grep", request, cwd=work)
+        assert logs.returncode == 0, logs.stderr
+        assert f" {role} r" in logs.stdout and request in logs.stdout, f"no {role} mocker logged {request}"
+
+
+def test_status_shows_every_service_running(testbed, work):
+    out = launcher(testbed, "status", "--json", cwd=work)
+    assert out.returncode == 0, out.stdout + out.stderr
+    data = json.loads(out.stdout)
+    assert data["ok"] and data["endpoint"] == "http://10.213.0.10:8000"
+    assert len(data["services"]) == 16
+    assert all(s["state"] == "running" for s in data["services"])
+    assert data["frontend"]["instances"] == {"prefill": 4, "backend": 9}
+    ranks = sorted((s["group"], s["rank"], s["node_index"]) for s in data["services"] if s["group"])
+    assert ranks == sorted([("prefill", r, r) for r in range(4)] + [("decode", r, 4 + r) for r in range(9)])
+
+
+def test_logs_of_one_node(testbed, work):
+    out = launcher(testbed, "logs", "--node", "3", "--tail", "20", cwd=work)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert lines and all(line.startswith("[tb3 prefill r3] ") for line in lines)
+    assert "mocker" in out.stdout.lower() or "dynamo" in out.stdout.lower()
+
+
+def test_exec_on_a_role(testbed, work):
+    out = launcher(testbed, "exec", "--role", "decode", "--", "hostname", "-I", cwd=work)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("== node") == 9 and "10.213.0.14" in out.stdout
+
+
+def test_up_again_changes_nothing(testbed, work):
+    before = ids(testbed, work)
+    again = launcher(testbed, "up", cwd=work)
+    assert again.returncode == 0, again.stderr
+    assert "unchanged" in again.stdout + again.stderr
+    assert ids(testbed, work) == before
+
+
+def test_changed_decode_arg_recreates_exactly_the_decode_group(testbed, work, tmp_path):
+    before = ids(testbed, work)
+    changed = variant(tmp_path, "changed.yaml", **{"max-num-seqs": 64})
+    up = launcher(testbed, "up", cwd=work, config=changed)
+    assert up.returncode == 0, up.stdout + up.stderr
+    after = ids(testbed, work)
+    recreated = {k for k in before if before[k] != after.get(k)}
+    assert recreated == {f"decode-r{i}" for i in range(9)}
+
+
+def test_killed_rank_fails_up_fast_and_lock_refuses_a_second_up(testbed, work, tmp_path):
+    # The decode mockers take 60 s to register, so `up` is still waiting when a rank dies.
+    slow = variant(tmp_path, "slow.yaml", **{"startup-time": 60})
+    running_r3 = "docker ps -q --no-trunc --filter name=testbed-104-decode-r3 --filter status=running"
+    old = testbed.ssh(7, running_r3).stdout.strip()
+    first = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "up", "-c", str(slow), "-i", str(testbed.inventory)],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        victim = None
+        deadline = time.monotonic() + 90
+        while victim is None and time.monotonic() < deadline:
+            found = testbed.ssh(7, running_r3).stdout.strip()
+            victim = found if found and found != old else None  # the recreated container, not the old one
+            time.sleep(0.5)
+        assert victim, "decode r3 never started on node 7"
+
+        second = launcher(testbed, "up", cwd=work, config=slow, timeout=60)
+        assert second.returncode == 1
+        assert "locked by" in second.stderr and "launcher up" in second.stderr
+
+        testbed.ssh(7, f"docker kill {victim}")
+        killed = time.monotonic()
+        stdout, stderr = first.communicate(timeout=60)
+        print(f"\nup failed {time.monotonic() - killed:.1f}s after the kill")
+        assert first.returncode == 1, stdout + stderr
+        assert time.monotonic() - killed < 15
+        assert "decode rank 3 of group decode on node 7 (tb7 10.213.0.17)" in stderr
+        assert "exit code" in stderr and "launcher logs --node 7" in stderr
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
+def test_down_removes_everything_and_is_idempotent(testbed, work):
+    down = launcher(testbed, "down", cwd=work)
+    assert down.returncode == 0, down.stderr
+    for i in range(13):
+        assert containers_on(testbed, i) == [], f"node {i} still has containers"
+    again = launcher(testbed, "down", cwd=work)
+    assert again.returncode == 0 and "removed 0 container(s)" in again.stdout

@@ -1,0 +1,260 @@
+"""Engine argvs checked by the engines' real argument parsers (SGLang 0.5.21, ai-dynamo 1.6.1), CPU only.
+
+`scripts/parser-env` builds (once; cached under .cache/parser-env/) a venv holding SGLang and Dynamo's
+parsers, and `scripts/check_engine_args.py` parses an argv with them without starting anything.
+
+Other tests can import the helpers:
+
+    from tests.test_real_parsers import check_args
+    result = check_args("dynamo-sglang", argv)   # argv without `python3 -m dynamo.sglang`
+    assert result["ok"], result["errors"]
+
+`check_args` builds the env on first use (about two minutes from scratch) and keeps one checker process
+per interpreter alive for the session, because importing dynamo.sglang's parser takes 20-30 s.
+The dynamo-mocker and dynamo-frontend parsers run under this interpreter (the project venv has
+ai-dynamo 1.6.1); sglang and dynamo-sglang under the parser env.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PARSER_ENV = REPO / "scripts" / "parser-env"
+CHECKER = REPO / "scripts" / "check_engine_args.py"
+DEFAULT_SGLANG = "0.5.21"
+ENV_BUILD_TIMEOUT = 1800  # seconds; a cold build takes about two minutes here
+
+pytestmark = pytest.mark.slow
+
+
+@functools.cache
+def parser_env_python(sglang: str = DEFAULT_SGLANG) -> Path:
+    """The python of the parser env for this SGLang release, building the env if needed (once a session)."""
+
+    done = subprocess.run(
+        [sys.executable, str(PARSER_ENV), "--sglang", sglang],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=ENV_BUILD_TIMEOUT,
+        check=True,
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+class _Checker:
+    """One `check_engine_args.py --batch` process, fed a JSON request per line."""
+
+    def __init__(self, python: Path):
+        self._log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the process
+        self._proc = subprocess.Popen(
+            [str(python), str(CHECKER), "--batch"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            bufsize=1,
+        )
+        self._lock = threading.Lock()
+
+    def check(self, engine: str, argv: list[str], env: dict[str, str] | None) -> dict[str, Any]:
+        request = json.dumps({"engine": engine, "argv": [str(a) for a in argv], "env": env or {}})
+        with self._lock:
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._proc.stdin.write(request + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        if not line:
+            self._log.seek(0)
+            raise RuntimeError(f"checker process ended; its stderr ends with:\n{self._log.read()[-4000:]}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()  # type: ignore[union-attr]
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+        self._log.close()
+
+
+_checkers: dict[Path, _Checker] = {}
+_checkers_lock = threading.Lock()
+
+
+@atexit.register
+def _close_checkers() -> None:
+    for checker in _checkers.values():
+        checker.close()
+
+
+def check_args(
+    engine: str, argv: list[str], *, sglang: str = DEFAULT_SGLANG, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Parse `argv` with the real parser of `engine`; returns the checker's JSON verdict.
+
+    engine: "sglang" | "dynamo-sglang" (parser env for `sglang`), "dynamo-mocker" | "dynamo-frontend"
+    (this interpreter). The verdict has "ok", "engine", "version", "errors", "warnings", "notes".
+    `env` is set in the checker process before the engine is imported, and stays set there.
+    """
+
+    python = Path(sys.executable) if engine in ("dynamo-mocker", "dynamo-frontend") else parser_env_python(sglang)
+    with _checkers_lock:
+        checker = _checkers.get(python)
+        if checker is None:
+            checker = _checkers[python] = _Checker(python)
+    return checker.check(engine, argv, env)
+
+
+@pytest.fixture(scope="session")
+def parser_env() -> Path:
+    """Build the SGLang 0.5.21 + ai-dynamo 1.6.1 parser env (CI builds it here; never skipped)."""
+
+    return parser_env_python(DEFAULT_SGLANG)
+
+
+# --- seed 004: the DeepSeek-R1 wide-EP recipe from the Dynamo docs (written for an older SGLang) -----
+
+SEED_004_PREFILL = shlex.split("""
+  --model-path /model/ --served-model-name deepseek-ai/DeepSeek-R1 --skip-tokenizer-init
+  --disaggregation-mode prefill --disaggregation-transfer-backend nixl --disaggregation-bootstrap-port 30001
+  --dist-init-addr 10.0.0.1:29500 --nnodes 4 --node-rank 0 --tp-size 32 --dp-size 32 --enable-dp-attention
+  --decode-log-interval 1 --enable-deepep-moe --page-size 1 --trust-remote-code --moe-dense-tp-size 1
+  --enable-dp-lm-head --disable-radix-cache --watchdog-timeout 1000000 --enable-two-batch-overlap
+  --deepep-mode normal --mem-fraction-static 0.85 --deepep-config /configs/deepep.json
+  --ep-num-redundant-experts 32 --ep-dispatch-algorithm dynamic --eplb-algorithm deepseek
+""")
+
+SEED_004_DECODE = shlex.split("""
+  --model-path /model/ --served-model-name deepseek-ai/DeepSeek-R1 --skip-tokenizer-init
+  --disaggregation-mode decode --disaggregation-transfer-backend nixl --disaggregation-bootstrap-port 30001
+  --dist-init-addr 10.0.0.2:29500 --nnodes 9 --node-rank 0 --tp-size 72 --dp-size 72 --enable-dp-attention
+  --decode-log-interval 1 --enable-deepep-moe --page-size 1 --trust-remote-code --moe-dense-tp-size 1
+  --enable-dp-lm-head --disable-radix-cache --watchdog-timeout 1000000 --enable-two-batch-overlap
+  --deepep-mode low_latency --mem-fraction-static 0.835 --ep-num-redundant-experts 32 --cuda-graph-bs 128
+""")
+
+
+def fix_for_sglang_0_5_21(argv: list[str]) -> list[str]:
+    """The documented renames: --enable-deepep-moe -> --moe-a2a-backend deepep, --cuda-graph-bs -> -decode."""
+
+    fixed: list[str] = []
+    for token in argv:
+        if token == "--enable-deepep-moe":
+            fixed += ["--moe-a2a-backend", "deepep"]
+        elif token == "--cuda-graph-bs":
+            fixed.append("--cuda-graph-bs-decode")
+        else:
+            fixed.append(token)
+    return fixed
+
+
+def _one_line(result: dict[str, Any]) -> str:
+    return json.dumps({k: result.get(k) for k in ("ok", "errors", "warnings", "notes")}, indent=1)
+
+
+def test_seed_004_prefill_is_rejected(parser_env: Path) -> None:
+    result = check_args("dynamo-sglang", SEED_004_PREFILL)
+    assert result["ok"] is False, _one_line(result)
+    assert result["version"] == "1.6.1"
+    assert result["versions"]["sglang"] == "0.5.21"
+    assert any("unrecognized arguments: --enable-deepep-moe" in e for e in result["errors"]), _one_line(result)
+
+
+def test_seed_004_decode_is_rejected_for_both_old_flags(parser_env: Path) -> None:
+    result = check_args("dynamo-sglang", SEED_004_DECODE)
+    assert result["ok"] is False, _one_line(result)
+    errors = "\n".join(result["errors"])
+    # argparse stops at the first error; the checker drops the named option and parses again to find the rest.
+    assert "ambiguous option: --cuda-graph-bs could match --cuda-graph-bs-decode, --cuda-graph-bs-prefill" in errors
+    assert "unrecognized arguments: --enable-deepep-moe" in errors
+
+
+@pytest.mark.parametrize("engine", ["dynamo-sglang", "sglang"])
+@pytest.mark.parametrize("argv", [SEED_004_PREFILL, SEED_004_DECODE], ids=["prefill", "decode"])
+def test_seed_004_with_the_renames_parses(parser_env: Path, engine: str, argv: list[str]) -> None:
+    result = check_args(engine, fix_for_sglang_0_5_21(argv))
+    assert result["ok"] is True, _one_line(result)
+    # --enable-dp-attention is still a plain flag in 0.5.21 (deprecated for --attn-dp-size from 0.5.22).
+    assert result["warnings"] == [], _one_line(result)
+
+
+def test_sglang_deprecated_flag_is_a_warning(parser_env: Path) -> None:
+    result = check_args("sglang", ["--model-path", "/model/", "--disable-cuda-graph"])
+    assert result["ok"] is True, _one_line(result)
+    assert any("'--disable-cuda-graph' is deprecated" in w for w in result["warnings"]), _one_line(result)
+
+
+def test_sglang_invalid_choice_is_rejected(parser_env: Path) -> None:
+    result = check_args("dynamo-sglang", ["--model-path", "/model/", "--moe-a2a-backend", "deepep-moe"])
+    assert result["ok"] is False
+    assert any("argument --moe-a2a-backend: invalid choice: 'deepep-moe'" in e for e in result["errors"]), _one_line(
+        result
+    )
+
+
+def test_dynamo_sglang_own_flags_parse(parser_env: Path) -> None:
+    argv = ["--model-path", "/model/", "--namespace", "ds", "--discovery-backend", "etcd", "--request-plane", "tcp"]
+    argv += ["--endpoint", "dyn://ds.prefill.generate", "--disaggregation-mode", "prefill"]
+    result = check_args("dynamo-sglang", argv)
+    assert result["ok"] is True, _one_line(result)
+
+
+def test_mocker_argv_parses_and_bogus_flag_is_rejected() -> None:
+    argv = ["--model-path", "/x", "--model-name", "tiny", "--disaggregation-mode", "prefill"]
+    result = check_args("dynamo-mocker", [*argv, "--bootstrap-ports", "30001"])
+    assert result["ok"] is True, _one_line(result)
+    assert result["version"] == "1.6.1"
+
+    result = check_args("dynamo-mocker", [*argv, "--bogus-flag", "1"])
+    assert result["ok"] is False
+    assert any("unrecognized arguments: --bogus-flag 1" in e for e in result["errors"]), _one_line(result)
+
+    # Dynamo's own checks after argparse count too.
+    result = check_args("dynamo-mocker", [*argv, "--bootstrap-ports", "30001,30002"])
+    assert result["ok"] is False
+    assert any("--bootstrap-ports must have exactly --num-workers (1) ports" in e for e in result["errors"])
+
+
+def test_frontend_argv_parses_and_bogus_flag_is_rejected() -> None:
+    result = check_args("dynamo-frontend", ["--http-port", "8000", "--http-host", "0.0.0.0"])
+    assert result["ok"] is True, _one_line(result)
+
+    result = check_args("dynamo-frontend", ["--http-port", "8000", "--bogus"])
+    assert result["ok"] is False
+    assert any("--bogus" in e for e in result["errors"]), _one_line(result)
+
+
+def test_single_shot_cli_prints_json_and_sets_exit_status() -> None:
+    good = subprocess.run(
+        [sys.executable, str(CHECKER), "--engine", "dynamo-frontend", "--", "--http-port", "8000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert good.returncode == 0, good.stderr[-2000:]
+    verdict = json.loads(good.stdout)
+    assert verdict["ok"] is True and verdict["engine"] == "dynamo-frontend" and verdict["errors"] == []
+
+    bad = subprocess.run(
+        [sys.executable, str(CHECKER), "--engine", "dynamo-frontend", "--", "--router-mode", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 1
+    verdict = json.loads(bad.stdout)
+    assert verdict["ok"] is False
+    assert any("argument --router-mode: invalid choice: 'nope'" in e for e in verdict["errors"])

@@ -1,0 +1,275 @@
+"""The testbed itself: real SSH with checked host keys, one Docker engine per node, containers on the node's own
+address, fault injection (kill-sshd, kill-docker, cut) with heal, and a `down` that leaves nothing behind."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, Testbed, bring_up, env_for_testbed, require_testbed_capable
+
+pytestmark = pytest.mark.testbed
+
+# Prints the address of eth0 and the interface names, from inside a container (`--network host` = the node's netns).
+ADDRESS_PY = (
+    "import fcntl, socket, struct; "
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "addr = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, struct.pack('256s', b'eth0'))[20:24]); "
+    "print(addr, ','.join(sorted(n for _, n in socket.if_nameindex())))"
+)
+
+
+def status(tb: Testbed) -> dict[str, dict]:
+    out = tb.run("status", "--json", check=False).stdout
+    return {row["name"]: row for row in json.loads(out)["nodes"]}
+
+
+def assert_healthy(tb: Testbed, i: int) -> None:
+    ok = tb.ssh(i, "docker info --format '{{.ServerVersion}}'")
+    assert ok.returncode == 0, f"{tb.nodes[i][0]} not healthy after heal: {ok.stderr}"
+    run = tb.ssh(i, tb.docker_run(tb.vars["TESTBED_IMAGE"], "true"))
+    assert run.returncode == 0, run.stderr
+
+
+def test_bring_up_time(testbed: Testbed, capsys: pytest.CaptureFixture[str]) -> None:
+    with capsys.disabled():
+        print(f"\n[testbed] `scripts/testbed up {len(testbed.nodes)}` took {testbed.up_seconds:.2f} s")
+        print(f"[testbed] {testbed.up_output.strip()}")
+    assert len(testbed.nodes) == int(os.environ.get("LAUNCHER_TESTBED_NODES", "13"))
+
+
+def test_inventory_shape(testbed: Testbed) -> None:
+    inv = yaml.safe_load(testbed.inventory.read_text())
+    assert testbed.inventory.read_text().startswith("# written by scripts/testbed up ")
+    assert list(inv) == ["ssh", "vars", "nodes"]
+    assert inv["ssh"] == {
+        "user": "root",
+        "port": 22,
+        "key": str(testbed.dir / "id_ed25519"),
+        "known_hosts": str(testbed.dir / "known_hosts"),
+        "connect_timeout": 5,
+    }
+    assert set(inv["vars"]) == {"TESTBED_IMAGE", "TESTBED_PYTHON_HOME", "TESTBED_VENV", "TESTBED_REPO"}
+    assert inv["vars"]["TESTBED_IMAGE"] == "launcher-testbed:latest"
+    assert inv["vars"]["TESTBED_REPO"] == str(REPO)
+    for key in ("TESTBED_PYTHON_HOME", "TESTBED_VENV", "TESTBED_REPO"):
+        assert Path(inv["vars"][key]).is_dir(), key
+    assert [n["name"] for n in inv["nodes"]] == [f"tb{i}" for i in range(len(inv["nodes"]))]
+    assert [n["address"] for n in inv["nodes"]] == [f"10.213.0.{10 + i}" for i in range(len(inv["nodes"]))]
+    hosts = [line.split()[0] for line in testbed.known_hosts.read_text().splitlines()]
+    assert hosts == [n["address"] for n in inv["nodes"]]
+
+
+def test_up_is_idempotent_and_grows_without_touching_nodes(testbed: Testbed) -> None:
+    n = len(testbed.nodes)
+    before = status(testbed)
+    assert all(r["sshd"] and r["dockerd"] and r["link"] for r in before.values()), before
+    t0 = time.monotonic()
+    testbed.run("up", str(n))
+    again = time.monotonic() - t0
+    assert status(testbed) == before  # same pids: nothing restarted
+    testbed.run("up", str(n + 1))  # grow by one ...
+    grown = status(testbed)
+    assert {k: grown[k] for k in before} == before
+    assert grown[f"tb{n}"]["sshd"] and grown[f"tb{n}"]["dockerd"]
+    testbed.run("up", str(n))  # ... and shrink back
+    assert status(testbed) == before
+    assert again < 15, f"re-running `up {n}` took {again:.1f} s"
+
+
+def test_host_keys_are_checked(testbed: Testbed, tmp_path: Path) -> None:
+    ok = testbed.ssh(0, "true")
+    assert ok.returncode == 0, ok.stderr
+    # a known_hosts naming node 1's key for node 0's address must be refused under StrictHostKeyChecking=yes
+    lines = testbed.known_hosts.read_text().splitlines()
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(f"{testbed.nodes[0][1]} {' '.join(lines[1].split()[1:])}\n")
+    bad = subprocess.run(testbed.ssh_command(0, "true", known_hosts=wrong), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 255 and "host key" in bad.stderr.lower(), bad.stderr
+
+
+def test_every_node_runs_containers_on_its_own_address(testbed: Testbed) -> None:
+    image = testbed.vars["TESTBED_IMAGE"]
+
+    def probe(i: int) -> tuple[int, subprocess.CompletedProcess, subprocess.CompletedProcess]:
+        engine = testbed.ssh(i, "docker info --format '{{.DockerRootDir}}'")
+        inside = testbed.ssh(i, testbed.docker_run(image, "python3", "-c", ADDRESS_PY))
+        return i, engine, inside
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(probe, range(len(testbed.nodes))))
+    for i, engine, inside in results:
+        name, address = testbed.nodes[i]
+        assert engine.returncode == 0, f"{name}: {engine.stderr}"
+        # the SSH session's plain `docker` reaches this node's own engine (sshd SetEnv DOCKER_HOST)
+        assert engine.stdout.strip() == str(testbed.dir / "nodes" / name / "docker-root"), engine.stdout
+        assert inside.returncode == 0, f"{name}: {inside.stderr}"
+        assert inside.stdout.split() == [address, "eth0,lo"], f"{name}: {inside.stdout!r}"
+
+
+def test_container_runs_the_venv_stack(testbed: Testbed) -> None:
+    """What deployments run: the venv's python (symlinked into TESTBED_PYTHON_HOME), etcd and nats-server."""
+    venv = testbed.vars["TESTBED_VENV"]
+    code = "import sys, dynamo.frontend, dynamo.mocker; print(sys.prefix)"
+    cmd = " && ".join(
+        [
+            testbed.docker_run(testbed.vars["TESTBED_IMAGE"], "python3", "-c", code),
+            testbed.docker_run(testbed.vars["TESTBED_IMAGE"], "sh", "-c", "command -v etcd; command -v nats-server"),
+        ]
+    )
+    out = testbed.ssh(1, cmd, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [venv, f"{venv}/bin/etcd", f"{venv}/bin/nats-server"]
+
+
+def test_kill_sshd_refuses_connections_until_heal(testbed: Testbed) -> None:
+    i = len(testbed.nodes) - 1
+    try:
+        testbed.run("kill-sshd", str(i))
+        refused = testbed.ssh(i, "true", timeout=60)
+        assert refused.returncode == 255 and "Connection refused" in refused.stderr, refused.stderr
+        assert status(testbed)[testbed.nodes[i][0]]["sshd"] is False
+    finally:
+        testbed.run("heal", str(i))
+    assert_healthy(testbed, i)
+
+
+def test_kill_docker_fails_docker_until_heal(testbed: Testbed) -> None:
+    i = len(testbed.nodes) - 1
+    name = "survivor-of-kill-docker"
+    started = testbed.ssh(
+        i, testbed.docker_run("--name", name, testbed.vars["TESTBED_IMAGE"], "sleep", "600", detach=True)
+    )
+    assert started.returncode == 0, started.stderr
+    try:
+        testbed.run("kill-docker", str(i))
+        assert testbed.ssh(i, "true").returncode == 0  # sshd still answers
+        info = testbed.ssh(i, "docker info")
+        assert info.returncode != 0, info.stdout
+        assert "Cannot connect to the Docker daemon" in info.stderr, info.stderr
+        assert status(testbed)[testbed.nodes[i][0]]["dockerd"] is False
+    finally:
+        t0 = time.monotonic()
+        testbed.run("heal", str(i))
+        healed_in = time.monotonic() - t0
+    assert_healthy(testbed, i)
+    # containers die with the engine (no live-restore), and heal does not wait out dockerd's 10 s stop timeout
+    ps = testbed.ssh(i, f"docker ps -a --filter name={name} --format '{{{{.State}}}}'; docker rm -f {name}")
+    assert ps.stdout.split()[:1] == ["exited"], ps
+    assert healed_in < 8, f"heal took {healed_in:.1f} s"
+
+
+def test_cut_times_out_until_heal(testbed: Testbed) -> None:
+    i = len(testbed.nodes) - 2
+    try:
+        testbed.run("cut", str(i))
+        t0 = time.monotonic()
+        cut = testbed.ssh(i, "true", timeout=60)
+        elapsed = time.monotonic() - t0
+        assert cut.returncode == 255 and "timed out" in cut.stderr, cut.stderr
+        assert elapsed >= 4.5, f"gave up after {elapsed:.1f} s, expected the 5 s connect timeout"
+        row = status(testbed)[testbed.nodes[i][0]]
+        assert row["link"] is False and row["sshd"] and row["dockerd"], row
+    finally:
+        testbed.run("heal", str(i))
+    assert_healthy(testbed, i)
+
+
+def _our_pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):  # a zombie is dead; it only waits for a parent that may not reap
+            alive.append(pid)
+    return alive
+
+
+def test_down_leaves_nothing_behind() -> None:
+    """A second, 2-node testbed (own dir, prefix, subnet, bridge) with running containers, then `down`."""
+    require_testbed_capable()
+    state_dir = Path(tempfile.mkdtemp(prefix="tbz-", dir="/tmp"))  # short: unix socket paths live under it
+    env = env_for_testbed(TESTBED_DIR=str(state_dir), TESTBED_PREFIX="tbz", TESTBED_SUBNET="10.213.1",
+                      TESTBED_BRIDGE="tbzbr0")  # fmt: skip
+    tb = None
+    try:
+        tb = bring_up(2, env)
+        assert [a for _, a in tb.nodes] == ["10.213.1.10", "10.213.1.11"]
+        for i in range(2):
+            started = tb.ssh(i, tb.docker_run(tb.vars["TESTBED_IMAGE"], "sleep", "600", detach=True))
+            assert started.returncode == 0, started.stderr
+        pids = []
+        for row in json.loads(tb.run("status", "--json").stdout)["nodes"]:
+            assert all(row["pids"].values()), row
+            pids += row["pids"].values()
+            # everything in the namespace: sshd, containerd, dockerd, shims, the containers' processes
+            pids += [int(p) for p in subprocess.run(["ip", "netns", "pids", row["name"]], capture_output=True,
+                                                    text=True, check=True).stdout.split()]  # fmt: skip
+        assert len(pids) >= 2 * 5
+
+        t0 = time.monotonic()
+        down = tb.run("down")
+        print(f"\n[testbed] down (2 nodes, 2 containers) took {time.monotonic() - t0:.2f} s: {down.stdout.strip()}")
+
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert not [line for line in netns.splitlines() if line.startswith("tbz")], netns
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+        assert "tbz" not in links, links
+        assert _our_pids_alive(pids) == []
+        assert str(state_dir) not in Path("/proc/self/mountinfo").read_text()
+        assert not (state_dir / "nodes").exists()
+        assert not (state_dir / "inventory.yaml").exists()
+        tb.run("down")  # idempotent
+        # the main testbed (if any) is untouched: its bridge is still there when it is up
+    finally:
+        if tb is None or _leftovers(state_dir):
+            subprocess.run(
+                [sys.executable, str(REPO / "scripts" / "testbed"), "down"],
+                env=env,
+                capture_output=True,
+                timeout=300,
+            )
+        if not _leftovers(state_dir):
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _leftovers(state_dir: Path) -> bool:
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return any(line.startswith("tbz") for line in netns.splitlines()) or (state_dir / "nodes").exists()
+
+
+def test_fixture_skips_locally_but_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs root"):
+        require_testbed_capable()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="testbed required in CI"):
+        require_testbed_capable()
+
+
+def test_not_root_is_a_clear_error() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("runs as root only (checks the message a non-root user gets)")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("no setpriv")
+    as_nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    script = str(REPO / "scripts" / "testbed")
+    proc = subprocess.run(
+        [*as_nobody, "/usr/bin/python3", script, "status"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2, proc
+    assert proc.stderr.count("\n") == 1 and "must run as root" in proc.stderr, proc.stderr
