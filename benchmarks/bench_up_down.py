@@ -30,8 +30,11 @@ INVENTORY = REPO / ".testbed" / "inventory.yaml"
 WORK = REPO / ".testbed" / "bench"
 
 
-def sh(argv: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, **kw)
+def sh(argv: list[str], check: bool = False, **kw) -> subprocess.CompletedProcess:
+    r = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise SystemExit(f"failed ({r.returncode}): {argv[-1][:200]}\n{r.stderr}")
+    return r
 
 
 def config_for(n: int) -> Path:
@@ -42,6 +45,7 @@ def config_for(n: int) -> Path:
         "gpus_per_node": 0,
         "container": {
             "shm_size": "",
+            "ulimits": {"memlock": None, "nofile": None},  # sandboxes cannot raise these hard limits
             "volumes": ["/usr:/usr:ro"],
         },
         "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
@@ -126,6 +130,7 @@ def main() -> None:
         addresses = {node["index"]: node["address"] for node in plan["nodes"]}
         runs = [(addresses[s["node_index"]], shlex.join(s["docker_run"]), s["name"]) for s in plan["services"]]
 
+        launcher("down", str(config))  # start clean (a previous interrupted run may have left containers)
         t = measure(inv, runs, config, opts.repeat)
         med = {k: statistics.median(v) for k, v in t.items()}
         rows.append((n, med))
