@@ -71,8 +71,11 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
+inv_n = WORK / "inventory-n.yaml"
+
+
 def launcher(*args: str) -> None:
-    r = sh([sys.executable, "-m", "launcher", *args, "-i", str(INVENTORY)], cwd=WORK)
+    r = sh([sys.executable, "-m", "launcher", *args, "-i", str(inv_n)], cwd=WORK)
     if r.returncode != 0:
         raise SystemExit(f"launcher {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
 
@@ -122,10 +125,10 @@ def main() -> None:
             raise SystemExit(r.stdout + r.stderr)
         inv = yaml.safe_load(INVENTORY.read_text())
         config = config_for(n)
+        inv["nodes"] = inv["nodes"][:n]  # the deployment's cluster is exactly N nodes
+        inv_n.write_text(yaml.safe_dump(inv))
         plan = json.loads(
-            sh(
-                [sys.executable, "-m", "launcher", "plan", str(config), "-i", str(INVENTORY), "-f", "json"], cwd=WORK
-            ).stdout
+            sh([sys.executable, "-m", "launcher", "plan", str(config), "-i", str(inv_n), "-f", "json"], cwd=WORK).stdout
         )
         addresses = {node["index"]: node["address"] for node in plan["nodes"]}
         runs = [(addresses[s["node_index"]], shlex.join(s["docker_run"]), s["name"]) for s in plan["services"]]

@@ -58,7 +58,8 @@ def lock_dir(state_dir: str, deployment: str) -> str:
     return posixpath.join(state_dir, deployment, "lock")
 
 
-def acquire(host: Host, state_dir: str, deployment: str, command: str) -> LockInfo:
+def acquire(host: Host, state_dir: str, deployment: str, command: str, audit_action: str | None = None) -> LockInfo:
+    """Take the lock (and, in the same round trip, append `audit_action` to the audit log)."""
     info = LockInfo(
         who=getpass.getuser(),
         host=socket.gethostname(),
@@ -68,12 +69,14 @@ def acquire(host: Host, state_dir: str, deployment: str, command: str) -> LockIn
         token=secrets.token_hex(8),
     )
     d = lock_dir(state_dir, deployment)
+    audit_line = _audit_script(state_dir, deployment, audit_action) + "; " if audit_action else ""
     script = (
         f"mkdir -p {q(posixpath.dirname(d))} && "
-        f"if mkdir {q(d)} 2>/dev/null; then cat > {q(d + '/info')}; echo ACQUIRED; "
+        f"if mkdir {q(d)} 2>/dev/null; then printf '%s\\n' {q(json.dumps(info.__dict__))} > {q(d + '/info')}; "
+        f"{audit_line}echo ACQUIRED; "
         f"else cat {q(d + '/info')} 2>/dev/null; echo; echo HELD; fi"
     )
-    result = host.run(script, stdin=json.dumps(info.__dict__))
+    result = host.run(script)
     if result.stdout.strip().endswith("ACQUIRED"):
         return info
     if not result.stdout.strip().endswith("HELD"):
@@ -111,10 +114,11 @@ def status(host: Host, state_dir: str, deployment: str) -> LockInfo | None:
     return _parse(result.stdout)
 
 
-def release(host: Host, state_dir: str, deployment: str, info: LockInfo) -> None:
-    """Remove the lock only if it is still ours (the token matches)."""
+def release(host: Host, state_dir: str, deployment: str, info: LockInfo, audit_action: str | None = None) -> None:
+    """Remove the lock only if it is still ours (the token matches); optionally log an audit line first."""
     d = lock_dir(state_dir, deployment)
-    host.run(f"grep -qF {q(info.token)} {q(d + '/info')} 2>/dev/null && rm -rf {q(d)} || true")
+    audit_line = _audit_script(state_dir, deployment, audit_action) + "; " if audit_action else ""
+    host.run(f"{audit_line}grep -qF {q(info.token)} {q(d + '/info')} 2>/dev/null && rm -rf {q(d)} || true")
 
 
 def break_lock(host: Host, state_dir: str, deployment: str) -> LockInfo | None:
@@ -125,6 +129,10 @@ def break_lock(host: Host, state_dir: str, deployment: str) -> LockInfo | None:
 
 def audit(host: Host, state_dir: str, deployment: str, action: str) -> None:
     """Append one line to the head node's audit log: when, who, from where, what."""
+    host.run(_audit_script(state_dir, deployment, action))
+
+
+def _audit_script(state_dir: str, deployment: str, action: str) -> str:
     line = json.dumps(
         {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -134,4 +142,4 @@ def audit(host: Host, state_dir: str, deployment: str, action: str) -> None:
         }
     )
     path = posixpath.join(state_dir, deployment, "audit.log")
-    host.run(f"mkdir -p {q(posixpath.dirname(path))} && cat >> {q(path)}", stdin=line + "\n")
+    return f"mkdir -p {q(posixpath.dirname(path))} && printf '%s\\n' {q(line)} >> {q(path)}"

@@ -307,8 +307,7 @@ def down(plan: Plan, fleet: Fleet, command: str = "launcher down") -> dict[int, 
     head = fleet.host(head_index(plan))
     held = None
     try:
-        held = lock.acquire(head, plan.state_dir, plan.deployment, command)
-        lock.audit(head, plan.state_dir, plan.deployment, f"down ({command})")
+        held = lock.acquire(head, plan.state_dir, plan.deployment, command, audit_action=f"down ({command})")
     except NodeError:
         pass  # an unreachable head must not stop the others from being cleaned; reported below
     try:

@@ -15,7 +15,7 @@ import posixpath
 import shlex
 
 from launcher.model import Plan, Service
-from launcher.runtime import POLL_MARK, write_from_stdin
+from launcher.runtime import LIST_MARK, POLL_MARK, write_from_stdin
 
 q = shlex.quote
 
@@ -76,7 +76,10 @@ class Process:
         run = self.run_dir(plan)
         return LIST_FN + f"mkdir -p {q(run)} && list_svcs {q(run)}"
 
-    def start_script(self, plan: Plan, services: list[Service]) -> tuple[str, str]:
+    def check_and_list_script(self, plan: Plan) -> str:
+        return f"{{ {self.check_script(plan)} ; }} >/dev/null || exit 97; {self.list_script(plan)}"
+
+    def start_script(self, plan: Plan, services: list[Service], existing: set[str] | None = None) -> tuple[str, str]:
         run = self.run_dir(plan)
         lines = ["set -e", STOP_FN]
         stdin = ""
@@ -103,6 +106,8 @@ class Process:
                 f"awk '{{print $22}}' /proc/$(cat {q(d + '/pid')})/stat > {q(d + '/starttime')}",
             ]
             stdin += body
+        lines.append(f"echo {q(LIST_MARK)}")
+        lines.append(self.list_script(plan))
         return "\n".join(lines), stdin
 
     def remove_script(self, plan: Plan, names: list[str]) -> str:

@@ -70,6 +70,7 @@ class Container:
 
 
 POLL_MARK = "@@launcher-last-line@@"
+LIST_MARK = "@@launcher-list@@"  # what follows is a container listing (docker inspect JSON)
 
 
 class Docker:
@@ -89,11 +90,16 @@ class Docker:
             'if [ -n "$ids" ]; then docker inspect $ids; else echo "[]"; fi'
         )
 
-    def start_script(self, plan: Plan, services: list[Service]) -> tuple[str, str]:
-        """(script, stdin) that starts these services on one node.
+    def check_and_list_script(self, plan: Plan) -> str:
+        """Engine answering (exit 97 if not) and the deployment's containers, in one docker call or two."""
+        return f"{{ {self.list_script(plan)} ; }} || exit 97"
+
+    def start_script(self, plan: Plan, services: list[Service], existing: set[str] | None = None) -> tuple[str, str]:
+        """(script, stdin) that starts these services on one node, then prints their `docker inspect`.
 
         Secret env files are written from stdin (`dd` reads exactly their size each), mode 0600, so no
-        secret is ever on a command line. Any leftover container of the same name is removed first.
+        secret is ever on a command line. A container of the same name is removed first when the node
+        reported one (`existing`; None: not known, always try).
         """
         lines = ["set -e"]
         stdin = ""
@@ -104,8 +110,11 @@ class Docker:
                 lines.append(f"install -d -m 0700 {q(posixpath.dirname(path))}")
                 lines.append(write_from_stdin(path, body))
                 stdin += body
-            lines.append(f"docker rm -f {q(s.name)} >/dev/null 2>&1 || true")
+            if existing is None or s.name in existing:
+                lines.append(f"docker rm -f {q(s.name)} >/dev/null 2>&1 || true")
             lines.append(render.shell(render.docker_run(plan, s)) + " >/dev/null")
+        lines.append(f"echo {q(LIST_MARK)}")
+        lines.append("docker inspect " + " ".join(q(s.name) for s in services))
         return "\n".join(lines), stdin
 
     def remove_script(self, plan: Plan, names: list[str]) -> str:

@@ -48,34 +48,28 @@ def head_index(plan: Plan) -> int:
     return plan.nodes[0].index
 
 
-def check_nodes(plan: Plan, fleet: Fleet, indices: list[int] | None = None) -> None:
-    """Every node reachable over SSH and its container engine answering, or nothing starts."""
-    results = fleet.map(lambda h: h.run(runtime.for_plan(plan).check_script(plan), timeout=30), indices)
-    failures = {}
-    for i, r in results.items():
-        if isinstance(r, Exception):
-            failures[i] = describe(r)
-        elif not r.ok:
-            failures[i] = (
-                f"{runtime.for_plan(plan).name} not answering: "
-                + ((r.stderr or r.stdout).strip().splitlines() or ["?"])[-1]
-            )
-    if failures:
-        raise NodeFailures("cannot start: nodes not ready", failures, plan)
+LIST_MARK = runtime.LIST_MARK
 
 
-def list_containers(plan: Plan, fleet: Fleet, indices: list[int] | None = None) -> list[Container]:
-    results = fleet.map(lambda h: h.run(runtime.for_plan(plan).list_script(plan)), indices)
+def check_nodes(plan: Plan, fleet: Fleet, indices: list[int] | None = None) -> list[Container]:
+    """Every node reachable over SSH and its container engine answering, or nothing starts.
+
+    The same round trip lists the deployment's containers, which `up` compares with the plan."""
+    rt = runtime.for_plan(plan)
+    script = f"echo {LIST_MARK}; {rt.check_and_list_script(plan)}"
+    results = fleet.map(lambda h: h.run(script, timeout=60), indices)
     failures, found = {}, []
     for i, r in results.items():
         if isinstance(r, Exception):
             failures[i] = describe(r)
+        elif r.exit_code == 97 or LIST_MARK not in r.stdout:
+            failures[i] = f"{rt.name} not answering: " + ((r.stderr or r.stdout).strip().splitlines() or ["?"])[-1]
         elif not r.ok:
             failures[i] = "cannot list containers: " + r.stderr.strip()
         else:
-            found += runtime.parse_list(i, r.stdout)
+            found += runtime.parse_list(i, r.stdout.split(LIST_MARK, 1)[1])
     if failures:
-        raise NodeFailures("cannot read the deployment's state", failures, plan)
+        raise NodeFailures("cannot start: nodes not ready", failures, plan)
     return found
 
 
@@ -86,29 +80,37 @@ def by_node(services: list[Service]) -> dict[int, list[Service]]:
     return out
 
 
-def start(plan: Plan, fleet: Fleet, services: list[Service], progress: Progress) -> None:
-    """Start services: one script per node, all nodes at once."""
+def start(
+    plan: Plan, fleet: Fleet, services: list[Service], progress: Progress, known: list[Container] | None = None
+) -> list[Container]:
+    """Start services: one script per node, all nodes at once. Returns the state of what was started
+    (the same round trip reports it: often no poll is needed afterwards)."""
     if not services:
-        return
+        return []
     groups = by_node(services)
+    rt = runtime.for_plan(plan)
+    existing = None if known is None else {c.name for c in known}
 
     def go(host):
-        script, stdin = runtime.for_plan(plan).start_script(plan, groups[host.node.index])
+        script, stdin = rt.start_script(plan, groups[host.node.index], existing)
         return host.run(script, stdin=stdin, timeout=300)
 
     results = fleet.map(go, groups)
-    failures = {}
+    failures, found = {}, []
     for i, r in results.items():
         if isinstance(r, Exception):
             failures[i] = describe(r)
-        elif not r.ok:
-            failures[i] = "docker run failed: " + (r.stderr.strip() or r.stdout.strip())
+        elif not r.ok or LIST_MARK not in r.stdout:
+            failures[i] = f"{rt.name} run failed: " + (r.stderr.strip() or r.stdout.strip())
+        else:
+            found += runtime.parse_list(i, r.stdout.split(LIST_MARK, 1)[1])
     if failures:
         raise NodeFailures("failed to start containers", failures, plan)
     progress.log(
         f"started {len(services)} container(s) on {len(groups)} node(s): "
         + ", ".join(sorted({s.service.rsplit("-r", 1)[0] for s in services}))
     )
+    return found
 
 
 def remove(plan: Plan, fleet: Fleet, containers: list[Container]) -> None:
@@ -300,12 +302,12 @@ def smoke_test(plan: Plan, fleet: Fleet, attempts: int = 10) -> str:
 def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up", wait: bool = True) -> Changes:
     """Converge the nodes on the plan. With wait=False, return once every container runs (no readiness)."""
     progress.log(f"checking {len(plan.nodes)} node(s)")
-    check_nodes(plan, fleet)
+    current = check_nodes(plan, fleet)
     head = fleet.host(head_index(plan))
-    held = lock.acquire(head, plan.state_dir, plan.deployment, command)
+    held = lock.acquire(head, plan.state_dir, plan.deployment, command, audit_action=f"up started ({command})")
+    outcome = "up failed"
     try:
-        lock.audit(head, plan.state_dir, plan.deployment, f"up started ({command})")
-        changes = diff.compute(plan, list_containers(plan, fleet))
+        changes = diff.compute(plan, current)
         if changes.unchanged:
             progress.log(f"unchanged: all {len(changes.keep)} service(s) already run as planned")
         else:
@@ -320,32 +322,33 @@ def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up
             [s for s in plan.services if s.role == "frontend"],
             [s for s in plan.services if s.group is not None],
         ]
+        started: list[Container] = []
         for i, phase in enumerate(phases):
-            start(plan, fleet, [s for s in phase if s.service in create], progress)
+            # Old containers were removed above: only names still on a node need a `docker rm` first.
+            kept = [c for c in current if c not in changes.remove]
+            started += start(plan, fleet, [s for s in phase if s.service in create], progress, known=kept)
             if i < 2 and phase and wait:
                 Waiter(plan, fleet, progress, phase).run()
-        Waiter(
-            plan,
-            fleet,
-            progress,
-            plan.services,
-            check_frontend=wait and plan.endpoint is not None,
-            running_only=not wait,
-        ).run()
-        if plan.endpoint and wait:
-            progress.log("smoke test: " + smoke_test(plan, fleet))
-        lock.audit(
-            head,
-            plan.state_dir,
-            plan.deployment,
-            "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created"),
-        )
+        if wait:
+            Waiter(plan, fleet, progress, plan.services, check_frontend=plan.endpoint is not None).run()
+            if plan.endpoint:
+                progress.log("smoke test: " + smoke_test(plan, fleet))
+        elif not all_running(plan, current, started):
+            Waiter(plan, fleet, progress, plan.services, running_only=True).run()
+        outcome = "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created")
         return changes
     finally:
         try:
-            lock.release(head, plan.state_dir, plan.deployment, held)
+            lock.release(head, plan.state_dir, plan.deployment, held, audit_action=outcome)
         except Exception:
             pass
+
+
+def all_running(plan: Plan, before: list[Container], started: list[Container]) -> bool:
+    """Does every planned service run, judging by what the nodes last reported (no extra round trip)?"""
+    latest = {(c.node_index, c.name): c for c in before}
+    latest.update({(c.node_index, c.name): c for c in started})
+    return all((c := latest.get((s.node.index, s.name))) is not None and c.running for s in plan.services)
 
 
 Changes = diff.Changes

@@ -24,8 +24,11 @@ ENGINE is one of:
 Output: one JSON object on stdout, ``{"ok", "engine", "version", "errors", "warnings", ...}``; exit
 status 0 if ok, 1 if the argv was rejected, 2 if the parser itself could not be loaded. Argparse
 errors (unrecognized arguments, ambiguous option prefixes, invalid choices, retired flags) and
-exceptions raised while parsing are errors; deprecation messages (logged or ``warnings.warn``) are
-warnings. Whatever the engines print goes to stderr, so stdout holds only the JSON.
+exceptions raised while parsing are errors. argparse stops at its first error, so the checker drops the
+option an error names and parses the rest again (bounded), to list every bad option in one go.
+Deprecation messages (logged at WARNING or ``warnings.warn``) are warnings, and so are options accepted
+only as unique prefixes (every parser here keeps argparse's allow_abbrev=True). "notes" says what ran.
+Whatever the engines print goes to stderr, so stdout holds only the JSON.
 
 ``--batch`` reads JSON lines ``{"engine": ..., "argv": [...], "env": {...}}`` from stdin and writes one
 result line per request (flushed), so one process (whose imports take tens of seconds for
@@ -92,6 +95,37 @@ def _argparse_raises() -> Iterator[None]:
         yield
     finally:
         argparse.ArgumentParser.error = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _record_option_strings(known: set[str]) -> Iterator[None]:
+    """Collect the option strings of every parser that parses during the check."""
+
+    original = argparse.ArgumentParser.parse_known_args
+
+    def parse_known_args(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        known.update(self._option_string_actions)
+        return original(self, *args, **kwargs)
+
+    argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.parse_known_args = original  # type: ignore[method-assign]
+
+
+def _abbreviations(argv: list[str], known: set[str]) -> list[str]:
+    """Warnings for options argparse accepted only as unique prefixes (allow_abbrev): spell them out."""
+
+    found = []
+    for token in argv:
+        option = token.split("=", 1)[0]
+        if not option.startswith("--") or option == "--" or option in known:
+            continue
+        matches = sorted(name for name in known if name.startswith(option))
+        if len(matches) == 1:
+            found.append(f"abbreviated option {option} was taken as {matches[0]}; write it out in full")
+    return found
 
 
 @contextlib.contextmanager
@@ -288,7 +322,13 @@ def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) 
     errors: list[str] = []
     notes: list[str] = []
     remaining = list(argv)
-    with _argparse_raises(), _capture_diagnostics(records, caught), _program_name(engine):
+    known: set[str] = set()
+    with (
+        _argparse_raises(),
+        _record_option_strings(known),
+        _capture_diagnostics(records, caught),
+        _program_name(engine),
+    ):
         try:
             # argparse stops at the first error. To report every bad option at once, drop the option an
             # error names and parse again (a bounded number of times); the verdict stays "rejected".
@@ -300,9 +340,10 @@ def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) 
                     break
                 except ParserRejected as exc:
                     errors.append(_clean(exc))
-                    remaining = _drop_offender(str(exc), remaining)
-                    if remaining is None:
+                    rest = _drop_offender(str(exc), remaining)
+                    if rest is None:
                         break
+                    remaining = rest
         except SystemExit as exc:
             # Engines that log the problem and sys.exit() themselves (the frontend's "Unknown arguments").
             if exc.code not in (0, None):
@@ -331,6 +372,7 @@ def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) 
             result["warnings"].append(f"logged error: {message}")
     for item in caught:
         result["warnings"].append(f"{item.category.__name__}: {_clean(item.message)}")
+    result["warnings"] += _abbreviations(remaining, known)
 
     result["errors"] = logged_errors + errors
     result["ok"] = not failed
@@ -353,6 +395,24 @@ def _stdout_to_stderr() -> Iterator[Any]:
         sys.stdout.flush()
         os.dup2(saved_fd, 1)
         real_stdout.flush()
+
+
+def _batch_request(line: str) -> tuple[dict[str, Any], int]:
+    request: Any = None
+    try:
+        request = json.loads(line)
+        result, status = check_argv(
+            str(request["engine"]), [str(a) for a in request["argv"]], dict(request.get("env") or {})
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        result, status = {"ok": False, "engine": None, "version": None, "errors": [f"bad request: {exc!r}"]}, 2
+    except Exception as exc:  # noqa: BLE001 - a bug here must not end a batch silently
+        error = f"checker failed: {type(exc).__name__}: {exc}"
+        result, status = {"ok": False, "engine": None, "version": None, "errors": [error]}, 2
+    result.setdefault("warnings", [])
+    if isinstance(request, dict) and "id" in request:
+        result["id"] = request["id"]
+    return result, status
 
 
 def _parse_env(items: list[str]) -> dict[str, str]:
@@ -394,21 +454,11 @@ def main(argv: list[str] | None = None) -> int:
             out.write(json.dumps(result) + "\n")
             return status
         worst = 0
-        for os_env_key, os_env_value in env.items():
-            os.environ[os_env_key] = os_env_value
+        os.environ.update(env)
         for line in sys.stdin:
             if not line.strip():
                 continue
-            try:
-                request = json.loads(line)
-                result, status = check_argv(
-                    str(request["engine"]), [str(a) for a in request["argv"]], request.get("env") or {}
-                )
-                if "id" in request:
-                    result["id"] = request["id"]
-            except (ValueError, KeyError, TypeError) as exc:
-                result, status = {"ok": False, "engine": None, "version": None, "errors": [f"bad request: {exc}"]}, 2
-                result["warnings"] = []
+            result, status = _batch_request(line)
             out.write(json.dumps(result) + "\n")
             out.flush()
             worst = max(worst, status)

@@ -197,6 +197,13 @@ def test_sglang_deprecated_flag_is_a_warning(parser_env: Path) -> None:
     assert any("'--disable-cuda-graph' is deprecated" in w for w in result["warnings"]), _one_line(result)
 
 
+def test_abbreviated_option_parses_with_a_warning(parser_env: Path) -> None:
+    # allow_abbrev is on: a unique prefix is accepted silently by SGLang; the checker says so.
+    result = check_args("dynamo-sglang", ["--model-path", "/model/", "--watchdog", "1000000"])
+    assert result["ok"] is True, _one_line(result)
+    assert any("--watchdog was taken as --watchdog-timeout" in w for w in result["warnings"]), _one_line(result)
+
+
 def test_sglang_invalid_choice_is_rejected(parser_env: Path) -> None:
     result = check_args("dynamo-sglang", ["--model-path", "/model/", "--moe-a2a-backend", "deepep-moe"])
     assert result["ok"] is False
@@ -258,3 +265,43 @@ def test_single_shot_cli_prints_json_and_sets_exit_status() -> None:
     verdict = json.loads(bad.stdout)
     assert verdict["ok"] is False
     assert any("argument --router-mode: invalid choice: 'nope'" in e for e in verdict["errors"])
+
+
+# -- the launcher's own rendered plans --------------------------------------------------------
+
+
+def _plan_services(config_name: str, inventory: str | None = None) -> list[dict[str, Any]]:
+    from launcher import config, plan, render
+
+    repo = Path(__file__).resolve().parent.parent
+    inv = repo / inventory if inventory else None
+    loaded = config.load(repo / "configs" / config_name, inv, environ={})
+    return render.to_json(plan.build(loaded))["services"]
+
+
+@pytest.mark.parametrize("role", ["prefill", "decode"])
+def test_dsr1_104gpu_argv_parse_under_the_pinned_dynamo_sglang(parser_env: Path, role: str) -> None:
+    """Every rank of the 104-GPU plan, exactly as rendered, parses under Dynamo 1.6.1 + SGLang 0.5.21."""
+    ranks = [s for s in _plan_services("dsr1-104gpu.yaml") if s["role"] == role]
+    assert len(ranks) == {"prefill": 4, "decode": 9}[role]
+    for service in (ranks[0], ranks[-1]):  # leader and a follower differ only in --node-rank
+        argv = service["command"]
+        assert argv[:3] == ["python3", "-m", "dynamo.sglang"]
+        result = check_args("dynamo-sglang", argv[3:])
+        assert result["ok"], _one_line(result)
+        assert not result["warnings"], result["warnings"]
+
+
+@pytest.mark.parametrize("config_name", ["testbed-104.yaml", "local.yaml"])
+def test_mocker_and_frontend_argv_of_shipped_configs_parse(config_name: str) -> None:
+    inv = "tests/data/inventory-32.yaml" if config_name.startswith("testbed") else None
+    for service in _plan_services(config_name, inv):
+        module = service["command"][:3]
+        if module == ["python3", "-m", "dynamo.mocker"]:
+            engine = "dynamo-mocker"
+        elif module == ["python3", "-m", "dynamo.frontend"]:
+            engine = "dynamo-frontend"
+        else:
+            continue
+        result = check_args(engine, service["command"][3:])
+        assert result["ok"], (service["name"], _one_line(result))
