@@ -155,6 +155,13 @@ def up(
 
     path, inv = resolve(config, config_opt, inventory)
     p = load_plan(path, inv)
+    if p.flag_errors:
+        raise ConfigError(
+            "engine flags that the declared version rejects (nothing was started):\n  "
+            + "\n  ".join(p.flag_errors)
+            + f"\n`launcher migrate {path} --sglang VERSION` rewrites them",
+            file=str(path),
+        )
     remember(path, inv)
     progress = Progress(err)
     command = "launcher up " + " ".join(sys.argv[2:])
@@ -383,6 +390,38 @@ def lock_break(config: ConfigArg = None, config_opt: ConfigOpt = None, inventory
         held = lockmod.break_lock(host, p.state_dir, p.deployment)
         lockmod.audit(host, p.state_dir, p.deployment, "lock broken" + (f" (was {held.describe()})" if held else ""))
     out.print(f"lock removed (was held by {held.describe()})" if held else "no lock was held", markup=False)
+
+
+@app.command()
+def migrate(
+    config: Annotated[Path, typer.Argument(help="Deployment file to rewrite.")],
+    sglang: Annotated[str, typer.Option("--sglang", help="The SGLang version to port the engine flags to.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the diff only.")] = False,
+) -> None:
+    """Rewrite SGLang flags that VERSION renamed or removed (each with a comment), and print the diff."""
+    import difflib
+    import re as _re
+
+    from launcher import flagdrift
+
+    if not _re.fullmatch(r"\d+\.\d+\.\d+(\.post\d+)?", sglang):
+        raise ConfigError(f"--sglang expects a version like 0.5.21, got {sglang!r}", key="--sglang")
+    try:
+        text = config.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=str(config)) from None
+    new = flagdrift.migrate_text(text, sglang)
+    new = _re.sub(
+        r'^(\s*sglang:\s*)"?[0-9][0-9a-z.]*"?', lambda m: f'{m.group(1)}"{sglang}"', new, count=1, flags=_re.M
+    )
+    diff = "".join(difflib.unified_diff(text.splitlines(True), new.splitlines(True), str(config), str(config)))
+    if not diff:
+        out.print(f"{config}: nothing to change for SGLang {sglang}", markup=False)
+        return
+    sys.stdout.write(diff)
+    if not dry_run:
+        config.write_text(new)
+        err.print(f"rewrote {config}", markup=False)
 
 
 @app.command()

@@ -107,6 +107,11 @@ class Plan:
     model_name: str | None = None
     endpoint: str | None = None  # frontend URL on the head node
     warnings: list[str] = field(default_factory=list)
+    findings: list = field(default_factory=list)  # (group, flagdrift.Finding): stale engine flags
+
+    @property
+    def flag_errors(self) -> list[str]:
+        return [f"groups.{g}: {f}" for g, f in self.findings if f.severity == "error"]
 
     def by_node(self, index: int) -> list[Service]:
         return [s for s in self.services if s.node.index == index]

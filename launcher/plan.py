@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from launcher import engines, services
+from launcher import engines, flagdrift, services
 from launcher.config import DEFAULT_CONTAINER, ContainerSettings, GroupSpec, Loaded, NodeRef, is_secret_name
 from launcher.engines import args as A
 from launcher.engines.base import GroupContext
 from launcher.errors import ConfigError
 from launcher.model import Group, Node, Plan, Service
+
+SGLANG_ENGINES = ("dynamo-sglang", "sglang")
 
 
 def resolve_nodes(loaded: Loaded) -> list[Node]:
@@ -226,6 +228,7 @@ def build(loaded: Loaded) -> Plan:
 
     groups: list[Group] = []
     warnings: list[str] = []
+    findings: list[tuple[str, flagdrift.Finding]] = []
     placement = place_groups(loaded, nodes)
     for name, group in spec.groups.items():
         engine = engines.get(group.engine)
@@ -277,6 +280,11 @@ def build(loaded: Loaded) -> Plan:
             line=loaded.line("groups", name),
         )
         warnings += engine.validate(ctx)
+        if engine.name in SGLANG_ENGINES and spec.versions.sglang:
+            group_env = {**c_env(group.container, base_container), **{k: _str(v) for k, v in group.env.items()}}
+            for finding in flagdrift.check(argv, group_env, spec.versions.sglang):
+                findings.append((name, finding))
+                warnings.append(f"groups.{name}: {finding}")
         gpu_select = None
         if not engine.needs_gpu:
             gpu_select = "none"
@@ -335,6 +343,7 @@ def build(loaded: Loaded) -> Plan:
         model_name=model_name,
         endpoint=endpoint,
         warnings=warnings,
+        findings=findings,
     )
 
 

@@ -305,3 +305,32 @@ def test_mocker_and_frontend_argv_of_shipped_configs_parse(config_name: str) -> 
             continue
         result = check_args(engine, service["command"][3:])
         assert result["ok"], (service["name"], _one_line(result))
+
+
+# -- flag drift: the real parser agrees with the offline table and the migration ----------------
+
+
+def test_seed_000_rejected_then_migrated_then_parses(parser_env: Path) -> None:
+    from launcher import flagdrift
+    from tests.seeds import lws_commands
+
+    commands = lws_commands("000_6e7791af198eea82.txt")
+    assert len(commands) >= 2  # prefill and decode leaders (and workers)
+    for argv in commands[:2]:
+        before = check_args("sglang", argv)
+        assert not before["ok"], "the seed's own flags must fail on SGLang 0.5.21"
+        after = check_args("sglang", flagdrift.migrate_argv(argv, "0.5.21"))
+        assert after["ok"], _one_line(after)
+
+
+def test_seed_004_rejected_then_migrated_then_parses(parser_env: Path) -> None:
+    from launcher import flagdrift
+    from tests.seeds import bash_commands
+
+    for argv in bash_commands("004_70099621d036eea2.txt", "dynamo.sglang"):
+        argv = [
+            a.replace("${HEAD_PREFILL_NODE_IP}", "10.0.0.1").replace("${HEAD_DECODE_NODE_IP}", "10.0.0.2") for a in argv
+        ]
+        assert not check_args("dynamo-sglang", argv)["ok"]
+        after = check_args("dynamo-sglang", flagdrift.migrate_argv(argv, "0.5.21"))
+        assert after["ok"], _one_line(after)
