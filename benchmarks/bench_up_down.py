@@ -107,7 +107,7 @@ def measure(inv: dict, runs: list[tuple[str, str, str]], config: Path, repeat: i
         t["seq_down"].append(timed(seq_down))
         t["par_up"].append(timed(lambda: par("up")))
         t["par_down"].append(timed(lambda: par("down")))
-        t["l_up"].append(timed(lambda: launcher("up", str(config), "--no-wait")))
+        t["l_up"].append(timed(lambda: launcher("up", str(config), "--no-wait", "--skip-doctor")))
         t["l_down"].append(timed(lambda: launcher("down", str(config))))
     return t
 

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from launcher import __version__
 from launcher.errors import ConfigError, ConfigErrors, LauncherError
@@ -138,6 +139,7 @@ def up(
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = 10.0,
     host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+    skip_doctor: Annotated[bool, typer.Option("--skip-doctor", help="Start without the preflight checks.")] = False,
     wait: Annotated[
         bool,
         typer.Option(
@@ -166,6 +168,14 @@ def up(
     progress = Progress(err)
     command = "launcher up " + " ".join(sys.argv[2:])
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
+        if not skip_doctor:
+            progress.log("doctor: checking every node and the engine flags")
+            checks = run_doctor(p, fleet, with_args=True)
+            bad = [c for c in checks if c.status == "fail"]
+            if bad:
+                print_checks(p, bad, as_json=False)
+                err.print("nothing was started; fix the above, or `launcher up --skip-doctor`", markup=False)
+                raise typer.Exit(1)
         try:
             changes = upmod.up(p, fleet, progress, command=command, wait=wait)
         except KeyboardInterrupt:
@@ -390,6 +400,68 @@ def lock_break(config: ConfigArg = None, config_opt: ConfigOpt = None, inventory
         held = lockmod.break_lock(host, p.state_dir, p.deployment)
         lockmod.audit(host, p.state_dir, p.deployment, "lock broken" + (f" (was {held.describe()})" if held else ""))
     out.print(f"lock removed (was held by {held.describe()})" if held else "no lock was held", markup=False)
+
+
+def print_checks(p, checks, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "deployment": p.deployment,
+                    "ok": not any(c.status == "fail" for c in checks),
+                    "checks": [c.to_json() for c in checks],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("node", "check", "status", "detail", "fix"):
+        table.add_column(col, overflow="fold")
+    colour = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+    for c in sorted(checks, key=lambda c: (c.node is None, c.node or 0, c.name)):
+        node = "-" if c.node is None else f"{c.node} {p.nodes[c.node].name}"
+        table.add_row(node, c.name, f"[{colour.get(c.status, '')}]{c.status}[/]", escape(c.detail), escape(c.fix))
+    out.print(table)
+    bad = [c for c in checks if c.status == "fail"]
+    out.print(f"{len(bad)} problem(s) found" if bad else "all checks passed", markup=False)
+
+
+def run_doctor(p, fleet, with_args: bool) -> list:
+    from launcher import doctor as doc
+
+    checks = doc.run(p, fleet)
+    reachable = {c.node for c in checks if c.name == "ssh" and c.status == "ok"}
+    if with_args and reachable:
+        checks += doc.check_args(p, fleet)
+    return checks
+
+
+@app.command()
+def doctor(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    check_args: Annotated[
+        bool, typer.Option("--args/--no-args", help="Also run each role's argv through its engine's own parser.")
+    ] = True,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = 10.0,
+    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+) -> None:
+    """Preflight on every node (SSH, engine, GPUs, IB, shm, disk, model, image, ports, clock) and the
+    engine flags, before anything starts. Exit 1 if any check fails."""
+    path, inv = resolve(config, config_opt, inventory)
+    p = load_plan(path, inv)
+    with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
+        checks = run_doctor(p, fleet, check_args)
+    print_checks(p, checks, as_json)
+    if any(c.status == "fail" for c in checks):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -105,6 +105,7 @@ class Plan:
     runtime: str = "docker"
     python_env: str | None = None
     model_name: str | None = None
+    model_path: str | None = None  # as the engines see it
     endpoint: str | None = None  # frontend URL on the head node
     warnings: list[str] = field(default_factory=list)
     findings: list = field(default_factory=list)  # (group, flagdrift.Finding): stale engine flags

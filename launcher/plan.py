@@ -341,6 +341,7 @@ def build(loaded: Loaded) -> Plan:
         runtime=spec.runtime,
         python_env=spec.python_env,
         model_name=model_name,
+        model_path=spec.model.path if spec.model else None,
         endpoint=endpoint,
         warnings=warnings,
         findings=findings,

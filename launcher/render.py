@@ -55,6 +55,23 @@ def docker_run(plan: Plan, service: Service) -> list[str]:
     return argv
 
 
+def docker_check_run(plan: Plan, service: Service, command: list[str]) -> list[str]:
+    """`docker run --rm -i` of the service's image, mounts and env, with another command (doctor)."""
+    argv = docker_run(plan, service)
+    head = argv[: argv.index(service.image)]
+    keep: list[str] = ["docker", "run", "--rm", "-i"]
+    i = 2
+    while i < len(head):
+        if head[i] in ("-d",):
+            i += 1
+        elif head[i] in ("--name", "--label"):
+            i += 2
+        else:
+            keep.append(head[i])
+            i += 1
+    return keep + [service.image] + command
+
+
 def shell(argv: list[str]) -> str:
     return shlex.join(argv)
 

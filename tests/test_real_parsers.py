@@ -1,7 +1,7 @@
 """Engine argvs checked by the engines' real argument parsers (SGLang 0.5.21, ai-dynamo 1.6.1), CPU only.
 
 `scripts/parser-env` builds (once; cached under .cache/parser-env/) a venv holding SGLang and Dynamo's
-parsers, and `scripts/check_engine_args.py` parses an argv with them without starting anything.
+parsers, and `launcher/engine_check.py` parses an argv with them without starting anything.
 
 Other tests can import the helpers:
 
@@ -32,7 +32,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PARSER_ENV = REPO / "scripts" / "parser-env"
-CHECKER = REPO / "scripts" / "check_engine_args.py"
+CHECKER = REPO / "launcher" / "engine_check.py"
 DEFAULT_SGLANG = "0.5.21"
 ENV_BUILD_TIMEOUT = 1800  # seconds; a cold build takes about two minutes here
 

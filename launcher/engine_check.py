@@ -3,8 +3,8 @@
 
 Usage (ARGV is what follows `python3 -m <module>`):
 
-    python check_engine_args.py --engine ENGINE [--env KEY=VALUE ...] -- ARGV...
-    python check_engine_args.py --batch < requests.jsonl
+    python engine_check.py --engine ENGINE [--env KEY=VALUE ...] -- ARGV...
+    python engine_check.py --batch < requests.jsonl
 
 ENGINE is one of:
 
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, engine_argv = argv[:cut], argv[cut + 1 :]
 
     cli = argparse.ArgumentParser(
-        prog="check_engine_args.py",
+        prog="engine_check.py",
         description="Parse an engine launch argv with the engine's real argument parser.",
         epilog="Put the engine argv after `--`.",
         allow_abbrev=False,
