@@ -22,7 +22,8 @@ q = shlex.quote
 # Stop one service directory's session: TERM, up to 10 s, then KILL. Only a pid whose start time
 # matches the one recorded is signalled as a leader; survivors are found by session id.
 STOP_FN = r"""
-stop_svc() {
+# term_svc DIR: SIGTERM the service's session (only if the recorded pid is still ours).
+term_svc() {
   d=$1; [ -f "$d/pid" ] || return 0
   pid=$(cat "$d/pid"); st=$(cat "$d/starttime" 2>/dev/null || true)
   if [ -r "/proc/$pid/stat" ]; then
@@ -31,10 +32,26 @@ stop_svc() {
     kill -TERM -- "-$pid" 2>/dev/null || true
   fi
   pkill -TERM -s "$pid" 2>/dev/null || true
-  i=0; while pgrep -s "$pid" >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-  pkill -KILL -s "$pid" 2>/dev/null || true
-  kill -KILL -- "-$pid" 2>/dev/null || true
 }
+# reap_svcs DIR...: wait (10 s at most, all together) for the sessions to end, then SIGKILL survivors.
+reap_svcs() {
+  i=0
+  while [ $i -lt 100 ]; do
+    alive=0
+    for d in "$@"; do
+      pid=$(cat "$d/pid" 2>/dev/null || echo 0)
+      # pid 0 would mean "my own session" to pgrep: a service that never started has nothing to wait for
+      [ "$pid" -gt 1 ] && pgrep -s "$pid" >/dev/null 2>&1 && alive=1
+    done
+    [ $alive = 0 ] && return 0
+    sleep 0.1; i=$((i+1))
+  done
+  for d in "$@"; do
+    pid=$(cat "$d/pid" 2>/dev/null || echo 0); [ "$pid" -gt 1 ] || continue
+    pkill -KILL -s "$pid" 2>/dev/null || true; kill -KILL -- "-$pid" 2>/dev/null || true
+  done
+}
+stop_svc() { term_svc "$1"; reap_svcs "$1"; }
 """
 
 LIST_FN = r"""
@@ -112,17 +129,16 @@ class Process:
 
     def remove_script(self, plan: Plan, names: list[str]) -> str:
         run = self.run_dir(plan)
-        parts = [STOP_FN]
-        for name in names:
-            d = posixpath.join(run, name)
-            parts.append(f"stop_svc {q(d)}; rm -rf {q(d)}")
-        return "\n".join(parts)
+        dirs = " ".join(q(posixpath.join(run, name)) for name in names)
+        return STOP_FN + f'set -- {dirs}; for d in "$@"; do term_svc "$d"; done; reap_svcs "$@"; rm -rf "$@"'
 
     def remove_all_script(self, plan: Plan) -> str:
         run = self.run_dir(plan)
+        # TERM every session first, then wait for all of them together: one slow exit, not the sum.
         return STOP_FN + (
-            f'n=0; for d in {q(run)}/*/; do [ -d "$d" ] || continue; stop_svc "${{d%/}}"; rm -rf "$d"; '
-            f"n=$((n+1)); done; rm -rf {q(posixpath.join(plan.state_dir, plan.deployment, 'secrets'))}; echo $n"
+            f'set --; for d in {q(run)}/*/; do [ -d "$d" ] || continue; d=${{d%/}}; term_svc "$d"; '
+            f'set -- "$@" "$d"; done; reap_svcs "$@"; n=$#; for d in "$@"; do rm -rf "$d"; done; '
+            f"rm -rf {q(posixpath.join(plan.state_dir, plan.deployment, 'secrets'))}; echo $n"
         )
 
     def logs_script(
