@@ -511,7 +511,10 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns typer.Exit codes instead of exiting: pass them on.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LauncherError as exc:
         # ConfigErrors: one line per problem, each prefixed; otherwise one headline and its details.
         lines = str(exc).splitlines() or [type(exc).__name__]

@@ -1,0 +1,41 @@
+"""Exit codes and messages of the CLI itself (local node: no servers)."""
+
+from __future__ import annotations
+
+from tests.helpers import CONFIGS, run_cli
+
+LOCAL = str(CONFIGS / "local.yaml")
+
+
+def test_exec_exit_code_is_the_worst_one(capsys):
+    code, out, err = run_cli(["exec", "-c", LOCAL, "--all", "--", "sh", "-c", "echo hi; exit 3"], capsys)
+    assert code == 3
+    assert "== node 0 (local 127.0.0.1)" in out and "hi" in out and "(exit 3)" in out
+
+
+def test_exec_needs_exactly_one_target(capsys):
+    code, out, err = run_cli(["exec", "-c", LOCAL, "--", "true"], capsys)
+    assert code == 2 and "choose exactly one of --node I, --role R or --all" in err
+
+
+def test_status_of_a_stopped_deployment_exits_1(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LAUNCHER_PORT", "1")  # nothing of ours listens there
+    code, out, err = run_cli(["status", LOCAL, "--json"], capsys)
+    assert code == 1 and '"ok": false' in out
+
+
+def test_logs_needs_a_selection(capsys):
+    code, out, err = run_cli(["logs", "-c", LOCAL], capsys)
+    assert code == 2 and "--node I, or --role R" in err
+
+
+def test_unknown_node(capsys):
+    code, out, err = run_cli(["logs", "-c", LOCAL, "--node", "7"], capsys)
+    assert code == 2 and "no node '7'" in err
+
+
+def test_no_config_anywhere(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LAUNCHER_CONFIG", raising=False)
+    code, out, err = run_cli(["status"], capsys)
+    assert code == 2 and "no deployment given" in err
