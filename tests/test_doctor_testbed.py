@@ -100,7 +100,8 @@ def test_missing_image(testbed, tmp_path):
 
 def test_busy_port(testbed, tmp_path):
     # Something else listens on the frontend's port on node 0.
-    busy = testbed.docker_run("--name", "busy-port", "python3", "-m", "http.server", "8000", detach=True)
+    image = testbed.vars["TESTBED_IMAGE"]
+    busy = testbed.docker_run("--name", "busy-port", image, "python3", "-m", "http.server", "8000", detach=True)
     testbed.ssh(0, busy, check=True)
     try:
         deadline = time.monotonic() + 20
