@@ -47,12 +47,25 @@ def docker_run(plan: Plan, service: Service) -> list[str]:
         argv += ["--user", c.user]
     for key, value in service.env.items():
         argv += ["-e", f"{key}={value}"]
+    command = list(service.command)
     if service.secret_env:
-        argv += ["--env-file", secrets_file(plan, service)]
+        # Not --env-file: docker would copy the values into the container's config, where `docker
+        # inspect` shows them. The file (0600 on the node) is mounted read-only and sourced at start.
+        argv += ["-v", f"{secrets_file(plan, service)}:{SECRETS_IN_CONTAINER}:ro"]
+        command = ["sh", "-c", SOURCE_SECRETS, "launcher-secrets", *command]
     argv += list(c.run_options or [])
     argv.append(service.image)
-    argv += service.command
+    argv += command
     return argv
+
+
+SECRETS_IN_CONTAINER = "/run/launcher-secrets.env"
+SOURCE_SECRETS = f'set -a; . {SECRETS_IN_CONTAINER}; set +a; exec "$@"'
+
+
+def secrets_body(secret_env: dict[str, str]) -> str:
+    """The env file's text: shell assignments (sourced by sh inside the container or by the process wrapper)."""
+    return "".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(secret_env.items()))
 
 
 def docker_check_run(plan: Plan, service: Service, command: list[str]) -> list[str]:
@@ -188,9 +201,9 @@ def node_script(plan: Plan, index: int) -> str:
             out.append(f"install -d -m 0700 {shlex.quote(posixpath.dirname(path))}")
             out.append(f"( umask 077; : > {shlex.quote(path)} )")
             for key in sorted(s.secret_env):
-                out.append(
-                    f"printf '%s=%s\\n' {shlex.quote(key)} \"${{{key}:?set {key} first}}\" >> {shlex.quote(path)}"
-                )
+                # KEY='value' with single quotes escaped: what `sh` sources in the container.
+                quoted = f"""$(printf '%s' "${{{key}:?set {key} first}}" | sed "s/'/'\\\\\\\\''/g")"""
+                out.append(f"""printf "%s='%s'\\n" {shlex.quote(key)} "{quoted}" >> {shlex.quote(path)}""")
         out.append(f"docker rm -f {shlex.quote(s.name)} >/dev/null 2>&1 || true")
         out.append(redact(shell(docker_run(plan, s))))
     return "\n".join(out) + "\n"

@@ -106,7 +106,7 @@ class Docker:
         for s in services:
             if s.secret_env:
                 path = render.secrets_file(plan, s)
-                body = "".join(f"{k}={v}\n" for k, v in sorted(s.secret_env.items()))
+                body = render.secrets_body(s.secret_env)
                 lines.append(f"install -d -m 0700 {q(posixpath.dirname(path))}")
                 lines.append(write_from_stdin(path, body))
                 stdin += body

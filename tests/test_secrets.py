@@ -1,0 +1,86 @@
+"""Secrets reach the processes through a 0600 file, never through argv, plan output or docker inspect."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from launcher import config, plan, render, runtime
+from tests.helpers import MINIMAL, write
+
+TOKEN = "hf_Sup3r-s3cret_'value'"
+
+
+@settings(max_examples=200, derandomize=True)
+@given(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40))
+def test_env_file_sources_back_to_the_same_value(value):
+    body = render.secrets_body({"S": value})
+    out = subprocess.run(["sh", "-c", f'{body}printf %s "$S"'], capture_output=True).stdout
+    assert out.decode("utf-8", "surrogateescape") == value
+
+
+def test_docker_run_mounts_and_sources_the_file_instead_of_passing_values(tmp_path):
+    path = write(tmp_path, MINIMAL + "secrets: [HF_TOKEN]\n")
+    (tmp_path / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    p = plan.build(config.load(path, environ={}))
+    worker = next(s for s in p.services if s.group)
+    argv = render.docker_run(p, worker)
+    assert not any(TOKEN in a for a in argv) and "--env-file" not in argv
+    assert f"{render.secrets_file(p, worker)}:{render.SECRETS_IN_CONTAINER}:ro" in argv
+    image_at = argv.index(worker.image)
+    assert argv[image_at + 1 : image_at + 3] == ["sh", "-c"] and argv[-len(worker.command) :] == worker.command
+    script, stdin = runtime.Docker().start_script(p, [worker])
+    assert TOKEN not in script
+    sourced = subprocess.run(["sh", "-c", f'{stdin}printf %s "$HF_TOKEN"'], capture_output=True, text=True).stdout
+    assert sourced == TOKEN
+
+
+@pytest.mark.testbed
+def test_secret_stays_out_of_argv_output_ps_and_inspect(testbed, tmp_path):
+    """On real nodes: the secret from .env is readable inside the container and nowhere else."""
+    data = {
+        "deployment": "secret-test",
+        "image": "${TESTBED_IMAGE}",
+        "gpus_per_node": 0,
+        "container": {"shm_size": "", "ulimits": {"memlock": None, "nofile": None}, "volumes": ["/usr:/usr:ro"]},
+        "secrets": ["LAUNCHER_TEST_TOKEN"],
+        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
+        "groups": {"work": {"engine": "command", "nodes": 2, "args": ["sleep", "infinity"]}},
+    }
+    cfg = tmp_path / "secret.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    (tmp_path / ".env").write_text(f"LAUNCHER_TEST_TOKEN={TOKEN}\n")
+
+    def launcher(*args):
+        argv = [sys.executable, "-m", "launcher", *args, "-i", str(testbed.inventory)]
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+    shown = [launcher("plan", str(cfg), "-v"), launcher("plan", str(cfg), "-f", "json")]
+    up = launcher("up", str(cfg), "--no-wait", "--skip-doctor")
+    try:
+        assert up.returncode == 0, up.stderr
+        for r in [*shown, up]:
+            assert TOKEN not in r.stdout + r.stderr
+        time.sleep(0.5)
+        for i in (0, 1):
+            inspect = testbed.ssh(i, "docker inspect secret-test-work-r" + str(i)).stdout
+            assert json.loads(inspect) and TOKEN not in inspect
+            assert TOKEN not in testbed.ssh(i, "ps auxww").stdout
+            inside = testbed.ssh(i, f"docker exec secret-test-work-r{i} cat /proc/1/environ").stdout
+            assert f"LAUNCHER_TEST_TOKEN={TOKEN}" in inside.split("\0")
+            mode = testbed.ssh(
+                i, "stat -c %a /var/tmp/launcher/secret-test/secrets/secret-test-work-r" + str(i) + ".env"
+            )
+            assert mode.stdout.strip() == "600"
+    finally:
+        down = launcher("down", str(cfg))
+    assert down.returncode == 0
+    for i in (0, 1):
+        assert testbed.ssh(i, "ls /var/tmp/launcher/secret-test/secrets 2>&1").returncode != 0  # removed by down
