@@ -151,7 +151,7 @@ def test_secrets_are_redacted_everywhere(tmp_path, capsys):
         assert "HF_TOKEN" in out
     docker = render.docker_run(p, worker)
     assert not any(token in a for a in docker)
-    assert "--env-file" in docker
+    assert any(a.endswith(":/run/launcher-secrets.env:ro") for a in docker)
 
 
 def test_json_contract(capsys):
