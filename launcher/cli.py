@@ -441,6 +441,34 @@ def run_doctor(p, fleet, with_args: bool) -> list:
 
 
 @app.command()
+def watch(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    interval: Annotated[float, typer.Option("--interval", min=0.5, help="Seconds between checks.")] = 2.0,
+    max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="Per group or service.")] = 5,
+    backoff: Annotated[float, typer.Option("--backoff", min=0, help="First wait between restarts (doubles).")] = 5.0,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = 10.0,
+    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+) -> None:
+    """Supervise the deployment: a dead rank gets its whole group recreated; etcd/NATS/frontend are
+    restarted alone; with back-off and a maximum, then exit 1. Runs until Ctrl-C."""
+    from launcher import watch as watchmod
+    from launcher.progress import Progress
+
+    path, inv = resolve(config, config_opt, inventory)
+    p = load_plan(path, inv)
+    with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
+        try:
+            watchmod.watch(
+                p, fleet, Progress(err, live=False), interval=interval, max_restarts=max_restarts, backoff=backoff
+            )
+        except KeyboardInterrupt:
+            err.print("watch stopped", markup=False)
+
+
+@app.command()
 def doctor(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,

@@ -285,10 +285,36 @@ def stream_logs(
     threads = [threading.Thread(target=one, args=(c,), daemon=True) for c in containers]
     for t in threads:
         t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)
+    stop = threading.Event()
+    if follow:
+        threading.Thread(
+            target=_watchdog,
+            args=(fleet, {c.node_index for c in containers}, stop, failed, lock_out, console, plan),
+            daemon=True,
+        ).start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    finally:
+        stop.set()
     return failed
+
+
+def _watchdog(fleet: Fleet, nodes: set[int], stop: threading.Event, failed: dict, lock_out, console, plan) -> None:
+    """While following: a node that stops answering keepalives is reported and its streams closed,
+    so nothing hangs on a cut link past the keepalive timeout; the other nodes keep flowing."""
+    interval = fleet.options.keepalive
+    live = set(nodes)
+    while not stop.wait(interval):
+        for i in sorted(live):
+            host = fleet.host(i)
+            if not host.alive(timeout=2 * interval):
+                live.discard(i)
+                failed[i] = f"no answer to keepalives for {2 * interval}s (node down or link cut)"
+                with lock_out:
+                    console.print(f"[red]{escape(plan.nodes[i].label)} lost: {failed[i]}[/]", highlight=False)
+                host.close()
 
 
 # -- exec --------------------------------------------------------------------------------------

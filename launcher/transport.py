@@ -156,6 +156,25 @@ class Host:
         conn.transport.set_keepalive(self.options.keepalive)
         return conn
 
+    def alive(self, timeout: float) -> bool:
+        """Does the node still answer on this connection? (an SSH keepalive request, bounded in time)
+
+        A cut link leaves TCP silent for minutes; this notices within `timeout`."""
+        conn = self._conn
+        if conn is None or conn.transport is None or not conn.transport.is_active():
+            return False
+        answered = threading.Event()
+
+        def ask() -> None:
+            try:
+                conn.transport.global_request("keepalive@openssh.com", wait=True)
+                answered.set()
+            except Exception:
+                pass
+
+        threading.Thread(target=ask, daemon=True).start()
+        return answered.wait(timeout)
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -205,7 +224,7 @@ class Host:
 
         A script that exits without reading all of its stdin is fine (the rest is dropped)."""
         try:
-            chan = self._conn.transport.open_session(timeout=timeout)
+            chan = self._conn.transport.open_session(timeout=min(timeout, 2 * self.options.connect_timeout))
         except Exception as exc:
             kind, detail = classify(exc)
             self.close()
@@ -273,6 +292,9 @@ class LocalHost(Host):
 
     def close(self) -> None:
         return None
+
+    def alive(self, timeout: float) -> bool:
+        return True
 
     def run(self, script, *, stdin=None, timeout=None, out=None) -> Completed:
         if out is not None:

@@ -157,8 +157,9 @@ class Waiter:
         plan, fleet = self.plan, self.fleet
         nodes = by_node(self.services)
         names = {i: [s.name for s in ss] for i, ss in nodes.items()} if self.progress.wants_last_lines else {}
+        # Bounded: a node whose link is cut must fail the wait, not hang it.
         results = fleet.map(
-            lambda h: h.run(runtime.for_plan(plan).poll_script(plan, names.get(h.node.index, []))), nodes
+            lambda h: h.run(runtime.for_plan(plan).poll_script(plan, names.get(h.node.index, [])), timeout=20), nodes
         )
         containers: dict[tuple[int, str], Container] = {}
         failures = {}

@@ -1,0 +1,131 @@
+"""`launcher watch`: keep a deployment alive, like LeaderWorkerSet does on Kubernetes.
+
+A torch.distributed group cannot go on without one of its ranks, so when any rank of a worker group
+dies the whole group is recreated (every rank together). Single services (etcd, NATS, frontend) are
+restarted alone. Restarts back off (doubling) and stop at a maximum, after which watch exits 1 with a
+clear message. Every action is logged here and in the head node's audit log. The deployment lock is
+only held while acting, so `down` from another shell is never blocked for long.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from launcher import lock, runtime
+from launcher.errors import LauncherError
+from launcher.model import Plan, Service
+from launcher.progress import Progress
+from launcher.runtime import Container
+from launcher.transport import Fleet
+from launcher.up import Waiter, describe, head_index, remove, start
+
+
+class GaveUp(LauncherError):
+    exit_code = 1
+
+
+@dataclass
+class Unit:
+    """What is restarted as one: a worker group, or one single service."""
+
+    name: str
+    services: list[Service]
+    restarts: int = 0
+    next_allowed: float = 0.0
+    history: list[float] = field(default_factory=list)
+
+
+def units(plan: Plan) -> list[Unit]:
+    out = [Unit(s.service, [s]) for s in plan.services if s.group is None]
+    for group in plan.groups:
+        out.append(Unit(f"group {group.name}", [s for s in plan.services if s.group == group.name]))
+    return out
+
+
+def dead(unit: Unit, found: dict[tuple[int, str], Container], unreachable: set[int]) -> list[str]:
+    """Why the unit needs a restart (empty: healthy, or its node cannot be seen right now)."""
+    reasons = []
+    for s in unit.services:
+        if s.node.index in unreachable:
+            continue  # cannot tell; reported separately, never restarted blind
+        c = found.get((s.node.index, s.name))
+        if c is None:
+            reasons.append(f"{s.tag} is gone")
+        elif not c.running:
+            reasons.append(f"{s.tag} {c.state} (exit {c.exit_code})")
+    return reasons
+
+
+def watch(
+    plan: Plan,
+    fleet: Fleet,
+    progress: Progress,
+    *,
+    interval: float = 2.0,
+    max_restarts: int = 5,
+    backoff: float = 5.0,
+    ready_timeout: float | None = None,
+    rounds: int | None = None,
+) -> None:
+    rt = runtime.for_plan(plan)
+    head = fleet.host(head_index(plan))
+    watched = units(plan)
+    progress.log(f"watching {plan.deployment}: {len(watched)} unit(s) on {len(plan.nodes)} node(s), every {interval}s")
+    done = 0
+    while rounds is None or done < rounds:
+        done += 1
+        tick = time.monotonic()
+        results = fleet.map(lambda h: h.run(rt.list_script(plan), timeout=30))
+        found: dict[tuple[int, str], Container] = {}
+        unreachable: set[int] = set()
+        for i, r in results.items():
+            if isinstance(r, Exception) or not r.ok:
+                unreachable.add(i)
+                why = describe(r) if isinstance(r, Exception) else r.stderr.strip()
+                progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
+                continue
+            for c in runtime.parse_list(i, r.stdout):
+                found[(i, c.name)] = c
+        for unit in watched:
+            reasons = dead(unit, found, unreachable)
+            if not reasons:
+                continue
+            now = time.monotonic()
+            if unit.restarts >= max_restarts:
+                raise GaveUp(
+                    f"{unit.name} died again ({'; '.join(reasons)}) after {unit.restarts} restart(s):"
+                    f" giving up. `launcher logs` shows why; `launcher up` restarts it by hand."
+                )
+            if now < unit.next_allowed:
+                continue
+            unit.restarts += 1
+            unit.next_allowed = now + backoff * 2 ** (unit.restarts - 1)
+            action = f"restarting {unit.name} ({unit.restarts}/{max_restarts}): {'; '.join(reasons)}"
+            progress.log(action)
+            restart(plan, fleet, progress, head, unit, found, action, ready_timeout)
+        time.sleep(max(0.0, interval - (time.monotonic() - tick)))
+
+
+def restart(
+    plan: Plan, fleet: Fleet, progress: Progress, head, unit: Unit, found, action: str, ready_timeout: float | None
+) -> None:
+    held = lock.acquire(head, plan.state_dir, plan.deployment, "launcher watch", audit_action=f"watch: {action}")
+    started = time.monotonic()
+    outcome = f"watch: {unit.name} restart failed"
+    try:
+        old = [found[(s.node.index, s.name)] for s in unit.services if (s.node.index, s.name) in found]
+        if old:
+            remove(plan, fleet, old)
+        start(plan, fleet, unit.services, progress, known=[])
+        services = unit.services
+        if ready_timeout is not None:
+            for s in services:
+                s.timeout = ready_timeout
+        Waiter(plan, fleet, progress, services, check_frontend=any(s.group for s in services)).run()
+        outcome = f"watch: {unit.name} serving again after {time.monotonic() - started:.1f}s"
+        progress.log(outcome.removeprefix("watch: "))
+    except LauncherError as exc:
+        progress.log(f"{unit.name}: restart failed: {str(exc).splitlines()[0]}")
+    finally:
+        lock.release(head, plan.state_dir, plan.deployment, held, audit_action=outcome)
