@@ -170,10 +170,10 @@ def up(
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         if not skip_doctor:
             progress.log("doctor: checking every node and the engine flags")
-            checks = run_doctor(p, fleet, with_args=True)
+            checks = run_doctor(p, fleet, with_args=True, stop_early=True)
             bad = [c for c in checks if c.status == "fail"]
             if bad:
-                print_checks(p, bad, as_json=False)
+                print_checks(p, bad, as_json=False, console=err)
                 err.print("nothing was started; fix the above, or `launcher up --skip-doctor`", markup=False)
                 raise typer.Exit(1)
         try:
@@ -402,7 +402,8 @@ def lock_break(config: ConfigArg = None, config_opt: ConfigOpt = None, inventory
     out.print(f"lock removed (was held by {held.describe()})" if held else "no lock was held", markup=False)
 
 
-def print_checks(p, checks, as_json: bool) -> None:
+def print_checks(p, checks, as_json: bool, console: Console | None = None) -> None:
+    console = console or out
     if as_json:
         sys.stdout.write(
             json.dumps(
@@ -423,18 +424,21 @@ def print_checks(p, checks, as_json: bool) -> None:
         table.add_column(col, overflow="fold")
     colour = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
     for c in sorted(checks, key=lambda c: (c.node is None, c.node or 0, c.name)):
-        node = "-" if c.node is None else f"{c.node} {p.nodes[c.node].name}"
+        node = "-" if c.node is None else f"{c.node} {p.nodes[c.node].name} {p.nodes[c.node].address}"
         table.add_row(node, c.name, f"[{colour.get(c.status, '')}]{c.status}[/]", escape(c.detail), escape(c.fix))
-    out.print(table)
+    console.print(table)
     bad = [c for c in checks if c.status == "fail"]
-    out.print(f"{len(bad)} problem(s) found" if bad else "all checks passed", markup=False)
+    console.print(f"{len(bad)} problem(s) found" if bad else "all checks passed", markup=False)
 
 
-def run_doctor(p, fleet, with_args: bool) -> list:
+def run_doctor(p, fleet, with_args: bool, stop_early: bool = False) -> list:
+    """Node checks, then (with_args) the engines' parsers; stop_early skips the parsers once a node failed."""
     from launcher import doctor as doc
 
     checks = doc.run(p, fleet)
     reachable = {c.node for c in checks if c.name == "ssh" and c.status == "ok"}
+    if stop_early and any(c.status == "fail" for c in checks):
+        return checks
     if with_args and reachable:
         checks += doc.check_args(p, fleet)
     return checks

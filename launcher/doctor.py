@@ -137,11 +137,17 @@ def run(plan: Plan, fleet: Fleet) -> list[Check]:
     rt = runtime.for_plan(plan)
     listing = fleet.map(lambda h: h.run(rt.list_script(plan), timeout=60))
     running: dict[int, set[str]] = {}
+    unreachable = {i: r for i, r in listing.items() if isinstance(r, NodeError)}
     for i, r in listing.items():
         if not isinstance(r, Exception) and r.ok:
             running[i] = {c.name for c in runtime.parse_list(i, r.stdout) if c.running}
     sent = time.time()
-    results = fleet.map(lambda h: h.run(node_script(plan, h.node.index, running.get(h.node.index, set())), timeout=60))
+    # A node that could not be reached a moment ago is reported as such, not waited for again.
+    results = fleet.map(
+        lambda h: h.run(node_script(plan, h.node.index, running.get(h.node.index, set())), timeout=60),
+        [i for i in listing if i not in unreachable],
+    )
+    results.update(unreachable)
     received = time.time()
     checks: list[Check] = []
     for i, r in results.items():

@@ -125,8 +125,12 @@ def test_changed_decode_arg_recreates_exactly_the_decode_group(testbed, work, tm
 
 
 def test_killed_rank_fails_up_fast_and_lock_refuses_a_second_up(testbed, work, tmp_path):
-    # The decode mockers take 60 s to register, so `up` is still waiting when a rank dies.
-    slow = variant(tmp_path, "slow.yaml", **{"startup-time": 60})
+    # The decode mockers look for etcd where there is none, so they run but never register: `up` is
+    # still waiting (deterministically) when a rank dies.
+    slow = variant(tmp_path, "slow.yaml")
+    data = yaml.safe_load(slow.read_text())
+    data["groups"]["decode"]["env"] = {"ETCD_ENDPOINTS": "http://127.0.0.1:9"}
+    slow.write_text(yaml.safe_dump(data, sort_keys=False))
     running_r3 = "docker ps -q --no-trunc --filter name=testbed-104-decode-r3 --filter status=running"
     old = testbed.ssh(7, running_r3).stdout.strip()
     first = subprocess.Popen(

@@ -34,8 +34,8 @@ def test_link_cut_during_up_fails_naming_the_node_then_down_cleans(testbed, tmp_
         took = time.monotonic() - started
         print(f"\nup with node 3's link cut failed after {took:.1f}s (connect timeout 3 s)")
         assert up.returncode == 1
-        assert "node 3 (tb3 10.213.0.13)" in up.stderr and "timed out" in up.stderr
-        assert took < 30
+        assert "3 tb3 10.213.0.13" in up.stderr and "timed out" in up.stderr and "nothing was started" in up.stderr
+        assert took < 15
         assert containers(testbed, 0) == []  # nothing started anywhere
     finally:
         testbed.run("heal", "3")
@@ -50,7 +50,8 @@ def test_link_cut_while_up_waits(testbed, tmp_path):
     import yaml
 
     data = yaml.safe_load(CONFIG.read_text())
-    data["groups"]["decode"]["args"]["startup-time"] = 60
+    # decode mockers that never find etcd: they run, never register, and `up` keeps waiting
+    data["groups"]["decode"]["env"] = {"ETCD_ENDPOINTS": "http://127.0.0.1:9"}
     slow = tmp_path / "slow.yaml"
     slow.write_text(yaml.safe_dump(data, sort_keys=False))
     proc = subprocess.Popen(

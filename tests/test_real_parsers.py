@@ -316,7 +316,11 @@ def test_seed_000_rejected_then_migrated_then_parses(parser_env: Path) -> None:
 
     commands = lws_commands("000_6e7791af198eea82.txt")
     assert len(commands) >= 2  # prefill and decode leaders (and workers)
+    # LeaderWorkerSet fills these in on Kubernetes; the launcher computes them per rank.
+    k8s = {"$(LWS_GROUP_SIZE)": "2", "$(LWS_WORKER_INDEX)": "0", "$(LWS_LEADER_ADDRESS)": "10.0.0.1"}
     for argv in commands[:2]:
+        for old, new in k8s.items():
+            argv = [a.replace(old, new) for a in argv]
         before = check_args("sglang", argv)
         assert not before["ok"], "the seed's own flags must fail on SGLang 0.5.21"
         after = check_args("sglang", flagdrift.migrate_argv(argv, "0.5.21"))
