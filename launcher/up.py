@@ -34,6 +34,12 @@ class ServiceFailed(LauncherError):
     exit_code = 1
 
 
+class Interrupted(LauncherError):
+    """Ctrl-C (or SIGTERM) during `up`: say what already runs and how to remove it."""
+
+    exit_code = 130
+
+
 def describe(exc: Exception) -> str:
     if isinstance(exc, NodeError):
         return f"{exc.kind}: {exc.detail}"
@@ -324,18 +330,15 @@ def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up
             [s for s in plan.services if s.group is not None],
         ]
         started: list[Container] = []
-        for i, phase in enumerate(phases):
-            # Old containers were removed above: only names still on a node need a `docker rm` first.
-            kept = [c for c in current if c not in changes.remove]
-            started += start(plan, fleet, [s for s in phase if s.service in create], progress, known=kept)
-            if i < 2 and phase and wait:
-                Waiter(plan, fleet, progress, phase).run()
-        if wait:
-            Waiter(plan, fleet, progress, plan.services, check_frontend=plan.endpoint is not None).run()
-            if plan.endpoint:
-                progress.log("smoke test: " + smoke_test(plan, fleet))
-        elif not all_running(plan, current, started):
-            Waiter(plan, fleet, progress, plan.services, running_only=True).run()
+        try:
+            _run_phases(plan, fleet, progress, phases, create, current, changes, started, wait)
+        except KeyboardInterrupt:
+            running = sorted({(c.node_index, c.name) for c in started})
+            where = ", ".join(f"{name} on node {i}" for i, name in running) or "nothing yet"
+            raise Interrupted(
+                f"interrupted: up stopped. Started so far and left running: {where}. "
+                f"`launcher status` shows them; `launcher down -c {plan.file}` removes everything."
+            ) from None
         outcome = "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created")
         return changes
     finally:
@@ -343,6 +346,22 @@ def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up
             lock.release(head, plan.state_dir, plan.deployment, held, audit_action=outcome)
         except Exception:
             pass
+
+
+def _run_phases(plan, fleet, progress, phases, create, current, changes, started, wait) -> None:
+    """etcd+NATS, then the frontend, then every group; `started` grows as containers start."""
+    for i, phase in enumerate(phases):
+        # Old containers were removed above: only names still on a node need a `docker rm` first.
+        kept = [c for c in current if c not in changes.remove]
+        started += start(plan, fleet, [s for s in phase if s.service in create], progress, known=kept)
+        if i < 2 and phase and wait:
+            Waiter(plan, fleet, progress, phase).run()
+    if wait:
+        Waiter(plan, fleet, progress, plan.services, check_frontend=plan.endpoint is not None).run()
+        if plan.endpoint:
+            progress.log("smoke test: " + smoke_test(plan, fleet))
+    elif not all_running(plan, current, started):
+        Waiter(plan, fleet, progress, plan.services, running_only=True).run()
 
 
 def all_running(plan: Plan, before: list[Container], started: list[Container]) -> bool:

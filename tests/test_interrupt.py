@@ -1,0 +1,65 @@
+"""Ctrl-C during `up`: a clean stop that says what was started and how to remove it; the lock is released."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.helpers import CONFIGS
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ctrl_c_during_up(tmp_path):
+    data = yaml.safe_load((CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS)))
+    data["deployment"] = "interrupt-test"
+    data["state_dir"] = str(tmp_path / "state")
+    # the decode mocker never finds etcd: it runs but never registers, so `up` keeps waiting
+    data["groups"]["decode"]["env"] = {"ETCD_ENDPOINTS": "http://127.0.0.1:9"}
+    cfg = tmp_path / "interrupt.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    env = {**os.environ, "LAUNCHER_PORT": str(free_port())}
+    argv = [sys.executable, "-m", "launcher"]
+    proc = subprocess.Popen(
+        [*argv, "up", str(cfg), "--skip-doctor"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_dir = tmp_path / "state" / "interrupt-test" / "run"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (run_dir / "interrupt-test-decode-r0" / "pid").exists():
+            time.sleep(0.2)
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err
+        assert "interrupted: up stopped" in err and "interrupt-test-decode-r0 on node 0" in err
+        assert f"launcher down -c {cfg}" in err
+        assert not (tmp_path / "state" / "interrupt-test" / "lock").exists(), "the lock was left behind"
+    finally:
+        down = subprocess.run(
+            [*argv, "down", str(cfg)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+    assert down.returncode == 0, down.stderr
