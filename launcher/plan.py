@@ -144,85 +144,74 @@ def build(loaded: Loaded) -> Plan:
         merged = override.over(base_container)
         return merged.model_copy(update={"env": {}})
 
+    def single(
+        name: str,
+        sspec,
+        node: Node,
+        command: list[str],
+        probe,
+        ports: list[int],
+        *env_layers,
+        with_secrets: bool = False,
+    ) -> Service:
+        """etcd, NATS or the frontend: one service on one node, no GPU."""
+        plain, hidden = env_of(c_env(sspec.container, base_container), *env_layers, with_secrets=with_secrets)
+        return Service(
+            deployment=spec.deployment, service=name, role=name, node=node,
+            image=sspec.image or spec.image or "", command=command, env=plain, secret_env=hidden,
+            container=container_of(sspec.container.over(ContainerSettings(gpus="none"))), probe=probe,
+            timeout=sspec.timeout, ports=ports,
+        )  # fmt: skip
+
     # Scratch space of etcd/NATS: the container's own /tmp, or the process's private directory.
     scratch = "." if spec.runtime == "process" else "/tmp"
-    etcd_url = nats_url = None
+    etcd_url = nats_url = endpoint = None
     if svc.etcd.enabled:
         node = find_node(nodes, svc.etcd.node, loaded, ("services", "etcd", "node"))
         etcd_url = f"http://{node.address}:{svc.etcd.client_port}"
-        c = container_of(svc.etcd.container.over(ContainerSettings(gpus="none")))
-        plain, hidden = env_of(c_env(svc.etcd.container, base_container))
         out.append(
-            Service(
-                deployment=spec.deployment,
-                service="etcd",
-                role="etcd",
-                node=node,
-                image=svc.etcd.image or spec.image,
-                command=services.etcd_command(svc.etcd, node, scratch),
-                env=plain,
-                secret_env=hidden,
-                container=c,
-                probe=services.etcd_probe(svc.etcd, node),
-                timeout=svc.etcd.timeout,
-                ports=[svc.etcd.client_port, svc.etcd.peer_port],
+            single(
+                "etcd",
+                svc.etcd,
+                node,
+                services.etcd_command(svc.etcd, node, scratch),
+                services.etcd_probe(svc.etcd, node),
+                [svc.etcd.client_port, svc.etcd.peer_port],
             )
         )
     if svc.nats.enabled:
         node = find_node(nodes, svc.nats.node, loaded, ("services", "nats", "node"))
         nats_url = f"nats://{node.address}:{svc.nats.port}"
-        c = container_of(svc.nats.container.over(ContainerSettings(gpus="none")))
-        plain, hidden = env_of(c_env(svc.nats.container, base_container))
         out.append(
-            Service(
-                deployment=spec.deployment,
-                service="nats",
-                role="nats",
-                node=node,
-                image=svc.nats.image or spec.image,
-                command=services.nats_command(svc.nats, node, scratch),
-                env=plain,
-                secret_env=hidden,
-                container=c,
-                probe=services.nats_probe(svc.nats, node),
-                timeout=svc.nats.timeout,
-                ports=[svc.nats.port, svc.nats.monitor_port],
+            single(
+                "nats",
+                svc.nats,
+                node,
+                services.nats_command(svc.nats, node, scratch),
+                services.nats_probe(svc.nats, node),
+                [svc.nats.port, svc.nats.monitor_port],
             )
         )
-    endpoint = None
     if svc.frontend.enabled:
         node = find_node(nodes, svc.frontend.node, loaded, ("services", "frontend", "node"))
         try:
             command = services.frontend_command(svc.frontend, node)
         except ValueError as exc:
             raise ConfigError(
-                str(exc),
-                file=file,
-                key="services.frontend.args",
-                line=loaded.line("services", "frontend", "args"),
+                str(exc), file=file, key="services.frontend.args", line=loaded.line("services", "frontend", "args")
             ) from None
-        c = container_of(svc.frontend.container.over(ContainerSettings(gpus="none")))
-        plain, hidden = env_of(
-            c_env(svc.frontend.container, base_container),
-            services.frontend_env(svc.frontend, node, etcd_url, nats_url),
-            svc.frontend.env,
-            with_secrets=True,
-        )
         endpoint = f"http://{node.address}:{svc.frontend.port}"
         out.append(
-            Service(
-                deployment=spec.deployment,
-                service="frontend",
-                role="frontend",
-                node=node,
-                image=svc.frontend.image or spec.image or "",
-                command=command,
-                env=plain,
-                secret_env=hidden,
-                container=c,
-                probe=services.frontend_probe(svc.frontend, node),
-                timeout=svc.frontend.timeout,
-                ports=[svc.frontend.port],
+            single(
+                "frontend",
+                svc.frontend,
+                node,
+                command,
+                services.frontend_probe(svc.frontend, node),
+                [svc.frontend.port],
+                services.frontend_env(svc.frontend, node, etcd_url, nats_url),
+                svc.frontend.env,
+                with_secrets=True,
             )
         )
 
