@@ -140,6 +140,9 @@ def up(
     connect_timeout: TimeoutOpt = 10.0,
     host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
     skip_doctor: Annotated[bool, typer.Option("--skip-doctor", help="Start without the preflight checks.")] = False,
+    then_watch: Annotated[
+        bool, typer.Option("--watch", help="Once ready, supervise like `launcher watch` until Ctrl-C.")
+    ] = False,
     wait: Annotated[
         bool,
         typer.Option(
@@ -190,6 +193,18 @@ def up(
     if p.endpoint and wait:
         out.print(f"endpoint: {p.endpoint}  model: {p.model_name}", markup=False)
         out.print(readiness.curl_command(p.endpoint, p.model_name), markup=False, soft_wrap=True)
+    if then_watch:
+        watch(
+            path,
+            None,
+            inv,
+            interval=2.0,
+            max_restarts=5,
+            backoff=5.0,
+            parallel=parallel,
+            connect_timeout=connect_timeout,
+            host_key_policy=host_key_policy,
+        )
 
 
 @app.command()
