@@ -21,6 +21,7 @@ SHIPPED = {
     "testbed-104.yaml": INVENTORY_32,
     "testbed-small.yaml": INVENTORY_32,
     "local.yaml": None,
+    "sglang-tp16-2node.yaml": None,
 }
 
 

@@ -338,3 +338,11 @@ def test_seed_004_rejected_then_migrated_then_parses(parser_env: Path) -> None:
         assert not check_args("dynamo-sglang", argv)["ok"]
         after = check_args("dynamo-sglang", flagdrift.migrate_argv(argv, "0.5.21"))
         assert after["ok"], _one_line(after)
+
+
+def test_seed_002_config_parses_under_sglang_0_5_21(parser_env: Path) -> None:
+    for service in _plan_services("sglang-tp16-2node.yaml"):
+        assert service["command"][:3] == ["python3", "-m", "sglang.launch_server"]
+        result = check_args("sglang", service["command"][3:])
+        assert result["ok"], _one_line(result)
+        assert not result["warnings"], result["warnings"]

@@ -23,7 +23,7 @@ class DynamoSGLang(Engine):
         if mode is not None and group.mode != "agg" and mode != group.mode:
             raise group.error("args", f"--disaggregation-mode {mode} contradicts the group's mode {group.mode}")
         gpus = group.nnodes * len(group.gpus)
-        tp = self._int(group, "--tp-size", "--tensor-parallel-size")
+        tp = self._int(group, "--tp-size", "--tp", "--tensor-parallel-size")
         if tp is not None and tp != gpus:
             raise group.error(
                 "args",
@@ -79,7 +79,7 @@ class DynamoSGLang(Engine):
                 "--node-rank",
                 str(rank),
             ]
-        if not A.has(argv, "--tp-size", "--tensor-parallel-size"):
+        if not A.has(argv, "--tp-size", "--tp", "--tensor-parallel-size"):
             topo += ["--tp-size", str(group.nnodes * len(group.gpus))]
         return [*self.module, *head, *topo, *argv]
 
@@ -116,7 +116,7 @@ class DynamoSGLang(Engine):
         return {component_for(group.mode): 1}
 
     def summary(self, group: GroupContext) -> str:
-        tp = A.value(group.argv, "--tp-size", "--tensor-parallel-size") or str(group.nnodes * len(group.gpus))
+        tp = A.value(group.argv, "--tp-size", "--tp", "--tensor-parallel-size") or str(group.nnodes * len(group.gpus))
         dp = A.value(group.argv, "--dp-size", "--data-parallel-size")
         return f"{group.nnodes} node(s) TP{tp}" + (f"/DP{dp}" if dp else "")
 
