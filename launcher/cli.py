@@ -116,6 +116,12 @@ def resolve(config: Path | None, config_opt: Path | None, inventory: Path | None
     return chosen, inv
 
 
+def resolve_plan(config: Path | None, config_opt: Path | None, inventory: Path | None):
+    """(deployment file, inventory, plan) of the deployment a command acts on."""
+    path, inv = resolve(config, config_opt, inventory)
+    return path, inv, load_plan(path, inv)
+
+
 def remember(config: Path, inventory: Path | None) -> None:
     LAST.parent.mkdir(exist_ok=True)
     LAST.write_text(
@@ -158,8 +164,7 @@ def up(
     from launcher import up as upmod
     from launcher.progress import Progress
 
-    path, inv = resolve(config, config_opt, inventory)
-    p = load_plan(path, inv)
+    path, inv, p = resolve_plan(config, config_opt, inventory)
     if p.flag_errors:
         raise ConfigError(
             "engine flags that the declared version rejects (nothing was started):\n  "
@@ -222,8 +227,7 @@ def status(
 
     from launcher import ops
 
-    path, inv = resolve(config, config_opt, inventory)
-    p = load_plan(path, inv)
+    path, inv, p = resolve_plan(config, config_opt, inventory)
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         rows, unreachable, frontend = ops.status(p, fleet)
     down = [r for r in rows if r.state != "running"] or unreachable
@@ -296,8 +300,7 @@ def logs(
             _re.compile(grep)
         except _re.error as exc:
             raise ConfigError(f"not a regular expression: {exc}", key="--grep") from None
-    path, inv = resolve(config, config_opt, inventory)
-    p = load_plan(path, inv)
+    path, inv, p = resolve_plan(config, config_opt, inventory)
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         chosen, failed = ops.select_containers(p, fleet, node, role, rank)
         for i, why in failed.items():
@@ -334,8 +337,7 @@ def exec_(
 
     if sum(x is not None and x is not False for x in (node, role, all_nodes or None)) != 1:
         raise ConfigError("choose exactly one of --node I, --role R or --all", key="exec")
-    path, inv = resolve(None, config_opt, inventory)
-    p = load_plan(path, inv)
+    path, inv, p = resolve_plan(None, config_opt, inventory)
     if node is not None:
         indices = [ops.select_nodes(p, node).index]
     elif role is not None:
@@ -376,8 +378,7 @@ def down(
     """Remove every container of the deployment on every node (found by label). Idempotent."""
     from launcher import ops
 
-    path, inv = resolve(config, config_opt, inventory)
-    p = load_plan(path, inv)
+    path, inv, p = resolve_plan(config, config_opt, inventory)
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         removed = ops.down(p, fleet, command="launcher down " + " ".join(sys.argv[2:]))
     out.print(
@@ -395,8 +396,7 @@ def lock_status(config: ConfigArg = None, config_opt: ConfigOpt = None, inventor
     from launcher import lock as lockmod
     from launcher.up import head_index
 
-    path, inv = resolve(config, config_opt, inventory)
-    p = load_plan(path, inv)
+    path, inv, p = resolve_plan(config, config_opt, inventory)
     with fleet_for(p, 4, 10.0, HostKeyPolicy.strict) as fleet:
         held = lockmod.status(fleet.host(head_index(p)), p.state_dir, p.deployment)
     out.print(f"locked by {held.describe()}" if held else "not locked", markup=False)
@@ -408,8 +408,7 @@ def lock_break(config: ConfigArg = None, config_opt: ConfigOpt = None, inventory
     from launcher import lock as lockmod
     from launcher.up import head_index
 
-    path, inv = resolve(config, config_opt, inventory)
-    p = load_plan(path, inv)
+    path, inv, p = resolve_plan(config, config_opt, inventory)
     with fleet_for(p, 4, 10.0, HostKeyPolicy.strict) as fleet:
         host = fleet.host(head_index(p))
         held = lockmod.break_lock(host, p.state_dir, p.deployment)
@@ -476,8 +475,7 @@ def watch(
     from launcher import watch as watchmod
     from launcher.progress import Progress
 
-    path, inv = resolve(config, config_opt, inventory)
-    p = load_plan(path, inv)
+    path, inv, p = resolve_plan(config, config_opt, inventory)
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         try:
             watchmod.watch(
@@ -502,8 +500,7 @@ def doctor(
 ) -> None:
     """Preflight on every node (SSH, engine, GPUs, IB, shm, disk, model, image, ports, clock) and the
     engine flags, before anything starts. Exit 1 if any check fails."""
-    path, inv = resolve(config, config_opt, inventory)
-    p = load_plan(path, inv)
+    path, inv, p = resolve_plan(config, config_opt, inventory)
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         checks = run_doctor(p, fleet, check_args)
     print_checks(p, checks, as_json)

@@ -40,6 +40,14 @@ def write(tmp_path: Path, text: str, name: str = "deploy.yaml") -> Path:
     return path
 
 
+def launcher_on(testbed, config: Path, command: str, *args: str, cwd: Path, timeout: float = 300):
+    """`python -m launcher COMMAND -c CONFIG -i <testbed inventory> ARGS...` as a real subprocess."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "launcher", command, "-c", str(config), "-i", str(testbed.inventory), *args]
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run the real CLI entry point in-process; return (exit code, stdout, stderr)."""
     old = sys.argv

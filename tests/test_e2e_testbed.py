@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import REPO, launcher_on
 
 pytestmark = pytest.mark.testbed
 
@@ -21,8 +21,7 @@ LABEL = "label=launcher.deployment=testbed-104"
 
 
 def launcher(testbed, command: str, *args: str, cwd: Path, timeout: float = 300, config: Path = CONFIG):
-    argv = [sys.executable, "-m", "launcher", command, "-c", str(config), "-i", str(testbed.inventory), *args]
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return launcher_on(testbed, config, command, *args, cwd=cwd, timeout=timeout)
 
 
 def ids(testbed, cwd: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, launcher_on
 
 pytestmark = pytest.mark.testbed
 
@@ -18,8 +18,7 @@ LABEL = "label=launcher.deployment=testbed-small"
 
 
 def launcher(testbed, command: str, *args: str, cwd: Path, timeout: float = 300):
-    argv = [sys.executable, "-m", "launcher", command, "-c", str(CONFIG), "-i", str(testbed.inventory), *args]
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return launcher_on(testbed, CONFIG, command, *args, cwd=cwd, timeout=timeout)
 
 
 def containers(testbed, i: int) -> list[str]:
