@@ -77,8 +77,16 @@ list_svcs() {
 class Process:
     name = "process"
 
-    def run_dir(self, plan: Plan) -> str:
+    def base_dir(self, plan: Plan) -> str:
         return posixpath.join(plan.state_dir, plan.deployment, "run")
+
+    def _run(self, plan: Plan) -> str:
+        """Shell prelude setting $RUN, the run directory, keyed by the node's own hostname.
+
+        A state_dir shared between nodes (NFS home directories, or the testbed, whose nodes share
+        one filesystem and one PID namespace) must not let one node's `down` see another's services.
+        """
+        return f'RUN={q(self.base_dir(plan))}/"$(uname -n)"; '
 
     def check_script(self, plan: Plan) -> str:
         env = plan.python_env
@@ -90,37 +98,35 @@ class Process:
         )
 
     def list_script(self, plan: Plan) -> str:
-        run = self.run_dir(plan)
-        return LIST_FN + f"mkdir -p {q(run)} && list_svcs {q(run)}"
+        return LIST_FN + self._run(plan) + 'mkdir -p "$RUN" && list_svcs "$RUN"'
 
     def check_and_list_script(self, plan: Plan) -> str:
         return f"{{ {self.check_script(plan)} ; }} >/dev/null || exit 97; {self.list_script(plan)}"
 
     def start_script(self, plan: Plan, services: list[Service], existing: set[str] | None = None) -> tuple[str, str]:
-        run = self.run_dir(plan)
-        lines = ["set -e", STOP_FN]
+        lines = ["set -e", STOP_FN, self._run(plan)]
         stdin = ""
         path_prefix = f"{plan.python_env}/bin:" if plan.python_env else ""
         for s in services:
-            d = posixpath.join(run, s.name)
+            d = f'"$RUN"/{q(s.name)}'
             env = {**s.env, **s.secret_env}
             if path_prefix:
                 env["PATH"] = path_prefix + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
             body = "".join(f"export {k}={q(v)}\n" for k, v in env.items())
             labels = json.dumps(plan.labels(s))
             lines += [
-                f"stop_svc {q(d)}",
-                f"rm -rf {q(d)}",
-                f"install -d -m 0700 {q(d)} {q(d + '/scratch')}",
-                write_from_stdin(d + "/env", body),
-                f"printf '%s' {q(labels)} > {q(d + '/labels.json')}",
-                f"date -u +%Y-%m-%dT%H:%M:%SZ > {q(d + '/started')}",
+                f"stop_svc {d}",
+                f"rm -rf {d}",
+                f"install -d -m 0700 {d} {d}/scratch",
+                write_from_stdin(f"{d}/env", body, quoted=True),
+                f"printf '%s' {q(labels)} > {d}/labels.json",
+                f"date -u +%Y-%m-%dT%H:%M:%SZ > {d}/started",
                 # The wrapper is the session leader; it records the service's exit code.
-                f"(cd {q(d + '/scratch')} && exec setsid bash -c "
+                f"(cd {d}/scratch && exec setsid bash -c "
                 + q('. ../env; "$@"; echo $? > ../exit')
-                + f" {q(s.name)} {' '.join(q(a) for a in s.command)} > {q(d + '/log')} 2>&1 < /dev/null) &",
-                f"echo $! > {q(d + '/pid')}",
-                f"awk '{{print $22}}' /proc/$(cat {q(d + '/pid')})/stat > {q(d + '/starttime')}",
+                + f" {q(s.name)} {' '.join(q(a) for a in s.command)} > {d}/log 2>&1 < /dev/null) &",
+                f"echo $! > {d}/pid",
+                f"awk '{{print $22}}' /proc/$(cat {d}/pid)/stat > {d}/starttime",
             ]
             stdin += body
         lines.append(f"echo {q(LIST_MARK)}")
@@ -128,29 +134,33 @@ class Process:
         return "\n".join(lines), stdin
 
     def remove_script(self, plan: Plan, names: list[str]) -> str:
-        run = self.run_dir(plan)
-        dirs = " ".join(q(posixpath.join(run, name)) for name in names)
-        return STOP_FN + f'set -- {dirs}; for d in "$@"; do term_svc "$d"; done; reap_svcs "$@"; rm -rf "$@"'
+        dirs = " ".join(f'"$RUN"/{q(name)}' for name in names)
+        return (
+            STOP_FN
+            + self._run(plan)
+            + f'set -- {dirs}; for d in "$@"; do term_svc "$d"; done; reap_svcs "$@"; rm -rf "$@"'
+        )
 
     def remove_all_script(self, plan: Plan) -> str:
-        run = self.run_dir(plan)
         # TERM every session first, then wait for all of them together: one slow exit, not the sum.
-        return STOP_FN + (
-            f'set --; for d in {q(run)}/*/; do [ -d "$d" ] || continue; d=${{d%/}}; term_svc "$d"; '
-            f'set -- "$@" "$d"; done; reap_svcs "$@"; n=$#; for d in "$@"; do rm -rf "$d"; done; '
-            f"rm -rf {q(posixpath.join(plan.state_dir, plan.deployment, 'secrets'))}; echo $n"
+        return (
+            STOP_FN
+            + self._run(plan)
+            + (
+                'set --; for d in "$RUN"/*/; do [ -d "$d" ] || continue; d=${d%/}; term_svc "$d"; '
+                'set -- "$@" "$d"; done; reap_svcs "$@"; n=$#; for d in "$@"; do rm -rf "$d"; done; '
+                f"rm -rf {q(posixpath.join(plan.state_dir, plan.deployment, 'secrets'))}; echo $n"
+            )
         )
 
     def logs_script(
         self, plan: Plan, name: str, tail: int | None = None, follow: bool = False, since: str | None = None
     ) -> str:
-        log = q(posixpath.join(self.run_dir(plan), name, "log"))
         argv = "tail " + (f"-n {int(tail)}" if tail is not None else "-n +1") + (" -F" if follow else "")
-        return f"{argv} {log} 2>&1"
+        return self._run(plan) + f'{argv} "$RUN"/{q(name)}/log 2>&1'
 
     def poll_script(self, plan: Plan, names: list[str]) -> str:
         script = self.list_script(plan)
         for name in names:
-            log = q(posixpath.join(self.run_dir(plan), name, "log"))
-            script += f"; echo {q(POLL_MARK + name)}; tail -n 1 {log} 2>/dev/null | cut -c1-200"
+            script += f'; echo {q(POLL_MARK + name)}; tail -n 1 "$RUN"/{q(name)}/log 2>/dev/null | cut -c1-200'
         return script

@@ -153,9 +153,12 @@ class Docker:
         return script
 
 
-def write_from_stdin(path: str, body: str) -> str:
-    """A line that writes exactly len(body) bytes of stdin to path, mode 0600 (secrets never in argv)."""
-    return f"(umask 077; dd bs=1 count={len(body.encode())} status=none of={q(path)})"
+def write_from_stdin(path: str, body: str, quoted: bool = False) -> str:
+    """A line that writes exactly len(body) bytes of stdin to path, mode 0600 (secrets never in argv).
+
+    `quoted`: path is already a shell word (it expands a variable), so it is not quoted again.
+    """
+    return f"(umask 077; dd bs=1 count={len(body.encode())} status=none of={path if quoted else q(path)})"
 
 
 def for_plan(plan: Plan):

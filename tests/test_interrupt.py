@@ -42,7 +42,7 @@ def test_ctrl_c_during_up(tmp_path):
         text=True,
     )
     try:
-        run_dir = tmp_path / "state" / "interrupt-test" / "run"
+        run_dir = tmp_path / "state" / "interrupt-test" / "run" / os.uname().nodename
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (run_dir / "interrupt-test-decode-r0" / "pid").exists():
             time.sleep(0.2)
