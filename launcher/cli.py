@@ -206,6 +206,7 @@ def up(
             interval=2.0,
             max_restarts=5,
             backoff=5.0,
+            reset_after=600.0,
             parallel=parallel,
             connect_timeout=connect_timeout,
             host_key_policy=host_key_policy,
@@ -466,6 +467,9 @@ def watch(
     interval: Annotated[float, typer.Option("--interval", min=0.5, help="Seconds between checks.")] = 2.0,
     max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="Per group or service.")] = 5,
     backoff: Annotated[float, typer.Option("--backoff", min=0, help="First wait between restarts (doubles).")] = 5.0,
+    reset_after: Annotated[
+        float, typer.Option("--reset-after", min=0, help="Healthy seconds after which a restart count starts over.")
+    ] = 600.0,
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = 10.0,
     host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
@@ -479,7 +483,13 @@ def watch(
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         try:
             watchmod.watch(
-                p, fleet, Progress(err, live=False), interval=interval, max_restarts=max_restarts, backoff=backoff
+                p,
+                fleet,
+                Progress(err, live=False),
+                interval=interval,
+                max_restarts=max_restarts,
+                backoff=backoff,
+                reset_after=reset_after,
             )
         except KeyboardInterrupt:
             err.print("watch stopped", markup=False)

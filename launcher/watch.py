@@ -3,14 +3,14 @@
 A torch.distributed group cannot go on without one of its ranks, so when any rank of a worker group
 dies the whole group is recreated (every rank together). Single services (etcd, NATS, frontend) are
 restarted alone. Restarts back off (doubling) and stop at a maximum, after which watch exits 1 with a
-clear message. Every action is logged here and in the head node's audit log. The deployment lock is
+clear message; a unit healthy for `reset_after` seconds since its last restart starts counting afresh. Every action is logged here and in the head node's audit log. The deployment lock is
 only held while acting, so `down` from another shell is never blocked for long.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from launcher import lock, runtime
 from launcher.errors import LauncherError
@@ -33,7 +33,7 @@ class Unit:
     services: list[Service]
     restarts: int = 0
     next_allowed: float = 0.0
-    history: list[float] = field(default_factory=list)
+    last_restart: float = 0.0
 
 
 def units(plan: Plan) -> list[Unit]:
@@ -65,6 +65,7 @@ def watch(
     interval: float = 2.0,
     max_restarts: int = 5,
     backoff: float = 5.0,
+    reset_after: float = 600.0,
     ready_timeout: float | None = None,
     rounds: int | None = None,
 ) -> None:
@@ -89,9 +90,14 @@ def watch(
                 found[(i, c.name)] = c
         for unit in watched:
             reasons = dead(unit, found, unreachable)
-            if not reasons:
-                continue
             now = time.monotonic()
+            if not reasons:
+                # A unit healthy for a long stretch since its last restart starts counting afresh: the
+                # maximum is for crash loops, not for one fault a week.
+                if unit.restarts and now - unit.last_restart > reset_after:
+                    progress.log(f"{unit.name}: healthy for {reset_after:.0f}s, restart count reset")
+                    unit.restarts, unit.next_allowed = 0, 0.0
+                continue
             if unit.restarts >= max_restarts:
                 raise GaveUp(
                     f"{unit.name} died again ({'; '.join(reasons)}) after {unit.restarts} restart(s):"
@@ -100,6 +106,7 @@ def watch(
             if now < unit.next_allowed:
                 continue
             unit.restarts += 1
+            unit.last_restart = now
             unit.next_allowed = now + backoff * 2 ** (unit.restarts - 1)
             action = f"restarting {unit.name} ({unit.restarts}/{max_restarts}): {'; '.join(reasons)}"
             progress.log(action)
@@ -122,7 +129,9 @@ def restart(
         if ready_timeout is not None:
             for s in services:
                 s.timeout = ready_timeout
-        Waiter(plan, fleet, progress, services, check_frontend=any(s.group for s in services)).run()
+        Waiter(
+            plan, fleet, progress, services, check_frontend=plan.endpoint is not None and any(s.group for s in services)
+        ).run()
         outcome = f"watch: {unit.name} serving again after {time.monotonic() - started:.1f}s"
         progress.log(outcome.removeprefix("watch: "))
     except LauncherError as exc:

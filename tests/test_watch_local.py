@@ -1,0 +1,107 @@
+"""`watch` and `up --watch` on this machine (process runtime, no testbed): give-up and supervision.
+
+The group here is the `command` engine running plain shell, so these tests take seconds; the testbed
+tests (test_watch_testbed.py) do the same with the real Dynamo stack in Docker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+LAUNCHER = [sys.executable, "-m", "launcher"]
+
+
+def config(tmp_path: Path, script: str) -> Path:
+    data = {
+        "deployment": "watch-local",
+        "runtime": "process",
+        "state_dir": str(tmp_path / "state"),
+        "gpus_per_node": 0,
+        "nodes": [{"name": "local", "address": "127.0.0.1"}],
+        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
+        "groups": {"worker": {"engine": "command", "nodes": ["local"], "args": ["sh", "-c", script]}},
+    }
+    path = tmp_path / "watch.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def launcher(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*LAUNCHER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def worker_pid(path: Path, cwd: Path) -> int | None:
+    status = launcher("status", str(path), "--json", cwd=cwd)
+    rows = [s for s in json.loads(status.stdout)["services"] if s["role"] == "worker" and s["state"] == "running"]
+    return int(rows[0]["id"]) if rows else None
+
+
+def test_watch_gives_up_after_the_maximum_with_exit_1(tmp_path):
+    path = config(tmp_path, "sleep 1; exit 3")
+    try:
+        up = launcher("up", str(path), "--skip-doctor", cwd=tmp_path)
+        assert up.returncode == 0, up.stderr
+        started = time.monotonic()
+        watch = launcher(
+            "watch", str(path), "--interval", "0.5", "--backoff", "0.5", "--max-restarts", "2", cwd=tmp_path
+        )
+        print(f"\nwatch gave up after 2 restarts in {time.monotonic() - started:.1f}s")
+        assert watch.returncode == 1, watch.stdout + watch.stderr
+        assert "restarting group worker (1/2): local worker r0 exited (exit 3)" in watch.stderr
+        assert "restarting group worker (2/2)" in watch.stderr
+        last = watch.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: group worker died again") and "giving up" in last, last
+        assert "Traceback" not in watch.stderr
+        audit = (tmp_path / "state" / "watch-local" / "audit.log").read_text()
+        assert audit.count("watch: restarting group worker") == 2, audit
+    finally:
+        launcher("down", str(path), cwd=tmp_path)
+
+
+def test_up_watch_restarts_a_killed_worker_until_interrupted(tmp_path):
+    path = config(tmp_path, "exec sleep 600")
+    proc = subprocess.Popen(
+        [*LAUNCHER, "up", str(path), "--skip-doctor", "--watch"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and first is None:
+            first = worker_pid(path, tmp_path)
+            time.sleep(0.3)
+        assert first is not None, "up --watch never started the worker"
+        os.killpg(first, signal.SIGKILL)
+        killed = time.monotonic()
+        second = None
+        while time.monotonic() < killed + 30:
+            second = worker_pid(path, tmp_path)
+            if second not in (None, first):
+                break
+            time.sleep(0.3)
+        assert second not in (None, first), "the killed worker was not restarted"
+        print(f"\nup --watch: killed worker running again after {time.monotonic() - killed:.1f}s")
+        proc.send_signal(signal.SIGINT)
+        out, errs = proc.communicate(timeout=20)
+        assert "watch stopped" in errs and "Traceback" not in errs, errs
+        assert "ready: watch-local" in out
+        assert "restarting group worker (1/5)" in errs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        launcher("down", str(path), cwd=tmp_path)
