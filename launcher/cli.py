@@ -262,7 +262,10 @@ def status(
         out.print(table)
         for i, why in sorted(unreachable.items()):
             out.print(f"[red]{p.nodes[i].label}: unreachable: {why}[/]")
-        if p.endpoint:
+        if p.endpoint and "answer" in frontend:  # the SGLang router
+            state = "ready" if frontend["ready"] else "not ready"
+            out.print(f"endpoint {p.endpoint}  router {state}: {frontend['answer']}", markup=False)
+        elif p.endpoint:
             inst = frontend.get("instances", {})
             exp = frontend.get("expected_instances", {})
             seen = ", ".join(f"{c} {inst.get(c, 0)}/{n}" for c, n in exp.items())

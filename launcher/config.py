@@ -160,10 +160,32 @@ class FrontendSpec(Strict):
     timeout: Annotated[float, Field(gt=0)] = 300
 
 
+class RouterSpec(Strict):
+    """SGLang's P/D router in front of plain `sglang` prefill and decode groups (no Dynamo)."""
+
+    enabled: bool = False
+    node: NodeRef = 0
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    # The router panics if its Prometheus port is taken: always set explicitly, never left to chance.
+    prometheus_port: Annotated[int, Field(ge=1, le=65535)] = 29000
+    kind: Literal["router", "mini_lb"] = Field(
+        default="router",
+        description="router: sglang_router.launch_router (pin versions.sglang_router); "
+        "mini_lb: sglang.srt.disaggregation.mini_lb (SGLang 0.4.6.post1 to 0.5.1 only)",
+    )
+    policy: str | None = None
+    image: str | None = None
+    args: EngineArgs = {}
+    env: dict[str, str | int | float | bool] = {}
+    container: ContainerSettings = ContainerSettings()
+    timeout: Annotated[float, Field(gt=0)] = 1800
+
+
 class ServicesSpec(Strict):
     etcd: EtcdSpec = EtcdSpec()
     nats: NatsSpec = NatsSpec()
     frontend: FrontendSpec = FrontendSpec()
+    router: RouterSpec = RouterSpec()
 
 
 class ModelSpec(Strict):

@@ -106,13 +106,22 @@ class Plan:
     python_env: str | None = None
     model_name: str | None = None
     model_path: str | None = None  # as the engines see it
-    endpoint: str | None = None  # frontend URL on the head node
+    endpoint: str | None = None  # the frontend's (or router's) URL
     warnings: list[str] = field(default_factory=list)
     findings: list = field(default_factory=list)  # (group, flagdrift.Finding): stale engine flags
 
     @property
     def flag_errors(self) -> list[str]:
         return [f"groups.{g}: {f}" for g, f in self.findings if f.severity == "error"]
+
+    @property
+    def has_dynamo_frontend(self) -> bool:
+        return any(s.role == "frontend" for s in self.services)
+
+    @property
+    def entry(self) -> Service | None:
+        """The service behind `endpoint`: Dynamo's frontend or the SGLang router."""
+        return next((s for s in self.services if s.role in ("frontend", "router")), None)
 
     def by_node(self, index: int) -> list[Service]:
         return [s for s in self.services if s.node.index == index]

@@ -168,6 +168,18 @@ def _frontend_summary(plan: Plan, fleet: Fleet, unreachable: dict) -> dict[str, 
         "model": plan.model_name,
         "expected_instances": readiness.expected_instances(plan),
     }
+    router = plan.entry if plan.entry is not None and plan.entry.role == "router" else None
+    if router is not None and router.node.index not in unreachable:
+        # The router's own readiness: 503 with a reason until every P and D worker is healthy.
+        info["expected_instances"] = {}
+        try:
+            status, body = fleet.host(router.node.index).http("GET", router.probe.url, timeout=3)
+            info["ready"] = readiness.probe_passes(router.probe, status, body)
+            info["answer"] = readiness.describe_answer(status, body)
+        except (OSError, ConnectionError, NodeError) as exc:
+            info["ready"] = False
+            info["error"] = str(exc)
+        return info
     if frontend is None or frontend.node.index in unreachable:
         info["ready"] = False
         return info

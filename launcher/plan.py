@@ -219,6 +219,7 @@ def build(loaded: Loaded) -> Plan:
     warnings: list[str] = []
     findings: list[tuple[str, flagdrift.Finding]] = []
     placement = place_groups(loaded, nodes)
+    contexts: dict[str, tuple[engines.Engine, GroupContext]] = {}
     for name, group in spec.groups.items():
         engine = engines.get(group.engine)
         if engine is None:
@@ -269,6 +270,7 @@ def build(loaded: Loaded) -> Plan:
             line=loaded.line("groups", name),
         )
         warnings += engine.validate(ctx)
+        contexts[name] = (engine, ctx)
         if engine.name in SGLANG_ENGINES and spec.versions.sglang:
             group_env = {**c_env(group.container, base_container), **{k: _str(v) for k, v in group.env.items()}}
             for finding in flagdrift.check(argv, group_env, spec.versions.sglang):
@@ -318,6 +320,11 @@ def build(loaded: Loaded) -> Plan:
             )
         )
 
+    if svc.router.enabled:
+        router = router_service(loaded, nodes, contexts, single)
+        out.append(router)
+        endpoint = f"http://{router.node.address}:{svc.router.port}"
+
     check_ports(out, loaded)
     model_name = spec.model.name if spec.model else None
     return Plan(
@@ -334,6 +341,50 @@ def build(loaded: Loaded) -> Plan:
         endpoint=endpoint,
         warnings=warnings,
         findings=findings,
+    )
+
+
+def router_service(loaded: Loaded, nodes: list[Node], contexts: dict, single) -> Service:
+    """The SGLang P/D router: every `sglang` prefill group's rank 0 (with its bootstrap port) and decode's."""
+    spec = loaded.spec
+    rspec = spec.services.router
+    key = ("services", "router")
+
+    def error(message: str, sub: str = "") -> ConfigError:
+        return ConfigError(message, file=loaded.file, key=".".join([*key, sub] if sub else key), line=loaded.line(*key))
+
+    if spec.services.frontend.enabled:
+        raise error(
+            "the router fronts plain `sglang` groups and Dynamo's frontend fronts Dynamo workers: disable one"
+            " (services.frontend.enabled: false)",
+            "enabled",
+        )
+    prefill, decode = [], []
+    for engine, ctx in contexts.values():
+        if engine.name != "sglang" or ctx.mode not in ("prefill", "decode"):
+            continue
+        url = f"http://{ctx.leader.address}:{engine.port(ctx)}"
+        if ctx.mode == "prefill":
+            prefill.append(services.Worker(url, engine.bootstrap_port(ctx)))
+        else:
+            decode.append(services.Worker(url))
+    if not prefill or not decode:
+        raise error("the P/D router needs at least one `sglang` group with mode prefill and one with mode decode")
+    node = find_node(nodes, rspec.node, loaded, (*key, "node"))
+    try:
+        command = services.router_command(
+            rspec, node, prefill, decode, spec.versions.sglang_router, spec.versions.sglang
+        )
+    except ValueError as exc:
+        raise error(str(exc)) from None
+    return single(
+        "router",
+        rspec,
+        node,
+        command,
+        services.router_probe(rspec, node),
+        services.router_ports(rspec),
+        rspec.env,
     )
 
 

@@ -15,6 +15,16 @@ def probe_passes(probe: Probe, status: int, body: Any) -> bool:
     return isinstance(body, dict) and all(str(body.get(k)) == str(v) for k, v in probe.expect.items())
 
 
+def describe_answer(status: int, body: Any) -> str:
+    """A probe's answer in one short line: `HTTP 503 not ready: insufficient healthy workers`."""
+    if isinstance(body, dict):
+        words = [str(body[k]) for k in ("status", "reason", "message", "error") if body.get(k)]
+        text = ": ".join(words) if words else str(body)
+    else:
+        text = str(body or "").strip()
+    return f"HTTP {status}" + (f" {text[:160]}" if text else "")
+
+
 def expected_instances(plan: Plan) -> dict[str, int]:
     total: dict[str, int] = {}
     for group in plan.groups:

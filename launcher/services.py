@@ -1,10 +1,13 @@
-"""The single-node infrastructure services: etcd, NATS and the Dynamo frontend."""
+"""The single-node services: etcd, NATS, the Dynamo frontend, and the SGLang P/D router."""
 
 from __future__ import annotations
 
-from launcher.config import EtcdSpec, FrontendSpec, NatsSpec
+from dataclasses import dataclass
+
+from launcher.config import EtcdSpec, FrontendSpec, NatsSpec, RouterSpec
 from launcher.engines import args as A
 from launcher.engines.base import dynamo_env
+from launcher.flagdrift import version as parse_version
 from launcher.model import Node, Probe
 
 
@@ -80,3 +83,87 @@ def frontend_env(spec: FrontendSpec, node: Node, etcd: str | None, nats: str | N
 
 def frontend_probe(spec: FrontendSpec, node: Node) -> Probe:
     return Probe(kind="http", url=f"http://{node.address}:{spec.port}/live", expect={"status": "live"})
+
+
+# -- the SGLang P/D router ------------------------------------------------------------------------
+
+# Refuse to start under another router version than the file pins: flags and defaults changed at
+# almost every release (`--prefill URL PORT` arity, default host, timeouts), see the reference.
+ROUTER_PIN_CHECK = (
+    "v=$(python3 -c 'from importlib.metadata import version; print(version(\"sglang-router\"))' 2>/dev/null)"
+    ' || v="not installed"; [ "$v" = "$0" ] || { echo "launcher: sglang-router $v is installed here but the file'
+    ' pins $0 (versions.sglang_router)" >&2; exit 3; }; exec python3 -m sglang_router.launch_router "$@"'
+)
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A P or D instance as the router sees it: rank 0's HTTP URL (and the prefill bootstrap port)."""
+
+    url: str
+    bootstrap_port: int | None = None
+
+
+def router_command(
+    spec: RouterSpec,
+    node: Node,
+    prefill: list[Worker],
+    decode: list[Worker],
+    router_version: str | None,
+    sglang_version: str | None,
+) -> list[str]:
+    argv = A.normalize(spec.args)
+    for flag in ("--host", "--port", "--prefill", "--decode", "--prometheus-port"):
+        if A.has(argv, flag):
+            raise ValueError(f"{flag} is set by the launcher (services.router and the groups); remove it from args")
+    if spec.kind == "mini_lb":
+        return mini_lb_command(spec, node, prefill, decode, sglang_version) + argv
+    if not router_version:
+        raise ValueError("the router's version must be pinned: set versions.sglang_router (for example 0.3.2)")
+    out = ["sh", "-c", ROUTER_PIN_CHECK, router_version, "--pd-disaggregation"]
+    for w in prefill:
+        # URL and bootstrap port always together: without the port the decode side substitutes its own.
+        out += ["--prefill", w.url, str(w.bootstrap_port)]
+    for w in decode:
+        out += ["--decode", w.url]
+    out += ["--host", bind_host(node), "--port", str(spec.port)]
+    out += ["--prometheus-host", bind_host(node), "--prometheus-port", str(spec.prometheus_port)]
+    if spec.policy:
+        out += ["--policy", spec.policy]
+    return out + argv
+
+
+def mini_lb_command(
+    spec: RouterSpec, node: Node, prefill: list[Worker], decode: list[Worker], sglang_version: str | None
+) -> list[str]:
+    if not sglang_version:
+        raise ValueError("kind: mini_lb depends on the SGLang version: set versions.sglang (0.4.6.post1 to 0.5.1)")
+    v = parse_version(sglang_version)
+    if v < parse_version("0.4.6.post1") or v >= parse_version("0.5.2"):
+        raise ValueError(
+            f"sglang.srt.disaggregation.mini_lb does not exist in SGLang {sglang_version} (0.4.6.post1 to 0.5.1 only);"
+            " use kind: router with a pinned versions.sglang_router"
+        )
+    comma = v < parse_version("0.4.7")  # 0.4.6.post1 took comma-separated lists, later versions space-separated
+
+    def many(values: list[str]) -> list[str]:
+        return [",".join(values)] if comma else values
+
+    return [
+        "python3", "-m", "sglang.srt.disaggregation.mini_lb",
+        "--prefill", *many([w.url for w in prefill]),
+        "--prefill-bootstrap-ports", *many([str(w.bootstrap_port) for w in prefill]),
+        "--decode", *many([w.url for w in decode]),
+        "--host", bind_host(node), "--port", str(spec.port),
+    ]  # fmt: skip
+
+
+def router_ports(spec: RouterSpec) -> list[int]:
+    return [spec.port] if spec.kind == "mini_lb" else [spec.port, spec.prometheus_port]
+
+
+def router_probe(spec: RouterSpec, node: Node) -> Probe:
+    if spec.kind == "mini_lb":
+        return Probe(kind="http", url=f"http://{node.address}:{spec.port}/health")
+    # /health answers 200 with no worker at all; /readiness only once every P and D worker is healthy.
+    return Probe(kind="http", url=f"http://{node.address}:{spec.port}/readiness", expect={"status": "ready"})

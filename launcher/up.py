@@ -146,6 +146,7 @@ class Waiter:
     passed: set[str] = field(default_factory=set)
     last_lines: dict[str, str] = field(default_factory=dict)
     frontend_note: str = ""
+    answers: dict[str, str] = field(default_factory=dict)  # service -> what its probe last answered
     running_only: bool = False  # ready = the container runs (up --no-wait)
 
     def run(self) -> None:
@@ -190,10 +191,11 @@ class Waiter:
             return True
         for s in self.services:
             if s.service not in self.passed and elapsed > s.timeout:
+                answer = f" (last answer: {self.answers[s.service]})" if s.service in self.answers else ""
                 raise ServiceFailed(
                     f"{s.tag} ({s.node.address}) not ready after {s.timeout:.0f}s: its probe {s.probe.url or 'running'}"
-                    f" has not passed. Look with `launcher logs --node {s.node.index}`; raise groups.*.timeout if"
-                    f" it is just slow; `launcher down` removes everything."
+                    f" has not passed{answer}. Look with `launcher logs --node {s.node.index}`; raise its timeout"
+                    f" if it is just slow; `launcher down` removes everything."
                 )
         if self.check_frontend and not frontend_ok:
             limit = max((s.timeout for s in self.services if s.group), default=300)
@@ -212,19 +214,23 @@ class Waiter:
         nodes = by_node(http)
 
         def check(host):
-            ok = []
+            ok, answers = [], {}
             for s in nodes[host.node.index]:
                 try:
                     status, body = host.http("GET", s.probe.url, timeout=3)
-                except (OSError, ConnectionError):
+                except (OSError, ConnectionError) as exc:
+                    answers[s.service] = f"no answer: {exc}"
                     continue
                 if readiness.probe_passes(s.probe, status, body):
                     ok.append(s.service)
-            return ok
+                else:
+                    answers[s.service] = readiness.describe_answer(status, body)
+            return ok, answers
 
         for r in self.fleet.map(check, nodes).values():
-            if isinstance(r, list):
-                self.passed.update(r)
+            if isinstance(r, tuple):
+                self.passed.update(r[0])
+                self.answers.update(r[1])
 
     def _frontend(self) -> bool:
         plan = self.plan
@@ -256,6 +262,8 @@ class Waiter:
         for s in self.services:
             c = containers.get((s.node.index, s.name))
             state = "ready" if s.service in self.passed else (c.state if c else "missing")
+            if state == "running" and self.answers.get(s.service, "").startswith("HTTP"):
+                state += f", probe: {self.answers[s.service]}"  # e.g. the router's "not ready" and why
             rows.append(Row(s.node.name, s.service, state, elapsed, self.last_lines.get(s.name, "")))
         if self.check_frontend:
             rows.append(
@@ -288,8 +296,8 @@ class Waiter:
 
 
 def smoke_test(plan: Plan, fleet: Fleet, attempts: int = 10) -> str:
-    """One short chat completion through the frontend; retried briefly (routing may lag registration)."""
-    frontend = next(s for s in plan.services if s.role == "frontend")
+    """One short chat completion through the endpoint; retried briefly (routing may lag registration)."""
+    frontend = plan.entry
     host = fleet.host(frontend.node.index)
     last = ""
     for _ in range(attempts):
@@ -327,7 +335,8 @@ def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up
         phases = [
             [s for s in plan.services if s.role in ("etcd", "nats")],
             [s for s in plan.services if s.role == "frontend"],
-            [s for s in plan.services if s.group is not None],
+            # The router last, with the workers: it is ready only once they are.
+            [s for s in plan.services if s.group is not None or s.role == "router"],
         ]
         started: list[Container] = []
         try:
@@ -357,7 +366,7 @@ def _run_phases(plan, fleet, progress, phases, create, current, changes, started
         if i < 2 and phase and wait:
             Waiter(plan, fleet, progress, phase).run()
     if wait:
-        Waiter(plan, fleet, progress, plan.services, check_frontend=plan.endpoint is not None).run()
+        Waiter(plan, fleet, progress, plan.services, check_frontend=plan.has_dynamo_frontend).run()
         if plan.endpoint:
             progress.log("smoke test: " + smoke_test(plan, fleet))
     elif not all_running(plan, current, started):

@@ -1,10 +1,11 @@
 """`launcher watch`: keep a deployment alive, like LeaderWorkerSet does on Kubernetes.
 
 A torch.distributed group cannot go on without one of its ranks, so when any rank of a worker group
-dies the whole group is recreated (every rank together). Single services (etcd, NATS, frontend) are
-restarted alone. Restarts back off (doubling) and stop at a maximum, after which watch exits 1 with a
-clear message; a unit healthy for `reset_after` seconds since its last restart starts counting afresh. Every action is logged here and in the head node's audit log. The deployment lock is
-only held while acting, so `down` from another shell is never blocked for long.
+dies the whole group is recreated (every rank together). Single services (etcd, NATS, frontend,
+router) are restarted alone. Restarts back off (doubling) and stop at a maximum, after which watch
+exits 1 with a clear message; a unit healthy for `reset_after` seconds since its last restart starts
+counting afresh. Every action is logged here and in the head node's audit log. The deployment lock
+is only held while acting, so `down` from another shell is never blocked for long.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def restart(
             for s in services:
                 s.timeout = ready_timeout
         Waiter(
-            plan, fleet, progress, services, check_frontend=plan.endpoint is not None and any(s.group for s in services)
+            plan, fleet, progress, services, check_frontend=plan.has_dynamo_frontend and any(s.group for s in services)
         ).run()
         outcome = f"watch: {unit.name} serving again after {time.monotonic() - started:.1f}s"
         progress.log(outcome.removeprefix("watch: "))

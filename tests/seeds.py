@@ -45,3 +45,26 @@ def bash_commands(name: str, module: str) -> list[list[str]]:
                 argv = shlex.split(line.split(f"-m {module}", 1)[1])
                 out.append(argv)
     return out
+
+
+def lws_pods(name: str) -> list[dict]:
+    """Every container of the seed's manifests that runs MODULE, with its argv (after the module) and env."""
+    text = (SEEDS / name).read_text()
+    pods: list[dict] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            command = node.get("command")
+            if isinstance(command, list) and len(command) > 2 and command[1] == "-m":
+                env = {e["name"]: str(e["value"]) for e in node.get("env") or [] if "value" in e}
+                pods.append({"module": command[2], "argv": [str(c) for c in command[3:]], "env": env, "spec": node})
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for block in re.findall(r"```yaml\n(.*?)```", text, flags=re.S):
+        for doc in yaml.safe_load_all(block):
+            walk(doc)
+    return pods

@@ -346,3 +346,14 @@ def test_seed_002_config_parses_under_sglang_0_5_21(parser_env: Path) -> None:
         result = check_args("sglang", service["command"][3:])
         assert result["ok"], _one_line(result)
         assert not result["warnings"], result["warnings"]
+
+
+@pytest.mark.parametrize("role", ["prefill", "decode"])
+def test_seed_000_001_config_parses_under_sglang_0_5_21(parser_env: Path, role: str) -> None:
+    ranks = [s for s in _plan_services("sglang-1p1d-32gpu.yaml") if s["role"] == role]
+    assert len(ranks) == 2
+    for service in ranks:
+        assert service["command"][:3] == ["python3", "-m", "sglang.launch_server"]
+        result = check_args("sglang", service["command"][3:])
+        assert result["ok"], _one_line(result)
+        assert not result["warnings"], result["warnings"]
