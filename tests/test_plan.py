@@ -22,6 +22,7 @@ SHIPPED = {
     "testbed-small.yaml": INVENTORY_32,
     "local.yaml": None,
     "sglang-tp16-2node.yaml": None,
+    "sglang-1p1d-32gpu.yaml": None,
 }
 
 
