@@ -124,5 +124,7 @@ def test_seeds_000_001_sglang_1p1d_with_router():
     assert mine.pop("--prometheus-port") == ["29000"] and mine.pop("--prometheus-host") == ["0.0.0.0"]
     assert mine == seed_router
     assert router.command[:3] == ["sh", "-c", router.command[2]] and router.command[3] == "0.3.2"  # pinned
+    # Privileged, IPC_LOCK and /dev/infiniband only where the seed's engines need them, not the router.
+    assert not router.container.privileged and not router.container.devices and router.container.gpus == "none"
     assert router.probe.url == f"http://{p.nodes[0].address}:8000/readiness"
     assert p.endpoint == f"http://{p.nodes[0].address}:8000"
