@@ -128,11 +128,28 @@ class Host:
         connect_kwargs: dict[str, Any] = {"banner_timeout": timeout, "auth_timeout": timeout}
         if ssh.key:
             connect_kwargs["key_filename"] = os.path.expanduser(ssh.key)
+        known = Path(os.path.expanduser(ssh.known_hosts or "~/.ssh/known_hosts"))
+        policy = ssh.host_key_policy or self.options.host_key_policy
+
+        def check_host_keys(c: Any) -> None:
+            """The jump host's key is checked exactly like the node's: same known_hosts, same policy."""
+            client: paramiko.SSHClient = c.client
+            if known.exists():
+                client.load_host_keys(str(known))
+            client.set_missing_host_key_policy(_AcceptNew(known) if policy == "accept-new" else paramiko.RejectPolicy())
+
         gateway = None
         if ssh.jump:
             user, _, rest = ssh.jump.rpartition("@")
             host, _, port = rest.partition(":")
-            gateway = Connection(host, user=user or None, port=int(port) if port else None, connect_timeout=timeout)
+            gateway = Connection(
+                host,
+                user=user or None,  # as OpenSSH: the jump host's own user, not the node's
+                port=int(port) if port else None,
+                connect_timeout=timeout,
+                connect_kwargs=dict(connect_kwargs),
+            )
+            check_host_keys(gateway)
         conn = Connection(
             self.node.address,
             user=ssh.user,
@@ -142,16 +159,13 @@ class Host:
             gateway=gateway,
             config=Config(overrides={"run": {"hide": True, "warn": True, "in_stream": False}}),
         )
-        known = Path(os.path.expanduser(ssh.known_hosts or "~/.ssh/known_hosts"))
-        client: paramiko.SSHClient = conn.client
-        if known.exists():
-            client.load_host_keys(str(known))
-        policy = ssh.host_key_policy or self.options.host_key_policy
-        client.set_missing_host_key_policy(_AcceptNew(known) if policy == "accept-new" else paramiko.RejectPolicy())
+        check_host_keys(conn)
         try:
             conn.open()
         except Exception as exc:  # every failure becomes a per-node error, classified
             kind, detail = classify(exc)
+            if ssh.jump and gateway is not None and not gateway.is_connected:
+                detail = f"via jump host {ssh.jump}: {detail}"
             raise NodeError(self.node, kind, detail) from None
         conn.transport.set_keepalive(self.options.keepalive)
         return conn
