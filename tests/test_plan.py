@@ -23,6 +23,7 @@ SHIPPED = {
     "local.yaml": None,
     "sglang-tp16-2node.yaml": None,
     "sglang-1p1d-32gpu.yaml": None,
+    "vllm-wideep-16gpu.yaml": None,
 }
 
 

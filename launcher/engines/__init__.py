@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from launcher.engines import command, dynamo_sglang, mocker, sglang
+from launcher.engines import command, dynamo_sglang, dynamo_vllm, mocker, sglang
 from launcher.engines.base import Engine
 
-ENGINES: dict[str, Engine] = {e.ENGINE.name: e.ENGINE for e in (dynamo_sglang, sglang, mocker, command)}
+ENGINES: dict[str, Engine] = {e.ENGINE.name: e.ENGINE for e in (dynamo_sglang, dynamo_vllm, sglang, mocker, command)}
 
 
 def get(name: str) -> Engine | None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from launcher.config import GroupSpec, ModelSpec
+from launcher.config import GroupSpec, ModelSpec, VersionsSpec
 from launcher.errors import ConfigError
 from launcher.model import Node, Probe
 
@@ -25,6 +25,8 @@ class GroupContext:
     etcd_endpoint: str | None
     nats_url: str | None
     line: int | None = None
+    # The file's `versions` (engines whose flags changed across versions read theirs here).
+    versions: VersionsSpec = field(default_factory=VersionsSpec)
 
     @property
     def nnodes(self) -> int:

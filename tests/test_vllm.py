@@ -1,0 +1,309 @@
+"""The dynamo-vllm engine and configs/vllm-wideep-16gpu.yaml (seed 003): per-node argv and env, ports,
+the all-to-all backend by vLLM version, refused topology flags. Pure: no servers."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from launcher import config, plan
+from launcher.config import GroupSpec, ModelSpec, SSHSettings, VersionsSpec
+from launcher.engines import args as A
+from launcher.engines.base import GroupContext
+from launcher.engines.dynamo_vllm import ENGINE, canonical
+from launcher.errors import ConfigError
+from launcher.model import Node
+from tests.helpers import CONFIGS, run_cli, write
+from tests.seeds import SEEDS
+
+NIXL = {"kv_connector": "NixlConnector", "kv_role": "kv_both"}
+
+
+def flags_of(service) -> dict[str, list[str]]:
+    assert service.command[:3] == ["python3", "-m", "dynamo.vllm"]
+    return A.flags(service.command[3:])
+
+
+@pytest.fixture(scope="module")
+def wideep():
+    return plan.build(config.load(CONFIGS / "vllm-wideep-16gpu.yaml", environ={}))
+
+
+def test_config_renders_one_process_per_node_with_its_dp_ranks(wideep):
+    prefill, decode = (next(s for s in wideep.services if s.group == g) for g in ("prefill", "decode"))
+    assert (prefill.node.index, decode.node.index) == (0, 1)
+    assert {s.role for s in wideep.services if s.node.index == 0} == {"etcd", "nats", "frontend", "prefill"}
+    for s, backend in ((prefill, "deepep_high_throughput"), (decode, "deepep_low_latency")):
+        f = flags_of(s)
+        assert f["--model"] == ["/model"] and f["--served-model-name"] == ["deepseek-ai/DeepSeek-R1-0528"]
+        assert f["--disaggregation-mode"] == [s.role]
+        assert f["--data-parallel-hybrid-lb"] == [] and f["--enable-expert-parallel"] == []
+        assert f["--data-parallel-size"] == ["8"] and f["--data-parallel-size-local"] == ["8"]
+        assert f["--data-parallel-start-rank"] == ["0"]
+        assert f["--data-parallel-address"] == [s.node.address]  # each group's own leader
+        assert f["--data-parallel-rpc-port"] == ["5555"] and f["--tensor-parallel-size"] == ["1"]
+        assert json.loads(f["--kv-transfer-config"][0]) == NIXL
+        assert f["--all2all-backend"] == [backend]  # vLLM 0.31.0: the flag; the env var is ignored
+        assert "VLLM_ALL2ALL_BACKEND" not in s.env
+        assert s.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == s.node.address
+        assert s.env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == "5600"
+        assert s.env["DYN_SYSTEM_PORT"] == "9090" and s.env["DYN_TCP_RPC_HOST"] == s.node.address
+        assert s.env["ETCD_ENDPOINTS"] == "http://192.0.2.40:2379" and s.env["NATS_SERVER"] == "nats://192.0.2.40:4222"
+        assert s.env["VLLM_USE_DEEP_GEMM"] == "1" and s.env["NVSHMEM_REMOTE_TRANSPORT"] == "ibgda"
+        assert s.ports == [5555, *range(5600, 5608), 9090]
+        assert s.probe.url == f"http://{s.node.address}:9090/health"
+        # every flag once: the launcher's block and the user's args never both write one
+        flat = [t for t in s.command if t.startswith("--")]
+        assert len(flat) == len(set(flat))
+    assert json.loads(flags_of(decode)["--compilation-config"][0]) == {"cudagraph_mode": "FULL_DECODE_ONLY"}
+    assert "--compilation-config" not in flags_of(prefill)
+    assert {g.name: g.expected_instances for g in wideep.groups} == {
+        "prefill": {"prefill": 1},
+        "decode": {"backend": 1},
+    }
+    c = decode.container
+    assert c.network == "host" and c.ipc == "host" and "IPC_LOCK" in c.cap_add and "/dev/infiniband" in c.devices
+    assert not wideep.warnings
+
+
+# -- a group over several nodes, and two groups on one node ---------------------------------------
+
+BASE = """\
+deployment: v
+image: x:1
+versions: {vllm: "0.31.0"}
+model: {path: /model, name: m}
+nodes: [{address: 10.9.0.1}, {address: 10.9.0.2}, {address: 10.9.0.3}]
+groups:
+"""
+
+TWO_NODES = (
+    BASE
+    + """\
+  prefill: {engine: dynamo-vllm, nodes: [0, 1], gpus: [0, 1, 2, 3], system_port: 9090}
+  decode: {engine: dynamo-vllm, nodes: [2], args: {tensor-parallel-size: 2}}
+"""
+)
+
+
+def test_start_ranks_and_leader_across_nodes(tmp_path):
+    p = plan.build(config.load(write(tmp_path, TWO_NODES), environ={}))
+    r0, r1 = (s for s in p.services if s.group == "prefill")
+    for s, start in ((r0, "0"), (r1, "4")):
+        f = flags_of(s)
+        assert f["--data-parallel-size"] == ["8"] and f["--data-parallel-size-local"] == ["4"]
+        assert f["--data-parallel-start-rank"] == [start]
+        assert f["--data-parallel-address"] == ["10.9.0.1"] and f["--data-parallel-rpc-port"] == ["29500"]
+        assert s.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] == s.node.address
+        assert s.probe.url == f"http://{s.node.address}:9090/health"  # every node registers its ranks
+        assert s.container.gpus == "0,1,2,3"
+    # the DP handshake only on the leader; one NIXL listener per global DP rank
+    assert r0.ports == [29500, 5600, 5601, 5602, 5603, 9090]
+    assert r1.ports == [5604, 5605, 5606, 5607, 9090]
+    (d,) = (s for s in p.services if s.group == "decode")
+    f = flags_of(d)
+    assert f["--tensor-parallel-size"] == ["2"] and f["--data-parallel-size-local"] == ["4"]
+    assert d.probe.kind == "running"  # no system_port: alive is all we can know
+    assert {g.name: g.expected_instances for g in p.groups} == {"prefill": {"prefill": 2}, "decode": {"backend": 1}}
+
+
+def split_node(a: dict[str, int], b: dict[str, int]) -> str:
+    def ports(d):
+        return ", ".join(f"{k}: {v}" for k, v in d.items())
+
+    return (
+        BASE
+        + f"""\
+  prefill: {{engine: dynamo-vllm, nodes: [0]}}
+  decode-a: {{engine: dynamo-vllm, mode: decode, nodes: [1], gpus: [0, 1, 2, 3], {ports(a)}}}
+  decode-b: {{engine: dynamo-vllm, mode: decode, nodes: [1], gpus: [4, 5, 6, 7], {ports(b)}}}
+"""
+    )
+
+
+DISTINCT_A = {"dist_init_port": 5555, "bootstrap_port": 5600, "system_port": 9090}
+DISTINCT_B = {"dist_init_port": 5556, "bootstrap_port": 5610, "system_port": 9091}
+
+
+def test_two_groups_share_a_node_with_distinct_ports(tmp_path):
+    p = plan.build(config.load(write(tmp_path, split_node(DISTINCT_A, DISTINCT_B)), environ={}))
+    a, b = (next(s for s in p.services if s.group == g) for g in ("decode-a", "decode-b"))
+    assert a.node.index == b.node.index == 1
+    assert (a.container.gpus, b.container.gpus) == ("0,1,2,3", "4,5,6,7")
+    for s, ports in ((a, DISTINCT_A), (b, DISTINCT_B)):
+        f = flags_of(s)
+        # two independent DP4 instances, each starting at rank 0 on the same leader address
+        assert f["--data-parallel-size"] == f["--data-parallel-size-local"] == ["4"]
+        assert f["--data-parallel-start-rank"] == ["0"] and f["--data-parallel-address"] == ["10.9.0.2"]
+        assert f["--data-parallel-rpc-port"] == [str(ports["dist_init_port"])]
+        assert s.env["VLLM_NIXL_SIDE_CHANNEL_PORT"] == str(ports["bootstrap_port"])
+        assert s.env["DYN_SYSTEM_PORT"] == str(ports["system_port"])
+    assert not set(a.ports) & set(b.ports)
+
+
+@pytest.mark.parametrize(
+    "clash, port",
+    [
+        ({"system_port": 9090}, 9090),
+        ({"dist_init_port": 5555}, 5555),
+        ({"bootstrap_port": 5602}, 5602),  # 5602-5605 overlaps decode-a's 5600-5603
+    ],
+)
+def test_two_groups_on_one_node_with_the_same_port_are_refused(tmp_path, capsys, clash, port):
+    path = write(tmp_path, split_node(DISTINCT_A, {**DISTINCT_B, **clash}))
+    with pytest.raises(ConfigError) as err:
+        plan.build(config.load(path, environ={}))
+    assert f"decode-a-r0 and decode-b-r0 both want port {port}" in str(err.value)
+    code, _, stderr = run_cli(["plan", str(path)], capsys)
+    assert code == 2 and "groups.decode-b" in stderr and "Traceback" not in stderr
+
+
+# -- refused topology flags (exit 2, one line naming the key) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        ("{data-parallel-size: 16}", "--data-parallel-size"),
+        ("{data_parallel_size_local: 4}", "--data-parallel-size-local"),  # vLLM accepts snake_case too
+        ("'-dpp 6000'", "--data-parallel-rpc-port"),  # and short aliases
+        ("{data-parallel-start-rank: 4}", "--data-parallel-start-rank"),
+        ("{data-parallel-address: 10.9.0.9}", "--data-parallel-address"),
+        ("{data-parallel-external-lb: true}", "--data-parallel-external-lb"),
+        ("{headless: true}", "--headless"),
+        ("{tensor-parallel-size: 3}", "--tensor-parallel-size"),
+        ("{disaggregation-mode: prefill}", "--disaggregation-mode"),
+    ],
+)
+def test_conflicting_topology_flag_is_a_config_error(tmp_path, capsys, args, flag):
+    text = BASE + f"  decode: {{engine: dynamo-vllm, nodes: [0], args: {args}}}\n"
+    path = write(tmp_path, text)
+    code, out, err = run_cli(["plan", str(path)], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: {path}") and "groups.decode.args" in lines[0] and flag in lines[0]
+
+
+def test_the_computed_value_written_by_hand_is_accepted_once(tmp_path):
+    text = (
+        BASE + "  decode: {engine: dynamo-vllm, nodes: [0], args: {data-parallel-size: 8, tensor-parallel-size: 1}}\n"
+    )
+    (s,) = (s for s in plan.build(config.load(write(tmp_path, text), environ={})).services if s.group)
+    assert s.command.count("--data-parallel-size") == 1 and s.command.count("--tensor-parallel-size") == 1
+
+
+def test_side_channel_port_comes_from_bootstrap_port(tmp_path):
+    text = BASE + "  decode: {engine: dynamo-vllm, nodes: [0], env: {VLLM_NIXL_SIDE_CHANNEL_PORT: 7000}}\n"
+    with pytest.raises(ConfigError) as err:
+        plan.build(config.load(write(tmp_path, text), environ={}))
+    assert err.value.key == "groups.decode.env.VLLM_NIXL_SIDE_CHANNEL_PORT" and "bootstrap_port" in err.value.message
+
+
+def test_canonical_flag_names():
+    assert canonical(["-tp", "2", "-dp=4", "--kv_transfer_config", "{}", "-1", "--x-y_z=a_b"]) == [
+        "--tensor-parallel-size", "2", "--data-parallel-size=4", "--kv-transfer-config", "{}", "-1", "--x-y-z=a_b",
+    ]  # fmt: skip
+
+
+# -- all-to-all backend by vLLM version -----------------------------------------------------------
+
+
+def context(mode: str, vllm: str | None, argv=(), env=None) -> GroupContext:
+    nodes = [Node(index=0, name="n0", address="10.9.0.1", ssh=SSHSettings(), gpus=8)]
+    return GroupContext(
+        deployment="v", file="v.yaml", name=mode, mode=mode, argv=list(argv), nodes=nodes, gpus=list(range(8)),
+        spec=GroupSpec(engine="dynamo-vllm", nodes=1, env=env or {}), model=ModelSpec(path="/m"),
+        etcd_endpoint=None, nats_url=None, versions=VersionsSpec(vllm=vllm),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("mode, backend", [("prefill", "deepep_high_throughput"), ("decode", "deepep_low_latency")])
+@pytest.mark.parametrize("vllm, form", [("0.10.1.1", "env"), ("0.11.0", "env"), ("0.11.1", "flag"),
+                                        ("0.17.0", "flag"), ("0.31.0", "flag"), (None, "flag")])  # fmt: skip
+def test_all2all_default_in_the_form_the_version_reads(mode, backend, vllm, form):
+    ctx = context(mode, vllm)
+    assert ENGINE.validate(ctx) == []
+    flag = A.value(ENGINE.command(ctx, 0), "--all2all-backend")
+    env = ENGINE.env(ctx, 0).get("VLLM_ALL2ALL_BACKEND")
+    assert (flag, env) == ((None, backend) if form == "env" else (backend, None))
+
+
+@pytest.mark.parametrize(
+    "ctx, flag",
+    [
+        (context("decode", "0.31.0", argv=["--all2all-backend", "naive"]), "naive"),
+        (context("decode", "0.11.0", env={"VLLM_ALL2ALL_BACKEND": "pplx"}), None),  # plan adds the user's env
+        (context("agg", "0.31.0"), None),  # agg keeps vLLM's own default
+    ],
+)
+def test_all2all_left_alone_when_the_user_chose_one_or_for_agg(ctx, flag):
+    command = ENGINE.command(ctx, 0)
+    assert command.count("--all2all-backend") == (flag is not None) and A.value(command, "--all2all-backend") == flag
+    assert "VLLM_ALL2ALL_BACKEND" not in ENGINE.env(ctx, 0)
+
+
+def test_all2all_in_the_wrong_form_for_the_version():
+    with pytest.raises(ConfigError) as err:
+        ENGINE.validate(context("decode", "0.11.0", argv=["--all2all-backend", "deepep_low_latency"]))
+    assert err.value.key == "groups.decode.args" and "--all2all-backend does not exist in vLLM 0.11.0" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        ENGINE.validate(context("decode", "0.31.0", env={"VLLM_ALL2ALL_BACKEND": "deepep_low_latency"}))
+    assert err.value.key == "groups.decode.env.VLLM_ALL2ALL_BACKEND" and "ignores" in err.value.message
+    # 0.11.1 to 0.16: the env var still works, with vLLM's deprecation warning: ours says so too
+    (warning,) = ENGINE.validate(context("decode", "0.12.0", env={"VLLM_ALL2ALL_BACKEND": "deepep_low_latency"}))
+    assert warning.startswith("groups.decode.env.VLLM_ALL2ALL_BACKEND: deprecated")
+
+
+def test_declared_version_reaches_the_engine_through_plan(tmp_path):
+    text = BASE.replace('"0.31.0"', '"0.11.0"') + "  decode: {engine: dynamo-vllm, nodes: [0]}\n"
+    (s,) = (s for s in plan.build(config.load(write(tmp_path, text), environ={})).services if s.group)
+    assert s.env["VLLM_ALL2ALL_BACKEND"] == "deepep_low_latency" and "--all2all-backend" not in s.command
+
+
+# -- seed 003 -------------------------------------------------------------------------------------
+
+# What the seed says and what the launcher renders differently, each with its reason.
+SEED_003_DIFFERENCES = {
+    "decode processes": (
+        "2 pods x 4 local DP ranks, decode-0 + decode-0-1: one LeaderWorkerSet group, one DP8 instance",
+        "1 process x 8 local DP ranks on node 1",
+        "a launcher group runs one process per node; same DP8/EP8 instance on the same 8 GPUs",
+    ),
+    "API port": (
+        "8200, vLLM's own server behind llm-d's gateway",
+        "8000, Dynamo's frontend",
+        "under Dynamo the workers serve no HTTP; the frontend routes P/D",
+    ),
+    "all2all backend": (
+        "env VLLM_ALL2ALL_BACKEND (vLLM of mid-2025)",
+        "--all2all-backend",
+        "vLLM 0.31.0, which ai-dynamo 1.6.1 pins, ignores the env var",
+    ),
+}
+
+
+def test_seed_003_wide_ep_lws(wideep):
+    seed = (SEEDS / "003_b6720daf1fd9fa50.txt").read_text()
+    gpus, nodes = re.search(r"(\d+)xH200 GPUs split across (\w+) nodes", seed).groups()
+    workers = {role.lower(): (int(n), int(dp)) for n, dp, role in re.findall(r"(\d+) DP=(\d+) (Prefill|Decode)", seed)}
+    assert (gpus, nodes, workers) == ("16", "two", {"prefill": (1, 8), "decode": (2, 4)})
+    assert "DeepSeek-R1-0528" in seed and "NIXL" in seed and "http://0.0.0.0:8200" in seed
+    # the two decode pods are one LWS group (leader decode-0, worker decode-0-1), not two instances
+    assert re.search(r"decode-0 ", seed) and re.search(r"decode-0-1 ", seed)
+
+    assert len(wideep.nodes) == 2 and all(n.gpus == 8 for n in wideep.nodes)
+    groups = {g.name: g for g in wideep.groups}
+    assert sum(len(g.node_indices) * len(g.gpus) for g in groups.values()) == int(gpus)
+    dp = {g: int(flags_of(next(s for s in wideep.services if s.group == g))["--data-parallel-size"][0]) for g in groups}
+    assert dp["prefill"] == workers["prefill"][1] and groups["prefill"].expected_instances == {"prefill": 1}
+    # decode: the seed's pods x local ranks, as one instance (difference "decode processes")
+    assert dp["decode"] == workers["decode"][0] * workers["decode"][1] and len(groups["decode"].node_indices) == 1
+    assert groups["prefill"].node_indices != groups["decode"].node_indices
+    assert wideep.model_name.endswith("DeepSeek-R1-0528")
+    for s in (s for s in wideep.services if s.group):
+        assert json.loads(flags_of(s)["--kv-transfer-config"][0])["kv_connector"] == "NixlConnector"
+        assert "--all2all-backend" in s.command  # difference "all2all backend"
+    assert wideep.endpoint.endswith(":8000")  # difference "API port"
+    assert set(SEED_003_DIFFERENCES) == {"decode processes", "API port", "all2all backend"}
