@@ -33,9 +33,9 @@ class Node:
 class Probe:
     """How to tell a service is up: its container runs, and (for http) a URL answers as expected."""
 
-    kind: str  # "running" | "http"
+    kind: str  # "running" | "http" | "log"
     url: str | None = None
-    expect: dict[str, Any] | None = None  # JSON keys that must have these values
+    expect: dict[str, Any] | None = None  # http: JSON keys that must have these values; log: {"line": text}
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "url": self.url, "expect": self.expect}

@@ -268,6 +268,7 @@ def build(loaded: Loaded) -> Plan:
             etcd_endpoint=etcd_url,
             nats_url=nats_url,
             line=loaded.line("groups", name),
+            versions=spec.versions,
         )
         warnings += engine.validate(ctx)
         contexts[name] = (engine, ctx)

@@ -15,6 +15,12 @@ def probe_passes(probe: Probe, status: int, body: Any) -> bool:
     return isinstance(body, dict) and all(str(body.get(k)) == str(v) for k, v in probe.expect.items())
 
 
+def probe_text(probe: Probe) -> str:
+    if probe.kind == "log":
+        return f"log line {probe.expect['line']!r}"
+    return probe.url or "running"
+
+
 def describe_answer(status: int, body: Any) -> str:
     """A probe's answer in one short line: `HTTP 503 not ready: insufficient healthy workers`."""
     if isinstance(body, dict):

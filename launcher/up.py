@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import time
 from dataclasses import dataclass, field
 
@@ -192,8 +193,9 @@ class Waiter:
         for s in self.services:
             if s.service not in self.passed and elapsed > s.timeout:
                 answer = f" (last answer: {self.answers[s.service]})" if s.service in self.answers else ""
+                probe = readiness.probe_text(s.probe)
                 raise ServiceFailed(
-                    f"{s.tag} ({s.node.address}) not ready after {s.timeout:.0f}s: its probe {s.probe.url or 'running'}"
+                    f"{s.tag} ({s.node.address}) not ready after {s.timeout:.0f}s: its probe {probe}"
                     f" has not passed{answer}. Look with `launcher logs --node {s.node.index}`; raise its timeout"
                     f" if it is just slow; `launcher down` removes everything."
                 )
@@ -208,6 +210,7 @@ class Waiter:
         for s in todo:
             if s.probe.kind == "running" or self.running_only:
                 self.passed.add(s.service)
+        self._probe_logs([s for s in todo if s.probe.kind == "log" and not self.running_only])
         http = [s for s in todo if s.probe.kind == "http"]
         if not http:
             return
@@ -231,6 +234,26 @@ class Waiter:
             if isinstance(r, tuple):
                 self.passed.update(r[0])
                 self.answers.update(r[1])
+
+    def _probe_logs(self, services: list[Service]) -> None:
+        """Log-line probes (SGLang before 0.5.1 has no trustworthy /health): grep each log, one script per node."""
+        if not services:
+            return
+        nodes = by_node(services)
+        rt = runtime.for_plan(self.plan)
+
+        def script(index: int) -> str:
+            return "; ".join(
+                f"if {{ {rt.logs_script(self.plan, s.name)} ; }} | grep -qF -- {shlex.quote(s.probe.expect['line'])};"
+                f" then echo {shlex.quote(s.service)}; fi"
+                for s in nodes[index]
+            )
+
+        results = self.fleet.map(lambda h: h.run(script(h.node.index), timeout=30), nodes)
+        for i, r in results.items():
+            if isinstance(r, Exception) or not r.ok:
+                continue  # a lost node is reported by the next poll
+            self.passed.update(name for name in r.stdout.split() if name in {s.service for s in nodes[i]})
 
     def _frontend(self) -> bool:
         plan = self.plan

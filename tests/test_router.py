@@ -122,3 +122,19 @@ def test_the_pin_check_refuses_another_installed_router(pinned, code, tmp_path):
         )
     else:
         assert "--pd-disaggregation" in proc.stdout and "--prometheus-port" in proc.stdout
+
+
+@pytest.mark.parametrize(("version", "kind"), [("0.4.10.post2", "log"), ("0.5.0", "log"), ("0.5.1", "http")])
+def test_sglang_rank0_readiness_by_version(tmp_path, version, kind):
+    """Before 0.5.1 rank 0's /health says 200 before the warm-up: the "fired up" log line decides."""
+    data = routed(tmp_path)
+    data["versions"]["sglang"] = version
+    data["services"]["router"]["enabled"] = False
+    for g in data["groups"].values():
+        g["args"] = {"tp-size": 16}
+    p = build(tmp_path, data)
+    rank0 = next(s for s in p.services if s.group == "prefill" and s.rank == 0)
+    rank1 = next(s for s in p.services if s.group == "prefill" and s.rank == 1)
+    assert rank0.probe.kind == kind and rank1.probe.kind == "http"  # rank 1's dummy /health is honest
+    if kind == "log":
+        assert rank0.probe.expect == {"line": "The server is fired up and ready to roll!"}

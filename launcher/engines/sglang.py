@@ -2,17 +2,21 @@
 
 Same topology rules as dynamo-sglang (the launcher owns --dist-init-addr/--nnodes/--node-rank, fills
 or checks --tp-size). Every rank gets `--host 0.0.0.0` and the group's `--port`: rank 0 serves the
-OpenAI API there, ranks >= 1 a health server, which must be reachable to tell them alive.
+OpenAI API there, ranks >= 1 a health server, which must be reachable to tell them alive. Rank 0 is
+ready when its /health answers 200 (503 until the warm-up is done, from 0.5.1), or, on older
+versions, when it logs that it is "fired up".
 """
 
 from __future__ import annotations
 
+from launcher import flagdrift
 from launcher.engines import args as A
 from launcher.engines.base import GroupContext
 from launcher.engines.dynamo_sglang import DynamoSGLang
 from launcher.model import Probe
 
 DEFAULT_PORT = 30000
+FIRED_UP = "The server is fired up and ready to roll!"  # rank 0, after the warm-up, in every version
 
 
 class SGLang(DynamoSGLang):
@@ -41,6 +45,11 @@ class SGLang(DynamoSGLang):
         return [*ports, self.port(group)]
 
     def probe(self, group: GroupContext, rank: int) -> Probe:
+        sglang = group.versions.sglang
+        if rank == 0 and sglang and flagdrift.version(sglang) < flagdrift.version("0.5.1"):
+            # Before 0.5.1 rank 0's /health says 200 as soon as HTTP is up, before the warm-up: only
+            # this line (logged after the warm-up, which needs every rank) means the instance serves.
+            return Probe(kind="log", expect={"line": FIRED_UP})
         # /health answers 200 once the engine can serve (rank 0) or the rank is up (dummy server).
         return Probe(kind="http", url=f"http://{group.nodes[rank].address}:{self.port(group)}/health")
 

@@ -1,0 +1,67 @@
+"""Readiness probes against real processes on this machine (process runtime, no testbed).
+
+The `log` probe is what `sglang` rank 0 uses before SGLang 0.5.1 (whose /health says 200 before the
+warm-up): ready only once the log holds the "fired up" line.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher import config, plan
+from launcher.engines.sglang import FIRED_UP
+from launcher.model import Probe
+from launcher.progress import Progress
+from launcher.transport import Fleet, Options
+from launcher.up import ServiceFailed, Waiter, start
+
+pytestmark = pytest.mark.slow
+
+
+def local_plan(tmp_path: Path, script: str):
+    data = {
+        "deployment": "probe-local",
+        "runtime": "process",
+        "state_dir": str(tmp_path / "state"),
+        "gpus_per_node": 0,
+        "nodes": [{"name": "local", "address": "127.0.0.1"}],
+        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
+        "groups": {"serve": {"engine": "command", "nodes": ["local"], "args": ["sh", "-c", script], "timeout": 6}},
+    }
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    p = plan.build(config.load(path, environ={}))
+    (service,) = p.services
+    service.probe = Probe(kind="log", expect={"line": FIRED_UP})
+    return p, service
+
+
+def run(tmp_path: Path, script: str) -> float:
+    p, service = local_plan(tmp_path, script)
+    fleet = Fleet(p.nodes, Options())
+    started = time.monotonic()
+    try:
+        start(p, fleet, [service], Progress(live=False))
+        Waiter(p, fleet, Progress(live=False), [service]).run()
+        return time.monotonic() - started
+    finally:
+        from launcher import ops
+
+        ops.down(p, fleet)
+        fleet.close()
+
+
+def test_log_probe_passes_only_after_the_line(tmp_path):
+    took = run(tmp_path, f"echo starting; sleep 2; echo 'INFO: {FIRED_UP}'; exec sleep 600")
+    print(f"\nlog probe passed {took:.1f}s after start (line written at 2 s)")
+    assert took >= 2.0
+
+
+def test_log_probe_times_out_naming_the_line(tmp_path):
+    with pytest.raises(ServiceFailed) as failed:
+        run(tmp_path, "echo 'Uvicorn running'; exec sleep 600")
+    assert f"its probe log line {FIRED_UP!r} has not passed" in str(failed.value)
