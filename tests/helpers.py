@@ -61,3 +61,21 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         sys.argv = old
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def local_command_deployment(tmp_path: Path, name: str, group: str, script: str, **group_settings) -> Path:
+    """A deployment file: one `command` group running `sh -c SCRIPT` as a local process, no Dynamo services."""
+    import yaml
+
+    data = {
+        "deployment": name,
+        "runtime": "process",
+        "state_dir": str(tmp_path / "state"),
+        "gpus_per_node": 0,
+        "nodes": [{"name": "local", "address": "127.0.0.1"}],
+        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
+        "groups": {group: {"engine": "command", "nodes": ["local"], "args": ["sh", "-c", script], **group_settings}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from launcher import config, plan
 from launcher.engines.sglang import FIRED_UP
@@ -18,22 +17,13 @@ from launcher.model import Probe
 from launcher.progress import Progress
 from launcher.transport import Fleet, Options
 from launcher.up import ServiceFailed, Waiter, start
+from tests.helpers import local_command_deployment
 
 pytestmark = pytest.mark.slow
 
 
 def local_plan(tmp_path: Path, script: str):
-    data = {
-        "deployment": "probe-local",
-        "runtime": "process",
-        "state_dir": str(tmp_path / "state"),
-        "gpus_per_node": 0,
-        "nodes": [{"name": "local", "address": "127.0.0.1"}],
-        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
-        "groups": {"serve": {"engine": "command", "nodes": ["local"], "args": ["sh", "-c", script], "timeout": 6}},
-    }
-    path = tmp_path / "probe.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = local_command_deployment(tmp_path, "probe-local", "serve", script, timeout=6)
     p = plan.build(config.load(path, environ={}))
     (service,) = p.services
     service.probe = Probe(kind="log", expect={"line": FIRED_UP})

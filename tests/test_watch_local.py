@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+
+from tests.helpers import local_command_deployment
 
 pytestmark = pytest.mark.slow
 
@@ -23,18 +24,7 @@ LAUNCHER = [sys.executable, "-m", "launcher"]
 
 
 def config(tmp_path: Path, script: str) -> Path:
-    data = {
-        "deployment": "watch-local",
-        "runtime": "process",
-        "state_dir": str(tmp_path / "state"),
-        "gpus_per_node": 0,
-        "nodes": [{"name": "local", "address": "127.0.0.1"}],
-        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
-        "groups": {"worker": {"engine": "command", "nodes": ["local"], "args": ["sh", "-c", script]}},
-    }
-    path = tmp_path / "watch.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return local_command_deployment(tmp_path, "watch-local", "worker", script)
 
 
 def launcher(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -100,3 +100,18 @@ def dynamo_env(address: str, etcd: str | None, nats: str | None) -> dict[str, st
         # Without NATS the event plane must be ZMQ, or the runtime waits 120 s for NATS.
         env["DYN_EVENT_PLANE"] = "zmq"
     return env
+
+
+def system_env(group: GroupContext) -> dict[str, str]:
+    """Dynamo's per-worker status server, reporting ready only once `generate` is served."""
+    if not group.spec.system_port:
+        return {}
+    return {"DYN_SYSTEM_PORT": str(group.spec.system_port), "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": '["generate"]'}
+
+
+def system_probe(group: GroupContext, rank: int) -> Probe:
+    """Ready when the rank's Dynamo status server says so; without one, running is all we can know."""
+    if not group.spec.system_port:
+        return Probe(kind="running")
+    url = f"http://{group.nodes[rank].address}:{group.spec.system_port}/health"
+    return Probe(kind="http", url=url, expect={"status": "ready"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from launcher.engines import args as A
-from launcher.engines.base import Engine, GroupContext, component_for, dynamo_env
+from launcher.engines.base import Engine, GroupContext, component_for, dynamo_env, system_env, system_probe
 from launcher.model import Probe
 
 # Flags the launcher owns per rank: a hand-written value would be wrong on every other node.
@@ -88,9 +88,8 @@ class DynamoSGLang(Engine):
         env = dynamo_env(node.address, group.etcd_endpoint, group.nats_url)
         # SGLang falls back to this when it advertises the bootstrap host.
         env["SGLANG_HOST_IP"] = node.address
-        if rank == 0 and group.spec.system_port:
-            env["DYN_SYSTEM_PORT"] = str(group.spec.system_port)
-            env["DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"] = '["generate"]'
+        if rank == 0:  # only node-rank 0 registers `generate`
+            env.update(system_env(group))
         return env
 
     def ports(self, group: GroupContext, rank: int) -> list[int]:
@@ -105,9 +104,8 @@ class DynamoSGLang(Engine):
         return ports
 
     def probe(self, group: GroupContext, rank: int) -> Probe:
-        if rank == 0 and group.spec.system_port:
-            url = f"http://{group.nodes[0].address}:{group.spec.system_port}/health"
-            return Probe(kind="http", url=url, expect={"status": "ready"})
+        if rank == 0:
+            return system_probe(group, 0)
         # Ranks >= 1 serve nothing (Dynamo's non-leader nodes): alive is all we can know.
         return Probe(kind="running")
 

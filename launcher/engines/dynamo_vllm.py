@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from launcher.engines import args as A
-from launcher.engines.base import Engine, GroupContext, component_for, dynamo_env
+from launcher.engines.base import Engine, GroupContext, component_for, dynamo_env, system_env, system_probe
 from launcher.flagdrift import version as parse_version
 from launcher.model import Probe
 
@@ -204,10 +204,7 @@ class DynamoVLLM(Engine):
             # The address peers reach this node's KV cache on (auto-detection picks any NIC).
             env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = node.address
             env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(self.side_channel_port(group))
-        if group.spec.system_port:
-            # Every node's process registers its own `generate`, so every node serves /health.
-            env["DYN_SYSTEM_PORT"] = str(group.spec.system_port)
-            env["DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"] = '["generate"]'
+        env.update(system_env(group))  # every node's process registers its own `generate`: each has /health
         env.update(self._all2all(group, argv)[1])
         return env
 
@@ -225,10 +222,7 @@ class DynamoVLLM(Engine):
         return ports
 
     def probe(self, group: GroupContext, rank: int) -> Probe:
-        if group.spec.system_port:
-            url = f"http://{group.nodes[rank].address}:{group.spec.system_port}/health"
-            return Probe(kind="http", url=url, expect={"status": "ready"})
-        return Probe(kind="running")
+        return system_probe(group, rank)
 
     def expected_instances(self, group: GroupContext) -> dict[str, int]:
         # One per node, not per DP rank: dynamo.vllm 1.6.1 serves one `generate` endpoint per process

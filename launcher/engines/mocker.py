@@ -7,7 +7,7 @@ decode group registers 9 `backend` instances where SGLang would register one.
 from __future__ import annotations
 
 from launcher.engines import args as A
-from launcher.engines.base import Engine, GroupContext, component_for, dynamo_env
+from launcher.engines.base import Engine, GroupContext, component_for, dynamo_env, system_env, system_probe
 from launcher.model import Probe
 
 
@@ -41,11 +41,7 @@ class Mocker(Engine):
         return [*self.module, *head, *argv]
 
     def env(self, group: GroupContext, rank: int) -> dict[str, str]:
-        env = dynamo_env(group.nodes[rank].address, group.etcd_endpoint, group.nats_url)
-        if group.spec.system_port:
-            env["DYN_SYSTEM_PORT"] = str(group.spec.system_port)
-            env["DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS"] = '["generate"]'
-        return env
+        return {**dynamo_env(group.nodes[rank].address, group.etcd_endpoint, group.nats_url), **system_env(group)}
 
     def ports(self, group: GroupContext, rank: int) -> list[int]:
         ports = [self.bootstrap_port(group)] if group.mode == "prefill" else []
@@ -54,10 +50,7 @@ class Mocker(Engine):
         return ports
 
     def probe(self, group: GroupContext, rank: int) -> Probe:
-        if group.spec.system_port:
-            url = f"http://{group.nodes[rank].address}:{group.spec.system_port}/health"
-            return Probe(kind="http", url=url, expect={"status": "ready"})
-        return Probe(kind="running")
+        return system_probe(group, rank)
 
     def expected_instances(self, group: GroupContext) -> dict[str, int]:
         workers = int(A.value(group.argv, "--num-workers") or 1)
