@@ -272,15 +272,11 @@ def check_args(plan: Plan, fleet: Fleet) -> list[Check]:
         engine = MODULES.get(tuple(s.command[:3]))
         if engine and (engine, s.role) not in seen:
             seen[(engine, s.role)] = s
-    checks = []
+    checks = [
+        check_router(plan, fleet, s) for s in plan.services if s.role == "router" and s.command[:2] == ["sh", "-c"]
+    ]
     for (engine, role), s in seen.items():
-        argv = ["python3", "-", "--engine", engine, "--", *s.command[3:]]
-        if plan.runtime == "docker":
-            script = render.shell(render.docker_check_run(plan, s, argv))
-        else:
-            py = f"{plan.python_env}/bin/python3" if plan.python_env else "python3"
-            env = " ".join(f"{k}={q(v)}" for k, v in s.env.items())
-            script = f"env {env} {q(py)} - --engine {engine} -- " + " ".join(q(a) for a in s.command[3:])
+        script = in_image(plan, s, ["python3", "-", "--engine", engine, "--", *s.command[3:]])
         try:
             r = fleet.host(s.node.index).run(script, stdin=checker, timeout=300)
         except Exception as exc:
@@ -318,6 +314,36 @@ def check_args(plan: Plan, fleet: Fleet) -> list[Check]:
                 )
             )
     return checks
+
+
+def in_image(plan: Plan, s: Service, argv: list[str]) -> str:
+    """A script running argv where the service would run: a throwaway container of its image, or python_env."""
+    if plan.runtime == "docker":
+        return render.shell(render.docker_check_run(plan, s, argv))
+    env = dict(s.env)
+    if plan.python_env:
+        env["PATH"] = f"{plan.python_env}/bin:" + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return "env " + " ".join(f"{k}={q(v)}" for k, v in env.items()) + " " + render.shell(argv)
+
+
+def check_router(plan: Plan, fleet: Fleet, s: Service) -> Check:
+    """The router's version pin, checked in its image before anything starts: it starts last, after the
+    engines' model load, which is far too late to learn that the image holds another sglang-router."""
+    pinned = s.command[3]
+    try:
+        r = fleet.host(s.node.index).run(in_image(plan, s, [*s.command[:4], "--help"]), timeout=120)
+    except Exception as exc:
+        return Check(s.node.index, "router", "fail", describe(exc), "check the node")
+    if r.exit_code == 0 and "--pd-disaggregation" in r.stdout:
+        return Check(s.node.index, "router", "ok", f"sglang-router {pinned} in the image")
+    why = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or [f"exit {r.exit_code}"])[-1]
+    return Check(
+        s.node.index,
+        "router",
+        "fail",
+        why.removeprefix("launcher: ")[:300],
+        f"install sglang-router=={pinned} in the router's image (services.router.image), or change the pin",
+    )
 
 
 def _last_json(text: str) -> dict | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import config, plan
+from launcher import config, doctor, plan
 from launcher.progress import Progress
 from launcher.transport import Fleet, Options
 from launcher.up import ServiceFailed, Waiter, start
@@ -69,6 +69,9 @@ def test_router_without_workers_is_reported_not_ready(testbed, tmp_path):
 
     fleet = Fleet(p.nodes, Options(parallel=8, connect_timeout=5))
     try:
+        # doctor's preflight finds the pinned router in the image (before any engine would load a model)
+        (check,) = [c for c in doctor.check_args(p, fleet) if c.name == "router"]
+        assert (check.status, check.detail) == ("ok", "sglang-router 0.3.2 in the image"), check
         started = time.monotonic()
         start(p, fleet, [router], Progress(live=False))
         with pytest.raises(ServiceFailed) as failed:
@@ -113,6 +116,12 @@ def test_router_refuses_an_unpinned_version_in_one_line(testbed, tmp_path):
     (router,) = [s for s in p.services if s.role == "router"]
     fleet = Fleet(p.nodes, Options(parallel=8, connect_timeout=5))
     try:
+        # doctor says so first, in one line, with the fix; nothing was started by it
+        (check,) = [c for c in doctor.check_args(p, fleet) if c.name == "router"]
+        assert check.status == "fail", check
+        assert check.detail == "sglang-router 0.3.2 is installed here but the file pins 0.3.1 (versions.sglang_router)"
+        assert "sglang-router==0.3.1" in check.fix
+        assert not testbed.ssh(0, "docker ps -aq --filter label=launcher.deployment=router-tb").stdout.strip()
         start(p, fleet, [router], Progress(live=False))
         with pytest.raises(ServiceFailed) as failed:
             Waiter(p, fleet, Progress(live=False), [router]).run()
