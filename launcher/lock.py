@@ -1,7 +1,9 @@
 """A lock on the head node, so two people cannot start or stop the same deployment at once.
 
 `mkdir` is atomic on every filesystem; the directory holds who, when, which command. A lock whose
-holder is gone is reported as stale; `launcher lock break` removes any lock explicitly.
+holder provably died (same machine, by machine id, and its pid is gone: a launcher killed with -9,
+or a watch stopped mid-action) is taken over, with a line saying so; any other stale-looking lock is
+only reported, and `launcher lock break` removes it explicitly.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import posixpath
 import secrets
 import shlex
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -34,11 +37,24 @@ class LockInfo:
     command: str
     since: float
     token: str
+    machine: str = ""  # /etc/machine-id of the holder's machine: hostnames repeat, machine ids do not
 
     def describe(self) -> str:
         age = time.time() - self.since
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"{self.who}@{self.host} (pid {self.pid}) since {when} ({age:.0f}s ago), running `{self.command}`"
+
+    def dead(self) -> bool:
+        """Is the holder provably gone? Only decidable on its own machine."""
+        if not self.machine or self.machine != machine_id():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
 
     def stale(self) -> str | None:
         """Why this lock is stale, if we can tell from here."""
@@ -54,6 +70,17 @@ class LockInfo:
         return None
 
 
+def machine_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            with open(path) as f:
+                if value := f.read().strip():
+                    return value
+        except OSError:
+            continue
+    return ""
+
+
 def lock_dir(state_dir: str, deployment: str) -> str:
     return posixpath.join(state_dir, deployment, "lock")
 
@@ -67,6 +94,7 @@ def acquire(host: Host, state_dir: str, deployment: str, command: str, audit_act
         command=command,
         since=time.time(),
         token=secrets.token_hex(8),
+        machine=machine_id(),
     )
     d = lock_dir(state_dir, deployment)
     audit_line = _audit_script(state_dir, deployment, audit_action) + "; " if audit_action else ""
@@ -88,6 +116,18 @@ def acquire(host: Host, state_dir: str, deployment: str, command: str, audit_act
         raise Locked(
             f"deployment {deployment} is locked ({d} exists, no holder recorded); `launcher lock break` removes it"
         )
+    if holder.dead():
+        # Replace it only if it is still that same dead holder's (its token), atomically enough: a
+        # second launcher doing the same at the same moment loses the mkdir and reports the new lock.
+        audit_takeover = _audit_script(state_dir, deployment, f"took over the lock of dead pid {holder.pid}")
+        takeover = (
+            f"grep -qF {q(holder.token)} {q(d + '/info')} 2>/dev/null && rm -rf {q(d)} && mkdir {q(d)} && "
+            f"printf '%s\\n' {q(json.dumps(info.__dict__))} > {q(d + '/info')} && {audit_takeover} && "
+            f"{audit_line}echo ACQUIRED"
+        )
+        if host.run(takeover).stdout.strip().endswith("ACQUIRED"):
+            sys.stderr.write(f"note: took over the lock of {holder.describe()}: that process is gone\n")
+            return info
     stale = holder.stale()
     hint = (
         f" — stale: {stale}; `launcher lock break` removes it"

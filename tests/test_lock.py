@@ -1,0 +1,69 @@
+"""The deployment lock, on a real (local) node: taken, refused, and taken over only from a provably dead holder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from launcher import lock
+from launcher.config import SSHSettings
+from launcher.model import Node
+from launcher.transport import LocalHost, Options
+
+
+@pytest.fixture
+def host():
+    return LocalHost(Node(0, "local", "127.0.0.1", SSHSettings(), 0), Options())
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def plant(tmp_path, **fields) -> None:
+    d = tmp_path / "demo" / "lock"
+    d.mkdir(parents=True)
+    info = {"who": "alice", "host": "elsewhere", "pid": 1, "command": "launcher up", "since": 0.0, "token": "t0"}
+    (d / "info").write_text(json.dumps({**info, **fields}) + "\n")
+
+
+def test_second_holder_is_refused_then_released(host, tmp_path):
+    held = lock.acquire(host, str(tmp_path), "demo", "launcher up")
+    with pytest.raises(lock.Locked) as refused:
+        lock.acquire(host, str(tmp_path), "demo", "launcher down")
+    assert "locked by" in str(refused.value) and "launcher up" in str(refused.value)
+    lock.release(host, str(tmp_path), "demo", held)
+    lock.release(host, str(tmp_path), "demo", lock.acquire(host, str(tmp_path), "demo", "launcher down"))
+
+
+def test_dead_holder_on_this_machine_is_taken_over(host, tmp_path, capsys):
+    plant(tmp_path, pid=dead_pid(), machine=lock.machine_id(), host="same-machine")
+    held = lock.acquire(host, str(tmp_path), "demo", "launcher up", audit_action="up started")
+    assert "took over the lock of alice@same-machine" in capsys.readouterr().err
+    assert json.loads((tmp_path / "demo" / "lock" / "info").read_text())["token"] == held.token
+    audit = (tmp_path / "demo" / "audit.log").read_text()
+    assert "took over the lock of dead pid" in audit and "up started" in audit
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"machine": "another-machine-id"},  # a dead-looking pid on another machine proves nothing
+        {"machine": ""},  # written by an older launcher: no machine id
+        {"alive": True},  # our own live process
+    ],
+)
+def test_other_holders_are_never_taken_over(host, tmp_path, fields):
+    if fields.pop("alive", False):
+        fields = {"pid": subprocess.os.getpid(), "machine": lock.machine_id()}
+    else:
+        fields["pid"] = dead_pid()
+    plant(tmp_path, **fields)
+    with pytest.raises(lock.Locked):
+        lock.acquire(host, str(tmp_path), "demo", "launcher up")
+    assert json.loads((tmp_path / "demo" / "lock" / "info").read_text())["token"] == "t0"
