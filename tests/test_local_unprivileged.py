@@ -1,0 +1,128 @@
+"""The embedded default from a fresh clone, run by an unprivileged user (uid 65534, no capabilities).
+
+Root only prepares what a sysadmin would: a fresh clone owned by the user and its Python environment
+(`uv sync` from the lock file, built on the system's world-readable Python, because uv's own interpreter
+and cache live under /root, which the user cannot enter). Everything the launcher does (up, status, logs,
+down) and every service it starts then run as that user: the process runtime needs no privilege.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow
+
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def unavailable(why: str) -> None:
+    (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(why)
+
+
+@pytest.fixture
+def clone_for_nobody() -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user")
+    setpriv, uv, git = shutil.which("setpriv"), shutil.which("uv"), shutil.which("git")
+    if not (setpriv and uv and git and Path(SYSTEM_PYTHON).exists()):
+        unavailable("needs setpriv, uv, git and a system Python")
+    # Not under pytest's tmp_path: that is 0700 root. A fresh directory in /tmp, the user's own.
+    top = Path(tempfile.mkdtemp(prefix="launcher-nobody-", dir="/tmp"))
+    try:
+        os.chmod(top, 0o755)
+        clone = top / "launcher"
+        subprocess.run([git, "clone", "--quiet", "--no-hardlinks", str(REPO), str(clone)], check=True, timeout=120)
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT")}
+        # The runtime needs only the project and the `local` group (Dynamo, etcd, NATS); copies, so that
+        # nothing in the environment is a hard link into root's cache.
+        subprocess.run(
+            [uv, "sync", "--frozen", "--quiet", "--no-dev", "--python", SYSTEM_PYTHON, "--link-mode", "copy"],
+            cwd=clone,
+            env=env,
+            check=True,
+            timeout=600,
+        )
+        (top / "home").mkdir()
+        subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(top)], check=True, timeout=120)
+        yield clone
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_local_up_down_as_an_unprivileged_user(clone_for_nobody: Path) -> None:
+    clone = clone_for_nobody
+    port = free_port()
+    env = {
+        "HOME": str(clone.parent / "home"),
+        "PATH": f"{clone / '.venv' / 'bin'}:/usr/bin:/bin",
+        "LAUNCHER_PORT": str(port),
+        "LANG": "C.UTF-8",
+    }
+    as_nobody = [shutil.which("setpriv"), f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+    def launcher(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        argv = [*as_nobody, str(clone / ".venv" / "bin" / "launcher"), *args]
+        return subprocess.run(argv, env=env, cwd=clone, capture_output=True, text=True, timeout=timeout)
+
+    started = time.monotonic()
+    up = launcher("up", "configs/local.yaml")
+    print(f"\nlocal up to ready as uid {NOBODY}: {time.monotonic() - started:.1f}s")
+    pids: list[int] = []
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "Traceback" not in up.stderr
+        curl = next(line for line in up.stdout.splitlines() if line.startswith("curl "))
+        answer = subprocess.run(
+            shlex.split(curl) + ["-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True, timeout=60
+        )
+        assert answer.stdout == "200", answer
+
+        status = launcher("status", "--json")
+        assert status.returncode == 0, status.stderr
+        running = [s for s in json.loads(status.stdout)["services"] if s["state"] == "running"]
+        assert len(running) == 5, running
+        pids = [int(s["id"]) for s in running]
+        # Every service, and everything under it, runs as the unprivileged user.
+        for pid in pids:
+            assert os.stat(f"/proc/{pid}").st_uid == NOBODY, f"pid {pid} is not the user's"
+
+        logs = launcher("logs", "--role", "decode", "--tail", "20")
+        assert logs.returncode == 0 and "[local decode r0]" in logs.stdout, logs.stderr
+    finally:
+        down = launcher("down", "configs/local.yaml")
+    assert down.returncode == 0, down.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "a process outlived down"
+    for p in (port, 12379, 12380, 14222, 18222, 19090, 19091, 13001):
+        assert not listening(p), f"port {p} still open after down"
+    # State stayed inside the user's clone; nothing was written as root.
+    owners = {path.stat().st_uid for path in (clone / ".launcher").rglob("*")}
+    assert owners == {NOBODY}, owners
