@@ -99,7 +99,9 @@ def test_sshd_killed_during_down(testbed, tmp_path):
     assert up.returncode == 0, up.stderr
     testbed.run("kill-sshd", "2")
     try:
+        started = time.monotonic()
         down = launcher(testbed, "down", "--connect-timeout", "3", cwd=tmp_path)
+        print(f"\ndown with node 2's sshd dead: exit {down.returncode} after {time.monotonic() - started:.1f}s")
         assert down.returncode == 1
         assert "node 2 (tb2 10.213.0.12)" in down.stderr and "connection refused" in down.stderr
         for i in (0, 1, 3):
@@ -107,7 +109,9 @@ def test_sshd_killed_during_down(testbed, tmp_path):
     finally:
         testbed.run("heal", "2")
     assert containers(testbed, 2)  # still there: its node could not be reached
+    started = time.monotonic()
     down = launcher(testbed, "down", cwd=tmp_path)
+    print(f"down once sshd is back finished the job in {time.monotonic() - started:.1f}s")
     assert down.returncode == 0 and containers(testbed, 2) == []
 
 

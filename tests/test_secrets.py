@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -79,8 +80,22 @@ def test_secret_stays_out_of_argv_output_ps_and_inspect(testbed, tmp_path):
                 i, "stat -c %a /var/tmp/launcher/secret-test/secrets/secret-test-work-r" + str(i) + ".env"
             )
             assert mode.stdout.strip() == "600"
+        # The launcher's own records on the nodes (audit log, lock, labels' state) never hold it either.
+        # Searched for its distinctive head, so that a quoted or escaped copy is found too.
+        grep = "grep -rlF -- " + shlex.quote(TOKEN.split("'")[0]) + " /var/tmp/launcher/secret-test"
+        assert testbed.ssh(0, grep + "/secrets").returncode == 0  # the search works: it finds the env files
+        records = testbed.ssh(0, grep.replace("-rlF", "-rlF --exclude-dir=secrets"))
+        assert records.returncode == 1 and records.stdout == "", records.stdout
+        assert testbed.ssh(0, "test -s /var/tmp/launcher/secret-test/audit.log").returncode == 0
+        # Nor what it keeps locally (.launcher/ in the working directory); only the user's own .env has it.
+        local = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env" and TOKEN in p.read_text()]
+        assert local == [] and any(tmp_path.rglob(".launcher/*")), local
+        print(
+            "\nsecret absent from 2 plans, up's output, local state, the audit log, docker inspect and ps on 2 nodes; "
+            "readable in 2 containers; env files mode 600"
+        )
     finally:
         down = launcher("down", str(cfg))
-    assert down.returncode == 0
+    assert down.returncode == 0 and TOKEN not in down.stdout + down.stderr
     for i in (0, 1):
         assert testbed.ssh(i, "ls /var/tmp/launcher/secret-test/secrets 2>&1").returncode != 0  # removed by down
