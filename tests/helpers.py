@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import socket
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -12,6 +15,29 @@ from launcher import cli
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
+# The fixed ports of configs/local.yaml (etcd client/peer, NATS, its monitor, the mockers' system
+# ports, the prefill bootstrap port): all must be free again after `down`.
+LOCAL_PORTS = (12379, 12380, 14222, 18222, 19090, 19091, 13001)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def printed_curl_status(stdout: str) -> str:
+    """Run the curl line `up` printed and return the HTTP status it got."""
+    curl = next(line for line in stdout.splitlines() if line.startswith("curl "))
+    argv = shlex.split(curl) + ["-o", "/dev/null", "-w", "%{http_code}"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+
 
 MINIMAL = """\
 deployment: demo

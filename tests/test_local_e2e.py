@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -13,27 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import LOCAL_PORTS, REPO, free_port, listening, printed_curl_status
 
 pytestmark = pytest.mark.slow
 
 LAUNCHER = [sys.executable, "-m", "launcher"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launcher(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([*LAUNCHER, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_up_status_down_on_this_machine(tmp_path):
@@ -46,11 +32,7 @@ def test_up_status_down_on_this_machine(tmp_path):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Traceback" not in up.stderr
-        curl = next(line for line in up.stdout.splitlines() if line.startswith("curl "))
-        answer = subprocess.run(
-            shlex.split(curl) + ["-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True, timeout=60
-        )
-        assert answer.stdout == "200", answer
+        assert printed_curl_status(up.stdout) == "200"
 
         # Without CONFIG: the last `up` in this directory is used.
         status = launcher("status", "--json", env=env, cwd=tmp_path)
@@ -75,5 +57,5 @@ def test_up_status_down_on_this_machine(tmp_path):
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.2)
     assert not [p for p in pids if Path(f"/proc/{p}").exists()], "a process outlived down"
-    for p in (port, 12379, 12380, 14222, 18222, 19090, 19091, 13001):
+    for p in (port, *LOCAL_PORTS):
         assert not listening(p), f"port {p} still open after down"

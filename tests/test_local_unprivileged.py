@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,24 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import LOCAL_PORTS, REPO, free_port, listening, printed_curl_status
 
 pytestmark = pytest.mark.slow
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def unavailable(why: str) -> None:
@@ -97,11 +83,7 @@ def test_local_up_down_as_an_unprivileged_user(clone_for_nobody: Path) -> None:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Traceback" not in up.stderr
-        curl = next(line for line in up.stdout.splitlines() if line.startswith("curl "))
-        answer = subprocess.run(
-            shlex.split(curl) + ["-o", "/dev/null", "-w", "%{http_code}"], capture_output=True, text=True, timeout=60
-        )
-        assert answer.stdout == "200", answer
+        assert printed_curl_status(up.stdout) == "200"
 
         status = launcher("status", "--json")
         assert status.returncode == 0, status.stderr
@@ -121,7 +103,7 @@ def test_local_up_down_as_an_unprivileged_user(clone_for_nobody: Path) -> None:
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.2)
     assert not [p for p in pids if Path(f"/proc/{p}").exists()], "a process outlived down"
-    for p in (port, 12379, 12380, 14222, 18222, 19090, 19091, 13001):
+    for p in (port, *LOCAL_PORTS):
         assert not listening(p), f"port {p} still open after down"
     # State stayed inside the user's clone; nothing was written as root.
     owners = {path.stat().st_uid for path in (clone / ".launcher").rglob("*")}
