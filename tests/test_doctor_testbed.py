@@ -133,3 +133,47 @@ def test_bad_engine_flag_is_caught_by_the_real_parser(testbed, tmp_path):
     fails = [c for c in json.loads(r.stdout)["checks"] if c["status"] == "fail"]
     assert [c["name"] for c in fails] == ["args:decode"]
     assert "speedup-ration" in fails[0]["detail"]
+
+
+def test_model_missing_on_one_node_and_different_on_another(testbed, tmp_path):
+    """Each node's sessions see their own /srv/testbed-node (scripts/testbed): a per-node model disk."""
+    import yaml
+
+    local = "/srv/testbed-node"
+    for i in range(4):
+        seen = testbed.ssh(i, f"cat {local}/.node").stdout.strip()
+        assert seen == testbed.nodes[i][0], f"node {i} has no private {local}: restart the testbed ({seen!r})"
+    data = yaml.safe_load(CONFIG.read_text())
+    data["container"]["volumes"] = [
+        v.replace("${TESTBED_REPO}/models/tiny", f"{local}/models/tiny") for v in data["container"]["volumes"]
+    ]
+    cfg = tmp_path / "per-node-model.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    copy = f"mkdir -p {local}/models && cp -r {REPO}/models/tiny {local}/models/"
+    try:
+        for i in (0, 1, 3):
+            testbed.ssh(i, copy, check=True)
+        # node 2: no model at all; node 3: another model's config (one layer more)
+        testbed.ssh(3, f"sed -i 's/\"num_hidden_layers\": */&1/' {local}/models/tiny/config.json", check=True)
+        assert testbed.ssh(3, f"cmp -s {REPO}/models/tiny/config.json {local}/models/tiny/config.json").returncode == 1
+
+        def run(*args: str) -> subprocess.CompletedProcess:
+            argv = [sys.executable, "-m", "launcher", *args, "-c", str(cfg), "-i", str(testbed.inventory)]
+            return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+        started = time.monotonic()
+        r = run("doctor", "--json", "--no-args")
+        print(f"\ndoctor found the per-node model faults in {time.monotonic() - started:.1f}s")
+        checks = json.loads(r.stdout)["checks"]
+        assert r.returncode == 1 and failing(checks) == {(2, "model"), (3, "model")}, failing(checks)
+        detail = {c["node"]: c["detail"] for c in checks if c["name"] == "model"}
+        assert detail[2] == f"{local}/models/tiny" and "differs between nodes" in detail[3]
+        up = run("up", "--connect-timeout", "3")
+        assert up.returncode != 0 and "nothing was started" in up.stderr, up.stderr
+        named = [line for line in up.stderr.splitlines() if " model " in line and "fail" in line]
+        assert [line.split()[1] for line in named] == ["tb2", "tb3"], up.stderr
+        for i in range(4):
+            assert testbed.ssh(i, f"docker ps -aq --filter {LABEL}").stdout.strip() == "", f"node {i} has containers"
+    finally:
+        for i in range(4):
+            testbed.ssh(i, f"rm -rf {local}/models")
