@@ -22,8 +22,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Bring up disaggregated wide-EP LLM deployments on bare-metal nodes over SSH.",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-# Piped output keeps whole lines: tables are not squeezed to 80 columns.
+# Piped output (logs, CI) keeps whole lines: tables are not squeezed to 80 columns.
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 InventoryOpt = Annotated[
