@@ -496,6 +496,8 @@ def watch(
             )
         except KeyboardInterrupt:
             err.print("watch stopped", markup=False)
+        except watchmod.Stopped as exc:
+            err.print(str(exc), markup=False)  # not an error: someone ran `launcher down`
 
 
 @app.command()

@@ -28,6 +28,9 @@ SECRET_NAME = re.compile(
 )
 
 NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+# An environment variable name a shell can `export`: anything else would be dropped or, worse, run.
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+EnvMap = dict[EnvName, str | int | float | bool]
 
 
 class Strict(BaseModel):
@@ -61,6 +64,9 @@ class NodeSpec(Strict):
     def _no_space(cls, value: str) -> str:
         if any(ch.isspace() for ch in value) or value.startswith("-"):
             raise ValueError("an address is a host name or IP without spaces or leading '-'")
+        if ":" in value:
+            # URLs, --dist-init-addr HOST:PORT and NIXL side channels are built as HOST:PORT everywhere.
+            raise ValueError("IPv6 addresses are not supported yet: use an IPv4 address or a host name")
         return value
 
 
@@ -76,7 +82,7 @@ class ContainerSettings(Strict):
     privileged: bool | None = None
     gpus: str | None = Field(default=None, description="'all', 'none', or a GPU list like '0,1,2,3'")
     volumes: list[str] | None = None
-    env: dict[str, str | int | float | bool] | None = None
+    env: EnvMap | None = None
     run_options: list[str] | None = None
     workdir: str | None = None
     user: str | None = None
@@ -155,7 +161,7 @@ class FrontendSpec(Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     image: str | None = None
     args: EngineArgs = {}
-    env: dict[str, str | int | float | bool] = {}
+    env: EnvMap = {}
     container: ContainerSettings = ContainerSettings()
     timeout: Annotated[float, Field(gt=0)] = 300
 
@@ -176,7 +182,7 @@ class RouterSpec(Strict):
     policy: str | None = None
     image: str | None = None
     args: EngineArgs = {}
-    env: dict[str, str | int | float | bool] = {}
+    env: EnvMap = {}
     container: ContainerSettings = ContainerSettings()
     timeout: Annotated[float, Field(gt=0)] = 1800
 
@@ -201,7 +207,7 @@ class GroupSpec(Strict):
         default=None, description="GPU indices on each node used by this group (default: all)"
     )
     args: EngineArgs = []
-    env: dict[str, str | int | float | bool] = {}
+    env: EnvMap = {}
     image: str | None = None
     container: ContainerSettings = ContainerSettings()
     dist_init_port: Annotated[int, Field(ge=1, le=65535)] = 29500
@@ -229,10 +235,10 @@ class DeploymentSpec(Strict):
     gpus_per_node: Annotated[int, Field(ge=0)] = 8
     versions: VersionsSpec = VersionsSpec()
     model: ModelSpec | None = None
-    nodes: list[NodeSpec] | None = None
+    nodes: Annotated[list[NodeSpec], Field(min_length=1)] | None = None
     ssh: SSHSettings = SSHSettings()
     container: ContainerSettings = ContainerSettings()
-    secrets: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = []
+    secrets: list[EnvName] = []
     services: ServicesSpec = ServicesSpec()
     groups: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")], GroupSpec]
     state_dir: str = "/var/tmp/launcher"
@@ -254,7 +260,7 @@ class DeploymentSpec(Strict):
 class InventorySpec(Strict):
     ssh: SSHSettings = SSHSettings()
     vars: dict[str, str | int | float | bool] = {}
-    nodes: list[NodeSpec]
+    nodes: Annotated[list[NodeSpec], Field(min_length=1)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,9 @@ class LockInfo:
     since: float
     token: str
     machine: str = ""  # /etc/machine-id of the holder's machine: hostnames repeat, machine ids do not
+    # The holder's PID namespace: containers on one machine share its machine id (or boot id), and
+    # a pid means something only inside its own namespace.
+    pidns: str = ""
 
     def describe(self) -> str:
         age = time.time() - self.since
@@ -45,8 +48,8 @@ class LockInfo:
         return f"{self.who}@{self.host} (pid {self.pid}) since {when} ({age:.0f}s ago), running `{self.command}`"
 
     def dead(self) -> bool:
-        """Is the holder provably gone? Only decidable on its own machine."""
-        if not self.machine or self.machine != machine_id():
+        """Is the holder provably gone? Only decidable on its own machine, in its own PID namespace."""
+        if not self.machine or self.machine != machine_id() or not self.pidns or self.pidns != pid_namespace():
             return False
         try:
             os.kill(self.pid, 0)
@@ -81,12 +84,21 @@ def machine_id() -> str:
     return ""
 
 
+def pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def lock_dir(state_dir: str, deployment: str) -> str:
     return posixpath.join(state_dir, deployment, "lock")
 
 
-def acquire(host: Host, state_dir: str, deployment: str, command: str, audit_action: str | None = None) -> LockInfo:
-    """Take the lock (and, in the same round trip, append `audit_action` to the audit log)."""
+def acquire(
+    host: Host, state_dir: str, deployment: str, command: str, audit_action: str | None = None, then: str = ""
+) -> LockInfo:
+    """Take the lock and, in the same round trip, append `audit_action` to the audit log and run `then`."""
     info = LockInfo(
         who=getpass.getuser(),
         host=socket.gethostname(),
@@ -95,9 +107,11 @@ def acquire(host: Host, state_dir: str, deployment: str, command: str, audit_act
         since=time.time(),
         token=secrets.token_hex(8),
         machine=machine_id(),
+        pidns=pid_namespace(),
     )
     d = lock_dir(state_dir, deployment)
     audit_line = _audit_script(state_dir, deployment, audit_action) + "; " if audit_action else ""
+    audit_line += f"{then}; " if then else ""
     script = (
         f"mkdir -p {q(posixpath.dirname(d))} && "
         f"if mkdir {q(d)} 2>/dev/null; then printf '%s\\n' {q(json.dumps(info.__dict__))} > {q(d + '/info')}; "
@@ -117,13 +131,17 @@ def acquire(host: Host, state_dir: str, deployment: str, command: str, audit_act
             f"deployment {deployment} is locked ({d} exists, no holder recorded); `launcher lock break` removes it"
         )
     if holder.dead():
-        # Replace it only if it is still that same dead holder's (its token), atomically enough: a
-        # second launcher doing the same at the same moment loses the mkdir and reports the new lock.
+        # The lock directory stays; only its info is replaced, and only by whoever wins the `mkdir` of
+        # a takeover directory inside it and still finds the dead holder's token there. A second
+        # launcher doing the same at the same moment loses one of the two and reports the lock held.
         audit_takeover = _audit_script(state_dir, deployment, f"took over the lock of dead pid {holder.pid}")
+        t, info_file = q(d + "/takeover"), q(d + "/info")
         takeover = (
-            f"grep -qF {q(holder.token)} {q(d + '/info')} 2>/dev/null && rm -rf {q(d)} && mkdir {q(d)} && "
-            f"printf '%s\\n' {q(json.dumps(info.__dict__))} > {q(d + '/info')} && {audit_takeover} && "
-            f"{audit_line}echo ACQUIRED"
+            f"mkdir {t} 2>/dev/null || exit 0; "
+            f"if grep -qF {q(holder.token)} {info_file} 2>/dev/null; then "
+            f"printf '%s\\n' {q(json.dumps(info.__dict__))} > {q(d + '/info.new')} && "
+            f"mv -f {q(d + '/info.new')} {info_file} && {audit_takeover} && {audit_line}echo ACQUIRED; fi; "
+            f"rmdir {t}"
         )
         if host.run(takeover).stdout.strip().endswith("ACQUIRED"):
             sys.stderr.write(f"note: took over the lock of {holder.describe()}: that process is gone\n")
@@ -135,6 +153,35 @@ def acquire(host: Host, state_dir: str, deployment: str, command: str, audit_act
         else "; wait, or `launcher lock break` if you are sure"
     )
     raise Locked(f"deployment {deployment} is locked by {holder.describe()}{hint}")
+
+
+# `down` leaves this mark on the head node (and `up` removes it) so that a `watch` running elsewhere
+# learns, once it holds the lock, that the deployment was taken down on purpose and must not be
+# brought back.
+def _down_mark(state_dir: str, deployment: str) -> str:
+    return posixpath.join(state_dir, deployment, "down")
+
+
+def mark_down_script(state_dir: str, deployment: str, command: str) -> str:
+    line = json.dumps({"who": getpass.getuser(), "from": socket.gethostname(), "time": time.time(), "command": command})
+    return f"printf '%s\\n' {q(line)} > {q(_down_mark(state_dir, deployment))}"
+
+
+def clear_down_script(state_dir: str, deployment: str) -> str:
+    return f"rm -f {q(_down_mark(state_dir, deployment))}"
+
+
+def taken_down(host: Host, state_dir: str, deployment: str) -> str | None:
+    """Who took the deployment down and when, if `down` ran since the last `up`."""
+    text = host.run(f"cat {q(_down_mark(state_dir, deployment))} 2>/dev/null || true").stdout.strip()
+    if not text:
+        return None
+    try:
+        mark = json.loads(text)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(mark["time"])))
+        return f"{mark['who']}@{mark['from']} ran `{mark['command']}` at {when}"
+    except (ValueError, KeyError, TypeError):
+        return "`launcher down` ran"
 
 
 def _parse(text: str) -> LockInfo | None:

@@ -345,7 +345,14 @@ def down(plan: Plan, fleet: Fleet, command: str = "launcher down") -> dict[int, 
     head = fleet.host(head_index(plan))
     held = None
     try:
-        held = lock.acquire(head, plan.state_dir, plan.deployment, command, audit_action=f"down ({command})")
+        held = lock.acquire(
+            head,
+            plan.state_dir,
+            plan.deployment,
+            command,
+            audit_action=f"down ({command})",
+            then=lock.mark_down_script(plan.state_dir, plan.deployment, command),
+        )
     except NodeError:
         pass  # an unreachable head must not stop the others from being cleaned; reported below
     try:

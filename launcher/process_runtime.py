@@ -33,22 +33,33 @@ term_svc() {
   fi
   pkill -TERM -s "$pid" 2>/dev/null || true
 }
+# our_sid DIR: print the service's session id if that session can still be ours. A live process
+# with the recorded pid but another start time means the pid was reused, which the kernel only does
+# once no process is left in our session: nothing of ours remains, print nothing. A leader that is
+# gone leaves its id to its session's survivors, so those are still found by session id.
+our_sid() {
+  pid=$(cat "$1/pid" 2>/dev/null || echo 0)
+  # pid 0 would mean "my own session" to pgrep: a service that never started has nothing to wait for
+  [ "$pid" -gt 1 ] 2>/dev/null || return 0
+  if [ -r "/proc/$pid/stat" ]; then
+    [ "$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null)" = "$(cat "$1/starttime" 2>/dev/null)" ] || return 0
+  fi
+  echo "$pid"
+}
 # reap_svcs DIR...: wait (10 s at most, all together) for the sessions to end, then SIGKILL survivors.
 reap_svcs() {
   i=0
   while [ $i -lt 100 ]; do
     alive=0
     for d in "$@"; do
-      pid=$(cat "$d/pid" 2>/dev/null || echo 0)
-      # pid 0 would mean "my own session" to pgrep: a service that never started has nothing to wait for
-      [ "$pid" -gt 1 ] && pgrep -s "$pid" >/dev/null 2>&1 && alive=1
+      sid=$(our_sid "$d"); [ -n "$sid" ] && pgrep -s "$sid" >/dev/null 2>&1 && alive=1
     done
     [ $alive = 0 ] && return 0
     sleep 0.1; i=$((i+1))
   done
   for d in "$@"; do
-    pid=$(cat "$d/pid" 2>/dev/null || echo 0); [ "$pid" -gt 1 ] || continue
-    pkill -KILL -s "$pid" 2>/dev/null || true; kill -KILL -- "-$pid" 2>/dev/null || true
+    sid=$(our_sid "$d"); [ -n "$sid" ] || continue
+    pkill -KILL -s "$sid" 2>/dev/null || true; kill -KILL -- "-$sid" 2>/dev/null || true
   done
 }
 stop_svc() { term_svc "$1"; reap_svcs "$1"; }
@@ -58,7 +69,8 @@ LIST_FN = r"""
 list_svcs() {
   run=$1; first=1; printf '['
   for d in "$run"/*/; do
-    [ -f "$d/labels.json" ] || continue
+    # read once: a directory removed by a concurrent `down` is skipped, never half-printed
+    labels=$(cat "$d/labels.json" 2>/dev/null) || continue; [ -n "$labels" ] || continue
     d=${d%/}; name=$(basename "$d"); pid=$(cat "$d/pid" 2>/dev/null || echo 0)
     st=$(cat "$d/starttime" 2>/dev/null || true); state=exited; code=$(cat "$d/exit" 2>/dev/null || echo 137)
     if [ -r "/proc/$pid/stat" ] && [ "$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null)" = "$st" ]; then
@@ -67,7 +79,7 @@ list_svcs() {
     [ $first = 1 ] || printf ','; first=0
     printf '{"Id":"%s","Name":"/%s","State":{"Status":"%s","ExitCode":%s,"StartedAt":"%s"},"Config":{"Labels":' \
       "$pid" "$name" "$state" "${code:-137}" "$(cat "$d/started" 2>/dev/null)"
-    cat "$d/labels.json"; printf '}}'
+    printf '%s}}' "$labels"
   done
   printf ']\n'
 }
@@ -94,7 +106,7 @@ class Process:
             return "command -v python3"
         return (
             f"test -x {q(env + '/bin/python3')} && {q(env + '/bin/python3')} --version || "
-            f"{{ echo 'python environment {env} not found (python_env)' >&2; exit 1; }}"
+            f"{{ echo python environment {q(env)} not found '(python_env)' >&2; exit 1; }}"
         )
 
     def list_script(self, plan: Plan) -> str:
@@ -126,7 +138,9 @@ class Process:
                 + q('. ../env; "$@"; echo $? > ../exit')
                 + f" {q(s.name)} {' '.join(q(a) for a in s.command)} > {d}/log 2>&1 < /dev/null) &",
                 f"echo $! > {d}/pid",
-                f"awk '{{print $22}}' /proc/$(cat {d}/pid)/stat > {d}/starttime",
+                # A service that failed at once is gone already: no start time, listed as exited
+                # with its code; the other services of this script still start.
+                f"awk '{{print $22}}' /proc/$!/stat > {d}/starttime 2>/dev/null || true",
             ]
             stdin += body
         lines.append(f"echo {q(LIST_MARK)}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from launcher import render
+from launcher.errors import LauncherError
 from launcher.model import LABEL, Plan, Service
 
 q = shlex.quote
@@ -178,10 +179,20 @@ def parse_poll(node_index: int, stdout: str) -> tuple[list[Container], dict[str,
     return parse_list(node_index, head), last
 
 
+class ListingError(LauncherError):
+    """A node's service list could not be read."""
+
+
 def parse_list(node_index: int, stdout: str) -> list[Container]:
     """`docker inspect` JSON (the process runtime prints the same shape) -> containers."""
+    try:
+        items = json.loads(stdout or "[]")
+    except ValueError as exc:
+        # Seen only when something removes a service while it is being listed; the caller reports the
+        # node (watch skips it this round) instead of a traceback.
+        raise ListingError(f"node {node_index}: unreadable service list ({exc}); try again") from exc
     out = []
-    for item in json.loads(stdout or "[]"):
+    for item in items:
         state = item.get("State", {})
         out.append(
             Container(

@@ -342,7 +342,14 @@ def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up
     progress.log(f"checking {len(plan.nodes)} node(s)")
     current = check_nodes(plan, fleet)
     head = fleet.host(head_index(plan))
-    held = lock.acquire(head, plan.state_dir, plan.deployment, command, audit_action=f"up started ({command})")
+    held = lock.acquire(
+        head,
+        plan.state_dir,
+        plan.deployment,
+        command,
+        audit_action=f"up started ({command})",
+        then=lock.clear_down_script(plan.state_dir, plan.deployment),
+    )
     outcome = "up failed"
     try:
         changes = diff.compute(plan, current)

@@ -11,6 +11,7 @@ is only held while acting, so `down` from another shell is never blocked for lon
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from launcher import lock, runtime
@@ -24,6 +25,12 @@ from launcher.up import Waiter, describe, head_index, remove, start
 
 class GaveUp(LauncherError):
     exit_code = 1
+
+
+class Stopped(LauncherError):
+    """The deployment was taken down on purpose: watching ends, successfully."""
+
+    exit_code = 0
 
 
 @dataclass
@@ -44,7 +51,7 @@ def units(plan: Plan) -> list[Unit]:
     return out
 
 
-def dead(unit: Unit, found: dict[tuple[int, str], Container], unreachable: set[int]) -> list[str]:
+def dead(unit: Unit, found: dict[tuple[int, str], Container], unreachable: Collection[int]) -> list[str]:
     """Why the unit needs a restart (empty: healthy, or its node cannot be seen right now)."""
     reasons = []
     for s in unit.services:
@@ -78,17 +85,9 @@ def watch(
     while rounds is None or done < rounds:
         done += 1
         tick = time.monotonic()
-        results = fleet.map(lambda h: h.run(rt.list_script(plan), timeout=30))
-        found: dict[tuple[int, str], Container] = {}
-        unreachable: set[int] = set()
-        for i, r in results.items():
-            if isinstance(r, Exception) or not r.ok:
-                unreachable.add(i)
-                why = describe(r) if isinstance(r, Exception) else r.stderr.strip()
-                progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
-                continue
-            for c in runtime.parse_list(i, r.stdout):
-                found[(i, c.name)] = c
+        found, unreachable = listing(plan, fleet, rt)
+        for i, why in unreachable.items():
+            progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
         for unit in watched:
             reasons = dead(unit, found, unreachable)
             now = time.monotonic()
@@ -106,19 +105,53 @@ def watch(
                 )
             if now < unit.next_allowed:
                 continue
-            unit.restarts += 1
-            unit.last_restart = now
-            unit.next_allowed = now + backoff * 2 ** (unit.restarts - 1)
-            action = f"restarting {unit.name} ({unit.restarts}/{max_restarts}): {'; '.join(reasons)}"
-            progress.log(action)
-            restart(plan, fleet, progress, head, unit, found, action, ready_timeout)
+            try:
+                held = lock.acquire(head, plan.state_dir, plan.deployment, "launcher watch")
+            except lock.Locked as exc:
+                # An `up` or `down` is at work: its outcome is seen next round, nothing is counted.
+                progress.log(f"{unit.name}: not restarted now: {exc}")
+                continue
+            outcome = None
+            try:
+                # Under the lock, look again: a `down` since the listing means stop watching; a unit
+                # someone else brought back needs nothing.
+                if why := lock.taken_down(head, plan.state_dir, plan.deployment):
+                    raise Stopped(f"watch ends: {plan.deployment} was taken down ({why})")
+                found, unreachable = listing(plan, fleet, rt, sorted({s.node.index for s in unit.services}))
+                reasons = dead(unit, found, unreachable)
+                if not reasons:
+                    progress.log(f"{unit.name}: running again, nothing to do")
+                    continue
+                unit.restarts += 1
+                unit.last_restart = now
+                unit.next_allowed = now + backoff * 2 ** (unit.restarts - 1)
+                action = f"restarting {unit.name} ({unit.restarts}/{max_restarts}): {'; '.join(reasons)}"
+                progress.log(action)
+                lock.audit(head, plan.state_dir, plan.deployment, f"watch: {action}")
+                outcome = restart(plan, fleet, progress, unit, found, ready_timeout)
+            finally:
+                lock.release(head, plan.state_dir, plan.deployment, held, audit_action=outcome)
         time.sleep(max(0.0, interval - (time.monotonic() - tick)))
 
 
-def restart(
-    plan: Plan, fleet: Fleet, progress: Progress, head, unit: Unit, found, action: str, ready_timeout: float | None
-) -> None:
-    held = lock.acquire(head, plan.state_dir, plan.deployment, "launcher watch", audit_action=f"watch: {action}")
+def listing(
+    plan: Plan, fleet: Fleet, rt, nodes: list[int] | None = None
+) -> tuple[dict[tuple[int, str], Container], dict[int, str]]:
+    """What runs on the nodes, by (node, name); and the nodes that could not be listed, with why."""
+    found: dict[tuple[int, str], Container] = {}
+    unreachable: dict[int, str] = {}
+    for i, r in fleet.map(lambda h: h.run(rt.list_script(plan), timeout=30), nodes).items():
+        try:
+            if isinstance(r, Exception) or not r.ok:
+                raise LauncherError(describe(r) if isinstance(r, Exception) else r.stderr.strip())
+            found.update({(i, c.name): c for c in runtime.parse_list(i, r.stdout)})
+        except LauncherError as exc:
+            unreachable[i] = str(exc)
+    return found, unreachable
+
+
+def restart(plan: Plan, fleet: Fleet, progress: Progress, unit: Unit, found, ready_timeout: float | None) -> str:
+    """Recreate the unit (the caller holds the lock); returns the audit line of the outcome."""
     started = time.monotonic()
     outcome = f"watch: {unit.name} restart failed"
     try:
@@ -137,5 +170,4 @@ def restart(
         progress.log(outcome.removeprefix("watch: "))
     except LauncherError as exc:
         progress.log(f"{unit.name}: restart failed: {str(exc).splitlines()[0]}")
-    finally:
-        lock.release(head, plan.state_dir, plan.deployment, held, audit_action=outcome)
+    return outcome

@@ -158,3 +158,22 @@ def test_inventory_errors_name_the_inventory(tmp_path, capsys):
     code, out, err = run_cli(["plan", str(deploy), "-i", str(inv)], capsys)
     assert code == 2
     assert err.startswith(f"error: {inv}:2: nodes[0].adress: unknown key: did you mean 'address'?"), err
+
+
+@pytest.mark.parametrize("name", ["X$(id>&2)Y", "BAD KEY", "MY-VAR", "1ST"])
+def test_env_names_a_shell_cannot_export(tmp_path, capsys, name):
+    text = MINIMAL.replace("    args: {tp-size: 16}\n", f'    args: {{tp-size: 16}}\n    env: {{"{name}": "1"}}\n')
+    line = plan_error(tmp_path, capsys, text)
+    assert f"groups.decode.env.{name}" in line and "does not match" in line
+
+
+def test_ipv6_address_is_refused_clearly(tmp_path, capsys):
+    line = plan_error(tmp_path, capsys, MINIMAL.replace("10.9.0.3", '"fd00::10"'))
+    assert "nodes[2].address" in line and "IPv6 addresses are not supported yet" in line
+
+
+def test_empty_node_list_in_an_inventory(tmp_path, capsys):
+    inventory = write(tmp_path, "nodes: []\n", name="inventory.yaml")
+    code, out, err = run_cli(["plan", str(write(tmp_path, MINIMAL)), "-i", str(inventory)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith(f"error: {inventory}:1: nodes: ") and "at least 1 item" in err, err

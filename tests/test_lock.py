@@ -42,7 +42,7 @@ def test_second_holder_is_refused_then_released(host, tmp_path):
 
 
 def test_dead_holder_on_this_machine_is_taken_over(host, tmp_path, capsys):
-    plant(tmp_path, pid=dead_pid(), machine=lock.machine_id(), host="same-machine")
+    plant(tmp_path, pid=dead_pid(), machine=lock.machine_id(), pidns=lock.pid_namespace(), host="same-machine")
     held = lock.acquire(host, str(tmp_path), "demo", "launcher up", audit_action="up started")
     assert "took over the lock of alice@same-machine" in capsys.readouterr().err
     assert json.loads((tmp_path / "demo" / "lock" / "info").read_text())["token"] == held.token
@@ -55,15 +55,42 @@ def test_dead_holder_on_this_machine_is_taken_over(host, tmp_path, capsys):
     [
         {"machine": "another-machine-id"},  # a dead-looking pid on another machine proves nothing
         {"machine": ""},  # written by an older launcher: no machine id
+        {"pidns": "pid:[1]"},  # same machine id, another PID namespace (a container): pids differ there
+        {"pidns": ""},  # no PID namespace recorded
         {"alive": True},  # our own live process
     ],
 )
 def test_other_holders_are_never_taken_over(host, tmp_path, fields):
+    here = {"machine": lock.machine_id(), "pidns": lock.pid_namespace()}
     if fields.pop("alive", False):
-        fields = {"pid": subprocess.os.getpid(), "machine": lock.machine_id()}
+        fields = {"pid": subprocess.os.getpid(), **here}
     else:
-        fields["pid"] = dead_pid()
+        fields = {**here, **fields, "pid": dead_pid()}
     plant(tmp_path, **fields)
     with pytest.raises(lock.Locked):
         lock.acquire(host, str(tmp_path), "demo", "launcher up")
     assert json.loads((tmp_path / "demo" / "lock" / "info").read_text())["token"] == "t0"
+
+
+def test_two_takeovers_at_once_leave_one_holder(host, tmp_path):
+    """Both find the same dead holder; the takeover directory lets exactly one of them replace it."""
+    import threading
+
+    plant(tmp_path, pid=dead_pid(), machine=lock.machine_id(), pidns=lock.pid_namespace())
+    won, lost, barrier = [], [], threading.Barrier(8)
+
+    def contend(n: int) -> None:
+        barrier.wait(timeout=10)
+        try:
+            won.append(lock.acquire(host, str(tmp_path), "demo", f"launcher up #{n}"))
+        except lock.Locked:
+            lost.append(n)
+
+    threads = [threading.Thread(target=contend, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(won) == 1 and len(lost) == 7, (won, lost)
+    assert json.loads((tmp_path / "demo" / "lock" / "info").read_text())["token"] == won[0].token
+    assert not (tmp_path / "demo" / "lock" / "takeover").exists()

@@ -95,3 +95,34 @@ def test_up_watch_restarts_a_killed_worker_until_interrupted(tmp_path):
             proc.kill()
             proc.wait(10)
         launcher("down", str(path), cwd=tmp_path)
+
+
+def test_down_from_another_shell_ends_watch_instead_of_being_undone(tmp_path):
+    path = config(tmp_path, "exec sleep 600")
+    assert launcher("up", str(path), "--skip-doctor", cwd=tmp_path).returncode == 0
+    watch = subprocess.Popen(
+        [*LAUNCHER, "watch", str(path), "--interval", "0.5", "--backoff", "0.5"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # watch has listed the healthy worker at least once
+        down = launcher("down", str(path), cwd=tmp_path)
+        assert down.returncode == 0, down.stderr
+        downed = time.monotonic()
+        out, errs = watch.communicate(timeout=30)
+        print(f"\nwatch ended {time.monotonic() - downed:.1f}s after down")
+        assert watch.returncode == 0, errs
+        assert "watch ends: watch-local was taken down" in errs and "launcher down" in errs, errs
+        assert "restarting" not in errs and "Traceback" not in errs, errs
+        assert worker_pid(path, tmp_path) is None, "watch brought the deployment back after down"
+        # `up` clears the mark: a later watch supervises again.
+        assert launcher("up", str(path), "--skip-doctor", cwd=tmp_path).returncode == 0
+        assert not (tmp_path / "state" / "watch-local" / "down").exists()
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(10)
+        launcher("down", str(path), cwd=tmp_path)

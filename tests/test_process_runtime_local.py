@@ -1,0 +1,135 @@
+"""The process runtime's shell scripts, run for real with bash on this machine (no SSH, no servers).
+
+What must hold whatever the timing: a service that dies at once does not stop the others from
+starting; a recorded pid that now belongs to someone else is never signalled; a half-removed service
+directory never breaks the listing; odd paths are quoted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher import config, plan, runtime
+from launcher.process_runtime import Process
+
+pytestmark = pytest.mark.slow
+
+RT = Process()
+
+
+def two_group_plan(tmp_path: Path, first: list[str], second: list[str]):
+    data = {
+        "deployment": "rt-local",
+        "runtime": "process",
+        "state_dir": str(tmp_path / "state"),
+        "gpus_per_node": 0,
+        "nodes": [{"name": "local", "address": "127.0.0.1"}],
+        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
+        "groups": {
+            "first": {"engine": "command", "nodes": ["local"], "args": first},
+            "second": {"engine": "command", "nodes": ["local"], "args": second},
+        },
+    }
+    path = tmp_path / "rt.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return plan.build(config.load(path, environ={}))
+
+
+def bash(script: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def listed(p) -> dict[str, runtime.Container]:
+    r = bash(RT.list_script(p))
+    assert r.returncode == 0, r.stderr
+    return {c.name: c for c in runtime.parse_list(0, r.stdout)}
+
+
+def test_a_service_that_dies_at_once_does_not_stop_the_next(tmp_path):
+    p = two_group_plan(tmp_path, ["no-such-command-here"], ["sleep", "30"])
+    script, stdin = RT.start_script(p, p.services)
+    try:
+        r = bash(script, stdin)
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.3)
+        state = listed(p)
+        first, second = (state[s.name] for s in p.services)
+        assert not first.running and first.exit_code == 127, first
+        assert second.running, second
+    finally:
+        bash(RT.remove_all_script(p))
+    assert listed(p) == {}
+
+
+def test_a_reused_pid_is_never_signalled(tmp_path):
+    p = two_group_plan(tmp_path, ["sleep", "30"], ["sleep", "30"])
+    script, stdin = RT.start_script(p, p.services[:1])
+    assert bash(script, stdin).returncode == 0
+    (service,) = [s for s in p.services[:1]]
+    run_dir = next((tmp_path / "state").glob(f"rt-local/run/*/{service.name}"))
+    bash(RT.remove_script(p, [service.name]))
+    # Someone else's session leader now has the pid the service had: a process of ours in a new
+    # session, with another start time than the one recorded.
+    bystander = subprocess.Popen(["setsid", "sleep", "30"])
+    try:
+        run_dir.mkdir(parents=True)
+        (run_dir / "pid").write_text(f"{bystander.pid}\n")
+        (run_dir / "starttime").write_text("1\n")  # not the bystander's
+        (run_dir / "labels.json").write_text("{}")
+        assert listed(p)[service.name].running is False
+        removed = bash(RT.remove_all_script(p))
+        assert removed.returncode == 0, removed.stderr
+        time.sleep(0.2)
+        assert bystander.poll() is None, "down signalled a process that was not its own"
+    finally:
+        bystander.kill()
+        bystander.wait(timeout=10)
+
+
+def test_a_half_removed_service_directory_is_skipped(tmp_path):
+    p = two_group_plan(tmp_path, ["sleep", "30"], ["sleep", "30"])
+    script, stdin = RT.start_script(p, p.services)
+    assert bash(script, stdin).returncode == 0
+    try:
+        # What a concurrent `down` leaves for an instant: the directory, its labels file emptied or gone.
+        dirs = sorted((tmp_path / "state").glob("rt-local/run/*/*"))
+        (dirs[0] / "labels.json").write_text("")
+        (dirs[1] / "labels.json").unlink()
+        r = bash(RT.list_script(p))
+        assert r.returncode == 0 and json.loads(r.stdout) == [], r.stdout
+    finally:
+        for d in dirs:
+            (d / "labels.json").write_text("{}")
+        bash(RT.remove_all_script(p))
+
+
+def test_python_env_with_a_quote_gets_a_clear_message(tmp_path):
+    p = two_group_plan(tmp_path, ["true"], ["true"])
+    p.python_env = str(tmp_path / "it's env")
+    r = bash(RT.check_script(p))
+    assert r.returncode == 1 and r.stderr.strip() == f"python environment {p.python_env} not found (python_env)"
+
+
+def test_env_values_reach_the_service_verbatim(tmp_path):
+    odd = "a 'b' \"c\" $(id) `id` \\ %s\nline"
+    p = two_group_plan(tmp_path, ["sh", "-c", 'printf %s "$ODD" > ../../out'], ["true"])
+    p.services[0].env["ODD"] = odd
+    script, stdin = RT.start_script(p, p.services[:1])
+    try:
+        assert bash(script, stdin).returncode == 0
+        out = next((tmp_path / "state").glob("rt-local/run/*")) / "out"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not out.exists():
+            time.sleep(0.1)
+        assert out.read_text() == odd
+        env_file = next((tmp_path / "state").glob(f"rt-local/run/*/{p.services[0].name}/env"))
+        assert os.stat(env_file).st_mode & 0o777 == 0o600
+    finally:
+        bash(RT.remove_all_script(p))
