@@ -93,9 +93,16 @@ ConfigArg = Annotated[
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("-c", "--config", help="Deployment file (same as the argument).")]
 ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=512, help="How many nodes to work on at once.")]
-TimeoutOpt = Annotated[float, typer.Option("--connect-timeout", min=0.5, help="SSH connect timeout, seconds.")]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option("--connect-timeout", min=0.5, help="SSH connect timeout, seconds (overrides the files; default 10)."),
+]
 HostKeyOpt = Annotated[
-    HostKeyPolicy, typer.Option("--host-key-policy", help="strict: known_hosts only; accept-new: remember new hosts.")
+    HostKeyPolicy | None,
+    typer.Option(
+        "--host-key-policy",
+        help="strict: known_hosts only; accept-new: remember new hosts (overrides the files; default strict).",
+    ),
 ]
 LAST = Path(".launcher") / "last.json"
 
@@ -129,12 +136,12 @@ def remember(config: Path, inventory: Path | None) -> None:
     )
 
 
-def fleet_for(p, parallel: int, connect_timeout: float, host_key_policy: HostKeyPolicy):
+def fleet_for(p, parallel: int, connect_timeout: float | None, host_key_policy: HostKeyPolicy | None):
+    """A flag given on the command line wins over the files (node, then inventory `ssh:`), then the default."""
     from launcher.transport import Fleet, Options
 
-    return Fleet(
-        p.nodes, Options(parallel=parallel, connect_timeout=connect_timeout, host_key_policy=host_key_policy.value)
-    )
+    policy = host_key_policy.value if host_key_policy else None
+    return Fleet(p.nodes, Options(parallel=parallel, connect_timeout=connect_timeout, host_key_policy=policy))
 
 
 @app.command()
@@ -143,8 +150,8 @@ def up(
     config_opt: ConfigOpt = None,
     inventory: InventoryOpt = None,
     parallel: ParallelOpt = 32,
-    connect_timeout: TimeoutOpt = 10.0,
-    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
     skip_doctor: Annotated[bool, typer.Option("--skip-doctor", help="Start without the preflight checks.")] = False,
     then_watch: Annotated[
         bool, typer.Option("--watch", help="Once ready, supervise like `launcher watch` until Ctrl-C.")
@@ -220,10 +227,11 @@ def status(
     inventory: InventoryOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     parallel: ParallelOpt = 32,
-    connect_timeout: TimeoutOpt = 10.0,
-    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
 ) -> None:
-    """Every service on every node, read from the nodes' labels. Exit 1 if anything is down."""
+    """Every service on every node, read from the nodes' labels. Exit 1 unless everything runs, every
+    health probe passes and the endpoint is ready (all workers registered, or the router ready)."""
     from rich.table import Table
 
     from launcher import ops
@@ -231,13 +239,22 @@ def status(
     path, inv, p = resolve_plan(config, config_opt, inventory)
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         rows, unreachable, frontend = ops.status(p, fleet)
-    down = [r for r in rows if r.state != "running"] or unreachable
+    problems = [f"{r.service} on node {r.node.index}: {r.state}" for r in rows if r.state != "running"]
+    problems += [f"{p.nodes[i].label}: unreachable" for i in unreachable]
+    problems += [
+        f"{r.service} on node {r.node.index}: {r.health}"
+        for r in rows
+        if r.state == "running" and r.health.startswith(("unhealthy", "not answering"))
+    ]
+    if p.endpoint and frontend.get("ready") is False:
+        problems.append(f"endpoint {p.endpoint} not ready")
     if as_json:
         data = {
             "deployment": p.deployment,
             "endpoint": p.endpoint,
             "frontend": frontend,
-            "ok": not down,
+            "ok": not problems,
+            "problems": problems,
             "unreachable": {str(i): why for i, why in unreachable.items()},
             "services": [r.to_json() for r in rows],
         }
@@ -261,7 +278,7 @@ def status(
             )
         out.print(table)
         for i, why in sorted(unreachable.items()):
-            out.print(f"[red]{p.nodes[i].label}: unreachable: {why}[/]")
+            out.print(f"{p.nodes[i].label}: unreachable: {why}", style="red", markup=False, highlight=False)
         if p.endpoint and "answer" in frontend:  # the SGLang router
             state = "ready" if frontend["ready"] else "not ready"
             out.print(f"endpoint {p.endpoint}  router {state}: {frontend['answer']}", markup=False)
@@ -270,7 +287,9 @@ def status(
             exp = frontend.get("expected_instances", {})
             seen = ", ".join(f"{c} {inst.get(c, 0)}/{n}" for c, n in exp.items())
             out.print(f"endpoint {p.endpoint}  model {p.model_name}  workers registered: {seen}", markup=False)
-    if down:
+        if problems:
+            out.print(f"not ok: {'; '.join(problems)}", style="red", markup=False, highlight=False)
+    if problems:
         raise typer.Exit(1)
 
 
@@ -289,8 +308,8 @@ def logs(
     ] = None,
     grep: Annotated[str | None, typer.Option("--grep", help="Only lines matching this regular expression.")] = None,
     parallel: ParallelOpt = 32,
-    connect_timeout: TimeoutOpt = 10.0,
-    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
 ) -> None:
     """Logs of the selected containers, each line prefixed with node, role and rank."""
     import re as _re
@@ -333,8 +352,8 @@ def exec_(
     role: Annotated[str | None, typer.Option("--role", "-r", help="Every node running this role or group.")] = None,
     all_nodes: Annotated[bool, typer.Option("--all", help="Every node of the deployment.")] = False,
     parallel: ParallelOpt = 32,
-    connect_timeout: TimeoutOpt = 10.0,
-    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
 ) -> None:
     """Run a command on the nodes' hosts in parallel; output grouped per node; exit code the worst one."""
     from launcher import ops
@@ -357,17 +376,27 @@ def exec_(
         r = results[i]
         out.print(f"[bold]== {p.nodes[i].label}[/]", highlight=False)
         if isinstance(r, Exception):
-            out.print(f"[red]{r}[/]", highlight=False)
+            out.print(str(r), style="red", markup=False, highlight=False)
             worst = max(worst, 255)
             continue
         if r.stdout:
             out.print(r.stdout.rstrip("\n"), markup=False, highlight=False)
         if r.stderr:
             err.print(r.stderr.rstrip("\n"), markup=False, highlight=False)
-        if r.exit_code:
-            out.print(f"[red](exit {r.exit_code})[/]", highlight=False)
-        worst = max(worst, r.exit_code)
+        code, shown = exit_status(r.exit_code)
+        if code:
+            out.print(f"({shown})", style="red", markup=False, highlight=False)
+        worst = max(worst, code)
     raise typer.Exit(worst)
+
+
+def exit_status(code: int) -> tuple[int, str]:
+    """A command killed by a signal has no exit code (SSH: -1; locally: -SIGNAL): as a shell reports it."""
+    if code == -1:
+        return 255, "killed by a signal (no exit status)"
+    if code < 0:
+        return 128 - code, f"killed by signal {-code}, exit {128 - code}"
+    return code, f"exit {code}"
 
 
 @app.command()
@@ -376,8 +405,8 @@ def down(
     config_opt: ConfigOpt = None,
     inventory: InventoryOpt = None,
     parallel: ParallelOpt = 32,
-    connect_timeout: TimeoutOpt = 10.0,
-    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
 ) -> None:
     """Remove every container of the deployment on every node (found by label). Idempotent."""
     from launcher import ops
@@ -474,8 +503,8 @@ def watch(
         float, typer.Option("--reset-after", min=0, help="Healthy seconds after which a restart count starts over.")
     ] = 600.0,
     parallel: ParallelOpt = 32,
-    connect_timeout: TimeoutOpt = 10.0,
-    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
 ) -> None:
     """Supervise the deployment: a dead rank gets its whole group recreated; etcd/NATS/frontend are
     restarted alone; with back-off and a maximum, then exit 1. Runs until Ctrl-C."""
@@ -510,8 +539,8 @@ def doctor(
         bool, typer.Option("--args/--no-args", help="Also run each role's argv through its engine's own parser.")
     ] = True,
     parallel: ParallelOpt = 32,
-    connect_timeout: TimeoutOpt = 10.0,
-    host_key_policy: HostKeyOpt = HostKeyPolicy.strict,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
 ) -> None:
     """Preflight on every node (SSH, engine, GPUs, IB, shm, disk, model, image, ports, clock) and the
     engine flags, before anything starts. Exit 1 if any check fails."""

@@ -248,6 +248,7 @@ def _ssh_fix(kind: str) -> str:
         "name not resolved": "fix the address or DNS",
         "connection refused": "start sshd on the node",
         "timed out": "check the node is up and the network path (firewall, link)",
+        "unreachable": "check the node is powered on and has a route from here (or from the jump host)",
         "auth refused": "check ssh user and key (ssh-copy-id), or ssh-agent",
         "host key changed": "verify the node, then ssh-keygen -R ADDRESS",
         "host key unknown": "ssh to the node once to record its key, or --host-key-policy accept-new",

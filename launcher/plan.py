@@ -126,6 +126,10 @@ def build(loaded: Loaded) -> Plan:
     svc = spec.services
     out: list[Service] = []
     secrets = set(spec.secrets)
+    secret_values = {name: v for name, v in loaded.secret_values.items() if len(v) >= MIN_SECRET_LEN}
+
+    def holds_secret(value: str) -> bool:
+        return any(v in value for v in secret_values.values())
 
     def env_of(*layers: dict, with_secrets: bool = False) -> tuple[dict[str, str], dict[str, str]]:
         """Merge env layers; secret-named entries go to the env file, never to the command line.
@@ -134,8 +138,9 @@ def build(loaded: Loaded) -> Plan:
         merged: dict[str, str] = {}
         for layer in layers:
             merged.update({k: _str(v) for k, v in layer.items()})
-        plain = {k: v for k, v in merged.items() if not is_secret_name(k, secrets)}
-        hidden = {k: v for k, v in merged.items() if is_secret_name(k, secrets)}
+        # A secret under another name (`OPENAI_KEY: ${MY_API_KEY}`) is still a secret: its value decides.
+        plain = {k: v for k, v in merged.items() if not is_secret_name(k, secrets) and not holds_secret(v)}
+        hidden = {k: v for k, v in merged.items() if k not in plain}
         if with_secrets:
             hidden.update({k: v for k, v in loaded.secret_values.items() if k in secrets})
         return plain, hidden
@@ -327,6 +332,7 @@ def build(loaded: Loaded) -> Plan:
         endpoint = f"http://{router.node.address}:{svc.router.port}"
 
     check_ports(out, loaded)
+    check_no_secret_on_command_line(out, secret_values, loaded)
     model_name = spec.model.name if spec.model else None
     return Plan(
         deployment=spec.deployment,
@@ -343,6 +349,27 @@ def build(loaded: Loaded) -> Plan:
         warnings=warnings,
         findings=findings,
     )
+
+
+# Shorter values (test placeholders like "x") would match everywhere; no real token is this short.
+MIN_SECRET_LEN = 4
+
+
+def check_no_secret_on_command_line(services_: list[Service], secret_values: dict[str, str], loaded: Loaded) -> None:
+    """Engine args, run_options, volumes and the image are on the `docker run` line, so in `ps` and
+    `docker inspect`: a secret's value there is refused (env values are routed to the 0600 file)."""
+    for s in services_:
+        exposed = [*s.command, *(s.container.run_options or []), *(s.container.volumes or []), s.image]
+        for name, value in secret_values.items():
+            if any(value in part for part in exposed):
+                where = f"groups.{s.group}" if s.group else f"services.{s.role}"
+                raise ConfigError(
+                    f"the value of secret {name} would be on the command line of {s.name} (its args, "
+                    "run_options, volumes or image), where `ps` and `docker inspect` show it: pass it through "
+                    "`env` instead (env values holding a secret go to the node's 0600 env file)",
+                    file=loaded.file,
+                    key=where,
+                )
 
 
 def router_service(loaded: Loaded, nodes: list[Node], contexts: dict, single) -> Service:

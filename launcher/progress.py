@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 
 @dataclass
@@ -54,9 +55,11 @@ class Progress:
             for column in ("node", "service", "state", "elapsed", "last log line"):
                 table.add_column(column, no_wrap=column != "last log line", overflow="ellipsis")
             for r in rows:
-                style = {"ready": "green", "running": "cyan", "failed": "red"}.get(r.state.split()[0], "")
+                # Log lines and probe answers are the engines' text, not markup ("[/models/x]" would
+                # raise): every cell is plain Text.
+                style = {"ready": "green", "running": "cyan", "failed": "red"}.get((r.state.split() or [""])[0], "")
                 table.add_row(
-                    r.node, r.service, f"[{style}]{r.state}[/]" if style else r.state, f"{r.elapsed:.0f}s", r.last_line
+                    Text(r.node), Text(r.service), Text(r.state, style=style), f"{r.elapsed:.0f}s", Text(r.last_line)
                 )
             self._live.update(table)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import shlex
 from typing import Any
@@ -38,7 +39,8 @@ def docker_run(plan: Plan, service: Service) -> list[str]:
         argv.append("--privileged")
     if c.gpus and c.gpus != "none":
         # docker parses --gpus as CSV: a device list must be quoted inside the value.
-        argv += ["--gpus", c.gpus if c.gpus == "all" or c.gpus.isdigit() else f'"device={c.gpus}"']
+        # A bare number would be a count (`--gpus 7` is GPUs 0-6): one GPU is a device list of one.
+        argv += ["--gpus", c.gpus if c.gpus == "all" else f'"device={c.gpus}"']
     for volume in c.volumes or []:
         argv += ["-v", volume]
     if c.workdir:
@@ -70,7 +72,9 @@ def secrets_body(secret_env: dict[str, str]) -> str:
 
 def docker_check_run(plan: Plan, service: Service, command: list[str]) -> list[str]:
     """`docker run --rm -i` of the service's image, mounts and env, with another command (doctor)."""
-    argv = docker_run(plan, service)
+    # Without the secrets mount: before the first `up` the env file does not exist, and docker would
+    # create a root-owned directory in its place, which `up` then cannot write the file into.
+    argv = docker_run(plan, dataclasses.replace(service, secret_env={}))
     head = argv[: argv.index(service.image)]
     keep: list[str] = ["docker", "run", "--rm", "-i"]
     i = 2

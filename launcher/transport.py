@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import select
 import socket
@@ -48,10 +49,14 @@ class NodeError(LauncherError):
 @dataclass
 class Options:
     parallel: int = 32
-    connect_timeout: float = 10.0
+    # Given on the command line (None: the node's `ssh:` settings decide, then the defaults below).
+    connect_timeout: float | None = None
     keepalive: int = 5
     command_timeout: float = 120.0
-    host_key_policy: str = "strict"  # or "accept-new"
+    host_key_policy: str | None = None  # "strict" or "accept-new"
+
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
 @dataclass
@@ -93,12 +98,15 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return "auth refused", f"{exc} (check user, key and ssh-agent)"
     if isinstance(exc, socket.gaierror):
         return "name not resolved", str(exc)
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError) and exc.errors:
+        # paramiko wraps each address's own error: a node that is off (no route) is not "sshd down"
+        return classify(next(iter(exc.errors.values())))
     if isinstance(exc, ConnectionRefusedError | paramiko.ssh_exception.NoValidConnectionsError):
         return "connection refused", "nothing listens on the SSH port (sshd down?)"
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timed out", "no answer within the connect timeout (node down or network cut?)"
     if isinstance(exc, OSError) and exc.errno in (113, 101):  # no route to host, network unreachable
-        return "unreachable", str(exc)
+        return "unreachable", f"{exc.strerror or exc} (node off, or no route to it?)"
     if isinstance(exc, EOFError | paramiko.SSHException):
         return "connection lost", str(exc) or type(exc).__name__
     return "error", f"{type(exc).__name__}: {exc}"
@@ -111,9 +119,14 @@ class Host:
         self.node = node
         self.options = options
         self._conn: Any = None
+        self._gateway: Any = None  # the jump host's connection, when there is one
         self._lock = threading.Lock()
 
     # -- connection -------------------------------------------------------------------------
+    @property
+    def connect_timeout(self) -> float:
+        return self.options.connect_timeout or self.node.ssh.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+
     def connect(self) -> None:
         with self._lock:
             if self._conn is not None and self._conn.is_connected:
@@ -124,12 +137,14 @@ class Host:
         from fabric import Config, Connection
 
         ssh = self.node.ssh
-        timeout = ssh.connect_timeout or self.options.connect_timeout
+        timeout = self.connect_timeout
+        # fabric truncates connect_timeout to whole seconds (0.5 would become "no timeout"): round up.
+        tcp_timeout = max(1, math.ceil(timeout))
         connect_kwargs: dict[str, Any] = {"banner_timeout": timeout, "auth_timeout": timeout}
         if ssh.key:
             connect_kwargs["key_filename"] = os.path.expanduser(ssh.key)
         known = Path(os.path.expanduser(ssh.known_hosts or "~/.ssh/known_hosts"))
-        policy = ssh.host_key_policy or self.options.host_key_policy
+        policy = self.options.host_key_policy or ssh.host_key_policy or "strict"
 
         def check_host_keys(c: Any) -> None:
             """The jump host's key is checked exactly like the node's: same known_hosts, same policy."""
@@ -138,37 +153,63 @@ class Host:
                 client.load_host_keys(str(known))
             client.set_missing_host_key_policy(_AcceptNew(known) if policy == "accept-new" else paramiko.RejectPolicy())
 
-        gateway = None
-        if ssh.jump:
-            user, _, rest = ssh.jump.rpartition("@")
-            host, _, port = rest.partition(":")
-            gateway = Connection(
-                host,
-                user=user or None,  # as OpenSSH: the jump host's own user, not the node's
-                port=int(port) if port else None,
-                connect_timeout=timeout,
-                connect_kwargs=dict(connect_kwargs),
-            )
-            check_host_keys(gateway)
         conn = Connection(
             self.node.address,
             user=ssh.user,
             port=ssh.port,
-            connect_timeout=timeout,
+            connect_timeout=tcp_timeout,
             connect_kwargs=connect_kwargs,
-            gateway=gateway,
             config=Config(overrides={"run": {"hide": True, "warn": True, "in_stream": False}}),
         )
         check_host_keys(conn)
+        # A jump host from the inventory, or a ProxyJump from ~/.ssh/config: either way it is opened
+        # here, its key checked and the hop bounded in time (fabric's own hop would accept any key).
+        jump = ssh.jump or conn.ssh_config.get("proxyjump")
+        if jump and jump.lower() != "none":
+            conn.gateway = None
+            hop = self._through(jump, conn, timeout, tcp_timeout, connect_kwargs, check_host_keys)
+            conn.connect_kwargs["sock"] = hop
         try:
             conn.open()
         except Exception as exc:  # every failure becomes a per-node error, classified
             kind, detail = classify(exc)
-            if ssh.jump and gateway is not None and not gateway.is_connected:
-                detail = f"via jump host {ssh.jump}: {detail}"
             raise NodeError(self.node, kind, detail) from None
         conn.transport.set_keepalive(self.options.keepalive)
         return conn
+
+    def _through(self, jump: str, conn: Any, timeout: float, tcp_timeout: int, kwargs: dict, check: Callable) -> Any:
+        """Open the jump host (host key checked) and a channel through it to the node, both bounded."""
+        from fabric import Connection
+
+        if "," in jump:
+            raise NodeError(self.node, "error", f"ProxyJump {jump}: only one jump host is supported")
+        user, _, rest = jump.rpartition("@")
+        host, _, port = rest.partition(":")
+        gateway = Connection(
+            host,
+            user=user or None,  # as OpenSSH: the jump host's own user, not the node's
+            port=int(port) if port else None,
+            connect_timeout=tcp_timeout,
+            connect_kwargs=dict(kwargs),
+            gateway=False,  # no hops of its own from ~/.ssh/config
+        )
+        check(gateway)
+        try:
+            gateway.open()
+            channel = gateway.transport.open_channel(
+                "direct-tcpip", (conn.host, int(conn.port or 22)), ("", 0), timeout=timeout
+            )
+        except Exception as exc:
+            gateway.close()
+            if isinstance(exc, paramiko.ChannelException):
+                kind, detail = "unreachable", f"the jump host cannot reach {conn.host}:{conn.port} ({exc})"
+            elif isinstance(exc, paramiko.SSHException) and "Timeout opening channel" in str(exc):
+                kind, detail = "timed out", f"the jump host did not reach {conn.host}:{conn.port} in {timeout}s"
+            else:
+                kind, detail = classify(exc)
+            raise NodeError(self.node, kind, f"via jump host {jump}: {detail}") from None
+        self._gateway = gateway
+        return channel
 
     def alive(self, timeout: float) -> bool:
         """Does the node still answer on this connection? (an SSH keepalive request, bounded in time)
@@ -191,12 +232,13 @@ class Host:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except Exception:
-                    pass
-                self._conn = None
+            for c in (self._conn, self._gateway):
+                if c is not None:
+                    try:
+                        c.close()
+                    except Exception:
+                        pass
+            self._conn = self._gateway = None
 
     # -- commands ---------------------------------------------------------------------------
     def run(
@@ -238,7 +280,7 @@ class Host:
 
         A script that exits without reading all of its stdin is fine (the rest is dropped)."""
         try:
-            chan = self._conn.transport.open_session(timeout=min(timeout, 2 * self.options.connect_timeout))
+            chan = self._conn.transport.open_session(timeout=min(timeout, 2 * self.connect_timeout))
         except Exception as exc:
             kind, detail = classify(exc)
             self.close()

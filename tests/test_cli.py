@@ -13,6 +13,13 @@ def test_exec_exit_code_is_the_worst_one(capsys):
     assert "== node 0 (local 127.0.0.1)" in out and "hi" in out and "(exit 3)" in out
 
 
+def test_exec_of_a_command_killed_by_a_signal_is_a_failure(capsys):
+    # The shell itself is killed: no exit status at all, which must not read as success.
+    code, out, err = run_cli(["exec", "-c", LOCAL, "--all", "--", "echo [bold]x[/]; kill -9 $$"], capsys)
+    assert code == 137 and "(killed by signal 9, exit 137)" in out
+    assert "[bold]x[/]" in out  # output is shown as it is, never read as markup
+
+
 def test_exec_needs_exactly_one_target(capsys):
     code, out, err = run_cli(["exec", "-c", LOCAL, "--", "true"], capsys)
     assert code == 2 and "choose exactly one of --node I, --role R or --all" in err

@@ -36,6 +36,14 @@ def test_link_cut_during_up_fails_naming_the_node_then_down_cleans(testbed, tmp_
         assert "3 tb3 10.213.0.13" in up.stderr and "timed out" in up.stderr and "nothing was started" in up.stderr
         assert took < 15
         assert containers(testbed, 0) == []  # nothing started anywhere
+        # A sub-second connect timeout stays a timeout (fabric alone would truncate it to 0: no timeout,
+        # then the kernel's two minutes); the subprocess limit turns a hang into a failure.
+        started = time.monotonic()
+        probe = launcher(
+            testbed, "exec", "--node", "3", "--connect-timeout", "0.5", "--", "true", cwd=tmp_path, timeout=60
+        )
+        print(f"exec with --connect-timeout 0.5 on the cut node failed after {time.monotonic() - started:.1f}s")
+        assert probe.returncode != 0 and "timed out" in probe.stdout + probe.stderr, probe
     finally:
         testbed.run("heal", "3")
     down = launcher(testbed, "down", cwd=tmp_path)

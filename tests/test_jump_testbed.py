@@ -50,3 +50,40 @@ def test_an_unknown_jump_host_key_is_refused(testbed, tmp_path):
     # The other nodes are refused because the jump host on the way is unknown, and say so.
     assert f"via jump host root@{jump}" in text and "not found in known_hosts" in text, text
     assert "Traceback" not in text
+
+
+def test_a_proxyjump_from_ssh_config_is_used_and_its_key_checked(testbed, tmp_path):
+    """fabric's own ProxyJump hop would accept any jump host key; the launcher opens that hop itself."""
+    import os
+    import subprocess
+    import sys
+
+    jump = testbed.nodes[0][1]
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    others = " ".join(address for _, address in testbed.nodes[1:4])
+    (home / ".ssh" / "config").write_text(f"Host {others}\n    ProxyJump root@{jump}\n")
+    known = tmp_path / "known_hosts"
+    lines = testbed.known_hosts.read_text().splitlines()
+    known.write_text("".join(line + "\n" for line in lines if not line.split()[0].split(",")[0].endswith(jump)))
+    inv = yaml.safe_load(testbed.inventory.read_text())
+    inv["ssh"]["known_hosts"] = str(known)
+    inv["nodes"] = inv["nodes"][:4]
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
+    config = REPO / "configs" / "testbed-small.yaml"
+    argv = [sys.executable, "-m", "launcher", "exec", "-c", str(config), "-i", str(inventory), "--all", "--"]
+    result = subprocess.run(
+        [*argv, "uname", "-n"],
+        cwd=tmp_path,
+        env={**os.environ, "HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in text
+    # nodes 1-3 only through the jump host, whose key is unknown; node 0 (the jump host) directly
+    assert text.count(f"via jump host root@{jump}") == 3 and "not found in known_hosts" in text, text
+    (node0,) = [line for line in text.splitlines() if line.startswith("node 0 ") and "host key unknown" in line]
+    assert "via jump host" not in node0, text

@@ -148,3 +148,21 @@ def test_curl_is_pasteable():
     cmd = readiness.curl_command("http://10.0.0.1:8000", "it's-a-model")
     argv = shlex.split(cmd)
     assert argv[0] == "curl" and json.loads(argv[-1])["model"] == "it's-a-model"
+
+
+def test_live_progress_shows_engine_text_as_text_not_markup():
+    """A log line like "[/models/x]" is not rich markup: it must neither raise nor vanish."""
+    import io
+
+    from rich.console import Console
+
+    from launcher.progress import Progress, Row
+
+    sink = io.StringIO()
+    progress = Progress(Console(file=sink, force_terminal=True, width=160), live=True)
+    progress.start()
+    try:
+        progress.update([Row("tb0", "decode", "running, probe: HTTP 503 [x]", 3.0, "loading [/models/x] [bold]")])
+    finally:
+        progress.stop()
+    assert "[/models/x] [bold]" in sink.getvalue()

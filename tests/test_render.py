@@ -6,6 +6,7 @@ import json
 import shlex
 import subprocess
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,3 +87,16 @@ def test_pasted_command_string():
 def test_without_removes_flags_and_values():
     argv = ["--a", "1", "--b", "--c=3", "--d", "x", "y", "--e"]
     assert A.without(argv, "--a", "--c", "--d") == ["--b", "--e"]
+
+
+@pytest.mark.parametrize(("gpus", "flag"), [("all", "all"), ("7", '"device=7"'), ("0,1,2,3", '"device=0,1,2,3"')])
+def test_gpu_selection_is_always_a_device_list(tmp_path, gpus, flag):
+    """`--gpus 7` would mean "seven GPUs" (0-6) to docker, not GPU 7."""
+    from launcher import config, plan, render
+    from tests.helpers import MINIMAL, write
+
+    decode = "    args: {tp-size: 16}\n"
+    text = MINIMAL.replace(decode, decode + f"    container: {{gpus: '{gpus}'}}\n")
+    p = plan.build(config.load(write(tmp_path, text), environ={}))
+    argv = render.docker_run(p, next(s for s in p.services if s.group == "decode"))
+    assert argv[argv.index("--gpus") + 1] == flag

@@ -43,6 +43,46 @@ def test_docker_run_mounts_and_sources_the_file_instead_of_passing_values(tmp_pa
     assert sourced == TOKEN
 
 
+def test_doctor_check_run_does_not_mount_the_secrets_file(tmp_path):
+    """Before the first `up` the file does not exist: docker would make a directory there and break `up`."""
+    path = write(tmp_path, MINIMAL + "secrets: [HF_TOKEN]\n")
+    (tmp_path / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    p = plan.build(config.load(path, environ={}))
+    worker = next(s for s in p.services if s.group)
+    argv = render.docker_check_run(p, worker, ["python3", "-c", "pass"])
+    assert not any(render.SECRETS_IN_CONTAINER in a for a in argv) and not any(TOKEN in a for a in argv)
+    assert argv[-3:] == ["python3", "-c", "pass"] and worker.secret_env  # the service itself keeps them
+
+
+def test_a_secret_under_another_env_name_still_goes_to_the_file(tmp_path):
+    decode = "    args: {tp-size: 16}\n"
+    text = MINIMAL.replace(decode, decode + '    env: {OPENAI_KEY: "${MY_API_KEY}"}\n')
+    path = write(tmp_path, text)
+    (tmp_path / ".env").write_text(f"MY_API_KEY={TOKEN}\n")
+    p = plan.build(config.load(path, environ={}))
+    decode = next(s for s in p.services if s.group == "decode")
+    assert decode.secret_env == {"OPENAI_KEY": TOKEN} and "OPENAI_KEY" not in decode.env
+    assert not any(TOKEN in a for a in render.docker_run(p, decode))
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        '    args: {tp-size: 16, api-key: "${MY_API_KEY}"}\n',
+        '    container: {run_options: [--label, "k=${MY_API_KEY}"]}\n',
+    ],
+)
+def test_a_secret_on_the_command_line_is_refused(tmp_path, capsys, where):
+    from tests.helpers import run_cli
+
+    text = MINIMAL.replace("    args: {tp-size: 16}\n", where)
+    path = write(tmp_path, text)
+    (tmp_path / ".env").write_text(f"MY_API_KEY={TOKEN}\n")
+    code, out, err = run_cli(["plan", str(path)], capsys)
+    assert code == 2 and "Traceback" not in err and TOKEN not in out + err
+    assert err.startswith(f"error: {path}: groups.decode: the value of secret MY_API_KEY would be on the command line")
+
+
 @pytest.mark.testbed
 def test_secret_stays_out_of_argv_output_ps_and_inspect(testbed, tmp_path):
     """On real nodes: the secret from .env is readable inside the container and nowhere else."""
@@ -99,3 +139,26 @@ def test_secret_stays_out_of_argv_output_ps_and_inspect(testbed, tmp_path):
     assert down.returncode == 0 and TOKEN not in down.stdout + down.stderr
     for i in (0, 1):
         assert testbed.ssh(i, "ls /var/tmp/launcher/secret-test/secrets 2>&1").returncode != 0  # removed by down
+
+
+@pytest.mark.testbed
+def test_up_with_doctor_and_a_secret_serves(testbed, tmp_path):
+    """The doctor's parser check runs before the secret file exists; it must not leave a directory there."""
+    from tests.helpers import REPO, launcher_on
+
+    data = yaml.safe_load((REPO / "configs" / "testbed-small.yaml").read_text())
+    data["secrets"] = ["HF_TOKEN"]
+    cfg = tmp_path / "with-secret.yaml"
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+    (tmp_path / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
+    started = time.monotonic()
+    up = launcher_on(testbed, cfg, "up", cwd=tmp_path)
+    try:
+        print(f"\nup with doctor and a secret: ready in {time.monotonic() - started:.1f}s")
+        assert up.returncode == 0, up.stderr
+        assert "args:decode" in up.stderr or "doctor" in up.stderr  # the doctor did run
+        files = testbed.ssh(0, "stat -c '%F %a' /var/tmp/launcher/testbed-small/secrets/*.env").stdout.splitlines()
+        assert files and set(files) == {"regular file 600"}, files
+    finally:
+        down = launcher_on(testbed, cfg, "down", cwd=tmp_path)
+    assert down.returncode == 0, down.stderr
