@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -427,6 +427,15 @@ def _http(sock: Any, method: str, host: str, port: int, path: str, body: Any, ti
         return status, text
 
 
+class MapInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `Fleet.map`: the outcomes of the nodes that finished, and those that did not."""
+
+    def __init__(self, results: dict[int, Any], pending: list[int]):
+        super().__init__()
+        self.results = results
+        self.pending = pending
+
+
 class Fleet:
     """All nodes of a plan. `map` runs a function on many nodes at once and gathers every outcome."""
 
@@ -441,8 +450,14 @@ class Fleet:
     def host(self, index: int) -> Host:
         return self.hosts[index]
 
-    def map(self, fn: Callable[[Host], T], indices: Iterable[int] | None = None) -> dict[int, T | Exception]:
-        """fn(host) on each node in parallel (bounded); a failure on one node never hides the others."""
+    def map(
+        self, fn: Callable[[Host], T], indices: Iterable[int] | None = None, finish_on_interrupt: float = 0.0
+    ) -> dict[int, T | Exception]:
+        """fn(host) on each node in parallel (bounded); a failure on one node never hides the others.
+
+        On Ctrl-C, with `finish_on_interrupt`, what was already sent is given that many seconds to
+        finish (a second Ctrl-C leaves at once) and `MapInterrupted` carries what did finish: a
+        caller that was starting services can then say exactly what now runs."""
         chosen = list(self.hosts) if indices is None else list(dict.fromkeys(indices))
 
         def guarded(i: int) -> T | Exception:
@@ -452,7 +467,16 @@ class Fleet:
                 return exc
 
         futures = {i: self._pool.submit(guarded, i) for i in chosen}
-        return {i: f.result() for i, f in futures.items()}
+        try:
+            return {i: f.result() for i, f in futures.items()}
+        except KeyboardInterrupt:
+            if not finish_on_interrupt:
+                raise
+            for f in futures.values():
+                f.cancel()  # not started yet: never sent
+            wait(list(futures.values()), timeout=finish_on_interrupt)
+            done = {i: f.result() for i, f in futures.items() if f.done() and not f.cancelled()}
+            raise MapInterrupted(done, pending=[i for i in chosen if i not in done]) from None
 
     def close(self) -> None:
         for host in self.hosts.values():

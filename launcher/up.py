@@ -12,7 +12,7 @@ from launcher.errors import LauncherError
 from launcher.model import Plan, Service
 from launcher.progress import Progress, Row
 from launcher.runtime import Container
-from launcher.transport import Fleet, NodeError
+from launcher.transport import Completed, Fleet, MapInterrupted, NodeError
 
 POLL_INTERVAL = 1.0
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -87,6 +87,17 @@ def by_node(services: list[Service]) -> dict[int, list[Service]]:
     return out
 
 
+# Seconds a Ctrl-C gives the start scripts already sent (docker run -d returns in about a second).
+START_GRACE = 20.0
+
+
+class StartInterrupted(KeyboardInterrupt):
+    def __init__(self, found: list[Container], pending: list[int]):
+        super().__init__()
+        self.found = found
+        self.pending = pending
+
+
 def start(
     plan: Plan, fleet: Fleet, services: list[Service], progress: Progress, known: list[Container] | None = None
 ) -> list[Container]:
@@ -102,7 +113,17 @@ def start(
         script, stdin = rt.start_script(plan, groups[host.node.index], existing)
         return host.run(script, stdin=stdin, timeout=300)
 
-    results = fleet.map(go, groups)
+    try:
+        results = fleet.map(go, groups, finish_on_interrupt=START_GRACE)
+    except MapInterrupted as stopped:
+        # Report what the start scripts that finished say runs; the rest may still appear.
+        found = [
+            c
+            for i, r in stopped.results.items()
+            if isinstance(r, Completed) and LIST_MARK in r.stdout
+            for c in runtime.parse_list(i, r.stdout.split(LIST_MARK, 1)[1])
+        ]
+        raise StartInterrupted(found, stopped.pending) from None
     failures, found = {}, []
     for i, r in results.items():
         if isinstance(r, Exception):
@@ -371,11 +392,17 @@ def up(plan: Plan, fleet: Fleet, progress: Progress, command: str = "launcher up
         started: list[Container] = []
         try:
             _run_phases(plan, fleet, progress, phases, create, current, changes, started, wait)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            unsure = ""
+            if isinstance(exc, StartInterrupted):
+                started += exc.found
+                if exc.pending:
+                    nodes = ", ".join(str(i) for i in exc.pending)
+                    unsure = f" Start scripts on node(s) {nodes} had not answered: services there may start still."
             running = sorted({(c.node_index, c.name) for c in started})
             where = ", ".join(f"{name} on node {i}" for i, name in running) or "nothing yet"
             raise Interrupted(
-                f"interrupted: up stopped. Started so far and left running: {where}. "
+                f"interrupted: up stopped. Started so far and left running: {where}.{unsure} "
                 f"`launcher status` shows them; `launcher down -c {plan.file}` removes everything."
             ) from None
         outcome = "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created")

@@ -166,3 +166,33 @@ def test_live_progress_shows_engine_text_as_text_not_markup():
     finally:
         progress.stop()
     assert "[/models/x] [bold]" in sink.getvalue()
+
+
+def test_ctrl_c_gives_what_was_already_sent_time_to_finish():
+    """`up` interrupted while start scripts run: those already sent finish and are reported; the
+    ones still queued are never sent."""
+    import signal
+    import threading
+    import time
+
+    import pytest
+
+    from launcher.config import SSHSettings
+    from launcher.model import Node
+    from launcher.transport import Fleet, MapInterrupted, Options
+
+    nodes = [Node(i, f"n{i}", "127.0.0.1", SSHSettings(), 0) for i in range(3)]
+    sent: list[int] = []
+
+    def slow(host):
+        sent.append(host.node.index)
+        time.sleep(1.0)
+        return host.node.index
+
+    with Fleet(nodes, Options(parallel=2)) as fleet:  # node 2 waits for a free worker
+        ctrl_c = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+        ctrl_c.start()
+        with pytest.raises(MapInterrupted) as stopped:
+            fleet.map(slow, finish_on_interrupt=10)
+    assert stopped.value.results == {0: 0, 1: 1} and stopped.value.pending == [2]
+    assert sorted(sent) == [0, 1]
