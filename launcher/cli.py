@@ -324,6 +324,11 @@ def logs(
         except _re.error as exc:
             raise ConfigError(f"not a regular expression: {exc}", key="--grep") from None
     path, inv, p = resolve_plan(config, config_opt, inventory)
+    if since and p.runtime == "process":
+        # Its logs are plain files without timestamps: showing everything would pretend to filter.
+        raise ConfigError(
+            "--since needs the docker runtime (process logs carry no timestamps); use --tail N", key="--since"
+        )
     with fleet_for(p, parallel, connect_timeout, host_key_policy) as fleet:
         chosen, failed = ops.select_containers(p, fleet, node, role, rank)
         for i, why in failed.items():
@@ -430,9 +435,14 @@ def lock_status(config: ConfigArg = None, config_opt: ConfigOpt = None, inventor
     from launcher.up import head_index
 
     path, inv, p = resolve_plan(config, config_opt, inventory)
-    with fleet_for(p, 4, 10.0, HostKeyPolicy.strict) as fleet:
+    with fleet_for(p, 4, None, None) as fleet:  # the files' ssh settings apply, as everywhere
         held = lockmod.status(fleet.host(head_index(p)), p.state_dir, p.deployment)
-    out.print(f"locked by {held.describe()}" if held else "not locked", markup=False)
+    if held is None:
+        out.print("not locked", markup=False)
+        return
+    stale = held.dead() and "its process on this machine is gone" or held.stale()
+    hint = f" — stale: {stale}; `launcher lock break` removes it (the next command takes it over)" if stale else ""
+    out.print(f"locked by {held.describe()}{hint}", markup=False)
 
 
 @lock_app.command("break")
@@ -442,7 +452,7 @@ def lock_break(config: ConfigArg = None, config_opt: ConfigOpt = None, inventory
     from launcher.up import head_index
 
     path, inv, p = resolve_plan(config, config_opt, inventory)
-    with fleet_for(p, 4, 10.0, HostKeyPolicy.strict) as fleet:
+    with fleet_for(p, 4, None, None) as fleet:
         host = fleet.host(head_index(p))
         held = lockmod.break_lock(host, p.state_dir, p.deployment)
         lockmod.audit(host, p.state_dir, p.deployment, "lock broken" + (f" (was {held.describe()})" if held else ""))

@@ -125,7 +125,7 @@ FIXES = {
     "gpu-runtime": "install the NVIDIA container toolkit (nvidia-ctk runtime configure --runtime=docker)",
     "gpus": "the node needs working GPUs: check nvidia-smi and the driver",
     "ib": "the InfiniBand/RoCE device named in the file is missing: check ibv_devices / the device name",
-    "image": "copy the image to the node: `launcher image push` (or docker pull)",
+    "image": "put the image on the node: docker pull IMAGE, or docker save IMAGE | ssh NODE docker load",
     "model": "put the model directory on the node (same path as in the volumes)",
     "port": "stop what listens there, or change the port in the file",
     "clock": "sync clocks (chrony/ntpd): skew breaks leases and timeouts",

@@ -22,12 +22,11 @@ class ConfigError(LauncherError):
         super().__init__(self.render())
 
     def render(self) -> str:
-        where = self.file or "<config>"
-        if self.line is not None:
-            where += f":{self.line}"
-        if self.key:
-            where += f": {self.key}"
-        return f"{where}: {self.message}"
+        # A command-line mistake has no file: then the option (key) alone says where.
+        parts = [self.file + (f":{self.line}" if self.line is not None else "")] if self.file else []
+        if self.key and not self.message.startswith(self.key):
+            parts.append(self.key)
+        return ": ".join([*parts, self.message])
 
 
 class ConfigErrors(LauncherError):

@@ -31,6 +31,12 @@ def test_status_of_a_stopped_deployment_exits_1(capsys, tmp_path, monkeypatch):
     assert code == 1 and '"ok": false' in out
 
 
+def test_logs_since_on_the_process_runtime_is_refused(capsys):
+    # Process logs have no timestamps: printing everything would look like a filtered answer.
+    code, out, err = run_cli(["logs", "-c", LOCAL, "--role", "decode", "--since", "10m"], capsys)
+    assert code == 2 and err.startswith("error: --since needs the docker runtime"), err
+
+
 def test_logs_needs_a_selection(capsys):
     code, out, err = run_cli(["logs", "-c", LOCAL], capsys)
     assert code == 2 and "--node I, or --role R" in err

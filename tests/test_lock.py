@@ -94,3 +94,12 @@ def test_two_takeovers_at_once_leave_one_holder(host, tmp_path):
     assert len(won) == 1 and len(lost) == 7, (won, lost)
     assert json.loads((tmp_path / "demo" / "lock" / "info").read_text())["token"] == won[0].token
     assert not (tmp_path / "demo" / "lock" / "takeover").exists()
+
+
+def test_lock_status_names_a_stale_holder(tmp_path, capsys):
+    from tests.helpers import local_command_deployment, run_cli
+
+    path = local_command_deployment(tmp_path, "demo", "worker", "true")
+    plant(tmp_path / "state", pid=dead_pid(), machine=lock.machine_id(), pidns=lock.pid_namespace())
+    code, out, err = run_cli(["lock", "status", str(path)], capsys)
+    assert code == 0 and "locked by alice@elsewhere" in out and "stale: its process on this machine is gone" in out
