@@ -32,6 +32,18 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def assert_gone(pids: list[int], ports: tuple[int, ...]) -> None:
+    """After `down`: none of these processes is alive (10 s to exit) and none of these ports listens."""
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "a process outlived down"
+    for port in ports:
+        assert not listening(port), f"port {port} still open after down"
+
+
 def printed_curl_status(stdout: str) -> str:
     """Run the curl line `up` printed and return the HTTP status it got."""
     curl = next(line for line in stdout.splitlines() if line.startswith("curl "))

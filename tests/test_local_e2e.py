@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LOCAL_PORTS, REPO, free_port, listening, printed_curl_status
+from tests.helpers import LOCAL_PORTS, REPO, assert_gone, free_port, printed_curl_status
 
 pytestmark = pytest.mark.slow
 
@@ -53,9 +53,4 @@ def test_up_status_down_on_this_machine(tmp_path):
     finally:
         down = launcher("down", config, env=env, cwd=tmp_path)
     assert down.returncode == 0, down.stderr
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.2)
-    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "a process outlived down"
-    for p in (port, *LOCAL_PORTS):
-        assert not listening(p), f"port {p} still open after down"
+    assert_gone(pids, (port, *LOCAL_PORTS))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LOCAL_PORTS, REPO, free_port, listening, printed_curl_status
+from tests.helpers import LOCAL_PORTS, REPO, assert_gone, free_port, printed_curl_status
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def unavailable(why: str) -> None:
 @pytest.fixture
 def clone_for_nobody() -> Iterator[Path]:
     if os.geteuid() != 0:
-        pytest.skip("needs root to switch to an unprivileged user")
+        unavailable("needs root to switch to an unprivileged user")
     setpriv, uv, git = shutil.which("setpriv"), shutil.which("uv"), shutil.which("git")
     if not (setpriv and uv and git and Path(SYSTEM_PYTHON).exists()):
         unavailable("needs setpriv, uv, git and a system Python")
@@ -99,12 +99,7 @@ def test_local_up_down_as_an_unprivileged_user(clone_for_nobody: Path) -> None:
     finally:
         down = launcher("down", "configs/local.yaml")
     assert down.returncode == 0, down.stderr
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.2)
-    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "a process outlived down"
-    for p in (port, *LOCAL_PORTS):
-        assert not listening(p), f"port {p} still open after down"
+    assert_gone(pids, (port, *LOCAL_PORTS))
     # State stayed inside the user's clone; nothing was written as root.
     owners = {path.stat().st_uid for path in (clone / ".launcher").rglob("*")}
     assert owners == {NOBODY}, owners

@@ -262,7 +262,9 @@ def test_fixture_skips_locally_but_fails_in_ci(monkeypatch: pytest.MonkeyPatch) 
 
 def test_not_root_is_a_clear_error() -> None:
     if os.geteuid() != 0:
-        pytest.skip("runs as root only (checks the message a non-root user gets)")
+        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(
+            "runs as root only (checks the message a non-root user gets)"
+        )
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)("no setpriv (util-linux)")

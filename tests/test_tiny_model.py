@@ -23,7 +23,6 @@ FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_c
 
 
 def test_make_tiny_model_reproduces_models_tiny(tmp_path: Path) -> None:
-    pytest.importorskip("tokenizers")
     out = tmp_path / "tiny"
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make-tiny-model"), str(out)],
@@ -39,7 +38,8 @@ def test_make_tiny_model_reproduces_models_tiny(tmp_path: Path) -> None:
 
 
 def test_tiny_model_is_consistent() -> None:
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers  # in the project's `local` dependency group: always installed by `uv run`
+
     config = json.loads((TINY / "config.json").read_text())
     tok_config = json.loads((TINY / "tokenizer_config.json").read_text())
     tok = tokenizers.Tokenizer.from_file(str(TINY / "tokenizer.json"))
