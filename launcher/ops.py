@@ -18,7 +18,7 @@ from launcher.errors import ConfigError
 from launcher.model import Node, Plan
 from launcher.runtime import Container
 from launcher.transport import Fleet, NodeError
-from launcher.up import NodeFailures, describe, head_index
+from launcher.up import NodeFailures, describe, head_index, list_services
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 COLOURS = [
@@ -82,15 +82,7 @@ class StatusRow:
 
 def status(plan: Plan, fleet: Fleet) -> tuple[list[StatusRow], dict[int, str], dict[str, Any]]:
     """Rows for every planned service and every labelled container found; unreachable nodes apart."""
-    results = fleet.map(lambda h: h.run(runtime.for_plan(plan).list_script(plan)))
-    unreachable: dict[int, str] = {}
-    found: dict[tuple[int, str], Container] = {}
-    for i, r in results.items():
-        if isinstance(r, Exception) or not r.ok:
-            unreachable[i] = describe(r) if isinstance(r, Exception) else r.stderr.strip()
-            continue
-        for c in runtime.parse_list(i, r.stdout):
-            found[(i, c.name)] = c
+    found, unreachable = list_services(plan, fleet)
     now = datetime.now(UTC)
     planned = {(s.node.index, s.name): s for s in plan.services}
     health = _probe_all(plan, fleet, found, unreachable)
@@ -211,18 +203,12 @@ def select_containers(
     plan: Plan, fleet: Fleet, node: str | None, role: str | None, rank: int | None, indices: list[int] | None = None
 ) -> tuple[list[Container], dict[int, str]]:
     target = [select_nodes(plan, node).index] if node is not None else indices
-    results = fleet.map(lambda h: h.run(runtime.for_plan(plan).list_script(plan)), target)
-    chosen, failed = [], {}
-    for i, r in results.items():
-        if isinstance(r, Exception) or not r.ok:
-            failed[i] = describe(r) if isinstance(r, Exception) else r.stderr.strip()
-            continue
-        for c in runtime.parse_list(i, r.stdout):
-            if role is not None and role not in (c.role, c.group, c.service):
-                continue
-            if rank is not None and c.rank != rank:
-                continue
-            chosen.append(c)
+    found, failed = list_services(plan, fleet, target)
+    chosen = [
+        c
+        for c in found.values()
+        if (role is None or role in (c.role, c.group, c.service)) and (rank is None or c.rank == rank)
+    ]
     chosen.sort(key=lambda c: (c.node_index, c.service))
     return chosen, failed
 

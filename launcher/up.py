@@ -47,6 +47,24 @@ def describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def list_services(
+    plan: Plan, fleet: Fleet, nodes: list[int] | None = None, timeout: float | None = None
+) -> tuple[dict[tuple[int, str], Container], dict[int, str]]:
+    """What runs on the nodes (all, or `nodes`), by (node, name); and the nodes that could not be
+    listed, with why. One round trip per node."""
+    rt = runtime.for_plan(plan)
+    found: dict[tuple[int, str], Container] = {}
+    unreachable: dict[int, str] = {}
+    for i, r in fleet.map(lambda h: h.run(rt.list_script(plan), timeout=timeout), nodes).items():
+        try:
+            if isinstance(r, Exception) or not r.ok:
+                raise LauncherError(describe(r) if isinstance(r, Exception) else r.stderr.strip())
+            found.update({(i, c.name): c for c in runtime.parse_list(i, r.stdout)})
+        except LauncherError as exc:
+            unreachable[i] = str(exc)
+    return found, unreachable
+
+
 def head_index(plan: Plan) -> int:
     """Where the lock and the audit log live: the node running etcd (the head), else node 0."""
     for s in plan.services:

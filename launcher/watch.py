@@ -14,13 +14,15 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from launcher import lock, runtime
+from launcher import lock
 from launcher.errors import LauncherError
 from launcher.model import Plan, Service
 from launcher.progress import Progress
 from launcher.runtime import Container
 from launcher.transport import Fleet
-from launcher.up import Waiter, describe, head_index, remove, start
+from launcher.up import Waiter, head_index, list_services, remove, start
+
+LIST_TIMEOUT = 30.0  # a listing slower than this counts as the node not seen this round
 
 
 class GaveUp(LauncherError):
@@ -77,7 +79,6 @@ def watch(
     ready_timeout: float | None = None,
     rounds: int | None = None,
 ) -> None:
-    rt = runtime.for_plan(plan)
     head = fleet.host(head_index(plan))
     watched = units(plan)
     progress.log(f"watching {plan.deployment}: {len(watched)} unit(s) on {len(plan.nodes)} node(s), every {interval}s")
@@ -85,7 +86,7 @@ def watch(
     while rounds is None or done < rounds:
         done += 1
         tick = time.monotonic()
-        found, unreachable = listing(plan, fleet, rt)
+        found, unreachable = list_services(plan, fleet, timeout=LIST_TIMEOUT)
         for i, why in unreachable.items():
             progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
         for unit in watched:
@@ -117,7 +118,8 @@ def watch(
                 # someone else brought back needs nothing.
                 if why := lock.taken_down(head, plan.state_dir, plan.deployment):
                     raise Stopped(f"watch ends: {plan.deployment} was taken down ({why})")
-                found, unreachable = listing(plan, fleet, rt, sorted({s.node.index for s in unit.services}))
+                nodes = sorted({s.node.index for s in unit.services})
+                found, unreachable = list_services(plan, fleet, nodes, timeout=LIST_TIMEOUT)
                 reasons = dead(unit, found, unreachable)
                 if not reasons:
                     progress.log(f"{unit.name}: running again, nothing to do")
@@ -132,22 +134,6 @@ def watch(
             finally:
                 lock.release(head, plan.state_dir, plan.deployment, held, audit_action=outcome)
         time.sleep(max(0.0, interval - (time.monotonic() - tick)))
-
-
-def listing(
-    plan: Plan, fleet: Fleet, rt, nodes: list[int] | None = None
-) -> tuple[dict[tuple[int, str], Container], dict[int, str]]:
-    """What runs on the nodes, by (node, name); and the nodes that could not be listed, with why."""
-    found: dict[tuple[int, str], Container] = {}
-    unreachable: dict[int, str] = {}
-    for i, r in fleet.map(lambda h: h.run(rt.list_script(plan), timeout=30), nodes).items():
-        try:
-            if isinstance(r, Exception) or not r.ok:
-                raise LauncherError(describe(r) if isinstance(r, Exception) else r.stderr.strip())
-            found.update({(i, c.name): c for c in runtime.parse_list(i, r.stdout)})
-        except LauncherError as exc:
-            unreachable[i] = str(exc)
-    return found, unreachable
 
 
 def restart(plan: Plan, fleet: Fleet, progress: Progress, unit: Unit, found, ready_timeout: float | None) -> str:

@@ -115,3 +115,16 @@ def system_probe(group: GroupContext, rank: int) -> Probe:
         return Probe(kind="running")
     url = f"http://{group.nodes[rank].address}:{group.spec.system_port}/health"
     return Probe(kind="http", url=url, expect={"status": "ready"})
+
+
+def int_arg(group: GroupContext, argv: list[str], *names: str) -> int | None:
+    """An engine flag's whole-number value (under any of its spellings), or None; bad input is exit 2."""
+    from launcher.engines import args as A
+
+    raw = A.value(argv, *names)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise group.error("args", f"{names[0]} expects a whole number, got {raw!r}") from None

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from launcher.engines import args as A
-from launcher.engines.base import Engine, GroupContext, component_for, dynamo_env, system_env, system_probe
+from launcher.engines.base import (
+    Engine,
+    GroupContext,
+    component_for,
+    dynamo_env,
+    int_arg,
+    system_env,
+    system_probe,
+)
 from launcher.model import Probe
 
 # Flags the launcher owns per rank: a hand-written value would be wrong on every other node.
@@ -23,7 +31,7 @@ class DynamoSGLang(Engine):
         if mode is not None and group.mode != "agg" and mode != group.mode:
             raise group.error("args", f"--disaggregation-mode {mode} contradicts the group's mode {group.mode}")
         gpus = group.nnodes * len(group.gpus)
-        tp = self._int(group, "--tp-size", "--tp", "--tensor-parallel-size")
+        tp = int_arg(group, group.argv, "--tp-size", "--tp", "--tensor-parallel-size")
         if tp is not None and tp != gpus:
             raise group.error(
                 "args",
@@ -31,7 +39,7 @@ class DynamoSGLang(Engine):
                 f" SGLang's --tp-size is the instance's global GPU count",
             )
         tp = tp or gpus
-        dp = self._int(group, "--dp-size", "--data-parallel-size")
+        dp = int_arg(group, group.argv, "--dp-size", "--data-parallel-size")
         if dp is not None and (dp < 1 or tp % dp):
             raise group.error("args", f"--dp-size {dp} must divide --tp-size {tp}")
         dp_attention = A.has(argv, "--enable-dp-attention", "--attn-dp-size")
@@ -41,16 +49,6 @@ class DynamoSGLang(Engine):
                 "multi-node --dp-size > 1 needs DP attention (--enable-dp-attention); SGLang refuses it otherwise",
             )
         return []
-
-    @staticmethod
-    def _int(group: GroupContext, *names: str) -> int | None:
-        raw = A.value(group.argv, *names)
-        if raw is None:
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            raise group.error("args", f"{names[0]} expects a whole number, got {raw!r}") from None
 
     def bootstrap_port(self, group: GroupContext) -> int:
         given = A.value(group.argv, "--disaggregation-bootstrap-port")

@@ -14,7 +14,15 @@ from __future__ import annotations
 import json
 
 from launcher.engines import args as A
-from launcher.engines.base import Engine, GroupContext, component_for, dynamo_env, system_env, system_probe
+from launcher.engines.base import (
+    Engine,
+    GroupContext,
+    component_for,
+    dynamo_env,
+    int_arg,
+    system_env,
+    system_probe,
+)
 from launcher.flagdrift import version as parse_version
 from launcher.model import Probe
 
@@ -86,7 +94,7 @@ class DynamoVLLM(Engine):
         mode = A.value(argv, "--disaggregation-mode")
         if mode is not None and group.mode != "agg" and mode != group.mode:
             raise group.error("args", f"--disaggregation-mode {mode} contradicts the group's mode {group.mode}")
-        tp = self._int(group, argv, "--tensor-parallel-size")
+        tp = int_arg(group, argv, "--tensor-parallel-size")
         if tp is not None and (tp < 1 or len(group.gpus) % tp):
             raise group.error(
                 "args", f"--tensor-parallel-size {tp} must divide the {len(group.gpus)} GPU(s) the group uses per node"
@@ -105,7 +113,7 @@ class DynamoVLLM(Engine):
     # -- layout -------------------------------------------------------------------------------------
 
     def _tp(self, group: GroupContext, argv: list[str]) -> int:
-        return self._int(group, argv, "--tensor-parallel-size") or 1
+        return int_arg(group, argv, "--tensor-parallel-size") or 1
 
     def _local(self, group: GroupContext, argv: list[str]) -> int:
         return len(group.gpus) // self._tp(group, argv)  # DP ranks per node: each takes TP GPUs
@@ -235,16 +243,6 @@ class DynamoVLLM(Engine):
         argv = canonical(group.argv)
         size, local, _ = self._layout(group, argv)
         return f"{group.nnodes} node(s) DP{size} ({local}/node) EP TP{self._tp(group, argv)}"
-
-    @staticmethod
-    def _int(group: GroupContext, argv: list[str], name: str) -> int | None:
-        raw = A.value(argv, name)
-        if raw is None:
-            return None
-        try:
-            return int(raw)
-        except ValueError:
-            raise group.error("args", f"{name} expects a whole number, got {raw!r}") from None
 
 
 ENGINE = DynamoVLLM()
