@@ -304,7 +304,8 @@ def logs(
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep streaming until Ctrl-C.")] = False,
     tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines of each container.")] = None,
     since: Annotated[
-        str | None, typer.Option("--since", help="Since a time or duration (10m, 2026-11-24T10:00).")
+        str | None,
+        typer.Option("--since", help="Since a time or duration (10m, 2026-11-24T10:00); docker runtime only."),
     ] = None,
     grep: Annotated[str | None, typer.Option("--grep", help="Only lines matching this regular expression.")] = None,
     parallel: ParallelOpt = 32,
@@ -517,7 +518,8 @@ def watch(
     host_key_policy: HostKeyOpt = None,
 ) -> None:
     """Supervise the deployment: a dead rank gets its whole group recreated; etcd/NATS/frontend are
-    restarted alone; with back-off and a maximum, then exit 1. Runs until Ctrl-C."""
+    restarted alone; with back-off and a maximum, then exit 1. Runs until Ctrl-C, or until a
+    `launcher down` from anywhere ends it (exit 0)."""
     from launcher import watch as watchmod
     from launcher.progress import Progress
 
