@@ -11,13 +11,7 @@ import re
 from dataclasses import dataclass
 
 from launcher.engines import args as A
-
-
-def version(text: str) -> tuple[int, ...]:
-    """'0.4.10.post2' -> (0, 4, 10, 2); '0.5.21' -> (0, 5, 21, 0)."""
-    parts = re.findall(r"\d+", text)
-    numbers = [int(p) for p in parts[:4]]
-    return tuple(numbers + [0] * (4 - len(numbers)))
+from launcher.versions import version
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from launcher.config import EtcdSpec, FrontendSpec, NatsSpec, RouterSpec
 from launcher.engines import args as A
 from launcher.engines.base import dynamo_env
-from launcher.flagdrift import version as parse_version
 from launcher.model import Node, Probe
+from launcher.versions import version as parse_version
 
 
 def bind_host(node: Node) -> str:

@@ -23,8 +23,8 @@ from launcher.engines.base import (
     system_env,
     system_probe,
 )
-from launcher.flagdrift import version as parse_version
 from launcher.model import Probe
+from launcher.versions import version as parse_version
 
 # vLLM's short aliases, spelled out so that every check below sees one name per flag.
 ALIASES = {

@@ -9,11 +9,11 @@ versions, when it logs that it is "fired up".
 
 from __future__ import annotations
 
-from launcher import flagdrift
 from launcher.engines import args as A
 from launcher.engines.base import GroupContext
 from launcher.engines.dynamo_sglang import DynamoSGLang
 from launcher.model import Probe
+from launcher.versions import version
 
 DEFAULT_PORT = 30000
 FIRED_UP = "The server is fired up and ready to roll!"  # rank 0, after the warm-up, in every version
@@ -46,7 +46,7 @@ class SGLang(DynamoSGLang):
 
     def probe(self, group: GroupContext, rank: int) -> Probe:
         sglang = group.versions.sglang
-        if rank == 0 and sglang and flagdrift.version(sglang) < flagdrift.version("0.5.1"):
+        if rank == 0 and sglang and version(sglang) < version("0.5.1"):
             # Before 0.5.1 rank 0's /health says 200 as soon as HTTP is up, before the warm-up: only
             # this line (logged after the warm-up, which needs every rank) means the instance serves.
             return Probe(kind="log", expect={"line": FIRED_UP})

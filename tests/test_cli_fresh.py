@@ -1,0 +1,36 @@
+"""Every verb as a user runs it: `launcher ...` in a fresh interpreter, never inside pytest's process.
+
+Import order inside one pytest process hides real breakage (an import cycle that only bites when a
+verb's own module is the first one loaded), so these run the installed console script.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+LAUNCHER = str(Path(sys.executable).with_name("launcher"))
+
+
+def launcher(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([LAUNCHER, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def assert_no_traceback(proc: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_migrate_dry_run_on_every_shipped_config(config: Path) -> None:
+    proc = launcher("migrate", str(config), "--sglang", "0.5.21", "--dry-run")
+    assert_no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    # Either a diff of this file or the one line saying there is nothing to change.
+    assert proc.stdout.startswith(f"--- {config}") or proc.stdout.strip() == (
+        f"{config}: nothing to change for SGLang 0.5.21"
+    ), proc.stdout[:500]
