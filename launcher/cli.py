@@ -629,15 +629,37 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's usage errors and aborts
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(130)
+    except typer.TyperException as exc:  # typer's own click: usage errors, and help for a bare group
+        if type(exc).__name__ == "NoArgsIsHelpError":
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            err.print("aborted", markup=False)
-            sys.exit(130)
-        raise
+        err.print(f"error: {usage_line(exc)}", markup=False)
+        sys.exit(getattr(exc, "exit_code", 2))
+
+
+def usage_line(exc: Exception) -> str:
+    """A command-line mistake in one line: the option, what was wrong, where to read more.
+
+    Typer bundles its own click (`typer._click`), whose exceptions are not `click`'s: they are told
+    apart by what they carry (a param, a pydantic cause), not by importing private classes."""
+    param = getattr(exc, "param", None)
+    message = getattr(exc, "message", None) or str(exc)
+    cause = exc.__cause__
+    if cause is not None and hasattr(cause, "errors"):  # pydantic: say what was given, not only the rule
+        first = cause.errors()[0]
+        if first["type"] == "value_error":  # a choice: "'nope' is not one of 'text', 'json', 'script'"
+            message = str((first.get("ctx") or {}).get("error", message))
+        else:
+            message = f"{first['msg'][0].lower()}{first['msg'][1:]}, got {first['input']!r}"
+    if param is not None and type(exc).__name__ != "MissingParameter":
+        names = [o for o in getattr(param, "opts", []) if o.startswith("--")] or [param.human_readable_name]
+        line = f"{names[0]}: {message.rstrip('.')}"
+    else:
+        format_message = getattr(exc, "format_message", None)
+        line = format_message() if format_message else message
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return " ".join(line.split()) + hint

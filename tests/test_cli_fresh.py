@@ -34,3 +34,26 @@ def test_migrate_dry_run_on_every_shipped_config(config: Path) -> None:
     assert proc.stdout.startswith(f"--- {config}") or proc.stdout.strip() == (
         f"{config}: nothing to change for SGLang 0.5.21"
     ), proc.stdout[:500]
+
+
+BAD_COMMAND_LINES = [
+    (["plan", "configs/dsr1-104gpu.yaml", "--format", "nope"], "--format", "'nope' is not one of"),
+    (["doctor", "--host-key-policy", "maybe"], "--host-key-policy", "'maybe' is not one of"),
+    (["up", "--parallel", "0"], "--parallel", "got '0'"),
+    (["logs", "--rank", "x"], "--rank", "got 'x'"),
+    (["plan", "configs/local.yaml", "--bogus"], "--bogus", "No such option"),
+    (["migrate", "configs/local.yaml"], "--sglang", "Missing option"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "says"), BAD_COMMAND_LINES, ids=[" ".join(a) for a, _, _ in BAD_COMMAND_LINES]
+)
+def test_a_bad_command_line_is_one_line_and_exit_2(args: list[str], option: str, says: str) -> None:
+    proc = launcher(*args)
+    assert_no_traceback(proc)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and option in lines[0] and says in lines[0], lines[0]
+    assert proc.stdout == ""
