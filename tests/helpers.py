@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import subprocess
@@ -18,6 +19,9 @@ CONFIGS = REPO / "configs"
 # The fixed ports of configs/local.yaml (etcd client/peer, NATS, its monitor, the mockers' system
 # ports, the prefill bootstrap port): all must be free again after `down`.
 LOCAL_PORTS = (12379, 12380, 14222, 18222, 19090, 19091, 13001)
+# configs/testbed-*.yaml keep their state here (testbed nodes share this machine's /var/tmp, so two
+# testbeds running side by side each set their own).
+STATE_DIR = os.environ.get("TESTBED_STATE_DIR") or "/var/tmp/launcher"
 
 
 def free_port() -> int:

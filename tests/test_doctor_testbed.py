@@ -171,7 +171,7 @@ def test_model_missing_on_one_node_and_different_on_another(testbed, tmp_path):
         up = run("up", "--connect-timeout", "3")
         assert up.returncode != 0 and "nothing was started" in up.stderr, up.stderr
         named = [line for line in up.stderr.splitlines() if " model " in line and "fail" in line]
-        assert [line.split()[1] for line in named] == ["tb2", "tb3"], up.stderr
+        assert [line.split()[1] for line in named] == [testbed.nodes[2][0], testbed.nodes[3][0]], up.stderr
         for i in range(4):
             assert testbed.ssh(i, f"docker ps -aq --filter {LABEL}").stdout.strip() == "", f"node {i} has containers"
     finally:

@@ -68,7 +68,7 @@ def test_up_serves_through_prefill_and_decode(testbed, work):
     print(f"\nup on 13 nodes to ready: {took:.1f}s")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "ready: testbed-104 on 13 node(s)" in up.stdout
-    assert "curl -sS http://10.213.0.10:8000/v1/chat/completions" in up.stdout
+    assert f"curl -sS http://{testbed.nodes[0][1]}:8000/v1/chat/completions" in up.stdout
 
     status, body = chat(testbed.nodes[0][1])
     assert status == 200 and body["usage"]["completion_tokens"] > 0
@@ -83,7 +83,7 @@ def test_status_shows_every_service_running(testbed, work):
     out = launcher(testbed, "status", "--json", cwd=work)
     assert out.returncode == 0, out.stdout + out.stderr
     data = json.loads(out.stdout)
-    assert data["ok"] and data["endpoint"] == "http://10.213.0.10:8000"
+    assert data["ok"] and data["endpoint"] == f"http://{testbed.nodes[0][1]}:8000"
     assert len(data["services"]) == 16
     assert all(s["state"] == "running" for s in data["services"])
     assert data["frontend"]["instances"] == {"prefill": 4, "backend": 9}
@@ -95,14 +95,14 @@ def test_logs_of_one_node(testbed, work):
     out = launcher(testbed, "logs", "--node", "3", "--tail", "20", cwd=work)
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.strip()]
-    assert lines and all(line.startswith("[tb3 prefill r3] ") for line in lines)
+    assert lines and all(line.startswith(f"[{testbed.nodes[3][0]} prefill r3] ") for line in lines)
     assert "mocker" in out.stdout.lower() or "dynamo" in out.stdout.lower()
 
 
 def test_exec_on_a_role(testbed, work):
     out = launcher(testbed, "exec", "--role", "decode", "--", "hostname", "-I", cwd=work)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("== node") == 9 and "10.213.0.14" in out.stdout
+    assert out.stdout.count("== node") == 9 and testbed.nodes[4][1] in out.stdout
 
 
 def test_up_again_changes_nothing(testbed, work):
@@ -158,7 +158,8 @@ def test_killed_rank_fails_up_fast_and_lock_refuses_a_second_up(testbed, work, t
         print(f"\nup failed {time.monotonic() - killed:.1f}s after the kill")
         assert first.returncode == 1, stdout + stderr
         assert time.monotonic() - killed < 15
-        assert "decode rank 3 of group decode on node 7 (tb7 10.213.0.17)" in stderr
+        name, address = testbed.nodes[7]
+        assert f"decode rank 3 of group decode on node 7 ({name} {address})" in stderr
         assert "exit code" in stderr and "launcher logs --node 7" in stderr
     finally:
         if first.poll() is None:

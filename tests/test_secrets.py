@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from launcher import config, plan, render, runtime
-from tests.helpers import MINIMAL, write
+from tests.helpers import MINIMAL, STATE_DIR, write
 
 TOKEN = "hf_Sup3r-s3cret_'value'"
 
@@ -89,6 +89,7 @@ def test_secret_stays_out_of_argv_output_ps_and_inspect(testbed, tmp_path):
     data = {
         "deployment": "secret-test",
         "image": "${TESTBED_IMAGE}",
+        "state_dir": STATE_DIR,
         "gpus_per_node": 0,
         "container": {"shm_size": "", "ulimits": {"memlock": None, "nofile": None}, "volumes": ["/usr:/usr:ro"]},
         "secrets": ["LAUNCHER_TEST_TOKEN"],
@@ -116,17 +117,15 @@ def test_secret_stays_out_of_argv_output_ps_and_inspect(testbed, tmp_path):
             assert TOKEN not in testbed.ssh(i, "ps auxww").stdout
             inside = testbed.ssh(i, f"docker exec secret-test-work-r{i} cat /proc/1/environ").stdout
             assert f"LAUNCHER_TEST_TOKEN={TOKEN}" in inside.split("\0")
-            mode = testbed.ssh(
-                i, "stat -c %a /var/tmp/launcher/secret-test/secrets/secret-test-work-r" + str(i) + ".env"
-            )
+            mode = testbed.ssh(i, f"stat -c %a {STATE_DIR}/secret-test/secrets/secret-test-work-r" + str(i) + ".env")
             assert mode.stdout.strip() == "600"
         # The launcher's own records on the nodes (audit log, lock, labels' state) never hold it either.
         # Searched for its distinctive head, so that a quoted or escaped copy is found too.
-        grep = "grep -rlF -- " + shlex.quote(TOKEN.split("'")[0]) + " /var/tmp/launcher/secret-test"
+        grep = "grep -rlF -- " + shlex.quote(TOKEN.split("'")[0]) + " " + STATE_DIR + "/secret-test"
         assert testbed.ssh(0, grep + "/secrets").returncode == 0  # the search works: it finds the env files
         records = testbed.ssh(0, grep.replace("-rlF", "-rlF --exclude-dir=secrets"))
         assert records.returncode == 1 and records.stdout == "", records.stdout
-        assert testbed.ssh(0, "test -s /var/tmp/launcher/secret-test/audit.log").returncode == 0
+        assert testbed.ssh(0, f"test -s {STATE_DIR}/secret-test/audit.log").returncode == 0
         # Nor what it keeps locally (.launcher/ in the working directory); only the user's own .env has it.
         local = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env" and TOKEN in p.read_text()]
         assert local == [] and any(tmp_path.rglob(".launcher/*")), local
@@ -138,7 +137,7 @@ def test_secret_stays_out_of_argv_output_ps_and_inspect(testbed, tmp_path):
         down = launcher("down", str(cfg))
     assert down.returncode == 0 and TOKEN not in down.stdout + down.stderr
     for i in (0, 1):
-        assert testbed.ssh(i, "ls /var/tmp/launcher/secret-test/secrets 2>&1").returncode != 0  # removed by down
+        assert testbed.ssh(i, f"ls {STATE_DIR}/secret-test/secrets 2>&1").returncode != 0  # removed by down
 
 
 @pytest.mark.testbed
@@ -157,7 +156,7 @@ def test_up_with_doctor_and_a_secret_serves(testbed, tmp_path):
         print(f"\nup with doctor and a secret: ready in {time.monotonic() - started:.1f}s")
         assert up.returncode == 0, up.stderr
         assert "args:decode" in up.stderr or "doctor" in up.stderr  # the doctor did run
-        files = testbed.ssh(0, "stat -c '%F %a' /var/tmp/launcher/testbed-small/secrets/*.env").stdout.splitlines()
+        files = testbed.ssh(0, f"stat -c '%F %a' {STATE_DIR}/testbed-small/secrets/*.env").stdout.splitlines()
         assert files and set(files) == {"regular file 600"}, files
     finally:
         down = launcher_on(testbed, cfg, "down", cwd=tmp_path)

@@ -64,8 +64,9 @@ def test_inventory_shape(testbed: Testbed) -> None:
     assert inv["vars"]["TESTBED_REPO"] == str(REPO)
     for key in ("TESTBED_PYTHON_HOME", "TESTBED_VENV", "TESTBED_REPO"):
         assert Path(inv["vars"][key]).is_dir(), key
-    assert [n["name"] for n in inv["nodes"]] == [f"tb{i}" for i in range(len(inv["nodes"]))]
-    assert [n["address"] for n in inv["nodes"]] == [f"10.213.0.{10 + i}" for i in range(len(inv["nodes"]))]
+    prefix, subnet = os.environ.get("TESTBED_PREFIX") or "tb", os.environ.get("TESTBED_SUBNET") or "10.213.0"
+    assert [n["name"] for n in inv["nodes"]] == [f"{prefix}{i}" for i in range(len(inv["nodes"]))]
+    assert [n["address"] for n in inv["nodes"]] == [f"{subnet}.{10 + i}" for i in range(len(inv["nodes"]))]
     hosts = [line.split()[0] for line in testbed.known_hosts.read_text().splitlines()]
     assert hosts == [n["address"] for n in inv["nodes"]]
 
@@ -201,12 +202,16 @@ def test_down_leaves_nothing_behind() -> None:
     """A second, 2-node testbed (own dir, prefix, subnet, bridge) with running containers, then `down`."""
     require_testbed_capable()
     state_dir = Path(tempfile.mkdtemp(prefix="tbz-", dir="/tmp"))  # short: unix socket paths live under it
-    env = env_for_testbed(TESTBED_DIR=str(state_dir), TESTBED_PREFIX="tbz", TESTBED_SUBNET="10.213.1",
-                      TESTBED_BRIDGE="tbzbr0")  # fmt: skip
+    # Next to the session's testbed, whatever TESTBED_PREFIX/SUBNET it uses (two testbeds may run at once).
+    prefix = (os.environ.get("TESTBED_PREFIX") or "tb")[:6] + "z"
+    a, b, c = (os.environ.get("TESTBED_SUBNET") or "10.213.0").split(".")
+    subnet = f"{a}.{b}.{(int(c) + 1) % 256}"
+    env = env_for_testbed(TESTBED_DIR=str(state_dir), TESTBED_PREFIX=prefix, TESTBED_SUBNET=subnet,
+                          TESTBED_BRIDGE=f"{prefix}br0")  # fmt: skip
     tb = None
     try:
         tb = bring_up(2, env)
-        assert [a for _, a in tb.nodes] == ["10.213.1.10", "10.213.1.11"]
+        assert [a for _, a in tb.nodes] == [f"{subnet}.10", f"{subnet}.11"]
         for i in range(2):
             started = tb.ssh(i, tb.docker_run(tb.vars["TESTBED_IMAGE"], "sleep", "600", detach=True))
             assert started.returncode == 0, started.stderr

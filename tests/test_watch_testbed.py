@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, launcher_on
+from tests.helpers import REPO, STATE_DIR, launcher_on
 
 pytestmark = pytest.mark.testbed
 
@@ -96,7 +96,7 @@ def test_killed_decode_rank_recreates_the_group_and_serves_again(testbed, deploy
     print(f"\nkill of a decode rank -> serving again: {time.monotonic() - killed:.1f}s")
     after = testbed.ssh(3, "docker ps -q --no-trunc --filter name=testbed-small-decode-r1").stdout.strip()
     assert after and after != before
-    audit = testbed.ssh(0, "cat /var/tmp/launcher/testbed-small/audit.log").stdout
+    audit = testbed.ssh(0, f"cat {STATE_DIR}/testbed-small/audit.log").stdout
     assert "restarting group decode" in audit and "serving again" in audit
 
 
