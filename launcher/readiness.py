@@ -73,6 +73,18 @@ def chat_request(model: str | None) -> dict[str, Any]:
     }
 
 
+def answer_text(body: Any) -> str:
+    """The text of a chat completion: the message's content, or its reasoning (R1 behind a reasoning
+    parser may spend a short answer in `reasoning_content`); "" when it carries none."""
+    try:
+        message = body["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    if not isinstance(message, dict):
+        return ""
+    return str(message.get("content") or message.get("reasoning_content") or "")
+
+
 def curl_command(endpoint: str, model: str | None) -> str:
     import json
     import shlex

@@ -368,7 +368,13 @@ def smoke_test(plan: Plan, fleet: Fleet, attempts: int = 10) -> str:
                 "POST", plan.endpoint + "/v1/chat/completions", readiness.chat_request(plan.model_name), timeout=60
             )
             if status == 200:
-                return "200 OK"
+                text = readiness.answer_text(body)
+                if not text.strip():
+                    # A 200 with no text is what clients count as a failed request (AIPerf does).
+                    raise ServiceFailed(
+                        f"smoke test failed: {plan.endpoint} answered 200 but with no text: {str(body)[:300]}"
+                    )
+                return f"200 OK: {text.strip()[:60]!r}"
             last = f"HTTP {status}: {str(body)[:300]}"
         except (OSError, ConnectionError) as exc:
             last = str(exc)

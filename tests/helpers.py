@@ -48,11 +48,20 @@ def assert_gone(pids: list[int], ports: tuple[int, ...]) -> None:
         assert not listening(port), f"port {port} still open after down"
 
 
-def printed_curl_status(stdout: str) -> str:
-    """Run the curl line `up` printed and return the HTTP status it got."""
+def printed_curl_answer(stdout: str) -> str:
+    """Run the curl line `up` printed, exactly as printed, and return the answer's text.
+
+    Fails unless it answers 200 with words in `content`: what a person running the curl must see."""
+    import json
+
     curl = next(line for line in stdout.splitlines() if line.startswith("curl "))
-    argv = shlex.split(curl) + ["-o", "/dev/null", "-w", "%{http_code}"]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+    argv = shlex.split(curl) + ["-w", "\n%{http_code}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+    body, _, status = out.rpartition("\n")
+    assert status == "200", out
+    content = json.loads(body)["choices"][0]["message"]["content"]
+    assert isinstance(content, str) and content.split(), f"the answer has no text: {body}"
+    return content
 
 
 MINIMAL = """\

@@ -47,7 +47,9 @@ def test_tiny_model_is_consistent() -> None:
     assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (64, 2, 4)
     assert config["num_key_value_heads"] == 4 and config["max_position_embeddings"] == 4096
     assert config["vocab_size"] == tok.get_vocab_size(with_added_tokens=True)
-    assert 256 < config["vocab_size"] < 1000
+    # The Dynamo mocker answers with ids in [1000, 2000) whatever the model (sampled in the test below).
+    assert config["vocab_size"] >= 2000
+    assert all(tok.decode([i]).strip() for i in range(1000, 2000)), "every id the mocker emits must decode to text"
     assert tok.token_to_id(tok_config["bos_token"]) == config["bos_token_id"]
     assert tok.token_to_id(tok_config["eos_token"]) == config["eos_token_id"]
     assert "messages" in tok_config["chat_template"]
@@ -139,13 +141,37 @@ def test_frontend_and_mockers_serve_tiny_model(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         assert '"tiny"' in models, f"model never listed: {models}"
-        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-        status, text = _get(f"{base}/v1/chat/completions", body, timeout=60)
+        import tokenizers
+
+        tok = tokenizers.Tokenizer.from_file(str(TINY / "tokenizer.json"))
+        vocab_size = json.loads((TINY / "config.json").read_text())["vocab_size"]
+        sampled: list[int] = []
+        for _ in range(8):  # 512 token ids: the mocker's range, sampled against this model's vocabulary
+            body = {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 64,
+                "nvext": {"extra_fields": ["completion_token_ids"]},
+            }
+            status, text = _get(f"{base}/v1/chat/completions", body, timeout=60)
+            assert status == 200, text
+            answer = json.loads(text)
+            assert answer["usage"]["completion_tokens"] == 64, answer
+            assert answer["choices"][0]["finish_reason"] == "length", answer
+            content = answer["choices"][0]["message"]["content"]
+            # What a user sees: words, not an empty answer.
+            assert isinstance(content, str) and len(content.split()) >= 32, answer
+            sampled += answer["nvext"]["completion_token_ids"]
+        assert len(sampled) == 512
+        outside = sorted({i for i in sampled if i >= vocab_size})
+        assert not outside, (
+            f"the mocker emits ids beyond models/tiny's {vocab_size}: {outside[:10]} (re-run make-tiny-model)"
+        )
+        silent = sorted({i for i in sampled if not tok.decode([i]).strip()})
+        assert not silent, f"ids that decode to no text: {silent[:10]}"
+        status, text = _get(f"{base}/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 16}, timeout=60)
         assert status == 200, text
-        answer = json.loads(text)
-        # The mocker emits random token ids (mostly outside any vocab), so `content` is empty; the count is exact.
-        assert answer["usage"]["completion_tokens"] == 8, answer
-        assert answer["choices"][0]["finish_reason"] == "length", answer
+        assert len(json.loads(text)["choices"][0]["text"].split()) >= 8, text
     finally:
         for proc in procs.values():
             if proc.poll() is None:
