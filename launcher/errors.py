@@ -37,3 +37,11 @@ class ConfigErrors(LauncherError):
     def __init__(self, errors: list[ConfigError]):
         self.errors = errors
         super().__init__("\n".join(e.render() for e in errors))
+
+
+class Exit(Exception):
+    """Leave with this exit code; whatever needed saying was said (a failed check table, Ctrl-C)."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code

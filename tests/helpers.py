@@ -130,3 +130,11 @@ def local_command_deployment(tmp_path: Path, name: str, group: str, script: str,
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def connected_target(plan, **connection):
+    """A plan as a command sees it, with a fleet of connections (a context manager)."""
+    from launcher.commands.context import Connection, Target, connected
+    from launcher.runtime import for_plan
+
+    return connected(Target(Path(plan.file), None, plan, for_plan(plan)), Connection(**connection))

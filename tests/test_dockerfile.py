@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from launcher import config
+from launcher.config.load import load as load_config
 from tests.helpers import CONFIGS, REPO
 
 
@@ -26,7 +26,7 @@ def test_base_image_uses_the_pinned_sglang():
 
 def test_dockerfile_pins_match_configs_and_pyproject():
     args = dockerfile_args()
-    loaded = config.load(CONFIGS / "dsr1-104gpu.yaml", environ={})
+    loaded = load_config(CONFIGS / "dsr1-104gpu.yaml", environ={})
     assert loaded.spec.versions.sglang == args["SGLANG_VERSION"]
     assert loaded.spec.versions.dynamo == args["DYNAMO_VERSION"]
     assert args["SGLANG_VERSION"] in loaded.spec.image and args["DYNAMO_VERSION"] in loaded.spec.image

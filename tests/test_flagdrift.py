@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from launcher import flagdrift as F
+from launcher.plan import flagdrift as F
 from tests.helpers import CONFIGS, run_cli
 from tests.seeds import bash_commands, lws_commands
 
 
-def test_versions_order():
-    assert F.version("0.4.10.post2") > F.version("0.4.10") > F.version("0.4.9")
-    assert F.version("0.5.21") > F.version("0.5.3")
+def test_versions_order_as_pep_440_says():
+    # 0.5.3 removed --enable-deepep-moe; its release candidate still accepted it (deprecated since 0.4.10.post2)
+    severity = {v: [f.severity for f in F.check(["--enable-deepep-moe"], {}, v)] for v in ("0.5.3rc0", "0.5.3")}
+    assert severity == {"0.5.3rc0": ["warning"], "0.5.3": ["error"]}
+    assert F.check(["--enable-deepep-moe"], {}, "0.4.10") == []  # before the deprecation
+    assert [f.severity for f in F.check(["--enable-deepep-moe"], {}, "0.4.10.post2")] == ["warning"]
 
 
 def test_removed_flags_are_errors_with_their_replacement():

@@ -8,10 +8,13 @@ import sys
 
 import pytest
 
-from launcher import lock
-from launcher.config import SSHSettings
-from launcher.model import Node
-from launcher.transport import LocalHost, Options
+from launcher.commands import locking
+from launcher.commands.locking import Site
+from launcher.config.schema import SSHSettings
+from launcher.plan.types import Node
+from launcher.runtime import lock
+from launcher.transport.host import Options
+from launcher.transport.local import LocalHost
 
 
 @pytest.fixture
@@ -33,17 +36,19 @@ def plant(tmp_path, **fields) -> None:
 
 
 def test_second_holder_is_refused_then_released(host, tmp_path):
-    held = lock.acquire(host, str(tmp_path), "demo", "launcher up")
-    with pytest.raises(lock.Locked) as refused:
-        lock.acquire(host, str(tmp_path), "demo", "launcher down")
+    held = locking.acquire(Site(host, str(tmp_path), "demo"), "launcher up")
+    with pytest.raises(locking.Locked) as refused:
+        locking.acquire(Site(host, str(tmp_path), "demo"), "launcher down")
     assert "locked by" in str(refused.value) and "launcher up" in str(refused.value)
-    lock.release(host, str(tmp_path), "demo", held)
-    lock.release(host, str(tmp_path), "demo", lock.acquire(host, str(tmp_path), "demo", "launcher down"))
+    locking.release(Site(host, str(tmp_path), "demo"), held)
+    locking.release(
+        Site(host, str(tmp_path), "demo"), locking.acquire(Site(host, str(tmp_path), "demo"), "launcher down")
+    )
 
 
 def test_dead_holder_on_this_machine_is_taken_over(host, tmp_path, capsys):
     plant(tmp_path, pid=dead_pid(), machine=lock.machine_id(), pidns=lock.pid_namespace(), host="same-machine")
-    held = lock.acquire(host, str(tmp_path), "demo", "launcher up", audit_action="up started")
+    held = locking.acquire(Site(host, str(tmp_path), "demo"), "launcher up", audit="up started")
     assert "took over the lock of alice@same-machine" in capsys.readouterr().err
     assert json.loads((tmp_path / "demo" / "lock" / "info").read_text())["token"] == held.token
     audit = (tmp_path / "demo" / "audit.log").read_text()
@@ -67,8 +72,8 @@ def test_other_holders_are_never_taken_over(host, tmp_path, fields):
     else:
         fields = {**here, **fields, "pid": dead_pid()}
     plant(tmp_path, **fields)
-    with pytest.raises(lock.Locked):
-        lock.acquire(host, str(tmp_path), "demo", "launcher up")
+    with pytest.raises(locking.Locked):
+        locking.acquire(Site(host, str(tmp_path), "demo"), "launcher up")
     assert json.loads((tmp_path / "demo" / "lock" / "info").read_text())["token"] == "t0"
 
 
@@ -82,8 +87,8 @@ def test_two_takeovers_at_once_leave_one_holder(host, tmp_path):
     def contend(n: int) -> None:
         barrier.wait(timeout=10)
         try:
-            won.append(lock.acquire(host, str(tmp_path), "demo", f"launcher up #{n}"))
-        except lock.Locked:
+            won.append(locking.acquire(Site(host, str(tmp_path), "demo"), f"launcher up #{n}"))
+        except locking.Locked:
             lost.append(n)
 
     threads = [threading.Thread(target=contend, args=(n,)) for n in range(8)]

@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 
-from launcher import config, diff, plan, readiness, runtime
-from launcher.model import Probe
-from launcher.runtime import Container
+from launcher.config.load import load as load_config
+from launcher.output import plan_views
+from launcher.plan import readiness, reconcile
+from launcher.plan.build import build as build_plan
+from launcher.plan.state import Container
+from launcher.plan.types import Probe
+from launcher.runtime import base, docker
 from tests.helpers import CONFIGS, REPO
 
 INV = REPO / "tests" / "data" / "inventory-32.yaml"
 
 
 def make_plan(name="testbed-104.yaml", environ=None):
-    return plan.build(config.load(CONFIGS / name, INV, environ=environ or {}))
+    return build_plan(load_config(CONFIGS / name, INV, environ=environ or {}))
 
 
 def running(p, state="running", skip=()):
@@ -27,25 +31,25 @@ def running(p, state="running", skip=()):
 
 def test_unchanged_plan_keeps_everything():
     p = make_plan()
-    changes = diff.compute(p, running(p))
+    changes = reconcile.compute(p, running(p))
     assert changes.unchanged and len(changes.keep) == len(p.services)
 
 
 def test_fresh_cluster_creates_everything():
     p = make_plan()
-    changes = diff.compute(p, [])
+    changes = reconcile.compute(p, [])
     assert len(changes.create) == len(p.services) == 16 and not changes.remove
 
 
 def test_changed_decode_arg_recreates_exactly_the_decode_group():
     old = make_plan()
-    new = plan.build(config.load(CONFIGS / "testbed-104.yaml", INV, environ={}))
+    new = build_plan(load_config(CONFIGS / "testbed-104.yaml", INV, environ={}))
     new_group = next(g for g in new.services if g.group == "decode")
     for s in new.services:
         if s.group == "decode":
             s.command = s.command + ["--max-num-seqs", "64"]
     assert new_group.spec_hash() != next(s for s in old.services if s.service == new_group.service).spec_hash()
-    changes = diff.compute(new, running(old))
+    changes = reconcile.compute(new, running(old))
     assert sorted(s.service for s in changes.create) == sorted(f"decode-r{i}" for i in range(9))
     assert sorted(c.service for c in changes.remove) == sorted(f"decode-r{i}" for i in range(9))
 
@@ -55,7 +59,7 @@ def test_one_dead_rank_recreates_its_whole_group():
     containers = running(p)
     dead = next(c for c in containers if c.service == "prefill-r2")
     dead.state, dead.exit_code = "exited", 137
-    changes = diff.compute(p, containers)
+    changes = reconcile.compute(p, containers)
     assert sorted(s.service for s in changes.create) == [f"prefill-r{i}" for i in range(4)]
     assert "exited (exit 137)" in changes.reasons["prefill-r2"]
     assert "recreated together" in changes.reasons["prefill-r0"]
@@ -63,14 +67,14 @@ def test_one_dead_rank_recreates_its_whole_group():
 
 def test_recreated_etcd_recreates_everything_registered_in_it():
     p = make_plan()
-    changes = diff.compute(p, running(p, skip=("etcd",)))
+    changes = reconcile.compute(p, running(p, skip=("etcd",)))
     assert len(changes.create) == len(p.services) - 1  # all but NATS
 
 
 def test_orphans_are_removed():
     p = make_plan()
     orphan = Container(5, "x", "testbed-104-old-r0", {"launcher.deployment": "testbed-104"}, "running", 0)
-    changes = diff.compute(p, running(p) + [orphan])
+    changes = reconcile.compute(p, running(p) + [orphan])
     assert changes.remove == [orphan] and not changes.create
 
 
@@ -84,7 +88,7 @@ def test_parse_list_reads_docker_inspect():
             "RestartCount": 0,
         }
     ]
-    (c,) = runtime.parse_list(7, json.dumps(inspect))
+    (c,) = base.parse_list(7, json.dumps(inspect))
     assert (c.node_index, c.name, c.rank, c.group, c.state, c.exit_code) == (
         7,
         "testbed-104-decode-r3",
@@ -100,21 +104,21 @@ def test_start_script_keeps_secrets_off_the_command_line(tmp_path):
     p = make_plan()
     s = next(s for s in p.services if s.group == "decode")
     s.secret_env = {"HF_TOKEN": "hf_top_secret"}
-    script, stdin = runtime.Docker().start_script(p, [s])
+    script, stdin = docker.Docker().start_script(p, [s])
     assert "hf_top_secret" not in script
     assert stdin == "HF_TOKEN=hf_top_secret\n"
     # The dd line writes exactly the stdin it is given, with mode 0600, using real bash.
     path = tmp_path / "s.env"
     line = next(x for x in script.splitlines() if x.startswith("(umask 077; dd"))
-    line = line.replace(runtime.render.secrets_file(p, s), str(path))
+    line = line.replace(docker.secrets_file(p, s), str(path))
     subprocess.run(["bash", "-c", line], input=stdin + "EXTRA", text=True, check=True)
     assert path.read_text() == stdin
     assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_poll_script_output_parses(tmp_path):
-    out = "[]\n" + runtime.POLL_MARK + "a\nlast line of a\n" + runtime.POLL_MARK + "b\n\n"
-    containers, last = runtime.parse_poll(0, out)
+    out = "[]\n" + base.POLL_MARK + "a\nlast line of a\n" + base.POLL_MARK + "b\n\n"
+    containers, last = base.parse_poll(0, out)
     assert containers == [] and last == {"a": "last line of a", "b": ""}
 
 
@@ -145,7 +149,7 @@ def test_probe_expectations():
 def test_curl_is_pasteable():
     import shlex
 
-    cmd = readiness.curl_command("http://10.0.0.1:8000", "it's-a-model")
+    cmd = plan_views.curl_command("http://10.0.0.1:8000", "it's-a-model")
     argv = shlex.split(cmd)
     assert argv[0] == "curl" and json.loads(argv[-1])["model"] == "it's-a-model"
 
@@ -156,7 +160,7 @@ def test_live_progress_shows_engine_text_as_text_not_markup():
 
     from rich.console import Console
 
-    from launcher.progress import Progress, Row
+    from launcher.output.progress import Progress, Row
 
     sink = io.StringIO()
     progress = Progress(Console(file=sink, force_terminal=True, width=160), live=True)
@@ -177,9 +181,10 @@ def test_ctrl_c_gives_what_was_already_sent_time_to_finish():
 
     import pytest
 
-    from launcher.config import SSHSettings
-    from launcher.model import Node
-    from launcher.transport import Fleet, MapInterrupted, Options
+    from launcher.config.schema import SSHSettings
+    from launcher.plan.types import Node
+    from launcher.transport.fleet import Fleet, MapInterrupted
+    from launcher.transport.host import Options
 
     nodes = [Node(i, f"n{i}", "127.0.0.1", SSHSettings(), 0) for i in range(3)]
     sent: list[int] = []

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from launcher import config, plan, render
-from launcher.engines import args as A
+from launcher.config.load import load as load_config
+from launcher.output import plan_views
+from launcher.plan.build import build as build_plan
+from launcher.plan.engines import args as A
+from launcher.runtime import docker
 from tests.helpers import CONFIGS, MINIMAL, REPO, run_cli, write
 
 INVENTORY_32 = REPO / "tests" / "data" / "inventory-32.yaml"
@@ -28,7 +31,7 @@ SHIPPED = {
 
 
 def build(name: str, inventory: Path | None = None, environ: dict[str, str] | None = None):
-    return plan.build(config.load(CONFIGS / name, inventory, environ=environ or {}))
+    return build_plan(load_config(CONFIGS / name, inventory, environ=environ or {}))
 
 
 def test_every_config_is_covered():
@@ -103,9 +106,9 @@ def test_labels_identify_every_container(dsr1):
 
 
 def test_spec_hash_changes_only_the_edited_group(tmp_path):
-    before = plan.build(config.load(write(tmp_path, MINIMAL), environ={}))
-    after = plan.build(
-        config.load(
+    before = build_plan(load_config(write(tmp_path, MINIMAL), environ={}))
+    after = build_plan(
+        load_config(
             write(tmp_path, MINIMAL.replace("{tp-size: 16}", "{tp-size: 16, page-size: 1}"), "b.yaml"), environ={}
         )
     )
@@ -131,17 +134,17 @@ def test_inventory_vars_and_env_interpolation(tmp_path, monkeypatch):
 
 def test_dotenv_beside_the_file(tmp_path):
     path = write(tmp_path, MINIMAL.replace("example/image:1", "${IMG:-fallback:1}"))
-    assert plan.build(config.load(path, environ={})).services[0].image == "fallback:1"
+    assert build_plan(load_config(path, environ={})).services[0].image == "fallback:1"
     (tmp_path / ".env").write_text("IMG=from-dotenv:3\n")
-    assert plan.build(config.load(path, environ={})).services[0].image == "from-dotenv:3"
-    assert plan.build(config.load(path, environ={"IMG": "from-env:4"})).services[0].image == "from-env:4"
+    assert build_plan(load_config(path, environ={})).services[0].image == "from-dotenv:3"
+    assert build_plan(load_config(path, environ={"IMG": "from-env:4"})).services[0].image == "from-env:4"
 
 
 def test_secrets_are_redacted_everywhere(tmp_path, capsys):
     token = "hf_SeCrEt_value_123"
     path = write(tmp_path, MINIMAL + "secrets: [HF_TOKEN]\ncontainer:\n  env: {OTHER_API_KEY: 'k-${HF_TOKEN}'}\n")
     (tmp_path / ".env").write_text(f"HF_TOKEN={token}\n")
-    p = plan.build(config.load(path, environ={}))
+    p = build_plan(load_config(path, environ={}))
     worker = next(s for s in p.services if s.group == "decode")
     assert worker.secret_env["HF_TOKEN"] == token
     assert "OTHER_API_KEY" in worker.secret_env and "HF_TOKEN" not in worker.env
@@ -152,9 +155,9 @@ def test_secrets_are_redacted_everywhere(tmp_path, capsys):
         assert code == 0, err
         assert token not in out and token not in err
         assert "HF_TOKEN" in out
-    docker = render.docker_run(p, worker)
-    assert not any(token in a for a in docker)
-    assert any(a.endswith(":/run/launcher-secrets.env:ro") for a in docker)
+    argv = docker.docker_run(p, worker)
+    assert not any(token in a for a in argv)
+    assert any(a.endswith(":/run/launcher-secrets.env:ro") for a in argv)
 
 
 def test_json_contract(capsys):
@@ -203,7 +206,7 @@ def test_golden_plan(name):
     """The whole JSON plan of each shipped config; refresh with UPDATE_GOLDEN=1 after a deliberate change."""
     inv = SHIPPED[name]
     # A fixed CONFIG_DIR: the checkout's own path must not make golden files (or spec hashes) machine-specific.
-    data = render.to_json(build(name, inv, environ={"CONFIG_DIR": "/repo/configs"}))
+    data = plan_views.to_json(build(name, inv, environ={"CONFIG_DIR": "/repo/configs"}))
     data["file"] = f"configs/{name}"
     text = json.dumps(data, indent=2, sort_keys=True) + "\n"
     golden = GOLDEN / name.replace(".yaml", ".json")
@@ -225,8 +228,8 @@ def test_gpu_split_groups_share_a_node(tmp_path):
       decode-b: {engine: dynamo-sglang, mode: decode, nodes: [0], gpus: [4, 5, 6, 7], dist_init_port: 29600,
                  bootstrap_port: 30002}
     """
-    p = plan.build(config.load(write(tmp_path, text), environ={}))
+    p = build_plan(load_config(write(tmp_path, text), environ={}))
     a, b = (s for s in p.services if s.group)
     assert a.container.gpus == "0,1,2,3" and b.container.gpus == "4,5,6,7"
-    assert '"device=0,1,2,3"' in render.docker_run(p, a)
+    assert '"device=0,1,2,3"' in docker.docker_run(p, a)
     assert A.flags(a.command)["--tp-size"] == ["4"]

@@ -11,20 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from launcher import config, plan
-from launcher.engines.sglang import FIRED_UP
-from launcher.model import Probe
-from launcher.progress import Progress
-from launcher.transport import Fleet, Options
-from launcher.up import ServiceFailed, Waiter, start
-from tests.helpers import local_command_deployment
+from launcher.commands import down
+from launcher.commands.nodes import start
+from launcher.commands.waiter import ServiceFailed, Waiter
+from launcher.config.load import load as load_config
+from launcher.output.progress import Progress
+from launcher.plan.build import build as build_plan
+from launcher.plan.engines.sglang import FIRED_UP
+from launcher.plan.types import Probe
+from tests.helpers import connected_target, local_command_deployment
 
 pytestmark = pytest.mark.slow
 
 
 def local_plan(tmp_path: Path, script: str):
     path = local_command_deployment(tmp_path, "probe-local", "serve", script, timeout=6)
-    p = plan.build(config.load(path, environ={}))
+    p = build_plan(load_config(path, environ={}))
     (service,) = p.services
     service.probe = Probe(kind="log", expect={"line": FIRED_UP})
     return p, service
@@ -32,17 +34,14 @@ def local_plan(tmp_path: Path, script: str):
 
 def run(tmp_path: Path, script: str) -> float:
     p, service = local_plan(tmp_path, script)
-    fleet = Fleet(p.nodes, Options())
-    started = time.monotonic()
-    try:
-        start(p, fleet, [service], Progress(live=False))
-        Waiter(p, fleet, Progress(live=False), [service]).run()
-        return time.monotonic() - started
-    finally:
-        from launcher import ops
-
-        ops.down(p, fleet)
-        fleet.close()
+    with connected_target(p) as target:
+        started = time.monotonic()
+        try:
+            start(target, [service], Progress(live=False))
+            Waiter(target, Progress(live=False), [service]).run()
+            return time.monotonic() - started
+        finally:
+            down.down(target)
 
 
 def test_log_probe_passes_only_after_the_line(tmp_path):

@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import config, plan, runtime
-from launcher.process_runtime import Process
+from launcher.config.load import load as load_config
+from launcher.plan.build import build as build_plan
+from launcher.plan.state import Container
+from launcher.runtime import base
+from launcher.runtime.process import Process
 
 pytestmark = pytest.mark.slow
 
@@ -39,17 +42,17 @@ def two_group_plan(tmp_path: Path, first: list[str], second: list[str]):
     }
     path = tmp_path / "rt.yaml"
     path.write_text(yaml.safe_dump(data))
-    return plan.build(config.load(path, environ={}))
+    return build_plan(load_config(path, environ={}))
 
 
 def bash(script: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", script], input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
-def listed(p) -> dict[str, runtime.Container]:
+def listed(p) -> dict[str, Container]:
     r = bash(RT.list_script(p))
     assert r.returncode == 0, r.stderr
-    return {c.name: c for c in runtime.parse_list(0, r.stdout)}
+    return {c.name: c for c in base.parse_list(0, r.stdout)}
 
 
 def test_a_service_that_dies_at_once_does_not_stop_the_next(tmp_path):

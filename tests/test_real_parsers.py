@@ -1,7 +1,7 @@
 """Engine argvs checked by the engines' real argument parsers (SGLang 0.5.21, ai-dynamo 1.6.1), CPU only.
 
 `scripts/parser-env` builds (once; cached under .cache/parser-env/) a venv holding SGLang and Dynamo's
-parsers, and `launcher/engine_check.py` parses an argv with them without starting anything.
+parsers, and `launcher/remote/engine_check.py` parses an argv with them without starting anything.
 
 Other tests can import the helpers:
 
@@ -32,7 +32,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PARSER_ENV = REPO / "scripts" / "parser-env"
-CHECKER = REPO / "launcher" / "engine_check.py"
+CHECKER = REPO / "launcher" / "remote" / "engine_check.py"
 DEFAULT_SGLANG = "0.5.21"
 ENV_BUILD_TIMEOUT = 1800  # seconds; a cold build takes about two minutes here
 
@@ -271,12 +271,14 @@ def test_single_shot_cli_prints_json_and_sets_exit_status() -> None:
 
 
 def _plan_services(config_name: str, inventory: str | None = None) -> list[dict[str, Any]]:
-    from launcher import config, plan, render
+    from launcher.config.load import load as load_config
+    from launcher.output import plan_views
+    from launcher.plan.build import build as build_plan
 
     repo = Path(__file__).resolve().parent.parent
     inv = repo / inventory if inventory else None
-    loaded = config.load(repo / "configs" / config_name, inv, environ={})
-    return render.to_json(plan.build(loaded))["services"]
+    loaded = load_config(repo / "configs" / config_name, inv, environ={})
+    return plan_views.to_json(build_plan(loaded))["services"]
 
 
 @pytest.mark.parametrize("role", ["prefill", "decode"])
@@ -311,7 +313,7 @@ def test_mocker_and_frontend_argv_of_shipped_configs_parse(config_name: str) -> 
 
 
 def test_seed_000_rejected_then_migrated_then_parses(parser_env: Path) -> None:
-    from launcher import flagdrift
+    from launcher.plan import flagdrift
     from tests.seeds import lws_commands
 
     commands = lws_commands("000_6e7791af198eea82.txt")
@@ -328,7 +330,7 @@ def test_seed_000_rejected_then_migrated_then_parses(parser_env: Path) -> None:
 
 
 def test_seed_004_rejected_then_migrated_then_parses(parser_env: Path) -> None:
-    from launcher import flagdrift
+    from launcher.plan import flagdrift
     from tests.seeds import bash_commands
 
     for argv in bash_commands("004_70099621d036eea2.txt", "dynamo.sglang"):

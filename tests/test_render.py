@@ -10,8 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher import config, plan, render
-from launcher.engines import args as A
+from launcher.config.load import load as load_config
+from launcher.output import plan_views
+from launcher.plan.build import build as build_plan
+from launcher.plan.engines import args as A
+from launcher.runtime import docker
+from launcher.runtime.shell import join
 from tests.helpers import MINIMAL, write
 
 # Any text an argv can hold: everything but NUL.
@@ -21,7 +25,7 @@ arg_text = st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist
 @settings(max_examples=300, derandomize=True)
 @given(st.lists(arg_text, min_size=1, max_size=8))
 def test_shell_text_splits_back(argv):
-    assert shlex.split(render.shell(argv)) == argv
+    assert shlex.split(join(argv)) == argv
 
 
 NASTY = ["/models/my model", "it's", 'say "hi"', "$(touch /tmp/pwned)", "a;b", "`id`", "x\ny", "*", "~", "$HOME", "-e"]
@@ -36,13 +40,11 @@ def test_bash_receives_exactly_the_argv(tmp_path):
         + "container:\n  volumes: ['/models/my model:/m ro:ro']\n  env:\n"
         + "".join(f"    V{i}: {json.dumps(v)}\n" for i, v in enumerate(NASTY))
     )
-    p = plan.build(config.load(write(tmp_path, text), environ={}))
+    p = build_plan(load_config(write(tmp_path, text), environ={}))
     for service in p.services:
-        argv = render.docker_run(p, service)
+        argv = docker.docker_run(p, service)
         script = (
-            "docker() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' \"$@\"; }\n"
-            + render.shell(argv)
-            + "\n"
+            "docker() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' \"$@\"; }\n" + join(argv) + "\n"
         )
         result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
         assert json.loads(result.stdout) == argv[1:]
@@ -50,14 +52,14 @@ def test_bash_receives_exactly_the_argv(tmp_path):
 
 
 def test_node_script_runs_the_same_argv(tmp_path):
-    p = plan.build(config.load(write(tmp_path, MINIMAL + "container:\n  env: {V: '$(echo no); x'}\n"), environ={}))
-    script = render.node_script(p, 0)
+    p = build_plan(load_config(write(tmp_path, MINIMAL + "container:\n  env: {V: '$(echo no); x'}\n"), environ={}))
+    script = plan_views.node_script(p, 0)
     printer = "python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))'"
     fake = 'docker() { if [ "$1" = run ]; then ' + printer + ' "$@"; fi; }\n'
     body = script.replace("set -euo pipefail", "set -euo pipefail\n" + fake)
     out = subprocess.run(["bash", "-c", body], capture_output=True, text=True, check=True).stdout
     lines = [json.loads(line) for line in out.splitlines()]
-    assert lines == [render.docker_run(p, s)[1:] for s in p.by_node(0)]
+    assert lines == [docker.docker_run(p, s)[1:] for s in p.by_node(0)]
 
 
 @settings(max_examples=200, derandomize=True)
@@ -92,11 +94,13 @@ def test_without_removes_flags_and_values():
 @pytest.mark.parametrize(("gpus", "flag"), [("all", "all"), ("7", '"device=7"'), ("0,1,2,3", '"device=0,1,2,3"')])
 def test_gpu_selection_is_always_a_device_list(tmp_path, gpus, flag):
     """`--gpus 7` would mean "seven GPUs" (0-6) to docker, not GPU 7."""
-    from launcher import config, plan, render
+    from launcher.config.load import load as load_config
+    from launcher.plan.build import build as build_plan
+    from launcher.runtime import docker
     from tests.helpers import MINIMAL, write
 
     decode = "    args: {tp-size: 16}\n"
     text = MINIMAL.replace(decode, decode + f"    container: {{gpus: '{gpus}'}}\n")
-    p = plan.build(config.load(write(tmp_path, text), environ={}))
-    argv = render.docker_run(p, next(s for s in p.services if s.group == "decode"))
+    p = build_plan(load_config(write(tmp_path, text), environ={}))
+    argv = docker.docker_run(p, next(s for s in p.services if s.group == "decode"))
     assert argv[argv.index("--gpus") + 1] == flag

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import config, plan, services
+from launcher.config.load import load as load_config
 from launcher.errors import ConfigError
+from launcher.plan import infra
+from launcher.plan.build import build as build_plan
 from tests.helpers import CONFIGS, run_cli
 
 
@@ -23,7 +25,7 @@ def routed(tmp_path: Path, **router) -> dict:
 def build(tmp_path: Path, data: dict):
     path = tmp_path / "deploy.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return plan.build(config.load(path, environ={}))
+    return build_plan(load_config(path, environ={}))
 
 
 def router_of(p):
@@ -113,7 +115,7 @@ def test_the_pin_check_refuses_another_installed_router(pinned, code, tmp_path):
     """The wrapper the router runs under, against the real sglang-router installed in this venv (0.3.2)."""
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
     proc = subprocess.run(
-        ["sh", "-c", services.ROUTER_PIN_CHECK, pinned, "--help"], capture_output=True, text=True, env=env, timeout=60
+        ["sh", "-c", infra.ROUTER_PIN_CHECK, pinned, "--help"], capture_output=True, text=True, env=env, timeout=60
     )
     assert proc.returncode == code, proc.stderr
     if code:

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import config, doctor, plan
-from launcher.progress import Progress
-from launcher.transport import Fleet, Options
-from launcher.up import ServiceFailed, Waiter, start
-from tests.helpers import REPO, launcher_on
+from launcher.commands import doctor
+from launcher.commands.nodes import start
+from launcher.commands.waiter import ServiceFailed, Waiter
+from launcher.config.load import load as load_config
+from launcher.output.progress import Progress
+from launcher.plan.build import build as build_plan
+from tests.helpers import REPO, connected_target, launcher_on
 
 pytestmark = pytest.mark.testbed
 
@@ -60,47 +62,47 @@ def get(url: str) -> tuple[int, str]:
 
 def test_router_without_workers_is_reported_not_ready(testbed, tmp_path):
     path = router_config(tmp_path)
-    p = plan.build(config.load(path, testbed.inventory, environ={}))
+    p = build_plan(load_config(path, testbed.inventory, environ={}))
     (router,) = [s for s in p.services if s.role == "router"]
     head = testbed.nodes[0][1]
     assert router.node.address == head
     line = " ".join(router.command)
     assert f"--prefill http://{head}:30000 8998 --decode http://{testbed.nodes[1][1]}:30000" in line
 
-    fleet = Fleet(p.nodes, Options(parallel=8, connect_timeout=5))
     try:
-        # doctor's preflight finds the pinned router in the image (before any engine would load a model)
-        (check,) = [c for c in doctor.check_args(p, fleet) if c.name == "router"]
-        assert (check.status, check.detail) == ("ok", "sglang-router 0.3.2 in the image"), check
-        started = time.monotonic()
-        start(p, fleet, [router], Progress(live=False))
-        with pytest.raises(ServiceFailed) as failed:
-            Waiter(p, fleet, Progress(live=False), [router]).run()
-        took = time.monotonic() - started
-        message = str(failed.value)
-        print(f"\nrouter started; reported not ready after {took:.1f}s: {message.splitlines()[0]}")
-        assert f"{router.node.name} router ({head}) not ready after 8s" in message
-        assert "/readiness" in message
-        assert "HTTP 503 not ready: insufficient healthy workers" in message
+        with connected_target(p, parallel=8, connect_timeout=5) as target:
+            # doctor's preflight finds the pinned router in the image (before any engine would load a model)
+            (check,) = [c for c in doctor.check_args(target) if c.name == "router"]
+            assert (check.status, check.detail) == ("ok", "sglang-router 0.3.2 in the image"), check
+            started = time.monotonic()
+            start(target, [router], Progress(live=False))
+            with pytest.raises(ServiceFailed) as failed:
+                Waiter(target, Progress(live=False), [router]).run()
+            took = time.monotonic() - started
+            message = str(failed.value)
+            print(f"\nrouter started; reported not ready after {took:.1f}s: {message.splitlines()[0]}")
+            assert f"{router.node.name} router ({head}) not ready after 8s" in message
+            assert "/readiness" in message
+            assert "HTTP 503 not ready: insufficient healthy workers" in message
 
-        # Liveness says 200 without any worker: the reason the probe is /readiness.
-        assert get(f"http://{head}:8000/health")[0] == 200
-        status, body = get(f"http://{head}:8000/readiness")
-        assert status == 503 and json.loads(body)["status"] == "not ready"
-        # The explicit Prometheus port answers (a taken one would have crashed the router).
-        assert get(f"http://{head}:29000/metrics")[0] == 200
+            # Liveness says 200 without any worker: the reason the probe is /readiness.
+            assert get(f"http://{head}:8000/health")[0] == 200
+            status, body = get(f"http://{head}:8000/readiness")
+            assert status == 503 and json.loads(body)["status"] == "not ready"
+            # The explicit Prometheus port answers (a taken one would have crashed the router).
+            assert get(f"http://{head}:29000/metrics")[0] == 200
 
-        shown = launcher_on(testbed, path, "status", cwd=tmp_path)
-        assert shown.returncode == 1  # the workers are missing
-        assert f"endpoint http://{head}:8000  router not ready: HTTP 503 not ready: insufficient healthy workers" in (
-            shown.stdout
-        ), shown.stdout
-        data = json.loads(launcher_on(testbed, path, "status", "--json", cwd=tmp_path).stdout)
-        states = {s["role"]: s["state"] for s in data["services"]}
-        assert states == {"router": "running", "prefill": "missing", "decode": "missing"}
-        assert data["frontend"]["ready"] is False and "insufficient healthy workers" in data["frontend"]["answer"]
+            shown = launcher_on(testbed, path, "status", cwd=tmp_path)
+            assert shown.returncode == 1  # the workers are missing
+            assert (
+                f"endpoint http://{head}:8000  router not ready: HTTP 503 not ready: insufficient healthy workers"
+                in (shown.stdout)
+            ), shown.stdout
+            data = json.loads(launcher_on(testbed, path, "status", "--json", cwd=tmp_path).stdout)
+            states = {s["role"]: s["state"] for s in data["services"]}
+            assert states == {"router": "running", "prefill": "missing", "decode": "missing"}
+            assert data["frontend"]["ready"] is False and "insufficient healthy workers" in data["frontend"]["answer"]
     finally:
-        fleet.close()
         down = launcher_on(testbed, path, "down", cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert not testbed.ssh(0, "docker ps -aq --filter label=launcher.deployment=router-tb").stdout.strip()
@@ -112,22 +114,23 @@ def test_router_refuses_an_unpinned_version_in_one_line(testbed, tmp_path):
     data = yaml.safe_load(path.read_text())
     data["versions"]["sglang_router"] = "0.3.1"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    p = plan.build(config.load(path, testbed.inventory, environ={}))
+    p = build_plan(load_config(path, testbed.inventory, environ={}))
     (router,) = [s for s in p.services if s.role == "router"]
-    fleet = Fleet(p.nodes, Options(parallel=8, connect_timeout=5))
     try:
-        # doctor says so first, in one line, with the fix; nothing was started by it
-        (check,) = [c for c in doctor.check_args(p, fleet) if c.name == "router"]
-        assert check.status == "fail", check
-        assert check.detail == "sglang-router 0.3.2 is installed here but the file pins 0.3.1 (versions.sglang_router)"
-        assert "sglang-router==0.3.1" in check.fix
-        assert not testbed.ssh(0, "docker ps -aq --filter label=launcher.deployment=router-tb").stdout.strip()
-        start(p, fleet, [router], Progress(live=False))
-        with pytest.raises(ServiceFailed) as failed:
-            Waiter(p, fleet, Progress(live=False), [router]).run()
-        message = str(failed.value)
-        assert "exit code 3" in message
-        assert "sglang-router 0.3.2 is installed here but the file pins 0.3.1 (versions.sglang_router)" in message
+        with connected_target(p, parallel=8, connect_timeout=5) as target:
+            # doctor says so first, in one line, with the fix; nothing was started by it
+            (check,) = [c for c in doctor.check_args(target) if c.name == "router"]
+            assert check.status == "fail", check
+            assert (
+                check.detail == "sglang-router 0.3.2 is installed here but the file pins 0.3.1 (versions.sglang_router)"
+            )
+            assert "sglang-router==0.3.1" in check.fix
+            assert not testbed.ssh(0, "docker ps -aq --filter label=launcher.deployment=router-tb").stdout.strip()
+            start(target, [router], Progress(live=False))
+            with pytest.raises(ServiceFailed) as failed:
+                Waiter(target, Progress(live=False), [router]).run()
+            message = str(failed.value)
+            assert "exit code 3" in message
+            assert "sglang-router 0.3.2 is installed here but the file pins 0.3.1 (versions.sglang_router)" in message
     finally:
-        fleet.close()
         launcher_on(testbed, path, "down", cwd=tmp_path)

@@ -13,7 +13,9 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from launcher import config, plan, render, runtime
+from launcher.config.load import load as load_config
+from launcher.plan.build import build as build_plan
+from launcher.runtime import docker
 from tests.helpers import MINIMAL, STATE_DIR, write
 
 TOKEN = "hf_Sup3r-s3cret_'value'"
@@ -22,7 +24,7 @@ TOKEN = "hf_Sup3r-s3cret_'value'"
 @settings(max_examples=200, derandomize=True)
 @given(st.text(alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=40))
 def test_env_file_sources_back_to_the_same_value(value):
-    body = render.secrets_body({"S": value})
+    body = docker.secrets_body({"S": value})
     out = subprocess.run(["sh", "-c", f'{body}printf %s "$S"'], capture_output=True).stdout
     assert out.decode("utf-8", "surrogateescape") == value
 
@@ -30,14 +32,14 @@ def test_env_file_sources_back_to_the_same_value(value):
 def test_docker_run_mounts_and_sources_the_file_instead_of_passing_values(tmp_path):
     path = write(tmp_path, MINIMAL + "secrets: [HF_TOKEN]\n")
     (tmp_path / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
-    p = plan.build(config.load(path, environ={}))
+    p = build_plan(load_config(path, environ={}))
     worker = next(s for s in p.services if s.group)
-    argv = render.docker_run(p, worker)
+    argv = docker.docker_run(p, worker)
     assert not any(TOKEN in a for a in argv) and "--env-file" not in argv
-    assert f"{render.secrets_file(p, worker)}:{render.SECRETS_IN_CONTAINER}:ro" in argv
+    assert f"{docker.secrets_file(p, worker)}:{docker.SECRETS_IN_CONTAINER}:ro" in argv
     image_at = argv.index(worker.image)
     assert argv[image_at + 1 : image_at + 3] == ["sh", "-c"] and argv[-len(worker.command) :] == worker.command
-    script, stdin = runtime.Docker().start_script(p, [worker])
+    script, stdin = docker.Docker().start_script(p, [worker])
     assert TOKEN not in script
     sourced = subprocess.run(["sh", "-c", f'{stdin}printf %s "$HF_TOKEN"'], capture_output=True, text=True).stdout
     assert sourced == TOKEN
@@ -47,10 +49,10 @@ def test_doctor_check_run_does_not_mount_the_secrets_file(tmp_path):
     """Before the first `up` the file does not exist: docker would make a directory there and break `up`."""
     path = write(tmp_path, MINIMAL + "secrets: [HF_TOKEN]\n")
     (tmp_path / ".env").write_text(f"HF_TOKEN={TOKEN}\n")
-    p = plan.build(config.load(path, environ={}))
+    p = build_plan(load_config(path, environ={}))
     worker = next(s for s in p.services if s.group)
-    argv = render.docker_check_run(p, worker, ["python3", "-c", "pass"])
-    assert not any(render.SECRETS_IN_CONTAINER in a for a in argv) and not any(TOKEN in a for a in argv)
+    argv = docker.docker_check_run(p, worker, ["python3", "-c", "pass"])
+    assert not any(docker.SECRETS_IN_CONTAINER in a for a in argv) and not any(TOKEN in a for a in argv)
     assert argv[-3:] == ["python3", "-c", "pass"] and worker.secret_env  # the service itself keeps them
 
 
@@ -59,10 +61,10 @@ def test_a_secret_under_another_env_name_still_goes_to_the_file(tmp_path):
     text = MINIMAL.replace(decode, decode + '    env: {OPENAI_KEY: "${MY_API_KEY}"}\n')
     path = write(tmp_path, text)
     (tmp_path / ".env").write_text(f"MY_API_KEY={TOKEN}\n")
-    p = plan.build(config.load(path, environ={}))
+    p = build_plan(load_config(path, environ={}))
     decode = next(s for s in p.services if s.group == "decode")
     assert decode.secret_env == {"OPENAI_KEY": TOKEN} and "OPENAI_KEY" not in decode.env
-    assert not any(TOKEN in a for a in render.docker_run(p, decode))
+    assert not any(TOKEN in a for a in docker.docker_run(p, decode))
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,9 @@ for differences listed here, each with its reason."""
 
 from __future__ import annotations
 
-from launcher import config, plan
-from launcher.engines import args as A
+from launcher.config.load import load as load_config
+from launcher.plan.build import build as build_plan
+from launcher.plan.engines import args as A
 from tests.helpers import CONFIGS
 from tests.seeds import lws_commands
 
@@ -14,7 +15,7 @@ def seed_002_env(rank: int) -> dict[str, str]:
 
 
 def test_seed_002_sglang_tp16_two_nodes():
-    p = plan.build(config.load(CONFIGS / "sglang-tp16-2node.yaml", environ={}))
+    p = build_plan(load_config(CONFIGS / "sglang-tp16-2node.yaml", environ={}))
     leader_cmd, worker_cmd = lws_commands("002_5075cd10cd9de433.txt")
     ranks = [s for s in p.services if s.group == "serve"]
     assert [s.rank for s in ranks] == [0, 1] and {s.role for s in p.services} == {"serve"}
@@ -58,7 +59,7 @@ def _seed_env(env: dict[str, str]) -> dict[str, str]:
 def test_seeds_000_001_sglang_1p1d_with_router():
     from tests.seeds import lws_pods
 
-    p = plan.build(config.load(CONFIGS / "sglang-1p1d-32gpu.yaml", environ={}))
+    p = build_plan(load_config(CONFIGS / "sglang-1p1d-32gpu.yaml", environ={}))
     pods = lws_pods("001_3bc60c81eb28b8e5.txt")
     engines = [pod for pod in pods if pod["module"] == "sglang.launch_server"]
     (router_pod,) = [pod for pod in pods if pod["module"] == "sglang_router.launch_router"]

@@ -8,13 +8,14 @@ import re
 
 import pytest
 
-from launcher import config, plan
-from launcher.config import GroupSpec, ModelSpec, SSHSettings, VersionsSpec
-from launcher.engines import args as A
-from launcher.engines.base import GroupContext
-from launcher.engines.dynamo_vllm import ENGINE, canonical
+from launcher.config.load import load as load_config
+from launcher.config.schema import GroupSpec, ModelSpec, SSHSettings, VersionsSpec
 from launcher.errors import ConfigError
-from launcher.model import Node
+from launcher.plan.build import build as build_plan
+from launcher.plan.engines import args as A
+from launcher.plan.engines.base import GroupContext
+from launcher.plan.engines.dynamo_vllm import ENGINE, canonical
+from launcher.plan.types import Node
 from tests.helpers import CONFIGS, run_cli, write
 from tests.seeds import SEEDS
 
@@ -28,7 +29,7 @@ def flags_of(service) -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def wideep():
-    return plan.build(config.load(CONFIGS / "vllm-wideep-16gpu.yaml", environ={}))
+    return build_plan(load_config(CONFIGS / "vllm-wideep-16gpu.yaml", environ={}))
 
 
 def test_config_renders_one_process_per_node_with_its_dp_ranks(wideep):
@@ -89,7 +90,7 @@ TWO_NODES = (
 
 
 def test_start_ranks_and_leader_across_nodes(tmp_path):
-    p = plan.build(config.load(write(tmp_path, TWO_NODES), environ={}))
+    p = build_plan(load_config(write(tmp_path, TWO_NODES), environ={}))
     r0, r1 = (s for s in p.services if s.group == "prefill")
     for s, start in ((r0, "0"), (r1, "4")):
         f = flags_of(s)
@@ -128,7 +129,7 @@ DISTINCT_B = {"dist_init_port": 5556, "bootstrap_port": 5610, "system_port": 909
 
 
 def test_two_groups_share_a_node_with_distinct_ports(tmp_path):
-    p = plan.build(config.load(write(tmp_path, split_node(DISTINCT_A, DISTINCT_B)), environ={}))
+    p = build_plan(load_config(write(tmp_path, split_node(DISTINCT_A, DISTINCT_B)), environ={}))
     a, b = (next(s for s in p.services if s.group == g) for g in ("decode-a", "decode-b"))
     assert a.node.index == b.node.index == 1
     assert (a.container.gpus, b.container.gpus) == ("0,1,2,3", "4,5,6,7")
@@ -154,7 +155,7 @@ def test_two_groups_share_a_node_with_distinct_ports(tmp_path):
 def test_two_groups_on_one_node_with_the_same_port_are_refused(tmp_path, capsys, clash, port):
     path = write(tmp_path, split_node(DISTINCT_A, {**DISTINCT_B, **clash}))
     with pytest.raises(ConfigError) as err:
-        plan.build(config.load(path, environ={}))
+        build_plan(load_config(path, environ={}))
     assert f"decode-a-r0 and decode-b-r0 both want port {port}" in str(err.value)
     code, _, stderr = run_cli(["plan", str(path)], capsys)
     assert code == 2 and "groups.decode-b" in stderr and "Traceback" not in stderr
@@ -190,14 +191,14 @@ def test_the_computed_value_written_by_hand_is_accepted_once(tmp_path):
     text = (
         BASE + "  decode: {engine: dynamo-vllm, nodes: [0], args: {data-parallel-size: 8, tensor-parallel-size: 1}}\n"
     )
-    (s,) = (s for s in plan.build(config.load(write(tmp_path, text), environ={})).services if s.group)
+    (s,) = (s for s in build_plan(load_config(write(tmp_path, text), environ={})).services if s.group)
     assert s.command.count("--data-parallel-size") == 1 and s.command.count("--tensor-parallel-size") == 1
 
 
 def test_side_channel_port_comes_from_bootstrap_port(tmp_path):
     text = BASE + "  decode: {engine: dynamo-vllm, nodes: [0], env: {VLLM_NIXL_SIDE_CHANNEL_PORT: 7000}}\n"
     with pytest.raises(ConfigError) as err:
-        plan.build(config.load(write(tmp_path, text), environ={}))
+        build_plan(load_config(write(tmp_path, text), environ={}))
     assert err.value.key == "groups.decode.env.VLLM_NIXL_SIDE_CHANNEL_PORT" and "bootstrap_port" in err.value.message
 
 
@@ -258,7 +259,7 @@ def test_all2all_in_the_wrong_form_for_the_version():
 
 def test_declared_version_reaches_the_engine_through_plan(tmp_path):
     text = BASE.replace('"0.31.0"', '"0.11.0"') + "  decode: {engine: dynamo-vllm, nodes: [0]}\n"
-    (s,) = (s for s in plan.build(config.load(write(tmp_path, text), environ={})).services if s.group)
+    (s,) = (s for s in build_plan(load_config(write(tmp_path, text), environ={})).services if s.group)
     assert s.env["VLLM_ALL2ALL_BACKEND"] == "deepep_low_latency" and "--all2all-backend" not in s.command
 
 

@@ -1,0 +1,116 @@
+"""The deployment a command acts on, resolved once per command: which file (argument, `-c`,
+`$LAUNCHER_CONFIG`, then the last `up` here), which inventory, its plan, its runtime, and for commands
+that reach the nodes the fleet of connections and the head node."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from launcher.config.load import load
+from launcher.errors import ConfigError
+from launcher.plan.build import build
+from launcher.plan.types import Node, Plan
+from launcher.runtime import for_plan
+from launcher.runtime.base import Runtime
+from launcher.transport.host import Host, Options
+
+LAST = Path(".launcher") / "last.json"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How to reach the nodes, from the command line (None: the files' `ssh:` settings decide)."""
+
+    parallel: int = 32
+    connect_timeout: float | None = None
+    host_key_policy: str | None = None
+
+
+@dataclass
+class Target:
+    path: Path
+    inventory: Path | None
+    plan: Plan
+    runtime: Runtime
+    fleet: Any = None  # a transport.fleet.Fleet while connected
+
+    @property
+    def head(self) -> Host:
+        """The head node's host: where the lock and the audit log live."""
+        assert self.fleet is not None, "connect() first"
+        return self.fleet.host(self.plan.head.index)
+
+    def node(self, ref: str) -> Node:
+        """`--node`: an index, a name or an address; anything else is bad input (exit 2)."""
+        node = self.plan.node(ref)
+        if node is None:
+            raise ConfigError(
+                f"no node {ref!r}: expected an index 0..{len(self.plan.nodes) - 1}, a name or an address",
+                key="--node",
+            )
+        return node
+
+
+def inventory_from_env() -> Path | None:
+    value = os.environ.get("LAUNCHER_INVENTORY")
+    return Path(value) if value else None
+
+
+def load_plan(config: Path, inventory: Path | None) -> Plan:
+    return build(load(config, inventory or inventory_from_env()))
+
+
+def resolve(config: Path | None, config_opt: Path | None, inventory: Path | None) -> tuple[Path, Path | None]:
+    """The deployment file and inventory: argument, -c, $LAUNCHER_CONFIG, then the last `up` here."""
+    env_config = os.environ.get("LAUNCHER_CONFIG")
+    chosen = config or config_opt or (Path(env_config) if env_config else None)
+    inv = inventory or inventory_from_env()
+    if chosen is None and LAST.exists():
+        try:
+            last = json.loads(LAST.read_text())
+            chosen = Path(last["config"])
+            inv = inv or (Path(last["inventory"]) if last.get("inventory") else None)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"cannot read the last `up` ({exc}); pass CONFIG", file=str(LAST)) from None
+    if chosen is None:
+        raise ConfigError("no deployment given: pass CONFIG, -c FILE or set LAUNCHER_CONFIG (or run `up` here first)")
+    return chosen, inv
+
+
+def target(config: Path | None, config_opt: Path | None = None, inventory: Path | None = None) -> Target:
+    path, inv = resolve(config, config_opt, inventory)
+    plan = load_plan(path, inv)
+    return Target(path, inv, plan, for_plan(plan))
+
+
+def remember(target: Target) -> None:
+    """`up` remembers its file and inventory: `status`, `logs`, `down` run here then need neither."""
+    LAST.parent.mkdir(exist_ok=True)
+    inventory = str(target.inventory.resolve()) if target.inventory else None
+    LAST.write_text(json.dumps({"config": str(target.path.resolve()), "inventory": inventory}))
+
+
+@contextmanager
+def connected(target: Target, connection: Connection) -> Iterator[Target]:
+    """The target with a fleet of connections (opened on first use, closed on exit). A flag given on
+    the command line wins over the files (node, then inventory `ssh:`), then the defaults."""
+    # Imported here, not at the top: `plan` and `--help` never load the SSH libraries (start-up time).
+    from launcher.transport.fleet import Fleet
+
+    options = Options(
+        parallel=connection.parallel,
+        connect_timeout=connection.connect_timeout,
+        host_key_policy=connection.host_key_policy,
+    )
+    with Fleet(target.plan.nodes, options) as fleet:
+        target.fleet = fleet
+        try:
+            yield target
+        finally:
+            target.fleet = None

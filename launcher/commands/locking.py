@@ -1,0 +1,111 @@
+"""The deployment lock on the head node, so two people cannot start or stop one deployment at once.
+
+`held(...)` is the lock as a context manager (Kamal's `with_lock`): taken on entry (with an audit line
+and any extra script in the same round trip), released on exit if it is still ours, with the outcome
+the body set as the closing audit line. A lock whose holder provably died is taken over, with a note;
+any other stale-looking lock is only reported, and `launcher lock break` removes it explicitly.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from launcher.commands.context import Target
+from launcher.errors import LauncherError
+from launcher.runtime import lock as scripts
+from launcher.runtime.lock import LockInfo
+from launcher.transport.host import Host
+
+
+class Locked(LauncherError):
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a deployment's lock lives: the head node's host, its state_dir, the deployment's name."""
+
+    head: Host
+    state_dir: str
+    deployment: str
+
+    @classmethod
+    def of(cls, target: Target) -> Site:
+        return cls(target.head, target.plan.state_dir, target.plan.deployment)
+
+
+def acquire(site: Site, command: str, audit: str | None = None, then: str = "") -> LockInfo:
+    """Take the lock and, in the same round trip, append `audit` to the audit log and run `then`."""
+    info = LockInfo.mine(command)
+    audit_line = scripts.audit_script(site.state_dir, site.deployment, audit) if audit else ""
+    after = "; ".join(x for x in (audit_line, then) if x)
+    result = site.head.run(scripts.acquire_script(site.state_dir, site.deployment, info, after))
+    answer = result.stdout.strip()
+    if answer.endswith(scripts.ACQUIRED):
+        return info
+    where = scripts.lock_dir(site.state_dir, site.deployment)
+    if not answer.endswith(scripts.HELD):
+        raise Locked(f"{site.head.node.label}: cannot create the lock in {where}: {result.stderr.strip() or answer}")
+    holder = scripts.parse_info(result.stdout)
+    if holder is None:
+        raise Locked(
+            f"deployment {site.deployment} is locked ({where} exists, no holder recorded);"
+            " `launcher lock break` removes it"
+        )
+    if holder.dead() and _take_over(site, holder, info, after):
+        sys.stderr.write(f"note: took over the lock of {holder.describe()}: that process is gone\n")
+        return info
+    stale = holder.stale()
+    hint = (
+        f" — stale: {stale}; `launcher lock break` removes it"
+        if stale
+        else "; wait, or `launcher lock break` if you are sure"
+    )
+    raise Locked(f"deployment {site.deployment} is locked by {holder.describe()}{hint}")
+
+
+def _take_over(site: Site, dead: LockInfo, info: LockInfo, after: str) -> bool:
+    script = scripts.takeover_script(site.state_dir, site.deployment, dead, info, after)
+    return site.head.run(script).stdout.strip().endswith(scripts.ACQUIRED)
+
+
+def release(site: Site, info: LockInfo) -> None:
+    """Remove the lock if it is still ours; the closing audit line (`info.outcome`) first."""
+    audit_line = scripts.audit_script(site.state_dir, site.deployment, info.outcome) if info.outcome else ""
+    site.head.run(scripts.release_script(site.state_dir, site.deployment, info, audit_line))
+
+
+@contextmanager
+def held(site: Site, command: str, audit: str | None = None, then: str = "") -> Iterator[LockInfo]:
+    """The lock for the body's duration. Set `.outcome` on what it yields to close with an audit line.
+    A failed release is never allowed to hide the body's own outcome."""
+    info = acquire(site, command, audit, then)
+    try:
+        yield info
+    finally:
+        try:
+            release(site, info)
+        except Exception:
+            pass
+
+
+def status(site: Site) -> LockInfo | None:
+    return scripts.parse_info(site.head.run(scripts.status_script(site.state_dir, site.deployment)).stdout)
+
+
+def break_lock(site: Site) -> LockInfo | None:
+    was = status(site)
+    site.head.run(scripts.break_script(site.state_dir, site.deployment))
+    return was
+
+
+def audit(site: Site, action: str) -> None:
+    site.head.run(scripts.audit_script(site.state_dir, site.deployment, action))
+
+
+def taken_down(site: Site) -> str | None:
+    """Who took the deployment down and when, if `down` ran since the last `up`."""
+    return scripts.parse_down_mark(site.head.run(scripts.read_down_script(site.state_dir, site.deployment)).stdout)

@@ -1,0 +1,144 @@
+"""`launcher status`: every service of the deployment on every node, read from the nodes' labels, its
+health probe, and whether the endpoint serves. Exit 1 (with a `not ok:` line) unless it does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from launcher.commands.context import Connection, Target, connected, target
+from launcher.commands.health import EndpointState, endpoint_state, probe_http
+from launcher.commands.nodes import list_services
+from launcher.errors import Exit
+from launcher.output import console
+from launcher.output.console import say
+from launcher.output.tables import print_json, status_table
+from launcher.plan.state import Container
+from launcher.plan.types import Node
+
+
+@dataclass
+class StatusRow:
+    node: Node
+    service: str
+    role: str
+    group: str | None
+    rank: int | None
+    state: str
+    uptime: float | None
+    restarts: int
+    health: str
+    container: str | None
+    id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "node_index": self.node.index,
+            "address": self.node.address,
+            "node": self.node.name,
+            "service": self.service,
+            "role": self.role,
+            "group": self.group,
+            "rank": self.rank,
+            "state": self.state,
+            "uptime_s": None if self.uptime is None else round(self.uptime),
+            "restarts": self.restarts,
+            "health": self.health,
+            "container": self.container,
+            "id": self.id,
+        }
+
+
+def run(config, config_opt, inventory, connection: Connection, *, as_json: bool) -> None:
+    t = target(config, config_opt, inventory)
+    with connected(t, connection):
+        rows, unreachable, endpoint = status(t)
+    plan = t.plan
+    problems = problems_of(t, rows, unreachable, endpoint)
+    if as_json:
+        print_json(
+            {
+                "deployment": plan.deployment,
+                "endpoint": plan.endpoint,
+                "frontend": endpoint.to_json(plan.endpoint, plan.model_name),
+                "ok": not problems,
+                "problems": problems,
+                "unreachable": {str(i): why for i, why in unreachable.items()},
+                "services": [r.to_json() for r in rows],
+            }
+        )
+    else:
+        console.stdout().print(status_table(rows))
+        for i, why in sorted(unreachable.items()):
+            say(f"{plan.nodes[i].label}: unreachable: {why}", style="red")
+        if plan.endpoint:
+            say(endpoint_line(t, endpoint))
+        if problems:
+            say(f"not ok: {'; '.join(problems)}", style="red")
+    if problems:
+        raise Exit(1)
+
+
+def endpoint_line(t: Target, endpoint: EndpointState) -> str:
+    plan = t.plan
+    if endpoint.answer is not None or (plan.entry and plan.entry.role == "router"):  # the SGLang router
+        return f"endpoint {plan.endpoint}  router {'ready' if endpoint.ready else 'not ready'}: {endpoint.note}"
+    seen = ", ".join(f"{c} {(endpoint.instances or {}).get(c, 0)}/{n}" for c, n in endpoint.expected.items())
+    return f"endpoint {plan.endpoint}  model {plan.model_name}  workers registered: {seen}"
+
+
+def problems_of(t: Target, rows: list[StatusRow], unreachable: dict[int, str], endpoint: EndpointState) -> list[str]:
+    problems = [f"{r.service} on node {r.node.index}: {r.state}" for r in rows if r.state != "running"]
+    problems += [f"{t.plan.nodes[i].label}: unreachable" for i in unreachable]
+    problems += [
+        f"{r.service} on node {r.node.index}: {r.health}"
+        for r in rows
+        if r.state == "running" and r.health.startswith(("unhealthy", "not answering"))
+    ]
+    if t.plan.endpoint and not endpoint.ready:
+        problems.append(f"endpoint {t.plan.endpoint} not ready")
+    return problems
+
+
+def status(t: Target) -> tuple[list[StatusRow], dict[int, str], EndpointState]:
+    """Rows for every planned service and every labelled container found; unreachable nodes apart."""
+    found, unreachable = list_services(t)
+    now = datetime.now(UTC)
+    health = _health(t, found, unreachable)
+    rows: list[StatusRow] = []
+    planned = {(s.node.index, s.name): s for s in t.plan.services}
+    for key, s in planned.items():
+        c = found.get(key)
+        state = "unreachable" if s.node.index in unreachable else (c.state if c else "missing")
+        if c and c.spec != s.spec_hash():
+            state += " (outdated spec)"
+        rows.append(_row(s.node, s.service, s.role, s.group, s.rank, state, c, now, health.get(s.name, "-")))
+    for key, c in found.items():
+        if key not in planned:
+            node = t.plan.nodes[c.node_index]
+            rows.append(_row(node, c.service, c.role, c.group, c.rank, c.state + " (not in plan)", c, now, "-"))
+    return rows, unreachable, endpoint_state(t, unreachable)
+
+
+def _row(node, service, role, group, rank, state, c: Container | None, now: datetime, health: str) -> StatusRow:
+    return StatusRow(
+        node, service, role, group, rank, state,
+        c.uptime(now) if c else None, c.restarts if c else 0, health,
+        c.name if c else None, c.id if c else None,
+    )  # fmt: skip
+
+
+def _health(t: Target, found: dict[tuple[int, str], Container], unreachable: dict[int, str]) -> dict[str, str]:
+    """Per running service: its HTTP probe's verdict, or `running` for services without one."""
+    running = [s for s in t.plan.services if (c := found.get((s.node.index, s.name))) is not None and c.running]
+    health = {s.name: "running" for s in running if s.probe.kind != "http"}
+    probed = [s for s in running if s.probe.kind == "http" and s.node.index not in unreachable]
+    for name, answer in probe_http(t, probed).items():
+        if answer.passed:
+            health[name] = "healthy"
+        elif answer.text.startswith("no answer"):
+            health[name] = f"not answering ({answer.text.removeprefix('no answer: ')})"
+        else:
+            health[name] = f"unhealthy ({answer.text})"
+    return health

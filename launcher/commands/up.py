@@ -1,0 +1,172 @@
+"""`launcher up`: check every node, then start everything in order, wait until the service really
+answers, and say so; re-running converges (unchanged services are kept)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from launcher.commands import doctor, locking
+from launcher.commands.context import Connection, Target, connected, remember, target
+from launcher.commands.nodes import StartInterrupted, check_nodes, remove, start
+from launcher.commands.waiter import ServiceFailed, Waiter
+from launcher.errors import ConfigError, Exit, LauncherError
+from launcher.output import console, plan_views
+from launcher.output.console import say
+from launcher.output.progress import Progress
+from launcher.plan import readiness, reconcile
+from launcher.plan.reconcile import Changes
+from launcher.plan.state import Container
+from launcher.plan.types import Service
+from launcher.runtime import lock as lock_scripts
+
+SMOKE_ATTEMPTS = 10
+
+
+class Interrupted(LauncherError):
+    """Ctrl-C (or SIGTERM) during `up`: say what already runs and how to remove it."""
+
+    exit_code = 130
+
+
+def run(config, config_opt, inventory, connection: Connection, *, skip_doctor: bool, wait: bool) -> Target:
+    """The verb: refuse stale flags, check the nodes (doctor), converge, report the endpoint."""
+    t = target(config, config_opt, inventory)
+    if t.plan.flag_errors:
+        raise ConfigError(
+            "engine flags that the declared version rejects (nothing was started):\n  "
+            + "\n  ".join(t.plan.flag_errors)
+            + f"\n`launcher migrate {t.path} --sglang VERSION` rewrites them",
+            file=str(t.path),
+        )
+    remember(t)
+    progress = Progress(console.stderr())
+    command = "launcher up " + " ".join(sys.argv[2:])
+    with connected(t, connection):
+        if not skip_doctor:
+            doctor.before_up(t, progress)
+        try:
+            changes = up(t, progress, command=command, wait=wait)
+        except KeyboardInterrupt:
+            say(
+                f"interrupted: containers already started stay up. See them with `launcher status`; remove them all"
+                f" with `launcher down -c {t.path}`.",
+                to_stderr=True,
+            )
+            raise Exit(130) from None
+    plan = t.plan
+    state = "unchanged" if changes.unchanged else f"{len(changes.create)} service(s) (re)created"
+    say(f"{'ready' if wait else 'running'}: {plan.deployment} on {len(plan.nodes)} node(s), {state}")
+    if plan.endpoint and wait:
+        say(f"endpoint: {plan.endpoint}  model: {plan.model_name}")
+        say(plan_views.curl_command(plan.endpoint, plan.model_name))
+    return t
+
+
+def up(target: Target, progress: Progress, command: str = "launcher up", wait: bool = True) -> Changes:
+    """Converge the nodes on the plan. With wait=False, return once every container runs (no readiness)."""
+    plan = target.plan
+    progress.log(f"checking {len(plan.nodes)} node(s)")
+    current = check_nodes(target)
+    clear_down = lock_scripts.clear_down_script(plan.state_dir, plan.deployment)
+    with locking.held(locking.Site.of(target), command, audit=f"up started ({command})", then=clear_down) as lock:
+        lock.outcome = "up failed"
+        changes = reconcile.compute(plan, current)
+        _announce(target, progress, changes)
+        started: list[Container] = []
+        try:
+            _run_phases(target, progress, changes, current, started, wait)
+        except KeyboardInterrupt as exc:
+            raise _interrupted(target, exc, started) from None
+        lock.outcome = "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created")
+    return changes
+
+
+def _announce(target: Target, progress: Progress, changes: Changes) -> None:
+    """Say what will change, and remove what must go before anything starts."""
+    if changes.unchanged:
+        progress.log(f"unchanged: all {len(changes.keep)} service(s) already run as planned")
+        return
+    for s in changes.create:
+        progress.log(f"will (re)create {s.tag}: {changes.reasons.get(s.service)}")
+    if changes.remove:
+        progress.log(f"removing {len(changes.remove)} old container(s)")
+        remove(target, changes.remove)
+
+
+def _interrupted(target: Target, exc: KeyboardInterrupt, started: list[Container]) -> Interrupted:
+    unsure = ""
+    if isinstance(exc, StartInterrupted):
+        started += exc.found
+        if exc.pending:
+            nodes = ", ".join(str(i) for i in exc.pending)
+            unsure = f" Start scripts on node(s) {nodes} had not answered: services there may start still."
+    running = sorted({(c.node_index, c.name) for c in started})
+    where = ", ".join(f"{name} on node {i}" for i, name in running) or "nothing yet"
+    return Interrupted(
+        f"interrupted: up stopped. Started so far and left running: {where}.{unsure} "
+        f"`launcher status` shows them; `launcher down -c {target.plan.file}` removes everything."
+    )
+
+
+def phases(services: list[Service]) -> list[list[Service]]:
+    """Start order: etcd and NATS, then the frontend, then every group with the router (which is
+    ready only once the workers are)."""
+    return [
+        [s for s in services if s.role in ("etcd", "nats")],
+        [s for s in services if s.role == "frontend"],
+        [s for s in services if s.group is not None or s.role == "router"],
+    ]
+
+
+def _run_phases(
+    target: Target, progress: Progress, changes: Changes, current: list[Container], started: list[Container], wait: bool
+) -> None:
+    """Each phase started, and (waiting) ready before the next; `started` grows as containers start."""
+    plan = target.plan
+    create = {s.service for s in changes.create}
+    # Old containers were removed already: only names still on a node need a `docker rm` first.
+    kept = [c for c in current if c not in changes.remove]
+    for i, phase in enumerate(phases(plan.services)):
+        started += start(target, [s for s in phase if s.service in create], progress, known=kept)
+        if i < 2 and phase and wait:
+            Waiter(target, progress, phase).run()
+    if wait:
+        Waiter(target, progress, plan.services, check_endpoint=plan.has_dynamo_frontend).run()
+        if plan.endpoint:
+            progress.log("smoke test: " + smoke_test(target))
+    elif not all_running(plan.services, current, started):
+        Waiter(target, progress, plan.services, running_only=True).run()
+
+
+def all_running(services: list[Service], before: list[Container], started: list[Container]) -> bool:
+    """Does every planned service run, judging by what the nodes last reported (no extra round trip)?"""
+    latest = {(c.node_index, c.name): c for c in before}
+    latest.update({(c.node_index, c.name): c for c in started})
+    return all((c := latest.get((s.node.index, s.name))) is not None and c.running for s in services)
+
+
+def smoke_test(target: Target, attempts: int = SMOKE_ATTEMPTS) -> str:
+    """One short chat completion through the endpoint, whose answer must carry text; retried briefly
+    (routing may lag registration)."""
+    plan = target.plan
+    host = target.fleet.host(plan.entry.node.index)
+    last = ""
+    for _ in range(attempts):
+        try:
+            request = readiness.chat_request(plan.model_name)
+            status, body = host.http("POST", plan.endpoint + "/v1/chat/completions", request, timeout=60)
+        except (OSError, ConnectionError) as exc:
+            last = str(exc)
+        else:
+            if status == 200:
+                text = readiness.answer_text(body).strip()
+                if not text:
+                    # A 200 with no text is what clients count as a failed request (AIPerf does).
+                    raise ServiceFailed(
+                        f"smoke test failed: {plan.endpoint} answered 200 but with no text: {body}"[:400]
+                    )
+                return f"200 OK: {text[:60]!r}"
+            last = f"HTTP {status}: {str(body)[:300]}"
+        time.sleep(1)
+    raise ServiceFailed(f"smoke test failed: a chat completion through {plan.endpoint} answered {last}")

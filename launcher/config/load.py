@@ -1,0 +1,219 @@
+"""Reading a deployment: inventory (nodes, SSH defaults, vars) -> deployment YAML -> `${VAR}`
+interpolation from the environment, `.env` beside the deployment file, the inventory's `vars` and
+built-ins -> the pydantic models of `schema`. Every error names the file, the key and its line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from launcher.config.interpolate import Interpolator
+from launcher.config.schema import SECRET_NAME, DeploymentSpec, InventorySpec, NodeSpec, SSHSettings, as_text
+from launcher.config.yamlfile import KeyPath, dotted, line_of, load_yaml
+from launcher.errors import ConfigError, ConfigErrors
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of loc (to suggest field names)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return current if part == loc[-1] else None
+            current = field.annotation
+        else:
+            args = typing.get_args(current)
+            current = args[-1] if args else None
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            models = [a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+            containers = [a for a in typing.get_args(annotation) if typing.get_origin(a) in (dict, list)]
+            if models:
+                annotation = models[0]
+            elif containers:
+                annotation = containers[0]
+            else:
+                return annotation
+        else:
+            return annotation
+
+
+def _expected(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    given = error.get("input")
+    shown = repr(given) if not isinstance(given, (dict, list)) else type(given).__name__
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"expected one of {ctx.get('expected')}, got {shown}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"expected a whole number, got {shown}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {shown}"
+    if kind in ("string_type",):
+        return f"expected a string, got {shown}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"expected true or false, got {shown}"
+    if kind in ("list_type",):
+        return f"expected a list, got {shown}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping, got {shown}"
+    if kind == "string_pattern_mismatch":
+        return f"{shown} does not match the allowed form {ctx.get('pattern')}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return f"{error['msg'].lower()}, got {shown}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg']}, got {shown}"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union branch names (`int`, `list[...]`, `function-after[...]`) from a location."""
+    out = []
+    for part in loc:
+        if isinstance(part, str) and (
+            "[" in part or part in ("int", "str", "float", "bool", "constrained-int", "constrained-str")
+        ):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def validation_errors(
+    exc: ValidationError, model: type[BaseModel], file: str, lines: dict[KeyPath, int]
+) -> ConfigErrors:
+    found: list[ConfigError] = []
+    seen: set[tuple[Any, ...]] = set()
+    # Unknown keys first: a misspelt key also makes its real name "missing", which says less.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    suggested: set[tuple[Any, ...]] = set()
+    for error in errors:
+        loc = _clean_loc(tuple(error["loc"]))
+        if loc in seen or (error["type"] == "missing" and loc in suggested):
+            continue  # one line per key, even when several union branches failed
+        seen.add(loc)
+        if error["type"] == "extra_forbidden":
+            owner = _model_at(model, loc)
+            names = sorted(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(names)}"
+            if close:
+                suggested.add(loc[:-1] + (close[0],))
+            message = f"unknown key: {hint}"
+        else:
+            message = _expected(error)
+        found.append(ConfigError(message, file=file, key=dotted(loc), line=line_of(lines, loc)))
+    return ConfigErrors(found)
+
+
+def validate(model: type[BaseModel], data: Any, file: str, lines: dict[KeyPath, int]) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping at the top of the file", file=file)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_errors(exc, model, file, lines) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class Loaded(BaseModel):
+    """A validated deployment plus what came with it: where it was read, resolved secrets."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    spec: DeploymentSpec
+    file: str
+    inventory_file: str | None
+    nodes: list[NodeSpec]
+    ssh: SSHSettings
+    secret_values: dict[str, str]
+    lines: dict[Any, int]
+
+    def line(self, *path: str | int) -> int | None:
+        return line_of(self.lines, tuple(path))
+
+
+def load_inventory(path: Path) -> InventorySpec:
+    data, lines = load_yaml(path)
+    return validate(InventorySpec, data, str(path), lines)
+
+
+def load(
+    path: str | Path,
+    inventory: str | Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> Loaded:
+    """Read, interpolate and validate a deployment file (and optional inventory)."""
+    path = Path(path)
+    file = str(path)
+    environ = dict(os.environ if environ is None else environ)
+    inv = load_inventory(Path(inventory)) if inventory else None
+    data, lines = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping at the top of the file", file=file)
+
+    dotenv_path = path.parent / ".env"
+    dotenv = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None} if dotenv_path.exists() else {}
+    inventory_vars = {k: as_text(v) for k, v in (inv.vars if inv else {}).items()}
+    builtins = {"CONFIG_DIR": str(path.resolve().parent)}
+    interp = Interpolator([environ, dotenv, inventory_vars, builtins], file, lines)
+    data = interp.walk(data)
+    spec: DeploymentSpec = validate(DeploymentSpec, data, file, lines)
+
+    if inv is not None:
+        nodes = inv.nodes
+        ssh = inv.ssh.merged(spec.ssh)
+    elif spec.nodes:
+        nodes = spec.nodes
+        ssh = spec.ssh
+    else:
+        raise ConfigError("no nodes: list them under `nodes:` or pass an inventory with -i", file=file, key="nodes")
+
+    secret_values: dict[str, str] = {}
+    for i, name in enumerate(spec.secrets):
+        value = environ.get(name) or dotenv.get(name)
+        if not value:
+            raise ConfigError(
+                f"secret {name} is named but not defined: set it in the environment or in {dotenv_path}",
+                file=file,
+                key=f"secrets[{i}]",
+                line=line_of(lines, ("secrets", i)),
+            )
+        secret_values[name] = value
+    # Values interpolated from secret-looking variables are secrets too, wherever they landed.
+    for name in interp.used:
+        if SECRET_NAME.search(name) and name not in secret_values:
+            value = interp.lookup(name)
+            if value:
+                secret_values[name] = value
+
+    return Loaded(
+        spec=spec,
+        file=file,
+        inventory_file=str(inventory) if inventory else None,
+        nodes=nodes,
+        ssh=ssh,
+        secret_values=secret_values,
+        lines=lines,
+    )

@@ -1,0 +1,279 @@
+"""The deployment file and the inventory as pydantic models: every key, its type, its default.
+
+`launcher.config.load` reads the files into these; nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Env names whose values are secret even when the file does not list them under `secrets`.
+SECRET_NAME = re.compile(
+    r"(^HF_TOKEN$|^HUGGING_FACE_HUB_TOKEN$|_TOKEN$|_SECRET$|_PASSWORD$|_API_KEY$|^NATS_AUTH_|^ETCD_AUTH_)"
+)
+
+NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+# An environment variable name a shell can `export`: anything else would be dropped or, worse, run.
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+EnvMap = dict[EnvName, str | int | float | bool]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SSHSettings(Strict):
+    user: str | None = None
+    port: Port | None = None
+    key: str | None = None
+    jump: str | None = Field(default=None, description="ProxyJump host: [user@]host[:port]")
+    known_hosts: str | None = None
+    connect_timeout: Annotated[float, Field(gt=0, le=600)] | None = None
+    host_key_policy: Literal["strict", "accept-new"] | None = None
+
+    def merged(self, override: SSHSettings) -> SSHSettings:
+        data = self.model_dump(exclude_none=True)
+        data.update(override.model_dump(exclude_none=True))
+        return SSHSettings(**data)
+
+
+class NodeSpec(Strict):
+    address: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(pattern=NAME_RE)] | None = None
+    ssh: SSHSettings = SSHSettings()
+    gpus: Annotated[int, Field(ge=0)] | None = None
+    ib_devices: list[str] | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _no_space(cls, value: str) -> str:
+        if any(ch.isspace() for ch in value) or value.startswith("-"):
+            raise ValueError("an address is a host name or IP without spaces or leading '-'")
+        if ":" in value:
+            # URLs, --dist-init-addr HOST:PORT and NIXL side channels are built as HOST:PORT everywhere.
+            raise ValueError("IPv6 addresses are not supported yet: use an IPv4 address or a host name")
+        return value
+
+
+class ContainerSettings(Strict):
+    """How a service's container is run. Group values override top-level ones key by key."""
+
+    network: str | None = None
+    ipc: str | None = None
+    shm_size: str | None = None
+    ulimits: dict[str, str | int | None] | None = None  # null drops a default limit
+    cap_add: list[str] | None = None
+    devices: list[str] | None = None
+    privileged: bool | None = None
+    gpus: str | None = Field(default=None, description="'all', 'none', or a GPU list like '0,1,2,3'")
+    volumes: list[str] | None = None
+    env: EnvMap | None = None
+    run_options: list[str] | None = None
+    workdir: str | None = None
+    user: str | None = None
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_form(cls, value: list[str] | None) -> list[str] | None:
+        for volume in value or []:
+            if ":" not in volume:
+                raise ValueError(f"volume {volume!r} must be HOST_PATH:CONTAINER_PATH[:ro]")
+        return value
+
+    def over(self, base: ContainerSettings) -> ContainerSettings:
+        """self layered over base: scalars replace, mappings merge, lists append (deduplicated)."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            mine, theirs = getattr(self, name), getattr(base, name)
+            if mine is None:
+                out[name] = theirs
+            elif isinstance(mine, dict) and isinstance(theirs, dict):
+                out[name] = {k: v for k, v in {**theirs, **mine}.items() if v is not None}
+            elif isinstance(mine, list) and isinstance(theirs, list):
+                out[name] = list(dict.fromkeys(theirs + mine))
+            else:
+                out[name] = mine
+        return ContainerSettings(**out)
+
+
+# Defaults every wide-EP recipe uses (Dynamo's DeepSeek-R1 doc): host network and IPC, a large shm,
+# unlimited locked memory for RDMA, ptrace for py-spy.
+DEFAULT_CONTAINER = ContainerSettings(
+    network="host",
+    ipc="host",
+    shm_size="10g",
+    ulimits={"memlock": -1, "stack": 67108864, "nofile": "65536:65536"},
+    cap_add=["SYS_PTRACE"],
+    devices=[],
+    privileged=False,
+    gpus="all",
+    volumes=[],
+    env={},
+    run_options=[],
+)
+
+NodeRef = Annotated[int, Field(ge=0)] | str
+
+
+EngineArgs = dict[str, Any] | list[str | int | float] | str
+
+
+class ServiceSpec(Strict):
+    """What every single-node service has: whether and where it runs, its image and container settings."""
+
+    enabled: bool = True
+    node: NodeRef = 0
+    image: str | None = None
+    container: ContainerSettings = ContainerSettings()
+    timeout: Seconds = 60
+
+
+class EtcdSpec(ServiceSpec):
+    client_port: Port = 2379
+    peer_port: Port = 2380
+    args: list[str] = []
+
+
+class NatsSpec(ServiceSpec):
+    port: Port = 4222
+    monitor_port: Port = 8222
+    args: list[str] = []
+
+
+class FrontendSpec(ServiceSpec):
+    port: Port = 8000
+    args: EngineArgs = {}
+    env: EnvMap = {}
+    timeout: Seconds = 300
+
+
+class RouterSpec(ServiceSpec):
+    """SGLang's P/D router in front of plain `sglang` prefill and decode groups (no Dynamo)."""
+
+    enabled: bool = False
+    port: Port = 8000
+    # The router panics if its Prometheus port is taken: always set explicitly, never left to chance.
+    prometheus_port: Port = 29000
+    kind: Literal["router", "mini_lb"] = Field(
+        default="router",
+        description="router: sglang_router.launch_router (pin versions.sglang_router); "
+        "mini_lb: sglang.srt.disaggregation.mini_lb (SGLang 0.4.6.post1 to 0.5.1 only)",
+    )
+    policy: str | None = None
+    args: EngineArgs = {}
+    env: EnvMap = {}
+    timeout: Seconds = 1800
+
+
+class ServicesSpec(Strict):
+    etcd: EtcdSpec = EtcdSpec()
+    nats: NatsSpec = NatsSpec()
+    frontend: FrontendSpec = FrontendSpec()
+    router: RouterSpec = RouterSpec()
+
+
+class ModelSpec(Strict):
+    path: Annotated[str, Field(min_length=1)]
+    name: Annotated[str, Field(min_length=1)] | None = None
+
+
+class GroupSpec(Strict):
+    engine: str
+    nodes: Annotated[int, Field(ge=1)] | list[NodeRef]
+    mode: Literal["prefill", "decode", "agg"] | None = None
+    gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="GPU indices on each node used by this group (default: all)"
+    )
+    args: EngineArgs = []
+    env: EnvMap = {}
+    image: str | None = None
+    container: ContainerSettings = ContainerSettings()
+    dist_init_port: Port = 29500
+    bootstrap_port: Port | None = None
+    port: Port | None = None
+    # Dynamo keeps DYN_SYSTEM_PORT in a signed 16-bit integer: a higher port crashes the worker.
+    system_port: Annotated[int, Field(ge=1, le=32767)] | None = None
+    timeout: Seconds = 1800
+
+
+class VersionsSpec(Strict):
+    """The versions the file is written for: flag checks and version-dependent forms read them."""
+
+    sglang: str | None = None
+    dynamo: str | None = None
+    vllm: str | None = None
+    sglang_router: str | None = None
+
+    @field_validator("sglang", "dynamo", "vllm", "sglang_router", mode="before")
+    @classmethod
+    def _a_version(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        try:
+            Version(str(value))
+        except InvalidVersion:
+            raise ValueError(f"expected a version like 0.5.21 (PEP 440), got {value!r}") from None
+        return str(value)
+
+    def parsed(self, name: str) -> Version | None:
+        value = getattr(self, name)
+        return Version(value) if value else None
+
+
+class DeploymentSpec(Strict):
+    deployment: Annotated[str, Field(pattern=NAME_RE, max_length=48)]
+    image: str | None = None
+    runtime: Literal["docker", "process"] = "docker"
+    python_env: str | None = Field(
+        default=None, description="process runtime: a Python environment on the nodes; its bin/ leads PATH"
+    )
+    gpus_per_node: Annotated[int, Field(ge=0)] = 8
+    versions: VersionsSpec = VersionsSpec()
+    model: ModelSpec | None = None
+    nodes: Annotated[list[NodeSpec], Field(min_length=1)] | None = None
+    ssh: SSHSettings = SSHSettings()
+    container: ContainerSettings = ContainerSettings()
+    secrets: list[EnvName] = []
+    services: ServicesSpec = ServicesSpec()
+    groups: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")], GroupSpec]
+    state_dir: str = "/var/tmp/launcher"
+
+    @model_validator(mode="after")
+    def _runtime_needs(self) -> DeploymentSpec:
+        if self.runtime == "docker" and not self.image:
+            raise ValueError("`image` is required with the docker runtime (or set `runtime: process`)")
+        return self
+
+    @field_validator("groups")
+    @classmethod
+    def _some_groups(cls, value: dict[str, GroupSpec]) -> dict[str, GroupSpec]:
+        if not value:
+            raise ValueError("at least one worker group is needed (for example prefill and decode)")
+        return value
+
+
+class InventorySpec(Strict):
+    ssh: SSHSettings = SSHSettings()
+    vars: dict[str, str | int | float | bool] = {}
+    nodes: Annotated[list[NodeSpec], Field(min_length=1)]
+
+
+def is_secret_name(name: str, declared: list[str] | set[str]) -> bool:
+    return name in declared or bool(SECRET_NAME.search(name))
+
+
+def as_text(value: Any) -> str:
+    """A YAML value as the text a command line or an env var gets: true/false, numbers as written,
+    mappings and lists as compact JSON (one argument)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)

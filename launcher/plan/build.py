@@ -1,0 +1,288 @@
+"""Validated config -> plan: nodes resolved, groups placed, every service's argv and env computed.
+
+`build` runs the steps in order: the single-node services (etcd, NATS, the frontend), every worker
+group rank by rank, the router (which needs the groups' addresses), then the whole-plan checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from launcher.config.load import Loaded
+from launcher.config.schema import DEFAULT_CONTAINER, ContainerSettings, GroupSpec, ServiceSpec, as_text, is_secret_name
+from launcher.errors import ConfigError
+from launcher.plan import engines, flagdrift, infra
+from launcher.plan.checks import check_no_secret_on_command_line, check_ports
+from launcher.plan.engines import args as A
+from launcher.plan.engines.base import Engine, GroupContext
+from launcher.plan.nodes import node_at, place_groups, resolve_nodes
+from launcher.plan.types import Group, Node, Plan, Service
+
+SGLANG_ENGINES = ("dynamo-sglang", "sglang")
+# Shorter values (test placeholders like "x") would match everywhere; no real token is this short.
+MIN_SECRET_LEN = 4
+
+
+def build(loaded: Loaded) -> Plan:
+    b = Builder(loaded, resolve_nodes(loaded))
+    urls = b.add_infra()
+    b.add_groups(urls)
+    if loaded.spec.services.router.enabled:
+        urls["endpoint"] = b.add_router()
+    check_ports(b.services, loaded)
+    check_no_secret_on_command_line(b.services, b.secret_values, loaded)
+    spec = loaded.spec
+    return Plan(
+        deployment=spec.deployment,
+        file=loaded.file,
+        nodes=b.nodes,
+        services=b.services,
+        groups=b.groups,
+        state_dir=spec.state_dir,
+        runtime=spec.runtime,
+        python_env=spec.python_env,
+        model_name=spec.model.name if spec.model else None,
+        model_path=spec.model.path if spec.model else None,
+        endpoint=urls.get("endpoint"),
+        warnings=b.warnings,
+        findings=b.findings,
+    )
+
+
+@dataclass
+class Builder:
+    """The plan under construction, and the rules every service is built by (env, container, secrets)."""
+
+    loaded: Loaded
+    nodes: list[Node]
+    services: list[Service] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    findings: list[tuple[str, flagdrift.Finding]] = field(default_factory=list)
+    # name -> (engine, context) of every group, for the router
+    contexts: dict[str, tuple[Engine, GroupContext]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        spec = self.loaded.spec
+        self.spec = spec
+        self.base_container = spec.container.over(DEFAULT_CONTAINER)
+        self.secret_names = set(spec.secrets)
+        self.secret_values = {k: v for k, v in self.loaded.secret_values.items() if len(v) >= MIN_SECRET_LEN}
+
+    # -- rules shared by every service ----------------------------------------------------------
+
+    def error(self, message: str, *key: str | int) -> ConfigError:
+        return ConfigError(
+            message, file=self.loaded.file, key=".".join(str(k) for k in key), line=self.loaded.line(*key)
+        )
+
+    def env(self, *layers: dict, with_secrets: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+        """Merge env layers into (plain, secret): secret-named entries, and any value holding a
+        secret's value (`OPENAI_KEY: ${MY_API_KEY}`), go to the env file, never to the command line.
+
+        Declared secrets reach the engines and the frontend (`with_secrets`), not etcd or NATS."""
+        merged: dict[str, str] = {}
+        for layer in layers:
+            merged.update({k: as_text(v) for k, v in layer.items()})
+        plain = {k: v for k, v in merged.items() if not self._secret(k, v)}
+        hidden = {k: v for k, v in merged.items() if k not in plain}
+        if with_secrets:
+            hidden.update({k: v for k, v in self.loaded.secret_values.items() if k in self.secret_names})
+        return plain, hidden
+
+    def _secret(self, name: str, value: str) -> bool:
+        return is_secret_name(name, self.secret_names) or any(v in value for v in self.secret_values.values())
+
+    def container_env(self, override: ContainerSettings) -> dict:
+        return {**(self.base_container.env or {}), **(override.env or {})}
+
+    def container(self, override: ContainerSettings) -> ContainerSettings:
+        """The file's container settings under the override; env is kept apart (it goes to `env`)."""
+        return override.over(self.base_container).model_copy(update={"env": {}})
+
+    # -- etcd, NATS, the frontend, the router ---------------------------------------------------
+
+    def single(self, role: str, spec: ServiceSpec, node: Node, part: infra.Infra, *env_layers: dict) -> Service:
+        """One service on one node, no GPU. Of these, declared secrets reach the frontend only."""
+        with_secrets = role == "frontend"
+        plain, hidden = self.env(self.container_env(spec.container), part.env, *env_layers, with_secrets=with_secrets)
+        return Service(
+            deployment=self.spec.deployment, service=role, role=role, node=node,
+            image=spec.image or self.spec.image or "", command=part.command, env=plain, secret_env=hidden,
+            container=self.container(spec.container.over(ContainerSettings(gpus="none"))), probe=part.probe,
+            timeout=spec.timeout, ports=part.ports,
+        )  # fmt: skip
+
+    def add_infra(self) -> dict[str, str | None]:
+        """etcd and NATS, then the frontend (which points at both); returns their URLs."""
+        svc = self.spec.services
+        # Scratch space of etcd/NATS: the container's own /tmp, or the process's private directory.
+        scratch = "." if self.spec.runtime == "process" else "/tmp"
+        urls: dict[str, str | None] = {"etcd": None, "nats": None, "endpoint": None}
+        for role, spec, describe in (("etcd", svc.etcd, infra.etcd), ("nats", svc.nats, infra.nats)):
+            if spec.enabled:
+                node = node_at(self.nodes, spec.node, self.loaded, ("services", role, "node"))
+                part = describe(spec, node, scratch)
+                self.services.append(self.single(role, spec, node, part))
+                urls[role] = part.url
+        if svc.frontend.enabled:
+            node = node_at(self.nodes, svc.frontend.node, self.loaded, ("services", "frontend", "node"))
+            try:
+                part = infra.frontend(svc.frontend, node, urls["etcd"], urls["nats"])
+            except ValueError as exc:
+                raise self.error(str(exc), "services", "frontend", "args") from None
+            self.services.append(self.single("frontend", svc.frontend, node, part, svc.frontend.env))
+            urls["endpoint"] = part.url
+        return urls
+
+    def add_router(self) -> str | None:
+        """SGLang's P/D router: every `sglang` prefill group's rank 0 (with its bootstrap port) and decode's."""
+        spec, rspec = self.spec, self.spec.services.router
+        if spec.services.frontend.enabled:
+            raise self.error(
+                "the router fronts plain `sglang` groups and Dynamo's frontend fronts Dynamo workers: disable one"
+                " (services.frontend.enabled: false)",
+                "services",
+                "router",
+                "enabled",
+            )
+        prefill, decode = [], []
+        for engine, ctx in self.contexts.values():
+            if engine.name != "sglang" or ctx.mode not in ("prefill", "decode"):
+                continue
+            url = f"http://{ctx.leader.address}:{engine.port(ctx)}"
+            if ctx.mode == "prefill":
+                prefill.append(infra.Worker(url, engine.bootstrap_port(ctx)))
+            else:
+                decode.append(infra.Worker(url))
+        if not prefill or not decode:
+            raise self.error(
+                "the P/D router needs at least one `sglang` group with mode prefill and one with mode decode",
+                "services",
+                "router",
+            )
+        node = node_at(self.nodes, rspec.node, self.loaded, ("services", "router", "node"))
+        try:
+            part = infra.router(rspec, node, prefill, decode, spec.versions.sglang_router, spec.versions.sglang)
+        except ValueError as exc:
+            raise self.error(str(exc), "services", "router") from None
+        self.services.append(self.single("router", rspec, node, part, rspec.env))
+        return part.url
+
+    # -- worker groups --------------------------------------------------------------------------
+
+    def add_groups(self, urls: dict[str, str | None]) -> None:
+        placement = place_groups(self.loaded, self.nodes)
+        for name, group in self.spec.groups.items():
+            engine = self.engine(name, group)
+            ctx = self.context(name, group, engine, placement[name], urls)
+            self.warnings += engine.validate(ctx)
+            self.contexts[name] = (engine, ctx)
+            self.check_flags(name, group, ctx)
+            self.add_ranks(group, engine, ctx)
+            self.groups.append(
+                Group(
+                    name=name,
+                    engine=engine.name,
+                    mode=ctx.mode,
+                    node_indices=[n.index for n in ctx.nodes],
+                    gpus=ctx.gpus,
+                    expected_instances=engine.expected_instances(ctx),
+                    summary=engine.summary(ctx),
+                )
+            )
+
+    def engine(self, name: str, group: GroupSpec) -> Engine:
+        engine = engines.get(group.engine)
+        if engine is None:
+            close = difflib.get_close_matches(group.engine, list(engines.ENGINES), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise self.error(
+                f"unknown engine {group.engine!r}: {hint}expected one of {', '.join(engines.ENGINES)}",
+                "groups",
+                name,
+                "engine",
+            )
+        return engine
+
+    def context(
+        self, name: str, group: GroupSpec, engine: Engine, chosen: list[Node], urls: dict[str, str | None]
+    ) -> GroupContext:
+        gpus = group.gpus if group.gpus is not None else list(range(min(n.gpus for n in chosen)))
+        if engine.needs_gpu:
+            for node in chosen:
+                if not gpus or any(g >= node.gpus for g in gpus):
+                    raise ConfigError(
+                        f"{node.label} has {node.gpus} GPU(s); the group wants GPUs {gpus}",
+                        file=self.loaded.file,
+                        key=f"groups.{name}.gpus",
+                        line=self.loaded.line("groups", name),
+                    )
+        try:
+            argv = A.normalize(group.args)
+        except ValueError as exc:
+            raise self.error(f"cannot split args: {exc}", "groups", name, "args") from None
+        return GroupContext(
+            deployment=self.spec.deployment,
+            file=self.loaded.file,
+            name=name,
+            spec=group,
+            mode=group.mode or (name if name in ("prefill", "decode") else "agg"),
+            argv=argv,
+            nodes=chosen,
+            gpus=gpus,
+            model=self.spec.model,
+            etcd_endpoint=urls["etcd"],
+            nats_url=urls["nats"],
+            line=self.loaded.line("groups", name),
+            versions=self.spec.versions,
+        )
+
+    def check_flags(self, name: str, group: GroupSpec, ctx: GroupContext) -> None:
+        """Engine flags and env vars that the declared SGLang version renamed or removed."""
+        engine_name, sglang = group.engine, self.spec.versions.sglang
+        if engine_name not in SGLANG_ENGINES or not sglang:
+            return
+        env = {**self.container_env(group.container), **{k: as_text(v) for k, v in group.env.items()}}
+        for finding in flagdrift.check(ctx.argv, env, sglang):
+            self.findings.append((name, finding))
+            self.warnings.append(f"groups.{name}: {finding}")
+
+    def add_ranks(self, group: GroupSpec, engine: Engine, ctx: GroupContext) -> None:
+        """One service per node of the group, each with its rank's argv, env and probe."""
+        container = self.container(self.group_container(group, engine, ctx))
+        for rank, node in enumerate(ctx.nodes):
+            plain, hidden = self.env(
+                self.container_env(group.container), engine.env(ctx, rank), group.env, with_secrets=True
+            )
+            self.services.append(
+                Service(
+                    deployment=self.spec.deployment,
+                    service=f"{ctx.name}-r{rank}",
+                    role=ctx.mode if ctx.mode != "agg" else ctx.name,
+                    node=node,
+                    image=group.image or self.spec.image or "",
+                    command=engine.command(ctx, rank),
+                    env=plain,
+                    secret_env=hidden,
+                    container=container,
+                    probe=engine.probe(ctx, rank),
+                    timeout=group.timeout,
+                    group=ctx.name,
+                    rank=rank,
+                    engine=engine.name,
+                    ports=engine.ports(ctx, rank),
+                )
+            )
+
+    @staticmethod
+    def group_container(group: GroupSpec, engine: Engine, ctx: GroupContext) -> ContainerSettings:
+        """The group's container settings, with the GPUs it uses (none for engines that need none)."""
+        if group.container.gpus is not None:
+            return group.container
+        if not engine.needs_gpu:
+            return group.container.model_copy(update={"gpus": "none"})
+        if group.gpus is not None:
+            return group.container.model_copy(update={"gpus": ",".join(str(g) for g in ctx.gpus)})
+        return group.container

@@ -1,0 +1,46 @@
+"""Whole-plan checks that no single service can make: port clashes, secrets on a command line."""
+
+from __future__ import annotations
+
+from launcher.config.load import Loaded
+from launcher.errors import ConfigError
+from launcher.plan.types import Service
+
+
+def check_ports(services: list[Service], loaded: Loaded) -> None:
+    """With host networking every port is the node's: two services wanting one port cannot both start."""
+    used: dict[tuple[int, int], Service] = {}
+    for service in services:
+        if service.container.network not in (None, "host"):
+            continue
+        for port in service.ports:
+            key = (service.node.index, port)
+            other = used.get(key)
+            if other is not None and other is not service:
+                raise ConfigError(
+                    f"{service.node.label}: {other.service} and {service.service} both want port {port}",
+                    file=loaded.file,
+                    key=file_key(service),
+                )
+            used[key] = service
+
+
+def check_no_secret_on_command_line(services: list[Service], secret_values: dict[str, str], loaded: Loaded) -> None:
+    """Engine args, run_options, volumes and the image are on the `docker run` line, so in `ps` and
+    `docker inspect`: a secret's value there is refused (env values are routed to the 0600 file)."""
+    for s in services:
+        exposed = [*s.command, *(s.container.run_options or []), *(s.container.volumes or []), s.image]
+        for name, value in secret_values.items():
+            if any(value in part for part in exposed):
+                raise ConfigError(
+                    f"the value of secret {name} would be on the command line of {s.name} (its args, "
+                    "run_options, volumes or image), where `ps` and `docker inspect` show it: pass it through "
+                    "`env` instead (env values holding a secret go to the node's 0600 env file)",
+                    file=loaded.file,
+                    key=file_key(s),
+                )
+
+
+def file_key(service: Service) -> str:
+    """Where the file describes this service: its group, or its entry under `services`."""
+    return f"groups.{service.group}" if service.group else f"services.{service.role}"

@@ -1,0 +1,61 @@
+"""What the nodes report running: each container (or process-runtime service) of the deployment,
+identified by the launcher's labels. The runtime parses node output into these; `reconcile` compares
+them with the plan. Pure data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from launcher.plan.types import LABEL
+
+
+@dataclass
+class Container:
+    """A container as a node reports it, identified by the launcher's labels."""
+
+    node_index: int
+    id: str
+    name: str
+    labels: dict[str, str]
+    state: str  # running | exited | created | restarting | dead ...
+    exit_code: int
+    started_at: str = ""
+    finished_at: str = ""
+    restarts: int = 0
+
+    @property
+    def service(self) -> str:
+        return self.labels.get(f"{LABEL}.service", self.name)
+
+    @property
+    def role(self) -> str:
+        return self.labels.get(f"{LABEL}.role", "?")
+
+    @property
+    def group(self) -> str | None:
+        return self.labels.get(f"{LABEL}.group")
+
+    @property
+    def rank(self) -> int | None:
+        raw = self.labels.get(f"{LABEL}.rank")
+        return int(raw) if raw is not None and raw.isdigit() else None
+
+    @property
+    def spec(self) -> str:
+        return self.labels.get(f"{LABEL}.spec", "")
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def uptime(self, now: datetime) -> float | None:
+        if not self.running:
+            return None
+        match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", self.started_at)
+        if not match:
+            return None
+        started = datetime.fromisoformat(match.group(1)).replace(tzinfo=UTC)
+        return max(0.0, (now - started).total_seconds())

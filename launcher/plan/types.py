@@ -1,0 +1,174 @@
+"""The plan's data: which service runs on which node, with which argv, env, mounts, labels and probe.
+
+Pure data. Built by `launcher.plan.build`, shown by `launcher.output.plan_views`, turned into shell
+scripts by `launcher.runtime`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.config.schema import ContainerSettings, SSHSettings
+
+LABEL = "launcher"  # label prefix: launcher.deployment, launcher.role, ...
+# A node at one of these is this machine: commands run directly, services listen on loopback only.
+LOCAL_ADDRESSES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int
+    name: str
+    address: str
+    ssh: SSHSettings
+    gpus: int
+    ib_devices: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"node {self.index} ({self.name} {self.address})"
+
+    @property
+    def is_local(self) -> bool:
+        return self.address in LOCAL_ADDRESSES
+
+
+def find_node(nodes: list[Node], ref: str | int) -> Node | None:
+    """The node an index, a name or an address designates (as `--node` and the file's `node:` take it)."""
+    for node in nodes:
+        if ref in (node.index, str(node.index), node.name, node.address):
+            return node
+    return None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How to tell a service is up: its container runs, and (for http) a URL answers as expected."""
+
+    kind: str  # "running" | "http" | "log"
+    url: str | None = None
+    expect: dict[str, Any] | None = None  # http: JSON keys that must have these values; log: {"line": text}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "url": self.url, "expect": self.expect}
+
+
+@dataclass
+class Service:
+    deployment: str
+    service: str  # e.g. "etcd", "decode-r3"
+    role: str  # etcd | nats | frontend | prefill | decode | agg | router ...
+    node: Node
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    container: ContainerSettings
+    probe: Probe
+    timeout: float
+    group: str | None = None
+    rank: int | None = None
+    engine: str | None = None
+    secret_env: dict[str, str] = field(default_factory=dict)  # name -> value, never rendered
+    ports: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.deployment}-{self.service}"
+
+    @property
+    def tag(self) -> str:
+        """Short prefix for log lines: `node3 decode r2`."""
+        who = self.role if self.rank is None else f"{self.group} r{self.rank}"
+        return f"{self.node.name} {who}"
+
+    def spec_hash(self) -> str:
+        """Changes whenever anything that affects the running container changes (secrets by hash only)."""
+        body = {
+            "image": self.image,
+            "command": self.command,
+            "env": self.env,
+            "secrets": {k: hashlib.sha256(v.encode()).hexdigest() for k, v in sorted(self.secret_env.items())},
+            "container": self.container.model_dump(),
+            "node": self.node.address,
+        }
+        return _digest(body)
+
+
+@dataclass
+class Group:
+    name: str
+    engine: str
+    mode: str
+    node_indices: list[int]
+    gpus: list[int]
+    # What the frontend must list before the group counts as ready: component -> instance count.
+    expected_instances: dict[str, int]
+    summary: str = ""
+
+
+@dataclass
+class Plan:
+    deployment: str
+    file: str
+    nodes: list[Node]
+    services: list[Service]
+    groups: list[Group]
+    state_dir: str
+    runtime: str = "docker"
+    python_env: str | None = None
+    model_name: str | None = None
+    model_path: str | None = None  # as the engines see it
+    endpoint: str | None = None  # the frontend's (or router's) URL
+    warnings: list[str] = field(default_factory=list)
+    findings: list = field(default_factory=list)  # (group, flagdrift.Finding): stale engine flags
+
+    def node(self, ref: str | int) -> Node | None:
+        return find_node(self.nodes, ref)
+
+    @property
+    def head(self) -> Node:
+        """Where the lock and the audit log live: the node running etcd (the head), else node 0."""
+        etcd = next((s for s in self.services if s.role == "etcd"), None)
+        return etcd.node if etcd is not None else self.nodes[0]
+
+    @property
+    def flag_errors(self) -> list[str]:
+        return [f"groups.{g}: {f}" for g, f in self.findings if f.severity == "error"]
+
+    @property
+    def has_dynamo_frontend(self) -> bool:
+        return any(s.role == "frontend" for s in self.services)
+
+    @property
+    def entry(self) -> Service | None:
+        """The service behind `endpoint`: Dynamo's frontend or the SGLang router."""
+        return next((s for s in self.services if s.role in ("frontend", "router")), None)
+
+    def by_node(self, index: int) -> list[Service]:
+        return [s for s in self.services if s.node.index == index]
+
+    def group_hash(self, group: str) -> str:
+        return _digest(sorted(s.spec_hash() for s in self.services if s.group == group))
+
+    def labels(self, service: Service) -> dict[str, str]:
+        labels = {
+            f"{LABEL}.deployment": self.deployment,
+            f"{LABEL}.service": service.service,
+            f"{LABEL}.role": service.role,
+            f"{LABEL}.node": str(service.node.index),
+            f"{LABEL}.address": service.node.address,
+            f"{LABEL}.spec": service.spec_hash(),
+        }
+        if service.group is not None:
+            labels[f"{LABEL}.group"] = service.group
+            labels[f"{LABEL}.group-spec"] = self.group_hash(service.group)
+        if service.rank is not None:
+            labels[f"{LABEL}.rank"] = str(service.rank)
+        return labels
+
+
+def _digest(body: Any) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,93 @@
+"""What a runtime is: scripts (text, built from argv lists) that start, list, stop and show the
+services of a plan on one node. Commands are data: nothing here runs anything, so every script is
+unit-tested without a node, and each action is one script, one round trip per node.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+from launcher.errors import LauncherError
+from launcher.plan.state import Container
+from launcher.plan.types import Plan, Service
+
+POLL_MARK = "@@launcher-last-line@@"
+LIST_MARK = "@@launcher-list@@"  # what follows is a service listing (docker inspect JSON)
+# A check-and-list script exits with this when the container engine (or python_env) does not answer,
+# to tell "the engine is down" from "the listing failed".
+ENGINE_UNAVAILABLE = 97
+
+
+class Runtime(Protocol):
+    """The scripts one runtime needs; `docker.Docker` and `process.Process` implement them."""
+
+    name: str
+
+    def check_script(self, plan: Plan) -> str: ...
+
+    def list_script(self, plan: Plan) -> str: ...
+
+    def check_and_list_script(self, plan: Plan) -> str: ...
+
+    def start_script(
+        self, plan: Plan, services: list[Service], existing: set[str] | None = None
+    ) -> tuple[str, str]: ...
+
+    def remove_script(self, plan: Plan, names: list[str]) -> str: ...
+
+    def remove_all_script(self, plan: Plan) -> str: ...
+
+    def logs_script(
+        self, plan: Plan, name: str, tail: int | None = None, follow: bool = False, since: str | None = None
+    ) -> str: ...
+
+    def poll_script(self, plan: Plan, names: list[str]) -> str: ...
+
+
+class ListingError(LauncherError):
+    """A node's service list could not be read."""
+
+
+def parse_poll(node_index: int, stdout: str) -> tuple[list[Container], dict[str, str]]:
+    """A poll script's output -> (services, last log line of each named one)."""
+    head, *rest = stdout.split(POLL_MARK)
+    last: dict[str, str] = {}
+    for chunk in rest:
+        name, _, line = chunk.partition("\n")
+        last[name.strip()] = line.strip()
+    return parse_list(node_index, head), last
+
+
+def parse_after_mark(node_index: int, stdout: str) -> list[Container]:
+    """The listing a script printed after LIST_MARK ([] when it printed none)."""
+    if LIST_MARK not in stdout:
+        return []
+    return parse_list(node_index, stdout.split(LIST_MARK, 1)[1])
+
+
+def parse_list(node_index: int, stdout: str) -> list[Container]:
+    """`docker inspect` JSON (the process runtime prints the same shape) -> containers."""
+    try:
+        items = json.loads(stdout or "[]")
+    except ValueError as exc:
+        # Seen only when something removes a service while it is being listed; the caller reports the
+        # node (watch skips it this round) instead of a traceback.
+        raise ListingError(f"node {node_index}: unreadable service list ({exc}); try again") from exc
+    out = []
+    for item in items:
+        state = item.get("State", {})
+        out.append(
+            Container(
+                node_index=node_index,
+                id=item.get("Id", "")[:12],
+                name=item.get("Name", "").lstrip("/"),
+                labels=item.get("Config", {}).get("Labels") or {},
+                state=state.get("Status", "unknown"),
+                exit_code=int(state.get("ExitCode", 0) or 0),
+                started_at=state.get("StartedAt", ""),
+                finished_at=state.get("FinishedAt", ""),
+                restarts=int(item.get("RestartCount", 0) or 0),
+            )
+        )
+    return out

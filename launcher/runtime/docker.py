@@ -1,0 +1,172 @@
+"""The docker runtime: one container per service per node, state in container labels.
+
+Every action is a shell script built from argv lists (`docker_run` is the whole `docker run` argv of a
+service); secrets reach a container through a 0600 env file on the node, mounted read-only and sourced
+at start, never through the command line or the container's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import posixpath
+
+from launcher.plan.types import LABEL, Plan, Service
+from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK
+from launcher.runtime.shell import join, q, write_from_stdin
+
+
+class Docker:
+    """Containers on each node's Docker engine; state in container labels."""
+
+    name = "docker"
+
+    def check_script(self, plan: Plan) -> str:
+        """Is the engine answering? Prints its version."""
+        return "docker version --format '{{.Server.Version}}'"
+
+    def list_script(self, plan: Plan) -> str:
+        """Every container of the deployment on this node, as `docker inspect` JSON (`[]` when none)."""
+        label = q(f"label={LABEL}.deployment={plan.deployment}")
+        return (
+            f"ids=$(docker ps -aq --filter {label}) || exit $?; "
+            'if [ -n "$ids" ]; then docker inspect $ids; else echo "[]"; fi'
+        )
+
+    def check_and_list_script(self, plan: Plan) -> str:
+        """Engine answering (exit ENGINE_UNAVAILABLE if not) and the deployment's containers, in one call."""
+        return f"{{ {self.list_script(plan)} ; }} || exit {ENGINE_UNAVAILABLE}"
+
+    def start_script(self, plan: Plan, services: list[Service], existing: set[str] | None = None) -> tuple[str, str]:
+        """(script, stdin) that starts these services on one node, then prints their `docker inspect`.
+
+        Secret env files are written from stdin (`dd` reads exactly their size each), mode 0600, so no
+        secret is ever on a command line. A container of the same name is removed first when the node
+        reported one (`existing`; None: not known, always try).
+        """
+        lines = ["set -e"]
+        stdin = ""
+        for s in services:
+            if s.secret_env:
+                path = secrets_file(plan, s)
+                body = secrets_body(s.secret_env)
+                lines.append(f"install -d -m 0700 {q(posixpath.dirname(path))}")
+                lines.append(write_from_stdin(path, body))
+                stdin += body
+            if existing is None or s.name in existing:
+                lines.append(f"docker rm -f {q(s.name)} >/dev/null 2>&1 || true")
+            lines.append(join(docker_run(plan, s)) + " >/dev/null")
+        lines.append(f"echo {q(LIST_MARK)}")
+        lines.append("docker inspect " + " ".join(q(s.name) for s in services))
+        return "\n".join(lines), stdin
+
+    def remove_script(self, plan: Plan, names: list[str]) -> str:
+        if not names:
+            return "true"
+        return "docker rm -f " + " ".join(q(n) for n in names) + " >/dev/null"
+
+    def remove_all_script(self, plan: Plan) -> str:
+        """Remove every container of the deployment on this node, and its secret env files; print the count."""
+        label = q(f"label={LABEL}.deployment={plan.deployment}")
+        secrets = q(posixpath.join(plan.state_dir, plan.deployment, "secrets"))
+        return (
+            f"ids=$(docker ps -aq --filter {label}) || exit $?; "
+            f'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null || exit $?; fi; '
+            f'rm -rf {secrets}; echo "$ids" | grep -c . || true'
+        )
+
+    def logs_script(
+        self, plan: Plan, name: str, tail: int | None = None, follow: bool = False, since: str | None = None
+    ) -> str:
+        argv = ["docker", "logs"]
+        if tail is not None:
+            argv += ["--tail", str(tail)]
+        if since:
+            argv += ["--since", since]
+        if follow:
+            argv.append("-f")
+        argv.append(name)
+        return join(argv) + " 2>&1"
+
+    def poll_script(self, plan: Plan, names: list[str]) -> str:
+        """One round trip: the deployment's containers, then the last log line of each named one."""
+        script = self.list_script(plan)
+        for name in names:
+            script += f"; echo {q(POLL_MARK + name)}; {self.logs_script(plan, name, tail=1)} | tail -n 1 | cut -c1-200"
+        return script
+
+
+def secrets_file(plan: Plan, service: Service) -> str:
+    """Where the node keeps a service's secret env (mode 0600, written by `up`, removed by `down`)."""
+    return posixpath.join(plan.state_dir, plan.deployment, "secrets", f"{service.name}.env")
+
+
+def docker_run(plan: Plan, service: Service) -> list[str]:
+    """The whole `docker run` argv for one service. Secret values never appear in it."""
+    c = service.container
+    argv = ["docker", "run", "-d", "--name", service.name]
+    for key, value in plan.labels(service).items():
+        argv += ["--label", f"{key}={value}"]
+    if c.network:
+        argv += ["--network", c.network]
+    if c.ipc:
+        argv += ["--ipc", c.ipc]
+    if c.shm_size:
+        argv += ["--shm-size", c.shm_size]
+    for name, limit in (c.ulimits or {}).items():
+        argv += ["--ulimit", f"{name}={limit}"]
+    for cap in c.cap_add or []:
+        argv += ["--cap-add", cap]
+    for device in c.devices or []:
+        argv += ["--device", device]
+    if c.privileged:
+        argv.append("--privileged")
+    if c.gpus and c.gpus != "none":
+        # docker parses --gpus as CSV: a device list must be quoted inside the value.
+        # A bare number would be a count (`--gpus 7` is GPUs 0-6): one GPU is a device list of one.
+        argv += ["--gpus", c.gpus if c.gpus == "all" else f'"device={c.gpus}"']
+    for volume in c.volumes or []:
+        argv += ["-v", volume]
+    if c.workdir:
+        argv += ["-w", c.workdir]
+    if c.user:
+        argv += ["--user", c.user]
+    for key, value in service.env.items():
+        argv += ["-e", f"{key}={value}"]
+    command = list(service.command)
+    if service.secret_env:
+        # Not --env-file: docker would copy the values into the container's config, where `docker
+        # inspect` shows them. The file (0600 on the node) is mounted read-only and sourced at start.
+        argv += ["-v", f"{secrets_file(plan, service)}:{SECRETS_IN_CONTAINER}:ro"]
+        command = ["sh", "-c", SOURCE_SECRETS, "launcher-secrets", *command]
+    argv += list(c.run_options or [])
+    argv.append(service.image)
+    argv += command
+    return argv
+
+
+SECRETS_IN_CONTAINER = "/run/launcher-secrets.env"
+SOURCE_SECRETS = f'set -a; . {SECRETS_IN_CONTAINER}; set +a; exec "$@"'
+
+
+def secrets_body(secret_env: dict[str, str]) -> str:
+    """The env file's text: shell assignments (sourced by sh inside the container or by the process wrapper)."""
+    return "".join(f"{k}={q(v)}\n" for k, v in sorted(secret_env.items()))
+
+
+def docker_check_run(plan: Plan, service: Service, command: list[str]) -> list[str]:
+    """`docker run --rm -i` of the service's image, mounts and env, with another command (doctor)."""
+    # Without the secrets mount: before the first `up` the env file does not exist, and docker would
+    # create a root-owned directory in its place, which `up` then cannot write the file into.
+    argv = docker_run(plan, dataclasses.replace(service, secret_env={}))
+    head = argv[: argv.index(service.image)]
+    keep: list[str] = ["docker", "run", "--rm", "-i"]
+    i = 2
+    while i < len(head):
+        if head[i] in ("-d",):
+            i += 1
+        elif head[i] in ("--name", "--label"):
+            i += 2
+        else:
+            keep.append(head[i])
+            i += 1
+    return keep + [service.image] + command

@@ -1,0 +1,178 @@
+"""The process runtime: services as plain processes, for Docker-less nodes and the local default.
+
+Each service runs in its own session (`setsid`), so its whole process tree can be ended by session
+id: no orphaned workers left holding GPU memory after a stop (SGLang's schedulers outlive their
+parent otherwise). A per-deployment run directory on the node holds, per service: pid, its start
+time (so a reused pid is never mistaken for ours), labels.json, the env file (0600), the log and the
+exit code. `list_script` prints the same JSON shape as `docker inspect`, so everything above the
+runtime is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+from launcher.plan.types import Plan, Service
+from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK
+from launcher.runtime.shell import q, write_from_stdin
+
+# Stop one service directory's session: TERM, up to 10 s, then KILL. Only a pid whose start time
+# matches the one recorded is signalled as a leader; survivors are found by session id.
+STOP_FN = r"""
+# term_svc DIR: SIGTERM the service's session (only if the recorded pid is still ours).
+term_svc() {
+  d=$1; [ -f "$d/pid" ] || return 0
+  pid=$(cat "$d/pid"); st=$(cat "$d/starttime" 2>/dev/null || true)
+  if [ -r "/proc/$pid/stat" ]; then
+    now=$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null || true)
+    [ "$now" = "$st" ] || return 0
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  fi
+  pkill -TERM -s "$pid" 2>/dev/null || true
+}
+# our_sid DIR: print the service's session id if that session can still be ours. A live process
+# with the recorded pid but another start time means the pid was reused, which the kernel only does
+# once no process is left in our session: nothing of ours remains, print nothing. A leader that is
+# gone leaves its id to its session's survivors, so those are still found by session id.
+our_sid() {
+  pid=$(cat "$1/pid" 2>/dev/null || echo 0)
+  # pid 0 would mean "my own session" to pgrep: a service that never started has nothing to wait for
+  [ "$pid" -gt 1 ] 2>/dev/null || return 0
+  if [ -r "/proc/$pid/stat" ]; then
+    [ "$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null)" = "$(cat "$1/starttime" 2>/dev/null)" ] || return 0
+  fi
+  echo "$pid"
+}
+# reap_svcs DIR...: wait (10 s at most, all together) for the sessions to end, then SIGKILL survivors.
+reap_svcs() {
+  i=0
+  while [ $i -lt 100 ]; do
+    alive=0
+    for d in "$@"; do
+      sid=$(our_sid "$d"); [ -n "$sid" ] && pgrep -s "$sid" >/dev/null 2>&1 && alive=1
+    done
+    [ $alive = 0 ] && return 0
+    sleep 0.1; i=$((i+1))
+  done
+  for d in "$@"; do
+    sid=$(our_sid "$d"); [ -n "$sid" ] || continue
+    pkill -KILL -s "$sid" 2>/dev/null || true; kill -KILL -- "-$sid" 2>/dev/null || true
+  done
+}
+stop_svc() { term_svc "$1"; reap_svcs "$1"; }
+"""
+
+LIST_FN = r"""
+list_svcs() {
+  run=$1; first=1; printf '['
+  for d in "$run"/*/; do
+    # read once: a directory removed by a concurrent `down` is skipped, never half-printed
+    labels=$(cat "$d/labels.json" 2>/dev/null) || continue; [ -n "$labels" ] || continue
+    d=${d%/}; name=$(basename "$d"); pid=$(cat "$d/pid" 2>/dev/null || echo 0)
+    st=$(cat "$d/starttime" 2>/dev/null || true); state=exited; code=$(cat "$d/exit" 2>/dev/null || echo 137)
+    if [ -r "/proc/$pid/stat" ] && [ "$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null)" = "$st" ]; then
+      state=running; code=0
+    fi
+    [ $first = 1 ] || printf ','; first=0
+    printf '{"Id":"%s","Name":"/%s","State":{"Status":"%s","ExitCode":%s,"StartedAt":"%s"},"Config":{"Labels":' \
+      "$pid" "$name" "$state" "${code:-137}" "$(cat "$d/started" 2>/dev/null)"
+    printf '%s}}' "$labels"
+  done
+  printf ']\n'
+}
+"""
+
+
+class Process:
+    name = "process"
+
+    def base_dir(self, plan: Plan) -> str:
+        return posixpath.join(plan.state_dir, plan.deployment, "run")
+
+    def _run(self, plan: Plan) -> str:
+        """Shell prelude setting $RUN, the run directory, keyed by the node's own hostname.
+
+        A state_dir shared between nodes (NFS home directories, or the testbed, whose nodes share
+        one filesystem and one PID namespace) must not let one node's `down` see another's services.
+        """
+        return f'RUN={q(self.base_dir(plan))}/"$(uname -n)"; '
+
+    def check_script(self, plan: Plan) -> str:
+        env = plan.python_env
+        if not env:
+            return "command -v python3"
+        return (
+            f"test -x {q(env + '/bin/python3')} && {q(env + '/bin/python3')} --version || "
+            f"{{ echo python environment {q(env)} not found '(python_env)' >&2; exit 1; }}"
+        )
+
+    def list_script(self, plan: Plan) -> str:
+        return LIST_FN + self._run(plan) + 'mkdir -p "$RUN" && list_svcs "$RUN"'
+
+    def check_and_list_script(self, plan: Plan) -> str:
+        return f"{{ {self.check_script(plan)} ; }} >/dev/null || exit {ENGINE_UNAVAILABLE}; {self.list_script(plan)}"
+
+    def start_script(self, plan: Plan, services: list[Service], existing: set[str] | None = None) -> tuple[str, str]:
+        lines = ["set -e", STOP_FN, self._run(plan)]
+        stdin = ""
+        path_prefix = f"{plan.python_env}/bin:" if plan.python_env else ""
+        for s in services:
+            d = f'"$RUN"/{q(s.name)}'
+            env = {**s.env, **s.secret_env}
+            if path_prefix:
+                env["PATH"] = path_prefix + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+            body = "".join(f"export {k}={q(v)}\n" for k, v in env.items())
+            labels = json.dumps(plan.labels(s))
+            lines += [
+                f"stop_svc {d}",
+                f"rm -rf {d}",
+                f"install -d -m 0700 {d} {d}/scratch",
+                write_from_stdin(f"{d}/env", body, quoted=True),
+                f"printf '%s' {q(labels)} > {d}/labels.json",
+                f"date -u +%Y-%m-%dT%H:%M:%SZ > {d}/started",
+                # The wrapper is the session leader; it records the service's exit code.
+                f"(cd {d}/scratch && exec setsid bash -c "
+                + q('. ../env; "$@"; echo $? > ../exit')
+                + f" {q(s.name)} {' '.join(q(a) for a in s.command)} > {d}/log 2>&1 < /dev/null) &",
+                f"echo $! > {d}/pid",
+                # A service that failed at once is gone already: no start time, listed as exited
+                # with its code; the other services of this script still start.
+                f"awk '{{print $22}}' /proc/$!/stat > {d}/starttime 2>/dev/null || true",
+            ]
+            stdin += body
+        lines.append(f"echo {q(LIST_MARK)}")
+        lines.append(self.list_script(plan))
+        return "\n".join(lines), stdin
+
+    def remove_script(self, plan: Plan, names: list[str]) -> str:
+        dirs = " ".join(f'"$RUN"/{q(name)}' for name in names)
+        return (
+            STOP_FN
+            + self._run(plan)
+            + f'set -- {dirs}; for d in "$@"; do term_svc "$d"; done; reap_svcs "$@"; rm -rf "$@"'
+        )
+
+    def remove_all_script(self, plan: Plan) -> str:
+        # TERM every session first, then wait for all of them together: one slow exit, not the sum.
+        return (
+            STOP_FN
+            + self._run(plan)
+            + (
+                'set --; for d in "$RUN"/*/; do [ -d "$d" ] || continue; d=${d%/}; term_svc "$d"; '
+                'set -- "$@" "$d"; done; reap_svcs "$@"; n=$#; for d in "$@"; do rm -rf "$d"; done; '
+                f"rm -rf {q(posixpath.join(plan.state_dir, plan.deployment, 'secrets'))}; echo $n"
+            )
+        )
+
+    def logs_script(
+        self, plan: Plan, name: str, tail: int | None = None, follow: bool = False, since: str | None = None
+    ) -> str:
+        argv = "tail " + (f"-n {int(tail)}" if tail is not None else "-n +1") + (" -F" if follow else "")
+        return self._run(plan) + f'{argv} "$RUN"/{q(name)}/log 2>&1'
+
+    def poll_script(self, plan: Plan, names: list[str]) -> str:
+        script = self.list_script(plan)
+        for name in names:
+            script += f'; echo {q(POLL_MARK + name)}; tail -n 1 "$RUN"/{q(name)}/log 2>/dev/null | cut -c1-200'
+        return script

@@ -1,0 +1,115 @@
+"""Many nodes at once: `Fleet.map` runs a function on every chosen node in parallel (bounded), one
+connection per node for the whole command, and gathers every node's outcome in a `FleetResult`:
+a failure on one node never hides the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any, TypeVar
+
+from launcher.plan.types import Node
+from launcher.transport.errors import describe
+from launcher.transport.host import Completed, Host, Options
+from launcher.transport.local import LocalHost
+from launcher.transport.ssh import SSHHost
+
+T = TypeVar("T")
+
+
+class FleetResult(dict[int, Any]):
+    """Per node index: what the function returned, or the exception it raised (like fabric's
+    GroupResult). `succeeded` and `failed` split them; `ok` says whether every node succeeded."""
+
+    @property
+    def succeeded(self) -> dict[int, Any]:
+        return {i: r for i, r in self.items() if not isinstance(r, Exception)}
+
+    @property
+    def failed(self) -> dict[int, Exception]:
+        return {i: r for i, r in self.items() if isinstance(r, Exception)}
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def scripts(self) -> tuple[dict[int, Completed], dict[int, str]]:
+        """For a map of `host.run`: (the scripts that exited 0, why each other node failed: its
+        connection error, or the script's own last words)."""
+        done: dict[int, Completed] = {}
+        why: dict[int, str] = {}
+        for i, r in self.items():
+            if isinstance(r, Exception):
+                why[i] = describe(r)
+            elif not r.ok:
+                why[i] = r.why()
+            else:
+                done[i] = r
+        return done, why
+
+
+class MapInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `Fleet.map`: the outcomes of the nodes that finished, and those that did not."""
+
+    def __init__(self, results: FleetResult, pending: list[int]):
+        super().__init__()
+        self.results = results
+        self.pending = pending
+
+
+class Fleet:
+    """All nodes of a plan. `map` runs a function on many nodes at once and gathers every outcome."""
+
+    def __init__(self, nodes: Iterable[Node], options: Options | None = None):
+        self.options = options or Options()
+        self.hosts: dict[int, Host] = {}
+        for node in nodes:
+            self.hosts[node.index] = LocalHost(node, self.options) if node.is_local else SSHHost(node, self.options)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.parallel), thread_name_prefix="node")
+
+    def host(self, index: int) -> Host:
+        return self.hosts[index]
+
+    def run(self, script: Callable[[Host], str] | str, indices: Iterable[int] | None = None, **kw: Any) -> FleetResult:
+        """`host.run` of a script (the same text, or one per host) on each chosen node at once."""
+        return self.map(lambda h: h.run(script(h) if callable(script) else script, **kw), indices)
+
+    def map(
+        self, fn: Callable[[Host], T], indices: Iterable[int] | None = None, finish_on_interrupt: float = 0.0
+    ) -> FleetResult:
+        """fn(host) on each node in parallel (bounded); a failure on one node never hides the others.
+
+        On Ctrl-C, with `finish_on_interrupt`, what was already sent is given that many seconds to
+        finish (a second Ctrl-C leaves at once) and `MapInterrupted` carries what did finish: a
+        caller that was starting services can then say exactly what now runs."""
+        chosen = list(self.hosts) if indices is None else list(dict.fromkeys(indices))
+
+        def guarded(i: int) -> T | Exception:
+            try:
+                return fn(self.hosts[i])
+            except Exception as exc:  # gathered per node, reported together by the caller
+                return exc
+
+        futures = {i: self._pool.submit(guarded, i) for i in chosen}
+        try:
+            return FleetResult((i, f.result()) for i, f in futures.items())
+        except KeyboardInterrupt:
+            if not finish_on_interrupt:
+                raise
+            for f in futures.values():
+                f.cancel()  # not started yet: never sent
+            wait(list(futures.values()), timeout=finish_on_interrupt)
+            done = FleetResult((i, f.result()) for i, f in futures.items() if f.done() and not f.cancelled())
+            raise MapInterrupted(done, pending=[i for i in chosen if i not in done]) from None
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            host.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

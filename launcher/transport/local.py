@@ -1,0 +1,82 @@
+"""This machine as a node (address 127.0.0.1/localhost): commands run directly, no SSH; HTTP goes
+straight to loopback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from launcher.plan.types import Node
+from launcher.transport import http
+from launcher.transport.errors import NodeError
+from launcher.transport.host import Completed, Options
+
+
+class LocalHost:
+    def __init__(self, node: Node, options: Options):
+        self.node = node
+        self.options = options
+
+    def connect(self) -> None:
+        """Nothing to open: this machine always answers."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def alive(self, timeout: float) -> bool:
+        return True
+
+    def run(
+        self,
+        script: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        out: Callable[[str], None] | None = None,
+    ) -> Completed:
+        if out is not None:
+            return self._stream(script, out)
+        try:
+            proc = subprocess.run(
+                ["bash", "-c", script],
+                input=stdin if stdin is not None else "",
+                capture_output=True,
+                text=True,
+                timeout=timeout or self.options.command_timeout,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise NodeError(self.node, "command timed out", f"after {exc.timeout}s") from None
+        return Completed(proc.returncode, proc.stdout, proc.stderr)
+
+    def _stream(self, script: str, out: Callable[[str], None]) -> Completed:
+        """Output line by line until the script ends (or the caller is interrupted: then it is ended)."""
+        proc = subprocess.Popen(
+            ["bash", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out(line)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(5)
+        return Completed(proc.returncode or 0, "", "")
+
+    def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+        parts = urlsplit(url)
+        host, port = parts.hostname or self.node.address, parts.port or 80
+        path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
+
+        def open_socket() -> socket.socket:
+            return socket.create_connection((host, port), timeout=timeout)
+
+        return http.request(open_socket, method, host, port, path, body, timeout)

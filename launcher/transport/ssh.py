@@ -1,0 +1,278 @@
+"""A node over SSH: one connection per node (fabric/paramiko) for the whole command, opened on first
+use; `~/.ssh/config`, the inventory's user/port/key/jump and ssh-agent honoured; host keys checked
+(strict, or OpenSSH's accept-new); the jump host's key checked the same way; keepalives every few
+seconds; HTTP to the node's ports through forwarded channels.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut
+
+from launcher.plan.types import Node
+from launcher.transport import http
+from launcher.transport.errors import NodeError, classify
+from launcher.transport.host import DEFAULT_CONNECT_TIMEOUT, Completed, Options
+
+# paramiko logs every refused forwarded channel (a probe before the service listens) at ERROR level;
+# the launcher reports what matters itself, per node.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's StrictHostKeyChecking=accept-new: remember unknown hosts, refuse changed keys."""
+
+    lock = threading.Lock()
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        with self.lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class SSHHost:
+    """One node, one SSH connection, opened on first use and kept for the whole command."""
+
+    def __init__(self, node: Node, options: Options):
+        self.node = node
+        self.options = options
+        self._conn: Any = None
+        self._gateway: Any = None  # the jump host's connection, when there is one
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------------------------
+    @property
+    def connect_timeout(self) -> float:
+        return self.options.connect_timeout or self.node.ssh.connect_timeout or DEFAULT_CONNECT_TIMEOUT
+
+    def connect(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._conn.is_connected:
+                return
+            self._conn = self._open()
+
+    def _open(self) -> Any:
+        ssh = self.node.ssh
+        timeout = self.connect_timeout
+        # fabric truncates connect_timeout to whole seconds (0.5 would become "no timeout"): round up.
+        tcp_timeout = max(1, math.ceil(timeout))
+        connect_kwargs: dict[str, Any] = {"banner_timeout": timeout, "auth_timeout": timeout}
+        if ssh.key:
+            connect_kwargs["key_filename"] = os.path.expanduser(ssh.key)
+        known = Path(os.path.expanduser(ssh.known_hosts or "~/.ssh/known_hosts"))
+        policy = self.options.host_key_policy or ssh.host_key_policy or "strict"
+
+        def check_host_keys(c: Any) -> None:
+            """The jump host's key is checked exactly like the node's: same known_hosts, same policy."""
+            client: paramiko.SSHClient = c.client
+            if known.exists():
+                client.load_host_keys(str(known))
+            client.set_missing_host_key_policy(_AcceptNew(known) if policy == "accept-new" else paramiko.RejectPolicy())
+
+        conn = Connection(
+            self.node.address,
+            user=ssh.user,
+            port=ssh.port,
+            connect_timeout=tcp_timeout,
+            connect_kwargs=connect_kwargs,
+            config=Config(overrides={"run": {"hide": True, "warn": True, "in_stream": False}}),
+        )
+        check_host_keys(conn)
+        # A jump host from the inventory, or a ProxyJump from ~/.ssh/config: either way it is opened
+        # here, its key checked and the hop bounded in time (fabric's own hop would accept any key).
+        jump = ssh.jump or conn.ssh_config.get("proxyjump")
+        if jump and jump.lower() != "none":
+            conn.gateway = None
+            hop = self._through(jump, conn, timeout, tcp_timeout, connect_kwargs, check_host_keys)
+            conn.connect_kwargs["sock"] = hop
+        try:
+            conn.open()
+        except Exception as exc:  # every failure becomes a per-node error, classified
+            kind, detail = classify(exc)
+            raise NodeError(self.node, kind, detail) from None
+        conn.transport.set_keepalive(self.options.keepalive)
+        return conn
+
+    def _through(self, jump: str, conn: Any, timeout: float, tcp_timeout: int, kwargs: dict, check: Callable) -> Any:
+        """Open the jump host (host key checked) and a channel through it to the node, both bounded."""
+        if "," in jump:
+            raise NodeError(self.node, "error", f"ProxyJump {jump}: only one jump host is supported")
+        user, _, rest = jump.rpartition("@")
+        host, _, port = rest.partition(":")
+        gateway = Connection(
+            host,
+            user=user or None,  # as OpenSSH: the jump host's own user, not the node's
+            port=int(port) if port else None,
+            connect_timeout=tcp_timeout,
+            connect_kwargs=dict(kwargs),
+            gateway=False,  # no hops of its own from ~/.ssh/config
+        )
+        check(gateway)
+        try:
+            gateway.open()
+            channel = gateway.transport.open_channel(
+                "direct-tcpip", (conn.host, int(conn.port or 22)), ("", 0), timeout=timeout
+            )
+        except Exception as exc:
+            gateway.close()
+            if isinstance(exc, paramiko.ChannelException):
+                kind, detail = "unreachable", f"the jump host cannot reach {conn.host}:{conn.port} ({exc})"
+            elif isinstance(exc, paramiko.SSHException) and "Timeout opening channel" in str(exc):
+                kind, detail = "timed out", f"the jump host did not reach {conn.host}:{conn.port} in {timeout}s"
+            else:
+                kind, detail = classify(exc)
+            raise NodeError(self.node, kind, f"via jump host {jump}: {detail}") from None
+        self._gateway = gateway
+        return channel
+
+    def alive(self, timeout: float) -> bool:
+        """Does the node still answer on this connection? (an SSH keepalive request, bounded in time)
+
+        A cut link leaves TCP silent for minutes; this notices within `timeout`."""
+        conn = self._conn
+        if conn is None or conn.transport is None or not conn.transport.is_active():
+            return False
+        answered = threading.Event()
+
+        def ask() -> None:
+            try:
+                conn.transport.global_request("keepalive@openssh.com", wait=True)
+                answered.set()
+            except Exception:
+                pass
+
+        threading.Thread(target=ask, daemon=True).start()
+        return answered.wait(timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            for c in (self._conn, self._gateway):
+                if c is not None:
+                    try:
+                        c.close()
+                    except Exception:
+                        pass
+            self._conn = self._gateway = None
+
+    # -- commands ---------------------------------------------------------------------------
+    def run(
+        self,
+        script: str,
+        *,
+        stdin: str | None = None,
+        timeout: float | None = None,
+        out: Callable[[str], None] | None = None,
+    ) -> Completed:
+        """Run a shell script on the node. `stdin` never appears on a command line (secrets go here).
+
+        With `out`, stdout is streamed to it chunk by chunk (for `logs -f`)."""
+        self.connect()
+        if out is None:
+            return self._exec(script, stdin, timeout or self.options.command_timeout)
+        try:
+            result = self._conn.run(
+                script,
+                hide=True,
+                warn=True,
+                in_stream=False,
+                out_stream=_Sink(out),
+                err_stream=_Sink(out),
+                timeout=timeout,
+            )
+        except Exception as exc:
+            if isinstance(exc, CommandTimedOut):
+                raise NodeError(self.node, "command timed out", f"after {exc.timeout}s") from None
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        return Completed(result.exited, result.stdout, result.stderr)
+
+    def _exec(self, script: str, stdin: str | None, timeout: float) -> Completed:
+        """One command on a fresh channel of the node's connection; stdin written, then closed.
+
+        A script that exits without reading all of its stdin is fine (the rest is dropped)."""
+        try:
+            chan = self._conn.transport.open_session(timeout=min(timeout, 2 * self.connect_timeout))
+        except Exception as exc:
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            chan.exec_command(script)
+            if stdin:
+                try:
+                    chan.sendall(stdin.encode())
+                except OSError:
+                    pass  # the command ended first
+            chan.shutdown_write()
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                    continue
+                if chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    continue
+                idle = not chan.recv_ready() and not chan.recv_stderr_ready()
+                if chan.exit_status_ready() and idle and (chan.eof_received or chan.closed):
+                    break
+                if time.monotonic() > deadline:
+                    raise NodeError(self.node, "command timed out", f"after {timeout:.0f}s")
+                select.select([chan], [], [], 0.05)
+            code = chan.recv_exit_status()
+        except NodeError:
+            raise
+        except Exception as exc:
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        finally:
+            chan.close()
+        return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+        """An HTTP request to a port on the node, through the SSH connection (no route needed)."""
+        parts = urlsplit(url)
+        host, port = parts.hostname or self.node.address, parts.port or 80
+        path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
+        return http.request(lambda: self._channel(host, port, timeout), method, host, port, path, body, timeout)
+
+    def _channel(self, host: str, port: int, timeout: float) -> Any:
+        self.connect()
+        try:
+            chan = self._conn.transport.open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=timeout)
+        except paramiko.ChannelException as exc:
+            raise ConnectionRefusedError(f"{host}:{port}: {exc}") from None
+        except Exception as exc:
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        chan.settimeout(timeout)
+        return chan
+
+
+class _Sink(io.TextIOBase):
+    def __init__(self, fn: Callable[[str], None]):
+        self.fn = fn
+
+    def write(self, text: str) -> int:
+        self.fn(text)
+        return len(text)

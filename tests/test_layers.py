@@ -1,0 +1,116 @@
+"""The package's layers, as the README draws them: config -> plan -> runtime | transport -> output ->
+commands -> cli. Read from the source (every import, at any depth, function-level ones included):
+no import cycle anywhere, and no layer importing one above it (runtime and transport, side by side,
+never import each other). Also: no function longer than the screen a person reads it on."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "launcher"
+# Rank of each top-level part: a module may import its own part and parts of a lower rank only.
+RANKS = {
+    "__init__": 0, "errors": 0,
+    "config": 1,
+    "plan": 2,
+    "runtime": 3, "transport": 3,
+    "output": 4,
+    "commands": 5,
+    "cli": 6, "__main__": 7,
+}  # fmt: skip
+STANDALONE = "remote"  # programs shipped to nodes: they import nothing of the launcher
+MAX_FUNCTION_LINES = 80
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, ast.Module]:
+    return {module_name(p): ast.parse(p.read_text(), str(p)) for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """The launcher modules `name` imports (a `from package import module` counts as the module)."""
+    found: set[str] = set()
+    package = name if (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists() else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("launcher")}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            if not base.startswith("launcher"):
+                continue
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return {m for m in found if m in known and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    trees = modules()
+    known = set(trees)
+    return {name: imports(name, tree, known) for name, tree in trees.items()}
+
+
+def part(module: str) -> str:
+    pieces = module.split(".")
+    return pieces[1] if len(pieces) > 1 else "__init__"
+
+
+def test_the_graph_sees_the_layers() -> None:
+    g = graph()
+    # A parser that found nothing would let the tests below pass vacuously.
+    assert "launcher.plan.build" in g["launcher.commands.context"]
+    assert "launcher.transport.fleet" in g["launcher.commands.context"]  # a function-level import counts too
+    assert {part(m) for m in g} >= set(RANKS) - {"__init__"} | {STANDALONE}
+
+
+def test_no_import_cycle() -> None:
+    g = graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    cycles: list[list[str]] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(g[node]):
+            if state.get(dep) == 1:
+                cycles.append(path[path.index(dep) :] + [dep] if dep in path else [node, dep])
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[node] = 2
+
+    for start in sorted(g):
+        if start not in state:
+            visit(start, [start])
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_layer_imports_one_above_it() -> None:
+    wrong = []
+    for module, deps in graph().items():
+        mine = part(module)
+        for dep in deps:
+            theirs = part(dep)
+            if mine == STANDALONE or theirs == STANDALONE:
+                if mine != theirs:
+                    wrong.append(f"{module} -> {dep} (remote programs stand alone)")
+            elif theirs != mine and RANKS[theirs] >= RANKS[mine]:
+                wrong.append(f"{module} ({mine}) -> {dep} ({theirs})")
+    assert not wrong, "imports against the layers:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {lines} lines")
+    assert not long, "functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
