@@ -26,6 +26,7 @@ from launcher.plan.types import Node
 from launcher.transport import http
 from launcher.transport.errors import NodeError, classify
 from launcher.transport.host import DEFAULT_CONNECT_TIMEOUT, Completed, Options
+from launcher.transport.session import Session, SessionError, Timeout
 
 # paramiko logs every refused forwarded channel (a probe before the service listens) at ERROR level;
 # the launcher reports what matters itself, per node.
@@ -56,6 +57,9 @@ class SSHHost:
         self._conn: Any = None
         self._gateway: Any = None  # the jump host's connection, when there is one
         self._lock = threading.Lock()
+        self._session: Session | None = None  # the node's shell for every script (see `session`)
+        self._session_lock = threading.Lock()
+        self._sessions_work = True
 
     # -- connection -------------------------------------------------------------------------
     @property
@@ -163,6 +167,7 @@ class SSHHost:
 
     def close(self) -> None:
         with self._lock:
+            self._end_session()
             for c in (self._conn, self._gateway):
                 if c is not None:
                     try:
@@ -185,7 +190,7 @@ class SSHHost:
         With `out`, stdout is streamed to it chunk by chunk (for `logs -f`)."""
         self.connect()
         if out is None:
-            return self._exec(script, stdin, timeout or self.options.command_timeout)
+            return self._run_in_session(script, stdin, timeout or self.options.command_timeout)
         try:
             result = self._conn.run(
                 script,
@@ -203,6 +208,43 @@ class SSHHost:
             self.close()
             raise NodeError(self.node, kind, detail) from None
         return Completed(result.exited, result.stdout, result.stderr)
+
+    def _run_in_session(self, script: str, stdin: str | None, timeout: float) -> Completed:
+        """Through the node's one shell session (see `session`); on a channel of its own when the
+        session is busy with another thread's script or the node cannot keep one."""
+        if not self._session_lock.acquire(blocking=False):
+            return self._exec(script, stdin, timeout)
+        try:
+            if self._session is None and self._sessions_work:
+                try:
+                    self._session = Session(self._conn.transport, min(timeout, 2 * self.connect_timeout))
+                except SessionError:
+                    self._sessions_work = False
+            if self._session is None:
+                return self._exec(script, stdin, timeout)
+            try:
+                return self._session.run(script, stdin, timeout)
+            except Timeout:
+                self._end_session()
+                raise NodeError(self.node, "command timed out", f"after {timeout:.0f}s") from None
+            except Exception as exc:
+                self._end_session()
+                kind, detail = classify(exc)
+                self.close()
+                raise NodeError(self.node, kind, detail) from None
+        except NodeError:
+            raise
+        except Exception as exc:  # opening the session
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        finally:
+            self._session_lock.release()
+
+    def _end_session(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def _exec(self, script: str, stdin: str | None, timeout: float) -> Completed:
         """One command on a fresh channel of the node's connection; stdin written, then closed.
