@@ -376,3 +376,62 @@ def test_dotenv_wins_over_the_inventorys_vars_and_the_environment_over_both(tmp_
     assert p.services[-1].env["A"] == "dotenv"
     assert plan.build(config.load(path, inv, environ={"IMG": "from-env:3"})).services[0].image == "from-env:3"
 
+
+# -- a second Ctrl-C during up's start phase -----------------------------------------------------------
+
+
+def test_a_second_ctrl_c_leaves_at_once_and_still_says_what_had_not_answered():
+    """README (up): "start scripts already sent get up to 20 s to finish (a second Ctrl-C leaves at once),
+    then it lists what it started and left running, names nodes that had not answered"."""
+    import signal
+    import sys
+    import threading
+
+    from launcher.transport import Fleet, MapInterrupted
+
+    main = threading.main_thread()
+    nodes = [Node(i, f"n{i}", "127.0.0.1", SSHSettings(), 0) for i in range(2)]
+    hanging, release = threading.Event(), threading.Event()
+
+    def start(host):
+        if host.node.index == 1:  # a node whose start script does not answer
+            hanging.set()
+            release.wait(60)
+        return host.node.index
+
+    def in_grace_wait() -> bool:
+        frame = sys._current_frames().get(main.ident)
+        while frame is not None:
+            if frame.f_code.co_name == "wait" and "concurrent" in frame.f_code.co_filename:
+                return True
+            frame = frame.f_back
+        return False
+
+    def press_ctrl_c_twice() -> None:
+        hanging.wait(30)
+        signal.pthread_kill(main.ident, signal.SIGINT)
+        for _ in range(300):  # the first Ctrl-C has put the map in its grace wait (3 s at most)
+            if in_grace_wait():
+                break
+            threading.Event().wait(0.01)
+        signal.pthread_kill(main.ident, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_twice, daemon=True)
+    watchdog = threading.Timer(60, release.set)  # bounds the test if the second Ctrl-C is ignored
+    with Fleet(nodes, Options(parallel=2)) as fleet:
+        presser.start()
+        watchdog.start()
+        stopped = None
+        try:
+            fleet.map(start, finish_on_interrupt=3600)  # a grace far longer than the test may take
+        except MapInterrupted as exc:
+            stopped = exc
+        except KeyboardInterrupt:
+            pytest.fail("the second Ctrl-C lost what had finished and which nodes had not answered")
+        finally:
+            still_hanging = not release.is_set()
+            watchdog.cancel()
+            release.set()
+    assert stopped is not None, "the map was not interrupted"
+    assert still_hanging, "the map waited for the hanging node instead of leaving at the second Ctrl-C"
+    assert stopped.results == {0: 0} and stopped.pending == [1]
