@@ -108,11 +108,14 @@ def test_the_command_line_host_key_policy_wins_over_the_files(testbed, tmp_path)
 
 def test_parallel_bounds_the_nodes_worked_on_at_once_over_ssh(testbed, tmp_path):
     """README: "`--parallel N` (nodes worked on at once, default 32)": each node notes its start, waits
-    (3 s at most) until two nodes have started, and notes its end; the nodes share this filesystem."""
+    (3 s at most) until every node has started, and notes its end; the nodes share this filesystem. Unbounded,
+    all would be running at once; with --parallel 2, two at a time wait out their 3 s."""
     log = tmp_path / "events"
+    n = len(testbed.nodes)
+    assert n > 2
     script = (
         f"echo start >> {log}; i=0; "
-        f'while [ "$(grep -c start {log})" -lt 2 ] && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; '
+        f'while [ "$(grep -c start {log})" -lt {n} ] && [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; '
         f"echo end >> {log}"
     )
     r = launcher_on(testbed, SMALL, "exec", "--all", "--parallel", "2", "--", script, cwd=tmp_path)
