@@ -154,21 +154,8 @@ def run(target: Target) -> list[Check]:
             checks.append(Check(i, "ssh", "fail", describe(r), _ssh_fix(kind)))
             continue
         checks.append(Check(i, "ssh", "ok", "reachable"))
-        for line in r.stdout.splitlines():
-            if not line.startswith(MARK + " "):
-                continue
-            _, name, status, *rest = line.split(" ", 3)
-            detail = rest[0] if rest else ""
-            checks.append(_interpret(plan, i, name, status, detail, (sent + received) / 2))
-    _compare(checks, "image", "same image ID on every node", "images differ between nodes")
-    _compare(checks, "model", "same config.json on every node", "the model's config.json differs between nodes")
-    _compare(
-        checks,
-        "gpus",
-        "same GPU model on every node",
-        "GPU models differ between nodes",
-        key=lambda d: d.split("x", 1)[-1],
-    )
+        checks += from_output(plan, i, r.stdout, (sent + received) / 2)
+    compare_nodes(checks)
     for group, finding in plan.findings:
         checks.append(
             Check(
@@ -180,6 +167,31 @@ def run(target: Target) -> list[Check]:
             )
         )
     return checks
+
+
+def from_output(plan: Plan, i: int, stdout: str, midpoint: float) -> list[Check]:
+    """The checks node i's script printed (`@@check NAME STATUS DETAIL` lines), interpreted."""
+    checks = []
+    for line in stdout.splitlines():
+        if not line.startswith(MARK + " "):
+            continue
+        _, name, status, *rest = line.split(" ", 3)
+        detail = rest[0] if rest else ""
+        checks.append(_interpret(plan, i, name, status, detail, midpoint))
+    return checks
+
+
+def compare_nodes(checks: list[Check]) -> None:
+    """Cross-node checks: the odd node out fails (same image ID, model config and GPU model everywhere)."""
+    _compare(checks, "image", "same image ID on every node", "images differ between nodes")
+    _compare(checks, "model", "same config.json on every node", "the model's config.json differs between nodes")
+    _compare(
+        checks,
+        "gpus",
+        "same GPU model on every node",
+        "GPU models differ between nodes",
+        key=lambda d: d.split("x", 1)[-1],
+    )
 
 
 def _interpret(plan: Plan, i: int, name: str, status: str, detail: str, midpoint: float) -> Check:

@@ -97,9 +97,12 @@ class Fleet:
         except KeyboardInterrupt:
             if not finish_on_interrupt:
                 raise
-            for f in futures.values():
-                f.cancel()  # not started yet: never sent
-            wait(list(futures.values()), timeout=finish_on_interrupt)
+            try:
+                for f in futures.values():
+                    f.cancel()  # not started yet: never sent
+                wait(list(futures.values()), timeout=finish_on_interrupt)
+            except KeyboardInterrupt:
+                pass  # a second Ctrl-C: stop waiting, but still say what finished and what did not
             done = FleetResult((i, f.result()) for i, f in futures.items() if f.done() and not f.cancelled())
             raise MapInterrupted(done, pending=[i for i in chosen if i not in done]) from None
 
