@@ -258,6 +258,22 @@ def test_a_secret_in_volumes_or_the_image_is_refused(tmp_path, capsys, where, ke
     assert err.startswith(f"error: {path}: {key}: the value of secret MY_API_KEY would be on the command line"), err
 
 
+@pytest.mark.parametrize(
+    "top, key",
+    [
+        ("image: 'registry/${MY_API_KEY}:1'\n", "image"),
+        ("image: example/image:1\ncontainer: {volumes: ['/srv/${MY_API_KEY}:/data:ro']}\n", "container.volumes"),
+    ],
+)
+def test_a_secret_at_the_top_of_the_file_is_named_there(tmp_path, capsys, top, key):
+    """Every service inherits the top-level image and container: the error names that key, not etcd."""
+    path = write(tmp_path, MINIMAL.replace("image: example/image:1\n", top))
+    (tmp_path / ".env").write_text("MY_API_KEY=s3cr3t-v4lue\n")
+    code, out, err = run_cli(["plan", str(path)], capsys)
+    assert code == 2 and "s3cr3t-v4lue" not in out + err
+    assert err.startswith(f"error: {path}: {key}: the value of secret MY_API_KEY would be on the command line"), err
+
+
 # -- container defaults, merges, GPU sharing, ports ----------------------------------------------
 
 

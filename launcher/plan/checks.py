@@ -28,6 +28,7 @@ def check_ports(services: list[Service], loaded: Loaded) -> None:
 def check_no_secret_on_command_line(services: list[Service], secret_values: dict[str, str], loaded: Loaded) -> None:
     """Engine args, run_options, volumes and the image are on the `docker run` line, so in `ps` and
     `docker inspect`: a secret's value there is refused (env values are routed to the 0600 file)."""
+    top = loaded.spec
     for s in services:
         exposed = [*s.command, *(s.container.run_options or []), *(s.container.volumes or []), s.image]
         for name, value in secret_values.items():
@@ -37,8 +38,19 @@ def check_no_secret_on_command_line(services: list[Service], secret_values: dict
                     "run_options, volumes or image), where `ps` and `docker inspect` show it: pass it through "
                     "`env` instead (env values holding a secret go to the node's 0600 env file)",
                     file=loaded.file,
-                    key=file_key(s),
+                    key=_where(value, s, top),
                 )
+
+
+def _where(value: str, service: Service, top) -> str:
+    """The key that put a secret on the command line: the file's top-level `image` or `container`
+    when it came from there (every service inherits them), else the service's own entry."""
+    if top.image and value in top.image and value in service.image:
+        return "image"
+    for key in ("volumes", "run_options"):
+        if any(value in part for part in getattr(top.container, key) or []):
+            return f"container.{key}"
+    return file_key(service)
 
 
 def file_key(service: Service) -> str:
