@@ -280,3 +280,23 @@ def test_not_root_is_a_clear_error() -> None:
     )
     assert proc.returncode == 2, proc
     assert proc.stderr.count("\n") == 1 and "must run as root" in proc.stderr, proc.stderr
+
+
+def test_a_second_testbeds_down_leaves_this_ones_node_disks(testbed: Testbed) -> None:
+    """Two testbeds side by side share /srv/testbed-node as the mount point of their nodes' private
+    dirs: one's `down` must not detach the other's (it used to remove the mount point)."""
+    assert testbed.ssh(0, "cat /srv/testbed-node/.node").stdout.strip() == testbed.nodes[0][0]
+    state_dir = Path(tempfile.mkdtemp(prefix="tby-", dir="/tmp"))
+    prefix = (os.environ.get("TESTBED_PREFIX") or "tb")[:6] + "y"
+    a, b, c = (os.environ.get("TESTBED_SUBNET") or "10.213.0").split(".")
+    env = env_for_testbed(
+        TESTBED_DIR=str(state_dir), TESTBED_PREFIX=prefix, TESTBED_SUBNET=f"{a}.{b}.{(int(c) + 2) % 256}",
+        TESTBED_BRIDGE=f"{prefix}br0",
+    )  # fmt: skip
+    other = bring_up(1, env)
+    try:
+        assert other.ssh(0, "cat /srv/testbed-node/.node").stdout.strip() == other.nodes[0][0]
+    finally:
+        other.run("down")
+        shutil.rmtree(state_dir, ignore_errors=True)
+    assert testbed.ssh(0, "cat /srv/testbed-node/.node").stdout.strip() == testbed.nodes[0][0]
