@@ -634,8 +634,12 @@ def main() -> None:
         sys.exit(130)
     except typer.TyperException as exc:  # typer's own click: usage errors, and help for a bare group
         if type(exc).__name__ == "NoArgsIsHelpError":
-            exc.show()
-            sys.exit(exc.exit_code)
+            # `launcher` or `launcher lock` alone asks what there is: the help (rich has already
+            # printed it to stdout while building the exception), exit 0 as with --help.
+            message = exc.format_message()
+            if message.strip():
+                out.print(message, markup=False, highlight=False)
+            sys.exit(0)
         err.print(f"error: {usage_line(exc)}", markup=False)
         sys.exit(getattr(exc, "exit_code", 2))
 

@@ -105,12 +105,18 @@ def assert_shows_help(proc: subprocess.CompletedProcess, path: tuple[str, ...]) 
 
 @pytest.fixture(scope="module")
 def help_runs() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
-    return launch_all([(*path, "--help") for path in sorted(COMMANDS)] + [("version",)])
+    return launch_all([(*path, "--help") for path in sorted(COMMANDS)] + GROUPS + [("version",)])
 
 
 @pytest.mark.parametrize("path", sorted(COMMANDS), ids=lambda p: " ".join(("launcher", *p)))
 def test_help_of_every_command(path: tuple[str, ...], help_runs) -> None:
     assert_shows_help(help_runs[(*path, "--help")], path)
+
+
+@pytest.mark.parametrize("path", GROUPS, ids=lambda p: " ".join(("launcher", *p)))
+def test_a_bare_group_shows_its_help(path: tuple[str, ...], help_runs) -> None:
+    # `launcher` alone, `launcher lock` alone: asking what there is, not a mistake.
+    assert_shows_help(help_runs[path], path)
 
 
 def test_version_is_the_installed_package_version(help_runs) -> None:
