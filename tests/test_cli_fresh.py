@@ -59,6 +59,8 @@ BAD_COMMAND_LINES = [
     (["logs", "--rank", "x"], "--rank", "got 'x'"),
     (["plan", "configs/local.yaml", "--bogus"], "--bogus", "No such option"),
     (["migrate", "configs/local.yaml"], "--sglang", "Missing option"),
+    # A file name with a newline is still one line, the newline shown as \n.
+    (["status", "-c", "a\nb.yaml"], "a\\nb.yaml", "file not found"),
 ]
 
 
