@@ -92,10 +92,18 @@ ConfigArg = Annotated[
     typer.Argument(help="Deployment file. Default: -c, $LAUNCHER_CONFIG, or the last `up` in this directory."),
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("-c", "--config", help="Deployment file (same as the argument).")]
+# Seconds given on the command line are at most a day: `inf` or 1e300 would overflow every sleep and
+# socket timeout (OverflowError) after the nodes were already being contacted.
+DAY = 86400
 ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=512, help="How many nodes to work on at once.")]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--connect-timeout", min=0.5, help="SSH connect timeout, seconds (overrides the files; default 10)."),
+    typer.Option(
+        "--connect-timeout",
+        min=0.5,
+        max=DAY,
+        help="SSH connect timeout, seconds (overrides the files; default 10).",
+    ),
 ]
 HostKeyOpt = Annotated[
     HostKeyPolicy | None,
@@ -507,11 +515,14 @@ def watch(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,
     inventory: InventoryOpt = None,
-    interval: Annotated[float, typer.Option("--interval", min=0.5, help="Seconds between checks.")] = 2.0,
+    interval: Annotated[float, typer.Option("--interval", min=0.5, max=DAY, help="Seconds between checks.")] = 2.0,
     max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="Per group or service.")] = 5,
-    backoff: Annotated[float, typer.Option("--backoff", min=0, help="First wait between restarts (doubles).")] = 5.0,
+    backoff: Annotated[
+        float, typer.Option("--backoff", min=0, max=DAY, help="First wait between restarts (doubles).")
+    ] = 5.0,
     reset_after: Annotated[
-        float, typer.Option("--reset-after", min=0, help="Healthy seconds after which a restart count starts over.")
+        float,
+        typer.Option("--reset-after", min=0, max=DAY, help="Healthy seconds after which a restart count starts over."),
     ] = 600.0,
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = None,

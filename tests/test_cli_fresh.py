@@ -59,6 +59,9 @@ BAD_COMMAND_LINES = [
     (["logs", "--rank", "x"], "--rank", "got 'x'"),
     (["plan", "configs/local.yaml", "--bogus"], "--bogus", "No such option"),
     (["migrate", "configs/local.yaml"], "--sglang", "Missing option"),
+    # Seconds are finite and at most a day (inf overflowed sleeps and socket timeouts mid-run).
+    (["watch", "-c", "/nonexistent.yaml", "--interval", "inf"], "--interval", "less than or equal to 86400"),
+    (["status", "-c", "/nonexistent.yaml", "--connect-timeout", "1e300"], "--connect-timeout", "got '1e300'"),
     # A file name with a newline is still one line, the newline shown as \n.
     (["status", "-c", "a\nb.yaml"], "a\\nb.yaml", "file not found"),
 ]
