@@ -308,9 +308,9 @@ def logs(
     inventory: InventoryOpt = None,
     node: Annotated[str | None, typer.Option("--node", "-n", help="Node index, name or address.")] = None,
     role: Annotated[str | None, typer.Option("--role", "-r", help="Role or group (etcd, frontend, decode...).")] = None,
-    rank: Annotated[int | None, typer.Option("--rank", help="With --role: one rank of the group.")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", min=0, help="With --role: one rank of the group.")] = None,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep streaming until Ctrl-C.")] = False,
-    tail: Annotated[int | None, typer.Option("--tail", help="Only the last N lines of each container.")] = None,
+    tail: Annotated[int | None, typer.Option("--tail", min=0, help="Only the last N lines of each container.")] = None,
     since: Annotated[
         str | None,
         typer.Option("--since", help="Since a time or duration (10m, 2026-11-24T10:00); docker runtime only."),

@@ -52,3 +52,12 @@ def test_no_config_anywhere(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("LAUNCHER_CONFIG", raising=False)
     code, out, err = run_cli(["status"], capsys)
     assert code == 2 and "no deployment given" in err
+
+
+def test_logs_rank_and_tail_are_never_negative(capsys):
+    # Refused on the command line, before any node is asked (a negative rank matched nothing, after
+    # listing every node, and said "no container matches" with exit 1).
+    for option, value in (("--rank", "-1"), ("--tail", "-5")):
+        code, out, err = run_cli(["logs", "-c", LOCAL, "--role", "decode", option, value], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"error: {option}: input should be greater than or equal to 0, got '{value}'"), err
