@@ -333,6 +333,7 @@ def logs(
         except _re.error as exc:
             raise ConfigError(f"not a regular expression: {exc}", key="--grep") from None
     path, inv, p = resolve_plan(config, config_opt, inventory)
+    check_selection(p, node, role, rank)
     if since and p.runtime == "process":
         # Its logs are plain files without timestamps: showing everything would pretend to filter.
         raise ConfigError(
@@ -355,6 +356,24 @@ def logs(
             raise typer.Exit(0) from None
     if failed:
         raise typer.Exit(1)
+
+
+def check_selection(p, node: str | None, role: str | None, rank: int | None) -> None:
+    """--node, --role and --rank name something in the deployment file: else exit 2 before any node is asked."""
+    from launcher import ops
+
+    if node is not None:
+        ops.select_nodes(p, node)
+    services = [s for s in p.services if role is None or role in (s.role, s.group, s.service)]
+    if not services:
+        roles = sorted({x for s in p.services for x in (s.role, s.group, s.service) if x})
+        raise ConfigError(f"no service has role or group {role!r}: expected one of {', '.join(roles)}", key="--role")
+    ranks = sorted({s.rank for s in services if s.rank is not None})
+    if rank is not None and rank not in ranks:
+        expected = (
+            "none has ranks" if not ranks else f"expected {ranks[0]}" + (f"..{ranks[-1]}" if len(ranks) > 1 else "")
+        )
+        raise ConfigError(f"no rank {rank}" + (f" of {role}" if role else "") + f": {expected}", key="--rank")
 
 
 @app.command("exec")
@@ -380,7 +399,7 @@ def exec_(
     elif role is not None:
         indices = sorted({s.node.index for s in p.services if role in (s.role, s.group, s.service)})
         if not indices:
-            raise ConfigError(f"no service has role or group {role!r}", key="--role")
+            check_selection(p, None, role, None)
     else:
         indices = [n.index for n in p.nodes]
     worst = 0

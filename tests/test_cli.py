@@ -61,3 +61,15 @@ def test_logs_rank_and_tail_are_never_negative(capsys):
         code, out, err = run_cli(["logs", "-c", LOCAL, "--role", "decode", option, value], capsys)
         assert code == 2 and err.count("\n") == 1, err
         assert err.startswith(f"error: {option}: input should be greater than or equal to 0, got '{value}'"), err
+
+
+def test_logs_role_and_rank_must_be_in_the_plan(capsys):
+    # Checked against the deployment file before any node is asked, as `exec --role` and `--node` are.
+    code, out, err = run_cli(["logs", "-c", LOCAL, "--role", "nope"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: --role: no service has role or group 'nope': expected one of "), err
+    assert "decode" in err and "etcd" in err
+    code, out, err = run_cli(["logs", "-c", LOCAL, "--role", "decode", "--rank", "1"], capsys)
+    assert code == 2 and err.strip() == "error: --rank: no rank 1 of decode: expected 0", err
+    code, out, err = run_cli(["exec", "-c", LOCAL, "--role", "nope", "--", "true"], capsys)
+    assert code == 2 and err.startswith("error: --role: no service has role or group 'nope': expected one of "), err
