@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from launcher import __version__
-from launcher.errors import ConfigError, ConfigErrors, LauncherError
+from launcher.errors import ConfigError, ConfigErrors, LauncherError, one_line
 
 app = typer.Typer(
     add_completion=False,
@@ -77,11 +77,15 @@ def plan(
             for node in p.nodes:
                 sys.stdout.write(render.node_script(p, node.index) + "\n")
         else:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for node in p.nodes:
-                path = out_dir / f"{p.deployment}-node{node.index}-{node.name}.sh"
-                path.write_text(render.node_script(p, node.index))
-                path.chmod(0o755)
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                for node in p.nodes:
+                    path = out_dir / f"{p.deployment}-node{node.index}-{node.name}.sh"
+                    path.write_text(render.node_script(p, node.index))
+                    path.chmod(0o755)
+            except OSError as exc:
+                where = one_line(str(exc.filename or out_dir))
+                raise ConfigError(f"cannot write {where}: {exc.strerror}", key="--out") from None
             out.print(f"wrote {len(p.nodes)} scripts to {out_dir}")
     else:
         out.print(render.to_text(p, verbose=verbose), markup=False)

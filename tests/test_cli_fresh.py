@@ -62,6 +62,8 @@ BAD_COMMAND_LINES = [
     # Seconds are finite and at most a day (inf overflowed sleeps and socket timeouts mid-run).
     (["watch", "-c", "/nonexistent.yaml", "--interval", "inf"], "--interval", "less than or equal to 86400"),
     (["status", "-c", "/nonexistent.yaml", "--connect-timeout", "1e300"], "--connect-timeout", "got '1e300'"),
+    # Scripts that cannot be written: the option and why, no traceback.
+    (["plan", "configs/local.yaml", "-f", "script", "--out", "/dev/null/x"], "--out", "cannot write /dev/null/x"),
     # A file name with a newline is still one line, the newline shown as \n.
     (["status", "-c", "a\nb.yaml"], "a\\nb.yaml", "file not found"),
 ]
