@@ -188,3 +188,17 @@ def loopback_inventory(path: Path, nodes: int = 13) -> Path:
     }
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def fresh_env() -> dict[str, str]:
+    """The environment of a fresh `launcher` process in these tests.
+
+    Nothing it would pick up by itself (LAUNCHER_CONFIG, LAUNCHER_INVENTORY). Bytecode is cached in a
+    directory of its own outside the tree, as an installed package has it: with PYTHONDONTWRITEBYTECODE
+    every process would compile typer, rich and pydantic again (twice the CPU of a run)."""
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LAUNCHER_CONFIG", "LAUNCHER_INVENTORY")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / f"launcher-tests-pycache-{os.getuid()}")
+    return env

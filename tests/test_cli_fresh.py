@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import KNOWN_COMMANDS, cli_commands, loopback_inventory
+from tests.helpers import KNOWN_COMMANDS, cli_commands, fresh_env, loopback_inventory
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 LAUNCHER = str(Path(sys.executable).with_name("launcher"))
-# What a command picks up by itself (the deployment, the inventory) stays out of these runs.
-ENV = {k: v for k, v in os.environ.items() if k not in ("LAUNCHER_CONFIG", "LAUNCHER_INVENTORY")}
+ENV = fresh_env()
 
 
 def launcher(*args: str, timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -32,7 +31,7 @@ def launcher(*args: str, timeout: float = 120, cwd: Path = REPO) -> subprocess.C
 
 
 def launch_all(argvs: list[tuple[str, ...]]) -> dict[tuple[str, ...], subprocess.CompletedProcess]:
-    """Many fresh `launcher` runs, two at a time (a fresh interpreter costs ~0.5 s of CPU each)."""
+    """Many fresh `launcher` runs, two at a time (each costs ~0.3-0.5 s of CPU)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(argvs, pool.map(lambda argv: launcher(*argv), argvs), strict=True))
 
@@ -41,9 +40,18 @@ def assert_no_traceback(proc: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-2000:]
 
 
+def migrate_argv(config: Path) -> tuple[str, ...]:
+    return ("migrate", str(config), "--sglang", "0.5.21", "--dry-run")
+
+
+@pytest.fixture(scope="module")
+def migrate_runs() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
+    return launch_all([migrate_argv(c) for c in CONFIGS])
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_migrate_dry_run_on_every_shipped_config(config: Path) -> None:
-    proc = launcher("migrate", str(config), "--sglang", "0.5.21", "--dry-run")
+def test_migrate_dry_run_on_every_shipped_config(config: Path, migrate_runs) -> None:
+    proc = migrate_runs[migrate_argv(config)]
     assert_no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     # Either a diff of this file or the one line saying there is nothing to change.
@@ -69,11 +77,16 @@ BAD_COMMAND_LINES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def bad_runs() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
+    return launch_all([tuple(args) for args, _, _ in BAD_COMMAND_LINES])
+
+
 @pytest.mark.parametrize(
     ("args", "option", "says"), BAD_COMMAND_LINES, ids=[" ".join(a) for a, _, _ in BAD_COMMAND_LINES]
 )
-def test_a_bad_command_line_is_one_line_and_exit_2(args: list[str], option: str, says: str) -> None:
-    proc = launcher(*args)
+def test_a_bad_command_line_is_one_line_and_exit_2(args: list[str], option: str, says: str, bad_runs) -> None:
+    proc = bad_runs[tuple(args)]
     assert_no_traceback(proc)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
