@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -305,6 +306,14 @@ def status(
         raise typer.Exit(1)
 
 
+# What `docker logs --since` takes: a Go duration, a date with an optional time and zone, a Unix timestamp.
+SINCE = re.compile(
+    r"[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+"
+    r"|\d{4}-\d{2}-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?(Z|[+-]\d{2}:\d{2})?"
+    r"|\d+(\.\d+)?"
+)
+
+
 @app.command()
 def logs(
     config: ConfigArg = None,
@@ -336,6 +345,12 @@ def logs(
             _re.compile(grep)
         except _re.error as exc:
             raise ConfigError(f"not a regular expression: {exc}", key="--grep") from None
+    if since is not None and not SINCE.fullmatch(since):
+        raise ConfigError(
+            "expected a duration (10m, 1h30m), a date or time (2026-11-24, 2026-11-24T10:00:00Z) or a Unix"
+            f" timestamp, got {since!r}",
+            key="--since",
+        )
     path, inv, p = resolve_plan(config, config_opt, inventory)
     check_selection(p, node, role, rank)
     if since and p.runtime == "process":
