@@ -3,7 +3,7 @@
 Each generated command line carries at least one defect that must be refused before any node is
 contacted: an unknown option, a bad choice, a number out of range or not a number, an option without
 its value, a missing or extra argument, an odd path for the deployment file, the inventory or --out,
-a --node/--role/--rank that names nothing in the plan, a bad --grep or --sglang. Around it: valid
+a --node/--role/--rank that names nothing in the plan, a bad --grep, --since or --sglang. Around it: valid
 options in any order. The property: no traceback, exit 2, and exactly one stderr line, starting
 `error:`, that names the option (or the file) of one of the defects and says what was expected.
 
@@ -206,28 +206,17 @@ def valid_number(draw, param) -> str:
 NUMERIC_SEMANTICS = {"rank"}  # checked against the plan (below), not only a range
 
 
-@st.composite
-def command_lines(draw, path: tuple[str, ...]) -> Line:
+def kinds_of(path: tuple[str, ...]) -> list[str]:
+    """The mistakes a verb's command line can carry, from its options and arguments."""
     command = VERBS[path]
     opts = options(command)
     arguments = {p.name: p for p in command.params if type(p).__name__ == "TyperArgument"}
-    line = Line(path)
-    used: set[str] = set()  # options already on the line (a later valid one would hide a defect)
-
-    def defect(kind: str, names, says: str, tokens: list[str] | None = None, last: bool = False) -> None:
-        line.defects.append(Defect(kind, tuple(names), says))
-        if tokens is not None:
-            line.tail.extend(tokens) if last else line.groups.append(tokens)
-
-    # Which mistakes this verb can carry.
     kinds = ["unknown option"]
-    value_opts = [n for n, p in opts.items() if kind_of(p) != "flag"]
-    if value_opts:
+    if any(kind_of(p) != "flag" for p in opts.values()):
         kinds.append("no value")
     if any(kind_of(p) == "choice" for p in opts.values()):
         kinds.append("bad choice")
-    numeric = [n for n, p in opts.items() if kind_of(p) in ("int", "float") and n not in NUMERIC_SEMANTICS]
-    if numeric or "rank" in opts:
+    if any(kind_of(p) in ("int", "float") for p in opts.values()):
         kinds += ["out of range", "not a number"]
     if "config" in arguments or "config_opt" in opts:
         kinds += ["odd config", "missing config"]
@@ -243,12 +232,45 @@ def command_lines(draw, path: tuple[str, ...]) -> Line:
         kinds.append("unknown rank")
     if "grep" in opts:
         kinds.append("bad --grep")
+    if "since" in opts:
+        kinds.append("bad --since")
     if "sglang" in opts:
         kinds += ["bad --sglang", "missing --sglang"]
     if "command" in arguments:
-        kinds.append("missing command")
-        kinds.append("two selections")
-    chosen = draw(st.lists(st.sampled_from(kinds), min_size=1, max_size=3, unique=True))
+        kinds += ["missing command", "two selections"]
+    return kinds
+
+
+# Mistakes that would keep the first one drawn from applying (it needs a valid file, no selection...).
+CONFLICTS = {
+    "unknown rank": {"odd config", "missing config", "unknown role"},
+    "unwritable --out": {"odd config", "missing config", "bad choice"},
+    "no selection": {"unknown node", "unknown role", "unknown rank", "two selections"},
+    "missing config": {"odd config", "extra argument"},
+    "missing --sglang": {"bad --sglang"},
+}
+
+
+@st.composite
+def command_lines(draw, path: tuple[str, ...], first: str | None = None) -> Line:
+    """A command line of `path` with the mistake `first` (drawn if not given) and up to two more."""
+    command = VERBS[path]
+    opts = options(command)
+    arguments = {p.name: p for p in command.params if type(p).__name__ == "TyperArgument"}
+    line = Line(path)
+    used: set[str] = set()  # options already on the line (a later valid one would hide a defect)
+
+    def defect(kind: str, names, says: str, tokens: list[str] | None = None, last: bool = False) -> None:
+        line.defects.append(Defect(kind, tuple(names), says))
+        if tokens is not None:
+            line.tail.extend(tokens) if last else line.groups.append(tokens)
+
+    kinds = kinds_of(path)
+    numeric = [n for n, p in opts.items() if kind_of(p) in ("int", "float") and n not in NUMERIC_SEMANTICS]
+    value_opts = [n for n, p in opts.items() if kind_of(p) != "flag"]
+    first = first or draw(st.sampled_from(kinds))
+    others = [k for k in kinds if k != first and k not in CONFLICTS.get(first, ())]
+    chosen = [first, *draw(st.lists(st.sampled_from(others), max_size=2, unique=True))]
 
     # The deployment file: a slot filled once (positional or -c), valid, odd, or left out.
     config_state = "odd" if "odd config" in chosen else "missing" if "missing config" in chosen else "valid"
@@ -386,6 +408,12 @@ def command_lines(draw, path: tuple[str, ...]) -> Line:
         defect("bad --grep", ["--grep"], r"not a regular expression", with_value(draw, "--grep", pattern))
         used.add("grep")
 
+    if "bad --since" in chosen:
+        since = draw(st.one_of(odd_strings, st.sampled_from(["10 minutes", "yesterday", "1d", "10M", "2026-11-24 10"])))
+        since = since if not cli.SINCE.fullmatch(since) else since + "?"
+        defect("bad --since", ["--since"], r"expected a duration", with_value(draw, "--since", since))
+        used.add("since")
+
     if "bad --sglang" in chosen:
         version = draw(
             st.one_of(odd_strings, st.sampled_from(["0.5", "v0.5.21", "0.5.21rc1", "latest", "0.5.21 "])).filter(
@@ -511,17 +539,23 @@ def test_the_fuzz_covers_every_known_verb() -> None:
     assert any(RANKS[stem].get("decode") for stem in RANKS)
 
 
-@pytest.mark.parametrize("path", sorted(VERBS), ids=lambda p: " ".join(p))
+# Every verb with every mistake it can carry first (and up to two more drawn around it).
+CASES = [(path, kind) for path in sorted(VERBS) for kind in kinds_of(path)]
+
+
+@pytest.mark.parametrize(("path", "kind"), CASES, ids=[f"{' '.join(p)}: {k}" for p, k in CASES])
 @settings(
-    max_examples=60,
+    max_examples=5,
     derandomize=True,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 @given(data=st.data())
-def test_a_command_line_with_a_mistake_is_refused_in_one_line(path, data, workspace, tripwire, capsys) -> None:
-    run_in_process(data.draw(command_lines(path), label="line"), workspace, capsys)
+def test_a_command_line_with_a_mistake_is_refused_in_one_line(path, kind, data, workspace, tripwire, capsys) -> None:
+    line = data.draw(command_lines(path, kind), label="line")
+    assert kind in {d.kind for d in line.defects}, "the strategy did not apply the mistake it was asked for"
+    run_in_process(line, workspace, capsys)
 
 
 NUMBER_OPTIONS = [
@@ -601,10 +635,9 @@ def test_the_same_mistakes_as_fresh_processes(workspace) -> None:
         assert_refused(line, line.argv(workspace), proc.returncode, proc.stdout, proc.stderr)
 
 
-def test_the_strategy_draws_every_kind_of_mistake() -> None:
-    # A strategy bug that never produced a kind (the selectors need a valid file, say) would leave it
-    # unfuzzed while every run passed.
-    kinds = {d.kind for path in VERBS for line in generated(path, 40) for d in line.defects}
+def test_every_kind_of_mistake_is_fuzzed() -> None:
+    # Each kind is fuzzed on every verb that can carry it (CASES): none may drop out of the table.
+    kinds = {kind for _, kind in CASES}
     assert kinds >= {
         "unknown option",
         "no value",
@@ -622,6 +655,7 @@ def test_the_strategy_draws_every_kind_of_mistake() -> None:
         "no selection",
         "two selections",
         "bad --grep",
+        "bad --since",
         "bad --sglang",
         "missing --sglang",
         "missing command",
