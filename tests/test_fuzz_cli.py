@@ -10,9 +10,10 @@ options in any order. The property: no traceback, exit 2, and exactly one stderr
 Nothing here may reach a node: every valid deployment file comes with an inventory of loopback
 addresses whose SSH port is 1 (nothing listens), never the shipped files' own addresses, and the
 in-process runs fail at once if the fleet is asked to reach any node at all (a tripwire on
-`Fleet.map`/`Fleet.host`, the only ways to a node). The same strategy runs in-process (fast, many
-examples) and, a few dozen examples, as fresh `launcher` processes (the real import order).
-Fixed seed (derandomize), bounded examples, no deadline.
+`Fleet.map`/`Fleet.host`, the only ways to a node). In-process (tests.helpers.run_cli): every verb
+with every mistake it can carry, 5 examples each, and every number option with each out-of-range
+value alone. As fresh `launcher` processes (the real import order): 2 examples per verb of the same
+strategy. Fixed seed (derandomize), bounded examples, no deadline.
 """
 
 from __future__ import annotations
