@@ -48,10 +48,15 @@ InventoryOpt = Annotated[
     Path | None,
     typer.Option("-i", "--inventory", help="Inventory file with the nodes and SSH settings (like Ansible's)."),
 ]
+# Seconds given on the command line are at most a day: `inf` or 1e300 would overflow every sleep and
+# socket timeout (OverflowError) after the nodes were already being contacted.
+DAY = 86400
 ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, max=512, help="How many nodes to work on at once.")]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--connect-timeout", min=0.5, help="SSH connect timeout, seconds (overrides the files; default 10)."),
+    typer.Option(
+        "--connect-timeout", min=0.5, max=DAY, help="SSH connect timeout, seconds (overrides the files; default 10)."
+    ),
 ]
 HostKeyOpt = Annotated[
     HostKeyPolicy | None,
@@ -143,7 +148,7 @@ def logs(
     inventory: InventoryOpt = None,
     node: NodeOpt = None,
     role: Annotated[str | None, typer.Option("--role", "-r", help="Role or group (etcd, frontend, decode...).")] = None,
-    rank: Annotated[int | None, typer.Option("--rank", help="With --role: one rank of the group.")] = None,
+    rank: Annotated[int | None, typer.Option("--rank", min=0, help="With --role: one rank of the group.")] = None,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep streaming until Ctrl-C.")] = False,
     tail: Annotated[int | None, typer.Option("--tail", min=0, help="Only the last N lines of each container.")] = None,
     since: Annotated[
@@ -220,11 +225,14 @@ def watch(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,
     inventory: InventoryOpt = None,
-    interval: Annotated[float, typer.Option("--interval", min=0.5, help="Seconds between checks.")] = 2.0,
+    interval: Annotated[float, typer.Option("--interval", min=0.5, max=DAY, help="Seconds between checks.")] = 2.0,
     max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="Per group or service.")] = 5,
-    backoff: Annotated[float, typer.Option("--backoff", min=0, help="First wait between restarts (doubles).")] = 5.0,
+    backoff: Annotated[
+        float, typer.Option("--backoff", min=0, max=DAY, help="First wait between restarts (doubles).")
+    ] = 5.0,
     reset_after: Annotated[
-        float, typer.Option("--reset-after", min=0, help="Healthy seconds after which a restart count starts over.")
+        float,
+        typer.Option("--reset-after", min=0, max=DAY, help="Healthy seconds after which a restart count starts over."),
     ] = 600.0,
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = None,
@@ -319,8 +327,11 @@ def _run() -> int:
         return 130
     except typer.TyperException as exc:  # typer's own click: usage errors, and help for a bare group
         if type(exc).__name__ == "NoArgsIsHelpError":
-            exc.show()
-            return exc.exit_code
+            # `launcher` or `launcher lock` alone asks what there is: the help, exit 0 as with --help.
+            message = exc.format_message()
+            if message.strip():
+                sys.stdout.write(message + "\n")
+            return 0
         _say(f"error: {usage_line(exc)}")
         return getattr(exc, "exit_code", 2)
     except SystemExit as exc:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """A name as the user typed it, on one line: control characters (a newline in a file name) escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 class LauncherError(Exception):
     """Base for errors that are reported as one line without a traceback."""
 
@@ -23,7 +28,7 @@ class ConfigError(LauncherError):
 
     def render(self) -> str:
         # A command-line mistake has no file: then the option (key) alone says where.
-        parts = [self.file + (f":{self.line}" if self.line is not None else "")] if self.file else []
+        parts = [one_line(self.file) + (f":{self.line}" if self.line is not None else "")] if self.file else []
         if self.key and not self.message.startswith(self.key):
             parts.append(self.key)
         return ": ".join([*parts, self.message])

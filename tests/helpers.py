@@ -138,3 +138,75 @@ def connected_target(plan, **connection):
     from launcher.runtime import for_plan
 
     return connected(Target(Path(plan.file), None, plan, for_plan(plan)), Connection(**connection))
+
+
+# The commands a user can run; the walk below must find at least these (so a test driven by it cannot
+# pass on an empty walk), and finds any new one by itself.
+KNOWN_COMMANDS = {
+    ("plan",),
+    ("up",),
+    ("status",),
+    ("logs",),
+    ("exec",),
+    ("down",),
+    ("watch",),
+    ("doctor",),
+    ("migrate",),
+    ("version",),
+    ("lock",),
+    ("lock", "status"),
+    ("lock", "break"),
+}
+
+
+def cli_commands() -> dict[tuple[str, ...], object]:
+    """Every command and group of the real typer app, by path: () is `launcher`, ("lock", "break") ...
+
+    Walked from the click command typer builds, so a verb added to launcher/cli.py is found here."""
+    import typer.main
+
+    found: dict[tuple[str, ...], object] = {}
+
+    def walk(command, path: tuple[str, ...]) -> None:
+        found[path] = command
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            walk(sub, (*path, name))
+
+    walk(typer.main.get_command(cli.app), ())
+    return found
+
+
+def loopback_inventory(path: Path, nodes: int = 13) -> Path:
+    """An inventory that makes every shipped config plannable and keeps any traffic on this machine.
+
+    Loopback addresses 127.0.1.N (never the shipped files' addresses), SSH port 1 (nothing listens:
+    a connection, were one ever tried, is refused at once), the testbed configs' `vars`, and node 0
+    named `local` as configs/local.yaml's groups expect."""
+    import yaml
+
+    data = {
+        "ssh": {"port": 1, "connect_timeout": 1},
+        "vars": {
+            "TESTBED_IMAGE": "testbed-node:1",
+            "TESTBED_PYTHON_HOME": "/opt/python",
+            "TESTBED_VENV": "/opt/venv",
+            "TESTBED_REPO": "/opt/repo",
+        },
+        "nodes": [{"name": "local" if i == 0 else f"lb{i}", "address": f"127.0.1.{i + 1}"} for i in range(nodes)],
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def fresh_env() -> dict[str, str]:
+    """The environment of a fresh `launcher` process in these tests.
+
+    Nothing it would pick up by itself (LAUNCHER_CONFIG, LAUNCHER_INVENTORY). Bytecode is cached in a
+    directory of its own outside the tree, as an installed package has it: with PYTHONDONTWRITEBYTECODE
+    every process would compile typer, rich and pydantic again (twice the CPU of a run)."""
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LAUNCHER_CONFIG", "LAUNCHER_INVENTORY")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / f"launcher-tests-pycache-{os.getuid()}")
+    return env

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import CONFIGS, run_cli
+from tests.helpers import CONFIGS, loopback_inventory, run_cli
 
 LOCAL = str(CONFIGS / "local.yaml")
 
@@ -52,3 +52,42 @@ def test_no_config_anywhere(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("LAUNCHER_CONFIG", raising=False)
     code, out, err = run_cli(["status"], capsys)
     assert code == 2 and "no deployment given" in err
+
+
+def test_logs_rank_and_tail_are_never_negative(capsys):
+    # Refused on the command line, before any node is asked (a negative rank matched nothing, after
+    # listing every node, and said "no container matches" with exit 1).
+    for option, value in (("--rank", "-1"), ("--tail", "-5")):
+        code, out, err = run_cli(["logs", "-c", LOCAL, "--role", "decode", option, value], capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"error: {option}: input should be greater than or equal to 0, got '{value}'"), err
+
+
+def test_logs_role_and_rank_must_be_in_the_plan(capsys):
+    # Checked against the deployment file before any node is asked, as `exec --role` and `--node` are.
+    code, out, err = run_cli(["logs", "-c", LOCAL, "--role", "nope"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: --role: no service has role or group 'nope': expected one of "), err
+    assert "decode" in err and "etcd" in err
+    code, out, err = run_cli(["logs", "-c", LOCAL, "--role", "decode", "--rank", "1"], capsys)
+    assert code == 2 and err.strip() == "error: --rank: no rank 1 of decode: expected 0", err
+    code, out, err = run_cli(["exec", "-c", LOCAL, "--role", "nope", "--", "true"], capsys)
+    assert code == 2 and err.startswith("error: --role: no service has role or group 'nope': expected one of "), err
+
+
+def test_logs_since_must_be_a_time_or_a_duration(capsys, tmp_path):
+    # Checked before any node is asked (docker on every node refused it, exit 1). The loopback
+    # inventory (SSH port 1) keeps the shipped file's addresses out of reach whatever happens.
+    inventory = loopback_inventory(tmp_path / "inventory.yaml")
+    dsr1 = str(CONFIGS / "dsr1-104gpu.yaml")
+    for since in ("nope", "10 minutes", "2026-11-24 at ten", "-"):
+        code, out, err = run_cli(
+            ["logs", "-c", dsr1, "-i", str(inventory), "--role", "decode", "--since", since], capsys
+        )
+        assert code == 2 and err.count("\n") == 1, err
+        assert err.startswith("error: --since: expected a duration (10m, 1h30m), a date or time"), err
+        assert f"got {since!r}" in err
+    # What docker takes passes this check (here it then meets the process runtime's refusal).
+    for since in ("10m", "1h30m", "1.5h", "2026-11-24", "2026-11-24T10:00", "2026-11-24T10:00:00.5Z", "1700000000"):
+        code, out, err = run_cli(["logs", "-c", LOCAL, "--role", "decode", "--since", since], capsys)
+        assert code == 2 and err.startswith("error: --since needs the docker runtime"), (since, err)

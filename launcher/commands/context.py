@@ -46,6 +46,23 @@ class Target:
         assert self.fleet is not None, "connect() first"
         return self.fleet.host(self.plan.head.index)
 
+    def check_selection(self, node: str | None, role: str | None, rank: int | None) -> None:
+        """--node, --role and --rank name something in the deployment file: else exit 2 before any node
+        is asked (saying what exists)."""
+        if node is not None:
+            self.node(node)
+        services = [s for s in self.plan.services if role is None or role in (s.role, s.group, s.service)]
+        if not services:
+            roles = sorted({x for s in self.plan.services for x in (s.role, s.group, s.service) if x})
+            raise ConfigError(
+                f"no service has role or group {role!r}: expected one of {', '.join(roles)}", key="--role"
+            )
+        ranks = sorted({s.rank for s in services if s.rank is not None})
+        if rank is not None and rank not in ranks:
+            span = f"{ranks[0]}" + (f"..{ranks[-1]}" if len(ranks) > 1 else "") if ranks else ""
+            expected = f"expected {span}" if ranks else "none has ranks"
+            raise ConfigError(f"no rank {rank}" + (f" of {role}" if role else "") + f": {expected}", key="--rank")
+
     def node(self, ref: str) -> Node:
         """`--node`: an index, a name or an address; anything else is bad input (exit 2)."""
         node = self.plan.node(ref)

@@ -20,9 +20,8 @@ def run(command: list[str], config_opt, inventory, connection: Connection, *, no
     if node is not None:
         indices = [t.node(node).index]
     elif role is not None:
+        t.check_selection(None, role, None)
         indices = sorted({s.node.index for s in plan.services if role in (s.role, s.group, s.service)})
-        if not indices:
-            raise ConfigError(f"no service has role or group {role!r}", key="--role")
     else:
         indices = [n.index for n in plan.nodes]
     # One word is a script (`exec -- 'a | b'`); several are an argv, quoted.

@@ -21,6 +21,12 @@ from launcher.plan.types import Plan
 from launcher.transport.errors import describe
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# What `docker logs --since` takes: a Go duration, a date with an optional time and zone, a Unix timestamp.
+SINCE = re.compile(
+    r"[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+"
+    r"|\d{4}-\d{2}-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?(Z|[+-]\d{2}:\d{2})?"
+    r"|\d+(\.\d+)?"
+)
 COLOURS = [
     "cyan", "magenta", "green", "yellow", "blue", "bright_red",
     "bright_cyan", "bright_magenta", "bright_green", "bright_yellow", "bright_blue",
@@ -35,7 +41,14 @@ def run(config, config_opt, inventory, connection: Connection, *, node, role, ra
             re.compile(grep)
         except re.error as exc:
             raise ConfigError(f"not a regular expression: {exc}", key="--grep") from None
+    if since is not None and not SINCE.fullmatch(since):
+        raise ConfigError(
+            "expected a duration (10m, 1h30m), a date or time (2026-11-24, 2026-11-24T10:00:00Z) or a Unix"
+            f" timestamp, got {since!r}",
+            key="--since",
+        )
     t = target(config, config_opt, inventory)
+    t.check_selection(node, role, rank)
     if since and t.plan.runtime == "process":
         # Its logs are plain files without timestamps: showing everything would pretend to filter.
         raise ConfigError(

@@ -19,9 +19,11 @@ VERSION_LINE = re.compile(r'^(\s*sglang:\s*)"?[0-9][0-9a-z.]*"?', flags=re.M)
 
 def run(config: Path, sglang: str, dry_run: bool) -> None:
     try:
-        Version(sglang)
+        release = Version(sglang).release  # SGLang's releases are MAJOR.MINOR.PATCH[.postN]
     except InvalidVersion:
-        raise ConfigError(f"--sglang expects a version like 0.5.21, got {sglang!r}", key="--sglang") from None
+        release = ()
+    if len(release) < 3:
+        raise ConfigError(f"--sglang expects a version like 0.5.21, got {sglang!r}", key="--sglang")
     try:
         text = config.read_text()
     except OSError as exc:
