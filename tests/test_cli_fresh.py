@@ -232,3 +232,12 @@ def test_plan_of_every_shipped_config(config: Path, fmt: str, inventory: Path, p
         for i, (path, node) in enumerate(zip(files, nodes, strict=True)):
             assert os.access(path, os.X_OK), path
             assert_script(path.read_text(), i, node, path.name)
+
+
+def test_a_config_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "deploy.yaml"
+    os.mkfifo(fifo)  # reading it would block forever
+    for args in (["plan", str(fifo)], ["plan", "/dev/zero"], ["migrate", str(tmp_path), "--sglang", "0.5.21"]):
+        proc = launcher(*args, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip().splitlines() == [f"error: {args[1]}: not a regular file"], proc.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
+from launcher.config.yamlfile import read_file
 from launcher.errors import ConfigError
 from launcher.output.console import say
 from launcher.plan import flagdrift
@@ -24,10 +25,7 @@ def run(config: Path, sglang: str, dry_run: bool) -> None:
         release = ()
     if len(release) < 3:
         raise ConfigError(f"--sglang expects a version like 0.5.21, got {sglang!r}", key="--sglang")
-    try:
-        text = config.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=str(config)) from None
+    text = read_file(config)
     new = flagdrift.migrate_text(text, sglang)
     new = VERSION_LINE.sub(lambda m: f'{m.group(1)}"{sglang}"', new, count=1)
     diff = "".join(difflib.unified_diff(text.splitlines(True), new.splitlines(True), str(config), str(config)))
@@ -36,5 +34,8 @@ def run(config: Path, sglang: str, dry_run: bool) -> None:
         return
     sys.stdout.write(diff)
     if not dry_run:
-        config.write_text(new)
+        try:
+            config.write_text(new)
+        except OSError as exc:
+            raise ConfigError(f"cannot write: {exc.strerror}", file=str(config)) from None
         say(f"rewrote {config}", to_stderr=True)

@@ -33,15 +33,24 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: str) 
             _walk(item, path + (i,), lines, file)
 
 
-def load_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:
-    """Return the document and a map from key path to its line number."""
+def read_file(path: Path) -> str:
+    """A deployment file's text; what keeps it from being read is bad input (exit 2), said in one line."""
     file = str(path)
+    if path.exists() and not path.is_file():
+        # A directory, a FIFO or /dev/zero: reading would fail or never end.
+        raise ConfigError("not a regular file", file=file)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", file=file) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", file=file) from None
+
+
+def load_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:
+    """Return the document and a map from key path to its line number."""
+    file = str(path)
+    text = read_file(path)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
