@@ -259,6 +259,7 @@ def _ssh_fix(kind: str) -> str:
 
 MODULES = {
     ("python3", "-m", "dynamo.sglang"): "dynamo-sglang",
+    ("python3", "-m", "dynamo.vllm"): "dynamo-vllm",
     ("python3", "-m", "dynamo.mocker"): "dynamo-mocker",
     ("python3", "-m", "dynamo.frontend"): "dynamo-frontend",
     ("python3", "-m", "sglang.launch_server"): "sglang",
@@ -311,7 +312,9 @@ def check_args(plan: Plan, fleet: Fleet) -> list[Check]:
                     f"args:{role}",
                     "fail",
                     f"{engine} {verdict.get('version', '')} rejects: " + "; ".join(verdict.get("errors") or []),
-                    "fix the flag (launcher migrate CONFIG --sglang VERSION for renamed ones)",
+                    "fix the flag (launcher migrate CONFIG --sglang VERSION for renamed ones)"
+                    if "sglang" in engine
+                    else "fix the flag",
                 )
             )
     return checks
