@@ -223,12 +223,23 @@ def _load_dynamo_sglang() -> tuple[dict[str, str | None], Callable[[list[str]], 
     return {"ai-dynamo": _dist_version("ai-dynamo"), "sglang": _dist_version("sglang")}, check
 
 
+_vllm_platform_notes: list[str] | None = None
+
+
 def _settle_vllm_platform() -> list[str]:
     """Resolve vLLM's platform as vLLM does; stand in its CUDA platform where none is found (see above).
 
     Must run before vllm.engine.arg_utils is imported: that module binds `current_platform` at import.
+    Returns notes for the verdicts (the same for every vLLM engine of this process).
     """
 
+    global _vllm_platform_notes
+    if _vllm_platform_notes is None:
+        _vllm_platform_notes = _resolve_vllm_platform()
+    return _vllm_platform_notes
+
+
+def _resolve_vllm_platform() -> list[str]:
     from vllm import platforms
 
     current = platforms.current_platform
