@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -359,3 +360,190 @@ def test_seed_000_001_config_parses_under_sglang_0_5_21(parser_env: Path, role: 
         result = check_args("sglang", service["command"][3:])
         assert result["ok"], _one_line(result)
         assert not result["warnings"], result["warnings"]
+
+
+# -- vLLM 0.31.0 (the release ai-dynamo 1.6.1's [vllm] extra pins) and dynamo.vllm -------------------
+# A second parser env (scripts/parser-env --vllm): vLLM's serve parser and dynamo.vllm's, CPU torch.
+
+DEFAULT_VLLM = "0.31.0"
+LAUNCHER = str(Path(sys.executable).with_name("launcher"))
+WIDEEP = "configs/vllm-wideep-16gpu.yaml"
+# Seed 003's own `vllm serve` line, from the llm-d wide-ep-lws manifest (../shared/reference/
+# sglang-and-vllm.md §5.2), decode worker 1 of 2 with LeaderWorkerSet's values filled in.
+SEED_003_VLLM_SERVE = shlex.split("""
+  deepseek-ai/DeepSeek-R1-0528 --port 8200 --data-parallel-hybrid-lb --enable-expert-parallel
+  --tensor-parallel-size 1 --data-parallel-size 16 --data-parallel-size-local 8 --data-parallel-address 10.0.0.1
+  --data-parallel-rpc-port 5555 --data-parallel-start-rank 8
+  --kv_transfer_config '{"kv_connector":"NixlConnector","kv_role":"kv_both"}' --async-scheduling --enable-dbo
+  --dbo-decode-token-threshold 32 --enable-eplb --eplb-config '{"num_redundant_experts":"32"}'
+  --compilation_config '{"cudagraph_mode": "FULL_DECODE_ONLY"}'
+""")
+
+
+@functools.cache
+def vllm_parser_env_python(vllm: str = DEFAULT_VLLM) -> Path:
+    """The python of the vLLM parser env (with ai-dynamo 1.6.1), building it if needed (once a session)."""
+
+    done = subprocess.run(
+        [sys.executable, str(PARSER_ENV), "--vllm", vllm],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=ENV_BUILD_TIMEOUT,
+        check=True,
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def check_vllm_args(engine: str, argv: list[str], *, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Like check_args, for "vllm" (argv after `vllm serve`) and "dynamo-vllm", in the vLLM parser env."""
+
+    python = vllm_parser_env_python()
+    with _checkers_lock:
+        checker = _checkers.get(python)
+        if checker is None:
+            checker = _checkers[python] = _Checker(python)
+    return checker.check(engine, argv, env)
+
+
+@pytest.fixture(scope="session")
+def vllm_parser_env() -> Path:
+    """Build the vLLM 0.31.0 + ai-dynamo 1.6.1 parser env (CI builds it here; never skipped)."""
+
+    return vllm_parser_env_python(DEFAULT_VLLM)
+
+
+@functools.cache
+def _wideep_ranks() -> tuple[tuple[str, tuple[str, ...], tuple[tuple[str, str], ...]], ...]:
+    """(role, argv after `python3 -m dynamo.vllm`, env) per dynamo.vllm rank, by `launcher plan --format json`."""
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("VLLM_IMAGE", "DSR1_MODEL_DIR", "NET_IFNAME")}
+    proc = subprocess.run(
+        [LAUNCHER, "plan", WIDEEP, "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=environ,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ranks = []
+    for service in json.loads(proc.stdout)["services"]:
+        if service["command"][:3] == ["python3", "-m", "dynamo.vllm"]:
+            ranks.append((service["role"], tuple(service["command"][3:]), tuple(sorted(service["env"].items()))))
+    return tuple(ranks)
+
+
+def _without(argv: list[str], flag: str) -> list[str]:
+    i = argv.index(flag)
+    return argv[:i] + argv[i + 2 :]
+
+
+def _replace_value(argv: list[str], flag: str, value: str) -> list[str]:
+    i = argv.index(flag)
+    return [*argv[: i + 1], value, *argv[i + 2 :]]
+
+
+def test_vllm_wideep_every_rank_parses_under_dynamo_vllm(vllm_parser_env: Path) -> None:
+    """Seed 003's config as rendered, rank by rank, through `python3 -m dynamo.vllm`'s own parse."""
+    ranks = _wideep_ranks()
+    assert sorted(role for role, _, _ in ranks) == ["decode", "prefill"]  # one process per node, one node each
+    for role, argv, env in ranks:
+        result = check_vllm_args("dynamo-vllm", list(argv), env=dict(env))
+        assert result["ok"], (role, _one_line(result))
+        assert result["warnings"] == [], (role, result["warnings"])
+        assert result["version"] == "1.6.1" and result["versions"]["vllm"] == DEFAULT_VLLM
+        assert any("dynamo.vllm.args parsed and validated" in n for n in result["notes"]), result["notes"]
+
+
+def test_vllm_wideep_engine_flags_are_vllm_serve_flags(vllm_parser_env: Path) -> None:
+    """dynamo.vllm hands what it does not know to vLLM's AsyncEngineArgs parser: without Dynamo's one
+    flag (--disaggregation-mode), every rank's argv parses under vLLM 0.31.0's own `vllm serve`."""
+    for role, argv, env in _wideep_ranks():
+        rest = _without(list(argv), "--disaggregation-mode")
+        model = rest.index("--model")
+        serve_argv = [rest[model + 1], *rest[:model], *rest[model + 2 :]]  # vllm serve takes the model first
+        result = check_vllm_args("vllm", serve_argv, env=dict(env))
+        assert result["ok"], (role, _one_line(result))
+        assert result["warnings"] == [], (role, result["warnings"])
+        assert result["version"] == DEFAULT_VLLM
+
+
+def test_seed_003_own_vllm_serve_line_parses_under_vllm_0_31_0(vllm_parser_env: Path) -> None:
+    result = check_vllm_args("vllm", SEED_003_VLLM_SERVE)
+    assert result["ok"], _one_line(result)
+    assert result["warnings"] == [], result["warnings"]
+
+
+def test_dynamo_vllm_rejects_a_wrong_flag_and_a_wrong_value_naming_each(vllm_parser_env: Path) -> None:
+    role, argv, env = next(r for r in _wideep_ranks() if r[0] == "decode")
+    # --num-redundant-experts: an EPLB flag of older vLLM, now a key of --eplb-config
+    wrong = [*_replace_value(list(argv), "--all2all-backend", "deepep_low_latncy"), "--num-redundant-experts", "32"]
+    result = check_vllm_args("dynamo-vllm", wrong, env=dict(env))
+    assert result["ok"] is False, _one_line(result)
+    errors = "\n".join(result["errors"])
+    assert "argument --all2all-backend: invalid choice: 'deepep_low_latncy'" in errors, errors
+    assert "unrecognized arguments: --num-redundant-experts 32" in errors, errors
+
+    # a value vLLM's config class refuses after argparse took it
+    bad_eplb = _replace_value(list(argv), "--eplb-config", '{"num_redundant_experts": "many"}')
+    result = check_vllm_args("dynamo-vllm", bad_eplb, env=dict(env))
+    assert result["ok"] is False, _one_line(result)
+    assert any("argument --eplb-config:" in e and "num_redundant_experts" in e for e in result["errors"]), _one_line(
+        result
+    )
+
+
+def test_vllm_serve_rejects_dynamo_flags_and_typos(vllm_parser_env: Path) -> None:
+    result = check_vllm_args("vllm", ["/model", "--disaggregation-mode", "decode", "--enable-eplbb"])
+    assert result["ok"] is False
+    assert any("unrecognized arguments: --disaggregation-mode decode --enable-eplbb" in e for e in result["errors"]), (
+        _one_line(result)
+    )
+
+
+def test_dynamo_vllm_own_checks_run_after_argparse(vllm_parser_env: Path) -> None:
+    """dynamo.vllm 1.6.1 refuses a prefill worker without --kv-transfer-config (why the launcher adds one)."""
+    role, argv, env = next(r for r in _wideep_ranks() if r[0] == "prefill")
+    result = check_vllm_args("dynamo-vllm", _without(list(argv), "--kv-transfer-config"), env=dict(env))
+    assert result["ok"] is False
+    assert any("you must explicitly provide --kv-transfer-config" in e for e in result["errors"]), _one_line(result)
+
+
+def test_doctor_runs_dynamo_vllm_parser_per_role(vllm_parser_env: Path, tmp_path: Path) -> None:
+    """doctor.check_args as `launcher doctor` runs it (the checker on stdin of `python3 -`), with the vLLM
+    parser env as the process runtime's Python (in the image it is the image's python3): one check per
+    role; a bad value in one group fails that group's check only, naming the flag."""
+    import dataclasses
+
+    import yaml
+
+    from launcher.commands import doctor
+    from launcher.commands.context import Target
+    from launcher.config.load import load as load_config
+    from launcher.plan.build import build as build_plan
+    from launcher.runtime import for_plan
+    from launcher.transport.fleet import Fleet
+    from launcher.transport.host import Options
+    from launcher.transport.local import LocalHost
+
+    data = yaml.safe_load((REPO / WIDEEP).read_text())
+    data["groups"]["decode"]["args"]["all2all-backend"] = "deepep_ll"  # a typo of deepep_low_latency
+    broken = tmp_path / "wideep.yaml"
+    broken.write_text(yaml.safe_dump(data))
+    built = build_plan(load_config(broken, environ={}))
+    engines = [s for s in built.services if s.group]  # the frontend's parser is not in this env
+    built = dataclasses.replace(
+        built, services=engines, runtime="process", python_env=str(vllm_parser_env.parent.parent)
+    )
+    fleet = Fleet([])
+    fleet.hosts = {node.index: LocalHost(node, Options()) for node in built.nodes}
+    checks = {c.name: c for c in doctor.check_args(Target(broken, None, built, for_plan(built), fleet))}
+
+    assert sorted(checks) == ["args:decode", "args:prefill"]
+    assert (checks["args:prefill"].status, checks["args:prefill"].detail) == (
+        "ok",
+        "dynamo-vllm 1.6.1 accepts the argv",
+    ), checks["args:prefill"]
+    assert checks["args:decode"].status == "fail", checks["args:decode"]
+    assert "dynamo-vllm 1.6.1 rejects" in checks["args:decode"].detail
+    assert "argument --all2all-backend: invalid choice: 'deepep_ll'" in checks["args:decode"].detail

@@ -54,6 +54,7 @@ def check(t: Target, with_args: bool, stop_early: bool = False) -> list[Check]:
 
 MODULES = {
     ("python3", "-m", "dynamo.sglang"): "dynamo-sglang",
+    ("python3", "-m", "dynamo.vllm"): "dynamo-vllm",
     ("python3", "-m", "dynamo.mocker"): "dynamo-mocker",
     ("python3", "-m", "dynamo.frontend"): "dynamo-frontend",
     ("python3", "-m", "sglang.launch_server"): "sglang",
@@ -90,9 +91,10 @@ def _verdict(node: int, name: str, engine: str, stdout: str, stderr: str) -> Che
     version = verdict.get("version", "")
     if not verdict.get("ok"):
         detail = f"{engine} {version} rejects: " + "; ".join(verdict.get("errors") or [])
-        return Check(
-            node, name, "fail", detail, "fix the flag (launcher migrate CONFIG --sglang VERSION for renamed ones)"
+        fix = "fix the flag" + (
+            " (launcher migrate CONFIG --sglang VERSION for renamed ones)" if "sglang" in engine else ""
         )
+        return Check(node, name, "fail", detail, fix)
     warn = "; ".join(verdict.get("warnings") or [])
     return Check(
         node, name, "warn" if warn else "ok", f"{engine} {version} accepts the argv" + (f" ({warn})" if warn else "")

@@ -18,6 +18,22 @@ ENGINE is one of:
   first. It builds the Dynamo runtime + Dynamo SGLang groups and SGLang's ``ServerArgs`` parser and
   runs Dynamo's own post-parse checks; it creates no runtime and no engine. Its model prefetch
   (``fetch_model``) is replaced by a no-op so that nothing is downloaded.
+* ``vllm``: ``vllm serve``'s parser (ARGV is what follows ``vllm serve``): vLLM's CLI parser with its
+  ``serve`` subcommand (``ServeSubcommand.subparser_init``, as ``vllm.entrypoints.cli.main`` builds it),
+  then ``ServeSubcommand.validate`` and ``AsyncEngineArgs.from_cli_args``, which is how ``vllm serve``
+  builds its engine arguments. ``create_engine_config`` is never called: it reads the model and the GPUs.
+* ``dynamo-vllm``: ``dynamo.vllm.args.parse_args_with_model_fetch``, what ``python3 -m dynamo.vllm``
+  calls first. It builds Dynamo's runtime and vLLM groups around vLLM's own ``AsyncEngineArgs.add_cli_args``
+  parser, builds ``AsyncEngineArgs`` and runs Dynamo's post-parse checks (e.g. a prefill worker needs
+  ``--kv-transfer-config``); no runtime, no engine. Its model fetch (``fetch_model``, used for ``ngc://``
+  models) is replaced by a no-op, and environment variables it sets (it fills in
+  ``VLLM_NIXL_SIDE_CHANNEL_HOST`` when a NIXL connector is configured and the variable is unset) are
+  put back after each check.
+  For both: vLLM picks its platform (CUDA, ROCm, CPU, ...) from what it finds. Where it finds none (a
+  CPU-only parser env, or a container started without GPUs), its parser cannot build its defaults
+  ("Failed to infer device type"), so vLLM's own CUDA platform class stands in (what the image resolves
+  on a GPU node); the CUDA kernel library that class imports for op registration cannot load without
+  the NVIDIA driver, and is replaced by an empty module. "notes" says when that happened.
 * ``dynamo-mocker``: ``dynamo.mocker.args.parse_args``.
 * ``dynamo-frontend``: ``dynamo.frontend.main.parse_args`` (reads ``sys.argv``, which is set for the call).
 
@@ -53,11 +69,12 @@ import os
 import re
 import sys
 import traceback
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
-ENGINES = ("sglang", "dynamo-sglang", "dynamo-mocker", "dynamo-frontend")
+ENGINES = ("sglang", "dynamo-sglang", "vllm", "dynamo-vllm", "dynamo-mocker", "dynamo-frontend")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -206,6 +223,135 @@ def _load_dynamo_sglang() -> tuple[dict[str, str | None], Callable[[list[str]], 
     return {"ai-dynamo": _dist_version("ai-dynamo"), "sglang": _dist_version("sglang")}, check
 
 
+_vllm_platform_notes: list[str] | None = None
+
+
+def _settle_vllm_platform() -> list[str]:
+    """Resolve vLLM's platform as vLLM does; stand in its CUDA platform where none is found (see above).
+
+    Must run before vllm.engine.arg_utils is imported: that module binds `current_platform` at import.
+    Returns notes for the verdicts (the same for every vLLM engine of this process).
+    """
+
+    global _vllm_platform_notes
+    if _vllm_platform_notes is None:
+        _vllm_platform_notes = _resolve_vllm_platform()
+    return _vllm_platform_notes
+
+
+def _resolve_vllm_platform() -> list[str]:
+    from vllm import platforms
+
+    current = platforms.current_platform
+    if getattr(current, "device_type", ""):
+        return []
+    stubbed: list[str] = []
+    for _ in range(8):
+        try:
+            from vllm.platforms.cuda import CudaPlatform
+        except ImportError as exc:
+            name = exc.name or ""
+            # only vLLM's own compiled kernel libraries (vllm._C_stable_libtorch, vllm._C, ...)
+            if not re.fullmatch(r"vllm\._[\w]*C[\w]*", name) or name in stubbed:
+                raise
+            sys.modules[name] = types.ModuleType(name)
+            stubbed.append(name)
+            continue
+        break
+    else:
+        raise ImportError("vllm.platforms.cuda keeps failing to import")
+    platforms.current_platform = CudaPlatform()
+    note = f"no accelerator platform found: vLLM's {type(platforms.current_platform).__name__} stands in"
+    if stubbed:
+        note += f" ({', '.join(stubbed)} not loaded: needs the NVIDIA driver)"
+    return [note]
+
+
+def _reset_vllm_once_logs() -> None:
+    """vLLM logs some warnings once per process (lru_cache); each check must see its own."""
+
+    vllm_logger = sys.modules.get("vllm.logger")
+    for name in ("_print_debug_once", "_print_info_once", "_print_warning_once", "_print_error_once"):
+        cache_clear = getattr(getattr(vllm_logger, name, None), "cache_clear", None)
+        if cache_clear is not None:
+            cache_clear()
+
+
+@contextlib.contextmanager
+def _environ_restored() -> Iterator[None]:
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _load_vllm() -> tuple[dict[str, str | None], Callable[[list[str]], list[str]]]:
+    try:
+        platform_notes = _settle_vllm_platform()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.entrypoints.cli.serve import ServeSubcommand
+
+        try:
+            from vllm.utils.argparse_utils import FlexibleArgumentParser
+        except ImportError:  # older vLLM
+            from vllm.utils import FlexibleArgumentParser  # type: ignore[no-redef]
+    except Exception as exc:  # noqa: BLE001
+        raise LoadFailed(f"cannot import vLLM's serve parser: {type(exc).__name__}: {exc}") from exc
+
+    def check(argv: list[str]) -> list[str]:
+        _reset_vllm_once_logs()
+        parser = FlexibleArgumentParser(description="vLLM CLI")
+        subparsers = parser.add_subparsers(required=False, dest="subparser")
+        serve = ServeSubcommand()
+        serve.subparser_init(subparsers).set_defaults(dispatch_function=serve.cmd)
+        args = parser.parse_args(["serve", *argv])
+        serve.validate(args)
+        if getattr(args, "model_tag", None) is not None:  # ServeSubcommand.cmd's first step
+            args.model = args.model_tag
+        AsyncEngineArgs.from_cli_args(args)
+        return [
+            *platform_notes,
+            "vllm serve: parsed, validated and AsyncEngineArgs built (create_engine_config not run: "
+            "it reads the model and the GPUs)",
+        ]
+
+    return {"vllm": _dist_version("vllm")}, check
+
+
+def _load_dynamo_vllm() -> tuple[dict[str, str | None], Callable[[list[str]], list[str]]]:
+    try:
+        platform_notes = _settle_vllm_platform()
+        dynamo_args = importlib.import_module("dynamo.vllm.args")
+    except Exception as exc:  # noqa: BLE001
+        raise LoadFailed(f"cannot import dynamo.vllm.args: {type(exc).__name__}: {exc}") from exc
+
+    skipped: list[str] = []
+
+    async def no_fetch(model: str, *args: Any, **kwargs: Any) -> str:
+        skipped.append(model)
+        return model
+
+    # ngc:// models are fetched (metadata) during parsing; the check must not download anything.
+    dynamo_args.fetch_model = no_fetch
+    parse = getattr(dynamo_args, "parse_args_with_model_fetch", None)
+
+    def check(argv: list[str]) -> list[str]:
+        skipped.clear()
+        _reset_vllm_once_logs()
+        with _environ_restored():
+            if parse is not None:
+                asyncio.run(parse(list(argv)))
+            else:  # a Dynamo without the fetching variant
+                dynamo_args.parse_args(list(argv))
+        notes = [*platform_notes, "dynamo.vllm.args parsed and validated (AsyncEngineArgs built, no engine config)"]
+        notes += [f"model fetch skipped for {model!r}" for model in skipped]
+        return notes
+
+    return {"ai-dynamo": _dist_version("ai-dynamo"), "vllm": _dist_version("vllm")}, check
+
+
 def _load_dynamo_mocker() -> tuple[dict[str, str | None], Callable[[list[str]], list[str]]]:
     try:
         mocker_args = importlib.import_module("dynamo.mocker.args")
@@ -240,6 +386,8 @@ def _load_dynamo_frontend() -> tuple[dict[str, str | None], Callable[[list[str]]
 _LOADERS = {
     "sglang": _load_sglang,
     "dynamo-sglang": _load_dynamo_sglang,
+    "vllm": _load_vllm,
+    "dynamo-vllm": _load_dynamo_vllm,
     "dynamo-mocker": _load_dynamo_mocker,
     "dynamo-frontend": _load_dynamo_frontend,
 }
@@ -248,6 +396,8 @@ _loaded: dict[str, tuple[dict[str, str | None], Callable[[list[str]], list[str]]
 _PROGRAM = {
     "sglang": "sglang serve",
     "dynamo-sglang": "python3 -m dynamo.sglang",
+    "vllm": "vllm",
+    "dynamo-vllm": "python3 -m dynamo.vllm",
     "dynamo-mocker": "python3 -m dynamo.mocker",
     "dynamo-frontend": "python3 -m dynamo.frontend",
 }
@@ -314,7 +464,7 @@ def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) 
         result["errors"].append(str(exc))
         return result, 2
     versions, check = _loaded[engine]
-    result["version"] = versions.get("ai-dynamo" if engine.startswith("dynamo-") else "sglang")
+    result["version"] = versions.get("ai-dynamo" if engine.startswith("dynamo-") else engine)
     result["versions"] = versions
 
     records: list[logging.LogRecord] = []
