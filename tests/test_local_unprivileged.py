@@ -19,16 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
 from tests.helpers import LOCAL_PORTS, REPO, assert_gone, free_port, printed_curl_answer
 
 pytestmark = pytest.mark.slow
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def unavailable(why: str) -> None:
-    (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(why)
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny"
 FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
@@ -87,7 +89,7 @@ def _get(url: str, data: dict | None = None, timeout: float = 5) -> tuple[int, s
 def test_frontend_and_mockers_serve_tiny_model(tmp_path: Path) -> None:
     if importlib.util.find_spec("dynamo") is None:
         # `uv sync` installs it; in CI its absence is a broken set-up, not a reason to skip
-        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)("ai-dynamo is not installed")
+        unavailable("ai-dynamo is not installed")
     http_port, bootstrap = _free_ports(2)
     env = dict(
         os.environ,
