@@ -218,3 +218,50 @@ def local_command_deployment(tmp_path: Path, name: str, group: str, script: str,
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+class Lines:
+    """Lines of a running subprocess's pipe, read as they come by a thread: `until(predicate, limit)` waits
+    (bounded) for one; `rest(limit)` reads to the end of the pipe."""
+
+    def __init__(self, pipe):
+        import queue
+        import threading
+
+        self.seen: list[tuple[float, str]] = []  # (time.monotonic() when read, line)
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
+
+    def _read(self, pipe) -> None:
+        import time
+
+        for line in pipe:
+            self._queue.put((time.monotonic(), line))
+        self._queue.put(None)
+
+    def until(self, predicate, limit: float) -> str | None:
+        """The next line that satisfies predicate, or None after `limit` seconds or at the end of the pipe."""
+        import queue
+        import time
+
+        deadline = time.monotonic() + limit
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                return None
+            if item is None:
+                self._queue.put(None)  # stays ended
+                return None
+            self.seen.append(item)
+            if predicate(item[1]):
+                return item[1]
+        return None
+
+    def rest(self, limit: float) -> str:
+        """Everything until the pipe ends (bounded by `limit` seconds); the whole text read so far."""
+        self.until(lambda line: False, limit)
+        return self.text()
+
+    def text(self) -> str:
+        return "".join(line for _, line in self.seen)
