@@ -264,4 +264,16 @@ class Lines:
         return self.text()
 
     def text(self) -> str:
+        """Every line read so far, including those not yet looked at by `until`."""
+        import queue
+
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            self.seen.append(item)
         return "".join(line for _, line in self.seen)
