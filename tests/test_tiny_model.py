@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import unavailable
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny"
@@ -148,6 +149,7 @@ def test_frontend_and_mockers_serve_tiny_model(tmp_path: Path) -> None:
         tok = tokenizers.Tokenizer.from_file(str(TINY / "tokenizer.json"))
         vocab_size = json.loads((TINY / "config.json").read_text())["vocab_size"]
         sampled: list[int] = []
+        requests: list[str] = []
         for _ in range(8):  # 512 token ids: the mocker's range, sampled against this model's vocabulary
             body = {
                 "model": "tiny",
@@ -164,7 +166,16 @@ def test_frontend_and_mockers_serve_tiny_model(tmp_path: Path) -> None:
             # What a user sees: words, not an empty answer.
             assert isinstance(content, str) and len(content.split()) >= 32, answer
             sampled += answer["nvext"]["completion_token_ids"]
+            requests.append(answer["id"].removeprefix("chatcmpl-"))
         assert len(sampled) == 512
+        # Each request crossed the prefill and the decode mocker: both logged its id.
+        for role in ("prefill", "decode"):
+            log = tmp_path / f"{role}.log"
+            wait_for(
+                lambda log=log: all(r in log.read_text(errors="replace") for r in requests),
+                30,
+                what=f"every request id in the {role} mocker's log",
+            )
         outside = sorted({i for i in sampled if i >= vocab_size})
         assert not outside, (
             f"the mocker emits ids beyond models/tiny's {vocab_size}: {outside[:10]} (re-run make-tiny-model)"
