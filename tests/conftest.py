@@ -27,7 +27,15 @@ SSH_OPTIONS = ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "
 
 
 def in_ci() -> bool:
+    """The one rule for "this is CI" (CI=true, 1 or yes): there a missing environment fails, never skips."""
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """pytest.skip (locally) or pytest.fail (in CI) for a test whose environment is missing here."""
+    if in_ci():
+        pytest.fail(f"required in CI but unavailable: {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 def testbed_unavailable_reason() -> str | None:

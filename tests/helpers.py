@@ -52,6 +52,11 @@ def printed_curl_answer(stdout: str) -> str:
     """Run the curl line `up` printed, exactly as printed, and return the answer's text.
 
     Fails unless it answers 200 with words in `content`: what a person running the curl must see."""
+    return answer_text(printed_curl_reply(stdout))
+
+
+def printed_curl_reply(stdout: str) -> dict:
+    """Run the curl line `up` printed, exactly as printed; the whole reply (200, and its answer has words)."""
     import json
 
     curl = next(line for line in stdout.splitlines() if line.startswith("curl "))
@@ -59,9 +64,92 @@ def printed_curl_answer(stdout: str) -> str:
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
     body, _, status = out.rpartition("\n")
     assert status == "200", out
-    content = json.loads(body)["choices"][0]["message"]["content"]
-    assert isinstance(content, str) and content.split(), f"the answer has no text: {body}"
+    reply = json.loads(body)
+    answer_text(reply)
+    return reply
+
+
+def answer_text(reply: dict) -> str:
+    """The text of a chat completion's answer; fails unless it has words (a 200 with no text is no answer)."""
+    content = reply["choices"][0]["message"]["content"]
+    assert isinstance(content, str) and content.split(), f"the answer has no text: {reply}"
+    assert reply["usage"]["completion_tokens"] > 0, reply
     return content
+
+
+def chat(endpoint: str, content: str = "hello", max_tokens: int = 8, timeout: float = 30) -> dict:
+    """POST one chat completion to ENDPOINT (http://host:port); fails unless 200 with text. Returns the reply."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens})
+    req = urllib.request.Request(f"{endpoint}/v1/chat/completions", body.encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        assert resp.status == 200
+        reply = json.loads(resp.read())
+    answer_text(reply)
+    return reply
+
+
+def assert_workers_logged(reply: dict, logs, roles: tuple[str, ...] = ("prefill", "decode"), limit: float = 30):
+    """The request crossed prefill and decode: a worker of each role logged its id.
+
+    logs(role, request_id) runs `launcher logs --role ROLE --grep REQUEST_ID` and returns the CompletedProcess;
+    retried for up to `limit` seconds (a log line may reach the file a moment after the answer)."""
+    import time
+
+    request = reply["id"].removeprefix("chatcmpl-")
+    assert request, reply
+    missing = list(roles)
+    deadline = time.monotonic() + limit
+    while missing:
+        for role in list(missing):
+            found = logs(role, request)
+            assert found.returncode == 0, found.stdout + found.stderr
+            if f" {role} r" in found.stdout and request in found.stdout:
+                missing.remove(role)
+        if missing and time.monotonic() > deadline:
+            raise AssertionError(f"no {' or '.join(missing)} worker logged request {request}")
+        if missing:
+            time.sleep(0.5)
+
+
+def session_members(session: int) -> list[int]:
+    """Every live process of a session on this machine (zombies, dead but not yet reaped, excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) == session and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """True if pid runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def wait_for(condition, limit: float, interval: float = 0.2, what: str = "the condition"):
+    """Poll condition() until it returns something truthy (returned) or `limit` seconds pass (AssertionError)."""
+    import time
+
+    deadline = time.monotonic() + limit
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {limit:.0f} s")
+        time.sleep(interval)
 
 
 MINIMAL = """\
@@ -210,3 +298,62 @@ def fresh_env() -> dict[str, str]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(Path(tempfile.gettempdir()) / f"launcher-tests-pycache-{os.getuid()}")
     return env
+
+
+class Lines:
+    """Lines of a running subprocess's pipe, read as they come by a thread: `until(predicate, limit)` waits
+    (bounded) for one; `rest(limit)` reads to the end of the pipe."""
+
+    def __init__(self, pipe):
+        import queue
+        import threading
+
+        self.seen: list[tuple[float, str]] = []  # (time.monotonic() when read, line)
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
+
+    def _read(self, pipe) -> None:
+        import time
+
+        for line in pipe:
+            self._queue.put((time.monotonic(), line))
+        self._queue.put(None)
+
+    def until(self, predicate, limit: float) -> str | None:
+        """The next line that satisfies predicate, or None after `limit` seconds or at the end of the pipe."""
+        import queue
+        import time
+
+        deadline = time.monotonic() + limit
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                return None
+            if item is None:
+                self._queue.put(None)  # stays ended
+                return None
+            self.seen.append(item)
+            if predicate(item[1]):
+                return item[1]
+        return None
+
+    def rest(self, limit: float) -> str:
+        """Everything until the pipe ends (bounded by `limit` seconds); the whole text read so far."""
+        self.until(lambda line: False, limit)
+        return self.text()
+
+    def text(self) -> str:
+        """Every line read so far, including those not yet looked at by `until`."""
+        import queue
+
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._queue.put(None)
+                break
+            self.seen.append(item)
+        return "".join(line for _, line in self.seen)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.helpers import CONFIGS, loopback_inventory, run_cli
+import json
+
+from tests.helpers import CONFIGS, free_port, loopback_inventory, run_cli, write
 
 LOCAL = str(CONFIGS / "local.yaml")
 
@@ -26,9 +28,29 @@ def test_exec_needs_exactly_one_target(capsys):
 
 
 def test_status_of_a_stopped_deployment_exits_1(capsys, tmp_path, monkeypatch):
-    monkeypatch.setenv("LAUNCHER_PORT", "1")  # nothing of ours listens there
-    code, out, err = run_cli(["status", LOCAL, "--json"], capsys)
-    assert code == 1 and '"ok": false' in out
+    """Status names every service as missing, and the endpoint as not ready, in JSON and in the `not ok:` line."""
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("LAUNCHER_PORT", str(port))
+    # configs/local.yaml with its state in an empty directory: nothing of it runs
+    text = (CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS))
+    stopped = write(tmp_path, text.replace(f"{CONFIGS}/../.launcher/state", str(tmp_path / "state")))
+    services = ["etcd", "nats", "frontend", "prefill-r0", "decode-r0"]
+    problems = [f"{name} on node 0: missing" for name in services] + [f"endpoint http://127.0.0.1:{port} not ready"]
+
+    code, out, err = run_cli(["status", str(stopped), "--json"], capsys)
+    data = json.loads(out)
+    assert code == 1 and data["ok"] is False
+    assert [(s["service"], s["state"], s["uptime_s"]) for s in data["services"]] == [
+        (name, "missing", None) for name in services
+    ]
+    assert data["problems"] == problems and data["frontend"]["ready"] is False
+
+    code, out, err = run_cli(["status", str(stopped)], capsys)
+    assert code == 1
+    rows = [line.split() for line in out.splitlines() if line.startswith("0 local ")]
+    assert [(row[3], row[6]) for row in rows] == [(name, "missing") for name in services], out
+    assert "workers registered: prefill 0/1, backend 0/1" in out
+    assert out.splitlines()[-1] == "not ok: " + "; ".join(problems), out
 
 
 def test_logs_since_on_the_process_runtime_is_refused(capsys):

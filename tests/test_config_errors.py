@@ -146,10 +146,19 @@ def test_top_level_not_a_mapping(tmp_path, capsys):
     assert "expected a mapping" in line
 
 
-@pytest.mark.parametrize("bad", ["deployment: 'has space'", "deployment: ''"])
+@pytest.mark.parametrize("bad", ["has space", "", "-x", "a/b"])
 def test_bad_deployment_name(tmp_path, capsys, bad):
-    line = plan_error(tmp_path, capsys, MINIMAL.replace("deployment: demo", bad))
-    assert "deployment" in line
+    line = plan_error(tmp_path, capsys, MINIMAL.replace("deployment: demo", f"deployment: '{bad}'"))
+    # The path printed first contains the test's name (and so `deployment`): check what follows it.
+    where = line.removeprefix(f"error: {tmp_path / 'deploy.yaml'}")
+    assert where == f":1: deployment: '{bad}' does not match the allowed form ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", line
+
+
+def test_too_long_deployment_name(tmp_path, capsys):
+    line = plan_error(tmp_path, capsys, MINIMAL.replace("deployment: demo", "deployment: " + "a" * 49))
+    assert line.removeprefix(f"error: {tmp_path / 'deploy.yaml'}").startswith(
+        ":1: deployment: String should have at most 48 characters"
+    ), line
 
 
 def test_inventory_errors_name_the_inventory(tmp_path, capsys):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 from launcher.commands import preflight
 from launcher.config.load import load as load_config
 from launcher.plan.build import build as build_plan
 from launcher.runtime.docker import Docker
-from tests.helpers import CONFIGS, REPO
+from tests.helpers import CONFIGS, REPO, run_cli, write
 
 INV = REPO / "tests" / "data" / "inventory-32.yaml"
 
@@ -39,9 +40,41 @@ def test_node_scripts_are_valid_bash_and_check_every_planned_port():
     assert "port ok 8000" not in preflight.node_script(p, Docker(), 0, running={"dsr1-104gpu-frontend"})
 
 
-def test_stale_flags_become_failing_checks(tmp_path):
-    text = (CONFIGS / "dsr1-104gpu.yaml").read_text().replace("moe-a2a-backend: deepep", "enable-deepep-moe: true")
-    path = tmp_path / "old.yaml"
-    path.write_text(text)
-    p = build_plan(load_config(path, environ={}))
-    assert p.flag_errors and all("--enable-deepep-moe" in e for e in p.flag_errors)
+STALE = """\
+deployment: stale
+runtime: process
+state_dir: {tmp}/state
+gpus_per_node: 8
+versions: {{sglang: "0.5.21"}}
+model: {{path: {tmp}/model, name: m}}
+nodes: [{{name: local, address: 127.0.0.1}}]
+services: {{etcd: {{enabled: false}}, nats: {{enabled: false}}, frontend: {{enabled: false}}}}
+groups:
+  prefill: {{engine: dynamo-sglang, nodes: [0], gpus: [0, 1, 2, 3], args: {{tp-size: 4, {prefill}: true}}}}
+  decode: {{engine: dynamo-sglang, nodes: [0], gpus: [4, 5, 6, 7], dist_init_port: 29600, bootstrap_port: 30002,
+           args: {{tp-size: 4, {decode}: true}}}}
+"""
+
+
+def test_stale_flags_become_failing_checks(tmp_path, capsys):
+    """`launcher doctor` on this machine (the local node): a flag the declared SGLang removed is a failing
+    check, a deprecated one a warning, each naming its group and the fix; a current file has neither."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    stale = write(tmp_path, STALE.format(tmp=tmp_path, prefill="enable-deepep-moe", decode="disable-cuda-graph"))
+    code, out, err = run_cli(["doctor", str(stale), "--json", "--no-args"], capsys)
+    data = json.loads(out)
+    flags = [c for c in data["checks"] if c["name"] == "flags"]
+    assert [(c["node"], c["status"]) for c in flags] == [(None, "fail"), (None, "warn")], flags
+    assert flags[0]["detail"].startswith("groups.prefill: --enable-deepep-moe was removed in SGLang 0.5.5")
+    assert "use --moe-a2a-backend deepep (declared SGLang 0.5.21)" in flags[0]["detail"]
+    assert flags[1]["detail"].startswith("groups.decode: --disable-cuda-graph is deprecated since SGLang 0.5.15")
+    assert all(c["fix"] == "launcher migrate CONFIG --sglang VERSION" for c in flags)
+    assert code == 1 and data["ok"] is False, err
+
+    current = write(tmp_path, STALE.format(tmp=tmp_path, prefill="enable-dp-attention", decode="enable-dp-lm-head"))
+    code, out, err = run_cli(["doctor", str(current), "--json", "--no-args"], capsys)
+    data = json.loads(out)
+    assert not [c for c in data["checks"] if c["name"] == "flags"]
+    others_fail = any(c["status"] == "fail" for c in data["checks"])
+    assert code == (1 if others_fail else 0) and data["ok"] is not others_fail, data

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, launcher_on
+from tests.helpers import REPO, Lines, chat, launcher_on
 
 pytestmark = pytest.mark.testbed
 
@@ -35,7 +35,6 @@ def test_link_cut_during_up_fails_naming_the_node_then_down_cleans(testbed, tmp_
         assert up.returncode == 1
         assert "3 {} {}".format(*testbed.nodes[3]) in up.stderr
         assert "timed out" in up.stderr and "nothing was started" in up.stderr
-        assert took < 15
         assert containers(testbed, 0) == []  # nothing started anywhere
         # A sub-second connect timeout stays a timeout (fabric alone would truncate it to 0: no timeout,
         # then the kernel's two minutes); the subprocess limit turns a hang into a failure.
@@ -44,7 +43,9 @@ def test_link_cut_during_up_fails_naming_the_node_then_down_cleans(testbed, tmp_
             testbed, "exec", "--node", "3", "--connect-timeout", "0.5", "--", "true", cwd=tmp_path, timeout=60
         )
         print(f"exec with --connect-timeout 0.5 on the cut node failed after {time.monotonic() - started:.1f}s")
-        assert probe.returncode != 0 and "timed out" in probe.stdout + probe.stderr, probe
+        # README: `exec`'s exit code is the worst one, an unreachable node counting as 255
+        assert probe.returncode == 255 and "timed out" in probe.stdout + probe.stderr, probe
+        assert probe.stdout.startswith("== node 3 ({} {})\n".format(*testbed.nodes[3])), probe.stdout
     finally:
         testbed.run("heal", "3")
     down = launcher(testbed, "down", cwd=tmp_path)
@@ -82,22 +83,27 @@ def test_link_cut_while_up_waits(testbed, tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while (
-            time.monotonic() < deadline
-            and not testbed.ssh(
-                3, "docker ps -q --filter name=testbed-small-decode-r1 --filter status=running"
-            ).stdout.strip()
-        ):
-            time.sleep(0.5)
+        # Cut only once `up` is waiting: every container started, the frontend still short of the decode ranks.
+        progress = Lines(proc.stderr)
+        waiting = progress.until(lambda line: "frontend registry: waiting for" in line and "`backend`" in line, 120)
+        assert waiting, f"up never reached its wait: {progress.text()}"
+        running_r1 = "docker ps -q --filter name=testbed-small-decode-r1 --filter status=running"
+        assert testbed.ssh(3, running_r1).stdout.strip(), "decode r1 is not running on node 3"
+        assert proc.poll() is None, progress.text()
         testbed.run("cut", "3")
         cut = time.monotonic()
-        out, err = proc.communicate(timeout=90)
+        err = progress.rest(180)
+        proc.wait(30)
         print(f"\nup noticed the cut link after {time.monotonic() - cut:.1f}s")
-        assert proc.returncode == 1 and "node 3 ({} {})".format(*testbed.nodes[3]) in err
+        assert proc.returncode == 1, err
+        # reported after the wait had begun, not before, as the lost node (not as a service that died or was slow)
+        after = err[err.index(waiting) + len(waiting) :]
+        assert "lost contact while waiting on 1 of" in after, err
+        assert "  node 3 ({} {}): ".format(*testbed.nodes[3]) in after, err
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
         testbed.run("heal", "3")
         launcher(testbed, "lock", "break", cwd=tmp_path)
         launcher(testbed, "down", cwd=tmp_path)
@@ -148,51 +154,35 @@ def test_logs_follow_survives_a_cut_link(testbed, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+    survivor, lost = f"[{testbed.nodes[2][0]} decode r0]", f"[{testbed.nodes[3][0]} decode r1]"
     try:
-        time.sleep(4)
+        assert proc.stdout is not None
+        lines = Lines(proc.stdout)
+        # Following has begun on both nodes: each printed its last line.
+        started: set[str] = set()
+        for _ in range(2):
+            line = lines.until(lambda x: any(x.startswith(p) and p not in started for p in (survivor, lost)), 60)
+            assert line, f"logs -f did not start on both nodes: {lines.text()}"
+            started.add(survivor if line.startswith(survivor) else lost)
         testbed.run("cut", "3")
         cut = time.monotonic()
-        lines: list[str] = []
-        assert proc.stdout is not None
-        import selectors
-
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        lost_at = None
-        while time.monotonic() - cut < 40:
-            if sel.select(timeout=1):
-                line = proc.stdout.readline()
-                lines.append(line)
-                if "lost" in line and testbed.nodes[3][0] in line and lost_at is None:
-                    lost_at = time.monotonic() - cut
-            if lost_at is not None:
-                break
-        print(f"\nlogs -f reported the cut node after {lost_at}s")
-        assert lost_at is not None and lost_at < 20, lines[-5:]
+        reported = lines.until(lambda x: "lost" in x and testbed.nodes[3][0] in x, 120)
+        assert reported, f"the cut node was never reported: {lines.text()[-2000:]}"
+        print(f"\nlogs -f reported the cut node after {time.monotonic() - cut:.1f}s: {reported.strip()}")
         assert proc.poll() is None  # still following the other node
-        # the other decode rank (node 2) keeps flowing: send a request and see its log line
-        import json
-        import urllib.request
-
-        body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}).encode()
-        for _ in range(4):
+        # New lines keep flowing from node 2: requests made after the cut, whose ids its decode rank logs.
+        answered: list[str] = []
+        flowing = None
+        deadline = time.monotonic() + 120
+        while flowing is None and time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(
-                    urllib.request.Request(
-                        f"http://{testbed.nodes[0][1]}:8000/v1/chat/completions",
-                        body,
-                        {"Content-Type": "application/json"},
-                    ),
-                    timeout=5,
-                ).read()
+                reply = chat(f"http://{testbed.nodes[0][1]}:8000", max_tokens=2, timeout=10)
+                answered.append(reply["id"].removeprefix("chatcmpl-"))
             except OSError:
-                pass
-        flowing = False
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not flowing:
-            if sel.select(timeout=1):
-                flowing = f"[{testbed.nodes[2][0]} decode r0]" in proc.stdout.readline()
-        assert flowing, "the other node's logs stopped"
+                pass  # routed to the cut node: try again
+            flowing = lines.until(lambda x: x.startswith(survivor) and any(r in x for r in answered), 2)
+        assert answered, "no request was answered after the cut"
+        assert flowing, f"no line of {survivor} logged a request made after the cut: {lines.text()[-2000:]}"
     finally:
         proc.terminate()
         proc.wait(10)

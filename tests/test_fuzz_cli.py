@@ -64,6 +64,9 @@ ALL_ROLES = {r for roles in ROLES.values() for r in roles}
 CONFIG, INVENTORY, OUT_DIR, A_FILE = "\0config:", "\0inventory", "\0out", "\0file"
 VERSION = re.compile(r"\d+\.\d+\.\d+(\.post\d+)?")
 
+# What a path that is no deployment file gets told.
+UNREADABLE_FILE = r"file not found|not a regular file|cannot read|expected a mapping|YAML syntax"
+
 
 @dataclass(frozen=True)
 class Defect:
@@ -303,7 +306,7 @@ def command_lines(draw, path: tuple[str, ...], first: str | None = None) -> Line
             defect("extra argument", [extra], r"unexpected extra argument")
             tokens = [*tokens, extra]
         if config_state == "odd":
-            defect("odd config", shown(value), r"file not found|cannot read|expected a mapping|YAML syntax", tokens)
+            defect("odd config", shown(value), UNREADABLE_FILE, tokens)
         else:
             line.groups.append(tokens)
     elif config_state == "missing":
@@ -321,7 +324,7 @@ def command_lines(draw, path: tuple[str, ...], first: str | None = None) -> Line
             defect(
                 "odd inventory",
                 shown(value),
-                r"file not found|cannot read|expected a mapping|YAML syntax",
+                UNREADABLE_FILE,
                 with_value(draw, name, value),
             )
         elif valid_config or draw(st.booleans()):

@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
-from tests.helpers import CONFIGS, free_port
+from tests.helpers import CONFIGS, Lines, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +34,13 @@ def test_ctrl_c_during_up(tmp_path):
         text=True,
     )
     try:
-        run_dir = tmp_path / "state" / "interrupt-test" / "run" / os.uname().nodename
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (run_dir / "interrupt-test-decode-r0" / "pid").exists():
-            time.sleep(0.2)
-        time.sleep(1)
+        # Interrupted while it waits: every service started, the frontend still short of the decode worker.
+        progress = Lines(proc.stderr)
+        waiting = progress.until(lambda line: "frontend registry: waiting for" in line and "`backend`" in line, 60)
+        assert waiting and proc.poll() is None, progress.text()
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        err = progress.rest(30)
+        proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()

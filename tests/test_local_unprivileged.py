@@ -19,16 +19,29 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LOCAL_PORTS, REPO, assert_gone, free_port, printed_curl_answer
+from tests.conftest import unavailable
+from tests.helpers import (
+    LOCAL_PORTS,
+    REPO,
+    assert_gone,
+    assert_workers_logged,
+    free_port,
+    printed_curl_reply,
+    session_members,
+)
 
 pytestmark = pytest.mark.slow
 
 NOBODY = 65534
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def unavailable(why: str) -> None:
-    (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(why)
+# What each service of configs/local.yaml runs under its session's wrapper.
+SERVICE_PROGRAM = {
+    "etcd": "etcd",
+    "nats": "nats-server",
+    "frontend": "dynamo.frontend",
+    "prefill-r0": "dynamo.mocker",
+    "decode-r0": "dynamo.mocker",
+}
 
 
 @pytest.fixture
@@ -83,16 +96,25 @@ def test_local_up_down_as_an_unprivileged_user(clone_for_nobody: Path) -> None:
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "Traceback" not in up.stderr
-        printed_curl_answer(up.stdout)
+        reply = printed_curl_reply(up.stdout)
+        # The request crossed prefill and decode: both workers logged its id.
+        assert_workers_logged(reply, lambda role, request: launcher("logs", "--role", role, "--grep", request))
 
         status = launcher("status", "--json")
         assert status.returncode == 0, status.stderr
         running = [s for s in json.loads(status.stdout)["services"] if s["state"] == "running"]
         assert len(running) == 5, running
-        pids = [int(s["id"]) for s in running]
-        # Every service, and everything under it, runs as the unprivileged user.
-        for pid in pids:
-            assert os.stat(f"/proc/{pid}").st_uid == NOBODY, f"pid {pid} is not the user's"
+        # Every process of every service's session (the wrapper leading it, the service under it and whatever
+        # that started) runs as the unprivileged user: real, effective, saved and filesystem uid.
+        sessions = {s["service"]: session_members(int(s["id"])) for s in running}
+        pids = sorted({pid for members in sessions.values() for pid in members})
+        for service, members in sessions.items():
+            commands = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in members]
+            assert any(SERVICE_PROGRAM[service] in c for c in commands), (service, commands)
+            for pid in members:
+                uids = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line[:4] == "Uid:")
+                assert uids.split()[1:] == [str(NOBODY)] * 4, f"{service}: pid {pid} is not the user's: {uids}"
+        print(f"{len(pids)} processes in {len(sessions)} sessions, all uid {NOBODY}")
 
         logs = launcher("logs", "--role", "decode", "--tail", "20")
         assert logs.returncode == 0 and "[local decode r0]" in logs.stdout, logs.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -67,21 +68,32 @@ def test_dsr1_topology(dsr1):
 
 
 def test_dsr1_keeps_every_seed_flag_or_its_port(dsr1):
-    """Every flag of seed 004 is present, except the two renamed ones, which appear under their new names."""
-    seed = (REPO.parent / "shared" / "seeds" / "004_70099621d036eea2.txt").read_text()
-    blocks = [
-        b.split("python3 -m dynamo.sglang", 1)[1].split("```")[0]
-        for b in seed.split("```bash")
-        if "python3 -m dynamo.sglang" in b
-    ]
-    assert len(blocks) == 2
-    renamed = {"--enable-deepep-moe": "--moe-a2a-backend", "--cuda-graph-bs": "--cuda-graph-bs-decode"}
-    for block, role in zip(blocks, ("prefill", "decode"), strict=True):
-        seed_flags = {tok for tok in block.replace("\\\n", " ").split() if tok.startswith("--")}
-        ours = A.flags(next(s for s in dsr1.services if s.role == role).command)
-        for flag in seed_flags:
-            assert renamed.get(flag, flag) in ours, f"{role}: {flag} missing"
-        assert "--enable-deepep-moe" not in ours and "--cuda-graph-bs" not in ours
+    """Every rank's argv equals seed 004's command flag by flag, values included, except for what the
+    launcher computes per rank and the two flags SGLang renamed, which appear under their new names."""
+    from tests.seeds import bash_commands
+
+    seeds = bash_commands("004_70099621d036eea2.txt", "dynamo.sglang")
+    assert len(seeds) == 2
+    for seed, role, nnodes in zip(seeds, ("prefill", "decode"), (4, 9), strict=True):
+        ranks = [s for s in dsr1.services if s.role == role]
+        assert [s.rank for s in ranks] == list(range(nnodes))
+        leader = ranks[0].node.address
+        for s in ranks:
+            theirs, ours = A.flags(seed), A.flags(s.command[3:])
+            # The seed's placeholders ("run the same command but change --node-rank"), computed per rank.
+            head = "HEAD_PREFILL_NODE_IP" if role == "prefill" else "HEAD_DECODE_NODE_IP"
+            assert theirs.pop("--dist-init-addr") == [f"${{{head}}}:29500"]
+            assert ours.pop("--dist-init-addr") == [f"{leader}:29500"]
+            assert theirs.pop("--node-rank") == ["0"] and ours.pop("--node-rank") == [str(s.rank)]
+            # Renamed in SGLang 0.5.x: --enable-deepep-moe -> --moe-a2a-backend deepep, --cuda-graph-bs ->
+            # --cuda-graph-bs-decode (same values).
+            assert theirs.pop("--enable-deepep-moe") == []
+            theirs["--moe-a2a-backend"] = ["deepep"]
+            if role == "decode":
+                theirs["--cuda-graph-bs-decode"] = theirs.pop("--cuda-graph-bs")
+            differ = {k: (ours.get(k), theirs.get(k)) for k in ours.keys() | theirs.keys()}
+            differ = {k: pair for k, pair in differ.items() if pair[0] != pair[1]}
+            assert not differ, f"{s.service}: (ours, seed's) {differ}"
 
 
 def test_expected_instances():
@@ -160,24 +172,103 @@ def test_secrets_are_redacted_everywhere(tmp_path, capsys):
     assert any(a.endswith(":/run/launcher-secrets.env:ro") for a in argv)
 
 
-def test_json_contract(capsys):
-    code, out, err = run_cli(["plan", str(CONFIGS / "dsr1-104gpu.yaml"), "--format", "json"], capsys)
+# The shape `plan --format json` promises in the README, level by level (more keys may come; none may go).
+JSON_KEYS = {
+    "plan": {"deployment", "endpoint", "model", "nodes", "groups", "services"},
+    "node": {"index", "address", "name"},
+    "group": {"name", "engine", "mode", "nodes", "gpus", "expected_instances"},
+    "service": {
+        "name", "role", "node_index", "rank", "image", "command", "docker_run", "env", "labels", "ports", "probe",
+    },
+}  # fmt: skip
+
+
+def readme_json_block() -> str:
+    text = (REPO / "README.md").read_text()
+    return re.search(r"### `plan --format json`\n\n```\n(.*?)```", text, re.S).group(1)
+
+
+def test_readme_documents_the_json_keys_the_contract_checks():
+    block = readme_json_block()
+    documented = set(re.findall(r'"(\w+)"\s*[:,}]', block))  # keys, not the role values ("etcd"|...)
+    assert documented == set().union(*JSON_KEYS.values())
+    # null where nothing serves an endpoint (plain SGLang without its router)
+    assert '"endpoint": str|null' in block and '"model": str|null' in block and '"rank": int|null' in block
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_json_contract(name, capsys):
+    inventory = ["-i", str(SHIPPED[name])] if SHIPPED[name] else []
+    code, out, err = run_cli(["plan", str(CONFIGS / name), *inventory, "--format", "json"], capsys)
     assert code == 0, err
     data = json.loads(out)
-    assert isinstance(data["deployment"], str)
-    assert [n["index"] for n in data["nodes"]] == list(range(13))
+    spec = load_config(CONFIGS / name, SHIPPED[name], environ={}).spec
+    assert JSON_KEYS["plan"] <= data.keys()
+    assert data["deployment"] == spec.deployment
+    addresses = {n["index"]: n["address"] for n in data["nodes"]}
+
+    assert [n["index"] for n in data["nodes"]] == list(range(len(data["nodes"])))
     for node in data["nodes"]:
+        assert JSON_KEYS["node"] <= node.keys()
         assert isinstance(node["address"], str) and isinstance(node["name"], str)
-    roles = {"etcd", "nats", "frontend", "prefill", "decode"}
-    for s in data["services"]:
-        assert isinstance(s["name"], str) and s["role"] in roles
-        assert isinstance(s["node_index"], int)
+    assert len(set(addresses.values())) == len(addresses)
+
+    services = data["services"]
+    by_group: dict[str, list[dict]] = {}
+    for s in services:
+        assert JSON_KEYS["service"] <= s.keys()
+        assert isinstance(s["name"], str) and s["name"].startswith(f"{data['deployment']}-")
+        assert isinstance(s["role"], str) and s["role"]
+        assert s["node_index"] in addresses
         assert s["rank"] is None or isinstance(s["rank"], int)
         assert isinstance(s["image"], str)
-        assert all(isinstance(a, str) for a in s["command"])
+        assert s["command"] and all(isinstance(a, str) for a in s["command"])
         assert s["docker_run"][:2] == ["docker", "run"] and s["docker_run"][-len(s["command"]) :] == s["command"]
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in s["env"].items())
         assert all(isinstance(k, str) and isinstance(v, str) for k, v in s["labels"].items())
+        assert s["labels"]["launcher.role"] == s["role"] and s["labels"]["launcher.node"] == str(s["node_index"])
+        assert all(isinstance(port, int) and 0 < port < 65536 for port in s["ports"])
+        assert len(set(s["ports"])) == len(s["ports"]), s["ports"]
+        probe = s["probe"]
+        assert probe["kind"] in ("running", "http", "log"), probe
+        if probe["kind"] == "http":
+            # every service is probed on its own node, on a port it binds
+            m = re.fullmatch(r"http://([^:/]+):(\d+)/\S*", probe["url"])
+            assert m and m.group(1) == addresses[s["node_index"]] and int(m.group(2)) in s["ports"], (s["name"], probe)
+            assert probe["expect"] is None or isinstance(probe["expect"], dict)
+        elif probe["kind"] == "log":
+            assert isinstance(probe["expect"]["line"], str) and probe["expect"]["line"]
+        else:
+            assert probe["url"] is None and probe["expect"] is None
+        if s["labels"].get("launcher.group"):
+            by_group.setdefault(s["labels"]["launcher.group"], []).append(s)
+    # no two services of a node bind one port
+    for index in addresses:
+        bound = [port for s in services if s["node_index"] == index for port in s["ports"]]
+        assert len(bound) == len(set(bound)), (index, sorted(bound))
+
+    assert [g["name"] for g in data["groups"]] == list(spec.groups) == list(by_group)
+    for g in data["groups"]:
+        assert JSON_KEYS["group"] <= g.keys()
+        ranks = by_group[g["name"]]
+        assert [s["rank"] for s in ranks] == list(range(len(ranks)))
+        assert g["nodes"] == [s["node_index"] for s in ranks]
+        assert g["engine"] == spec.groups[g["name"]].engine and g["mode"] in ("prefill", "decode", "agg")
+        assert all(isinstance(i, int) and i >= 0 for i in g["gpus"]) and len(set(g["gpus"])) == len(g["gpus"])
+        # Dynamo's workers register with the frontend, which must list them; plain SGLang has no registry
+        registers = g["engine"] in ("dynamo-sglang", "dynamo-vllm", "mocker")
+        assert bool(g["expected_instances"]) == registers, g
+        assert all(isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in g["expected_instances"].items())
+
+    # The endpoint is the frontend's (or the router's) address and port; the model its served name.
+    (front,) = [s for s in services if s["role"] in ("frontend", "router")] or [None]
+    if front is None:
+        assert data["endpoint"] is None
+    else:
+        assert data["endpoint"] == f"http://{addresses[front['node_index']]}:{front['ports'][0]}"
+    assert data["model"] == (spec.model.name if spec.model else None)
+    assert data["model"] is None or isinstance(data["model"], str)
+    assert data["endpoint"] is None or front is not None
 
 
 def test_text_shows_all_nodes(capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from launcher.plan.build import build as build_plan
 from launcher.plan.state import Container
 from launcher.runtime import base
 from launcher.runtime.process import Process
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,8 @@ def test_a_service_that_dies_at_once_does_not_stop_the_next(tmp_path):
     try:
         r = bash(script, stdin)
         assert r.returncode == 0, r.stderr
-        time.sleep(0.3)
-        state = listed(p)
+        # the first one's exit is recorded (its wrapper writes the code) while the second keeps running
+        state = wait_for(lambda: (st := listed(p)) and not st[p.services[0].name].running and st, 10, what="exit seen")
         first, second = (state[s.name] for s in p.services)
         assert not first.running and first.exit_code == 127, first
         assert second.running, second
@@ -89,8 +89,9 @@ def test_a_reused_pid_is_never_signalled(tmp_path):
         assert listed(p)[service.name].running is False
         removed = bash(RT.remove_all_script(p))
         assert removed.returncode == 0, removed.stderr
-        time.sleep(0.2)
-        assert bystander.poll() is None, "down signalled a process that was not its own"
+        # a signal sent would end it at once: it must still be running a moment later
+        with pytest.raises(subprocess.TimeoutExpired):
+            bystander.wait(timeout=1)
     finally:
         bystander.kill()
         bystander.wait(timeout=10)
@@ -128,10 +129,7 @@ def test_env_values_reach_the_service_verbatim(tmp_path):
     try:
         assert bash(script, stdin).returncode == 0
         out = next((tmp_path / "state").glob("rt-local/run/*")) / "out"
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not out.exists():
-            time.sleep(0.1)
-        assert out.read_text() == odd
+        wait_for(lambda: out.exists() and out.read_text() == odd, 10, interval=0.1, what=f"{odd!r} in {out}")
         env_file = next((tmp_path / "state").glob(f"rt-local/run/*/{p.services[0].name}/env"))
         assert os.stat(env_file).st_mode & 0o777 == 0o600
     finally:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import REPO, launcher_on
+from tests.helpers import REPO, alive, assert_workers_logged, chat, launcher_on, session_members
 
 pytestmark = pytest.mark.testbed
 
@@ -40,40 +39,6 @@ def process_config(tmp_path: Path) -> Path:
     return path
 
 
-def alive(pid: int) -> bool:
-    """True if pid runs (a zombie, dead but not yet reaped by init, counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-def session_members(session: int) -> list[int]:
-    """Every live process of a session (the testbed's nodes share this PID namespace)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[3]) == session and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
-
-
-def chat(address: str) -> dict:
-    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}).encode()
-    req = urllib.request.Request(
-        f"http://{address}:8000/v1/chat/completions", body, {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        assert resp.status == 200
-        return json.loads(resp.read())
-
-
 def test_process_runtime_main_job_on_the_testbed(testbed, tmp_path):
     config = process_config(tmp_path)
 
@@ -86,18 +51,31 @@ def test_process_runtime_main_job_on_the_testbed(testbed, tmp_path):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "ready: testbed-small on" in up.stdout and "8 service(s)" in up.stdout, up.stdout
-        assert chat(testbed.nodes[0][1])["usage"]["completion_tokens"] > 0
+        reply = chat(f"http://{testbed.nodes[0][1]}:8000")  # answered with text
+        assert_workers_logged(reply, lambda role, request: launcher("logs", "--role", role, "--grep", request))
 
         status = launcher("status", "--json")
-        assert status.returncode == 0, status.stderr
         services = json.loads(status.stdout)["services"]
-        running = {s["service"]: s for s in services if s["state"] == "running"}
-        roles = sorted(s["role"] for s in running.values())
-        assert roles == sorted(["etcd", "nats", "frontend", "prefill", "prefill", "decode", "decode", "orphans"]), roles
+        # The shared state_dir must not make a node list another node's services: per node, exactly the plan's
+        # services, each once (a listing keyed by service name would hide a duplicate).
+        planned = {
+            0: ["etcd", "nats", "frontend", "prefill-r0"], 1: ["prefill-r1"], 2: ["decode-r0"], 3: ["decode-r1"],
+            4: ["orphans-r0"],
+        }  # fmt: skip
+        listed = {i: sorted(s["service"] for s in services if s["node_index"] == i) for i in planned}
+        assert listed == {i: sorted(names) for i, names in planned.items()}, listed
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert len(services) == 8 and all(s["state"] == "running" for s in services), services
+        running = {s["service"]: s for s in services}
         # Each service runs on the node the plan put it on: its own run directory, keyed by hostname.
         run_dir = tmp_path / "state" / "testbed-small" / "run"
-        for s in running.values():
-            assert (run_dir / s["node"] / s["container"] / "pid").read_text().strip() == s["id"], s
+        assert sorted(d.name for d in run_dir.iterdir()) == sorted(testbed.nodes[i][0] for i in planned)
+        for i, names in planned.items():
+            host = testbed.nodes[i][0]
+            assert sorted(d.name for d in (run_dir / host).iterdir()) == sorted(f"testbed-small-{n}" for n in names)
+            for name in names:
+                s = running[name]
+                assert s["node"] == host and (run_dir / host / s["container"] / "pid").read_text().strip() == s["id"]
 
         leaders = {name: int(s["id"]) for name, s in running.items()}
         members = {name: session_members(pid) for name, pid in leaders.items()}
@@ -107,10 +85,14 @@ def test_process_runtime_main_job_on_the_testbed(testbed, tmp_path):
         logs = launcher("logs", "--role", "decode", "--tail", "20")
         assert logs.returncode == 0 and " decode r1]" in logs.stdout, logs.stdout + logs.stderr
 
+        # exec runs on the decode nodes and nowhere else, each node's output under its own header.
         where = launcher("exec", "--role", "decode", "--", "uname", "-n")
         assert where.returncode == 0, where.stderr
-        decode_nodes = {s["node"] for s in running.values() if s["role"] == "decode"}
-        assert len(decode_nodes) == 2
+        expected = ""
+        for i in (2, 3):
+            name, address = testbed.nodes[i]
+            expected += f"== node {i} ({name} {address})\n{name}\n"
+        assert where.stdout == expected, where.stdout
 
         again = launcher("up")
         assert again.returncode == 0 and "unchanged" in again.stdout + again.stderr, again.stdout + again.stderr

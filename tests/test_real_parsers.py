@@ -295,19 +295,30 @@ def test_dsr1_104gpu_argv_parse_under_the_pinned_dynamo_sglang(parser_env: Path,
         assert not result["warnings"], result["warnings"]
 
 
-@pytest.mark.parametrize("config_name", ["testbed-104.yaml", "local.yaml"])
+MOCKER_AND_FRONTEND = {  # config -> (mocker ranks, frontends) its plan must hold: all of them are parsed
+    "testbed-104.yaml": (13, 1),
+    "testbed-small.yaml": (4, 1),
+    "local.yaml": (2, 1),
+    "dsr1-104gpu.yaml": (0, 1),
+    "vllm-wideep-16gpu.yaml": (0, 1),
+}
+
+
+@pytest.mark.parametrize("config_name", sorted(MOCKER_AND_FRONTEND))
 def test_mocker_and_frontend_argv_of_shipped_configs_parse(config_name: str) -> None:
     inv = "tests/data/inventory-32.yaml" if config_name.startswith("testbed") else None
+    engines = {"python3 -m dynamo.mocker": "dynamo-mocker", "python3 -m dynamo.frontend": "dynamo-frontend"}
+    parsed = {"dynamo-mocker": 0, "dynamo-frontend": 0}
     for service in _plan_services(config_name, inv):
-        module = service["command"][:3]
-        if module == ["python3", "-m", "dynamo.mocker"]:
-            engine = "dynamo-mocker"
-        elif module == ["python3", "-m", "dynamo.frontend"]:
-            engine = "dynamo-frontend"
-        else:
+        engine = engines.get(" ".join(service["command"][:3]))
+        if engine is None:
+            assert not any("dynamo.mocker" in a or "dynamo.frontend" in a for a in service["command"]), service
             continue
         result = check_args(engine, service["command"][3:])
         assert result["ok"], (service["name"], _one_line(result))
+        assert result["engine"] == engine and result["version"] == "1.6.1", _one_line(result)
+        parsed[engine] += 1
+    assert (parsed["dynamo-mocker"], parsed["dynamo-frontend"]) == MOCKER_AND_FRONTEND[config_name]
 
 
 # -- flag drift: the real parser agrees with the offline table and the migration ----------------
@@ -334,7 +345,9 @@ def test_seed_004_rejected_then_migrated_then_parses(parser_env: Path) -> None:
     from launcher.plan import flagdrift
     from tests.seeds import bash_commands
 
-    for argv in bash_commands("004_70099621d036eea2.txt", "dynamo.sglang"):
+    commands = bash_commands("004_70099621d036eea2.txt", "dynamo.sglang")
+    assert len(commands) == 2  # prefill and decode
+    for argv in commands:
         argv = [
             a.replace("${HEAD_PREFILL_NODE_IP}", "10.0.0.1").replace("${HEAD_DECODE_NODE_IP}", "10.0.0.2") for a in argv
         ]
@@ -344,7 +357,9 @@ def test_seed_004_rejected_then_migrated_then_parses(parser_env: Path) -> None:
 
 
 def test_seed_002_config_parses_under_sglang_0_5_21(parser_env: Path) -> None:
-    for service in _plan_services("sglang-tp16-2node.yaml"):
+    services = _plan_services("sglang-tp16-2node.yaml")
+    assert len(services) == 2  # both ranks
+    for service in services:
         assert service["command"][:3] == ["python3", "-m", "sglang.launch_server"]
         result = check_args("sglang", service["command"][3:])
         assert result["ok"], _one_line(result)

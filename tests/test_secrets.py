@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from launcher.config.load import load as load_config
 from launcher.plan.build import build as build_plan
 from launcher.runtime import docker
-from tests.helpers import MINIMAL, STATE_DIR, write
+from tests.helpers import MINIMAL, STATE_DIR, wait_for, write
 
 TOKEN = "hf_Sup3r-s3cret_'value'"
 
@@ -112,13 +112,17 @@ def test_secret_stays_out_of_argv_output_ps_and_inspect(testbed, tmp_path):
         assert up.returncode == 0, up.stderr
         for r in [*shown, up]:
             assert TOKEN not in r.stdout + r.stderr
-        time.sleep(0.5)
         for i in (0, 1):
+            # the container's main process has sourced the secrets file and exec'd the command
+            def environ(i=i) -> str | None:
+                e = testbed.ssh(i, f"docker exec secret-test-work-r{i} cat /proc/1/environ").stdout
+                return e if "LAUNCHER_TEST_TOKEN=" in e else None
+
+            inside = wait_for(environ, 30, what=f"the secret in node {i}'s service environment")
+            assert f"LAUNCHER_TEST_TOKEN={TOKEN}" in inside.split("\0")
             inspect = testbed.ssh(i, "docker inspect secret-test-work-r" + str(i)).stdout
             assert json.loads(inspect) and TOKEN not in inspect
             assert TOKEN not in testbed.ssh(i, "ps auxww").stdout
-            inside = testbed.ssh(i, f"docker exec secret-test-work-r{i} cat /proc/1/environ").stdout
-            assert f"LAUNCHER_TEST_TOKEN={TOKEN}" in inside.split("\0")
             mode = testbed.ssh(i, f"stat -c %a {STATE_DIR}/secret-test/secrets/secret-test-work-r" + str(i) + ".env")
             assert mode.stdout.strip() == "600"
         # The launcher's own records on the nodes (audit log, lock, labels' state) never hold it either.

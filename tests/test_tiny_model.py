@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import unavailable
+from tests.helpers import wait_for
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "models" / "tiny"
 FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
@@ -87,7 +90,7 @@ def _get(url: str, data: dict | None = None, timeout: float = 5) -> tuple[int, s
 def test_frontend_and_mockers_serve_tiny_model(tmp_path: Path) -> None:
     if importlib.util.find_spec("dynamo") is None:
         # `uv sync` installs it; in CI its absence is a broken set-up, not a reason to skip
-        (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)("ai-dynamo is not installed")
+        unavailable("ai-dynamo is not installed")
     http_port, bootstrap = _free_ports(2)
     env = dict(
         os.environ,
@@ -146,6 +149,7 @@ def test_frontend_and_mockers_serve_tiny_model(tmp_path: Path) -> None:
         tok = tokenizers.Tokenizer.from_file(str(TINY / "tokenizer.json"))
         vocab_size = json.loads((TINY / "config.json").read_text())["vocab_size"]
         sampled: list[int] = []
+        requests: list[str] = []
         for _ in range(8):  # 512 token ids: the mocker's range, sampled against this model's vocabulary
             body = {
                 "model": "tiny",
@@ -162,7 +166,16 @@ def test_frontend_and_mockers_serve_tiny_model(tmp_path: Path) -> None:
             # What a user sees: words, not an empty answer.
             assert isinstance(content, str) and len(content.split()) >= 32, answer
             sampled += answer["nvext"]["completion_token_ids"]
+            requests.append(answer["id"].removeprefix("chatcmpl-"))
         assert len(sampled) == 512
+        # Each request crossed the prefill and the decode mocker: both logged its id.
+        for role in ("prefill", "decode"):
+            log = tmp_path / f"{role}.log"
+            wait_for(
+                lambda log=log: all(r in log.read_text(errors="replace") for r in requests),
+                30,
+                what=f"every request id in the {role} mocker's log",
+            )
         outside = sorted({i for i in sampled if i >= vocab_size})
         assert not outside, (
             f"the mocker emits ids beyond models/tiny's {vocab_size}: {outside[:10]} (re-run make-tiny-model)"

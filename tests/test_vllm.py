@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import pytest
 
@@ -265,46 +266,94 @@ def test_declared_version_reaches_the_engine_through_plan(tmp_path):
 
 # -- seed 003 -------------------------------------------------------------------------------------
 
-# What the seed says and what the launcher renders differently, each with its reason.
-SEED_003_DIFFERENCES = {
-    "decode processes": (
-        "2 pods x 4 local DP ranks, decode-0 + decode-0-1: one LeaderWorkerSet group, one DP8 instance",
-        "1 process x 8 local DP ranks on node 1",
-        "a launcher group runs one process per node; same DP8/EP8 instance on the same 8 GPUs",
-    ),
-    "API port": (
-        "8200, vLLM's own server behind llm-d's gateway",
-        "8000, Dynamo's frontend",
-        "under Dynamo the workers serve no HTTP; the frontend routes P/D",
-    ),
-    "all2all backend": (
-        "env VLLM_ALL2ALL_BACKEND (vLLM of mid-2025)",
-        "--all2all-backend",
-        "vLLM 0.31.0, which ai-dynamo 1.6.1 pins, ignores the env var",
-    ),
-}
+REFERENCE = SEEDS.parent / "reference" / "sglang-and-vllm.md"
+
+
+def seed_003_manifest(dp_size: int, dp_local: int, leader: str) -> tuple[list[str], dict[str, str]]:
+    """The vLLM argv and env of the seed's manifests (llm-d's wide-ep-lws decode.yaml, quoted in the shared
+    reference §5.2), with LeaderWorkerSet's placeholders filled in for one instance of DP `dp_size`."""
+    text = REFERENCE.read_text().split("### 5.2 llm-d `guides/wide-ep-lws`", 1)[1].split("\n### ", 1)[0]
+    block = re.search(r"```\n(.*?)```", text, re.S).group(1)
+    command = block.split("vllm serve ", 1)[1].replace("\\\n", " ")
+    for placeholder, value in {
+        "$((LWS_GROUP_SIZE * DP_SIZE_LOCAL))": str(dp_size), "$DP_SIZE_LOCAL": str(dp_local),
+        "$TP_SIZE": "1", "${LWS_LEADER_ADDRESS}": leader, "$START_RANK": "0",
+    }.items():  # fmt: skip
+        assert placeholder in command, placeholder
+        command = command.replace(placeholder, value)
+    argv = canonical(shlex.split(command))  # vLLM reads --kv_transfer_config as --kv-transfer-config
+    env_text = text.split("* Env:", 1)[1].split("\n* ", 1)[0]
+    env = {}
+    for item in re.findall(r"`([^`=]+)=([^`]*)`", env_text):
+        for name in item[0].split(" / "):
+            env[name.strip()] = item[1]
+    return argv, env
 
 
 def test_seed_003_wide_ep_lws(wideep):
+    """The seed's topology (its README) and its manifests' flags and env, value by value, against the plan;
+    each difference asserted on both sides with its reason."""
     seed = (SEEDS / "003_b6720daf1fd9fa50.txt").read_text()
     gpus, nodes = re.search(r"(\d+)xH200 GPUs split across (\w+) nodes", seed).groups()
     workers = {role.lower(): (int(n), int(dp)) for n, dp, role in re.findall(r"(\d+) DP=(\d+) (Prefill|Decode)", seed)}
     assert (gpus, nodes, workers) == ("16", "two", {"prefill": (1, 8), "decode": (2, 4)})
-    assert "DeepSeek-R1-0528" in seed and "NIXL" in seed and "http://0.0.0.0:8200" in seed
     # the two decode pods are one LWS group (leader decode-0, worker decode-0-1), not two instances
     assert re.search(r"decode-0 ", seed) and re.search(r"decode-0-1 ", seed)
+    (model,) = set(re.findall(r'"model": "([^"]+)"', seed))
 
     assert len(wideep.nodes) == 2 and all(n.gpus == 8 for n in wideep.nodes)
+    assert wideep.model_name == model == "deepseek-ai/DeepSeek-R1-0528"
     groups = {g.name: g for g in wideep.groups}
     assert sum(len(g.node_indices) * len(g.gpus) for g in groups.values()) == int(gpus)
-    dp = {g: int(flags_of(next(s for s in wideep.services if s.group == g))["--data-parallel-size"][0]) for g in groups}
-    assert dp["prefill"] == workers["prefill"][1] and groups["prefill"].expected_instances == {"prefill": 1}
-    # decode: the seed's pods x local ranks, as one instance (difference "decode processes")
-    assert dp["decode"] == workers["decode"][0] * workers["decode"][1] and len(groups["decode"].node_indices) == 1
     assert groups["prefill"].node_indices != groups["decode"].node_indices
-    assert wideep.model_name.endswith("DeepSeek-R1-0528")
-    for s in (s for s in wideep.services if s.group):
-        assert json.loads(flags_of(s)["--kv-transfer-config"][0])["kv_connector"] == "NixlConnector"
-        assert "--all2all-backend" in s.command  # difference "all2all backend"
-    assert wideep.endpoint.endswith(":8000")  # difference "API port"
-    assert set(SEED_003_DIFFERENCES) == {"decode processes", "API port", "all2all backend"}
+    assert {g: groups[g].expected_instances for g in groups} == {"prefill": {"prefill": 1}, "decode": {"backend": 1}}
+
+    for role in ("prefill", "decode"):
+        (s,) = (s for s in wideep.services if s.group == role)
+        pods, dp_local = workers[role]
+        # Seed: decode is 2 pods x 4 local DP ranks, one LWS group, so one DP8 instance. Here that instance is
+        # one process with 8 local ranks on one node (a launcher group runs one process per node).
+        theirs, seed_env = seed_003_manifest(pods * dp_local, dp_local, s.node.address)
+        theirs = A.flags(theirs[1:]) | {"--model": [theirs[0]]}  # `vllm serve MODEL`: the model is positional
+        ours = flags_of(s)
+        assert theirs.pop("--data-parallel-size-local") == [str(dp_local)]
+        assert ours.pop("--data-parallel-size-local") == ["8"] and s.container.gpus == "all"
+        # The model: the seed serves it by its hub name; here a local path served under that name.
+        assert theirs.pop("--model") == [model] and ours.pop("--served-model-name") == [model]
+        assert ours.pop("--model") == [wideep.model_path] == ["/model"]
+        # API port: each vLLM served its own API on :8200 behind llm-d's gateway; under Dynamo the workers serve
+        # no HTTP and the frontend routes P/D on :8000.
+        assert theirs.pop("--port") == ["8200"] and "http://0.0.0.0:8200" in seed and "--port" not in ours
+        assert wideep.endpoint == f"http://{wideep.nodes[0].address}:8000"
+        # Dynamo's P/D role (llm-d told pods apart by label).
+        assert ours.pop("--disaggregation-mode") == [role]
+        # The all-to-all backend: env VLLM_ALL2ALL_BACKEND in the manifests (vLLM of mid-2025); vLLM 0.31.0,
+        # which ai-dynamo 1.6.1 pins, ignores the env var: the flag, same value.
+        backend = {"decode": "deepep_low_latency", "prefill": "deepep_high_throughput"}[role]
+        assert seed_env.pop("VLLM_ALL2ALL_BACKEND") == "deepep_low_latency"  # the decode manifest's
+        assert ours.pop("--all2all-backend") == [backend] and "VLLM_ALL2ALL_BACKEND" not in s.env
+        # From the manifests' values.yaml (not in the reference's excerpt).
+        assert ours.pop("--trust-remote-code") == []
+        # JSON values compared as JSON; the reference elides the EPLB config but its redundant experts.
+        for flag in ("--kv-transfer-config", "--compilation-config"):
+            if flag in ours:
+                assert json.loads(ours.pop(flag)[0]) == json.loads(theirs.pop(flag)[0]), flag
+        assert '"num_redundant_experts":"32"' in theirs.pop("--eplb-config")[0]
+        assert json.loads(ours.pop("--eplb-config")[0]) == {"num_redundant_experts": 32}
+        if role == "prefill":
+            # The excerpt is the decode manifest: its decode-only settings (full CUDA graphs for decode, the
+            # decode batch threshold of dual batch overlap) are not on prefill.
+            assert theirs.pop("--compilation-config") and theirs.pop("--dbo-decode-token-threshold") == ["32"]
+        assert ours == theirs, role
+
+        env = dict(s.env)
+        # Computed by the launcher: the node's address where the manifests said status.podIP, Dynamo's plumbing.
+        assert seed_env.pop("VLLM_NIXL_SIDE_CHANNEL_HOST") == "status.podIP"
+        assert env.pop("VLLM_NIXL_SIDE_CHANNEL_HOST") == s.node.address
+        assert env.pop("VLLM_NIXL_SIDE_CHANNEL_PORT") == "5600"
+        assert env.pop("ETCD_ENDPOINTS") == f"http://{wideep.nodes[0].address}:2379"
+        assert env.pop("NATS_SERVER") == f"nats://{wideep.nodes[0].address}:4222"
+        assert env.pop("DYN_SYSTEM_PORT") == "9090" and env.pop("DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS")
+        for name in [k for k in env if k.startswith("DYN_") and k.endswith("_HOST")]:
+            assert env.pop(name) == s.node.address
+        assert env == seed_env, role

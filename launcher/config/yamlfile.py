@@ -36,10 +36,10 @@ def _walk(node: yaml.Node, path: KeyPath, lines: dict[KeyPath, int], file: str) 
 def read_file(path: Path) -> str:
     """A deployment file's text; what keeps it from being read is bad input (exit 2), said in one line."""
     file = str(path)
-    if path.exists() and not path.is_file():
-        # A directory, a FIFO or /dev/zero: reading would fail or never end.
-        raise ConfigError("not a regular file", file=file)
     try:
+        if path.exists() and not path.is_file():
+            # A directory, a FIFO or /dev/zero: reading would fail or never end.
+            raise ConfigError("not a regular file", file=file)
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("file not found", file=file) from None
