@@ -9,6 +9,7 @@ subprocess, except the `watch` timing rules, which run `watch` in-process on a c
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -236,15 +238,25 @@ def test_lock_break_removes_a_live_holders_lock(tmp_path):
 # -- watch ---------------------------------------------------------------------------------------------
 
 
+def etcd_kv(port: int, op: str, **fields: str) -> dict:
+    """etcd's v3 JSON gateway on loopback: put or range one key (values base64, as the gateway wants)."""
+    body = json.dumps({k: base64.b64encode(v.encode()).decode() for k, v in fields.items()}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v3/kv/{op}", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def test_watch_restarts_a_single_service_alone(tmp_path):
-    """README (watch): "etcd, NATS, the frontend and the router are restarted alone"."""
+    """README (watch): "etcd, NATS, the frontend and the router are restarted alone", in place: etcd keeps
+    its data (a new, empty etcd would cost every Dynamo worker its lease, and the workers would exit)."""
+    client_port = free_port()
     path = deployment(
         tmp_path,
         "single",
         {"worker": "exec sleep 600"},
         python_env=str(REPO / ".venv"),  # etcd comes from the project's environment
         services={
-            "etcd": {"client_port": free_port(), "peer_port": free_port()},
+            "etcd": {"client_port": client_port, "peer_port": free_port()},
             "nats": {"enabled": False},
             "frontend": {"enabled": False},
         },
@@ -263,6 +275,7 @@ def test_watch_restarts_a_single_service_alone(tmp_path):
             stderr=subprocess.PIPE,
             text=True,
         )
+        etcd_kv(client_port, "put", key="launcher-test", value="kept")
         kill_session(int(before["etcd"]["id"]))
 
         def etcd_back():
@@ -275,6 +288,9 @@ def test_watch_restarts_a_single_service_alone(tmp_path):
         assert after["worker-r0"]["id"] == before["worker-r0"]["id"], "the worker was restarted with etcd"
         assert after["worker-r0"]["state"] == "running"
         assert "restarting etcd (1/5): local etcd exited" in errs, errs
+        assert "restarted etcd in place" in errs, errs
+        kvs = etcd_kv(client_port, "range", key="launcher-test").get("kvs", [])
+        assert [base64.b64decode(kv["value"]).decode() for kv in kvs] == ["kept"], kvs
         assert "restarting group" not in errs and "Traceback" not in errs, errs
     finally:
         if watch is not None and watch.poll() is None:

@@ -118,6 +118,18 @@ def start(
     return found
 
 
+def restart_in_place(target: Target, services: list[Service], progress: Progress) -> list[Container]:
+    """Start existing services again where they are, their data kept (`watch` on a dead etcd: a new,
+    empty one would cost every worker its lease). One script per node."""
+    groups = by_node(services)
+    results = target.fleet.run(lambda h: target.runtime.restart_script(target.plan, groups[h.node.index]), groups)
+    done, failures = results.scripts()
+    if failures:
+        raise NodeFailures("failed to restart", failures, target.plan)
+    progress.log(f"restarted {', '.join(s.service for s in services)} in place")
+    return [c for i, r in done.items() for c in parse_after_mark(i, r.stdout)]
+
+
 def remove(target: Target, containers: list[Container]) -> None:
     names: dict[int, list[str]] = {}
     for c in containers:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from launcher.commands import locking
 from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.nodes import list_services, remove, start
+from launcher.commands.nodes import list_services, remove, restart_in_place, start
 from launcher.commands.waiter import Waiter
 from launcher.errors import LauncherError
 from launcher.output import console
@@ -174,20 +174,36 @@ def _act(t: Target, progress: Progress, unit: Unit, policy: Policy, ready_timeou
             pass
 
 
+def in_place(unit: Unit, old: list[Container]) -> bool:
+    """A single service whose container is still there, with its planned spec, restarts in place: its
+    data (etcd's keys and leases) survives. A group is recreated whole: torch.distributed cannot take
+    back one rank."""
+    if len(unit.services) != 1 or unit.services[0].group is not None:
+        return False
+    return [c.spec for c in old] == [unit.services[0].spec_hash()]
+
+
 def restart(t: Target, progress: Progress, unit: Unit, found, ready_timeout: float | None) -> str:
     """Recreate the unit (the caller holds the lock); returns the audit line of the outcome."""
     started = time.monotonic()
     outcome = f"watch: {unit.name} restart failed"
     try:
         old = [found[(s.node.index, s.name)] for s in unit.services if (s.node.index, s.name) in found]
-        if old:
-            remove(t, old)
-        start(t, unit.services, progress, known=[])
+        if in_place(unit, old):
+            restart_in_place(t, unit.services, progress)
+        else:
+            if old:
+                remove(t, old)
+            start(t, unit.services, progress, known=[])
         services = unit.services
         if ready_timeout is not None:
             for s in services:
                 s.timeout = ready_timeout
-        check_endpoint = t.plan.has_dynamo_frontend and any(s.group for s in services)
+        # A group waits for the frontend to list it only when the frontend runs: a dead frontend is its
+        # own unit, restarted in turn, not something to wait the group's whole timeout for.
+        entry = t.plan.entry
+        frontend_up = entry is not None and (c := found.get((entry.node.index, entry.name))) is not None and c.running
+        check_endpoint = t.plan.has_dynamo_frontend and frontend_up and any(s.group for s in services)
         Waiter(t, progress, services, check_endpoint=check_endpoint).run()
         outcome = f"watch: {unit.name} serving again after {time.monotonic() - started:.1f}s"
         progress.log(outcome.removeprefix("watch: "))

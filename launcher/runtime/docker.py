@@ -59,6 +59,11 @@ class Docker:
         lines.append("docker inspect " + " ".join(q(s.name) for s in services))
         return "\n".join(lines), stdin
 
+    def restart_script(self, plan: Plan, services: list[Service]) -> str:
+        """Start the services' containers again in place (their data kept), then print their state."""
+        names = " ".join(q(s.name) for s in services)
+        return f"docker restart {names} >/dev/null\necho {q(LIST_MARK)}\ndocker inspect {names}"
+
     def remove_script(self, plan: Plan, names: list[str]) -> str:
         if not names:
             return "true"

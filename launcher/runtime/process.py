@@ -123,27 +123,40 @@ class Process:
             if path_prefix:
                 env["PATH"] = path_prefix + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
             body = "".join(f"export {k}={q(v)}\n" for k, v in env.items())
-            labels = json.dumps(plan.labels(s))
             lines += [
                 f"stop_svc {d}",
                 f"rm -rf {d}",
                 f"install -d -m 0700 {d} {d}/scratch",
                 write_from_stdin(f"{d}/env", body, quoted=True),
-                f"printf '%s' {q(labels)} > {d}/labels.json",
-                f"date -u +%Y-%m-%dT%H:%M:%SZ > {d}/started",
-                # The wrapper is the session leader; it records the service's exit code.
-                f"(cd {d}/scratch && exec setsid bash -c "
-                + q('. ../env; "$@"; echo $? > ../exit')
-                + f" {q(s.name)} {' '.join(q(a) for a in s.command)} > {d}/log 2>&1 < /dev/null) &",
-                f"echo $! > {d}/pid",
-                # A service that failed at once is gone already: no start time, listed as exited
-                # with its code; the other services of this script still start.
-                f"awk '{{print $22}}' /proc/$!/stat > {d}/starttime 2>/dev/null || true",
+                f"printf '%s' {q(json.dumps(plan.labels(s)))} > {d}/labels.json",
+                *self._launch(d, s),
             ]
             stdin += body
-        lines.append(f"echo {q(LIST_MARK)}")
-        lines.append(self.list_script(plan))
+        lines += [f"echo {q(LIST_MARK)}", self.list_script(plan)]
         return "\n".join(lines), stdin
+
+    def restart_script(self, plan: Plan, services: list[Service]) -> str:
+        """Start the services again in their run directories, env and scratch data kept."""
+        lines = ["set -e", STOP_FN, self._run(plan)]
+        for s in services:
+            d = f'"$RUN"/{q(s.name)}'
+            lines += [f"stop_svc {d}", f"rm -f {d}/exit", *self._launch(d, s)]
+        lines += [f"echo {q(LIST_MARK)}", self.list_script(plan)]
+        return "\n".join(lines)
+
+    @staticmethod
+    def _launch(d: str, s: Service) -> list[str]:
+        return [
+            f"date -u +%Y-%m-%dT%H:%M:%SZ > {d}/started",
+            # The wrapper is the session leader; it records the service's exit code.
+            f"(cd {d}/scratch && exec setsid bash -c "
+            + q('. ../env; "$@"; echo $? > ../exit')
+            + f" {q(s.name)} {' '.join(q(a) for a in s.command)} > {d}/log 2>&1 < /dev/null) &",
+            f"echo $! > {d}/pid",
+            # A service that failed at once is gone already: no start time, listed as exited
+            # with its code; the other services of this script still start.
+            f"awk '{{print $22}}' /proc/$!/stat > {d}/starttime 2>/dev/null || true",
+        ]
 
     def remove_script(self, plan: Plan, names: list[str]) -> str:
         dirs = " ".join(f'"$RUN"/{q(name)}' for name in names)
