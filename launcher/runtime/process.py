@@ -108,7 +108,8 @@ class Process:
         )
 
     def list_script(self, plan: Plan) -> str:
-        return LIST_FN + self._run(plan) + 'mkdir -p "$RUN" && list_svcs "$RUN"'
+        # Listing creates nothing: a node that never ran a service keeps no run directory.
+        return LIST_FN + self._run(plan) + 'list_svcs "$RUN"'
 
     def check_and_list_script(self, plan: Plan) -> str:
         return f"{{ {self.check_script(plan)} ; }} >/dev/null || exit {ENGINE_UNAVAILABLE}; {self.list_script(plan)}"
