@@ -67,6 +67,10 @@ HostKeyOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 NodeOpt = Annotated[str | None, typer.Option("--node", "-n", help="Node index, name or address.")]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", help="Apply this profile of the file (`profiles:`: args and env changed per group)."),
+]
 
 
 def connection(parallel: int, connect_timeout: float | None, host_key_policy: HostKeyPolicy | None):
@@ -85,11 +89,12 @@ def plan(
         Path | None, typer.Option("--out", help="With --format script: write one script per node here.")
     ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Every service in full, with docker run.")] = False,
+    profile: ProfileOpt = None,
 ) -> None:
     """Show what would run on every node, without touching any node."""
     from launcher.commands import plan as command
 
-    command.run(config, inventory, format.value, out_dir, verbose)
+    command.run(config, inventory, format.value, out_dir, verbose, profile)
 
 
 @app.command()
@@ -110,6 +115,7 @@ def up(
             "--wait/--no-wait", help="Wait until the service answers (default), or only until every container runs."
         ),
     ] = True,
+    profile: ProfileOpt = None,
 ) -> None:
     """Start the deployment on every node, wait until it answers, and print the endpoint.
 
@@ -119,7 +125,7 @@ def up(
     from launcher.commands import watch as watching
 
     link = connection(parallel, connect_timeout, host_key_policy)
-    done = command.run(config, config_opt, inventory, link, skip_doctor=skip_doctor, wait=wait)
+    done = command.run(config, config_opt, inventory, link, skip_doctor=skip_doctor, wait=wait, profile=profile)
     if then_watch:
         watching.run(done.path, None, done.inventory, link)
 
