@@ -289,6 +289,90 @@ def migrate(
     command.run(config, sglang, dry_run)
 
 
+class Workload(str, Enum):
+    e2e = "e2e"
+    prefill = "prefill"
+    decode = "decode"
+    custom = "custom"
+
+
+@app.command(context_settings={"help_option_names": ["--help", "-h"]})
+def bench(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[CONFIG] (default: -c, $LAUNCHER_CONFIG, or the last `up` here), or `compare DIR1 DIR2`.",
+            show_default=False,
+        ),
+    ] = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    workload: Annotated[
+        Workload,
+        typer.Option(
+            "--workload",
+            "-w",
+            help="e2e (ISL 8192, OSL 256, concurrency 1,8,64,256), prefill (8192 requests, ISL 4096, OSL 5), decode"
+            " (40000 requests, ISL 2000, OSL 100) or custom (give --isl, --osl, --concurrency).",
+        ),
+    ] = Workload.e2e,  # fmt: skip
+    concurrency: Annotated[
+        str | None, typer.Option("--concurrency", help="Concurrencies to run, one AIPerf run each: 1,8,64.")
+    ] = None,
+    isl: Annotated[int | None, typer.Option("--isl", help="Input tokens per request (the workload's default).")] = None,
+    osl: Annotated[int | None, typer.Option("--osl", help="Output tokens per request, exactly (ignore_eos).")] = None,
+    requests: Annotated[
+        int | None, typer.Option("--requests", help="Measured requests per concurrency (default 10 x concurrency).")
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", help="Warm-up requests per concurrency (default 2 x concurrency).")
+    ] = None,
+    flush: Annotated[
+        bool, typer.Option("--flush/--no-flush", help="Clear every worker's KV cache before each concurrency.")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Result directory (default bench-results/DEPLOYMENT-WORKLOAD-TIME).")
+    ] = None,
+    on_head: Annotated[
+        bool, typer.Option("--on-head", help="Run the client on the head node instead of this machine.")
+    ] = False,
+    head_env: Annotated[
+        str | None,
+        typer.Option("--head-env", help="With --on-head: bin/ of an AIPerf env there (STATE_DIR/bench-env/...)."),
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option("--tokenizer", help="Tokenizer path or name (default: fetched from a worker node).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed of the synthetic prompts.")] = 100,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, max=DAY, help="Seconds one concurrency's run may take.")
+    ] = 3600.0,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
+) -> None:
+    """Benchmark the running deployment with NVIDIA's AIPerf (one run per concurrency: streaming chat,
+    exact ISL/OSL, a fixed seed, a warm-up) and keep the numbers with the recipe: a table here, and in the
+    result directory results.json, a plot, AIPerf's own artifacts and the recipe.
+    `launcher bench compare DIR1 DIR2` prints two result directories side by side."""
+    from launcher.commands import bench as command
+    from launcher.errors import ConfigError
+    from launcher.plan import bench as plan_bench
+
+    args = args or []
+    if args[:1] == ["compare"]:
+        if len(args) != 3:
+            raise ConfigError("expected `launcher bench compare DIR1 DIR2`", key="compare")
+        command.compare(Path(args[1]), Path(args[2]))
+        return
+    if len(args) > 1:
+        raise ConfigError(f"expected at most one CONFIG, got {len(args)}: {' '.join(args)}", key="CONFIG")
+    settings = plan_bench.settings(workload.value, concurrency, isl, osl, requests, warmup, flush, seed)
+    options = command.Options(settings, out, on_head, head_env, tokenizer, timeout)
+    config = Path(args[0]) if args else None
+    command.run(config, config_opt, inventory, connection(parallel, connect_timeout, host_key_policy), options)
+
+
 @app.command()
 def version() -> None:
     """Print the launcher's version."""
