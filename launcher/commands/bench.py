@@ -124,7 +124,8 @@ def prepare_tokenizer(t: Target, options: Options, dest: Path) -> str:
             raise recipe.BenchError("cannot tell where the model is on the head node: pass --tokenizer")
         return model
     path, config = recipe.fetch_tokenizer(t, dest)
-    B.check_context(options.settings, recipe.context_from_model(config, f"{t.plan.model_path}/config.json"))
+    if B.context_from_args(t.plan) is None:  # an engine's own context flag, checked before, wins over the model's
+        B.check_context(options.settings, recipe.context_from_model(config, f"{t.plan.model_path}/config.json"))
     return str(path)
 
 
@@ -188,14 +189,20 @@ def measure(t: Target, options: Options, work: Path, bin_dir: Path, tokenizer: s
             "aiperf": runner.version,
             "url": runner.url,
             "through": runner.through,
-            "tokenizer": runner.tokenizer,
-        },  # fmt: skip
+            "tokenizer": shown_tokenizer(runner.tokenizer, work, plan),
+        },
         "flush": {"kind": flush_kind, "targets": flush_targets, "done": flushes},
         "scale": scale.to_json(),
         "lmsys": LMSYS,
         "results": rows,
         "recipe": summary,
     }
+
+
+def shown_tokenizer(tokenizer: str, work: Path, plan) -> str:
+    if tokenizer == str(work / "tokenizer"):
+        return f"tokenizer/ (the files of {plan.model_path}, fetched from a worker node)"
+    return tokenizer
 
 
 def one_run(t: Target, options: Options, runner: Client, work: Path, concurrency: int, scale: B.Scale) -> dict:
