@@ -319,13 +319,18 @@ def bench(
     concurrency: Annotated[
         str | None, typer.Option("--concurrency", help="Concurrencies to run, one AIPerf run each: 1,8,64.")
     ] = None,
-    isl: Annotated[int | None, typer.Option("--isl", help="Input tokens per request (the workload's default).")] = None,
-    osl: Annotated[int | None, typer.Option("--osl", help="Output tokens per request, exactly (ignore_eos).")] = None,
+    isl: Annotated[
+        int | None, typer.Option("--isl", min=1, help="Input tokens per request (the workload's default).")
+    ] = None,
+    osl: Annotated[
+        int | None, typer.Option("--osl", min=1, help="Output tokens per request, exactly (ignore_eos).")
+    ] = None,
     requests: Annotated[
-        int | None, typer.Option("--requests", help="Measured requests per concurrency (default 10 x concurrency).")
+        int | None,
+        typer.Option("--requests", min=1, help="Measured requests per concurrency (default 10 x concurrency)."),
     ] = None,
     warmup: Annotated[
-        int | None, typer.Option("--warmup", help="Warm-up requests per concurrency (default 2 x concurrency).")
+        int | None, typer.Option("--warmup", min=0, help="Warm-up requests per concurrency (default 2 x concurrency).")
     ] = None,
     flush: Annotated[
         bool, typer.Option("--flush/--no-flush", help="Clear every worker's KV cache before each concurrency.")

@@ -47,7 +47,7 @@ def unreachable(tmp_path) -> Path:
         (["--workload", "custom", "--isl", "10"], "error: --workload: the custom workload needs --osl, --concurrency"),
         (["--isl", "500", "--osl", "501"], "error: --isl/--osl: ISL 500 + OSL 501 = 1001 tokens exceed the context"
                                            " of 1000 (groups.decode --context-length)"),
-        (["--isl", "0"], "error: --isl: expected a whole number from 1 up, got 0"),
+        (["--isl", "0"], "error: --isl: input should be greater than or equal to 1, got '0'"),
         (["--timeout", "0"], "error: --timeout:"),
     ],
 )  # fmt: skip
