@@ -216,7 +216,7 @@ def one_run(t: Target, options: Options, runner: Client, work: Path, concurrency
         local.parent.mkdir(parents=True, exist_ok=True)
         outcome = client.run_local(argv, local.parent / f"c{concurrency}.log", options.timeout)
     else:
-        remote = f"{t.plan.state_dir}/bench-runs/{work.name}-{int(time.time())}/c{concurrency}"
+        remote = f"{t.plan.state_dir}/bench-runs/{work.name}-{int(time.time())}-c{concurrency}"
         argv = B.aiperf_argv(runner.aiperf, settings, concurrency, runner.url, t.plan.model_name, runner.tokenizer,
                              remote)  # fmt: skip
         outcome = client.run_on_head(t.head, argv, remote, local, options.timeout)
