@@ -302,6 +302,7 @@ def bench(
         list[str] | None,
         typer.Argument(
             help="[CONFIG] (default: -c, $LAUNCHER_CONFIG, or the last `up` here), or `compare DIR1 DIR2`.",
+            metavar="[CONFIG] | compare DIR1 DIR2",
             show_default=False,
         ),
     ] = None,
