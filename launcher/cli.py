@@ -67,6 +67,10 @@ HostKeyOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 NodeOpt = Annotated[str | None, typer.Option("--node", "-n", help="Node index, name or address.")]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", help="Apply this profile of the file (`profiles:`: args and env changed per group)."),
+]
 
 
 def connection(parallel: int, connect_timeout: float | None, host_key_policy: HostKeyPolicy | None):
@@ -85,11 +89,12 @@ def plan(
         Path | None, typer.Option("--out", help="With --format script: write one script per node here.")
     ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Every service in full, with docker run.")] = False,
+    profile: ProfileOpt = None,
 ) -> None:
     """Show what would run on every node, without touching any node."""
     from launcher.commands import plan as command
 
-    command.run(config, inventory, format.value, out_dir, verbose)
+    command.run(config, inventory, format.value, out_dir, verbose, profile)
 
 
 @app.command()
@@ -110,6 +115,7 @@ def up(
             "--wait/--no-wait", help="Wait until the service answers (default), or only until every container runs."
         ),
     ] = True,
+    profile: ProfileOpt = None,
 ) -> None:
     """Start the deployment on every node, wait until it answers, and print the endpoint.
 
@@ -119,7 +125,7 @@ def up(
     from launcher.commands import watch as watching
 
     link = connection(parallel, connect_timeout, host_key_policy)
-    done = command.run(config, config_opt, inventory, link, skip_doctor=skip_doctor, wait=wait)
+    done = command.run(config, config_opt, inventory, link, skip_doctor=skip_doctor, wait=wait, profile=profile)
     if then_watch:
         watching.run(done.path, None, done.inventory, link)
 
@@ -281,6 +287,96 @@ def migrate(
     from launcher.commands import migrate as command
 
     command.run(config, sglang, dry_run)
+
+
+class Workload(str, Enum):
+    e2e = "e2e"
+    prefill = "prefill"
+    decode = "decode"
+    custom = "custom"
+
+
+@app.command(context_settings={"help_option_names": ["--help", "-h"]})
+def bench(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[CONFIG] (default: -c, $LAUNCHER_CONFIG, or the last `up` here), or `compare DIR1 DIR2`.",
+            metavar="[CONFIG] | compare DIR1 DIR2",
+            show_default=False,
+        ),
+    ] = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    workload: Annotated[
+        Workload,
+        typer.Option(
+            "--workload",
+            "-w",
+            help="e2e (ISL 8192, OSL 256, concurrency 1,8,64,256), prefill (8192 requests, ISL 4096, OSL 5), decode"
+            " (40000 requests, ISL 2000, OSL 100) or custom (give --isl, --osl, --concurrency).",
+        ),
+    ] = Workload.e2e,  # fmt: skip
+    concurrency: Annotated[
+        str | None, typer.Option("--concurrency", help="Concurrencies to run, one AIPerf run each: 1,8,64.")
+    ] = None,
+    isl: Annotated[
+        int | None, typer.Option("--isl", min=1, help="Input tokens per request (the workload's default).")
+    ] = None,
+    osl: Annotated[
+        int | None, typer.Option("--osl", min=1, help="Output tokens per request, exactly (ignore_eos).")
+    ] = None,
+    requests: Annotated[
+        int | None,
+        typer.Option("--requests", min=1, help="Measured requests per concurrency (default 10 x concurrency)."),
+    ] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", min=0, help="Warm-up requests per concurrency (default 2 x concurrency).")
+    ] = None,
+    flush: Annotated[
+        bool, typer.Option("--flush/--no-flush", help="Clear every worker's KV cache before each concurrency.")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Result directory (default bench-results/DEPLOYMENT-WORKLOAD-TIME).")
+    ] = None,
+    on_head: Annotated[
+        bool, typer.Option("--on-head", help="Run the client on the head node instead of this machine.")
+    ] = False,
+    head_env: Annotated[
+        str | None,
+        typer.Option("--head-env", help="With --on-head: bin/ of an AIPerf env there (STATE_DIR/bench-env/...)."),
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option("--tokenizer", help="Tokenizer path or name (default: fetched from a worker node).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed of the synthetic prompts.")] = 100,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1, max=DAY, help="Seconds one concurrency's run may take.")
+    ] = 3600.0,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
+) -> None:
+    """Benchmark the running deployment with NVIDIA's AIPerf (one run per concurrency: streaming chat,
+    exact ISL/OSL, a fixed seed, a warm-up) and keep the numbers with the recipe: a table here, and in the
+    result directory results.json, a plot, AIPerf's own artifacts and the recipe.
+    `launcher bench compare DIR1 DIR2` prints two result directories side by side."""
+    from launcher.commands import bench as command
+    from launcher.errors import ConfigError
+    from launcher.plan import bench as plan_bench
+
+    args = args or []
+    if args[:1] == ["compare"]:
+        if len(args) != 3:
+            raise ConfigError("expected `launcher bench compare DIR1 DIR2`", key="compare")
+        command.compare(Path(args[1]), Path(args[2]))
+        return
+    if len(args) > 1:
+        raise ConfigError(f"expected at most one CONFIG, got {len(args)}: {' '.join(args)}", key="CONFIG")
+    settings = plan_bench.settings(workload.value, concurrency, isl, osl, requests, warmup, flush, seed)
+    options = command.Options(settings, out, on_head, head_env, tokenizer, timeout)
+    config = Path(args[0]) if args else None
+    command.run(config, config_opt, inventory, connection(parallel, connect_timeout, host_key_policy), options)
 
 
 @app.command()

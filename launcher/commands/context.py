@@ -41,6 +41,10 @@ class Target:
     fleet: Any = None  # a transport.fleet.Fleet while connected
 
     @property
+    def profile(self) -> str | None:
+        return self.plan.profile
+
+    @property
     def head(self) -> Host:
         """The head node's host: where the lock and the audit log live."""
         assert self.fleet is not None, "connect() first"
@@ -79,8 +83,20 @@ def inventory_from_env() -> Path | None:
     return Path(value) if value else None
 
 
-def load_plan(config: Path, inventory: Path | None) -> Plan:
-    return build(load(config, inventory or inventory_from_env()))
+def load_plan(config: Path, inventory: Path | None, profile: str | None = None) -> Plan:
+    return build(load(config, inventory or inventory_from_env(), profile=profile))
+
+
+def remembered_profile(path: Path) -> str | None:
+    """The profile the last `up` here applied, when it was `up` of this same file (so that `status`,
+    `watch`, `down`, `bench` compare the nodes with what `up --profile` started)."""
+    try:
+        last = json.loads(LAST.read_text())
+        same = Path(last["config"]).resolve() == path.resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    profile = last.get("profile")
+    return profile if same and isinstance(profile, str) else None
 
 
 def resolve(config: Path | None, config_opt: Path | None, inventory: Path | None) -> tuple[Path, Path | None]:
@@ -100,9 +116,12 @@ def resolve(config: Path | None, config_opt: Path | None, inventory: Path | None
     return chosen, inv
 
 
-def target(config: Path | None, config_opt: Path | None = None, inventory: Path | None = None) -> Target:
+def target(
+    config: Path | None, config_opt: Path | None = None, inventory: Path | None = None, profile: str | None = None
+) -> Target:
+    """The deployment; `profile`: the one given (`up --profile`), else the one the last `up` of this file applied."""
     path, inv = resolve(config, config_opt, inventory)
-    plan = load_plan(path, inv)
+    plan = load_plan(path, inv, (profile if profile is not None else remembered_profile(path)) or None)
     return Target(path, inv, plan, for_plan(plan))
 
 
@@ -110,7 +129,9 @@ def remember(target: Target) -> None:
     """`up` remembers its file and inventory: `status`, `logs`, `down` run here then need neither."""
     LAST.parent.mkdir(exist_ok=True)
     inventory = str(target.inventory.resolve()) if target.inventory else None
-    LAST.write_text(json.dumps({"config": str(target.path.resolve()), "inventory": inventory}))
+    LAST.write_text(
+        json.dumps({"config": str(target.path.resolve()), "inventory": inventory, "profile": target.profile})
+    )
 
 
 @contextmanager

@@ -13,8 +13,10 @@ from launcher.output import plan_views
 from launcher.output.console import say
 
 
-def run(config: Path, inventory: Path | None, fmt: str, out_dir: Path | None, verbose: bool) -> None:
-    plan = load_plan(config, inventory)
+def run(
+    config: Path, inventory: Path | None, fmt: str, out_dir: Path | None, verbose: bool, profile: str | None = None
+) -> None:
+    plan = load_plan(config, inventory, profile)
     if fmt == "json":
         sys.stdout.write(json.dumps(plan_views.to_json(plan), indent=2) + "\n")
     elif fmt == "script" and out_dir is None:

@@ -29,9 +29,12 @@ class Interrupted(LauncherError):
     exit_code = 130
 
 
-def run(config, config_opt, inventory, connection: Connection, *, skip_doctor: bool, wait: bool) -> Target:
-    """The verb: refuse stale flags, check the nodes (doctor), converge, report the endpoint."""
-    t = target(config, config_opt, inventory)
+def run(
+    config, config_opt, inventory, connection: Connection, *, skip_doctor: bool, wait: bool, profile: str | None = None
+) -> Target:
+    """The verb: refuse stale flags, check the nodes (doctor), converge, report the endpoint. `profile`: the
+    file's profile to apply (None: none, not even the one the last `up` applied: `up` says what runs)."""
+    t = target(config, config_opt, inventory, profile=profile or "")
     if t.plan.flag_errors:
         raise ConfigError(
             "engine flags that the declared version rejects (nothing was started):\n  "

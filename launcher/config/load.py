@@ -149,6 +149,7 @@ class Loaded(BaseModel):
     ssh: SSHSettings
     secret_values: dict[str, str]
     lines: dict[Any, int]
+    profile: str | None = None  # the profile applied (`--profile`), if any
 
     def line(self, *path: str | int) -> int | None:
         return line_of(self.lines, tuple(path))
@@ -159,10 +160,27 @@ def load_inventory(path: Path) -> InventorySpec:
     return validate(InventorySpec, data, str(path), lines)
 
 
+def check_profiles(spec: DeploymentSpec, profile: str | None, file: str, lines: dict[KeyPath, int]) -> None:
+    """Every profile names groups of the file; `--profile` names a profile of the file."""
+    for name, groups in spec.profiles.items():
+        for group in groups:
+            if group not in spec.groups:
+                raise ConfigError(
+                    f"no group {group!r}: expected one of {', '.join(spec.groups)}",
+                    file=file,
+                    key=f"profiles.{name}.{group}",
+                    line=line_of(lines, ("profiles", name, group)),
+                )
+    if profile is not None and profile not in spec.profiles:
+        known = f"expected one of {', '.join(spec.profiles)}" if spec.profiles else "the file has no `profiles:`"
+        raise ConfigError(f"no profile {profile!r} in {file}: {known}", key="--profile")
+
+
 def load(
     path: str | Path,
     inventory: str | Path | None = None,
     environ: dict[str, str] | None = None,
+    profile: str | None = None,
 ) -> Loaded:
     """Read, interpolate and validate a deployment file (and optional inventory)."""
     path = Path(path)
@@ -180,6 +198,7 @@ def load(
     interp = Interpolator([environ, dotenv, inventory_vars, builtins], file, lines)
     data = interp.walk(data)
     spec: DeploymentSpec = validate(DeploymentSpec, data, file, lines)
+    check_profiles(spec, profile, file, lines)
 
     if inv is not None:
         nodes = inv.nodes
@@ -216,4 +235,5 @@ def load(
         ssh=ssh,
         secret_values=secret_values,
         lines=lines,
+        profile=profile,
     )

@@ -203,6 +203,18 @@ class GroupSpec(Strict):
     timeout: Seconds = 1800
 
 
+class ProfileGroup(Strict):
+    """What a profile changes in one group: flags added or overridden (`null`/`false` removes one), env."""
+
+    args: dict[str, Any] = {}
+    env: EnvMap = {}
+
+
+# profiles.NAME.GROUP: {args, env}. `launcher up FILE --profile NAME` applies one (the stress tests).
+GroupName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")]
+Profiles = dict[Annotated[str, Field(pattern=NAME_RE)], dict[GroupName, ProfileGroup]]
+
+
 class VersionsSpec(Strict):
     """The versions the file is written for: flag checks and version-dependent forms read them."""
 
@@ -243,6 +255,7 @@ class DeploymentSpec(Strict):
     secrets: list[EnvName] = []
     services: ServicesSpec = ServicesSpec()
     groups: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")], GroupSpec]
+    profiles: Profiles = {}
     state_dir: str = "/var/tmp/launcher"
 
     @model_validator(mode="after")

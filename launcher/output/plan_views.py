@@ -56,7 +56,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "timeout": s.timeout,
             }
         )
-    return {
+    data: dict[str, Any] = {
         "deployment": plan.deployment,
         "file": plan.file,
         "endpoint": plan.endpoint,
@@ -76,6 +76,9 @@ def to_json(plan: Plan) -> dict[str, Any]:
         "services": services,
         "warnings": [redact(w) for w in plan.warnings],
     }
+    if plan.profile:  # only when one is applied: the plans of files without profiles stay as they were
+        data["profile"] = plan.profile
+    return data
 
 
 def to_text(plan: Plan, verbose: bool = False) -> str:
@@ -84,6 +87,8 @@ def to_text(plan: Plan, verbose: bool = False) -> str:
     redact = redactor(plan)
     groups = ", ".join(f"{g.name} x{len(g.node_indices)} ({g.engine}, {g.summary})" for g in plan.groups)
     lines = [f"deployment {plan.deployment}: {len(plan.nodes)} nodes, {len(plan.services)} services — {groups}"]
+    if plan.profile:
+        lines.append(f"profile {plan.profile}")
     if plan.endpoint:
         lines.append(f"endpoint {plan.endpoint}" + (f"  model {plan.model_name}" if plan.model_name else ""))
     lines.append("")

@@ -10,7 +10,15 @@ import difflib
 from dataclasses import dataclass, field
 
 from launcher.config.load import Loaded
-from launcher.config.schema import DEFAULT_CONTAINER, ContainerSettings, GroupSpec, ServiceSpec, as_text, is_secret_name
+from launcher.config.schema import (
+    DEFAULT_CONTAINER,
+    ContainerSettings,
+    GroupSpec,
+    ProfileGroup,
+    ServiceSpec,
+    as_text,
+    is_secret_name,
+)
 from launcher.errors import ConfigError
 from launcher.plan import engines, flagdrift, infra
 from launcher.plan.checks import check_no_secret_on_command_line, check_ports
@@ -45,6 +53,7 @@ def build(loaded: Loaded) -> Plan:
         model_name=spec.model.name if spec.model else None,
         model_path=spec.model.path if spec.model else None,
         endpoint=urls.get("endpoint"),
+        profile=loaded.profile,
         warnings=b.warnings,
         findings=b.findings,
     )
@@ -223,6 +232,7 @@ class Builder:
             argv = A.normalize(group.args)
         except ValueError as exc:
             raise self.error(f"cannot split args: {exc}", "groups", name, "args") from None
+        argv = A.override(argv, self.profile_of(name).args)
         return GroupContext(
             deployment=self.spec.deployment,
             file=self.loaded.file,
@@ -239,12 +249,18 @@ class Builder:
             versions=self.spec.versions,
         )
 
+    def profile_of(self, group: str) -> ProfileGroup:
+        """What the applied profile (if any) changes in this group."""
+        profile = self.loaded.profile
+        return self.spec.profiles[profile].get(group, ProfileGroup()) if profile else ProfileGroup()
+
     def check_flags(self, name: str, group: GroupSpec, ctx: GroupContext) -> None:
         """Engine flags and env vars that the declared SGLang version renamed or removed."""
         engine_name, sglang = group.engine, self.spec.versions.sglang
         if engine_name not in SGLANG_ENGINES or not sglang:
             return
-        env = {**self.container_env(group.container), **{k: as_text(v) for k, v in group.env.items()}}
+        layers = (group.env, self.profile_of(name).env)
+        env = {**self.container_env(group.container), **{k: as_text(v) for layer in layers for k, v in layer.items()}}
         for finding in flagdrift.check(ctx.argv, env, sglang):
             self.findings.append((name, finding))
             self.warnings.append(f"groups.{name}: {finding}")
@@ -254,7 +270,11 @@ class Builder:
         container = self.container(self.group_container(group, engine, ctx))
         for rank, node in enumerate(ctx.nodes):
             plain, hidden = self.env(
-                self.container_env(group.container), engine.env(ctx, rank), group.env, with_secrets=True
+                self.container_env(group.container),
+                engine.env(ctx, rank),
+                group.env,
+                self.profile_of(ctx.name).env,
+                with_secrets=True,
             )
             self.services.append(
                 Service(

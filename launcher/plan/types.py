@@ -122,6 +122,7 @@ class Plan:
     model_name: str | None = None
     model_path: str | None = None  # as the engines see it
     endpoint: str | None = None  # the frontend's (or router's) URL
+    profile: str | None = None  # the file's profile applied (`--profile`), if any
     warnings: list[str] = field(default_factory=list)
     findings: list = field(default_factory=list)  # (group, flagdrift.Finding): stale engine flags
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from launcher.plan.types import Node
+
+if TYPE_CHECKING:
+    from launcher.transport.forward import Forward
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
@@ -65,4 +68,9 @@ class Host(Protocol):
 
     def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
         """An HTTP request to a port on the node (through the SSH connection when remote)."""
+        ...
+
+    def forward(self, host: str, port: int) -> Forward:
+        """A local address (`.host`, `.port`) whose connections reach HOST:PORT as the node sees it
+        (through the SSH connection when remote: like `ssh -L`). Close it (or use it as a context manager)."""
         ...

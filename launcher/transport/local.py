@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from launcher.plan.types import Node
 from launcher.transport import http
 from launcher.transport.errors import NodeError
+from launcher.transport.forward import Forward
 from launcher.transport.host import Completed, Options
 
 
@@ -80,3 +81,7 @@ class LocalHost:
             return socket.create_connection((host, port), timeout=timeout)
 
         return http.request(open_socket, method, host, port, path, body, timeout)
+
+    def forward(self, host: str, port: int) -> Forward:
+        """This machine reaches its own ports directly: the address itself."""
+        return Forward(host, port, f"{host}:{port}")

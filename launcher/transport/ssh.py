@@ -25,6 +25,7 @@ from invoke.exceptions import CommandTimedOut
 from launcher.plan.types import Node
 from launcher.transport import http
 from launcher.transport.errors import NodeError, classify
+from launcher.transport.forward import Tunnel
 from launcher.transport.host import DEFAULT_CONNECT_TIMEOUT, Completed, Options
 from launcher.transport.session import Session, SessionError, Timeout
 
@@ -296,6 +297,18 @@ class SSHHost:
         host, port = parts.hostname or self.node.address, parts.port or 80
         path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
         return http.request(lambda: self._channel(host, port, timeout), method, host, port, path, body, timeout)
+
+    def forward(self, host: str, port: int) -> Tunnel:
+        """A local port whose connections are carried to HOST:PORT over this node's SSH connection."""
+        self.connect()
+        timeout = 2 * self.connect_timeout
+
+        def open_channel() -> Any:
+            chan = self._channel(host, port, timeout)
+            chan.settimeout(None)  # a streamed answer may pause longer than any connect timeout
+            return chan
+
+        return Tunnel(open_channel, f"{host}:{port} via {self.node.label}")
 
     def _channel(self, host: str, port: int, timeout: float) -> Any:
         self.connect()

@@ -79,3 +79,13 @@ def without(argv: list[str], *names: str) -> list[str]:
         elif not skipping:
             out.append(token)
     return out
+
+
+def override(argv: list[str], changes: dict[str, Any]) -> list[str]:
+    """argv with each flag of `changes` (a mapping as `normalize` takes it) replaced, added at the end,
+    or removed (`null`/`false`): how a profile changes a group's args."""
+    out = list(argv)
+    for key, value in changes.items():
+        flag = key if key.startswith("-") else f"--{key}"
+        out = without(out, flag) + normalize({flag: value})
+    return out
