@@ -253,9 +253,12 @@ class Builder:
         """One service per node of the group, each with its rank's argv, env and probe."""
         container = self.container(self.group_container(group, engine, ctx))
         for rank, node in enumerate(ctx.nodes):
-            plain, hidden = self.env(
-                self.container_env(group.container), engine.env(ctx, rank), group.env, with_secrets=True
-            )
+            leader = group.leader.env if rank == 0 else {}
+            layers = (self.container_env(group.container), engine.env(ctx, rank), group.env)
+            plain, hidden = self.env(*layers, {k: v for k, v in leader.items() if v is not None}, with_secrets=True)
+            for name in [k for k, v in leader.items() if v is None]:  # null: rank 0 runs without it
+                plain.pop(name, None)
+                hidden.pop(name, None)
             self.services.append(
                 Service(
                     deployment=self.spec.deployment,
