@@ -185,9 +185,16 @@ class ModelSpec(Strict):
 
 
 class LeaderSpec(Strict):
-    """What rank 0 runs differently (LeaderWorkerSet's leaderTemplate): env set or, with null, removed."""
+    """What rank 0 runs differently (LeaderWorkerSet's leaderTemplate): env set or, with null, removed;
+    volumes in place of the group's at the same container path (the leader's disk laid out otherwise)."""
 
     env: dict[EnvName, str | int | float | bool | None] = {}
+    volumes: list[str] = []
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_form(cls, value: list[str]) -> list[str]:
+        return ContainerSettings._volume_form(value) or []
 
 
 class GroupSpec(Strict):

@@ -269,7 +269,7 @@ class Builder:
                     command=engine.command(ctx, rank),
                     env=plain,
                     secret_env=hidden,
-                    container=container,
+                    container=self.leader_container(container, group.leader.volumes) if rank == 0 else container,
                     probe=engine.probe(ctx, rank),
                     timeout=group.timeout,
                     group=ctx.name,
@@ -278,6 +278,15 @@ class Builder:
                     ports=engine.ports(ctx, rank),
                 )
             )
+
+    @staticmethod
+    def leader_container(container: ContainerSettings, volumes: list[str]) -> ContainerSettings:
+        """Rank 0's container: the leader's volumes in place of the group's at the same container path."""
+        if not volumes:
+            return container
+        targets = {v.split(":")[1] for v in volumes}
+        kept = [v for v in container.volumes or [] if v.split(":")[1] not in targets]
+        return container.model_copy(update={"volumes": kept + volumes})
 
     @staticmethod
     def group_container(group: GroupSpec, engine: Engine, ctx: GroupContext) -> ContainerSettings:
