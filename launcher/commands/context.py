@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from launcher.commands import allocation
 from launcher.config.load import load
 from launcher.errors import ConfigError
 from launcher.plan.build import build
@@ -80,7 +81,10 @@ def inventory_from_env() -> Path | None:
 
 
 def load_plan(config: Path, inventory: Path | None) -> Plan:
-    return build(load(config, inventory or inventory_from_env()))
+    inventory = inventory or inventory_from_env()
+    if allocation.requested(inventory):  # `-i slurm`: the nodes of the current Slurm allocation
+        return build(load(config, allocation.inventory(), inventory_name=allocation.KEY))
+    return build(load(config, inventory))
 
 
 def resolve(config: Path | None, config_opt: Path | None, inventory: Path | None) -> tuple[Path, Path | None]:
@@ -109,7 +113,9 @@ def target(config: Path | None, config_opt: Path | None = None, inventory: Path 
 def remember(target: Target) -> None:
     """`up` remembers its file and inventory: `status`, `logs`, `down` run here then need neither."""
     LAST.parent.mkdir(exist_ok=True)
-    inventory = str(target.inventory.resolve()) if target.inventory else None
+    inventory = target.inventory and (
+        allocation.NAME if allocation.requested(target.inventory) else str(target.inventory.resolve())
+    )
     LAST.write_text(json.dumps({"config": str(target.path.resolve()), "inventory": inventory}))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from launcher.commands import allocation
 from launcher.config.load import load
 from launcher.config.schema import InventorySpec, NodeSpec
 from launcher.config.yamlfile import load_yaml
@@ -44,6 +45,8 @@ def placeholder_plan(config: Path, inventory: Path | None) -> Plan:
     if inventory is None and not (isinstance(data, dict) and data.get("nodes")):
         spare = [NodeSpec(address=exporter.placeholder(i), name=f"node{i}") for i in range(SPARE_NODES)]
         loaded = load(config, InventorySpec(nodes=spare), inventory_name="(placeholder nodes)")
+    elif allocation.requested(inventory):
+        loaded = load(config, allocation.inventory(), inventory_name=allocation.KEY)
     else:
         loaded = load(config, inventory)
     nodes = [n.model_copy(update={"address": exporter.placeholder(i)}) for i, n in enumerate(loaded.nodes)]
