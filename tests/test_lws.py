@@ -351,3 +351,38 @@ def test_import_and_export_as_a_user_runs_them(tmp_path):
     bad = launcher("import", str(REPO / "configs" / "local.yaml"))
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "kind" in bad.stderr
     assert "Traceback" not in bad.stderr + run.stderr + export.stderr
+
+
+# -- every shipped config there and back ---------------------------------------------------------------
+
+ADDRESS = re.compile(r"\b\d{1,3}(\.\d{1,3}){3}\b")
+
+
+def erased(text: str) -> str:
+    """Node addresses differ (the file's against the import's placeholders): compared as ADDR."""
+    return ADDRESS.sub("ADDR", text)
+
+
+@pytest.mark.parametrize("config", SHIPPED)
+def test_export_then_import_plans_every_rank_as_the_shipped_config(tmp_path, capsys, config):
+    original = build(load(REPO / "configs" / config, environ={}))
+    out = tmp_path / "manifests"
+    code, _, err = run_cli(["export", str(REPO / "configs" / config), "--to", "lws", "-o", str(out)], capsys)
+    assert code == 0, err
+    back = tmp_path / "back.yaml"
+    code, _, err = run_cli(["import", *map(str, sorted(out.iterdir())), "-o", str(back)], capsys)
+    assert code == 0, err
+    again = build(load(back, environ={}))
+    assert sorted((g.name, g.engine, len(g.node_indices)) for g in again.groups) == sorted(
+        (g.name, g.engine, len(g.node_indices)) for g in original.groups
+    )
+    for group in original.groups:
+        mine = sorted((s for s in original.services if s.group == group.name), key=lambda s: s.rank)
+        theirs = sorted((s for s in again.services if s.group == group.name), key=lambda s: s.rank)
+        for a, b in zip(mine, theirs, strict=True):
+            assert erased(" ".join(b.command)) == erased(" ".join(a.command)), a.service
+            assert {k: erased(v) for k, v in b.env.items()} == {k: erased(v) for k, v in a.env.items()}, a.service
+            assert b.image == a.image and b.container.volumes == a.container.volumes
+            assert (b.container.privileged, b.container.devices) == (a.container.privileged, a.container.devices)
+    roles = sorted(s.role for s in original.services if s.group is None)
+    assert sorted(s.role for s in again.services if s.group is None) == roles

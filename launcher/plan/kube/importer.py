@@ -165,9 +165,9 @@ def build_group(doc: Doc, size: int, leader: Pod, worker: Pod | None) -> Group:
     spec["args"] = lead.argv
     env, leader_env, secrets = group_env(leader, worker)
     for name, key in (("VLLM_NIXL_SIDE_CHANNEL_PORT", "bootstrap_port"), ("DYN_SYSTEM_PORT", "system_port")):
-        port = env.pop(name, None)
+        port = env.pop(name, None) or leader_env.pop(name, None)
         leader_env.pop(name, None)
-        if port and port.isdigit():
+        if isinstance(port, str) and port.isdigit():
             spec[key] = int(port)  # the launcher sets the variable from this key
     spec["env"] = env
     if leader_env:
@@ -374,6 +374,8 @@ def read_deployment(doc: Doc, data: dict, groups: list[Group], services: dict[st
     notes += [f"{doc.label}: {n}" for n in pod.notes]
     if module in ("sglang_router.launch_router", "sglang.srt.disaggregation.mini_lb"):
         data["services"]["router"] = router(doc, pod, argv[3:], module, groups, services)
+        if pod.pinned and not (data.get("versions") or {}).get("sglang_router"):
+            data.setdefault("versions", {})["sglang_router"] = pod.pinned
     elif module == "dynamo.frontend":
         port = E.take(engine := E.Engine("frontend", argv[3:]), "--http-port")
         E.take(engine, "--http-host")
@@ -441,7 +443,9 @@ def render(imported: Imported, command: str) -> str:
     ]
     if imported.notes:
         head += ["#", "# Not carried over, and why:"] + [f"# - {note}" for note in grouped(imported.notes)]
-    body = yaml.safe_dump(imported.data, sort_keys=False, default_flow_style=False, width=1000, allow_unicode=True)
+    order = ("deployment", "image", "versions", "gpus_per_node", "model", "nodes", "secrets", "services", "groups")
+    data = {k: imported.data[k] for k in order if k in imported.data}
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000, allow_unicode=True)
     return "\n".join(head) + "\n\n" + body
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from launcher.config.yamlfile import KeyPath, dotted, line_of
 from launcher.errors import ConfigError
+from launcher.plan.infra import ROUTER_PIN_CHECK
 from launcher.plan.kube import shell
 
 # LeaderWorkerSet's own variables in every pod (the seeds also map LWS_WORKER_INDEX from a label).
@@ -74,6 +75,7 @@ class Pod:
     notes: list[str] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)  # the script's other commands
     script: bool = False
+    pinned: str | None = None  # the sglang-router version the launcher's own router line pins
 
 
 def read_pod(doc: Doc, path: KeyPath, lws: dict[str, str]) -> Pod:
@@ -86,8 +88,12 @@ def read_pod(doc: Doc, path: KeyPath, lws: dict[str, str]) -> Pod:
     where = (*path, "containers", index)
     c = containers[index]
     env, value_from = read_env(doc, where, c.get("env") or [])
+    command, pinned = list(c.get("command") or []), None
+    if command[:3] == ["sh", "-c", ROUTER_PIN_CHECK] and len(command) > 3:
+        # the launcher's own router line (an exported file): its pinned version, then the router's argv
+        command, pinned = ["python3", "-m", "sglang_router.launch_router", *command[4:]], str(command[3])
     try:
-        done = shell.evaluate(list(c.get("command") or []), list(c.get("args") or []), {**env, **lws})
+        done = shell.evaluate(command, list(c.get("args") or []), {**env, **lws})
     except ValueError as exc:
         raise doc.error((*where, "args" if c.get("args") else "command"), f"cannot be expressed: {exc}") from None
     if not done.argv:
@@ -95,7 +101,7 @@ def read_pod(doc: Doc, path: KeyPath, lws: dict[str, str]) -> Pod:
     pod = Pod(
         path=path, container=where, image=str(c.get("image") or ""), argv=done.argv, env=env, value_from=value_from,
         gpus=None, privileged=False, cap_add=[], devices=[], volumes=[], shm_size=None, steps=done.steps,
-        script=done.script,
+        script=done.script, pinned=pinned,
     )  # fmt: skip
     read_resources(doc, where, c, pod)
     read_security(c, pod)
