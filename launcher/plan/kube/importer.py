@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from launcher.config.schema import as_text
 from launcher.errors import ConfigError
+from launcher.plan.engines import args as A
 from launcher.plan.kube import engines as E
 from launcher.plan.kube.pods import LEADER_TOKEN, Doc, Pod, read_pod
 
@@ -162,7 +164,7 @@ def build_group(doc: Doc, size: int, leader: Pod, worker: Pod | None) -> Group:
     if gpus is not None:
         spec["gpus"] = list(range(gpus))
     spec.update(keys)
-    spec["args"] = lead.argv
+    spec["args"] = as_mapping(lead.argv)
     env, leader_env, secrets = group_env(leader, worker)
     for name, key in (("VLLM_NIXL_SIDE_CHANNEL_PORT", "bootstrap_port"), ("DYN_SYSTEM_PORT", "system_port")):
         port = env.pop(name, None) or leader_env.pop(name, None)
@@ -193,6 +195,36 @@ def volumes_of_leader(doc: Doc, leader: Pod, worker: Pod | None) -> list[str]:
             f" ({', '.join(paths)}); a group mounts the same paths on every rank",
         )
     return [v for path, v in mine.items() if target[path] != v]
+
+
+def as_mapping(argv: list[str]) -> dict[str, Any] | list[str]:
+    """`--flag value --switch` as `{flag: value, switch: true}` (as the shipped files write args), when that
+    gives back exactly the same argv; otherwise the list as it was."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        flag = argv[i]
+        if not flag.startswith("--") or "=" in flag or flag[2:] in out:
+            return argv
+        if i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out[flag[2:]] = scalar(argv[i + 1])
+            i += 2
+        else:
+            out[flag[2:]] = True
+            i += 1
+    return out if A.normalize(out) == argv else argv
+
+
+def scalar(text: str) -> Any:
+    """A number written as a number when it reads back as the same text."""
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        if as_text(value) == text:
+            return value
+    return text
 
 
 def same(doc: Doc, worker: Pod, what: str, a: Any, b: Any) -> None:
