@@ -89,12 +89,18 @@ def leftovers(testbed) -> dict[str, list[str]]:
     return out
 
 
+def new_processes(testbed, before: dict[str, list[str]]) -> dict[str, list[str]]:
+    now = leftovers(testbed)
+    added = {node: [p for p in procs if p not in before.get(node, [])] for node, procs in now.items()}
+    return {node: procs for node, procs in added.items() if procs}
+
+
 def test_sbatch_of_the_exported_script_serves_and_scancel_leaves_nothing(testbed, slurm, tmp_path):
     config, nodes = topology(testbed, tmp_path)
     script = tmp_path / "job.sbatch"
     export = launcher(slurm, tmp_path, "export", str(config), "--to", "slurm", "-o", str(script))
     assert export.returncode == 0 and f"on {nodes} node(s), the process runtime" in export.stderr, export.stderr
-    assert leftovers(testbed) == {}, "the nodes run something before the job"
+    before = leftovers(testbed)  # what other tests' leftovers may run there: the job must add to it and take back
 
     started = time.monotonic()
     job = slurm_run(slurm, tmp_path, "sbatch", "--parsable", str(script)).stdout.strip()
@@ -111,7 +117,7 @@ def test_sbatch_of_the_exported_script_serves_and_scancel_leaves_nothing(testbed
     print(f"\nslurm: sbatch to ready on {nodes} nodes: {time.monotonic() - started:.1f}s")
     text = out.read_text()
     assert "ready: " in text and f"on {nodes} node(s), job {job}" in text and "smoke test: 200 OK" in text, text
-    running = leftovers(testbed)
+    running = new_processes(testbed, before)
     assert len(running) == nodes, running  # every node of the job runs its services
 
     reply = printed_curl_reply(text)  # the curl line the job printed, as printed: 200 with text
@@ -129,7 +135,7 @@ def test_sbatch_of_the_exported_script_serves_and_scancel_leaves_nothing(testbed
     wait_for(lambda: not slurm_run(slurm, tmp_path, "squeue", "-h", "-j", job).stdout.strip(), 120, interval=0.5,
              what="the job to leave the queue")  # fmt: skip
     gone = time.monotonic() - cancelled
-    wait_for(lambda: leftovers(testbed) == {}, 30, what="no process of the job on any node")
+    wait_for(lambda: new_processes(testbed, before) == {}, 30, what="no process of the job on any node")
     left = time.monotonic() - cancelled
     print(f"slurm: scancel to job gone {gone:.1f}s, to no process left on {nodes} nodes {left:.1f}s")
     assert not list(Path("/tmp").glob(f"launcher-{job}-*")), "a step left its scratch directory"
@@ -138,6 +144,7 @@ def test_sbatch_of_the_exported_script_serves_and_scancel_leaves_nothing(testbed
 
 def test_salloc_then_up_with_the_allocations_nodes(testbed, slurm, tmp_path):
     config, nodes = topology(testbed, tmp_path)
+    before = leftovers(testbed)
     session = tmp_path / "session.sh"
     # What a person types inside `salloc -N N`: up from the allocation, the curl up printed, status, down.
     session.write_text(f"""set -e
@@ -159,7 +166,7 @@ bash curl.sh > answer.json
     assert json.loads((tmp_path / ".launcher" / "last.json").read_text())["inventory"] == "slurm"
     services = len(status["services"])
     assert f"down: removed {services} container(s) of" in _read(tmp_path / "down.out")
-    wait_for(lambda: leftovers(testbed) == {}, 30, what="down to leave no service on any node")
+    wait_for(lambda: new_processes(testbed, before) == {}, 30, what="down to leave no service on any node")
 
 
 def _read(path: Path) -> str:
