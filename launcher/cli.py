@@ -379,6 +379,65 @@ def bench(
     command.run(config, config_opt, inventory, connection(parallel, connect_timeout, host_key_policy), options)
 
 
+@app.command("import")
+def import_(
+    manifests: Annotated[
+        list[Path],
+        typer.Argument(
+            help="LeaderWorkerSet manifests (YAML, `---` between objects), with their Services and Deployments."
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="Write the deployment file here (default: stdout).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="The deployment's name (default: from the manifests).")
+    ] = None,
+    sglang: Annotated[
+        str | None, typer.Option("--sglang", help="Declare the SGLang version (flags are checked for it).")
+    ] = None,
+    sglang_router: Annotated[
+        str | None, typer.Option("--sglang-router", help="Declare the sglang-router version the router runs.")
+    ] = None,
+    vllm: Annotated[str | None, typer.Option("--vllm", help="Declare the vLLM version.")] = None,
+    dynamo: Annotated[str | None, typer.Option("--dynamo", help="Declare the Dynamo version.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the -o file if it exists.")] = False,
+) -> None:
+    """Translate LeaderWorkerSet manifests into a deployment file: one group per LeaderWorkerSet, the per-rank
+    flags left to the launcher, what has no place in the file listed at its top; then check it as `plan` does."""
+    from launcher.commands import import_ as command
+    from launcher.plan.kube.importer import Options
+
+    options = Options(name=name, sglang=sglang, sglang_router=sglang_router, vllm=vllm, dynamo=dynamo)
+    command.run(manifests, out, options, force)
+
+
+class Target(str, Enum):
+    lws = "lws"
+    slurm = "slurm"
+
+
+@app.command()
+def export(
+    config: Annotated[Path, typer.Argument(help="Deployment file (YAML).")],
+    to: Annotated[
+        Target, typer.Option("--to", help="lws: Kubernetes LeaderWorkerSet manifests; slurm: a batch script.")
+    ],
+    inventory: InventoryOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--out", help="lws: a directory for the manifests; slurm: the script file (default: stdout)."
+        ),
+    ] = None,
+) -> None:
+    """Write the deployment for Kubernetes (one LeaderWorkerSet per group, validated against the CRD's schema, and
+    Deployments and Services for etcd, NATS, the frontend or router) or for Slurm (a batch script of srun steps)."""
+    from launcher.commands import export as command
+
+    command.run(config, inventory, to.value, out)
+
+
 @app.command()
 def version() -> None:
     """Print the launcher's version."""

@@ -68,3 +68,69 @@ def lws_pods(name: str) -> list[dict]:
         for doc in yaml.safe_load_all(block):
             walk(doc)
     return pods
+
+
+def manifests(name: str) -> str:
+    """The seed's Kubernetes manifests as one multi-document YAML text (its ```yaml blocks, in order)."""
+    text = (SEEDS / name).read_text()
+    return "---\n".join(re.findall(r"```yaml\n(.*?)```", text, flags=re.S))
+
+
+# Seed 003 is llm-d's guide README; its LeaderWorkerSet is the guide's decode.yaml (llm-d/llm-d
+# guides/wide-ep-lws/manifests/modelserver/base/decode.yaml @ 3318b75d), whose command and env the shared
+# reference quotes (sglang-and-vllm.md §5.2). The manifest below is rebuilt from those facts: the pod's
+# script (clear /dev/shm, compute the start rank, exec `vllm serve`), its env, 8 GPUs per pod, LWS size 2,
+# IPC_LOCK + SYS_RAWIO, a 2Gi memory /dev/shm, and the image the manifest names.
+SEED_003_IMAGE = "ghcr.io/llm-d/llm-d-cuda-dev:pr-429"
+
+
+def seed_003_script_and_env() -> tuple[str, dict[str, str]]:
+    reference = (SEEDS.parent / "reference" / "sglang-and-vllm.md").read_text()
+    text = reference.split("### 5.2 llm-d `guides/wide-ep-lws`", 1)[1].split("\n### ", 1)[0]
+    script = re.search(r"```\n(.*?)```", text, re.S).group(1)
+    env_text = text.split("* Env:", 1)[1].split("\n* ", 1)[0]
+    env: dict[str, str] = {}
+    for names, value in re.findall(r"`([^`=]+)=([^`]*)`", env_text):
+        for env_name in names.split(" / "):
+            env[env_name.strip()] = value
+    assert "find /dev/shm -type f -delete" in text  # "The script first runs ..." (llm-d #352)
+    return "find /dev/shm -type f -delete\n" + script, env
+
+
+def seed_003_manifest() -> str:
+    script, env = seed_003_script_and_env()
+    host = env.pop("VLLM_NIXL_SIDE_CHANNEL_HOST")
+    assert host == "status.podIP"
+    env_items = [{"name": "DP_SIZE_LOCAL", "value": "8"}, {"name": "TP_SIZE", "value": "1"}]
+    env_items += [{"name": k, "value": v} for k, v in env.items()]
+    env_items.append({"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "valueFrom": {"fieldRef": {"fieldPath": host}}})
+    lws = {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": "wide-ep-llm-d-decode", "labels": {"llm-d.ai/role": "decode"}},
+        "spec": {
+            "replicas": 1,
+            "leaderWorkerTemplate": {
+                "size": 2,
+                "workerTemplate": {
+                    "metadata": {"labels": {"llm-d.ai/role": "decode"}},
+                    "spec": {
+                        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}}],
+                        "containers": [
+                            {
+                                "name": "vllm-worker",
+                                "image": SEED_003_IMAGE,
+                                "securityContext": {"capabilities": {"add": ["IPC_LOCK", "SYS_RAWIO"]}},
+                                "command": ["/bin/bash", "-c"],
+                                "args": [script],
+                                "env": env_items,
+                                "resources": {"limits": {"nvidia.com/gpu": "8"}},
+                                "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+    }
+    return yaml.safe_dump(lws, sort_keys=False, width=1000)

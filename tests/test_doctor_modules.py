@@ -10,8 +10,15 @@ from launcher.remote import engine_check
 
 def test_every_engine_module_has_a_parser_check_in_doctor():
     modules = {name: tuple(e.module) for name, e in ENGINES.items() if getattr(e, "module", None)}
-    assert set(modules) == {"dynamo-sglang", "dynamo-vllm", "sglang", "mocker"}  # `command` runs anything
+    assert set(modules) == {"dynamo-sglang", "dynamo-vllm", "sglang", "mocker", "vllm"}  # `command` runs anything
     for name, module in modules.items():
         assert module in doctor.MODULES, f"engine {name}: doctor does not check {' '.join(module)}"
         assert doctor.MODULES[module] in engine_check.ENGINES
     assert doctor.MODULES[("python3", "-m", "dynamo.vllm")] == "dynamo-vllm"
+
+
+def test_vllm_serve_is_checked_from_its_model_on():
+    """`vllm serve MODEL ...`: engine_check's vllm parser takes what follows `vllm serve`, the model first."""
+    assert doctor.engine_argv(["vllm", "serve", "/m", "--port", "8200"]) == ("vllm", ["/m", "--port", "8200"])
+    assert doctor.engine_argv(["python3", "-m", "dynamo.vllm", "--model", "/m"]) == ("dynamo-vllm", ["--model", "/m"])
+    assert doctor.engine_argv(["sh", "-c", "true"]) is None

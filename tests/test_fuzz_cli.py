@@ -39,6 +39,7 @@ from launcher.commands import logs as logs_command
 from launcher.commands.context import load_plan
 from launcher.transport import fleet as transport
 from tests.helpers import CONFIGS, KNOWN_COMMANDS, cli_commands, fresh_env, loopback_inventory, run_cli
+from tests.seeds import manifests
 
 COMMANDS = cli_commands()
 VERBS = {path: command for path, command in COMMANDS.items() if not getattr(command, "commands", None)}
@@ -61,11 +62,13 @@ RANKS = {
 ALL_ROLES = {r for roles in ROLES.values() for r in roles}
 
 # Placeholders for the workspace's paths (a NUL never occurs in a real argument).
-CONFIG, INVENTORY, OUT_DIR, A_FILE = "\0config:", "\0inventory", "\0out", "\0file"
+CONFIG, INVENTORY, OUT_DIR, A_FILE, MANIFEST = "\0config:", "\0inventory", "\0out", "\0file", "\0manifest"
 VERSION = re.compile(r"\d+\.\d+\.\d+(\.post\d+)?")
 
 # What a path that is no deployment file gets told.
 UNREADABLE_FILE = r"file not found|not a regular file|cannot read|expected a mapping|YAML syntax"
+# What a path that is no LeaderWorkerSet manifest gets told (import).
+UNREADABLE_MANIFEST = UNREADABLE_FILE + r"|Kubernetes object|expected a LeaderWorkerSet"
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,10 @@ def resolve(token: str, ws: Path) -> str:
     def path(m: re.Match) -> str:
         if m.group(0).startswith(CONFIG):
             return str(ws / "configs" / f"{m.group(0)[len(CONFIG) :]}.yaml")
-        return str({INVENTORY: ws / "inventory.yaml", OUT_DIR: ws / "out", A_FILE: ws / "a-file"}[m.group(0)])
+        paths = {INVENTORY: "inventory.yaml", OUT_DIR: "out", A_FILE: "a-file", MANIFEST: "lws.yaml"}
+        return str(ws / paths[m.group(0)])
 
-    return re.sub("\0(config:[\\w.-]+|inventory|out|file)", path, token)
+    return re.sub("\0(config:[\\w.-]+|inventory|out|file|manifest)", path, token)
 
 
 def shown(path: str) -> set[str]:
@@ -242,7 +246,9 @@ def kinds_of(path: tuple[str, ...]) -> list[str]:
     if "since" in opts:
         kinds.append("bad --since")
     if "sglang" in opts:
-        kinds += ["bad --sglang", "missing --sglang"]
+        kinds += ["bad --sglang"] + (["missing --sglang"] if opts["sglang"].required else [])
+    if "manifests" in arguments:
+        kinds.append("odd manifest")
     if "command" in arguments:
         kinds += ["missing command", "two selections"]
     return kinds
@@ -330,6 +336,14 @@ def command_lines(draw, path: tuple[str, ...], first: str | None = None) -> Line
         elif valid_config or draw(st.booleans()):
             line.groups.append(with_value(draw, name, INVENTORY))
         used.add("inventory")
+
+    if "manifests" in arguments:  # import: a valid LeaderWorkerSet manifest, unless it is the mistake
+        if "odd manifest" in chosen:
+            value = draw(odd_paths)
+            value = "./" + value if value.startswith("-") and value != "-" else value
+            defect("odd manifest", shown(value), UNREADABLE_MANIFEST, [value])
+        else:
+            line.groups.append([MANIFEST])
 
     if "extra argument" in chosen and not arguments:
         extra = draw(st.from_regex(r"[A-Za-z0-9_.][A-Za-z0-9_.]{0,10}", fullmatch=True))
@@ -491,6 +505,7 @@ def workspace(tmp_path_factory) -> Path:
     shutil.copytree(CONFIGS, ws / "configs")
     loopback_inventory(ws / "inventory.yaml")
     (ws / "a-file").write_text("not a directory\n")
+    (ws / "lws.yaml").write_text(manifests("002_5075cd10cd9de433.txt"))
     (ws / "cwd").mkdir()
     return ws
 
@@ -666,4 +681,5 @@ def test_every_kind_of_mistake_is_fuzzed() -> None:
         "bad --sglang",
         "missing --sglang",
         "missing command",
+        "odd manifest",
     }, kinds

@@ -357,3 +357,45 @@ def test_seed_003_wide_ep_lws(wideep):
         for name in [k for k in env if k.startswith("DYN_") and k.endswith("_HOST")]:
             assert env.pop(name) == s.node.address
         assert env == seed_env, role
+
+
+# -- plain `vllm serve` (engine vllm): the same per-node layout, no Dynamo ----------------------------
+
+PLAIN = """\
+deployment: v
+image: x:1
+model: {path: deepseek-ai/DeepSeek-R1-0528}
+nodes: [{address: 10.9.0.1}, {address: 10.9.0.2}]
+services: {etcd: {enabled: false}, nats: {enabled: false}, frontend: {enabled: false}}
+groups:
+  decode: {engine: vllm, nodes: 2, port: 8200, dist_init_port: 5555, args: {trust-remote-code: true}}
+"""
+
+
+def test_plain_vllm_serve_per_node(tmp_path):
+    p = build_plan(load_config(write(tmp_path, PLAIN), environ={}))
+    for s in (s for s in p.services if s.group == "decode"):
+        # `vllm serve MODEL`: the model positional, then the API port, then the layout LWS filled in for llm-d
+        assert s.command[:5] == ["vllm", "serve", "deepseek-ai/DeepSeek-R1-0528", "--port", "8200"]
+        f = A.flags(s.command[3:])
+        assert f["--data-parallel-size"] == ["16"] and f["--data-parallel-size-local"] == ["8"]
+        assert f["--data-parallel-start-rank"] == [str(8 * s.rank)] and f["--data-parallel-address"] == ["10.9.0.1"]
+        assert f["--data-parallel-rpc-port"] == ["5555"] and "--disaggregation-mode" not in f and "--model" not in f
+        assert json.loads(f["--kv-transfer-config"][0]) == NIXL and f["--trust-remote-code"] == []
+        # no Dynamo: no etcd/NATS variables, nothing to register; each node's own API answers /health
+        assert s.env == {"VLLM_NIXL_SIDE_CHANNEL_HOST": s.node.address, "VLLM_NIXL_SIDE_CHANNEL_PORT": "5600"}
+        assert s.probe.url == f"http://{s.node.address}:8200/health" and 8200 in s.ports
+    assert p.groups[0].expected_instances == {} and p.endpoint is None
+
+
+def test_plain_vllm_needs_the_model_as_model_path(tmp_path, capsys):
+    path = write(tmp_path, PLAIN.replace("model: {path: deepseek-ai/DeepSeek-R1-0528}\n", ""))
+    code, _, err = run_cli(["plan", str(path)], capsys)
+    assert code == 2 and "groups.decode.engine" in err and "model.path" in err
+
+
+def test_leader_env_sets_and_removes_on_rank_0_only(tmp_path):
+    text = PLAIN.replace("args: {trust-remote-code: true}", "env: {A: '1', B: '2'}, leader: {env: {A: null, C: '3'}}")
+    r0, r1 = (s for s in build_plan(load_config(write(tmp_path, text), environ={})).services if s.group)
+    assert (r0.env.get("A"), r0.env.get("B"), r0.env.get("C")) == (None, "2", "3")
+    assert (r1.env.get("A"), r1.env.get("B"), r1.env.get("C")) == ("1", "2", None)

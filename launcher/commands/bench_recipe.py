@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__
-from launcher.commands.context import Target
+from launcher.commands.context import Target, load_file
 from launcher.commands.doctor import in_image
 from launcher.commands.preflight import model_host_path
 from launcher.errors import LauncherError
@@ -175,9 +175,7 @@ def versions(t: Target) -> dict[str, Any]:
 
 def declared_versions(t: Target) -> dict[str, str]:
     """The file's `versions:` (what its flags were written for), read back from the file."""
-    from launcher.config.load import load
-
-    spec = load(t.path, t.inventory, profile=t.profile).spec
+    spec = load_file(t.path, t.inventory, t.profile).spec
     return {k: v for k, v in spec.versions.model_dump().items() if v}
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.config.load import load
+from launcher.commands import allocation
+from launcher.config.load import Loaded, load
 from launcher.errors import ConfigError
 from launcher.plan.build import build
 from launcher.plan.types import Node, Plan
@@ -83,8 +84,15 @@ def inventory_from_env() -> Path | None:
     return Path(value) if value else None
 
 
+def load_file(config: Path, inventory: Path | None, profile: str | None = None) -> Loaded:
+    inventory = inventory or inventory_from_env()
+    if allocation.requested(inventory):  # `-i slurm`: the nodes of the current Slurm allocation
+        return load(config, allocation.inventory(), profile=profile, inventory_name=allocation.KEY)
+    return load(config, inventory, profile=profile)
+
+
 def load_plan(config: Path, inventory: Path | None, profile: str | None = None) -> Plan:
-    return build(load(config, inventory or inventory_from_env(), profile=profile))
+    return build(load_file(config, inventory, profile))
 
 
 def remembered_profile(path: Path) -> str | None:
@@ -128,7 +136,9 @@ def target(
 def remember(target: Target) -> None:
     """`up` remembers its file and inventory: `status`, `logs`, `down` run here then need neither."""
     LAST.parent.mkdir(exist_ok=True)
-    inventory = str(target.inventory.resolve()) if target.inventory else None
+    inventory = target.inventory and (
+        allocation.NAME if allocation.requested(target.inventory) else str(target.inventory.resolve())
+    )
     LAST.write_text(
         json.dumps({"config": str(target.path.resolve()), "inventory": inventory, "profile": target.profile})
     )

@@ -58,21 +58,30 @@ MODULES = {
     ("python3", "-m", "dynamo.mocker"): "dynamo-mocker",
     ("python3", "-m", "dynamo.frontend"): "dynamo-frontend",
     ("python3", "-m", "sglang.launch_server"): "sglang",
+    ("vllm", "serve"): "vllm",  # engine_check's vllm parses what follows `vllm serve` (the model first)
 }
+
+
+def engine_argv(command: list[str]) -> tuple[str, list[str]] | None:
+    """(engine_check's engine, the argv its parser takes) for a service's command, or None."""
+    for prefix, engine in MODULES.items():
+        if tuple(command[: len(prefix)]) == prefix:
+            return engine, command[len(prefix) :]
+    return None
 
 
 def check_args(t: Target) -> list[Check]:
     """Run each distinct role's exact argv through its engine's parser, in the image, starting nothing."""
     plan, fleet = t.plan, t.fleet
     checker = resources.files("launcher.remote").joinpath("engine_check.py").read_text()
-    seen: dict[tuple[str, str], Service] = {}
+    seen: dict[tuple[str, str], tuple[Service, list[str]]] = {}
     for s in plan.services:
-        engine = MODULES.get(tuple(s.command[:3]))
-        if engine and (engine, s.role) not in seen:
-            seen[(engine, s.role)] = s
+        found = engine_argv(s.command)
+        if found and (found[0], s.role) not in seen:
+            seen[(found[0], s.role)] = (s, found[1])
     checks = [check_router(t, s) for s in plan.services if s.role == "router" and s.command[:2] == ["sh", "-c"]]
-    for (engine, role), s in seen.items():
-        script = in_image(plan, s, ["python3", "-", "--engine", engine, "--", *s.command[3:]])
+    for (engine, role), (s, argv) in seen.items():
+        script = in_image(plan, s, ["python3", "-", "--engine", engine, "--", *argv])
         try:
             r = fleet.host(s.node.index).run(script, stdin=checker, timeout=300)
         except Exception as exc:

@@ -178,15 +178,21 @@ def check_profiles(spec: DeploymentSpec, profile: str | None, file: str, lines: 
 
 def load(
     path: str | Path,
-    inventory: str | Path | None = None,
+    inventory: str | Path | InventorySpec | None = None,
     environ: dict[str, str] | None = None,
     profile: str | None = None,
+    inventory_name: str | None = None,
 ) -> Loaded:
-    """Read, interpolate and validate a deployment file (and optional inventory)."""
+    """Read, interpolate and validate a deployment file (and optional inventory: a file, or one already
+    made, such as a Slurm allocation's, named `inventory_name` in messages)."""
     path = Path(path)
     file = str(path)
     environ = dict(os.environ if environ is None else environ)
-    inv = load_inventory(Path(inventory)) if inventory else None
+    if isinstance(inventory, InventorySpec):
+        inv: InventorySpec | None = inventory
+    else:
+        inv = load_inventory(Path(inventory)) if inventory else None
+        inventory_name = str(inventory) if inventory else None
     data, lines = load_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping at the top of the file", file=file)
@@ -230,7 +236,7 @@ def load(
     return Loaded(
         spec=spec,
         file=file,
-        inventory_file=str(inventory) if inventory else None,
+        inventory_file=inventory_name,
         nodes=nodes,
         ssh=ssh,
         secret_values=secret_values,

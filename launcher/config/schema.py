@@ -184,6 +184,19 @@ class ModelSpec(Strict):
     name: Annotated[str, Field(min_length=1)] | None = None
 
 
+class LeaderSpec(Strict):
+    """What rank 0 runs differently (LeaderWorkerSet's leaderTemplate): env set or, with null, removed;
+    volumes in place of the group's at the same container path (the leader's disk laid out otherwise)."""
+
+    env: dict[EnvName, str | int | float | bool | None] = {}
+    volumes: list[str] = []
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_form(cls, value: list[str]) -> list[str]:
+        return ContainerSettings._volume_form(value) or []
+
+
 class GroupSpec(Strict):
     engine: str
     nodes: Annotated[int, Field(ge=1)] | list[NodeRef]
@@ -201,6 +214,7 @@ class GroupSpec(Strict):
     # Dynamo keeps DYN_SYSTEM_PORT in a signed 16-bit integer: a higher port crashes the worker.
     system_port: Annotated[int, Field(ge=1, le=32767)] | None = None
     timeout: Seconds = 1800
+    leader: LeaderSpec = LeaderSpec()
 
 
 class ProfileGroup(Strict):

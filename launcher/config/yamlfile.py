@@ -67,6 +67,28 @@ def load_yaml(path: Path) -> tuple[Any, dict[KeyPath, int]]:
     return data, lines
 
 
+def load_yaml_all(path: Path) -> list[tuple[Any, dict[KeyPath, int]]]:
+    """Every document of a multi-document file (`---`), each with its map from key path to line."""
+    file = str(path)
+    text = read_file(path)
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        docs = list(yaml.safe_load_all(text))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"YAML syntax error: {problem}", file=file, line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", file=file) from None
+    out = []
+    for node, data in zip(nodes, docs, strict=True):
+        lines: dict[KeyPath, int] = {}
+        if node is not None:
+            _walk(node, (), lines, file)
+        out.append((data, lines))
+    return out
+
+
 def dotted(path: KeyPath) -> str:
     out = ""
     for part in path:

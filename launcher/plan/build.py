@@ -269,13 +269,13 @@ class Builder:
         """One service per node of the group, each with its rank's argv, env and probe."""
         container = self.container(self.group_container(group, engine, ctx))
         for rank, node in enumerate(ctx.nodes):
-            plain, hidden = self.env(
-                self.container_env(group.container),
-                engine.env(ctx, rank),
-                group.env,
-                self.profile_of(ctx.name).env,
-                with_secrets=True,
-            )
+            leader = group.leader.env if rank == 0 else {}
+            layers = (self.container_env(group.container), engine.env(ctx, rank), group.env)
+            layers += (self.profile_of(ctx.name).env, {k: v for k, v in leader.items() if v is not None})
+            plain, hidden = self.env(*layers, with_secrets=True)
+            for name in [k for k, v in leader.items() if v is None]:  # null: rank 0 runs without it
+                plain.pop(name, None)
+                hidden.pop(name, None)
             self.services.append(
                 Service(
                     deployment=self.spec.deployment,
@@ -286,7 +286,7 @@ class Builder:
                     command=engine.command(ctx, rank),
                     env=plain,
                     secret_env=hidden,
-                    container=container,
+                    container=self.leader_container(container, group.leader.volumes) if rank == 0 else container,
                     probe=engine.probe(ctx, rank),
                     timeout=group.timeout,
                     group=ctx.name,
@@ -295,6 +295,15 @@ class Builder:
                     ports=engine.ports(ctx, rank),
                 )
             )
+
+    @staticmethod
+    def leader_container(container: ContainerSettings, volumes: list[str]) -> ContainerSettings:
+        """Rank 0's container: the leader's volumes in place of the group's at the same container path."""
+        if not volumes:
+            return container
+        targets = {v.split(":")[1] for v in volumes}
+        kept = [v for v in container.volumes or [] if v.split(":")[1] not in targets]
+        return container.model_copy(update={"volumes": kept + volumes})
 
     @staticmethod
     def group_container(group: GroupSpec, engine: Engine, ctx: GroupContext) -> ContainerSettings:

@@ -185,6 +185,10 @@ class DynamoVLLM(Engine):
             head += ["--served-model-name", group.model.name]
         if not A.has(argv, "--disaggregation-mode"):
             head += ["--disaggregation-mode", group.mode]
+        return [*self.module, *head, *self.per_node(group, rank, argv)]
+
+    def per_node(self, group: GroupContext, rank: int, argv: list[str]) -> list[str]:
+        """The layout flags the launcher computes for this node, then the user's (canonical) argv."""
         size, local, rpc_port = self._layout(group, argv)
         topo = [
             "--data-parallel-hybrid-lb",
@@ -203,7 +207,7 @@ class DynamoVLLM(Engine):
         rest = A.without(
             argv, *COMPUTED, "--tensor-parallel-size", "--data-parallel-hybrid-lb", "--enable-expert-parallel"
         )
-        return [*self.module, *head, *topo, *rest]
+        return [*topo, *rest]
 
     def env(self, group: GroupContext, rank: int) -> dict[str, str]:
         argv = canonical(group.argv)

@@ -1,0 +1,103 @@
+"""`launcher export CONFIG --to lws|slurm`: the deployment for another home. `lws`: Kubernetes
+manifests (one LeaderWorkerSet per group, Deployments and Services for etcd, NATS, the frontend or
+router), each LeaderWorkerSet checked against the CRD's schema before anything is written. `slurm`: one
+batch script that runs every service and rank with `srun` on the job's nodes."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from launcher.commands import allocation, export_slurm
+from launcher.config.load import load
+from launcher.config.schema import InventorySpec, NodeSpec
+from launcher.config.yamlfile import load_yaml
+from launcher.errors import ConfigError, LauncherError, one_line
+from launcher.output.console import say
+from launcher.plan.build import build
+from launcher.plan.kube import exporter
+from launcher.plan.types import Plan
+
+SCHEMA = "leaderworkerset.v1.schema.json.gz"
+# With no nodes in the file or an inventory: enough placeholders for any group counts; unused ones stay idle.
+SPARE_NODES = 512
+
+
+class NoAliases(yaml.SafeDumper):
+    """Each object written out in full: no `&id001` anchors for values that happen to be shared."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+class InvalidManifest(LauncherError):
+    """An exported LeaderWorkerSet that the CRD's schema rejects (a bug here: nothing is written)."""
+
+
+def placeholder_plan(config: Path, inventory: Path | None) -> Plan:
+    """The plan with every node's address a placeholder that the exporters replace (nodes keep their GPUs)."""
+    data, _ = load_yaml(config)
+    if inventory is None and not (isinstance(data, dict) and data.get("nodes")):
+        spare = [NodeSpec(address=exporter.placeholder(i), name=f"node{i}") for i in range(SPARE_NODES)]
+        loaded = load(config, InventorySpec(nodes=spare), inventory_name="(placeholder nodes)")
+    elif allocation.requested(inventory):
+        loaded = load(config, allocation.inventory(), inventory_name=allocation.KEY)
+    else:
+        loaded = load(config, inventory)
+    nodes = [n.model_copy(update={"address": exporter.placeholder(i)}) for i, n in enumerate(loaded.nodes)]
+    return build(loaded.model_copy(update={"nodes": nodes}))
+
+
+def schema() -> dict:
+    return json.loads(gzip.decompress(resources.files("launcher.plan.kube").joinpath(SCHEMA).read_bytes()))
+
+
+def run(config: Path, inventory: Path | None, to: str, out: Path | None) -> None:
+    plan = placeholder_plan(config, inventory)
+    if to == "slurm":
+        export_slurm.run(plan, config, out)
+        return
+    manifests = exporter.to_manifests(plan)
+    lws_schema = schema()
+    for m in manifests:
+        if m["kind"] == "LeaderWorkerSet":
+            errors = exporter.validate(m, lws_schema)
+            if errors:
+                raise InvalidManifest(
+                    f"the LeaderWorkerSet {m['metadata']['name']} breaks the CRD's schema (nothing written):\n  "
+                    + "\n  ".join(errors[:10])
+                )
+    write(plan, manifests, out)
+    secrets = sorted({n for s in plan.services for n in s.secret_env})
+    if secrets:
+        name = exporter.dns(f"{plan.deployment}-secrets")
+        literals = " ".join(f'--from-literal={n}="${n}"' for n in secrets)
+        say(f"secrets come from the Secret {name}: kubectl create secret generic {name} {literals}", to_stderr=True)
+
+
+def write(plan: Plan, manifests: list[dict], out: Path | None) -> None:
+    def text(objs: list[dict]) -> str:
+        return "---\n".join(yaml.dump(o, Dumper=NoAliases, sort_keys=False, width=1000) for o in objs)
+
+    lws = sum(1 for m in manifests if m["kind"] == "LeaderWorkerSet")
+    if out is None:
+        sys.stdout.write(text(manifests))
+        say(f"{len(manifests)} objects, {lws} LeaderWorkerSet(s), each valid against the CRD's schema", to_stderr=True)
+        return
+    files: dict[str, list[dict]] = {}
+    for m in manifests:
+        # each LeaderWorkerSet or Deployment in one file with the Service in front of it
+        files.setdefault(m["metadata"]["name"], []).append(m)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, objs in files.items():
+            (out / f"{name}.yaml").write_text(text(objs))
+    except OSError as exc:
+        raise ConfigError(f"cannot write: {exc.strerror}", file=one_line(str(exc.filename or out)), key="-o") from None
+    say(f"wrote {len(files)} file(s) to {out}: {lws} LeaderWorkerSet(s), each valid against the CRD's schema;"
+        f" kubectl apply -f {out}", to_stderr=True)  # fmt: skip

@@ -1,0 +1,171 @@
+"""Slurm without a cluster: `-i slurm` read from scontrol's output, the batch script `export --to slurm`
+writes (bash's own syntax check, every node address from the job, pyxis options, GPUs), and the step
+wrapper on real local processes: a signal ends its service's whole session, orphans included.
+The cluster itself is in tests/test_slurm_testbed.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.config import slurm
+from launcher.plan.kube.exporter import placeholder
+from launcher.runtime.slurm import WRAPPER, word
+from tests.helpers import CONFIGS, alive, fresh_env, run_cli, session_members, wait_for, write
+
+SHOW_NODE = """\
+NodeName=gpu-a01 Arch=x86_64 CoresPerSocket=56 CPUAlloc=0 Gres=gpu:h100:8(S:0-1) NodeAddr=10.1.0.11 NodeHostName=gpu-a01 State=IDLE
+NodeName=gpu-a02 Arch=x86_64 CoresPerSocket=56 CPUAlloc=0 Gres=gpu:h100:8(S:0-1) NodeAddr=10.1.0.12 NodeHostName=gpu-a02 State=IDLE
+"""  # noqa: E501
+
+
+def test_allocation_nodes_addresses_and_gpus():
+    names = slurm.hostnames("gpu-a01\ngpu-a02\n")
+    nodes = slurm.node_fields(SHOW_NODE)
+    inv = slurm.inventory(names, nodes, gpus=None)  # no GPUs asked of the job: the nodes' GRES
+    assert [(n.name, n.address, n.gpus) for n in inv.nodes] == [
+        ("gpu-a01", "10.1.0.11", 8),
+        ("gpu-a02", "10.1.0.12", 8),
+    ]
+    assert [n.gpus for n in slurm.inventory(names, nodes, gpus=4).nodes] == [4, 4]  # the job's share wins
+    no_gres = slurm.node_fields("NodeName=tb0 NodeAddr=10.213.0.10 Gres=(null)\n")
+    assert slurm.inventory(["tb0"], no_gres, None).nodes[0].gpus is None  # then the file's gpus_per_node
+
+
+@pytest.mark.parametrize(
+    "environ, job, gpus",
+    [
+        ({"SLURM_GPUS_ON_NODE": "8"}, "", 8),
+        ({"SLURM_GPUS_PER_NODE": "h100:4"}, "", 4),
+        ({}, "JobId=7 NumNodes=2 TresPerNode=gres:gpu:8", 8),
+        ({}, "JobId=7 NumNodes=2 AllocTRES=cpu=224,mem=2T,node=2,billing=224,gres/gpu=16", 8),
+        ({}, "JobId=7 NumNodes=13 AllocTRES=cpu=26,node=13", None),
+    ],
+)
+def test_gpus_of_the_job(environ, job, gpus):
+    assert slurm.job_gpus(environ, job) == gpus
+
+
+def test_i_slurm_outside_an_allocation_is_one_line_exit_2(tmp_path, capsys):
+    env = {k: v for k, v in fresh_env().items() if not k.startswith("SLURM_")}
+    for command in (["plan", str(CONFIGS / "testbed-small.yaml")], ["status", "-c", str(CONFIGS / "local.yaml")]):
+        run = subprocess.run(
+            [sys.executable, "-m", "launcher", *command, "-i", "slurm"],
+            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1, run.stderr
+        assert lines[0].startswith("error: -i slurm: not inside a Slurm allocation (SLURM_JOB_NODELIST")
+
+
+# -- the batch script -----------------------------------------------------------------------------------
+
+
+def script_for(tmp_path: Path, capsys, text: str) -> str:
+    path = write(tmp_path, text)
+    out = tmp_path / "job.sbatch"
+    code, _, err = run_cli(["export", str(path), "--to", "slurm", "-o", str(out)], capsys)
+    assert code == 0, err
+    check = subprocess.run(["bash", "-n", str(out)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr  # bash's own syntax check of the whole script
+    return out.read_text()
+
+
+def launches(script: str) -> dict[str, str]:
+    """Each service's `launch` line (joined with its continuation)."""
+    out = {}
+    for block in script.split("\nlaunch ")[1:]:
+        line = block.replace("\\\n  ", "").split("\n", 1)[0]
+        out[line.split(" ", 1)[0]] = line
+    return out
+
+
+def test_every_node_address_comes_from_the_job(tmp_path, capsys):
+    script = script_for(tmp_path, capsys, (CONFIGS / "dsr1-104gpu.yaml").read_text())
+    assert "#SBATCH --nodes=13" in script and "#SBATCH --gpus-per-node=8" in script
+    steps = launches(script)
+    assert "192.0.2." not in script and not [s for s in steps.values() if "launcher-node-" in s]
+    assert len(steps) == 1 + 1 + 1 + 4 + 9  # etcd, NATS, the frontend, 4 prefill and 9 decode ranks
+    assert '--dist-init-addr "${ADDR[4]}":29500' in steps["decode-r3"]  # decode's leader is the job's 5th node
+    assert "--node-rank 3 " in steps["decode-r3"] and steps["decode-r3"].startswith("decode-r3 7 ")
+    assert 'ETCD_ENDPOINTS=http://"${ADDR[0]}":2379' in steps["decode-r3"]
+    assert 'DYN_TCP_RPC_HOST="${ADDR[7]}"' in steps["decode-r3"]  # each rank's own address
+    # docker runtime: the image through pyxis, the file's mounts and devices; no GPU for etcd
+    assert "--container-image=dynamo-wideep:sglang-0.5.21-dynamo-1.6.1" in steps["decode-r3"]
+    assert "--container-mounts=/models/DeepSeek-R1:/model:ro," in steps["decode-r3"]
+    assert "--gres=none" in steps["etcd"] and "--gres=none" not in steps["decode-r3"]
+    assert "grep -q -- --container-image" in script  # refuses to start without pyxis, in one line
+
+
+def test_process_runtime_and_a_groups_gpus(tmp_path, capsys):
+    text = """\
+deployment: p
+runtime: process
+python_env: /opt/env
+model: {path: /m}
+nodes: [{address: 10.0.0.1}, {address: 10.0.0.2}]
+groups:
+  decode: {engine: dynamo-sglang, nodes: [1], gpus: [4, 5, 6, 7]}
+  prefill: {engine: mocker, nodes: [0]}
+"""
+    script = script_for(tmp_path, capsys, text)
+    steps = launches(script)
+    assert "--container-image" not in script.split("WAITER=", 1)[0] + "".join(steps.values())
+    assert "PATH=/opt/env/bin:/usr/local/bin:/usr/bin:/bin" in steps["decode-r0"]
+    assert "CUDA_VISIBLE_DEVICES=4,5,6,7" in steps["decode-r0"] and "CUDA_VISIBLE_DEVICES" not in steps["prefill-r0"]
+    assert "--gres=none" in steps["prefill-r0"]  # the mocker needs no GPU of the job
+
+
+def test_a_placeholder_becomes_the_nodes_address_word():
+    assert word(f"http://{placeholder(3)}:2379/x") == 'http://"${ADDR[3]}":2379/x'
+    assert word(f"{placeholder(0)}") == '"${ADDR[0]}"' and word("a b") == "'a b'"
+    env = {"ADDR": "", "PATH": os.environ["PATH"]}
+    shown = subprocess.run(["bash", "-c", f"ADDR=(10.0.0.1 h2); echo {word('x=' + placeholder(1) + ':1')}"],
+                           capture_output=True, text=True, env=env, timeout=10)  # fmt: skip
+    assert shown.stdout.strip() == "x=h2:1"
+
+
+# -- the step wrapper, on this machine ----------------------------------------------------------------------
+
+# Two children that outlive their parent, each in a process group of its own (job control, `set -m`), as
+# children that call setpgid do: only the session finds them.
+ORPHANS = "set -m; (sleep 3600 &); (sleep 3601 &); exec sleep 3602"
+
+
+def test_the_wrapper_ends_its_whole_session_on_a_signal_orphans_included(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path), "SLURM_JOB_ID": "77"}
+    wrapper = subprocess.Popen(["bash", "-c", WRAPPER, "svc", "bash", "-c", ORPHANS], env=env, start_new_session=True)
+    scratch = tmp_path / "launcher-77-svc"
+    wait_for(lambda: len(_service_sessions(wrapper.pid)) == 3, 20, what="the service and its two orphans")
+    members = _service_sessions(wrapper.pid)
+    assert scratch.is_dir()
+    started = time.monotonic()
+    os.kill(wrapper.pid, signal.SIGTERM)  # what slurmstepd sends the step's task when the job ends
+    assert wrapper.wait(timeout=30) == 143
+    print(f"\nwrapper: session of {len(members)} processes ended in {time.monotonic() - started:.2f}s")
+    wait_for(lambda: not [p for p in members if alive(p)], 15, what="every process of the session to end")
+    assert not scratch.exists()
+
+
+def test_the_wrapper_passes_on_the_services_exit_code_and_cleans_up(tmp_path):
+    env = {**os.environ, "TMPDIR": str(tmp_path), "SLURM_JOB_ID": "78"}
+    orphan = tmp_path / "orphan.pid"
+    service = f"set -m; (sleep 3613 & echo $! > {orphan}); exit 7"  # an orphan in a process group of its own
+    run = subprocess.run(["bash", "-c", WRAPPER, "svc", "bash", "-c", service],
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 7 and "launcher: svc exited with 7" in run.stderr
+    assert not list(tmp_path.glob("launcher-78-*"))
+    assert not alive(int(orphan.read_text())), "the orphan outlived the service"
+
+
+def _service_sessions(wrapper: int) -> list[int]:
+    """The wrapper's service session: the session led by the wrapper's child."""
+    children = Path(f"/proc/{wrapper}/task/{wrapper}/children")
+    leaders = [int(p) for p in children.read_text().split()] if children.exists() else []
+    return [p for leader in leaders for p in session_members(leader)]
