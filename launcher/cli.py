@@ -251,6 +251,29 @@ def watch(
 
 
 @app.command()
+def top(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.5, max=DAY, help="Seconds between two reads (rates are over it).")
+    ] = 2.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One snapshot (two reads an interval apart, for rates) as JSON, then exit.")
+    ] = False,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
+) -> None:
+    """A live view of every rank (requests running and waiting, KV-cache usage, tokens/s, GPUs), the frontend
+    or router (requests/s, TTFT, ITL) and totals per role, from each service's Prometheus /metrics."""
+    from launcher.commands import top as command
+
+    link = connection(parallel, connect_timeout, host_key_policy)
+    command.run(config, config_opt, inventory, link, interval=interval, as_json=as_json)
+
+
+@app.command()
 def doctor(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,

@@ -242,3 +242,63 @@ NVIDIA_SMI_QUERY = [
     "--query-gpu=index,utilization.gpu,memory.used,memory.total",
     "--format=csv,noheader,nounits",
 ]
+
+
+@dataclass
+class TopRow:
+    """One row of `top`: a rank, or the frontend/router, with its state and its figures."""
+
+    node_index: int
+    node: str
+    service: str
+    role: str
+    group: str | None
+    rank: int | None
+    kind: str  # worker | frontend | router
+    state: str
+    figures: Figures | None = None
+    gpus: list[Gpu] | None = None
+    age: float | None = None  # seconds since its metrics last answered
+    url: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "up"
+
+    def to_json(self) -> dict[str, Any]:
+        gpus = None
+        if self.gpus is not None:
+            gpus = [g.__dict__ for g in self.gpus]
+        return {
+            "node_index": self.node_index, "node": self.node, "service": self.service, "role": self.role,
+            "group": self.group, "rank": self.rank, "kind": self.kind, "state": self.state,
+            **(self.figures.to_json() if self.figures else {}),
+            "sources": self.figures.sources if self.figures else {},
+            "gpus": gpus, "age_s": None if self.age is None else round(self.age, 2), "metrics_url": self.url,
+        }  # fmt: skip
+
+
+SUMMED = ("running", "waiting", "input_tps", "output_tps", "requests_ps")
+
+
+def totals(rows: list[TopRow]) -> dict[str, dict[str, Any]]:
+    """Per role of the workers: ranks, ranks answering, and the figures summed (KV usage averaged)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row.kind != "worker":
+            continue
+        role = out.setdefault(row.role, {"ranks": 0, "answering": 0, **dict.fromkeys(SUMMED), "kv_usage": None})
+        role["ranks"] += 1
+        if not row.ok or row.figures is None:
+            continue
+        role["answering"] += 1
+        for name in SUMMED:
+            value = getattr(row.figures, name)
+            if value is not None:
+                role[name] = (role[name] or 0.0) + value
+        if row.figures.kv_usage is not None:
+            role.setdefault("_kv", []).append(row.figures.kv_usage)
+    for role in out.values():
+        kv = role.pop("_kv", [])
+        role["kv_usage"] = sum(kv) / len(kv) if kv else None
+    return out
