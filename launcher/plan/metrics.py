@@ -82,7 +82,7 @@ def prometheus_config(targets: list[ScrapeTarget], spec: MetricsSpec, gpu_nodes:
         if t.service.rank is not None:
             labels["rank"] = str(t.service.rank)
         jobs.setdefault(t.kind, []).append({"targets": [t.host_port], "labels": labels})
-    if spec.dcgm_exporter_port:
+    if spec.dcgm_exporter_port and gpu_nodes:
         jobs["dcgm"] = [
             {"targets": [f"{n.address}:{spec.dcgm_exporter_port}"], "labels": {"node": n.name}} for n in gpu_nodes
         ]
