@@ -30,6 +30,10 @@ from launcher.transport.host import Host
 
 GPU_MARK = "@@launcher-gpus@@"
 SCRAPE_TIMEOUT = 5.0
+JSON_ROUND_LIMIT = 60.0
+# How long one node's round may take before it counts as failed; a round of the view does not wait for
+# it (that is the interval): the node's rows say how long it has been silent meanwhile.
+NODE_TIMEOUT = 30.0
 
 
 @dataclass
@@ -82,28 +86,32 @@ class Sampler:
         self.pending: dict[int, Future] = {}
         self.latest: dict[int, Reading | str] = {}  # node -> last reading, or why the node failed
         self.good: dict[str, list[tuple[float, observe.Parsed]]] = {}  # service -> last two good scrapes
-        self.silent_since: dict[int, float] = {}
+        self.heard: dict[int, float] = {}  # node -> when it last answered (or was first asked)
+        self.patience = 0.0  # a node whose answer is later than this counts as not answering
 
-    def round(self, deadline: float) -> list[observe.TopRow]:
+    def round(self, deadline: float, patience: float | None = None) -> list[observe.TopRow]:
+        """Ask every node not still busy with the last round; wait until `deadline` seconds have passed.
+        A node silent for longer than `patience` (two intervals) is shown as not answering; before that its
+        rows keep what it last said."""
+        self.patience = 2 * deadline if patience is None else patience
         nodes = sorted({s.node.index for s in self.shown})
         started = time.monotonic()
         for i in nodes:
+            self.heard.setdefault(i, started)
             if i not in self.pending:
                 on_node = [x for x in self.targets.values() if x.service.node.index == i]
-                self.pending[i] = self.pool.submit(read_node, self.t, self.t.fleet.host(i), on_node, deadline)
+                self.pending[i] = self.pool.submit(read_node, self.t, self.t.fleet.host(i), on_node, NODE_TIMEOUT)
         wait(list(self.pending.values()), timeout=max(0.0, deadline - (time.monotonic() - started)))
         for i, future in list(self.pending.items()):
             if not future.done():
-                self.silent_since.setdefault(i, started)
                 continue
             del self.pending[i]
             try:
                 reading = future.result()
             except Exception as exc:  # one node's error is that node's row, never the view's end
                 self.latest[i] = describe(exc)
-                self.silent_since.setdefault(i, started)
                 continue
-            self.silent_since.pop(i, None)
+            self.heard[i] = time.monotonic()
             self.latest[i] = reading
             for name, scrape in reading.scrapes.items():
                 if isinstance(scrape, observe.Parsed):
@@ -122,8 +130,9 @@ class Sampler:
         if good:
             row.age = time.monotonic() - good[-1][0]
             row.figures = self.figures(kind, good)
-        if s.node.index in self.pending and s.node.index in self.silent_since:
-            row.state = f"node not answering for {time.monotonic() - self.silent_since[s.node.index]:.0f}s"
+        silent = time.monotonic() - self.heard.get(s.node.index, time.monotonic())
+        if s.node.index in self.pending and silent > self.patience:
+            row.state = f"node not answering for {silent:.0f}s"
         elif isinstance(reading, str):
             row.state = f"node unreachable: {reading}"
         elif reading is not None:
@@ -178,11 +187,13 @@ def run(config, config_opt, inventory, connection: Connection, *, interval: floa
 
 
 def snapshot(t: Target, sampler: Sampler, interval: float) -> None:
-    """Two rounds an interval apart (rates need two scrapes), then one JSON document."""
-    deadline = max(interval, 10.0)
-    sampler.round(deadline)
+    """Two rounds an interval apart (rates need two scrapes), then one JSON document. Each round waits
+    for every node up to a minute (connecting to many nodes of a busy machine takes seconds); a node
+    still silent then is reported as such."""
+    deadline = max(interval, JSON_ROUND_LIMIT)
+    sampler.round(deadline, patience=deadline)
     time.sleep(interval)
-    rows = sampler.round(deadline)
+    rows = sampler.round(deadline, patience=deadline)
     print_json(to_json(t.plan.deployment, interval, datetime.now(UTC).isoformat(timespec="seconds"), rows))
 
 
