@@ -257,6 +257,58 @@ def watch(
 
 
 @app.command()
+def top(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.5, max=DAY, help="Seconds between two reads (rates are over it).")
+    ] = 2.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One snapshot (two reads an interval apart, for rates) as JSON, then exit.")
+    ] = False,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
+) -> None:
+    """A live view of every rank (requests running and waiting, KV-cache usage, tokens/s, GPUs), the frontend
+    or router (requests/s, TTFT, ITL) and totals per role, from each service's Prometheus /metrics."""
+    from launcher.commands import top as command
+
+    link = connection(parallel, connect_timeout, host_key_policy)
+    command.run(config, config_opt, inventory, link, interval=interval, as_json=as_json)
+
+
+@app.command()
+def collect(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="The tarball to write. Default: launcher-collect-DEPLOYMENT-TIME.tar.gz here."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Logs since a time or duration (10m, 2026-11-24T10:00); docker runtime only."),
+    ] = None,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
+) -> None:
+    """One tarball for a bug report: every service's logs, the deployment file and plan (secrets ***),
+    versions and image IDs, the runtime's records, per node GPUs, InfiniBand, network, disks, memory,
+    kernel and driver, the audit log and `status --json`. Exit 1 if a node did not answer (it is listed
+    in the bundle's INDEX.json; the rest is still collected)."""
+    from launcher.commands import collect as command
+
+    link = connection(parallel, connect_timeout, host_key_policy)
+    command.run(config, config_opt, inventory, link, out=out, since=since)
+
+
+@app.command()
 def doctor(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,

@@ -357,3 +357,64 @@ class Lines:
                 break
             self.seen.append(item)
         return "".join(line for _, line in self.seen)
+
+
+class ChatLoad:
+    """A stream of chat requests to ENDPOINT from `workers` threads until stopped (at most `limit`
+    seconds and `max_requests` requests): what `top` must see served. Counts answers with text."""
+
+    def __init__(
+        self, endpoint: str, workers: int = 6, max_tokens: int = 300, limit: float = 180, max_requests: int = 2000
+    ):
+        import threading
+
+        self.endpoint, self.max_tokens, self.limit, self.max_requests = endpoint, max_tokens, limit, max_requests
+        self.stop = threading.Event()
+        self.answered = 0
+        self.errors: list[str] = []
+        self.sent = 0
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+
+    def _work(self) -> None:
+        import time
+
+        deadline = time.monotonic() + self.limit
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            with self.lock:
+                if self.sent >= self.max_requests:
+                    return
+                self.sent += 1
+            try:
+                chat(self.endpoint, "tell me a long story about the sea", max_tokens=self.max_tokens, timeout=60)
+                with self.lock:
+                    self.answered += 1
+            except Exception as exc:  # counted, not raised: the test asserts on them
+                with self.lock:
+                    self.errors.append(repr(exc))
+
+    def __enter__(self) -> ChatLoad:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(70)
+
+
+def top_rounds(text: str) -> list[tuple[int, dict[str, str]]]:
+    """`launcher top` piped: [(round, {row label: its whole line})], a row label like `decode r3` or `frontend`."""
+    import re
+
+    rounds: list[tuple[int, dict[str, str]]] = []
+    for line in text.splitlines():
+        head = re.match(r"top \S+ round (\d+) at", line)
+        if head:
+            rounds.append((int(head.group(1)), {}))
+            continue
+        row = re.match(r"\d+ \S+\s+(\S+(?: r\d+)?)\s+(.*)$", line)
+        if rounds and row:
+            rounds[-1][1][row.group(1)] = row.group(2)
+    return rounds

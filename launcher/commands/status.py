@@ -57,17 +57,7 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
     plan = t.plan
     problems = problems_of(t, rows, unreachable, endpoint)
     if as_json:
-        print_json(
-            {
-                "deployment": plan.deployment,
-                "endpoint": plan.endpoint,
-                "frontend": endpoint.to_json(plan.endpoint, plan.model_name),
-                "ok": not problems,
-                "problems": problems,
-                "unreachable": {str(i): why for i, why in unreachable.items()},
-                "services": [r.to_json() for r in rows],
-            }
-        )
+        print_json(status_json(t, rows, unreachable, endpoint))
     else:
         console.stdout().print(status_table(rows))
         for i, why in sorted(unreachable.items()):
@@ -78,6 +68,21 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
             say(f"not ok: {'; '.join(problems)}", style="red")
     if problems:
         raise Exit(1)
+
+
+def status_json(t: Target, rows: list[StatusRow], unreachable: dict[int, str], endpoint: EndpointState) -> dict:
+    """What `status --json` prints (and `collect` keeps)."""
+    plan = t.plan
+    problems = problems_of(t, rows, unreachable, endpoint)
+    return {
+        "deployment": plan.deployment,
+        "endpoint": plan.endpoint,
+        "frontend": endpoint.to_json(plan.endpoint, plan.model_name),
+        "ok": not problems,
+        "problems": problems,
+        "unreachable": {str(i): why for i, why in unreachable.items()},
+        "services": [r.to_json() for r in rows],
+    }
 
 
 def endpoint_line(t: Target, endpoint: EndpointState) -> str:

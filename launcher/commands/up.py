@@ -114,11 +114,11 @@ def _interrupted(target: Target, exc: KeyboardInterrupt, started: list[Container
 
 def phases(services: list[Service]) -> list[list[Service]]:
     """Start order: etcd and NATS, then the frontend, then every group with the router (which is
-    ready only once the workers are)."""
+    ready only once the workers are) and the metrics stack (which scrapes whatever answers)."""
     return [
         [s for s in services if s.role in ("etcd", "nats")],
         [s for s in services if s.role == "frontend"],
-        [s for s in services if s.group is not None or s.role == "router"],
+        [s for s in services if s.group is not None or s.role in ("router", "prometheus", "grafana")],
     ]
 
 

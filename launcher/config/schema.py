@@ -179,6 +179,36 @@ class ServicesSpec(Strict):
     router: RouterSpec = RouterSpec()
 
 
+# A Prometheus duration: 15d, 12h, 1w, 30m (several units may follow each other: 1d12h).
+PROM_DURATION = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
+
+
+class MetricsSpec(Strict):
+    """The deployment's own metrics stack: Prometheus scraping every service the plan knows, and Grafana
+    with the project's dashboard. Both are ordinary services (plan, up, status, down)."""
+
+    prometheus: bool = False
+    grafana: bool = False
+    node: NodeRef | None = Field(default=None, description="where both run (default: the head node)")
+    port: Port = Field(default=9090, description="Prometheus' port")
+    retention: Annotated[str, Field(pattern=PROM_DURATION)] = "15d"
+    scrape_interval: Annotated[str, Field(pattern=PROM_DURATION)] = "5s"
+    image: str | None = Field(default=None, description="Prometheus' image (default: the file's `image`)")
+    grafana_port: Port = 3000
+    grafana_image: str | None = Field(default=None, description="Grafana's image (default: the file's `image`)")
+    grafana_home: str = Field(default="/usr/share/grafana", description="Grafana's home path on the node or image")
+    dcgm_exporter_port: Port | None = Field(
+        default=None, description="a DCGM exporter's port on every GPU node: scraped, and GPU panels on the dashboard"
+    )
+    timeout: Seconds = 120
+
+    @model_validator(mode="after")
+    def _grafana_needs_prometheus(self) -> MetricsSpec:
+        if self.grafana and not self.prometheus:
+            raise ValueError("grafana: true needs prometheus: true (its dashboard reads the deployment's Prometheus)")
+        return self
+
+
 class ModelSpec(Strict):
     path: Annotated[str, Field(min_length=1)]
     name: Annotated[str, Field(min_length=1)] | None = None
@@ -268,6 +298,7 @@ class DeploymentSpec(Strict):
     container: ContainerSettings = ContainerSettings()
     secrets: list[EnvName] = []
     services: ServicesSpec = ServicesSpec()
+    metrics: MetricsSpec = MetricsSpec()
     groups: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")], GroupSpec]
     profiles: Profiles = {}
     state_dir: str = "/var/tmp/launcher"

@@ -6,6 +6,7 @@ import json
 import posixpath
 from typing import Any
 
+from launcher.plan import metrics
 from launcher.plan.types import Group, Plan, Service
 from launcher.runtime.docker import docker_run, secrets_file
 from launcher.runtime.shell import join, q
@@ -99,6 +100,7 @@ def to_text(plan: Plan, verbose: bool = False) -> str:
         if verbose or s.group is None:
             lines += ["", f"{_who(s)} on node {s.node.index} ({s.node.name} {s.node.address})"]
             lines += _argv_and_env(s.command, _env_text(s), "  ")
+            lines += _scrapes(plan, s)
             if verbose:
                 lines.append(f"  {join(docker_run(plan, s))}")
     if not verbose:
@@ -119,8 +121,23 @@ def _env_text(s: Service) -> dict[str, str]:
 def _argv_and_env(argv: list[str], env: dict[str, str], indent: str) -> list[str]:
     out = [indent + join(argv)]
     if env:  # no empty `env:` lines
-        out.append(indent + "env: " + " ".join(f"{k}={q(v)}" for k, v in env.items()))
+        out.append(indent + "env: " + " ".join(f"{k}={q(_short(k, v))}" for k, v in env.items()))
     return out
+
+
+def _short(name: str, value: str) -> str:
+    """A file the metrics stack writes at start travels in its env: in the text view, its size only."""
+    if name in metrics.FILE_ENVS:
+        return f"<{len(value)} bytes: the whole file in `plan --format json`>"
+    return value
+
+
+def _scrapes(plan: Plan, s: Service) -> list[str]:
+    """Under the Prometheus service: what it scrapes (from the plan)."""
+    if s.role != "prometheus":
+        return []
+    targets = metrics.scrape_targets(plan.services)
+    return [f"  scrapes {len(targets)} target(s): " + ", ".join(f"{_who(t.service)} {t.host_port}" for t in targets)]
 
 
 def _group_text(plan: Plan, group: Group) -> list[str]:

@@ -20,7 +20,7 @@ from launcher.config.schema import (
     is_secret_name,
 )
 from launcher.errors import ConfigError
-from launcher.plan import engines, flagdrift, infra
+from launcher.plan import engines, flagdrift, infra, metrics
 from launcher.plan.checks import check_no_secret_on_command_line, check_ports
 from launcher.plan.engines import args as A
 from launcher.plan.engines.base import Engine, GroupContext
@@ -38,6 +38,7 @@ def build(loaded: Loaded) -> Plan:
     b.add_groups(urls)
     if loaded.spec.services.router.enabled:
         urls["endpoint"] = b.add_router()
+    b.add_metrics()
     check_ports(b.services, loaded)
     check_no_secret_on_command_line(b.services, b.secret_values, loaded)
     spec = loaded.spec
@@ -178,6 +179,31 @@ class Builder:
             raise self.error(str(exc), "services", "router") from None
         self.services.append(self.single("router", rspec, node, part, rspec.env))
         return part.url
+
+    def add_metrics(self) -> None:
+        """`metrics:`: Grafana (pointed at the deployment's Prometheus), then Prometheus, which scrapes
+        every service with a metrics endpoint, itself and Grafana included."""
+        m = self.spec.metrics
+        if not m.prometheus:
+            return
+        node = self.head() if m.node is None else node_at(self.nodes, m.node, self.loaded, ("metrics", "node"))
+        scratch = "." if self.spec.runtime == "process" else "/tmp"
+        gpu_nodes = [n for n in self.nodes if n.gpus > 0 and any(s.node is n and s.group for s in self.services)]
+        prometheus = metrics.prometheus(m, node, scratch, config="")
+        if m.grafana:
+            part = metrics.grafana(m, node, scratch, prometheus.url or "", gpu_panels=bool(m.dcgm_exporter_port))
+            grafana = ServiceSpec(node=node.index, image=m.grafana_image or m.image, timeout=m.timeout)
+            self.services.append(self.single("grafana", grafana, node, part))
+        spec = ServiceSpec(node=node.index, image=m.image, timeout=m.timeout)
+        service = self.single("prometheus", spec, node, prometheus)
+        targets = metrics.scrape_targets([*self.services, service])
+        service.env[metrics.PROMETHEUS_CONFIG_ENV] = metrics.prometheus_config(targets, m, gpu_nodes)
+        self.services.append(service)
+
+    def head(self) -> Node:
+        """The node running etcd (where the lock lives), else node 0."""
+        etcd = next((s for s in self.services if s.role == "etcd"), None)
+        return etcd.node if etcd is not None else self.nodes[0]
 
     # -- worker groups --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ def check_ports(services: list[Service], loaded: Loaded) -> None:
                     f"{service.node.label}: {other.service} and {service.service} both want port {port}",
                     file=loaded.file,
                     key=file_key(service),
+                    line=loaded.line(*file_key(service).split(".")),
                 )
             used[key] = service
 
@@ -54,5 +55,7 @@ def _where(value: str, service: Service, top) -> str:
 
 
 def file_key(service: Service) -> str:
-    """Where the file describes this service: its group, or its entry under `services`."""
+    """Where the file describes this service: its group, its entry under `services`, or `metrics`."""
+    if service.role in ("prometheus", "grafana"):
+        return "metrics.port" if service.role == "prometheus" else "metrics.grafana_port"
     return f"groups.{service.group}" if service.group else f"services.{service.role}"

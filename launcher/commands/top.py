@@ -1,0 +1,223 @@
+"""`launcher top`: a live view of every rank, the frontend or router, and totals per role, read from
+each service's Prometheus `/metrics` through the nodes' connections (and `nvidia-smi` on GPU nodes).
+
+Every interval each node is asked once (its services' state, its GPUs, then each metrics endpoint on it),
+all nodes at once. A node that has not answered by the end of the interval keeps its last figures and
+says for how long it has been silent; a node is never asked again while its last round is still out, so
+one slow or cut node never holds up the view of the others.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from launcher.commands.context import Connection, Target, connected, target
+from launcher.errors import Exit
+from launcher.output import console
+from launcher.output.tables import print_json
+from launcher.output.top_view import table, to_json
+from launcher.plan import observe
+from launcher.plan.metrics import ScrapeTarget, scrape_targets
+from launcher.plan.state import Container
+from launcher.plan.types import Service
+from launcher.runtime.base import LIST_MARK, parse_after_mark
+from launcher.runtime.shell import join
+from launcher.transport.errors import describe
+from launcher.transport.host import Host
+
+GPU_MARK = "@@launcher-gpus@@"
+SCRAPE_TIMEOUT = 5.0
+JSON_ROUND_LIMIT = 60.0
+# How long one node's round may take before it counts as failed; a round of the view does not wait for
+# it (that is the interval): the node's rows say how long it has been silent meanwhile.
+NODE_TIMEOUT = 30.0
+
+
+@dataclass
+class Reading:
+    """What one node said in one round: its services, its GPUs, each metrics endpoint's answer."""
+
+    at: float
+    containers: dict[str, Container] = field(default_factory=dict)
+    gpus: list[observe.Gpu] | None = None
+    scrapes: dict[str, observe.Parsed | str] = field(default_factory=dict)  # service name -> parsed, or why not
+
+
+def node_script(t: Target, gpus: bool) -> str:
+    script = f"echo {LIST_MARK}; {t.runtime.list_script(t.plan)}"
+    if gpus:
+        script += f"; echo {GPU_MARK}; {join(observe.NVIDIA_SMI_QUERY)} 2>&1 || true"
+    return script
+
+
+def read_node(t: Target, host: Host, targets: list[ScrapeTarget], timeout: float) -> Reading:
+    """One node, one round: listing (+ GPUs) in one script, then every metrics endpoint on it."""
+    index = host.node.index
+    result = host.run(node_script(t, host.node.gpus > 0), timeout=timeout)
+    listing, _, gpus = result.stdout.partition(GPU_MARK)
+    reading = Reading(time.monotonic())
+    reading.containers = {c.name: c for c in parse_after_mark(index, listing)}
+    reading.gpus = observe.parse_nvidia_smi(gpus) if GPU_MARK in result.stdout else None
+    for target_ in targets:
+        try:
+            status, body = host.http("GET", target_.url, timeout=min(timeout, SCRAPE_TIMEOUT))
+            if status != 200:
+                raise ConnectionError(f"HTTP {status}")
+            reading.scrapes[target_.service.name] = observe.parse(body if isinstance(body, str) else "")
+        except (OSError, ConnectionError, ValueError) as exc:
+            reading.scrapes[target_.service.name] = describe(exc)
+    return reading
+
+
+class Sampler:
+    """Asks every node once per round, keeps each node's last two good readings per endpoint."""
+
+    def __init__(self, t: Target):
+        self.t = t
+        plan = t.plan
+        self.targets = {
+            x.service.name: x for x in scrape_targets(plan.services) if x.kind in ("worker", "frontend", "router")
+        }
+        self.shown = [s for s in plan.services if s.group is not None or s.role in ("frontend", "router")]
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(plan.nodes))), thread_name_prefix="top")
+        self.pending: dict[int, Future] = {}
+        self.latest: dict[int, Reading | str] = {}  # node -> last reading, or why the node failed
+        self.good: dict[str, list[tuple[float, observe.Parsed]]] = {}  # service -> last two good scrapes
+        self.heard: dict[int, float] = {}  # node -> when it last answered (or was first asked)
+        self.patience = 0.0  # a node whose answer is later than this counts as not answering
+
+    def round(self, deadline: float, patience: float | None = None) -> list[observe.TopRow]:
+        """Ask every node not still busy with the last round; wait until `deadline` seconds have passed.
+        A node silent for longer than `patience` (two intervals) is shown as not answering; before that its
+        rows keep what it last said."""
+        self.patience = 2 * deadline if patience is None else patience
+        nodes = sorted({s.node.index for s in self.shown})
+        started = time.monotonic()
+        for i in nodes:
+            self.heard.setdefault(i, started)
+            if i not in self.pending:
+                on_node = [x for x in self.targets.values() if x.service.node.index == i]
+                self.pending[i] = self.pool.submit(read_node, self.t, self.t.fleet.host(i), on_node, NODE_TIMEOUT)
+        wait(list(self.pending.values()), timeout=max(0.0, deadline - (time.monotonic() - started)))
+        for i, future in list(self.pending.items()):
+            if not future.done():
+                continue
+            del self.pending[i]
+            try:
+                reading = future.result()
+            except Exception as exc:  # one node's error is that node's row, never the view's end
+                self.latest[i] = describe(exc)
+                continue
+            self.heard[i] = time.monotonic()
+            self.latest[i] = reading
+            for name, scrape in reading.scrapes.items():
+                if isinstance(scrape, observe.Parsed):
+                    self.good[name] = [*self.good.get(name, [])[-1:], (reading.at, scrape)]
+        return [self.row(s) for s in self.shown]
+
+    def row(self, s: Service) -> observe.TopRow:
+        target_ = self.targets.get(s.name)
+        kind = "worker" if s.group is not None else s.role
+        row = observe.TopRow(
+            s.node.index, s.node.name, s.service, s.role, s.group, s.rank, kind, "waiting for the first answer",
+            url=target_.url if target_ else None,
+        )  # fmt: skip
+        reading = self.latest.get(s.node.index)
+        good = self.good.get(s.name, [])
+        if good:
+            row.age = time.monotonic() - good[-1][0]
+            row.figures = self.figures(kind, good)
+        silent = time.monotonic() - self.heard.get(s.node.index, time.monotonic())
+        if s.node.index in self.pending and silent > self.patience:
+            row.state = f"node not answering for {silent:.0f}s"
+        elif isinstance(reading, str):
+            row.state = f"node unreachable: {reading}"
+        elif reading is not None:
+            row.state = self.state(s, reading, target_)
+            row.gpus = self.gpus(s, reading)
+        return row
+
+    @staticmethod
+    def figures(kind: str, good: list[tuple[float, observe.Parsed]]) -> observe.Figures:
+        (t0, before), (t1, after) = good[0], good[-1]
+        if kind == "worker":
+            return observe.worker_figures(before, after, t1 - t0)
+        return observe.entry_figures(before, after, t1 - t0)
+
+    @staticmethod
+    def state(s: Service, reading: Reading, target_: ScrapeTarget | None) -> str:
+        c = reading.containers.get(s.name)
+        if c is None:
+            return "missing"
+        if not c.running:
+            return f"{c.state} (exit code {c.exit_code})"
+        if target_ is None:
+            return "running (no metrics endpoint)"
+        scrape = reading.scrapes.get(s.name)
+        return "up" if isinstance(scrape, observe.Parsed) else f"metrics not answering: {scrape}"
+
+    def gpus(self, s: Service, reading: Reading) -> list[observe.Gpu] | None:
+        if reading.gpus is None:
+            return None
+        group = next((g for g in self.t.plan.groups if g.name == s.group), None)
+        wanted = set(group.gpus) if group else set()
+        return [g for g in reading.gpus if not wanted or g.index in wanted]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run(config, config_opt, inventory, connection: Connection, *, interval: float, as_json: bool) -> None:
+    t = target(config, config_opt, inventory)
+    with connected(t, connection):
+        sampler = Sampler(t)
+        try:
+            if as_json:
+                snapshot(t, sampler, interval)
+            else:
+                live(t, sampler, interval)
+        except KeyboardInterrupt:
+            console.say("interrupted: top stopped (it only reads: nothing changed on the nodes)", to_stderr=True)
+            raise Exit(130) from None
+        finally:
+            sampler.close()
+
+
+def snapshot(t: Target, sampler: Sampler, interval: float) -> None:
+    """Two rounds an interval apart (rates need two scrapes), then one JSON document. Each round waits
+    for every node up to a minute (connecting to many nodes of a busy machine takes seconds); a node
+    still silent then is reported as such."""
+    deadline = max(interval, JSON_ROUND_LIMIT)
+    sampler.round(deadline, patience=deadline)
+    time.sleep(interval)
+    rows = sampler.round(deadline, patience=deadline)
+    print_json(to_json(t.plan.deployment, interval, datetime.now(UTC).isoformat(timespec="seconds"), rows))
+
+
+def live(t: Target, sampler: Sampler, interval: float) -> None:
+    """A live table on a terminal; piped, one table per round (each headed by its time)."""
+    out = console.stdout()
+    if not out.is_terminal:
+        n = 0
+        while True:
+            n += 1
+            started = time.monotonic()
+            rows = sampler.round(interval)
+            out.print(table(rows, f"top {t.plan.deployment} round {n} at {_now()} (every {interval:g}s)"))
+            console.stdout().file.flush()
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    from rich.live import Live
+
+    with Live(console=out, refresh_per_second=4, screen=False) as view:
+        while True:
+            started = time.monotonic()
+            rows = sampler.round(interval)
+            view.update(table(rows, f"top {t.plan.deployment} at {_now()} (every {interval:g}s; Ctrl-C to quit)"))
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def _now() -> str:
+    return datetime.now().strftime("%H:%M:%S")
