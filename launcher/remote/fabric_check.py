@@ -201,7 +201,7 @@ def connect(address: str, port: int, until: float, me: int, hold: bool = False) 
         if hold and temp and _line(sock, until + GRACE) == "held":
             return {**result, "socket": sock}
         sock.close()
-        if temp or not hold or time.monotonic() >= until:
+        if not hold:
             return result
     seconds = round(time.monotonic() - started, 3)
     if answered:  # it did answer, never with the listener's greeting
@@ -252,12 +252,13 @@ def leader_word(sock: socket.socket | None, until: float) -> str:
 
 
 def reach(
-    spec: dict[str, Any], started: float, me: int, dist_init: tuple[str, int, int] | None = None
+    spec: dict[str, Any], base: float, me: int, dist_init: tuple[str, int, int] | None = None
 ) -> tuple[list[Listener], list[dict[str, Any]]]:
-    """Serve and try the peer ports. `dist_init` (address, port, rank) of this node's rendezvous: the
-    leader holds its members' connections on it, a member keeps its connection for the leader's word."""
+    """Serve and try the peer ports, within `window` seconds from `base` (listeners a little longer).
+    `dist_init` (address, port, rank) of this node's rendezvous: the leader holds its members'
+    connections on it, a member keeps its connection for the leader's word."""
     window = float(spec.get("window", 10))
-    until = started + window + GRACE
+    until = base + window + GRACE
     leader_port = dist_init[1] if dist_init and dist_init[2] == 0 else None
     listeners = [
         Listener(int(x["port"]), list(x["users"]), until, hold=int(x["port"]) == leader_port)
@@ -270,7 +271,7 @@ def reach(
     def one(k: int, target: dict[str, Any]) -> None:
         address, port = str(target["address"]), int(target["port"])
         hold = dist_init is not None and dist_init[2] > 0 and (address, port) == dist_init[:2]
-        results[k] = connect(address, port, started + window, me, hold=hold)
+        results[k] = connect(address, port, base + window, me, hold=hold)
 
     threads = [threading.Thread(target=one, args=(k, t), daemon=True) for k, t in enumerate(spec.get("connect", []))]
     for t in threads:
@@ -414,18 +415,30 @@ def rendezvous(imported: TorchImport, spec: dict[str, Any], out: dict[str, Any])
     store = join_store(torch, spec, out)
     if store is None:
         return
-    dist = torch.distributed
     backend = "cpu:gloo,cuda:nccl" if gpus else "gloo"
     out.update(phase="init", backend=backend)
+    timeout = float(spec["timeout"])
+    worker = threading.Thread(target=collectives, args=(torch, spec, store, out, gpus), daemon=True)
+    worker.start()
+    # Gloo connects its full mesh with retries of its own: bounded here, so that a rank stuck on an
+    # address nobody can reach says so by the group's timeout.
+    worker.join(2 * timeout)
+    if worker.is_alive():
+        out["error"] = f"{out['phase']} did not finish in {2 * timeout:.0f} s"
+
+
+def collectives(torch: Any, spec: dict[str, Any], store: Any, out: dict[str, Any], gpus: int) -> None:
+    """The process group on the store, the checked all-reduce, the bandwidth figures."""
+    dist = torch.distributed
     try:
         if gpus:
             torch.cuda.set_device(0)
-        pg_began = time.monotonic()
+        began = time.monotonic()
         dist.init_process_group(
-            backend, store=dist.PrefixStore(f"{PREFIX}/pg", store), rank=int(spec["rank"]),
+            out["backend"], store=dist.PrefixStore(f"{PREFIX}/pg", store), rank=int(spec["rank"]),
             world_size=int(spec["world"]), timeout=timedelta(seconds=float(spec["timeout"])),
         )  # fmt: skip
-        out["init_s"] = round(time.monotonic() - pg_began, 2)
+        out["init_s"] = round(time.monotonic() - began, 2)
         measure(torch, spec, "cpu", out, "gloo")
         if gpus:
             measure(torch, spec, "cuda", out, "nccl")
@@ -453,36 +466,94 @@ def _one_line(exc: BaseException) -> str:
 # -- the job -------------------------------------------------------------------------------------------
 
 
+def aligned(job: dict[str, Any], started: float) -> float:
+    """Where this node's peer window starts (monotonic). The launcher sends `start_at` (its wall clock, a
+    few seconds ahead) and `margin`: every node's window starts then, however late its container
+    started within the margin, so a node that started late is not taken for one that cannot connect.
+    A node whose clock disagrees gets at most `margin` more, never less than its own start."""
+    if job.get("start_at") is None:
+        return started
+    return started + min(max(float(job["start_at"]) - time.time(), 0.0), float(job.get("margin", 0)))
+
+
 def run(job: dict[str, Any], state: State) -> None:
     started = time.monotonic()
     out = state.out
+    out["started_at"] = round(time.time(), 3)
+    base = aligned(job, started)
     spec = job.get("rendezvous")
+    window = float(job.get("reach", {}).get("window", 0))
+    until = base + window + GRACE + ABORT_WAIT  # the peer part's answer: the window, the leader's word
+    peers = PeerPart(job, base, until) if job.get("reach") else None  # forked before torch is imported
+    watchdog(state, hard_limit(job))  # after the fork: the peer part bounds itself
     imported = TorchImport() if spec else None
     if imported is not None:
         imported.start()
-    listeners: list[Listener] = []
-    held = None
-    if job.get("reach"):
+    first: dict[str, Any] = {}
+    if peers is not None:
         out["phase"] = "reach"
-        dist_init = (str(spec["leader"]), int(spec["port"]), int(spec["rank"])) if spec else None
-        listeners, connects = reach(job["reach"], started, int(job.get("node", -1)), dist_init)
-        held = next((c.pop("socket") for c in connects if "socket" in c), None)
-        out["connect"] = connects
+        first = peers.answer(until + 5)
+        out["connect"] = first.get("connect", [])
+        if first.get("error"):
+            out["error"] = first["error"]
     if spec is not None:
         out["rendezvous"] = rdv = {"rank": int(spec["rank"]), "world": int(spec["world"]), "ok": False}
-        until = started + float(job.get("reach", {}).get("window", 0)) + GRACE + ABORT_WAIT
-        stop, aborted = before_store(spec, out.get("connect", []), listeners, held, until)
-        if stop:
-            rdv.update(phase="reach", error=stop, aborted=aborted, waited_s=round(time.monotonic() - started, 2))
+        if first.get("stop"):
+            rdv.update(phase="reach", error=first["stop"], aborted=first.get("aborted", False),
+                       waited_s=round(time.monotonic() - started, 2))  # fmt: skip
         else:
             rendezvous(imported, spec, rdv)
         rdv["seconds"] = round(time.monotonic() - started, 2)
-    for listener in listeners:
-        listener.join()
-    out["listen"] = [x.to_json() for x in listeners]
+    if peers is not None:
+        out["listen"] = peers.answer(base + window + GRACE + 5).get("listen", [])
     out["seconds"] = round(time.monotonic() - started, 2)
     out["ok"] = all(c.get("ok") for c in out.get("connect", [])) and (spec is None or out["rendezvous"]["ok"])
     out["phase"] = "done"
+
+
+class PeerPart:
+    """The peer ports in a process of their own, forked before torch is imported: importing torch holds
+    the interpreter's lock for seconds at a time (loading its libraries), which would leave a listener
+    unable to greet, or a connection unable to answer, for that long. Two JSON lines come back through a
+    pipe: the connections and whether to go on to the store (as soon as that is known), then the
+    listeners (once they close)."""
+
+    def __init__(self, job: dict[str, Any], base: float, until: float):
+        read, write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: no torch, no threads but its own
+            os.close(read)
+            try:
+                with os.fdopen(write, "w") as pipe:
+                    peer_part(job, base, until, pipe)
+            finally:
+                os._exit(0)
+        os.close(write)
+        self.pipe = os.fdopen(read, "r")
+
+    def answer(self, deadline: float) -> dict[str, Any]:
+        """The child's next line, waiting until `deadline` at most."""
+        import select
+
+        ready, _, _ = select.select([self.pipe], [], [], max(0.0, deadline - time.monotonic()))
+        line = self.pipe.readline() if ready else ""
+        if not line:
+            return {"error": "the peer part gave no answer in time"}
+        return json.loads(line)
+
+
+def peer_part(job: dict[str, Any], base: float, until: float, pipe: Any) -> None:
+    spec = job.get("rendezvous")
+    dist_init = (str(spec["leader"]), int(spec["port"]), int(spec["rank"])) if spec else None
+    listeners, connects = reach(job["reach"], base, int(job.get("node", -1)), dist_init)
+    held = next((c.pop("socket") for c in connects if "socket" in c), None)
+    stop, aborted = before_store(spec, connects, listeners, held, until) if spec else ("", False)
+    pipe.write(json.dumps({"connect": connects, "stop": stop, "aborted": aborted}) + "\n")
+    pipe.flush()
+    for listener in listeners:
+        listener.join()
+    pipe.write(json.dumps({"listen": [x.to_json() for x in listeners]}) + "\n")
+    pipe.flush()
 
 
 def before_store(
@@ -506,6 +577,13 @@ def before_store(
     if c is None or c["ok"] or c.get("kind") == "refused":
         return "", False
     return f"cannot reach the leader {spec['leader']}:{port}: {c['error']}", False
+
+
+def hard_limit(job: dict[str, Any]) -> float:
+    """Seconds after which the program stops whatever it is doing, saying where it was."""
+    window = float(job.get("reach", {}).get("window", 0))
+    timeout = float(job.get("rendezvous", {}).get("timeout", 0))
+    return float(job.get("margin", 0)) + window + GRACE + ABORT_WAIT + 3 * timeout + 30
 
 
 def watchdog(state: State, seconds: float) -> None:
@@ -544,9 +622,6 @@ def from_argv(argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     job = from_argv(sys.argv[1:] if argv is None else argv)
     state = State()
-    window = float(job.get("reach", {}).get("window", 0))
-    timeout = float(job.get("rendezvous", {}).get("timeout", 0))
-    watchdog(state, window + GRACE + ABORT_WAIT + 2 * timeout + 30)
     try:
         run(job, state)
     except Exception as exc:
