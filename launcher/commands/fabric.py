@@ -17,7 +17,7 @@ from launcher.output import console
 from launcher.output.fabric_view import failures_table, summary
 from launcher.output.progress import Progress
 from launcher.plan import fabric
-from launcher.plan.fabric_verdict import Line, Outcome, Report, judge
+from launcher.plan.fabric_verdict import Line, Outcome, Report, judge, start_skew
 from launcher.plan.types import Group
 from launcher.runtime.fabric import jobs_script, parse_jobs
 from launcher.transport.errors import describe
@@ -44,18 +44,21 @@ def check(t: Target, groups: list[Group] | None = None, running: set[str] | None
     outcomes = run_jobs(t, jobs)
     pairs, results = judge(plan, jobs, outcomes, chosen)
     rows = fabric.interface_rows(plan, t.routes)
-    return Report(pairs, results, rows, skipped, time.monotonic() - started)
+    return Report(pairs, results, rows, skipped, time.monotonic() - started, start_skew(outcomes))
 
 
 def run_jobs(t: Target, jobs: dict[int, list[fabric.Job]]) -> dict[tuple[int, int], Outcome]:
     """Every node's jobs at once (whatever --parallel says: the ranks wait for each other)."""
     plan = t.plan
     program = resources.files("launcher.remote").joinpath("fabric_check.py").read_text()
+    # Every node's peer window starts at the same moment, a little ahead: containers start unevenly.
+    start_at = time.time() + fabric.ALIGN
     scripts = {}
     for i, node_jobs in jobs.items():
         commands = []
         for k, job in enumerate(node_jobs):
-            argv = [job.python, "-", json.dumps({**job.spec, "node": i})]
+            spec = {**job.spec, "node": i, "start_at": round(start_at, 3), "margin": fabric.ALIGN}
+            argv = [job.python, "-", json.dumps(spec)]
             commands.append(t.runtime.one_off_script(plan, job.service, argv, f"{plan.deployment}-fabric-{i}-{k}"))
         scripts[i] = jobs_script(commands)
     results = t.fleet.run(

@@ -30,7 +30,8 @@ def summary(plan: Plan, report: Report) -> list[str]:
     unknown = sum(1 for p in report.pairs if p.ok is None)
     peers = f"peers: {len(report.pairs) - bad - unknown} of {len(report.pairs)} node-to-port connections answered"
     out.append(peers + (f", {bad} failed" if bad else "") + (f", {unknown} not tried" if unknown else ""))
-    out.append(f"the check took {report.seconds:.1f} s")
+    skew = f" (the nodes' programs started within {report.start_skew:.1f} s)" if report.start_skew is not None else ""
+    out.append(f"the check took {report.seconds:.1f} s{skew}")
     return out
 
 

@@ -16,7 +16,10 @@ from launcher.plan.types import Group, Node, PeerPort, Plan, Service
 
 IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 # Seconds beyond the configured timeouts for a job's container to start and torch to import.
-START_MARGIN = 60.0
+START_MARGIN = 90.0
+# Seconds ahead at which every node's peer window starts (containers that start within this much of
+# each other try and serve their peer ports over the same window).
+ALIGN = 5.0
 
 
 # -- which ports are used across nodes -----------------------------------------------------------
@@ -243,9 +246,11 @@ def reach_spec(plan: Plan, index: int) -> dict[str, Any]:
 
 
 def budget(plan: Plan) -> float:
-    """Seconds a node's jobs may take in all: the peer window, the ranks' wait, the collectives."""
+    """Seconds a node's jobs may take in all: the peer window, the ranks' wait (one timeout), the
+    process group and collectives (two), the container's start; the program's own watchdog ends it
+    before that."""
     f = plan.fabric
-    return f.connect_timeout + 2 * f.timeout + START_MARGIN
+    return ALIGN + f.connect_timeout + 3 * f.timeout + START_MARGIN
 
 
 def checked_groups(plan: Plan, running: set[str] | None = None) -> list[Group]:

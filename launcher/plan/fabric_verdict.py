@@ -83,6 +83,7 @@ class Report:
     interfaces: list[InterfaceRow]
     skipped: list[Line] = field(default_factory=list)  # groups not checked, and why
     seconds: float = 0.0
+    start_skew: float | None = None  # seconds between the first and the last node's program start
 
     @property
     def ok(self) -> bool:
@@ -102,11 +103,19 @@ class Report:
         return {
             "ok": self.ok,
             "seconds": round(self.seconds, 2),
+            "start_skew_s": self.start_skew,
             "peers": [p.to_json() for p in self.pairs],
             "groups": [g.to_json() for g in self.groups],
             "interfaces": [r.to_json() for r in self.interfaces],
             "skipped": [ln.to_json() for ln in self.skipped],
         }
+
+
+def start_skew(outcomes: dict[tuple[int, int], Outcome]) -> float | None:
+    """How unevenly the nodes' programs started (their containers, under load): a figure, and the reason
+    the peer window must be longer than this."""
+    starts = [o["started_at"] for o in outcomes.values() if isinstance(o, dict) and "started_at" in o]
+    return round(max(starts) - min(starts), 2) if starts else None
 
 
 def judge(

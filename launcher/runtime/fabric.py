@@ -13,7 +13,7 @@ def jobs_script(commands: list[str]) -> str:
     one's `@@fabric-job K CODE`, its stdout, `@@fabric-stderr K` and the tail of its stderr."""
     lines = ["d=$(mktemp -d) || exit 1", "trap 'rm -rf \"$d\"' EXIT", 'cat > "$d/program"']
     for k, command in enumerate(commands):
-        lines.append(f'( {command} < "$d/program" > "$d/{k}.out" 2> "$d/{k}.err"; echo $? > "$d/{k}.rc" ) &')
+        lines.append(f'( ( {command} ) < "$d/program" > "$d/{k}.out" 2> "$d/{k}.err"; echo $? > "$d/{k}.rc" ) &')
     lines.append("wait")
     for k in range(len(commands)):
         lines += [
