@@ -188,7 +188,7 @@ def test_jobs_serve_and_try_each_nodes_ports():
     jobs = fabric.jobs(plan, fabric.checked_groups(plan))
     assert sorted(jobs) == list(range(13)) and all(len(js) == 1 for js in jobs.values())
     head = jobs[0][0]
-    assert (head.group, head.rank, head.python) == ("prefill", 0, "/opt/launcher-fabric/bin/python")
+    assert (head.group, head.rank, head.python) == ("prefill", 0, "/repo/.cache/fabric-env/torch-2.13.0/bin/python")
     listen = {x["port"]: x["users"] for x in head.spec["reach"]["listen"]}
     assert listen == {2379: list(range(1, 13)), 4222: list(range(1, 13)), 29500: [1, 2, 3], 30001: list(range(4, 13))}
     member = jobs[5][0]

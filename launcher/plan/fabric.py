@@ -246,11 +246,11 @@ def reach_spec(plan: Plan, index: int) -> dict[str, Any]:
 
 
 def budget(plan: Plan) -> float:
-    """Seconds a node's jobs may take in all: the peer window, the ranks' wait (one timeout), the
-    process group and collectives (two), the container's start; the program's own watchdog ends it
-    before that."""
+    """Seconds a node's jobs may take in all: the peer window (twice: a late leader's too), a member's
+    patience with a late leader and the ranks' wait (a timeout each), the process group and collectives
+    (two), the container's start; the program's own watchdog ends it before that."""
     f = plan.fabric
-    return ALIGN + f.connect_timeout + 3 * f.timeout + START_MARGIN
+    return ALIGN + 2 * f.connect_timeout + 4 * f.timeout + START_MARGIN
 
 
 def checked_groups(plan: Plan, running: set[str] | None = None) -> list[Group]:

@@ -204,7 +204,11 @@ def group_result(plan: Plan, g: Group, ranks: list[RankResult]) -> GroupResult:
         backend = ranks[0].backend or "gloo"
         detail = (f"{len(ranks)} ranks met at {plan.nodes[g.leader].address}:{g.dist_init_port} in {took:.1f} s, "
                   f"all-reduce correct ({backend}); per-node send {spread}")  # fmt: skip
-        return GroupResult(g.name, True, ranks, [Line(g.leader, name, "ok", detail)])
+        lines = [Line(g.leader, name, "ok", detail)]
+        for r in ranks:
+            if r.raw.get("note"):
+                lines.append(Line(r.node, name, "warn", f"rank {r.rank}: {r.raw['note']}", "a busy node: try again"))
+        return GroupResult(g.name, True, ranks, lines)
     return GroupResult(g.name, False, ranks, rank_lines(plan, g, ranks))
 
 
@@ -237,9 +241,12 @@ def rank_problem(plan: Plan, g: Group, r: RankResult, leader_down: str = "") -> 
     if r.rank > 0 and leader_down and r.phase in ("reach", "store"):
         detail = f"{who} waited {waited} for the leader {at}, which never started ({leader_down}): {_why(r)}"
         return detail, f"bring {leader.name} back (see its rows), or take it out of the group"
+    if r.phase == "reach" and r.rank > 0 and not r.raw.get("aborted") and _why(r) == "connection refused":
+        detail = f"{who} waited {waited} for the leader {at}: connection refused all along"
+        return detail, f"the leader's rank never listened: see {leader.name}'s rows (or a REJECT rule there)"
     if r.phase == "reach" and r.rank > 0 and not r.raw.get("aborted"):
         fix = f"open TCP {g.dist_init_port} from {node.name} to {leader.name} (firewall), or fix the route/interface"
-        return f"{who} cannot reach the leader {at}: {_why(r)} (tried for {waited})", fix
+        return f"{who} cannot reach the leader {at}: {_why(r)}", fix
     if r.raw.get("aborted"):
         return f"the leader {leader.label}: {r.error}; the group stopped rather than wait", "see the nodes named"
     if r.phase == "store" and r.rank > 0:

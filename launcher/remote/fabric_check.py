@@ -165,23 +165,27 @@ def _tell_and_close(conn: socket.socket, word: bytes) -> None:
     conn.close()
 
 
-def connect(address: str, port: int, until: float, me: int, hold: bool = False) -> dict[str, Any]:
+def connect(address: str, port: int, until: float, me: int, patience: float | None = None) -> dict[str, Any]:
     """Try address:port until it answers or `until`; say how it failed the last time. A temporary
-    listener (it greets with BANNER) is told who came; a real service is only connected to. `hold`:
-    the port must be a temporary listener (the leader's dist-init port of a rendezvous being checked):
-    a silent answer is tried again while time is left, and the connection is kept (as "socket") for
-    the listener's word."""
+    listener (it greets with BANNER) is told who came; a real service is only connected to.
+
+    `patience` (a member's connection to its leader's dist-init port): the port must be the leader's
+    temporary listener, and the connection is kept (as "socket") for the listener's word. A refusal or
+    a silent answer is a leader that is late (its container started after ours) and is tried again
+    until `patience`; no answer at all (dropped packets) or no route ends at `until` as elsewhere."""
     started = time.monotonic()
     error, kind = "", ""
     answered = False
-    while time.monotonic() < until:
+    hold = patience is not None
+    while time.monotonic() < (patience if hold and kind in ("", "refused", "silent") else until):
         try:
-            sock = socket.create_connection((address, port), timeout=max(0.05, until - time.monotonic()))
+            left = max(0.05, (until if time.monotonic() < until else patience or until) - time.monotonic())
+            sock = socket.create_connection((address, port), timeout=left)
         except socket.gaierror as exc:
             error, kind = f"name not resolved: {exc}", "name"
             break
         except (TimeoutError, socket.timeout):  # noqa: UP041 (Python < 3.10 in older images)
-            error, kind = f"no answer in {until - started:.0f} s (packets dropped?)", "timeout"
+            error, kind = f"no answer in {time.monotonic() - started:.0f} s (packets dropped?)", "timeout"
             continue
         except ConnectionRefusedError:
             error, kind = "connection refused", "refused"
@@ -193,20 +197,20 @@ def connect(address: str, port: int, until: float, me: int, hold: bool = False) 
             time.sleep(0.2)
             continue
         answered = True
-        temp = _banner(sock, min(BANNER_WAIT, max(0.1, until - time.monotonic()))) == BANNER
+        temp = _banner(sock, BANNER_WAIT) == BANNER
         if temp:
             sock.sendall(f"reach {me}\n".encode())
         result = {"address": address, "port": port, "ok": True, "seconds": round(time.monotonic() - started, 3),
                   "temp": temp}  # fmt: skip
-        if hold and temp and _line(sock, until + GRACE) == "held":
+        if hold and temp and _line(sock, max(until, patience or until) + GRACE) == "held":
             return {**result, "socket": sock}
         sock.close()
         if not hold:
             return result
+        error, kind = "it answers, but not as the check's listener: does something else listen there?", "silent"
     seconds = round(time.monotonic() - started, 3)
-    if answered:  # it did answer, never with the listener's greeting
-        error, kind = "it answers, but not as the check's listener: does something else listen there?", "busy"
-        return {"address": address, "port": port, "ok": not hold, "error": error, "kind": kind, "seconds": seconds}
+    if answered and not hold:
+        return {"address": address, "port": port, "ok": True, "seconds": seconds, "temp": False}
     return {"address": address, "port": port, "ok": False, "error": error, "kind": kind, "seconds": seconds}
 
 
@@ -252,11 +256,12 @@ def leader_word(sock: socket.socket | None, until: float) -> str:
 
 
 def reach(
-    spec: dict[str, Any], base: float, me: int, dist_init: tuple[str, int, int] | None = None
+    spec: dict[str, Any], base: float, me: int, dist_init: tuple[str, int, int] | None = None, patience: float = 0
 ) -> tuple[list[Listener], list[dict[str, Any]]]:
     """Serve and try the peer ports, within `window` seconds from `base` (listeners a little longer).
     `dist_init` (address, port, rank) of this node's rendezvous: the leader holds its members'
-    connections on it, a member keeps its connection for the leader's word."""
+    connections on it, a member keeps its connection for the leader's word (waiting for a late leader
+    until `patience`)."""
     window = float(spec.get("window", 10))
     until = base + window + GRACE
     leader_port = dist_init[1] if dist_init and dist_init[2] == 0 else None
@@ -271,7 +276,7 @@ def reach(
     def one(k: int, target: dict[str, Any]) -> None:
         address, port = str(target["address"]), int(target["port"])
         hold = dist_init is not None and dist_init[2] > 0 and (address, port) == dist_init[:2]
-        results[k] = connect(address, port, base + window, me, hold=hold)
+        results[k] = connect(address, port, base + window, me, patience=max(patience, base + window) if hold else None)
 
     threads = [threading.Thread(target=one, args=(k, t), daemon=True) for k, t in enumerate(spec.get("connect", []))]
     for t in threads:
@@ -345,8 +350,8 @@ def _wait_keys(store: Any, keys: list[str], until: float) -> list[str]:
     return left
 
 
-def measure(torch: Any, spec: dict[str, Any], device: str, out: dict[str, Any], label: str) -> None:
-    """The checked all-reduce and the bandwidth figures on one device ('cpu': Gloo, 'cuda': NCCL)."""
+def check_allreduce(torch: Any, spec: dict[str, Any], device: str, out: dict[str, Any], label: str) -> None:
+    """An all-reduce of a known tensor on one device ('cpu': Gloo, 'cuda': NCCL), checked element by element."""
     dist = torch.distributed
     rank, world = int(spec["rank"]), int(spec["world"])
     out["phase"] = f"allreduce:{label}"
@@ -359,6 +364,13 @@ def measure(torch: Any, spec: dict[str, Any], device: str, out: dict[str, Any], 
     out.setdefault("allreduce", {})[label] = result
     if wrong:
         raise RuntimeError(f"all-reduce over {label}: {wrong} of {ELEMENTS} elements wrong")
+
+
+def measure(torch: Any, spec: dict[str, Any], device: str, out: dict[str, Any], label: str) -> None:
+    """Bandwidth figures on one device: this rank sending to the next (its own link), and an all-reduce's
+    bus bandwidth (the group's)."""
+    dist = torch.distributed
+    rank, world = int(spec["rank"]), int(spec["world"])
     out["phase"] = f"bandwidth:{label}"
     mb = float(spec["nccl_mb"] if label == "nccl" else spec["gloo_mb"])
     iters = int(spec.get("iters", 3))
@@ -423,7 +435,10 @@ def rendezvous(imported: TorchImport, spec: dict[str, Any], out: dict[str, Any])
     # Gloo connects its full mesh with retries of its own: bounded here, so that a rank stuck on an
     # address nobody can reach says so by the group's timeout.
     worker.join(2 * timeout)
-    if worker.is_alive():
+    if worker.is_alive() and out.get("proven"):
+        # The ranks met and the all-reduce was right; only the figures took too long (a starved CPU).
+        out.update(ok=True, note=f"{out['phase']} did not finish in {2 * timeout:.0f} s: no figure")
+    elif worker.is_alive():
         out["error"] = f"{out['phase']} did not finish in {2 * timeout:.0f} s"
 
 
@@ -439,6 +454,10 @@ def collectives(torch: Any, spec: dict[str, Any], store: Any, out: dict[str, Any
             world_size=int(spec["world"]), timeout=timedelta(seconds=float(spec["timeout"])),
         )  # fmt: skip
         out["init_s"] = round(time.monotonic() - began, 2)
+        check_allreduce(torch, spec, "cpu", out, "gloo")
+        if gpus:
+            check_allreduce(torch, spec, "cuda", out, "nccl")
+        out["proven"] = True  # met and computed right: what follows are figures
         measure(torch, spec, "cpu", out, "gloo")
         if gpus:
             measure(torch, spec, "cuda", out, "nccl")
@@ -483,8 +502,11 @@ def run(job: dict[str, Any], state: State) -> None:
     base = aligned(job, started)
     spec = job.get("rendezvous")
     window = float(job.get("reach", {}).get("window", 0))
-    until = base + window + GRACE + ABORT_WAIT  # the peer part's answer: the window, the leader's word
-    peers = PeerPart(job, base, until) if job.get("reach") else None  # forked before torch is imported
+    # A member waits for a late leader (its container started after ours) up to the group's timeout.
+    patience = base + float(spec["timeout"]) if spec and int(spec["rank"]) > 0 else 0.0
+    # By then the peer part has answered: the window (or a late leader's), and the leader's word.
+    until = max(base, patience) + window + GRACE + ABORT_WAIT
+    peers = PeerPart(job, base, until, patience) if job.get("reach") else None  # forked before torch is imported
     watchdog(state, hard_limit(job))  # after the fork: the peer part bounds itself
     imported = TorchImport() if spec else None
     if imported is not None:
@@ -518,14 +540,14 @@ class PeerPart:
     pipe: the connections and whether to go on to the store (as soon as that is known), then the
     listeners (once they close)."""
 
-    def __init__(self, job: dict[str, Any], base: float, until: float):
+    def __init__(self, job: dict[str, Any], base: float, until: float, patience: float):
         read, write = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:  # the child: no torch, no threads but its own
             os.close(read)
             try:
                 with os.fdopen(write, "w") as pipe:
-                    peer_part(job, base, until, pipe)
+                    peer_part(job, base, until, patience, pipe)
             finally:
                 os._exit(0)
         os.close(write)
@@ -542,10 +564,10 @@ class PeerPart:
         return json.loads(line)
 
 
-def peer_part(job: dict[str, Any], base: float, until: float, pipe: Any) -> None:
+def peer_part(job: dict[str, Any], base: float, until: float, patience: float, pipe: Any) -> None:
     spec = job.get("rendezvous")
     dist_init = (str(spec["leader"]), int(spec["port"]), int(spec["rank"])) if spec else None
-    listeners, connects = reach(job["reach"], base, int(job.get("node", -1)), dist_init)
+    listeners, connects = reach(job["reach"], base, int(job.get("node", -1)), dist_init, patience)
     held = next((c.pop("socket") for c in connects if "socket" in c), None)
     stop, aborted = before_store(spec, connects, listeners, held, until) if spec else ("", False)
     pipe.write(json.dumps({"connect": connects, "stop": stop, "aborted": aborted}) + "\n")
@@ -561,8 +583,8 @@ def before_store(
 ) -> tuple[str, bool]:
     """Whether to go on to the store: ("", _) yes; (why, aborted) no. The leader stops when members never
     reached its dist-init port (it tells those that did, through their held connections); a member stops
-    when the leader said so, or when its own connection found no answer or no route (a refusal may be a
-    leader that is late or down: that member waits in the store phase, which names the leader)."""
+    when the leader said so, or when it never got through to the leader's port (no answer, no route, or
+    refused until the group's timeout: a leader that never came)."""
     port = int(spec["port"])
     if int(spec["rank"]) == 0:
         mine = next((x for x in listeners if x.port == port), None)
@@ -574,7 +596,7 @@ def before_store(
     if word.startswith("abort"):
         return "the leader stopped: " + word.removeprefix("abort").strip(), True
     c = next((c for c in connects if c["address"] == spec["leader"] and c["port"] == port), None)
-    if c is None or c["ok"] or c.get("kind") == "refused":
+    if c is None or c["ok"]:
         return "", False
     return f"cannot reach the leader {spec['leader']}:{port}: {c['error']}", False
 
@@ -583,7 +605,7 @@ def hard_limit(job: dict[str, Any]) -> float:
     """Seconds after which the program stops whatever it is doing, saying where it was."""
     window = float(job.get("reach", {}).get("window", 0))
     timeout = float(job.get("rendezvous", {}).get("timeout", 0))
-    return float(job.get("margin", 0)) + window + GRACE + ABORT_WAIT + 3 * timeout + 30
+    return float(job.get("margin", 0)) + 2 * window + GRACE + ABORT_WAIT + 4 * timeout + 30
 
 
 def watchdog(state: State, seconds: float) -> None:
