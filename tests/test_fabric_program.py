@@ -159,3 +159,23 @@ def test_a_busy_port_is_tried_as_it_is_and_a_python_without_torch_says_so(fabric
     job = group_jobs(1, free_port(), [0], timeout=5)[0]
     (r,) = answers([start(Path(sys.executable), job)])  # the launcher's own python: no torch
     assert r["rendezvous"]["phase"] == "import" and "torch does not import" in r["rendezvous"]["error"]
+
+
+def test_a_port_whose_node_starts_late_is_tried_again_while_late_allows(fabric_python):
+    """Containers start unevenly on a busy machine: node 1 tries node 0's port, node 0 starts 4 s later,
+    past node 1's 2 s window. The refusal is taken for a node not started yet (`late`: 20 s), not for a
+    firewall: the port is reached, and node 0's listener sees node 1."""
+    port = free_port()
+    owner = {"node": 0, "reach": {"listen": [{"port": port, "users": [1]}], "connect": [], "window": 2, "late": 20}}
+    user = {"node": 1, "reach": {"listen": [], "connect": [{"address": "127.0.0.1", "port": port}], "window": 2,
+                                 "late": 20}}  # fmt: skip
+    first = start(fabric_python, user)
+    first.stdin.write(PROGRAM.read_text())
+    first.stdin.close()
+    time.sleep(4)
+    (served,) = answers([start(fabric_python, owner)])
+    tried = json.loads([x for x in first.stdout.read().splitlines() if x.startswith("{")][-1])
+    first.wait(60)
+    print(f"\nreached a port whose node started 4 s late after {tried['connect'][0]['seconds']}s")
+    assert tried["connect"][0]["ok"] and tried["connect"][0]["temp"] and tried["connect"][0]["seconds"] >= 2
+    assert served["listen"][0]["state"] == "temp" and served["listen"][0]["seen"] == [1]

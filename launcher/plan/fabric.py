@@ -242,7 +242,8 @@ def reach_spec(plan: Plan, index: int) -> dict[str, Any]:
             users.setdefault(p.port, set()).update(p.users)  # one listener per port, for all its uses
     listen = [{"port": port, "users": sorted(who)} for port, who in sorted(users.items())]
     connect = [{"address": p.address, "port": p.port} for p in plan.peers if index in p.users]
-    return {"listen": listen, "connect": connect, "window": plan.fabric.connect_timeout}
+    # late: how long a refused port is tried again (its node's container may start that much later).
+    return {"listen": listen, "connect": connect, "window": plan.fabric.connect_timeout, "late": plan.fabric.timeout}
 
 
 def budget(plan: Plan) -> float:

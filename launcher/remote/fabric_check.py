@@ -165,19 +165,22 @@ def _tell_and_close(conn: socket.socket, word: bytes) -> None:
     conn.close()
 
 
-def connect(address: str, port: int, until: float, me: int, patience: float | None = None) -> dict[str, Any]:
+def connect(
+    address: str, port: int, until: float, me: int, patience: float | None = None, hold: bool = False
+) -> dict[str, Any]:
     """Try address:port until it answers or `until`; say how it failed the last time. A temporary
     listener (it greets with BANNER) is told who came; a real service is only connected to.
 
-    `patience` (a member's connection to its leader's dist-init port): the port must be the leader's
-    temporary listener, and the connection is kept (as "socket") for the listener's word. A refusal or
-    a silent answer is a leader that is late (its container started after ours) and is tried again
-    until `patience`; no answer at all (dropped packets) or no route ends at `until` as elsewhere."""
+    `patience`: a refusal is a node that is late (its container started after ours: nothing listens
+    yet) and is tried again until then; no answer at all (dropped packets) or no route ends at `until`.
+    `hold` (a member's connection to its leader's dist-init port): the port must be the leader's
+    temporary listener (a silent answer is tried again too), and the connection is kept (as "socket")
+    for the listener's word."""
     started = time.monotonic()
     error, kind = "", ""
     answered = False
-    hold = patience is not None
-    while time.monotonic() < (patience if hold and kind in ("", "refused", "silent") else until):
+    late = ("", "refused", "silent") if hold else ("", "refused")
+    while time.monotonic() < (patience if patience and kind in late else until):
         try:
             left = max(0.05, (until if time.monotonic() < until else patience or until) - time.monotonic())
             sock = socket.create_connection((address, port), timeout=left)
@@ -263,7 +266,8 @@ def reach(
     connections on it, a member keeps its connection for the leader's word (waiting for a late leader
     until `patience`)."""
     window = float(spec.get("window", 10))
-    until = base + window + GRACE
+    # Listeners wait for nodes that start late as long as those nodes try them (closing once all came).
+    until = max(base + window, patience) + GRACE
     leader_port = dist_init[1] if dist_init and dist_init[2] == 0 else None
     listeners = [
         Listener(int(x["port"]), list(x["users"]), until, hold=int(x["port"]) == leader_port)
@@ -276,7 +280,7 @@ def reach(
     def one(k: int, target: dict[str, Any]) -> None:
         address, port = str(target["address"]), int(target["port"])
         hold = dist_init is not None and dist_init[2] > 0 and (address, port) == dist_init[:2]
-        results[k] = connect(address, port, base + window, me, patience=max(patience, base + window) if hold else None)
+        results[k] = connect(address, port, base + window, me, patience=max(patience, base + window), hold=hold)
 
     threads = [threading.Thread(target=one, args=(k, t), daemon=True) for k, t in enumerate(spec.get("connect", []))]
     for t in threads:
@@ -502,8 +506,11 @@ def run(job: dict[str, Any], state: State) -> None:
     base = aligned(job, started)
     spec = job.get("rendezvous")
     window = float(job.get("reach", {}).get("window", 0))
-    # A member waits for a late leader (its container started after ours) up to the group's timeout.
-    patience = base + float(spec["timeout"]) if spec and int(spec["rank"]) > 0 else 0.0
+    # Containers start unevenly on a busy machine: a refused port (its owner not started yet) is tried
+    # again for `late` seconds, and a member waits for a late leader up to the group's timeout.
+    late = float(job.get("reach", {}).get("late", 0))
+    member = float(spec["timeout"]) if spec and int(spec["rank"]) > 0 else 0.0
+    patience = base + max(late, member) if job.get("reach") else 0.0
     # By then the peer part has answered: the window (or a late leader's), and the leader's word.
     until = max(base, patience) + window + GRACE + ABORT_WAIT
     peers = PeerPart(job, base, until, patience) if job.get("reach") else None  # forked before torch is imported
@@ -527,7 +534,7 @@ def run(job: dict[str, Any], state: State) -> None:
             rendezvous(imported, spec, rdv)
         rdv["seconds"] = round(time.monotonic() - started, 2)
     if peers is not None:
-        out["listen"] = peers.answer(base + window + GRACE + 5).get("listen", [])
+        out["listen"] = peers.answer(until + 5).get("listen", [])
     out["seconds"] = round(time.monotonic() - started, 2)
     out["ok"] = all(c.get("ok") for c in out.get("connect", [])) and (spec is None or out["rendezvous"]["ok"])
     out["phase"] = "done"
