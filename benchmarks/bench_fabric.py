@@ -56,7 +56,8 @@ def one_check() -> dict:
         "check": fabric["seconds"],
         "skew": fabric["start_skew_s"] or 0.0,
         "rendezvous": max((r["rendezvous_s"] or 0) for r in ranks),
-        "ring": [r["ring_gbps"] for r in ranks if r["ring_gbps"] is not None],
+        "ring": {r["node"]: r["ring_gbps"] for r in ranks if r["ring_gbps"] is not None},
+        "busbw": {r["node"]: r["busbw_gbps"] for r in ranks if r["busbw_gbps"] is not None},
     }
 
 
@@ -74,7 +75,7 @@ def main() -> int:
     runs = [one_check() for _ in range(options.repeat)]
     load_after = os.getloadavg()[0]
     ok = sum(r["ok"] for r in runs)
-    rings = [g for r in runs for g in r["ring"]]
+    rings = [g for r in runs for g in r["ring"].values()]
     print(f"load average (1 min) {load_before:.1f} before, {load_after:.1f} after; {ok}/{len(runs)} checks ok\n")
     print("| figure | median (min-max) |\n|---|---|")
     print(f"| 13 x `import torch` at once (floor) | {spread(floors)} |")
@@ -83,6 +84,12 @@ def main() -> int:
     print(f"| start skew of the nodes' programs | {spread([r['skew'] for r in runs])} |")
     print(f"| rendezvous (store + join + process group), slowest rank | {spread([r['rendezvous'] for r in runs])} |")
     print(f"| Gloo send to the next rank, per node | {min(rings):.2f}-{max(rings):.2f} GB/s |")
+    print("\n| node | Gloo send to the next rank, GB/s (median) | all-reduce bus bandwidth, GB/s (median) |")
+    print("|---|---|---|")
+    for node in sorted({n for r in runs for n in r["ring"]}):
+        send = statistics.median(r["ring"][node] for r in runs if node in r["ring"])
+        bus = [r["busbw"][node] for r in runs if node in r["busbw"]]
+        print(f"| {node} | {send:.3f} | {statistics.median(bus) if bus else float('nan'):.3f} |")
     return 0 if ok == len(runs) else 1
 
 
