@@ -49,6 +49,10 @@ def one_check() -> dict:
     wall = time.monotonic() - began
     data = json.loads(done.stdout)
     fabric = data["fabric"]
+    if not fabric["ok"]:  # a figure without its cause would be useless: say what failed
+        for c in data["checks"]:
+            if c["status"] == "fail":
+                print(f"failed run: node {c['node']} {c['name']}: {c['detail']}", file=sys.stderr)
     ranks = [r for g in fabric["groups"] for r in g["ranks"]]
     return {
         "ok": fabric["ok"],
