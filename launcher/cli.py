@@ -106,6 +106,12 @@ def up(
     connect_timeout: TimeoutOpt = None,
     host_key_policy: HostKeyOpt = None,
     skip_doctor: Annotated[bool, typer.Option("--skip-doctor", help="Start without the preflight checks.")] = False,
+    skip_fabric: Annotated[
+        bool,
+        typer.Option(
+            "--skip-fabric", help="Start without the fabric check (rendezvous of multi-node groups, peer ports)."
+        ),
+    ] = False,
     then_watch: Annotated[
         bool, typer.Option("--watch", help="Once ready, supervise like `launcher watch` until Ctrl-C.")
     ] = False,
@@ -125,7 +131,16 @@ def up(
     from launcher.commands import watch as watching
 
     link = connection(parallel, connect_timeout, host_key_policy)
-    done = command.run(config, config_opt, inventory, link, skip_doctor=skip_doctor, wait=wait, profile=profile)
+    done = command.run(
+        config,
+        config_opt,
+        inventory,
+        link,
+        skip_doctor=skip_doctor,
+        skip_fabric=skip_fabric,
+        wait=wait,
+        profile=profile,
+    )
     if then_watch:
         watching.run(done.path, None, done.inventory, link)
 
@@ -317,16 +332,24 @@ def doctor(
     check_args: Annotated[
         bool, typer.Option("--args/--no-args", help="Also run each role's argv through its engine's own parser.")
     ] = True,
+    with_fabric: Annotated[
+        bool,
+        typer.Option(
+            "--fabric",
+            help="Also prove the fabric: every peer port tried from the nodes that use it, and each multi-node "
+            "group's torch.distributed rendezvous, all-reduce and bandwidth, in the group's image.",
+        ),
+    ] = False,
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = None,
     host_key_policy: HostKeyOpt = None,
 ) -> None:
-    """Preflight on every node (SSH, engine, GPUs, IB, shm, disk, model, image, ports, clock) and the
-    engine flags, before anything starts. Exit 1 if any check fails."""
+    """Preflight on every node (SSH, engine, GPUs, IB, shm, disk, model, image, ports, clock, the interface
+    to each group's leader) and the engine flags, before anything starts. Exit 1 if any check fails."""
     from launcher.commands import doctor as command
 
     link = connection(parallel, connect_timeout, host_key_policy)
-    command.run(config, config_opt, inventory, link, as_json=as_json, with_args=check_args)
+    command.run(config, config_opt, inventory, link, as_json=as_json, with_args=check_args, with_fabric=with_fabric)
 
 
 @app.command()

@@ -171,3 +171,16 @@ def testbed():
             down = tb.run("down", check=False)
             if down.returncode != 0:
                 pytest.fail(f"scripts/testbed down failed:\n{down.stdout}{down.stderr}", pytrace=False)
+
+
+FABRIC_ENV = REPO / "scripts" / "fabric-env"
+
+
+@pytest.fixture(scope="session")
+def fabric_python() -> Path:
+    """The CPU torch environment the fabric check runs with where an image has none (scripts/fabric-env:
+    built once, cached under .cache/fabric-env/; CI builds it here, never skipped)."""
+    done = subprocess.run(
+        [sys.executable, str(FABRIC_ENV)], stdout=subprocess.PIPE, text=True, timeout=1200, check=True
+    )
+    return Path(done.stdout.strip().splitlines()[-1])

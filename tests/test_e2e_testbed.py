@@ -58,6 +58,7 @@ def test_up_serves_through_prefill_and_decode(testbed, work):
     print(f"\nup on 13 nodes to ready: {took:.1f}s")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "ready: testbed-104 on 13 node(s)" in up.stdout
+    assert "fabric" not in up.stderr  # mockers never rendezvous: no fabric step, no extra round trip
     assert f"curl -sS http://{testbed.nodes[0][1]}:8000/v1/chat/completions" in up.stdout
 
     # The printed curl answers with text, and the request crossed a prefill and a decode mocker.

@@ -24,6 +24,7 @@ SHIPPED = {
     "dsr1-104gpu.yaml": None,
     "testbed-104.yaml": INVENTORY_32,
     "testbed-small.yaml": INVENTORY_32,
+    "testbed-dsr1.yaml": INVENTORY_32,
     "local.yaml": None,
     "sglang-tp16-2node.yaml": None,
     "sglang-1p1d-32gpu.yaml": None,

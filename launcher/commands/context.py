@@ -8,17 +8,20 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from launcher.commands import allocation
 from launcher.config.load import Loaded, load
 from launcher.errors import ConfigError
+from launcher.plan import fabric
 from launcher.plan.build import build
+from launcher.plan.fabric import Route
 from launcher.plan.types import Node, Plan
 from launcher.runtime import for_plan
 from launcher.runtime.base import Runtime
+from launcher.runtime.network import parse_routes, route_script
 from launcher.transport.host import Host, Options
 
 LAST = Path(".launcher") / "last.json"
@@ -40,6 +43,37 @@ class Target:
     plan: Plan
     runtime: Runtime
     fleet: Any = None  # a transport.fleet.Fleet while connected
+    loaded: Loaded | None = None  # the file as read, to build the plan again with facts from the nodes
+    # What the nodes said about their routes (node index -> leader address -> route), once asked.
+    routes: dict[int, dict[str, Route]] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)  # this deployment's services found running (doctor)
+
+    def route_prefix(self, host: Host) -> str:
+        """Shell to put before a command's first script on a node: it prints the node's routes to its
+        groups' leaders (`learn_routes` reads them)."""
+        return route_script(fabric.route_targets(self.plan).get(host.node.index, []))
+
+    def learn_routes(self, outputs: dict[int, str]) -> None:
+        """Read the routes the nodes printed; with `network.interface: auto` the plan is built again
+        with the interfaces they name (the plan stays pure: these are its input)."""
+        for i, text in outputs.items():
+            self.routes[i] = parse_routes(text)
+        if self.plan.network_interface == "auto" and self.loaded is not None:
+            found = {i: {a: r.interface for a, r in rs.items() if r.interface} for i, rs in self.routes.items()}
+            self.plan = build(self.loaded, found)
+
+    def unresolved_interfaces(self) -> dict[int, str]:
+        """With `network.interface: auto`: the nodes whose interface to a leader is still unknown, and why."""
+        if self.plan.network_interface != "auto":
+            return {}
+        out = {}
+        for i, leaders in fabric.route_targets(self.plan).items():
+            for leader in leaders:
+                route = self.routes.get(i, {}).get(leader)
+                if route is None or not route.interface:
+                    why = route.error if route is not None else "not read"
+                    out[i] = f"cannot tell which interface routes to the leader {leader}: {why}"
+        return out
 
     @property
     def profile(self) -> str | None:
@@ -129,8 +163,18 @@ def target(
 ) -> Target:
     """The deployment; `profile`: the one given (`up --profile`), else the one the last `up` of this file applied."""
     path, inv = resolve(config, config_opt, inventory)
-    plan = load_plan(path, inv, (profile if profile is not None else remembered_profile(path)) or None)
-    return Target(path, inv, plan, for_plan(plan))
+    loaded = load_file(path, inv, (profile if profile is not None else remembered_profile(path)) or None)
+    plan = build(loaded)
+    return Target(path, inv, plan, for_plan(plan), loaded=loaded)
+
+
+def read_routes(t: Target) -> None:
+    """One round trip for the routes alone (`status`, `watch`): only where the plan needs them, for
+    `network.interface: auto` (the ranks' env, and so their spec, names the interface)."""
+    if t.plan.network_interface != "auto":
+        return
+    done, _ = t.fleet.run(t.route_prefix, sorted(fabric.route_targets(t.plan)), timeout=30).scripts()
+    t.learn_routes({i: r.stdout for i, r in done.items()})
 
 
 def remember(target: Target) -> None:

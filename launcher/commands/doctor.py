@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-from launcher.commands import preflight
+from launcher.commands import fabric, locking, preflight
 from launcher.commands.context import Connection, Target, connected, target
 from launcher.commands.preflight import Check
 from launcher.errors import Exit
 from launcher.output import console
+from launcher.output.fabric_view import show
 from launcher.output.progress import Progress
 from launcher.output.tables import checks_table
 from launcher.plan.types import Plan, Service
@@ -20,11 +21,23 @@ from launcher.runtime.shell import join, q
 from launcher.transport.errors import describe
 
 
-def run(config, config_opt, inventory, connection: Connection, *, as_json: bool, with_args: bool) -> None:
+def run(
+    config, config_opt, inventory, connection: Connection, *, as_json: bool, with_args: bool, with_fabric: bool = False
+) -> None:
     t = target(config, config_opt, inventory)
+    report = None
     with connected(t, connection):
         checks = check(t, with_args)
-    checks_table(t.plan, checks, as_json)
+        if with_fabric:
+            report = fabric.check(t, running=t.running)
+            checks += [Check(x.node, x.name, x.status, x.detail, x.fix) for x in report.lines()]
+            try:
+                locking.audit(locking.Site.of(t), fabric.audit_line(t, report, "doctor --fabric"))
+            except Exception as exc:  # an unreachable head node is reported by its own checks already
+                checks.append(Check(t.plan.head.index, "audit", "warn", f"figures not logged: {exc}"))
+    checks_table(t.plan, checks, as_json, extra={"fabric": report.to_json()} if report else None)
+    if report is not None and not as_json:
+        show(t.plan, report, console.stdout())
     if any(c.status == "fail" for c in checks):
         raise Exit(1)
 

@@ -63,10 +63,12 @@ def list_services(
 def check_nodes(target: Target, indices: list[int] | None = None) -> list[Container]:
     """Every node reachable over SSH and its container engine answering, or nothing starts.
 
-    The same round trip lists the deployment's containers, which `up` compares with the plan."""
+    The same round trip lists the deployment's containers, which `up` compares with the plan, and
+    reads the routes to the groups' leaders (for `network.interface: auto` and the fabric check)."""
     rt = target.runtime
-    script = f"echo {LIST_MARK}; {rt.check_and_list_script(target.plan)}"
-    results = target.fleet.run(script, indices, timeout=60)
+    listing = f"echo {LIST_MARK}; {rt.check_and_list_script(target.plan)}"
+    results = target.fleet.run(lambda h: target.route_prefix(h) + listing, indices, timeout=60)
+    target.learn_routes({i: r.stdout.split(LIST_MARK)[0] for i, r in results.succeeded.items()})
     failures, found = {}, []
     for i, r in results.items():
         if isinstance(r, Exception):
@@ -77,6 +79,8 @@ def check_nodes(target: Target, indices: list[int] | None = None) -> list[Contai
             failures[i] = "cannot list containers: " + r.stderr.strip()
         else:
             found += parse_after_mark(i, r.stdout)
+    for i, why in target.unresolved_interfaces().items():
+        failures.setdefault(i, why + " (network.interface: auto); name the interface instead")
     if failures:
         raise NodeFailures("cannot start: nodes not ready", failures, target.plan)
     return found

@@ -11,8 +11,9 @@ import time
 from dataclasses import asdict, dataclass
 
 from launcher.commands.context import Target
+from launcher.plan import fabric
 from launcher.plan.types import Plan, Service
-from launcher.runtime.base import Runtime, parse_list
+from launcher.runtime.base import LIST_MARK, Runtime, parse_after_mark
 from launcher.runtime.shell import q
 from launcher.transport.errors import NodeError, describe
 
@@ -131,13 +132,18 @@ FIXES = {
 
 def run(target: Target) -> list[Check]:
     """All checks on all nodes at once; cross-node comparisons after."""
-    plan, fleet = target.plan, target.fleet
-    listing = fleet.run(target.runtime.list_script(plan), timeout=60)
+    fleet = target.fleet
+    script = f"echo {LIST_MARK}; {target.runtime.list_script(target.plan)}"
+    listing = fleet.run(lambda h: target.route_prefix(h) + script, timeout=60)
+    # The routes first: with `network.interface: auto` they shape the plan the other checks read.
+    target.learn_routes({i: r.stdout.split(LIST_MARK)[0] for i, r in listing.succeeded.items()})
+    plan = target.plan
     running: dict[int, set[str]] = {}
     unreachable = {i: r for i, r in listing.failed.items() if isinstance(r, NodeError)}
     for i, r in listing.succeeded.items():
         if r.ok:
-            running[i] = {c.name for c in parse_list(i, r.stdout) if c.running}
+            running[i] = {c.name for c in parse_after_mark(i, r.stdout) if c.running}
+    target.running = {name for names in running.values() for name in names}
     sent = time.time()
     # A node that could not be reached a moment ago is reported as such, not waited for again.
     results = fleet.run(
@@ -156,6 +162,7 @@ def run(target: Target) -> list[Check]:
         checks.append(Check(i, "ssh", "ok", "reachable"))
         checks += from_output(plan, i, r.stdout, (sent + received) / 2)
     compare_nodes(checks)
+    checks += interface_checks(target, {i for i in results if not isinstance(results[i], Exception)})
     for group, finding in plan.findings:
         checks.append(
             Check(
@@ -166,6 +173,26 @@ def run(target: Target) -> list[Check]:
                 "launcher migrate CONFIG --sglang VERSION",
             )
         )
+    return checks
+
+
+def interface_checks(target: Target, reachable: set[int]) -> list[Check]:
+    """Per node of each multi-node group: the interface its route to the leader leaves by; a node whose
+    interface differs from its group's others is flagged (warn), one that cannot tell fails under
+    `network.interface: auto` (its ranks would get no interface)."""
+    checks = []
+    auto = target.plan.network_interface == "auto"
+    for row in fabric.interface_rows(target.plan, target.routes):
+        if row.node not in reachable:
+            continue
+        if row.interface is None:
+            status = "fail" if auto else "warn"
+            checks.append(Check(row.node, "interface", status, row.detail, "check `ip route get LEADER` on the node"))
+        elif row.flagged:
+            fix = f"route the leader through {row.usual} like the others (or name the interface: network.interface)"
+            checks.append(Check(row.node, "interface", "warn", row.detail, fix))
+        else:
+            checks.append(Check(row.node, "interface", "ok", row.detail))
     return checks
 
 

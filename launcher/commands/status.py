@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from launcher.commands.context import Connection, Target, connected, target
+from launcher.commands.context import Connection, Target, connected, read_routes, target
 from launcher.commands.health import EndpointState, endpoint_state, probe_http
 from launcher.commands.nodes import list_services
 from launcher.errors import Exit
@@ -53,6 +53,7 @@ class StatusRow:
 def run(config, config_opt, inventory, connection: Connection, *, as_json: bool) -> None:
     t = target(config, config_opt, inventory)
     with connected(t, connection):
+        read_routes(t)  # network.interface: auto names each rank's interface in its spec
         rows, unreachable, endpoint = status(t)
     plan = t.plan
     problems = problems_of(t, rows, unreachable, endpoint)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 
-from launcher.commands import doctor, locking
+from launcher.commands import doctor, fabric, locking
 from launcher.commands.context import Connection, Target, connected, remember, target
 from launcher.commands.nodes import StartInterrupted, check_nodes, remove, start
 from launcher.commands.waiter import ServiceFailed, Waiter
@@ -17,7 +17,7 @@ from launcher.output.progress import Progress
 from launcher.plan import readiness, reconcile
 from launcher.plan.reconcile import Changes
 from launcher.plan.state import Container
-from launcher.plan.types import Service
+from launcher.plan.types import Group, Plan, Service
 from launcher.runtime import lock as lock_scripts
 
 SMOKE_ATTEMPTS = 10
@@ -30,10 +30,19 @@ class Interrupted(LauncherError):
 
 
 def run(
-    config, config_opt, inventory, connection: Connection, *, skip_doctor: bool, wait: bool, profile: str | None = None
+    config,
+    config_opt,
+    inventory,
+    connection: Connection,
+    *,
+    skip_doctor: bool,
+    wait: bool,
+    skip_fabric: bool = False,
+    profile: str | None = None,
 ) -> Target:
-    """The verb: refuse stale flags, check the nodes (doctor), converge, report the endpoint. `profile`: the
-    file's profile to apply (None: none, not even the one the last `up` applied: `up` says what runs)."""
+    """The verb: refuse stale flags, check the nodes (doctor), prove the fabric, converge, report the endpoint.
+    `profile`: the file's profile to apply (None: none, not even the one the last `up` applied: `up` says
+    what runs)."""
     t = target(config, config_opt, inventory, profile=profile or "")
     if t.plan.flag_errors:
         raise ConfigError(
@@ -49,7 +58,7 @@ def run(
         if not skip_doctor:
             doctor.before_up(t, progress)
         try:
-            changes = up(t, progress, command=command, wait=wait)
+            changes = up(t, progress, command=command, wait=wait, prove_fabric=not skip_fabric)
         except KeyboardInterrupt:
             say(
                 f"interrupted: containers already started stay up. See them with `launcher status`; remove them all"
@@ -66,8 +75,11 @@ def run(
     return t
 
 
-def up(target: Target, progress: Progress, command: str = "launcher up", wait: bool = True) -> Changes:
-    """Converge the nodes on the plan. With wait=False, return once every container runs (no readiness)."""
+def up(
+    target: Target, progress: Progress, command: str = "launcher up", wait: bool = True, prove_fabric: bool = True
+) -> Changes:
+    """Converge the nodes on the plan. With wait=False, return once every container runs (no readiness).
+    `prove_fabric`: the fabric check runs before anything starts, for every rendezvous group (re)created."""
     plan = target.plan
     progress.log(f"checking {len(plan.nodes)} node(s)")
     current = check_nodes(target)
@@ -76,6 +88,11 @@ def up(target: Target, progress: Progress, command: str = "launcher up", wait: b
         lock.outcome = "up failed"
         changes = reconcile.compute(plan, current)
         _announce(target, progress, changes)
+        groups = to_prove(plan, changes)
+        if prove_fabric:
+            fabric.before_start(target, progress, groups)
+        elif groups:
+            progress.log(f"fabric: not checked (--skip-fabric): {', '.join(g.name for g in groups)}")
         started: list[Container] = []
         try:
             _run_phases(target, progress, changes, current, started, wait)
@@ -83,6 +100,13 @@ def up(target: Target, progress: Progress, command: str = "launcher up", wait: b
             raise _interrupted(target, exc, started) from None
         lock.outcome = "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created")
     return changes
+
+
+def to_prove(plan: Plan, changes: Changes) -> list[Group]:
+    """The rendezvous groups this `up` (re)creates: the fabric check proves them before they start
+    (groups kept running hold their dist-init port; mocker-only files have none)."""
+    created = {s.group for s in changes.create if s.group is not None}
+    return [g for g in plan.groups if g.rendezvous and g.name in created]
 
 
 def _announce(target: Target, progress: Progress, changes: Changes) -> None:

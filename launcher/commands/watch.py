@@ -15,7 +15,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from launcher.commands import locking
-from launcher.commands.context import Connection, Target, connected, target
+from launcher.commands.context import Connection, Target, connected, read_routes, target
 from launcher.commands.nodes import list_services, remove, restart_in_place, start
 from launcher.commands.waiter import Waiter
 from launcher.errors import LauncherError
@@ -73,6 +73,7 @@ def run(config, config_opt, inventory, connection: Connection, **options) -> Non
     """The verb: supervise until Ctrl-C, a `down` from anywhere (exit 0), or giving up (exit 1)."""
     t = target(config, config_opt, inventory)
     with connected(t, connection):
+        read_routes(t)  # network.interface: auto: a group restarted gets the interfaces `up` gave it
         try:
             watch(t, Progress(console.stderr(), live=False), **options)
         except KeyboardInterrupt:

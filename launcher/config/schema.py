@@ -227,6 +227,31 @@ class LeaderSpec(Strict):
         return ContainerSettings._volume_form(value) or []
 
 
+class NetworkSpec(Strict):
+    """How the engines' collective libraries pick their network interface."""
+
+    interface: Annotated[str, Field(pattern=r"^(auto|[A-Za-z0-9_.:@-]{1,15})$")] | None = Field(
+        default=None,
+        description="auto: per node the interface that routes to the group's leader (`ip route get`, read on "
+        "the node by up/doctor); or an interface name used as given. Sets GLOO_SOCKET_IFNAME and "
+        "NCCL_SOCKET_IFNAME on every rank.",
+    )
+
+
+class FabricSpec(Strict):
+    """The fabric check (`launcher doctor --fabric`, a step of `up`): torch.distributed's rendezvous on
+    every multi-node group, and every peer port tried from the node that will use it."""
+
+    # The image's python3 normally has torch (the engines need it); a file whose image has none (the
+    # testbed's) names one that has, mounted through `container.volumes` (or in python_env).
+    python: Annotated[str, Field(min_length=1, pattern=r"^[^\s]+$")] = "python3"
+    timeout: Annotated[float, Field(gt=0, le=3600)] = 60  # seconds the ranks wait for each other
+    connect_timeout: Annotated[float, Field(gt=0, le=600)] = 10  # seconds a peer port is tried
+    gloo_mb: Annotated[float, Field(gt=0, le=4096)] = 8  # bandwidth message size on CPU (Gloo)
+    nccl_mb: Annotated[float, Field(gt=0, le=16384)] = 256  # bandwidth message size on GPU (NCCL)
+    iters: Annotated[int, Field(ge=1, le=100)] = 3
+
+
 class GroupSpec(Strict):
     engine: str
     nodes: Annotated[int, Field(ge=1)] | list[NodeRef]
@@ -245,6 +270,9 @@ class GroupSpec(Strict):
     system_port: Annotated[int, Field(ge=1, le=32767)] | None = None
     timeout: Seconds = 1800
     leader: LeaderSpec = LeaderSpec()
+    # The fabric check's rendezvous: default by engine (dynamo-sglang, sglang and dynamo-vllm ranks
+    # rendezvous; mocker ranks never do; a `command` group may ask for it).
+    fabric: bool | None = None
 
 
 class ProfileGroup(Strict):
@@ -299,6 +327,8 @@ class DeploymentSpec(Strict):
     secrets: list[EnvName] = []
     services: ServicesSpec = ServicesSpec()
     metrics: MetricsSpec = MetricsSpec()
+    network: NetworkSpec = NetworkSpec()
+    fabric: FabricSpec = FabricSpec()
     groups: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")], GroupSpec]
     profiles: Profiles = {}
     state_dir: str = "/var/tmp/launcher"

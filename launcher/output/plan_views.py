@@ -71,8 +71,22 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "nodes": g.node_indices,
                 "gpus": g.gpus,
                 "expected_instances": g.expected_instances,
+                "rendezvous": g.rendezvous,
+                "dist_init_port": g.dist_init_port,
             }
             for g in plan.groups
+        ],
+        "network": {"interface": plan.network_interface, "interfaces": plan.interfaces},
+        "peers": [
+            {
+                "owner": p.owner,
+                "address": p.address,
+                "port": p.port,
+                "what": p.what,
+                "service": p.service,
+                "users": list(p.users),
+            }  # fmt: skip
+            for p in plan.peers
         ],
         "services": services,
         "warnings": [redact(w) for w in plan.warnings],
@@ -153,6 +167,17 @@ def _group_text(plan: Plan, group: Group) -> list[str]:
     out = [head, "  every rank: " + " ".join(_shown(a) for a in argv)]
     if env:
         out.append("  env: " + " ".join(f"{k}={_shown(v)}" for k, v in env.items()))
+    if plan.network_interface == "auto" and not any("GLOO_SOCKET_IFNAME" in s.env for s in ranks):
+        leader = plan.nodes[group.leader].address
+        out.append(
+            f"  env: GLOO_SOCKET_IFNAME=NCCL_SOCKET_IFNAME=<auto: per node, the interface that routes to {leader};"
+            " read on the node by up/doctor>"
+        )
+    if group.rendezvous:
+        out.append(
+            f"  fabric: the ranks' rendezvous at {plan.nodes[group.leader].address}:{group.dist_init_port} is proven"
+            " before they start (launcher doctor --fabric; up, unless --skip-fabric)"
+        )
     for s in ranks:
         extra = " ".join([*argv_rest[s.rank], *(f"{k}={q(v)}" for k, v in env_rest[s.rank].items())])
         out.append(

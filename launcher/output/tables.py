@@ -24,12 +24,14 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
-def checks_table(plan: Plan, checks: list, as_json: bool, console: Console | None = None) -> None:
+def checks_table(
+    plan: Plan, checks: list, as_json: bool, console: Console | None = None, extra: dict | None = None
+) -> None:
     """Doctor's checks (`node`, `name`, `status`, `detail`, `fix`, `to_json()`): a table node x check
-    with a one-line fix per failure, then how many problems."""
+    with a one-line fix per failure, then how many problems. `extra`: more keys for the JSON."""
     if as_json:
         ok = not any(c.status == "fail" for c in checks)
-        print_json({"deployment": plan.deployment, "ok": ok, "checks": [c.to_json() for c in checks]})
+        print_json({"deployment": plan.deployment, "ok": ok, "checks": [c.to_json() for c in checks], **(extra or {})})
         return
     console = console or console_module.stdout()
     table = Table(box=None, pad_edge=False)

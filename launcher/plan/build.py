@@ -20,7 +20,7 @@ from launcher.config.schema import (
     is_secret_name,
 )
 from launcher.errors import ConfigError
-from launcher.plan import engines, flagdrift, infra, metrics
+from launcher.plan import engines, fabric, flagdrift, infra, metrics
 from launcher.plan.checks import check_no_secret_on_command_line, check_ports
 from launcher.plan.engines import args as A
 from launcher.plan.engines.base import Engine, GroupContext
@@ -32,8 +32,10 @@ SGLANG_ENGINES = ("dynamo-sglang", "sglang")
 MIN_SECRET_LEN = 4
 
 
-def build(loaded: Loaded) -> Plan:
-    b = Builder(loaded, resolve_nodes(loaded))
+def build(loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None) -> Plan:
+    """The plan of a loaded file. `interfaces` (node index -> leader address -> interface name) are
+    facts read on the nodes by `up`/`doctor`, for `network.interface: auto`."""
+    b = Builder(loaded, resolve_nodes(loaded), interfaces=interfaces or {})
     urls = b.add_infra()
     b.add_groups(urls)
     if loaded.spec.services.router.enabled:
@@ -57,6 +59,10 @@ def build(loaded: Loaded) -> Plan:
         profile=loaded.profile,
         warnings=b.warnings,
         findings=b.findings,
+        peers=fabric.collect_peers(b.groups, b.services, b.served) + b.router_peers,
+        network_interface=spec.network.interface,
+        interfaces=b.interfaces,
+        fabric=spec.fabric,
     )
 
 
@@ -72,6 +78,9 @@ class Builder:
     findings: list[tuple[str, flagdrift.Finding]] = field(default_factory=list)
     # name -> (engine, context) of every group, for the router
     contexts: dict[str, tuple[Engine, GroupContext]] = field(default_factory=dict)
+    interfaces: dict[int, dict[str, str]] = field(default_factory=dict)
+    served: list[fabric.Served] = field(default_factory=list)  # ports ranks serve to other nodes
+    router_peers: list = field(default_factory=list)  # the router's worker URLs, as peer ports
 
     def __post_init__(self) -> None:
         spec = self.loaded.spec
@@ -157,11 +166,13 @@ class Builder:
                 "router",
                 "enabled",
             )
-        prefill, decode = [], []
+        prefill, decode, workers = [], [], []
         for engine, ctx in self.contexts.values():
             if engine.name != "sglang" or ctx.mode not in ("prefill", "decode"):
                 continue
             url = f"http://{ctx.leader.address}:{engine.port(ctx)}"
+            rank0 = next(s for s in self.services if s.group == ctx.name and s.rank == 0)
+            workers.append((rank0, engine.port(ctx)))
             if ctx.mode == "prefill":
                 prefill.append(infra.Worker(url, engine.bootstrap_port(ctx)))
             else:
@@ -177,7 +188,9 @@ class Builder:
             part = infra.router(rspec, node, prefill, decode, spec.versions.sglang_router, spec.versions.sglang)
         except ValueError as exc:
             raise self.error(str(exc), "services", "router") from None
-        self.services.append(self.single("router", rspec, node, part, rspec.env))
+        router = self.single("router", rspec, node, part, rspec.env)
+        self.services.append(router)
+        self.router_peers = fabric.router_uses(router, workers)
         return part.url
 
     def add_metrics(self) -> None:
@@ -225,8 +238,17 @@ class Builder:
                     gpus=ctx.gpus,
                     expected_instances=engine.expected_instances(ctx),
                     summary=engine.summary(ctx),
+                    rendezvous=self.rendezvous(group, engine, ctx),
+                    dist_init_port=group.dist_init_port,
                 )
             )
+
+    @staticmethod
+    def rendezvous(group: GroupSpec, engine: Engine, ctx: GroupContext) -> bool:
+        """Does the fabric check prove this group's rendezvous? Ranks on more than one node whose engine
+        rendezvous (or a `command` group that asks, `fabric: true`), unless the file says `fabric: false`."""
+        wanted = engine.rendezvous if group.fabric is None else group.fabric
+        return wanted and ctx.nnodes > 1
 
     def engine(self, name: str, group: GroupSpec) -> Engine:
         engine = engines.get(group.engine)
@@ -294,33 +316,55 @@ class Builder:
     def add_ranks(self, group: GroupSpec, engine: Engine, ctx: GroupContext) -> None:
         """One service per node of the group, each with its rank's argv, env and probe."""
         container = self.container(self.group_container(group, engine, ctx))
+        self.check_interface_env(group, ctx)
         for rank, node in enumerate(ctx.nodes):
+            network = fabric.interface_env(self.spec.network.interface, self.interfaces, node, ctx.leader)
             leader = group.leader.env if rank == 0 else {}
-            layers = (self.container_env(group.container), engine.env(ctx, rank), group.env)
+            layers = (self.container_env(group.container), engine.env(ctx, rank), network, group.env)
             layers += (self.profile_of(ctx.name).env, {k: v for k, v in leader.items() if v is not None})
             plain, hidden = self.env(*layers, with_secrets=True)
             for name in [k for k, v in leader.items() if v is None]:  # null: rank 0 runs without it
                 plain.pop(name, None)
                 hidden.pop(name, None)
-            self.services.append(
-                Service(
-                    deployment=self.spec.deployment,
-                    service=f"{ctx.name}-r{rank}",
-                    role=ctx.mode if ctx.mode != "agg" else ctx.name,
-                    node=node,
-                    image=group.image or self.spec.image or "",
-                    command=engine.command(ctx, rank),
-                    env=plain,
-                    secret_env=hidden,
-                    container=self.leader_container(container, group.leader.volumes) if rank == 0 else container,
-                    probe=engine.probe(ctx, rank),
-                    timeout=group.timeout,
-                    group=ctx.name,
-                    rank=rank,
-                    engine=engine.name,
-                    ports=engine.ports(ctx, rank),
-                )
+            service = Service(
+                deployment=self.spec.deployment,
+                service=f"{ctx.name}-r{rank}",
+                role=ctx.mode if ctx.mode != "agg" else ctx.name,
+                node=node,
+                image=group.image or self.spec.image or "",
+                command=engine.command(ctx, rank),
+                env=plain,
+                secret_env=hidden,
+                container=self.leader_container(container, group.leader.volumes) if rank == 0 else container,
+                probe=engine.probe(ctx, rank),
+                timeout=group.timeout,
+                group=ctx.name,
+                rank=rank,
+                engine=engine.name,
+                ports=engine.ports(ctx, rank),
             )
+            self.services.append(service)
+            for what, port in engine.peer_ports(ctx, rank):
+                self.served.append(fabric.Served(service, what, port, node.address))
+
+    def check_interface_env(self, group: GroupSpec, ctx: GroupContext) -> None:
+        """`network.interface` sets the interface variables: the same names written by hand as well
+        would leave two answers to one question."""
+        if self.spec.network.interface is None:
+            return
+        places = (
+            (("groups", ctx.name, "env"), group.env),
+            (("groups", ctx.name, "container", "env"), group.container.env or {}),
+            (("container", "env"), self.spec.container.env or {}),
+        )
+        for key, env in places:
+            for name in fabric.IFNAME_VARS:
+                if name in env:
+                    raise self.error(
+                        f"{name} is set by network.interface ({self.spec.network.interface}); remove one of them",
+                        *key,
+                        name,
+                    )
 
     @staticmethod
     def leader_container(container: ContainerSettings, volumes: list[str]) -> ContainerSettings:

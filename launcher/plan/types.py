@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.config.schema import ContainerSettings, SSHSettings
+from launcher.config.schema import ContainerSettings, FabricSpec, SSHSettings
 
 LABEL = "launcher"  # label prefix: launcher.deployment, launcher.role, ...
 # A node at one of these is this machine: commands run directly, services listen on loopback only.
@@ -107,6 +107,30 @@ class Group:
     # What the frontend must list before the group counts as ready: component -> instance count.
     expected_instances: dict[str, int]
     summary: str = ""
+    # Its ranks meet in torch.distributed's rendezvous at the leader's (node_indices[0]) dist_init_port:
+    # the fabric check proves that rendezvous before the engine starts.
+    rendezvous: bool = False
+    dist_init_port: int = 29500
+
+    @property
+    def leader(self) -> int:
+        return self.node_indices[0]
+
+
+@dataclass(frozen=True)
+class PeerPort:
+    """A port one node serves that other nodes connect to (the fabric check tries it from each of them)."""
+
+    owner: int  # the node index that listens
+    address: str  # the address the users connect to
+    port: int
+    what: str  # dist-init | bootstrap | nixl | etcd | nats | worker
+    service: str  # the service that listens there (prefill-r0, etcd, ...)
+    users: tuple[int, ...]  # the node indices that connect to it (never the owner)
+
+    @property
+    def label(self) -> str:
+        return f"{self.what} of {self.service}"
 
 
 @dataclass
@@ -125,6 +149,11 @@ class Plan:
     profile: str | None = None  # the file's profile applied (`--profile`), if any
     warnings: list[str] = field(default_factory=list)
     findings: list = field(default_factory=list)  # (group, flagdrift.Finding): stale engine flags
+    peers: list[PeerPort] = field(default_factory=list)
+    network_interface: str | None = None  # the file's network.interface: None, "auto" or a name
+    # Facts read on the nodes, given to `build` as input: node index -> leader address -> interface.
+    interfaces: dict[int, dict[str, str]] = field(default_factory=dict)
+    fabric: FabricSpec = field(default_factory=FabricSpec)
 
     def node(self, ref: str | int) -> Node | None:
         return find_node(self.nodes, ref)

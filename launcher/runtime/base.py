@@ -48,6 +48,12 @@ class Runtime(Protocol):
 
     def poll_script(self, plan: Plan, names: list[str]) -> str: ...
 
+    def one_off_script(self, plan: Plan, service: Service, argv: list[str], name: str) -> str:
+        """argv where `service` would run (its image, mounts, devices, network and env; or python_env),
+        with stdin passed through, removed when it ends. `name` identifies it (a leftover of an
+        interrupted run under that name is removed first)."""
+        ...
+
 
 class ListingError(LauncherError):
     """A node's service list could not be read."""

@@ -92,6 +92,10 @@ class Docker:
         argv.append(name)
         return join(argv) + " 2>&1"
 
+    def one_off_script(self, plan: Plan, service: Service, argv: list[str], name: str) -> str:
+        run = docker_check_run(plan, service, argv)
+        return f"docker rm -f {q(name)} >/dev/null 2>&1; " + join([*run[:4], "--name", name, *run[4:]])
+
     def poll_script(self, plan: Plan, names: list[str]) -> str:
         """One round trip: the deployment's containers, then the last log line of each named one."""
         script = self.list_script(plan)

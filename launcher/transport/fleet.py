@@ -71,27 +71,50 @@ class Fleet:
     def host(self, index: int) -> Host:
         return self.hosts[index]
 
-    def run(self, script: Callable[[Host], str] | str, indices: Iterable[int] | None = None, **kw: Any) -> FleetResult:
+    def run(
+        self,
+        script: Callable[[Host], str] | str,
+        indices: Iterable[int] | None = None,
+        together: bool = False,
+        **kw: Any,
+    ) -> FleetResult:
         """`host.run` of a script (the same text, or one per host) on each chosen node at once."""
-        return self.map(lambda h: h.run(script(h) if callable(script) else script, **kw), indices)
+        return self.map(lambda h: h.run(script(h) if callable(script) else script, **kw), indices, together=together)
 
     def map(
-        self, fn: Callable[[Host], T], indices: Iterable[int] | None = None, finish_on_interrupt: float = 0.0
+        self,
+        fn: Callable[[Host], T],
+        indices: Iterable[int] | None = None,
+        finish_on_interrupt: float = 0.0,
+        together: bool = False,
     ) -> FleetResult:
         """fn(host) on each node in parallel (bounded); a failure on one node never hides the others.
+
+        `together`: every chosen node at once, whatever the bound (`--parallel`): for scripts that wait
+        for each other across nodes (a rendezvous), where a node still queued would look absent.
 
         On Ctrl-C, with `finish_on_interrupt`, what was already sent is given that many seconds to
         finish (a second Ctrl-C leaves at once) and `MapInterrupted` carries what did finish: a
         caller that was starting services can then say exactly what now runs."""
         chosen = list(self.hosts) if indices is None else list(dict.fromkeys(indices))
+        if together and len(chosen) > self.options.parallel:
+            pool = ThreadPoolExecutor(max_workers=len(chosen), thread_name_prefix="node-together")
+            try:
+                return self._gather(fn, chosen, pool, finish_on_interrupt)
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)  # an interrupted caller does not wait here
+        return self._gather(fn, chosen, self._pool, finish_on_interrupt)
 
+    def _gather(
+        self, fn: Callable[[Host], T], chosen: list[int], pool: ThreadPoolExecutor, finish_on_interrupt: float
+    ) -> FleetResult:
         def guarded(i: int) -> T | Exception:
             try:
                 return fn(self.hosts[i])
             except Exception as exc:  # gathered per node, reported together by the caller
                 return exc
 
-        futures = {i: self._pool.submit(guarded, i) for i in chosen}
+        futures = {i: pool.submit(guarded, i) for i in chosen}
         try:
             return FleetResult((i, f.result()) for i, f in futures.items())
         except KeyboardInterrupt:

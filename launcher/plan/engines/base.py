@@ -46,6 +46,8 @@ class Engine:
 
     name = ""
     needs_gpu = True
+    # Do the group's ranks meet in torch.distributed's rendezvous (one instance over many nodes)?
+    rendezvous = False
 
     def validate(self, group: GroupContext) -> list[str]:
         """Raise ConfigError for impossible groups; return warnings."""
@@ -58,6 +60,11 @@ class Engine:
         return {}
 
     def ports(self, group: GroupContext, rank: int) -> list[int]:
+        return []
+
+    def peer_ports(self, group: GroupContext, rank: int) -> list[tuple[str, int]]:
+        """(kind, port) this rank serves to other nodes besides the rendezvous: `bootstrap` (P/D, used by
+        every decode node), `nixl` (KV side channel, used by the other P/D role's nodes)."""
         return []
 
     def probe(self, group: GroupContext, rank: int) -> Probe:

@@ -79,6 +79,7 @@ def canonical(argv: list[str]) -> list[str]:
 class DynamoVLLM(Engine):
     name = "dynamo-vllm"
     module = ("python3", "-m", "dynamo.vllm")
+    rendezvous = True
 
     def validate(self, group: GroupContext) -> list[str]:
         argv = canonical(group.argv)
@@ -233,6 +234,14 @@ class DynamoVLLM(Engine):
         if group.spec.system_port:
             ports.append(group.spec.system_port)
         return ports
+
+    def peer_ports(self, group: GroupContext, rank: int) -> list[tuple[str, int]]:
+        argv = canonical(group.argv)
+        if not self._nixl(group, argv):
+            return []
+        local, tp = self._local(group, argv), self._tp(group, argv)
+        first = self.side_channel_port(group) + rank * local * tp
+        return [("nixl", port) for port in range(first, first + local * tp)]
 
     def probe(self, group: GroupContext, rank: int) -> Probe:
         return system_probe(group, rank)

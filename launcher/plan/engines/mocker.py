@@ -17,6 +17,8 @@ class Mocker(Engine):
     module = ("python3", "-m", "dynamo.mocker")
 
     def validate(self, group: GroupContext) -> list[str]:
+        if group.spec.fabric:
+            raise group.error("fabric", "mocker ranks never rendezvous (each is a standalone worker): remove it")
         if group.model is None and not A.has(group.argv, "--model-path"):
             raise group.error("engine", "the mocker needs `model.path` (a local dir with config.json and tokenizer)")
         workers = A.value(group.argv, "--num-workers")
@@ -48,6 +50,10 @@ class Mocker(Engine):
         if group.spec.system_port:
             ports.append(group.spec.system_port)
         return ports
+
+    def peer_ports(self, group: GroupContext, rank: int) -> list[tuple[str, int]]:
+        # Every prefill mocker is an instance of its own, with its own bootstrap server.
+        return [("bootstrap", self.bootstrap_port(group))] if group.mode == "prefill" else []
 
     def probe(self, group: GroupContext, rank: int) -> Probe:
         return system_probe(group, rank)

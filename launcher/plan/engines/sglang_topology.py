@@ -21,6 +21,7 @@ class SGLangTopology(Engine):
     """Base of the SGLang engines; subclasses set `name` and `module`."""
 
     module: tuple[str, ...] = ()
+    rendezvous = True
 
     def validate(self, group: GroupContext) -> list[str]:
         argv = group.argv
@@ -88,6 +89,10 @@ class SGLangTopology(Engine):
         if rank == 0 and group.mode == "prefill":
             ports.append(self.bootstrap_port(group))
         return ports
+
+    def peer_ports(self, group: GroupContext, rank: int) -> list[tuple[str, int]]:
+        # The bootstrap server runs on node-rank 0 of a prefill instance only.
+        return [("bootstrap", self.bootstrap_port(group))] if rank == 0 and group.mode == "prefill" else []
 
     def summary(self, group: GroupContext) -> str:
         tp = A.value(group.argv, "--tp-size", "--tp", "--tensor-parallel-size") or str(group.nnodes * len(group.gpus))
