@@ -173,7 +173,7 @@ def assert_script(script: str, index: int, node: dict, what: str) -> None:
 
 
 def test_some_shipped_configs_need_the_inventory() -> None:
-    assert {c.name for c in NEEDS_INVENTORY} == {"testbed-104.yaml", "testbed-small.yaml"}
+    assert {c.name for c in NEEDS_INVENTORY} == {"testbed-104.yaml", "testbed-dsr1.yaml", "testbed-small.yaml"}
 
 
 def plan_argv(config: Path, fmt: str, inventory: Path, out_root: Path) -> tuple[str, ...]:

@@ -175,9 +175,11 @@ def test_secrets_are_redacted_everywhere(tmp_path, capsys):
 
 # The shape `plan --format json` promises in the README, level by level (more keys may come; none may go).
 JSON_KEYS = {
-    "plan": {"deployment", "endpoint", "model", "nodes", "groups", "services"},
+    "plan": {"deployment", "endpoint", "model", "nodes", "groups", "network", "peers", "services"},
     "node": {"index", "address", "name"},
-    "group": {"name", "engine", "mode", "nodes", "gpus", "expected_instances"},
+    "group": {"name", "engine", "mode", "nodes", "gpus", "expected_instances", "rendezvous", "dist_init_port"},
+    "network": {"interface", "interfaces"},
+    "peer": {"owner", "address", "port", "what", "service", "users"},
     "service": {
         "name", "role", "node_index", "rank", "image", "command", "docker_run", "env", "labels", "ports", "probe",
     },
@@ -191,7 +193,7 @@ def readme_json_block() -> str:
 
 def test_readme_documents_the_json_keys_the_contract_checks():
     block = readme_json_block()
-    documented = set(re.findall(r'"(\w+)"\s*[:,}]', block))  # keys, not the role values ("etcd"|...)
+    documented = set(re.findall(r'(?<!\|)"(\w+)"\s*[:,}]', block))  # keys, not values ("etcd"|..., |"worker")
     assert documented == set().union(*JSON_KEYS.values())
     # null where nothing serves an endpoint (plain SGLang without its router)
     assert '"endpoint": str|null' in block and '"model": str|null' in block and '"rank": int|null' in block
@@ -207,6 +209,11 @@ def test_json_contract(name, capsys):
     assert JSON_KEYS["plan"] <= data.keys()
     assert data["deployment"] == spec.deployment
     addresses = {n["index"]: n["address"] for n in data["nodes"]}
+    assert JSON_KEYS["network"] <= data["network"].keys()
+    for peer in data["peers"]:  # a port one node uses on another: its owner's address, used by other nodes
+        assert JSON_KEYS["peer"] <= peer.keys()
+        assert peer["address"] == addresses[peer["owner"]] and 0 < peer["port"] < 65536, peer
+        assert peer["users"] and all(u in addresses for u in peer["users"]), peer
 
     assert [n["index"] for n in data["nodes"]] == list(range(len(data["nodes"])))
     for node in data["nodes"]:
