@@ -119,6 +119,7 @@ class LocalHost:
             read_err=lambda: stderr.read1(65536),
             exit_code=exit_code,
             kill=kill,
+            pid=proc.pid,
         )
 
     def open_port(self, port: int, address: str | None = None, timeout: float = 10.0) -> Conn:

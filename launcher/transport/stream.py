@@ -81,8 +81,10 @@ class Running:
         read_err: Callable[[], bytes],
         exit_code: Callable[[float | None], int | None],
         kill: Callable[[], None],
+        pid: int | None = None,
     ):
         self.label = label
+        self.pid = pid  # the local process (None on a remote node)
         self._write, self._close_stdin, self._exit_code, self._kill = write, close_stdin, exit_code, kill
         self._out: queue.Queue[bytes] = queue.Queue(QUEUE_CHUNKS)
         self._pending = b""  # what `readline` read past the last full line
