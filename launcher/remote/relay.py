@@ -130,6 +130,13 @@ class Ring:
             self.closed = True
             self.cond.notify_all()
 
+    def ended(self) -> bool:
+        """Wait for the stream's end frame (it comes after the last record): True unless closed."""
+        with self.cond:
+            while not self.eof and not self.closed:
+                self.cond.wait(1)
+            return self.eof and not self.closed
+
     def attach(self, name: str, pos: int, keep: int) -> bool:
         with self.cond:
             if pos < self.held_from():
@@ -612,7 +619,7 @@ def receive_all(relay: Relay, sink: dict, reader: StreamReader) -> None:
         pass
     finally:
         write_manifest(sink["root"], sink["files"], verified=set(sink.get("complete", [])) | set(done))
-    complete = not failed and len(done) == len(need) and relay.ring.eof and not relay.ring.closed
+    complete = not failed and len(done) == len(need) and relay.ring.ended()
     say("sink", ok=complete, written=done, failed=failed, bytes=reader.pos)
 
 
@@ -918,21 +925,23 @@ def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "check":
         return check(sys.argv[2], sys.argv[3])
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=control_lines, args=(lines,), daemon=True).start()
     try:
-        req = json.loads(lines.get(timeout=60))
-    except (queue.Empty, ValueError):
+        req = json.loads(sys.stdin.buffer.readline())
+    except ValueError:
         say("error", detail="no request from the launcher")
         return 2
-    if mode == "relay":
-        return run_relay(req, lines)
     if mode == "scan":
         return scan(req)
     if mode == "emit":
         return emit(req)
-    say("error", detail=f"unknown mode {mode!r}")
-    return 2
+    if mode != "relay":
+        say("error", detail=f"unknown mode {mode!r}")
+        return 2
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=control_lines, args=(lines,), daemon=True).start()
+    code = run_relay(req, lines)
+    sys.stdout.flush()
+    os._exit(code)  # not the interpreter's shutdown: a daemon thread still blocks reading stdin
 
 
 if __name__ == "__main__":
