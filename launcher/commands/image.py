@@ -70,6 +70,7 @@ class Outcome:
     bytes: int = 0
     seconds: float = 0.0
     cause: str = ""  # why the relay failed it (upstream: only its upstream failed; it may try again)
+    upstream: str = ""  # where its stream came from: "this machine" or a node
 
     def to_json(self) -> dict:
         return {
@@ -79,6 +80,7 @@ class Outcome:
             "detail": self.detail,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 1),
+            "from": self.upstream,
         }
 
 
@@ -175,17 +177,20 @@ def relay_image(t, engine: Engine, image: LocalImage, todo: list[int], connectio
     verified = holdings(t, image, [i for i in todo if run.hops[str(i)].cause != "lost"])
     moved: dict[int, Outcome] = {}
     for i in todo:
-        hop, name = run.hops[str(i)], plan.nodes[i].name
-        got = int((hop.sink or {}).get("bytes") or hop.received)
-        held = verified.get(i)
-        if isinstance(held, dict) and held.get("tag") == image.id:
-            moved[i] = Outcome(i, name, "pushed", "image ID verified", got, seconds)
-        elif hop.state == "failed":
-            moved[i] = Outcome(i, name, "failed", f"{hop.detail} (at {size(got)})", got, seconds, hop.cause)
-        else:
-            why = ship.failure(hop) if not (hop.sink or {}).get("ok") else f"holds {(held or {}).get('tag') or 'no ID'}"
-            moved[i] = Outcome(i, name, "failed", f"docker load: {why}" if hop.sink else why, got, seconds)
+        moved[i] = image_outcome(plan.nodes[i].name, i, run.hops[str(i)], verified.get(i), image, seconds)
+        moved[i].upstream = ship.upstream(run, run.hops[str(i)])
     return moved
+
+
+def image_outcome(name: str, i: int, hop: Hop, held, image: LocalImage, seconds: float) -> Outcome:
+    """What a node holds after the relay: verified by its image ID, or why not."""
+    got = int((hop.sink or {}).get("bytes") or hop.received)
+    if isinstance(held, dict) and held.get("tag") == image.id:
+        return Outcome(i, name, "pushed", "image ID verified", got, seconds)
+    if hop.state == "failed":
+        return Outcome(i, name, "failed", f"{hop.detail} (at {size(got)})", got, seconds, hop.cause)
+    why = ship.failure(hop) if not (hop.sink or {}).get("ok") else f"holds {(held or {}).get('tag') or 'no ID'}"
+    return Outcome(i, name, "failed", f"docker load: {why}" if hop.sink else why, got, seconds)
 
 
 def interrupted(t: Target, image: LocalImage, indices: list[int]) -> None:

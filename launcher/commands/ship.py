@@ -17,7 +17,7 @@ from launcher.plan.types import Node, Plan
 from launcher.runtime.shell import q
 from launcher.transport.host import Host, Options
 from launcher.transport.local import LocalHost
-from launcher.transport.relay import Feed, Hop, Relay, Timing
+from launcher.transport.relay import ROOT, Feed, Hop, Relay, Timing
 
 # The program arrives on stdin, ahead of the launcher's JSON lines (see remote/relay.py).
 BOOT = "import sys;n=int(sys.argv.pop(1));exec(compile(sys.stdin.buffer.read(n),'launcher-relay','exec'))"
@@ -121,6 +121,16 @@ def spread(
         return Spread(getattr(exc, "hops", relay.hops), interrupted=True, events=events)
     finally:
         view.stop()
+
+
+def upstream(run: Spread, hop: Hop) -> str:
+    """Where a hop's stream came from in the end: "this machine", or a node's name."""
+    if hop.parent is None:
+        return ""
+    if hop.parent == ROOT:
+        return "this machine"
+    parent = run.hops.get(hop.parent)
+    return parent.host.node.name if parent is not None else hop.parent
 
 
 def failure(hop: Hop) -> str:

@@ -48,6 +48,7 @@ class Outcome:
     bytes: int = 0
     seconds: float = 0.0
     cause: str = ""
+    upstream: str = ""  # where its stream came from: "this machine" or a node
 
     def to_json(self) -> dict:
         return {
@@ -60,6 +61,7 @@ class Outcome:
             "failed": self.failed,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 1),
+            "from": self.upstream,
         }
 
 
@@ -216,7 +218,10 @@ def relay_files(t, src: Source, files, dest, needs, connection, fanout, as_json)
     seconds = time.monotonic() - started
     if run.interrupted:
         interrupted(t, run.hops, needs, files)
-    return {i: outcome_of(t, i, dest[i], run.hops[str(i)], seconds) for i in needs}
+    outcomes = {i: outcome_of(t, i, dest[i], run.hops[str(i)], seconds) for i in needs}
+    for i, o in outcomes.items():
+        o.upstream = ship.upstream(run, run.hops[str(i)])
+    return outcomes
 
 
 def outcome_of(t: Target, i: int, path: str, hop: Hop, seconds: float) -> Outcome:
