@@ -6,6 +6,7 @@ verb's own module is the first one loaded), so these run the installed console s
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,12 @@ BAD_COMMAND_LINES = [
     (["logs", "--rank", "x"], "--rank", "got 'x'"),
     (["plan", "configs/local.yaml", "--bogus"], "--bogus", "No such option"),
     (["migrate", "configs/local.yaml"], "--sglang", "Missing option"),
+    (["stage", "configs/local.yaml"], "--from", "Missing option"),
+    (["stage", "configs/local.yaml", "--from", "/tmp", "--to", "rel"], "--to", "expected an absolute path"),
+    (["stage", "configs/local.yaml", "--from", "/no/such/dir"], "--from", "no such directory here"),
+    (["image", "push", "--fanout", "0"], "--fanout", "got '0'"),
+    (["image", "push", "configs/local.yaml"], "runtime", "needs `runtime: docker`"),
+    (["image", "build", "-f", "/no/Dockerfile", "--tag", "x:1"], "-f", "no such file"),
 ]
 
 
@@ -57,3 +64,15 @@ def test_a_bad_command_line_is_one_line_and_exit_2(args: list[str], option: str,
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and option in lines[0] and says in lines[0], lines[0]
     assert proc.stdout == ""
+
+
+def test_an_unreachable_docker_engine_is_one_line_and_exit_1() -> None:
+    env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    proc = subprocess.run(
+        [LAUNCHER, "image", "build", "-f", "Dockerfile.wideep", "--tag", "x:1"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert_no_traceback(proc)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: cannot reach the local Docker engine (unix:///nonexistent/docker.sock): ")
