@@ -59,7 +59,7 @@ def received(tmp_path: Path, i: int) -> str:
 def relay(hs: list[Hop], total_mb: int, *, fail_at: int | None = None, **kw) -> Relay:
     events: list[str] = []
     r = Relay(
-        hs, ship.relay_script(None, "relay"), ship.program(), Feed(stream(total_mb, fail_at), 16 * MB, 12 * MB),
+        hs, ship.relay_script(None, "relay"), ship.program(), Feed(lambda: stream(total_mb, fail_at), 16 * MB, 12 * MB),
         on_event=events.append, **kw,
     )  # fmt: skip
     r.lines = events  # type: ignore[attr-defined]

@@ -130,67 +130,84 @@ def holdings(t: Target, image: LocalImage, indices: list[int]) -> dict[int, dict
     return held
 
 
+# What a node holds, asked by its relay before anything moves: "held" (the ID under the plan's name),
+# "tagged" (the ID under another name: tagged now, nothing to move) or "lacks". $1: the name, $2: the ID.
+CHECK = (
+    'held=$(docker image inspect --format "{{.Id}}" "$1" 2>/dev/null); '
+    'if [ "$held" = "$2" ]; then echo held; '
+    'elif docker image inspect "$2" >/dev/null 2>&1 && docker tag "$2" "$1"; then echo tagged; '
+    "else echo lacks; fi"
+)
+# The sink: docker load, then the ID the node now holds under the plan's name (the launcher compares it).
+LOAD = 'docker load && docker image inspect --format "{{.Id}}" "$1"'
+
+
 def push_one(t, engine: Engine, image: LocalImage, indices, connection, *, as_json, fanout) -> list[Outcome]:
-    plan = t.plan
     outcomes: dict[int, Outcome] = {}
-    todo: list[int] = []
-    for i, held in holdings(t, image, indices).items():
-        name = plan.nodes[i].name
-        if isinstance(held, Exception):
-            outcomes[i] = Outcome(i, name, "failed", describe(held))
-        elif held.get("tag") == image.id:
-            outcomes[i] = Outcome(i, name, "skipped", "holds it")
-        elif held.get("id") == image.id:
-            r = t.fleet.host(i).run(f"docker tag {q(image.id)} {q(image.ref)}", timeout=60)
-            outcomes[i] = Outcome(
-                i, name, "tagged" if r.ok else "failed", "held it under another name" if r.ok else r.why()
-            )
-        else:
-            todo.append(i)
-    say(
-        f"{image.ref} ({image.id[:19]}, {size(image.size)}): {len(todo)} of {len(indices)} node(s) lack it",
-        to_stderr=True,
-    )
+    todo = list(indices)
     for attempt in (1, 2):
-        if not todo:
-            break
         moved = relay_image(t, engine, image, todo, connection, fanout=fanout, as_json=as_json)
         outcomes.update(moved)
         # Nodes that only lost their upstream (and could not resume) get one more stream of their own.
         todo = [i for i, o in moved.items() if o.status == "failed" and o.cause == "upstream"]
-        if todo and attempt == 1:
-            say(f"again for {', '.join(plan.nodes[i].name for i in todo)}: their upstream failed", to_stderr=True)
+        if not todo:
+            break
+        if attempt == 1:
+            names = ", ".join(t.plan.nodes[i].name for i in todo)
+            say(f"again for {names}: their upstream failed and they could not resume", to_stderr=True)
     return [outcomes[i] for i in sorted(outcomes)]
 
 
 def relay_image(t, engine: Engine, image: LocalImage, todo: list[int], connection, *, fanout, as_json) -> dict:
     plan = t.plan
-    hops = [Hop(str(i), t.fleet.host(i), {"sink": {"kind": "cmd", "argv": ["docker", "load"]}}) for i in todo]
-    started = time.monotonic()
+    hello = {
+        "check": ["sh", "-c", CHECK, "sh", image.ref, image.id],
+        "sink": {"kind": "cmd", "argv": ["sh", "-c", LOAD, "sh", image.ref]},
+    }
+    hops = [Hop(str(i), t.fleet.host(i), dict(hello)) for i in todo]
+
+    def started(all_hops: dict[str, Hop]) -> None:
+        lack = sum(h.state == "waiting" for h in all_hops.values())
+        say(f"{image.ref} ({image.id[:19]}, {size(image.size)}): {lack} of {len(todo)} node(s) lack it", to_stderr=True)
+
+    began = time.monotonic()
     run = ship.spread(
-        hops, Feed(engine.save(image.ref)), what="image", total=image.size, fanout=fanout,
-        parallel=connection.parallel, plan=plan, as_json=as_json,
+        hops, Feed(lambda: engine.save(image.ref)), what="image", total=image.size, fanout=fanout,
+        parallel=connection.parallel, plan=plan, as_json=as_json, wanted=lambda h: _said(h) not in ("held", "tagged"),
+        on_started=started,
     )  # fmt: skip
-    seconds = time.monotonic() - started
+    seconds = time.monotonic() - began
     if run.interrupted:
         interrupted(t, image, todo)
-    verified = holdings(t, image, [i for i in todo if run.hops[str(i)].cause != "lost"])
     moved: dict[int, Outcome] = {}
     for i in todo:
-        moved[i] = image_outcome(plan.nodes[i].name, i, run.hops[str(i)], verified.get(i), image, seconds)
-        moved[i].upstream = ship.upstream(run, run.hops[str(i)])
+        hop = run.hops[str(i)]
+        moved[i] = image_outcome(plan.nodes[i].name, i, hop, image, seconds)
+        moved[i].upstream = ship.upstream(run, hop)
     return moved
 
 
-def image_outcome(name: str, i: int, hop: Hop, held, image: LocalImage, seconds: float) -> Outcome:
-    """What a node holds after the relay: verified by its image ID, or why not."""
-    got = int((hop.sink or {}).get("bytes") or hop.received)
-    if isinstance(held, dict) and held.get("tag") == image.id:
-        return Outcome(i, name, "pushed", "image ID verified", got, seconds)
+def _said(hop: Hop) -> str:
+    return (hop.check.strip().splitlines() or [""])[-1]
+
+
+def image_outcome(name: str, i: int, hop: Hop, image: LocalImage, seconds: float) -> Outcome:
+    """What a node holds after the relay: its image ID as it reported it after loading, or why not."""
+    if hop.state == "skipped":
+        said = _said(hop)
+        return Outcome(i, name, "skipped" if said == "held" else "tagged", HELD[said])
+    sink = hop.sink or {}
+    got = int(sink.get("bytes") or hop.received)
     if hop.state == "failed":
         return Outcome(i, name, "failed", f"{hop.detail} (at {size(got)})", got, seconds, hop.cause)
-    why = ship.failure(hop) if not (hop.sink or {}).get("ok") else f"holds {(held or {}).get('tag') or 'no ID'}"
-    return Outcome(i, name, "failed", f"docker load: {why}" if hop.sink else why, got, seconds)
+    holds = (str(sink.get("output") or "").strip().splitlines() or [""])[-1]
+    if sink.get("ok") and holds == image.id:
+        return Outcome(i, name, "pushed", "image ID verified", got, seconds)
+    why = f"holds {holds or 'no ID'} after loading" if sink.get("ok") else ship.failure(hop)
+    return Outcome(i, name, "failed", f"docker load: {why}" if sink else why, got, seconds)
+
+
+HELD = {"held": "holds it", "tagged": "held it under another name: tagged"}
 
 
 def interrupted(t: Target, image: LocalImage, indices: list[int]) -> None:

@@ -98,6 +98,8 @@ def spread(
     plan: Plan,
     as_json: bool,
     timing: Timing | None = None,
+    wanted: Callable[[Hop], bool] | None = None,
+    on_started: Callable[[dict[str, Hop]], None] | None = None,
 ) -> Spread:
     """Run the relay tree with the live view; Ctrl-C stops every relay (Spread.interrupted)."""
     view = TransferView(what, total)
@@ -112,7 +114,7 @@ def spread(
 
     relay = Relay(
         hops, relay_script(plan, "relay"), program(), source, fanout=fanout, parallel=parallel,
-        on_progress=progress, on_event=event, timing=timing,
+        on_progress=progress, on_event=event, timing=timing, wanted=wanted, on_started=on_started,
     )  # fmt: skip
     view.start()
     try:

@@ -200,7 +200,7 @@ def relay_files(t, src: Source, files, dest, needs, connection, fanout, as_json)
     source_hop, stop = None, None
     if src.node is None:
         stop, pieces = ship.emitted(src.host, {"root": src.root, "records": recs})
-        root: Feed | Hop = Feed(pieces)
+        root: Feed | Hop = Feed(lambda: pieces)
     else:
         source_hop = hops.get(src.node.index) or Hop("source", src.host)
         source_hop.hello["source"] = {"root": src.root, "records": recs}

@@ -8,7 +8,8 @@ launcher starts it as
 
 so this program arrives on stdin and the rest of stdin stays the launcher's: JSON lines.
 Modes:
-  relay  a `hello` line (token, address to listen on, sink, source) -> it listens, takes the stream from
+  relay  a `hello` line (token, address to listen on, sink, source, a check command whose output comes
+         back with the port) -> it listens, takes the stream from
          an upstream node (or emits it from a directory of its own), passes it on to the downstream
          nodes the launcher names (`add`/`drop` lines, any time: that is how a failed node is routed
          around), and feeds it to its sink: a command (`docker load`) or a directory (the stream's
@@ -452,7 +453,11 @@ def control_lines(q: queue.Queue) -> None:
 
 def run_relay(hello: dict, lines: queue.Queue) -> int:
     relay = Relay(hello)
-    say("listening", port=relay.server.getsockname()[1])
+    checked = {}
+    if hello.get("check"):  # the launcher's question before anything moves (does this node hold it?)
+        done = subprocess.run(hello["check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        checked = {"check": done.stdout.decode(errors="replace").strip()}
+    say("listening", port=relay.server.getsockname()[1], **checked)
     sink = hello.get("sink")
     if sink:
         relay.ring.attach("sink", 0, 0)

@@ -60,12 +60,13 @@ class Hop:
     proc: Running | None = None
     port: int = 0
     parent: str | None = None
-    state: str = "starting"  # starting | waiting | receiving | finished | failed | aborted
+    state: str = "starting"  # starting | waiting | receiving | finished | failed | aborted | skipped
     received: int = 0
     sink: dict | None = None  # the sink's last word
     files: list[dict] = field(default_factory=list)  # stage: one event per file
     detail: str = ""
     cause: str = ""  # failed: start | relay | lost | upstream | source | stalled
+    check: str = ""  # what the hello's `check` command printed on the node, before anything moved
     heard: float = 0.0
     reconnects: int = 0
     checking: bool = False
@@ -77,7 +78,7 @@ class Hop:
 
     @property
     def live(self) -> bool:
-        return self.state not in ("failed", "aborted")
+        return self.state not in ("failed", "aborted", "skipped")
 
     def send(self, msg: dict) -> None:
         self.outbox.put(json.dumps(msg).encode() + b"\n")
@@ -164,13 +165,13 @@ class _Ring:
 
 
 class Feed:
-    """The tree's root on the operator's machine: the bytes of `chunks`, sent to its child hops through
+    """The tree's root on the operator's machine: the bytes of `source()`, sent to its child hops through
     their nodes' SSH connections (forwarded channels to their relays' ports)."""
 
     key = ROOT
 
-    def __init__(self, chunks: Iterable[bytes], ring: int = FEED_RING, keep: int = FEED_KEEP):
-        self.chunks = chunks
+    def __init__(self, source: Callable[[], Iterable[bytes]], ring: int = FEED_RING, keep: int = FEED_KEEP):
+        self.source = source  # opened only when the tree is wired (nothing is read for nobody)
         self.ring = _Ring(ring, keep)
         self.events: queue.Queue | None = None
         self.token = ""
@@ -184,7 +185,7 @@ class Feed:
     def _read(self) -> None:
         assert self.events is not None
         try:
-            for chunk in self.chunks:
+            for chunk in self.source():
                 if not self.ring.write(chunk):
                     return
                 self.received = self.ring.end
@@ -268,12 +269,19 @@ class _Sender:
     def stop(self) -> None:
         self.stopped = True
         if self.conn is not None:
-            threading.Thread(target=self.conn.close, daemon=True).start()  # a dead channel may take a while
+            threading.Thread(target=_quietly, args=(self.conn.close,), daemon=True).start()  # may take a while
 
     def drop(self) -> None:
         self.stop()
         self.let_go()
         self.feed.ring.detach(self.name)
+
+
+def _quietly(close: Callable[[], None]) -> None:
+    try:
+        close()
+    except Exception:
+        pass  # the channel's connection is gone already
 
 
 def _read_line(conn: Any) -> str:
@@ -302,6 +310,8 @@ class Relay:
         on_progress: Callable[[dict[str, Hop], Feed | Hop], None] | None = None,
         on_event: Callable[[str], None] | None = None,
         timing: Timing | None = None,
+        wanted: Callable[[Hop], bool] | None = None,
+        on_started: Callable[[dict[str, Hop]], None] | None = None,
     ):
         self.hops = {h.key: h for h in hops}
         self.script, self.program, self.source = script, program, source
@@ -309,6 +319,8 @@ class Relay:
         self.on_progress = on_progress or (lambda hops, source: None)
         self.on_event = on_event or (lambda line: None)
         self.timing = timing or Timing()
+        self.wanted = wanted  # asked of each started hop (its `check`): False leaves it out, "skipped"
+        self.on_started = on_started or (lambda hops: None)
         self.token = secrets.token_hex(16)
         self.events: queue.Queue = queue.Queue()
         self.moved_at = time.monotonic()
@@ -318,8 +330,11 @@ class Relay:
     def run(self) -> dict[str, Hop]:
         try:
             self._start_all()
-            self._wire()
-            self._monitor()
+            self._leave_out()
+            self.on_started(self.hops)
+            if any(h.live and h is not self.source for h in self.hops.values()):
+                self._wire()
+                self._monitor()
         except KeyboardInterrupt:
             self._abort()
             raise RelayInterrupted(self.hops) from None
@@ -348,8 +363,17 @@ class Relay:
             hop.proc.kill()
             return
         hop.port, hop.state, hop.heard = int(event["port"]), "waiting", time.monotonic()
+        hop.check = str(event.get("check") or "")
         threading.Thread(target=self._listen, args=(hop,), daemon=True, name=f"ev-{hop.key}").start()
         threading.Thread(target=self._speak, args=(hop,), daemon=True, name=f"ctl-{hop.key}").start()
+
+    def _leave_out(self) -> None:
+        """Hops whose check says they need nothing (an image they hold) stop here: nothing moves to them."""
+        for hop in self.hops.values():
+            if self.wanted is not None and hop.live and hop is not self.source and not self.wanted(hop):
+                hop.state = "skipped"
+                hop.send({"op": "exit"})
+                threading.Thread(target=self._bury, args=(hop, False), daemon=True).start()
 
     def _listen(self, hop: Hop) -> None:
         assert hop.proc is not None
@@ -423,7 +447,7 @@ class Relay:
         return [h for h in self.hops.values() if h.live and h.proc is not None]
 
     def _settled(self) -> bool:
-        return all(h.state in ("finished", "failed", "aborted") for h in self.hops.values())
+        return all(h.state in ("finished", "failed", "aborted", "skipped") for h in self.hops.values())
 
     def _handle(self, key: str, event: dict) -> None:
         kind = event.get("ev")
@@ -448,7 +472,7 @@ class Relay:
             hop.files.append(event)
         elif kind == "finished" and hop.live:
             hop.state = "finished"
-        elif kind == "eof" and hop.state not in ("finished", "failed", "aborted"):
+        elif kind == "eof" and hop.live and hop.state != "finished":
             why = (hop.proc.stderr.strip().splitlines() or ["no word"])[-1] if hop.proc else "no word"
             self._fail(hop, "relay", f"the relay ended: {why[:300]}")
         elif kind == "lost":
