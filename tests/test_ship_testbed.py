@@ -384,3 +384,27 @@ def test_a_bad_from_is_one_line_and_exit_2(ship, given, says):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {says}"), proc.stderr
+
+
+def test_ctrl_c_during_stage_keeps_the_partial_file_and_the_next_stage_continues_it(ship):
+    ship.clean_disks()
+    src = ship.tmp / "big-weights"
+    src.mkdir(exist_ok=True)
+    (src / "config.json").write_text("{}\n")
+    (src / "model.safetensors").write_bytes(os.urandom(24 << 20))
+    with shaped(ship.testbed, "16mbit"):  # 24 MB at 2 MB/s
+        run = Progress(ship.popen("stage", "--from", str(src)))
+        run.wait_for(ship.names[NODES - 1], 2)
+        run.proc.send_signal(signal.SIGINT)
+        code, _, err = run.finish(120)
+    assert code == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    said = [line for line in err.splitlines() if line.startswith(f"  node {NODES - 1} ")]
+    assert said and "model.safetensors" in said[0] and "partial (kept" in said[0], err
+    part = f"{TARGET}/model.safetensors.launcher-part"
+    held = int(ship.testbed.ssh(NODES - 1, f"stat -c %s {part}").stdout or 0)
+    assert 0 < held < 24 << 20
+    proc, nodes = stage(ship, "--from", str(src))
+    assert proc.returncode == 0, proc.stderr
+    assert "continued model.safetensors at" in nodes[ship.names[NODES - 1]]["detail"], nodes
+    assert ship.testbed.ssh(NODES - 1, f"cmp {TARGET}/model.safetensors {src}/model.safetensors").returncode == 0
