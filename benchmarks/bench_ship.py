@@ -2,21 +2,22 @@
 """Shipping bits at the speed of one copy: `launcher image push` and `launcher stage` against the copy
 to ONE node (the physical floor) and a naive parallel push from the operator to every node.
 
-    sudo uv run benchmarks/bench_ship.py [--sizes 4,13] [--rate 200mbit] [--image-mb 300] [--weights-mb 1024]
+    sudo uv run benchmarks/bench_ship.py [--sizes 4,13] [--image-rates 200mbit,40mbit] [--weights-rates 200mbit]
 
 On the testbed (scripts/testbed, with the TESTBED_* settings of the environment): max(sizes)+1 nodes;
 the last node's Docker engine plays the operator's (DOCKER_HOST at its socket: this machine has no
 engine of its own), the first N nodes are the deployment. Every link, this machine's own link to the
-nodes included, is shaped to --rate with tc (`scripts/testbed shape`), so the network, not this
-machine's two cores, is the bottleneck, as on a real cluster. Per N:
+nodes included, is shaped with tc (`scripts/testbed shape`), so the network, not this machine's two
+cores, is the bottleneck, as on a real cluster (at a rate where N `docker load`s of the image fit in
+this machine's CPU: the last column measures that limit). Per N and rate:
 
-- image, one node: the engine's `docker save` stream (Docker SDK) into `docker load` on node 0, over
-  one SSH channel (the launcher's transport), until the load ends;
-- image, launcher: `launcher image push` to all N nodes (fresh process, nodes lacking the image);
-- image, naive: N `docker save` streams at once, one SSH channel each (`docker save | ssh node docker
-  load &`, N times: N copies through the operator's one uplink);
-- weights, one node / launcher (`launcher stage --from DIR`) / naive (N tar streams at once): the same
-  for a directory of --weights-mb of random data in 4 shards and a config.json.
+- image, one node: `docker save IMAGE | ssh node0 docker load` (OpenSSH, as typed by hand), until the
+  load ends: the physical floor;
+- image, launcher: `launcher image push` to all N nodes (a fresh process; no node holds the image);
+- image, naive: the same pipe to every node at once (N copies through the operator's one uplink);
+- weights, one node (`tar c DIR | ssh node0 tar x`) / launcher (`launcher stage --from DIR`) / naive
+  (N tar pipes at once): the same for a directory of --weights-mb of random data in 4 shards and a
+  config.json.
 
 Prints a markdown table (seconds, and each time over the one-node copy) and the machine's load.
 """
@@ -27,9 +28,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -42,9 +43,10 @@ sys.path.insert(0, str(REPO))
 from launcher.config.schema import SSHSettings  # noqa: E402
 from launcher.plan.types import Node  # noqa: E402
 from launcher.transport.host import Options  # noqa: E402
-from launcher.transport.ssh import SSHHost  # noqa: E402
+from launcher.transport.ssh import SSHHost  # noqa: E402 (only to clean the nodes between runs)
 
 TESTBED = REPO / "scripts" / "testbed"
+q = shlex.quote
 STATE = Path(os.environ.get("TESTBED_DIR") or REPO / ".testbed")
 WORK = STATE / "bench-ship"
 LAUNCHER = str(Path(sys.executable).with_name("launcher"))
@@ -113,54 +115,36 @@ class Bench:
         return config, inventory
 
     def clean(self, n: int) -> None:
-        for i in range(n):
-            r = self.hosts[i].run(f"docker image rm -f {TAG} >/dev/null 2>&1; rm -rf {TARGET}; echo ok", timeout=300)
-            assert r.ok, r.stderr
+        self.at_once(n, f"docker image rm -f {TAG} >/dev/null 2>&1; rm -rf {TARGET}; echo ok")
 
     # -- the three ways ------------------------------------------------------------------------------
-    def stream_to(self, i: int, command: str, pieces) -> None:
-        proc = self.hosts[i].start(command)
-        for piece in pieces:
-            proc.write(piece)
-        proc.close_stdin()
-        code = proc.wait(1800)
-        assert code == 0, f"{self.nodes[i]['name']}: {command}: exit {code}: {proc.stderr}"
-
-    def save(self):
-        import docker
-
-        return docker.APIClient(base_url=self.env["DOCKER_HOST"], timeout=1800).get_image(TAG, chunk_size=1 << 20)
-
-    def tar(self, root: Path):
-        """A tar of the weights, streamed piece by piece (as `tar c | ssh node tar x`)."""
-        read, write = os.pipe()
-
-        def produce() -> None:
-            with os.fdopen(write, "wb") as out, tarfile.open(fileobj=out, mode="w|") as t:
-                t.add(root, arcname=".")
-
-        threading.Thread(target=produce, daemon=True).start()
-        with os.fdopen(read, "rb") as f:
-            while piece := f.read(1 << 20):
-                yield piece
-
-    def at_once(self, n: int, fn) -> float:
+    def by_hand(self, indices: list[int], produce: str, consume: str) -> float:
+        """`PRODUCE | ssh node CONSUME` for each node, all at once, as an operator types it (OpenSSH)."""
+        s = self.inv["ssh"]
+        ssh = (
+            f"ssh -F /dev/null -i {s['key']} -o IdentitiesOnly=yes -o UserKnownHostsFile={s['known_hosts']} "
+            "-o StrictHostKeyChecking=yes -o BatchMode=yes"
+        )
         start = time.monotonic()
-        errors: list[BaseException] = []
-
-        def guarded(i: int) -> None:
-            try:
-                fn(i)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        procs = [
+            subprocess.Popen(
+                [
+                    "bash",
+                    "-o",
+                    "pipefail",
+                    "-c",
+                    f"{produce} | {ssh} {s['user']}@{self.nodes[i]['address']} {q(consume)}",
+                ],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for i in indices
+        ]
+        for i, proc in zip(indices, procs, strict=True):
+            _, err = proc.communicate(timeout=3600)
+            assert proc.returncode == 0, f"{self.nodes[i]['name']}: exit {proc.returncode}: {err}"
         return time.monotonic() - start
 
     def launcher(self, n: int, *args: str) -> float:
@@ -175,51 +159,73 @@ class Bench:
             raise SystemExit(f"launcher {' '.join(args)} on {n} nodes failed:\n{r.stdout}{r.stderr}")
         return took
 
-    def one_size(self, n: int, weights: Path) -> dict:
-        row: dict = {"n": n}
-        load = "docker load >/dev/null"
-        untar = f"mkdir -p {TARGET} && tar -x -C {TARGET}"
-        self.clean(n)
-        row["image_one"] = self.at_once(1, lambda i: self.stream_to(i, load, self.save()))
-        self.clean(n)
-        row["image_launcher"] = self.launcher(n, "image", "push")
-        self.clean(n)
-        if not self.args.no_naive:
-            row["image_naive"] = self.at_once(n, lambda i: self.stream_to(i, load, self.save()))
+    def measure(self, n: int, what: str, rate: str, weights: Path) -> dict:
+        """One row: `what` (image or weights) to n nodes with every link at `rate`: one node, the
+        launcher, the naive push; for the image also n loads from this machine's disk, no network."""
+        row: dict = {"n": n, "what": what, "rate": rate, "load": []}
+        if what == "image":
+            by_hand = (f"docker save {TAG}", "docker load >/dev/null")
+            verb = ["image", "push"]
+        else:
+            by_hand = (f"tar -C {weights} -cf - .", f"mkdir -p {TARGET} && tar -x -C {TARGET}")
+            verb = ["stage", "--from", str(weights)]
+        testbed("shape", rate)
+        try:
             self.clean(n)
-        row["weights_one"] = self.at_once(1, lambda i: self.stream_to(i, untar, self.tar(weights)))
-        self.clean(n)
-        row["weights_launcher"] = self.launcher(n, "stage", "--from", str(weights))
-        self.clean(n)
-        if not self.args.no_naive:
-            row["weights_naive"] = self.at_once(n, lambda i: self.stream_to(i, untar, self.tar(weights)))
-            self.clean(n)
+            row["one"] = self.timed(row, lambda: self.by_hand([0], *by_hand))
+            row["launcher"] = self.timed(row, lambda: self.launcher(n, *verb))
+            if not self.args.no_naive:
+                row["naive"] = self.timed(row, lambda: self.by_hand(list(range(n)), *by_hand))
+        finally:
+            testbed("shape", "off")
+        if what == "image":  # this machine's own limit: n docker loads at once, the bytes already on disk
+            tar = WORK / "image.tar"
+            sh(["docker", "save", "-o", str(tar), TAG], env=self.env, timeout=900)
+            row["disk"] = self.timed(row, lambda: self.at_once(n, f"docker load -i {tar} >/dev/null"))
         print(json.dumps(row), file=sys.stderr, flush=True)
         return row
 
+    def timed(self, row: dict, fn) -> float:
+        took = fn()
+        row["load"].append(round(os.getloadavg()[0], 1))
+        self.clean(row["n"])
+        return took
+
+    def at_once(self, n: int, command: str) -> float:
+        start = time.monotonic()
+        results = [None] * n
+
+        def one(i: int) -> None:
+            results[i] = self.hosts[i].run(command, timeout=3600)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(r is not None and r.ok for r in results), results
+        return time.monotonic() - start
+
 
 def table(rows: list[dict]) -> str:
-    def cell(row: dict, what: str, how: str) -> str:
-        took = row.get(f"{what}_{how}")
-        if took is None:
-            return "-"
-        return f"{took:.1f}s" + ("" if how == "one" else f" ({took / row[f'{what}_one']:.2f}x)")
-
     lines = [
-        "| N | image: one node | image: launcher push | image: naive push | "
-        "weights: one node | weights: launcher stage | weights: naive |",
+        "| N | what | links | one node (floor) | launcher | naive parallel push | N loads, no network |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [cell(r, w, h) for w in ("image", "weights") for h in ("one", "launcher", "naive")]
-        lines.append(f"| {r['n']} | " + " | ".join(cells) + " |")
+        cells = [f"{r['one']:.1f}s"]
+        for how in ("launcher", "naive", "disk"):
+            took = r.get(how)
+            cells.append("-" if took is None else f"{took:.1f}s ({took / r['one']:.2f}x)")
+        lines.append(f"| {r['n']} | {r['what']} | {r['rate']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="4,13")
-    parser.add_argument("--rate", default="200mbit")
+    parser.add_argument("--image-rates", default="200mbit", help="comma-separated: the image part at each rate")
+    parser.add_argument("--weights-rates", default="200mbit", help="comma-separated: the weights part at each")
     parser.add_argument("--image-mb", type=int, default=300)
     parser.add_argument("--weights-mb", type=int, default=1024)
     parser.add_argument("--no-naive", action="store_true", help="skip the naive pushes (they take N times longer)")
@@ -228,11 +234,15 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     testbed("up", str(max(sizes) + 1))
     bench = Bench(args)
+    rows = []
     try:
         bench.image()
         weights = bench.weights()
-        testbed("shape", args.rate)
-        rows = [bench.one_size(n, weights) for n in sizes]
+        for n in sizes:
+            for rate in args.image_rates.split(","):
+                rows.append(bench.measure(n, "image", rate, weights))
+            for rate in args.weights_rates.split(","):
+                rows.append(bench.measure(n, "weights", rate, weights))
     finally:
         testbed("shape", "off")
         bench.clean(max(sizes))
@@ -240,8 +250,10 @@ def main() -> None:
             testbed("down")
     print(
         f"{platform.node()}: {platform.system()} {platform.release()} {platform.machine()}, {os.cpu_count()} cores; "
-        f"links shaped to {args.rate} (tc tbf, both ways, and this machine's own link); image {args.image_mb} MB, "
-        f"weights {args.weights_mb} MB; load average at the end {os.getloadavg()[0]:.1f}\n"
+        f"every link shaped (tc tbf, both ways, and this machine's own link to the nodes); image {args.image_mb} MB, "
+        f"weights {args.weights_mb} MB; load average after each measurement: "
+        + "; ".join(f"{r['n']} {r['what']} {r['rate']}: {r['load']}" for r in rows)
+        + "\n"
     )
     print(table(rows))
 
