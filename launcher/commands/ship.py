@@ -5,6 +5,7 @@ report of what each node holds when it ends (or Ctrl-C stops it)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -46,12 +47,17 @@ def this_machine() -> LocalHost:
 def ask(host: Host, plan: Plan | None, mode: str, request: dict, timeout: float | None = None) -> dict:
     """One request to the relay program in `mode` (`scan`): its last event, e.g. {"ev": "scan", ...}."""
     proc = host.start(relay_script(plan, mode))
+    began = time.monotonic()
     try:
         proc.write(program() + json.dumps(request).encode() + b"\n")
         while True:
-            line = proc.readline(timeout)
-            if line is None:
-                raise TimeoutError(f"no answer in {timeout:.0f}s")
+            line = proc.readline(5)
+            if line is None:  # hashing a large directory says nothing for a while; a cut link, forever
+                if timeout is not None and time.monotonic() - began > timeout:
+                    raise TimeoutError(f"no answer in {timeout:.0f}s")
+                if not host.alive(5):
+                    raise ConnectionError("the node stopped answering (link down, or the node is off?)")
+                continue
             if not line:
                 why = (proc.stderr.strip().splitlines() or ["the program ended without an answer"])[-1]
                 raise RuntimeError(why)
