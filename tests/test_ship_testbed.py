@@ -157,7 +157,7 @@ def nodes_of(stdout: str) -> dict[str, dict]:
 
 def test_build_streams_the_log_and_tags_the_files_image(built):
     proc, engine_id = built
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "Step 2/2 : COPY blob /blob" in proc.stdout  # the build's own log, as it ran
     assert f"built {TAG} ({engine_id})" in proc.stdout and engine_id.startswith("sha256:")
 
@@ -187,7 +187,7 @@ def test_push_relays_one_stream_to_every_node_and_skips_holders(ship, built):
     subprocess.run(ship.testbed.ssh_command(2, "docker load"), stdin=save.stdout, capture_output=True, check=True)
     save.wait(60)
     proc = ship.launcher("image", "push", "--json")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + proc.stdout
     nodes = nodes_of(proc.stdout)
     assert nodes[ship.names[2]]["status"] == "skipped"
     pushed = [n for n in ship.names if n != ship.names[2]]
@@ -296,7 +296,7 @@ def stage(ship, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
 def test_stage_then_an_altered_file_is_named_by_doctor_and_repaired_alone(ship, weights):
     ship.clean_disks()
     proc, nodes = stage(ship, "--from", str(weights))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + proc.stdout
     assert {n["status"] for n in nodes.values()} == {"staged"} and all(n["path"] == TARGET for n in nodes.values())
     assert [n["from"] for n in nodes.values()].count("this machine") == 1
     for i in range(NODES):  # the manifest is next to the weights, on every node
@@ -316,7 +316,7 @@ def test_stage_then_an_altered_file_is_named_by_doctor_and_repaired_alone(ship, 
     assert "launcher stage" in checks[2]["fix"]
     assert [checks[i]["status"] for i in (0, 1, 3)] == ["ok"] * 3
     proc, nodes = stage(ship, "--from", str(weights))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + proc.stdout
     assert nodes[ship.names[2]]["status"] == "staged" and nodes[ship.names[2]]["written"] == [altered]
     assert [nodes[ship.names[i]]["status"] for i in (0, 1, 3)] == ["complete"] * 3
     assert ship.testbed.ssh(2, f"stat -c '%n %Y' {TARGET}/config.json {TARGET}/model-00001*").stdout == before
@@ -325,7 +325,8 @@ def test_stage_then_an_altered_file_is_named_by_doctor_and_repaired_alone(ship, 
 
 def test_a_partial_file_continues_and_a_missing_one_is_named(ship, weights):
     ship.clean_disks()
-    assert stage(ship, "--from", str(weights))[0].returncode == 0
+    first = stage(ship, "--from", str(weights))[0]
+    assert first.returncode == 0, first.stderr + first.stdout
     big = "model-00001-of-00002.safetensors"
     part = f"{TARGET}/{big}.launcher-part"
     ship.testbed.ssh(3, f"mv {TARGET}/{big} {part} && truncate -s 3000000 {part}", check=True)
@@ -334,7 +335,7 @@ def test_a_partial_file_continues_and_a_missing_one_is_named(ship, weights):
     assert checks[3]["status"] == "fail" and f"missing {big}" in checks[3]["detail"]
     assert checks[1]["status"] == "fail" and "missing tokenizer/tokenizer.json" in checks[1]["detail"]
     proc, nodes = stage(ship, "--from", str(weights))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + proc.stdout
     assert nodes[ship.names[3]]["written"] == [big] and f"continued {big} at 3.0 MB" in nodes[ship.names[3]]["detail"]
     assert nodes[ship.names[1]]["written"] == ["tokenizer/tokenizer.json"]
     assert ship.testbed.ssh(3, f"cmp {TARGET}/{big} {weights}/{big}").returncode == 0
@@ -345,7 +346,7 @@ def test_stage_from_a_node_sends_nothing_through_this_machine(ship, weights):
     ship.clean_disks()
     ship.testbed.ssh(0, f"mkdir -p {LOCAL}/src && cp -r {weights}/. {LOCAL}/src/", check=True)
     proc, nodes = stage(ship, "--from", f"{ship.names[0]}:{LOCAL}/src")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + proc.stdout
     assert {n["status"] for n in nodes.values()} == {"staged"}
     assert "this machine" not in [n["from"] for n in nodes.values()], nodes
     for i in range(1, NODES):
@@ -405,6 +406,6 @@ def test_ctrl_c_during_stage_keeps_the_partial_file_and_the_next_stage_continues
     held = int(ship.testbed.ssh(NODES - 1, f"stat -c %s {part}").stdout or 0)
     assert 0 < held < 24 << 20
     proc, nodes = stage(ship, "--from", str(src))
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "continued model.safetensors at" in nodes[ship.names[NODES - 1]]["detail"], nodes
     assert ship.testbed.ssh(NODES - 1, f"cmp {TARGET}/model.safetensors {src}/model.safetensors").returncode == 0

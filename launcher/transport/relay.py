@@ -505,6 +505,9 @@ class Relay:
         """The link to `child` broke: if its node still answers and its relay runs, reconnect it (it
         resumes where it stood), a few times at most; otherwise it is lost."""
         running = child.proc is not None and child.proc.wait(0) is None and not child.proc.out_done.is_set()
+        if not running and child.proc is not None:  # its relay ended (the link did not break): say so
+            self.events.put((child.key, {"ev": "eof"}))
+            return
         if running and child.reconnects < 3 and child.host.alive(self.timing.alive):
             self.events.put((child.key, {"ev": "reconnect", "parent": parent_key}))
             return
