@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 lock_app = typer.Typer(help="The deployment lock on the head node.", no_args_is_help=True)
 app.add_typer(lock_app, name="lock")
+image_app = typer.Typer(help="Build the deployment's image here; push it to every node.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
 
 
 class HostKeyPolicy(str, Enum):
@@ -67,6 +69,12 @@ HostKeyOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 NodeOpt = Annotated[str | None, typer.Option("--node", "-n", help="Node index, name or address.")]
+FanoutOpt = Annotated[
+    int,
+    typer.Option(
+        "--fanout", min=1, max=8, help="How many nodes each node passes the stream on to (1: a chain, the fastest)."
+    ),
+]
 ProfileOpt = Annotated[
     str | None,
     typer.Option("--profile", help="Apply this profile of the file (`profiles:`: args and env changed per group)."),
@@ -511,6 +519,82 @@ def export(
     from launcher.commands import export as command
 
     command.run(config, inventory, to.value, out)
+
+
+@image_app.command("build")
+def image_build(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    dockerfile: Annotated[Path, typer.Option("-f", "--file", help="The Dockerfile.")] = Path("Dockerfile"),
+    tag: Annotated[str | None, typer.Option("--tag", "-t", help="Default: the deployment file's `image`.")] = None,
+    context: Annotated[
+        Path | None, typer.Option("--context", help="The build context. Default: the Dockerfile's directory.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the image with this machine's Docker engine, streaming the build's log.
+
+    The engine: $DOCKER_HOST, else the local socket. The tag defaults to the deployment file's `image`.
+    Exit 1 with the build's last lines when it fails."""
+    from launcher.commands import image as command
+
+    command.build(config, config_opt, inventory, dockerfile=dockerfile, tag=tag, context=context, as_json=as_json)
+
+
+@image_app.command("push")
+def image_push(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    as_json: JsonOpt = False,
+    fanout: FanoutOpt = 1,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
+) -> None:
+    """Give every node that lacks it the plan's image, relayed node to node without a registry.
+
+    The image comes from this machine's Docker engine ($DOCKER_HOST, else the local socket): one
+    `docker save` stream leaves this machine; the nodes pass it on to each other, each loading it as it
+    passes. Nodes holding its ID are skipped; IDs are checked at the end; a node failing mid-way is
+    named and the others still get it. Exit 1 unless every node holds it."""
+    from launcher.commands import image as command
+
+    link = connection(parallel, connect_timeout, host_key_policy)
+    command.push(config, config_opt, inventory, link, as_json=as_json, fanout=fanout)
+
+
+@app.command()
+def stage(
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    source: Annotated[
+        str, typer.Option("--from", help="The weights: a directory here (PATH) or on a node (NODE:PATH).")
+    ] = ...,  # type: ignore[assignment]
+    to: Annotated[
+        str | None, typer.Option("--to", help="Where on each node. Default: the host side of model.path's volume.")
+    ] = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Hash every file again (not only those whose size or mtime changed).")
+    ] = False,
+    as_json: JsonOpt = False,
+    fanout: FanoutOpt = 1,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
+) -> None:
+    """Copy model weights to every node's local disk, relayed node to node like `image push`.
+
+    Resumable: complete files (size and sha256) are skipped, a partial file continues. Writes a
+    manifest (path, size, sha256) next to the weights, which `doctor` checks on every node."""
+    from launcher.commands import stage as command
+
+    link = connection(parallel, connect_timeout, host_key_policy)
+    command.run(
+        config, config_opt, inventory, link, source=source, to=to, verify=verify, as_json=as_json, fanout=fanout
+    )
 
 
 @app.command()

@@ -74,6 +74,12 @@ BAD_COMMAND_LINES = [
     (["plan", "configs/local.yaml", "-f", "script", "--out", "/dev/null/x"], "--out", "cannot write /dev/null/x"),
     # A file name with a newline is still one line, the newline shown as \n.
     (["status", "-c", "a\nb.yaml"], "a\\nb.yaml", "file not found"),
+    (["stage", "configs/local.yaml"], "--from", "Missing option"),
+    (["stage", "configs/local.yaml", "--from", "/tmp", "--to", "rel"], "--to", "expected an absolute path"),
+    (["stage", "configs/local.yaml", "--from", "/no/such/dir"], "--from", "no such directory here"),
+    (["image", "push", "--fanout", "0"], "--fanout", "got '0'"),
+    (["image", "push", "configs/local.yaml"], "runtime", "needs `runtime: docker`"),
+    (["image", "build", "-f", "/no/Dockerfile", "--tag", "x:1"], "-f", "no such file"),
 ]
 
 
@@ -241,3 +247,15 @@ def test_a_config_that_is_not_a_regular_file_is_refused_at_once(tmp_path: Path) 
         proc = launcher(*args, timeout=60)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip().splitlines() == [f"error: {args[1]}: not a regular file"], proc.stderr
+
+
+def test_an_unreachable_docker_engine_is_one_line_and_exit_1() -> None:
+    env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    proc = subprocess.run(
+        [LAUNCHER, "image", "build", "-f", "Dockerfile.wideep", "--tag", "x:1"],
+        capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
+    )  # fmt: skip
+    assert_no_traceback(proc)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: cannot reach the local Docker engine (unix:///nonexistent/docker.sock): ")

@@ -10,6 +10,7 @@ import posixpath
 import time
 from dataclasses import asdict, dataclass
 
+from launcher.commands import ship
 from launcher.commands.context import Target
 from launcher.plan import fabric
 from launcher.plan.types import Plan, Service
@@ -18,6 +19,7 @@ from launcher.runtime.shell import q
 from launcher.transport.errors import NodeError, describe
 
 MARK = "@@check"
+MANIFEST = ".launcher-manifest"  # what `launcher stage` writes next to the weights (remote/relay.py)
 
 
 @dataclass
@@ -92,11 +94,7 @@ def node_script(plan: Plan, rt: Runtime, index: int, running: set[str]) -> str:
     parts.append(f"echo {MARK} disk ok $(df -Pk / | awk 'NR==2{{print $4}}')")
     model_paths = sorted({p for s in services if s.group for p in [model_host_path(plan, s)] if p})
     for path in model_paths:
-        cfg = posixpath.join(path, "config.json")
-        parts.append(
-            f"if [ -r {q(cfg)} ]; then echo {MARK} model ok {q(path)}=$(sha256sum {q(cfg)} | cut -c1-16); "
-            f"else echo {MARK} model fail {q(path)}; fi"
-        )
+        parts.append(model_check(path))
     ports = sorted({p for s in services if s.name not in running for p in s.ports})
     for port in ports:
         parts.append(
@@ -106,6 +104,23 @@ def node_script(plan: Plan, rt: Runtime, index: int, running: set[str]) -> str:
             f"else echo {MARK} port ok {port}; fi"
         )
     return "\n".join(parts)
+
+
+def model_check(path: str) -> str:
+    """The weights at `path`: against the manifest `launcher stage` wrote next to them (every file
+    present, whole, unaltered: re-hashed when its size or mtime changed), else config.json's hash."""
+    cfg = posixpath.join(path, "config.json")
+    manifest = posixpath.join(path, MANIFEST)
+    checker = f"python3 -c {q(ship.program().decode())} check {q(path)} {MARK}"
+    fallback = (
+        f"if [ -r {q(cfg)} ]; then echo {MARK} model ok {q(path)}=$(sha256sum {q(cfg)} | cut -c1-16); "
+        f"else echo {MARK} model fail {q(path)}; fi"
+    )
+    return (
+        f"if [ -r {q(manifest)} ] && command -v python3 >/dev/null; then "
+        f"{checker} || echo {MARK} model fail {q(path)}: the manifest check failed; "
+        f"else {fallback}; fi"
+    )
 
 
 def _ib_from_args(services: list[Service]) -> set[str]:
@@ -123,8 +138,8 @@ FIXES = {
     "gpu-runtime": "install the NVIDIA container toolkit (nvidia-ctk runtime configure --runtime=docker)",
     "gpus": "the node needs working GPUs: check nvidia-smi and the driver",
     "ib": "the InfiniBand/RoCE device named in the file is missing: check ibv_devices / the device name",
-    "image": "put the image on the node: docker pull IMAGE, or docker save IMAGE | ssh NODE docker load",
-    "model": "put the model directory on the node (same path as in the volumes)",
+    "image": "launcher image push CONFIG (sends the image to every node that lacks it)",
+    "model": "launcher stage CONFIG --from PATH|NODE:PATH (copies the weights to every node, repairs what differs)",
     "port": "stop what listens there, or change the port in the file",
     "clock": "sync clocks (chrony/ntpd): skew breaks leases and timeouts",
 }

@@ -1,4 +1,5 @@
-"""What every host the launcher talks to offers: run a script, stream its output, reach a port.
+"""What every host the launcher talks to offers: run a script, stream its output, start a command that
+keeps running while bytes flow both ways, reach a port.
 
 `ssh.SSHHost` (a node over one SSH connection) and `local.LocalHost` (this machine, no SSH) both
 follow `Host`; `fleet.Fleet` picks one per node.
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from launcher.plan.types import Node
+from launcher.transport.stream import Conn, Running
 
 if TYPE_CHECKING:
     from launcher.transport.forward import Forward
@@ -73,4 +75,14 @@ class Host(Protocol):
     def forward(self, host: str, port: int) -> Forward:
         """A local address (`.host`, `.port`) whose connections reach HOST:PORT as the node sees it
         (through the SSH connection when remote: like `ssh -L`). Close it (or use it as a context manager)."""
+        ...
+
+    def start(self, script: str) -> Running:
+        """Start a script that keeps running: write its stdin as you go (`Running.write`, a stream far
+        larger than memory), read its stdout as it comes (`read`, `readline`), end it (`kill`)."""
+        ...
+
+    def open_port(self, port: int, address: str | None = None, timeout: float = 10.0) -> Conn:
+        """A byte stream to `address:port` as the node sees it (default: the node's own address),
+        through the node's SSH connection when remote: the operator needs no route to the port."""
         ...

@@ -3,6 +3,8 @@ straight to loopback."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from launcher.transport import http
 from launcher.transport.errors import NodeError
 from launcher.transport.forward import Forward
 from launcher.transport.host import Completed, Options
+from launcher.transport.stream import Conn, Running, socket_conn
 
 
 class LocalHost:
@@ -71,6 +74,59 @@ class LocalHost:
                 proc.terminate()
                 proc.wait(5)
         return Completed(proc.returncode or 0, "", "")
+
+    def start(self, script: str) -> Running:
+        """The script as a process of its own (own session: `kill` ends its whole process group)."""
+        proc = subprocess.Popen(
+            ["bash", "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+
+        def write(data: bytes) -> None:
+            stdin.write(data)
+            stdin.flush()
+
+        def exit_code(timeout: float | None) -> int | None:
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+
+        def kill() -> None:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(3)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            try:
+                stdin.close()  # the readers end by themselves once the process group is gone
+            except OSError:
+                pass
+
+        return Running(
+            self.node.label,
+            write=write,
+            close_stdin=stdin.close,
+            read_out=lambda: stdout.read1(65536),
+            read_err=lambda: stderr.read1(65536),
+            exit_code=exit_code,
+            kill=kill,
+            pid=proc.pid,
+        )
+
+    def open_port(self, port: int, address: str | None = None, timeout: float = 10.0) -> Conn:
+        conn = socket_conn(address or self.node.address, port, timeout)
+        conn.settimeout(None)
+        return conn
 
     def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
         parts = urlsplit(url)

@@ -28,6 +28,7 @@ from launcher.transport.errors import NodeError, classify
 from launcher.transport.forward import Tunnel
 from launcher.transport.host import DEFAULT_CONNECT_TIMEOUT, Completed, Options
 from launcher.transport.session import Session, SessionError, Timeout
+from launcher.transport.stream import Conn, Running
 
 # paramiko logs every refused forwarded channel (a probe before the service listens) at ERROR level;
 # the launcher reports what matters itself, per node.
@@ -290,6 +291,39 @@ class SSHHost:
         finally:
             chan.close()
         return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def start(self, script: str) -> Running:
+        """The script on a channel of its own, running while the caller writes its stdin and reads
+        its stdout (an image or weights streamed in, progress lines out)."""
+        self.connect()
+        try:
+            chan = self._conn.transport.open_session(timeout=2 * self.connect_timeout)
+            chan.exec_command(script)
+        except Exception as exc:
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+
+        def exit_code(timeout: float | None) -> int | None:
+            if not chan.status_event.wait(timeout):
+                return None
+            return chan.recv_exit_status()
+
+        return Running(
+            self.node.label,
+            write=chan.sendall,
+            close_stdin=chan.shutdown_write,
+            read_out=lambda: chan.recv(65536),
+            read_err=lambda: chan.recv_stderr(65536),
+            exit_code=exit_code,
+            kill=chan.close,
+        )
+
+    def open_port(self, port: int, address: str | None = None, timeout: float = 10.0) -> Conn:
+        """A forwarded channel to `address:port` as the node sees it (its own address by default)."""
+        chan = self._channel(address or self.node.address, port, timeout)
+        chan.settimeout(None)
+        return chan
 
     def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
         """An HTTP request to a port on the node, through the SSH connection (no route needed)."""

@@ -1,0 +1,953 @@
+"""The launcher's relay: run on each node by `launcher image push` and `launcher stage`, so that one
+stream from the operator reaches every node, each node passing it on to the next as the bytes pass.
+
+Standard library only (the host's python3, 3.8 or newer); it imports nothing of the launcher. The
+launcher starts it as
+
+    python3 -u -c 'import sys;n=int(sys.argv.pop(1));exec(compile(sys.stdin.buffer.read(n),...))' N MODE
+
+so this program arrives on stdin and the rest of stdin stays the launcher's: JSON lines.
+Modes:
+  relay  a `hello` line (token, address to listen on, sink, source, a check command whose output comes
+         back with the port) -> it listens, takes the stream from
+         an upstream node (or emits it from a directory of its own), passes it on to the downstream
+         nodes the launcher names (`add`/`drop` lines, any time: that is how a failed node is routed
+         around), and feeds it to its sink: a command (`docker load`) or a directory (the stream's
+         files). Events go to stdout as JSON lines. It keeps the last RING bytes, KEEP of them behind
+         every downstream, so a node re-routed after its upstream failed resumes where it stopped.
+  scan   one JSON line in -> the state of a directory against the files expected (complete, partial,
+         missing, altered) and its free space; or, without `expect`, the files it holds with hashes.
+  emit   one JSON line in -> the record stream of a directory's files on stdout.
+  check  ROOT MARK -> doctor's check of ROOT against its manifest, one `MARK model ...` line.
+
+Data connections: the upstream connects, sends the token and a newline; the downstream answers with
+how many bytes of the stream it already holds and a newline; then frames of `!I length` + bytes from
+that position on; a frame of length 0 ends the stream (a connection closed without it is a failure).
+The stage stream: records `LR` + `!I` + a JSON header ({path, size, start, length, sha256}, or
+{end: true}) + `length` bytes of the file from offset `start`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import queue
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+CHUNK = 1 << 20
+RING = 64 << 20  # bytes of the stream held
+KEEP = 48 << 20  # of them, held behind every downstream (a re-routed node resumes within these)
+SOCK_BUF = 1 << 20  # bounds what is in flight on a link (and so what KEEP must cover)
+IDLE = 60.0  # no line from the launcher for this long: it is gone; stop
+REPORT = 0.5  # seconds between progress events
+FRAME = struct.Struct("!I")
+MANIFEST = ".launcher-manifest"
+PART = ".launcher-part"
+LOCK = ".launcher-stage.lock"
+OURS = (MANIFEST, LOCK)
+
+_say_lock = threading.Lock()
+
+
+def say(ev: str, **fields) -> None:
+    line = json.dumps(dict(ev=ev, **fields))
+    with _say_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+# -- the ring: the stream's last bytes, readers each at their own position --------------------------
+
+
+class Ring:
+    def __init__(self, cap: int = RING, keep: int = KEEP):
+        self.buf = bytearray(cap)
+        self.view = memoryview(self.buf)
+        self.cap, self.keep = cap, keep
+        self.end = 0  # bytes of the stream received so far
+        self.reserved = 0  # being written right now, past `end`
+        self.eof = False
+        self.closed = False
+        self.cond = threading.Condition()
+        # name -> [position, bytes to hold behind it]; "hold" keeps the first bytes until the first
+        # downstream takes them (or the launcher says there will be none: `release`)
+        self.readers: dict = {"hold": [0, 0]}
+
+    def _low(self) -> int:
+        lows = [pos - keep for pos, keep in self.readers.values()]
+        return min(lows) if lows else self.end
+
+    def held_from(self) -> int:
+        """The oldest byte still in the ring (a reader may start there)."""
+        return max(0, self.end + self.reserved - self.cap)
+
+    def reserve(self, n: int, stop: threading.Event | None = None):
+        """Room for up to n bytes after `end` (waits while a reader needs what it would overwrite).
+        None when closed or stopped."""
+        with self.cond:
+            while True:
+                if self.closed or (stop is not None and stop.is_set()):
+                    return None
+                room = self._low() + self.cap - self.end
+                if room >= min(n, 65536, max(1, self.cap // 4)):
+                    break
+                self.cond.wait(1)
+            at = self.end % self.cap
+            size = min(n, room, self.cap - at)
+            self.reserved = size
+            return self.view[at : at + size]
+
+    def commit(self, n: int) -> None:
+        with self.cond:
+            self.end += n
+            self.reserved = 0
+            self.cond.notify_all()
+
+    def write(self, data) -> bool:
+        data = memoryview(data)
+        while data:
+            room = self.reserve(len(data))
+            if room is None:
+                return False
+            room[:] = data[: len(room)]
+            self.commit(len(room))
+            data = data[len(room) :]
+        return True
+
+    def finish(self) -> None:
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def ended(self) -> bool:
+        """Wait for the stream's end frame (it comes after the last record): True unless closed."""
+        with self.cond:
+            while not self.eof and not self.closed:
+                self.cond.wait(1)
+            return self.eof and not self.closed
+
+    def attach(self, name: str, pos: int, keep: int) -> bool:
+        with self.cond:
+            if pos < self.held_from():
+                return False
+            self.readers[name] = [pos, keep]
+            return True
+
+    def detach(self, name: str) -> None:
+        with self.cond:
+            self.readers.pop(name, None)
+            self.cond.notify_all()
+
+    def read(self, name: str, pos: int, n: int = CHUNK):
+        """A view of the bytes at `pos` (waits for them); b"" at the end of the stream; None when closed.
+        Valid until the reader advances past it."""
+        with self.cond:
+            while not self.closed and self.end <= pos and not self.eof:
+                self.cond.wait(1)
+            if self.closed or name not in self.readers:
+                return None
+            if self.end <= pos:
+                return b""
+            at = pos % self.cap
+            size = min(n, self.end - pos, self.cap - at)
+            return self.view[at : at + size]
+
+    def advance(self, name: str, pos: int) -> None:
+        with self.cond:
+            if name in self.readers:
+                self.readers[name][0] = pos
+            self.cond.notify_all()
+
+
+# -- sockets ----------------------------------------------------------------------------------------
+
+
+def tune(sock: socket.socket) -> None:
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def read_line(sock, limit: int = 256) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        got = sock.recv(1)
+        if not got or len(data) > limit:
+            raise ConnectionError("the peer closed during the handshake")
+        data += got
+    return data.decode().strip()
+
+
+def recv_exact(sock, n: int):
+    data = b""
+    while len(data) < n:
+        got = sock.recv(n - len(data))
+        if not got:
+            return None
+        data += got
+    return data
+
+
+def shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+# -- the relay ----------------------------------------------------------------------------------------
+
+
+class Upstream:
+    """One connection the stream arrives on; replaced when the launcher re-routes around a failure."""
+
+    def __init__(self, relay: Relay, sock: socket.socket):
+        self.relay, self.sock = relay, sock
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        ring = self.relay.ring
+        try:
+            while True:
+                head = recv_exact(self.sock, 4)
+                if head is None:
+                    break
+                n = FRAME.unpack(head)[0]
+                if n == 0:
+                    ring.finish()
+                    say("received", bytes=ring.end)
+                    return
+                while n:
+                    room = ring.reserve(min(n, CHUNK), self.stop)
+                    if room is None:
+                        return
+                    got = 0
+                    try:
+                        got = self.sock.recv_into(room)
+                    finally:
+                        ring.commit(got)
+                    if not got:
+                        break
+                    n -= got
+                if n:
+                    break
+        except OSError:
+            pass
+        finally:
+            shut(self.sock)
+        if not self.stop.is_set() and not ring.closed:
+            say("upstream-lost", position=ring.end)
+
+    def end(self) -> bool:
+        self.stop.set()
+        shut(self.sock)
+        self.thread.join(5)
+        return not self.thread.is_alive()
+
+
+class Downstream:
+    """One node this relay passes the stream to, from the position that node says it holds.
+
+    Lost (its connection broke), it keeps its hold on the ring: the stream waits for the launcher to
+    re-route (a replacement, `replaces` this one, takes over the hold once attached) or to drop it."""
+
+    serial = 0
+
+    def __init__(self, relay: Relay, ident: str, address: str, port: int, replaces: Downstream | None = None):
+        Downstream.serial += 1
+        self.relay, self.id, self.address, self.port = relay, ident, address, port
+        self.name = f"{ident}#{Downstream.serial}"
+        self.replaces = replaces
+        self.sock = None
+        self.dropped = False
+        self.sent = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        ring = self.relay.ring
+        try:
+            sock = socket.create_connection((self.address, self.port), timeout=10)
+            self.sock = sock
+            if self.dropped:
+                return
+            tune(sock)
+            sock.sendall(self.relay.token.encode() + b"\n")
+            pos = int(read_line(sock))
+            attached = ring.attach(self.name, pos, ring.keep)
+            self.let_go()
+            if not attached:
+                say("downstream", id=self.id, state="cannot-resume", position=pos, held=ring.held_from())
+                return
+            ring.detach("hold")
+            say("downstream", id=self.id, state="connected", position=pos)
+            sock.settimeout(None)
+            self.sent = pos
+            self.pump(sock, pos)
+            ring.detach(self.name)
+        except (OSError, ValueError) as exc:
+            self.let_go()
+            if self.dropped or ring.closed:
+                ring.detach(self.name)
+            else:
+                say("downstream", id=self.id, state="lost", detail=str(exc) or type(exc).__name__, sent=self.sent)
+        finally:
+            if self.sock is not None:
+                shut(self.sock)
+
+    def pump(self, sock: socket.socket, pos: int) -> None:
+        ring = self.relay.ring
+        while True:
+            view = ring.read(self.name, pos)
+            if view is None:
+                return
+            if not view:
+                sock.sendall(FRAME.pack(0))
+                say("downstream", id=self.id, state="done", sent=pos)
+                return
+            sock.sendall(FRAME.pack(len(view)))
+            sock.sendall(view)
+            pos += len(view)
+            self.sent = pos
+            ring.advance(self.name, pos)
+
+    def let_go(self) -> None:
+        """The one this replaces holds the ring no more (this one holds it now, or could not)."""
+        if self.replaces is not None:
+            self.relay.ring.detach(self.replaces.name)
+            self.replaces = None
+
+    def stop(self) -> None:
+        """Close the connection; the hold on the ring stays (for a replacement)."""
+        self.dropped = True
+        if self.sock is not None:
+            shut(self.sock)
+
+    def drop(self) -> None:
+        self.stop()
+        self.let_go()
+        self.relay.ring.detach(self.name)
+
+
+class Relay:
+    def __init__(self, hello: dict):
+        self.token = hello["token"]
+        self.hello = hello
+        self.ring = Ring(hello.get("ring", RING), hello.get("keep", KEEP))
+        self.upstream: Upstream | None = None
+        self.up_lock = threading.Lock()
+        self.downstreams: dict = {}
+        self.sink_done = threading.Event()
+        self.sink_pos = 0
+        self.sink_proc = None
+        self.server = self.listen(hello.get("listen") or "0.0.0.0")
+
+    def listen(self, address: str) -> socket.socket:
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tune(server)
+        try:
+            server.bind((address, 0))
+        except OSError:
+            server.bind(("0.0.0.0", 0))  # the node's address is not one of its own (NAT): any
+        server.listen(16)
+        server.settimeout(1)
+        return server
+
+    def accept_loop(self) -> None:
+        while not self.ring.closed:
+            try:
+                conn, peer = self.server.accept()
+            except socket.timeout:  # noqa: UP041 (not TimeoutError before Python 3.10, on the node)
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self.handshake, args=(conn, peer[0]), daemon=True).start()
+
+    def handshake(self, conn: socket.socket, peer: str) -> None:
+        try:
+            conn.settimeout(15)
+            if not hmac.compare_digest(read_line(conn).encode(), self.token.encode()):
+                say("refused", peer=peer)
+                shut(conn)
+                return
+            with self.up_lock:
+                old = self.upstream
+                if old is not None and not old.end():
+                    say("refused", peer=peer, detail="the previous upstream does not let go")
+                    shut(conn)
+                    return
+                tune(conn)
+                conn.sendall(f"{self.ring.end}\n".encode())
+                conn.settimeout(None)
+                self.upstream = Upstream(self, conn)
+                self.upstream.thread.start()
+            say("upstream", position=self.ring.end, peer=peer)
+        except (OSError, ValueError):
+            shut(conn)
+
+    def add(self, ident: str, address: str, port: int, replaces: str | None = None) -> None:
+        """Pass the stream to this node too; `replaces`: the failed node it takes over from (its hold
+        on the ring ends once the new one is attached), or itself (a reconnection)."""
+        old = self.downstreams.pop(replaces, None) if replaces else None
+        same = self.downstreams.pop(ident, None)
+        if same is not None and old is None:
+            old = same
+        elif same is not None:
+            same.drop()
+        if old is not None:
+            old.stop()
+        d = Downstream(self, ident, address, port, replaces=old)
+        self.downstreams[ident] = d
+        d.thread.start()
+
+    def drop(self, ident: str) -> None:
+        d = self.downstreams.pop(ident, None)
+        if d is not None:
+            d.drop()
+
+    def report_loop(self) -> None:
+        while not self.ring.closed:
+            say("progress", received=self.ring.end, sink=self.sink_pos, eof=self.ring.eof)
+            time.sleep(REPORT)
+
+    def finished(self) -> bool:
+        busy = [d for d in self.downstreams.values() if d.thread.is_alive()]
+        return self.ring.eof and self.sink_done.is_set() and not busy
+
+    def abort(self) -> None:
+        self.ring.close()
+        proc = self.sink_proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        for d in list(self.downstreams.values()):
+            d.drop()
+        if self.upstream is not None:
+            self.upstream.end()
+
+
+def control_lines(q: queue.Queue) -> None:
+    stdin = sys.stdin.buffer
+    while True:
+        line = stdin.readline()
+        q.put(line)
+        if not line:
+            return
+
+
+def run_relay(hello: dict, lines: queue.Queue) -> int:
+    relay = Relay(hello)
+    checked = {}
+    if hello.get("check"):  # the launcher's question before anything moves (does this node hold it?)
+        done = subprocess.run(hello["check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        checked = {"check": done.stdout.decode(errors="replace").strip()}
+    say("listening", port=relay.server.getsockname()[1], **checked)
+    sink = hello.get("sink")
+    if sink:
+        relay.ring.attach("sink", 0, 0)
+        target = cmd_sink if sink["kind"] == "cmd" else dir_sink
+        threading.Thread(target=guard_sink, args=(target, relay, sink), daemon=True).start()
+    else:
+        relay.sink_done.set()
+    if hello.get("source"):
+        threading.Thread(target=emit_into, args=(relay, hello["source"]), daemon=True).start()
+    else:
+        threading.Thread(target=relay.accept_loop, daemon=True).start()
+    threading.Thread(target=relay.report_loop, daemon=True).start()
+    return control(relay, lines)
+
+
+def control(relay: Relay, lines: queue.Queue) -> int:
+    """The launcher's lines, until it says `exit` (or `abort`, or goes silent)."""
+    heard = time.monotonic()
+    said_finished = False
+    while True:
+        if not said_finished and relay.finished():
+            said_finished = True
+            say("finished", received=relay.ring.end, sink=relay.sink_pos)
+        try:
+            raw = lines.get(timeout=0.2)
+        except queue.Empty:
+            if time.monotonic() - heard > IDLE:
+                relay.abort()
+                say("aborted", why=f"no word from the launcher for {IDLE:.0f}s")
+                return 3
+            continue
+        heard = time.monotonic()
+        msg = json.loads(raw) if raw.strip() else {"op": "abort" if not raw else "ping"}
+        op = msg.get("op")
+        if op == "add":
+            relay.add(msg["id"], msg["address"], int(msg["port"]), msg.get("replaces"))
+            said_finished = False
+        elif op == "drop":
+            relay.drop(msg["id"])
+        elif op == "release":
+            relay.ring.detach("hold")
+        elif op == "exit":
+            say("bye", received=relay.ring.end)
+            return 0
+        elif op == "abort":
+            relay.abort()
+            relay.sink_done.wait(10)
+            say("aborted", why="asked" if raw else "the launcher went away")
+            return 3
+
+
+def guard_sink(target, relay: Relay, sink: dict) -> None:
+    try:
+        target(relay, sink)
+    except Exception as exc:  # a sink that breaks must not hold the stream back for the others
+        say("sink", ok=False, detail=f"{type(exc).__name__}: {exc}")
+    finally:
+        relay.ring.detach("sink")
+        relay.sink_done.set()
+
+
+# -- sinks --------------------------------------------------------------------------------------------
+
+
+def cmd_sink(relay: Relay, sink: dict) -> None:
+    """The stream into a command's stdin (`docker load`); its output's tail reported at the end."""
+    ring = relay.ring
+    proc = subprocess.Popen(sink["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    relay.sink_proc = proc
+    tail = bytearray()
+
+    def collect() -> None:
+        for line in proc.stdout:
+            tail.extend(line)
+            del tail[:-4096]
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    pos, broke = 0, None
+    try:
+        while True:
+            view = ring.read("sink", pos)
+            if not view:
+                break
+            proc.stdin.write(view)
+            pos += len(view)
+            relay.sink_pos = pos
+            ring.advance("sink", pos)
+    except OSError as exc:
+        broke = exc
+    ring.detach("sink")  # never hold the others back, whatever the command does now
+    try:
+        proc.stdin.close()
+    except OSError:
+        pass
+    code = proc.wait()
+    reader.join(5)
+    output = tail.decode(errors="replace").strip()
+    ok = code == 0 and broke is None and ring.eof and not ring.closed
+    say("sink", ok=ok, code=code, output=output[-1000:], bytes=pos)
+
+
+class StreamReader:
+    """The ring's bytes in order, for the directory sink's records."""
+
+    def __init__(self, relay: Relay):
+        self.relay = relay
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        out = b""
+        for view in self.views(n):
+            out += bytes(view)
+        return out
+
+    def views(self, n: int):
+        ring = self.relay.ring
+        while n:
+            view = ring.read("sink", self.pos, min(n, CHUNK))
+            if not view:
+                raise EOFError("the stream ended inside a record")
+            yield view
+            n -= len(view)
+            self.pos += len(view)
+            self.relay.sink_pos = self.pos
+            ring.advance("sink", self.pos)
+
+
+def dir_sink(relay: Relay, sink: dict) -> None:
+    """The stream's records into files under `root`: only the files this node needs (`need`: path ->
+    bytes its partial file already holds); each hashed as written, renamed into place when its
+    sha256 matches; the manifest written at the end."""
+    import fcntl
+
+    root = sink["root"]
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, LOCK), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            say("sink", ok=False, detail=f"another stage is writing into {root}")
+            return
+        receive_all(relay, sink, StreamReader(relay))
+
+
+def receive_all(relay: Relay, sink: dict, reader: StreamReader) -> None:
+    need = sink["need"]
+    done, failed = [], {}
+    try:
+        while True:
+            head = record_header(reader)
+            if head is None:
+                break
+            if head["path"] in need:
+                why = receive_file(sink["root"], head, need[head["path"]], reader)
+                if why:
+                    failed[head["path"]] = why
+                else:
+                    done.append(head["path"])
+            else:
+                for _ in reader.views(head["length"]):
+                    pass
+    except EOFError:
+        pass
+    finally:
+        write_manifest(sink["root"], sink["files"], verified=set(sink.get("complete", [])) | set(done))
+    complete = not failed and len(done) == len(need) and relay.ring.ended()
+    say("sink", ok=complete, written=done, failed=failed, bytes=reader.pos)
+
+
+def record_header(reader: StreamReader):
+    mark = reader.take(6)
+    if mark[:2] != b"LR":
+        raise EOFError("not a record stream")
+    head = json.loads(reader.take(struct.unpack("!I", mark[2:])[0]))
+    return None if head.get("end") else head
+
+
+def receive_file(root: str, head: dict, have: int, reader: StreamReader) -> str | None:
+    """One record into `path.launcher-part` (continuing a partial file from `have`), then into place.
+    Returns why it failed, or None."""
+    final = os.path.join(root, head["path"])
+    part = final + PART
+    digest = hashlib.sha256()
+    offset, written, error = head["start"], 0, None
+    try:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        f = open(part, "r+b" if have else "wb")  # noqa: SIM115 (closed in finish_file)
+        if have:
+            have = hash_prefix(f, have, digest)
+        say("file", path=head["path"], state="receiving", resumed_at=have)
+    except OSError as exc:
+        f, error = None, str(exc)
+    try:
+        for view in reader.views(head["length"]):
+            skip = max(0, min(len(view), have - offset))
+            if f is not None and skip < len(view):
+                try:
+                    f.write(view[skip:])
+                    digest.update(view[skip:])
+                    written += len(view) - skip
+                except OSError as exc:
+                    f.close()
+                    f, error = None, str(exc)
+            offset += len(view)
+    except EOFError:
+        if f is not None:
+            f.close()  # what arrived stays in the partial file: the next stage continues it
+        raise
+    return finish_file(f, error, part, final, head, digest, written, have)
+
+
+def hash_prefix(f, have: int, digest) -> int:
+    """Hash what a partial file already holds (up to `have` bytes); returns how much that was."""
+    left = have
+    while left:
+        block = f.read(min(CHUNK, left))
+        if not block:
+            break
+        digest.update(block)
+        left -= len(block)
+    f.seek(have - left)
+    f.truncate()
+    return have - left
+
+
+def finish_file(f, error, part: str, final: str, head: dict, digest, written: int, have: int):
+    if f is not None:
+        f.close()
+    if error is None and digest.hexdigest() != head["sha256"]:
+        error = "sha256 differs from the source's (the source changed, or the partial file was bad)"
+    if error is not None:
+        if "sha256" in error:
+            try:
+                os.unlink(part)
+            except OSError:
+                pass
+        say("file", path=head["path"], state="failed", detail=error)
+        return error
+    os.replace(part, final)
+    say("file", path=head["path"], state="done", bytes=written, resumed_at=have)
+    return None
+
+
+# -- sources ------------------------------------------------------------------------------------------
+
+
+def records(root: str, recs: list):
+    """The record stream of these files (each from its `start`) as pieces of bytes."""
+    for rec in recs:
+        head = dict(rec, length=rec["size"] - rec["start"])
+        yield header_bytes(head)
+        with open(os.path.join(root, rec["path"]), "rb") as f:
+            f.seek(rec["start"])
+            left = head["length"]
+            while left:
+                block = f.read(min(CHUNK, left))
+                if not block:
+                    raise OSError(f"{rec['path']} is shorter than when it was scanned")
+                yield block
+                left -= len(block)
+    yield header_bytes({"end": True})
+
+
+def header_bytes(head: dict) -> bytes:
+    data = json.dumps(head).encode()
+    return b"LR" + struct.pack("!I", len(data)) + data
+
+
+def emit_into(relay: Relay, source: dict) -> None:
+    try:
+        for piece in records(source["root"], source["records"]):
+            if not relay.ring.write(piece):
+                return
+        relay.ring.finish()
+        say("received", bytes=relay.ring.end)
+    except OSError as exc:
+        say("source-failed", detail=str(exc))
+
+
+def emit(req: dict) -> int:
+    out = sys.stdout.buffer
+    for piece in records(req["root"], req["records"]):
+        out.write(piece)
+    out.flush()
+    return 0
+
+
+# -- scanning, manifests, doctor's check ----------------------------------------------------------------
+
+
+def sha256_file(path: str, progress=None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(CHUNK)
+            if not block:
+                return digest.hexdigest()
+            digest.update(block)
+            if progress is not None:
+                progress(len(block))
+
+
+def read_manifest(root: str) -> dict:
+    try:
+        with open(os.path.join(root, MANIFEST)) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) and isinstance(data.get("files"), list) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def known_hash(root: str, rel: str, st, manifest: dict):
+    """The file's sha256 from the manifest, when its size and mtime are those it had when verified."""
+    seen = (manifest.get("verified") or {}).get(rel)
+    if seen != [st.st_size, st.st_mtime_ns]:
+        return None
+    for entry in manifest["files"]:
+        if entry.get("path") == rel and entry.get("size") == st.st_size:
+            return entry.get("sha256")
+    return None
+
+
+def write_manifest(root: str, files: list, verified) -> None:
+    """The expected files (path, size, sha256) and, for those verified on this node, their size and
+    mtime then: a later check re-hashes only files that changed since."""
+    seen = {}
+    for entry in files:
+        if entry["path"] in verified:
+            try:
+                st = os.stat(os.path.join(root, entry["path"]))
+                seen[entry["path"]] = [st.st_size, st.st_mtime_ns]
+            except OSError:
+                pass
+    data = {"format": "launcher-manifest 1", "files": files, "verified": seen}
+    tmp = os.path.join(root, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=0)
+    os.replace(tmp, os.path.join(root, MANIFEST))
+
+
+class Hashing:
+    """Progress of a long hash, as events (no more than one every 2 s)."""
+
+    def __init__(self):
+        self.done = 0
+        self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self.last > 2:
+            self.last = time.monotonic()
+            say("hashing", bytes=self.done)
+
+
+def source_files(root: str) -> list:
+    found = []
+    for here, dirs, names in os.walk(root, followlinks=True):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(here, name)
+            rel = os.path.relpath(full, root)
+            if rel in OURS or name.endswith(PART) or name == MANIFEST + ".tmp" or not os.path.isfile(full):
+                continue
+            found.append(rel)
+    return found
+
+
+def scan_source(req: dict) -> dict:
+    root = req["root"]
+    if not os.path.isdir(root):
+        return {"error": "missing", "detail": f"{root}: no such directory"}
+    manifest = {} if req.get("rehash") else read_manifest(root)
+    progress = Hashing()
+    files = []
+    for rel in source_files(root):
+        path = os.path.join(root, rel)
+        st = os.stat(path)
+        sha = known_hash(root, rel, st, manifest) or sha256_file(path, progress)
+        files.append({"path": rel, "size": st.st_size, "sha256": sha})
+    if req.get("write_manifest"):
+        try:
+            write_manifest(root, files, {f["path"] for f in files})
+        except OSError:
+            pass  # a read-only source
+    return {"files": files, "bytes": sum(f["size"] for f in files)}
+
+
+def file_state(root: str, entry: dict, manifest: dict, progress) -> dict:
+    path = os.path.join(root, entry["path"])
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None:
+        if st.st_size == entry["size"]:
+            sha = known_hash(root, entry["path"], st, manifest) or sha256_file(path, progress)
+            if sha == entry["sha256"]:
+                return {"state": "complete", "have": 0}
+            return {"state": "altered", "have": 0}
+        return {"state": "short" if st.st_size < entry["size"] else "longer", "have": 0}
+    try:
+        have = os.path.getsize(path + PART)
+    except OSError:
+        return {"state": "missing", "have": 0}
+    return {"state": "partial", "have": have if have < entry["size"] else 0}
+
+
+def free_bytes(path: str) -> int:
+    while path and not os.path.exists(path):
+        path = os.path.dirname(path.rstrip("/")) or "/"
+    st = os.statvfs(path or "/")
+    return st.f_bavail * st.f_frsize
+
+
+def scan_target(req: dict) -> dict:
+    root, expect = req["root"], req["expect"]
+    exists = os.path.isdir(root)
+    manifest = {} if req.get("rehash") or not exists else read_manifest(root)
+    progress = Hashing()
+    states = {e["path"]: file_state(root, e, manifest, progress) for e in expect} if exists else {}
+    for e in expect:
+        states.setdefault(e["path"], {"state": "missing", "have": 0})
+    need = sum(e["size"] - states[e["path"]]["have"] for e in expect if states[e["path"]]["state"] != "complete")
+    complete = all(s["state"] == "complete" for s in states.values())
+    if complete and exists and req.get("write_manifest"):
+        try:
+            write_manifest(root, expect, {e["path"] for e in expect})
+        except OSError:
+            pass
+    return {"exists": exists, "files": states, "need": need, "free": free_bytes(root)}
+
+
+def scan(req: dict) -> int:
+    try:
+        result = scan_target(req) if req.get("expect") is not None else scan_source(req)
+    except OSError as exc:
+        result = {"error": "os", "detail": str(exc)}
+    say("scan", **result)
+    return 0
+
+
+def check(root: str, mark: str) -> int:
+    """Doctor: every file of the manifest present, whole and unaltered (re-hashed only when its size
+    or mtime changed since it was verified). Exit 3 when there is no manifest."""
+    manifest = read_manifest(root)
+    if not manifest:
+        return 3
+    problems = []
+    for entry in manifest["files"]:
+        state = file_state(root, entry, manifest, None)["state"]
+        if state == "short":
+            size = os.path.getsize(os.path.join(root, entry["path"]))
+            problems.append(f"short {entry['path']} ({size} of {entry['size']} bytes)")
+        elif state in ("missing", "partial"):
+            problems.append(f"missing {entry['path']}")
+        elif state != "complete":
+            problems.append(f"{state} {entry['path']} (sha256 or size differs from the manifest)")
+    if problems:
+        print(f"{mark} model fail {root}: " + "; ".join(problems))
+        return 0
+    listing = "".join(f"{e['path']} {e['size']} {e['sha256']}\n" for e in manifest["files"])
+    digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
+    total = sum(e["size"] for e in manifest["files"])
+    print(f"{mark} model ok {root}=manifest:{digest} ({len(manifest['files'])} files, {total} bytes)")
+    return 0
+
+
+def main() -> int:
+    mode = sys.argv[1] if len(sys.argv) > 1 else ""
+    if mode == "check":
+        return check(sys.argv[2], sys.argv[3])
+    try:
+        req = json.loads(sys.stdin.buffer.readline())
+    except ValueError:
+        say("error", detail="no request from the launcher")
+        return 2
+    if mode == "scan":
+        return scan(req)
+    if mode == "emit":
+        return emit(req)
+    if mode != "relay":
+        say("error", detail=f"unknown mode {mode!r}")
+        return 2
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=control_lines, args=(lines,), daemon=True).start()
+    code = run_relay(req, lines)
+    sys.stdout.flush()
+    os._exit(code)  # not the interpreter's shutdown: a daemon thread still blocks reading stdin
+
+
+if __name__ == "__main__":
+    sys.exit(main())

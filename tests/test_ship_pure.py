@@ -1,0 +1,178 @@
+"""`image push` and `stage` without nodes: what the stream carries, where weights go, what `--from`
+means, what a directory holds against a manifest (remote/relay.py's scan and doctor's check, run here
+on real files), and the progress lines a pipe gets."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from launcher.commands import preflight, stage
+from launcher.commands.context import Target
+from launcher.config.load import load as load_config
+from launcher.errors import ConfigError
+from launcher.output.transfer import Moving, TransferView, size
+from launcher.plan.build import build as build_plan
+from launcher.remote import relay as remote
+from launcher.runtime import for_plan
+from tests.helpers import CONFIGS, REPO
+
+INV = REPO / "tests" / "data" / "inventory-32.yaml"
+
+
+def target(name: str = "dsr1-104gpu.yaml", inventory: Path | None = None) -> Target:
+    plan = build_plan(load_config(CONFIGS / name, inventory, environ={}))
+    return Target(CONFIGS / name, inventory, plan, for_plan(plan))
+
+
+def test_the_stream_carries_each_needed_file_once_from_the_smallest_offset_held():
+    files = [{"path": p, "size": 100, "sha256": p * 2} for p in ("a", "b", "c")]
+    needs = {
+        0: {"need": {"a": 0, "b": 40}},  # b: a partial file of 40 bytes
+        1: {"need": {"b": 70}},
+        2: {"need": {"a": 30}},  # c: nobody needs it
+    }
+    assert stage.records(files, needs) == [
+        {"path": "a", "size": 100, "sha256": "aa", "start": 0},
+        {"path": "b", "size": 100, "sha256": "bb", "start": 40},
+    ]
+
+
+def test_weights_go_to_the_host_side_of_the_model_volume_unless_told():
+    t = target()
+    dest = stage.destinations(t, None)
+    workers = {s.node.index for s in t.plan.services if s.group}
+    assert set(dest) == workers and set(dest.values()) == {"/models/DeepSeek-R1"}
+    assert set(stage.destinations(t, "/raid/r1/").values()) == {"/raid/r1"}
+    with pytest.raises(ConfigError, match="--to: 'raid/r1': expected an absolute path"):
+        stage.destinations(t, "raid/r1")
+
+
+def test_without_a_volume_for_the_model_stage_asks_for_to(tmp_path):
+    text = (CONFIGS / "dsr1-104gpu.yaml").read_text().replace(":/model:ro", ":/elsewhere:ro")
+    assert text != (CONFIGS / "dsr1-104gpu.yaml").read_text()
+    path = tmp_path / "novol.yaml"
+    path.write_text(text)
+    plan = build_plan(load_config(path, environ={}))
+    with pytest.raises(ConfigError, match="model.path: no target: .* pass --to PATH"):
+        stage.destinations(Target(path, None, plan, for_plan(plan)), None)
+
+
+def test_from_is_a_node_and_a_path_or_a_directory_here(tmp_path):
+    t = target()
+    first = t.plan.nodes[0]
+    on_node = stage.parse_from(t, f"{first.name}:/data/r1/")
+    assert (on_node.node, on_node.root) == (first, "/data/r1")
+    assert stage.parse_from(t, "0:/data/r1").node == first
+    here = stage.parse_from(t, str(tmp_path))
+    assert here.node is None and here.root == str(tmp_path)
+    with pytest.raises(ConfigError, match="no such directory here"):
+        stage.parse_from(t, str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="no node 'nope'"):
+        stage.parse_from(t, "nope:/data")
+
+
+def weights(root: Path) -> list[dict]:
+    (root / "sub").mkdir(parents=True)
+    data = {"config.json": b'{"a": 1}\n', "model.safetensors": os.urandom(300_000), "sub/tok.bin": os.urandom(5000)}
+    for rel, body in data.items():
+        (root / rel).write_bytes(body)
+    return [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in sorted(data.items())]
+
+
+def test_a_directory_against_the_files_expected(tmp_path):
+    src = tmp_path / "src"
+    expect = weights(src)
+    assert remote.scan_source({"root": str(src)})["files"] == expect
+    node = tmp_path / "node"
+    state = remote.scan_target({"root": str(node), "expect": expect})
+    assert not state["exists"] and state["need"] == sum(f["size"] for f in expect) and state["free"] > 0
+    weights(node)
+    (node / "config.json").write_bytes(b'{"a": 2}\n')  # same size, other bytes
+    (node / "model.safetensors").rename(node / "model.safetensors.launcher-part")
+    os.truncate(node / "model.safetensors.launcher-part", 1000)
+    (node / "sub" / "tok.bin").unlink()
+    state = remote.scan_target({"root": str(node), "expect": expect})["files"]
+    assert state == {
+        "config.json": {"state": "altered", "have": 0},
+        "model.safetensors": {"state": "partial", "have": 1000},
+        "sub/tok.bin": {"state": "missing", "have": 0},
+    }
+
+
+def test_the_manifest_spares_rehashing_until_a_file_changes(tmp_path, monkeypatch):
+    root = tmp_path / "w"
+    expect = weights(root)
+    remote.write_manifest(str(root), expect, {f["path"] for f in expect})
+    hashed: list[str] = []
+    real = remote.sha256_file
+    monkeypatch.setattr(remote, "sha256_file", lambda p, progress=None: hashed.append(p) or real(p))
+    state = remote.scan_target({"root": str(root), "expect": expect})
+    assert {s["state"] for s in state["files"].values()} == {"complete"} and hashed == []
+    os.utime(root / "config.json", ns=(1, 1))  # touched: hashed again (and still complete)
+    assert remote.scan_target({"root": str(root), "expect": expect})["files"]["config.json"]["state"] == "complete"
+    assert hashed == [str(root / "config.json")]
+
+
+def doctor_line(root: Path) -> str:
+    """Doctor's model check of `root`, as the node script runs it (bash, the node's python3)."""
+    out = subprocess.run(["bash", "-c", preflight.model_check(str(root))], capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
+def test_doctor_names_each_missing_short_or_altered_file(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    expect = weights(a)
+    shutil.copytree(a, b)  # the same weights on two nodes
+    for root in (a, b):
+        remote.write_manifest(str(root), expect, {f["path"] for f in expect})
+    ok_a, ok_b = doctor_line(a), doctor_line(b)
+    assert ok_a.startswith(f"@@check model ok {a}=manifest:") and "(3 files, " in ok_a
+    assert ok_a.split("=", 1)[1] == ok_b.split("=", 1)[1]  # the same weights: the same value to compare
+    with open(b / "model.safetensors", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0")
+    os.truncate(b / "sub" / "tok.bin", 10)
+    (b / "config.json").unlink()
+    line = doctor_line(b)
+    assert line.startswith(f"@@check model fail {b}: ")
+    assert "missing config.json" in line and "short sub/tok.bin (10 of 5000 bytes)" in line
+    assert "altered model.safetensors" in line
+
+
+def test_without_a_manifest_doctor_hashes_config_json(tmp_path):
+    weights(tmp_path / "w")
+    digest = hashlib.sha256((tmp_path / "w" / "config.json").read_bytes()).hexdigest()[:16]
+    assert doctor_line(tmp_path / "w") == f"@@check model ok {tmp_path / 'w'}={digest}"
+    assert doctor_line(tmp_path / "none") == f"@@check model fail {tmp_path / 'none'}"
+
+
+def test_a_pipe_gets_state_changes_and_bytes_and_rate_per_node():
+    out = io.StringIO()
+    view = TransferView("image", 300_000_000, console=Console(file=out, width=300), live=False)
+    view.every = 0
+    view.update([Moving("tb0", "waiting", 0), Moving("tb1", "waiting", 0)])
+    view.rates.seen["tb0"].appendleft((view.rates.seen["tb0"][0][0] - 2, 0))
+    view.update([Moving("tb0", "receiving", 50_000_000), Moving("tb1", "receiving", 10_000_000)])
+    text = out.getvalue()
+    assert "tb0: waiting" in text and "tb1: receiving" in text
+    assert "image of ~300.0 MB: tb0 50.0 MB " in text and "MB/s, tb1 10.0 MB " in text
+    assert size(1234) == "1.2 kB" and size(999) == "999 B" and size(2.5e9) == "2.5 GB"
+
+
+def test_the_relay_program_stands_alone():
+    """It runs on the node's python3 with nothing of the launcher: a fresh interpreter, no path."""
+    program = (REPO / "launcher" / "remote" / "relay.py").read_text()
+    proc = subprocess.run(
+        ["python3", "-I", "-c", program, "scan"], input=json.dumps({"root": "/nonexistent"}) + "\n",
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert json.loads(proc.stdout) == {"ev": "scan", "error": "missing", "detail": "/nonexistent: no such directory"}
