@@ -244,6 +244,15 @@ KNOWN_COMMANDS = {
     ("lock",),
     ("lock", "status"),
     ("lock", "break"),
+    ("top",),
+    ("collect",),
+    ("bench",),
+    ("import",),
+    ("export",),
+    ("image",),
+    ("image", "build"),
+    ("image", "push"),
+    ("stage",),
 }
 
 
