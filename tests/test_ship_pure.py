@@ -23,7 +23,7 @@ from launcher.output.transfer import Moving, TransferView, size
 from launcher.plan.build import build as build_plan
 from launcher.remote import relay as remote
 from launcher.runtime import for_plan
-from tests.helpers import CONFIGS, REPO
+from tests.helpers import CONFIGS, REPO, fresh_env
 
 INV = REPO / "tests" / "data" / "inventory-32.yaml"
 
@@ -176,3 +176,35 @@ def test_the_relay_program_stands_alone():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert json.loads(proc.stdout) == {"ev": "scan", "error": "missing", "detail": "/nonexistent: no such directory"}
+
+
+UNREACHABLE = """\
+deployment: rv
+image: example/img:1
+gpus_per_node: 0
+versions: {dynamo: "1.6.1"}
+model: {path: /model, name: tiny}
+nodes:
+  - {name: n0, address: 192.0.2.10}
+groups:
+  prefill: {engine: mocker, nodes: [n0]}
+  decode: {engine: mocker, nodes: [n0]}
+"""
+
+
+@pytest.mark.parametrize("given", ["", "  ", "/", "n0:/", "0:/"])
+def test_stage_refuses_an_empty_from_or_the_whole_filesystem(tmp_path, given):
+    """`--from ""` once meant the current directory (staged, with a manifest written into it); `/` would
+    stage the filesystem. One line naming --from, exit 2, before any node is reached (TEST-NET address)."""
+    config = tmp_path / "deploy.yaml"
+    config.write_text(UNREACHABLE)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = ["stage", str(config), "--from", given, "--to", "/data/w", "--connect-timeout", "1"]
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "launcher"), *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=fresh_env(),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines() + proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --from: ") and "expected " in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

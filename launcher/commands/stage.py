@@ -109,10 +109,12 @@ def destinations(t: Target, to: str | None) -> dict[int, str]:
 
 def parse_from(t: Target, value: str) -> Source:
     """`--from`: NODE:PATH (a node of the plan, an absolute path) or a directory on this machine."""
+    if not value.strip():
+        raise ConfigError("expected a directory or NODE:PATH, got an empty value", key="--from")
     ref, sep, path = value.partition(":")
     node = t.plan.node(ref) if sep else None
     if node is not None and path.startswith("/"):
-        return Source(ship.this_machine(), path.rstrip("/") or "/", node, value)
+        return Source(ship.this_machine(), not_root(value, path.rstrip("/") or "/"), node, value)
     local = Path(value).expanduser()
     if not local.is_dir():
         if sep and path.startswith("/"):
@@ -122,7 +124,14 @@ def parse_from(t: Target, value: str) -> Source:
                 key="--from",
             )
         raise ConfigError(f"{value}: no such directory here (the weights to copy)", key="--from")
-    return Source(ship.this_machine(), str(local.resolve()), None, value)
+    return Source(ship.this_machine(), not_root(value, str(local.resolve())), None, value)
+
+
+def not_root(given: str, root: str) -> str:
+    """The whole filesystem is never the weights (and stage writes its manifest into the source)."""
+    if root == "/":
+        raise ConfigError(f"{given}: expected the directory of the weights, not / (the whole filesystem)", key="--from")
+    return root
 
 
 def scan_source(t: Target, src: Source, verify: bool) -> list[dict]:
