@@ -208,3 +208,24 @@ def test_stage_refuses_an_empty_from_or_the_whole_filesystem(tmp_path, given):
     lines = proc.stderr.strip().splitlines() + proc.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --from: ") and "expected " in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_links_to_directories_are_followed_once_and_never_out_of_the_source(tmp_path):
+    """A link back up (`up -> ..`) once made 40 copies of every file; a link to / would stage the disk."""
+    root = tmp_path / "weights"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "model.safetensors").write_bytes(b"w")
+    (root / "config.json").write_text("{}")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("x")
+    (root / "sub" / "up").symlink_to("..")  # back to root: a loop
+    (root / "alias").symlink_to("sub")  # inside: its files once, under one name
+    (root / "out").symlink_to(tmp_path / "outside")  # outside the source
+    (root / "fs").symlink_to("/")
+    (root / "blob").symlink_to(tmp_path / "outside" / "secret")  # a file link stays (the HF cache's way)
+    skipped: list = []
+    files = remote.source_files(str(root), skipped)
+    assert files == ["blob", "config.json", "alias/model.safetensors"], files
+    assert sorted(skipped) == ["fs", "out"]
+    found = remote.scan_source({"root": str(root)})
+    assert sorted(found["skipped"]) == ["fs", "out"] and len(found["files"]) == 3

@@ -146,6 +146,8 @@ def scan_source(t: Target, src: Source, verify: bool) -> list[dict]:
         raise ConfigError(f"{src.given}: no such directory {where} (the weights to copy)", key="--from")
     if found.get("error"):
         raise LauncherError(f"--from {src.given}: cannot read it {where}: {found.get('detail')}")
+    for link in found.get("skipped", []):
+        say(f"--from {src.given}: skipped {link}: a link to a directory outside the source", to_stderr=True)
     if not found["files"]:
         raise ConfigError(f"{src.given}: no files in it {where}", key="--from")
     return found["files"]
