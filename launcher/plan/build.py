@@ -193,6 +193,17 @@ class Builder:
         self.router_peers = fabric.router_uses(router, workers)
         return part.url
 
+    def grafana_password(self, m) -> str:
+        """Grafana's admin password: a declared secret, reaching Grafana through the 0600 env file only
+        (its default admin/admin would be open to anyone who reaches the port)."""
+        key = ("metrics", "grafana_admin_password_env")
+        name = m.grafana_admin_password_env
+        if name is None:
+            raise self.error("grafana: true needs the name of a secret holding Grafana's admin password", *key)
+        if name not in self.secret_names:
+            raise self.error(f"{name}: expected a secret declared under `secrets:` (Grafana's admin password)", *key)
+        return self.loaded.secret_values[name]
+
     def add_metrics(self) -> None:
         """`metrics:`: Grafana (pointed at the deployment's Prometheus), then Prometheus, which scrapes
         every service with a metrics endpoint, itself and Grafana included."""
@@ -206,7 +217,9 @@ class Builder:
         if m.grafana:
             part = metrics.grafana(m, node, scratch, prometheus.url or "", gpu_panels=bool(m.dcgm_exporter_port))
             grafana = ServiceSpec(node=node.index, image=m.grafana_image or m.image, timeout=m.timeout)
-            self.services.append(self.single("grafana", grafana, node, part))
+            service = self.single("grafana", grafana, node, part)
+            service.secret_env[metrics.GRAFANA_PASSWORD_ENV] = self.grafana_password(m)
+            self.services.append(service)
         spec = ServiceSpec(node=node.index, image=m.image, timeout=m.timeout)
         service = self.single("prometheus", spec, node, prometheus)
         targets = metrics.scrape_targets([*self.services, service])
