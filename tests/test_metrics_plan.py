@@ -75,6 +75,18 @@ def test_a_metrics_port_another_service_uses_is_refused_naming_both(tmp_path, ca
 
 
 @pytest.mark.parametrize(
+    ("settings", "other"),
+    [({"dcgm_exporter_port": 9090}, "prometheus"), ({"port": 19099, "dcgm_exporter_port": 3000, **GRAFANA}, "grafana")],
+)
+def test_a_dcgm_port_of_prometheus_or_grafana_is_refused_naming_both(tmp_path, capsys, settings, other):
+    """The exporter runs on every GPU node, the head included, where Prometheus and Grafana listen."""
+    path = with_metrics(tmp_path, "dsr1-104gpu.yaml", prometheus=True, **settings)
+    with pytest.raises(ConfigError, match=f"the DCGM exporter and {other} both want port") as caught:
+        plan_of(path)
+    assert caught.value.key == "metrics.dcgm_exporter_port" and caught.value.line is not None
+
+
+@pytest.mark.parametrize(
     ("settings", "expected"),
     [
         ({"grafana": True}, "grafana: true needs prometheus: true"),

@@ -213,6 +213,12 @@ class Builder:
         node = self.head() if m.node is None else node_at(self.nodes, m.node, self.loaded, ("metrics", "node"))
         scratch = "." if self.spec.runtime == "process" else "/tmp"
         gpu_nodes = [n for n in self.nodes if n.gpus > 0 and any(s.node is n and s.group for s in self.services)]
+        for other, port, on in (("prometheus", m.port, True), ("grafana", m.grafana_port, m.grafana)):
+            if on and m.dcgm_exporter_port == port:
+                raise self.error(
+                    f"the DCGM exporter and {other} both want port {port} (Prometheus' `port`, Grafana's "
+                    "`grafana_port`): expected another port", "metrics", "dcgm_exporter_port"
+                )  # fmt: skip
         prometheus = metrics.prometheus(m, node, scratch, config="")
         if m.grafana:
             part = metrics.grafana(m, node, scratch, prometheus.url or "", gpu_panels=bool(m.dcgm_exporter_port))
