@@ -76,7 +76,10 @@ def test_a_metrics_port_another_service_uses_is_refused_naming_both(tmp_path, ca
 
 @pytest.mark.parametrize(
     ("settings", "other"),
-    [({"dcgm_exporter_port": 9090}, "prometheus"), ({"port": 19099, "dcgm_exporter_port": 3000, **GRAFANA}, "grafana")],
+    [
+        ({"port": 19099, "dcgm_exporter_port": 19099}, "prometheus"),
+        ({"port": 19099, "dcgm_exporter_port": 3000, **GRAFANA}, "grafana"),
+    ],
 )
 def test_a_dcgm_port_of_prometheus_or_grafana_is_refused_naming_both(tmp_path, capsys, settings, other):
     """The exporter runs on every GPU node, the head included, where Prometheus and Grafana listen."""
