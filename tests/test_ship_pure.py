@@ -122,10 +122,28 @@ def test_the_manifest_spares_rehashing_until_a_file_changes(tmp_path, monkeypatc
     assert hashed == [str(root / "config.json")]
 
 
-def doctor_line(root: Path) -> str:
+def doctor_line(root: Path, python_env: str | None = None, env: dict | None = None) -> str:
     """Doctor's model check of `root`, as the node script runs it (bash, the node's python3)."""
-    out = subprocess.run(["bash", "-c", preflight.model_check(str(root))], capture_output=True, text=True, timeout=60)
+    script = preflight.model_check(str(root), python_env)
+    out = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
     return out.stdout.strip()
+
+
+def test_doctor_checks_the_manifest_with_python_env_when_the_node_has_no_python3(tmp_path):
+    """As stage does (ship.relay_script): the node's python3, else python_env's."""
+    root = tmp_path / "w"
+    expect = weights(root)
+    remote.write_manifest(str(root), expect, {f["path"] for f in expect})
+    (tmp_path / "env" / "bin").mkdir(parents=True)
+    (tmp_path / "env" / "bin" / "python3").symlink_to(shutil.which("python3"))
+    (tmp_path / "bin").mkdir()
+    for tool in ("sha256sum", "cut"):
+        (tmp_path / "bin" / tool).symlink_to(shutil.which(tool))
+    no_python = {"PATH": str(tmp_path / "bin")}  # this node has no python3 of its own
+    assert doctor_line(root, str(tmp_path / "env"), no_python).startswith(f"@@check model ok {root}=manifest:")
+    # no python anywhere: config.json's hash, as before
+    digest = hashlib.sha256((root / "config.json").read_bytes()).hexdigest()[:16]
+    assert doctor_line(root, str(tmp_path / "nowhere"), no_python) == f"@@check model ok {root}={digest}"
 
 
 def test_doctor_names_each_missing_short_or_altered_file(tmp_path):
