@@ -52,16 +52,17 @@ def this_machine() -> LocalHost:
 
 
 def ask(host: Host, plan: Plan | None, mode: str, request: dict, timeout: float | None = None) -> dict:
-    """One request to the relay program in `mode` (`scan`): its last event, e.g. {"ev": "scan", ...}."""
+    """One request to the relay program in `mode` (`scan`): its last event, e.g. {"ev": "scan", ...}.
+    `timeout` bounds the whole answer, progress events or not (a stuck disk can chatter forever)."""
     proc = host.start(relay_script(plan, mode))
     began = time.monotonic()
     try:
         proc.write(program() + json.dumps(request).encode() + b"\n")
         while True:
-            line = proc.readline(5)
+            if timeout is not None and time.monotonic() - began > timeout:
+                raise TimeoutError(f"no answer in {timeout:.0f}s")
+            line = proc.readline(5 if timeout is None else min(5, max(0.1, timeout)))
             if line is None:  # hashing a large directory says nothing for a while; a cut link, forever
-                if timeout is not None and time.monotonic() - began > timeout:
-                    raise TimeoutError(f"no answer in {timeout:.0f}s")
                 if not host.alive(5):
                     raise ConnectionError("the node stopped answering (link down, or the node is off?)")
                 continue

@@ -107,6 +107,10 @@ def destinations(t: Target, to: str | None) -> dict[int, str]:
     return dest
 
 
+# The bound of one scan (hashing every file of the weights: ~700 GB at a slow disk's 100 MB/s is two hours)
+SCAN_TIMEOUT = 4 * 3600
+
+
 def parse_from(t: Target, value: str) -> Source:
     """`--from`: NODE:PATH (a node of the plan, an absolute path) or a directory on this machine."""
     if not value.strip():
@@ -137,9 +141,14 @@ def not_root(given: str, root: str) -> str:
 def scan_source(t: Target, src: Source, verify: bool) -> list[dict]:
     where = "here" if src.node is None else f"on {src.node.label}"
     try:
-        found = ship.ask(src.host, t.plan, "scan", {"root": src.root, "rehash": verify, "write_manifest": True})
+        request = {"root": src.root, "rehash": verify, "write_manifest": True}
+        found = ship.ask(src.host, t.plan, "scan", request, timeout=SCAN_TIMEOUT)
     except LauncherError:
         raise
+    except TimeoutError:
+        raise LauncherError(
+            f"--from {src.given}: reading it {where} took over {SCAN_TIMEOUT // 3600} hours (a stuck disk or mount?)"
+        ) from None
     except Exception as exc:
         raise LauncherError(f"--from {src.given}: cannot read it {where}: {describe(exc)}") from None
     if found.get("error") == "missing":
@@ -156,7 +165,7 @@ def scan_source(t: Target, src: Source, verify: bool) -> list[dict]:
 def scan_nodes(t: Target, files: list[dict], dest: dict[int, str], verify: bool) -> dict:
     def scan(host: Host) -> dict:
         request = {"root": dest[host.node.index], "expect": files, "rehash": verify, "write_manifest": True}
-        return ship.ask(host, t.plan, "scan", request)
+        return ship.ask(host, t.plan, "scan", request, timeout=SCAN_TIMEOUT)
 
     return t.fleet.map(scan, list(dest))
 
