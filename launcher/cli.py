@@ -308,9 +308,12 @@ def collect(
     config_opt: ConfigOpt = None,
     inventory: InventoryOpt = None,
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--out", "-o", help="The tarball to write. Default: launcher-collect-DEPLOYMENT-TIME.tar.gz here."
+            "--out",
+            "-o",
+            help="The tarball to write, or a directory to write it in. "
+            "Default: launcher-collect-DEPLOYMENT-TIME.tar.gz here.",
         ),
     ] = None,
     since: Annotated[

@@ -20,19 +20,26 @@ from tests.helpers import CONFIGS, REPO, run_cli
 SCHEMAS = Path(__file__).parent / "data" / "grafana-schema"
 
 
-def with_metrics(tmp_path: Path, config: str, **settings) -> Path:
+PASSWORD = "grafana-admin-pw-7c1e"
+
+
+def with_metrics(tmp_path: Path, config: str, secrets: tuple[str, ...] = (), **settings) -> Path:
     data = yaml.safe_load((CONFIGS / config).read_text())
     data["metrics"] = settings
+    if secrets:
+        data["secrets"] = [*data.get("secrets", []), *secrets]
     path = tmp_path / config
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
+GRAFANA = {"grafana": True, "grafana_admin_password_env": "GRAFANA_PW", "secrets": ("GRAFANA_PW",)}
 INVENTORY = REPO / "tests" / "data" / "inventory-32.yaml"
 
 
 def plan_of(path: Path, inventory: Path | None = INVENTORY):
     environ = {"TESTBED_IMAGE": "img", "TESTBED_PYTHON_HOME": "/py", "TESTBED_VENV": "/venv", "TESTBED_REPO": "/r"}
+    environ["GRAFANA_PW"] = PASSWORD
     return build(load(path, inventory, environ=environ))
 
 
@@ -61,10 +68,25 @@ def test_a_metrics_port_another_service_uses_is_refused_naming_both(tmp_path, ca
         plan_of(path)
     assert "prefill-r0 and prometheus both want port 9090" in str(caught.value)
     assert caught.value.key == "metrics.port" and caught.value.line is not None
-    path = with_metrics(tmp_path, "testbed-104.yaml", prometheus=True, port=9099, grafana=True, grafana_port=8000)
+    path = with_metrics(tmp_path, "testbed-104.yaml", prometheus=True, port=9099, grafana_port=8000, **GRAFANA)
     with pytest.raises(ConfigError, match="frontend and grafana both want port 8000") as caught:
         plan_of(path)
     assert caught.value.key == "metrics.grafana_port"
+
+
+@pytest.mark.parametrize(
+    ("settings", "other"),
+    [
+        ({"port": 19099, "dcgm_exporter_port": 19099}, "prometheus"),
+        ({"port": 19099, "dcgm_exporter_port": 3000, **GRAFANA}, "grafana"),
+    ],
+)
+def test_a_dcgm_port_of_prometheus_or_grafana_is_refused_naming_both(tmp_path, capsys, settings, other):
+    """The exporter runs on every GPU node, the head included, where Prometheus and Grafana listen."""
+    path = with_metrics(tmp_path, "dsr1-104gpu.yaml", prometheus=True, **settings)
+    with pytest.raises(ConfigError, match=f"the DCGM exporter and {other} both want port") as caught:
+        plan_of(path)
+    assert caught.value.key == "metrics.dcgm_exporter_port" and caught.value.line is not None
 
 
 @pytest.mark.parametrize(
@@ -109,7 +131,7 @@ def test_the_router_and_sglang_enable_metrics_are_scraped(tmp_path):
 
 
 def test_grafana_gets_the_datasource_and_the_dashboard(tmp_path):
-    path = with_metrics(tmp_path, "testbed-104.yaml", prometheus=True, port=9099, grafana=True, dcgm_exporter_port=9400)
+    path = with_metrics(tmp_path, "testbed-104.yaml", prometheus=True, port=9099, dcgm_exporter_port=9400, **GRAFANA)
     plan = plan_of(path)
     grafana = next(s for s in plan.services if s.role == "grafana")
     datasource = yaml.safe_load(grafana.env[metrics.GRAFANA_DATASOURCE_ENV])["datasources"][0]
@@ -117,6 +139,10 @@ def test_grafana_gets_the_datasource_and_the_dashboard(tmp_path):
     board = json.loads(grafana.env[metrics.GRAFANA_DASHBOARD_ENV])
     assert board == dashboard.build(metrics.DATASOURCE_UID, gpu_panels=True)
     assert grafana.probe.url == f"http://{plan.nodes[0].address}:3000/api/health"
+    # anonymous visitors read only; the admin password comes from the secret, through the env file only
+    assert grafana.env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert grafana.secret_env == {"GF_SECURITY_ADMIN_PASSWORD": PASSWORD}
+    assert all(PASSWORD not in v for v in [*grafana.command, *grafana.env.values()])
     # testbed nodes have no GPU: no DCGM target, though the panels are there for a real cluster
     prom = next(s for s in plan.services if s.role == "prometheus")
     assert "dcgm" not in prom.env[metrics.PROMETHEUS_CONFIG_ENV]
@@ -177,3 +203,27 @@ def test_the_schema_check_catches_a_broken_dashboard():
 def test_the_shipped_dashboard_file_is_the_one_the_plan_provisions():
     shipped = json.loads((REPO / "dashboards" / "launcher.json").read_text())
     assert shipped == dashboard.build(metrics.DATASOURCE_UID, gpu_panels=True)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, "metrics.grafana_admin_password_env: grafana: true needs the name of a secret"),
+        ({"grafana_admin_password_env": "NOT_DECLARED"}, "NOT_DECLARED: expected a secret declared under `secrets:`"),
+    ],
+)
+def test_grafana_without_an_admin_password_secret_is_refused(tmp_path, capsys, settings, expected):
+    """Grafana's default admin/admin on a reachable port is anyone's: no password secret, no plan."""
+    path = with_metrics(tmp_path, "local.yaml", prometheus=True, port=19099, grafana=True, **settings)
+    code, out, err = run_cli(["plan", str(path)], capsys)
+    assert code == 2, out + err
+    assert err.startswith(f"error: {path}:") and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_grafanas_password_is_in_no_plan_view(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("GRAFANA_PW", PASSWORD)
+    path = with_metrics(tmp_path, "local.yaml", prometheus=True, port=19099, grafana_port=13999, **GRAFANA)
+    for view in (["plan", str(path)], ["plan", str(path), "--format", "json"], ["plan", str(path), "-f", "script"]):
+        code, out, err = run_cli(view, capsys)
+        assert code == 0, out + err
+        assert "grafana" in out and PASSWORD not in out + err

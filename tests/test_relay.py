@@ -193,3 +193,14 @@ def test_the_first_bytes_wait_for_the_first_reader():
     assert ring.attach("first", 0, 60)
     ring.detach("hold")
     assert ring.read("first", 0, 100) == b"x" * 100
+
+
+def test_ask_gives_up_at_its_bound_even_while_the_program_chatters(tmp_path):
+    """A scan that keeps talking but never answers (a stuck disk) once held `stage` forever: the bound
+    holds whatever comes. Here the program streams millions of lines that are not the answer."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "lines").write_bytes(b"\n" * 20_000_000)
+    host = LocalHost(Node(0, "here", "127.0.0.1", SSHSettings(), 0), Options())
+    with pytest.raises(TimeoutError, match="no answer in 1s"):
+        records = [{"path": "lines", "size": 20_000_000, "start": 0}]
+        ship.ask(host, None, "emit", {"root": str(tmp_path / "src"), "records": records}, timeout=1)

@@ -23,7 +23,7 @@ from launcher.output.transfer import Moving, TransferView, size
 from launcher.plan.build import build as build_plan
 from launcher.remote import relay as remote
 from launcher.runtime import for_plan
-from tests.helpers import CONFIGS, REPO
+from tests.helpers import CONFIGS, REPO, fresh_env
 
 INV = REPO / "tests" / "data" / "inventory-32.yaml"
 
@@ -122,10 +122,28 @@ def test_the_manifest_spares_rehashing_until_a_file_changes(tmp_path, monkeypatc
     assert hashed == [str(root / "config.json")]
 
 
-def doctor_line(root: Path) -> str:
+def doctor_line(root: Path, python_env: str | None = None, env: dict | None = None) -> str:
     """Doctor's model check of `root`, as the node script runs it (bash, the node's python3)."""
-    out = subprocess.run(["bash", "-c", preflight.model_check(str(root))], capture_output=True, text=True, timeout=60)
+    script = preflight.model_check(str(root), python_env)
+    out = subprocess.run(["/bin/bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
     return out.stdout.strip()
+
+
+def test_doctor_checks_the_manifest_with_python_env_when_the_node_has_no_python3(tmp_path):
+    """As stage does (ship.relay_script): the node's python3, else python_env's."""
+    root = tmp_path / "w"
+    expect = weights(root)
+    remote.write_manifest(str(root), expect, {f["path"] for f in expect})
+    (tmp_path / "env" / "bin").mkdir(parents=True)
+    (tmp_path / "env" / "bin" / "python3").symlink_to(shutil.which("python3"))
+    (tmp_path / "bin").mkdir()
+    for tool in ("sha256sum", "cut"):
+        (tmp_path / "bin" / tool).symlink_to(shutil.which(tool))
+    no_python = {"PATH": str(tmp_path / "bin")}  # this node has no python3 of its own
+    assert doctor_line(root, str(tmp_path / "env"), no_python).startswith(f"@@check model ok {root}=manifest:")
+    # no python anywhere: config.json's hash, as before
+    digest = hashlib.sha256((root / "config.json").read_bytes()).hexdigest()[:16]
+    assert doctor_line(root, str(tmp_path / "nowhere"), no_python) == f"@@check model ok {root}={digest}"
 
 
 def test_doctor_names_each_missing_short_or_altered_file(tmp_path):
@@ -176,3 +194,56 @@ def test_the_relay_program_stands_alone():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert json.loads(proc.stdout) == {"ev": "scan", "error": "missing", "detail": "/nonexistent: no such directory"}
+
+
+UNREACHABLE = """\
+deployment: rv
+image: example/img:1
+gpus_per_node: 0
+versions: {dynamo: "1.6.1"}
+model: {path: /model, name: tiny}
+nodes:
+  - {name: n0, address: 192.0.2.10}
+groups:
+  prefill: {engine: mocker, nodes: [n0]}
+  decode: {engine: mocker, nodes: [n0]}
+"""
+
+
+@pytest.mark.parametrize("given", ["", "  ", "/", "n0:/", "0:/"])
+def test_stage_refuses_an_empty_from_or_the_whole_filesystem(tmp_path, given):
+    """`--from ""` once meant the current directory (staged, with a manifest written into it); `/` would
+    stage the filesystem. One line naming --from, exit 2, before any node is reached (TEST-NET address)."""
+    config = tmp_path / "deploy.yaml"
+    config.write_text(UNREACHABLE)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = ["stage", str(config), "--from", given, "--to", "/data/w", "--connect-timeout", "1"]
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "launcher"), *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=fresh_env(),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines() + proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --from: ") and "expected " in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_links_to_directories_are_followed_once_and_never_out_of_the_source(tmp_path):
+    """A link back up (`up -> ..`) once made 40 copies of every file; a link to / would stage the disk."""
+    root = tmp_path / "weights"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "model.safetensors").write_bytes(b"w")
+    (root / "config.json").write_text("{}")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("x")
+    (root / "sub" / "up").symlink_to("..")  # back to root: a loop
+    (root / "alias").symlink_to("sub")  # inside: its files once, under one name
+    (root / "out").symlink_to(tmp_path / "outside")  # outside the source
+    (root / "fs").symlink_to("/")
+    (root / "blob").symlink_to(tmp_path / "outside" / "secret")  # a file link stays (the HF cache's way)
+    skipped: list = []
+    files = remote.source_files(str(root), skipped)
+    assert files == ["blob", "config.json", "alias/model.safetensors"], files
+    assert sorted(skipped) == ["fs", "out"]
+    found = remote.scan_source({"root": str(root)})
+    assert sorted(found["skipped"]) == ["fs", "out"] and len(found["files"]) == 3

@@ -73,7 +73,7 @@ class Bundle:
         self.index.setdefault("files", []).append(name)
 
 
-def run(config, config_opt, inventory, connection: Connection, *, out: Path | None, since: str | None) -> None:
+def run(config, config_opt, inventory, connection: Connection, *, out: str | None, since: str | None) -> None:
     if since is not None and not SINCE.fullmatch(since):
         raise ConfigError(
             "expected a duration (10m, 1h30m), a date or time (2026-11-24T10:00:00Z) or a Unix timestamp,"
@@ -84,19 +84,42 @@ def run(config, config_opt, inventory, connection: Connection, *, out: Path | No
     if since and t.plan.runtime == "process":
         raise ConfigError("--since needs the docker runtime (process logs carry no timestamps)", key="--since")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out or Path(f"launcher-collect-{t.plan.deployment}-{stamp}.tar.gz")
-    if path.is_dir() or not path.parent.resolve().is_dir() or not os.access(path.parent.resolve(), os.W_OK):
-        raise ConfigError(f"cannot write {path}: expected a file name in a writable directory", key="--out")
     root = f"launcher-collect-{t.plan.deployment}-{stamp}"
-    with tarfile.open(path, "w:gz") as tar, connected(t, connection):
-        bundle = Bundle(tar, root, plan_views.redactor(t.plan))
-        missing = collect(t, bundle, since)
-        bundle.add("INDEX.json", json.dumps(bundle.index, indent=2) + "\n")
+    path = bundle_path(out, f"{root}.tar.gz")
+    # written under a temporary name, renamed when complete: a failed connect or Ctrl-C leaves nothing
+    # truncated under the asked name
+    part = path.with_name(f".{path.name}.part")
+    try:
+        file = open(part, "wb")  # noqa: SIM115 (closed in the finally below)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}", key="--out") from None
+    try:
+        with file, tarfile.open(fileobj=file, mode="w:gz") as tar, connected(t, connection):
+            bundle = Bundle(tar, root, plan_views.redactor(t.plan))
+            missing = collect(t, bundle, since)
+            bundle.add("INDEX.json", json.dumps(bundle.index, indent=2) + "\n")
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
     say(f"wrote {path} ({path.stat().st_size // 1024} kB): {len(bundle.index['files'])} files")
     for i, why in sorted(missing.items()):
         say(f"missing: {t.plan.nodes[i].label}: {why}", to_stderr=True)
     if missing or bundle.index.get("logs_missing"):
         raise Exit(1)
+
+
+def bundle_path(out: str | Path | None, name: str) -> Path:
+    """--out: a file name, or a directory (existing, or given with a trailing /) to write `name` in."""
+    if out is None:
+        return Path(name)
+    path = Path(out).expanduser()
+    if path.is_dir():
+        return path / name
+    if str(out).endswith("/"):
+        raise ConfigError(f"{out}: no such directory (to write the bundle in)", key="--out")
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {out}: no directory {path.parent}", key="--out")
+    return path
 
 
 def collect(t: Target, bundle: Bundle, since: str | None) -> dict[int, str]:

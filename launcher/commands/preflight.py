@@ -94,7 +94,7 @@ def node_script(plan: Plan, rt: Runtime, index: int, running: set[str]) -> str:
     parts.append(f"echo {MARK} disk ok $(df -Pk / | awk 'NR==2{{print $4}}')")
     model_paths = sorted({p for s in services if s.group for p in [model_host_path(plan, s)] if p})
     for path in model_paths:
-        parts.append(model_check(path))
+        parts.append(model_check(path, plan.python_env))
     ports = sorted({p for s in services if s.name not in running for p in s.ports})
     for port in ports:
         parts.append(
@@ -106,18 +106,19 @@ def node_script(plan: Plan, rt: Runtime, index: int, running: set[str]) -> str:
     return "\n".join(parts)
 
 
-def model_check(path: str) -> str:
+def model_check(path: str, python_env: str | None = None) -> str:
     """The weights at `path`: against the manifest `launcher stage` wrote next to them (every file
-    present, whole, unaltered: re-hashed when its size or mtime changed), else config.json's hash."""
+    present, whole, unaltered: re-hashed when its size or mtime changed), else config.json's hash. Run by
+    the python3 stage runs (the node's, else python_env's)."""
     cfg = posixpath.join(path, "config.json")
     manifest = posixpath.join(path, MANIFEST)
-    checker = f"python3 -c {q(ship.program().decode())} check {q(path)} {MARK}"
+    checker = f'"$PY" -c {q(ship.program().decode())} check {q(path)} {MARK}'
     fallback = (
         f"if [ -r {q(cfg)} ]; then echo {MARK} model ok {q(path)}=$(sha256sum {q(cfg)} | cut -c1-16); "
         f"else echo {MARK} model fail {q(path)}; fi"
     )
     return (
-        f"if [ -r {q(manifest)} ] && command -v python3 >/dev/null; then "
+        f"if [ -r {q(manifest)} ] && PY=$({ship.find_python(python_env)}); then "
         f"{checker} || echo {MARK} model fail {q(path)}: the manifest check failed; "
         f"else {fallback}; fi"
     )

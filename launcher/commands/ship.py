@@ -30,11 +30,18 @@ def program() -> bytes:
     return resources.files("launcher.remote").joinpath("relay.py").read_bytes()
 
 
+def find_python(python_env: str | None) -> str:
+    """Shell: the path of the node's python3, else python_env's (what runs the relay program and doctor's
+    manifest check)."""
+    fallback = f"{python_env}/bin/python3" if python_env else "python3"
+    return f"command -v python3 || command -v {q(fallback)}"
+
+
 def relay_script(plan: Plan | None, mode: str) -> str:
     """The node's python3 (or python_env's) running the relay program in `mode`."""
-    fallback = f"{plan.python_env}/bin/python3" if plan is not None and plan.python_env else "python3"
+    python = find_python(plan.python_env if plan is not None else None)
     return (
-        f"PY=$(command -v python3 || command -v {q(fallback)}) || {{ echo {q(NO_PYTHON)} >&2; exit 127; }}; "
+        f"PY=$({python}) || {{ echo {q(NO_PYTHON)} >&2; exit 127; }}; "
         f'exec "$PY" -u -c {q(BOOT)} {len(program())} {q(mode)}'
     )
 
@@ -45,16 +52,17 @@ def this_machine() -> LocalHost:
 
 
 def ask(host: Host, plan: Plan | None, mode: str, request: dict, timeout: float | None = None) -> dict:
-    """One request to the relay program in `mode` (`scan`): its last event, e.g. {"ev": "scan", ...}."""
+    """One request to the relay program in `mode` (`scan`): its last event, e.g. {"ev": "scan", ...}.
+    `timeout` bounds the whole answer, progress events or not (a stuck disk can chatter forever)."""
     proc = host.start(relay_script(plan, mode))
     began = time.monotonic()
     try:
         proc.write(program() + json.dumps(request).encode() + b"\n")
         while True:
-            line = proc.readline(5)
+            if timeout is not None and time.monotonic() - began > timeout:
+                raise TimeoutError(f"no answer in {timeout:.0f}s")
+            line = proc.readline(5 if timeout is None else min(5, max(0.1, timeout)))
             if line is None:  # hashing a large directory says nothing for a while; a cut link, forever
-                if timeout is not None and time.monotonic() - began > timeout:
-                    raise TimeoutError(f"no answer in {timeout:.0f}s")
                 if not host.alive(5):
                     raise ConnectionError("the node stopped answering (link down, or the node is off?)")
                 continue

@@ -107,12 +107,18 @@ def destinations(t: Target, to: str | None) -> dict[int, str]:
     return dest
 
 
+# The bound of one scan (hashing every file of the weights: ~700 GB at a slow disk's 100 MB/s is two hours)
+SCAN_TIMEOUT = 4 * 3600
+
+
 def parse_from(t: Target, value: str) -> Source:
     """`--from`: NODE:PATH (a node of the plan, an absolute path) or a directory on this machine."""
+    if not value.strip():
+        raise ConfigError("expected a directory or NODE:PATH, got an empty value", key="--from")
     ref, sep, path = value.partition(":")
     node = t.plan.node(ref) if sep else None
     if node is not None and path.startswith("/"):
-        return Source(ship.this_machine(), path.rstrip("/") or "/", node, value)
+        return Source(ship.this_machine(), not_root(value, path.rstrip("/") or "/"), node, value)
     local = Path(value).expanduser()
     if not local.is_dir():
         if sep and path.startswith("/"):
@@ -122,21 +128,35 @@ def parse_from(t: Target, value: str) -> Source:
                 key="--from",
             )
         raise ConfigError(f"{value}: no such directory here (the weights to copy)", key="--from")
-    return Source(ship.this_machine(), str(local.resolve()), None, value)
+    return Source(ship.this_machine(), not_root(value, str(local.resolve())), None, value)
+
+
+def not_root(given: str, root: str) -> str:
+    """The whole filesystem is never the weights (and stage writes its manifest into the source)."""
+    if root == "/":
+        raise ConfigError(f"{given}: expected the directory of the weights, not / (the whole filesystem)", key="--from")
+    return root
 
 
 def scan_source(t: Target, src: Source, verify: bool) -> list[dict]:
     where = "here" if src.node is None else f"on {src.node.label}"
     try:
-        found = ship.ask(src.host, t.plan, "scan", {"root": src.root, "rehash": verify, "write_manifest": True})
+        request = {"root": src.root, "rehash": verify, "write_manifest": True}
+        found = ship.ask(src.host, t.plan, "scan", request, timeout=SCAN_TIMEOUT)
     except LauncherError:
         raise
+    except TimeoutError:
+        raise LauncherError(
+            f"--from {src.given}: reading it {where} took over {SCAN_TIMEOUT // 3600} hours (a stuck disk or mount?)"
+        ) from None
     except Exception as exc:
         raise LauncherError(f"--from {src.given}: cannot read it {where}: {describe(exc)}") from None
     if found.get("error") == "missing":
         raise ConfigError(f"{src.given}: no such directory {where} (the weights to copy)", key="--from")
     if found.get("error"):
         raise LauncherError(f"--from {src.given}: cannot read it {where}: {found.get('detail')}")
+    for link in found.get("skipped", []):
+        say(f"--from {src.given}: skipped {link}: a link to a directory outside the source", to_stderr=True)
     if not found["files"]:
         raise ConfigError(f"{src.given}: no files in it {where}", key="--from")
     return found["files"]
@@ -145,7 +165,7 @@ def scan_source(t: Target, src: Source, verify: bool) -> list[dict]:
 def scan_nodes(t: Target, files: list[dict], dest: dict[int, str], verify: bool) -> dict:
     def scan(host: Host) -> dict:
         request = {"root": dest[host.node.index], "expect": files, "rehash": verify, "write_manifest": True}
-        return ship.ask(host, t.plan, "scan", request)
+        return ship.ask(host, t.plan, "scan", request, timeout=SCAN_TIMEOUT)
 
     return t.fleet.map(scan, list(dest))
 

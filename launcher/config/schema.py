@@ -197,6 +197,9 @@ class MetricsSpec(Strict):
     grafana_port: Port = 3000
     grafana_image: str | None = Field(default=None, description="Grafana's image (default: the file's `image`)")
     grafana_home: str = Field(default="/usr/share/grafana", description="Grafana's home path on the node or image")
+    grafana_admin_password_env: EnvName | None = Field(
+        default=None, description="a declared secret (`secrets:`): Grafana's admin password (needed with grafana)"
+    )
     dcgm_exporter_port: Port | None = Field(
         default=None, description="a DCGM exporter's port on every GPU node: scraped, and GPU panels on the dashboard"
     )

@@ -193,6 +193,17 @@ class Builder:
         self.router_peers = fabric.router_uses(router, workers)
         return part.url
 
+    def grafana_password(self, m) -> str:
+        """Grafana's admin password: a declared secret, reaching Grafana through the 0600 env file only
+        (its default admin/admin would be open to anyone who reaches the port)."""
+        key = ("metrics", "grafana_admin_password_env")
+        name = m.grafana_admin_password_env
+        if name is None:
+            raise self.error("grafana: true needs the name of a secret holding Grafana's admin password", *key)
+        if name not in self.secret_names:
+            raise self.error(f"{name}: expected a secret declared under `secrets:` (Grafana's admin password)", *key)
+        return self.loaded.secret_values[name]
+
     def add_metrics(self) -> None:
         """`metrics:`: Grafana (pointed at the deployment's Prometheus), then Prometheus, which scrapes
         every service with a metrics endpoint, itself and Grafana included."""
@@ -202,11 +213,19 @@ class Builder:
         node = self.head() if m.node is None else node_at(self.nodes, m.node, self.loaded, ("metrics", "node"))
         scratch = "." if self.spec.runtime == "process" else "/tmp"
         gpu_nodes = [n for n in self.nodes if n.gpus > 0 and any(s.node is n and s.group for s in self.services)]
+        for other, port, on in (("prometheus", m.port, True), ("grafana", m.grafana_port, m.grafana)):
+            if on and m.dcgm_exporter_port == port:
+                raise self.error(
+                    f"the DCGM exporter and {other} both want port {port} (Prometheus' `port`, Grafana's "
+                    "`grafana_port`): expected another port", "metrics", "dcgm_exporter_port"
+                )  # fmt: skip
         prometheus = metrics.prometheus(m, node, scratch, config="")
         if m.grafana:
             part = metrics.grafana(m, node, scratch, prometheus.url or "", gpu_panels=bool(m.dcgm_exporter_port))
             grafana = ServiceSpec(node=node.index, image=m.grafana_image or m.image, timeout=m.timeout)
-            self.services.append(self.single("grafana", grafana, node, part))
+            service = self.single("grafana", grafana, node, part)
+            service.secret_env[metrics.GRAFANA_PASSWORD_ENV] = self.grafana_password(m)
+            self.services.append(service)
         spec = ServiceSpec(node=node.index, image=m.image, timeout=m.timeout)
         service = self.single("prometheus", spec, node, prometheus)
         targets = metrics.scrape_targets([*self.services, service])

@@ -21,6 +21,7 @@ PROMETHEUS_CONFIG_ENV = "LAUNCHER_PROMETHEUS_CONFIG"
 GRAFANA_DATASOURCE_ENV = "LAUNCHER_GRAFANA_DATASOURCE"
 GRAFANA_PROVIDER_ENV = "LAUNCHER_GRAFANA_DASHBOARDS"
 GRAFANA_DASHBOARD_ENV = "LAUNCHER_GRAFANA_DASHBOARD"
+GRAFANA_PASSWORD_ENV = "GF_SECURITY_ADMIN_PASSWORD"
 FILE_ENVS = (PROMETHEUS_CONFIG_ENV, GRAFANA_DATASOURCE_ENV, GRAFANA_PROVIDER_ENV, GRAFANA_DASHBOARD_ENV)
 DATASOURCE_UID = "launcher-prometheus"
 
@@ -149,8 +150,11 @@ def grafana(spec: MetricsSpec, node: Node, scratch: str, prometheus_url: str, gp
         GRAFANA_DASHBOARD_ENV: json.dumps(board, separators=(",", ":")),
         "GF_SERVER_HTTP_ADDR": bind_host(node),
         "GF_SERVER_HTTP_PORT": str(spec.grafana_port),
+        # anyone reaching the port may look (Viewer, read-only); changes need the admin password, which
+        # the plan adds as GRAFANA_PASSWORD_ENV to the service's secret env (never on a command line)
         "GF_AUTH_ANONYMOUS_ENABLED": "true",
         "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+        "GF_USERS_ALLOW_SIGN_UP": "false",
         "GF_ANALYTICS_REPORTING_ENABLED": "false",
         "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
     }

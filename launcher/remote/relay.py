@@ -813,10 +813,29 @@ class Hashing:
             say("hashing", bytes=self.done)
 
 
-def source_files(root: str) -> list:
-    found = []
+def inside(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def source_files(root: str, skipped: list | None = None) -> list:
+    """The files under root, links followed: each real directory once (device and inode: a link back up
+    makes no loop), links to directories outside root not at all (named in `skipped`)."""
+    found, seen, real_root = [], set(), os.path.realpath(root)
+    skipped = [] if skipped is None else skipped
     for here, dirs, names in os.walk(root, followlinks=True):
-        dirs.sort()
+        st = os.stat(here)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        keep = []
+        for d in sorted(dirs):
+            full = os.path.join(here, d)
+            if os.path.islink(full) and not inside(real_root, os.path.realpath(full)):
+                skipped.append(os.path.relpath(full, root))
+            else:
+                keep.append(d)
+        dirs[:] = keep
         for name in sorted(names):
             full = os.path.join(here, name)
             rel = os.path.relpath(full, root)
@@ -832,8 +851,8 @@ def scan_source(req: dict) -> dict:
         return {"error": "missing", "detail": f"{root}: no such directory"}
     manifest = {} if req.get("rehash") else read_manifest(root)
     progress = Hashing()
-    files = []
-    for rel in source_files(root):
+    files, skipped = [], []
+    for rel in source_files(root, skipped):
         path = os.path.join(root, rel)
         st = os.stat(path)
         sha = known_hash(root, rel, st, manifest) or sha256_file(path, progress)
@@ -843,7 +862,7 @@ def scan_source(req: dict) -> dict:
             write_manifest(root, files, {f["path"] for f in files})
         except OSError:
             pass  # a read-only source
-    return {"files": files, "bytes": sum(f["size"] for f in files)}
+    return {"files": files, "bytes": sum(f["size"] for f in files), "skipped": skipped}
 
 
 def file_state(root: str, entry: dict, manifest: dict, progress) -> dict:
