@@ -27,11 +27,15 @@ MB = 1 << 20
 SMALL = {"ring": 16 * MB, "keep": 12 * MB}  # rings small enough that a 64 MB stream wraps them
 
 
-def stream(total_mb: int, fail_at: int | None = None):
+def stream(total_mb: int, fail_at: int | None = None, gate: tuple[int, threading.Event] | None = None):
+    """`gate` (MB, event): the source holds its MB-th megabyte until the event is set (at most 60 s), so a
+    fault injected mid-way lands mid-way however fast or slow the machine is."""
     block = bytes(range(256)) * 4096  # 1 MB
     for i in range(total_mb):
         if fail_at is not None and i == fail_at:
             raise OSError("the engine went away")
+        if gate is not None and i == gate[0]:
+            assert gate[1].wait(60), "the fault was never injected"
         yield block[i % 251 :] + block[: i % 251]
 
 
@@ -56,10 +60,11 @@ def received(tmp_path: Path, i: int) -> str:
     return (text.split() or [""])[0]
 
 
-def relay(hs: list[Hop], total_mb: int, *, fail_at: int | None = None, **kw) -> Relay:
+def relay(hs: list[Hop], total_mb: int, *, fail_at: int | None = None, gate=None, **kw) -> Relay:
     events: list[str] = []
+    feed = Feed(lambda: stream(total_mb, fail_at, gate), 16 * MB, 12 * MB)
     r = Relay(
-        hs, ship.relay_script(None, "relay"), ship.program(), Feed(lambda: stream(total_mb, fail_at), 16 * MB, 12 * MB),
+        hs, ship.relay_script(None, "relay"), ship.program(), feed,
         on_event=events.append, **kw,
     )  # fmt: skip
     r.lines = events  # type: ignore[attr-defined]
@@ -94,11 +99,14 @@ def test_a_tree_with_fanout_two(tmp_path):
 
 def test_a_hop_dying_mid_way_is_named_and_the_ones_after_it_get_every_byte(tmp_path):
     hs = hops(tmp_path, 4)
-    r = relay(hs, 96, timing=Timing(stall=30))
+    injected = threading.Event()
+    r = relay(hs, 96, timing=Timing(stall=30), gate=(40, injected))
 
     def kill_n1() -> None:
         when(lambda: hs[1].received > 20 * MB)
         hs[1].proc.kill()
+        when(lambda: hs[2].parent == "n0")
+        injected.set()
 
     threading.Thread(target=kill_n1, daemon=True).start()
     result = r.run()
@@ -112,7 +120,8 @@ def test_a_hop_dying_mid_way_is_named_and_the_ones_after_it_get_every_byte(tmp_p
 
 def test_a_silent_relay_is_found_and_routed_around(tmp_path):
     hs = hops(tmp_path, 3)
-    r = relay(hs, 96, timing=Timing(silence=1, alive=1, wedged=3, ping=0.5))
+    injected = threading.Event()
+    r = relay(hs, 96, timing=Timing(silence=1, alive=1, wedged=3, ping=0.5), gate=(40, injected))
     stopped: list[int] = []
 
     def stop_n1() -> None:
@@ -120,6 +129,8 @@ def test_a_silent_relay_is_found_and_routed_around(tmp_path):
         pid = hs[1].proc.pid
         os.killpg(pid, signal.SIGSTOP)  # still there, says nothing: as wedged as a relay gets
         stopped.append(pid)
+        when(lambda: hs[2].parent == "n0")  # the source waits until n2 is re-routed, within n0's kept bytes
+        injected.set()
 
     threading.Thread(target=stop_n1, daemon=True).start()
     try:
@@ -128,7 +139,7 @@ def test_a_silent_relay_is_found_and_routed_around(tmp_path):
         for pid in stopped:
             os.killpg(pid, signal.SIGCONT)
     assert result["n1"].state == "failed" and "said nothing" in result["n1"].detail
-    assert result["n2"].state == "finished" and received(tmp_path, 2) == digest(96)
+    assert result["n2"].state == "finished" and received(tmp_path, 2) == digest(96), (result["n2"], r.lines)
     assert received(tmp_path, 0) == digest(96)
 
 

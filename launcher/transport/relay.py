@@ -504,11 +504,14 @@ class Relay:
     def _recheck(self, child: Hop, parent_key: str) -> None:
         """The link to `child` broke: if its node still answers and its relay runs, reconnect it (it
         resumes where it stood), a few times at most; otherwise it is lost."""
-        running = child.proc is not None and child.proc.wait(0) is None and not child.proc.out_done.is_set()
-        if not running and child.proc is not None:  # its relay ended (the link did not break): say so
-            self.events.put((child.key, {"ev": "eof"}))
+        proc = child.proc
+        # A relay killed a moment ago may not be reaped yet: before the last word (lost), give it the
+        # `alive` window to show that it ended, so an ended relay is not reported as a lost node.
+        patience = 0 if child.reconnects < 3 else self.timing.alive
+        if proc is not None and (proc.out_done.is_set() or proc.wait(patience) is not None):
+            self.events.put((child.key, {"ev": "eof"}))  # its relay ended (the link did not break): say so
             return
-        if running and child.reconnects < 3 and child.host.alive(self.timing.alive):
+        if proc is not None and child.reconnects < 3 and child.host.alive(self.timing.alive):
             self.events.put((child.key, {"ev": "reconnect", "parent": parent_key}))
             return
         self.events.put((child.key, {"ev": "lost", "detail": "the connection to it broke and it does not answer"}))
