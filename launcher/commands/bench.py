@@ -281,6 +281,9 @@ def load_results(path: Path, key: str) -> dict[str, Any]:
         raise ConfigError(f"{file}: not a `launcher bench` result ({why})", key=key) from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise ConfigError(f"{file}: not a `launcher bench` result (no results list)", key=key)
+    problem = R.row_problem(data["results"])
+    if problem:
+        raise ConfigError(f"{file}: not a `launcher bench` result: {problem}", key=key)
     return data
 
 
