@@ -134,3 +134,10 @@ def test_compare_of_malformed_result_rows(tmp_path, text, expected):
     out = bench("compare", str(good.parent), str(bad), cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert only_line(out) == f"error: DIR2: {bad}: not a `launcher bench` result: {expected}"
+
+
+def test_isl_osl_over_the_context_with_a_nested_out_leaves_no_directory(tmp_path, unreachable):
+    """--out A/B with ISL + OSL beyond the context: refused (exit 2) before A/ is created."""
+    out = bench(str(unreachable), "--isl", "500", "--osl", "501", "--out", str(tmp_path / "A" / "B"), cwd=tmp_path)
+    assert out.returncode == 2 and only_line(out).startswith("error: --isl/--osl: ISL 500 + OSL 501")
+    assert not (tmp_path / "A").exists()
