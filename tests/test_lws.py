@@ -400,3 +400,13 @@ def test_export_to_lws_of_a_process_runtime_file_without_images_is_refused(tmp_p
     assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
     assert lines[0].startswith(f"error: {REPO / 'configs' / 'local.yaml'}: image: ") and "container image" in lines[0]
     assert not out.exists()
+
+
+def test_import_to_stdout_says_to_write_a_file_before_migrate(tmp_path, capsys):
+    """Imported to stdout there is no file to migrate: the hint says -o FILE first, never `migrate the file`."""
+    manifest = tmp_path / "001.yaml"
+    manifest.write_text(seed_text("001"))
+    code, out, err = run_cli(["import", str(manifest), *OPTIONS["001"]], capsys)
+    assert code == 0 and "\ndeployment:" in out, err
+    assert "launcher migrate the file" not in err
+    assert "import again with -o FILE, then `launcher migrate FILE --sglang 0.5.21` rewrites the flags above" in err
