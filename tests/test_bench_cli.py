@@ -109,3 +109,35 @@ def test_compare_of_something_that_is_not_a_result(tmp_path):
     out = bench("compare", str(tmp_path / "a"), str(tmp_path / "b"), cwd=tmp_path)
     assert out.returncode == 2
     assert only_line(out).startswith(f"error: DIR2: {tmp_path / 'b' / 'results.json'}: not a `launcher bench` result")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"results": [1, 2]}', "results[0]: expected an object (one row per concurrency), got 1"),
+        ('{"results": [{"x": 1}]}', "results[0].concurrency: expected a whole number, got nothing"),
+        ('{"results": [{"concurrency": [1]}]}', "results[0].concurrency: expected a whole number, got [1]"),
+        ('{"results": [{"concurrency": 1, "output_tokens_per_s": "fast"}]}',
+         'results[0].output_tokens_per_s: expected a number or null, got "fast"'),
+        ('{"results": [{"concurrency": 1}, {"concurrency": 2, "errors": true}]}',
+         "results[1].errors: expected a number or null, got true"),
+    ],
+)  # fmt: skip
+def test_compare_of_malformed_result_rows(tmp_path, text, expected):
+    """Rows of a results.json that are not what `launcher bench` writes: one line naming the file, the row and
+    what was expected; exit 2 (before, a traceback)."""
+    good = tmp_path / "a" / "results.json"
+    good.parent.mkdir()
+    good.write_text('{"results": [{"concurrency": 1, "output_tokens_per_s": 10.5}]}')
+    bad = tmp_path / "b.json"
+    bad.write_text(text)
+    out = bench("compare", str(good.parent), str(bad), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert only_line(out) == f"error: DIR2: {bad}: not a `launcher bench` result: {expected}"
+
+
+def test_isl_osl_over_the_context_with_a_nested_out_leaves_no_directory(tmp_path, unreachable):
+    """--out A/B with ISL + OSL beyond the context: refused (exit 2) before A/ is created."""
+    out = bench(str(unreachable), "--isl", "500", "--osl", "501", "--out", str(tmp_path / "A" / "B"), cwd=tmp_path)
+    assert out.returncode == 2 and only_line(out).startswith("error: --isl/--osl: ISL 500 + OSL 501")
+    assert not (tmp_path / "A").exists()

@@ -386,3 +386,27 @@ def test_export_then_import_plans_every_rank_as_the_shipped_config(tmp_path, cap
             assert (b.container.privileged, b.container.devices) == (a.container.privileged, a.container.devices)
     roles = sorted(s.role for s in original.services if s.group is None)
     assert sorted(s.role for s in again.services if s.group is None) == roles
+
+
+def test_export_to_lws_of_a_process_runtime_file_without_images_is_refused(tmp_path):
+    """configs/local.yaml runs processes, no image: LWS pods need one, so no manifest with `image: ''`."""
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "launcher", "export", str(REPO / "configs" / "local.yaml"), "--to", "lws",
+         "-o", str(out)],
+        capture_output=True, text=True, timeout=120, env=fresh_env(), cwd=tmp_path,
+    )  # fmt: skip
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert lines[0].startswith(f"error: {REPO / 'configs' / 'local.yaml'}: image: ") and "container image" in lines[0]
+    assert not out.exists()
+
+
+def test_import_to_stdout_says_to_write_a_file_before_migrate(tmp_path, capsys):
+    """Imported to stdout there is no file to migrate: the hint says -o FILE first, never `migrate the file`."""
+    manifest = tmp_path / "001.yaml"
+    manifest.write_text(seed_text("001"))
+    code, out, err = run_cli(["import", str(manifest), *OPTIONS["001"]], capsys)
+    assert code == 0 and "\ndeployment:" in out, err
+    assert "launcher migrate the file" not in err
+    assert "import again with -o FILE, then `launcher migrate FILE --sglang 0.5.21` rewrites the flags above" in err

@@ -5,6 +5,7 @@ The cluster itself is in tests/test_slurm_testbed.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -169,3 +170,38 @@ def _service_sessions(wrapper: int) -> list[int]:
     children = Path(f"/proc/{wrapper}/task/{wrapper}/children")
     leaders = [int(p) for p in children.read_text().split()] if children.exists() else []
     return [p for leader in leaders for p in session_members(leader)]
+
+
+# -- hostile values reach the script as data, never as code -------------------------------------------------
+
+HOSTILE = "x'\"$(touch {mark})`touch {mark}`;touch {mark}"
+
+
+def test_hostile_values_are_literal_words_in_the_batch_script(tmp_path, capsys):
+    """A model name, a group's env value, a python_env path and a mount with command substitutions in them:
+    bash's syntax check passes, and the lines that reach a shell (each step's `launch`, the endpoint lines)
+    print every value literally and run nothing."""
+    mark = tmp_path / "ran"
+    bad = HOSTILE.format(mark=mark)
+    text = f"""\
+deployment: p
+runtime: process
+python_env: {json.dumps("/opt/e" + bad)}
+model: {{path: /m, name: {json.dumps("tiny$(id -u)" + bad)}}}
+nodes: [{{address: 10.0.0.1}}, {{address: 10.0.0.2}}]
+groups:
+  decode: {{engine: mocker, nodes: [1], env: {{HOSTILE: {json.dumps(bad)}}}}}
+"""
+    script = script_for(tmp_path, capsys, text)
+    steps = launches(script)
+    endpoint = [line for line in script.splitlines() if line.startswith(("ENDPOINT=", "CHAT=", 'echo "endpoint'))]
+    assert len(endpoint) == 3, endpoint
+    # `launch` stubbed to print its words, one a line; ADDR as the job would set it
+    body = "launch() { printf '%s\\n' \"$@\"; }\nADDR=(10.1.0.1 10.1.0.2)\n"
+    body += "\n".join("launch " + line for line in steps.values()) + "\n" + "\n".join(endpoint) + "\n"
+    run = subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert not mark.exists(), "a value of the file ran as a command in the batch script"
+    words = run.stdout.splitlines()
+    assert f"HOSTILE={bad}" in words and f"PATH=/opt/e{bad}/bin:/usr/local/bin:/usr/bin:/bin" in words
+    assert f"endpoint: http://10.1.0.1:8000  model: tiny$(id -u){bad}" in words, run.stdout

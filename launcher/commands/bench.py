@@ -69,8 +69,8 @@ def run(config, config_opt, inventory, connection: Connection, options: Options)
     plan = t.plan
     if plan.endpoint is None or plan.model_name is None:
         raise ConfigError("the deployment serves no endpoint with a model name: nothing to benchmark", file=plan.file)
+    B.check_context(settings, B.context_from_args(plan))  # before --out is looked at, let alone created
     out = result_dir(options.out, t, settings)
-    B.check_context(settings, B.context_from_args(plan))
     bin_dir = client.local_env()  # the plot is drawn here even when the client runs on the head node
     with connected(t, connection):
         state = endpoint_state(t)
@@ -281,6 +281,9 @@ def load_results(path: Path, key: str) -> dict[str, Any]:
         raise ConfigError(f"{file}: not a `launcher bench` result ({why})", key=key) from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise ConfigError(f"{file}: not a `launcher bench` result (no results list)", key=key)
+    problem = R.row_problem(data["results"])
+    if problem:
+        raise ConfigError(f"{file}: not a `launcher bench` result: {problem}", key=key)
     return data
 
 

@@ -62,6 +62,13 @@ def run(config: Path, inventory: Path | None, to: str, out: Path | None) -> None
     if to == "slurm":
         export_slurm.run(plan, config, out)
         return
+    bare = sorted({s.service for s in plan.services if not s.image})
+    if bare:
+        raise ConfigError(
+            f"LeaderWorkerSet pods need a container image; {', '.join(bare[:5])} ha{'s' if len(bare) == 1 else 've'}"
+            " none (runtime: process): set `image` (and `runtime: docker`) to export --to lws",
+            file=one_line(str(config)), key="image",
+        )  # fmt: skip
     manifests = exporter.to_manifests(plan)
     lws_schema = schema()
     for m in manifests:

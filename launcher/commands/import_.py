@@ -90,4 +90,8 @@ def check(path: Path, imported: Imported, shown: str) -> None:
         say(f"warning: {warning}", to_stderr=True)
     version = (imported.data.get("versions") or {}).get("sglang")
     if plan.findings and version:
-        say(f"`launcher migrate {shown} --sglang {version}` rewrites the flags above", to_stderr=True)
+        if shown == "the file":  # written to stdout: no file to name yet
+            say(f"import again with -o FILE, then `launcher migrate FILE --sglang {version}` rewrites the flags above",
+                to_stderr=True)  # fmt: skip
+        else:
+            say(f"`launcher migrate {shown} --sglang {version}` rewrites the flags above", to_stderr=True)

@@ -5,6 +5,7 @@ comparison); and the side-by-side differences of two result sets (`bench compare
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from launcher.plan.bench import Scale
@@ -98,6 +99,26 @@ RECIPE_KEYS = (
     "client.where", "client.aiperf", "recipe.config_sha256", "recipe.plan_sha256", "recipe.model",
     "recipe.images", "launcher",
 )  # fmt: skip
+
+
+def _shown(value: Any) -> str:
+    return "nothing" if value is None else json.dumps(value, default=str)[:60]
+
+
+def row_problem(rows: list[Any]) -> str | None:
+    """What is wrong with a results list `bench compare` reads (None: every row is as `launcher bench` writes
+    it): each row an object with a whole-number concurrency, each compared figure a number or null."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            return f"results[{i}]: expected an object (one row per concurrency), got {_shown(row)}"
+        level = row.get("concurrency")
+        if not isinstance(level, int) or isinstance(level, bool):
+            return f"results[{i}].concurrency: expected a whole number, got {_shown(level)}"
+        for key, _ in COMPARED:
+            value = row.get(key)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                return f"results[{i}].{key}: expected a number or null, got {_shown(value)}"
+    return None
 
 
 def change(a: float | None, b: float | None) -> float | None:

@@ -221,11 +221,11 @@ def batch_script(plan: Plan, waiter: str, command: str) -> str:
     if plan.endpoint:
         chat = json.dumps({"model": plan.model_name or "default", "messages": [{"role": "user", "content": "Hello!"}],
                            "max_tokens": 32})  # fmt: skip
-        model = f"  model: {plan.model_name}" if plan.model_name else ""
+        model = q(f"  model: {plan.model_name}") if plan.model_name else ""  # a word of its own, as every value
         lines += [
             f"ENDPOINT={word(plan.endpoint)}",
             f"CHAT={q(chat)}",
-            f'echo "endpoint: $ENDPOINT{model}"',
+            f'echo "endpoint: $ENDPOINT"{model}',
             "echo \"curl -sS $ENDPOINT/v1/chat/completions -H 'Content-Type: application/json' -d '$CHAT'\"",
         ]
     lines.append(SUPERVISE)

@@ -234,9 +234,9 @@ def same(doc: Doc, worker: Pod, what: str, a: Any, b: Any) -> None:
 
 def role_of(doc: Doc, engine: E.Engine) -> str | None:
     """prefill/decode from the pods' labels or the LeaderWorkerSet's name; None: aggregated."""
-    labels = {**(doc.get(("metadata", "labels")) or {})}
+    labels = {**doc.mapping(("metadata", "labels"))}
     for t in ("leaderTemplate", "workerTemplate"):
-        labels.update(doc.get(("spec", "leaderWorkerTemplate", t, "metadata", "labels")) or {})
+        labels.update(doc.mapping(("spec", "leaderWorkerTemplate", t, "metadata", "labels")))
     for key in ROLE_LABELS:
         if str(labels.get(key)) in ("prefill", "decode"):
             return str(labels[key])
@@ -388,14 +388,15 @@ def model_keys(groups: list[Group]) -> dict[str, Any]:
 
 
 def service_note(doc: Doc, groups: list[Group]) -> str:
-    selector = doc.get(("spec", "selector")) or {}
+    selector = doc.mapping(("spec", "selector"))
     target = selector.get("leaderworkerset.sigs.k8s.io/name")
     kind = doc.get(("spec", "type")) or "ClusterIP"
     group = next((g.name for g in groups if g.doc.name == target), None)
     if group:
         return f"{doc.label} ({kind}): group {group} is reached at its leader's address"
-    ports = ", ".join(str(p.get("nodePort") or p.get("port")) for p in doc.get(("spec", "ports")) or [])
-    return f"{doc.label} ({kind} {ports}): the endpoint is the service's own port on its node"
+    ports = doc.mappings(("spec", "ports"), "a mapping (a port)")
+    shown = ", ".join(str(p.get("nodePort") or p.get("port")) for p in ports)
+    return f"{doc.label} ({kind} {shown}): the endpoint is the service's own port on its node"
 
 
 def read_deployment(doc: Doc, data: dict, groups: list[Group], services: dict[str, Doc], notes: list[str]) -> None:
@@ -452,7 +453,7 @@ def point_at(doc: Doc, pod: Pod, url: str, mode: str, groups: list[Group], servi
     """A router URL names a Service; that Service must select a LeaderWorkerSet of that role."""
     host = (urlparse(url).hostname or "").split(".")[0]
     service = services.get(host)
-    target = (service.get(("spec", "selector")) or {}).get("leaderworkerset.sigs.k8s.io/name") if service else host
+    target = service.mapping(("spec", "selector")).get("leaderworkerset.sigs.k8s.io/name") if service else host
     matched = [g for g in groups if g.doc.name == target]
     if not matched:
         raise doc.error((*pod.container, "command"), f"--{mode} {url}: no Service or LeaderWorkerSet {host!r} here")

@@ -5,6 +5,7 @@ Every problem is a ConfigError naming the manifest, the key path and its line.""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,8 @@ class Doc:
 
     @property
     def name(self) -> str:
-        return str((self.data.get("metadata") or {}).get("name") or "")
+        metadata = self.data.get("metadata")
+        return str(metadata.get("name") or "") if isinstance(metadata, dict) else ""
 
     @property
     def label(self) -> str:
@@ -54,6 +56,48 @@ class Doc:
 
     def error(self, path: KeyPath, message: str) -> ConfigError:
         return ConfigError(message, file=self.file, key=dotted(path), line=line_of(self.lines, path))
+
+    def mistyped(self, path: KeyPath, expected: str) -> ConfigError:
+        """A value of the wrong type: the object, the key path, what was expected and what was there."""
+        got = json.dumps(self.get(path), default=str)
+        got = got if len(got) <= 60 else got[:57] + "..."
+        return ConfigError(
+            f"{dotted(path)}: expected {expected}, got {got}", file=self.file, key=self.label,
+            line=line_of(self.lines, path),
+        )  # fmt: skip
+
+    def mapping(self, path: KeyPath, expected: str = "a mapping") -> dict[str, Any]:
+        """The mapping at path ({} when it is missing or null); anything else is a one-line error."""
+        value = self.get(path)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.mistyped(path, expected)
+        return value
+
+    def sequence(self, path: KeyPath, expected: str = "a list") -> list[Any]:
+        """The list at path ([] when it is missing or null); anything else is a one-line error."""
+        value = self.get(path)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.mistyped(path, expected)
+        return value
+
+    def mappings(self, path: KeyPath, expected: str) -> list[dict[str, Any]]:
+        """The list at path, each item a mapping (`expected` names what one is)."""
+        items = self.sequence(path)
+        for i in range(len(items)):
+            if not isinstance(items[i], dict):
+                raise self.mistyped((*path, i), expected)
+        return items
+
+    def words(self, path: KeyPath) -> list[Any]:
+        """A command or args list: every item a string (or a number, as YAML reads one)."""
+        items = self.sequence(path, "a list of strings")
+        if any(isinstance(x, (dict, list)) or x is None for x in items):
+            raise self.mistyped(path, "a list of strings")
+        return items
 
 
 @dataclass
@@ -80,14 +124,16 @@ class Pod:
 
 def read_pod(doc: Doc, path: KeyPath, lws: dict[str, str]) -> Pod:
     """The template at `path` (its `spec`), evaluated with LeaderWorkerSet's variables `lws`."""
-    spec = doc.get(path) or {}
-    containers = spec.get("containers") or []
-    if not isinstance(containers, list) or not containers:
+    spec = doc.mapping(path, "a mapping (a pod spec)")
+    containers = doc.mappings((*path, "containers"), "a mapping (a container)")
+    if not containers:
         raise doc.error((*path, "containers"), "expected at least one container")
+    for i in range(len(containers)):
+        doc.words((*path, "containers", i, "command")), doc.words((*path, "containers", i, "args"))
     index = engine_container(doc, path, containers)
     where = (*path, "containers", index)
     c = containers[index]
-    env, value_from = read_env(doc, where, c.get("env") or [])
+    env, value_from = read_env(doc, where, doc.sequence((*where, "env")))
     command, pinned = list(c.get("command") or []), None
     if command[:3] == ["sh", "-c", ROUTER_PIN_CHECK] and len(command) > 3:
         # the launcher's own router line (an exported file): its pinned version, then the router's argv
@@ -103,9 +149,9 @@ def read_pod(doc: Doc, path: KeyPath, lws: dict[str, str]) -> Pod:
         gpus=None, privileged=False, cap_add=[], devices=[], volumes=[], shm_size=None, steps=done.steps,
         script=done.script, pinned=pinned,
     )  # fmt: skip
-    read_resources(doc, where, c, pod)
-    read_security(c, pod)
-    read_mounts(doc, path, c, spec.get("volumes") or [], pod)
+    read_resources(doc, where, pod)
+    read_security(doc, where, pod)
+    read_mounts(doc, path, where, doc.mappings((*path, "volumes"), "a mapping (a volume)"), pod)
     pod.notes += pod_notes(doc, path, spec, c, containers, index)
     return pod
 
@@ -136,8 +182,8 @@ def read_env(doc: Doc, where: KeyPath, items: list) -> tuple[dict[str, str], dic
         name = str(item["name"])
         source = item.get("valueFrom")
         if isinstance(source, dict):
-            ref = source.get("fieldRef") or {}
-            secret = source.get("secretKeyRef") or {}
+            ref = doc.mapping((*where, "env", i, "valueFrom", "fieldRef"))
+            secret = doc.mapping((*where, "env", i, "valueFrom", "secretKeyRef"))
             if ref.get("fieldPath"):
                 value_from[name] = f"fieldRef {ref['fieldPath']}"
             elif secret:
@@ -150,9 +196,10 @@ def read_env(doc: Doc, where: KeyPath, items: list) -> tuple[dict[str, str], dic
     return env, value_from
 
 
-def read_resources(doc: Doc, where: KeyPath, c: dict, pod: Pod) -> None:
-    resources = c.get("resources") or {}
-    limits = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+def read_resources(doc: Doc, where: KeyPath, pod: Pod) -> None:
+    resources = (*where, "resources")
+    doc.mapping(resources)
+    limits = {**doc.mapping((*resources, "requests")), **doc.mapping((*resources, "limits"))}
     if GPU in limits:
         try:
             pod.gpus = int(str(limits[GPU]))
@@ -170,30 +217,33 @@ def read_resources(doc: Doc, where: KeyPath, c: dict, pod: Pod) -> None:
             pod.notes.append(f"resource {name}: {limits[name]}: no resource limits on bare metal")
 
 
-def read_security(c: dict, pod: Pod) -> None:
-    sc = c.get("securityContext") or {}
+def read_security(doc: Doc, where: KeyPath, pod: Pod) -> None:
+    at = (*where, "securityContext")
+    sc = doc.mapping(at)
+    doc.mapping((*at, "capabilities"))
     pod.privileged = bool(sc.get("privileged"))
-    pod.cap_add = [str(x) for x in (sc.get("capabilities") or {}).get("add") or []]
+    pod.cap_add = [str(x) for x in doc.sequence((*at, "capabilities", "add"))]
     other = sorted(k for k in sc if k not in ("privileged", "capabilities", "runAsUser", "runAsGroup"))
     if other:
         pod.notes.append(f"securityContext {', '.join(other)}: not expressed")
 
 
-def read_mounts(doc: Doc, path: KeyPath, c: dict, volumes: list, pod: Pod) -> None:
-    by_name = {str(v.get("name")): v for v in volumes if isinstance(v, dict)}
-    for mount in c.get("volumeMounts") or []:
+def read_mounts(doc: Doc, path: KeyPath, where: KeyPath, volumes: list, pod: Pod) -> None:
+    by_name = {str(v.get("name")): (i, v) for i, v in enumerate(volumes)}
+    for mount in doc.mappings((*where, "volumeMounts"), "a mapping ({name: ..., mountPath: ...})"):
         target = str(mount.get("mountPath"))
-        volume = by_name.get(str(mount.get("name")))
-        if volume is None:
+        found = by_name.get(str(mount.get("name")))
+        if found is None:
             raise doc.error((*path, "volumes"), f"no volume {mount.get('name')!r} for mountPath {target}")
+        at, volume = (*path, "volumes", found[0]), found[1]
         read_only = ":ro" if mount.get("readOnly") else ""
         if "emptyDir" in volume and target == "/dev/shm":
-            limit = (volume.get("emptyDir") or {}).get("sizeLimit")
+            limit = doc.mapping((*at, "emptyDir")).get("sizeLimit")
             pod.shm_size = docker_size(str(limit)) if limit else None
             if not limit:
                 pod.notes.append("/dev/shm: an unbounded memory emptyDir; docker needs a size (launcher default 10g)")
         elif "hostPath" in volume:
-            source = str((volume.get("hostPath") or {}).get("path"))
+            source = str(doc.mapping((*at, "hostPath")).get("path"))
             if source.startswith("/dev/") and source == target:
                 pod.devices.append(source)  # /dev/infiniband: the RDMA devices
             else:
