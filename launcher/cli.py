@@ -417,7 +417,10 @@ def bench(
         typer.Option("--requests", min=1, help="Measured requests per concurrency (default 10 x concurrency)."),
     ] = None,
     warmup: Annotated[
-        int | None, typer.Option("--warmup", min=0, help="Warm-up requests per concurrency (default 2 x concurrency).")
+        int | None,
+        typer.Option(
+            "--warmup", min=0, help="Warm-up requests per concurrency (default 2 x concurrency, at most 256)."
+        ),
     ] = None,
     flush: Annotated[
         bool, typer.Option("--flush/--no-flush", help="Clear every worker's KV cache before each concurrency.")

@@ -50,6 +50,11 @@ def test_workload_defaults_and_overrides():
     assert (prefill.isl, prefill.osl, prefill.concurrency, prefill.requests_at(8192)) == (4096, 5, (8192,), 8192)
     decode = B.settings("decode", None, None, None, None, None, True)
     assert (decode.isl, decode.osl, decode.requests_at(40000)) == (2000, 100, 40000)
+    # The warm-up is 2 x concurrency up to a cap: not 80,000 requests before the decode stress test's 40,000.
+    assert (e2e.warmup_at(256), prefill.warmup_at(8192), decode.warmup_at(40000)) == (256, 256, 256)
+    assert (
+        e2e.warmup_at(100) == 200 and B.settings("custom", "40000", 10, 10, None, 5000, True).warmup_at(40000) == 5000
+    )
     mine = B.settings("e2e", "16,1,16", 100, 10, 7, 0, True)
     assert (mine.concurrency, mine.isl, mine.osl, mine.requests_at(16), mine.warmup_at(16)) == ((16, 1), 100, 10, 7, 0)
 

@@ -4,8 +4,8 @@ deployment accepts, and how many nodes and GPUs its throughput is divided by. Pu
 
 AIPerf is driven the way Dynamo's benchmark scripts drive it (benchmarks/llm/perf.sh): synthetic prompts of
 exactly ISL tokens, streaming chat, `ignore_eos` and `min_tokens` so every request generates exactly OSL
-tokens, a fixed seed, a warm-up of 2 x concurrency requests and 10 x concurrency measured requests per
-concurrency. Unlike perf.sh it sends no `nvext: {ignore_eos: true}`: Dynamo 1.6.1's frontend rejects the
+tokens, a fixed seed, a warm-up of 2 x concurrency requests (at most WARMUP_CAP) and 10 x concurrency
+measured requests per concurrency. Unlike perf.sh it sends no `nvext: {ignore_eos: true}`: Dynamo 1.6.1's frontend rejects the
 request with 400 `unknown field ignore_eos` (seen here); the top-level `ignore_eos` is what it takes. Token
 counts are the server's (`usage`), not the client's re-tokenization of the answer text.
 """
@@ -37,6 +37,9 @@ WORKLOADS = {
 }
 MAX_CONCURRENCY = 1_000_000
 SEED = 100  # perf.sh's --random-seed
+# A warm-up compiles kernels and fills caches; a few hundred requests do that at any concurrency. Without a
+# cap, the decode stress test (concurrency 40000) would send 80,000 warm-up requests before 40,000 measured.
+WARMUP_CAP = 256
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Settings:
     isl: int
     osl: int
     requests: int | None  # per concurrency; None: 10 x concurrency
-    warmup: int | None  # per concurrency; None: 2 x concurrency
+    warmup: int | None  # per concurrency; None: 2 x concurrency, at most WARMUP_CAP
     flush: bool
     seed: int = SEED
 
@@ -56,7 +59,7 @@ class Settings:
         return self.requests if self.requests is not None else 10 * concurrency
 
     def warmup_at(self, concurrency: int) -> int:
-        return self.warmup if self.warmup is not None else 2 * concurrency
+        return self.warmup if self.warmup is not None else min(2 * concurrency, WARMUP_CAP)
 
     def to_json(self) -> dict:
         return {
