@@ -33,15 +33,15 @@ from launcher.transport.relay import Feed, Hop
 
 
 def build(config, config_opt, inventory, *, dockerfile: Path, tag: str | None, context: Path | None, as_json: bool):
+    if tag is None or config is not None or config_opt is not None:  # the file first, as every verb does
+        path, inv = resolve(config, config_opt, inventory)
+        tag = tag or load(path, inv).spec.image
+        if not tag:
+            raise ConfigError("the file has no `image` to tag the build with: pass --tag", file=str(path), key="image")
     if not dockerfile.is_file():
         raise ConfigError(f"{dockerfile}: no such file (the Dockerfile to build)", key="-f")
     if context is not None and not context.is_dir():
         raise ConfigError(f"{context}: no such directory (the build context)", key="--context")
-    if tag is None:
-        path, inv = resolve(config, config_opt, inventory)
-        tag = load(path, inv).spec.image
-        if not tag:
-            raise ConfigError("the file has no `image` to tag the build with: pass --tag", file=str(path), key="image")
     context = context or dockerfile.resolve().parent
     engine = Engine()
     say(f"building {tag} from {dockerfile} (context {context}) on {where()}", to_stderr=True)
