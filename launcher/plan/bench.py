@@ -6,8 +6,8 @@ AIPerf is driven the way Dynamo's benchmark scripts drive it (benchmarks/llm/per
 exactly ISL tokens, streaming chat, `ignore_eos` and `min_tokens` so every request generates exactly OSL
 tokens, a fixed seed, a warm-up of 2 x concurrency requests (at most WARMUP_CAP) and 10 x concurrency
 measured requests per concurrency. Unlike perf.sh it sends no `nvext: {ignore_eos: true}`: Dynamo 1.6.1's
-frontend rejects the request with 400 `unknown field ignore_eos` (seen here); the top-level `ignore_eos` is what it takes. Token
-counts are the server's (`usage`), not the client's re-tokenization of the answer text.
+frontend rejects the request with 400 `unknown field ignore_eos` (seen here); the top-level `ignore_eos` is
+what it takes. Token counts are the server's (`usage`), not the client's re-tokenization of the answer text.
 """
 
 from __future__ import annotations
