@@ -230,12 +230,16 @@ def test_a_link_cut_mid_push_names_the_node_and_the_others_still_get_it(ship, bu
     assert ship.image_id(cut) == engine_id
 
 
-def relays_running() -> list[int]:
+def relays_running(names: list[str]) -> list[int]:
+    """The relay processes running in these testbed nodes' network namespaces (not another test's or
+    another checkout's relays on this machine)."""
+    spaces = {f"net:[{os.stat(f'/run/netns/{n}').st_ino}]" for n in names if os.path.exists(f"/run/netns/{n}")}
+    assert spaces, f"no network namespace of {names}"
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"launcher-relay" in (entry / "cmdline").read_bytes():
+                if b"launcher-relay" in (entry / "cmdline").read_bytes() and os.readlink(entry / "ns/net") in spaces:
                     found.append(int(entry.name))
             except OSError:
                 continue
@@ -255,9 +259,9 @@ def test_ctrl_c_during_push_stops_every_relay_and_says_what_each_node_holds(ship
     for i, name in enumerate(ship.names):
         assert re.search(rf"node {i} \({name} [\d.]+\): lacks it", err), err
     deadline = time.monotonic() + 30
-    while relays_running() and time.monotonic() < deadline:
+    while relays_running(ship.names) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not relays_running(), "a relay outlived Ctrl-C"
+    assert not relays_running(ship.names), "a relay outlived Ctrl-C"
 
 
 def test_an_image_the_local_engine_does_not_hold_is_one_line_and_exit_2(ship):
