@@ -418,9 +418,7 @@ def bench(
     ] = None,
     warmup: Annotated[
         int | None,
-        typer.Option(
-            "--warmup", min=0, help="Warm-up requests per concurrency (default 2 x concurrency, at most 256)."
-        ),
+        typer.Option("--warmup", min=0, help="Warm-up requests per concurrency (default: twice it, max 256)."),
     ] = None,
     flush: Annotated[
         bool, typer.Option("--flush/--no-flush", help="Clear every worker's KV cache before each concurrency.")

@@ -117,17 +117,23 @@ def test_top_json_under_load_shows_the_ranks_serving(deployment):
 
 def test_prometheus_scrapes_every_service(deployment):
     d = deployment
-    targets = prometheus_api(d["prom"], "targets")["data"]["activeTargets"]
+    # Prometheus lists its targets once it has read its configuration: wait for them (a loaded machine is slow).
+    targets = wait_for(lambda: prometheus_api(d["prom"], "targets")["data"]["activeTargets"], 30, what="targets")
     health = {t["labels"]["service"]: t["health"] for t in targets}
     assert set(health) == {"frontend", "prefill-r0", "decode-r0", "prometheus"}
     wait_for(lambda: all(t["health"] == "up" for t in prometheus_api(d["prom"], "targets")["data"]["activeTargets"]),
              30, what="every target up")  # fmt: skip
-    running = prometheus_api(d["prom"], "query", query='vllm:num_requests_running{role="decode"}')["data"]["result"]
+
+    def query(promql: str) -> list[dict]:
+        return prometheus_api(d["prom"], "query", query=promql)["data"]["result"]
+
+    # A series appears at the first scrape after the target came up: wait for it (a loaded machine scrapes late).
+    wait_for(lambda: query('vllm:num_requests_running{role="decode"}'), 30, what="the decode rank's series")
+    running = query('vllm:num_requests_running{role="decode"}')
     assert len(running) == 1 and running[0]["metric"]["group"] == "decode" and running[0]["metric"]["rank"] == "0"
-    served = prometheus_api(
-        d["prom"], "query", query='dynamo_component_requests_total{role="prefill",dynamo_endpoint="generate"}'
-    )
-    assert float(served["data"]["result"][0]["value"][1]) > 0  # the load of the test above, counted by Prometheus
+    served = 'dynamo_component_requests_total{role="prefill",dynamo_endpoint="generate"}'
+    wait_for(lambda: query(served), 30, what="the prefill rank's request counter")
+    assert float(query(served)[0]["value"][1]) > 0  # the load of the test above, counted by Prometheus
 
 
 def test_collect_on_this_machine(deployment, tmp_path):
