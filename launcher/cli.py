@@ -417,8 +417,7 @@ def bench(
         typer.Option("--requests", min=1, help="Measured requests per concurrency (default 10 x concurrency)."),
     ] = None,
     warmup: Annotated[
-        int | None,
-        typer.Option("--warmup", min=0, help="Warm-up requests per concurrency (default: twice it, max 256)."),
+        int | None, typer.Option("--warmup", min=0, help="Warm-up requests per concurrency (2 x it, max 256).")
     ] = None,
     flush: Annotated[
         bool, typer.Option("--flush/--no-flush", help="Clear every worker's KV cache before each concurrency.")
