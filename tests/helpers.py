@@ -427,3 +427,19 @@ def top_rounds(text: str) -> list[tuple[int, dict[str, str]]]:
         if rounds and row:
             rounds[-1][1][row.group(1)] = row.group(2)
     return rounds
+
+
+# A deployment whose one node is at a TEST-NET-1 address (RFC 5737): nothing answers there, so a command
+# that reaches for it fails the way an unreachable node does, and nothing is ever started.
+UNREACHABLE = """\
+deployment: rv
+image: example/img:1
+gpus_per_node: 0
+versions: {dynamo: "1.6.1"}
+model: {path: /model, name: tiny}
+nodes:
+  - {name: n0, address: 192.0.2.10}
+groups:
+  prefill: {engine: mocker, nodes: [n0]}
+  decode: {engine: mocker, nodes: [n0]}
+"""

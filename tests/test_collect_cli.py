@@ -11,19 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, fresh_env
+from tests.helpers import UNREACHABLE as CONFIG
 
-CONFIG = """\
-deployment: rv
-image: example/img:1
-gpus_per_node: 0
-versions: {dynamo: "1.6.1"}
-model: {path: /model, name: tiny}
-nodes:
-  - {name: n0, address: 192.0.2.10}
-groups:
-  prefill: {engine: mocker, nodes: [n0]}
-  decode: {engine: mocker, nodes: [n0]}
-"""
 LAUNCHER = str(REPO / ".venv" / "bin" / "launcher")
 
 

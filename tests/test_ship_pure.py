@@ -23,7 +23,7 @@ from launcher.output.transfer import Moving, TransferView, size
 from launcher.plan.build import build as build_plan
 from launcher.remote import relay as remote
 from launcher.runtime import for_plan
-from tests.helpers import CONFIGS, REPO, fresh_env
+from tests.helpers import CONFIGS, REPO, UNREACHABLE, fresh_env
 
 INV = REPO / "tests" / "data" / "inventory-32.yaml"
 
@@ -194,20 +194,6 @@ def test_the_relay_program_stands_alone():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert json.loads(proc.stdout) == {"ev": "scan", "error": "missing", "detail": "/nonexistent: no such directory"}
-
-
-UNREACHABLE = """\
-deployment: rv
-image: example/img:1
-gpus_per_node: 0
-versions: {dynamo: "1.6.1"}
-model: {path: /model, name: tiny}
-nodes:
-  - {name: n0, address: 192.0.2.10}
-groups:
-  prefill: {engine: mocker, nodes: [n0]}
-  decode: {engine: mocker, nodes: [n0]}
-"""
 
 
 @pytest.mark.parametrize("given", ["", "  ", "/", "n0:/", "0:/"])
