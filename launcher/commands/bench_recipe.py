@@ -87,8 +87,7 @@ def context_from_model(config: dict[str, Any], where: str) -> tuple[int, str] | 
 def redacted_file(t: Target) -> str:
     """The deployment file as written, every secret's value replaced by `***`."""
     text = Path(t.plan.file).read_text()
-    redact = plan_views.redactor(t.plan)
-    return "\n".join(redact(line) for line in text.splitlines()) + "\n"
+    return t.plan.redactor()("\n".join(text.splitlines()) + "\n")
 
 
 def node_facts(t: Target) -> dict[str, dict[str, Any]]:
@@ -140,12 +139,13 @@ def recipe(t: Target, out: Path, argv: list[str], nodes: dict[str, dict[str, Any
     """Write the recipe files into out/recipe/ and return their summary for results.json."""
     where = out / "recipe"
     where.mkdir(parents=True, exist_ok=True)
+    redact = t.plan.redactor()  # every file of the recipe: what the nodes said and the command line too
     deployment = redacted_file(t)
     plan_json = json.dumps(plan_views.to_json(t.plan), indent=2) + "\n"
     (where / Path(t.plan.file).name).write_text(deployment)
     (where / "plan.json").write_text(plan_json)
-    (where / "nodes.json").write_text(json.dumps(nodes, indent=2) + "\n")
-    command = " ".join(q(a) for a in argv)
+    (where / "nodes.json").write_text(redact(json.dumps(nodes, indent=2)) + "\n")
+    command = redact(" ".join(q(a) for a in argv))
     (where / "command.txt").write_text(command + "\n")
     images = sorted({i for n in nodes.values() for i in n.get("images", {}).values()})
     models = sorted({m.get("config_sha256") or "-" for n in nodes.values() for m in n.get("model", {}).values()})

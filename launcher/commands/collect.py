@@ -3,7 +3,8 @@ file and the plan (secrets `***`), versions and image IDs, the runtime's records
 inspect`, or the process runtime's run directory), per node the GPUs (`nvidia-smi -q`), InfiniBand
 (`ibstat`, `ibv_devinfo`), `ip addr`, `df`, `free`, kernel and driver, the head node's audit log, and
 `status --json`. A node that does not answer is listed in the bundle's index and the rest is still
-collected (exit 1). Every text is passed through the plan's redactor before it enters the tarball.
+collected (exit 1). Every text is passed through the plan's redactor (config.redact) before it enters the
+tarball.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def run(config, config_opt, inventory, connection: Connection, *, out: str | Non
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}", key="--out") from None
     try:
         with file, tarfile.open(fileobj=file, mode="w:gz") as tar, connected(t, connection):
-            bundle = Bundle(tar, root, plan_views.redactor(t.plan))
+            bundle = Bundle(tar, root, t.plan.redactor())
             missing = collect(t, bundle, since)
             bundle.add("INDEX.json", json.dumps(bundle.index, indent=2) + "\n")
         os.replace(part, path)
@@ -103,7 +104,7 @@ def run(config, config_opt, inventory, connection: Connection, *, out: str | Non
         part.unlink(missing_ok=True)
     say(f"wrote {path} ({path.stat().st_size // 1024} kB): {len(bundle.index['files'])} files")
     for i, why in sorted(missing.items()):
-        say(f"missing: {t.plan.nodes[i].label}: {why}", to_stderr=True)
+        say(bundle.redact(f"missing: {t.plan.nodes[i].label}: {why}"), to_stderr=True)
     if missing or bundle.index.get("logs_missing"):
         raise Exit(1)
 

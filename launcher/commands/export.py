@@ -83,7 +83,8 @@ def run(config: Path, inventory: Path | None, to: str, out: Path | None) -> None
     secrets = sorted({n for s in plan.services for n in s.secret_env})
     if secrets:
         name = exporter.dns(f"{plan.deployment}-secrets")
-        literals = " ".join(f'--from-literal={n}="${n}"' for n in secrets)
+        # each key from the variable the user holds (OPENAI_KEY from MY_KEY for `OPENAI_KEY: ${MY_KEY}`)
+        literals = " ".join(f'--from-literal={n}="${plan.secret_source(n)}"' for n in secrets)
         say(f"secrets come from the Secret {name}: kubectl create secret generic {name} {literals}", to_stderr=True)
 
 

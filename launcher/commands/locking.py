@@ -9,7 +9,7 @@ any other stale-looking lock is only reported, and `launcher lock break` removes
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,16 +31,18 @@ class Site:
     head: Host
     state_dir: str
     deployment: str
+    # The plan's redactor: the audit log and the lock's record of the command line hold no secret.
+    redact: Callable[[str], str] = str
 
     @classmethod
     def of(cls, target: Target) -> Site:
-        return cls(target.head, target.plan.state_dir, target.plan.deployment)
+        return cls(target.head, target.plan.state_dir, target.plan.deployment, target.plan.redactor())
 
 
 def acquire(site: Site, command: str, audit: str | None = None, then: str = "") -> LockInfo:
     """Take the lock and, in the same round trip, append `audit` to the audit log and run `then`."""
-    info = LockInfo.mine(command)
-    audit_line = scripts.audit_script(site.state_dir, site.deployment, audit) if audit else ""
+    info = LockInfo.mine(site.redact(command))
+    audit_line = scripts.audit_script(site.state_dir, site.deployment, site.redact(audit)) if audit else ""
     after = "; ".join(x for x in (audit_line, then) if x)
     result = site.head.run(scripts.acquire_script(site.state_dir, site.deployment, info, after))
     answer = result.stdout.strip()
@@ -74,7 +76,8 @@ def _take_over(site: Site, dead: LockInfo, info: LockInfo, after: str) -> bool:
 
 def release(site: Site, info: LockInfo) -> None:
     """Remove the lock if it is still ours; the closing audit line (`info.outcome`) first."""
-    audit_line = scripts.audit_script(site.state_dir, site.deployment, info.outcome) if info.outcome else ""
+    outcome = site.redact(info.outcome) if info.outcome else ""
+    audit_line = scripts.audit_script(site.state_dir, site.deployment, outcome) if outcome else ""
     site.head.run(scripts.release_script(site.state_dir, site.deployment, info, audit_line))
 
 
@@ -103,7 +106,7 @@ def break_lock(site: Site) -> LockInfo | None:
 
 
 def audit(site: Site, action: str) -> None:
-    site.head.run(scripts.audit_script(site.state_dir, site.deployment, action))
+    site.head.run(scripts.audit_script(site.state_dir, site.deployment, site.redact(action)))
 
 
 def taken_down(site: Site) -> str | None:

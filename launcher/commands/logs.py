@@ -57,7 +57,7 @@ def run(config, config_opt, inventory, connection: Connection, *, node, role, ra
     with connected(t, connection):
         chosen, failed = select_containers(t, node, role, rank)
         for i, why in failed.items():
-            say(f"{t.plan.nodes[i].label}: {why}", to_stderr=True)
+            say(t.plan.redactor()(f"{t.plan.nodes[i].label}: {why}"), to_stderr=True)
         if not chosen:
             say("no container matches", to_stderr=True)
             raise Exit(1)
@@ -99,6 +99,7 @@ class _Printer:
 
     def __init__(self, plan: Plan, console: Console, grep: str | None):
         self.plan, self.console = plan, console
+        self.redact = plan.redactor()  # before --grep: it filters what is shown
         self.pattern = re.compile(grep) if grep else None
         self.strip = not console.is_terminal
         self.lock = threading.Lock()
@@ -106,6 +107,7 @@ class _Printer:
     def line(self, c: Container, line: str) -> None:
         if self.strip:
             line = ANSI.sub("", line)
+        line = self.redact(line)
         if self.pattern and not self.pattern.search(line):
             return
         with self.lock:
@@ -114,6 +116,7 @@ class _Printer:
             self.console.print(line, markup=False, highlight=False)
 
     def lost(self, what: str, why: str) -> None:
+        why = self.redact(why)
         with self.lock:
             self.console.print(f"[red]{escape(what)} lost: {escape(why)}[/]", highlight=False)
 

@@ -16,7 +16,8 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from launcher.config.interpolate import Interpolator
-from launcher.config.schema import SECRET_NAME, DeploymentSpec, InventorySpec, NodeSpec, SSHSettings, as_text
+from launcher.config.redact import SECRET_NAME
+from launcher.config.schema import DeploymentSpec, InventorySpec, NodeSpec, SSHSettings, as_text
 from launcher.config.yamlfile import KeyPath, dotted, line_of, load_yaml
 from launcher.errors import ConfigError, ConfigErrors
 
@@ -147,7 +148,11 @@ class Loaded(BaseModel):
     inventory_file: str | None
     nodes: list[NodeSpec]
     ssh: SSHSettings
+    # name -> value of every secret: declared ones, secret-looking variables the file used, and the
+    # inventory's secret-looking vars (whether used or not: they are redacted wherever they turn up)
     secret_values: dict[str, str]
+    # name -> value of every variable the file took from the environment or .env (what the user holds)
+    held: dict[str, str] = {}
     lines: dict[Any, int]
     profile: str | None = None  # the profile applied (`--profile`), if any
 
@@ -215,23 +220,7 @@ def load(
     else:
         raise ConfigError("no nodes: list them under `nodes:` or pass an inventory with -i", file=file, key="nodes")
 
-    secret_values: dict[str, str] = {}
-    for i, name in enumerate(spec.secrets):
-        value = environ.get(name) or dotenv.get(name)
-        if not value:
-            raise ConfigError(
-                f"secret {name} is named but not defined: set it in the environment or in {dotenv_path}",
-                file=file,
-                key=f"secrets[{i}]",
-                line=line_of(lines, ("secrets", i)),
-            )
-        secret_values[name] = value
-    # Values interpolated from secret-looking variables are secrets too, wherever they landed.
-    for name in interp.used:
-        if SECRET_NAME.search(name) and name not in secret_values:
-            value = interp.lookup(name)
-            if value:
-                secret_values[name] = value
+    secret_values, held = resolve_secrets(spec, environ, dotenv, inventory_vars, interp, dotenv_path, lines)
 
     return Loaded(
         spec=spec,
@@ -240,6 +229,46 @@ def load(
         nodes=nodes,
         ssh=ssh,
         secret_values=secret_values,
+        held=held,
         lines=lines,
         profile=profile,
     )
+
+
+def resolve_secrets(
+    spec: DeploymentSpec,
+    environ: dict[str, str],
+    dotenv: dict[str, str],
+    inventory_vars: dict[str, str],
+    interp: Interpolator,
+    dotenv_path: Path,
+    lines: dict[KeyPath, int],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(secret_values, held) of Loaded: a declared secret must be defined in the environment or .env."""
+    secret_values: dict[str, str] = {}
+    for i, name in enumerate(spec.secrets):
+        value = environ.get(name) or dotenv.get(name)
+        if not value:
+            raise ConfigError(
+                f"secret {name} is named but not defined: set it in the environment or in {dotenv_path}",
+                file=str(interp.file),
+                key=f"secrets[{i}]",
+                line=line_of(lines, ("secrets", i)),
+            )
+        secret_values[name] = value
+    # Values interpolated from secret-looking variables are secrets too, wherever they landed.
+    for name in sorted(interp.used):
+        if SECRET_NAME.search(name) and name not in secret_values:
+            value = interp.lookup(name)
+            if value:
+                secret_values[name] = value
+    for name, value in inventory_vars.items():
+        if SECRET_NAME.search(name) and value and name not in secret_values:
+            secret_values[name] = value
+    held = {}
+    for name in sorted(interp.used):
+        value = environ[name] if name in environ else dotenv.get(name)  # the interpolator's order
+        if value:
+            held[name] = value
+    held.update({name: secret_values[name] for name in spec.secrets})
+    return secret_values, held

@@ -6,16 +6,10 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Any, Literal
 
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-# Env names whose values are secret even when the file does not list them under `secrets`.
-SECRET_NAME = re.compile(
-    r"(^HF_TOKEN$|^HUGGING_FACE_HUB_TOKEN$|_TOKEN$|_SECRET$|_PASSWORD$|_API_KEY$|^NATS_AUTH_|^ETCD_AUTH_)"
-)
 
 NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 # An environment variable name a shell can `export`: anything else would be dropped or, worse, run.
@@ -354,10 +348,6 @@ class InventorySpec(Strict):
     ssh: SSHSettings = SSHSettings()
     vars: dict[str, str | int | float | bool] = {}
     nodes: Annotated[list[NodeSpec], Field(min_length=1)]
-
-
-def is_secret_name(name: str, declared: list[str] | set[str]) -> bool:
-    return name in declared or bool(SECRET_NAME.search(name))
 
 
 def as_text(value: Any) -> str:

@@ -10,6 +10,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from launcher.config.load import Loaded
+from launcher.config.redact import is_secret_name, searchable
 from launcher.config.schema import (
     DEFAULT_CONTAINER,
     ContainerSettings,
@@ -17,7 +18,6 @@ from launcher.config.schema import (
     ProfileGroup,
     ServiceSpec,
     as_text,
-    is_secret_name,
 )
 from launcher.errors import ConfigError
 from launcher.plan import engines, fabric, flagdrift, infra, metrics
@@ -28,8 +28,6 @@ from launcher.plan.nodes import node_at, place_groups, resolve_nodes
 from launcher.plan.types import Group, Node, Plan, Service
 
 SGLANG_ENGINES = ("dynamo-sglang", "sglang")
-# Shorter values (test placeholders like "x") would match everywhere; no real token is this short.
-MIN_SECRET_LEN = 4
 
 
 def build(loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None) -> Plan:
@@ -63,7 +61,28 @@ def build(loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None) -
         network_interface=spec.network.interface,
         interfaces=b.interfaces,
         fabric=spec.fabric,
+        secrets=dict(loaded.secret_values),
+        secret_sources=secret_sources(b.services, loaded),
     )
+
+
+def secret_sources(services: list[Service], loaded: Loaded) -> dict[str, str]:
+    """Each secret env name of the plan -> the variable the user holds its value in (environment or
+    .env): the name itself, or the one it was written from (`OPENAI_KEY: ${MY_KEY}` -> MY_KEY). What
+    the exports and the node scripts ask the user to set. Found by value: the services hold values."""
+    sources: dict[str, str] = {}
+    for s in services:
+        for name, value in s.secret_env.items():
+            if name in sources:
+                continue
+            if loaded.held.get(name) == value:
+                sources[name] = name
+                continue
+            same = sorted(n for n, v in loaded.held.items() if v == value)
+            # a declared or secret-looking variable before any other that happens to hold the same value
+            ranked = [n for n in same if n in loaded.secret_values] + same
+            sources[name] = ranked[0] if ranked else name
+    return sources
 
 
 @dataclass
@@ -87,7 +106,8 @@ class Builder:
         self.spec = spec
         self.base_container = spec.container.over(DEFAULT_CONTAINER)
         self.secret_names = set(spec.secrets)
-        self.secret_values = {k: v for k, v in self.loaded.secret_values.items() if len(v) >= MIN_SECRET_LEN}
+        # Values too short to search for (test placeholders like "x", "true") would match everywhere.
+        self.secret_values = {k: v for k, v in self.loaded.secret_values.items() if searchable(v)}
 
     # -- rules shared by every service ----------------------------------------------------------
 

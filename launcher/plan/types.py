@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.config.redact import Redactor
 from launcher.config.schema import ContainerSettings, FabricSpec, SSHSettings
 
 LABEL = "launcher"  # label prefix: launcher.deployment, launcher.role, ...
@@ -71,7 +72,7 @@ class Service:
     group: str | None = None
     rank: int | None = None
     engine: str | None = None
-    secret_env: dict[str, str] = field(default_factory=dict)  # name -> value, never rendered
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)  # name -> value, never rendered
     ports: list[int] = field(default_factory=list)
 
     @property
@@ -154,6 +155,17 @@ class Plan:
     # Facts read on the nodes, given to `build` as input: node index -> leader address -> interface.
     interfaces: dict[int, dict[str, str]] = field(default_factory=dict)
     fabric: FabricSpec = field(default_factory=FabricSpec)
+    # name -> value of every secret the file knows (declared, secret-looking variables): for redaction
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    # secret env name -> the variable the user holds its value in (`OPENAI_KEY: ${MY_KEY}`: MY_KEY)
+    secret_sources: dict[str, str] = field(default_factory=dict)
+
+    def redactor(self) -> Redactor:
+        """The one redactor for whatever leaves the launcher about this deployment (see config.redact)."""
+        return Redactor([*self.secrets.values(), *(v for s in self.services for v in s.secret_env.values())])
+
+    def secret_source(self, name: str) -> str:
+        return self.secret_sources.get(name, name)
 
     def node(self, ref: str | int) -> Node | None:
         return find_node(self.nodes, ref)

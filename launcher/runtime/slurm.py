@@ -140,6 +140,17 @@ def step(plan: Plan, s: Service, job_gpus: bool) -> str:
     return "launch " + head + " \\\n  " + " ".join(rendered)
 
 
+def secret_lines(plan: Plan) -> list[str]:
+    """Each secret demanded from the environment sbatch runs in, under the name the user holds it by;
+    one the file renames (`OPENAI_KEY: ${MY_KEY}`) exported under the service's name for srun to pass on."""
+    names = sorted({n for s in plan.services for n in s.secret_env})
+    lines = []
+    for held in sorted({plan.secret_source(n) for n in names}):
+        lines.append(f': "${{{held}:?launcher: secret {held} is not set in the environment sbatch was run from}}"')
+    lines += [f'export {n}="${plan.secret_source(n)}"' for n in names if plan.secret_source(n) != n]
+    return lines
+
+
 def spec(plan: Plan, services: list[Service], endpoint: bool) -> str:
     """What `ready` waits for, as JSON (the waiter replaces the node placeholders)."""
     body: dict = {
@@ -209,8 +220,7 @@ def batch_script(plan: Plan, waiter: str, command: str) -> str:
             "srun --help 2>&1 | grep -q -- --container-image || { echo 'launcher: runtime docker needs pyxis"
             " (srun --container-image); this site has none: set `runtime: process` and export again' >&2; exit 2; }"
         )
-    for name in sorted({n for s in plan.services for n in s.secret_env}):
-        lines.append(f': "${{{name}:?launcher: secret {name} is not set in the environment sbatch was run from}}"')
+    lines += secret_lines(plan)
     lines += [f"WRAPPER={q(WRAPPER)}", f"WAITER={q(waiter)}", FUNCTIONS]
     for title, services, endpoint in stages(plan):
         lines.append(f"# -- {title}")
