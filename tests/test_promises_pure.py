@@ -226,9 +226,14 @@ def test_ssh_settings_precedence_node_file_inventory_then_command_line(tmp_path)
 PLAIN = "pl41n-but-s3cret"
 
 
-@pytest.mark.parametrize("name", ["DB_PASSWORD", "WANDB_API_KEY", "GITHUB_TOKEN", "SIGNING_SECRET"])
+@pytest.mark.parametrize(
+    "name",
+    ["DB_PASSWORD", "WANDB_API_KEY", "GITHUB_TOKEN", "SIGNING_SECRET", "OPENAI_KEY", "DB_PASSWD", "GCP_CREDENTIALS",
+     "PROXY_AUTH", "api_token"],
+)  # fmt: skip
 def test_a_secret_looking_env_name_is_a_secret_without_being_listed(tmp_path, capsys, name):
-    """README: "any env variable whose name looks secret: `*_TOKEN`, `*_SECRET`, `*_PASSWORD`, `*_API_KEY`"
+    """README: "any env variable whose name looks secret (its last word TOKEN, KEY, SECRET, PASSWORD, PASSWD,
+    CREDENTIALS, AUTH...)"
     is handled as a secret: env file, never the command line or the plan (`***`)."""
     decode = "    args: {tp-size: 16}\n"
     path = write(tmp_path, MINIMAL.replace(decode, decode + f"    env: {{{name}: {PLAIN}, VISIBLE: shown}}\n"))

@@ -149,7 +149,7 @@ def test_secret_stays_out_of_argv_output_ps_and_inspect(testbed, tmp_path):
 @pytest.mark.testbed
 def test_up_with_doctor_and_a_secret_serves(testbed, tmp_path):
     """The doctor's parser check runs before the secret file exists; it must not leave a directory there."""
-    from tests.helpers import REPO, launcher_on
+    from tests.helpers import REPO, launcher_on, printed_curl_answer
 
     data = yaml.safe_load((REPO / "configs" / "testbed-small.yaml").read_text())
     data["secrets"] = ["HF_TOKEN"]
@@ -161,7 +161,9 @@ def test_up_with_doctor_and_a_secret_serves(testbed, tmp_path):
     try:
         print(f"\nup with doctor and a secret: ready in {time.monotonic() - started:.1f}s")
         assert up.returncode == 0, up.stderr
-        assert "args:decode" in up.stderr or "doctor" in up.stderr  # the doctor did run
+        # the doctor ran (this line only without --skip-doctor) and passed (a failed check stops `up`, exit 1)
+        assert "doctor: checking every node and the engine flags" in up.stderr, up.stderr
+        assert printed_curl_answer(up.stdout)  # and the deployment serves: the printed curl gets words back
         files = testbed.ssh(0, f"stat -c '%F %a' {STATE_DIR}/testbed-small/secrets/*.env").stdout.splitlines()
         assert files and set(files) == {"regular file 600"}, files
     finally:
