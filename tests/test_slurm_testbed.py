@@ -238,9 +238,9 @@ def test_a_planted_package_in_the_old_predictable_directory_is_never_run(testbed
         slurm_run(slurm, tmp_path, "scancel", job)
         wait_for(lambda: not slurm_run(slurm, tmp_path, "squeue", "-h", "-j", job).stdout.strip(), 120,
                  interval=0.5, what="the job to leave the queue")  # fmt: skip
-        wait_for(lambda: new_processes(testbed, before) == {}, 30, what="no process of the job on any node")
         untouched = [d for d in planted if (d / "dynamo" / "__init__.py").exists() and d.stat().st_uid == OTHER_UID]
         for d in planted:
             subprocess.run(["rm", "-rf", str(d)], timeout=30)
+        wait_for(lambda: new_processes(testbed, before) == {}, 30, what="no process of the job on any node")
     assert untouched == planted, "a step removed or changed a directory that is not its own"
     assert not list(Path("/tmp").glob(f"launcher-{job}-*.*")), "a step left its private directory"
