@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from launcher.commands.context import Target
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, one_line
 from launcher.runtime import lock as scripts
 from launcher.runtime.lock import LockInfo
 from launcher.transport.host import Completed, Host
@@ -48,10 +48,10 @@ def on_head(site: Site, script: str) -> Completed:
     result = site.head.run(scripts.guard_script(site.state_dir) + "\n" + script)
     why = scripts.refusal(result.stdout)
     if why is not None:
-        raise UnsafeStateDir(
-            f"state_dir {site.state_dir} on {site.head.node.label}: {why}; another user could forge the lock"
-            " or swap what runs from it: make it yours alone (chown, chmod 0700), or set state_dir to a directory"
-            " of your own (e.g. /var/tmp/launcher-$USER; it is created 0700)"
+        raise UnsafeStateDir(  # what the node said, on one line and bounded: its stat output is not ours
+            f"state_dir {one_line(site.state_dir)} on {site.head.node.label}: {one_line(why[:200])}; another user"
+            " could forge the lock or swap what runs from it: make it yours alone (chown, chmod 0700), or set"
+            " state_dir to a directory of your own (e.g. /var/tmp/launcher-$USER; it is created 0700)"
         )
     return result
 
