@@ -11,6 +11,10 @@ do): `down` must end them too.
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -108,3 +112,31 @@ def test_process_runtime_main_job_on_the_testbed(testbed, tmp_path):
     print(f"down ended {len(everything)} processes in {len(members)} sessions, orphans included")
     after = launcher("status", "--json")
     assert not [s for s in json.loads(after.stdout)["services"] if s["state"] == "running"]
+
+
+def test_a_state_dir_another_user_owns_on_the_head_node_is_refused_over_ssh(testbed, tmp_path):
+    """The check runs where the lock lives, on the head node over SSH: another user's state_dir there
+    (mode 0777, as one pre-created in /var/tmp would be) makes `up` and `lock status` one line, exit 2,
+    with nothing started or written; once it is gone, the head node creates a fresh one with mode 0700."""
+    config = process_config(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    del data["groups"]["orphans"]  # four nodes are enough: nothing is meant to start
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    state.chmod(0o777)
+    head = f"node 0 ({testbed.nodes[0][0]} {testbed.nodes[0][1]})"
+    inventory = ["-c", str(config), "-i", str(testbed.inventory)]
+    for command in (["up", *inventory], ["lock", "status", *inventory]):
+        run = subprocess.run([sys.executable, "-m", "launcher", *command], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        lines = [ln for ln in run.stderr.strip().splitlines() if not re.match(r"\[\d\d:\d\d:\d\d\] ", ln)]
+        assert run.returncode == 2 and len(lines) == 1, run.stdout + run.stderr
+        assert lines[0].startswith(f"error: state_dir {state} on {head}: owned by nobody (uid 65534), mode 777")
+    assert list(state.iterdir()) == []  # no lock, no audit line, no run directory: nothing started
+    state.rmdir()
+    run = subprocess.run([sys.executable, "-m", "launcher", "lock", "status", *inventory], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0 and run.stdout.strip() == "not locked", run.stderr
+    assert (state.stat().st_mode & 0o777, state.stat().st_uid) == (0o700, 0)

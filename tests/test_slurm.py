@@ -17,6 +17,7 @@ import pytest
 
 from launcher.config import slurm
 from launcher.plan.kube.exporter import placeholder
+from launcher.runtime.shell import q
 from launcher.runtime.slurm import WRAPPER, word
 from tests.helpers import CONFIGS, alive, fresh_env, run_cli, session_members, wait_for, write
 
@@ -142,10 +143,9 @@ ORPHANS = "set -m; (sleep 3600 &); (sleep 3601 &); exec sleep 3602"
 def test_the_wrapper_ends_its_whole_session_on_a_signal_orphans_included(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp_path), "SLURM_JOB_ID": "77"}
     wrapper = subprocess.Popen(["bash", "-c", WRAPPER, "svc", "bash", "-c", ORPHANS], env=env, start_new_session=True)
-    scratch = tmp_path / "launcher-77-svc"
     wait_for(lambda: len(_service_sessions(wrapper.pid)) == 3, 20, what="the service and its two orphans")
     members = _service_sessions(wrapper.pid)
-    assert scratch.is_dir()
+    [scratch] = tmp_path.glob("launcher-77-svc.*")
     started = time.monotonic()
     os.kill(wrapper.pid, signal.SIGTERM)  # what slurmstepd sends the step's task when the job ends
     assert wrapper.wait(timeout=30) == 143
@@ -163,6 +163,46 @@ def test_the_wrapper_passes_on_the_services_exit_code_and_cleans_up(tmp_path):
     assert run.returncode == 7 and "launcher: svc exited with 7" in run.stderr
     assert not list(tmp_path.glob("launcher-78-*"))
     assert not alive(int(orphan.read_text())), "the orphan outlived the service"
+
+
+# What another user of the node plants where the step would work: a `dynamo` package that `python3 -m
+# dynamo...` imports first when it is run from that directory.
+PLANTED = "import os\nopen(os.environ['PLANT_MARK'], 'a').write(os.getcwd() + '\\n')\n"
+
+
+def plant_dynamo(directory: Path, mode: int = 0o777) -> Path:
+    (directory / "dynamo").mkdir(parents=True)
+    (directory / "dynamo" / "__init__.py").write_text(PLANTED)
+    directory.chmod(mode)
+    return directory / "dynamo" / "__init__.py"
+
+
+def test_the_wrapper_works_in_a_fresh_private_directory_never_a_planted_one(tmp_path):
+    """The directory the step used to work in (predictable: TMPDIR/launcher-JOB-NAME) exists already,
+    with a planted `dynamo` package: the step neither imports it nor works there, and leaves it alone."""
+    mark, planted = tmp_path / "planted-ran", tmp_path / "launcher-79-svc"
+    planted_init = plant_dynamo(planted)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "SLURM_JOB_ID": "79", "PLANT_MARK": str(mark)}
+    where = tmp_path / "where"
+    # The service as a step runs one: `python3 -m dynamo...`, after noting where it works and that place's mode.
+    service = f'stat -c "%n %a %u" "$PWD" > {where}; exec {sys.executable} -m dynamo.frontend --help'
+    run = subprocess.run(["bash", "-c", WRAPPER, "svc", "bash", "-c", service],
+                         env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert not mark.exists(), f"the planted package ran, from {mark.read_text()}"
+    assert run.returncode == 0 and "--http-port" in run.stdout, run.stderr  # the real dynamo's frontend answered
+    workdir, mode, owner = where.read_text().split()
+    assert workdir.startswith(f"{tmp_path}/launcher-79-svc.") and Path(workdir) != planted
+    assert mode == "700" and owner == str(os.getuid())
+    assert not Path(workdir).exists()  # removed when the service ended
+    assert planted_init.read_text() == PLANTED and sorted(p.name for p in planted.iterdir()) == ["dynamo"]
+
+
+def test_the_batch_script_gives_every_step_a_private_working_directory(tmp_path, capsys):
+    script = script_for(tmp_path, capsys, (CONFIGS / "dsr1-104gpu.yaml").read_text())
+    assert f"WRAPPER={q(WRAPPER)}\n" in script and 'bash -c "$WRAPPER"' in script  # what every step runs
+    first = WRAPPER.splitlines()[1]
+    assert first.startswith('dir=$(mktemp -d "${TMPDIR:-/tmp}/launcher-${SLURM_JOB_ID:-0}-$name.XXXXXXXXXX")')
+    assert first.endswith('&& cd "$dir" || {') and "mkdir" not in WRAPPER  # created fresh, unguessable, or no step
 
 
 def _service_sessions(wrapper: int) -> list[int]:

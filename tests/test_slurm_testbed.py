@@ -181,3 +181,66 @@ def test_the_script_brings_slurm_up_idempotently_and_says_so(testbed, slurm):
     assert sum(1 for ln in lines if re.match(r"slurmd-\S+\s+up ", ln)) == len(testbed.nodes)
     assert sum(1 for ln in lines if re.match(r"\S+\s+idle", ln)) == len(testbed.nodes), again.stdout
     assert os.environ.get("SLURM_CONF") != slurm["SLURM_CONF"]  # the tests never touch the caller's Slurm
+
+
+# What another user of the nodes plants where a step used to work (/tmp/launcher-JOB-SERVICE, predictable):
+# a `dynamo` package that `python3 -m dynamo.frontend` / `dynamo.mocker` would import first from there.
+PLANTED = "import os\nopen('MARK', 'a').write(os.getcwd() + '\\n')\n"
+OTHER_UID = 65534  # nobody: not the job's user
+
+
+def test_a_planted_package_in_the_old_predictable_directory_is_never_run(testbed, slurm, tmp_path):
+    """The job is held while every step's old directory is pre-created by another uid (mode 0777, a
+    planted dynamo/ in it); released, it serves, no planted code ran, no step works in (or removes) those
+    directories: each works in a fresh 0700 directory of its own."""
+    config, nodes = topology(testbed, tmp_path)
+    script = tmp_path / "job.sbatch"
+    assert launcher(slurm, tmp_path, "export", str(config), "--to", "slurm", "-o", str(script)).returncode == 0
+    names = re.findall(r"^launch (\S+) \d+ ", script.read_text(), flags=re.M)
+    assert "frontend" in names and any(n.startswith("prefill-r") for n in names), names
+    before = leftovers(testbed)
+    mark = tmp_path / "planted-ran"  # where planted code would write (the job runs as this test's user)
+    job = slurm_run(slurm, tmp_path, "sbatch", "--hold", "--parsable", str(script)).stdout.strip()
+    assert job.isdigit(), job
+    planted = [Path(f"/tmp/launcher-{job}-{name}") for name in names]
+    try:
+        for d in planted:
+            (d / "dynamo").mkdir(parents=True)
+            (d / "dynamo" / "__init__.py").write_text(PLANTED.replace("MARK", str(mark)))
+            for p in (d, d / "dynamo", d / "dynamo" / "__init__.py"):
+                os.chown(p, OTHER_UID, OTHER_UID)
+            d.chmod(0o777)
+        assert slurm_run(slurm, tmp_path, "scontrol", "release", job).returncode == 0
+        out = tmp_path / f"{yaml.safe_load(config.read_text())['deployment']}-{job}.out"
+
+        def ready() -> bool:
+            text = out.read_text() if out.exists() else ""
+            queued = slurm_run(slurm, tmp_path, "squeue", "-h", "-j", job).stdout.strip()
+            assert queued or "ready:" in text, f"the job ended before it was ready:\n{text}"
+            return "ready:" in text
+
+        wait_for(ready, 600, interval=1.0, what="the job to say ready")
+        assert "smoke test: 200 OK" in out.read_text()
+        assert not mark.exists(), f"planted code ran as the job's user, in {mark.read_text()}"
+        workdirs = {}
+        for procs in new_processes(testbed, before).values():
+            for line in procs:
+                try:
+                    workdirs[os.readlink(f"/proc/{line.split()[0]}/cwd")] = line
+                except OSError:
+                    continue
+        assert not set(map(str, planted)) & set(workdirs), workdirs
+        for name in names:  # every step works in a fresh private directory of its own
+            [own] = [d for d in workdirs if d.startswith(f"/tmp/launcher-{job}-{name}.")]
+            st = os.stat(own)
+            assert (st.st_mode & 0o777, st.st_uid) == (0o700, os.getuid()), own
+    finally:
+        slurm_run(slurm, tmp_path, "scancel", job)
+        wait_for(lambda: not slurm_run(slurm, tmp_path, "squeue", "-h", "-j", job).stdout.strip(), 120,
+                 interval=0.5, what="the job to leave the queue")  # fmt: skip
+        untouched = [d for d in planted if (d / "dynamo" / "__init__.py").exists() and d.stat().st_uid == OTHER_UID]
+        for d in planted:
+            subprocess.run(["rm", "-rf", str(d)], timeout=30)
+        wait_for(lambda: new_processes(testbed, before) == {}, 30, what="no process of the job on any node")
+    assert untouched == planted, "a step removed or changed a directory that is not its own"
+    assert not list(Path("/tmp").glob(f"launcher-{job}-*.*")), "a step left its private directory"

@@ -4,10 +4,11 @@ local socket): where `image build` builds and where `image push` takes the image
 from __future__ import annotations
 
 import os
+import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from launcher.errors import ConfigError, LauncherError
 
@@ -32,6 +33,36 @@ class LocalImage:
     id: str
     size: int  # bytes of its layers (its `docker save` stream is about this long)
     tags: list[str]
+
+
+@dataclass
+class BuildContext:
+    """The build context exactly as the engine receives it: one tar on disk (closed, it is gone)."""
+
+    archive: IO[bytes]
+    dockerfile: str  # the Dockerfile's name inside the archive
+    bytes: int
+    files: int
+
+
+def build_context(context: Path, dockerfile: Path) -> BuildContext:
+    """The context directory less what its .dockerignore excludes, as `docker build` reads it (the SDK's
+    own rules, so that what is measured and shown is what is sent). Without one, everything goes: the
+    repository's own .dockerignore keeps .venv, .cache, .git and .env files out. A Dockerfile outside the
+    context travels inside the archive under a name of its own (as `docker build -f` does it)."""
+    from docker import utils
+    from docker.api.build import process_dockerfile
+
+    ignore = context / ".dockerignore"
+    lines = ignore.read_text().splitlines() if ignore.is_file() else []
+    exclude = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    name, inline = process_dockerfile(str(dockerfile), str(context))
+    archive = utils.tar(str(context), exclude=exclude, dockerfile=(name, inline))
+    with tarfile.open(fileobj=archive, mode="r:") as listing:
+        files = sum(1 for member in listing if member.isfile())
+    size = archive.seek(0, os.SEEK_END)
+    archive.seek(0)
+    return BuildContext(archive, name, size, files)
 
 
 class Engine:
@@ -64,13 +95,15 @@ class Engine:
         """The image's `docker save` stream (with its tag), piece by piece: never whole in memory."""
         return self.client.api.get_image(ref, chunk_size=SAVE_CHUNK)
 
-    def build(self, context: Path, dockerfile: Path, tag: str, line: Callable[[str], None]) -> str:
-        """Build, streaming the log to `line`; the new image's ID, or BuildFailed with the last lines."""
+    def build(self, context: BuildContext, tag: str, line: Callable[[str], None]) -> str:
+        """Build from `context` (sent as it is), streaming the log to `line`; the new image's ID, or
+        BuildFailed with the last lines."""
         last: list[str] = []
         image_id = ""
         stream: Any = self.client.api.build(
-            path=str(context), dockerfile=str(dockerfile), tag=tag, rm=True, forcerm=True, decode=True
-        )
+            fileobj=context.archive, custom_context=True, dockerfile=context.dockerfile, tag=tag, rm=True,
+            forcerm=True, decode=True,
+        )  # fmt: skip
         for event in stream:
             if "stream" in event:
                 for text in str(event["stream"]).splitlines():

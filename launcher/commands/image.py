@@ -19,7 +19,7 @@ from pathlib import Path
 
 from launcher.commands import ship
 from launcher.commands.context import Connection, Target, connected, resolve, target
-from launcher.commands.engine import Engine, LocalImage, where
+from launcher.commands.engine import BuildContext, Engine, LocalImage, build_context, where
 from launcher.config.load import load
 from launcher.errors import ConfigError, Exit
 from launcher.output.console import say
@@ -46,16 +46,30 @@ def build(config, config_opt, inventory, *, dockerfile: Path, tag: str | None, c
     engine = Engine()
     say(f"building {tag} from {dockerfile} (context {context}) on {where()}", to_stderr=True)
     started = time.monotonic()
+    sent = _context(context.resolve(), dockerfile.resolve())
     try:
-        image_id = engine.build(context, dockerfile.resolve(), tag, lambda line: say(line, to_stderr=as_json))
+        image_id = engine.build(sent, tag, lambda line: say(line, to_stderr=as_json))
     except KeyboardInterrupt:
         say(f"interrupted: the build of {tag} was stopped; nothing was tagged", to_stderr=True)
         raise Exit(130) from None
+    finally:
+        sent.archive.close()
     seconds = time.monotonic() - started
     if as_json:
         print_json({"image": tag, "id": image_id, "seconds": round(seconds, 1), "ok": True})
     else:
         say(f"built {tag} ({image_id}) in {seconds:.0f}s; next: launcher image push")
+
+
+def _context(context: Path, dockerfile: Path) -> BuildContext:
+    """The context as it will be sent (its .dockerignore applied), its size said first."""
+    try:
+        sent = build_context(context, dockerfile)
+    except OSError as exc:
+        raise ConfigError(f"{context}: cannot read the build context: {exc}", key="--context") from None
+    ignored = "" if (context / ".dockerignore").is_file() else "; no .dockerignore there: nothing left out"
+    say(f"sending build context: {size(sent.bytes)} ({sent.files} files){ignored}", to_stderr=True)
+    return sent
 
 
 # -- push ----------------------------------------------------------------------------------------

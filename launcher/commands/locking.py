@@ -14,14 +14,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from launcher.commands.context import Target
-from launcher.errors import LauncherError
+from launcher.errors import LauncherError, one_line
 from launcher.runtime import lock as scripts
 from launcher.runtime.lock import LockInfo
-from launcher.transport.host import Host
+from launcher.transport.host import Completed, Host
 
 
 class Locked(LauncherError):
     exit_code = 1
+
+
+class UnsafeStateDir(LauncherError):
+    """state_dir is another user's, or others may write to it: bad input, nothing was started."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -39,12 +45,25 @@ class Site:
         return cls(target.head, target.plan.state_dir, target.plan.deployment, target.plan.redactor())
 
 
+def on_head(site: Site, script: str) -> Completed:
+    """Run a lock/audit script on the head node after the state_dir check (created 0700, else refused)."""
+    result = site.head.run(scripts.guard_script(site.state_dir) + "\n" + script)
+    why = scripts.refusal(result.stdout)
+    if why is not None:
+        raise UnsafeStateDir(  # what the node said, on one line and bounded: its stat output is not ours
+            f"state_dir {one_line(site.state_dir)} on {site.head.node.label}: {one_line(why[:200])}; another user"
+            " could forge the lock or swap what runs from it: make it yours alone (chown, chmod 0700), or set"
+            " state_dir to a directory of your own (e.g. /var/tmp/launcher-$USER; it is created 0700)"
+        )
+    return result
+
+
 def acquire(site: Site, command: str, audit: str | None = None, then: str = "") -> LockInfo:
     """Take the lock and, in the same round trip, append `audit` to the audit log and run `then`."""
     info = LockInfo.mine(site.redact(command))
     audit_line = scripts.audit_script(site.state_dir, site.deployment, site.redact(audit)) if audit else ""
     after = "; ".join(x for x in (audit_line, then) if x)
-    result = site.head.run(scripts.acquire_script(site.state_dir, site.deployment, info, after))
+    result = on_head(site, scripts.acquire_script(site.state_dir, site.deployment, info, after))
     answer = result.stdout.strip()
     if answer.endswith(scripts.ACQUIRED):
         return info
@@ -71,14 +90,14 @@ def acquire(site: Site, command: str, audit: str | None = None, then: str = "") 
 
 def _take_over(site: Site, dead: LockInfo, info: LockInfo, after: str) -> bool:
     script = scripts.takeover_script(site.state_dir, site.deployment, dead, info, after)
-    return site.head.run(script).stdout.strip().endswith(scripts.ACQUIRED)
+    return on_head(site, script).stdout.strip().endswith(scripts.ACQUIRED)
 
 
 def release(site: Site, info: LockInfo) -> None:
     """Remove the lock if it is still ours; the closing audit line (`info.outcome`) first."""
     outcome = site.redact(info.outcome) if info.outcome else ""
     audit_line = scripts.audit_script(site.state_dir, site.deployment, outcome) if outcome else ""
-    site.head.run(scripts.release_script(site.state_dir, site.deployment, info, audit_line))
+    on_head(site, scripts.release_script(site.state_dir, site.deployment, info, audit_line))
 
 
 @contextmanager
@@ -96,19 +115,19 @@ def held(site: Site, command: str, audit: str | None = None, then: str = "") -> 
 
 
 def status(site: Site) -> LockInfo | None:
-    return scripts.parse_info(site.head.run(scripts.status_script(site.state_dir, site.deployment)).stdout)
+    return scripts.parse_info(on_head(site, scripts.status_script(site.state_dir, site.deployment)).stdout)
 
 
 def break_lock(site: Site) -> LockInfo | None:
     was = status(site)
-    site.head.run(scripts.break_script(site.state_dir, site.deployment))
+    on_head(site, scripts.break_script(site.state_dir, site.deployment))
     return was
 
 
 def audit(site: Site, action: str) -> None:
-    site.head.run(scripts.audit_script(site.state_dir, site.deployment, site.redact(action)))
+    on_head(site, scripts.audit_script(site.state_dir, site.deployment, site.redact(action)))
 
 
 def taken_down(site: Site) -> str | None:
     """Who took the deployment down and when, if `down` ran since the last `up`."""
-    return scripts.parse_down_mark(site.head.run(scripts.read_down_script(site.state_dir, site.deployment)).stdout)
+    return scripts.parse_down_mark(on_head(site, scripts.read_down_script(site.state_dir, site.deployment)).stdout)

@@ -20,9 +20,14 @@ from launcher.runtime.shell import q
 
 PLACEHOLDER = re.compile(r"launcher-node-(\d+)\.invalid")
 # Runs on the node as the step's task: the service in a session of its own, ended whole (orphans too).
+# Its working directory is a fresh one of its own: `mktemp -d` makes it with mode 0700 under a name nobody
+# can guess, and fails rather than reuse one that exists. `python3 -m ...` puts its working directory first
+# on sys.path (every Python version), so a predictable directory in a shared /tmp would let another user
+# plant a `dynamo/` package there that runs as the job's user; a private one also covers anything else
+# that reads its working directory.
 WRAPPER = r"""name=$0
-dir=${TMPDIR:-/tmp}/launcher-${SLURM_JOB_ID:-0}-$name
-mkdir -p "$dir" && cd "$dir" || exit 1
+dir=$(mktemp -d "${TMPDIR:-/tmp}/launcher-${SLURM_JOB_ID:-0}-$name.XXXXXXXXXX") && cd "$dir" || {
+  echo "launcher: $name: cannot create a private working directory in ${TMPDIR:-/tmp}" >&2; exit 1; }
 setsid "$@" < /dev/null &
 svc=$!
 stop() {
