@@ -270,7 +270,10 @@ def test_the_token_is_in_no_argv():
                                 "window": 2}}  # fmt: skip
     proc = start(Path(sys.executable), job)
     feed(proc)
-    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+    cmdline, deadline = "", time.monotonic() + 10
+    while BOOT not in cmdline and time.monotonic() < deadline:  # until the exec is done
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.05)
     answer = json.loads(proc.stdout.read().splitlines()[-1])
     proc.wait(30)
     assert str(port) in cmdline and TOKEN not in cmdline

@@ -53,6 +53,7 @@ class FabricRun:
         self.events: queue.Queue[tuple[int, str | None]] = queue.Queue()
         self.running: dict[int, Any] = {}
         self.pending_stop: dict[str, float] = {}  # group -> when to remove its containers
+        self.removed: set[tuple[int, int]] = set()  # jobs removed by the launcher while they still ran
 
     # -- the scripts -------------------------------------------------------------------------------
     def script(self, i: int) -> str:
@@ -163,6 +164,7 @@ class FabricRun:
         for (i, k), name in self.names.items():
             if self.jobs[i][k].group == group and (i, k) not in self.live.ended:
                 names.setdefault(i, []).append(name)
+                self.removed.add((i, k))
         if names:
             script = {i: runtime.remove_script(plan, ns) + " 2>/dev/null || true" for i, ns in names.items()}
             self.t.fleet.run(lambda h: script[h.node.index], list(names), together=True, timeout=30)
@@ -171,6 +173,7 @@ class FabricRun:
         """Every container of this run, on every node, at once; then the scripts' channels."""
         plan = self.t.plan
         script = self.t.runtime.remove_labelled_script(plan, self.label)
+        self.removed |= set(self.names) - set(self.live.ended)
         try:
             self.t.fleet.run(script, list(self.jobs), together=True, timeout=CLEANUP_TIMEOUT)
         finally:
@@ -195,7 +198,7 @@ class FabricRun:
             return answer
         if (i, k) in self.live.fatal:
             return self.live.fatal[(i, k)]
-        if job.group in self.live.stopped:
+        if (i, k) in self.removed and job.group in self.live.stopped:
             return {"stopped": self.live.stopped[job.group], **self.live.reach.get((i, k), {})}
         if answer is None:
             why = self.live.failed.get(i)
