@@ -23,7 +23,7 @@ def jobs_script(commands: list[str], cleanup: str = "") -> str:
         live += f"case $l in @@fabric-*) printf '{LIVE_MARK} {k} %s\\n' \"$l\";; esac"
         lines.append(
             f'( ( ( {command} ) < "$d/program" 2> "$d/{k}.err"; echo $? > "$d/{k}.rc" ) | '
-            f"while IFS= read -r l || [ -n \"$l\" ]; do {live}; done; "
+            f'while IFS= read -r l || [ -n "$l" ]; do {live}; done; '
             f'echo "{LIVE_MARK} {k} {END_MARK} $(cat "$d/{k}.rc" 2>/dev/null || echo 255)" ) &'
         )
     lines.append("wait")
