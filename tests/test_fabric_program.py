@@ -11,25 +11,32 @@ from pathlib import Path
 
 import pytest
 
+from launcher.remote.fabric_check import claim_mac
+from launcher.runtime.fabric import BOOT, program_stdin
 from tests.helpers import REPO, free_port
 
 PROGRAM = REPO / "launcher" / "remote" / "fabric_check.py"
+TOKEN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"  # the run's secret, as the launcher sends it: on stdin
 
 pytestmark = pytest.mark.slow
 
 
 def start(python: Path, job: dict) -> subprocess.Popen:
+    """The program as the launcher starts it: `python -c BOOT JOB`, the token and the program on stdin."""
     return subprocess.Popen(
-        [str(python), "-", json.dumps(job)],
+        [str(python), "-c", BOOT, json.dumps(job)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
 
+def feed(p: subprocess.Popen) -> None:
+    p.stdin.write(program_stdin(TOKEN, PROGRAM.read_text()))
+    p.stdin.close()
+
+
 def answers(procs: list[subprocess.Popen], timeout: float = 180) -> list[dict]:
-    program = PROGRAM.read_text()
     for p in procs:
-        p.stdin.write(program)
-        p.stdin.close()
+        feed(p)
     out = []
     for p in procs:
         stdout = p.stdout.read()
@@ -105,8 +112,7 @@ def test_a_late_leader_is_waited_for(fabric_python):
     port = free_port()
     jobs = group_jobs(2, port, [0, 1], window=2, timeout=30)
     member = start(fabric_python, jobs[1])
-    member.stdin.write(PROGRAM.read_text())
-    member.stdin.close()
+    feed(member)
     time.sleep(4)
     leader = start(fabric_python, jobs[0])
     (first,) = answers([leader])
@@ -170,8 +176,7 @@ def test_a_port_whose_node_starts_late_is_tried_again_while_late_allows(fabric_p
     user = {"node": 1, "reach": {"listen": [], "connect": [{"address": "127.0.0.1", "port": port}], "window": 2,
                                  "late": 20}}  # fmt: skip
     first = start(fabric_python, user)
-    first.stdin.write(PROGRAM.read_text())
-    first.stdin.close()
+    feed(first)
     time.sleep(4)
     (served,) = answers([start(fabric_python, owner)])
     tried = json.loads([x for x in first.stdout.read().splitlines() if x.startswith("{")][-1])
@@ -179,3 +184,97 @@ def test_a_port_whose_node_starts_late_is_tried_again_while_late_allows(fabric_p
     print(f"\nreached a port whose node started 4 s late after {tried['connect'][0]['seconds']}s")
     assert tried["connect"][0]["ok"] and tried["connect"][0]["temp"] and tried["connect"][0]["seconds"] >= 2
     assert served["listen"][0]["state"] == "temp" and served["listen"][0]["seen"] == [1]
+
+
+# -- issue 24: the listeners and the claims ------------------------------------------------------------
+
+
+def _claim(port: int, node: int, mac: str | None, address: str = "127.0.0.1") -> tuple[bytes, bytes]:
+    """A hostile peer speaking the check's own protocol: read the greeting, claim to be `node` (with `mac`,
+    or none at all), return (greeting, the listener's answer)."""
+    import socket
+
+    with socket.create_connection((address, port), timeout=5) as sock:
+        sock.settimeout(5)
+        greeting = sock.makefile("rb").readline(100)
+        nonce = greeting.split()[1].decode()
+        word = f"reach {node}" + (
+            "" if mac is None else f" {mac if mac != 'right' else claim_mac(TOKEN, nonce, node, port)}"
+        )
+        sock.sendall(word.encode() + b"\n")
+        try:
+            return greeting, sock.recv(64)
+        except OSError:
+            return greeting, b""
+
+
+def test_a_claim_without_the_runs_token_is_refused():
+    """A node that claims to have reached a listener is believed only with the run's token: a claim without
+    a proof, and one with a wrong one, are answered `denied` and not counted; the right one is."""
+    import sys
+
+    port = free_port()
+    job = {"node": 0, "reach": {"listen": [{"address": "127.0.0.1", "port": port, "users": [1, 2]}], "connect": [],
+                                "window": 3}}  # fmt: skip
+    (proc,) = [start(Path(sys.executable), job)]
+    feed(proc)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # until the listener is up
+        try:
+            bare = _claim(port, 1, None)
+            break
+        except (OSError, IndexError):
+            time.sleep(0.1)
+    wrong = _claim(port, 2, "0" * 64)
+    right = _claim(port, 1, "right")
+    answer = json.loads(proc.stdout.read().splitlines()[-1])
+    proc.wait(30)
+    assert bare[0].startswith(b"launcher-fabric-reach ") and bare[1] == b"denied\n" and wrong[1] == b"denied\n"
+    assert right[1] != b"denied\n"
+    listener = answer["listen"][0]
+    assert listener["seen"] == [1] and listener["denied"] == 2  # node 2's forged claim did not count
+
+
+def test_a_listener_is_bound_to_its_address_only():
+    """The listener serves the address its users connect to (127.0.0.2 here), not every interface: on
+    another address of the same machine (127.0.0.1) the port is refused."""
+    import socket
+    import sys
+
+    port = free_port()
+    job = {"node": 0, "reach": {"listen": [{"address": "127.0.0.2", "port": port, "users": [1]}], "connect": [],
+                                "window": 3}}  # fmt: skip
+    proc = start(Path(sys.executable), job)
+    feed(proc)
+    deadline = time.monotonic() + 20
+    greeting = b""
+    while time.monotonic() < deadline and not greeting:
+        try:
+            greeting = _claim(port, 1, "right", address="127.0.0.2")[0]
+        except (OSError, IndexError):
+            time.sleep(0.1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    answer = json.loads(proc.stdout.read().splitlines()[-1])
+    proc.wait(30)
+    assert greeting.startswith(b"launcher-fabric-reach ")
+    assert answer["listen"][0]["seen"] == [1] and answer["listen"][0]["address"] == "127.0.0.2"
+
+
+def test_the_token_is_in_no_argv():
+    """The run's token travels on stdin: the running program's command line does not hold it."""
+    import sys
+
+    port = free_port()
+    job = {"node": 0, "reach": {"listen": [{"address": "127.0.0.1", "port": port, "users": [1]}], "connect": [],
+                                "window": 2}}  # fmt: skip
+    proc = start(Path(sys.executable), job)
+    feed(proc)
+    cmdline, deadline = "", time.monotonic() + 10
+    while BOOT not in cmdline and time.monotonic() < deadline:  # until the exec is done
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        time.sleep(0.05)
+    answer = json.loads(proc.stdout.read().splitlines()[-1])
+    proc.wait(30)
+    assert str(port) in cmdline and TOKEN not in cmdline
+    assert answer["listen"][0]["port"] == port  # the program ran, with its token from stdin

@@ -308,3 +308,21 @@ def test_jobs_script_runs_every_job_at_once_and_keeps_their_outputs_apart():
     done = subprocess.run(["bash", "-c", script], input="PROGRAM", capture_output=True, text=True, timeout=30)
     parsed = parse_jobs(done.stdout)
     assert parsed == {0: (3, "PROGRAM", "oops"), 1: (0, '{"ok": true}', ""), 2: (0, "", "")}
+
+
+def test_jobs_script_passes_on_the_live_lines_and_each_end_as_they_come():
+    """A job's `@@fabric-...` lines reach the launcher while the others still run (fail fast), with each
+    job's end; the rest of its output only at the end. The cleanup line runs first."""
+    script = jobs_script(
+        ["printf '@@fabric-fatal {\"ok\": false}\\nnoise\\n'; exit 1", "cat >/dev/null; sleep 2; echo done"],
+        cleanup="echo CLEANED",
+    )
+    proc = subprocess.Popen(["bash", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc.stdin.write("TOKEN\nPROGRAM")
+    proc.stdin.close()
+    first = [proc.stdout.readline().strip() for _ in range(3)]  # before job 1 ends (it sleeps 2 s)
+    rest = proc.stdout.read()
+    proc.wait(30)
+    assert first == ["CLEANED", '@@fabric-live 0 @@fabric-fatal {"ok": false}', "@@fabric-live 0 @@fabric-end 1"]
+    assert "@@fabric-live 1 @@fabric-end 0" in rest and "noise" not in "".join(first)
+    assert parse_jobs("\n".join(first) + rest)[1] == (0, "done", "")

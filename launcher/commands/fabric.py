@@ -6,12 +6,12 @@ measure bandwidth. Figures go to the head node's audit log."""
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
 
 from launcher.commands import locking
 from launcher.commands.context import Target
+from launcher.commands.fabric_run import FabricRun
 from launcher.errors import Exit
 from launcher.output import console
 from launcher.output.fabric_view import failures_table, summary
@@ -19,8 +19,6 @@ from launcher.output.progress import Progress
 from launcher.plan import fabric
 from launcher.plan.fabric_verdict import Line, Outcome, Report, judge, start_skew
 from launcher.plan.types import Group
-from launcher.runtime.fabric import jobs_script, parse_jobs
-from launcher.transport.errors import describe
 
 
 def check(t: Target, groups: list[Group] | None = None, running: set[str] | None = None) -> Report:
@@ -48,45 +46,17 @@ def check(t: Target, groups: list[Group] | None = None, running: set[str] | None
 
 
 def run_jobs(t: Target, jobs: dict[int, list[fabric.Job]]) -> dict[tuple[int, int], Outcome]:
-    """Every node's jobs at once (whatever --parallel says: the ranks wait for each other)."""
-    plan = t.plan
+    """Every node's jobs at once (whatever --parallel says: the ranks wait for each other), watched as
+    they go (see fabric_run): a failing rank stops its group; Ctrl-C removes the run's containers."""
     program = resources.files("launcher.remote").joinpath("fabric_check.py").read_text()
-    # Every node's peer window starts at the same moment, a little ahead: containers start unevenly.
-    start_at = time.time() + fabric.ALIGN
-    scripts = {}
-    for i, node_jobs in jobs.items():
-        commands = []
-        for k, job in enumerate(node_jobs):
-            spec = {**job.spec, "node": i, "start_at": round(start_at, 3), "margin": fabric.ALIGN}
-            argv = [job.python, "-", json.dumps(spec)]
-            commands.append(t.runtime.one_off_script(plan, job.service, argv, f"{plan.deployment}-fabric-{i}-{k}"))
-        scripts[i] = jobs_script(commands)
-    results = t.fleet.run(
-        lambda h: scripts[h.node.index], list(scripts), together=True, stdin=program, timeout=fabric.budget(plan)
-    )
-    outcomes: dict[tuple[int, int], Outcome] = {}
-    for i, r in results.items():
-        count = len(jobs[i])
-        if isinstance(r, Exception):
-            outcomes.update({(i, k): describe(r) for k in range(count)})
-            continue
-        parsed = parse_jobs(r.stdout)
-        for k in range(count):
-            code, out, err = parsed.get(k, (r.exit_code, "", r.why()))
-            outcomes[(i, k)] = _answer(code, out, err)
-    return outcomes
-
-
-def _answer(code: int, out: str, err: str) -> Outcome:
-    """The program's JSON line, or why there is none (its last words, or the container engine's)."""
-    for line in reversed(out.splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                break
-    last = (err.strip().splitlines() or out.strip().splitlines() or [f"exit {code}"])[-1]
-    return f"exit {code}: {last[:300]}"
+    run = FabricRun(t, jobs, program)
+    try:
+        run.start()
+        run.watch(fabric.budget(t.plan))
+    except KeyboardInterrupt:
+        run.remove_all()
+        raise
+    return run.outcomes()
 
 
 def audit_line(t: Target, report: Report, command: str) -> str:
@@ -114,9 +84,7 @@ def before_start(t: Target, progress: Progress, groups: list[Group]) -> Report |
         report = check(t, groups)
     except KeyboardInterrupt:
         console.say(
-            f"interrupted during the fabric check: nothing was started; its programs end by themselves within "
-            f"{fabric.budget(t.plan):.0f} s",
-            to_stderr=True,
+            "interrupted during the fabric check: nothing was started; its containers were removed", to_stderr=True
         )
         raise Exit(130) from None
     locking.audit(locking.Site.of(t), audit_line(t, report, "up"))

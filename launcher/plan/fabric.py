@@ -20,6 +20,9 @@ START_MARGIN = 90.0
 # Seconds ahead at which every node's peer window starts (containers that start within this much of
 # each other try and serve their peer ports over the same window).
 ALIGN = 5.0
+# Seconds a port may answer nothing at all (no accept, no refusal) before it is taken as dropped: a node
+# that has not started yet refuses at once; only a firewall (or a dead link) is silent.
+SILENCE = 3.0
 
 
 # -- which ports are used across nodes -----------------------------------------------------------
@@ -235,15 +238,18 @@ def rendezvous_spec(plan: Plan, group: Group, rank: int) -> dict[str, Any]:
 
 
 def reach_spec(plan: Plan, index: int) -> dict[str, Any]:
-    """The ports node `index` serves (each with how many nodes will connect) and the ones it tries."""
-    users: dict[int, set[int]] = {}
+    """The ports node `index` serves (each on the address its users connect to, with the nodes that will
+    connect) and the ones it tries."""
+    users: dict[tuple[int, str], set[int]] = {}
     for p in plan.peers:
         if p.owner == index:
-            users.setdefault(p.port, set()).update(p.users)  # one listener per port, for all its uses
-    listen = [{"port": port, "users": sorted(who)} for port, who in sorted(users.items())]
+            users.setdefault((p.port, p.address), set()).update(p.users)  # one listener per port, for all its uses
+    listen = [{"address": a, "port": port, "users": sorted(who)} for (port, a), who in sorted(users.items())]
     connect = [{"address": p.address, "port": p.port} for p in plan.peers if index in p.users]
-    # late: how long a refused port is tried again (its node's container may start that much later).
-    return {"listen": listen, "connect": connect, "window": plan.fabric.connect_timeout, "late": plan.fabric.timeout}
+    # late: how long a refused port is tried again (its node's container may start that much later);
+    # silence: how long a port that answers nothing at all (dropped packets) is waited for.
+    return {"listen": listen, "connect": connect, "window": plan.fabric.connect_timeout, "late": plan.fabric.timeout,
+            "silence": min(SILENCE, plan.fabric.connect_timeout)}  # fmt: skip
 
 
 def budget(plan: Plan) -> float:

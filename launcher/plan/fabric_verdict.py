@@ -145,6 +145,9 @@ def pair(plan: Plan, p: PeerPort, user: int, reach: dict[int, Outcome]) -> PairR
         return PairResult(p, user, None, f"{who} -> {target}: not tried, the check did not run there: {mine}",
                           "see that node's other rows")  # fmt: skip
     found = next((c for c in mine.get("connect", []) if c.get("address") == p.address and c.get("port") == p.port), {})
+    if not found and mine.get("stopped"):
+        return PairResult(p, user, None, f"{who} -> {target}: not tried, the check {mine['stopped']}",
+                          "fix the rank named first")  # fmt: skip
     if found.get("ok"):
         return PairResult(p, user, True, f"{who} -> {target}: ok", seconds=found.get("seconds"))
     error = found.get("error") or "not tried"
@@ -178,6 +181,8 @@ def pair_fix(plan: Plan, p: PeerPort, user: int, kind: str) -> str:
 def rank_result(group: str, rank: int, node: int, outcome: Outcome) -> RankResult:
     if isinstance(outcome, str):
         return RankResult(group, rank, node, False, "start", outcome)
+    if outcome.get("stopped"):  # the launcher removed it once another rank of its group had failed
+        return RankResult(group, rank, node, False, "stopped", outcome["stopped"], raw=outcome)
     rdv = outcome.get("rendezvous") or {}
     if not rdv:
         error = outcome.get("error") or "the program stopped before the rendezvous"
@@ -217,14 +222,21 @@ def rank_lines(plan: Plan, g: Group, ranks: list[RankResult]) -> list[Line]:
     (because others could not reach it) are summed up in one line."""
     name = f"rendezvous:{g.name}"
     stopped = [r for r in ranks if r.raw.get("aborted") and r.rank > 0]
+    removed = [r for r in ranks if r.phase == "stopped"]
     leader = ranks[0]
     down = leader.error if leader.phase in ("start", "import") else ""
-    failed = [r for r in ranks if not r.ok and r not in stopped]
+    failed = [r for r in ranks if not r.ok and r not in stopped and r not in removed]
     lines = [Line(r.node, name, "fail", *rank_problem(plan, g, r, down)) for r in failed]
     if stopped:
         who = ", ".join(f"rank {r.rank} ({plan.nodes[r.node].name})" for r in stopped)
         lines.append(
             Line(g.leader, name, "fail", f"{who} reached the leader and stopped when it gave up", "fix the nodes named")
+        )
+    if removed:
+        who = ", ".join(f"rank {r.rank} ({plan.nodes[r.node].name})" for r in removed)
+        detail = f"{who}: not waited for, the check {removed[0].error}"
+        lines.append(
+            Line(removed[0].node, name, "fail", detail, "fix the rank named above; the others were not at fault")
         )
     return lines
 
@@ -275,7 +287,10 @@ INTERFACE_FIX = (
 
 
 def start_fix(error: str, plan: Plan) -> str:
-    if "torch does not import" in error or "No such file" in error or "not found" in error:
+    if "torch does not import" in error or "fabric.python" in error:
+        return (f"fabric.python ({plan.fabric.python}) must be a python with torch inside the group's image "
+                "(or python_env); name one, and mount it if the image has none")  # fmt: skip
+    if "No such file" in error or "not found" in error:
         return (f"fabric.python ({plan.fabric.python}) must be a python with torch inside the group's image "
                 "(or python_env); name one, and mount it if the image has none")  # fmt: skip
     return "make the node and its container engine answer (see its other rows)"

@@ -15,6 +15,9 @@ from launcher.config.redact import Redactor
 from launcher.config.schema import ContainerSettings, FabricSpec, SSHSettings
 
 LABEL = "launcher"  # label prefix: launcher.deployment, launcher.role, ...
+# The fabric check's containers: launcher.fabric=<deployment>/<run id>, launcher.fabric.deployment=<deployment>
+# (apart from the deployment's own: no listing of its services counts them; `down` removes them too).
+FABRIC_LABEL = f"{LABEL}.fabric"
 # A node at one of these is this machine: commands run directly, services listen on loopback only.
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "localhost", "::1"})
 

@@ -2,13 +2,15 @@
 """The launcher's fabric check, run on every node of a deployment at once, in the group's image with the
 group's container settings (or in python_env), before any engine starts.
 
-    python3 - JOB_JSON                         (how the launcher runs it: this file on stdin)
+    python3 -c BOOT JOB_JSON     (how the launcher runs it: stdin is the run's token on one line, then this
+                                  file; BOOT, in launcher/runtime/fabric.py, reads both and runs this file)
     python3 fabric_check.py --leader ADDR --port P --world N --rank R [--timeout S] [--mb M]   (by hand)
 
 A job has up to two parts:
 
 * ``reach``: the peer ports this node serves and the ones it uses on other nodes. Each served port
-  gets a temporary listener where it is free (where something already listens, what answers there is
+  gets a temporary listener on the address its users connect to (never on every interface) where it
+  is free (where something already listens, what answers there is
   tried as it is); each used port is connected to, retried until ``window`` seconds (a peer's listener
   may come up a moment later; a dropped packet is waited for, a refusal retried). A listener closes once
   every node expected to connect has connected, else after the window.
@@ -27,6 +29,16 @@ dist-init port at all (no answer, no route) does not wait further; a leader that
 connect than expected still opens the store and tells those that came to stop (``launcher-fabric/abort``).
 Everything is bounded: the store and each collective by ``timeout``, the whole program by a watchdog.
 
+A listener believes a node's claim to have reached it (`reach N`) only with the run's token: it greets
+with a fresh nonce, and the claim carries HMAC-SHA256(token, "nonce N port"). The token comes on stdin
+(never in argv, visible to `ps` and `docker inspect`).
+
+Fail fast: a connection to which nothing at all answers (no accept, no refusal) for ``silence`` seconds is
+taken as dropped (a refusal is a node not started yet and is tried again). As soon as this rank's
+rendezvous has failed, a line ``@@fabric-fatal JSON`` says so on stdout (the launcher then stops the
+group's other ranks rather than let them wait), and ``@@fabric-reach JSON`` gives the peer results as soon
+as they are known.
+
 Output: one JSON line on stdout (what torch or NCCL print goes to stderr). Standard library, and torch for
 the rendezvous part only: nothing of the launcher, nothing downloaded.
 """
@@ -35,8 +47,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import socket
 import sys
 import threading
@@ -51,6 +66,8 @@ GRACE = 1.5  # seconds a listener stays beyond the window, for connections that 
 BANNER_WAIT = 3.0
 ABORT_WAIT = 5.0  # seconds past the window a member waits for the leader's word on its held connection
 ELEMENTS = 4096  # of the checked all-reduce
+SILENCE = 3.0  # seconds without any answer (no accept, no refusal) after which a port is taken as dropped
+FATAL, REACH = "@@fabric-fatal", "@@fabric-reach"
 
 
 class State:
@@ -68,39 +85,62 @@ class State:
                 sys.stdout.write(json.dumps(self.out) + "\n")
                 sys.stdout.flush()
 
+    def tell(self, mark: str, what: dict[str, Any]) -> None:
+        """A line the launcher reads as it comes (before the final answer)."""
+        with self.lock:
+            if not self.printed:
+                sys.stdout.write(f"{mark} {json.dumps(what)}\n")
+                sys.stdout.flush()
+
 
 # -- peer ports --------------------------------------------------------------------------------------
 
 
-BANNER = b"launcher-fabric-reach\n"  # a temporary listener says this first; real services do not
+BANNER = b"launcher-fabric-reach"  # a temporary listener's greeting starts so (then a nonce); real services do not
+
+
+class Denied(Exception):
+    """A claim without the run's token."""
+
+
+def claim_mac(token: str, nonce: str, node: int, port: int) -> str:
+    """What proves a claim `reach NODE` to be the run's own: only holders of the run's token can make it."""
+    return hmac.new(token.encode(), f"{nonce} {node} {port}".encode(), hashlib.sha256).hexdigest()
 
 
 class Listener(threading.Thread):
-    """A temporary listener on a free port. It greets each connection with BANNER and records the node
-    index the other side answers with (`reach N`); it closes once every expected node came, or at `until`.
+    """A temporary listener on a free port, bound to the address its users connect to. It greets each
+    connection with BANNER and a nonce, and records the node the other side claims to be (`reach N MAC`)
+    when the claim carries the run's token (else it answers `denied`); it closes once every expected node
+    came, or at `until`.
 
     `hold` (the leader's dist-init port): members keep their connection open; once the listener has
     closed its socket it tells each of them `go` (the port is about to be the TCPStore's) or `abort
     WHY` (some member never came: nobody waits for it)."""
 
-    def __init__(self, port: int, users: list[int], until: float, hold: bool = False):
+    def __init__(self, port: int, users: list[int], until: float, hold: bool = False, address: str = "",
+                 token: str = ""):  # fmt: skip
         super().__init__(daemon=True)
         self.port, self.users, self.until, self.hold = port, set(users), until, hold
+        self.address, self.token = address, token
         self.seen: set[int] = set()
+        self.denied = 0  # claims without the run's token
         self.held: list[socket.socket] = []
         self.lock = threading.Lock()
         self.state, self.error = "temp", ""
         self.sock: socket.socket | None = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self.sock.bind(("", port))
+            self.sock.bind((address, port))
             self.sock.listen(256)
         except OSError as exc:
             self.sock.close()
             self.sock = None
             # In use: a service (this deployment's, still running) answers there; the users try it as it is.
             self.state = "busy" if exc.errno == errno.EADDRINUSE else "error"
-            self.error = str(exc)
+            self.error = f"{address}:{port}: {exc}"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                self.error = f"{address} is not an address of this node (or of the container's network)"
 
     @property
     def missing(self) -> list[int]:
@@ -134,24 +174,35 @@ class Listener(threading.Thread):
     def _greet(self, conn: socket.socket) -> None:
         # Patient: the other side may be a process busy importing torch (which holds its GIL for seconds).
         conn.settimeout(max(2.0, self.until - time.monotonic()))
+        nonce = secrets.token_hex(16)
         try:
-            conn.sendall(BANNER)
-            line = conn.makefile("rb").readline(64).decode(errors="replace").split()
-            if len(line) == 2 and line[0] == "reach" and line[1].isdigit():
+            conn.sendall(BANNER + f" {nonce}\n".encode())
+            line = conn.makefile("rb").readline(160).decode(errors="replace").split()
+            if len(line) == 3 and line[0] == "reach" and line[1].isdigit():
+                node, mac = int(line[1]), line[2]
+                if not hmac.compare_digest(mac, claim_mac(self.token, nonce, node, self.port)):
+                    raise Denied
                 with self.lock:
-                    self.seen.add(int(line[1]))
+                    self.seen.add(node)
                     if self.hold and self.sock is not None and self.sock.fileno() >= 0:
                         conn.sendall(b"held\n")  # the member now waits on this connection for the word
                         self.held.append(conn)
                         return
+            elif line:
+                raise Denied
             conn.recv(1)  # the other side closes first: no TIME_WAIT left on this port
+        except Denied:
+            with self.lock:
+                self.denied += 1
+            _tell_and_close(conn, b"denied\n")
+            return
         except OSError:
             pass
         conn.close()
 
     def to_json(self) -> dict[str, Any]:
-        return {"port": self.port, "state": self.state, "users": sorted(self.users), "seen": sorted(self.seen),
-                "error": self.error}  # fmt: skip
+        return {"address": self.address, "port": self.port, "state": self.state, "users": sorted(self.users),
+                "seen": sorted(self.seen), "denied": self.denied, "error": self.error}  # fmt: skip
 
 
 def _tell_and_close(conn: socket.socket, word: bytes) -> None:
@@ -166,13 +217,16 @@ def _tell_and_close(conn: socket.socket, word: bytes) -> None:
 
 
 def connect(
-    address: str, port: int, until: float, me: int, patience: float | None = None, hold: bool = False
-) -> dict[str, Any]:
+    address: str, port: int, until: float, me: int, patience: float | None = None, hold: bool = False,
+    token: str = "", silence: float = SILENCE,
+) -> dict[str, Any]:  # fmt: skip
     """Try address:port until it answers or `until`; say how it failed the last time. A temporary
-    listener (it greets with BANNER) is told who came; a real service is only connected to.
+    listener (it greets with BANNER and a nonce) is told who came, with the run's token; a real service
+    is only connected to.
 
     `patience`: a refusal is a node that is late (its container started after ours: nothing listens
-    yet) and is tried again until then; no answer at all (dropped packets) or no route ends at `until`.
+    yet) and is tried again until then; no answer at all for `silence` seconds (dropped packets: a node
+    not started yet refuses, it is not silent), or no route, ends it at once.
     `hold` (a member's connection to its leader's dist-init port): the port must be the leader's
     temporary listener (a silent answer is tried again too), and the connection is kept (as "socket")
     for the listener's word."""
@@ -183,13 +237,13 @@ def connect(
     while time.monotonic() < (patience if patience and kind in late else until):
         try:
             left = max(0.05, (until if time.monotonic() < until else patience or until) - time.monotonic())
-            sock = socket.create_connection((address, port), timeout=left)
+            sock = socket.create_connection((address, port), timeout=min(left, silence))
         except socket.gaierror as exc:
             error, kind = f"name not resolved: {exc}", "name"
             break
         except (TimeoutError, socket.timeout):  # noqa: UP041 (Python < 3.10 in older images)
             error, kind = f"no answer in {time.monotonic() - started:.0f} s (packets dropped?)", "timeout"
-            continue
+            break
         except ConnectionRefusedError:
             error, kind = "connection refused", "refused"
             time.sleep(0.1)
@@ -200,9 +254,10 @@ def connect(
             time.sleep(0.2)
             continue
         answered = True
-        temp = _banner(sock, BANNER_WAIT) == BANNER
+        greeting = _banner(sock, BANNER_WAIT).split()
+        temp = len(greeting) == 2 and greeting[0] == BANNER
         if temp:
-            sock.sendall(f"reach {me}\n".encode())
+            sock.sendall(f"reach {me} {claim_mac(token, greeting[1].decode(errors='replace'), me, port)}\n".encode())
         result = {"address": address, "port": port, "ok": True, "seconds": round(time.monotonic() - started, 3),
                   "temp": temp}  # fmt: skip
         if hold and temp and _line(sock, max(until, patience or until) + GRACE) == "held":
@@ -218,12 +273,12 @@ def connect(
 
 
 def _banner(sock: socket.socket, wait: float) -> bytes:
-    """The first bytes the other side sends within `wait` (b"" from a service that waits to be asked)."""
+    """The first line the other side sends within `wait` (b"" from a service that waits to be asked)."""
     sock.settimeout(wait)
     data = b""
     try:
-        while len(data) < len(BANNER) and not data.endswith(b"\n"):
-            chunk = sock.recv(len(BANNER) - len(data))
+        while len(data) < 80 and not data.endswith(b"\n"):
+            chunk = sock.recv(80 - len(data))
             if not chunk:
                 break
             data += chunk
@@ -259,8 +314,9 @@ def leader_word(sock: socket.socket | None, until: float) -> str:
 
 
 def reach(
-    spec: dict[str, Any], base: float, me: int, dist_init: tuple[str, int, int] | None = None, patience: float = 0
-) -> tuple[list[Listener], list[dict[str, Any]]]:
+    spec: dict[str, Any], base: float, me: int, dist_init: tuple[str, int, int] | None = None, patience: float = 0,
+    token: str = "",
+) -> tuple[list[Listener], list[dict[str, Any]]]:  # fmt: skip
     """Serve and try the peer ports, within `window` seconds from `base` (listeners a little longer).
     `dist_init` (address, port, rank) of this node's rendezvous: the leader holds its members'
     connections on it, a member keeps its connection for the leader's word (waiting for a late leader
@@ -270,9 +326,10 @@ def reach(
     until = max(base + window, patience) + GRACE
     leader_port = dist_init[1] if dist_init and dist_init[2] == 0 else None
     listeners = [
-        Listener(int(x["port"]), list(x["users"]), until, hold=int(x["port"]) == leader_port)
+        Listener(int(x["port"]), list(x["users"]), until, int(x["port"]) == leader_port, x.get("address", ""), token)
         for x in spec.get("listen", [])
     ]
+    silence = float(spec.get("silence", SILENCE))
     for listener in listeners:
         listener.start()
     results: list[dict[str, Any]] = [{} for _ in spec.get("connect", [])]
@@ -280,7 +337,7 @@ def reach(
     def one(k: int, target: dict[str, Any]) -> None:
         address, port = str(target["address"]), int(target["port"])
         hold = dist_init is not None and dist_init[2] > 0 and (address, port) == dist_init[:2]
-        results[k] = connect(address, port, base + window, me, patience=max(patience, base + window), hold=hold)
+        results[k] = connect(address, port, base + window, me, max(patience, base + window), hold, token, silence)
 
     threads = [threading.Thread(target=one, args=(k, t), daemon=True) for k, t in enumerate(spec.get("connect", []))]
     for t in threads:
@@ -525,6 +582,7 @@ def run(job: dict[str, Any], state: State) -> None:
         out["connect"] = first.get("connect", [])
         if first.get("error"):
             out["error"] = first["error"]
+        state.tell(REACH, {"connect": out["connect"]})
     if spec is not None:
         out["rendezvous"] = rdv = {"rank": int(spec["rank"]), "world": int(spec["world"]), "ok": False}
         if first.get("stop"):
@@ -533,6 +591,8 @@ def run(job: dict[str, Any], state: State) -> None:
         else:
             rendezvous(imported, spec, rdv)
         rdv["seconds"] = round(time.monotonic() - started, 2)
+        if not rdv["ok"]:  # the launcher stops the group's other ranks now, rather than let them wait
+            state.tell(FATAL, out)
     if peers is not None:
         out["listen"] = peers.answer(until + 5).get("listen", [])
     out["seconds"] = round(time.monotonic() - started, 2)
@@ -574,7 +634,7 @@ class PeerPart:
 def peer_part(job: dict[str, Any], base: float, until: float, patience: float, pipe: Any) -> None:
     spec = job.get("rendezvous")
     dist_init = (str(spec["leader"]), int(spec["port"]), int(spec["rank"])) if spec else None
-    listeners, connects = reach(job["reach"], base, int(job.get("node", -1)), dist_init, patience)
+    listeners, connects = reach(job["reach"], base, int(job.get("node", -1)), dist_init, patience, job.get("token", ""))
     held = next((c.pop("socket") for c in connects if "socket" in c), None)
     stop, aborted = before_store(spec, connects, listeners, held, until) if spec else ("", False)
     pipe.write(json.dumps({"connect": connects, "stop": stop, "aborted": aborted}) + "\n")
@@ -650,6 +710,8 @@ def from_argv(argv: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     job = from_argv(sys.argv[1:] if argv is None else argv)
+    # The run's token: the launcher's bootstrap read it from stdin, ahead of this file.
+    job["token"] = str(globals().get("FABRIC_TOKEN", ""))
     state = State()
     try:
         run(job, state)

@@ -48,10 +48,16 @@ class Runtime(Protocol):
 
     def poll_script(self, plan: Plan, names: list[str]) -> str: ...
 
-    def one_off_script(self, plan: Plan, service: Service, argv: list[str], name: str) -> str:
+    def one_off_script(
+        self, plan: Plan, service: Service, argv: list[str], name: str, labels: dict[str, str] | None = None
+    ) -> str:
         """argv where `service` would run (its image, mounts, devices, network and env; or python_env),
         with stdin passed through, removed when it ends. `name` identifies it (a leftover of an
-        interrupted run under that name is removed first)."""
+        interrupted run under that name is removed first); `labels` mark its container."""
+        ...
+
+    def remove_labelled_script(self, plan: Plan, label: str) -> str:
+        """Remove the one-offs carrying `label` (KEY=VALUE) on this node; print how many."""
         ...
 
 

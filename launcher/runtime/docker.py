@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 
-from launcher.plan.types import LABEL, Plan, Service
+from launcher.plan.types import FABRIC_LABEL, LABEL, Plan, Service
 from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK
 from launcher.runtime.shell import join, q, write_from_stdin
 
@@ -72,9 +72,10 @@ class Docker:
     def remove_all_script(self, plan: Plan) -> str:
         """Remove every container of the deployment on this node, and its secret env files; print the count."""
         label = q(f"label={LABEL}.deployment={plan.deployment}")
+        fabric = q(f"label={FABRIC_LABEL}.deployment={plan.deployment}")  # a killed fabric check's leftovers
         secrets = q(posixpath.join(plan.state_dir, plan.deployment, "secrets"))
         return (
-            f"ids=$(docker ps -aq --filter {label}) || exit $?; "
+            f"ids=$(docker ps -aq --filter {label} && docker ps -aq --filter {fabric}) || exit $?; "
             f'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null || exit $?; fi; '
             f'rm -rf {secrets}; echo "$ids" | grep -c . || true'
         )
@@ -92,9 +93,19 @@ class Docker:
         argv.append(name)
         return join(argv) + " 2>&1"
 
-    def one_off_script(self, plan: Plan, service: Service, argv: list[str], name: str) -> str:
+    def one_off_script(
+        self, plan: Plan, service: Service, argv: list[str], name: str, labels: dict[str, str] | None = None
+    ) -> str:
         run = docker_check_run(plan, service, argv)
-        return f"docker rm -f {q(name)} >/dev/null 2>&1; " + join([*run[:4], "--name", name, *run[4:]])
+        marks = [a for k, v in (labels or {}).items() for a in ("--label", f"{k}={v}")]
+        return f"docker rm -f {q(name)} >/dev/null 2>&1; " + join([*run[:4], "--name", name, *marks, *run[4:]])
+
+    def remove_labelled_script(self, plan: Plan, label: str) -> str:
+        """Remove every container carrying `label` (KEY=VALUE) on this node, whatever it runs; print the count."""
+        return (
+            f"ids=$(docker ps -aq --filter {q('label=' + label)}); "
+            'if [ -n "$ids" ]; then docker rm -f $ids >/dev/null 2>&1; fi; echo "$ids" | grep -c . || true'
+        )
 
     def poll_script(self, plan: Plan, names: list[str]) -> str:
         """One round trip: the deployment's containers, then the last log line of each named one."""

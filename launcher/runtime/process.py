@@ -185,13 +185,19 @@ class Process:
         argv = "tail " + (f"-n {int(tail)}" if tail is not None else "-n +1") + (" -F" if follow else "")
         return self._run(plan) + f'{argv} "$RUN"/{q(name)}/log 2>&1'
 
-    def one_off_script(self, plan: Plan, service: Service, argv: list[str], name: str) -> str:
+    def one_off_script(
+        self, plan: Plan, service: Service, argv: list[str], name: str, labels: dict[str, str] | None = None
+    ) -> str:
         """A plain process with the service's env (python_env's bin/ first on PATH); it ends with the
-        script that runs it (`name` is only for the docker runtime's containers)."""
+        script that runs it (`name` and `labels` are only for the docker runtime's containers)."""
         env = dict(service.env)
         if plan.python_env:
             env["PATH"] = f"{plan.python_env}/bin:" + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
         return "env " + " ".join(q(f"{k}={v}") for k, v in env.items()) + " " + " ".join(q(a) for a in argv)
+
+    def remove_labelled_script(self, plan: Plan, label: str) -> str:
+        """Nothing to remove: a one-off process ends with the script (or channel) that runs it."""
+        return "echo 0"
 
     def poll_script(self, plan: Plan, names: list[str]) -> str:
         script = self.list_script(plan)

@@ -1,0 +1,191 @@
+"""The fabric check's faults on the smallest testbed shape that shows each (4 nodes: dsr1-104gpu's
+dynamo-sglang groups cut down to a 1-node prefill and a 3-node decode group, LAUNCHER_TESTBED_NODES=4): a
+blocked dist-init port named without waiting out `fabric.timeout`, a fabric python missing from the image
+and one without torch named as exactly that, and the check's containers: labelled, removed within 5 s of a
+Ctrl-C, and a killed run's leftovers removed by `down` and by the next check. Each test prints its times."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import REPO
+from tests.test_fabric_testbed import doctor, failing, firewall, label
+
+pytestmark = pytest.mark.testbed
+
+DSR1 = REPO / "configs" / "testbed-dsr1.yaml"
+DECODE_LEADER = 1
+REFUSE = "OUTPUT -p tcp -d {} --dport 29500 -j REJECT --reject-with tcp-reset"  # refused: a leader not started yet
+
+
+@pytest.fixture(scope="module")
+def small(testbed, fabric_python):
+    if len(testbed.nodes) < 4:
+        pytest.fail(f"these tests need 4 testbed nodes (LAUNCHER_TESTBED_NODES), got {len(testbed.nodes)}")
+    return testbed
+
+
+def small_config(tmp_path: Path, name: str, **fabric: object) -> Path:
+    """testbed-dsr1.yaml on 4 nodes: prefill on node 0 alone, decode on nodes 1-3 (its leader node 1)."""
+    data = yaml.safe_load(DSR1.read_text())
+    data["deployment"] = name
+    for group, nodes in (("prefill", 1), ("decode", 3)):
+        data["groups"][group]["nodes"] = nodes
+        data["groups"][group]["args"].update({"tp-size": 8 * nodes, "dp-size": 8 * nodes})
+    data["fabric"].update(fabric)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def fabric_containers(tb, deployment: str) -> dict[int, list[str]]:
+    """Per node, the fabric check's containers of `deployment` (by their label), all nodes at once."""
+
+    def one(i: int) -> list[str]:
+        which = f"label=launcher.fabric.deployment={deployment}"
+        cmd = f"docker ps -a --filter {which} --format '{{{{.Label \"launcher.fabric\"}}}}'"
+        return tb.ssh(i, cmd, timeout=30).stdout.split()
+
+    with ThreadPoolExecutor(len(tb.nodes)) as pool:
+        return dict(zip(range(len(tb.nodes)), pool.map(one, range(len(tb.nodes))), strict=True))
+
+
+def start_doctor(tb, config: Path, cwd: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "launcher", "doctor", "-c", str(config), "-i", str(tb.inventory), "--fabric",
+            "--no-args"]  # fmt: skip
+    return subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_containers(tb, deployment: str, count: int, limit: float = 120) -> dict[int, list[str]]:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        found = fabric_containers(tb, deployment)
+        if sum(len(v) for v in found.values()) >= count:
+            return found
+        time.sleep(0.3)
+    raise AssertionError(f"the check's {count} containers never all ran: {found}")
+
+
+def test_a_blocked_dist_init_port_is_named_without_waiting_out_the_timeout(small, tmp_path):
+    """Node 3 drops what it sends to the decode leader's dist-init port: it is named with the leader, the
+    other ranks are not waited for, and the check ends long before `fabric.timeout` (30 s)."""
+    tb = small
+    config = small_config(tmp_path, "fabric-blocked")
+    leader = tb.nodes[DECODE_LEADER][1]
+    with firewall(tb, 3, f"OUTPUT -p tcp -d {leader} --dport 29500 -j DROP"):
+        code, data, took = doctor(tb, config, tmp_path)
+    print(f"\nblocked dist-init port named after {took:.1f}s in all (fabric check {data['fabric']['seconds']:.1f}s)")
+    assert code == 1
+    lines = failing(data, "rendezvous:decode")
+    (cut,) = [c for c in lines if c["node"] == 3 and "cannot reach" in c["detail"]]
+    assert (
+        f"rank 2 on {label(tb, 3)} cannot reach the leader {label(tb, DECODE_LEADER)} at {leader}:29500"
+        in (cut["detail"])
+    )
+    assert "no answer" in cut["detail"] and "open TCP 29500 from" in cut["fix"]
+    (others,) = [c for c in lines if "not waited for" in c["detail"]]
+    assert f"stopped once rank 2 on {label(tb, 3)} had failed" in others["detail"]
+    assert data["fabric"]["seconds"] < 30  # the rendezvous timeout was not waited out
+    assert fabric_containers(tb, "fabric-blocked") == {i: [] for i in range(len(tb.nodes))}
+
+
+def test_a_missing_fabric_python_and_one_without_torch_are_named_as_such(small, tmp_path):
+    tb = small
+    missing = small_config(tmp_path, "fabric-nopython", python="/opt/no-such/bin/python3")
+    code, data, took = doctor(tb, missing, tmp_path)
+    print(f"\nmissing fabric python named after {took:.1f}s (fabric check {data['fabric']['seconds']:.1f}s)")
+    assert code == 1
+    lines = failing(data, "rendezvous:decode")
+    named = [c for c in lines if "never started" in c["detail"]]
+    assert named, lines
+    for c in named:
+        assert "fabric.python /opt/no-such/bin/python3 cannot be run there" in c["detail"]
+        assert "docker run --help" not in c["detail"]
+        assert c["fix"].startswith("fabric.python (/opt/no-such/bin/python3) must be a python with torch")
+    plain = small_config(tmp_path, "fabric-notorch", python="python3")  # the image's own: no torch
+    code, data, took = doctor(tb, plain, tmp_path)
+    print(f"a python without torch named after {took:.1f}s (fabric check {data['fabric']['seconds']:.1f}s)")
+    assert code == 1
+    lines = failing(data, "rendezvous:decode")
+    named = [c for c in lines if "torch does not import" in c["detail"]]
+    assert named and all("must be a python with torch" in c["fix"] for c in named), lines
+    assert "No module named 'torch'" in named[0]["detail"]
+
+
+def test_ctrl_c_removes_the_checks_containers_on_every_node_within_5_s(small, tmp_path):
+    tb = small
+    config = small_config(tmp_path, "fabric-ctrlc", timeout=120)
+    # Node 3 is refused by the leader (a node not started yet, for all it knows): the check waits.
+    with firewall(tb, 3, REFUSE.format(tb.nodes[DECODE_LEADER][1])):
+        proc = start_doctor(tb, config, tmp_path)
+        try:
+            found = wait_for_containers(tb, "fabric-ctrlc", 3)
+            run = {v for vs in found.values() for v in vs}
+            proc.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            left = found
+            while time.monotonic() - sent < 10 and any(left.values()):
+                left = fabric_containers(tb, "fabric-ctrlc")
+            gone = time.monotonic() - sent
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    print(f"\nCtrl-C: every fabric container gone after {gone:.1f}s; exit {proc.returncode}")
+    assert len(run) == 1 and next(iter(run)).startswith("fabric-ctrlc/")  # launcher.fabric=<deployment>/<run id>
+    assert not any(left.values()), left
+    assert gone <= 5.0
+    assert proc.returncode == 130 and "Traceback" not in err
+
+
+def test_a_killed_checks_leftovers_are_removed_by_down_and_by_the_next_check(small, tmp_path):
+    tb = small
+    config = small_config(tmp_path, "fabric-killed", timeout=120)
+    leader = tb.nodes[DECODE_LEADER][1]
+    for then in ("down", "next check"):
+        with firewall(tb, 3, REFUSE.format(leader)):
+            proc = start_doctor(tb, config, tmp_path)
+            wait_for_containers(tb, "fabric-killed", 3)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+            time.sleep(1)
+            left = fabric_containers(tb, "fabric-killed")
+        assert sum(len(v) for v in left.values()) >= 3  # SIGKILL: nothing could clean up; the labels remain
+        if then == "down":
+            r = subprocess.run([sys.executable, "-m", "launcher", "down", "-c", str(config), "-i", str(tb.inventory)],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+            assert r.returncode == 0, r.stderr[-2000:]
+        else:
+            code, data, _ = doctor(tb, config, tmp_path)
+            assert code == 0 and data["fabric"]["ok"], [c for c in data["checks"] if c["status"] == "fail"]
+        print(f"\nleftovers of a killed check removed by {then}")
+        assert fabric_containers(tb, "fabric-killed") == {i: [] for i in range(len(tb.nodes))}
+
+
+def test_the_token_is_not_in_the_containers_command_line(small, tmp_path):
+    """`docker inspect` of a running check's container shows the job, not the run's token."""
+    tb = small
+    config = small_config(tmp_path, "fabric-inspect", timeout=120)
+    with firewall(tb, 3, REFUSE.format(tb.nodes[DECODE_LEADER][1])):
+        proc = start_doctor(tb, config, tmp_path)
+        try:
+            wait_for_containers(tb, "fabric-inspect", 3)
+            ids = tb.ssh(1, "docker ps -q --filter label=launcher.fabric.deployment=fabric-inspect").stdout.split()
+            inspect = json.loads(tb.ssh(1, f"docker inspect {' '.join(ids)}").stdout)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    (c,) = inspect
+    args = " ".join(c["Args"]) + " ".join(c["Config"]["Env"] or [])
+    assert '"rendezvous"' in args and "FABRIC_TOKEN" in args  # the job and the bootstrap that reads the token
+    assert re.search(r"[0-9a-f]{64}", args) is None  # the token itself (64 hex digits) is nowhere
