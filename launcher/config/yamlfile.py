@@ -16,19 +16,10 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
+from launcher.config.limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
 from launcher.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
-
-# The limits. A real deployment file, inventory (10,000 nodes take about 0.5 MiB and 70,000 values) or
-# manifest is far below each; what is above is refused before it costs more than a second and 200 MB.
-MAX_FILE_BYTES = 4 * 1024 * 1024  # also what bounds a JSON file's memory (json reads it all at once)
-MAX_DEPTH = 100  # lists and mappings inside each other
-MAX_VALUES = 100_000  # values of a file, keys included, aliases counted as often as they are used
-MAX_TEXT = 4 * 1024 * 1024  # characters a value may grow to by `${VAR}` interpolation (.env included)
-MAX_NODES = 10_000  # nodes of an inventory or deployment file; ranks of a group; a LeaderWorkerSet's size
-MAX_GPUS = 1024  # GPUs of one node
-MAX_GROUPS = 1000  # groups of a deployment file (an imported LeaderWorkerSet's replicas each make one)
 
 try:  # libyaml's parser reads events in C (a 4 MiB scalar in milliseconds); the composer below is Python
     from yaml.cyaml import CParser as _Parser
