@@ -52,7 +52,10 @@ DEPLOYMENT_FILES = {
     "5,000 nested brackets": (MINIMAL.replace("image: example/image:1", f"image: {NESTED}"), ["deeper than 100"]),
     "oversized": (MINIMAL + TOO_BIG, ["larger than 4 MiB"]),
     "huge gpus_per_node": (MINIMAL.replace("gpus_per_node: 8", "gpus_per_node: 10000000"), ["1024"]),
-    "huge group": (MINIMAL.replace("nodes: 2\n    args: {tp-size: 16}\n", "nodes: 10000000\n"), ["10000"]),
+    "huge group": (
+        MINIMAL.replace("nodes: 2\n    args: {tp-size: 16}\n", "nodes: 10000000\n"),
+        ["less than or equal to 10000"],
+    ),
     "1,001 groups": (
         MINIMAL.split("groups:")[0]
         + "groups:\n"

@@ -278,8 +278,8 @@ def load_results(path: Path, key: str) -> dict[str, Any]:
     try:
         data = load_json(file)
     except ConfigError as exc:
-        where = one_line(str(file)) + (f":{exc.line}" if exc.line else "")
-        raise ConfigError(f"{where}: not a `launcher bench` result ({exc.message})", key=key) from None
+        why = (f"line {exc.line}: " if exc.line else "") + exc.message
+        raise ConfigError(f"{one_line(str(file))}: not a `launcher bench` result ({why})", key=key) from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise ConfigError(f"{file}: not a `launcher bench` result (no results list)", key=key)
     problem = R.row_problem(data["results"])
