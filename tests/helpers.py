@@ -443,3 +443,37 @@ groups:
   prefill: {engine: mocker, nodes: [n0]}
   decode: {engine: mocker, nodes: [n0]}
 """
+
+
+class Bounded:
+    """What a fresh `launcher` process did, measured by the kernel for that process alone (wait4)."""
+
+    def __init__(self, code: int, out: str, err: str, cpu_s: float, max_rss_mb: float):
+        self.code, self.out, self.err, self.cpu_s, self.max_rss_mb = code, out, err, cpu_s, max_rss_mb
+
+
+def run_bounded(args: list[str], cwd: Path, memory: int = 1 << 30, limit: float = 60) -> Bounded:
+    """`python -m launcher ARGS` as a user runs it, with its address space capped at `memory` (a runaway
+    fails fast instead of taking the machine); its CPU seconds and peak resident memory come back.
+    Killed after `limit` seconds of wall time (a bounded wait on a loaded machine)."""
+    import resource
+    import tempfile
+    import time
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "launcher", *args], cwd=cwd, env=fresh_env(),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=err, preexec_fn=cap)  # fmt: skip
+        deadline = time.monotonic() + limit
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        while pid == 0:
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.02)
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Bounded(proc.returncode, out.read(), err.read(), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)

@@ -26,7 +26,8 @@ from launcher.commands import bench_client as client
 from launcher.commands import bench_recipe as recipe
 from launcher.commands.context import Connection, Target, connected, target
 from launcher.commands.health import endpoint_state
-from launcher.errors import ConfigError, Exit
+from launcher.config.yamlfile import load_json
+from launcher.errors import ConfigError, Exit, one_line
 from launcher.output import console
 from launcher.output.bench_views import compare_table, number, results_table
 from launcher.output.console import say
@@ -275,10 +276,10 @@ def lmsys_line(results: dict[str, Any]) -> str:
 def load_results(path: Path, key: str) -> dict[str, Any]:
     file = path / "results.json" if path.is_dir() else path
     try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(f"{file}: not a `launcher bench` result ({why})", key=key) from None
+        data = load_json(file)
+    except ConfigError as exc:
+        why = (f"line {exc.line}: " if exc.line else "") + exc.message
+        raise ConfigError(f"{one_line(str(file))}: not a `launcher bench` result ({why})", key=key) from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise ConfigError(f"{file}: not a `launcher bench` result (no results list)", key=key)
     problem = R.row_problem(data["results"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.commands.bench_recipe import BenchError
+from launcher.config.yamlfile import load_json
+from launcher.errors import ConfigError
 from launcher.output.console import say
 from launcher.runtime.shell import join, q
 from launcher.transport.host import Host
@@ -140,7 +141,13 @@ def read_export(artifacts: Path) -> dict:
     """AIPerf's summary export (profile_export_aiperf.json), or why there is none (from its log)."""
     export = artifacts / "profile_export_aiperf.json"
     if export.exists():
-        return json.loads(export.read_text())
+        try:
+            data = load_json(export)  # written on a node and copied here: read within the file limits
+        except ConfigError as exc:
+            raise BenchError(f"AIPerf's export is unreadable: {exc}") from None
+        if not isinstance(data, dict):
+            raise BenchError(f"{export}: expected AIPerf's summary, a JSON object")
+        return data
     log = artifacts.parent / f"{artifacts.name}.log"
     if not log.exists():
         log = artifacts / "aiperf.log"

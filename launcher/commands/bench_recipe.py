@@ -20,7 +20,8 @@ from launcher import __version__
 from launcher.commands.context import Target, load_file
 from launcher.commands.doctor import in_image
 from launcher.commands.preflight import model_host_path
-from launcher.errors import LauncherError
+from launcher.config.yamlfile import load_json
+from launcher.errors import ConfigError, LauncherError
 from launcher.output import plan_views
 from launcher.plan.types import Service
 from launcher.runtime.shell import q
@@ -68,8 +69,8 @@ def fetch_tokenizer(t: Target, dest: Path) -> tuple[Path, dict[str, Any]]:
     config: dict[str, Any] = {}
     if (dest / "config.json").exists():
         try:
-            config = json.loads((dest / "config.json").read_text())
-        except ValueError:
+            config = load_json(dest / "config.json")  # the model's, from a node: within the file limits
+        except ConfigError:
             config = {}
     return dest, config
 

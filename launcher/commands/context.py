@@ -14,6 +14,7 @@ from typing import Any
 
 from launcher.commands import allocation
 from launcher.config.load import Loaded, load
+from launcher.config.yamlfile import load_json
 from launcher.errors import ConfigError
 from launcher.plan import fabric
 from launcher.plan.build import build
@@ -133,9 +134,9 @@ def remembered_profile(path: Path) -> str | None:
     """The profile the last `up` here applied, when it was `up` of this same file (so that `status`,
     `watch`, `down`, `bench` compare the nodes with what `up --profile` started)."""
     try:
-        last = json.loads(LAST.read_text())
+        last = load_json(LAST)
         same = Path(last["config"]).resolve() == path.resolve()
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ConfigError, OSError, ValueError, KeyError, TypeError):
         return None
     profile = last.get("profile")
     return profile if same and isinstance(profile, str) else None
@@ -148,9 +149,11 @@ def resolve(config: Path | None, config_opt: Path | None, inventory: Path | None
     inv = inventory or inventory_from_env()
     if chosen is None and LAST.exists():
         try:
-            last = json.loads(LAST.read_text())
+            last = load_json(LAST)
             chosen = Path(last["config"])
             inv = inv or (Path(last["inventory"]) if last.get("inventory") else None)
+        except ConfigError as exc:
+            raise ConfigError(f"cannot read the last `up` ({exc.message}); pass CONFIG", file=str(LAST)) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"cannot read the last `up` ({exc}); pass CONFIG", file=str(LAST)) from None
     if chosen is None:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from launcher.config.limits import MAX_TEXT
 from launcher.config.yamlfile import KeyPath, dotted
 from launcher.errors import ConfigError
 
@@ -22,6 +23,7 @@ class Interpolator:
         self.file = file
         self.lines = lines
         self.used: set[str] = set()
+        self.written = 0  # characters variables put into the document, bounded (a value may be used often)
 
     def lookup(self, name: str) -> str | None:
         for source in self.sources:
@@ -45,7 +47,7 @@ class Interpolator:
             self.used.add(name)
             found = self.lookup(name)
             if found is not None and found != "":
-                return found
+                return self.count(found, name, path)
             if default is not None:
                 return default
             if found == "":
@@ -59,6 +61,18 @@ class Interpolator:
             )
 
         return _TOKEN.sub(replace, value)
+
+    def count(self, value: str, name: str, path: KeyPath) -> str:
+        self.written += len(value)
+        if self.written > MAX_TEXT:
+            raise ConfigError(
+                f"${{{name}}}: the variables write more than {MAX_TEXT // 2**20} MiB of text into the file"
+                " (the launcher's limit)",
+                file=self.file,
+                key=dotted(path),
+                line=self.lines.get(path),
+            )
+        return value
 
     def walk(self, data: Any, path: KeyPath = ()) -> Any:
         if isinstance(data, str):

@@ -5,20 +5,24 @@ built-ins -> the pydantic models of `schema`. Every error names the file, the ke
 
 from __future__ import annotations
 
+import collections
 import difflib
+import io
 import os
 import types
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-from dotenv import dotenv_values
+from dotenv.main import DotEnv
+from dotenv.variables import parse_variables
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from launcher.config.interpolate import Interpolator
+from launcher.config.limits import MAX_TEXT
 from launcher.config.redact import SECRET_NAME
 from launcher.config.schema import DeploymentSpec, InventorySpec, NodeSpec, SSHSettings, as_text
-from launcher.config.yamlfile import KeyPath, dotted, line_of, load_yaml
+from launcher.config.yamlfile import KeyPath, dotted, line_of, load_yaml, read_file
 from launcher.errors import ConfigError, ConfigErrors
 
 
@@ -79,6 +83,8 @@ def _expected(error: dict[str, Any]) -> str:
         return f"expected a mapping, got {shown}"
     if kind == "string_pattern_mismatch":
         return f"{shown} does not match the allowed form {ctx.get('pattern')}"
+    if kind == "too_long":
+        return f"at most {ctx.get('max_length')} entries (the launcher's limit), got {ctx.get('actual_length')}"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         return f"{error['msg'].lower()}, got {shown}"
     if kind == "value_error":
@@ -181,6 +187,22 @@ def check_profiles(spec: DeploymentSpec, profile: str | None, file: str, lines: 
         raise ConfigError(f"no profile {profile!r} in {file}: {known}", key="--profile")
 
 
+def read_dotenv(path: Path) -> dict[str, str]:
+    """`.env` as python-dotenv reads it (`${VAR}` expanded from the lines above and the environment), within
+    the file limits: a chain of lines that each double the one before is refused, not expanded."""
+    resolved: dict[str, str | None] = {}
+    env = collections.ChainMap(resolved, os.environ)  # the file's own values first, as dotenv has it
+    written = 0
+    for name, value in DotEnv(None, stream=io.StringIO(read_file(path)), interpolate=False).parse():
+        parts = [atom.resolve(env) for atom in parse_variables(value)] if value is not None else []
+        written += sum(len(part) for part in parts)
+        if written > MAX_TEXT:
+            why = f"its ${{VAR}}s expand past {MAX_TEXT // 2**20} MiB of text (the launcher's limit)"
+            raise ConfigError(why, file=str(path), key=name)
+        resolved[name] = "".join(parts) if value is not None else None
+    return {k: v for k, v in resolved.items() if v is not None}
+
+
 def load(
     path: str | Path,
     inventory: str | Path | InventorySpec | None = None,
@@ -203,7 +225,7 @@ def load(
         raise ConfigError("expected a mapping at the top of the file", file=file)
 
     dotenv_path = path.parent / ".env"
-    dotenv = {k: v for k, v in dotenv_values(dotenv_path).items() if v is not None} if dotenv_path.exists() else {}
+    dotenv = read_dotenv(dotenv_path) if dotenv_path.exists() else {}
     inventory_vars = {k: as_text(v) for k, v in (inv.vars if inv else {}).items()}
     builtins = {"CONFIG_DIR": str(path.resolve().parent)}
     interp = Interpolator([environ, dotenv, inventory_vars, builtins], file, lines)

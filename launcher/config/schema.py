@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from launcher.config.limits import MAX_GPUS, MAX_GROUPS, MAX_NODES
+
 NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 # An environment variable name a shell can `export`: anything else would be dropped or, worse, run.
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -42,7 +44,7 @@ class NodeSpec(Strict):
     address: Annotated[str, Field(min_length=1)]
     name: Annotated[str, Field(pattern=NAME_RE)] | None = None
     ssh: SSHSettings = SSHSettings()
-    gpus: Annotated[int, Field(ge=0)] | None = None
+    gpus: Annotated[int, Field(ge=0, le=MAX_GPUS)] | None = None
     ib_devices: list[str] | None = None
 
     @field_validator("address")
@@ -251,9 +253,9 @@ class FabricSpec(Strict):
 
 class GroupSpec(Strict):
     engine: str
-    nodes: Annotated[int, Field(ge=1)] | list[NodeRef]
+    nodes: Annotated[int, Field(ge=1, le=MAX_NODES)] | list[NodeRef]
     mode: Literal["prefill", "decode", "agg"] | None = None
-    gpus: list[Annotated[int, Field(ge=0)]] | None = Field(
+    gpus: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_GPUS)] | None = Field(
         default=None, description="GPU indices on each node used by this group (default: all)"
     )
     args: EngineArgs = []
@@ -270,6 +272,13 @@ class GroupSpec(Strict):
     # The fabric check's rendezvous: default by engine (dynamo-sglang, sglang and dynamo-vllm ranks
     # rendezvous; mocker ranks never do; a `command` group may ask for it).
     fabric: bool | None = None
+
+    @field_validator("nodes")
+    @classmethod
+    def _bounded(cls, value: int | list[NodeRef]) -> int | list[NodeRef]:
+        if isinstance(value, list) and len(value) > MAX_NODES:
+            raise ValueError(f"at most {MAX_NODES} nodes (the launcher's limit), got {len(value)}")
+        return value
 
 
 class ProfileGroup(Strict):
@@ -315,10 +324,10 @@ class DeploymentSpec(Strict):
     python_env: str | None = Field(
         default=None, description="process runtime: a Python environment on the nodes; its bin/ leads PATH"
     )
-    gpus_per_node: Annotated[int, Field(ge=0)] = 8
+    gpus_per_node: Annotated[int, Field(ge=0, le=MAX_GPUS)] = 8
     versions: VersionsSpec = VersionsSpec()
     model: ModelSpec | None = None
-    nodes: Annotated[list[NodeSpec], Field(min_length=1)] | None = None
+    nodes: Annotated[list[NodeSpec], Field(min_length=1, max_length=MAX_NODES)] | None = None
     ssh: SSHSettings = SSHSettings()
     container: ContainerSettings = ContainerSettings()
     secrets: list[EnvName] = []
@@ -326,7 +335,7 @@ class DeploymentSpec(Strict):
     metrics: MetricsSpec = MetricsSpec()
     network: NetworkSpec = NetworkSpec()
     fabric: FabricSpec = FabricSpec()
-    groups: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$")], GroupSpec]
+    groups: Annotated[dict[GroupName, GroupSpec], Field(max_length=MAX_GROUPS)]
     profiles: Profiles = {}
     state_dir: str = "/var/tmp/launcher"
 
@@ -347,7 +356,7 @@ class DeploymentSpec(Strict):
 class InventorySpec(Strict):
     ssh: SSHSettings = SSHSettings()
     vars: dict[str, str | int | float | bool] = {}
-    nodes: Annotated[list[NodeSpec], Field(min_length=1)]
+    nodes: Annotated[list[NodeSpec], Field(min_length=1, max_length=MAX_NODES)]
 
 
 def as_text(value: Any) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+from launcher.config.limits import MAX_GROUPS, MAX_NODES
 from launcher.config.schema import as_text
 from launcher.errors import ConfigError
 from launcher.plan.engines import args as A
@@ -106,12 +107,7 @@ def read_lws(doc: Doc, notes: list[str]) -> list[Group]:
     t = ("spec", "leaderWorkerTemplate")
     if not isinstance(doc.get(t), dict):
         raise doc.error(t, "required: a LeaderWorkerSet's pods are described here")
-    size = doc.get((*t, "size"), 1)
-    if not isinstance(size, int) or size < 1:
-        raise doc.error((*t, "size"), f"expected a whole number >= 1, got {size!r}")
-    replicas = doc.get(("spec", "replicas"), 1)
-    if not isinstance(replicas, int) or replicas < 0:
-        raise doc.error(("spec", "replicas"), f"expected a whole number >= 0, got {replicas!r}")
+    size, replicas = lws_counts(doc)
     if not isinstance(doc.get((*t, "workerTemplate", "spec")), dict):
         raise doc.error((*t, "workerTemplate", "spec"), "required: the pods' spec")
     leader_at = (*t, "leaderTemplate", "spec") if doc.get((*t, "leaderTemplate")) else (*t, "workerTemplate", "spec")
@@ -126,6 +122,29 @@ def read_lws(doc: Doc, notes: list[str]) -> list[Group]:
         spec = copy.deepcopy(group.spec)
         copies.append(Group(**{**group.__dict__, "spec": spec, "name": group.name if i == 0 else f"{group.name}-{i}"}))
     return copies
+
+
+def lws_counts(doc: Doc) -> tuple[int, int]:
+    """A LeaderWorkerSet's size and replicas, within what the launcher deploys (each replica is a group of
+    `size` nodes): checked before anything is made for them."""
+    t = ("spec", "leaderWorkerTemplate")
+    size = doc.get((*t, "size"), 1)
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_NODES:
+        raise doc.error(
+            (*t, "size"), f"expected a whole number from 1 to {MAX_NODES} (the launcher's limit), got {size!r}"
+        )
+    replicas = doc.get(("spec", "replicas"), 1)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_GROUPS:
+        raise doc.error(
+            ("spec", "replicas"),
+            f"expected a whole number from 0 to {MAX_GROUPS} (the launcher's limit), got {replicas!r}",
+        )
+    if size * replicas > MAX_NODES:
+        raise doc.error(
+            ("spec", "replicas"),
+            f"{replicas} replicas of {size} nodes: more than {MAX_NODES} nodes (the launcher's limit)",
+        )
+    return size, replicas
 
 
 def lws_env(size: int, index: int) -> dict[str, str]:
