@@ -56,6 +56,13 @@ DEPLOYMENT_FILES = {
         MINIMAL.replace("nodes: 2\n    args: {tp-size: 16}\n", "nodes: 10000000\n"),
         ["less than or equal to 10000"],
     ),
+    # PyYAML's int/float/timestamp constructors: a ValueError past Python's 4,300-digit limit, a base-60
+    # number of a million parts that takes minutes (each part multiplies a growing integer), an
+    # OverflowError for the float form, a ValueError for a time zone offset of 99 hours
+    "5,000-digit number": (MINIMAL.replace("gpus_per_node: 8", "gpus_per_node: " + "1" * 5000), ["100 characters"]),
+    "base-60 number of a million parts": (MINIMAL + "x: 1" + ":1" * 1_000_000 + "\n", ["100 characters"]),
+    "base-60 float": (MINIMAL + "x: 1" + ":1" * 200 + ".5\n", ["100 characters"]),
+    "timestamp out of range": (MINIMAL + "x: 2001-12-14t21:59:43.10-99:99\n", ["not a valid timestamp"]),
     "1,001 groups": (
         MINIMAL.split("groups:")[0]
         + "groups:\n"
@@ -135,6 +142,7 @@ def test_hostile_manifest_is_one_line(tmp_path, name, text, words):
         ("900 nested inside a result", '{"results": [], "x": ' + "[" * 900 + "]" * 900 + "}", ["deeper than 100"]),
         ("200,000 values", '{"results": [' + ",".join(["0"] * 200_000) + "]}", [f"{MAX_VALUES:,} values"]),
         ("oversized", '{"results": []}' + " " * MAX_FILE_BYTES, ["larger than 4 MiB"]),
+        ("5,000-digit number", '{"results": [], "x": ' + "1" * 5000 + "}", ["not a number Python reads"]),
     ],
 )
 def test_hostile_bench_results_are_one_line(tmp_path, name, text, words):

@@ -16,7 +16,7 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
-from launcher.config.limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_VALUES
+from launcher.config.limits import MAX_DEPTH, MAX_FILE_BYTES, MAX_NUMBER_CHARS, MAX_VALUES
 from launcher.errors import ConfigError
 
 KeyPath = tuple[str | int, ...]
@@ -70,6 +70,33 @@ class _Loader(Composer, _Parser, SafeConstructor, Resolver):
         if event.anchor is not None:
             self.anchor_of[id(node)] = event.anchor
         return node
+
+
+def _bounded_scalar(kind: str):  # noqa: ANN202 (a PyYAML constructor)
+    """PyYAML's constructor for a plain int, float or timestamp, refusing what it would choke on: a long
+    one (a traceback past 4,300 digits, minutes for a base-60 number of a million parts) and one whose
+    conversion fails (a ValueError or OverflowError traceback)."""
+    base = SafeConstructor.yaml_constructors[f"tag:yaml.org,2002:{kind}"]
+    noun = "timestamp" if kind == "timestamp" else "number"
+
+    def construct(loader: _Loader, node: yaml.ScalarNode) -> Any:
+        if len(node.value) > MAX_NUMBER_CHARS:
+            raise ConfigError(
+                f"a {noun} of {len(node.value):,} characters: over the launcher's limit of {MAX_NUMBER_CHARS}"
+                " characters (quote it if it is text)",
+                file=loader.file,
+                line=_line(node.start_mark),
+            )
+        try:
+            return base(loader, node)
+        except (ValueError, OverflowError) as exc:
+            raise ConfigError(f"not a valid {noun}: {exc}", file=loader.file, line=_line(node.start_mark)) from None
+
+    return construct
+
+
+for _kind in ("int", "float", "timestamp"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_kind}", _bounded_scalar(_kind))
 
 
 def too_many_values(file: str, line: int | None) -> ConfigError:
@@ -249,6 +276,8 @@ def load_json(path: Path) -> Any:
         raise ConfigError(f"JSON syntax error: {exc.msg}", file=file, line=exc.lineno) from None
     except RecursionError:  # the C parser gives up near 1,000 levels
         raise too_deep(file, _json_line_too_deep(text)) from None
+    except ValueError as exc:  # an integer past Python's 4,300-digit limit
+        raise ConfigError(f"not a number Python reads: {exc}", file=file) from None
     _check_json(data, text, file)
     return data
 
