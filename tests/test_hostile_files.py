@@ -63,6 +63,7 @@ DEPLOYMENT_FILES = {
     "base-60 number of a million parts": (MINIMAL + "x: 1" + ":1" * 1_000_000 + "\n", ["100 characters"]),
     "base-60 float": (MINIMAL + "x: 1" + ":1" * 200 + ".5\n", ["100 characters"]),
     "timestamp out of range": (MINIMAL + "x: 2001-12-14t21:59:43.10-99:99\n", ["not a valid timestamp"]),
+    "a NUL character": (MINIMAL + "x: \x00\n", ["control characters are not allowed"]),
     "1,001 groups": (
         MINIMAL.split("groups:")[0]
         + "groups:\n"

@@ -217,7 +217,8 @@ def _documents(path: Path, single: bool) -> list[tuple[Any, dict[KeyPath, int]]]
             raise too_deep(file, _line(mark)) from None
         raise ConfigError(f"YAML syntax error: {problem}", file=file, line=_line(mark)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"YAML error: {exc}", file=file) from None
+        # A ReaderError (a NUL or control character) spans two lines: "...\n  in "<unicode string>", position N"
+        raise ConfigError(f"YAML error: {' '.join(str(exc).split())}", file=file) from None
     finally:
         loader.dispose()
     return out
