@@ -48,14 +48,19 @@ class Site:
 def on_head(site: Site, script: str) -> Completed:
     """Run a lock/audit script on the head node after the state_dir check (created 0700, else refused)."""
     result = site.head.run(scripts.guard_script(site.state_dir) + "\n" + script)
-    why = scripts.refusal(result.stdout)
+    refuse_unsafe(site.state_dir, site.head.node.label, result.stdout)
+    return result
+
+
+def refuse_unsafe(state_dir: str, label: str, stdout: str) -> None:
+    """Raise UnsafeStateDir if a node script's guard refused its state_dir (any node's, not only the head's)."""
+    why = scripts.refusal(stdout)
     if why is not None:
         raise UnsafeStateDir(  # what the node said, on one line and bounded: its stat output is not ours
-            f"state_dir {one_line(site.state_dir)} on {site.head.node.label}: {one_line(why[:200])}; another user"
+            f"state_dir {one_line(state_dir)} on {label}: {one_line(why[:200])}; another user"
             " could forge the lock or swap what runs from it: make it yours alone (chown, chmod 0700), or set"
             " state_dir to a directory of your own (e.g. /var/tmp/launcher-$USER; it is created 0700)"
         )
-    return result
 
 
 def acquire(site: Site, command: str, audit: str | None = None, then: str = "") -> LockInfo:

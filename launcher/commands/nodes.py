@@ -4,6 +4,7 @@ start services, remove containers. Each is one script per node, all nodes at onc
 from __future__ import annotations
 
 from launcher.commands.context import Target
+from launcher.commands.locking import refuse_unsafe
 from launcher.errors import LauncherError
 from launcher.output.progress import Progress
 from launcher.plan.state import Container
@@ -71,6 +72,8 @@ def check_nodes(target: Target, indices: list[int] | None = None) -> list[Contai
     target.learn_routes({i: r.stdout.split(LIST_MARK)[0] for i, r in results.succeeded.items()})
     failures, found = {}, []
     for i, r in results.items():
+        if not isinstance(r, Exception):
+            refuse_unsafe(target.plan.state_dir, target.plan.nodes[i].label, r.stdout)
         if isinstance(r, Exception):
             failures[i] = describe(r)
         elif r.exit_code == ENGINE_UNAVAILABLE or LIST_MARK not in r.stdout:
@@ -109,6 +112,8 @@ def start(
         raise StartInterrupted(found, stopped.pending) from None
     failures, found = {}, []
     for i, r in results.items():
+        if not isinstance(r, Exception):
+            refuse_unsafe(plan.state_dir, plan.nodes[i].label, r.stdout)
         if isinstance(r, Exception):
             failures[i] = describe(r)
         elif not r.ok or LIST_MARK not in r.stdout:

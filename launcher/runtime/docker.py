@@ -12,6 +12,7 @@ import posixpath
 
 from launcher.plan.types import FABRIC_LABEL, LABEL, Plan, Service
 from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK
+from launcher.runtime.lock import guard_script
 from launcher.runtime.shell import join, q, write_from_stdin
 
 
@@ -43,7 +44,9 @@ class Docker:
         secret is ever on a command line. A container of the same name is removed first when the node
         reported one (`existing`; None: not known, always try).
         """
-        lines = ["set -e"]
+        # This node's state_dir (where the secret env files go) checked first, as the head's is: made 0700
+        # when missing, refused when another user owns it or may write to it.
+        lines = [guard_script(plan.state_dir) if any(s.secret_env for s in services) else "", "set -e"]
         stdin = ""
         for s in services:
             if s.secret_env:

@@ -115,18 +115,22 @@ def parse_info(text: str) -> LockInfo | None:
 STATE_DIR_REFUSED = "LAUNCHER_STATE_DIR_REFUSED"
 
 
-def guard_script(state_dir: str) -> str:
+def guard_script(state_dir: str, create: bool = True) -> str:
     """Create state_dir with mode 0700 if it is missing; refuse it (print STATE_DIR_REFUSED and why, exit 3)
     unless it is a directory this user owns that nobody else may write to.
 
     Why: it holds the lock, the audit log and the services' env files. In a shared place (the default is
     /var/tmp/launcher, the same for every user) another user could create it first and then forge the
     lock or the audit log, or swap a run directory for one of their own. A link is followed only if this
-    user owns it (in a sticky /var/tmp a link's owner may point it elsewhere at any time)."""
+    user owns it (in a sticky /var/tmp a link's owner may point it elsewhere at any time).
+
+    `create` False (a script that only reads or stops what is there): a missing state_dir is fine."""
+    make = '{ mkdir -p "$(dirname "$s")" && mkdir -m 0700 "$s"; } 2>/dev/null' if create else "why=-"
     return (
         f"s={q(state_dir)}; why=; "
-        '[ -e "$s" ] || [ -L "$s" ] || { mkdir -p "$(dirname "$s")" && mkdir -m 0700 "$s"; } 2>/dev/null; '
-        'if [ -L "$s" ] && [ "$(stat -c %u "$s")" != "$(id -u)" ]; then why="a link owned by $(stat -c %U "$s")"; '
+        f'[ -e "$s" ] || [ -L "$s" ] || {make}; '
+        'if [ "$why" = - ]; then why=; '
+        'elif [ -L "$s" ] && [ "$(stat -c %u "$s")" != "$(id -u)" ]; then why="a link owned by $(stat -c %U "$s")"; '
         'elif [ ! -e "$s" ]; then why="missing and cannot be created"; '
         'elif [ ! -d "$s" ]; then why="not a directory"; '
         'else read -r uid user mode <<< "$(stat -L -c \'%u %U %a\' "$s")"; '

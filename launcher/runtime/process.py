@@ -15,6 +15,7 @@ import posixpath
 
 from launcher.plan.types import Plan, Service
 from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK
+from launcher.runtime.lock import guard_script
 from launcher.runtime.shell import q, write_from_stdin
 
 # Stop one service directory's session: TERM, up to 10 s, then KILL. Only a pid whose start time
@@ -96,7 +97,9 @@ class Process:
         A state_dir shared between nodes (NFS home directories, or the testbed, whose nodes share
         one filesystem and one PID namespace) must not let one node's `down` see another's services.
         """
-        return f'RUN={q(self.base_dir(plan))}/"$(uname -n)"; '
+        # Each node's own state_dir checked first (not only the head's): another user who made it could
+        # plant a run directory whose pid file names one of this user's processes, for `down` to signal.
+        return guard_script(plan.state_dir, create=False) + f'; RUN={q(self.base_dir(plan))}/"$(uname -n)"; '
 
     def check_script(self, plan: Plan) -> str:
         env = plan.python_env
@@ -115,7 +118,7 @@ class Process:
         return f"{{ {self.check_script(plan)} ; }} >/dev/null || exit {ENGINE_UNAVAILABLE}; {self.list_script(plan)}"
 
     def start_script(self, plan: Plan, services: list[Service], existing: set[str] | None = None) -> tuple[str, str]:
-        lines = ["set -e", STOP_FN, self._run(plan)]
+        lines = [guard_script(plan.state_dir), "set -e", STOP_FN, self._run(plan)]
         stdin = ""
         path_prefix = f"{plan.python_env}/bin:" if plan.python_env else ""
         for s in services:
@@ -162,16 +165,16 @@ class Process:
     def remove_script(self, plan: Plan, names: list[str]) -> str:
         dirs = " ".join(f'"$RUN"/{q(name)}' for name in names)
         return (
-            STOP_FN
-            + self._run(plan)
+            self._run(plan)
+            + STOP_FN
             + f'set -- {dirs}; for d in "$@"; do term_svc "$d"; done; reap_svcs "$@"; rm -rf "$@"'
         )
 
     def remove_all_script(self, plan: Plan) -> str:
         # TERM every session first, then wait for all of them together: one slow exit, not the sum.
         return (
-            STOP_FN
-            + self._run(plan)
+            self._run(plan)
+            + STOP_FN
             + (
                 'set --; for d in "$RUN"/*/; do [ -d "$d" ] || continue; d=${d%/}; term_svc "$d"; '
                 'set -- "$@" "$d"; done; reap_svcs "$@"; n=$#; for d in "$@"; do rm -rf "$d"; done; '
