@@ -4,6 +4,11 @@ nodes, dsr1-104gpu's groups: 4 + 9 ranks, Gloo across the nodes' namespaces), ag
 machine sets: 13 `import torch` at once (every rank imports torch; the testbed's 13 nodes share 2 cores).
 
     uv run benchmarks/bench_fabric.py [--repeat 5]      (root; a 13-node testbed up, scripts/fabric-env built)
+    uv run benchmarks/bench_fabric.py --blocked [--repeat 3]
+
+--blocked: the case of tests/test_fabric_testbed.py's blocked port (node 7, decode rank 3, drops what it
+sends to its leader's dist-init port 29500, an iptables rule inside its namespace): how long until the
+check names it (each run must fail naming rank 3 on node 7, or the figure is not counted as such).
 
 Export the testbed's TESTBED_* settings first if it is not the default one. Prints a markdown table of
 medians (and min-max) with the load average, since other work on the machine moves every figure.
@@ -12,13 +17,17 @@ medians (and min-max) with the load average, since other work on the machine mov
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 INVENTORY = Path(os.environ.get("TESTBED_DIR") or REPO / ".testbed") / "inventory.yaml"
@@ -65,6 +74,46 @@ def one_check() -> dict:
     }
 
 
+@contextlib.contextmanager
+def blocked_port() -> Iterator[None]:
+    """Node 7 drops what it sends to node 4's port 29500 (the decode group's dist-init port), then not."""
+    nodes = yaml.safe_load(INVENTORY.read_text())["nodes"]
+    rule = f"OUTPUT -p tcp -d {nodes[4]['address']} --dport 29500 -j DROP"
+    netns = ["ip", "netns", "exec", nodes[7]["name"], "iptables"]
+    subprocess.run([*netns, "-I", *rule.split()], check=True, timeout=30)
+    try:
+        yield
+    finally:
+        subprocess.run([*netns, "-D", *rule.split()], check=True, timeout=30)
+
+
+def one_blocked() -> dict:
+    argv = [sys.executable, "-m", "launcher", "doctor", str(CONFIG), "-i", str(INVENTORY), "--fabric", "--no-args",
+            "--json"]  # fmt: skip
+    began = time.monotonic()
+    with blocked_port():
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900, cwd=REPO)
+    wall = time.monotonic() - began
+    data = json.loads(done.stdout)
+    named = [c for c in data["checks"] if c["status"] == "fail" and c["node"] == 7 and "rank 3 on" in c["detail"]]
+    return {"ok": done.returncode == 1 and bool(named), "wall": wall, "check": data["fabric"]["seconds"]}
+
+
+def blocked_main(repeat: int) -> int:
+    load_before = os.getloadavg()
+    runs = []
+    for _ in range(repeat):
+        runs.append({**one_blocked(), "load": os.getloadavg()[0]})
+    ok = sum(r["ok"] for r in runs)
+    print(f"load average before {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}; "
+          f"{ok}/{len(runs)} runs named rank 3 on node 7\n")  # fmt: skip
+    print("| run | doctor --fabric, whole command | fabric check | load (1 min) after |\n|---|---|---|---|")
+    for k, r in enumerate(runs, 1):
+        print(f"| {k} | {r['wall']:.1f}s | {r['check']:.1f}s | {r['load']:.1f} |")
+    print(f"| median | {spread([r['wall'] for r in runs])} | {spread([r['check'] for r in runs])} | |")
+    return 0 if ok == len(runs) else 1
+
+
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.1f}s ({min(values):.1f}-{max(values):.1f})"
 
@@ -72,11 +121,14 @@ def spread(values: list[float]) -> str:
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("--repeat", type=int, default=5)
+    cli.add_argument("--blocked", action="store_true", help="one node's dist-init port blocked (see above)")
     options = cli.parse_args()
+    if options.blocked:
+        return blocked_main(options.repeat)
     python = torch_python()
     load_before = os.getloadavg()[0]
     floors = [import_floor(python) for _ in range(2)]
-    runs = [one_check() for _ in range(options.repeat)]
+    runs = [{**one_check(), "load": os.getloadavg()[0]} for _ in range(options.repeat)]
     load_after = os.getloadavg()[0]
     ok = sum(r["ok"] for r in runs)
     rings = [g for r in runs for g in r["ring"].values()]
@@ -87,7 +139,10 @@ def main() -> int:
     print(f"| doctor --fabric, whole command | {spread([r['wall'] for r in runs])} |")
     print(f"| start skew of the nodes' programs | {spread([r['skew'] for r in runs])} |")
     print(f"| rendezvous (store + join + process group), slowest rank | {spread([r['rendezvous'] for r in runs])} |")
-    print(f"| Gloo send to the next rank, per node | {min(rings):.2f}-{max(rings):.2f} GB/s |")
+    print(f"| Gloo send to the next rank, per node | {f'{min(rings):.2f}-{max(rings):.2f} GB/s' if rings else '-'} |")
+    print("\n| run | ok | doctor --fabric, whole command | fabric check | load (1 min) after |\n|---|---|---|---|---|")
+    for k, r in enumerate(runs, 1):
+        print(f"| {k} | {r['ok']} | {r['wall']:.1f}s | {r['check']:.1f}s | {r['load']:.1f} |")
     print("\n| node | Gloo send to the next rank, GB/s (median) | all-reduce bus bandwidth, GB/s (median) |")
     print("|---|---|---|")
     for node in sorted({n for r in runs for n in r["ring"]}):
