@@ -26,7 +26,7 @@ from launcher.config.load import load as load_config
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.bench_env import bench_env  # noqa: F401
-from tests.helpers import REPO, connected_target, fresh_env, launcher_on, wait_for
+from tests.helpers import REPO, STATE_DIR, connected_target, fresh_env, launcher_on, wait_for
 from tests.test_router_testbed import router_config
 
 pytestmark = pytest.mark.testbed
@@ -121,7 +121,7 @@ def test_bench_on_the_head_node_then_compare(testbed, deployed, bench_env):  # n
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"client: AIPerf 0.13.0 on the head node, node 0 ({testbed.nodes[0][0]}" in out.stderr
     check_run(deployed / "head-run", "head")
-    assert not testbed.ssh(0, "ls /var/tmp/launcher-*/bench-runs 2>/dev/null; true").stdout.strip()  # cleaned up
+    assert not testbed.ssh(0, f"ls {STATE_DIR}/bench-runs 2>/dev/null; true").stdout.strip()  # cleaned up
 
     if not (deployed / "local-run").exists():
         pytest.fail("the local run (previous test) is needed for the comparison")
