@@ -203,3 +203,22 @@ def fabric_python() -> Path:
         [sys.executable, str(FABRIC_ENV)], stdout=subprocess.PIPE, text=True, timeout=1200, check=True
     )
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+# What makes a test heavy, by the fixtures it uses (directly or through another fixture): a built
+# environment or the testbed. Such a test carries the marker even where its file forgot it, so that
+# `-m "not slow and not testbed"` is a run of pure tests only.
+HEAVY_FIXTURES = {
+    "testbed": "testbed",
+    "bench_env": "slow",
+    "fabric_python": "slow",
+    "parser_env": "slow",
+    "vllm_parser_env": "slow",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in HEAVY_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            if not item.get_closest_marker(HEAVY_FIXTURES[fixture]):
+                item.add_marker(HEAVY_FIXTURES[fixture])

@@ -21,6 +21,8 @@ import yaml
 from tests.bench_env import bench_env  # noqa: F401
 from tests.helpers import REPO, Lines, free_port, fresh_env, local_stack, wait_for
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory, bench_env):  # noqa: F811
