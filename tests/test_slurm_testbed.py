@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, answer_text, fresh_env, printed_curl_reply, wait_for
+from tests.helpers import REPO, STATE_DIR, answer_text, fresh_env, printed_curl_reply, wait_for
 
 pytestmark = pytest.mark.testbed
 
@@ -39,7 +39,7 @@ def slurm(testbed):
     assert up.returncode == 0, up.stdout + up.stderr
     print(f"\nslurm: {len(testbed.nodes)} slurmd + slurmctld + munged up in {time.monotonic() - started:.1f}s")
     env = {**fresh_env(), **testbed.vars, "SLURM_CONF": str(testbed.dir / "slurm" / "slurm.conf")}
-    env["TESTBED_STATE_DIR"] = env.get("TESTBED_STATE_DIR") or "/var/tmp/launcher"
+    env["TESTBED_STATE_DIR"] = STATE_DIR  # the checkout's own (tests.helpers), never /var/tmp/launcher
     try:
         yield env
     finally:
