@@ -218,6 +218,13 @@ HEAVY_FIXTURES = {
 
 
 def pytest_collection_modifyitems(config, items):
+    # The users of the session's testbed-104 (tests/testbed_104.py) run one after another, from where the
+    # first of them is: another module that brings testbed-104 up and down itself never comes in between.
+    shared = [item for item in items if "testbed_104" in getattr(item, "fixturenames", ())]
+    if shared:
+        first, ids = items.index(shared[0]), {id(item) for item in shared}
+        rest = [item for item in items if id(item) not in ids]
+        items[:] = rest[:first] + shared + rest[first:]
     for item in items:
         for fixture in HEAVY_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
             if not item.get_closest_marker(HEAVY_FIXTURES[fixture]):
