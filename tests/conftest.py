@@ -9,6 +9,8 @@ that use it are skipped, except under CI=true, where that is a failure.
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
+import importlib.util
 import os
 import re
 import shlex
@@ -21,9 +23,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import STATE_DIR
+
 REPO = Path(__file__).resolve().parent.parent
 TESTBED_SCRIPT = REPO / "scripts" / "testbed"
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
+
+
+def checkout_testbed_names() -> dict[str, str]:
+    """scripts/testbed's defaults for this checkout (TESTBED_PREFIX, _SUBNET, _BRIDGE), from its own code."""
+    loader = importlib.machinery.SourceFileLoader("testbed_script", str(TESTBED_SCRIPT))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module.checkout_names()
+
+
+# Every name a test run shares with the machine is this checkout's own unless set (two checkouts' suites
+# run at once; a user's deployment in /var/tmp/launcher is left alone): the testbed's (scripts/testbed
+# and the tests that read them agree), and the state dir of configs/testbed-*.yaml (tests.helpers).
+for _key, _value in {**checkout_testbed_names(), "TESTBED_STATE_DIR": STATE_DIR}.items():
+    os.environ[_key] = os.environ.get(_key) or _value
 
 
 def in_ci() -> bool:
@@ -184,3 +203,29 @@ def fabric_python() -> Path:
         [sys.executable, str(FABRIC_ENV)], stdout=subprocess.PIPE, text=True, timeout=1200, check=True
     )
     return Path(done.stdout.strip().splitlines()[-1])
+
+
+# What makes a test heavy, by the fixtures it uses (directly or through another fixture): a built
+# environment or the testbed. Such a test carries the marker even where its file forgot it, so that
+# `-m "not slow and not testbed"` is a run of pure tests only.
+HEAVY_FIXTURES = {
+    "testbed": "testbed",
+    "bench_env": "slow",
+    "fabric_python": "slow",
+    "parser_env": "slow",
+    "vllm_parser_env": "slow",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    # The users of the session's testbed-104 (tests/testbed_104.py) run one after another, from where the
+    # first of them is: another module that brings testbed-104 up and down itself never comes in between.
+    shared = [item for item in items if "testbed_104" in getattr(item, "fixturenames", ())]
+    if shared:
+        first, ids = items.index(shared[0]), {id(item) for item in shared}
+        rest = [item for item in items if id(item) not in ids]
+        items[:] = rest[:first] + shared + rest[first:]
+    for item in items:
+        for fixture in HEAVY_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
+            if not item.get_closest_marker(HEAVY_FIXTURES[fixture]):
+                item.add_marker(HEAVY_FIXTURES[fixture])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -17,17 +20,98 @@ from launcher import cli
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 # The fixed ports of configs/local.yaml (etcd client/peer, NATS, its monitor, the mockers' system
-# ports, the prefill bootstrap port): all must be free again after `down`.
+# ports, the prefill bootstrap port): a user's quickstart holds them, so no test ever uses them (see
+# local_stack); all must be free again after `down`.
 LOCAL_PORTS = (12379, 12380, 14222, 18222, 19090, 19091, 13001)
-# configs/testbed-*.yaml keep their state here (testbed nodes share this machine's /var/tmp, so two
-# testbeds running side by side each set their own).
-STATE_DIR = os.environ.get("TESTBED_STATE_DIR") or "/var/tmp/launcher"
+# This checkout's own id (a short hash of its path): its test runs keep their names, state and ports apart
+# from another checkout's on the same machine.
+CHECKOUT_ID = hashlib.sha256(str(REPO).encode()).hexdigest()[:8]
+# configs/testbed-*.yaml keep their state here (testbed nodes share this machine's /var/tmp): this
+# checkout's own directory, never the /var/tmp/launcher a real deployment uses (conftest exports it).
+STATE_DIR = os.environ.get("TESTBED_STATE_DIR") or f"/var/tmp/launcher-test-{CHECKOUT_ID}"
+# Test ports come from a block of this range that one test process holds (a lock file per block): below
+# the kernel's ephemeral ports (32768 and up, where outgoing connections take theirs) and below 32768,
+# since Dynamo keeps system ports in 16 signed bits; above configs/local.yaml's fixed ports.
+PORT_RANGE = (20000, 32000)
+PORT_BLOCK = 200
+
+
+class _PortBlock:
+    """PORT_BLOCK ports that only this process hands out: the first block, from one derived from the
+    checkout on, whose lock file no other process holds (the lock lasts as long as this process)."""
+
+    def __init__(self) -> None:
+        blocks = (PORT_RANGE[1] - PORT_RANGE[0]) // PORT_BLOCK
+        first = int(CHECKOUT_ID, 16) % blocks
+        locks = Path(tempfile.gettempdir()) / "launcher-test-ports"
+        locks.mkdir(mode=0o1777, exist_ok=True)
+        for k in range(blocks):
+            block = (first + k) % blocks
+            fd = os.open(locks / f"{block}.lock", os.O_CREAT | os.O_RDWR, 0o666)  # not inherited (O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self.fd, self.base, self.handed = fd, PORT_RANGE[0] + block * PORT_BLOCK, 0
+            return
+        raise AssertionError(f"every test port block of {PORT_RANGE} is held by another process")
+
+    def take(self) -> int:
+        """The next port of the block that nothing listens on (nor holds bound), never the same one twice
+        in a row of PORT_BLOCK."""
+        for _ in range(PORT_BLOCK):
+            port = self.base + self.handed % PORT_BLOCK
+            self.handed += 1
+            if bindable(port):
+                return port
+        raise AssertionError(f"no free port in {self.base}-{self.base + PORT_BLOCK - 1}")
+
+
+_ports: list[_PortBlock] = []
+
+
+def bindable(port: int) -> bool:
+    """Nothing holds `port` on this machine's addresses (a listener on 0.0.0.0 or on loopback)."""
+    for host in ("0.0.0.0", "127.0.0.1"):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a test's server: from this process's own block (see _PortBlock), so that neither another
+    test of this run nor another checkout's run is handed it too."""
+    if not _ports:
+        _ports.append(_PortBlock())
+    return _ports[0].take()
+
+
+def local_ports_moved(text: str) -> tuple[str, tuple[int, ...]]:
+    """The text of a configs/local.yaml with each of its fixed ports (LOCAL_PORTS) replaced by one of this
+    run's (free_port), and the ports it now uses, in LOCAL_PORTS's order."""
+    moved = []
+    for port in LOCAL_PORTS:
+        assert text.count(str(port)) == 1, f"configs/local.yaml no longer holds port {port} once"
+        moved.append(free_port())
+        text = text.replace(str(port), str(moved[-1]))
+    return text, tuple(moved)
+
+
+def local_stack(directory: Path, name: str) -> tuple[dict, tuple[int, ...]]:
+    """configs/local.yaml as data, kept off everything a user's quickstart of this checkout holds: the
+    deployment named NAME, its state in DIRECTORY/state, every fixed port moved (local_ports_moved; the
+    frontend's is LAUNCHER_PORT, the caller's). Returns the data and the ports it uses."""
+    import yaml
+
+    text, ports = local_ports_moved((CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS)))
+    data = yaml.safe_load(text)
+    data["deployment"] = name
+    data["state_dir"] = str(directory / "state")
+    return data, ports
 
 
 def listening(port: int) -> bool:

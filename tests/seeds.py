@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
 
 import yaml
 
-SEEDS = Path(__file__).resolve().parent.parent.parent / "shared" / "seeds"
+# Beside the checkout (../shared/seeds); LAUNCHER_SEEDS_DIR for a checkout elsewhere (a git worktree).
+SEEDS = Path(os.environ.get("LAUNCHER_SEEDS_DIR") or Path(__file__).resolve().parent.parent.parent / "shared" / "seeds")
 
 
 def _walk(node, found: list[list[str]]) -> None:

@@ -16,40 +16,27 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.bench_env import bench_env  # noqa: F401
-from tests.helpers import LOCAL_PORTS, REPO, Lines, free_port, fresh_env, wait_for
+from tests.helpers import REPO, Lines, free_port, fresh_env, local_stack, wait_for
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory, bench_env):  # noqa: F811
     """configs/local.yaml on free ports, up; yields (config, cwd, env); down at the end."""
     work = tmp_path_factory.mktemp("bench-local")
-    text = (REPO / "configs" / "local.yaml").read_text().replace("${CONFIG_DIR}", str(REPO / "configs"))
-    text = text.replace("deployment: local", "deployment: bench-local")
-    text = text.replace(f"{REPO / 'configs'}/../.launcher/state", str(work / "state"))
-    for port in LOCAL_PORTS:  # Dynamo keeps system ports in 16 signed bits: stay below 32768
-        text = text.replace(str(port), str(free_port() if port not in (19090, 19091) else low_free_port()))
+    data, _ = local_stack(work, "bench-local")
     config = work / "local.yaml"
-    config.write_text(text)
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
     env = {**fresh_env(), "LAUNCHER_PORT": str(free_port()), "LAUNCHER_BENCH_ENV": str(bench_env)}
     up = subprocess.run([sys.executable, "-m", "launcher", "up", str(config)], cwd=work, env=env,
                         capture_output=True, text=True, timeout=300)  # fmt: skip
     assert up.returncode == 0, up.stdout + up.stderr
     yield config, work, env
     subprocess.run([sys.executable, "-m", "launcher", "down", str(config)], cwd=work, env=env, timeout=120)
-
-
-def low_free_port() -> int:
-    import random
-    import socket
-
-    for _ in range(100):
-        port = random.randint(20000, 32000)
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    raise AssertionError("no free port below 32000")
 
 
 def bench(local, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 """`launcher bench` on the 13-node testbed (configs/testbed-104.yaml: the real Dynamo frontend and 13 mocker
-workers at a fixed speed-up ratio), with the real AIPerf 0.13 client: from this machine through a port
+workers at a fixed speed-up ratio; with its metrics stack, up once for these and the observe tests:
+tests/testbed_104.py), with the real AIPerf 0.13 client: from this machine through a port
 forwarded over the head node's SSH connection, then on the head node (`--on-head`); `bench compare` of the
 two runs; the seed's e2e defaults refused against the tiny model's context; and the SGLang router deployment,
 which cannot serve here (no SGLang worker without GPUs): bench says so (exit 1), while the router's own
@@ -26,27 +27,28 @@ from launcher.config.load import load as load_config
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.bench_env import bench_env  # noqa: F401
-from tests.helpers import REPO, connected_target, fresh_env, launcher_on, wait_for
+from tests.helpers import STATE_DIR, connected_target, fresh_env, launcher_on, wait_for
 from tests.test_router_testbed import router_config
+from tests.testbed_104 import DEPLOYMENT_FILE, testbed_104  # noqa: F401
 
 pytestmark = pytest.mark.testbed
 
-CONFIG = REPO / "configs" / "testbed-104.yaml"
-ARGS = ["--workload", "e2e", "--concurrency", "1,4,16", "--isl", "2000", "--osl", "256"]
+# A tiny workload (the assertions are structural): three concurrencies, 10 requests each per unit of it.
+ARGS = ["--workload", "e2e", "--concurrency", "1,2,3", "--isl", "100", "--osl", "16"]
 
 
 def launcher(testbed, command: str, *args: str, cwd: Path, timeout: float = 900, env=None):
-    argv = [sys.executable, "-m", "launcher", command, "-c", str(CONFIG), "-i", str(testbed.inventory), *args]
+    """`launcher COMMAND` on the session's testbed-104 (its file in cwd, the shared fixture's directory)."""
+    config = cwd / DEPLOYMENT_FILE
+    argv = [sys.executable, "-m", "launcher", command, "-c", str(config), "-i", str(testbed.inventory), *args]
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env or fresh_env())
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory, testbed, bench_env):  # noqa: F811
-    cwd = tmp_path_factory.mktemp("bench")
-    up = launcher(testbed, "up", cwd=cwd, timeout=900)
-    assert up.returncode == 0, up.stdout + up.stderr
-    yield cwd
-    launcher(testbed, "down", cwd=cwd)
+def deployed(testbed_104, bench_env):  # noqa: F811
+    """The directory of the session's testbed-104 (tests/testbed_104.py: configs/testbed-104.yaml with its
+    metrics stack, shared with the observe tests)."""
+    return testbed_104[0]
 
 
 def check_run(out: Path, where: str) -> dict:
@@ -56,11 +58,11 @@ def check_run(out: Path, where: str) -> dict:
     ]  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     rows = results["results"]
-    assert [r["concurrency"] for r in rows] == [1, 4, 16]
-    assert [r["requests"] for r in rows] == [10, 40, 160]  # 10 x concurrency, after 2 x concurrency warm-up
+    assert [r["concurrency"] for r in rows] == [1, 2, 3]
+    assert [r["requests"] for r in rows] == [10, 20, 30]  # 10 x concurrency, after 2 x concurrency warm-up
     assert all(r["errors"] == 0 for r in rows), rows
-    assert all(r["output_tokens_per_request"] == 256 for r in rows)  # the server's count: exactly OSL each
-    assert all(r["input_tokens_per_request"] >= 2000 for r in rows)  # 2000 synthetic tokens, plus the template
+    assert all(r["output_tokens_per_request"] == 16 for r in rows)  # the server's count: exactly OSL each
+    assert all(r["input_tokens_per_request"] >= 100 for r in rows)  # 100 synthetic tokens, plus the template
     for r in rows:
         assert r["output_tokens_per_s_per_node"] == pytest.approx(r["output_tokens_per_s"] / 13)
         assert r["output_tokens_per_s_per_decode_node"] == pytest.approx(r["output_tokens_per_s"] / 9)
@@ -76,7 +78,8 @@ def check_run(out: Path, where: str) -> dict:
     assert results["recipe"]["images"] == sorted(images)
     models = {m["config_sha256"] for n in nodes.values() for m in n["model"].values()}
     assert len(models) == 1 and len(next(iter(models))) == 16
-    assert (out / "recipe" / "testbed-104.yaml").read_text() == CONFIG.read_text()  # no secrets in this file
+    deployment = out.parent / DEPLOYMENT_FILE  # the run's directory is beside the deployment file
+    assert (out / "recipe" / DEPLOYMENT_FILE).read_text() == deployment.read_text()  # no secrets in this file
     plan = json.loads((out / "recipe" / "plan.json").read_text())
     assert sum(s["role"] in ("prefill", "decode") for s in plan["services"]) == 13
     assert "bench" in (out / "recipe" / "command.txt").read_text()
@@ -110,7 +113,7 @@ def test_bench_from_this_machine_through_the_head_node(testbed, deployed):
     header = out.stdout.splitlines()[0].split()
     assert header[:6] == ["conc", "req/s", "in", "tok/s", "out", "tok/s"] and "errors" in header
     table = [line.split() for line in out.stdout.splitlines()[1:4]]
-    assert [row[0] for row in table] == ["1", "4", "16"]
+    assert [row[0] for row in table] == ["1", "2", "3"]
     results = check_run(deployed / "local-run", "local")
     assert [row[-2] for row in table] == [str(r["requests"]) for r in results["results"]]
 
@@ -121,7 +124,7 @@ def test_bench_on_the_head_node_then_compare(testbed, deployed, bench_env):  # n
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"client: AIPerf 0.13.0 on the head node, node 0 ({testbed.nodes[0][0]}" in out.stderr
     check_run(deployed / "head-run", "head")
-    assert not testbed.ssh(0, "ls /var/tmp/launcher-*/bench-runs 2>/dev/null; true").stdout.strip()  # cleaned up
+    assert not testbed.ssh(0, f"ls {STATE_DIR}/bench-runs 2>/dev/null; true").stdout.strip()  # cleaned up
 
     if not (deployed / "local-run").exists():
         pytest.fail("the local run (previous test) is needed for the comparison")
@@ -131,7 +134,7 @@ def test_bench_on_the_head_node_then_compare(testbed, deployed, bench_env):  # n
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()
     assert lines[0].split() == ["conc", "metric", "local-run", "head-run", "change"]
-    assert sum(line.split()[:1] in (["1"], ["4"], ["16"]) for line in lines) == 3
+    assert sum(line.split()[:1] in (["1"], ["2"], ["3"]) for line in lines) == 3
     assert 'recipe differs: client.where: "local" -> "head"' in lines
     assert not any("recipe differs: recipe." in line for line in lines)  # same file, plan, images, model
     print("\n" + "\n".join(lines[:12]))

@@ -3,14 +3,11 @@ message naming the file; never a traceback. Fixed seed, bounded examples (CI-sta
 
 from __future__ import annotations
 
-import sys
-
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from launcher import cli
-from tests.helpers import CONFIGS
+from tests.helpers import CONFIGS, run_cli
 
 BASE = yaml.safe_load((CONFIGS / "dsr1-104gpu.yaml").read_text())
 
@@ -57,19 +54,11 @@ def mutate(doc, path, value, delete: bool):
 
 
 def run_plan(tmp_path, text: str, capsys) -> tuple[int, str, str]:
+    """`launcher plan FILE --format json` in-process; a SystemExit with a message (not a number) is exit 1,
+    as Python gives it, never 0."""
     path = tmp_path / "fuzz.yaml"
     path.write_text(text)
-    old = sys.argv
-    sys.argv = ["launcher", "plan", str(path), "--format", "json"]
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_cli(["plan", str(path), "--format", "json"], capsys)
 
 
 def assert_clean(code: int, err: str, tmp_path) -> None:

@@ -1,7 +1,8 @@
 """`launcher import` on wrongly typed manifests: seed 001's LeaderWorkerSets with one value swapped for one of
 another type (a mapping where a list belongs, a number where a mapping belongs, null, ...) at a path drawn at
-random. The property: never a traceback; the import (manifests -> deployment file) either succeeds or refuses
-in one line naming the manifest (ConfigError: exit 2). Fixed seed (derandomize), 200 examples, no shrinking
+random. The property: never a traceback; the import (manifests -> deployment file) either refuses in one line
+naming the manifest (ConfigError: exit 2) or succeeds, and then the file it wrote plans and exports back to
+LeaderWorkerSets that the CRD's schema accepts. Fixed seed (derandomize), 200 examples, no shrinking
 (a failure shows its path and value as drawn).
 A few of the reviewer's cases also as fresh `launcher import` processes."""
 
@@ -11,20 +12,26 @@ import copy
 import subprocess
 import sys
 
+import jsonschema
 import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from launcher.commands import import_
+from launcher.config.load import load
 from launcher.errors import ConfigError, ConfigErrors
+from launcher.plan.build import build
+from launcher.plan.kube.exporter import to_manifests
 from launcher.plan.kube.importer import Options, from_manifests, render
 from tests.helpers import fresh_env
 from tests.seeds import manifests
+from tests.test_lws import crd_schema
 
 SEED = [d for d in yaml.safe_load_all(manifests("001_3bc60c81eb28b8e5.txt")) if d]
 OPTIONS = Options(sglang="0.5.21", sglang_router="0.3.2")
 SWAPS = [None, 7, 1.5, True, "x y", {}, [], [None], [7], {"a": 7}]
+LWS_SCHEMA = jsonschema.Draft4Validator(crd_schema())
 
 
 def lws_indices() -> list[int]:
@@ -60,10 +67,20 @@ def test_wrongly_typed_manifests_never_traceback(tmp_path, case):
     manifest = tmp_path / "m.yaml"
     manifest.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     try:
-        render(from_manifests(import_.read([manifest]), OPTIONS), "launcher import m.yaml")
+        text = render(from_manifests(import_.read([manifest]), OPTIONS), "launcher import m.yaml")
     except (ConfigError, ConfigErrors) as exc:
         text = str(exc)
         assert "\n" not in text and text.startswith(str(manifest)), (path, value, text)
+        return
+    # Accepted: the deployment file it wrote plans, and exports back to LeaderWorkerSets the CRD accepts.
+    deployment = tmp_path / "imported.yaml"
+    deployment.write_text(text)
+    plan = build(load(deployment, environ={}))
+    objects = to_manifests(plan)
+    sets = [o for o in objects if o["kind"] == "LeaderWorkerSet"]
+    assert [o["metadata"]["name"] for o in sets] == [f"{plan.deployment}-{g.name}" for g in plan.groups], (path, value)
+    for lws in sets:
+        assert list(LWS_SCHEMA.iter_errors(lws)) == [], (path, value, lws["metadata"]["name"])
 
 
 def pod_spec(docs: list, role: str = "leaderTemplate") -> dict:

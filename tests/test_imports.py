@@ -1,16 +1,20 @@
-"""Every module of the package imports alone, in a fresh interpreter.
+"""Every module of the package imports alone, with no other module of the package loaded.
 
 A shared pytest process hides import cycles: once an earlier test imported the engines, a module that
-would fail on its own imports fine. Each module gets its own `python -c "import MODULE"` here (run a
-few at a time), so an import order that breaks `launcher migrate` for a user breaks this test too.
+would fail on its own imports fine. Here one interpreter (not pytest's) imports the whole package once,
+so that the libraries it uses are loaded, then forgets every `launcher` module and forks one child per
+module, which imports that module alone: in each child the package's own import order runs from scratch
+as in a fresh interpreter, and the libraries (typer, rich, pydantic, paramiko: most of the time of a
+fresh start) are not loaded 110 times over. So an import order that breaks `launcher migrate` for a user
+breaks this test too; tests/test_cli_fresh.py runs the program itself in fresh interpreters.
 """
 
 from __future__ import annotations
 
+import json
 import pkgutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import launcher
 
@@ -20,10 +24,44 @@ MODULES = sorted(
     if info.name != "launcher.__main__"
 )
 
-
-def _import_alone(module: str) -> tuple[str, int, str]:
-    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
-    return module, proc.returncode, proc.stderr.strip().splitlines()[-1:] and proc.stderr.strip().splitlines()[-1]
+# argv: the modules. Prints one JSON line: {module: the last line of its traceback, or "" if it imported}.
+FORKED_IMPORTS = r"""
+import importlib, json, os, sys, traceback
+modules = sys.argv[1:]
+for name in modules:  # load what the package uses, then forget the package itself
+    try:
+        importlib.import_module(name)
+    except Exception:
+        pass  # its own child says why
+for name in [m for m in sys.modules if m == "launcher" or m.startswith("launcher.")]:
+    del sys.modules[name]
+results, running = {}, {}
+def reap():
+    pid, status = os.wait()
+    name, reader = running.pop(pid)
+    with os.fdopen(reader) as r:
+        results[name] = r.read().strip() or ("" if status == 0 else f"exit status {status}")
+for name in modules:
+    if len(running) >= 4:
+        reap()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(reader)
+        code = 0
+        try:
+            assert not [m for m in sys.modules if m.startswith("launcher")], "a launcher module was loaded"
+            importlib.import_module(name)
+        except BaseException:
+            os.write(writer, traceback.format_exc().strip().splitlines()[-1].encode())
+            code = 1
+        os._exit(code)
+    os.close(writer)
+    running[pid] = (name, reader)
+while running:
+    reap()
+print(json.dumps(results))
+"""
 
 
 def test_the_package_has_modules_to_check() -> None:
@@ -32,8 +70,10 @@ def test_the_package_has_modules_to_check() -> None:
     assert len(MODULES) >= 20
 
 
-def test_every_module_imports_alone_in_a_fresh_interpreter() -> None:
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(_import_alone, MODULES))
-    broken = [f"{module}: {last}" for module, code, last in results if code != 0]
+def test_every_module_imports_alone() -> None:
+    proc = subprocess.run([sys.executable, "-c", FORKED_IMPORTS, *MODULES], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.splitlines()[-1])
+    assert sorted(results) == MODULES  # every module was tried, in a child of its own
+    broken = [f"{module}: {last}" for module, last in results.items() if last]
     assert not broken, "modules that fail to import on their own:\n" + "\n".join(broken)

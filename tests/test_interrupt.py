@@ -10,15 +10,13 @@ import sys
 import pytest
 import yaml
 
-from tests.helpers import CONFIGS, Lines, free_port
+from tests.helpers import Lines, free_port, local_stack
 
 pytestmark = pytest.mark.slow
 
 
 def test_ctrl_c_during_up(tmp_path):
-    data = yaml.safe_load((CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS)))
-    data["deployment"] = "interrupt-test"
-    data["state_dir"] = str(tmp_path / "state")
+    data, _ = local_stack(tmp_path, "interrupt-test")
     # the decode mocker never finds etcd: it runs but never registers, so `up` keeps waiting
     data["groups"]["decode"]["env"] = {"ETCD_ENDPOINTS": "http://127.0.0.1:9"}
     cfg = tmp_path / "interrupt.yaml"

@@ -1,22 +1,32 @@
-"""The embedded default, for real: etcd, NATS, the Dynamo frontend and two mockers as local processes."""
+"""The embedded default, for real: etcd, NATS, the Dynamo frontend and two mockers as local processes.
+
+The test runs configs/local.yaml with its fixed ports moved and its state in the test's directory
+(tests.helpers.local_stack): a quickstart of this checkout (the same file on its own ports, its state in
+the checkout's .launcher/) is left alone, and the `quickstart` fixture proves it."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import (
     LOCAL_PORTS,
     REPO,
     assert_gone,
     assert_workers_logged,
+    chat,
     free_port,
+    fresh_env,
+    listening,
+    local_stack,
     printed_curl_reply,
     session_members,
 )
@@ -30,10 +40,56 @@ def launcher(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180) -
     return subprocess.run([*LAUNCHER, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def test_up_status_down_on_this_machine(tmp_path):
-    port = free_port()
-    env = {**os.environ, "LAUNCHER_PORT": str(port)}
+QUICKSTART_PORT = 8000  # the frontend's port when LAUNCHER_PORT is not set, as in the README's quickstart
+# Two suites' quickstarts would hold the same ports: one at a time on this machine.
+QUICKSTART_LOCK = Path("/tmp/launcher-test-quickstart.lock")
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """A quickstart of this checkout running while this module's tests run: `launcher up configs/local.yaml`
+    as the README has it (its fixed ports, the frontend on 8000, its state in the checkout's .launcher/).
+
+    Yields ("ours", (env, cwd, {service: id})) for one it started (taken down at the end), or ("user's", ports)
+    where a quickstart, a user's, already holds the ports: then that one is the witness, never touched."""
+    cwd = tmp_path_factory.mktemp("quickstart")
+    env = {k: v for k, v in fresh_env().items() if k != "LAUNCHER_PORT"}
     config = str(REPO / "configs" / "local.yaml")
+    with open(QUICKSTART_LOCK, "a") as lock:
+        deadline = time.monotonic() + 900
+        while True:
+            with contextlib.suppress(BlockingIOError):
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            assert time.monotonic() < deadline, f"{QUICKSTART_LOCK} held for 15 minutes"
+            time.sleep(1)
+        held = tuple(p for p in (QUICKSTART_PORT, *LOCAL_PORTS) if listening(p))
+        if held:
+            yield "user's", held
+            return
+        up = launcher("up", config, env=env, cwd=cwd)
+        try:
+            assert up.returncode == 0, up.stdout + up.stderr
+            yield "ours", (env, cwd, running_services(env, cwd))
+        finally:
+            down = launcher("down", config, env=env, cwd=cwd)
+            assert down.returncode == 0, down.stdout + down.stderr
+        assert_gone([], (QUICKSTART_PORT, *LOCAL_PORTS))
+
+
+def running_services(env: dict[str, str], cwd: Path) -> dict[str, str]:
+    """`launcher status --json` in cwd: {service: its id (the session leader's pid)} of those running."""
+    status = launcher("status", "--json", env=env, cwd=cwd)
+    assert status.returncode == 0, status.stdout + status.stderr
+    return {s["service"]: s["id"] for s in json.loads(status.stdout)["services"] if s["state"] == "running"}
+
+
+def test_up_status_down_on_this_machine(tmp_path, quickstart):
+    port = free_port()
+    env = {**fresh_env(), "LAUNCHER_PORT": str(port)}
+    data, ports = local_stack(tmp_path, "local-e2e")
+    config = str(tmp_path / "local.yaml")
+    Path(config).write_text(yaml.safe_dump(data, sort_keys=False))
     started = time.monotonic()
     up = launcher("up", config, env=env, cwd=tmp_path)
     print(f"\nlocal up to ready: {time.monotonic() - started:.1f}s")
@@ -62,11 +118,24 @@ def test_up_status_down_on_this_machine(tmp_path):
         assert len(pids) > len(leaders), pids
 
         logs = launcher("logs", "--role", "decode", "--tail", "50", env=env, cwd=tmp_path)
-        assert logs.returncode == 0 and "[local decode r0]" in logs.stdout
+        assert logs.returncode == 0 and "[local decode r0]" in logs.stdout, logs.stdout + logs.stderr
 
         again = launcher("up", config, env=env, cwd=tmp_path)
         assert again.returncode == 0 and "unchanged" in again.stdout + again.stderr
     finally:
         down = launcher("down", config, env=env, cwd=tmp_path)
     assert down.returncode == 0, down.stderr
-    assert_gone(pids, (port, *LOCAL_PORTS))
+    assert_gone(pids, (port, *ports))
+
+
+def test_the_checkouts_quickstart_still_serves(quickstart):
+    """After the test above (up, a second up, down of its own stack): the quickstart answers as before, its
+    services the same processes (nothing reconciled, restarted or taken down)."""
+    whose, before = quickstart
+    if whose == "user's":
+        assert [p for p in before if not listening(p)] == [], f"a port of the running quickstart closed: {before}"
+        return
+    env, cwd, services = before
+    assert len(services) == 5, services
+    chat(f"http://127.0.0.1:{QUICKSTART_PORT}")
+    assert running_services(env, cwd) == services

@@ -21,11 +21,11 @@ import pytest
 
 from tests.conftest import unavailable
 from tests.helpers import (
-    LOCAL_PORTS,
     REPO,
     assert_gone,
     assert_workers_logged,
     free_port,
+    local_ports_moved,
     printed_curl_reply,
     session_members,
 )
@@ -45,7 +45,7 @@ SERVICE_PROGRAM = {
 
 
 @pytest.fixture
-def clone_for_nobody() -> Iterator[Path]:
+def clone_for_nobody() -> Iterator[tuple[Path, tuple[int, ...]]]:
     if os.geteuid() != 0:
         unavailable("needs root to switch to an unprivileged user")
     setpriv, uv, git = shutil.which("setpriv"), shutil.which("uv"), shutil.which("git")
@@ -67,15 +67,19 @@ def clone_for_nobody() -> Iterator[Path]:
             check=True,
             timeout=600,
         )
+        # A quickstart of this machine's user may hold configs/local.yaml's fixed ports: the clone's moved.
+        local = clone / "configs" / "local.yaml"
+        text, ports = local_ports_moved(local.read_text())
+        local.write_text(text)
         (top / "home").mkdir()
         subprocess.run(["chown", "-R", f"{NOBODY}:{NOBODY}", str(top)], check=True, timeout=120)
-        yield clone
+        yield clone, ports
     finally:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def test_local_up_down_as_an_unprivileged_user(clone_for_nobody: Path) -> None:
-    clone = clone_for_nobody
+def test_local_up_down_as_an_unprivileged_user(clone_for_nobody: tuple[Path, tuple[int, ...]]) -> None:
+    clone, ports = clone_for_nobody
     port = free_port()
     env = {
         "HOME": str(clone.parent / "home"),
@@ -121,7 +125,7 @@ def test_local_up_down_as_an_unprivileged_user(clone_for_nobody: Path) -> None:
     finally:
         down = launcher("down", "configs/local.yaml")
     assert down.returncode == 0, down.stderr
-    assert_gone(pids, (port, *LOCAL_PORTS))
+    assert_gone(pids, (port, *ports))
     # State stayed inside the user's clone; nothing was written as root.
     owners = {path.stat().st_uid for path in (clone / ".launcher").rglob("*")}
     assert owners == {NOBODY}, owners

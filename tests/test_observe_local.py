@@ -1,8 +1,7 @@
 """`top`, `metrics:` and `collect` on the embedded default, for real: the Dynamo 1.6.1 frontend and mockers
 as local processes, a real Prometheus server (Debian's, scripts/install-prometheus) scraping them, and
-fresh `launcher` processes as a user runs them.
-
-Starts configs/local.yaml's fixed ports: run under `flock /tmp/launcher-local.lock` beside other agents."""
+fresh `launcher` processes as a user runs them. configs/local.yaml with its fixed ports moved and its state
+in the test's directory (tests.helpers.local_stack): a quickstart running on this machine is left alone."""
 
 from __future__ import annotations
 
@@ -21,7 +20,16 @@ import pytest
 import yaml
 
 from tests.conftest import in_ci, unavailable
-from tests.helpers import REPO, ChatLoad, free_port, fresh_env, local_command_deployment, top_rounds, wait_for
+from tests.helpers import (
+    REPO,
+    ChatLoad,
+    free_port,
+    fresh_env,
+    local_command_deployment,
+    local_stack,
+    top_rounds,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -57,9 +65,7 @@ def deployment(tmp_path_factory):
     """configs/local.yaml with `metrics: {prometheus: true}`, up; down at the end."""
     ensure_prometheus()
     cwd = tmp_path_factory.mktemp("observe")
-    text = (REPO / "configs" / "local.yaml").read_text().replace("${CONFIG_DIR}/..", str(REPO))
-    data = yaml.safe_load(text)
-    data["deployment"] = "local-observe"
+    data, _ = local_stack(cwd, "local-observe")
     prometheus_port = free_port()
     data["metrics"] = {"prometheus": True, "port": prometheus_port, "scrape_interval": "1s", "retention": "1h"}
     config = cwd / "observe.yaml"

@@ -15,38 +15,22 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import REPO, ChatLoad, fresh_env, launcher_on, top_rounds, wait_for
-from tests.test_observe_local import GONE, ensure_prometheus
+from tests.helpers import ChatLoad, fresh_env, launcher_on, top_rounds, wait_for
+from tests.test_observe_local import GONE
+from tests.testbed_104 import PROMETHEUS_PORT, testbed_104  # noqa: F401
 
 pytestmark = pytest.mark.testbed
-
-PROMETHEUS_PORT = 9099  # 9090 is the mockers' system port on every node
 
 
 def launcher(testbed, config: Path, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     return launcher_on(testbed, config, args[0], *args[1:], cwd=cwd, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def deployed(testbed, tmp_path_factory):
-    if len(testbed.nodes) < 13:
-        pytest.fail("these tests run configs/testbed-104.yaml: LAUNCHER_TESTBED_NODES=13", pytrace=False)
-    ensure_prometheus()
-    cwd = tmp_path_factory.mktemp("observe-testbed")
-    data = yaml.safe_load((REPO / "configs" / "testbed-104.yaml").read_text())
-    data["metrics"] = {"prometheus": True, "port": PROMETHEUS_PORT, "scrape_interval": "1s"}
-    config = cwd / "testbed-104-metrics.yaml"
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
-    up = launcher(testbed, config, "up", cwd=cwd, timeout=600)
-    try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert "prometheus: ready" in up.stderr
-        yield cwd, config
-    finally:
-        down = launcher(testbed, config, "down", cwd=cwd)
-        assert down.returncode == 0, down.stdout + down.stderr
+@pytest.fixture
+def deployed(testbed_104):  # noqa: F811
+    """The session's testbed-104 with its metrics stack (tests/testbed_104.py), shared with the bench tests."""
+    return testbed_104
 
 
 def prometheus_api(testbed, path: str, **query: str) -> dict:

@@ -30,7 +30,14 @@ from launcher.commands.nodes import start
 from launcher.config.load import load as load_config
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
-from tests.helpers import CONFIGS, REPO, assert_gone, connected_target, free_port, local_command_deployment
+from tests.helpers import (
+    REPO,
+    assert_gone,
+    connected_target,
+    free_port,
+    local_command_deployment,
+    local_stack,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -391,31 +398,11 @@ def test_watch_waits_a_round_while_an_up_holds_the_lock(monkeypatch, tmp_path):
 # -- interrupting `up`, and a service exiting while it waits (the real local stack) ----------------
 
 
-def free_system_port() -> int:
-    """A free port Dynamo can hold in its 16-bit signed system port (<= 32767, below the ephemeral range)."""
-    import random
-    import socket
-
-    for port in random.sample(range(20000, 32768), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port below 32768")
-
-
 def stuck_local_stack(tmp_path: Path, name: str, extra_groups: dict | None = None) -> tuple[Path, dict[str, str]]:
     """configs/local.yaml with every port moved to a free one, and a decode mocker that never finds etcd:
     it runs but never registers, so `up` keeps waiting (deterministically)."""
-    data = yaml.safe_load((CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS)))
-    data["deployment"] = name
-    data["state_dir"] = str(tmp_path / "state")
-    data["services"]["etcd"] = {"client_port": free_port(), "peer_port": free_port()}
-    data["services"]["nats"] = {"port": free_port(), "monitor_port": free_port()}
-    data["groups"]["prefill"].update(bootstrap_port=free_port(), system_port=free_system_port())
-    data["groups"]["decode"].update(system_port=free_system_port(), env={"ETCD_ENDPOINTS": "http://127.0.0.1:9"})
+    data, _ = local_stack(tmp_path, name)
+    data["groups"]["decode"]["env"] = {"ETCD_ENDPOINTS": "http://127.0.0.1:9"}
     data["groups"].update(extra_groups or {})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, answer_text, fresh_env, printed_curl_reply, wait_for
+from tests.helpers import REPO, STATE_DIR, answer_text, fresh_env, printed_curl_reply, wait_for
 
 pytestmark = pytest.mark.testbed
 
@@ -39,7 +39,7 @@ def slurm(testbed):
     assert up.returncode == 0, up.stdout + up.stderr
     print(f"\nslurm: {len(testbed.nodes)} slurmd + slurmctld + munged up in {time.monotonic() - started:.1f}s")
     env = {**fresh_env(), **testbed.vars, "SLURM_CONF": str(testbed.dir / "slurm" / "slurm.conf")}
-    env["TESTBED_STATE_DIR"] = env.get("TESTBED_STATE_DIR") or "/var/tmp/launcher"
+    env["TESTBED_STATE_DIR"] = STATE_DIR  # the checkout's own (tests.helpers), never /var/tmp/launcher
     try:
         yield env
     finally:
@@ -173,10 +173,29 @@ def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
 
+def slurm_script(testbed, verb: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SLURM_SCRIPT), verb], env=testbed.env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def daemon_pids(status: str) -> dict[str, str]:
+    """`scripts/testbed-slurm status`'s daemon lines: {daemon: its pid} of those up."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"^(\S+)\s+up (\d+)$", status, re.M)}
+
+
 def test_the_script_brings_slurm_up_idempotently_and_says_so(testbed, slurm):
-    again = subprocess.run([sys.executable, str(SLURM_SCRIPT), "status"], env=testbed.env, capture_output=True,
-                           text=True, timeout=120)  # fmt: skip
+    before = slurm_script(testbed, "status")
+    assert before.returncode == 0, before.stdout + before.stderr
+    pids = daemon_pids(before.stdout)
+    assert len(pids) == len(testbed.nodes) + 2, before.stdout  # a slurmd per node, slurmctld, munged
+    # `up` again, on a cluster that is up: it says so, and every daemon is the same process as before.
+    up = slurm_script(testbed, "up")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"{len(testbed.nodes)} slurmd + slurmctld + munged up in " in up.stdout, up.stdout
+    assert "restarting" not in up.stdout, up.stdout
+    again = slurm_script(testbed, "status")
     assert again.returncode == 0, again.stdout + again.stderr
+    assert daemon_pids(again.stdout) == pids, f"a daemon was restarted:\n{before.stdout}\n{again.stdout}"
     lines = again.stdout.splitlines()
     assert sum(1 for ln in lines if re.match(r"slurmd-\S+\s+up ", ln)) == len(testbed.nodes)
     assert sum(1 for ln in lines if re.match(r"\S+\s+idle", ln)) == len(testbed.nodes), again.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,13 @@ def test_bring_up_time(testbed: Testbed, capsys: pytest.CaptureFixture[str]) -> 
     with capsys.disabled():
         print(f"\n[testbed] `scripts/testbed up {len(testbed.nodes)}` took {testbed.up_seconds:.2f} s")
         print(f"[testbed] {testbed.up_output.strip()}")
-    assert len(testbed.nodes) == int(os.environ.get("LAUNCHER_TESTBED_NODES", "13"))
+    n = int(os.environ.get("LAUNCHER_TESTBED_NODES", "13"))
+    assert len(testbed.nodes) == n
+    assert re.search(rf"^testbed: {n} nodes up in [\d.]+ s", testbed.up_output, re.M), testbed.up_output
+    # What `up` said is so: each node's SSH reaches that node, in the namespace that holds its own address.
+    for i, (name, address) in enumerate(testbed.nodes):
+        seen = testbed.ssh(i, "ip -o -4 addr show")
+        assert seen.returncode == 0 and f"inet {address}/" in seen.stdout, (name, seen.stdout + seen.stderr)
 
 
 def test_inventory_shape(testbed: Testbed) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -88,6 +89,20 @@ def deployed(testbed, tmp_path):
     launcher(testbed, "down", cwd=tmp_path)
 
 
+def etcd_leases(address: str) -> dict[str, int]:
+    """The leases etcd on ADDRESS holds: {lease id: its granted TTL in seconds} (etcdctl of `uv sync`)."""
+    etcdctl = [str(REPO / ".venv" / "bin" / "etcdctl"), f"--endpoints=http://{address}:2379", "--command-timeout=5s"]
+    listed = subprocess.run([*etcdctl, "lease", "list"], capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    leases = {}
+    for lease in listed.stdout.split()[3:]:  # "found N leases" first
+        alive = subprocess.run([*etcdctl, "lease", "timetolive", lease], capture_output=True, text=True, timeout=30)
+        granted = re.search(r"granted with TTL\((\d+)s\)", alive.stdout)
+        if alive.returncode == 0 and granted:
+            leases[lease] = int(granted.group(1))
+    return leases
+
+
 def wait_serving(address: str, limit: float) -> dict | None:
     return wait_for(lambda: serving(address), limit, interval=0.5, what="serving again")
 
@@ -128,14 +143,17 @@ def test_killed_decode_rank_recreates_the_group_and_serves_again(testbed, deploy
 
 def test_killed_etcd_is_restarted_and_workers_serve_again(testbed, deployed, tmp_path):
     """Watch restarts etcd alone and in place (same container, its data kept): the workers, NATS and the frontend
-    are the same containers, never restarted, and the round that restarted etcd did nothing else. They are still
-    the same half a minute later: a fresh, empty etcd would have lost every Dynamo process's lease, and they all
-    exit (code 0) some 12-20 s after it (ai-dynamo/dynamo#3493)."""
+        are the same containers, never restarted, and the round that restarted etcd did nothing else. They are still
+        the same half a minute later: a fresh, empty etcd would have lost every Dynamo process's lease, and they all
+        exit (code 0) some 12-20 s after it (ai-dynamo/dynamo#3493): the test waits until every lease held before the
+    kill has outlived its TTL since, renewed by its process."""
     head = testbed.nodes[0][1]
     etcd = "testbed-small-etcd"
     audit_from = len(audit(testbed))
     before = containers(testbed)
     assert before[etcd][3] == "running"
+    leases = etcd_leases(head)
+    assert leases, "no Dynamo process holds an etcd lease"
     killed = time.monotonic()
     testbed.ssh(before[etcd][0], f"docker kill {etcd}", check=True)
 
@@ -158,8 +176,13 @@ def test_killed_etcd_is_restarted_and_workers_serve_again(testbed, deployed, tmp
     actions = [line for line in audit(testbed)[audit_from:].splitlines() if '"watch: ' in line]
     done = next(i for i, line in enumerate(actions) if "etcd serving again" in line)
     assert len(actions[: done + 1]) == 2 and "watch: restarting etcd (1/" in actions[0], actions
-    # Past the window in which workers that lost their etcd lease would exit: nothing happened to them.
-    time.sleep(max(0.0, 30 - (time.monotonic() - killed)))
+    # Every lease held before the kill is kept alive by its process: still there a whole TTL after etcd came
+    # back (a lease not renewed expires within its TTL; an empty etcd would have none of them), so no worker
+    # loses its lease and exits, as they do some 12-20 s after an etcd that forgot them.
+    ttl = max(leases.values())
+    back_at = time.monotonic()
+    wait_for(lambda: time.monotonic() - back_at > ttl + 2 and etcd_leases(head).keys() >= leases.keys(), ttl + 60,
+             interval=1, what=f"the leases held before the kill ({sorted(leases)}) renewed past their TTL")  # fmt: skip
     later = containers(testbed)
     assert {n: later.get(n) for n in others} == others, f"workers restarted after etcd came back: {later}"
     assert wait_serving(head, 30)

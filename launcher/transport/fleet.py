@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 class FleetResult(dict[int, Any]):
     """Per node index: what the function returned, or the exception it raised (like fabric's
-    GroupResult). `succeeded` and `failed` split them; `ok` says whether every node succeeded."""
+    GroupResult). `succeeded` and `failed` split them."""
 
     @property
     def succeeded(self) -> dict[int, Any]:
@@ -29,10 +29,6 @@ class FleetResult(dict[int, Any]):
     @property
     def failed(self) -> dict[int, Exception]:
         return {i: r for i, r in self.items() if isinstance(r, Exception)}
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
     def scripts(self) -> tuple[dict[int, Completed], dict[int, str]]:
         """For a map of `host.run`: (the scripts that exited 0, why each other node failed: its
