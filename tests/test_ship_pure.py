@@ -214,8 +214,9 @@ def test_stage_refuses_an_empty_from_or_the_whole_filesystem(tmp_path, given):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_links_to_directories_are_followed_once_and_never_out_of_the_source(tmp_path):
-    """A link back up (`up -> ..`) once made 40 copies of every file; a link to / would stage the disk."""
+def test_links_are_followed_once_and_never_out_of_the_source(tmp_path):
+    """A link back up (`up -> ..`) once made 40 copies of every file; a link to / would stage the disk; a
+    link to a file outside (/etc/shadow) would send it to every node."""
     root = tmp_path / "weights"
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "model.safetensors").write_bytes(b"w")
@@ -226,10 +227,13 @@ def test_links_to_directories_are_followed_once_and_never_out_of_the_source(tmp_
     (root / "alias").symlink_to("sub")  # inside: its files once, under one name
     (root / "out").symlink_to(tmp_path / "outside")  # outside the source
     (root / "fs").symlink_to("/")
-    (root / "blob").symlink_to(tmp_path / "outside" / "secret")  # a file link stays (the HF cache's way)
+    (root / "blob").symlink_to(tmp_path / "outside" / "secret")  # a file outside: never read, never sent
+    (root / "same.json").symlink_to("sub/model.safetensors")  # a file link inside the source stays
+    (root / "sub" / ".launcher-manifest").write_text("{}")  # the launcher's own files, at any level
+    (root / "sub" / "x.launcher-part").write_text("partial")
     skipped: list = []
     files = remote.source_files(str(root), skipped)
-    assert files == ["blob", "config.json", "alias/model.safetensors"], files
-    assert sorted(skipped) == ["fs", "out"]
+    assert files == ["config.json", "same.json", "alias/model.safetensors"], files
+    assert sorted(skipped) == ["blob", "fs", "out"]
     found = remote.scan_source({"root": str(root)})
-    assert sorted(found["skipped"]) == ["fs", "out"] and len(found["files"]) == 3
+    assert sorted(found["skipped"]) == ["blob", "fs", "out"] and len(found["files"]) == 3
