@@ -891,10 +891,12 @@ def dir_sink(relay: Relay, sink: dict) -> None:
         except OSError:
             say("sink", ok=False, detail=f"another stage is writing into {root}")
             return
-        receive_all(relay, sink, Opened(StreamReader(relay), relay.key))
+        receive_all(sink, Opened(StreamReader(relay), relay.key))
 
 
-def receive_all(relay: Relay, sink: dict, reader: Opened) -> None:
+def receive_all(sink: dict, reader: Opened) -> None:
+    """Every record of the stream: the listed files this node needs, written and checked; the others
+    passed over; the first forged record (or byte) ends it. One `sink` event says what came of it."""
     listed = {entry["path"]: entry for entry in sink["files"]}
     need = sink["need"]
     done, failed, detail, ended = [], {}, "", False
