@@ -24,6 +24,7 @@ from launcher.plan.build import build as build_plan
 from launcher.remote import relay as remote
 from launcher.runtime import for_plan
 from tests.helpers import CONFIGS, REPO, UNREACHABLE, fresh_env
+from tests.test_relay_hostile import Started
 
 INV = REPO / "tests" / "data" / "inventory-32.yaml"
 
@@ -237,3 +238,48 @@ def test_links_are_followed_once_and_never_out_of_the_source(tmp_path):
     assert sorted(skipped) == ["blob", "fs", "out"]
     found = remote.scan_source({"root": str(root)})
     assert sorted(found["skipped"]) == ["blob", "fs", "out"] and len(found["files"]) == 3
+
+
+@pytest.mark.parametrize(("source", "to"), [("n0:/data/w", "/data/w/copy"), ("n0:/data/w/inner", "/data")])
+def test_stage_refuses_a_destination_and_a_source_inside_one_another_on_one_node(tmp_path, source, to):
+    """Each run once nested the previous copy one level deeper. One line, exit 2, no node reached."""
+    config = tmp_path / "deploy.yaml"
+    config.write_text(UNREACHABLE)
+    args = ["stage", str(config), "--from", source, "--to", to, "--connect-timeout", "1"]
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "launcher"), *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=fresh_env(),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines() + proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and f"the destination {to} on node 0 (n0" in lines[0], lines
+    assert "inside one another" in lines[0]
+
+
+def test_a_scan_naming_a_path_out_of_the_source_is_refused():
+    """The source's scan is the list every node is held to: a path with `..` from it (a compromised
+    source node) is bad input from the network, refused before anything moves."""
+    good = {"path": "a.bin", "size": 1, "sha256": "0" * 64}
+    assert stage.checked_scan("n0:/w", "on n0", [good]) == [good]
+    for bad in ({"path": "../x", "size": 1, "sha256": "0" * 64}, {"path": "/etc/x", "size": 1, "sha256": "0" * 64},
+                {"path": "a", "size": -1, "sha256": "0" * 64}, {"path": "a", "size": 1, "sha256": "z"}):  # fmt: skip
+        with pytest.raises(ConfigError, match="refused"):
+            stage.checked_scan("n0:/w", "on n0", [bad])
+
+
+def test_the_relay_refuses_a_destination_inside_its_own_source_with_links_resolved(tmp_path):
+    """The launcher compares the paths as typed; the node compares them with links resolved."""
+    src = tmp_path / "src"
+    weights(src)
+    (tmp_path / "alias").symlink_to(src)
+    files = remote.scan_source({"root": str(src)})["files"]
+    sink = {"kind": "dir", "root": str(tmp_path / "alias" / "copy"), "files": files,
+            "need": {f["path"]: 0 for f in files}, "complete": []}  # fmt: skip
+    recs = [dict(f, start=0) for f in files]
+    node = Started(sink, source={"root": str(src), "records": recs})
+    try:
+        said = node.event("sink")
+    finally:
+        node.close()
+    assert said["ok"] is False and "inside one another on this node" in said["detail"], said
+    assert not (src / "copy").exists()
