@@ -656,54 +656,66 @@ class StreamReader:
         self.relay = relay
         self.pos = 0
 
-    def take(self, n: int) -> bytes:
-        return b"".join(bytes(view) for view in self.views(n))
-
-    def views(self, n: int):
-        ring = self.relay.ring
+    def peek(self, at: int, n: int) -> list:
+        """Views of the n bytes `at` past the position, which stays: the ring keeps them until `advance`
+        (n is at most a frame: far less than the ring)."""
+        ring, views, pos = self.relay.ring, [], self.pos + at
         while n:
-            view = ring.read("sink", self.pos, min(n, CHUNK))
+            view = ring.read("sink", pos, n)
             if not view:
                 raise EOFError("the stream ended inside a record")
-            yield view
+            views.append(view)
+            pos += len(view)
             n -= len(view)
-            self.pos += len(view)
-            self.relay.sink_pos = self.pos
-            ring.advance("sink", self.pos)
+        return views
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+        self.relay.sink_pos = self.pos
+        self.relay.ring.advance("sink", self.pos)
 
 
 class Opened:
-    """The stream's payload: each frame's bytes given out only once its MAC is checked."""
+    """The stream's payload: each frame's bytes given out only once its MAC is checked (views of the
+    ring itself: the frame stays there until the next one is asked for, nothing is copied)."""
 
     def __init__(self, reader: StreamReader, key: bytes):
         self.reader, self.key = reader, key
         self.offset = 0  # payload bytes checked so far
-        self.left = memoryview(b"")
+        self.done = 0  # bytes of the last frame given out, passed at the next
+        self.left: list = []
 
     def frame(self):
-        """The next frame's payload, checked; None at the sealed end."""
+        """The next frame's payload (views), checked; None at the sealed end."""
         reader = self.reader
-        n = FRAME.unpack(reader.take(FRAME.size))[0]
+        reader.advance(self.done)
+        self.done = 0
+        n = FRAME.unpack(b"".join(bytes(v) for v in reader.peek(0, FRAME.size)))[0]
         if n > CHUNK:
             raise Forged(f"a frame of {n} bytes at byte {reader.pos} (frames are at most {CHUNK})")
         mac = hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, n), hashlib.sha256)
-        data = reader.take(n)
-        mac.update(data)
-        if not hmac.compare_digest(mac.digest(), reader.take(MAC)):
+        payload = reader.peek(FRAME.size, n)
+        for view in payload:
+            mac.update(view)
+        tag = b"".join(bytes(v) for v in reader.peek(FRAME.size + n, MAC))
+        if not hmac.compare_digest(mac.digest(), tag):
             why = "altered on the way, or not sealed with the run's key"
             raise Forged(f"the stream's MAC does not match at byte {reader.pos}: {why}")
         self.offset += n
-        return data or None
+        self.done = FRAME.size + n + MAC
+        return payload or None
 
     def views(self, n: int):
         while n:
             if not self.left:
-                data = self.frame()
-                if data is None:
+                payload = self.frame()
+                if payload is None:
                     raise Forged("the stream ended inside a record")
-                self.left = memoryview(data)
-            view = self.left[:n]
-            self.left = self.left[len(view) :]
+                self.left = payload[::-1]  # popped from the end
+            view = self.left.pop()
+            if len(view) > n:
+                self.left.append(view[n:])
+                view = view[:n]
             n -= len(view)
             yield view
 
@@ -712,7 +724,10 @@ class Opened:
 
     def ended(self) -> bool:
         """Whether the sealed end comes next (and nothing else)."""
-        return not self.left and self.frame() is None
+        if self.left or self.frame() is not None:
+            return False
+        self.reader.advance(self.done)
+        return True
 
 
 def run_command(relay: Relay, argv: list):
@@ -736,10 +751,12 @@ def run_command(relay: Relay, argv: list):
     opened, broke = Opened(StreamReader(relay), relay.key), None
     try:
         while True:
-            data = opened.frame()
-            if data is None:
+            payload = opened.frame()
+            if payload is None:
+                opened.reader.advance(opened.done)
                 break
-            proc.stdin.write(data)
+            for view in payload:
+                proc.stdin.write(view)
     except (Forged, EOFError) as exc:
         broke = str(exc)
         proc.kill()
