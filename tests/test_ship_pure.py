@@ -283,3 +283,12 @@ def test_the_relay_refuses_a_destination_inside_its_own_source_with_links_resolv
         node.close()
     assert said["ok"] is False and "inside one another on this node" in said["detail"], said
     assert not (src / "copy").exists()
+
+
+def test_what_a_node_says_it_holds_counts_only_within_the_file():
+    """A node's scan answer once set where the source starts reading: past the end, a negative length
+    read a whole file into memory. Now an offset out of the file counts as nothing held."""
+    files = [{"path": "a", "size": 100, "sha256": "aa"}]
+    for claim in (10**18, 100, -5, "40", None):
+        assert stage.records(files, {0: {"need": {"a": claim}}})[0]["start"] == 0, claim
+    assert stage.records(files, {0: {"need": {"a": 99}}})[0]["start"] == 99

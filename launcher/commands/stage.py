@@ -26,7 +26,7 @@ from pathlib import Path
 from launcher.commands import ship
 from launcher.commands.context import Connection, Target, connected, target
 from launcher.commands.preflight import model_host_path
-from launcher.errors import ConfigError, Exit, LauncherError
+from launcher.errors import ConfigError, Exit, LauncherError, one_line
 from launcher.output.console import say
 from launcher.output.tables import print_json
 from launcher.output.transfer import outcome_table, size
@@ -226,7 +226,7 @@ def scan_source(t: Target, src: Source, verify: bool) -> list[dict]:
     if found.get("error"):
         raise LauncherError(f"--from {src.given}: cannot read it {where}: {found.get('detail')}")
     for link in found.get("skipped", []):
-        say(f"--from {src.given}: skipped {link}: a link that leads outside the source", to_stderr=True)
+        say(f"--from {src.given}: skipped {one_line(str(link))}: a link that leads outside the source", to_stderr=True)
     files = checked_scan(src.given, where, found.get("files"))
     if not files:
         raise ConfigError(f"{src.given}: no files in it {where}", key="--from")
@@ -272,13 +272,18 @@ def stage_round(t, src, files, dest, verify, connection, fanout, as_json) -> dic
 
 
 def records(files: list[dict], needs: dict[int, dict]) -> list[dict]:
-    """The files any node needs, each from the smallest offset a node needing it already holds."""
+    """The files any node needs, each from the smallest offset a node needing it already holds (what a
+    node says it holds counts only within the file: a node cannot make the source read past it)."""
     out = []
     for f in files:
-        holds = [n["need"][f["path"]] for n in needs.values() if f["path"] in n["need"]]
+        holds = [_within(n["need"][f["path"]], f["size"]) for n in needs.values() if f["path"] in n["need"]]
         if holds:
             out.append({"path": f["path"], "size": f["size"], "sha256": f["sha256"], "start": min(holds)})
     return out
+
+
+def _within(have: object, size: int) -> int:
+    return have if type(have) is int and 0 <= have < size else 0
 
 
 def relay_files(t, src: Source, files, dest, needs, connection, fanout, as_json) -> dict[int, Outcome]:
