@@ -164,7 +164,7 @@ def test_paths_that_leave_the_root_are_refused(tmp_path):
 def test_only_the_named_upstream_that_proves_the_key_is_taken_and_the_launcher_alone_changes_it(tmp_path):
     """The token once travelled in clear and any connection presenting it replaced the upstream
     mid-stream. Now: a wrong key, another name, the old token line: refused, the stream goes on; the
-    launcher's `upstream` line alone moves it (the old one is cut off, the new one resumes)."""
+    launcher's `upstream` line alone moves it (the new one resumes, the old one is cut off)."""
     body = os.urandom(6 * MB)
     node = Started(dir_sink(tmp_path / "w", {"model.bin": body}), upstream="up", handshake=2)
     try:
@@ -188,13 +188,14 @@ def test_only_the_named_upstream_that_proves_the_key_is_taken_and_the_launcher_a
             old_style.sendall(b"0123456789abcdef0123456789abcdef\n")  # the token, as it was
             assert old_style.recv(100) == b""
         assert sum(e["ev"] == "upstream" for e in node.events) == 1
-        node.say(op="upstream", id="second")  # the launcher re-routes: the first is cut off
-        deadline = time.monotonic() + 10
-        while first.recv(65536) and time.monotonic() < deadline:
-            pass
+        node.say(op="upstream", id="second")  # the launcher re-routes: the second takes over, the first is cut off
         second = socket.create_connection(("127.0.0.1", node.port), timeout=10)
         position = remote.prove_to(second, node.key, "second", "n0", time.monotonic() + 10)
         assert position == half
+        deadline = time.monotonic() + 10
+        while first.recv(65536) and time.monotonic() < deadline:
+            pass
+        assert time.monotonic() < deadline, "the first upstream was not cut off"
         send(second, stream[position:])
         sink = node.event("sink")
     finally:

@@ -511,13 +511,12 @@ class Relay:
         return True
 
     def name_upstream(self, ident: str) -> None:
-        """The launcher's word: from now on only `ident` may send the stream (another one is cut off)."""
+        """The launcher's word: from now on only `ident` may connect. The current upstream (named
+        before) goes on until `ident` has proved itself and takes over: what is already on its way
+        from it still arrives, so the node resumes from as far as it can (within the new one's KEEP)."""
         with self.expected_changed:
             self.expected = ident
             self.expected_changed.notify_all()
-        with self.up_lock:
-            if self.upstream is not None and self.upstream.id != ident:
-                self.upstream.end()
 
     def add(self, ident: str, address: str, port: int, replaces: str | None = None) -> None:
         """Pass the stream to this node too; `replaces`: the failed node it takes over from (its hold
