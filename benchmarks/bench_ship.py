@@ -232,6 +232,7 @@ def main() -> None:
     parser.add_argument("--image-mb", type=int, default=300)
     parser.add_argument("--weights-mb", type=int, default=1024)
     parser.add_argument("--no-naive", action="store_true", help="skip the naive pushes (they take N times longer)")
+    parser.add_argument("--only", choices=("image", "weights"), help="measure only this part (a loaded machine)")
     parser.add_argument("--keep", action="store_true", help="leave the testbed up")
     parser.add_argument("--repeat", type=int, default=1, help="one-node copy and launcher runs each (medians)")
     args = parser.parse_args()
@@ -240,12 +241,13 @@ def main() -> None:
     bench = Bench(args)
     rows = []
     try:
-        bench.image()
+        if args.only != "weights":
+            bench.image()
         weights = bench.weights()
         for n in sizes:
-            for rate in args.image_rates.split(","):
+            for rate in args.image_rates.split(",") if args.only != "weights" else []:
                 rows.append(bench.measure(n, "image", rate, weights))
-            for rate in args.weights_rates.split(","):
+            for rate in args.weights_rates.split(",") if args.only != "image" else []:
                 rows.append(bench.measure(n, "weights", rate, weights))
     finally:
         testbed("shape", "off")

@@ -24,6 +24,7 @@ from launcher.plan.build import build as build_plan
 from launcher.remote import relay as remote
 from launcher.runtime import for_plan
 from tests.helpers import CONFIGS, REPO, UNREACHABLE, fresh_env
+from tests.test_relay_hostile import Started
 
 INV = REPO / "tests" / "data" / "inventory-32.yaml"
 
@@ -214,8 +215,9 @@ def test_stage_refuses_an_empty_from_or_the_whole_filesystem(tmp_path, given):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_links_to_directories_are_followed_once_and_never_out_of_the_source(tmp_path):
-    """A link back up (`up -> ..`) once made 40 copies of every file; a link to / would stage the disk."""
+def test_links_are_followed_once_and_never_out_of_the_source(tmp_path):
+    """A link back up (`up -> ..`) once made 40 copies of every file; a link to / would stage the disk; a
+    link to a file outside (/etc/shadow) would send it to every node."""
     root = tmp_path / "weights"
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "model.safetensors").write_bytes(b"w")
@@ -226,10 +228,67 @@ def test_links_to_directories_are_followed_once_and_never_out_of_the_source(tmp_
     (root / "alias").symlink_to("sub")  # inside: its files once, under one name
     (root / "out").symlink_to(tmp_path / "outside")  # outside the source
     (root / "fs").symlink_to("/")
-    (root / "blob").symlink_to(tmp_path / "outside" / "secret")  # a file link stays (the HF cache's way)
+    (root / "blob").symlink_to(tmp_path / "outside" / "secret")  # a file outside: never read, never sent
+    (root / "same.json").symlink_to("sub/model.safetensors")  # a file link inside the source stays
+    (root / "sub" / ".launcher-manifest").write_text("{}")  # the launcher's own files, at any level
+    (root / "sub" / "x.launcher-part").write_text("partial")
     skipped: list = []
     files = remote.source_files(str(root), skipped)
-    assert files == ["blob", "config.json", "alias/model.safetensors"], files
-    assert sorted(skipped) == ["fs", "out"]
+    assert files == ["config.json", "same.json", "alias/model.safetensors"], files
+    assert sorted(skipped) == ["blob", "fs", "out"]
     found = remote.scan_source({"root": str(root)})
-    assert sorted(found["skipped"]) == ["fs", "out"] and len(found["files"]) == 3
+    assert sorted(found["skipped"]) == ["blob", "fs", "out"] and len(found["files"]) == 3
+
+
+@pytest.mark.parametrize(("source", "to"), [("n0:/data/w", "/data/w/copy"), ("n0:/data/w/inner", "/data")])
+def test_stage_refuses_a_destination_and_a_source_inside_one_another_on_one_node(tmp_path, source, to):
+    """Each run once nested the previous copy one level deeper. One line, exit 2, no node reached."""
+    config = tmp_path / "deploy.yaml"
+    config.write_text(UNREACHABLE)
+    args = ["stage", str(config), "--from", source, "--to", to, "--connect-timeout", "1"]
+    proc = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "launcher"), *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=fresh_env(),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines() + proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and f"the destination {to} on node 0 (n0" in lines[0], lines
+    assert "inside one another" in lines[0]
+
+
+def test_a_scan_naming_a_path_out_of_the_source_is_refused():
+    """The source's scan is the list every node is held to: a path with `..` from it (a compromised
+    source node) is bad input from the network, refused before anything moves."""
+    good = {"path": "a.bin", "size": 1, "sha256": "0" * 64}
+    assert stage.checked_scan("n0:/w", "on n0", [good]) == [good]
+    for bad in ({"path": "../x", "size": 1, "sha256": "0" * 64}, {"path": "/etc/x", "size": 1, "sha256": "0" * 64},
+                {"path": "a", "size": -1, "sha256": "0" * 64}, {"path": "a", "size": 1, "sha256": "z"}):  # fmt: skip
+        with pytest.raises(ConfigError, match="refused"):
+            stage.checked_scan("n0:/w", "on n0", [bad])
+
+
+def test_the_relay_refuses_a_destination_inside_its_own_source_with_links_resolved(tmp_path):
+    """The launcher compares the paths as typed; the node compares them with links resolved."""
+    src = tmp_path / "src"
+    weights(src)
+    (tmp_path / "alias").symlink_to(src)
+    files = remote.scan_source({"root": str(src)})["files"]
+    sink = {"kind": "dir", "root": str(tmp_path / "alias" / "copy"), "files": files,
+            "need": {f["path"]: 0 for f in files}, "complete": []}  # fmt: skip
+    recs = [dict(f, start=0) for f in files]
+    node = Started(sink, source={"root": str(src), "records": recs})
+    try:
+        said = node.event("sink")
+    finally:
+        node.close()
+    assert said["ok"] is False and "inside one another on this node" in said["detail"], said
+    assert not (src / "copy").exists()
+
+
+def test_what_a_node_says_it_holds_counts_only_within_the_file():
+    """A node's scan answer once set where the source starts reading: past the end, a negative length
+    read a whole file into memory. Now an offset out of the file counts as nothing held."""
+    files = [{"path": "a", "size": 100, "sha256": "aa"}]
+    for claim in (10**18, 100, -5, "40", None):
+        assert stage.records(files, {0: {"need": {"a": claim}}})[0]["start"] == 0, claim
+    assert stage.records(files, {0: {"need": {"a": 99}}})[0]["start"] == 99

@@ -19,6 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from launcher.commands import ship as ship_module
+from launcher.config.schema import SSHSettings
+from launcher.plan.types import Node
+from launcher.transport.host import Options
+from launcher.transport.relay import Feed, Hop, Relay
+from launcher.transport.ssh import SSHHost
 from tests.helpers import REPO, STATE_DIR
 
 pytestmark = pytest.mark.testbed
@@ -63,7 +69,10 @@ class Ship:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
 
     def image_id(self, i: int) -> str:
-        return self.testbed.ssh(i, f"docker image inspect --format '{{{{.Id}}}}' {TAG}").stdout.strip()
+        return self.image_id_of(i, TAG)
+
+    def image_id_of(self, i: int, ref: str) -> str:
+        return self.testbed.ssh(i, f"docker image inspect --format '{{{{.Id}}}}' {ref} 2>/dev/null").stdout.strip()
 
     def drop_image(self, i: int) -> None:
         self.testbed.ssh(i, f"docker image rm -f {TAG} >/dev/null 2>&1; true", check=True)
@@ -84,6 +93,7 @@ def ship(testbed, tmp_path_factory):
     testbed.run("shape", "off", check=False)
     for i in range(NODES):
         s.drop_image(i)
+        testbed.ssh(i, "docker image rm launcher-ship-victim:1 >/dev/null 2>&1; true")
     s.clean_disks()
 
 
@@ -262,6 +272,48 @@ def test_ctrl_c_during_push_stops_every_relay_and_says_what_each_node_holds(ship
     while relays_running(ship.names) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not relays_running(ship.names), "a relay outlived Ctrl-C"
+
+
+def test_a_node_keeps_only_the_launchers_image_id_and_no_other_tag_changes(ship, built):
+    """A stream sealed with the run's key (a compromised upstream holds it) carrying ANOTHER image under
+    the plan's name, and retagging an image the node holds: the node loads it, sees the plan's name
+    hold an ID that is not the launcher's, and undoes it all: no tag changed, nothing of it left."""
+    _, engine_id = built
+    victim, base = "launcher-ship-victim:1", ship.testbed.vars["TESTBED_IMAGE"]
+    ship.drop_image(0)
+    ship.testbed.ssh(0, f"docker tag {base} {victim}", check=True)
+    before = ship.image_id_of(0, victim)
+    hostile = ship.tmp / "hostile"
+    hostile.mkdir(exist_ok=True)
+    (hostile / "Dockerfile").write_text(f"FROM {base}\nLABEL launcher.test=hostile\n")
+    docker = ["docker", "--host", ship.env["DOCKER_HOST"]]
+    subprocess.run([*docker, "build", "-q", "-t", victim, str(hostile)], check=True, capture_output=True)
+    subprocess.run([*docker, "tag", victim, TAG], check=True)  # the operator's TAG put back below
+    inv = yaml.safe_load(ship.inventory.read_text())
+    ssh = SSHSettings(**{k: inv["ssh"][k] for k in ("user", "key", "known_hosts", "connect_timeout")})
+    host = SSHHost(Node(0, ship.names[0], inv["nodes"][0]["address"], ssh, 0), Options())
+    hop = Hop("0", host, {"sink": {"kind": "image", "ref": TAG, "id": engine_id}})
+
+    def save():
+        proc = subprocess.Popen([*docker, "save", TAG, victim], stdout=subprocess.PIPE)
+        while data := proc.stdout.read(1 << 20):
+            yield data
+        proc.wait(60)
+
+    try:
+        result = Relay([hop], ship_module.relay_script(None, "relay"), ship_module.program(), Feed(save)).run()
+    finally:
+        subprocess.run([*docker, "tag", engine_id, TAG], check=True)
+        host.close()
+    sink = result["0"].sink
+    assert sink["ok"] is False and "not the launcher's" in sink["detail"], sink
+    assert ship.image_id(0) == "", "the plan's name was kept for another image"
+    assert ship.image_id_of(0, victim) == before, "another tag was changed"
+    hostile_id = subprocess.run([*docker, "image", "inspect", "-f", "{{.Id}}", victim], capture_output=True,
+                                text=True).stdout.strip()  # fmt: skip
+    assert ship.image_id_of(0, hostile_id) == "", "the image it brought in is still there"
+    proc = ship.launcher("image", "push", "--json")  # the honest push still works after it
+    assert proc.returncode == 0 and ship.image_id(0) == engine_id, proc.stderr + proc.stdout
 
 
 def test_an_image_the_local_engine_does_not_hold_is_one_line_and_exit_2(ship):

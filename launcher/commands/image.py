@@ -7,8 +7,9 @@ push: every node that lacks the plan's image (compared by image ID) gets it with
 operator's uplink carries ONE `docker save` stream to the first node; the nodes relay it to each other
 (a chain, or a tree with --fanout), each `docker load`ing as the bytes pass (launcher/transport/
 relay.py, launcher/remote/relay.py). A node holding the ID is skipped (one holding it under another
-name is only tagged). A node failing mid-way is named and the nodes after it are re-routed. Every
-node's ID is checked at the end.
+name is only tagged). A node failing mid-way is named and the nodes after it are re-routed. A node
+keeps what it loaded only when the plan's name then holds the image ID computed here (any other tag
+the load set is put back, any other image it brought is removed: remote/relay.py image_sink).
 """
 
 from __future__ import annotations
@@ -152,8 +153,6 @@ CHECK = (
     'elif docker image inspect "$2" >/dev/null 2>&1 && docker tag "$2" "$1"; then echo tagged; '
     "else echo lacks; fi"
 )
-# The sink: docker load, then the ID the node now holds under the plan's name (the launcher compares it).
-LOAD = 'docker load && docker image inspect --format "{{.Id}}" "$1"'
 
 
 def push_one(t, engine: Engine, image: LocalImage, indices, connection, *, as_json, fanout) -> list[Outcome]:
@@ -176,7 +175,7 @@ def relay_image(t, engine: Engine, image: LocalImage, todo: list[int], connectio
     plan = t.plan
     hello = {
         "check": ["sh", "-c", CHECK, "sh", image.ref, image.id],
-        "sink": {"kind": "cmd", "argv": ["sh", "-c", LOAD, "sh", image.ref]},
+        "sink": {"kind": "image", "ref": image.ref, "id": image.id},  # kept only as this ID
     }
     hops = [Hop(str(i), t.fleet.host(i), dict(hello)) for i in todo]
 
@@ -214,7 +213,7 @@ def image_outcome(name: str, i: int, hop: Hop, image: LocalImage, seconds: float
     got = int(sink.get("bytes") or hop.received)
     if hop.state == "failed":
         return Outcome(i, name, "failed", f"{hop.detail} (at {size(got)})", got, seconds, hop.cause)
-    holds = (str(sink.get("output") or "").strip().splitlines() or [""])[-1]
+    holds = str(sink.get("id") or "")
     if sink.get("ok") and holds == image.id:
         return Outcome(i, name, "pushed", "image ID verified", got, seconds)
     why = f"holds {holds or 'no ID'} after loading" if sink.get("ok") else ship.failure(hop)

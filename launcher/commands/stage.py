@@ -7,10 +7,18 @@ left by an interrupted stage) continues where it stopped; the stream carries eac
 from the smallest offset any of them holds. Before a byte moves, every node's free space is checked:
 a node without room is named with the space needed and nothing is copied anywhere. Each node writes
 the manifest (relative path, size, sha256) next to the weights; `doctor` checks it.
+
+What each node keeps is checked against the list computed by the source's scan (carried to each node
+over its SSH session), never against what the stream says: a file whose sha256 differs is not kept and
+the node fails naming it and both hashes; a path that is absolute, has `..`, or leads out of the
+destination through a link is refused (remote/relay.py). A destination inside the source, or around
+it, on the machine that holds both, is refused before anything moves.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +26,7 @@ from pathlib import Path
 from launcher.commands import ship
 from launcher.commands.context import Connection, Target, connected, target
 from launcher.commands.preflight import model_host_path
-from launcher.errors import ConfigError, Exit, LauncherError
+from launcher.errors import ConfigError, Exit, LauncherError, one_line
 from launcher.output.console import say
 from launcher.output.tables import print_json
 from launcher.output.transfer import outcome_table, size
@@ -69,6 +77,7 @@ def run(config, config_opt, inventory, connection: Connection, *, source, to, ve
     t = target(config, config_opt, inventory)
     dest = destinations(t, to)
     src = parse_from(t, source)
+    refuse_nesting(t, src, dest)
     with connected(t, connection):
         if src.node is not None:
             src.host = t.fleet.host(src.node.index)
@@ -138,6 +147,67 @@ def not_root(given: str, root: str) -> str:
     return root
 
 
+def nested(a: str, b: str) -> bool:
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
+
+
+def refuse_nesting(t: Target, src: Source, dest: dict[int, str]) -> None:
+    """A destination inside the source (or around it) on the machine that holds both would copy each
+    run into the last one, one level deeper. The node checks it again with links resolved."""
+    for i, path in dest.items():
+        node = t.plan.nodes[i]
+        same = src.node.index == i if src.node is not None else _loopback(node.address)
+        if same and nested(path, src.root):
+            raise ConfigError(
+                f"{src.given}: the destination {path} on {node.label} and the source are inside one another",
+                key="--from",
+            )
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+OURS = (".launcher-manifest", ".launcher-stage.lock", ".launcher-manifest.tmp")  # as remote/relay.py's
+
+
+def unsafe_name(rel: object) -> str | None:
+    """Why a path of the scan is not one a node may write (the same rule as remote/relay.py's, which
+    every node applies again, links resolved), or None."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or len(rel) > 4096:
+        return "an empty path, a NUL in it, or over 4096 bytes"
+    if rel.startswith("/"):
+        return "an absolute path"
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "a path with `..`, `.` or an empty part"
+    if parts[-1] in OURS or parts[-1].endswith(".launcher-part"):
+        return "the name of one of the launcher's own files"
+    return None
+
+
+def checked_scan(given: str, where: str, files: object) -> list[dict]:
+    """The source's scan as the list every node is held to: relative paths without `..`, sizes, sha256s
+    (a node or a disk that says otherwise is refused, one line)."""
+    if not isinstance(files, list):
+        raise ConfigError(f"{given}: the scan {where} gave no list of files", key="--from")
+    for entry in files:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        why = unsafe_name(path)
+        if why is None and not (type(entry.get("size")) is int and entry["size"] >= 0):
+            why = "no size"
+        if why is None and not (isinstance(entry.get("sha256"), str) and SHA256.fullmatch(entry["sha256"])):
+            why = "no sha256"
+        if why is not None:
+            raise ConfigError(f"{given}: the scan {where} named {str(path)[:200]!r}: {why}: refused", key="--from")
+    return files
+
+
 def scan_source(t: Target, src: Source, verify: bool) -> list[dict]:
     where = "here" if src.node is None else f"on {src.node.label}"
     try:
@@ -156,10 +226,11 @@ def scan_source(t: Target, src: Source, verify: bool) -> list[dict]:
     if found.get("error"):
         raise LauncherError(f"--from {src.given}: cannot read it {where}: {found.get('detail')}")
     for link in found.get("skipped", []):
-        say(f"--from {src.given}: skipped {link}: a link to a directory outside the source", to_stderr=True)
-    if not found["files"]:
+        say(f"--from {src.given}: skipped {one_line(str(link))}: a link that leads outside the source", to_stderr=True)
+    files = checked_scan(src.given, where, found.get("files"))
+    if not files:
         raise ConfigError(f"{src.given}: no files in it {where}", key="--from")
-    return found["files"]
+    return files
 
 
 def scan_nodes(t: Target, files: list[dict], dest: dict[int, str], verify: bool) -> dict:
@@ -201,13 +272,18 @@ def stage_round(t, src, files, dest, verify, connection, fanout, as_json) -> dic
 
 
 def records(files: list[dict], needs: dict[int, dict]) -> list[dict]:
-    """The files any node needs, each from the smallest offset a node needing it already holds."""
+    """The files any node needs, each from the smallest offset a node needing it already holds (what a
+    node says it holds counts only within the file: a node cannot make the source read past it)."""
     out = []
     for f in files:
-        holds = [n["need"][f["path"]] for n in needs.values() if f["path"] in n["need"]]
+        holds = [_within(n["need"][f["path"]], f["size"]) for n in needs.values() if f["path"] in n["need"]]
         if holds:
             out.append({"path": f["path"], "size": f["size"], "sha256": f["sha256"], "start": min(holds)})
     return out
+
+
+def _within(have: object, size: int) -> int:
+    return have if type(have) is int and 0 <= have < size else 0
 
 
 def relay_files(t, src: Source, files, dest, needs, connection, fanout, as_json) -> dict[int, Outcome]:
@@ -256,7 +332,8 @@ def outcome_of(t: Target, i: int, path: str, hop: Hop, seconds: float) -> Outcom
     if sink.get("ok"):
         detail = f"wrote {len(written)} file(s) ({size(wrote)}), sha256 checked{note}"
         return Outcome(i, name, path, "staged", detail, written, failed, got, seconds)
-    detail = "; ".join(f"{p}: {why}" for p, why in failed.items()) if failed else ship.failure(hop)
+    said = [f"{p}: {why}" for p, why in failed.items()] + ([sink["detail"]] if sink.get("detail") else [])
+    detail = "; ".join(said) if said else ship.failure(hop)
     return Outcome(i, name, path, "failed", detail + note, written, failed, got, seconds, hop.cause)
 
 

@@ -8,8 +8,8 @@ launcher starts it as
 
 so this program arrives on stdin and the rest of stdin stays the launcher's: JSON lines.
 Modes:
-  relay  a `hello` line (token, address to listen on, sink, source, a check command whose output comes
-         back with the port) -> it listens, takes the stream from
+  relay  a `hello` line (the run's key, this node's id, address to listen on, sink, source, a check
+         command whose output comes back with the port) -> it listens, takes the stream from
          an upstream node (or emits it from a directory of its own), passes it on to the downstream
          nodes the launcher names (`add`/`drop` lines, any time: that is how a failed node is routed
          around), and feeds it to its sink: a command (`docker load`) or a directory (the stream's
@@ -20,11 +20,24 @@ Modes:
   emit   one JSON line in -> the record stream of a directory's files on stdout.
   check  ROOT MARK -> doctor's check of ROOT against its manifest, one `MARK model ...` line.
 
-Data connections: the upstream connects, sends the token and a newline; the downstream answers with
-how many bytes of the stream it already holds and a newline; then frames of `!I length` + bytes from
-that position on; a frame of length 0 ends the stream (a connection closed without it is a failure).
-The stage stream: records `LR` + `!I` + a JSON header ({path, size, start, length, sha256}, or
-{end: true}) + `length` bytes of the file from offset `start`.
+Trust: the launcher's SSH sessions (this program's stdin) are the only trusted channel; the cluster
+network is not. Each run has a random key that only the SSH sessions carry (never a TCP connection).
+
+Data connections: the upstream connects and sends `LR1 FROM TO NONCE`; the downstream accepts only the
+upstream the launcher named (an `upstream` line: one connection at a time, a few at most, each proving
+itself within HANDSHAKE seconds) and answers its own nonce; the upstream answers
+HMAC(key, up|FROM|TO|NONCE|NONCE'); the downstream answers how many bytes of the stream it already holds
+with HMAC(key, down|...|position) (so each side proved it holds the key; the key never crossed). Then
+link frames of `!I length` + bytes from that position on; a link frame of length 0 ends the link.
+
+The stream itself is sealed end to end by its root: frames `!I n` + n bytes (n <= CHUNK) + HMAC(key,
+`LRF1` + `!QI` (payload offset, n) + the bytes); n = 0 ends it. A sink uses no byte of a frame before
+its MAC is checked, so a byte altered, dropped, replayed or moved on the way fails the node (bytes the
+relays pass on are checked by every sink). The stage stream (the payload): records `LR` + `!I` + a
+JSON header ({path, size, start, length}, or {end: true}; at most HEADER_MAX bytes) + `length` bytes of
+the file from offset `start`. Whatever a record says, a node writes only the files the launcher listed
+(over SSH: path, size, sha256), each under the root, and keeps a file only when its sha256 is the
+launcher's; an image sink keeps only the image ID the launcher computed, and no other tag changes.
 """
 
 from __future__ import annotations
@@ -51,7 +64,14 @@ FRAME = struct.Struct("!I")
 MANIFEST = ".launcher-manifest"
 PART = ".launcher-part"
 LOCK = ".launcher-stage.lock"
-OURS = (MANIFEST, LOCK)
+OURS = (MANIFEST, LOCK, MANIFEST + ".tmp")  # the launcher's own files, at any level of a directory
+MAC = 32  # bytes of an HMAC-SHA256
+SEAL = struct.Struct("!QI")  # what a frame's MAC covers besides its bytes: its payload offset and length
+HEADER_MAX = 64 << 10  # a record header longer than this is not one the launcher wrote
+HANDSHAKE = 10.0  # seconds for a connection to prove itself (a slow loris is cut off here)
+MAX_CONNS = 4  # connections being proven or streaming at once (the upstream, its replacement, spares)
+TAIL = 4096  # bytes of a sink command's output kept (its last lines, for the report)
+ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 _say_lock = threading.Lock()
 
@@ -180,14 +200,62 @@ def tune(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def read_line(sock, limit: int = 256) -> str:
+def read_line(sock, limit: int = 256, deadline: float | None = None) -> str:
+    """One handshake line: at most `limit` bytes, and (with a deadline) whole before it."""
     data = b""
     while not data.endswith(b"\n"):
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectionError("the handshake took too long")
+            sock.settimeout(left)
         got = sock.recv(1)
         if not got or len(data) > limit:
             raise ConnectionError("the peer closed during the handshake")
         data += got
-    return data.decode().strip()
+    return data.decode("ascii", "replace").strip()
+
+
+def proof(key: bytes, *parts: str) -> str:
+    """HMAC of a handshake's words under the run's key: shows the key is held, never reveals it."""
+    return hmac.new(key, "|".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def prove_to(sock, key: bytes, frm: str, to: str, deadline: float) -> int:
+    """The upstream's side of the handshake; returns the position the downstream holds."""
+    mine = os.urandom(16).hex()
+    sock.sendall(f"LR1 {frm} {to} {mine}\n".encode())
+    theirs = read_line(sock, 256, deadline)
+    if not theirs or theirs.startswith("no"):
+        raise ConnectionError(f"refused by the node: {theirs[3:] or 'no reason'}")
+    sock.sendall(proof(key, "up", frm, to, mine, theirs).encode() + b"\n")
+    position, _, mac = read_line(sock, 256, deadline).partition(" ")
+    if not hmac.compare_digest(mac.encode(), proof(key, "down", frm, to, mine, theirs, position).encode()):
+        raise ConnectionError("the node did not prove it holds the run's key")
+    return int(position)
+
+
+class Sealer:
+    """The root's side of the stream's seal: each piece of payload into frames of at most CHUNK bytes,
+    each with its MAC (the same as the launcher's transport/relay.py seals with)."""
+
+    def __init__(self, key: bytes):
+        self.key, self.offset = key, 0
+
+    def seal(self, data):
+        data = memoryview(data)
+        for at in range(0, len(data), CHUNK):
+            piece = data[at : at + CHUNK]
+            mac = hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, len(piece)), hashlib.sha256)
+            mac.update(piece)
+            self.offset += len(piece)
+            yield FRAME.pack(len(piece))
+            yield piece
+            yield mac.digest()
+
+    def end(self) -> bytes:
+        mac = hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, 0), hashlib.sha256)
+        return FRAME.pack(0) + mac.digest()
 
 
 def recv_exact(sock, n: int):
@@ -217,8 +285,8 @@ def shut(sock) -> None:
 class Upstream:
     """One connection the stream arrives on; replaced when the launcher re-routes around a failure."""
 
-    def __init__(self, relay: Relay, sock: socket.socket):
-        self.relay, self.sock = relay, sock
+    def __init__(self, relay: Relay, sock: socket.socket, ident: str):
+        self.relay, self.sock, self.id = relay, sock, ident
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -252,6 +320,7 @@ class Upstream:
             pass
         finally:
             shut(self.sock)
+            self.relay.slots.release()
         if not self.stop.is_set() and not ring.closed:
             say("upstream-lost", position=ring.end)
 
@@ -288,8 +357,7 @@ class Downstream:
             if self.dropped:
                 return
             tune(sock)
-            sock.sendall(self.relay.token.encode() + b"\n")
-            pos = int(read_line(sock))
+            pos = prove_to(sock, self.relay.key, self.relay.id, self.id, time.monotonic() + HANDSHAKE)
             attached = ring.attach(self.name, pos, ring.keep)
             self.let_go()
             if not attached:
@@ -347,7 +415,11 @@ class Downstream:
 
 class Relay:
     def __init__(self, hello: dict):
-        self.token = hello["token"]
+        self.key = bytes.fromhex(hello["key"])  # the run's; it came over SSH and never leaves this process
+        self.id = str(hello["id"])
+        self.expected = hello.get("upstream")  # the only upstream accepted: the launcher names it
+        self.expected_changed = threading.Condition()
+        self.slots = threading.BoundedSemaphore(MAX_CONNS)
         self.hello = hello
         self.ring = Ring(hello.get("ring", RING), hello.get("keep", KEEP))
         self.upstream: Upstream | None = None
@@ -378,29 +450,73 @@ class Relay:
                 continue
             except OSError:
                 return
+            if not self.slots.acquire(blocking=False):
+                say("refused", peer=peer[0], detail=f"{MAX_CONNS} connections already")
+                shut(conn)
+                continue
             threading.Thread(target=self.handshake, args=(conn, peer[0]), daemon=True).start()
 
     def handshake(self, conn: socket.socket, peer: str) -> None:
+        """A connection becomes the upstream only once it proved the key and is the one the launcher named."""
+        deadline = time.monotonic() + self.hello.get("handshake", HANDSHAKE)
+        started = False
         try:
-            conn.settimeout(15)
-            if not hmac.compare_digest(read_line(conn).encode(), self.token.encode()):
-                say("refused", peer=peer)
-                shut(conn)
+            frm, mine = self.greeted(conn, peer, deadline)
+            if frm is None:
                 return
-            with self.up_lock:
-                old = self.upstream
-                if old is not None and not old.end():
-                    say("refused", peer=peer, detail="the previous upstream does not let go")
-                    shut(conn)
-                    return
-                tune(conn)
-                conn.sendall(f"{self.ring.end}\n".encode())
-                conn.settimeout(None)
-                self.upstream = Upstream(self, conn)
-                self.upstream.thread.start()
-            say("upstream", position=self.ring.end, peer=peer)
+            theirs = os.urandom(16).hex()
+            conn.sendall(theirs.encode() + b"\n")
+            answer = read_line(conn, 256, deadline)
+            if not hmac.compare_digest(answer.encode(), proof(self.key, "up", frm, self.id, mine, theirs).encode()):
+                say("refused", peer=peer, detail=f"{frm} did not prove it holds the run's key")
+                return
+            started = self.take_upstream(conn, peer, frm, mine, theirs)
         except (OSError, ValueError):
-            shut(conn)
+            pass
+        finally:
+            if not started:
+                shut(conn)
+                self.slots.release()
+
+    def greeted(self, conn: socket.socket, peer: str, deadline: float):
+        """(FROM, its nonce) of a connection's first line, or (None, None) when it is not the upstream
+        the launcher named (waiting within the handshake's time for the launcher's word)."""
+        words = read_line(conn, 256, deadline).split(" ")
+        if len(words) != 4 or words[0] != "LR1" or words[2] != self.id or not set(words[1]) <= ID_CHARS:
+            say("refused", peer=peer, detail="not a relay handshake for this node")
+            return None, None
+        with self.expected_changed:
+            named = self.expected_changed.wait_for(lambda: self.expected == words[1], deadline - time.monotonic())
+        if not named:
+            conn.sendall(b"no: not the upstream the launcher named\n")
+            say("refused", peer=peer, detail=f"{words[1][:64]} is not the upstream the launcher named")
+            return None, None
+        return words[1], words[3][:64]
+
+    def take_upstream(self, conn: socket.socket, peer: str, frm: str, mine: str, theirs: str) -> bool:
+        with self.up_lock:
+            old = self.upstream
+            if old is not None and not old.end():
+                say("refused", peer=peer, detail="the previous upstream does not let go")
+                return False
+            if self.expected != frm:  # the launcher re-routed while this one proved itself
+                return False
+            tune(conn)
+            position = str(self.ring.end)
+            conn.sendall(f"{position} {proof(self.key, 'down', frm, self.id, mine, theirs, position)}\n".encode())
+            conn.settimeout(None)
+            self.upstream = Upstream(self, conn, frm)
+            self.upstream.thread.start()
+        say("upstream", position=self.ring.end, peer=peer, id=frm)
+        return True
+
+    def name_upstream(self, ident: str) -> None:
+        """The launcher's word: from now on only `ident` may connect. The current upstream (named
+        before) goes on until `ident` has proved itself and takes over: what is already on its way
+        from it still arrives, so the node resumes from as far as it can (within the new one's KEEP)."""
+        with self.expected_changed:
+            self.expected = ident
+            self.expected_changed.notify_all()
 
     def add(self, ident: str, address: str, port: int, replaces: str | None = None) -> None:
         """Pass the stream to this node too; `replaces`: the failed node it takes over from (its hold
@@ -461,7 +577,7 @@ def run_relay(hello: dict, lines: queue.Queue) -> int:
     sink = hello.get("sink")
     if sink:
         relay.ring.attach("sink", 0, 0)
-        target = cmd_sink if sink["kind"] == "cmd" else dir_sink
+        target = {"cmd": cmd_sink, "image": image_sink, "dir": dir_sink}[sink["kind"]]
         threading.Thread(target=guard_sink, args=(target, relay, sink), daemon=True).start()
     else:
         relay.sink_done.set()
@@ -497,6 +613,8 @@ def control(relay: Relay, lines: queue.Queue) -> int:
             said_finished = False
         elif op == "drop":
             relay.drop(msg["id"])
+        elif op == "upstream":
+            relay.name_upstream(str(msg["id"]))
         elif op == "release":
             relay.ring.detach("hold")
         elif op == "exit":
@@ -522,152 +640,385 @@ def guard_sink(target, relay: Relay, sink: dict) -> None:
 # -- sinks --------------------------------------------------------------------------------------------
 
 
-def cmd_sink(relay: Relay, sink: dict) -> None:
-    """The stream into a command's stdin (`docker load`); its output's tail reported at the end."""
-    ring = relay.ring
-    proc = subprocess.Popen(sink["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+class Forged(Exception):
+    """The stream is not what the root sealed, or not what the launcher listed: the sink stops."""
+
+    def __init__(self, why: str, path: str = ""):
+        super().__init__(why)
+        self.path = path
+
+
+class StreamReader:
+    """The ring's bytes in order: the sealed stream as it arrived."""
+
+    def __init__(self, relay: Relay):
+        self.relay = relay
+        self.pos = 0
+
+    def peek(self, at: int, n: int) -> list:
+        """Views of the n bytes `at` past the position, which stays: the ring keeps them until `advance`
+        (n is at most a frame: far less than the ring)."""
+        ring, views, pos = self.relay.ring, [], self.pos + at
+        while n:
+            view = ring.read("sink", pos, n)
+            if not view:
+                raise EOFError("the stream ended inside a record")
+            views.append(view)
+            pos += len(view)
+            n -= len(view)
+        return views
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+        self.relay.sink_pos = self.pos
+        self.relay.ring.advance("sink", self.pos)
+
+
+class Opened:
+    """The stream's payload: each frame's bytes given out only once its MAC is checked (views of the
+    ring itself: the frame stays there until the next one is asked for, nothing is copied)."""
+
+    def __init__(self, reader: StreamReader, key: bytes):
+        self.reader, self.key = reader, key
+        self.offset = 0  # payload bytes checked so far
+        self.done = 0  # bytes of the last frame given out, passed at the next
+        self.left: list = []
+
+    def frame(self):
+        """The next frame's payload (views), checked; None at the sealed end."""
+        reader = self.reader
+        reader.advance(self.done)
+        self.done = 0
+        n = FRAME.unpack(b"".join(bytes(v) for v in reader.peek(0, FRAME.size)))[0]
+        if n > CHUNK:
+            raise Forged(f"a frame of {n} bytes at byte {reader.pos} (frames are at most {CHUNK})")
+        mac = hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, n), hashlib.sha256)
+        payload = reader.peek(FRAME.size, n)
+        for view in payload:
+            mac.update(view)
+        tag = b"".join(bytes(v) for v in reader.peek(FRAME.size + n, MAC))
+        if not hmac.compare_digest(mac.digest(), tag):
+            why = "altered on the way, or not sealed with the run's key"
+            raise Forged(f"the stream's MAC does not match at byte {reader.pos}: {why}")
+        self.offset += n
+        self.done = FRAME.size + n + MAC
+        return payload or None
+
+    def views(self, n: int):
+        while n:
+            if not self.left:
+                payload = self.frame()
+                if payload is None:
+                    raise Forged("the stream ended inside a record")
+                self.left = payload[::-1]  # popped from the end
+            view = self.left.pop()
+            if len(view) > n:
+                self.left.append(view[n:])
+                view = view[:n]
+            n -= len(view)
+            yield view
+
+    def take(self, n: int) -> bytes:
+        return b"".join(bytes(view) for view in self.views(n))
+
+    def ended(self) -> bool:
+        """Whether the sealed end comes next (and nothing else)."""
+        if self.left or self.frame() is not None:
+            return False
+        self.reader.advance(self.done)
+        return True
+
+
+def run_command(relay: Relay, argv: list):
+    """The stream's checked payload into a command's stdin: (exit code, its output's tail, why the
+    stream failed or None, payload bytes). A stream that fails kills the command first: it never sees
+    a clean end."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     relay.sink_proc = proc
     tail = bytearray()
 
-    def collect() -> None:
-        for line in proc.stdout:
-            tail.extend(line)
-            del tail[:-4096]
+    def collect() -> None:  # in blocks, not lines: a command printing one endless line stays bounded
+        while True:
+            got = os.read(proc.stdout.fileno(), 65536)
+            if not got:
+                return
+            tail.extend(got)
+            del tail[:-TAIL]
 
     reader = threading.Thread(target=collect, daemon=True)
     reader.start()
-    pos, broke = 0, None
+    opened, broke = Opened(StreamReader(relay), relay.key), None
     try:
         while True:
-            view = ring.read("sink", pos)
-            if not view:
+            payload = opened.frame()
+            if payload is None:
+                opened.reader.advance(opened.done)
                 break
-            proc.stdin.write(view)
-            pos += len(view)
-            relay.sink_pos = pos
-            ring.advance("sink", pos)
+            for view in payload:
+                proc.stdin.write(view)
+    except (Forged, EOFError) as exc:
+        broke = str(exc)
+        proc.kill()
     except OSError as exc:
-        broke = exc
-    ring.detach("sink")  # never hold the others back, whatever the command does now
+        broke = str(exc)
+    relay.ring.detach("sink")  # never hold the others back, whatever the command does now
     try:
         proc.stdin.close()
     except OSError:
         pass
     code = proc.wait()
     reader.join(5)
-    output = tail.decode(errors="replace").strip()
-    ok = code == 0 and broke is None and ring.eof and not ring.closed
-    say("sink", ok=ok, code=code, output=output[-1000:], bytes=pos)
+    return code, bytes(tail).decode(errors="replace").strip(), broke, opened.offset
 
 
-class StreamReader:
-    """The ring's bytes in order, for the directory sink's records."""
+def cmd_sink(relay: Relay, sink: dict) -> None:
+    """The stream into a command's stdin; its output's tail reported at the end."""
+    code, output, broke, moved = run_command(relay, sink["argv"])
+    ok = code == 0 and broke is None  # None: the sealed end came, every byte before it checked
+    say("sink", ok=ok, code=code, output=output[-1000:], bytes=moved, **({"detail": broke} if broke else {}))
 
-    def __init__(self, relay: Relay):
-        self.relay = relay
-        self.pos = 0
 
-    def take(self, n: int) -> bytes:
-        out = b""
-        for view in self.views(n):
-            out += bytes(view)
-        return out
+def docker_images() -> dict:
+    """Every tag of this node's engine -> its image ID, and every image ID (tagged or not)."""
+    fmt = "{{.Repository}}:{{.Tag}} {{.ID}}"
+    out = subprocess.run(
+        ["docker", "image", "ls", "--all", "--no-trunc", "--format", fmt],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=120,
+    )  # fmt: skip
+    tags, ids = {}, set()
+    for line in out.stdout.decode(errors="replace").splitlines():
+        name, _, ident = line.rpartition(" ")
+        ids.add(ident)
+        if "<none>" not in name:
+            tags[name] = ident
+    return {"tags": tags, "ids": ids}
 
-    def views(self, n: int):
-        ring = self.relay.ring
-        while n:
-            view = ring.read("sink", self.pos, min(n, CHUNK))
-            if not view:
-                raise EOFError("the stream ended inside a record")
-            yield view
-            n -= len(view)
-            self.pos += len(view)
-            self.relay.sink_pos = self.pos
-            ring.advance("sink", self.pos)
+
+def same_ref(name: str, ref: str) -> bool:
+    """Whether `docker image ls`'s NAME:TAG is the plan's reference (written short or long)."""
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if ref.startswith(prefix):
+            ref = ref[len(prefix) :]
+    last = ref.rsplit("/", 1)[-1]
+    return name == (ref if ":" in last or "@" in last else ref + ":latest")
+
+
+def undo_load(before: dict, after: dict, keep: str) -> list:
+    """Every tag the load set, except `keep`'s, back as it was; every image it brought in and that
+    `keep` does not name, removed. Returns what was undone."""
+    undone = []
+    kept = ""
+    for name, ident in sorted(after["tags"].items()):
+        if keep and same_ref(name, keep):
+            kept = ident
+            continue
+        old = before["tags"].get(name)
+        if old != ident:
+            argv = ["docker", "tag", old, name] if old else ["docker", "image", "rm", name]
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+            undone.append(name)
+    for ident in sorted(after["ids"] - before["ids"] - {kept}):
+        subprocess.run(
+            ["docker", "image", "rm", ident], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120
+        )
+        undone.append(ident[:19])
+    return undone
+
+
+def image_sink(relay: Relay, sink: dict) -> None:
+    """`docker load` of the stream, kept only when the plan's reference then names the image ID the
+    launcher computed; any other tag the load set is put back, any other image it brought is removed."""
+    ref, want = sink["ref"], sink["id"]
+    before = docker_images()
+    code, output, broke, moved = run_command(relay, ["docker", "load"])
+    after = docker_images()
+    got = next((ident for name, ident in after["tags"].items() if same_ref(name, ref)), "")
+    ok = code == 0 and broke is None and got == want
+    if not ok and got and got != want and broke is None and code == 0:
+        broke = f"the stream held {ref} as {got[:19]}, not the launcher's {want[:19]}: not kept"
+    undone = undo_load(before, after, ref if ok else "")
+    fields = {"detail": broke} if broke else {}
+    say(
+        "sink",
+        ok=ok,
+        id=got if ok else "",
+        code=code,
+        output=output[-1000:],
+        bytes=moved,
+        undone=undone,
+        **fields,
+    )
+
+
+def unsafe_name(rel) -> str | None:
+    """Why a relative path from a list or a record is not one to write, by its words alone (or None)."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or len(rel) > 4096:
+        return "an empty path, a NUL in it, or over 4096 bytes"
+    if rel.startswith("/"):
+        return "an absolute path"
+    parts = rel.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "a path with `..`, `.` or an empty part"
+    if parts[-1] in OURS or parts[-1].endswith(PART):
+        return "the name of one of the launcher's own files"
+    return None
+
+
+def unsafe(root: str, rel: str) -> str | None:
+    """unsafe_name, and: the path (or its partial file) leaves the root through a link on this node."""
+    why = unsafe_name(rel)
+    if why is not None:
+        return why
+    real_root = os.path.realpath(root)
+    final = os.path.join(root, rel)
+    for path in (final, final + PART):
+        if not inside(real_root, os.path.realpath(path)):
+            return f"{rel} leads out of {root} through a link"
+    return None
+
+
+def nested_with_source(relay: Relay, root: str) -> str | None:
+    """A destination inside its own source (or around it) would copy each run into the last one."""
+    source = relay.hello.get("source")
+    if not source:
+        return None
+    dest, src = os.path.realpath(root), os.path.realpath(source["root"])
+    if inside(dest, src) or inside(src, dest):
+        return f"the destination {root} and the source {source['root']} are inside one another on this node"
+    return None
 
 
 def dir_sink(relay: Relay, sink: dict) -> None:
-    """The stream's records into files under `root`: only the files this node needs (`need`: path ->
-    bytes its partial file already holds); each hashed as written, renamed into place when its
-    sha256 matches; the manifest written at the end."""
+    """The stream's records into files under `root`: only the files the launcher listed and this node
+    needs (`need`: path -> bytes its partial file already holds); each hashed as written and renamed
+    into place when its sha256 is the launcher's; the manifest written at the end."""
     import fcntl
 
     root = sink["root"]
+    nested = nested_with_source(relay, root)
+    if nested:
+        say("sink", ok=False, detail=nested, written=[], failed={})
+        return
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, LOCK), "w") as lock:
+    fd = os.open(os.path.join(root, LOCK), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             say("sink", ok=False, detail=f"another stage is writing into {root}")
             return
-        receive_all(relay, sink, StreamReader(relay))
+        receive_all(sink, Opened(StreamReader(relay), relay.key))
 
 
-def receive_all(relay: Relay, sink: dict, reader: StreamReader) -> None:
+def receive_all(sink: dict, reader: Opened) -> None:
+    """Every record of the stream: the listed files this node needs, written and checked; the others
+    passed over; the first forged record (or byte) ends it. One `sink` event says what came of it."""
+    listed = {entry["path"]: entry for entry in sink["files"]}
     need = sink["need"]
-    done, failed = [], {}
+    done, failed, detail, ended = [], {}, "", False
     try:
         while True:
-            head = record_header(reader)
+            head = record_header(reader, listed)
             if head is None:
+                ended = reader.ended()
                 break
-            if head["path"] in need:
-                why = receive_file(sink["root"], head, need[head["path"]], reader)
+            path = head["path"]
+            if path in need and path not in done and path not in failed:
+                why = receive_file(sink["root"], head, listed[path], need[path], reader)
                 if why:
-                    failed[head["path"]] = why
+                    failed[path] = why
                 else:
-                    done.append(head["path"])
+                    done.append(path)
             else:
-                for _ in reader.views(head["length"]):
-                    pass
-    except EOFError:
-        pass
+                skip(reader, head["length"])
+    except Forged as exc:
+        if exc.path:
+            failed[exc.path] = str(exc)
+        else:
+            detail = str(exc)
+    except EOFError as exc:
+        detail = str(exc)
     finally:
         write_manifest(sink["root"], sink["files"], verified=set(sink.get("complete", [])) | set(done))
-    complete = not failed and len(done) == len(need) and relay.ring.ended()
-    say("sink", ok=complete, written=done, failed=failed, bytes=reader.pos)
+    complete = ended and not failed and len(done) == len(need)
+    fields = {"detail": detail} if detail else {}
+    say("sink", ok=complete, written=done, failed=failed, bytes=reader.offset, **fields)
 
 
-def record_header(reader: StreamReader):
+def skip(reader: Opened, n: int) -> None:
+    for _ in reader.views(n):
+        pass
+
+
+def record_header(reader: Opened, listed: dict):
+    """The next record's header, checked against the launcher's list; None at the end record."""
     mark = reader.take(6)
     if mark[:2] != b"LR":
-        raise EOFError("not a record stream")
-    head = json.loads(reader.take(struct.unpack("!I", mark[2:])[0]))
-    return None if head.get("end") else head
+        raise Forged("not a record stream")
+    n = struct.unpack("!I", mark[2:])[0]
+    if n > HEADER_MAX:
+        raise Forged(f"a record header of {n} bytes (at most {HEADER_MAX})")
+    try:
+        head = json.loads(reader.take(n))
+    except ValueError:
+        raise Forged("a record header that is not JSON") from None
+    if not isinstance(head, dict):
+        raise Forged("a record header that is not an object")
+    if head.get("end") is True:
+        return None
+    path = head.get("path")
+    entry = listed.get(path) if isinstance(path, str) else None
+    shown = repr(path)[:200]
+    if entry is None:
+        raise Forged(f"a record for {shown}, a file the launcher did not list: refused", shown)
+    start, length = head.get("start"), head.get("length")
+    numbers = all(type(x) is int for x in (start, length))
+    if not numbers or not 0 <= start <= entry["size"] or length != entry["size"] - start:
+        raise Forged(f"a record for {path} with other bounds than the launcher's list", path)
+    return head
 
 
-def receive_file(root: str, head: dict, have: int, reader: StreamReader) -> str | None:
-    """One record into `path.launcher-part` (continuing a partial file from `have`), then into place.
-    Returns why it failed, or None."""
-    final = os.path.join(root, head["path"])
+def receive_file(root: str, head: dict, entry: dict, have: int, reader: Opened) -> str | None:
+    """One record into `path.launcher-part` (continuing a partial file from `have`), then into place
+    when its sha256 is the launcher's. Returns why it failed, or None."""
+    rel = head["path"]
+    why = unsafe(root, rel)
+    if why is None and head["start"] > have:
+        why = f"the record starts at byte {head['start']}, past the {have} bytes this node holds"
+    if why is not None:
+        skip(reader, head["length"])
+        say("file", path=rel, state="failed", detail=why)
+        return f"refused: {why}"
+    final = os.path.join(root, rel)
     part = final + PART
     digest = hashlib.sha256()
     offset, written, error = head["start"], 0, None
     try:
         os.makedirs(os.path.dirname(final), exist_ok=True)
-        f = open(part, "r+b" if have else "wb")  # noqa: SIM115 (closed in finish_file)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (0 if have else os.O_TRUNC)
+        f = os.fdopen(os.open(part, flags, 0o644), "r+b")  # noqa: SIM115 (closed in finish_file)
         if have:
             have = hash_prefix(f, have, digest)
-        say("file", path=head["path"], state="receiving", resumed_at=have)
+        say("file", path=rel, state="receiving", resumed_at=have)
     except OSError as exc:
         f, error = None, str(exc)
     try:
         for view in reader.views(head["length"]):
-            skip = max(0, min(len(view), have - offset))
-            if f is not None and skip < len(view):
+            skip_bytes = max(0, min(len(view), have - offset))
+            if f is not None and skip_bytes < len(view):
                 try:
-                    f.write(view[skip:])
-                    digest.update(view[skip:])
-                    written += len(view) - skip
+                    f.write(view[skip_bytes:])
+                    digest.update(view[skip_bytes:])
+                    written += len(view) - skip_bytes
                 except OSError as exc:
                     f.close()
                     f, error = None, str(exc)
             offset += len(view)
-    except EOFError:
+    except (EOFError, Forged):
         if f is not None:
-            f.close()  # what arrived stays in the partial file: the next stage continues it
+            f.close()  # what arrived stays in the partial file: the next stage checks it whole, or drops it
         raise
-    return finish_file(f, error, part, final, head, digest, written, have)
+    return finish_file(f, error, part, final, entry, digest, written, have)
 
 
 def hash_prefix(f, have: int, digest) -> int:
@@ -684,21 +1035,23 @@ def hash_prefix(f, have: int, digest) -> int:
     return have - left
 
 
-def finish_file(f, error, part: str, final: str, head: dict, digest, written: int, have: int):
+def finish_file(f, error, part: str, final: str, entry: dict, digest, written: int, have: int):
+    rel = entry["path"]
     if f is not None:
         f.close()
-    if error is None and digest.hexdigest() != head["sha256"]:
-        error = "sha256 differs from the source's (the source changed, or the partial file was bad)"
+    got = digest.hexdigest()
+    if error is None and got != entry["sha256"]:
+        error = f"sha256 {got} is not the launcher's {entry['sha256']} (altered on the way?): not kept"
     if error is not None:
         if "sha256" in error:
             try:
                 os.unlink(part)
             except OSError:
                 pass
-        say("file", path=head["path"], state="failed", detail=error)
+        say("file", path=rel, state="failed", detail=error)
         return error
     os.replace(part, final)
-    say("file", path=head["path"], state="done", bytes=written, resumed_at=have)
+    say("file", path=rel, state="done", bytes=written, resumed_at=have)
     return None
 
 
@@ -708,7 +1061,10 @@ def finish_file(f, error, part: str, final: str, head: dict, digest, written: in
 def records(root: str, recs: list):
     """The record stream of these files (each from its `start`) as pieces of bytes."""
     for rec in recs:
-        head = dict(rec, length=rec["size"] - rec["start"])
+        why = unsafe_name(rec["path"])
+        if why is not None:
+            raise OSError(f"{rec['path']!r}: {why}")
+        head = {"path": rec["path"], "size": rec["size"], "start": rec["start"], "length": rec["size"] - rec["start"]}
         yield header_bytes(head)
         with open(os.path.join(root, rec["path"]), "rb") as f:
             f.seek(rec["start"])
@@ -728,10 +1084,14 @@ def header_bytes(head: dict) -> bytes:
 
 
 def emit_into(relay: Relay, source: dict) -> None:
+    """This node's own directory as the stream's root: sealed with the run's key."""
+    sealer = Sealer(relay.key)
     try:
         for piece in records(source["root"], source["records"]):
-            if not relay.ring.write(piece):
-                return
+            for part in sealer.seal(piece):
+                if not relay.ring.write(part):
+                    return
+        relay.ring.write(sealer.end())
         relay.ring.finish()
         say("received", bytes=relay.ring.end)
     except OSError as exc:
@@ -819,7 +1179,8 @@ def inside(root: str, path: str) -> bool:
 
 def source_files(root: str, skipped: list | None = None) -> list:
     """The files under root, links followed: each real directory once (device and inode: a link back up
-    makes no loop), links to directories outside root not at all (named in `skipped`)."""
+    makes no loop), links (to a directory or a file) that lead outside root not at all (named in
+    `skipped`); the launcher's own files (manifest, lock, partial files) at no level."""
     found, seen, real_root = [], set(), os.path.realpath(root)
     skipped = [] if skipped is None else skipped
     for here, dirs, names in os.walk(root, followlinks=True):
@@ -839,7 +1200,10 @@ def source_files(root: str, skipped: list | None = None) -> list:
         for name in sorted(names):
             full = os.path.join(here, name)
             rel = os.path.relpath(full, root)
-            if rel in OURS or name.endswith(PART) or name == MANIFEST + ".tmp" or not os.path.isfile(full):
+            if name in OURS or name.endswith(PART) or not os.path.isfile(full):
+                continue
+            if not inside(real_root, os.path.realpath(full)):
+                skipped.append(rel)
                 continue
             found.append(rel)
     return found

@@ -6,8 +6,11 @@ node runs a relay (`Host.start`); they form a tree, a chain by default (`fanout`
 node, sends ONE stream to the first node, which passes it on to the next as the bytes arrive, and so
 on, while each node's sink (`docker load`, a directory) takes them too. The root's one stream crosses
 the operator's uplink through the first node's SSH connection (`Host.open_port`); the nodes talk to
-each other directly (TCP, a random token per run: the stream's content is checked by the caller,
-image IDs or sha256).
+each other directly over TCP, which is trusted for nothing: a random key per run travels only in each
+relay's SSH session; a connection proves it holds the key (challenge and response, the key never
+sent), a node takes the stream only from the upstream the launcher named over SSH, and the root seals
+the stream (an HMAC per frame) that every sink checks before it uses a byte. What a node keeps is
+checked against what the launcher computed itself (each file's sha256, the image ID).
 
 A node that fails mid-way (its relay exits, its link is cut: silent and not answering SSH keepalives,
 or it stops answering for long) is named, and its children are re-routed to its parent, which resumes
@@ -17,7 +20,10 @@ node) goes to a callback; Ctrl-C aborts every relay and `RelayInterrupted` says 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 import queue
 import secrets
 import struct
@@ -35,6 +41,7 @@ from launcher.transport.stream import Running
 ROOT = "root"
 CHUNK = 1 << 20
 FRAME = struct.Struct("!I")
+SEAL = struct.Struct("!QI")  # as remote/relay.py: a frame's MAC covers its payload offset and length
 # The operator's end holds more than a node's (see remote/relay.py RING/KEEP): what is in flight to the
 # first node crosses an SSH channel and two TCP connections, each with buffers of its own.
 FEED_RING, FEED_KEEP = 96 << 20, 80 << 20
@@ -174,19 +181,19 @@ class Feed:
         self.source = source  # opened only when the tree is wired (nothing is read for nobody)
         self.ring = _Ring(ring, keep)
         self.events: queue.Queue | None = None
-        self.token = ""
+        self.run_key = b""  # the run's (not `key`: that is this root's name in the tree)
         self.senders: dict[str, _Sender] = {}
         self.received = 0
 
-    def start(self, events: queue.Queue, token: str) -> None:
-        self.events, self.token = events, token
+    def start(self, events: queue.Queue, key: bytes) -> None:
+        self.events, self.run_key = events, key
         threading.Thread(target=self._read, daemon=True, name="feed").start()
 
     def _read(self) -> None:
         assert self.events is not None
         try:
-            for chunk in self.source():
-                if not self.ring.write(chunk):
+            for piece in _sealed(self.source(), Sealer(self.run_key)):
+                if not self.ring.write(piece):
                     return
                 self.received = self.ring.end
             self.ring.finish()
@@ -238,8 +245,7 @@ class _Sender:
         pos = 0
         try:
             self.conn = self.hop.host.open_port(self.hop.port, timeout=10)
-            self.conn.sendall(feed.token.encode() + b"\n")
-            pos = int(_read_line(self.conn))
+            pos = _prove_to(self.conn, feed.run_key, ROOT, key)
             attached = ring.attach(self.name, pos)
             self.let_go()
             if not attached:
@@ -291,7 +297,60 @@ def _read_line(conn: Any) -> str:
         if not got or len(data) > 256:
             raise ConnectionError("the relay closed during the handshake")
         data += got
-    return data.decode().strip()
+    return data.decode("ascii", "replace").strip()
+
+
+def _proof(key: bytes, *parts: str) -> str:
+    return hmac.new(key, "|".join(parts).encode(), hashlib.sha256).hexdigest()
+
+
+def _prove_to(conn: Any, key: bytes, frm: str, to: str) -> int:
+    """The upstream's side of the handshake (as remote/relay.py's prove_to): each side proves it holds
+    the run's key, which never crosses; returns the position the node holds."""
+    mine = secrets.token_hex(16)
+    conn.sendall(f"LR1 {frm} {to} {mine}\n".encode())
+    theirs = _read_line(conn)
+    if not theirs or theirs.startswith("no"):
+        raise ConnectionError(f"refused by the node: {theirs[3:] or 'no reason'}")
+    conn.sendall(_proof(key, "up", frm, to, mine, theirs).encode() + b"\n")
+    position, _, mac = _read_line(conn).partition(" ")
+    if not hmac.compare_digest(mac.encode(), _proof(key, "down", frm, to, mine, theirs, position).encode()):
+        raise ConnectionError("the node did not prove it holds the run's key")
+    return int(position)
+
+
+class Sealer:
+    """The stream's seal (the same as remote/relay.py's Sealer): frames of at most CHUNK bytes, each
+    `!I n` + bytes + HMAC(key, `LRF1` + `!QI` (payload offset, n) + bytes); n = 0 ends the stream."""
+
+    def __init__(self, key: bytes):
+        self.key, self.offset = key, 0
+
+    def seal(self, data: bytes | bytearray | memoryview) -> Iterable[bytes | memoryview]:
+        view = memoryview(data)
+        for at in range(0, len(view), CHUNK):
+            piece = view[at : at + CHUNK]
+            mac = hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, len(piece)), hashlib.sha256)
+            mac.update(piece)
+            self.offset += len(piece)
+            yield FRAME.pack(len(piece))
+            yield piece
+            yield mac.digest()
+
+    def end(self) -> bytes:
+        return FRAME.pack(0) + hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, 0), hashlib.sha256).digest()
+
+
+def _sealed(pieces: Iterable[bytes], sealer: Sealer) -> Iterable[bytes | memoryview]:
+    """The source's pieces, gathered into frames of about CHUNK bytes (one MAC per MiB, not per piece)."""
+    pending = bytearray()
+    for piece in pieces:
+        pending += piece
+        if len(pending) >= CHUNK:
+            yield from sealer.seal(pending)
+            pending = bytearray()
+    yield from sealer.seal(pending)
+    yield sealer.end()
 
 
 class Relay:
@@ -321,7 +380,7 @@ class Relay:
         self.timing = timing or Timing()
         self.wanted = wanted  # asked of each started hop (its `check`): False leaves it out, "skipped"
         self.on_started = on_started or (lambda hops: None)
-        self.token = secrets.token_hex(16)
+        self.key = os.urandom(32)  # the run's: only in the relays' SSH sessions, never on a TCP connection
         self.events: queue.Queue = queue.Queue()
         self.moved_at = time.monotonic()
         self._moved = -1
@@ -350,7 +409,7 @@ class Relay:
     def _start(self, hop: Hop) -> None:
         try:
             hop.proc = hop.host.start(self.script)
-            hello = {"op": "hello", "token": self.token, "listen": hop.host.node.address, **hop.hello}
+            hello = {"op": "hello", "key": self.key.hex(), "id": hop.key, "listen": hop.host.node.address, **hop.hello}
             hop.proc.write(self.program + json.dumps(hello).encode() + b"\n")
             line = hop.proc.readline(self.timing.start)
             event = json.loads(line) if line and line.startswith("{") else {}
@@ -396,7 +455,7 @@ class Relay:
     def _wire(self) -> None:
         """The tree: the root sends to the first hop; hop i receives from hop (i - 1) // fanout."""
         if isinstance(self.source, Feed):
-            self.source.start(self.events, self.token)
+            self.source.start(self.events, self.key)
         elif not self.source.live:
             self._fail_all("source", f"the source {self.source.label}: {self.source.detail}")
             return
@@ -410,6 +469,7 @@ class Relay:
 
     def _attach(self, hop: Hop, parent_key: str, replaces: str | None = None) -> None:
         hop.parent = parent_key
+        hop.send({"op": "upstream", "id": parent_key})  # its relay takes the stream from no other
         parent = self._node(parent_key)
         if isinstance(parent, Feed):
             parent.add(hop, replaces)
