@@ -266,3 +266,24 @@ def test_slow_loris_connections_are_capped_and_cut_off_and_the_stream_still_arri
     finally:
         node.close()
     assert sink["ok"] is True and (tmp_path / "w" / "model.bin").read_bytes() == body
+
+
+def test_a_link_planted_at_the_manifest_s_temporary_name_is_not_followed(tmp_path):
+    """A link at `.launcher-manifest.tmp` (planted by another local user, or shipped inside a model
+    directory) once had the manifest written through it: the file it names, anywhere the relay's user
+    may write, truncated and overwritten. Now the link itself is replaced; its target stays as it was."""
+    root, victim = tmp_path / "w", tmp_path / "authorized_keys"
+    root.mkdir()
+    victim.write_text("ssh-ed25519 AAAA operator\n")
+    (root / ".launcher-manifest.tmp").symlink_to(victim)
+    files = {"config.json": b"{}\n"}
+    node = Started(dir_sink(root, files), upstream="up")
+    try:
+        send(connect(node), sealed(node.key, record("config.json", files["config.json"]), END))
+        sink = node.event("sink")
+    finally:
+        node.close()
+    assert sink["ok"] is True, sink
+    assert victim.read_text() == "ssh-ed25519 AAAA operator\n"
+    assert json.loads((root / ".launcher-manifest").read_text())["verified"].keys() == {"config.json"}
+    assert not (root / ".launcher-manifest.tmp").exists()

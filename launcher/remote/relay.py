@@ -1154,7 +1154,11 @@ def write_manifest(root: str, files: list, verified) -> None:
                 pass
     data = {"format": "launcher-manifest 1", "files": files, "verified": seen}
     tmp = os.path.join(root, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
+    try:
+        os.unlink(tmp)  # whatever is there (a link another user planted) goes, its target untouched
+    except FileNotFoundError:
+        pass
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w") as f:
         json.dump(data, f, indent=0)
     os.replace(tmp, os.path.join(root, MANIFEST))
 
