@@ -287,3 +287,32 @@ def test_a_link_planted_at_the_manifest_s_temporary_name_is_not_followed(tmp_pat
     assert victim.read_text() == "ssh-ed25519 AAAA operator\n"
     assert json.loads((root / ".launcher-manifest").read_text())["verified"].keys() == {"config.json"}
     assert not (root / ".launcher-manifest.tmp").exists()
+
+
+def test_a_directory_swapped_for_a_link_while_its_file_arrives_does_not_move_the_rename(tmp_path):
+    """The checks looked at the path once, at the record's start; the rename went by path at its end.
+    A local user who swapped `sub` for a link to their own directory meanwhile had their own
+    `x.bin.launcher-part` renamed into place there, reported `done`, and `w/sub/x.bin` (through the
+    link) held their bytes with the manifest calling it verified. Now the part file, its rename and its
+    removal go through the directory as it was opened: the right bytes land there, nothing outside moves."""
+    root, outside = tmp_path / "w", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    planted = outside / "x.bin.launcher-part"
+    planted.write_bytes(b"the attacker's bytes\n")
+    body = os.urandom(3 * MB)
+    node = Started(dir_sink(root, {"sub/x.bin": body}), upstream="up")
+    try:
+        sock = connect(node)
+        stream = sealed(node.key, record("sub/x.bin", body), END)
+        sock.sendall(remote.FRAME.pack(2 * MB) + stream[: 2 * MB])  # the first sealed frame, whole
+        node.event("file", state="receiving")
+        (root / "sub").rename(root / "moved")
+        (root / "sub").symlink_to(outside)
+        sock.sendall(remote.FRAME.pack(len(stream) - 2 * MB) + stream[2 * MB :] + remote.FRAME.pack(0))
+        sink = node.event("sink")
+    finally:
+        node.close()
+    assert planted.read_bytes() == b"the attacker's bytes\n" and not (outside / "x.bin").exists()
+    assert sink["written"] == ["sub/x.bin"], sink
+    assert (root / "moved" / "x.bin").read_bytes() == body

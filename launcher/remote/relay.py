@@ -989,19 +989,19 @@ def receive_file(root: str, head: dict, entry: dict, have: int, reader: Opened) 
         skip(reader, head["length"])
         say("file", path=rel, state="failed", detail=why)
         return f"refused: {why}"
-    final = os.path.join(root, rel)
-    part = final + PART
+    name = os.path.basename(rel)
     digest = hashlib.sha256()
-    offset, written, error = head["start"], 0, None
+    offset, written, error, f, folder = head["start"], 0, None, None, None
     try:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
+        folder = open_folder(root, os.path.dirname(os.path.join(root, rel)))
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (0 if have else os.O_TRUNC)
-        f = os.fdopen(os.open(part, flags, 0o644), "r+b")  # noqa: SIM115 (closed in finish_file)
+        fd = os.open(name + PART, flags, 0o644, dir_fd=folder)
+        f = os.fdopen(fd, "r+b")  # noqa: SIM115 (closed in finish_file)
         if have:
             have = hash_prefix(f, have, digest)
         say("file", path=rel, state="receiving", resumed_at=have)
     except OSError as exc:
-        f, error = None, str(exc)
+        error = str(exc)
     try:
         for view in reader.views(head["length"]):
             skip_bytes = max(0, min(len(view), have - offset))
@@ -1017,8 +1017,22 @@ def receive_file(root: str, head: dict, entry: dict, have: int, reader: Opened) 
     except (EOFError, Forged):
         if f is not None:
             f.close()  # what arrived stays in the partial file: the next stage checks it whole, or drops it
+        if folder is not None:
+            os.close(folder)
         raise
-    return finish_file(f, error, part, final, entry, digest, written, have)
+    return finish_file(f, error, (folder, name), entry, digest, written, have)
+
+
+def open_folder(root: str, folder: str) -> int:
+    """The file's directory, opened once (made when missing) and checked to be under the root as
+    opened: the part file, its rename and its removal go through this descriptor, so a directory
+    swapped for a link after the check leads nowhere else."""
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    if not inside(os.path.realpath(root), os.readlink(f"/proc/self/fd/{fd}")):
+        os.close(fd)
+        raise OSError(f"{folder} leads out of {root} through a link")
+    return fd
 
 
 def hash_prefix(f, have: int, digest) -> int:
@@ -1035,22 +1049,31 @@ def hash_prefix(f, have: int, digest) -> int:
     return have - left
 
 
-def finish_file(f, error, part: str, final: str, entry: dict, digest, written: int, have: int):
-    rel = entry["path"]
+def finish_file(f, error, at: tuple, entry: dict, digest, written: int, have: int):
+    rel, (folder, name) = entry["path"], at
     if f is not None:
         f.close()
+    try:
+        return settle(error, folder, name, rel, entry, digest, written, have)
+    finally:
+        if folder is not None:
+            os.close(folder)
+
+
+def settle(error, folder, name: str, rel: str, entry: dict, digest, written: int, have: int):
+    """The part file renamed into place (within its opened directory) when its sha256 is the launcher's."""
     got = digest.hexdigest()
     if error is None and got != entry["sha256"]:
         error = f"sha256 {got} is not the launcher's {entry['sha256']} (altered on the way?): not kept"
     if error is not None:
         if "sha256" in error:
             try:
-                os.unlink(part)
-            except OSError:
+                os.unlink(name + PART, dir_fd=folder)
+            except (OSError, TypeError):
                 pass
         say("file", path=rel, state="failed", detail=error)
         return error
-    os.replace(part, final)
+    os.replace(name + PART, name, src_dir_fd=folder, dst_dir_fd=folder)
     say("file", path=rel, state="done", bytes=written, resumed_at=have)
     return None
 
