@@ -2,14 +2,19 @@
 
 Why: every new SSH exec channel starts the login user's shell, which reads `~/.bashrc` even for a
 non-interactive command (bash does so when sshd starts it); on real servers that costs a tenth of a
-second and more, paid again for every round trip. This session pays it once: the login shell execs a
-plain `sh` that reads framed requests from its stdin. Each request is one line:
+second and more, paid again for every round trip. This session pays it once: the login shell (rc files
+read once, its exported environment kept: PATH and the like) execs a plain `sh` that reads framed
+requests from its stdin. Each request is one line:
 
     __launcher TOKEN SCRIPT_B64 STDIN_B64
 
-`__launcher` decodes the script and runs it in a fresh `bash -c` (so `exit` and `set -e` stay inside
-it), with the decoded stdin as its standard input (secrets travel only through pipes, never argv),
-then prints `@@end TOKEN CODE` on stdout and `@@end TOKEN` on stderr. The token is random per request,
+`__launcher` decodes the script and runs it in a fresh `bash --norc --noprofile -c` (so `exit` and
+`set -e` stay inside it), with the decoded stdin as its standard input (secrets travel only through
+pipes, never argv), then prints `@@end TOKEN CODE` on stdout and `@@end TOKEN` on stderr. `--norc`
+matters: `exec sh` resets bash's SHLVL, so a plain `bash -c` in the session would count as a shell
+started by sshd and read `~/.bashrc` again for every script (with `pyenv init` and the like, a tenth
+of a CPU-second each time). BASH_ENV, which even `--norc` obeys, is dropped for the same reason: the
+login shell already read whatever it names. The token is random per request,
 so no output can fake the end. A request that times out closes the session (its script with it);
 the next request opens a new one.
 """
@@ -26,8 +31,9 @@ from launcher.transport.host import Completed
 
 # Defined once per session. `printf '%s'` is a builtin: the data never appears in a process's argv.
 PRELUDE = r"""
+unset BASH_ENV
 __launcher() {
-  printf '%s' "$3" | base64 -d | bash -c "$(printf '%s' "$2" | base64 -d)"
+  printf '%s' "$3" | base64 -d | bash --norc --noprofile -c "$(printf '%s' "$2" | base64 -d)"
   __rc=$?
   printf '\n@@end %s %s\n' "$1" "$__rc"
   printf '\n@@end %s\n' "$1" >&2
