@@ -7,7 +7,7 @@ import contextlib
 import sys
 import time
 
-from launcher.commands import doctor, fabric, locking
+from launcher.commands import locking
 from launcher.commands.context import Connection, Target, connected, remember, target
 from launcher.commands.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
 from launcher.commands.waiter import ServiceFailed, Waiter
@@ -59,6 +59,8 @@ def run(
     command = "launcher up " + " ".join(sys.argv[2:])
     with connected(t, connection):
         if not skip_doctor:
+            from launcher.commands import doctor  # (imported only when it runs: start-up time)
+
             doctor.before_up(t, progress)
         try:
             changes = up(t, progress, command=command, wait=wait, prove_fabric=not skip_fabric)
@@ -91,7 +93,9 @@ def up(
         changes = reconcile.compute(plan, current)
         _announce(target, progress, changes)
         groups = to_prove(plan, changes)
-        if prove_fabric:
+        if prove_fabric and groups:
+            from launcher.commands import fabric  # (imported only when it runs: start-up time)
+
             fabric.before_start(target, progress, groups)
         elif groups:
             progress.log(f"fabric: not checked (--skip-fabric): {', '.join(g.name for g in groups)}")

@@ -238,6 +238,10 @@ class SSHHost:
                 return self._exec(script, stdin, timeout)
             try:
                 return self._session.run(script, stdin, timeout)
+            except SessionError:  # no bash or base64 there: the script never ran
+                self._sessions_work = False
+                self._end_session()
+                return self._exec(script, stdin, timeout)
             except Timeout:
                 self._end_session()
                 raise NodeError(self.node, "command timed out", f"after {timeout:.0f}s") from None
