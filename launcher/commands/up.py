@@ -58,6 +58,7 @@ def run(
     progress = Progress(console.stderr())
     command = "launcher up " + " ".join(sys.argv[2:])
     with connected(t, connection):
+        t.fleet.warm(t.fleet.hosts)  # connecting while what comes next is imported
         if not skip_doctor:
             from launcher.commands import doctor  # (imported only when it runs: start-up time)
 

@@ -78,6 +78,10 @@ class Fleet:
                 self._warming[i] = self._pool.submit(self.hosts[i].prepare)
 
     def host(self, index: int) -> Host:
+        """Node `index`'s host, once its warm-up (if any) is over: a script run on it directly then
+        uses the session the warm-up opened (its failure, if any, is met again and reported there)."""
+        if (warming := self._warming.pop(index, None)) is not None:
+            wait([warming])
         return self.hosts[index]
 
     def run(
