@@ -146,6 +146,8 @@ class Fleet:
             raise MapInterrupted(done, pending=[i for i in chosen if i not in done]) from None
 
     def close(self) -> None:
+        for warming in self._warming.values():
+            warming.cancel()  # a warm-up not started yet would open a connection nobody closes
         for host in self.hosts.values():
             host.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
