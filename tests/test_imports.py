@@ -77,3 +77,23 @@ def test_every_module_imports_alone() -> None:
     assert sorted(results) == MODULES  # every module was tried, in a child of its own
     broken = [f"{module}: {last}" for module, last in results.items() if last]
     assert not broken, "modules that fail to import on their own:\n" + "\n".join(broken)
+
+
+def test_bytecode_is_kept_where_pythondontwritebytecode_is_set(tmp_path) -> None:
+    """CI images and containers set PYTHONDONTWRITEBYTECODE: the launcher keeps its bytecode anyway
+    (issue 25: compiling some 300 modules again was half of every start), for its own modules and for
+    what it imports after them. A copy of the package, so the checkout's own caches prove nothing."""
+    import shutil
+    from pathlib import Path
+
+    copy = tmp_path / "launcher"
+    shutil.copytree(Path(launcher.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "after_launcher.py").write_text("X = 1\n")
+    env = {**__import__("os").environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(tmp_path)}
+    code = "import launcher.cli, after_launcher; print(launcher.cli.__file__)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == str(copy / "cli.py"), proc.stderr
+    assert list((copy / "__pycache__").glob("cli.*.pyc")), "no bytecode kept for launcher.cli"
+    assert list((tmp_path / "__pycache__").glob("after_launcher.*.pyc")), "none for what it imported after"

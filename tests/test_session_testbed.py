@@ -69,3 +69,26 @@ def test_concurrent_scripts_on_one_node_all_run(host):
     for t in threads:
         t.join(timeout=60)
     assert results == {n: str(n) for n in range(4)}
+
+
+def test_every_ssh_socket_has_tcp_nodelay(testbed, host):
+    """Without TCP_NODELAY each small write behind an unacknowledged one waits for the peer's delayed
+    ACK (about 40 ms): key exchange, channel opens, every request. The jump host's socket too."""
+    import socket
+
+    assert host.run("echo hi").stdout == "hi\n"
+    assert host._conn.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    name, address = testbed.nodes[2]
+    ssh = SSHSettings(
+        user="root",
+        key=str(testbed.key),
+        known_hosts=str(testbed.known_hosts),
+        connect_timeout=5,
+        jump=f"root@{testbed.nodes[0][1]}",
+    )
+    via = SSHHost(Node(2, name, address, ssh, 0), Options())
+    try:
+        assert via.run("uname -n").stdout.strip() == name
+        assert via._gateway.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        via.close()

@@ -26,6 +26,8 @@ def down(t: Target, command: str = "launcher down") -> dict[int, int]:
     others from being cleaned; it is reported with them). Leaves the `down` mark a `watch` obeys."""
     plan = t.plan
     mark = lock_scripts.mark_down_script(plan.state_dir, plan.deployment, command)
+    # The other nodes are connected to while the head takes the lock: nothing is removed before it is held.
+    t.fleet.warm(i for i in t.fleet.hosts if i != plan.head.index)
     try:
         held = locking.acquire(locking.Site.of(t), command, audit=f"down ({command})", then=mark)
     except NodeError:

@@ -63,14 +63,44 @@ def refuse_unsafe(state_dir: str, label: str, stdout: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A request for the lock, sent on its own (`acquire`) or inside another script on the head (`up`
+    sends it with the head's check: one round trip fewer); `settle` reads the head's answer."""
+
+    site: Site
+    info: LockInfo
+    after: str  # the audit line and the caller's script, run once the lock is taken
+
+    @property
+    def script(self) -> str:
+        """The state_dir check (created 0700, else refused: `settle` says so), then the lock."""
+        lock = scripts.acquire_script(self.site.state_dir, self.site.deployment, self.info, self.after)
+        return scripts.guard_script(self.site.state_dir) + "\n" + lock
+
+
+def attempt(site: Site, command: str, audit: str | None = None, then: str = "") -> Attempt:
+    audit_line = scripts.audit_script(site.state_dir, site.deployment, site.redact(audit)) if audit else ""
+    return Attempt(site, LockInfo.mine(site.redact(command)), "; ".join(x for x in (audit_line, then) if x))
+
+
 def acquire(site: Site, command: str, audit: str | None = None, then: str = "") -> LockInfo:
     """Take the lock and, in the same round trip, append `audit` to the audit log and run `then`."""
-    info = LockInfo.mine(site.redact(command))
-    audit_line = scripts.audit_script(site.state_dir, site.deployment, site.redact(audit)) if audit else ""
-    after = "; ".join(x for x in (audit_line, then) if x)
-    result = on_head(site, scripts.acquire_script(site.state_dir, site.deployment, info, after))
-    answer = result.stdout.strip()
-    if answer.endswith(scripts.ACQUIRED):
+    request = attempt(site, command, audit, then)
+    return settle(request, site.head.run(request.script))
+
+
+def acquired(result: Completed) -> bool:
+    """Did the head's answer to `Attempt.script` say the lock is ours now?"""
+    return result.stdout.strip().endswith(scripts.ACQUIRED)
+
+
+def settle(request: Attempt, result: Completed) -> LockInfo:
+    """The lock, from the head's answer to `request.script`: ours, taken over from a dead holder, or
+    `Locked` naming who holds it (`UnsafeStateDir` when the head refused its state_dir)."""
+    site, info, answer = request.site, request.info, result.stdout.strip()
+    refuse_unsafe(site.state_dir, site.head.node.label, result.stdout)
+    if acquired(result):
         return info
     where = scripts.lock_dir(site.state_dir, site.deployment)
     if not answer.endswith(scripts.HELD):
@@ -81,7 +111,7 @@ def acquire(site: Site, command: str, audit: str | None = None, then: str = "") 
             f"deployment {site.deployment} is locked ({where} exists, no holder recorded);"
             " `launcher lock break` removes it"
         )
-    if holder.dead() and _take_over(site, holder, info, after):
+    if holder.dead() and _take_over(site, holder, info, request.after):
         sys.stderr.write(f"note: took over the lock of {holder.describe()}: that process is gone\n")
         return info
     stale = holder.stale()
@@ -98,18 +128,25 @@ def _take_over(site: Site, dead: LockInfo, info: LockInfo, after: str) -> bool:
     return on_head(site, script).stdout.strip().endswith(scripts.ACQUIRED)
 
 
-def release(site: Site, info: LockInfo) -> None:
-    """Remove the lock if it is still ours; the closing audit line (`info.outcome`) first."""
+def release(site: Site, info: LockInfo, then: str = "") -> None:
+    """Remove the lock if it is still ours; `then` and the closing audit line (`info.outcome`) first."""
     outcome = site.redact(info.outcome) if info.outcome else ""
     audit_line = scripts.audit_script(site.state_dir, site.deployment, outcome) if outcome else ""
-    on_head(site, scripts.release_script(site.state_dir, site.deployment, info, audit_line))
+    before = "; ".join(x for x in (then, audit_line) if x)
+    on_head(site, scripts.release_script(site.state_dir, site.deployment, info, before))
 
 
 @contextmanager
 def held(site: Site, command: str, audit: str | None = None, then: str = "") -> Iterator[LockInfo]:
     """The lock for the body's duration. Set `.outcome` on what it yields to close with an audit line.
     A failed release is never allowed to hide the body's own outcome."""
-    info = acquire(site, command, audit, then)
+    with releasing(site, acquire(site, command, audit, then)) as info:
+        yield info
+
+
+@contextmanager
+def releasing(site: Site, info: LockInfo) -> Iterator[LockInfo]:
+    """A lock already taken (see `held`), released when the body ends, however it ends."""
     try:
         yield info
     finally:

@@ -3,6 +3,8 @@ start services, remove containers. Each is one script per node, all nodes at onc
 
 from __future__ import annotations
 
+import secrets
+
 from launcher.commands.context import Target
 from launcher.commands.locking import refuse_unsafe
 from launcher.errors import LauncherError
@@ -61,14 +63,36 @@ def list_services(
     return found, unreachable
 
 
-def check_nodes(target: Target, indices: list[int] | None = None) -> list[Container]:
+def check_nodes(
+    target: Target,
+    indices: list[int] | None = None,
+    then: dict[int, str] | None = None,
+    answers: dict[int, Completed] | None = None,
+) -> list[Container]:
     """Every node reachable over SSH and its container engine answering, or nothing starts.
 
     The same round trip lists the deployment's containers, which `up` compares with the plan, and
-    reads the routes to the groups' leaders (for `network.interface: auto` and the fabric check)."""
+    reads the routes to the groups' leaders (for `network.interface: auto` and the fabric check).
+    `then`: per node, a script run in that round trip after the check, whatever its outcome (`up` takes
+    the lock on the head so); what each printed (stdout and stderr) lands in `answers` before any
+    failure is raised, so that the caller can undo it."""
     rt = target.runtime
     listing = f"echo {LIST_MARK}; {rt.check_and_list_script(target.plan)}"
-    results = target.fleet.run(lambda h: target.route_prefix(h) + listing, indices, timeout=60)
+    then = then or {}
+    split = f"@@then-{secrets.token_hex(8)}"  # random: no listing can end the check's output early
+
+    def script(h: Host) -> str:
+        check = target.route_prefix(h) + listing
+        if h.node.index not in then:
+            return check
+        return f"( {check}\n); __rc=$?; echo; echo {split}; {{ {then[h.node.index]}\n}} 2>&1; exit $__rc"
+
+    results = target.fleet.run(script, indices, timeout=60)
+    for i, r in results.succeeded.items():
+        if i in then and split in r.stdout:
+            r.stdout, _, extra = r.stdout.rpartition(f"\n{split}\n")
+            if answers is not None:
+                answers[i] = Completed(0, extra, "")
     target.learn_routes({i: r.stdout.split(LIST_MARK)[0] for i, r in results.succeeded.items()})
     failures, found = {}, []
     for i, r in results.items():

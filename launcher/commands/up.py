@@ -3,12 +3,13 @@ answers, and say so; re-running converges (unchanged services are kept)."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
-from launcher.commands import doctor, fabric, locking
+from launcher.commands import locking
 from launcher.commands.context import Connection, Target, connected, remember, target
-from launcher.commands.nodes import StartInterrupted, check_nodes, remove, start
+from launcher.commands.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
 from launcher.commands.waiter import ServiceFailed, Waiter
 from launcher.errors import ConfigError, Exit, LauncherError
 from launcher.output import console, plan_views
@@ -19,6 +20,8 @@ from launcher.plan.reconcile import Changes
 from launcher.plan.state import Container
 from launcher.plan.types import Group, Plan, Service
 from launcher.runtime import lock as lock_scripts
+from launcher.runtime.lock import LockInfo
+from launcher.transport.host import Completed
 
 SMOKE_ATTEMPTS = 10
 
@@ -55,7 +58,10 @@ def run(
     progress = Progress(console.stderr())
     command = "launcher up " + " ".join(sys.argv[2:])
     with connected(t, connection):
+        t.fleet.warm(t.fleet.hosts)  # connecting while what comes next is imported
         if not skip_doctor:
+            from launcher.commands import doctor  # (imported only when it runs: start-up time)
+
             doctor.before_up(t, progress)
         try:
             changes = up(t, progress, command=command, wait=wait, prove_fabric=not skip_fabric)
@@ -82,14 +88,15 @@ def up(
     `prove_fabric`: the fabric check runs before anything starts, for every rendezvous group (re)created."""
     plan = target.plan
     progress.log(f"checking {len(plan.nodes)} node(s)")
-    current = check_nodes(target)
-    clear_down = lock_scripts.clear_down_script(plan.state_dir, plan.deployment)
-    with locking.held(locking.Site.of(target), command, audit=f"up started ({command})", then=clear_down) as lock:
+    current, held = check_and_lock(target, command)
+    with locking.releasing(locking.Site.of(target), held) as lock:
         lock.outcome = "up failed"
         changes = reconcile.compute(plan, current)
         _announce(target, progress, changes)
         groups = to_prove(plan, changes)
-        if prove_fabric:
+        if prove_fabric and groups:
+            from launcher.commands import fabric  # (imported only when it runs: start-up time)
+
             fabric.before_start(target, progress, groups)
         elif groups:
             progress.log(f"fabric: not checked (--skip-fabric): {', '.join(g.name for g in groups)}")
@@ -100,6 +107,30 @@ def up(
             raise _interrupted(target, exc, started) from None
         lock.outcome = "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created")
     return changes
+
+
+def check_and_lock(target: Target, command: str) -> tuple[list[Container], LockInfo]:
+    """Every node checked and the lock taken on the head in the same round trip as its check (with the
+    audit line and the `down` mark cleared). Nodes not ready: the lock is released at once and the
+    mark put back, so nothing changed but the audit log."""
+    plan, site = target.plan, locking.Site.of(target)
+    clear_down = lock_scripts.clear_down_script(plan.state_dir, plan.deployment)
+    request = locking.attempt(site, command, audit=f"up started ({command})", then=clear_down)
+    head = plan.head.index
+    answers: dict[int, Completed] = {}
+    try:
+        current = check_nodes(target, then={head: request.script}, answers=answers)
+    except NodeFailures:
+        if head in answers:  # an unsafe state_dir on the head is the cause to name, not a failed check
+            locking.refuse_unsafe(plan.state_dir, plan.nodes[head].label, answers[head].stdout)
+        if head in answers and locking.acquired(answers[head]):
+            request.info.outcome = "up failed: nodes not ready"
+            restore = lock_scripts.restore_down_script(plan.state_dir, plan.deployment)
+            with contextlib.suppress(Exception):  # the nodes' failure is what the user must see
+                locking.release(site, request.info, then=restore)
+        raise
+    answer = answers.get(head, Completed(1, "", "the head's check printed no answer"))
+    return current, locking.settle(request, answer)
 
 
 def to_prove(plan: Plan, changes: Changes) -> list[Group]:

@@ -224,7 +224,15 @@ def mark_down_script(state_dir: str, deployment: str, command: str) -> str:
 
 
 def clear_down_script(state_dir: str, deployment: str) -> str:
-    return f"rm -f {q(_down_mark(state_dir, deployment))}"
+    """Remove the mark, kept aside (`.cleared`) so that `restore_down_script` can put it back if this
+    `up` stops before it changed anything (it takes the lock in the same round trip as its checks)."""
+    mark = _down_mark(state_dir, deployment)
+    return f"{{ mv -f {q(mark)} {q(mark + '.cleared')} 2>/dev/null || rm -f {q(mark + '.cleared')}; }}"
+
+
+def restore_down_script(state_dir: str, deployment: str) -> str:
+    mark = _down_mark(state_dir, deployment)
+    return f"{{ mv -f {q(mark + '.cleared')} {q(mark)} 2>/dev/null || true; }}"
 
 
 def read_down_script(state_dir: str, deployment: str) -> str:

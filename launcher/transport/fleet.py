@@ -6,7 +6,7 @@ a failure on one node never hides the others.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 from launcher.plan.types import Node
@@ -63,8 +63,21 @@ class Fleet:
         for node in nodes:
             self.hosts[node.index] = LocalHost(node, self.options) if node.is_local else SSHHost(node, self.options)
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.parallel), thread_name_prefix="node")
+        self._warming: dict[int, Future] = {}
+
+    def warm(self, indices: Iterable[int]) -> None:
+        """Start connecting to these nodes now, in the background, while the caller does something else
+        (`down` takes the head's lock meanwhile). A later `map` on such a node waits for its connection
+        (and reports its failure) instead of opening a second one."""
+        for i in indices:
+            if i not in self._warming:
+                self._warming[i] = self._pool.submit(self.hosts[i].prepare)
 
     def host(self, index: int) -> Host:
+        """Node `index`'s host, once its warm-up (if any) is over: a script run on it directly then
+        uses the session the warm-up opened (its failure, if any, is met again and reported there)."""
+        if (warming := self._warming.pop(index, None)) is not None:
+            wait([warming])
         return self.hosts[index]
 
     def run(
@@ -106,6 +119,9 @@ class Fleet:
     ) -> FleetResult:
         def guarded(i: int) -> T | Exception:
             try:
+                # Warm-ups were queued before this: a worker never waits on one that no worker took.
+                if (warming := self._warming.pop(i, None)) is not None:
+                    warming.result()
                 return fn(self.hosts[i])
             except Exception as exc:  # gathered per node, reported together by the caller
                 return exc
@@ -126,6 +142,8 @@ class Fleet:
             raise MapInterrupted(done, pending=[i for i in chosen if i not in done]) from None
 
     def close(self) -> None:
+        for warming in self._warming.values():
+            warming.cancel()  # a warm-up not started yet would open a connection nobody closes
         for host in self.hosts.values():
             host.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

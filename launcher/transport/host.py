@@ -50,6 +50,10 @@ class Host(Protocol):
 
     def connect(self) -> None: ...
 
+    def prepare(self) -> None:
+        """Connect and get ready to run scripts (a node's shell session), before the first script."""
+        ...
+
     def close(self) -> None: ...
 
     def alive(self, timeout: float) -> bool:

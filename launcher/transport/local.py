@@ -27,6 +27,9 @@ class LocalHost:
     def connect(self) -> None:
         """Nothing to open: this machine always answers."""
 
+    def prepare(self) -> None:
+        """Nothing to prepare."""
+
     def close(self) -> None:
         """Nothing to close."""
 
