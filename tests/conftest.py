@@ -217,6 +217,16 @@ HEAVY_FIXTURES = {
 }
 
 
+def pytest_runtest_teardown(item, nextitem):
+    # The session's testbed-104 goes down after its last user, not at the end of the session: the testbed
+    # tests after it need the nodes' ports and containers free.
+    uses = "testbed_104" in getattr(item, "fixturenames", ())
+    if uses and (nextitem is None or "testbed_104" not in getattr(nextitem, "fixturenames", ())):
+        from tests.testbed_104 import take_down
+
+        take_down()
+
+
 def pytest_collection_modifyitems(config, items):
     # The users of the session's testbed-104 (tests/testbed_104.py) run one after another, from where the
     # first of them is: another module that brings testbed-104 up and down itself never comes in between.

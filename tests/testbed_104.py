@@ -42,10 +42,22 @@ def testbed_104(testbed, tmp_path_factory):
     config = cwd / DEPLOYMENT_FILE
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     up = launcher(testbed, config, "up", cwd=cwd)
+    _running.append((testbed, config, cwd))
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "prometheus: ready" in up.stderr
         yield cwd, config
     finally:
+        take_down()
+
+
+_running: list = []  # (testbed, deployment file, directory) while the shared deployment is up
+
+
+def take_down() -> None:
+    """`down` the shared deployment if it is up: right after its last user (tests/conftest.py), so that the
+    testbed tests after it find the nodes free (a session fixture would hold their ports until the end)."""
+    while _running:
+        testbed, config, cwd = _running.pop()
         down = launcher(testbed, config, "down", cwd=cwd)
         assert down.returncode == 0, down.stdout + down.stderr
