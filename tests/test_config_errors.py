@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.helpers import MINIMAL, run_cli, write
+from tests.helpers import MINIMAL, REPO, fresh_env, run_cli, write
 
 
 def plan_error(tmp_path, capsys, text: str, env: dict[str, str] | None = None, monkeypatch=None, extra=()):
@@ -186,3 +189,16 @@ def test_empty_node_list_in_an_inventory(tmp_path, capsys):
     code, out, err = run_cli(["plan", str(write(tmp_path, MINIMAL)), "-i", str(inventory)], capsys)
     assert code == 2 and "Traceback" not in err
     assert err.startswith(f"error: {inventory}:1: nodes: ") and "at least 1 item" in err, err
+
+
+@pytest.mark.parametrize("flag", ["-c", "-i"])
+def test_a_file_of_another_kind_is_one_line_not_one_per_key(tmp_path, flag):
+    """A YAML mapping none of whose keys belongs to the file's kind (another tool's file; /proc/self/status,
+    which libyaml reads as 50-odd keys) is named in one line, as a fresh process, not once per key."""
+    other = write(tmp_path, "".join(f"Key{i}:\tvalue {i}\n" for i in range(40)), "other.yaml")
+    config = other if flag == "-c" else REPO / "configs" / "local.yaml"
+    argv = [sys.executable, "-m", "launcher", "plan", str(config)] + (["-i", str(other)] if flag == "-i" else [])
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [r.stderr.strip()], r.stderr
+    assert str(other) in r.stderr and "none of its 40 top-level key(s) is one (Key0, Key1" in r.stderr

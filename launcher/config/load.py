@@ -134,6 +134,14 @@ def validation_errors(
 def validate(model: type[BaseModel], data: Any, file: str, lines: dict[KeyPath, int]) -> Any:
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping at the top of the file", file=file)
+    if data and not set(map(str, data)) & set(model.model_fields):
+        # Not this kind of file at all (another YAML file, /proc/self/status...): one line, not one per key.
+        found = ", ".join(str(k) for k in list(data)[:5]) + (", ..." if len(data) > 5 else "")
+        raise ConfigError(
+            f"expected a mapping with any of the keys {', '.join(sorted(model.model_fields))};"
+            f" none of its {len(data)} top-level key(s) is one ({found})",
+            file=file,
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
