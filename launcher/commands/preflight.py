@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from launcher.commands import ship
 from launcher.commands.context import Target
 from launcher.plan import fabric
-from launcher.plan.types import Plan, Service
+from launcher.plan.types import FABRIC_LABEL, Plan, Service
 from launcher.runtime.base import LIST_MARK, Runtime, parse_after_mark
 from launcher.runtime.shell import q
 from launcher.transport.errors import NodeError, describe
@@ -96,6 +96,11 @@ def node_script(plan: Plan, rt: Runtime, index: int, running: set[str]) -> str:
     for path in model_paths:
         parts.append(model_check(path, plan.python_env))
     ports = sorted({p for s in services if s.name not in running for p in s.ports})
+    if ports:
+        # A killed fabric check's containers (this deployment's label, never a service) would hold the
+        # dist-init ports it borrowed: they go first, as the next fabric check and `down` remove them.
+        parts.append(f"( {rt.remove_labelled_script(plan, f'{FABRIC_LABEL}.deployment={plan.deployment}')} ) "
+                     ">/dev/null 2>&1")  # fmt: skip
     for port in ports:
         parts.append(
             f"if ss -Hltn 'sport = :{port}' 2>/dev/null | grep -q .; then "
