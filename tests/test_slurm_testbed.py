@@ -95,6 +95,20 @@ def new_processes(testbed, before: dict[str, list[str]]) -> dict[str, list[str]]
     return {node: procs for node, procs in added.items() if procs}
 
 
+def wait_until_ready(slurm, tmp_path: Path, config: Path, job: str) -> Path:
+    """The job's output file, once it says `ready:` (fails at once if the job left the queue before that)."""
+    out = tmp_path / f"{yaml.safe_load(config.read_text())['deployment']}-{job}.out"
+
+    def ready() -> bool:
+        text = out.read_text() if out.exists() else ""
+        queued = slurm_run(slurm, tmp_path, "squeue", "-h", "-j", job).stdout.strip()
+        assert queued or "ready:" in text, f"the job ended before it was ready:\n{text}"
+        return "ready:" in text
+
+    wait_for(ready, 600, interval=1.0, what="the job to say ready")
+    return out
+
+
 def test_sbatch_of_the_exported_script_serves_and_scancel_leaves_nothing(testbed, slurm, tmp_path):
     config, nodes = topology(testbed, tmp_path)
     script = tmp_path / "job.sbatch"
@@ -105,15 +119,7 @@ def test_sbatch_of_the_exported_script_serves_and_scancel_leaves_nothing(testbed
     started = time.monotonic()
     job = slurm_run(slurm, tmp_path, "sbatch", "--parsable", str(script)).stdout.strip()
     assert job.isdigit(), job
-    out = tmp_path / f"{yaml.safe_load(config.read_text())['deployment']}-{job}.out"
-
-    def ready() -> bool:
-        text = out.read_text() if out.exists() else ""
-        queued = slurm_run(slurm, tmp_path, "squeue", "-h", "-j", job).stdout.strip()
-        assert queued or "ready:" in text, f"the job ended before it was ready:\n{text}"
-        return "ready:" in text
-
-    wait_for(ready, 600, interval=1.0, what="the job to say ready")
+    out = wait_until_ready(slurm, tmp_path, config, job)
     print(f"\nslurm: sbatch to ready on {nodes} nodes: {time.monotonic() - started:.1f}s")
     text = out.read_text()
     assert "ready: " in text and f"on {nodes} node(s), job {job}" in text and "smoke test: 200 OK" in text, text
@@ -230,15 +236,7 @@ def test_a_planted_package_in_the_old_predictable_directory_is_never_run(testbed
                 os.chown(p, OTHER_UID, OTHER_UID)
             d.chmod(0o777)
         assert slurm_run(slurm, tmp_path, "scontrol", "release", job).returncode == 0
-        out = tmp_path / f"{yaml.safe_load(config.read_text())['deployment']}-{job}.out"
-
-        def ready() -> bool:
-            text = out.read_text() if out.exists() else ""
-            queued = slurm_run(slurm, tmp_path, "squeue", "-h", "-j", job).stdout.strip()
-            assert queued or "ready:" in text, f"the job ended before it was ready:\n{text}"
-            return "ready:" in text
-
-        wait_for(ready, 600, interval=1.0, what="the job to say ready")
+        out = wait_until_ready(slurm, tmp_path, config, job)
         assert "smoke test: 200 OK" in out.read_text()
         assert not mark.exists(), f"planted code ran as the job's user, in {mark.read_text()}"
         workdirs = {}
