@@ -64,6 +64,7 @@ HostKeyOpt = Annotated[
     HostKeyPolicy | None,
     typer.Option(
         "--host-key-policy",
+        metavar="POLICY",  # the choices are in the help; as the type they would not fit in 80 columns
         help="strict: known_hosts only; accept-new: remember new hosts (overrides the files; default strict).",
     ),
 ]
@@ -290,6 +291,9 @@ def top(
     as_json: Annotated[
         bool, typer.Option("--json", help="One snapshot (two reads an interval apart, for rates) as JSON, then exit.")
     ] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="One table (two reads an interval apart, for rates), then exit.")
+    ] = False,
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = None,
     host_key_policy: HostKeyOpt = None,
@@ -299,7 +303,7 @@ def top(
     from launcher.commands import top as command
 
     link = connection(parallel, connect_timeout, host_key_policy)
-    command.run(config, config_opt, inventory, link, interval=interval, as_json=as_json)
+    command.run(config, config_opt, inventory, link, interval=interval, as_json=as_json, once=once)
 
 
 @app.command()
@@ -313,7 +317,7 @@ def collect(
             "--out",
             "-o",
             help="The tarball to write, or a directory to write it in. "
-            "Default: launcher-collect-DEPLOYMENT-TIME.tar.gz here.",
+            "Default: one in this directory named after the deployment and the time (launcher-collect-...).",
         ),
     ] = None,
     since: Annotated[
@@ -382,6 +386,30 @@ class Workload(str, Enum):
     custom = "custom"
 
 
+WorkloadOpt = Annotated[
+    Workload,
+    typer.Option(
+        "--workload",
+        "-w",
+        metavar="WORKLOAD",  # the choices are in the help; as the type they would not fit in 80 columns
+        help="e2e (ISL 8192, OSL 256, concurrency 1,8,64,256), prefill (8192 requests, ISL 4096, OSL 5), decode"
+        " (40000 requests, ISL 2000, OSL 100) or custom (give --isl, --osl, --concurrency).",
+    ),
+]
+BenchOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out", help="Result directory (default: one in bench-results/ named after deployment, workload, time)."
+    ),
+]
+HeadEnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--head-env", help="With --on-head: bin/ of an AIPerf env there (default: bench-env/... in STATE_DIR)."
+    ),
+]
+
+
 @app.command(context_settings={"help_option_names": ["--help", "-h"]})
 def bench(
     args: Annotated[
@@ -394,15 +422,7 @@ def bench(
     ] = None,
     config_opt: ConfigOpt = None,
     inventory: InventoryOpt = None,
-    workload: Annotated[
-        Workload,
-        typer.Option(
-            "--workload",
-            "-w",
-            help="e2e (ISL 8192, OSL 256, concurrency 1,8,64,256), prefill (8192 requests, ISL 4096, OSL 5), decode"
-            " (40000 requests, ISL 2000, OSL 100) or custom (give --isl, --osl, --concurrency).",
-        ),
-    ] = Workload.e2e,  # fmt: skip
+    workload: WorkloadOpt = Workload.e2e,
     concurrency: Annotated[
         str | None, typer.Option("--concurrency", help="Concurrencies to run, one AIPerf run each: 1,8,64.")
     ] = None,
@@ -422,16 +442,11 @@ def bench(
     flush: Annotated[
         bool, typer.Option("--flush/--no-flush", help="Clear every worker's KV cache before each concurrency.")
     ] = True,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Result directory (default bench-results/DEPLOYMENT-WORKLOAD-TIME).")
-    ] = None,
+    out: BenchOutOpt = None,
     on_head: Annotated[
         bool, typer.Option("--on-head", help="Run the client on the head node instead of this machine.")
     ] = False,
-    head_env: Annotated[
-        str | None,
-        typer.Option("--head-env", help="With --on-head: bin/ of an AIPerf env there (STATE_DIR/bench-env/...)."),
-    ] = None,
+    head_env: HeadEnvOpt = None,
     tokenizer: Annotated[
         str | None, typer.Option("--tokenizer", help="Tokenizer path or name (default: fetched from a worker node).")
     ] = None,

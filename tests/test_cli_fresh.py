@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import KNOWN_COMMANDS, cli_commands, fresh_env, loopback_inventory
+from tests.helpers import KNOWN_COMMANDS, cli_commands, fresh_env, loopback_inventory, run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -150,6 +150,49 @@ def test_version_is_the_installed_package_version(help_runs) -> None:
     assert_no_traceback(proc)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == importlib.metadata.version("launcher")
+
+
+def help_words(text: str) -> set[str]:
+    """The words of a help screen, box lines and colours left out."""
+    return set(re.sub(r"[│╭╮╰╯─]", " ", re.sub(r"\x1b\[[0-9;]*m", "", text)).split())
+
+
+def assert_no_word_cut(narrow: str, wide: str) -> None:
+    """Every word of the 80-column screen is a word of the wide one: a word split across two lines
+    (`decod` / `e`) or cut short (`DEPL…`) is not."""
+    assert "…" not in narrow, narrow
+    assert help_words(narrow) <= help_words(wide), (sorted(help_words(narrow) - help_words(wide)), narrow)
+
+
+def test_bench_help_at_80_columns_splits_no_word() -> None:
+    """`COLUMNS=80 launcher bench --help`, as a user's terminal runs it: every option panel's words whole."""
+    narrow, wide = (
+        subprocess.run(
+            [LAUNCHER, "bench", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+            env={**ENV, "COLUMNS": str(columns)},
+        )  # fmt: skip
+        for columns in (80, 400)
+    )
+    assert narrow.returncode == wide.returncode == 0, narrow.stderr + wide.stderr
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80 < max(map(len, wide.stdout.splitlines()))
+    assert "--workload" in narrow.stdout and "prefill" in narrow.stdout  # the choices are still told
+    assert_no_word_cut(narrow.stdout, wide.stdout)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in COMMANDS if p not in GROUPS), ids=lambda p: " ".join(p))
+def test_every_help_at_80_columns_splits_no_word(path: tuple[str, ...], monkeypatch, capsys) -> None:
+    """The same for every command, in this process (rich reads COLUMNS when typer makes its console)."""
+    screens = []
+    for columns in ("80", "400"):
+        monkeypatch.setenv("COLUMNS", columns)
+        code, out, err = run_cli([*path, "--help"], capsys)
+        assert code == 0, err
+        screens.append(out)
+    assert_no_word_cut(*screens)
 
 
 # -- plan, every format, every shipped config --------------------------------------------------

@@ -353,6 +353,22 @@ def test_import_and_export_as_a_user_runs_them(tmp_path):
     assert "Traceback" not in bad.stderr + run.stderr + export.stderr
 
 
+def test_import_of_an_unpinned_router_names_the_option_that_pins_it(tmp_path):
+    """Seed 001's router image carries no version: the fix is the `--sglang-router` option of the command just
+    run (not a file key to edit); given it, the same import plans."""
+    manifest = tmp_path / "001.yaml"
+    manifest.write_text(seed_text("001"))
+    argv = [sys.executable, "-m", "launcher", "import", str(manifest), "-o", "pd.yaml", "--sglang", "0.5.21"]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=fresh_env(), cwd=tmp_path)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert last.startswith("error: pd.yaml does not plan yet:") and "services.router" in last, last
+    assert last.endswith("import again with --sglang-router 0.3.2 (it sets versions.sglang_router)"), last
+    pinned = subprocess.run([*argv, "--force", "--sglang-router", "0.3.2"], capture_output=True, text=True,
+                            timeout=120, env=fresh_env(), cwd=tmp_path)  # fmt: skip
+    assert pinned.returncode == 0 and "error" not in pinned.stderr, pinned.stderr
+
+
 # -- every shipped config there and back ---------------------------------------------------------------
 
 ADDRESS = re.compile(r"\b\d{1,3}(\.\d{1,3}){3}\b")

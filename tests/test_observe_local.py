@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,19 @@ def test_top_json_under_load_shows_the_ranks_serving(deployment):
     print(f"\ntop --json under load: {samples} sample(s), highest figures {seen}, {load.answered} answers")
     assert not load.errors, load.errors[:3]
     assert all(k in seen for k in wanted), f"not seen in {samples} samples: {set(wanted) - set(seen)}"
+
+
+def test_top_once_prints_one_table_and_exits(deployment):
+    """`launcher top --once` (what people type first): one table with every rank, then exit 0, piped."""
+    d = deployment
+    top = launcher("top", "--once", "--interval", "1", env=d["env"], cwd=d["cwd"], timeout=120)
+    assert top.returncode == 0 and "Traceback" not in top.stderr, top.stdout + top.stderr
+    heads = [line for line in top.stdout.splitlines() if line.startswith("top ")]
+    assert len(heads) == 1 and heads[0].startswith("top local-observe at "), top.stdout
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\d+ \S+\s+(\S+(?: r\d+)?)\s+(.*)$", top.stdout, re.M)}
+    assert set(rows) == {"frontend", "prefill r0", "decode r0"}, top.stdout
+    assert all(v.startswith("up") for v in rows.values()), top.stdout
+    assert len(re.findall(r"^all\s+decode total", top.stdout, re.M)) == 1, top.stdout  # one table, not rounds
 
 
 def test_prometheus_scrapes_every_service(deployment):

@@ -21,6 +21,10 @@ from launcher.plan.kube.importer import Imported, Options, from_manifests, rende
 from launcher.plan.kube.pods import Doc
 
 SGLANG_VERSION = re.compile(r"^\d+\.\d+\.\d+(\.post\d+)?$")
+# The option of `import` that writes each `versions.` key: the plan's "set versions.X" names the key of a
+# file, while whoever imports gives the option (versions.sglang_router is --sglang-router, not a key to edit).
+VERSION_OPTIONS = {"sglang": "--sglang", "sglang_router": "--sglang-router", "vllm": "--vllm", "dynamo": "--dynamo"}
+SET_VERSION = re.compile(r"set versions\.(\w+)(?: \(for example ([^)]+)\))?")
 
 
 def check_versions(options: Options) -> None:
@@ -84,7 +88,7 @@ def check(path: Path, imported: Imported, shown: str) -> None:
         secrets = {name: "checked-without-its-value" for name in imported.data.get("secrets", [])}
         plan = build(load(path, environ=secrets))
     except LauncherError as exc:
-        say(f"error: {shown} does not plan yet: {str(exc).replace(str(path), shown)}", to_stderr=True)
+        say(f"error: {shown} does not plan yet: {name_options(str(exc).replace(str(path), shown))}", to_stderr=True)
         raise Exit(1) from None
     for warning in plan.warnings:
         say(f"warning: {warning}", to_stderr=True)
@@ -95,3 +99,17 @@ def check(path: Path, imported: Imported, shown: str) -> None:
                 to_stderr=True)  # fmt: skip
         else:
             say(f"`launcher migrate {shown} --sglang {version}` rewrites the flags above", to_stderr=True)
+
+
+def name_options(message: str) -> str:
+    """ "set versions.sglang_router (for example 0.3.2)" -> "import again with --sglang-router 0.3.2 (it sets
+    versions.sglang_router)": the way to fix it from the command that was just run."""
+
+    def option(match: re.Match) -> str:
+        key, example = match.group(1), match.group(2)
+        if key not in VERSION_OPTIONS:
+            return match.group(0)
+        value = f" {example}" if example else " VERSION"
+        return f"import again with {VERSION_OPTIONS[key]}{value} (it sets versions.{key})"
+
+    return SET_VERSION.sub(option, message)

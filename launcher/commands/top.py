@@ -170,13 +170,17 @@ class Sampler:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def run(config, config_opt, inventory, connection: Connection, *, interval: float, as_json: bool) -> None:
+def run(
+    config, config_opt, inventory, connection: Connection, *, interval: float, as_json: bool, once: bool = False
+) -> None:
     t = target(config, config_opt, inventory)
     with connected(t, connection):
         sampler = Sampler(t)
         try:
             if as_json:
                 snapshot(t, sampler, interval)
+            elif once:
+                one_table(t, sampler, interval)
             else:
                 live(t, sampler, interval)
         except KeyboardInterrupt:
@@ -186,15 +190,26 @@ def run(config, config_opt, inventory, connection: Connection, *, interval: floa
             sampler.close()
 
 
-def snapshot(t: Target, sampler: Sampler, interval: float) -> None:
-    """Two rounds an interval apart (rates need two scrapes), then one JSON document. Each round waits
-    for every node up to a minute (connecting to many nodes of a busy machine takes seconds); a node
-    still silent then is reported as such."""
+def two_rounds(sampler: Sampler, interval: float) -> list[observe.TopRow]:
+    """Two rounds an interval apart (rates need two scrapes). Each round waits for every node up to a
+    minute (connecting to many nodes of a busy machine takes seconds); a node still silent then is
+    reported as such."""
     deadline = max(interval, JSON_ROUND_LIMIT)
     sampler.round(deadline, patience=deadline)
     time.sleep(interval)
-    rows = sampler.round(deadline, patience=deadline)
+    return sampler.round(deadline, patience=deadline)
+
+
+def snapshot(t: Target, sampler: Sampler, interval: float) -> None:
+    """`--json`: one snapshot as a JSON document."""
+    rows = two_rounds(sampler, interval)
     print_json(to_json(t.plan.deployment, interval, datetime.now(UTC).isoformat(timespec="seconds"), rows))
+
+
+def one_table(t: Target, sampler: Sampler, interval: float) -> None:
+    """`--once`: the table a person types `top` for first, printed once (terminal or not), then exit 0."""
+    rows = two_rounds(sampler, interval)
+    console.stdout().print(table(rows, f"top {t.plan.deployment} at {_now()} (rates over {interval:g}s)"))
 
 
 def live(t: Target, sampler: Sampler, interval: float) -> None:
