@@ -73,7 +73,9 @@ def section(path: tuple[str, ...], command, ctx) -> str:
     options = [p for p in params if p.param_type_name == "option"]
     if arguments:
         lines += ["| argument | what |", "| --- | --- |"]
-        lines += [f"| `{cell(p.metavar or p.name.upper())}` | {cell(getattr(p, 'help', '') or '')} |" for p in arguments]
+        lines += [
+            f"| `{cell(p.metavar or p.name.upper())}` | {cell(getattr(p, 'help', '') or '')} |" for p in arguments
+        ]
         lines.append("")
     if options:
         lines += ["| option | type | default | what |", "| --- | --- | --- | --- |"]
