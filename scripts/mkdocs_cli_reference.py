@@ -8,6 +8,7 @@ drift from the command line. `render()` is also what tests/test_docs.py checks a
 
 from __future__ import annotations
 
+import html
 import inspect
 from collections.abc import Iterator
 from enum import Enum
@@ -36,6 +37,11 @@ def cell(text: object) -> str:
     """A table cell: one line, pipes escaped, angle brackets shown as text (not read as HTML)."""
     one = " ".join(str(text).split())
     return one.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def code(text: str) -> str:
+    """Code in a table cell: Python-Markdown keeps the backslash of `\\|` inside backticks, so HTML."""
+    return "<code>" + html.escape(text, quote=False).replace("|", "&#124;") + "</code>"
 
 
 def type_of(param, ctx) -> str:
@@ -73,9 +79,7 @@ def section(path: tuple[str, ...], command, ctx) -> str:
     options = [p for p in params if p.param_type_name == "option"]
     if arguments:
         lines += ["| argument | what |", "| --- | --- |"]
-        lines += [
-            f"| `{cell(p.metavar or p.name.upper())}` | {cell(getattr(p, 'help', '') or '')} |" for p in arguments
-        ]
+        lines += [f"| {code(p.metavar or p.name.upper())} | {cell(getattr(p, 'help', '') or '')} |" for p in arguments]
         lines.append("")
     if options:
         lines += ["| option | type | default | what |", "| --- | --- | --- | --- |"]
