@@ -23,26 +23,39 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import STATE_DIR
+from tests.helpers import RUN, STATE_DIR, suite_chosen, user_set
 
 REPO = Path(__file__).resolve().parent.parent
 TESTBED_SCRIPT = REPO / "scripts" / "testbed"
 SSH_OPTIONS = ["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"]
 
 
-def checkout_testbed_names() -> dict[str, str]:
-    """scripts/testbed's defaults for this checkout (TESTBED_PREFIX, _SUBNET, _BRIDGE), from its own code."""
+def checkout_testbed_names(run: str = "") -> dict[str, str]:
+    """scripts/testbed's defaults for this checkout (TESTBED_PREFIX, _SUBNET, _BRIDGE), from its own code;
+    RUN (a test process, e.g. "gw1") has names of its own."""
     loader = importlib.machinery.SourceFileLoader("testbed_script", str(TESTBED_SCRIPT))
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
     loader.exec_module(module)
-    return module.checkout_names()
+    return module.checkout_names(run=run)
 
 
-# Every name a test run shares with the machine is this checkout's own unless set (two checkouts' suites
-# run at once; a user's deployment in /var/tmp/launcher is left alone): the testbed's (scripts/testbed
-# and the tests that read them agree), and the state dir of configs/testbed-*.yaml (tests.helpers).
-for _key, _value in {**checkout_testbed_names(), "TESTBED_STATE_DIR": STATE_DIR}.items():
-    os.environ[_key] = os.environ.get(_key) or _value
+TESTBED_NAME_KEYS = ("TESTBED_PREFIX", "TESTBED_SUBNET", "TESTBED_BRIDGE", "TESTBED_DIR", "TESTBED_STATE_DIR")
+
+
+def suite_names() -> dict[str, str]:
+    """Every name a test process shares with the machine, its own (two checkouts' suites run at once, and
+    the processes of one suite side by side; a user's deployment in /var/tmp/launcher is left alone): the
+    testbed's (scripts/testbed and the tests that read them agree) and the state dir of
+    configs/testbed-*.yaml (tests.helpers)."""
+    names = {**checkout_testbed_names(RUN), "TESTBED_STATE_DIR": STATE_DIR}
+    if RUN:
+        names["TESTBED_DIR"] = str(REPO / f".testbed-{RUN}")
+    return names
+
+
+_chosen = {key: value for key, value in suite_names().items() if not user_set(key)}
+os.environ.update(_chosen)
+os.environ["LAUNCHER_TEST_SUITE_NAMES"] = ",".join(sorted(suite_chosen() | _chosen.keys()))
 
 
 def in_ci() -> bool:
@@ -227,6 +240,49 @@ def pytest_runtest_teardown(item, nextitem):
         take_down()
 
 
+# How many processes run the whole suite (`-n auto` in pyproject.toml): the testbed tests mostly wait on
+# nodes, timeouts and services, so three processes on 2 cores finish in about half the time of one. A run
+# of named files, or one with testbed names of the user's own (one testbed only), runs in this process.
+SUITE_PROCESSES = 3
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    if any(user_set(key) for key in TESTBED_NAME_KEYS):
+        return 0
+    whole = config.args_source == pytest.Config.ArgsSource.TESTPATHS or all(
+        Path(arg).resolve() == REPO / "tests" for arg in config.args
+    )
+    return int(os.environ.get("LAUNCHER_TEST_PROCESSES", SUITE_PROCESSES)) if whole else 0
+
+
+# The files that use the session's testbed-104 deployment (tests/testbed_104.py): they run in one process,
+# one after another (a test of another file that uses it fails, naming this list).
+TESTBED_104_FILES = frozenset({"tests/test_bench_testbed.py", "tests/test_observe_testbed.py"})
+
+
+def suite_file(item) -> str:
+    return item.path.relative_to(REPO).as_posix()
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Each file's tests in one process (they share its module fixtures), and the files of TESTBED_104_FILES
+    in one; the files in the order of the collection (conftest puts the longest tiers first)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndSharedDeployments(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "testbed-104" if path in TESTBED_104_FILES else path
+
+    return FilesAndSharedDeployments(config, log)
+
+
+def tier(item) -> int:
+    """Testbed tests first, then the other heavy ones, then the pure ones: the longest groups start first, so
+    the processes finish at about the same time."""
+    return 0 if item.get_closest_marker("testbed") else 1 if item.get_closest_marker("slow") else 2
+
+
 def pytest_collection_modifyitems(config, items):
     # The users of the session's testbed-104 (tests/testbed_104.py) run one after another, from where the
     # first of them is: another module that brings testbed-104 up and down itself never comes in between.
@@ -239,3 +295,13 @@ def pytest_collection_modifyitems(config, items):
         for fixture in HEAVY_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
             if not item.get_closest_marker(HEAVY_FIXTURES[fixture]):
                 item.add_marker(HEAVY_FIXTURES[fixture])
+    for item in shared:
+        if suite_file(item) not in TESTBED_104_FILES:
+            raise pytest.UsageError(f"{suite_file(item)} uses testbed_104: add it to TESTBED_104_FILES (conftest)")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the order the processes take the files in
+        files = [suite_file(item) for item in items]
+        first_tier: dict[str, int] = {}
+        for item, file in zip(items, files, strict=True):
+            first_tier[file] = min(first_tier.get(file, 2), tier(item))
+        order = {id(item): first_tier[file] for item, file in zip(items, files, strict=True)}
+        items.sort(key=lambda item: order[id(item)])  # stable: a file's own order is kept

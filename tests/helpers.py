@@ -26,9 +26,27 @@ LOCAL_PORTS = (12379, 12380, 14222, 18222, 19090, 19091, 13001)
 # This checkout's own id (a short hash of its path): its test runs keep their names, state and ports apart
 # from another checkout's on the same machine.
 CHECKOUT_ID = hashlib.sha256(str(REPO).encode()).hexdigest()[:8]
+# The suite runs in several processes (pytest-xdist workers gw0, gw1, ...; tests/conftest.py): each has its
+# own testbed, state directory and ports. gw0, like a run in one process, keeps the checkout's own names.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+RUN = "" if WORKER in ("", "gw0") else WORKER
+
+
+def suite_chosen() -> set[str]:
+    """The names the suite chose itself (conftest), not the user: a worker inherits them from the process
+    that started it and chooses its own instead."""
+    return set(filter(None, os.environ.get("LAUNCHER_TEST_SUITE_NAMES", "").split(",")))
+
+
+def user_set(key: str) -> str | None:
+    """The environment's KEY when the user set it (not the suite on their behalf), else None."""
+    return None if key in suite_chosen() else os.environ.get(key) or None
+
+
 # configs/testbed-*.yaml keep their state here (testbed nodes share this machine's /var/tmp): this
-# checkout's own directory, never the /var/tmp/launcher a real deployment uses (conftest exports it).
-STATE_DIR = os.environ.get("TESTBED_STATE_DIR") or f"/var/tmp/launcher-test-{CHECKOUT_ID}"
+# checkout's (and test process's) own directory, never the /var/tmp/launcher a real deployment uses
+# (conftest exports it).
+STATE_DIR = user_set("TESTBED_STATE_DIR") or f"/var/tmp/launcher-test-{CHECKOUT_ID}{'-' + RUN if RUN else ''}"
 # Test ports come from a block of this range that one test process holds (a lock file per block): below
 # the kernel's ephemeral ports (32768 and up, where outgoing connections take theirs) and below 32768,
 # since Dynamo keeps system ports in 16 signed bits; above configs/local.yaml's fixed ports.
