@@ -1,0 +1,224 @@
+"""`replicas: N` on a group (LeaderWorkerSet's meaning): N complete instances, each with its own leader,
+rendezvous, ports, service names and spec hash; the plan, its errors, and what a user sees of them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from launcher.config.load import load as load_config
+from launcher.plan.build import REPLICA_PORT_STEP
+from launcher.plan.build import build as build_plan
+from launcher.plan.engines import args as A
+from launcher.plan.types import split_unit
+from tests.helpers import CONFIGS, REPO, fresh_env, write
+
+SIX_NODES = """\
+deployment: rep
+image: example/image:1
+gpus_per_node: 8
+model: {path: /models/x, name: x}
+nodes:
+  - {address: 10.9.0.1}
+  - {address: 10.9.0.2}
+  - {address: 10.9.0.3}
+  - {address: 10.9.0.4}
+  - {address: 10.9.0.5}
+  - {address: 10.9.0.6}
+groups:
+"""
+
+
+def plan_of(tmp_path, groups: str):
+    return build_plan(load_config(write(tmp_path, SIX_NODES + groups)))
+
+
+def plan_cli(tmp_path, text: str, *extra: str) -> subprocess.CompletedProcess:
+    """`launcher plan FILE` as a user runs it: a fresh process."""
+    path = write(tmp_path, text)
+    argv = [sys.executable, "-m", "launcher", "plan", str(path), *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=REPO)
+
+
+def ranks_of(plan, unit: str):
+    return [s for s in plan.services if s.group == unit]
+
+
+@pytest.mark.parametrize("engine", ["dynamo-sglang", "sglang", "dynamo-vllm"])
+def test_packed_replicas_are_complete_instances(tmp_path, engine):
+    """`nodes: 2, replicas: 2`: two instances of two nodes, packed in inventory order, each with its own
+    leader in its dist-init address, its own names and labels, and the same ports (distinct nodes)."""
+    args = "{tp: 16}" if engine != "dynamo-vllm" else "{data-parallel-size: 16, enable-expert-parallel: true}"
+    plan = plan_of(tmp_path, f"  decode:\n    engine: {engine}\n    nodes: 2\n    replicas: 2\n    args: {args}\n")
+    assert [g.name for g in plan.groups] == ["decode", "decode.1"]
+    assert [g.node_indices for g in plan.groups] == [[0, 1], [2, 3]]
+    assert [(g.base, g.replica, g.replicas) for g in plan.groups] == [("decode", 0, 2), ("decode", 1, 2)]
+    assert [s.service for s in plan.services if s.group] == ["decode-r0", "decode-r1", "decode.1-r0", "decode.1-r1"]
+    for unit, leader in (("decode", "10.9.0.1"), ("decode.1", "10.9.0.3")):
+        ranks = ranks_of(plan, unit)
+        assert {s.replica for s in ranks} == {split_unit(unit)[1]}
+        for s in ranks:
+            text = " ".join(s.command)
+            assert leader in text, (unit, text)  # every rank meets its own replica's leader
+            other = "10.9.0.3" if leader == "10.9.0.1" else "10.9.0.1"
+            assert f"{other}:" not in text
+            labels = plan.labels(s)
+            assert labels["launcher.replica"] == str(split_unit(unit)[1])
+            assert labels["launcher.group"] == unit
+            assert labels["launcher.group-spec"] == plan.group_hash(unit)
+    assert plan.group_hash("decode") != plan.group_hash("decode.1")
+    assert ranks_of(plan, "decode")[0].ports == ranks_of(plan, "decode.1")[0].ports  # distinct nodes: same ports
+    rendezvous = [(p.owner, p.users) for p in plan.peers if p.what == "dist-init"]
+    assert rendezvous == [(0, (1,)), (2, (3,))]  # each replica's rendezvous apart
+
+
+def test_dynamo_sglang_replicas_register_as_instances(tmp_path):
+    """The frontend waits for one `backend` instance per replica."""
+    plan = plan_of(
+        tmp_path, "  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    replicas: 3\n    args: {tp: 16}\n"
+    )
+    assert sum(g.expected_instances["backend"] for g in plan.groups) == 3
+    assert A.flags(ranks_of(plan, "decode.2")[1].command)["--dist-init-addr"] == ["10.9.0.5:29500"]
+
+
+def test_explicit_per_replica_lists(tmp_path):
+    """`nodes: [[a, b], [c, d]]`: each replica on the nodes its list names, in that order."""
+    plan = plan_of(
+        tmp_path,
+        "  decode:\n    engine: dynamo-sglang\n    nodes: [[5, 4], [node1, 10.9.0.1]]\n    replicas: 2\n"
+        "    args: {tp: 16}\n",
+    )
+    assert [g.node_indices for g in plan.groups] == [[5, 4], [1, 0]]
+    assert A.flags(ranks_of(plan, "decode.1")[0].command)["--dist-init-addr"] == ["10.9.0.2:29500"]
+
+
+def test_flat_list_is_packed_and_groups_stay_apart(tmp_path):
+    plan = plan_of(
+        tmp_path,
+        "  prefill:\n    engine: dynamo-sglang\n    nodes: [5, 4, 3, 2]\n    replicas: 2\n    args: {tp: 16}\n"
+        "  decode:\n    engine: dynamo-sglang\n    nodes: 1\n    replicas: 2\n    args: {tp: 8}\n",
+    )
+    assert {g.name: g.node_indices for g in plan.groups} == {
+        "prefill": [5, 4],
+        "prefill.1": [3, 2],
+        "decode": [0],
+        "decode.1": [1],
+    }
+
+
+def test_plans_without_replicas_carry_no_replica_fields(tmp_path):
+    plan = plan_of(tmp_path, "  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    args: {tp: 16}\n")
+    assert all(s.replica is None and "launcher.replica" not in plan.labels(s) for s in plan.services)
+    assert [g.name for g in plan.groups] == ["decode"]
+
+
+def test_local_replicas_share_the_machine_on_ports_apart():
+    """configs/local.yaml with `replicas: 2` on decode: both mockers on 127.0.0.1, replica 1 on the
+    group's ports + REPLICA_PORT_STEP; the plan says so."""
+    data = yaml.safe_load((CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS)))
+    data["groups"]["decode"]["replicas"] = 2
+    path = CONFIGS.parent / ".launcher" / "test-replicas-local.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    try:
+        plan = build_plan(load_config(path, environ={}))
+        out = subprocess.run(
+            [sys.executable, "-m", "launcher", "plan", str(path)],
+            capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=REPO,
+        )  # fmt: skip
+    finally:
+        path.unlink()
+    first, second = ranks_of(plan, "decode")[0], ranks_of(plan, "decode.1")[0]
+    assert first.node is second.node
+    assert first.env["DYN_SYSTEM_PORT"] == "19091"
+    assert second.env["DYN_SYSTEM_PORT"] == str(19091 + REPLICA_PORT_STEP)
+    assert second.probe.url == f"http://127.0.0.1:{19091 + REPLICA_PORT_STEP}/health"
+    assert not set(first.ports) & set(second.ports)
+    assert out.returncode == 0, out.stderr
+    assert "decode 2 replicas x1" in out.stdout
+    assert f"replica 1 of 2 of group decode; its ports are group decode's + {REPLICA_PORT_STEP}" in out.stdout
+
+
+def test_shared_prefill_replicas_get_their_own_bootstrap_port(tmp_path):
+    """A mocker prefill with no bootstrap_port: replica 1's is the engine's default moved, not the same."""
+    text = (CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS))
+    data = yaml.safe_load(text)
+    data["groups"]["prefill"].pop("bootstrap_port")
+    data["groups"]["prefill"]["replicas"] = 3
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(data))
+    plan = build_plan(load_config(path, environ={}))
+    ports = [A.flags(ranks_of(plan, u)[0].command)["--bootstrap-ports"] for u in ("prefill", "prefill.1", "prefill.2")]
+    assert ports == [[str(30001 + k * REPLICA_PORT_STEP)] for k in range(3)]  # 30001: the mocker's default
+    assert [ranks_of(plan, u)[0].ports[0] for u in ("prefill", "prefill.1", "prefill.2")] == [30001, 30101, 30201]
+
+
+def test_plan_json_shows_replicas(tmp_path):
+    out = plan_cli(
+        tmp_path,
+        SIX_NODES + "  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    replicas: 2\n    args: {tp: 16}\n",
+        "--format",
+        "json",
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    groups = [(g["name"], g["group"], g["replica"], g["replicas"], g["nodes"]) for g in data["groups"]]
+    assert groups == [("decode", "decode", 0, 2, [0, 1]), ("decode.1", "decode", 1, 2, [2, 3])]
+    workers = [(s["service"], s["replica"], s["labels"]["launcher.replica"]) for s in data["services"] if s["group"]]
+    assert workers == [("decode-r0", 0, "0"), ("decode-r1", 0, "0"), ("decode.1-r0", 1, "1"), ("decode.1-r1", 1, "1")]
+
+
+BAD = [
+    ("replicas: 0", "groups.decode.replicas: input should be greater than or equal to 1"),
+    ("replicas: -3", "groups.decode.replicas: input should be greater than or equal to 1"),
+    ("replicas: two", "groups.decode.replicas: expected a whole number, got 'two'"),
+    ("replicas: 1.5", "groups.decode.replicas: expected a whole number"),
+    ("replicas: true", "groups.decode.replicas: expected a whole number"),
+    ("replicas: '2'", "groups.decode.replicas: expected a whole number"),
+    ("replicas: 1001", "groups.decode.replicas: input should be less than or equal to 1000"),
+    ("replicas: 4", "asks for 4 replicas of 2 node(s) but the inventory has 6 and only 6 are free"),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), BAD)
+def test_bad_replicas_are_one_line_exit_2(tmp_path, line, expected):
+    out = plan_cli(tmp_path, SIX_NODES + f"  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    {line}\n")
+    assert out.returncode == 2, out
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+
+
+BAD_NODES = [
+    ("nodes: [0, 1, 2]", "2 replicas need the same number of nodes each: the list has 3 node(s)"),
+    ("nodes: [0, 0, 1, 2]", "the same node is listed twice"),
+    ("nodes: [0, 1, 1, 2]", "node 1 (node1 10.9.0.2) is in replicas 0 and 1"),
+    ("nodes: [[0, 1], [1, 2]]", "node 1 (node1 10.9.0.2) is in replicas 0 and 1; replicas of a group never share"),
+    ("nodes: [[0, 1], [2]]", "every replica needs the same number of nodes; the lists have [1, 2] nodes"),
+    ("nodes: [[0, 1], [2, 3], [4, 5]]", "nodes has 3 per-replica lists but replicas is 2: expected one each"),
+    ("nodes: [[0, 1], 2]", "expected a list of nodes or one list of nodes per replica, not both mixed"),
+    ("nodes: [[0, 1], []]", "a replica's node list is empty"),
+    ("nodes: [[0, 1], [2, 9]]", "no node 9"),
+]
+
+
+@pytest.mark.parametrize(("nodes", "expected"), BAD_NODES)
+def test_bad_replica_nodes_are_one_line_exit_2(tmp_path, nodes, expected):
+    out = plan_cli(tmp_path, SIX_NODES + f"  decode:\n    engine: dynamo-sglang\n    {nodes}\n    replicas: 2\n")
+    assert out.returncode == 2, out
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in out.stderr, lines
+
+
+def test_a_replica_never_takes_another_groups_node(tmp_path):
+    out = plan_cli(
+        tmp_path,
+        SIX_NODES + "  prefill:\n    engine: dynamo-sglang\n    nodes: [2]\n    args: {tp: 8}\n"
+        "  decode:\n    engine: dynamo-sglang\n    nodes: [0, 1, 2, 3]\n    replicas: 2\n    args: {tp: 16}\n",
+    )
+    assert out.returncode == 2
+    assert "node 2 (node2 10.9.0.3) is in groups prefill and decode" in out.stderr
