@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import jsonschema
 import pytest
 import yaml
 
@@ -16,6 +17,9 @@ from launcher.plan.build import build as build_plan
 from launcher.plan.engines import args as A
 from launcher.plan.types import split_unit
 from tests.helpers import CONFIGS, REPO, fresh_env, write
+from tests.seeds import SEEDS, manifests
+
+CRD_FILE = "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
 
 SIX_NODES = """\
 deployment: rep
@@ -222,3 +226,74 @@ def test_a_replica_never_takes_another_groups_node(tmp_path):
     )
     assert out.returncode == 2
     assert "node 2 (node2 10.9.0.3) is in groups prefill and decode" in out.stderr
+
+
+# -- LeaderWorkerSet `replicas` there and back ------------------------------------------------------------
+
+
+def seed_002_with_replicas(replicas: int) -> str:
+    """Seed 002's manifests (SGLang TP16 on 2 nodes, one LeaderWorkerSet) with spec.replicas set."""
+    docs = [d for d in yaml.safe_load_all(manifests("002_5075cd10cd9de433.txt")) if d]
+    lws = next(d for d in docs if d["kind"] == "LeaderWorkerSet")
+    lws["spec"]["replicas"] = replicas
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def crd_validator() -> jsonschema.Draft4Validator:
+    crd = yaml.safe_load((SEEDS.parent / "reference" / "schemas" / CRD_FILE).read_text())
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return jsonschema.Draft4Validator(v1["schema"]["openAPIV3Schema"])
+
+
+def test_lws_replicas_import_plan_export_round_trip(tmp_path):
+    """An LWS with replicas 3 imports as ONE group with `replicas: 3` (not three groups), plans as three
+    complete instances, and exports as one LeaderWorkerSet with spec.replicas 3, valid against the CRD and
+    with the same pod templates as the one-replica manifest's export."""
+
+    def launcher(*args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "launcher", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=fresh_env(), cwd=tmp_path)
+
+    exports = {}
+    for replicas in (1, 3):
+        manifest = tmp_path / f"lws-{replicas}.yaml"
+        manifest.write_text(seed_002_with_replicas(replicas))
+        config = tmp_path / f"deploy-{replicas}.yaml"
+        run = launcher("import", str(manifest), "-o", str(config))
+        assert run.returncode == 0, run.stderr
+        groups = yaml.safe_load(config.read_text())["groups"]
+        assert len(groups) == 1, groups
+        (group,) = groups.values()
+        assert group.get("replicas") == (replicas if replicas > 1 else None) and group["nodes"] == 2
+        plan = launcher("plan", str(config), "--format", "json")
+        assert plan.returncode == 0, plan.stderr
+        units = [(g["name"], g["nodes"]) for g in json.loads(plan.stdout)["groups"]]
+        name = units[0][0]
+        expected = [(name, [0, 1]), (f"{name}.1", [2, 3]), (f"{name}.2", [4, 5])][:replicas]
+        assert units == expected
+        export = launcher("export", str(config), "--to", "lws")
+        assert export.returncode == 0 and "each valid against the CRD's schema" in export.stderr, export.stderr
+        (lws,) = [d for d in yaml.safe_load_all(export.stdout) if d and d["kind"] == "LeaderWorkerSet"]
+        assert list(crd_validator().iter_errors(lws)) == []
+        exports[replicas] = lws
+    assert exports[3]["spec"]["replicas"] == 3 and exports[1]["spec"]["replicas"] == 1
+    assert exports[3]["spec"]["leaderWorkerTemplate"] == exports[1]["spec"]["leaderWorkerTemplate"]
+
+
+def test_local_replicas_export_as_one_leaderworkerset_on_the_groups_ports(tmp_path):
+    """Replicas that share a node on ports apart are, on Kubernetes, pods of their own: the export is one
+    LeaderWorkerSet of replicas 2 whose pods use the group's own ports (replica 0's)."""
+    from launcher.plan.kube.exporter import to_manifests
+
+    data = yaml.safe_load((CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS)))
+    data["groups"]["decode"]["replicas"] = 2
+    data.update(runtime="docker", image="example/dynamo:1")
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(data))
+    objects = to_manifests(build_plan(load_config(path, environ={})))
+    lws = {o["metadata"]["name"]: o for o in objects if o["kind"] == "LeaderWorkerSet"}
+    assert sorted(lws) == ["local-decode", "local-prefill"]
+    assert lws["local-decode"]["spec"]["replicas"] == 2 and lws["local-prefill"]["spec"]["replicas"] == 1
+    pod = lws["local-decode"]["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]
+    assert {"name": "DYN_SYSTEM_PORT", "value": "19091"} in pod["env"]
+    assert list(crd_validator().iter_errors(lws["local-decode"])) == []
