@@ -297,3 +297,29 @@ def test_local_replicas_export_as_one_leaderworkerset_on_the_groups_ports(tmp_pa
     pod = lws["local-decode"]["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"][0]
     assert {"name": "DYN_SYSTEM_PORT", "value": "19091"} in pod["env"]
     assert list(crd_validator().iter_errors(lws["local-decode"])) == []
+
+
+def test_slurm_export_places_each_replica(tmp_path):
+    """`export --to slurm`: every replica's ranks are steps on its own nodes of the job, each rank meeting
+    its own replica's leader; the job waits for one registered instance per replica."""
+    path = write(
+        tmp_path,
+        SIX_NODES + "  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    replicas: 3\n    args: {tp: 16}\n",
+    )
+    out = tmp_path / "job.sbatch"
+    argv = [sys.executable, "-m", "launcher", "export", str(path), "--to", "slurm", "-o", str(out)]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    script = out.read_text()
+    assert subprocess.run(["bash", "-n", str(out)], capture_output=True, timeout=30).returncode == 0
+    steps = {}
+    for block in script.split("\nlaunch ")[1:]:
+        line = block.replace("\\\n  ", "").split("\n", 1)[0]
+        steps[line.split(" ", 1)[0]] = line
+    assert "#SBATCH --nodes=6" in script
+    for unit, leader in (("decode", 0), ("decode.1", 2), ("decode.2", 4)):
+        for rank in (0, 1):
+            step = steps[f"{unit}-r{rank}"]
+            assert step.startswith(f"{unit}-r{rank} {leader + rank} ")
+            assert f'--dist-init-addr "${{ADDR[{leader}]}}":29500' in step
+    assert '"expected":{"backend":3}' in script
