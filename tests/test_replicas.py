@@ -323,3 +323,23 @@ def test_slurm_export_places_each_replica(tmp_path):
             assert step.startswith(f"{unit}-r{rank} {leader + rank} ")
             assert f'--dist-init-addr "${{ADDR[{leader}]}}":29500' in step
     assert '"expected":{"backend":3}' in script
+
+
+def test_the_fabric_check_proves_each_replicas_rendezvous(tmp_path):
+    """Each replica is a rendezvous of its own for the fabric check: its ranks meet at its own leader."""
+    from launcher.plan import fabric
+
+    plan = plan_of(
+        tmp_path, "  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    replicas: 2\n    args: {tp: 16}\n"
+    )
+    checked = fabric.checked_groups(plan)
+    assert [g.name for g in checked] == ["decode", "decode.1"]
+    jobs = fabric.jobs(plan, checked)
+    meets = {i: [(j.spec["rendezvous"]["group"], j.spec["rendezvous"]["leader"]) for j in jobs[i]] for i in jobs}
+    assert meets == {
+        0: [("decode", "10.9.0.1")],
+        1: [("decode", "10.9.0.1")],
+        2: [("decode.1", "10.9.0.3")],
+        3: [("decode.1", "10.9.0.3")],
+    }
+    assert all(j.spec["rendezvous"]["world"] == 2 for js in jobs.values() for j in js)
