@@ -343,3 +343,36 @@ def test_the_fabric_check_proves_each_replicas_rendezvous(tmp_path):
         3: [("decode.1", "10.9.0.3")],
     }
     assert all(j.spec["rendezvous"]["world"] == 2 for js in jobs.values() for j in js)
+
+
+def test_top_totals_each_replica():
+    """`top`: besides the totals per role, one per replica of a replicated group (and none for a group
+    without replicas)."""
+    from rich.console import Console
+
+    from launcher.output.top_view import table, to_json
+    from launcher.plan import observe
+
+    def row(node: int, service: str, group: str, rank: int, tps: float | None, role: str = "decode"):
+        figures = None if tps is None else observe.Figures(running=1, output_tps=tps)
+        state = "up" if tps is not None else "exited (exit code 1)"
+        return observe.TopRow(node, f"n{node}", service, role, group, rank, "worker", state, figures)
+
+    rows = [
+        row(0, "decode-r0", "decode", 0, 10.0),
+        row(1, "decode-r1", "decode", 1, 20.0),
+        row(2, "decode.1-r0", "decode.1", 0, 5.0),
+        row(3, "decode.1-r1", "decode.1", 1, None),
+        row(4, "prefill-r0", "prefill", 0, 7.0, role="prefill"),
+    ]
+    per_replica = observe.replica_totals(rows)
+    assert sorted(per_replica) == ["decode", "decode.1"]
+    assert per_replica["decode"]["output_tps"] == 30.0 and per_replica["decode"]["answering"] == 2
+    assert per_replica["decode.1"]["output_tps"] == 5.0 and per_replica["decode.1"]["answering"] == 1
+    assert observe.totals(rows)["decode"]["output_tps"] == 35.0
+    console = Console(width=220, record=True)
+    console.print(table(rows, "top"))
+    text = console.export_text()
+    assert "decode replica 0 total" in text and "decode replica 1 total" in text and "1/2 up" in text
+    assert "prefill replica" not in text
+    assert to_json("d", 2.0, "now", rows)["replica_totals"]["decode.1"]["ranks"] == 2
