@@ -52,12 +52,15 @@ def ranks_of(plan, unit: str):
     return [s for s in plan.services if s.group == unit]
 
 
-@pytest.mark.parametrize("engine", ["dynamo-sglang", "sglang", "dynamo-vllm"])
+@pytest.mark.parametrize("engine", ["dynamo-sglang", "sglang", "dynamo-vllm", "vllm"])
 def test_packed_replicas_are_complete_instances(tmp_path, engine):
     """`nodes: 2, replicas: 2`: two instances of two nodes, packed in inventory order, each with its own
     leader in its dist-init address, its own names and labels, and the same ports (distinct nodes)."""
-    args = "{tp: 16}" if engine != "dynamo-vllm" else "{data-parallel-size: 16, enable-expert-parallel: true}"
-    plan = plan_of(tmp_path, f"  decode:\n    engine: {engine}\n    nodes: 2\n    replicas: 2\n    args: {args}\n")
+    args = "{tp: 16}" if "vllm" not in engine else "{data-parallel-size: 16, enable-expert-parallel: true}"
+    port = "    port: 8100\n" if engine == "vllm" else ""  # `vllm serve`'s own 8000 is the frontend's
+    plan = plan_of(
+        tmp_path, f"  decode:\n    engine: {engine}\n    nodes: 2\n    replicas: 2\n{port}    args: {args}\n"
+    )
     assert [g.name for g in plan.groups] == ["decode", "decode.1"]
     assert [g.node_indices for g in plan.groups] == [[0, 1], [2, 3]]
     assert [(g.base, g.replica, g.replicas) for g in plan.groups] == [("decode", 0, 2), ("decode", 1, 2)]
@@ -376,3 +379,35 @@ def test_top_totals_each_replica():
     assert "decode replica 0 total" in text and "decode replica 1 total" in text and "1/2 up" in text
     assert "prefill replica" not in text
     assert to_json("d", 2.0, "now", rows)["replica_totals"]["decode.1"]["ranks"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--role", "decode", "--replica", "1"], "error: --replica: no replica 1 of decode: expected 0"),
+        (["--role", "etcd", "--replica", "0"], "error: --replica: no replica 0 of etcd: none is a group's"),
+    ],
+)
+def test_logs_replica_that_names_nothing_is_one_line_exit_2(args, says):
+    """`logs --replica K` is checked against the plan before any node is asked (configs/local.yaml has one
+    replica per group)."""
+    argv = [sys.executable, "-m", "launcher", "logs", "-c", str(CONFIGS / "local.yaml"), *args]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=REPO)
+    assert run.returncode == 2 and run.stderr.strip() == says, run.stderr
+
+
+def test_the_sglang_router_routes_to_every_replica(tmp_path):
+    """Plain SGLang P/D behind its router: each decode replica is a worker of its own (its leader's URL)."""
+    services = (
+        "services:\n  etcd: {enabled: false}\n  nats: {enabled: false}\n  frontend: {enabled: false}\n"
+        "  router: {enabled: true, node: 0, port: 9000}\n"
+    )
+    text = SIX_NODES.replace("groups:\n", services + "groups:\n").replace(
+        "gpus_per_node: 8\n", 'gpus_per_node: 8\nversions: {sglang: "0.5.21", sglang_router: "0.3.2"}\n'
+    )
+    text += "  prefill: {engine: sglang, nodes: 2, args: {tp: 16}, port: 30000}\n"
+    text += "  decode: {engine: sglang, nodes: 2, replicas: 2, args: {tp: 16}, port: 30000}\n"
+    plan = build_plan(load_config(write(tmp_path, text)))
+    router = next(s for s in plan.services if s.role == "router")
+    decode = [router.command[i + 1] for i, word in enumerate(router.command) if word == "--decode"]
+    assert decode == ["http://10.9.0.3:30000", "http://10.9.0.5:30000"]

@@ -104,7 +104,9 @@ class Target:
             raise ConfigError(f"no rank {rank}" + (f" of {role}" if role else "") + f": {expected}", key="--rank")
         replicas = sorted({s.replica or 0 for s in services if s.group is not None})
         if replica is not None and replica not in replicas:
-            expected = f"expected 0..{replicas[-1]}" if replicas else "none is a group's"
+            expected = (
+                ("expected 0" + (f"..{replicas[-1]}" if replicas[-1] else "")) if replicas else "none is a group's"
+            )
             raise ConfigError(
                 f"no replica {replica}" + (f" of {role}" if role else "") + f": {expected}", key="--replica"
             )
