@@ -411,3 +411,18 @@ def test_the_sglang_router_routes_to_every_replica(tmp_path):
     router = next(s for s in plan.services if s.role == "router")
     decode = [router.command[i + 1] for i, word in enumerate(router.command) if word == "--decode"]
     assert decode == ["http://10.9.0.3:30000", "http://10.9.0.5:30000"]
+
+
+def test_command_replicas_learn_their_replica(tmp_path):
+    """A `command` group's ranks learn their replica from LAUNCHER_REPLICA (set only with `replicas`)."""
+    from tests.helpers import local_command_deployment
+
+    path = local_command_deployment(tmp_path, "cmd", "work", "sleep 1", replicas=3)
+    plan = build_plan(load_config(path, environ={}))
+    assert [(s.service, s.env["LAUNCHER_REPLICA"]) for s in plan.services] == [
+        ("work-r0", "0"),
+        ("work.1-r0", "1"),
+        ("work.2-r0", "2"),
+    ]
+    single = build_plan(load_config(local_command_deployment(tmp_path, "one", "work", "sleep 1"), environ={}))
+    assert "LAUNCHER_REPLICA" not in single.services[0].env

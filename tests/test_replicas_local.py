@@ -59,7 +59,8 @@ def test_two_decode_replicas_up_status_logs_down(tmp_path):
         pids = sorted({pid for leader in leaders for pid in session_members(leader)})
 
         text = launcher("status", env=env, cwd=tmp_path)
-        assert f"replica 1 of decode (2/2): decode.1 on nodes 0  spec {decode[1]['spec']}  current" in text.stdout
+        line = f"replica 1 of 2 of decode: decode.1 on node(s) 0  spec {decode[1]['spec']}  current (1/1 ranks running)"
+        assert line in text.stdout, text.stdout
 
         logs = launcher("logs", "--role", "decode", "--replica", "1", "--tail", "5", env=env, cwd=tmp_path)
         assert logs.returncode == 0, logs.stdout + logs.stderr

@@ -123,8 +123,8 @@ def replica_line(replica: dict[str, Any]) -> str:
     if replica["state"] == "outdated":
         spec += f" (running {', '.join(replica['running_spec']) or '?'})"
     return (
-        f"replica {replica['replica']} of {replica['group']} ({replica['replica'] + 1}/{replica['replicas']}):"
-        f" {replica['name']} on nodes {', '.join(map(str, replica['nodes']))}  {spec}  {replica['state']}"
+        f"replica {replica['replica']} of {replica['replicas']} of {replica['group']}: {replica['name']} on"
+        f" node(s) {', '.join(map(str, replica['nodes']))}  {spec}  {replica['state']}"
         f" ({replica['running']}/{replica['ranks']} ranks running)"
     )
 
