@@ -426,3 +426,18 @@ def test_command_replicas_learn_their_replica(tmp_path):
     ]
     single = build_plan(load_config(local_command_deployment(tmp_path, "one", "work", "sleep 1"), environ={}))
     assert "LAUNCHER_REPLICA" not in single.services[0].env
+
+
+def test_shared_node_ports_past_their_range_are_one_line_exit_2(tmp_path):
+    """Replica K on a shared node listens on the group's ports + K x 100: past Dynamo's 32767 for a
+    system port, that is refused in one line naming the group's `replicas`."""
+    data = yaml.safe_load((CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS)))
+    data["groups"]["decode"].update(replicas=2, system_port=32700)
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(data))
+    argv = [sys.executable, "-m", "launcher", "plan", str(path)]
+    run = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=tmp_path)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr
+    assert "groups.decode.replicas: the replicas share a node, so replica 1's system_port is 32800" in lines[0]
+    assert "above 32767" in lines[0]

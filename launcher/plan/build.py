@@ -323,7 +323,7 @@ class Builder:
             highest = 32767 if key == "system_port" else 65535
             if value > highest:
                 raise self.error(
-                    f"replica {replica} shares a node with replica 0, so its {key} is {value} ({key} + {replica} x"
+                    f"the replicas share a node, so replica {replica}'s {key} is {value} ({key} + {replica} x"
                     f" {REPLICA_PORT_STEP}), above {highest}: expected a lower {key} or fewer replicas",
                     "groups",
                     first.name,
