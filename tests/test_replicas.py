@@ -3,6 +3,7 @@ rendezvous, ports, service names and spec hash; the plan, its errors, and what a
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from launcher.plan.build import REPLICA_PORT_STEP
 from launcher.plan.build import build as build_plan
 from launcher.plan.engines import args as A
 from launcher.plan.types import split_unit
-from tests.helpers import CONFIGS, REPO, fresh_env, write
+from tests.helpers import CONFIGS, REPO, fresh_env, run_cli, write
 from tests.seeds import SEEDS, manifests
 
 CRD_FILE = "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
@@ -191,13 +192,26 @@ BAD = [
 ]
 
 
+def plan_error(tmp_path, capsys, text: str) -> str:
+    """`launcher plan FILE` through the CLI's entry point in this process: exit 2 and one line, returned."""
+    code, out, err = run_cli(["plan", str(write(tmp_path, text))], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (out, err)
+    return lines[0]
+
+
 @pytest.mark.parametrize(("line", "expected"), BAD)
-def test_bad_replicas_are_one_line_exit_2(tmp_path, line, expected):
-    out = plan_cli(tmp_path, SIX_NODES + f"  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    {line}\n")
-    assert out.returncode == 2, out
-    assert "Traceback" not in out.stderr
+def test_bad_replicas_are_one_line_exit_2(tmp_path, capsys, line, expected):
+    text = SIX_NODES + f"  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    {line}\n"
+    assert expected in plan_error(tmp_path, capsys, text)
+
+
+def test_a_bad_replicas_value_as_a_user_runs_it(tmp_path):
+    """The same in a fresh `launcher` process: one line naming the file, the line and the key, exit 2."""
+    out = plan_cli(tmp_path, SIX_NODES + "  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    replicas: 0\n")
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], lines
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"error: {tmp_path / 'deploy.yaml'}:16: groups.decode.replicas: "), lines[0]
 
 
 BAD_NODES = [
@@ -214,21 +228,15 @@ BAD_NODES = [
 
 
 @pytest.mark.parametrize(("nodes", "expected"), BAD_NODES)
-def test_bad_replica_nodes_are_one_line_exit_2(tmp_path, nodes, expected):
-    out = plan_cli(tmp_path, SIX_NODES + f"  decode:\n    engine: dynamo-sglang\n    {nodes}\n    replicas: 2\n")
-    assert out.returncode == 2, out
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in out.stderr, lines
+def test_bad_replica_nodes_are_one_line_exit_2(tmp_path, capsys, nodes, expected):
+    text = SIX_NODES + f"  decode:\n    engine: dynamo-sglang\n    {nodes}\n    replicas: 2\n"
+    assert expected in plan_error(tmp_path, capsys, text)
 
 
-def test_a_replica_never_takes_another_groups_node(tmp_path):
-    out = plan_cli(
-        tmp_path,
-        SIX_NODES + "  prefill:\n    engine: dynamo-sglang\n    nodes: [2]\n    args: {tp: 8}\n"
-        "  decode:\n    engine: dynamo-sglang\n    nodes: [0, 1, 2, 3]\n    replicas: 2\n    args: {tp: 16}\n",
-    )
-    assert out.returncode == 2
-    assert "node 2 (node2 10.9.0.3) is in groups prefill and decode" in out.stderr
+def test_a_replica_never_takes_another_groups_node(tmp_path, capsys):
+    text = SIX_NODES + "  prefill:\n    engine: dynamo-sglang\n    nodes: [2]\n    args: {tp: 8}\n"
+    text += "  decode:\n    engine: dynamo-sglang\n    nodes: [0, 1, 2, 3]\n    replicas: 2\n    args: {tp: 16}\n"
+    assert "node 2 (node2 10.9.0.3) is in groups prefill and decode" in plan_error(tmp_path, capsys, text)
 
 
 # -- LeaderWorkerSet `replicas` there and back ------------------------------------------------------------
@@ -242,8 +250,10 @@ def seed_002_with_replicas(replicas: int) -> str:
     return yaml.safe_dump_all(docs, sort_keys=False)
 
 
+@functools.cache
 def crd_validator() -> jsonschema.Draft4Validator:
-    crd = yaml.safe_load((SEEDS.parent / "reference" / "schemas" / CRD_FILE).read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD is large: the C parser, once
+    crd = yaml.load((SEEDS.parent / "reference" / "schemas" / CRD_FILE).read_text(), Loader=loader)
     (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return jsonschema.Draft4Validator(v1["schema"]["openAPIV3Schema"])
 
