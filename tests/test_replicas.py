@@ -124,22 +124,16 @@ def test_plans_without_replicas_carry_no_replica_fields(tmp_path):
     assert [g.name for g in plan.groups] == ["decode"]
 
 
-def test_local_replicas_share_the_machine_on_ports_apart():
-    """configs/local.yaml with `replicas: 2` on decode: both mockers on 127.0.0.1, replica 1 on the
-    group's ports + REPLICA_PORT_STEP; the plan says so."""
+def test_local_replicas_share_the_machine_on_ports_apart(tmp_path):
+    """configs/local.yaml with `replicas: 2` on decode (its `nodes: [local]` unchanged): both mockers on
+    127.0.0.1, replica 1 on the group's ports + REPLICA_PORT_STEP; the plan says so."""
     data = yaml.safe_load((CONFIGS / "local.yaml").read_text().replace("${CONFIG_DIR}", str(CONFIGS)))
     data["groups"]["decode"]["replicas"] = 2
-    path = CONFIGS.parent / ".launcher" / "test-replicas-local.yaml"
-    path.parent.mkdir(exist_ok=True)
+    path = tmp_path / "local.yaml"
     path.write_text(yaml.safe_dump(data))
-    try:
-        plan = build_plan(load_config(path, environ={}))
-        out = subprocess.run(
-            [sys.executable, "-m", "launcher", "plan", str(path)],
-            capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=REPO,
-        )  # fmt: skip
-    finally:
-        path.unlink()
+    plan = build_plan(load_config(path, environ={}))
+    argv = [sys.executable, "-m", "launcher", "plan", str(path)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=tmp_path)
     first, second = ranks_of(plan, "decode")[0], ranks_of(plan, "decode.1")[0]
     assert first.node is second.node
     assert first.env["DYN_SYSTEM_PORT"] == "19091"
