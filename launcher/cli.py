@@ -179,6 +179,9 @@ def logs(
     node: NodeOpt = None,
     role: Annotated[str | None, typer.Option("--role", "-r", help="Role or group (etcd, frontend, decode...).")] = None,
     rank: Annotated[int | None, typer.Option("--rank", min=0, help="With --role: one rank of the group.")] = None,
+    replica: Annotated[
+        int | None, typer.Option("--replica", min=0, help="One replica of the group (`replicas:`), 0 first.")
+    ] = None,
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep streaming until Ctrl-C.")] = False,
     tail: Annotated[int | None, typer.Option("--tail", min=0, help="Only the last N lines of each container.")] = None,
     since: Annotated[
@@ -196,7 +199,7 @@ def logs(
     link = connection(parallel, connect_timeout, host_key_policy)
     command.run(
         config, config_opt, inventory, link, node=node, role=role, rank=rank, follow=follow, tail=tail, since=since,
-        grep=grep,
+        grep=grep, replica=replica,
     )  # fmt: skip
 
 

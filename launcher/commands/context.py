@@ -86,9 +86,9 @@ class Target:
         assert self.fleet is not None, "connect() first"
         return self.fleet.host(self.plan.head.index)
 
-    def check_selection(self, node: str | None, role: str | None, rank: int | None) -> None:
-        """--node, --role and --rank name something in the deployment file: else exit 2 before any node
-        is asked (saying what exists)."""
+    def check_selection(self, node: str | None, role: str | None, rank: int | None, replica: int | None = None) -> None:
+        """--node, --role, --rank and --replica name something in the deployment file: else exit 2 before
+        any node is asked (saying what exists)."""
         if node is not None:
             self.node(node)
         services = [s for s in self.plan.services if role is None or role in (s.role, s.group, s.service)]
@@ -102,6 +102,14 @@ class Target:
             span = f"{ranks[0]}" + (f"..{ranks[-1]}" if len(ranks) > 1 else "") if ranks else ""
             expected = f"expected {span}" if ranks else "none has ranks"
             raise ConfigError(f"no rank {rank}" + (f" of {role}" if role else "") + f": {expected}", key="--rank")
+        replicas = sorted({s.replica or 0 for s in services if s.group is not None})
+        if replica is not None and replica not in replicas:
+            expected = (
+                ("expected 0" + (f"..{replicas[-1]}" if replicas[-1] else "")) if replicas else "none is a group's"
+            )
+            raise ConfigError(
+                f"no replica {replica}" + (f" of {role}" if role else "") + f": {expected}", key="--replica"
+            )
 
     def node(self, ref: str) -> Node:
         """`--node`: an index, a name or an address; anything else is bad input (exit 2)."""

@@ -81,7 +81,10 @@ def write(path: Path, text: str) -> Path:
 def check(path: Path, imported: Imported, shown: str) -> None:
     """What `plan` says about the written file: the groups, stale flags (with `migrate`), or why it fails."""
     groups = imported.data["groups"]
-    summary = ", ".join(f"{name} ({g['engine']}, {g['nodes']} node(s))" for name, g in groups.items())
+    summary = ", ".join(
+        f"{name} ({g['engine']}, {g['nodes']} node(s)" + (f" x {g['replicas']} replicas)" if g.get("replicas") else ")")
+        for name, g in groups.items()
+    )
     say(f"imported {len(groups)} group(s) into {shown}: {summary}; {len(imported.notes)} thing(s) not carried"
         " over, listed at its top", to_stderr=True)  # fmt: skip
     try:

@@ -33,9 +33,11 @@ COLOURS = [
 ]  # fmt: skip
 
 
-def run(config, config_opt, inventory, connection: Connection, *, node, role, rank, follow, tail, since, grep) -> None:
+def run(
+    config, config_opt, inventory, connection: Connection, *, node, role, rank, follow, tail, since, grep, replica=None
+) -> None:
     if node is None and role is None:
-        raise ConfigError("choose what to show: --node I, or --role R [--rank K]", key="logs")
+        raise ConfigError("choose what to show: --node I, or --role R [--rank K] [--replica K]", key="logs")
     if grep:
         try:
             re.compile(grep)
@@ -48,14 +50,14 @@ def run(config, config_opt, inventory, connection: Connection, *, node, role, ra
             key="--since",
         )
     t = target(config, config_opt, inventory)
-    t.check_selection(node, role, rank)
+    t.check_selection(node, role, rank, replica)
     if since and t.plan.runtime == "process":
         # Its logs are plain files without timestamps: showing everything would pretend to filter.
         raise ConfigError(
             "--since needs the docker runtime (process logs carry no timestamps); use --tail N", key="--since"
         )
     with connected(t, connection):
-        chosen, failed = select_containers(t, node, role, rank)
+        chosen, failed = select_containers(t, node, role, rank, replica=replica)
         for i, why in failed.items():
             say(t.plan.redactor()(f"{t.plan.nodes[i].label}: {why}"), to_stderr=True)
         if not chosen:
@@ -70,15 +72,23 @@ def run(config, config_opt, inventory, connection: Connection, *, node, role, ra
 
 
 def select_containers(
-    t: Target, node: str | None, role: str | None, rank: int | None, indices: list[int] | None = None
+    t: Target,
+    node: str | None,
+    role: str | None,
+    rank: int | None,
+    indices: list[int] | None = None,
+    replica: int | None = None,
 ) -> tuple[list[Container], dict[int, str]]:
-    """The deployment's services matching node/role/rank, as the nodes list them; unreachable nodes apart."""
+    """The deployment's services matching node/role/rank/replica, as the nodes list them; unreachable
+    nodes apart."""
     nodes = [t.node(node).index] if node is not None else indices
     found, failed = list_services(t, nodes)
     chosen = [
         c
         for c in found.values()
-        if (role is None or role in (c.role, c.group, c.service)) and (rank is None or c.rank == rank)
+        if (role is None or role in (c.role, c.group, c.service))
+        and (rank is None or c.rank == rank)
+        and (replica is None or c.replica == replica)
     ]
     chosen.sort(key=lambda c: (c.node_index, c.service))
     return chosen, failed

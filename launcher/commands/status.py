@@ -15,7 +15,7 @@ from launcher.output import console
 from launcher.output.console import say
 from launcher.output.tables import print_json, status_table
 from launcher.plan.state import Container
-from launcher.plan.types import Node
+from launcher.plan.types import LABEL, Node, split_unit
 
 
 @dataclass
@@ -31,6 +31,8 @@ class StatusRow:
     health: str
     container: str | None
     id: str | None = None
+    replica: int | None = None  # of its group (0 without `replicas:`); None outside groups
+    group_spec: str | None = None  # the group hash its container carries (launcher.group-spec)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +43,7 @@ class StatusRow:
             "role": self.role,
             "group": self.group,
             "rank": self.rank,
+            "replica": self.replica,
             "state": self.state,
             "uptime_s": None if self.uptime is None else round(self.uptime),
             "restarts": self.restarts,
@@ -61,6 +64,9 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
         print_json(status_json(t, rows, unreachable, endpoint))
     else:
         console.stdout().print(status_table(rows))
+        for replica in replicas_of(t, rows):
+            if replica["replicas"] > 1:
+                say(replica_line(replica))
         for i, why in sorted(unreachable.items()):
             say(f"{plan.nodes[i].label}: unreachable: {why}", style="red")
         if plan.endpoint:
@@ -83,7 +89,44 @@ def status_json(t: Target, rows: list[StatusRow], unreachable: dict[int, str], e
         "problems": problems,
         "unreachable": {str(i): why for i, why in unreachable.items()},
         "services": [r.to_json() for r in rows],
+        "replicas": replicas_of(t, rows),
     }
+
+
+def replicas_of(t: Target, rows: list[StatusRow]) -> list[dict[str, Any]]:
+    """Each replica of each group: the spec hash the plan gives it (`launcher.group-spec`), the ones its
+    running services carry, and whether it runs that spec: current, outdated, partial or missing."""
+    out = []
+    for g in t.plan.groups:
+        mine = [r for r in rows if r.group == g.name and not r.state.endswith("(not in plan)")]
+        running = [r for r in mine if r.state.startswith("running")]
+        seen = sorted({r.group_spec for r in mine if r.group_spec})
+        wanted = t.plan.group_hash(g.name)
+        if not running:
+            state = "missing"
+        elif seen != [wanted]:
+            state = "outdated"
+        else:
+            state = "current" if len(running) == len(mine) else "partial"
+        out.append(
+            {
+                "group": g.base, "replica": g.replica, "replicas": g.replicas, "name": g.name,
+                "nodes": g.node_indices, "spec": wanted, "running_spec": seen, "state": state,
+                "running": len(running), "ranks": len(mine),
+            }
+        )  # fmt: skip
+    return out
+
+
+def replica_line(replica: dict[str, Any]) -> str:
+    spec = f"spec {replica['spec']}"
+    if replica["state"] == "outdated":
+        spec += f" (running {', '.join(replica['running_spec']) or '?'})"
+    return (
+        f"replica {replica['replica']} of {replica['replicas']} of {replica['group']}: {replica['name']} on"
+        f" node(s) {', '.join(map(str, replica['nodes']))}  {spec}  {replica['state']}"
+        f" ({replica['running']}/{replica['ranks']} ranks running)"
+    )
 
 
 def endpoint_line(t: Target, endpoint: EndpointState) -> str:
@@ -132,6 +175,8 @@ def _row(node, service, role, group, rank, state, c: Container | None, now: date
         node, service, role, group, rank, state,
         c.uptime(now) if c else None, c.restarts if c else 0, health,
         c.name if c else None, c.id if c else None,
+        replica=None if group is None else split_unit(group)[1],
+        group_spec=c.labels.get(f"{LABEL}.group-spec") if c else None,
     )  # fmt: skip
 
 

@@ -13,4 +13,5 @@ MAX_NUMBER_CHARS = 100
 MAX_TEXT = 4 * 1024 * 1024  # characters one value may grow to by `${VAR}` interpolation (.env included)
 MAX_NODES = 10_000  # nodes of an inventory or deployment file; ranks of a group or LeaderWorkerSet
 MAX_GPUS = 1024  # GPUs of one node
-MAX_GROUPS = 1000  # groups of a deployment file (each replica of an imported LeaderWorkerSet makes one)
+MAX_GROUPS = 1000  # groups of a deployment file
+MAX_REPLICAS = 1000  # replicas of one group (LeaderWorkerSet `replicas`); their nodes stay within MAX_NODES

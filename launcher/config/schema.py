@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from launcher.config.limits import MAX_GPUS, MAX_GROUPS, MAX_NODES
+from launcher.config.limits import MAX_GPUS, MAX_GROUPS, MAX_NODES, MAX_REPLICAS
 
 NAME_RE = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
 # An environment variable name a shell can `export`: anything else would be dropped or, worse, run.
@@ -253,7 +253,12 @@ class FabricSpec(Strict):
 
 class GroupSpec(Strict):
     engine: str
-    nodes: Annotated[int, Field(ge=1, le=MAX_NODES)] | list[NodeRef]
+    # A count (per replica), a list (every replica's nodes, packed in order: N x the nodes of one), or
+    # one list per replica (`[[a, b], [c, d]]`).
+    nodes: Annotated[int, Field(ge=1, le=MAX_NODES)] | list[NodeRef | list[NodeRef]]
+    # LeaderWorkerSet's `replicas`: independent instances of the multi-node group, each with its own
+    # leader, rendezvous and ports, on distinct nodes.
+    replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS, strict=True)] = 1
     mode: Literal["prefill", "decode", "agg"] | None = None
     gpus: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_GPUS)] | None = Field(
         default=None, description="GPU indices on each node used by this group (default: all)"
@@ -275,10 +280,34 @@ class GroupSpec(Strict):
 
     @field_validator("nodes")
     @classmethod
-    def _bounded(cls, value: int | list[NodeRef]) -> int | list[NodeRef]:
-        if isinstance(value, list) and len(value) > MAX_NODES:
-            raise ValueError(f"at most {MAX_NODES} nodes (the launcher's limit), got {len(value)}")
+    def _bounded(cls, value: int | list) -> int | list:
+        if not isinstance(value, list):
+            return value
+        if any(isinstance(v, list) for v in value) and not all(isinstance(v, list) for v in value):
+            raise ValueError("expected a list of nodes or one list of nodes per replica, not both mixed")
+        count = sum(len(v) if isinstance(v, list) else 1 for v in value)
+        if count > MAX_NODES:
+            raise ValueError(f"at most {MAX_NODES} nodes (the launcher's limit), got {count}")
+        if any(v == [] for v in value):
+            raise ValueError("a replica's node list is empty: expected at least one node per replica")
         return value
+
+    @model_validator(mode="after")
+    def _replicas_fit(self) -> GroupSpec:
+        if isinstance(self.nodes, int) and self.nodes * self.replicas > MAX_NODES:
+            raise ValueError(
+                f"{self.replicas} replicas of {self.nodes} nodes exceed the launcher's limit of {MAX_NODES}"
+            )
+        if self.per_replica_lists and len(self.nodes) != self.replicas:  # type: ignore[arg-type]
+            raise ValueError(
+                f"nodes has {len(self.nodes)} per-replica lists but replicas is {self.replicas}: expected one each"  # type: ignore[arg-type]
+            )
+        return self
+
+    @property
+    def per_replica_lists(self) -> bool:
+        """`nodes` written as one list per replica."""
+        return isinstance(self.nodes, list) and bool(self.nodes) and isinstance(self.nodes[0], list)
 
 
 class ProfileGroup(Strict):

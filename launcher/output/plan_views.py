@@ -28,6 +28,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "engine": s.engine,
                 "node_index": s.node.index,
                 "rank": s.rank,
+                **({"replica": s.replica} if s.replica is not None else {}),
                 "image": s.image,
                 "command": [redact(a) for a in s.command],
                 "docker_run": [redact(a) for a in docker_run(plan, s)],
@@ -55,6 +56,8 @@ def to_json(plan: Plan) -> dict[str, Any]:
                 "expected_instances": g.expected_instances,
                 "rendezvous": g.rendezvous,
                 "dist_init_port": g.dist_init_port,
+                # only for `replicas:` > 1: the plans of files without replicas stay as they were
+                **({"group": g.base, "replica": g.replica, "replicas": g.replicas} if g.replicas > 1 else {}),
             }
             for g in plan.groups
         ],
@@ -82,7 +85,7 @@ def to_text(plan: Plan, verbose: bool = False) -> str:
     """For people: the nodes, each single service, then each group's common argv and env once and per
     rank only what differs. `verbose`: every service in full, with its whole `docker run` line."""
     redact = plan.redactor()
-    groups = ", ".join(f"{g.name} x{len(g.node_indices)} ({g.engine}, {g.summary})" for g in plan.groups)
+    groups = ", ".join(_headline(g) for g in plan.groups if g.replica == 0)
     lines = [f"deployment {plan.deployment}: {len(plan.nodes)} nodes, {len(plan.services)} services — {groups}"]
     if plan.profile:
         lines.append(f"profile {plan.profile}")
@@ -104,6 +107,21 @@ def to_text(plan: Plan, verbose: bool = False) -> str:
             lines += ["", *_group_text(plan, group)]
     lines += [f"warning: {w}" for w in plan.warnings]
     return "\n".join(redact(line) for line in lines)
+
+
+def _headline(g: Group) -> str:
+    replicas = f" {g.replicas} replicas" if g.replicas > 1 else ""
+    return f"{g.base}{replicas} x{len(g.node_indices)} ({g.engine}, {g.summary})"
+
+
+def _replica_line(plan: Plan, group: Group) -> list[str]:
+    """Under a replicated group's head: which replica, and its ports where replicas share a node."""
+    if group.replicas == 1:
+        return []
+    first = next(g for g in plan.groups if g.base == group.base and g.replica == 0)
+    shift = group.dist_init_port - first.dist_init_port
+    ports = f"; its ports are group {group.base}'s + {shift} (its replicas share a node)" if shift else ""
+    return [f"  replica {group.replica} of {group.replicas} of group {group.base}{ports}"]
 
 
 def _who(s: Service) -> str:
@@ -146,7 +164,7 @@ def _group_text(plan: Plan, group: Group) -> list[str]:
     )
     argv, argv_rest = _common_argv(ranks)
     env, env_rest = _common_env(ranks)
-    out = [head, "  every rank: " + " ".join(_shown(a) for a in argv)]
+    out = [head, *_replica_line(plan, group), "  every rank: " + " ".join(_shown(a) for a in argv)]
     if env:
         out.append("  env: " + " ".join(f"{k}={_shown(v)}" for k, v in env.items()))
     if plan.network_interface == "auto" and not any("GLOO_SOCKET_IFNAME" in s.env for s in ranks):

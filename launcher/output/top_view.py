@@ -8,7 +8,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from launcher.plan.observe import TopRow, totals
+from launcher.plan.observe import TopRow, replica_totals, totals
+from launcher.plan.types import split_unit
 
 COLUMNS = ("node", "service", "state", "run", "wait", "KV", "in tok/s", "out tok/s", "req/s", "TTFT p50/p99",
            "ITL p50/p99", "GPU util, mem")  # fmt: skip
@@ -61,14 +62,20 @@ def table(rows: list[TopRow], title: str) -> Table:
                 millis(f.itl_p50, f.itl_p99),
             ]  # fmt: skip
         t.add_row(Text(f"{row.node_index} {row.node}"), Text(who), _state(row), *cells, gpu_text(row))
+    for unit, total in replica_totals(rows).items():
+        group, replica = split_unit(unit)
+        t.add_row(Text("replica"), Text(f"{group} replica {replica} total"), *_total_cells(total))
     for role, total in totals(rows).items():
-        cells = [
-            number(total["running"], 0), number(total["waiting"], 0), percent(total["kv_usage"]),
-            number(total["input_tps"]), number(total["output_tps"]), number(total["requests_ps"], 2), "", "", "",
-        ]  # fmt: skip
-        state = f"{total['answering']}/{total['ranks']} up"
-        t.add_row(Text("all", style="bold"), Text(f"{role} total", style="bold"), Text(state), *cells)
+        t.add_row(Text("all", style="bold"), Text(f"{role} total", style="bold"), *_total_cells(total))
     return t
+
+
+def _total_cells(total: dict[str, Any]) -> list:
+    return [
+        Text(f"{total['answering']}/{total['ranks']} up"),
+        number(total["running"], 0), number(total["waiting"], 0), percent(total["kv_usage"]),
+        number(total["input_tps"]), number(total["output_tps"]), number(total["requests_ps"], 2), "", "", "",
+    ]  # fmt: skip
 
 
 def to_json(deployment: str, interval: float, at: str, rows: list[TopRow]) -> dict[str, Any]:
@@ -78,4 +85,5 @@ def to_json(deployment: str, interval: float, at: str, rows: list[TopRow]) -> di
         "at": at,
         "rows": [r.to_json() for r in rows],
         "totals": totals(rows),
+        "replica_totals": replica_totals(rows),
     }

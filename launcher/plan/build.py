@@ -28,6 +28,15 @@ from launcher.plan.nodes import node_at, place_groups, resolve_nodes
 from launcher.plan.types import Group, Node, Plan, Service
 
 SGLANG_ENGINES = ("dynamo-sglang", "sglang")
+# Replicas of a group that share a node (only engines that need no GPU may) are apart by this many
+# ports: replica K listens on the group's ports + K x REPLICA_PORT_STEP.
+REPLICA_PORT_STEP = 100
+
+
+def _default(engine: Engine, what: str, ctx: GroupContext) -> int | None:
+    """The port an engine uses when the file names none (`bootstrap_port`, `port`), if it has one."""
+    method = getattr(engine, what, None)
+    return method(ctx) if callable(method) else None
 
 
 def build(loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None) -> Plan:
@@ -191,7 +200,7 @@ class Builder:
             if engine.name != "sglang" or ctx.mode not in ("prefill", "decode"):
                 continue
             url = f"http://{ctx.leader.address}:{engine.port(ctx)}"
-            rank0 = next(s for s in self.services if s.group == ctx.name and s.rank == 0)
+            rank0 = next(s for s in self.services if s.group == ctx.unit and s.rank == 0)
             workers.append((rank0, engine.port(ctx)))
             if ctx.mode == "prefill":
                 prefill.append(infra.Worker(url, engine.bootstrap_port(ctx)))
@@ -260,27 +269,67 @@ class Builder:
     # -- worker groups --------------------------------------------------------------------------
 
     def add_groups(self, urls: dict[str, str | None]) -> None:
+        """Every group, replica by replica: each replica a complete instance with its own leader."""
         placement = place_groups(self.loaded, self.nodes)
         for name, group in self.spec.groups.items():
             engine = self.engine(name, group)
-            ctx = self.context(name, group, engine, placement[name], urls)
-            self.warnings += engine.validate(ctx)
-            self.contexts[name] = (engine, ctx)
-            self.check_flags(name, group, ctx)
-            self.add_ranks(group, engine, ctx)
-            self.groups.append(
-                Group(
-                    name=name,
-                    engine=engine.name,
-                    mode=ctx.mode,
-                    node_indices=[n.index for n in ctx.nodes],
-                    gpus=ctx.gpus,
-                    expected_instances=engine.expected_instances(ctx),
-                    summary=engine.summary(ctx),
-                    rendezvous=self.rendezvous(group, engine, ctx),
-                    dist_init_port=group.dist_init_port,
+            first: GroupContext | None = None
+            for replica, chosen in enumerate(placement[name]):
+                spec = group if first is None else self.replica_spec(group, engine, first, placement[name], replica)
+                ctx = self.context(name, spec, engine, chosen, urls, replica)
+                warnings = engine.validate(ctx)
+                if first is None:  # the same file entry: its warnings and flag findings once
+                    first = ctx
+                    self.warnings += warnings
+                    self.check_flags(name, group, ctx)
+                self.contexts[ctx.unit] = (engine, ctx)
+                self.add_ranks(spec, engine, ctx)
+                self.groups.append(self.group_of(spec, engine, ctx))
+
+    def group_of(self, spec: GroupSpec, engine: Engine, ctx: GroupContext) -> Group:
+        return Group(
+            name=ctx.unit,
+            engine=engine.name,
+            mode=ctx.mode,
+            node_indices=[n.index for n in ctx.nodes],
+            gpus=ctx.gpus,
+            expected_instances=engine.expected_instances(ctx),
+            summary=engine.summary(ctx),
+            rendezvous=self.rendezvous(spec, engine, ctx),
+            dist_init_port=spec.dist_init_port,
+            base=ctx.name,
+            replica=ctx.replica,
+            replicas=ctx.replicas,
+        )
+
+    def replica_spec(
+        self, group: GroupSpec, engine: Engine, first: GroupContext, placed: list[list[Node]], replica: int
+    ) -> GroupSpec:
+        """Replica K's group entry: the group's own where its replicas are on distinct nodes (they may
+        reuse its ports); where they share a node (an engine with no GPU, e.g. the local tier's mockers)
+        every port of replica K is the group's + K x REPLICA_PORT_STEP, its engine's defaults included."""
+        indices = [n.index for chosen in placed for n in chosen]
+        if len(set(indices)) == len(indices):
+            return group
+        shift = replica * REPLICA_PORT_STEP
+        update: dict[str, int] = {"dist_init_port": group.dist_init_port + shift}
+        defaults = {
+            "bootstrap_port": group.bootstrap_port or _default(engine, "bootstrap_port", first),
+            "port": group.port or _default(engine, "port", first),
+            "system_port": group.system_port,
+        }
+        update.update({k: v + shift for k, v in defaults.items() if v is not None})
+        for key, value in update.items():
+            highest = 32767 if key == "system_port" else 65535
+            if value > highest:
+                raise self.error(
+                    f"the replicas share a node, so replica {replica}'s {key} is {value} ({key} + {replica} x"
+                    f" {REPLICA_PORT_STEP}), above {highest}: expected a lower {key} or fewer replicas",
+                    "groups",
+                    first.name,
+                    "replicas",
                 )
-            )
+        return group.model_copy(update=update)
 
     @staticmethod
     def rendezvous(group: GroupSpec, engine: Engine, ctx: GroupContext) -> bool:
@@ -303,7 +352,13 @@ class Builder:
         return engine
 
     def context(
-        self, name: str, group: GroupSpec, engine: Engine, chosen: list[Node], urls: dict[str, str | None]
+        self,
+        name: str,
+        group: GroupSpec,
+        engine: Engine,
+        chosen: list[Node],
+        urls: dict[str, str | None],
+        replica: int = 0,
     ) -> GroupContext:
         gpus = group.gpus if group.gpus is not None else list(range(min(n.gpus for n in chosen)))
         if engine.needs_gpu:
@@ -334,6 +389,8 @@ class Builder:
             nats_url=urls["nats"],
             line=self.loaded.line("groups", name),
             versions=self.spec.versions,
+            replica=replica,
+            replicas=group.replicas,
         )
 
     def profile_of(self, group: str) -> ProfileGroup:
@@ -367,7 +424,7 @@ class Builder:
                 hidden.pop(name, None)
             service = Service(
                 deployment=self.spec.deployment,
-                service=f"{ctx.name}-r{rank}",
+                service=f"{ctx.unit}-r{rank}",
                 role=ctx.mode if ctx.mode != "agg" else ctx.name,
                 node=node,
                 image=group.image or self.spec.image or "",
@@ -377,10 +434,11 @@ class Builder:
                 container=self.leader_container(container, group.leader.volumes) if rank == 0 else container,
                 probe=engine.probe(ctx, rank),
                 timeout=group.timeout,
-                group=ctx.name,
+                group=ctx.unit,
                 rank=rank,
                 engine=engine.name,
                 ports=engine.ports(ctx, rank),
+                replica=ctx.replica if ctx.replicas > 1 else None,
             )
             self.services.append(service)
             for what, port in engine.peer_ports(ctx, rank):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from launcher.config.load import Loaded
 from launcher.errors import ConfigError
-from launcher.plan.types import Service
+from launcher.plan.types import Service, split_unit
 
 
 def check_ports(services: list[Service], loaded: Loaded) -> None:
@@ -58,4 +58,4 @@ def file_key(service: Service) -> str:
     """Where the file describes this service: its group, its entry under `services`, or `metrics`."""
     if service.role in ("prometheus", "grafana"):
         return "metrics.port" if service.role == "prometheus" else "metrics.grafana_port"
-    return f"groups.{service.group}" if service.group else f"services.{service.role}"
+    return f"groups.{split_unit(service.group)[0]}" if service.group else f"services.{service.role}"

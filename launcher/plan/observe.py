@@ -25,6 +25,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from launcher.plan.types import split_unit
+
 Series = list[tuple[dict[str, str], float]]  # one sample name's series: (labels, value)
 
 RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs")
@@ -281,13 +283,21 @@ class TopRow:
 SUMMED = ("running", "waiting", "input_tps", "output_tps", "requests_ps")
 
 
-def totals(rows: list[TopRow]) -> dict[str, dict[str, Any]]:
-    """Per role of the workers: ranks, ranks answering, and the figures summed (KV usage averaged)."""
+def replica_totals(rows: list[TopRow]) -> dict[str, dict[str, Any]]:
+    """As `totals`, per replica (its unit name, `decode.1`) of the groups that have more than one."""
+    units = {row.group for row in rows if row.kind == "worker" and row.group}
+    replicated = {split_unit(u)[0] for u in units if split_unit(u)[1] > 0}
+    return totals([r for r in rows if r.group and split_unit(r.group)[0] in replicated], by=lambda r: r.group or "")
+
+
+def totals(rows: list[TopRow], by=lambda row: row.role) -> dict[str, dict[str, Any]]:
+    """Per role of the workers (or per `by`): ranks, ranks answering, and the figures summed (KV usage
+    averaged)."""
     out: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row.kind != "worker":
             continue
-        role = out.setdefault(row.role, {"ranks": 0, "answering": 0, **dict.fromkeys(SUMMED), "kv_usage": None})
+        role = out.setdefault(by(row), {"ranks": 0, "answering": 0, **dict.fromkeys(SUMMED), "kv_usage": None})
         role["ranks"] += 1
         if not row.ok or row.figures is None:
             continue

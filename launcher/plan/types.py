@@ -22,6 +22,18 @@ FABRIC_LABEL = f"{LABEL}.fabric"
 LOCAL_ADDRESSES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+def replica_unit(group: str, replica: int) -> str:
+    """The name of a group's replica K: the group's own for replica 0 (plans without replicas keep
+    their names), `group.K` after it (group names have no dot, so no other group is named so)."""
+    return group if replica == 0 else f"{group}.{replica}"
+
+
+def split_unit(unit: str) -> tuple[str, int]:
+    """(group, replica) of a unit name as `replica_unit` makes it (`decode.2` -> ("decode", 2))."""
+    group, _, replica = unit.partition(".")
+    return group, int(replica) if replica.isdigit() else 0
+
+
 @dataclass(frozen=True)
 class Node:
     index: int
@@ -77,6 +89,7 @@ class Service:
     engine: str | None = None
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)  # name -> value, never rendered
     ports: list[int] = field(default_factory=list)
+    replica: int | None = None  # the replica of its group, where the group has `replicas` > 1
 
     @property
     def name(self) -> str:
@@ -115,6 +128,13 @@ class Group:
     # the fabric check proves that rendezvous before the engine starts.
     rendezvous: bool = False
     dist_init_port: int = 29500
+    # `name` is the replica's (replica_unit): the file's group is `base`; replicas > 1 only with `replicas:`
+    base: str = ""
+    replica: int = 0
+    replicas: int = 1
+
+    def __post_init__(self) -> None:
+        self.base = self.base or self.name
 
     @property
     def leader(self) -> int:
@@ -212,6 +232,8 @@ class Plan:
             labels[f"{LABEL}.group-spec"] = self.group_hash(service.group)
         if service.rank is not None:
             labels[f"{LABEL}.rank"] = str(service.rank)
+        if service.replica is not None:
+            labels[f"{LABEL}.replica"] = str(service.replica)
         return labels
 
 

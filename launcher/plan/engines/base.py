@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from launcher.config.schema import GroupSpec, ModelSpec, VersionsSpec
 from launcher.errors import ConfigError
 from launcher.plan.engines import args as A
-from launcher.plan.types import Node, Probe
+from launcher.plan.types import Node, Probe, replica_unit
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,14 @@ class GroupContext:
     line: int | None = None
     # The file's `versions` (engines whose flags changed across versions read theirs here).
     versions: VersionsSpec = field(default_factory=VersionsSpec)
+    # Which instance of the group this is (`replicas:`): each is complete, with its own leader and ports.
+    replica: int = 0
+    replicas: int = 1
+
+    @property
+    def unit(self) -> str:
+        """The replica's name: the group's own for replica 0, `group.K` after it (services, labels)."""
+        return replica_unit(self.name, self.replica)
 
     @property
     def nnodes(self) -> int:

@@ -1,7 +1,7 @@
 """`command`: run the group's `args` as-is on every rank (any program; benchmarks and custom workers).
 
 The launcher adds only what it adds for every service: labels, env, mounts. Ranks learn their place
-from the environment: LAUNCHER_RANK, LAUNCHER_NNODES, LAUNCHER_LEADER.
+from the environment: LAUNCHER_RANK, LAUNCHER_NNODES, LAUNCHER_LEADER (and LAUNCHER_REPLICA with `replicas`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ class Command(Engine):
         return list(group.argv)
 
     def env(self, group: GroupContext, rank: int) -> dict[str, str]:
-        return {
+        env = {
             "LAUNCHER_RANK": str(rank),
             "LAUNCHER_NNODES": str(group.nnodes),
             "LAUNCHER_LEADER": group.leader.address,
         }
+        if group.replicas > 1:  # only then: the plans of files without replicas stay as they were
+            env["LAUNCHER_REPLICA"] = str(group.replica)
+        return env
 
     def summary(self, group: GroupContext) -> str:
         return f"{group.nnodes} node(s) running {group.argv[0]}"

@@ -1,5 +1,6 @@
-"""A plan -> Kubernetes manifests: one LeaderWorkerSet per worker group, a Deployment and a Service for
-etcd, NATS, the frontend and the router, and a Service in front of each group's leader.
+"""A plan -> Kubernetes manifests: one LeaderWorkerSet per worker group (its `replicas` the group's), a
+Deployment and a Service for etcd, NATS, the frontend and the router, and a Service in front of each
+group's leaders.
 
 The plan is built on placeholder node addresses (`placeholder`), so every address in an argv or env can
 be told apart and written the Kubernetes way: the group's leader as `$(LWS_LEADER_ADDRESS)`, the pod's
@@ -15,7 +16,7 @@ import shlex
 from typing import Any
 
 from launcher.plan.engines import args as A
-from launcher.plan.types import Plan, Service
+from launcher.plan.types import Plan, Service, split_unit
 
 PLACEHOLDER = "launcher-node-{}.invalid"
 ADDRESS = re.compile(r"launcher-node-(\d+)\.invalid(?::(\d+))?")
@@ -50,7 +51,8 @@ class Names:
                     self.by_port.setdefault((s.node.address, port), self.service(s))
 
     def service(self, s: Service) -> str:
-        return dns(f"{self.plan.deployment}-{s.group or s.role}")
+        """One name per group: the LeaderWorkerSet of all its replicas, and the Service of their leaders."""
+        return dns(f"{self.plan.deployment}-{split_unit(s.group)[0] if s.group else s.role}")
 
 
 def probe_port(s: Service) -> list[int]:
@@ -66,8 +68,10 @@ def to_manifests(plan: Plan) -> list[dict[str, Any]]:
         if s.group is None:
             out += single(plan, s, names)
     for group in plan.groups:
+        if group.replica:  # a group's replicas are one LeaderWorkerSet (`replicas`), written from replica 0
+            continue
         ranks = sorted((s for s in plan.services if s.group == group.name), key=lambda s: s.rank or 0)
-        out.append(leaderworkerset(plan, group.engine, ranks, names))
+        out.append(leaderworkerset(plan, group.engine, ranks, names, group.replicas))
         out.append(leader_service(plan, ranks[0], names))
     return out
 
@@ -237,7 +241,7 @@ def pod_spec(s: Service, names: Names, name: str, size: int) -> dict[str, Any]:
     return spec
 
 
-def leaderworkerset(plan: Plan, engine: str, ranks: list[Service], names: Names) -> dict[str, Any]:
+def leaderworkerset(plan: Plan, engine: str, ranks: list[Service], names: Names, replicas: int = 1) -> dict[str, Any]:
     size = len(ranks)
     short = engine.replace("dynamo-", "")
     template: dict[str, Any] = {"size": size, "restartPolicy": "RecreateGroupOnPodRestart"}
@@ -256,7 +260,7 @@ def leaderworkerset(plan: Plan, engine: str, ranks: list[Service], names: Names)
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
         "metadata": {"name": names.service(ranks[0]), "labels": {"launcher.deployment": dns(plan.deployment)}},
-        "spec": {"replicas": 1, "leaderWorkerTemplate": template, "startupPolicy": "LeaderCreated"},
+        "spec": {"replicas": replicas, "leaderWorkerTemplate": template, "startupPolicy": "LeaderCreated"},
     }
 
 

@@ -1,22 +1,21 @@
 """LeaderWorkerSet manifests (with their Services and Deployments) -> a deployment file's data.
 
-One group per LeaderWorkerSet (per replica): its size is the group's node count, the leader's and
-the workers' engine argv and env become `args`/`env` (what rank 0 has differently: `leader.env`), with
-the per-rank flags the launcher computes taken out (`engines`); image, GPUs, /dev/shm, mounts,
-privileges and RDMA devices become the group's `container`. The P/D load balancer's Deployment becomes
-`services.router` (or Dynamo's frontend, etcd and NATS theirs). What has no place in the file is listed
-in `notes`, each with why.
+One group per LeaderWorkerSet (its `replicas` the group's): its size is the group's node count per
+replica, the leader's and the workers' engine argv and env become `args`/`env` (what rank 0 has
+differently: `leader.env`), with the per-rank flags the launcher computes taken out (`engines`); image,
+GPUs, /dev/shm, mounts, privileges and RDMA devices become the group's `container`. The P/D load
+balancer's Deployment becomes `services.router` (or Dynamo's frontend, etcd and NATS theirs). What has
+no place in the file is listed in `notes`, each with why.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from launcher.config.limits import MAX_GROUPS, MAX_NODES
+from launcher.config.limits import MAX_NODES, MAX_REPLICAS
 from launcher.config.schema import as_text
 from launcher.errors import ConfigError
 from launcher.plan.engines import args as A
@@ -54,6 +53,7 @@ class Group:
     model: dict[str, str]
     image: str
     secrets: list[str] = field(default_factory=list)
+    replicas: int = 1  # LeaderWorkerSet's: instances of `size` nodes each
 
 
 @dataclass
@@ -103,7 +103,7 @@ def check_kind(doc: Doc) -> None:
 
 
 def read_lws(doc: Doc, notes: list[str]) -> list[Group]:
-    """A LeaderWorkerSet -> one group per replica (the same spec each)."""
+    """A LeaderWorkerSet -> one group (with `replicas: N` where it has more than one)."""
     t = ("spec", "leaderWorkerTemplate")
     if not isinstance(doc.get(t), dict):
         raise doc.error(t, "required: a LeaderWorkerSet's pods are described here")
@@ -117,11 +117,13 @@ def read_lws(doc: Doc, notes: list[str]) -> list[Group]:
     notes += lws_notes(doc, leader, worker)
     if replicas == 0:
         notes.append(f"{doc.label}: replicas 0, nothing to run")
-    copies = []
-    for i in range(replicas):
-        spec = copy.deepcopy(group.spec)
-        copies.append(Group(**{**group.__dict__, "spec": spec, "name": group.name if i == 0 else f"{group.name}-{i}"}))
-    return copies
+        return []
+    if replicas > 1:  # one group of N replicas, as LeaderWorkerSet has it; `replicas` right after `nodes`
+        at = list(group.spec).index("nodes") + 1
+        items = list(group.spec.items())
+        group.spec = dict(items[:at] + [("replicas", replicas)] + items[at:])
+        group.replicas = replicas
+    return [group]
 
 
 def lws_counts(doc: Doc) -> tuple[int, int]:
@@ -134,10 +136,10 @@ def lws_counts(doc: Doc) -> tuple[int, int]:
             (*t, "size"), f"expected a whole number from 1 to {MAX_NODES} (the launcher's limit), got {size!r}"
         )
     replicas = doc.get(("spec", "replicas"), 1)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_GROUPS:
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_REPLICAS:
         raise doc.error(
             ("spec", "replicas"),
-            f"expected a whole number from 0 to {MAX_GROUPS} (the launcher's limit), got {replicas!r}",
+            f"expected a whole number from 0 to {MAX_REPLICAS} (the launcher's limit), got {replicas!r}",
         )
     if size * replicas > MAX_NODES:
         raise doc.error(
@@ -376,7 +378,7 @@ def assemble(groups: list[Group], options: Options, notes: list[str]) -> dict[st
         if len(g.spec.get("gpus") or []) == data["gpus_per_node"]:
             g.spec.pop("gpus", None)  # all of them: the default
     data.update(model_keys(groups))
-    total = sum(g.size for g in groups)
+    total = sum(g.size * g.replicas for g in groups)
     data["nodes"] = [{"name": f"node{i}", "address": f"{PLACEHOLDER_NET}.{10 + i}"} for i in range(total)]
     dynamo = bool(engines & {"dynamo-sglang", "dynamo-vllm", "mocker"})
     data["services"] = {name: {"enabled": dynamo} for name in ("etcd", "nats", "frontend")}
