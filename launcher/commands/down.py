@@ -17,9 +17,8 @@ from launcher.commands.drain import drain
 from launcher.commands.nodes import NodeFailures
 from launcher.output.console import say
 from launcher.plan import drain as plan_drain
-from launcher.plan.drain import Drain
 from launcher.runtime import lock as lock_scripts
-from launcher.transport.errors import NodeError
+from launcher.transport.errors import NodeError, describe
 
 
 def run(config, config_opt, inventory, connection: Connection, now: bool = False) -> None:
@@ -29,21 +28,29 @@ def run(config, config_opt, inventory, connection: Connection, now: bool = False
     say(f"down: removed {sum(removed.values())} container(s) of {t.plan.deployment} on {len(removed)} node(s)")
 
 
-def drain_first(t: Target, now: bool) -> tuple[list[Drain], list[str]]:
-    """The drains (none with `now`), said as they end; and the audit lines that record them."""
-    workers = sum(len(p) for p in plan_drain.phases(t.plan))
+def drain_first(t: Target, now: bool) -> list[str]:
+    """Drain the workers (not with `now`), each drain said as it ends; returns the audit lines."""
     if now:
         say("down --now: drain skipped, in-flight requests are cut")
-        return [], ["drain skipped (--now)"]
-    if not workers:
-        return [], []
-    say(f"down: draining {workers} worker(s) first, up to {t.plan.drain_timeout:g}s (drain_timeout; --now skips it)")
+        return ["drain skipped (--now)"]
     for group in plan_drain.not_drained(t.plan):
-        say(f"down: group {group} has no drain (not a Dynamo engine): stopped with its requests")
+        say(f"down: group {group} has no drain (not a Dynamo engine): its requests in flight are cut")
+    workers = sum(len(p) for p in plan_drain.phases(t.plan))
+    if not workers:
+        return []
+    say(f"down: draining {workers} worker(s) first, up to {t.plan.drain_timeout:g}s (drain_timeout; --now skips it)")
     started = time.monotonic()
-    drains = drain(t, lambda line: say(f"drain: {line}"))
+    try:
+        drains = drain(t, lambda line: say(f"drain: {line}"))
+    except KeyboardInterrupt:
+        say("down: interrupted during the drain, nothing removed; `launcher down --now` stops at once", to_stderr=True)
+        raise
+    except Exception as exc:  # the drain is a courtesy to the requests: its failure never keeps anything running
+        say(f"down: the drain failed ({describe(exc)}); stopping anyway", to_stderr=True)
+        return [f"drain failed: {describe(exc)}"]
     say(f"down: drained in {time.monotonic() - started:.1f}s")
-    return drains, [f"drain {d.describe()} (drain_timeout {t.plan.drain_timeout:g}s)" for d in drains]
+    timeout = t.plan.drain_timeout
+    return [f"drain {d.describe()} (drain_timeout {timeout:g}s)" for d in drains if d.outcome != "not running"]
 
 
 def down(t: Target, command: str = "launcher down", now: bool = False) -> dict[int, int]:
@@ -60,7 +67,7 @@ def down(t: Target, command: str = "launcher down", now: bool = False) -> dict[i
         held = None
     audit: list[str] = []
     try:
-        drains, audit = drain_first(t, now)
+        audit = drain_first(t, now)
         results = t.fleet.run(t.runtime.remove_all_script(plan, now=now), timeout=300)
     finally:
         if held is not None:

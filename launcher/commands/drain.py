@@ -19,7 +19,7 @@ from launcher.plan.drain import Drain
 from launcher.plan.metrics import metrics_url
 from launcher.plan.types import Service
 from launcher.runtime.base import parse_list
-from launcher.transport.errors import describe
+from launcher.transport.errors import NodeError, describe
 from launcher.transport.host import Host
 
 POLL_SECONDS = 0.25
@@ -120,7 +120,7 @@ def in_flight(host: Host, s: Service, deadline: float, read=plan_drain.worker_in
         if status != 200 or not isinstance(body, str):
             return None
         return read(body)
-    except (OSError, ValueError):
+    except (OSError, ValueError, NodeError):  # not answering, or not a count: unknown, never the drain's end
         return None
 
 
