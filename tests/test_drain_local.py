@@ -1,12 +1,15 @@
 """`down` with requests in flight, for real on this machine (etcd, NATS, the Dynamo frontend and two
 mockers as local processes, tests.helpers.local_stack): every streamed chat completion in flight completes
 whole; `down --now` cuts them at once. Both as a user runs them: a fresh `launcher down` subprocess while
-the streams run, through the frontend, from a thread pool here."""
+the streams run, through the frontend, from a thread pool here. And request migration: a decode worker
+killed mid-stream, its requests complete on the other one (and fail without migration)."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +31,7 @@ STREAMS = 4
 # The mocker at speedup 1 makes ~150 tokens/s per stream: ~10 s, longer than a `launcher down` takes to
 # start and read the counts on a loaded machine, short enough for the test.
 TOKENS = 1500
+SPREAD = 6  # streams over two decode workers (the frontend's round robin puts some on each)
 DECODE_SYSTEM_PORT = 5  # index in local_stack's ports (configs/local.yaml's 19091)
 
 
@@ -37,12 +41,15 @@ def launcher(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Completed
 
 
 @contextmanager
-def deployment(tmp_path: Path, name: str) -> Iterator[tuple[str, dict[str, str], int, tuple[int, ...]]]:
-    """The local stack up, its mockers at speedup 1 (streams long enough to be caught in flight)."""
+def deployment(tmp_path: Path, name: str, edit=None) -> Iterator[tuple[str, dict[str, str], int, tuple[int, ...]]]:
+    """The local stack up, its mockers at speedup 1 (streams long enough to be caught in flight); `edit`
+    changes the file's data first."""
     data, ports = local_stack(tmp_path, name)
     for group in data["groups"].values():
         group["args"]["speedup-ratio"] = 1
     data["drain_timeout"] = 60
+    if edit is not None:
+        edit(data)
     config = tmp_path / "local.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     port = free_port()
@@ -56,15 +63,17 @@ def deployment(tmp_path: Path, name: str) -> Iterator[tuple[str, dict[str, str],
     assert_gone([], (port, *ports))
 
 
-def stream(port: int, i: int) -> dict:
-    """One streamed chat completion: how many chunks came, its finish_reason, any error (None: none)."""
+def stream(port: int, i: int, out: dict | None = None) -> dict:
+    """One streamed chat completion: how many chunks came, its finish_reason, any error (None: none), in
+    `out` as they come (another thread may watch it) and returned."""
     body = {
         "model": "tiny",
         "messages": [{"role": "user", "content": f"tell me a long story {i}"}],
         "max_tokens": TOKENS,
         "stream": True,
     }
-    out: dict = {"chunks": 0, "finish": None, "error": None}
+    out = out if out is not None else {}
+    out.update(chunks=0, finish=None, error=None)
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
@@ -89,23 +98,30 @@ def stream(port: int, i: int) -> dict:
     return out
 
 
-def wait_in_flight(port: int, count: int, limit: float = 30) -> None:
-    """Until the decode mocker's /metrics says `count` requests are in flight (every stream has begun)."""
+def in_flight(port: int) -> int | str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return worker_in_flight(r.read().decode())
+    except (OSError, ValueError) as exc:
+        return repr(exc)
+
+
+def wait_in_flight(*ports_and_count: int, limit: float = 30) -> list[int | str]:
+    """Until the decode mockers at these system ports hold `count` requests in flight together, each at
+    least one (every stream has begun); returns each one's count."""
+    *ports, count = ports_and_count
     deadline = time.monotonic() + limit
-    seen = None
+    seen: list[int | str] = []
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                seen = worker_in_flight(r.read().decode())
-        except (OSError, ValueError) as exc:
-            seen = repr(exc)
-        if seen == count:
-            return
+        seen = [in_flight(p) for p in ports]
+        if all(isinstance(n, int) and n > 0 for n in seen) and sum(seen) == count:  # type: ignore[arg-type]
+            return seen
         time.sleep(0.1)
-    raise AssertionError(f"the decode worker never had {count} requests in flight (last read: {seen})")
+    raise AssertionError(f"the decode workers never had {count} requests in flight (last read: {seen})")
 
 
-def down_while_streaming(tmp_path: Path, name: str, *flags: str) -> tuple[subprocess.CompletedProcess, list, float]:
+def down_while_streaming(tmp_path: Path, name: str, *flags: str) -> tuple[subprocess.CompletedProcess, list]:
+    """`launcher down FLAGS` once every stream is in flight; (down, each stream's outcome)."""
     with deployment(tmp_path, name) as (config, env, port, ports):
         with ThreadPoolExecutor(STREAMS) as pool:
             streams = [pool.submit(stream, port, i) for i in range(STREAMS)]
@@ -117,11 +133,11 @@ def down_while_streaming(tmp_path: Path, name: str, *flags: str) -> tuple[subpro
         print(f"\n{' '.join(['down', *flags])}: {took:.1f}s; streams: {results}")
         assert down.returncode == 0, down.stdout + down.stderr
         assert_gone([], (port, *ports))
-    return down, results, took
+    return down, results
 
 
 def test_down_lets_every_stream_in_flight_finish_whole(tmp_path):
-    down, results, _ = down_while_streaming(tmp_path, "drain-wait")
+    down, results = down_while_streaming(tmp_path, "drain-wait")
     for r in results:
         assert r["error"] is None and r["finish"] == "length" and r["chunks"] >= TOKENS, results
     out = down.stdout
@@ -135,7 +151,7 @@ def test_down_lets_every_stream_in_flight_finish_whole(tmp_path):
 
 
 def test_down_now_cuts_the_streams_at_once(tmp_path):
-    down, results, took = down_while_streaming(tmp_path, "drain-now", "--now")
+    down, results = down_while_streaming(tmp_path, "drain-now", "--now")
     # Every stream ended short of its tokens, with no finish_reason: cut, not finished.
     for r in results:
         assert r["finish"] is None and r["chunks"] < TOKENS, results
@@ -143,3 +159,51 @@ def test_down_now_cuts_the_streams_at_once(tmp_path):
     assert "drain:" not in down.stdout and "draining" not in down.stdout, down.stdout
     audit = (tmp_path / "state" / "drain-now" / "audit.log").read_text()
     assert "drain skipped (--now)" in audit and '"drain decode-r0' not in audit, audit
+
+
+def two_decoders(migration_limit: int):
+    """A second decode group (its own mocker and system port), and the frontend's migration limit."""
+
+    def edit(data: dict) -> None:
+        data["groups"]["decode2"] = {**data["groups"]["decode"], "mode": "decode", "system_port": free_port()}
+        data["services"]["frontend"]["migration_limit"] = migration_limit
+
+    return edit
+
+
+def kill_decode_r0_while_streaming(tmp_path: Path, name: str, migration_limit: int) -> tuple[int, list, str]:
+    """Streams spread over two decode workers; decode-r0's engine is SIGKILLed mid-stream. Returns how
+    many streams it held, each stream's outcome, and the frontend's log lines about migration."""
+    with deployment(tmp_path, name, two_decoders(migration_limit)) as (config, env, port, ports):
+        status = launcher("status", config, "--json", env=env, cwd=tmp_path)
+        services = {s["service"]: s for s in json.loads(status.stdout)["services"]}
+        second = int(yaml.safe_load(Path(config).read_text())["groups"]["decode2"]["system_port"])
+        with ThreadPoolExecutor(SPREAD) as pool:
+            progress: list[dict] = [{} for _ in range(SPREAD)]
+            streams = [pool.submit(stream, port, i, progress[i]) for i in range(SPREAD)]
+            held, _ = wait_in_flight(ports[DECODE_SYSTEM_PORT], second, SPREAD)
+            # Mid-stream: every stream has its first hundred tokens (a rank dying under load, not at its start).
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and min(p.get("chunks", 0) for p in progress) < 100:
+                time.sleep(0.05)
+            os.killpg(int(services["decode-r0"]["id"]), signal.SIGKILL)  # the rank dies: no drain, no goodbye
+            results = [s.result(timeout=120) for s in streams]
+        logs = launcher("logs", "--role", "frontend", "--grep", "migration", "-c", config, env=env, cwd=tmp_path)
+    print(f"\nmigration_limit {migration_limit}: decode-r0 held {held}; streams: {results}\n{logs.stdout}")
+    return int(held), results, logs.stdout
+
+
+def test_a_request_on_a_decode_worker_that_dies_continues_on_the_other(tmp_path):
+    held, results, logs = kill_decode_r0_while_streaming(tmp_path, "migrate", 3)
+    for r in results:
+        assert r["error"] is None and r["finish"] == "length" and r["chunks"] >= TOKENS, results
+    assert "Request migration enabled (limit: 3)" in logs, logs
+    retries = logs.count("migration retry scheduled")
+    assert retries >= held, f"{held} stream(s) were on the killed worker, {retries} migrated: {logs}"
+
+
+def test_without_migration_the_requests_on_the_dead_worker_fail(tmp_path):
+    """The same as above with services.frontend.migration_limit: 0: what the default saves."""
+    held, results, _ = kill_decode_r0_while_streaming(tmp_path, "no-migrate", 0)
+    failed = [r for r in results if r["error"] is not None or r["finish"] != "length"]
+    assert len(failed) == held, results
