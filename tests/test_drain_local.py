@@ -63,7 +63,7 @@ def deployment(tmp_path: Path, name: str, edit=None) -> Iterator[tuple[str, dict
     assert_gone([], (port, *ports))
 
 
-def stream(port: int, i: int, out: dict | None = None) -> dict:
+def stream(port: int, i: int, out: dict | None = None, host: str = "127.0.0.1") -> dict:
     """One streamed chat completion: how many chunks came, its finish_reason, any error (None: none), in
     `out` as they come (another thread may watch it) and returned."""
     body = {
@@ -74,7 +74,7 @@ def stream(port: int, i: int, out: dict | None = None) -> dict:
     }
     out = out if out is not None else {}
     out.update(chunks=0, finish=None, error=None)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn = http.client.HTTPConnection(host, port, timeout=60)
     try:
         conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
         response = conn.getresponse()
