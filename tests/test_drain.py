@@ -206,3 +206,18 @@ def test_the_file_sets_both_and_bad_values_are_one_line_exit_2(tmp_path):
         r = launcher_plan(tmp_path, edit)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert what in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_each_drain_is_said_in_one_line_whatever_its_end():
+    assert drain.Drain("decode-r0", 3, 6, 4.25, "exited", 0).describe() == (
+        "decode-r0 on node 3: 6 request(s) in flight, drained in 4.2s (exited)"
+    )
+    assert drain.Drain("decode-r1", 4, 2, 1.0, "drained", 0).describe().endswith("drained in 1.0s")
+    timed_out = drain.Drain("decode-r0", 3, None, 60.04, "timed out", None).describe()
+    assert timed_out == (
+        "decode-r0 on node 3: an unknown number of request(s) in flight, drain_timeout reached after 60.0s"
+        " with an unknown number still in flight"
+    )
+    assert drain.Drain("prefill-r0", 0, outcome="not running").describe().endswith("not running, nothing to drain")
+    failed = drain.Drain("decode-r0", 2, outcome="node failed: timed out: no answer").describe()
+    assert failed == "decode-r0 on node 2: not drained, node failed: timed out: no answer"
