@@ -25,6 +25,7 @@ from launcher.transport.host import Host
 POLL_SECONDS = 0.25
 SCRAPE_SECONDS = 3.0  # one /metrics read, whole answer included
 SCRIPT_SECONDS = 60.0
+FRONTEND_TAIL_SECONDS = 5.0  # the frontend's last relayed tokens, after the workers drained
 
 
 def drain(t: Target, told: Callable[[str], None]) -> list[Drain]:
@@ -125,12 +126,15 @@ def in_flight(host: Host, s: Service, deadline: float, read=plan_drain.worker_in
 
 
 def wait_for_frontend(t: Target, deadline: float) -> None:
-    """Until the frontend relays no request (its in-flight gauge reads zero), the deadline, or it does not
-    answer: a worker that has sent its last token may not have reached the client through it yet."""
+    """Until the frontend relays no request (its in-flight gauge reads zero), or it does not answer, for
+    FRONTEND_TAIL_SECONDS at most (and never past the deadline): a worker that has sent its last token may
+    not have reached the client through it yet. (Under constant load new requests keep arriving and fail
+    at once, no worker being left: the gauge may never read zero, hence the short bound.)"""
     frontend = next((s for s in t.plan.services if s.role == "frontend"), None)
     if frontend is None:
         return
     host = t.fleet.host(frontend.node.index)
+    deadline = min(deadline, time.monotonic() + FRONTEND_TAIL_SECONDS)
     while time.monotonic() < deadline:
         if in_flight(host, frontend, deadline, plan_drain.frontend_in_flight) in (0, None):
             return
