@@ -227,14 +227,18 @@ def down(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,
     inventory: InventoryOpt = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="Skip the drain: stop at once, cutting the requests in flight.")
+    ] = False,
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = None,
     host_key_policy: HostKeyOpt = None,
 ) -> None:
-    """Remove every container of the deployment on every node (found by label). Idempotent."""
+    """Drain the Dynamo workers (their in-flight requests finish, up to the file's drain_timeout), then
+    remove every container of the deployment on every node (found by label). Idempotent."""
     from launcher.commands import down as command
 
-    command.run(config, config_opt, inventory, connection(parallel, connect_timeout, host_key_policy))
+    command.run(config, config_opt, inventory, connection(parallel, connect_timeout, host_key_policy), now=now)
 
 
 @lock_app.command("status")

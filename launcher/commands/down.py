@@ -1,29 +1,62 @@
 """`launcher down`: remove every container of the deployment on every node, found by label (so it
 works after the file was edited), in parallel; idempotent; the reachable nodes are cleaned even when
-some are not (those are named, exit 1)."""
+some are not (those are named, exit 1).
+
+First the Dynamo workers are drained (`commands.drain`: out of routing, their in-flight requests let
+finish, up to the file's drain_timeout) while the frontend, etcd and NATS still run, so that every
+stream in flight completes; `--now` skips that. Each drain is a line of the head node's audit log."""
 
 from __future__ import annotations
 
 import sys
+import time
 
 from launcher.commands import locking
 from launcher.commands.context import Connection, Target, connected, target
+from launcher.commands.drain import drain
 from launcher.commands.nodes import NodeFailures
 from launcher.output.console import say
+from launcher.plan import drain as plan_drain
 from launcher.runtime import lock as lock_scripts
-from launcher.transport.errors import NodeError
+from launcher.transport.errors import NodeError, describe
 
 
-def run(config, config_opt, inventory, connection: Connection) -> None:
+def run(config, config_opt, inventory, connection: Connection, now: bool = False) -> None:
     t = target(config, config_opt, inventory)
     with connected(t, connection):
-        removed = down(t, command="launcher down " + " ".join(sys.argv[2:]))
+        removed = down(t, command="launcher down " + " ".join(sys.argv[2:]), now=now)
     say(f"down: removed {sum(removed.values())} container(s) of {t.plan.deployment} on {len(removed)} node(s)")
 
 
-def down(t: Target, command: str = "launcher down") -> dict[int, int]:
-    """Remove everything, under the lock when the head answers (an unreachable head must not stop the
-    others from being cleaned; it is reported with them). Leaves the `down` mark a `watch` obeys."""
+def drain_first(t: Target, now: bool) -> list[str]:
+    """Drain the workers (not with `now`), each drain said as it ends; returns the audit lines."""
+    if now:
+        say("down --now: drain skipped, in-flight requests are cut")
+        return ["drain skipped (--now)"]
+    for group in plan_drain.not_drained(t.plan):
+        say(f"down: group {group} has no drain (not a Dynamo engine): its requests in flight are cut")
+    workers = sum(len(p) for p in plan_drain.phases(t.plan))
+    if not workers:
+        return []
+    say(f"down: draining {workers} worker(s) first, up to {t.plan.drain_timeout:g}s (drain_timeout; --now skips it)")
+    started = time.monotonic()
+    try:
+        drains = drain(t, lambda line: say(f"drain: {line}"))
+    except KeyboardInterrupt:
+        say("down: interrupted during the drain, nothing removed; `launcher down --now` stops at once", to_stderr=True)
+        raise
+    except Exception as exc:  # the drain is a courtesy to the requests: its failure never keeps anything running
+        say(f"down: the drain failed ({describe(exc)}); stopping anyway", to_stderr=True)
+        return [f"drain failed: {describe(exc)}"]
+    say(f"down: drained in {time.monotonic() - started:.1f}s")
+    timeout = t.plan.drain_timeout
+    return [f"drain {d.describe()} (drain_timeout {timeout:g}s)" for d in drains if d.outcome != "not running"]
+
+
+def down(t: Target, command: str = "launcher down", now: bool = False) -> dict[int, int]:
+    """Drain the workers (unless `now`), then remove everything, under the lock when the head answers (an
+    unreachable head must not stop the others from being cleaned; it is reported with them). Leaves the
+    `down` mark a `watch` obeys."""
     plan = t.plan
     mark = lock_scripts.mark_down_script(plan.state_dir, plan.deployment, command)
     # The other nodes are connected to while the head takes the lock: nothing is removed before it is held.
@@ -32,12 +65,16 @@ def down(t: Target, command: str = "launcher down") -> dict[int, int]:
         held = locking.acquire(locking.Site.of(t), command, audit=f"down ({command})", then=mark)
     except NodeError:
         held = None
+    audit: list[str] = []
     try:
-        results = t.fleet.run(t.runtime.remove_all_script(plan), timeout=300)
+        audit = drain_first(t, now)
+        results = t.fleet.run(t.runtime.remove_all_script(plan, now=now), timeout=300)
     finally:
         if held is not None:
+            site = locking.Site.of(t)
+            lines = "; ".join(lock_scripts.audit_script(site.state_dir, site.deployment, site.redact(a)) for a in audit)
             try:
-                locking.release(locking.Site.of(t), held)
+                locking.release(site, held, then=lines)
             except Exception:
                 pass
     done, failures = results.scripts()

@@ -145,6 +145,9 @@ class NatsSpec(ServiceSpec):
 
 class FrontendSpec(ServiceSpec):
     port: Port = 8000
+    # Dynamo's --migration-limit: a request whose worker dies mid-stream continues on another worker
+    # (up to this many times); 0 turns migration off.
+    migration_limit: Annotated[int, Field(ge=0, le=100)] = 3
     args: EngineArgs = {}
     env: EnvMap = {}
     timeout: Seconds = 300
@@ -367,6 +370,9 @@ class DeploymentSpec(Strict):
     groups: Annotated[dict[GroupName, GroupSpec], Field(max_length=MAX_GROUPS)]
     profiles: Profiles = {}
     state_dir: str = "/var/tmp/launcher"
+    # Seconds a stop waits for a worker's in-flight requests to finish (`down`; `down --now` skips it).
+    # Also Dynamo's graceful-shutdown grace period on the workers, so the engine does not cut them first.
+    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 60
 
     @model_validator(mode="after")
     def _runtime_needs(self) -> DeploymentSpec:

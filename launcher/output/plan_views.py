@@ -7,7 +7,7 @@ import posixpath
 from typing import Any
 
 from launcher.config.redact import REDACTED
-from launcher.plan import metrics
+from launcher.plan import drain, metrics
 from launcher.plan.types import Group, Plan, Service
 from launcher.runtime.docker import docker_run, secrets_file
 from launcher.runtime.shell import join, q
@@ -78,6 +78,7 @@ def to_json(plan: Plan) -> dict[str, Any]:
     }
     if plan.profile:  # only when one is applied: the plans of files without profiles stay as they were
         data["profile"] = plan.profile
+    data["stop"] = {"drain_timeout": plan.drain_timeout, "migration_limit": plan.migration_limit}
     return data
 
 
@@ -91,6 +92,7 @@ def to_text(plan: Plan, verbose: bool = False) -> str:
         lines.append(f"profile {plan.profile}")
     if plan.endpoint:
         lines.append(f"endpoint {plan.endpoint}" + (f"  model {plan.model_name}" if plan.model_name else ""))
+    lines += _stop_text(plan)
     lines.append("")
     for node in plan.nodes:
         here = ", ".join(_who(s) for s in plan.by_node(node.index)) or "(idle)"
@@ -122,6 +124,24 @@ def _replica_line(plan: Plan, group: Group) -> list[str]:
     shift = group.dist_init_port - first.dist_init_port
     ports = f"; its ports are group {group.base}'s + {shift} (its replicas share a node)" if shift else ""
     return [f"  replica {group.replica} of {group.replicas} of group {group.base}{ports}"]
+
+
+def _stop_text(plan: Plan) -> list[str]:
+    """What a stop does to the requests in flight: the drain, and the frontend's request migration."""
+    out = []
+    if drain.phases(plan):
+        out.append(
+            f"drain: a stop lets the Dynamo workers finish their requests first, up to {plan.drain_timeout:g}s"
+            " (drain_timeout; `down --now` skips it)"
+        )
+    if plan.migration_limit:
+        out.append(
+            f"request migration: a stream whose worker dies continues on another, up to {plan.migration_limit}"
+            " time(s) (services.frontend.migration_limit)"
+        )
+    elif plan.migration_limit == 0:
+        out.append("request migration: off (services.frontend.migration_limit: 0)")
+    return out
 
 
 def _who(s: Service) -> str:

@@ -20,7 +20,7 @@ from launcher.config.schema import (
     as_text,
 )
 from launcher.errors import ConfigError
-from launcher.plan import engines, fabric, flagdrift, infra, metrics
+from launcher.plan import drain, engines, fabric, flagdrift, infra, metrics
 from launcher.plan.checks import check_no_secret_on_command_line, check_ports
 from launcher.plan.engines import args as A
 from launcher.plan.engines.base import Engine, GroupContext
@@ -72,6 +72,8 @@ def build(loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None) -
         fabric=spec.fabric,
         secrets=dict(loaded.secret_values),
         secret_sources=secret_sources(b.services, loaded),
+        drain_timeout=spec.drain_timeout,
+        migration_limit=spec.services.frontend.migration_limit if spec.services.frontend.enabled else None,
     )
 
 
@@ -416,7 +418,13 @@ class Builder:
         for rank, node in enumerate(ctx.nodes):
             network = fabric.interface_env(self.spec.network.interface, self.interfaces, node, ctx.leader)
             leader = group.leader.env if rank == 0 else {}
-            layers = (self.container_env(group.container), engine.env(ctx, rank), network, group.env)
+            layers = (
+                self.container_env(group.container),
+                engine.env(ctx, rank),
+                network,
+                drain.worker_env(engine.name, self.spec.drain_timeout),
+                group.env,
+            )
             layers += (self.profile_of(ctx.name).env, {k: v for k, v in leader.items() if v is not None})
             plain, hidden = self.env(*layers, with_secrets=True)
             for name in [k for k, v in leader.items() if v is None]:  # null: rank 0 runs without it

@@ -119,7 +119,12 @@ def frontend_command(spec: FrontendSpec, node: Node) -> list[str]:
     node_free = [f for f in ("--http-host", "--http-port") if A.has(argv, f)]
     if node_free:
         raise ValueError(f"{node_free[0]} is set from services.frontend.port; remove it from args")
-    return ["python3", "-m", "dynamo.frontend", "--http-host", bind_host(node), "--http-port", str(spec.port), *argv]
+    if A.has(argv, "--migration-limit"):
+        raise ValueError("--migration-limit is set from services.frontend.migration_limit; remove it from args")
+    # Request migration: a stream whose worker dies (or is drained past its grace) continues on another.
+    migration = ["--migration-limit", str(spec.migration_limit)] if spec.migration_limit else []
+    http = ["--http-host", bind_host(node), "--http-port", str(spec.port)]
+    return ["python3", "-m", "dynamo.frontend", *http, *migration, *argv]
 
 
 def frontend_probe(spec: FrontendSpec, node: Node) -> Probe:

@@ -182,6 +182,8 @@ class Plan:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     # secret env name -> the variable the user holds its value in (`OPENAI_KEY: ${MY_KEY}`: MY_KEY)
     secret_sources: dict[str, str] = field(default_factory=dict)
+    drain_timeout: float = 60.0  # seconds a stop waits for a worker's in-flight requests (drain_timeout)
+    migration_limit: int | None = None  # the Dynamo frontend's --migration-limit (None: no Dynamo frontend)
 
     def redactor(self) -> Redactor:
         """The one redactor for whatever leaves the launcher about this deployment (see config.redact)."""

@@ -40,7 +40,14 @@ class Runtime(Protocol):
 
     def remove_script(self, plan: Plan, names: list[str]) -> str: ...
 
-    def remove_all_script(self, plan: Plan) -> str: ...
+    def term_script(self, plan: Plan, names: list[str]) -> str:
+        """SIGTERM to each named service's engine process only (what `docker stop` sends first), leaving
+        it to finish and exit on its own: the drain's signal. Prints nothing; a service not running is skipped."""
+        ...
+
+    def remove_all_script(self, plan: Plan, now: bool = False) -> str:
+        """Remove every service of the deployment on this node; print how many. `now`: kill at once."""
+        ...
 
     def logs_script(
         self, plan: Plan, name: str, tail: int | None = None, follow: bool = False, since: str | None = None

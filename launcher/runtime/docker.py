@@ -72,8 +72,15 @@ class Docker:
             return "true"
         return "docker rm -f " + " ".join(q(n) for n in names) + " >/dev/null"
 
-    def remove_all_script(self, plan: Plan) -> str:
-        """Remove every container of the deployment on this node, and its secret env files; print the count."""
+    def term_script(self, plan: Plan, names: list[str]) -> str:
+        """SIGTERM to each container's main process (the engine: its command runs as PID 1, `exec`ed)."""
+        if not names:
+            return "true"
+        return "docker kill --signal TERM " + " ".join(q(n) for n in names) + " >/dev/null 2>&1 || true"
+
+    def remove_all_script(self, plan: Plan, now: bool = False) -> str:
+        """Remove every container of the deployment on this node, and its secret env files; print the count.
+        (`docker rm -f` kills at once: `now` changes nothing here; the drain, if any, came before.)"""
         label = q(f"label={LABEL}.deployment={plan.deployment}")
         fabric = q(f"label={FABRIC_LABEL}.deployment={plan.deployment}")  # a killed fabric check's leftovers
         secrets = q(posixpath.join(plan.state_dir, plan.deployment, "secrets"))

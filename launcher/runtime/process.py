@@ -56,12 +56,24 @@ reap_svcs() {
     [ $alive = 0 ] && return 0
     sleep 0.1; i=$((i+1))
   done
+  kill_svcs "$@"
+}
+# kill_svcs DIR...: SIGKILL what is left of the services' sessions.
+kill_svcs() {
   for d in "$@"; do
     sid=$(our_sid "$d"); [ -n "$sid" ] || continue
     pkill -KILL -s "$sid" 2>/dev/null || true; kill -KILL -- "-$sid" 2>/dev/null || true
   done
 }
 stop_svc() { term_svc "$1"; reap_svcs "$1"; }
+# term_engine DIR: SIGTERM the service's engine only (the wrapper's child), as `docker stop` signals a
+# container's main process: the wrapper stays to record the engine's exit code once it has finished.
+term_engine() {
+  d=$1; [ -f "$d/pid" ] || return 0
+  pid=$(cat "$d/pid"); st=$(cat "$d/starttime" 2>/dev/null || true)
+  [ -r "/proc/$pid/stat" ] && [ "$(awk '{print $22}' "/proc/$pid/stat" 2>/dev/null)" = "$st" ] || return 0
+  pkill -TERM -P "$pid" 2>/dev/null || true
+}
 """
 
 LIST_FN = r"""
@@ -170,13 +182,19 @@ class Process:
             + f'set -- {dirs}; for d in "$@"; do term_svc "$d"; done; reap_svcs "$@"; rm -rf "$@"'
         )
 
-    def remove_all_script(self, plan: Plan) -> str:
+    def term_script(self, plan: Plan, names: list[str]) -> str:
+        dirs = " ".join(f'"$RUN"/{q(name)}' for name in names)
+        return self._run(plan) + STOP_FN + f'for d in {dirs}; do term_engine "$d"; done' if names else "true"
+
+    def remove_all_script(self, plan: Plan, now: bool = False) -> str:
         # TERM every session first, then wait for all of them together: one slow exit, not the sum.
+        # `now` (`down --now`): KILL at once, as `docker rm -f` does; nothing is let finish.
+        stop = "kill_svcs" if now else "term_svc"
         return (
             self._run(plan)
             + STOP_FN
             + (
-                'set --; for d in "$RUN"/*/; do [ -d "$d" ] || continue; d=${d%/}; term_svc "$d"; '
+                f'set --; for d in "$RUN"/*/; do [ -d "$d" ] || continue; d=${{d%/}}; {stop} "$d"; '
                 'set -- "$@" "$d"; done; reap_svcs "$@"; n=$#; for d in "$@"; do rm -rf "$d"; done; '
                 f"rm -rf {q(posixpath.join(plan.state_dir, plan.deployment, 'secrets'))}; echo $n"
             )

@@ -72,8 +72,11 @@ class Host(Protocol):
         With `out`, output is streamed to it chunk by chunk (for `logs -f`)."""
         ...
 
-    def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
-        """An HTTP request to a port on the node (through the SSH connection when remote)."""
+    def http(
+        self, method: str, url: str, body: Any = None, timeout: float = 5.0, limit: int | None = None
+    ) -> tuple[int, Any]:
+        """An HTTP request to a port on the node (through the SSH connection when remote). `limit`: an
+        untrusted answer (see `http.request`): at most that many bytes, the whole exchange within `timeout`."""
         ...
 
     def forward(self, host: str, port: int) -> Forward:

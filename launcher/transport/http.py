@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,24 +23,59 @@ class _Connection(http.client.HTTPConnection):
 
 
 def request(
-    open_socket: Callable[[], Any], method: str, host: str, port: int, path: str, body: Any, timeout: float
+    open_socket: Callable[[], Any],
+    method: str,
+    host: str,
+    port: int,
+    path: str,
+    body: Any,
+    timeout: float,
+    limit: int | None = None,
 ) -> tuple[int, Any]:
     """One request; returns (status, body as JSON when it parses, else text). OSError/ConnectionError
-    when nothing answers, or the answer is not HTTP."""
+    when nothing answers, or the answer is not HTTP.
+
+    `limit` (bytes): the answer is not trusted: ValueError when its body is longer, and the whole exchange
+    ends within `timeout` (a peer that sends one byte at a time cannot hold the caller longer)."""
     conn = _Connection(host, port, open_socket, timeout)
     payload = None if body is None else json.dumps(body).encode()
     headers = {"Accept": "*/*"}
     if payload is not None:
         headers["Content-Type"] = "application/json"
+    cut = threading.Event()
+    timer = threading.Timer(timeout, _cut, (conn, cut)) if limit is not None else None
     try:
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         conn.request(method, path, body=payload, headers=headers)
         response = conn.getresponse()
-        text = response.read().decode(errors="replace")
-    except http.client.HTTPException as exc:
+        raw = response.read() if limit is None else response.read(limit + 1)
+    except (http.client.HTTPException, OSError) as exc:
+        if cut.is_set():
+            raise ConnectionError(f"no whole answer from {host}:{port}{path} within {timeout:g}s") from None
+        if isinstance(exc, OSError):
+            raise
         raise ConnectionError(f"no HTTP answer from {host}:{port}{path} ({type(exc).__name__})") from None
     finally:
+        if timer is not None:
+            timer.cancel()
         conn.close()
+    if limit is not None and len(raw) > limit:
+        raise ValueError(f"the answer of {host}:{port}{path} is over {limit} bytes")
+    text = raw.decode(errors="replace")
     try:
         return response.status, json.loads(text)
     except ValueError:
         return response.status, text
+
+
+def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    """The deadline passed: shut the connection down under the reader (it wakes with an error or EOF)."""
+    cut.set()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(2)
+        except Exception:
+            pass

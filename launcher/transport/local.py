@@ -131,7 +131,9 @@ class LocalHost:
         conn.settimeout(None)
         return conn
 
-    def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    def http(
+        self, method: str, url: str, body: Any = None, timeout: float = 5.0, limit: int | None = None
+    ) -> tuple[int, Any]:
         parts = urlsplit(url)
         host, port = parts.hostname or self.node.address, parts.port or 80
         path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
@@ -139,7 +141,7 @@ class LocalHost:
         def open_socket() -> socket.socket:
             return socket.create_connection((host, port), timeout=timeout)
 
-        return http.request(open_socket, method, host, port, path, body, timeout)
+        return http.request(open_socket, method, host, port, path, body, timeout, limit)
 
     def forward(self, host: str, port: int) -> Forward:
         """This machine reaches its own ports directly: the address itself."""

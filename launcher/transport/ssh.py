@@ -362,12 +362,14 @@ class SSHHost:
         chan.settimeout(None)
         return chan
 
-    def http(self, method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    def http(
+        self, method: str, url: str, body: Any = None, timeout: float = 5.0, limit: int | None = None
+    ) -> tuple[int, Any]:
         """An HTTP request to a port on the node, through the SSH connection (no route needed)."""
         parts = urlsplit(url)
         host, port = parts.hostname or self.node.address, parts.port or 80
         path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
-        return http.request(lambda: self._channel(host, port, timeout), method, host, port, path, body, timeout)
+        return http.request(lambda: self._channel(host, port, timeout), method, host, port, path, body, timeout, limit)
 
     def forward(self, host: str, port: int) -> Tunnel:
         """A local port whose connections are carried to HOST:PORT over this node's SSH connection."""

@@ -434,6 +434,12 @@ def read_deployment(doc: Doc, data: dict, groups: list[Group], services: dict[st
         port = E.take(engine := E.Engine("frontend", argv[3:]), "--http-port")
         E.take(engine, "--http-host")
         data["services"]["frontend"] = {"enabled": True, "node": 0, **({"port": int(port)} if port else {})}
+        # As the manifest ran it: Dynamo's default is no migration (the launcher's default is 3).
+        migration = E.take(engine, "--migration-limit") or "0"
+        if migration.isdigit() and int(migration) <= 100:
+            data["services"]["frontend"]["migration_limit"] = int(migration)
+        else:  # left as written: the plan names it as bad input
+            engine.argv = ["--migration-limit", migration, *engine.argv]
         if engine.argv:
             data["services"]["frontend"]["args"] = engine.argv
     elif module in ("etcd", "nats-server"):

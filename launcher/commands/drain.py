@@ -1,0 +1,141 @@
+"""Drain before a stop: the Dynamo workers are taken out of routing and their in-flight requests are
+let finish, bounded by the file's `drain_timeout`, before anything is removed (see `launcher.plan.drain`
+for what Dynamo does on SIGTERM and why the wait reads what it reads).
+
+Per phase (prefill workers, then the others), every node at once: read each worker's in-flight count
+from its /metrics (through the node's connection, bounded in size and time), SIGTERM its engine (it
+deregisters), then poll until the count reads zero or the worker has exited, or the deadline. Last, the
+frontend, still up, is given until the same deadline to finish the streams it is relaying.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from launcher.commands.context import Target
+from launcher.plan import drain as plan_drain
+from launcher.plan.drain import Drain
+from launcher.plan.metrics import metrics_url
+from launcher.plan.types import Service
+from launcher.runtime.base import parse_list
+from launcher.transport.errors import NodeError, describe
+from launcher.transport.host import Host
+
+POLL_SECONDS = 0.25
+SCRAPE_SECONDS = 3.0  # one /metrics read, whole answer included
+SCRIPT_SECONDS = 60.0
+FRONTEND_TAIL_SECONDS = 5.0  # the frontend's last relayed tokens, after the workers drained
+
+
+def drain(t: Target, told: Callable[[str], None]) -> list[Drain]:
+    """Drain every drained worker of the plan, phase by phase, all within drain_timeout; `told` hears
+    each drain's line as it ends. A node that cannot be reached is reported in its drains' outcome."""
+    deadline = time.monotonic() + t.plan.drain_timeout
+    phases = plan_drain.phases(t.plan)
+    # Every worker's count as the drain begins: a decode worker's requests are waited for (it keeps
+    # serving them) while the prefill workers drain, and are counted as waited for.
+    everyone = by_node([s for phase in phases for s in phase])
+    first = t.fleet.map(lambda h: {s.name: in_flight(h, s, deadline) for s in everyone[h.node.index]}, everyone)
+    counts: dict[str, int | None] = {k: v for r in first.succeeded.values() for k, v in r.items()}
+    done: list[Drain] = []
+    for phase in phases:
+        on = by_node(phase)
+        results = t.fleet.map(lambda h, on=on: drain_node(t, h, on[h.node.index], deadline, counts), on)
+        for i, result in sorted(results.items()):
+            if isinstance(result, Exception):
+                result = [Drain(s.service, i, outcome=f"node failed: {describe(result)}") for s in on[i]]
+            for d in result:
+                told(d.describe())
+            done += result
+    if done:
+        wait_for_frontend(t, deadline)
+    return done
+
+
+def by_node(services: list[Service]) -> dict[int, list[Service]]:
+    out: dict[int, list[Service]] = {}
+    for s in services:
+        out.setdefault(s.node.index, []).append(s)
+    return out
+
+
+def drain_node(
+    t: Target, host: Host, services: list[Service], deadline: float, counts: dict[str, int | None]
+) -> list[Drain]:
+    """One node's workers of one phase: count, signal, wait (see the module's docstring). `counts`: each
+    worker's in-flight requests when the drain began (the larger of that and the count now is reported)."""
+    running = running_names(t, host)
+    drains = {s.name: Drain(s.service, host.node.index) for s in services}
+    live = [s for s in services if s.name in running]
+    for s in services:
+        if s.name not in running:
+            drains[s.name].outcome = "not running"
+    for s in live:
+        known = [c for c in (counts.get(s.name), in_flight(host, s, deadline)) if c is not None]
+        drains[s.name].waited_for = max(known) if known else None
+    started = time.monotonic()
+    if live:
+        host.run(t.runtime.term_script(t.plan, [s.name for s in live]), timeout=SCRIPT_SECONDS)
+    pending = list(live)
+    while pending:
+        for s in list(pending):
+            count = in_flight(host, s, deadline)
+            drains[s.name].left = count
+            if count == 0:
+                finish(drains[s.name], pending, s, "drained", started)
+        if pending:
+            running = running_names(t, host)
+            for s in [s for s in pending if s.name not in running]:
+                finish(drains[s.name], pending, s, "exited", started)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_SECONDS)
+    for s in pending:
+        drains[s.name].outcome = "timed out"
+        drains[s.name].seconds = time.monotonic() - started
+    return list(drains.values())
+
+
+def finish(d: Drain, pending: list[Service], s: Service, outcome: str, started: float) -> None:
+    d.outcome, d.seconds, d.left = outcome, time.monotonic() - started, 0
+    pending.remove(s)
+
+
+def running_names(t: Target, host: Host) -> set[str]:
+    result = host.run(t.runtime.list_script(t.plan), timeout=SCRIPT_SECONDS)
+    if not result.ok:
+        raise RuntimeError(f"cannot list the services: {result.why()}")
+    return {c.name for c in parse_list(host.node.index, result.stdout) if c.running}
+
+
+def in_flight(host: Host, s: Service, deadline: float, read=plan_drain.worker_in_flight) -> int | None:
+    """The service's in-flight requests from its /metrics; None when it has none, does not answer, or its
+    answer is not a count a worker could hold (too big, garbage, negative, not finite)."""
+    url = metrics_url(s)
+    seconds = min(SCRAPE_SECONDS, deadline - time.monotonic())
+    if url is None or seconds <= 0:
+        return None
+    try:
+        status, body = host.http("GET", url, timeout=seconds, limit=plan_drain.MAX_METRICS_BYTES)
+        if status != 200 or not isinstance(body, str):
+            return None
+        return read(body)
+    except (OSError, ValueError, NodeError):  # not answering, or not a count: unknown, never the drain's end
+        return None
+
+
+def wait_for_frontend(t: Target, deadline: float) -> None:
+    """Until the frontend relays no request (its in-flight gauge reads zero), or it does not answer, for
+    FRONTEND_TAIL_SECONDS at most (and never past the deadline): a worker that has sent its last token may
+    not have reached the client through it yet. (Under constant load new requests keep arriving and fail
+    at once, no worker being left: the gauge may never read zero, hence the short bound.)"""
+    frontend = next((s for s in t.plan.services if s.role == "frontend"), None)
+    if frontend is None:
+        return
+    host = t.fleet.host(frontend.node.index)
+    deadline = min(deadline, time.monotonic() + FRONTEND_TAIL_SECONDS)
+    while time.monotonic() < deadline:
+        if in_flight(host, frontend, deadline, plan_drain.frontend_in_flight) in (0, None):
+            return
+        time.sleep(POLL_SECONDS)

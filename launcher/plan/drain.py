@@ -1,0 +1,141 @@
+"""Draining before a stop, as data: which services are drained and in which order, the env that sets
+Dynamo's grace period from the file, and the in-flight request count read from a /metrics answer.
+
+What the drain relies on (Dynamo 1.6.1, checked on its mocker): SIGTERM makes a Dynamo worker
+deregister at once (the frontend routes nothing new to it), then finish its in-flight requests before it
+exits. The real engines (dynamo.sglang, dynamo.vllm) keep serving them through the grace period
+(DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS, 5 s by default: set here to drain_timeout) and keep their
+/metrics up meanwhile; the mocker ignores the grace period, waits for its requests itself and stops
+serving /metrics at the signal. So the count is read before the signal, and afterwards the drain ends
+when the count reads zero, or when the worker has exited, or at drain_timeout.
+
+Nothing a /metrics answer says is trusted beyond a bound: its size, the number of series read, and each
+value (finite, whole, 0 to MAX_IN_FLIGHT); anything else is "unreadable", never a crash.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from launcher.plan.types import Plan, Service
+
+# The engines whose workers deregister on SIGTERM and finish their requests (Dynamo's graceful shutdown).
+DYNAMO_ENGINES = ("mocker", "dynamo-sglang", "dynamo-vllm")
+GRACE_ENV = "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS"
+MAX_METRICS_BYTES = 4 << 20  # a worker's /metrics is tens of KB; more is not read
+MAX_SERIES = 4096  # in-flight series read from one answer (one per endpoint and DP rank)
+MAX_IN_FLIGHT = 1_000_000  # a count above this is not a count
+WORKER_IN_FLIGHT = "dynamo_component_inflight_requests"  # per endpoint: the `generate` ones count
+ENGINE_IN_FLIGHT = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "sglang:num_running_reqs",
+    "sglang:num_queue_reqs",
+)
+FRONTEND_IN_FLIGHT = "dynamo_frontend_inflight_requests"
+
+
+def worker_env(engine: str, drain_timeout: float) -> dict[str, str]:
+    """A Dynamo worker's grace period after SIGTERM: as long as the launcher waits for its requests."""
+    if engine not in DYNAMO_ENGINES:
+        return {}
+    return {GRACE_ENV: f"{drain_timeout:g}"}
+
+
+def drained(s: Service) -> bool:
+    """Is this service drained before it is stopped? The Dynamo worker ranks that register `generate`:
+    every rank of the mocker and of dynamo-vllm, the leader (rank 0) of a dynamo-sglang group."""
+    if s.group is None or s.engine not in DYNAMO_ENGINES:
+        return False
+    return s.engine != "dynamo-sglang" or s.rank == 0
+
+
+def phases(plan: Plan) -> list[list[Service]]:
+    """The drained services in the order they are drained: prefill workers first (a request they hold
+    goes on to decode, which must still be there), then decode and aggregated ones. Empty phases dropped."""
+    workers = [s for s in plan.services if drained(s)]
+    prefill = [s for s in workers if s.role == "prefill"]
+    rest = [s for s in workers if s.role != "prefill"]
+    return [p for p in (prefill, rest) if p]
+
+
+def not_drained(plan: Plan) -> list[str]:
+    """The worker groups that have no drain (not Dynamo engines): stopped without one."""
+    return sorted({s.group for s in plan.services if s.group and s.engine not in DYNAMO_ENGINES})
+
+
+def _samples(text: str, names: tuple[str, ...]) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of these names in a Prometheus text answer; ValueError when it is too big or not that."""
+    if len(text) > MAX_METRICS_BYTES:
+        raise ValueError(f"answer over {MAX_METRICS_BYTES} bytes")
+    # Only the wanted lines are parsed: the work is bounded by them, whatever else the answer holds.
+    starts = tuple(n + c for n in names for c in ("{", " "))
+    lines = [line for line in text.splitlines() if line.startswith(starts)]
+    if len(lines) > MAX_SERIES:
+        raise ValueError(f"over {MAX_SERIES} in-flight series")
+    try:
+        families = list(text_string_to_metric_families("\n".join(lines) + "\n"))
+        return [(x.name, dict(x.labels), float(x.value)) for f in families for x in f.samples]
+    except Exception as exc:  # the parser's errors are not all ValueError: none may escape as a crash
+        raise ValueError(f"not Prometheus text ({type(exc).__name__})") from None
+
+
+def _count(values: list[float]) -> int:
+    """A sum of gauges that must be request counts: finite, whole, 0 to MAX_IN_FLIGHT each and in all."""
+    for v in values:
+        if not math.isfinite(v) or v < 0 or v > MAX_IN_FLIGHT or v != int(v):
+            raise ValueError(f"in-flight value {v!r} is not a request count")
+    total = int(sum(values))
+    if total > MAX_IN_FLIGHT:
+        raise ValueError(f"in-flight total {total} is not a request count")
+    return total
+
+
+def worker_in_flight(text: str) -> int:
+    """A Dynamo worker's in-flight requests: its `generate` endpoints' gauge, else its engine's running
+    and waiting requests. ValueError (the reason, short) when the answer holds no readable count."""
+    samples = _samples(text, (WORKER_IN_FLIGHT, *ENGINE_IN_FLIGHT))
+    generate = [v for n, labels, v in samples if n == WORKER_IN_FLIGHT and labels.get("dynamo_endpoint") == "generate"]
+    if generate:
+        return _count(generate)
+    engine = [v for n, _, v in samples if n in ENGINE_IN_FLIGHT]
+    if engine:
+        return _count(engine)
+    raise ValueError("no in-flight request count in it")
+
+
+def frontend_in_flight(text: str) -> int:
+    """The Dynamo frontend's in-flight requests (all models); ValueError as for a worker."""
+    values = [v for _, _, v in _samples(text, (FRONTEND_IN_FLIGHT,))]
+    if not values:
+        raise ValueError("no in-flight request count in it")
+    return _count(values)
+
+
+@dataclass
+class Drain:
+    """One service's drain: the requests it held at the signal, how long until it held none, how it ended."""
+
+    service: str
+    node: int
+    waited_for: int | None = None  # in flight when it was signalled (None: its /metrics could not say)
+    seconds: float = 0.0
+    outcome: str = "drained"  # drained | exited | timed out | not running
+    left: int | None = None  # still in flight when the wait ended (timed out)
+
+    def describe(self) -> str:
+        """One line: `decode-r0 on node 3: 6 request(s) in flight, drained in 4.2s (exited)`."""
+        where = f"{self.service} on node {self.node}"
+        if self.outcome == "not running":
+            return f"{where}: not running, nothing to drain"
+        if self.outcome.startswith("node failed"):
+            return f"{where}: not drained, {self.outcome}"
+        count = "an unknown number of" if self.waited_for is None else str(self.waited_for)
+        text = f"{where}: {count} request(s) in flight"
+        if self.outcome == "timed out":
+            still = "an unknown number" if self.left is None else str(self.left)
+            return text + f", drain_timeout reached after {self.seconds:.1f}s with {still} still in flight"
+        return text + f", drained in {self.seconds:.1f}s" + (" (exited)" if self.outcome == "exited" else "")

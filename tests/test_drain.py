@@ -1,0 +1,223 @@
+"""The drain as data and its untrusted input: which services are drained in which order, the grace-period
+env and the frontend's migration flag in the plan, and the in-flight count read from a /metrics answer,
+real (Dynamo 1.6.1's own, recorded in tests/data/metrics) or hostile (huge, garbage, negative, NaN, a
+peer on loopback that sends without end or one byte at a time)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.commands.drain import in_flight
+from launcher.config.load import load
+from launcher.output import plan_views
+from launcher.plan import drain
+from launcher.plan.build import build
+from launcher.plan.types import Node, Probe, Service
+from launcher.transport.host import Options
+from launcher.transport.local import LocalHost
+from tests.helpers import REPO, fresh_env
+
+METRICS = REPO / "tests" / "data" / "metrics"
+DECODE = (METRICS / "dynamo-1.6.1-mocker-decode.txt").read_text()
+PREFILL = (METRICS / "dynamo-1.6.1-mocker-prefill.txt").read_text()
+FRONTEND = (METRICS / "dynamo-1.6.1-frontend.txt").read_text()
+GAUGE = 'dynamo_component_inflight_requests{dynamo_component="backend",dynamo_endpoint="generate"'
+
+
+def plan_of(name: str):
+    return build(load(REPO / "configs" / name, environ={"CONFIG_DIR": "/repo/configs"}))
+
+
+# -- the count ---------------------------------------------------------------------------------------
+
+
+def test_the_real_answers_read_zero_and_a_count_is_read_where_the_mocker_puts_it():
+    assert drain.worker_in_flight(DECODE) == 0
+    assert drain.worker_in_flight(PREFILL) == 0  # its other endpoint's gauge is not the generate one
+    assert drain.frontend_in_flight(FRONTEND) == 0
+    busy = DECODE.replace(f'{GAUGE},dynamo_namespace="dynamo",worker_id="7d7ba236d4e50d0b"}} 0', f"{GAUGE}}} 6")
+    assert busy != DECODE
+    assert drain.worker_in_flight(busy) == 6
+    # Two DP ranks' generate gauges add up; another endpoint's never counts.
+    two = f'{GAUGE},rank="0"}} 2\n{GAUGE},rank="1"}} 3\n' + GAUGE.replace("generate", "clear") + "} 50\n"
+    assert drain.worker_in_flight(two) == 5
+
+
+def test_without_dynamos_gauge_the_engines_running_and_waiting_requests_count():
+    text = 'sglang:num_running_reqs{tp="0"} 4\nsglang:num_queue_reqs{tp="0"} 1\nsglang:token_usage 0.5\n'
+    assert drain.worker_in_flight(text) == 5
+
+
+@pytest.mark.parametrize(
+    "answer, why",
+    [
+        ("", "no in-flight request count"),
+        ("<html>502 Bad Gateway</html>", "no in-flight request count"),
+        (f"{GAUGE}}} -3\n", "not a request count"),
+        (f"{GAUGE}}} NaN\n", "not a request count"),
+        (f"{GAUGE}}} +Inf\n", "not a request count"),
+        (f"{GAUGE}}} 1e300\n", "not a request count"),
+        (f"{GAUGE}}} 2.5\n", "not a request count"),
+        (f'{GAUGE}}} 600000\n{GAUGE},x="1"}} 600000\n', "total 1200000 is not a request count"),
+        (f"{GAUGE}}} many\n", "not Prometheus text"),
+        (f'{GAUGE}="unterminated}} 1\n', "not Prometheus text"),
+        (f"{GAUGE}}} 1\n" * (drain.MAX_SERIES + 1), "in-flight series"),
+        ("#" * (drain.MAX_METRICS_BYTES + 1), "over"),
+    ],
+)
+def test_a_hostile_answer_is_unreadable_never_a_crash(answer, why):
+    with pytest.raises(ValueError, match=why):
+        drain.worker_in_flight(answer)
+
+
+# -- a hostile /metrics peer on loopback ---------------------------------------------------------------
+
+
+def serve_once(behaviour) -> tuple[int, threading.Thread]:
+    """A loopback peer that answers one connection with `behaviour(conn)` (the test's attacker)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def run():
+        conn, _ = server.accept()
+        try:
+            conn.recv(65536)
+            behaviour(conn)
+        except OSError:
+            pass  # the launcher hung up on it: what it is meant to do
+        finally:
+            conn.close()
+            server.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return server.getsockname()[1], thread
+
+
+def endless(conn):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+    chunk = (f"{GAUGE}}} 1\n" * 1000).encode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn.sendall(chunk)
+
+
+def trickle(conn):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        conn.sendall(b"#")
+        time.sleep(0.2)  # each byte well within any socket timeout: only a whole-exchange deadline ends it
+
+
+def worker_at(port: int) -> tuple[LocalHost, Service]:
+    node = Node(0, "local", "127.0.0.1", ssh=None, gpus=0)  # type: ignore[arg-type]
+    service = Service(
+        "d", "decode-r0", "decode", node, "", ["python3"], {"DYN_SYSTEM_PORT": str(port)}, None,  # type: ignore[arg-type]
+        Probe("running"), 1.0, group="decode", rank=0, engine="mocker",
+    )  # fmt: skip
+    return LocalHost(node, Options()), service
+
+
+@pytest.mark.parametrize("behaviour", [endless, trickle], ids=["endless", "one byte at a time"])
+def test_a_metrics_peer_that_never_ends_its_answer_is_cut_off(behaviour):
+    port, thread = serve_once(behaviour)
+    host, service = worker_at(port)
+    started = time.monotonic()
+    assert in_flight(host, service, deadline=time.monotonic() + 2) is None
+    took = time.monotonic() - started
+    assert took < 5, f"the read took {took:.1f}s"
+    thread.join(timeout=35)
+
+
+def test_a_metrics_peer_that_answers_well_is_read():
+    body = f"{GAUGE}}} 7\n".encode()
+    port, thread = serve_once(
+        lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    )
+    host, service = worker_at(port)
+    assert in_flight(host, service, deadline=time.monotonic() + 5) == 7
+    thread.join(timeout=5)
+
+
+# -- the plan ------------------------------------------------------------------------------------------
+
+
+def test_prefill_workers_drain_before_decode_and_only_dynamo_ranks_that_serve_generate():
+    local = plan_of("local.yaml")
+    assert [[s.service for s in phase] for phase in drain.phases(local)] == [["prefill-r0"], ["decode-r0"]]
+    # dynamo-sglang: only node-rank 0 registers `generate`; the other ranks stop with it
+    wide = plan_of("dsr1-104gpu.yaml")
+    assert [[s.service for s in phase] for phase in drain.phases(wide)] == [["prefill-r0"], ["decode-r0"]]
+    # plain SGLang behind its router: no Dynamo, no drain (said, not hidden)
+    pd = plan_of("sglang-1p1d-32gpu.yaml")
+    assert drain.phases(pd) == [] and drain.not_drained(pd) == ["decode", "prefill"]
+
+
+def test_the_plan_sets_the_grace_period_and_migration_and_says_so():
+    local = plan_of("local.yaml")
+    workers = [s for s in local.services if s.group]
+    assert {s.env[drain.GRACE_ENV] for s in workers} == {"60"}
+    frontend = next(s for s in local.services if s.role == "frontend")
+    assert frontend.command[-2:] == ["--migration-limit", "3"]
+    text = plan_views.to_text(local)
+    assert "drain: a stop lets the Dynamo workers finish their requests first, up to 60s" in text
+    assert "request migration: a stream whose worker dies continues on another, up to 3 time(s)" in text
+    assert plan_views.to_json(local)["stop"] == {"drain_timeout": 60, "migration_limit": 3}
+    pd = plan_of("sglang-1p1d-32gpu.yaml")
+    assert not any(drain.GRACE_ENV in s.env for s in pd.services)
+    assert "drain:" not in plan_views.to_text(pd)
+
+
+def launcher_plan(tmp_path: Path, edit) -> subprocess.CompletedProcess:
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text().replace("${CONFIG_DIR}", str(REPO / "configs")))
+    edit(data)
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(data))
+    argv = [sys.executable, "-m", "launcher", "plan", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=tmp_path)
+
+
+def test_the_file_sets_both_and_bad_values_are_one_line_exit_2(tmp_path):
+    def tuned(data):
+        data["drain_timeout"] = 7.5
+        data["services"]["frontend"]["migration_limit"] = 0
+
+    ok = launcher_plan(tmp_path, tuned)
+    assert ok.returncode == 0, ok.stderr
+    assert "up to 7.5s (drain_timeout" in ok.stdout and "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS=7.5" in ok.stdout
+    assert "request migration: off" in ok.stdout and "--migration-limit" not in ok.stdout
+    bad = [
+        (lambda d: d.update(drain_timeout=-1), "drain_timeout"),
+        (lambda d: d.update(drain_timeout=86400), "drain_timeout"),
+        (lambda d: d["services"]["frontend"].update(migration_limit="lots"), "migration_limit"),
+        (lambda d: d["services"]["frontend"].update(args={"migration-limit": 2}), "--migration-limit is set from"),
+    ]
+    for edit, what in bad:
+        r = launcher_plan(tmp_path, edit)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert what in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_each_drain_is_said_in_one_line_whatever_its_end():
+    assert drain.Drain("decode-r0", 3, 6, 4.25, "exited", 0).describe() == (
+        "decode-r0 on node 3: 6 request(s) in flight, drained in 4.2s (exited)"
+    )
+    assert drain.Drain("decode-r1", 4, 2, 1.0, "drained", 0).describe().endswith("drained in 1.0s")
+    timed_out = drain.Drain("decode-r0", 3, None, 60.04, "timed out", None).describe()
+    assert timed_out == (
+        "decode-r0 on node 3: an unknown number of request(s) in flight, drain_timeout reached after 60.0s"
+        " with an unknown number still in flight"
+    )
+    assert drain.Drain("prefill-r0", 0, outcome="not running").describe().endswith("not running, nothing to drain")
+    failed = drain.Drain("decode-r0", 2, outcome="node failed: timed out: no answer").describe()
+    assert failed == "decode-r0 on node 2: not drained, node failed: timed out: no answer"

@@ -1,0 +1,209 @@
+"""`down` with requests in flight, for real on this machine (etcd, NATS, the Dynamo frontend and two
+mockers as local processes, tests.helpers.local_stack): every streamed chat completion in flight completes
+whole; `down --now` cuts them at once. Both as a user runs them: a fresh `launcher down` subprocess while
+the streams run, through the frontend, from a thread pool here. And request migration: a decode worker
+killed mid-stream, its requests complete on the other one (and fail without migration)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.plan.drain import worker_in_flight
+from tests.helpers import assert_gone, free_port, fresh_env, local_stack
+
+pytestmark = pytest.mark.slow
+
+STREAMS = 4
+# The mocker at speedup 1 makes ~150 tokens/s per stream: ~10 s, longer than a `launcher down` takes to
+# start and read the counts on a loaded machine, short enough for the test.
+TOKENS = 1500
+SPREAD = 6  # streams over two decode workers (the frontend's round robin puts some on each)
+DECODE_SYSTEM_PORT = 5  # index in local_stack's ports (configs/local.yaml's 19091)
+
+
+def launcher(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "launcher", *args]
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+
+
+@contextmanager
+def deployment(tmp_path: Path, name: str, edit=None) -> Iterator[tuple[str, dict[str, str], int, tuple[int, ...]]]:
+    """The local stack up, its mockers at speedup 1 (streams long enough to be caught in flight); `edit`
+    changes the file's data first."""
+    data, ports = local_stack(tmp_path, name)
+    for group in data["groups"].values():
+        group["args"]["speedup-ratio"] = 1
+    data["drain_timeout"] = 60
+    if edit is not None:
+        edit(data)
+    config = tmp_path / "local.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    port = free_port()
+    env = {**fresh_env(), "LAUNCHER_PORT": str(port)}
+    try:
+        up = launcher("up", str(config), env=env, cwd=tmp_path)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield str(config), env, port, ports
+    finally:
+        launcher("down", str(config), "--now", env=env, cwd=tmp_path)
+    assert_gone([], (port, *ports))
+
+
+def stream(port: int, i: int, out: dict | None = None, host: str = "127.0.0.1") -> dict:
+    """One streamed chat completion: how many chunks came, its finish_reason, any error (None: none), in
+    `out` as they come (another thread may watch it) and returned."""
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": f"tell me a long story {i}"}],
+        "max_tokens": TOKENS,
+        "stream": True,
+    }
+    out = out if out is not None else {}
+    out.update(chunks=0, finish=None, error=None)
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        if response.status != 200:
+            out["error"] = f"HTTP {response.status}"
+            return out
+        for line in response:
+            data = line.strip().removeprefix(b"data:").strip()
+            if not data or data == b"[DONE]" or not line.startswith(b"data:"):
+                continue
+            chunk = json.loads(data)
+            if "error" in chunk or not chunk.get("choices"):
+                out["error"] = out["error"] or chunk.get("error", chunk)
+                continue
+            out["chunks"] += 1
+            out["finish"] = chunk["choices"][0].get("finish_reason") or out["finish"]
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        out["error"] = repr(exc)
+    finally:
+        conn.close()
+    return out
+
+
+def in_flight(port: int) -> int | str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return worker_in_flight(r.read().decode())
+    except (OSError, ValueError) as exc:
+        return repr(exc)
+
+
+def wait_in_flight(*ports_and_count: int, limit: float = 30) -> list[int | str]:
+    """Until the decode mockers at these system ports hold `count` requests in flight together, each at
+    least one (every stream has begun); returns each one's count."""
+    *ports, count = ports_and_count
+    deadline = time.monotonic() + limit
+    seen: list[int | str] = []
+    while time.monotonic() < deadline:
+        seen = [in_flight(p) for p in ports]
+        if all(isinstance(n, int) and n > 0 for n in seen) and sum(seen) == count:  # type: ignore[arg-type]
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"the decode workers never had {count} requests in flight (last read: {seen})")
+
+
+def down_while_streaming(tmp_path: Path, name: str, *flags: str) -> tuple[subprocess.CompletedProcess, list]:
+    """`launcher down FLAGS` once every stream is in flight; (down, each stream's outcome)."""
+    with deployment(tmp_path, name) as (config, env, port, ports):
+        with ThreadPoolExecutor(STREAMS) as pool:
+            streams = [pool.submit(stream, port, i) for i in range(STREAMS)]
+            wait_in_flight(ports[DECODE_SYSTEM_PORT], STREAMS)
+            started = time.monotonic()
+            down = launcher("down", config, *flags, env=env, cwd=tmp_path)
+            took = time.monotonic() - started
+            results = [s.result(timeout=120) for s in streams]
+        print(f"\n{' '.join(['down', *flags])}: {took:.1f}s; streams: {results}")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert_gone([], (port, *ports))
+    return down, results
+
+
+def test_down_lets_every_stream_in_flight_finish_whole(tmp_path):
+    down, results = down_while_streaming(tmp_path, "drain-wait")
+    for r in results:
+        assert r["error"] is None and r["finish"] == "length" and r["chunks"] >= TOKENS, results
+    out = down.stdout
+    assert "down: draining 2 worker(s) first, up to 60s (drain_timeout; --now skips it)" in out, out
+    assert f"drain: decode-r0 on node 0: {STREAMS} request(s) in flight, drained in" in out, out
+    assert "drain: prefill-r0 on node 0: " in out and out.index("prefill-r0") < out.index("decode-r0"), out
+    assert "removed 5 container(s)" in out, out
+    audit = (tmp_path / "state" / "drain-wait" / "audit.log").read_text().splitlines()
+    drained = [json.loads(line)["action"] for line in audit if '"drain decode-r0' in line]
+    assert len(drained) == 1 and f"{STREAMS} request(s) in flight, drained in" in drained[0], audit
+
+
+def test_down_now_cuts_the_streams_at_once(tmp_path):
+    down, results = down_while_streaming(tmp_path, "drain-now", "--now")
+    # Every stream ended short of its tokens, with no finish_reason: cut, not finished.
+    for r in results:
+        assert r["finish"] is None and r["chunks"] < TOKENS, results
+    assert "down --now: drain skipped, in-flight requests are cut" in down.stdout, down.stdout
+    assert "drain:" not in down.stdout and "draining" not in down.stdout, down.stdout
+    audit = (tmp_path / "state" / "drain-now" / "audit.log").read_text()
+    assert "drain skipped (--now)" in audit and '"drain decode-r0' not in audit, audit
+
+
+def two_decoders(migration_limit: int):
+    """A second decode group (its own mocker and system port), and the frontend's migration limit."""
+
+    def edit(data: dict) -> None:
+        data["groups"]["decode2"] = {**data["groups"]["decode"], "mode": "decode", "system_port": free_port()}
+        data["services"]["frontend"]["migration_limit"] = migration_limit
+
+    return edit
+
+
+def kill_decode_r0_while_streaming(tmp_path: Path, name: str, migration_limit: int) -> tuple[int, list, str]:
+    """Streams spread over two decode workers; decode-r0's engine is SIGKILLed mid-stream. Returns how
+    many streams it held, each stream's outcome, and the frontend's log lines about migration."""
+    with deployment(tmp_path, name, two_decoders(migration_limit)) as (config, env, port, ports):
+        status = launcher("status", config, "--json", env=env, cwd=tmp_path)
+        services = {s["service"]: s for s in json.loads(status.stdout)["services"]}
+        second = int(yaml.safe_load(Path(config).read_text())["groups"]["decode2"]["system_port"])
+        with ThreadPoolExecutor(SPREAD) as pool:
+            progress: list[dict] = [{} for _ in range(SPREAD)]
+            streams = [pool.submit(stream, port, i, progress[i]) for i in range(SPREAD)]
+            held, _ = wait_in_flight(ports[DECODE_SYSTEM_PORT], second, SPREAD)
+            # Mid-stream: every stream has its first hundred tokens (a rank dying under load, not at its start).
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and min(p.get("chunks", 0) for p in progress) < 100:
+                time.sleep(0.05)
+            os.killpg(int(services["decode-r0"]["id"]), signal.SIGKILL)  # the rank dies: no drain, no goodbye
+            results = [s.result(timeout=120) for s in streams]
+        logs = launcher("logs", "--role", "frontend", "--grep", "migration", "-c", config, env=env, cwd=tmp_path)
+    print(f"\nmigration_limit {migration_limit}: decode-r0 held {held}; streams: {results}\n{logs.stdout}")
+    return int(held), results, logs.stdout
+
+
+def test_a_request_on_a_decode_worker_that_dies_continues_on_the_other(tmp_path):
+    held, results, logs = kill_decode_r0_while_streaming(tmp_path, "migrate", 3)
+    for r in results:
+        assert r["error"] is None and r["finish"] == "length" and r["chunks"] >= TOKENS, results
+    assert "Request migration enabled (limit: 3)" in logs, logs
+    retries = logs.count("migration retry scheduled")
+    assert retries >= held, f"{held} stream(s) were on the killed worker, {retries} migrated: {logs}"
+
+
+def test_without_migration_the_requests_on_the_dead_worker_fail(tmp_path):
+    """The same as above with services.frontend.migration_limit: 0: what the default saves."""
+    held, results, _ = kill_decode_r0_while_streaming(tmp_path, "no-migrate", 0)
+    failed = [r for r in results if r["error"] is not None or r["finish"] != "length"]
+    assert len(failed) == held, results
