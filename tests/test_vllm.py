@@ -354,6 +354,7 @@ def test_seed_003_wide_ep_lws(wideep):
         assert env.pop("ETCD_ENDPOINTS") == f"http://{wideep.nodes[0].address}:2379"
         assert env.pop("NATS_SERVER") == f"nats://{wideep.nodes[0].address}:4222"
         assert env.pop("DYN_SYSTEM_PORT") == "9090" and env.pop("DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS")
+        assert env.pop("DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS") == "60"  # the file's drain_timeout (default)
         for name in [k for k in env if k.startswith("DYN_") and k.endswith("_HOST")]:
             assert env.pop(name) == s.node.address
         assert env == seed_env, role
