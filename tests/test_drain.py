@@ -149,6 +149,19 @@ def test_a_metrics_peer_that_answers_well_is_read():
     thread.join(timeout=5)
 
 
+def answer(body: bytes):
+    return lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def test_a_metrics_answer_nested_too_deep_for_json_is_unreadable_not_a_crash():
+    """`[[[[...` (100 KB, within the size bound) made json.loads raise RecursionError through in_flight:
+    the whole node's drain ended as "node failed", its other workers neither counted nor signalled."""
+    port, thread = serve_once(answer(b"[" * 100_000))
+    host, service = worker_at(port)
+    assert in_flight(host, service, deadline=time.monotonic() + 5) is None
+    thread.join(timeout=5)
+
+
 # -- the plan ------------------------------------------------------------------------------------------
 
 

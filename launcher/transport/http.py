@@ -66,7 +66,7 @@ def request(
     text = raw.decode(errors="replace")
     try:
         return response.status, json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep (`[[[[...`), text as well
         return response.status, text
 
 
