@@ -21,6 +21,7 @@ from launcher.output import plan_views
 from launcher.plan import drain
 from launcher.plan.build import build
 from launcher.plan.types import Node, Probe, Service
+from launcher.transport import http
 from launcher.transport.host import Options
 from launcher.transport.local import LocalHost
 from tests.helpers import REPO, fresh_env
@@ -160,6 +161,39 @@ def test_a_metrics_answer_nested_too_deep_for_json_is_unreadable_not_a_crash():
     host, service = worker_at(port)
     assert in_flight(host, service, deadline=time.monotonic() + 5) is None
     thread.join(timeout=5)
+
+
+def test_an_answer_cut_at_the_deadline_is_no_count_not_its_first_part():
+    """The peer sends `... 1`, then after the deadline `2\\n` (its count is 12): the cut read ended as
+    at the answer's end, and its first part was read as the count, 1."""
+    body = f"{GAUGE}}} 12\n".encode()
+
+    def in_halves(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body[:-2]))
+        time.sleep(2)
+        conn.sendall(body[-2:])
+
+    port, thread = serve_once(in_halves)
+    host, service = worker_at(port)
+    assert in_flight(host, service, deadline=time.monotonic() + 0.5) is None
+    thread.join(timeout=5)
+
+
+def test_a_peer_slow_to_open_then_trickling_is_cut_off_at_the_deadline():
+    """The whole-exchange deadline passed while the socket was still being opened (a slow SSH channel):
+    it found no socket to shut, and the trickle after it was read for as long as the peer sent."""
+    port, thread = serve_once(trickle)
+
+    def slow_open() -> socket.socket:
+        time.sleep(0.7)
+        return socket.create_connection(("127.0.0.1", port), timeout=0.5)
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="no whole answer .* within 0.5s"):
+        http.request(slow_open, "GET", "127.0.0.1", port, "/metrics", None, 0.5, limit=1000)
+    took = time.monotonic() - started
+    assert took < 5, f"the read took {took:.1f}s"
+    thread.join(timeout=35)
 
 
 # -- the plan ------------------------------------------------------------------------------------------
