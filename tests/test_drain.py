@@ -24,7 +24,7 @@ from launcher.plan.types import Node, Probe, Service
 from launcher.transport import http
 from launcher.transport.host import Options
 from launcher.transport.local import LocalHost
-from tests.helpers import REPO, fresh_env
+from tests.helpers import REPO, fresh_env, run_cli
 
 METRICS = REPO / "tests" / "data" / "metrics"
 DECODE = (METRICS / "dynamo-1.6.1-mocker-decode.txt").read_text()
@@ -270,3 +270,34 @@ def test_each_drain_is_said_in_one_line_whatever_its_end():
     assert drain.Drain("prefill-r0", 0, outcome="not running").describe().endswith("not running, nothing to drain")
     failed = drain.Drain("decode-r0", 2, outcome="node failed: timed out: no answer").describe()
     assert failed == "decode-r0 on node 2: not drained, node failed: timed out: no answer"
+
+
+def test_import_of_a_migration_limit_that_is_not_ascii_digits_is_no_crash(tmp_path, capsys):
+    """`launcher import` reads the frontend's --migration-limit from its Deployment: `²` (a digit to
+    str.isdigit, not to int) or 5,000 digits were a traceback; now they are carried into the frontend's
+    `args` as written, which `plan` names in one line; a plain `5` is still read as migration_limit 5."""
+    out = tmp_path / "manifests"
+    config = REPO / "configs" / "vllm-wideep-16gpu.yaml"
+    code, _, err = run_cli(["export", str(config), "--to", "lws", "-o", str(out)], capsys)
+    assert code == 0, err
+    files = {p: list(yaml.safe_load_all(p.read_text())) for p in sorted(out.iterdir())}
+    for i, (value, expected) in enumerate((("5", 5), ("²", None), ("9" * 5000, None))):
+        for path, docs in files.items():
+            for doc in docs:
+                for c in (doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                    argv = [*c.get("command", []), *c.get("args", [])]
+                    if "dynamo.frontend" in argv:
+                        key = "command" if "--migration-limit" in c.get("command", []) else "args"
+                        c[key][c[key].index("--migration-limit") + 1] = value
+            path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        back = tmp_path / f"back-{i}.yaml"
+        code, _, err = run_cli(["import", *map(str, files), "-o", str(back)], capsys)
+        assert "Traceback" not in err and err.startswith("imported 2 group(s)"), err
+        frontend = yaml.safe_load(back.read_text())["services"]["frontend"]
+        assert frontend.get("migration_limit") == expected, frontend
+        if expected is None:  # written as it was, and said in one more line not to plan (exit 1)
+            assert frontend["args"][:2] == ["--migration-limit", value], frontend
+            assert code == 1 and len(err.strip().splitlines()) == 2, err
+            assert "--migration-limit is set from services.frontend.migration_limit" in err, err
+        else:
+            assert code == 0, err
