@@ -218,6 +218,7 @@ BAD_NODES = [
     ("nodes: [[0, 1], 2]", "expected a list of nodes or one list of nodes per replica, not both mixed"),
     ("nodes: [[0, 1], []]", "a replica's node list is empty"),
     ("nodes: [[0, 1], [2, 9]]", "no node 9"),
+    ("nodes: []", "groups.decode.nodes: the list is empty: expected at least one node"),  # was a traceback
 ]
 
 

@@ -286,6 +286,8 @@ class GroupSpec(Strict):
     def _bounded(cls, value: int | list) -> int | list:
         if not isinstance(value, list):
             return value
+        if not value:  # else a group of no node, which nothing after this expects
+            raise ValueError("the list is empty: expected at least one node")
         if any(isinstance(v, list) for v in value) and not all(isinstance(v, list) for v in value):
             raise ValueError("expected a list of nodes or one list of nodes per replica, not both mixed")
         count = sum(len(v) if isinstance(v, list) else 1 for v in value)
