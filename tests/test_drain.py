@@ -257,6 +257,23 @@ def test_the_file_sets_both_and_bad_values_are_one_line_exit_2(tmp_path):
         assert what in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("drain_timeout", True, "drain_timeout: expected a number, got True"),  # was a drain of 1 s
+        ("migration_limit", True, "migration_limit: expected a whole number, got True"),  # was 1 migration
+        ("migration_limit", 2.0, "migration_limit: expected a whole number, got 2.0"),
+    ],
+)
+def test_a_yes_or_a_float_is_not_taken_for_a_number(tmp_path, capsys, key, value, says):
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text().replace("${CONFIG_DIR}", str(REPO / "configs")))
+    (data if key == "drain_timeout" else data["services"]["frontend"])[key] = value
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, out, err = run_cli(["plan", str(path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, (out, err)
+
+
 def test_each_drain_is_said_in_one_line_whatever_its_end():
     assert drain.Drain("decode-r0", 3, 6, 4.25, "exited", 0).describe() == (
         "decode-r0 on node 3: 6 request(s) in flight, drained in 4.2s (exited)"

@@ -147,7 +147,7 @@ class FrontendSpec(ServiceSpec):
     port: Port = 8000
     # Dynamo's --migration-limit: a request whose worker dies mid-stream continues on another worker
     # (up to this many times); 0 turns migration off.
-    migration_limit: Annotated[int, Field(ge=0, le=100)] = 3
+    migration_limit: Annotated[int, Field(ge=0, le=100, strict=True)] = 3  # strict: `true` is not 1
     args: EngineArgs = {}
     env: EnvMap = {}
     timeout: Seconds = 300
@@ -374,7 +374,7 @@ class DeploymentSpec(Strict):
     state_dir: str = "/var/tmp/launcher"
     # Seconds a stop waits for a worker's in-flight requests to finish (`down`; `down --now` skips it).
     # Also Dynamo's graceful-shutdown grace period on the workers, so the engine does not cut them first.
-    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 60
+    drain_timeout: Annotated[float, Field(ge=0, le=3600, strict=True)] = 60  # strict: `true` is not 1 s
 
     @model_validator(mode="after")
     def _runtime_needs(self) -> DeploymentSpec:
