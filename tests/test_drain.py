@@ -172,7 +172,7 @@ def test_an_answer_cut_at_the_deadline_is_no_count_not_its_first_part():
 
     def in_halves(conn):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body[:-2]))
-        time.sleep(2)
+        time.sleep(1)  # well past the 0.5 s deadline
         conn.sendall(body[-2:])
 
     port, thread = serve_once(in_halves)
