@@ -21,9 +21,10 @@ from launcher.output import plan_views
 from launcher.plan import drain
 from launcher.plan.build import build
 from launcher.plan.types import Node, Probe, Service
+from launcher.transport import http
 from launcher.transport.host import Options
 from launcher.transport.local import LocalHost
-from tests.helpers import REPO, fresh_env
+from tests.helpers import REPO, fresh_env, run_cli
 
 METRICS = REPO / "tests" / "data" / "metrics"
 DECODE = (METRICS / "dynamo-1.6.1-mocker-decode.txt").read_text()
@@ -71,6 +72,8 @@ def test_without_dynamos_gauge_the_engines_running_and_waiting_requests_count():
         (f'{GAUGE}="unterminated}} 1\n', "not Prometheus text"),
         (f"{GAUGE}}} 1\n" * (drain.MAX_SERIES + 1), "in-flight series"),
         ("#" * (drain.MAX_METRICS_BYTES + 1), "over"),
+        # the parser copies a label value up to each escaped quote in it: 4 MB of them took hours
+        (GAUGE + ',x="' + '\\"' * 50_000 + '"} 1\n', "line over"),
     ],
 )
 def test_a_hostile_answer_is_unreadable_never_a_crash(answer, why):
@@ -149,6 +152,52 @@ def test_a_metrics_peer_that_answers_well_is_read():
     thread.join(timeout=5)
 
 
+def answer(body: bytes):
+    return lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+def test_a_metrics_answer_nested_too_deep_for_json_is_unreadable_not_a_crash():
+    """`[[[[...` (100 KB, within the size bound) made json.loads raise RecursionError through in_flight:
+    the whole node's drain ended as "node failed", its other workers neither counted nor signalled."""
+    port, thread = serve_once(answer(b"[" * 100_000))
+    host, service = worker_at(port)
+    assert in_flight(host, service, deadline=time.monotonic() + 5) is None
+    thread.join(timeout=5)
+
+
+def test_an_answer_cut_at_the_deadline_is_no_count_not_its_first_part():
+    """The peer sends `... 1`, then after the deadline `2\\n` (its count is 12): the cut read ended as
+    at the answer's end, and its first part was read as the count, 1."""
+    body = f"{GAUGE}}} 12\n".encode()
+
+    def in_halves(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body[:-2]))
+        time.sleep(1)  # well past the 0.5 s deadline
+        conn.sendall(body[-2:])
+
+    port, thread = serve_once(in_halves)
+    host, service = worker_at(port)
+    assert in_flight(host, service, deadline=time.monotonic() + 0.5) is None
+    thread.join(timeout=5)
+
+
+def test_a_peer_slow_to_open_then_trickling_is_cut_off_at_the_deadline():
+    """The whole-exchange deadline passed while the socket was still being opened (a slow SSH channel):
+    it found no socket to shut, and the trickle after it was read for as long as the peer sent."""
+    port, thread = serve_once(trickle)
+
+    def slow_open() -> socket.socket:
+        time.sleep(0.7)
+        return socket.create_connection(("127.0.0.1", port), timeout=0.5)
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionError, match="no whole answer .* within 0.5s"):
+        http.request(slow_open, "GET", "127.0.0.1", port, "/metrics", None, 0.5, limit=1000)
+    took = time.monotonic() - started
+    assert took < 5, f"the read took {took:.1f}s"
+    thread.join(timeout=35)
+
+
 # -- the plan ------------------------------------------------------------------------------------------
 
 
@@ -208,6 +257,23 @@ def test_the_file_sets_both_and_bad_values_are_one_line_exit_2(tmp_path):
         assert what in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("drain_timeout", True, "drain_timeout: expected a number, got True"),  # was a drain of 1 s
+        ("migration_limit", True, "migration_limit: expected a whole number, got True"),  # was 1 migration
+        ("migration_limit", 2.0, "migration_limit: expected a whole number, got 2.0"),
+    ],
+)
+def test_a_yes_or_a_float_is_not_taken_for_a_number(tmp_path, capsys, key, value, says):
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text().replace("${CONFIG_DIR}", str(REPO / "configs")))
+    (data if key == "drain_timeout" else data["services"]["frontend"])[key] = value
+    path = tmp_path / "d.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, out, err = run_cli(["plan", str(path)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, (out, err)
+
+
 def test_each_drain_is_said_in_one_line_whatever_its_end():
     assert drain.Drain("decode-r0", 3, 6, 4.25, "exited", 0).describe() == (
         "decode-r0 on node 3: 6 request(s) in flight, drained in 4.2s (exited)"
@@ -221,3 +287,34 @@ def test_each_drain_is_said_in_one_line_whatever_its_end():
     assert drain.Drain("prefill-r0", 0, outcome="not running").describe().endswith("not running, nothing to drain")
     failed = drain.Drain("decode-r0", 2, outcome="node failed: timed out: no answer").describe()
     assert failed == "decode-r0 on node 2: not drained, node failed: timed out: no answer"
+
+
+def test_import_of_a_migration_limit_that_is_not_ascii_digits_is_no_crash(tmp_path, capsys):
+    """`launcher import` reads the frontend's --migration-limit from its Deployment: `²` (a digit to
+    str.isdigit, not to int) or 5,000 digits were a traceback; now they are carried into the frontend's
+    `args` as written, which `plan` names in one line; a plain `5` is still read as migration_limit 5."""
+    out = tmp_path / "manifests"
+    config = REPO / "configs" / "vllm-wideep-16gpu.yaml"
+    code, _, err = run_cli(["export", str(config), "--to", "lws", "-o", str(out)], capsys)
+    assert code == 0, err
+    files = {p: list(yaml.safe_load_all(p.read_text())) for p in sorted(out.iterdir())}
+    for i, (value, expected) in enumerate((("5", 5), ("²", None), ("9" * 5000, None))):
+        for path, docs in files.items():
+            for doc in docs:
+                for c in (doc or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                    argv = [*c.get("command", []), *c.get("args", [])]
+                    if "dynamo.frontend" in argv:
+                        key = "command" if "--migration-limit" in c.get("command", []) else "args"
+                        c[key][c[key].index("--migration-limit") + 1] = value
+            path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        back = tmp_path / f"back-{i}.yaml"
+        code, _, err = run_cli(["import", *map(str, files), "-o", str(back)], capsys)
+        assert "Traceback" not in err and err.startswith("imported 2 group(s)"), err
+        frontend = yaml.safe_load(back.read_text())["services"]["frontend"]
+        assert frontend.get("migration_limit") == expected, frontend
+        if expected is None:  # written as it was, and said in one more line not to plan (exit 1)
+            assert frontend["args"][:2] == ["--migration-limit", value], frontend
+            assert code == 1 and len(err.strip().splitlines()) == 2, err
+            assert "--migration-limit is set from services.frontend.migration_limit" in err, err
+        else:
+            assert code == 0, err

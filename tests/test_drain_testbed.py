@@ -4,6 +4,7 @@ complete through the frontend on node 0, and only then is anything removed."""
 
 from __future__ import annotations
 
+import shlex
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -69,3 +70,57 @@ def test_down_drains_the_decode_containers_over_ssh(testbed, tmp_path):
             assert testbed.ssh(i, f"docker ps -aq --filter {LABEL}").stdout.split() == []
     finally:
         launcher_on(testbed, config, "down", "--now", cwd=tmp_path)
+
+
+# A hostile /metrics on the node's loopback: connections that send nothing (the readiness probe) are
+# closed; the first request is answered one byte every 0.2 s, for 30 s at most.
+TRICKLE = """
+import socket, sys, time
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(4)
+for _ in range(20):
+    conn, _ = server.accept()
+    if not conn.recv(65536):
+        conn.close()
+        continue
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 1000\\r\\n\\r\\n")
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            conn.sendall(b"#")
+            time.sleep(0.2)
+    except OSError:
+        pass
+    break
+"""
+
+
+def test_a_metrics_peer_trickling_through_the_ssh_channel_is_cut_off_at_the_deadline(testbed, tmp_path):
+    """The drain's /metrics read goes through the node's SSH connection. Its cut at the deadline, a
+    `shutdown`, only feigned the end of reading on a paramiko channel: the trickle went on being read."""
+    from launcher.config.schema import SSHSettings
+    from launcher.plan.types import Node
+    from launcher.transport.host import Options
+    from launcher.transport.ssh import SSHHost
+    from tests.helpers import free_port, wait_for
+
+    name, address = testbed.nodes[1]
+    ssh = SSHSettings(user="root", key=str(testbed.key), known_hosts=str(testbed.known_hosts), connect_timeout=5)
+    host = SSHHost(Node(1, name, address, ssh, 0), Options())
+    (tmp_path / "trickle.py").write_text(TRICKLE)
+    port = free_port()
+    script = shlex.quote(str(tmp_path / "trickle.py"))
+    started = host.run(f"setsid python3 {script} {port} >/dev/null 2>&1 < /dev/null & echo $!")
+    try:
+        probe = f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 1).close()'"
+        wait_for(lambda: host.run(probe).ok, 30, 0.2, "the trickling server")
+        began = time.monotonic()
+        with pytest.raises(ConnectionError, match="no whole answer"):
+            host.http("GET", f"http://127.0.0.1:{port}/metrics", timeout=1.0, limit=1000)
+        took = time.monotonic() - began
+        assert took < 5, f"the read took {took:.1f}s"
+    finally:
+        host.run(f"kill {shlex.quote(started.stdout.strip())} 2>/dev/null || true")
+        host.close()

@@ -218,6 +218,7 @@ BAD_NODES = [
     ("nodes: [[0, 1], 2]", "expected a list of nodes or one list of nodes per replica, not both mixed"),
     ("nodes: [[0, 1], []]", "a replica's node list is empty"),
     ("nodes: [[0, 1], [2, 9]]", "no node 9"),
+    ("nodes: []", "groups.decode.nodes: the list is empty: expected at least one node"),  # was a traceback
 ]
 
 
@@ -445,3 +446,24 @@ def test_shared_node_ports_past_their_range_are_one_line_exit_2(tmp_path):
     assert run.returncode == 2 and len(lines) == 1, run.stderr
     assert "groups.decode.replicas: the replicas share a node, so replica 1's system_port is 32800" in lines[0]
     assert "above 32767" in lines[0]
+
+
+def test_replica_and_rank_labels_a_node_reports_are_never_trusted_into_a_crash():
+    """What `docker inspect` (or the process runtime's listing) says comes from the node: `²` is a digit
+    to str.isdigit but not to int(), and 5,000 digits are refused by int() too; either was a traceback
+    in `status` (a container not in the plan) and `logs --replica`. Now: not a number, so unknown."""
+    from launcher.runtime.base import parse_list
+
+    huge = "9" * 5000
+    group = "launcher.group"
+    listed = [
+        {"Id": "a", "Name": "/rep-x", "Config": {"Labels": {group: "decode.²", "launcher.replica": "¹"}}},
+        {"Id": "b", "Name": "/rep-y", "Config": {"Labels": {group: f"decode.{huge}", "launcher.rank": huge}}},
+        {"Id": "c", "Name": "/rep-z", "Config": {"Labels": {group: "decode.1", "launcher.replica": "../x"}}},
+        {"Id": "d", "Name": "/rep-w", "Config": {"Labels": {group: "decode.1", "launcher.rank": "³"}}},
+    ]
+    a, b, c, d = parse_list(0, json.dumps(listed))
+    assert (a.replica, a.rank, split_unit(a.group)) == (0, None, ("decode", 0))
+    assert (b.replica, b.rank, split_unit(b.group)) == (0, None, ("decode", 0))
+    assert (c.replica, d.replica, d.rank) == (1, 1, None)  # the group's own unit name says which replica
+    assert split_unit("decode.12") == ("decode", 12)

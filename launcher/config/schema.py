@@ -147,7 +147,7 @@ class FrontendSpec(ServiceSpec):
     port: Port = 8000
     # Dynamo's --migration-limit: a request whose worker dies mid-stream continues on another worker
     # (up to this many times); 0 turns migration off.
-    migration_limit: Annotated[int, Field(ge=0, le=100)] = 3
+    migration_limit: Annotated[int, Field(ge=0, le=100, strict=True)] = 3  # strict: `true` is not 1
     args: EngineArgs = {}
     env: EnvMap = {}
     timeout: Seconds = 300
@@ -286,8 +286,8 @@ class GroupSpec(Strict):
     def _bounded(cls, value: int | list) -> int | list:
         if not isinstance(value, list):
             return value
-        if not value:
-            raise ValueError("an empty list: expected at least one node")
+        if not value:  # else a group of no node, which nothing after this expects
+            raise ValueError("the list is empty: expected at least one node")
         if any(isinstance(v, list) for v in value) and not all(isinstance(v, list) for v in value):
             raise ValueError("expected a list of nodes or one list of nodes per replica, not both mixed")
         count = sum(len(v) if isinstance(v, list) else 1 for v in value)
@@ -374,7 +374,7 @@ class DeploymentSpec(Strict):
     state_dir: str = "/var/tmp/launcher"
     # Seconds a stop waits for a worker's in-flight requests to finish (`down`; `down --now` skips it).
     # Also Dynamo's graceful-shutdown grace period on the workers, so the engine does not cut them first.
-    drain_timeout: Annotated[float, Field(ge=0, le=3600)] = 60
+    drain_timeout: Annotated[float, Field(ge=0, le=3600, strict=True)] = 60  # strict: `true` is not 1 s
 
     @model_validator(mode="after")
     def _runtime_needs(self) -> DeploymentSpec:

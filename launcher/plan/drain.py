@@ -9,8 +9,8 @@ exits. The real engines (dynamo.sglang, dynamo.vllm) keep serving them through t
 serving /metrics at the signal. So the count is read before the signal, and afterwards the drain ends
 when the count reads zero, or when the worker has exited, or at drain_timeout.
 
-Nothing a /metrics answer says is trusted beyond a bound: its size, the number of series read, and each
-value (finite, whole, 0 to MAX_IN_FLIGHT); anything else is "unreadable", never a crash.
+Nothing a /metrics answer says is trusted beyond a bound: its size, the number of series read, each
+line's length and each value (finite, whole, 0 to MAX_IN_FLIGHT); anything else is "unreadable", never a crash.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ DYNAMO_ENGINES = ("mocker", "dynamo-sglang", "dynamo-vllm")
 GRACE_ENV = "DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS"
 MAX_METRICS_BYTES = 4 << 20  # a worker's /metrics is tens of KB; more is not read
 MAX_SERIES = 4096  # in-flight series read from one answer (one per endpoint and DP rank)
+# A gauge's line is ~200 characters. The parser's work on one line grows with its length squared (each
+# escaped quote in a label value copies the value up to it), so longer lines are refused, not parsed.
+MAX_LINE_CHARS = 2048
 MAX_IN_FLIGHT = 1_000_000  # a count above this is not a count
 WORKER_IN_FLIGHT = "dynamo_component_inflight_requests"  # per endpoint: the `generate` ones count
 ENGINE_IN_FLIGHT = (
@@ -76,6 +79,8 @@ def _samples(text: str, names: tuple[str, ...]) -> list[tuple[str, dict[str, str
     lines = [line for line in text.splitlines() if line.startswith(starts)]
     if len(lines) > MAX_SERIES:
         raise ValueError(f"over {MAX_SERIES} in-flight series")
+    if any(len(line) > MAX_LINE_CHARS for line in lines):
+        raise ValueError(f"an in-flight line over {MAX_LINE_CHARS} characters")
     try:
         families = list(text_string_to_metric_families("\n".join(lines) + "\n"))
         return [(x.name, dict(x.labels), float(x.value)) for f in families for x in f.samples]

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from launcher.plan.types import LABEL, split_unit
+from launcher.plan.types import LABEL, small_whole, split_unit
 
 
 @dataclass
@@ -41,14 +41,14 @@ class Container:
     @property
     def rank(self) -> int | None:
         raw = self.labels.get(f"{LABEL}.rank")
-        return int(raw) if raw is not None and raw.isdigit() else None
+        return None if raw is None else small_whole(raw)
 
     @property
     def replica(self) -> int | None:
         """Which replica of its group (0 for a group without `replicas:`); None outside groups."""
         raw = self.labels.get(f"{LABEL}.replica")
-        if raw is not None and raw.isdigit():
-            return int(raw)
+        if raw is not None and (number := small_whole(raw)) is not None:
+            return number
         return None if self.group is None else split_unit(self.group)[1]
 
     @property

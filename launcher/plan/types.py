@@ -31,7 +31,14 @@ def replica_unit(group: str, replica: int) -> str:
 def split_unit(unit: str) -> tuple[str, int]:
     """(group, replica) of a unit name as `replica_unit` makes it (`decode.2` -> ("decode", 2))."""
     group, _, replica = unit.partition(".")
-    return group, int(replica) if replica.isdigit() else 0
+    number = small_whole(replica)
+    return group, 0 if number is None else number
+
+
+def small_whole(text: str) -> int | None:
+    """A replica or rank number as a node's labels carry it: ASCII digits, a few of them; else None.
+    (`str.isdigit` alone lets in `²`, which int() refuses, and 5,000 digits, which int() refuses too.)"""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -49,8 +50,12 @@ def request(
             timer.daemon = True
             timer.start()
         conn.request(method, path, body=payload, headers=headers)
+        if cut.is_set():  # the deadline passed while the socket was being opened: `_cut` found none to shut
+            raise TimeoutError
         response = conn.getresponse()
         raw = response.read() if limit is None else response.read(limit + 1)
+        if cut.is_set():  # cut mid-answer: the read ended at the cut as at an end, with only a part of it
+            raise TimeoutError
     except (http.client.HTTPException, OSError) as exc:
         if cut.is_set():
             raise ConnectionError(f"no whole answer from {host}:{port}{path} within {timeout:g}s") from None
@@ -66,7 +71,7 @@ def request(
     text = raw.decode(errors="replace")
     try:
         return response.status, json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deep (`[[[[...`), text as well
         return response.status, text
 
 
@@ -74,8 +79,12 @@ def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
     """The deadline passed: shut the connection down under the reader (it wakes with an error or EOF)."""
     cut.set()
     sock = conn.sock
-    if sock is not None:
-        try:
-            sock.shutdown(2)
-        except Exception:
-            pass
+    if sock is None:
+        return
+    try:
+        if isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)
+        else:  # an SSH channel: its shutdown() only feigns the end of reading; close() wakes the reader
+            sock.close()
+    except Exception:
+        pass

@@ -436,7 +436,8 @@ def read_deployment(doc: Doc, data: dict, groups: list[Group], services: dict[st
         data["services"]["frontend"] = {"enabled": True, "node": 0, **({"port": int(port)} if port else {})}
         # As the manifest ran it: Dynamo's default is no migration (the launcher's default is 3).
         migration = E.take(engine, "--migration-limit") or "0"
-        if migration.isdigit() and int(migration) <= 100:
+        # ASCII digits, a few: `²` is a digit to isdigit() but not to int(), and so are 5,000 digits
+        if migration.isascii() and migration.isdigit() and len(migration) <= 3 and int(migration) <= 100:
             data["services"]["frontend"]["migration_limit"] = int(migration)
         else:  # left as written: the plan names it as bad input
             engine.argv = ["--migration-limit", migration, *engine.argv]
