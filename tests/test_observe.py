@@ -4,6 +4,7 @@ with prometheus-client's parser: no servers here."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,20 @@ def test_totals_per_role_and_the_table():
     console.print(table([up, other, dead], "top"))
     text = console.export_text()
     assert "exited (exit code 137), last metrics 4s ago" in text and "2/3 up" in text
+
+
+def test_a_hostile_scrape_is_bounded_and_refused_in_words():
+    """What a node sends to `top` is not trusted: a 2 MB line of escaped label quotes (the text parser's
+    work grows with its square: about 30 s) is skipped while the real samples beside it are read, and
+    what the parser chokes on is a ValueError (one line in `top`), never another exception."""
+    started = time.process_time()
+    hostile = 'evil{a="' + '\\"' * (1 << 20) + '"} 1\n'
+    parsed = observe.parse(hostile + DECODE)
+    assert time.process_time() - started < 5
+    assert "evil" not in parsed
+    assert parsed.total("vllm:num_requests_running") == value(DECODE, "vllm:num_requests_running")
+    for text in ('a{b="\\x"} 1\n', '# TYPE a histogram\na_bucket{le="x"} 1\n', "a 1 2 3 4\n", "\x00\n"):
+        try:
+            observe.parse(text)
+        except ValueError:
+            pass  # refused in words; anything else escaping fails the test

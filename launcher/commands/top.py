@@ -63,7 +63,9 @@ def read_node(t: Target, host: Host, targets: list[ScrapeTarget], timeout: float
     reading.gpus = observe.parse_nvidia_smi(gpus) if GPU_MARK in result.stdout else None
     for target_ in targets:
         try:
-            status, body = host.http("GET", target_.url, timeout=min(timeout, SCRAPE_TIMEOUT))
+            status, body = host.http(
+                "GET", target_.url, timeout=min(timeout, SCRAPE_TIMEOUT), limit=observe.MAX_SCRAPE_BYTES
+            )
             if status != 200:
                 raise ConnectionError(f"HTTP {status}")
             reading.scrapes[target_.service.name] = observe.parse(body if isinstance(body, str) else "")

@@ -68,12 +68,24 @@ class Parsed(dict[str, Series]):
         return None
 
 
+# A scrape is what a node sends: read at most this much (`top`), and lines longer than this skipped (the
+# text parser's work grows with the square of a line full of escaped label quotes: minutes for 4 MB).
+MAX_SCRAPE_BYTES = 4 << 20
+MAX_LINE_CHARS = 2048
+
+
 def parse(text: str) -> Parsed:
-    """Prometheus text format -> Parsed (ValueError when it is not that format)."""
+    """Prometheus text format -> Parsed (ValueError when it is not that format); lines over MAX_LINE_CHARS
+    are skipped (no metric `top` reads has one)."""
+    if any(len(line) > MAX_LINE_CHARS for line in text.splitlines()):
+        text = "\n".join(line for line in text.splitlines() if len(line) <= MAX_LINE_CHARS) + "\n"
     out = Parsed()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
+    except Exception as exc:  # the parser's errors are not all ValueError: none may end `top` with a traceback
+        raise ValueError(f"not Prometheus text ({type(exc).__name__})") from None
     return out
 
 
