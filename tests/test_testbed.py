@@ -126,6 +126,22 @@ def test_every_node_runs_containers_on_its_own_address(testbed: Testbed) -> None
         assert inside.stdout.split() == [address, "eth0,lo"], f"{name}: {inside.stdout!r}"
 
 
+def test_every_node_has_a_fresh_servers_bashrc(testbed: Testbed) -> None:
+    """A node's root `~/.bashrc` is its own (a freshly installed server's), not this machine's: sshd's shell
+    reads it for every command, and this machine's may run `pyenv init` (about 100 processes each time)."""
+    mine = Path("/root/.bashrc")
+    before = mine.read_bytes() if mine.exists() else None
+    for i in (0, len(testbed.nodes) - 1):
+        r = testbed.ssh(i, "head -n 1 ~/.bashrc; echo rc=$?")
+        assert r.returncode == 0, r.stderr
+        if before is None:  # nothing to hide: the node sees this machine's (absent) file
+            assert "No such file" in r.stderr
+        else:
+            assert r.stdout.splitlines()[0] == "# this testbed node's own ~/.bashrc (scripts/testbed node_bashrc)"
+    if before is not None:
+        assert mine.read_bytes() == before  # this machine's own file untouched
+
+
 def test_container_runs_the_venv_stack(testbed: Testbed) -> None:
     """What deployments run: the venv's python (symlinked into TESTBED_PYTHON_HOME), etcd and nats-server."""
     venv = testbed.vars["TESTBED_VENV"]
