@@ -133,7 +133,9 @@ def run_on_head(host: Host, argv: list[str], remote_dir: str, local_dir: Path, t
     local_dir.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(copied.stdout.strip())), mode="r:gz") as tar:
         tar.extractall(local_dir, filter="data")
-    host.run(f"rm -rf {q(remote_dir)}", timeout=60)
+    # AIPerf's service processes may outlive its main one for a moment and write into the directory while
+    # it is removed (a leftover `*-cN` directory on the head was seen so): its process group goes first.
+    host.run(f"kill -KILL -- -$(cat {q(remote_dir)}/pid) 2>/dev/null; rm -rf {q(remote_dir)}", timeout=60)
     return Outcome(code, time.monotonic() - started)
 
 
