@@ -33,8 +33,9 @@ from tests.testbed_104 import DEPLOYMENT_FILE, testbed_104  # noqa: F401
 
 pytestmark = pytest.mark.testbed
 
-# A tiny workload (the assertions are structural): three concurrencies, 10 requests each per unit of it.
-ARGS = ["--workload", "e2e", "--concurrency", "1,2,3", "--isl", "100", "--osl", "16"]
+# A tiny workload (the assertions are structural): two concurrencies (each is a run of AIPerf: its start-up
+# is most of the test's CPU), 10 requests each per unit of it.
+ARGS = ["--workload", "e2e", "--concurrency", "1,2", "--isl", "100", "--osl", "16"]
 
 
 def launcher(testbed, command: str, *args: str, cwd: Path, timeout: float = 900, env=None):
@@ -58,8 +59,8 @@ def check_run(out: Path, where: str) -> dict:
     ]  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     rows = results["results"]
-    assert [r["concurrency"] for r in rows] == [1, 2, 3]
-    assert [r["requests"] for r in rows] == [10, 20, 30]  # 10 x concurrency, after 2 x concurrency warm-up
+    assert [r["concurrency"] for r in rows] == [1, 2]
+    assert [r["requests"] for r in rows] == [10, 20]  # 10 x concurrency, after 2 x concurrency warm-up
     assert all(r["errors"] == 0 for r in rows), rows
     assert all(r["output_tokens_per_request"] == 16 for r in rows)  # the server's count: exactly OSL each
     assert all(r["input_tokens_per_request"] >= 100 for r in rows)  # 100 synthetic tokens, plus the template
@@ -104,7 +105,7 @@ def test_the_seed_e2e_defaults_exceed_the_tiny_model_context(testbed, deployed):
 def test_bench_from_this_machine_through_the_head_node(testbed, deployed):
     started = time.monotonic()
     out = launcher(testbed, "bench", *ARGS, "--out", str(deployed / "local-run"), cwd=deployed)
-    print(f"\nbench (3 concurrencies, local client) took {time.monotonic() - started:.0f} s")
+    print(f"\nbench (2 concurrencies, local client) took {time.monotonic() - started:.0f} s")
     assert out.returncode == 0, out.stdout + out.stderr
     head = testbed.nodes[0]
     assert f"-> http://{head[1]}:8000 through node 0 ({head[0]} {head[1]})'s SSH connection" in out.stderr
@@ -112,8 +113,8 @@ def test_bench_from_this_machine_through_the_head_node(testbed, deployed):
     assert "KV-cache flush: none in this deployment (no worker registers clear_kv_blocks" in out.stderr
     header = out.stdout.splitlines()[0].split()
     assert header[:6] == ["conc", "req/s", "in", "tok/s", "out", "tok/s"] and "errors" in header
-    table = [line.split() for line in out.stdout.splitlines()[1:4]]
-    assert [row[0] for row in table] == ["1", "2", "3"]
+    table = [line.split() for line in out.stdout.splitlines()[1:3]]
+    assert [row[0] for row in table] == ["1", "2"]
     results = check_run(deployed / "local-run", "local")
     assert [row[-2] for row in table] == [str(r["requests"]) for r in results["results"]]
 
@@ -134,7 +135,7 @@ def test_bench_on_the_head_node_then_compare(testbed, deployed, bench_env):  # n
     assert compared.returncode == 0, compared.stderr
     lines = compared.stdout.splitlines()
     assert lines[0].split() == ["conc", "metric", "local-run", "head-run", "change"]
-    assert sum(line.split()[:1] in (["1"], ["2"], ["3"]) for line in lines) == 3
+    assert sum(line.split()[:1] in (["1"], ["2"]) for line in lines) == 2
     assert 'recipe differs: client.where: "local" -> "head"' in lines
     assert not any("recipe differs: recipe." in line for line in lines)  # same file, plan, images, model
     print("\n" + "\n".join(lines[:12]))
