@@ -1,8 +1,12 @@
 """The fabric check's faults on the smallest testbed shape that shows each (4 nodes: dsr1-104gpu's
-dynamo-sglang groups cut down to a 1-node prefill and a 3-node decode group, LAUNCHER_TESTBED_NODES=4): a
-blocked dist-init port named without waiting out `fabric.timeout`, a fabric python missing from the image
-and one without torch named as exactly that, and the check's containers: labelled, removed within 5 s of a
-Ctrl-C, and a killed run's leftovers removed by `down` and by the next check. Each test prints its times."""
+dynamo-sglang groups cut down to a 1-node prefill and a 3-node decode group, LAUNCHER_TESTBED_NODES=4; the
+104-GPU shape itself is proven healthy in tests/test_fabric_testbed.py): a blocked dist-init port named
+without waiting out `fabric.timeout`, and `up` then starting nothing anywhere; a group whose leader is down; a
+rank routed to its leader through another interface; `up` proving the fabric before it starts the ranks; a
+fabric python missing from the image and one without torch named as exactly that, and the check's
+containers: labelled, removed within 5 s of a Ctrl-C, and a killed run's leftovers removed by `down` and by
+the next check. Each test prints its times. (Each rank is a torch import, about 2.5 CPU-s: the faults were
+shown on 13 nodes before, at three times the cost and nothing more to see.)"""
 
 from __future__ import annotations
 
@@ -18,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO
-from tests.test_fabric_testbed import doctor, failing, firewall, label
+from tests.helpers import REPO, STATE_DIR, launcher_on
+from tests.test_fabric_testbed import containers, doctor, failing, firewall, label
 
 pytestmark = pytest.mark.testbed
 
@@ -96,8 +100,113 @@ def test_a_blocked_dist_init_port_is_named_without_waiting_out_the_timeout(small
     assert "no answer" in cut["detail"] and "open TCP 29500 from" in cut["fix"]
     (others,) = [c for c in lines if "not waited for" in c["detail"]]
     assert f"stopped once rank 2 on {label(tb, 3)} had failed" in others["detail"]
+    (peer,) = failing(data, "peer")  # the peer-port check, before any rank, says the same
+    assert peer["node"] == 3
+    assert f"cannot reach {label(tb, DECODE_LEADER)} port 29500 (dist-init of decode-r0)" in peer["detail"]
+    assert [(g["name"], g["ok"]) for g in data["fabric"]["groups"]] == [("decode", False)]  # 1-node prefill: none
     assert data["fabric"]["seconds"] < 30  # the rendezvous timeout was not waited out
     assert fabric_containers(tb, "fabric-blocked") == {i: [] for i in range(4)}
+    # `up` runs the same check first and starts nothing anywhere, not even etcd and NATS.
+    with firewall(tb, 3, f"OUTPUT -p tcp -d {leader} --dport 29500 -j DROP"):
+        began = time.monotonic()
+        up = launcher_on(tb, config, "up", "--skip-doctor", cwd=tmp_path, timeout=600)
+    print(f"up stopped by the fabric check after {time.monotonic() - began:.1f}s")
+    assert up.returncode == 1 and "nothing was started" in up.stderr, up.stderr[-3000:]
+    assert f"rank 2 on {label(tb, 3)} cannot reach the leader" in up.stderr
+    assert containers(tb, "fabric-blocked") == []
+
+
+def test_a_group_whose_leader_is_down(small, tmp_path):
+    """The decode leader's link is cut: its rank never starts, every other decode rank is named once,
+    either as having waited for it or (fail fast) as not waited for once the first of those had failed,
+    and the command ends by the check's own bounds (the prefill group still meets)."""
+    tb = small
+    config = small_config(tmp_path, "fabric-leader-down", timeout=10)  # the ranks wait for it this long
+    decode = [1, 2, 3]
+    tb.run("cut", str(DECODE_LEADER))
+    try:
+        code, data, took = doctor(tb, config, tmp_path, "--connect-timeout", "3")
+    finally:
+        tb.run("heal", str(DECODE_LEADER))
+    print(f"\nleader down: the waiting ranks named after {took:.1f}s (fabric check {data['fabric']['seconds']:.1f}s)")
+    assert code == 1
+    lines = failing(data, "rendezvous:decode")
+    assert lines[0]["node"] == DECODE_LEADER and "never started" in lines[0]["detail"]
+    # Fail fast: the members that said so first are named as waiting for it (a line each), the rest in one
+    # line as not waited for, stopped once one of the waiting ranks had failed. ("not waited for" contains
+    # "waited": the two kinds are told apart explicitly.)
+    removed = [c for c in lines[1:] if "not waited for" in c["detail"]]
+    waited = [c for c in lines[1:] if c not in removed]
+    assert waited and len(removed) <= 1 and len(waited) + len(removed) == len(lines) - 1, lines
+    for c in waited:
+        assert "waited" in c["detail"] and f"for the leader {label(tb, DECODE_LEADER)}" in c["detail"], c
+        assert "which never started" in c["detail"] and f"bring {tb.nodes[DECODE_LEADER][0]} back" in c["fix"], c
+    not_waited = {n for c in removed for n in decode if f"({tb.nodes[n][0]})" in c["detail"]}
+    if removed:  # the group was stopped by a rank that is itself named as waiting for the leader
+        assert any(
+            f"stopped once rank {decode.index(c['node'])} on {label(tb, c['node'])} had failed" in removed[0]["detail"]
+            for c in waited
+        ), lines
+    # Every member named exactly once, either way; the leader not among them.
+    assert sorted([c["node"] for c in waited] + list(not_waited)) == decode[1:], lines
+    assert [(g["name"], g["ok"]) for g in data["fabric"]["groups"]] == [("decode", False)]
+
+
+def test_a_node_routing_to_its_leader_through_another_interface(small, tmp_path):
+    """Node 3 gets a dummy interface and a route to the decode leader through it: doctor flags node 3's
+    interface, the plan gives that rank GLOO_SOCKET_IFNAME=fab0, and its rendezvous fails naming node 3."""
+    tb = small
+    config = small_config(tmp_path, "fabric-interface")
+    ns, leader = tb.nodes[3][0], tb.nodes[DECODE_LEADER][1]
+    net = f"ip netns exec {ns} ip"
+    # A veth pair inside the node, both ends up, neither with an address: what leaves by fab0 goes nowhere.
+    setup = (
+        f"{net} link add fab0 type veth peer name fab1 && {net} link set fab0 up && {net} link set fab1 up"
+        f" && {net} route add {leader}/32 dev fab0"
+    )
+    subprocess.run(setup, shell=True, check=True, timeout=30)
+    try:
+        plain = launcher_on(tb, config, "doctor", "--no-args", "--json", cwd=tmp_path, timeout=300)
+        code, data, took = doctor(tb, config, tmp_path)
+    finally:
+        subprocess.run(f"{net} link del fab0", shell=True, check=True, timeout=30)
+    (flag,) = [c for c in json.loads(plain.stdout)["checks"] if c["name"] == "interface" and c["status"] != "ok"]
+    assert flag["node"] == 3 and flag["status"] == "warn"
+    assert flag["detail"].startswith(f"decode: fab0 to leader {leader}") and "other nodes use eth0" in flag["detail"]
+    print(f"\na rank routed through the wrong interface named after {took:.1f}s")
+    assert code == 1
+    rank = next(r for g in data["fabric"]["groups"] for r in g["ranks"] if r["node"] == 3)
+    assert not rank["ok"]
+    assert any(c["node"] == 3 for c in failing(data, "rendezvous:decode"))
+
+
+def test_up_proves_the_fabric_before_starting_the_ranks(small, tmp_path):
+    """Two 2-node groups as `command` ranks that ask for the check (the testbed has no SGLang to start): `up`
+    runs the rendezvous of both groups, then starts etcd, NATS and the 4 ranks, and logs the figures."""
+    tb = small
+    data = yaml.safe_load(small_config(tmp_path, "fabric-up").read_text())
+    data["services"]["frontend"] = {"enabled": False}
+    for group in data["groups"].values():  # prefill on nodes 0-1, decode on 2-3
+        group.update(engine="command", fabric=True, args=["sleep", "600"], timeout=120, nodes=2)
+        group.pop("system_port")
+        group.pop("bootstrap_port")
+    config = tmp_path / "fabric-up-command.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        began = time.monotonic()
+        up = launcher_on(tb, config, "up", cwd=tmp_path, timeout=600)
+        took = time.monotonic() - began
+        log = up.stderr
+        check = next(line for line in log.splitlines() if "fabric: the check took" in line)
+        print(f"\nup with the fabric check on 4 nodes: {took:.1f}s to ready; {check.split('] ')[-1]}")
+        assert up.returncode == 0, log[-3000:]
+        assert log.index("fabric: decode: 2 ranks met") < log.index("started 4 container(s) on 4 node(s)")
+        assert "fabric: prefill: 2 ranks met" in log and "ready: fabric-up on 4 node(s)" in up.stdout
+        audit = Path(STATE_DIR, "fabric-up", "audit.log").read_text()
+        assert "fabric check (up) ok" in audit and "decode: rendezvous" in audit
+    finally:
+        launcher_on(tb, config, "down", cwd=tmp_path, timeout=300)
+    assert containers(tb, "fabric-up") == []
 
 
 def test_a_missing_fabric_python_and_one_without_torch_are_named_as_such(small, tmp_path):
