@@ -1,16 +1,17 @@
 """The Dynamo KV-cache flush (launcher/remote/kv_flush.py, which `launcher bench` runs before each
 concurrency) against workers on the real Dynamo runtime, on this machine.
 
-Real: etcd and NATS (the project environment's, started by `launcher up` on this run's ports), Dynamo 1.6.1's
-DistributedRuntime on both sides (discovery through etcd, requests over its TCP plane), kv_flush.py fed to
-`python3 -` with the endpoint paths as arguments and the worker's ETCD_ENDPOINTS/NATS_SERVER, as bench does,
-and bench's own `flush()` (bench_recipe) doing that through the plan's node.
+Real: etcd and NATS (the project environment's binaries, on this run's ports), Dynamo 1.6.1's
+DistributedRuntime on both sides (discovery through etcd, requests over its TCP plane), the Dynamo frontend
+whose /health lists the workers' endpoints, kv_flush.py fed to `python3 -` with the endpoint paths as
+arguments and the workers' ETCD_ENDPOINTS/NATS_SERVER as bench runs it, and bench's own flush_endpoints()
+and flush() (bench_recipe) through a process-runtime plan of this machine.
 
 The test's own: the worker (WORKER below), a few lines that serve NAMESPACE.COMPONENT.clear_kv_blocks as
-dynamo.sglang's init_llm registers it and answer what its handler (handler_base.clear_kv_blocks) yields:
+dynamo.sglang's init_llm registers it, answering what its handler (handler_base.clear_kv_blocks) yields:
 one {"status": "success"|"error", "message": ...}. The real dynamo.sglang / dynamo.vllm workers need GPUs
-and the mocker does not register clear_kv_blocks. Each worker writes its instance id to a file per call, so
-the test sees that the flush reached every instance, not only that an answer came back."""
+and the mocker registers no clear_kv_blocks. Each worker appends its instance id to a file per call, so the
+test sees that the flush reached every instance, not only that an answer came back."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import yaml
 from launcher.commands import bench_recipe
 from launcher.config.load import load as load_config
 from launcher.plan.build import build as build_plan
+from launcher.plan.engines.base import dynamo_env
 from tests.helpers import REPO, connected_target, free_port, fresh_env, listening, wait_for
 
 pytestmark = pytest.mark.slow
@@ -63,13 +65,15 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 class Stack:
-    """etcd and NATS (the project environment's binaries, on this run's ports) and the test's workers, as
-    processes of this test; stop() ends each by its pid."""
+    """etcd, NATS (the project environment's binaries, on this run's ports), the frontend and the test's
+    workers, as processes of this test; stop() ends each by its pid."""
 
     def __init__(self, work: Path):
         self.work, self.procs, self.logs = work, [], []
-        self.etcd, self.nats = free_port(), free_port()
-        self.env = {"ETCD_ENDPOINTS": f"http://127.0.0.1:{self.etcd}", "NATS_SERVER": f"nats://127.0.0.1:{self.nats}"}
+        self.etcd, self.nats, self.http = free_port(), free_port(), free_port()
+        # what the launcher gives a Dynamo process on a node (here 127.0.0.1): where etcd and NATS are, and
+        # the address it advertises (else Dynamo picks an interface's)
+        self.env = dynamo_env("127.0.0.1", f"http://127.0.0.1:{self.etcd}", f"nats://127.0.0.1:{self.nats}")
         (work / "worker.py").write_text(WORKER)
         (work / "calls").mkdir()
 
@@ -88,6 +92,19 @@ class Stack:
         self.spawn("nats", ["nats-server", "-js", "-a", "127.0.0.1", "-p", str(self.nats),
                             "-sd", str(self.work / "nats")])  # fmt: skip
         wait_for(lambda: listening(self.etcd) and listening(self.nats), 30, what="etcd and NATS to listen")
+
+    def frontend(self) -> None:
+        """The real Dynamo frontend (the launcher's argv for it): its /health lists what the workers serve."""
+        argv = ["python3", "-m", "dynamo.frontend", "--http-host", "127.0.0.1", "--http-port", str(self.http)]
+        self.spawn("frontend", argv)
+
+    def listed(self) -> list[str]:
+        """The endpoints the frontend's /health lists ([] until it answers)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/health", timeout=5) as response:
+                return json.loads(response.read()).get("endpoints", [])
+        except OSError:
+            return []
 
     def worker(self, path: str, answer: str) -> None:
         component = path.split(".")[1]
@@ -132,15 +149,18 @@ def b64(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """Two workers of FLUSHED answering success and one of REFUSED answering an error, registered."""
+    """Two workers of FLUSHED answering success and one of REFUSED answering an error, registered, and the
+    frontend that lists them."""
     s = Stack(tmp_path_factory.mktemp("kv-flush"))
     try:
         s.services()
         s.worker(FLUSHED, "success")
         s.worker(FLUSHED, "success")
         s.worker(REFUSED, "error")
+        s.frontend()
         wait_for(lambda: s.running() and s.registered(FLUSHED) == 2 and s.registered(REFUSED) == 1, 60,
                  what="3 workers in etcd")  # fmt: skip
+        wait_for(lambda: s.running() and len(s.listed()) == 2, 60, what="the frontend to list both endpoints")
         yield s
     finally:
         s.stop()
@@ -182,8 +202,9 @@ def test_a_worker_that_answers_an_error_is_not_ok(stack):
 
 
 def worker_plan(stack: Stack, tmp_path: Path):
-    """The plan of a process-runtime file whose first group is the `backend` workers (with their
-    ETCD_ENDPOINTS/NATS_SERVER): what bench's flush() reads to run kv_flush.py where a worker runs."""
+    """The plan of a process-runtime file with the stack's frontend (its port) and, as its first group, the
+    `backend` workers with their ETCD_ENDPOINTS/NATS_SERVER: what bench's flush_endpoints() and flush() read
+    (the frontend's /health; where a worker runs, to run kv_flush.py there)."""
     data = {
         "deployment": "kv-flush",
         "runtime": "process",
@@ -191,7 +212,7 @@ def worker_plan(stack: Stack, tmp_path: Path):
         "state_dir": str(tmp_path / "state"),
         "gpus_per_node": 0,
         "nodes": [{"name": "local", "address": "127.0.0.1"}],
-        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
+        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"port": stack.http}},
         "groups": {"backend": {"engine": "command", "nodes": ["local"], "args": ["python3", "worker.py"],
                                "env": stack.env}},
     }  # fmt: skip
@@ -201,10 +222,12 @@ def worker_plan(stack: Stack, tmp_path: Path):
 
 
 def test_bench_flush_through_the_workers_node(stack, tmp_path):
-    """bench_recipe.flush, as bench calls it before each concurrency: the line bench prints, and a worker's
+    """What bench does before each concurrency: flush_endpoints() finds both clear_kv_blocks endpoints in the
+    frontend's /health, flush() clears the workers' caches and says so in the line bench prints; a worker's
     error answer is bench's error (exit 1) naming the endpoints and the reply."""
     before = stack.calls("backend").read_text().split()
     with connected_target(worker_plan(stack, tmp_path)) as target:
+        assert bench_recipe.flush_endpoints(target) == ("dynamo", [FLUSHED, REFUSED])
         assert bench_recipe.flush(target, "dynamo", [FLUSHED]) == "clear_kv_blocks on 2 worker instance(s)"
         called = stack.calls("backend").read_text().split()[len(before) :]
         assert len(called) == 2 and len(set(called)) == 2, called  # each instance, once
