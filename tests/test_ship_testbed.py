@@ -5,6 +5,7 @@ nodes are the deployment. Each node sees its own /srv/testbed-node: the weights'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -377,6 +379,42 @@ def test_stage_then_an_altered_file_is_named_by_doctor_and_repaired_alone(ship, 
     assert [nodes[ship.names[i]]["status"] for i in (0, 1, 3)] == ["complete"] * 3
     assert ship.testbed.ssh(2, f"stat -c '%n %Y' {TARGET}/config.json {TARGET}/model-00001*").stdout == before
     assert {c["status"] for c in doctor_models(ship).values()} == {"ok"}
+
+
+def weights_files(ship, nodes: tuple[int, ...]) -> dict[int, str]:
+    """Every weights file on each node (not stage's own manifest): path, size and mtime to the nanosecond.
+    The nodes are asked at once (an SSH round trip costs about a second here)."""
+    find = f"cd {TARGET} && find . -type f ! -name .launcher-manifest -exec stat -c '%n %s %y' {{}} + | sort"
+    with ThreadPoolExecutor(len(nodes)) as pool:
+        listings = pool.map(lambda i: ship.testbed.ssh(i, find, check=True).stdout, nodes)
+        return dict(zip(nodes, listings, strict=True))
+
+
+def test_verify_finds_a_file_altered_with_its_size_and_mtime_kept(ship, weights):
+    """Plain `stage` trusts a file whose size and mtime match what it staged; `stage --verify` hashes every
+    file again, names the altered one on its node, copies it again, and leaves the other nodes' files alone."""
+    first = stage(ship, "--from", str(weights))[0]  # whatever an earlier test left, every node holds the weights
+    assert first.returncode == 0, first.stderr + first.stdout
+    others = weights_files(ship, (0, 2, 3))
+    altered = "model-00002-of-00002.safetensors"
+    path, source = f"{TARGET}/{altered}", (weights / altered).read_bytes()
+    flipped = f"\\{source[4096] ^ 0xFF:03o}"  # that byte with every bit flipped (printf's octal escape)
+    flip = f"printf '{flipped}' | dd of={path} bs=1 seek=4096 conv=notrunc status=none"
+    listed = f"stat -c '%s %y' {path}"
+    # the byte flipped in place, then the file's mtime set back to what it was
+    keep = f"touch -r {path} {LOCAL}/ref && {flip} && touch -r {LOCAL}/ref {path} && rm {LOCAL}/ref"
+    done = ship.testbed.ssh(1, f"{listed} && {keep} && {listed} && sha256sum {path}", check=True).stdout.splitlines()
+    assert done[0] == done[1] and done[2].split()[0] != hashlib.sha256(source).hexdigest(), done
+    proc, nodes = stage(ship, "--from", str(weights))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert {n["status"] for n in nodes.values()} == {"complete"}, nodes  # size and mtime match: trusted
+    proc, nodes = stage(ship, "--verify", "--from", str(weights))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert nodes[ship.names[1]]["status"] == "staged" and nodes[ship.names[1]]["written"] == [altered], nodes
+    assert [nodes[ship.names[i]]["status"] for i in (0, 2, 3)] == ["complete"] * 3, nodes
+    repaired = ship.testbed.ssh(1, f"sha256sum {path}", check=True).stdout.split()[0]
+    assert repaired == hashlib.sha256(source).hexdigest()
+    assert weights_files(ship, (0, 2, 3)) == others  # nothing rewritten there, by either stage
 
 
 def test_a_partial_file_continues_and_a_missing_one_is_named(ship, weights):
