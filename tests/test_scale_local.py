@@ -16,7 +16,15 @@ import pytest
 
 from launcher.plan.build import REPLICA_PORT_STEP
 from tests.helpers import listening
-from tests.test_drain_local import DECODE_SYSTEM_PORT, TOKENS, deployment, in_flight, launcher, stream
+from tests.test_drain_local import (
+    DECODE_SYSTEM_PORT,
+    TOKENS,
+    deployment,
+    in_flight,
+    launcher,
+    stream,
+    wait_in_flight,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +81,7 @@ def test_scale_out_and_in_under_streaming_load_drops_nothing(tmp_path):
         assert scaled_in.returncode == 0, said
         assert Path(config).read_text() == original
         again = launcher("up", config, "--skip-doctor", env=env, cwd=tmp_path)
+        down, held, last = down_after_the_file_lost_a_replica(config, env, port, ports, tmp_path)
         audit = (tmp_path / "state" / "scale-load" / "audit.log").read_text().splitlines()
     failed = [r for r in results if r["error"] is not None]
     cut = [r for r in results if r["error"] is None and (r["finish"] != "length" or r["chunks"] < TOKENS)]
@@ -88,3 +97,21 @@ def test_scale_out_and_in_under_streaming_load_drops_nothing(tmp_path):
     assert any(a.startswith("drain decode.2-r0 on node 0: ") and "(scale-in" in a for a in actions), actions
     assert not listening(third)  # the third replica is gone
     assert again.returncode == 0 and "unchanged" in again.stdout + again.stderr, again.stdout + again.stderr
+    # `down` after `replicas:` was lowered by hand: the replica the file lost is drained with the others.
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "down: draining 3 worker(s) first" in down.stdout, down.stdout
+    assert f"drain: decode.1-r0 on node 0: {held} request(s) in flight, drained in" in down.stdout, down.stdout
+    assert all(r["error"] is None and r["finish"] == "length" and r["chunks"] >= TOKENS for r in last), last
+    assert any(a.startswith("drain decode.1-r0 on node 0: ") for a in actions), actions
+
+
+def down_after_the_file_lost_a_replica(config: str, env: dict, port: int, ports: tuple, cwd: Path):
+    """`replicas: 1` written by hand (no `scale`: replica 1 keeps running), then `launcher down` while
+    streams are on replica 1; (down, how many replica 1 held, the streams' outcomes)."""
+    second = ports[DECODE_SYSTEM_PORT] + REPLICA_PORT_STEP
+    Path(config).write_text(Path(config).read_text().replace("replicas: 2", "replicas: 1"))
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        streams = [pool.submit(stream, port, 100 + i) for i in range(CLIENTS)]
+        _, held = wait_in_flight(ports[DECODE_SYSTEM_PORT], second, CLIENTS)  # every stream begun, some on each
+        down = launcher("down", config, env=env, cwd=cwd)
+        return down, held, [s.result(timeout=120) for s in streams]
