@@ -70,11 +70,10 @@ def test_scale_edits_only_the_value_then_converges_as_up(config: Path, tmp_path:
     assert config.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     # A group without `replicas:` gets the key after its `nodes:`, and nothing else moves.
-    proc = launcher("scale", "prefill=1", str(config), "--dry-run", cwd=tmp_path)
-    assert proc.returncode == 0 and config.read_text() == expected, proc.stderr
-    config.write_text(FILE.replace("replicas: 2 ", "replicas: 1 "))
-    proc = launcher("scale", "decode=2", str(config), "--dry-run", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    config.write_text(FILE)
+    proc = launcher("scale", "prefill=2", str(config), "--skip-doctor", cwd=tmp_path)
+    assert proc.returncode == 1 and "scale: prefill: replicas 1 -> 2 in" in proc.stdout, proc.stdout + proc.stderr
+    assert config.read_text() == FILE.replace("    nodes: 1\n    args:", "    nodes: 1\n    replicas: 2\n    args:", 1)
 
 
 def test_dry_run_says_what_starts_and_stops_and_touches_nothing(config: Path, tmp_path: Path) -> None:
@@ -109,7 +108,8 @@ FRESH = {"decode=two", "frontend=2", "decode=4"}  # one of each kind in a fresh 
 def test_every_refusal_is_one_line_exit_2_and_the_file_untouched(config: Path, tmp_path: Path, capsys) -> None:
     fresh = [r for r in REFUSALS if r[0] in FRESH]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        runs = dict(zip(fresh, pool.map(lambda r: launcher("scale", r[0], str(config), cwd=tmp_path), fresh), strict=True))
+        procs = pool.map(lambda r: launcher("scale", r[0], str(config), cwd=tmp_path), fresh)
+        runs = dict(zip(fresh, procs, strict=True))
     for request, says in REFUSALS:
         if (request, says) in runs:
             proc = runs[(request, says)]

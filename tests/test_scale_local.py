@@ -83,15 +83,17 @@ def test_scale_out_and_in_under_streaming_load_drops_nothing(tmp_path):
         again = launcher("up", config, "--skip-doctor", env=env, cwd=tmp_path)
         down, held, last = down_after_the_file_lost_a_replica(config, env, port, ports, tmp_path)
         audit = (tmp_path / "state" / "scale-load" / "audit.log").read_text().splitlines()
+    drained = [line for line in said.splitlines() if "drain: decode.2-r0 on node 0: " in line]
     failed = [r for r in results if r["error"] is not None]
     cut = [r for r in results if r["error"] is None and (r["finish"] != "length" or r["chunks"] < TOKENS)]
     print(
         f"\nscale decode 2->3 under load: {scale_out:.1f}s; 3->2 (drain included): {scale_in:.1f}s; "
         f"{len(results)} streams, {len(failed)} failed, {len(cut)} truncated; the third replica held {served} at once"
+        f"\nscale-in: {drained}"
+        f"\ndown after replicas: 1 by hand: decode.1 held {held}; streams {[r['finish'] for r in last]}; {down.stdout}"
     )
     assert failed == [] and cut == [], (failed, cut)
     assert "draining 1 worker(s) the file no longer has before removing them" in said, said
-    drained = [line for line in said.splitlines() if "drain: decode.2-r0 on node 0: " in line]
     assert len(drained) == 1 and "drained in" in drained[0], said
     actions = [json.loads(line)["action"] for line in audit]
     assert any(a.startswith("drain decode.2-r0 on node 0: ") and "(scale-in" in a for a in actions), actions
