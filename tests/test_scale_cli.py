@@ -11,8 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.helpers import fresh_env, run_cli
+from launcher.config.load import load
+from launcher.plan.build import build
+from launcher.plan.scale import strays
+from launcher.plan.state import Container
+from launcher.plan.types import LABEL
+from tests.helpers import fresh_env, local_stack, run_cli
 
 # Comments everywhere, flow and block styles, quotes, a `null`, odd spacing: all of it must survive.
 FILE = """\
@@ -121,3 +127,34 @@ def test_every_refusal_is_one_line_exit_2_and_the_file_untouched(config: Path, t
         assert out == "", (request, out)
     assert config.read_text() == FILE
     assert [p.name for p in tmp_path.iterdir()] == ["deploy.yaml"]  # no temporary file left either
+
+
+# -- which running workers the plan no longer has, and as what they were started (pure) ----------
+
+
+def container(plan, group: str, replica: int, node: int = 0, rank: int = 0) -> Container:
+    service = f"{group}-r{rank}" if replica == 0 else f"{group}.{replica}-r{rank}"
+    labels = {
+        f"{LABEL}.deployment": plan.deployment, f"{LABEL}.service": service, f"{LABEL}.role": group.split(".")[0],
+        f"{LABEL}.group": group if replica == 0 else f"{group}.{replica}", f"{LABEL}.rank": str(rank),
+        f"{LABEL}.replica": str(replica),
+    }  # fmt: skip
+    return Container(node, "id", f"{plan.deployment}-{service}", labels, "running", 0)
+
+
+def test_a_replica_the_file_lost_is_found_with_its_ports_and_others_are_left_alone(tmp_path: Path) -> None:
+    data, _ = local_stack(tmp_path, "strays")
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    loaded = load(path)
+    plan = build(loaded)
+    base = int(data["groups"]["decode"]["system_port"])
+    running = [container(plan, "decode", 0), container(plan, "decode", 2), container(plan, "gone", 1)]
+    found = strays(loaded, plan, running)
+    # decode.2 as replica 2 was started: its /metrics on the group's system port + 2 x 100, drained.
+    assert [(s.service, s.env.get("DYN_SYSTEM_PORT")) for s in found] == [("decode.2-r0", str(base + 200))]
+    # A replica number no plan could hold (a node's label): still drained, until it exits (no metrics port).
+    hostile = container(plan, "decode", 999_999_999)
+    assert [(s.service, s.env.get("DYN_SYSTEM_PORT")) for s in strays(loaded, plan, [hostile])] == [
+        ("decode.999999999-r0", None)
+    ]
