@@ -75,10 +75,14 @@ def test_scale_edits_only_the_value_then_converges_as_up(config: Path, tmp_path:
     assert config.read_text() == expected
     assert config.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
-    # A group without `replicas:` gets the key after its `nodes:`, and nothing else moves.
+    # A group without `replicas:` gets the key after its `nodes:`, and nothing else moves; a file reached
+    # through a symbolic link is edited where it lies (the link stays a link).
     config.write_text(FILE)
-    proc = launcher("scale", "prefill=2", str(config), "--skip-doctor", cwd=tmp_path)
+    link = tmp_path / "link.yaml"
+    link.symlink_to(config.name)
+    proc = launcher("scale", "prefill=2", str(link), "--skip-doctor", cwd=tmp_path)
     assert proc.returncode == 1 and "scale: prefill: replicas 1 -> 2 in" in proc.stdout, proc.stdout + proc.stderr
+    assert link.is_symlink()
     assert config.read_text() == FILE.replace("    nodes: 1\n    args:", "    nodes: 1\n    replicas: 2\n    args:", 1)
 
 

@@ -93,7 +93,8 @@ def set_group_value(text: str, file: str, group: str, key: str, value: int, afte
 def replace_checked(path: Path, text: str, check: Callable[[Path], None], write: bool = True) -> None:
     """The file replaced at once by `text`: written beside it (so that `.env` and ${CONFIG_DIR} resolve as
     for the file itself) with the mode it had, `check`ed there (it raises to refuse), renamed over it
-    (`write=False`: checked only, the file left as it is)."""
+    (`write=False`: checked only, the file left as it is). A symbolic link stays one: its target is replaced."""
+    path = path.resolve()
     mode = path.stat().st_mode & 0o7777
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
