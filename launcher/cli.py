@@ -155,6 +155,41 @@ def up(
 
 
 @app.command()
+def scale(
+    request: Annotated[str, typer.Argument(metavar="GROUP=N", help="A group of the file and its replica count.")],
+    config: ConfigArg = None,
+    config_opt: ConfigOpt = None,
+    inventory: InventoryOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would change; touch neither the file nor any node.")
+    ] = False,
+    parallel: ParallelOpt = 32,
+    connect_timeout: TimeoutOpt = None,
+    host_key_policy: HostKeyOpt = None,
+    skip_doctor: Annotated[bool, typer.Option("--skip-doctor", help="Start without the preflight checks.")] = False,
+    skip_fabric: Annotated[
+        bool, typer.Option("--skip-fabric", help="Start without the fabric check of the new replicas.")
+    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait", help="Wait until the service answers (default), or only until every container runs."
+        ),
+    ] = True,
+    profile: ProfileOpt = None,
+) -> None:
+    """Set `replicas:` of a group in the deployment file (comments and layout kept), then converge as
+    `up` does: new replicas start on free nodes, removed ones are drained first."""
+    from launcher.commands import scale as command
+
+    link = connection(parallel, connect_timeout, host_key_policy)
+    command.run(
+        request, config, config_opt, inventory, link, dry_run=dry_run, skip_doctor=skip_doctor,
+        skip_fabric=skip_fabric, wait=wait, profile=profile,
+    )  # fmt: skip
+
+
+@app.command()
 def status(
     config: ConfigArg = None,
     config_opt: ConfigOpt = None,

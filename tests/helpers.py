@@ -355,6 +355,7 @@ KNOWN_COMMANDS = {
     ("image", "build"),
     ("image", "push"),
     ("stage",),
+    ("scale",),
 }
 
 

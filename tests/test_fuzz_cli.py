@@ -85,11 +85,13 @@ class Defect:
 class Line:
     path: tuple[str, ...]
     groups: list[list[str]] = field(default_factory=list)  # shuffled
+    head: list[str] = field(default_factory=list)  # the verb's own first argument (scale's GROUP=N), valid
     tail: list[str] = field(default_factory=list)  # last: an option without its value, or `-- CMD`
     defects: list[Defect] = field(default_factory=list)
 
     def argv(self, ws: Path) -> list[str]:
-        return [*self.path, *[resolve(t, ws) for g in self.groups for t in g], *[resolve(t, ws) for t in self.tail]]
+        groups = [resolve(t, ws) for g in self.groups for t in g]
+        return [*self.path, *self.head, *groups, *[resolve(t, ws) for t in self.tail]]
 
 
 def resolve(token: str, ws: Path) -> str:
@@ -271,7 +273,7 @@ def command_lines(draw, path: tuple[str, ...], first: str | None = None) -> Line
     command = VERBS[path]
     opts = options(command)
     arguments = {p.name: p for p in command.params if type(p).__name__ == "TyperArgument"}
-    line = Line(path)
+    line = Line(path, head=["prefill=1"] if "request" in arguments else [])
     used: set[str] = set()  # options already on the line (a later valid one would hide a defect)
 
     def defect(kind: str, names, says: str, tokens: list[str] | None = None, last: bool = False) -> None:
@@ -612,6 +614,7 @@ def test_every_number_option_refuses_what_is_out_of_range(path, name, workspace,
         says = r"valid (integer|number)" if value == "x" else r"(greater|less) than or equal to"
         line = Line(path, [["-c", CONFIG + "dsr1-104gpu", "-i", INVENTORY, *selection, long_name(param), value]])
         line.tail = ["--", "true"] if path == ("exec",) else []
+        line.head = ["prefill=1"] if path == ("scale",) else []
         line.defects = [Defect("out of range", (long_name(param),), says)]
         run_in_process(line, workspace, capsys)
 

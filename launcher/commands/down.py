@@ -13,7 +13,7 @@ import time
 
 from launcher.commands import locking
 from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.drain import drain
+from launcher.commands.drain import drain, strays
 from launcher.commands.nodes import NodeFailures
 from launcher.output.console import say
 from launcher.plan import drain as plan_drain
@@ -35,13 +35,15 @@ def drain_first(t: Target, now: bool) -> list[str]:
         return ["drain skipped (--now)"]
     for group in plan_drain.not_drained(t.plan):
         say(f"down: group {group} has no drain (not a Dynamo engine): its requests in flight are cut")
-    workers = sum(len(p) for p in plan_drain.phases(t.plan))
+    # Replicas the file no longer has (`replicas:` lowered since `up`) are drained with the others.
+    workers = [s for p in plan_drain.phases(t.plan) for s in p] + strays(t)
     if not workers:
         return []
-    say(f"down: draining {workers} worker(s) first, up to {t.plan.drain_timeout:g}s (drain_timeout; --now skips it)")
+    timeout = t.plan.drain_timeout
+    say(f"down: draining {len(workers)} worker(s) first, up to {timeout:g}s (drain_timeout; --now skips it)")
     started = time.monotonic()
     try:
-        drains = drain(t, lambda line: say(f"drain: {line}"))
+        drains = drain(t, lambda line: say(f"drain: {line}"), workers)
     except KeyboardInterrupt:
         say("down: interrupted during the drain, nothing removed; `launcher down --now` stops at once", to_stderr=True)
         raise

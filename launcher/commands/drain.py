@@ -10,15 +10,21 @@ frontend, still up, is given until the same deadline to finish the streams it is
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
+from launcher.commands import locking
 from launcher.commands.context import Target
+from launcher.errors import LauncherError
 from launcher.plan import drain as plan_drain
+from launcher.plan import scale as plan_scale
 from launcher.plan.drain import Drain
 from launcher.plan.metrics import metrics_url
+from launcher.plan.state import Container
 from launcher.plan.types import Service
 from launcher.runtime.base import parse_list
+from launcher.runtime.lock import audit_script
 from launcher.transport.errors import NodeError, describe
 from launcher.transport.host import Host
 
@@ -28,11 +34,11 @@ SCRIPT_SECONDS = 60.0
 FRONTEND_TAIL_SECONDS = 5.0  # the frontend's last relayed tokens, after the workers drained
 
 
-def drain(t: Target, told: Callable[[str], None]) -> list[Drain]:
-    """Drain every drained worker of the plan, phase by phase, all within drain_timeout; `told` hears
-    each drain's line as it ends. A node that cannot be reached is reported in its drains' outcome."""
+def drain(t: Target, told: Callable[[str], None], services: list[Service] | None = None) -> list[Drain]:
+    """Drain every drained worker of the plan (or of `services`), phase by phase, all within drain_timeout;
+    `told` hears each drain's line as it ends. A node that cannot be reached is reported in its drains' outcome."""
     deadline = time.monotonic() + t.plan.drain_timeout
-    phases = plan_drain.phases(t.plan)
+    phases = plan_drain.phases(t.plan) if services is None else plan_drain.order(services)
     # Every worker's count as the drain begins: a decode worker's requests are waited for (it keeps
     # serving them) while the prefill workers drain, and are counted as waited for.
     everyone = by_node([s for phase in phases for s in phase])
@@ -139,3 +145,41 @@ def wait_for_frontend(t: Target, deadline: float) -> None:
         if in_flight(host, frontend, deadline, plan_drain.frontend_in_flight) in (0, None):
             return
         time.sleep(POLL_SECONDS)
+
+
+def strays(t: Target, containers: list[Container] | None = None) -> list[Service]:
+    """The Dynamo workers running that the plan no longer has (a replica scaled in: `replicas:` lowered),
+    as the services they were started as; `containers`: what the nodes listed (None: list them now)."""
+    if containers is None:
+        done, _ = t.fleet.run(t.runtime.list_script(t.plan), timeout=SCRIPT_SECONDS).scripts()
+        containers = []
+        for i, r in sorted(done.items()):
+            with contextlib.suppress(LauncherError):  # a node whose list is unreadable: its strays are not drained
+                containers += parse_list(i, r.stdout)
+    return plan_scale.strays(t.loaded, t.plan, [c for c in containers if c.running])
+
+
+def drain_strays(t: Target, containers: list[Container], told: Callable[[str], None]) -> None:
+    """Before `up` removes containers the plan no longer has: its Dynamo workers drained first (as `down`
+    drains, bounded by drain_timeout), each drain said and written to the audit log. A failed drain is
+    said and the removal goes on (the drain is a courtesy to the requests, never what keeps a worker)."""
+    services = strays(t, containers)
+    if not services:
+        return
+    timeout = t.plan.drain_timeout
+    told(f"draining {len(services)} worker(s) the file no longer has before removing them, up to {timeout:g}s")
+    try:
+        drains = drain(t, lambda line: told(f"drain: {line}"), services)
+    except Exception as exc:
+        told(f"the drain failed ({describe(exc)}); removing anyway")
+        return
+    audit(t, [f"drain {d.describe()} (scale-in, drain_timeout {timeout:g}s)" for d in drains])
+
+
+def audit(t: Target, lines: list[str]) -> None:
+    """Lines of the head node's audit log, in one round trip (a failure to write them is not the drain's)."""
+    site = locking.Site.of(t)
+    script = "; ".join(audit_script(site.state_dir, site.deployment, site.redact(line)) for line in lines)
+    if script:
+        with contextlib.suppress(Exception):
+            locking.on_head(site, script)

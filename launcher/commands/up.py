@@ -9,6 +9,7 @@ import time
 
 from launcher.commands import locking
 from launcher.commands.context import Connection, Target, connected, remember, target
+from launcher.commands.drain import drain_strays
 from launcher.commands.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
 from launcher.commands.waiter import ServiceFailed, Waiter
 from launcher.errors import ConfigError, Exit, LauncherError
@@ -148,6 +149,7 @@ def _announce(target: Target, progress: Progress, changes: Changes) -> None:
     for s in changes.create:
         progress.log(f"will (re)create {s.tag}: {changes.reasons.get(s.service)}")
     if changes.remove:
+        drain_strays(target, changes.remove, progress.log)  # a replica scaled in: its requests finish first
         progress.log(f"removing {len(changes.remove)} old container(s)")
         remove(target, changes.remove)
 

@@ -59,7 +59,12 @@ def drained(s: Service) -> bool:
 def phases(plan: Plan) -> list[list[Service]]:
     """The drained services in the order they are drained: prefill workers first (a request they hold
     goes on to decode, which must still be there), then decode and aggregated ones. Empty phases dropped."""
-    workers = [s for s in plan.services if drained(s)]
+    return order(plan.services)
+
+
+def order(services: list[Service]) -> list[list[Service]]:
+    """`phases` of any services (those a plan no longer has, say)."""
+    workers = [s for s in services if drained(s)]
     prefill = [s for s in workers if s.role == "prefill"]
     rest = [s for s in workers if s.role != "prefill"]
     return [p for p in (prefill, rest) if p]

@@ -1,0 +1,96 @@
+"""`launcher scale GROUP=N [CONFIG]`: set `replicas:` of one group in the deployment file, in place (its
+comments and layout kept: `config.rewrite`), then converge exactly as `up` does (it is `up` that runs):
+new replicas start on free inventory nodes, the replicas removed are drained first. The file stays the
+truth: `up` of it afterwards is `unchanged`.
+
+The edited text is checked as any deployment file is (read, validated, planned: the group must have room
+for N replicas) before it replaces the file, atomically; refused, the file is untouched (exit 2).
+`--dry-run` says what would change, and touches neither the file nor any node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from launcher.commands import up as up_command
+from launcher.commands.context import Connection, Target, load_file, target
+from launcher.config import rewrite
+from launcher.config.yamlfile import read_file
+from launcher.errors import ConfigError, ConfigErrors
+from launcher.output.console import say
+from launcher.plan import drain as plan_drain
+from launcher.plan import scale as plan_scale
+from launcher.plan.build import build
+from launcher.plan.types import Plan, Service
+
+
+def run(
+    request: str,
+    config: Path | None,
+    config_opt: Path | None,
+    inventory: Path | None,
+    connection: Connection,
+    *,
+    dry_run: bool,
+    skip_doctor: bool,
+    skip_fabric: bool,
+    wait: bool,
+    profile: str | None,
+) -> None:
+    group, count = plan_scale.parse_request(request)
+    t = target(config, config_opt, inventory, profile=profile or "")
+    assert t.loaded is not None
+    plan_scale.check_group(t.loaded, t.plan, group)
+    edit = rewrite.set_group_value(read_file(t.path), str(t.path), group, "replicas", count)
+    if edit.old is not None and (not isinstance(edit.old, int) or isinstance(edit.old, bool)):
+        raise ConfigError(
+            f"replicas is written as {str(edit.old)[:60]!r}, not a number: `scale` edits a number only",
+            file=str(t.path),
+            key=f"groups.{group}.replicas",
+        )
+    before = t.loaded.spec.groups[group].replicas
+    planned: list[Plan] = []
+    write = not dry_run and before != count  # the same count: the file stays as it is (no `replicas: 1` added)
+    rewrite.replace_checked(t.path, edit.text, lambda p: planned.append(_checked(t, p, group, count)), write=write)
+    change = f"{group}: replicas {before} -> {count} in {t.path}"
+    if edit.other_lines and write:
+        say(f"note: the YAML round trip also rewrote {edit.other_lines} other line(s) of {t.path} (layout only)")
+    if dry_run:
+        say(f"scale --dry-run: {change} (the file is not written, no node is touched)")
+        _say_difference(t.plan, planned[0])
+        return
+    say(f"scale: {change}" + ("" if before != count else " (already so): converging as `up` does"))
+    up_command.run(
+        t.path, None, t.inventory, connection, skip_doctor=skip_doctor, wait=wait, skip_fabric=skip_fabric,
+        profile=profile,
+    )  # fmt: skip
+
+
+def _checked(t: Target, temporary: Path, group: str, count: int) -> Plan:
+    """The edited text read and planned as any deployment file; its errors name the file, not the temporary."""
+    try:
+        return build(load_file(temporary, t.inventory, t.profile))
+    except ConfigErrors as exc:
+        raise ConfigErrors([_renamed(e, t.path, group, count) for e in exc.errors]) from None
+    except ConfigError as exc:
+        raise _renamed(exc, t.path, group, count) from None
+
+
+def _renamed(exc: ConfigError, path: Path, group: str, count: int) -> ConfigError:
+    file = str(path) if exc.file is None or Path(exc.file).name.endswith(".tmp") else exc.file
+    return ConfigError(f"cannot scale {group} to {count}: {exc.message}", file=file, key=exc.key, line=exc.line)
+
+
+def _say_difference(old: Plan, new: Plan) -> None:
+    started, stopped, recreated = plan_scale.difference(old, new)
+    for verb, services in (("start", started), ("stop", stopped), ("recreate", recreated)):
+        for s in services:
+            drained = " (drained first)" if verb == "stop" and plan_drain.drained(s) else ""
+            say(f"would {verb}: {_where(s)}{drained}")
+    if not (started or stopped or recreated):
+        say("would start or stop nothing")
+
+
+def _where(s: Service) -> str:
+    replica = "" if s.replica is None else f" (replica {s.replica})"
+    return f"{s.service}{replica} on {s.node.label}"
