@@ -116,7 +116,7 @@ def test_the_request_counter_is_read_within_bounds():
     )
     assert plan_roll.worker_requests(text) == 5
     assert plan_roll.worker_requests("sglang:num_requests_total 3\n") == 3
-    for bad in ("", "dynamo_component_requests_total{dynamo_endpoint=\"generate\"} -1\n", "x" * (5 << 20)):
+    for bad in ("", 'dynamo_component_requests_total{dynamo_endpoint="generate"} -1\n', "x" * (5 << 20)):
         with pytest.raises(ValueError):
             plan_roll.worker_requests(bad)
 
@@ -134,3 +134,14 @@ def test_hold_and_restore_scripts_quote_and_keep_the_old_service(tmp_path):
     # The command is recorded at start, for a rollback to run it again.
     script, _ = process.start_script(plan, [plan.services[-1]])
     assert "/cmd" in script and "dynamo.mocker" in script
+
+
+def test_plan_says_which_groups_roll(tmp_path):
+    from launcher.output import plan_views
+
+    text = plan_views.to_text(plan_of(tmp_path, prefill=1, decode=2))
+    assert (
+        "rolling: a change to decode rolls, one replica at a time drained, replaced and proven by a smoke request,"
+        " rolled back if it fails (`up --max-unavailable K` widens a step)"
+    ) in text
+    assert "rolling:" not in plan_views.to_text(plan_of(tmp_path, decode=1, name="b.yaml"))

@@ -7,11 +7,15 @@ fresh `launcher` subprocess while streamed chat completions run through the fron
 - a change that makes the new replica exit: rolled back, exit 1 naming the replica, the cause and its
   last log lines; the old spec serves again on it, the other replica untouched, 0 failed streams;
 - a changed flag on prefill (one replica): refused (exit 2, nothing changed), then `--allow-downtime`
-  recreates it as `up` always did."""
+  recreates it as `up` always did;
+- Ctrl-C while a new replica starts: it is rolled back, `up` says which replica runs which spec."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +25,7 @@ import pytest
 import yaml
 
 from launcher.plan.build import REPLICA_PORT_STEP
-from tests.helpers import assert_gone, free_port, fresh_env, local_stack
+from tests.helpers import Lines, assert_gone, free_port, fresh_env, local_stack, wait_for
 from tests.test_drain_local import launcher, stream
 
 pytestmark = pytest.mark.slow
@@ -47,6 +51,8 @@ class Load:
             out = stream(self.port, k * 10_000 + i, {}, max_tokens=TOKENS)
             out["at"] = time.strftime("%H:%M:%S")
             self.results.append(out)
+            if out["error"] is not None:
+                time.sleep(0.1)  # a failure is counted; not spinning on it leaves the CPU to what serves
             i += 1
 
     def __enter__(self) -> Load:
@@ -160,6 +166,33 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         assert allowed.returncode == 0, allowed.stdout + allowed.stderr
         assert "--allow-downtime: role prefill is unavailable during its restart" in allowed.stderr, allowed.stderr
         assert replicas(config, env, tmp_path)["prefill-r0"]["id"] != before["prefill-r0"]["id"]
+
+        # 4. Ctrl-C while the first new replica starts: it is rolled back, the next one not reached.
+        ready = replicas(config, env, tmp_path)
+        data["groups"]["decode"]["args"]["startup-time"] = STARTUP
+        rewrite(config, data)
+        argv = [sys.executable, "-m", "launcher", "up", config, "--skip-doctor"]
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            progress = Lines(proc.stderr)
+            assert progress.until(lambda line: "started 1 container(s)" in line, 60), progress.text()
+            proc.send_signal(signal.SIGINT)
+            err = progress.rest(60)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        assert (
+            "interrupted: rolling up stopped. On the new spec: none. On the previous spec: decode (rolled back:"
+            " decode runs the previous spec again), decode.1 (not reached)."
+        ) in err, err
+        wait_for(lambda: replicas(config, env, tmp_path)["decode-r0"]["state"].startswith("running"), 30)
+        now = replicas(config, env, tmp_path)
+        assert [now[n]["running_spec"] for n in ("decode", "decode.1")] == [
+            ready[n]["running_spec"] for n in ("decode", "decode.1")
+        ], now
+        assert not (tmp_path / "state" / "roll" / "lock").exists(), "the lock was left behind"
     finally:
         launcher("down", config, "--now", env=env, cwd=tmp_path)
     assert_gone([], (port, *ports, second))
