@@ -40,15 +40,15 @@ class Load:
     """CLIENTS threads streaming chat completions through the frontend one after another until stopped;
     every outcome kept (a truncated stream: no finish_reason `length` or fewer chunks than asked)."""
 
-    def __init__(self, port: int):
-        self.port, self.stop, self.results = port, threading.Event(), []
+    def __init__(self, port: int, host: str = "127.0.0.1"):
+        self.port, self.host, self.stop, self.results = port, host, threading.Event(), []
         self.pool = ThreadPoolExecutor(CLIENTS)
 
     def _client(self, k: int) -> None:
         deadline = time.monotonic() + LOAD_LIMIT
         i = 0
         while not self.stop.is_set() and time.monotonic() < deadline:
-            out = stream(self.port, k * 10_000 + i, {}, max_tokens=TOKENS)
+            out = stream(self.port, k * 10_000 + i, {}, self.host, max_tokens=TOKENS)
             out["at"] = time.strftime("%H:%M:%S")
             self.results.append(out)
             if out["error"] is not None:
@@ -117,6 +117,7 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         assert len(load.results) >= 2 * CLIENTS, load.results  # streams started and ended during the roll
         assert "will roll decode: 2 replica(s) (decode, decode.1) in 2 step(s)" in out, out
         assert out.index("rolled decode: replaced in") < out.index("rolled decode.1: replaced in"), out
+        assert out.count("smoke request(s) until one reached it") == 2, out  # its own request counter moved
         assert "0 service(s) (re)created, 2 replica(s) rolled" in out, out
         after = replicas(config, env, tmp_path)
         for name in ("decode", "decode.1"):

@@ -101,8 +101,8 @@ def replace(t: Target, progress: Progress, step: Step) -> None:
     progress.log(f"rolling {step.label}: draining")
     lines = drain(t, step.services, lambda line: progress.log(f"drain: {line}"))
     locking.audit(site, f"roll {step.label}: " + ("; ".join(lines) or "nothing to drain"))
-    hold(t, step)
     try:
+        hold(t, step)
         start(t, step.services, progress)
         # ready, and registered: the frontend lists every worker again (the drained one had left it)
         Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
