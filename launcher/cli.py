@@ -131,11 +131,27 @@ def up(
         ),
     ] = True,
     profile: ProfileOpt = None,
+    allow_downtime: Annotated[
+        bool,
+        typer.Option(
+            "--allow-downtime",
+            help="Recreate a changed group that has a single running replica (its role is unavailable meanwhile).",
+        ),
+    ] = False,
+    max_unavailable: Annotated[
+        int,
+        typer.Option(
+            "--max-unavailable",
+            min=1,
+            help="Replicas of a group replaced at once by a rolling up (at least one always keeps serving).",
+        ),
+    ] = 1,
 ) -> None:
     """Start the deployment on every node, wait until it answers, and print the endpoint.
 
     Re-running converges: unchanged services are kept, a changed group is recreated whole, services no
-    longer in the file are removed."""
+    longer in the file are removed. A changed group with 2 or more replicas rolls: one replica at a time
+    drained, replaced, proven, rolled back if it fails."""
     from launcher.commands import up as command
     from launcher.commands import watch as watching
 
@@ -149,6 +165,8 @@ def up(
         skip_fabric=skip_fabric,
         wait=wait,
         profile=profile,
+        allow_downtime=allow_downtime,
+        max_unavailable=max_unavailable,
     )
     if then_watch:
         watching.run(done.path, None, done.inventory, link)

@@ -63,13 +63,13 @@ def deployment(tmp_path: Path, name: str, edit=None) -> Iterator[tuple[str, dict
     assert_gone([], (port, *ports))
 
 
-def stream(port: int, i: int, out: dict | None = None, host: str = "127.0.0.1") -> dict:
+def stream(port: int, i: int, out: dict | None = None, host: str = "127.0.0.1", max_tokens: int = TOKENS) -> dict:
     """One streamed chat completion: how many chunks came, its finish_reason, any error (None: none), in
     `out` as they come (another thread may watch it) and returned."""
     body = {
         "model": "tiny",
         "messages": [{"role": "user", "content": f"tell me a long story {i}"}],
-        "max_tokens": TOKENS,
+        "max_tokens": max_tokens,
         "stream": True,
     }
     out = out if out is not None else {}
@@ -79,7 +79,7 @@ def stream(port: int, i: int, out: dict | None = None, host: str = "127.0.0.1") 
         conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
         response = conn.getresponse()
         if response.status != 200:
-            out["error"] = f"HTTP {response.status}"
+            out["error"] = f"HTTP {response.status}: {response.read(300)!r}"
             return out
         for line in response:
             data = line.strip().removeprefix(b"data:").strip()

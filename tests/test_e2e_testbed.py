@@ -107,7 +107,7 @@ def test_up_again_changes_nothing(testbed, work):
 def test_changed_decode_arg_recreates_exactly_the_decode_group(testbed, work, tmp_path):
     before = ids(testbed, work)
     changed = variant(tmp_path, "changed.yaml", **{"max-num-seqs": 64})
-    up = launcher(testbed, "up", cwd=work, config=changed)
+    up = launcher(testbed, "up", "--allow-downtime", cwd=work, config=changed)  # one decode replica: downtime
     assert up.returncode == 0, up.stdout + up.stderr
     after = ids(testbed, work)
     recreated = {k for k in before if before[k] != after.get(k)}

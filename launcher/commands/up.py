@@ -8,6 +8,7 @@ import sys
 import time
 
 from launcher.commands import locking
+from launcher.commands import roll as rolling
 from launcher.commands.context import Connection, Target, connected, remember, target
 from launcher.commands.drain import drain_strays
 from launcher.commands.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
@@ -43,6 +44,8 @@ def run(
     wait: bool,
     skip_fabric: bool = False,
     profile: str | None = None,
+    allow_downtime: bool = False,
+    max_unavailable: int = 1,
 ) -> Target:
     """The verb: refuse stale flags, check the nodes (doctor), prove the fabric, converge, report the endpoint.
     `profile`: the file's profile to apply (None: none, not even the one the last `up` applied: `up` says
@@ -65,7 +68,7 @@ def run(
 
             doctor.before_up(t, progress)
         try:
-            changes = up(t, progress, command=command, wait=wait, prove_fabric=not skip_fabric)
+            changes = up(t, progress, command, wait, not skip_fabric, allow_downtime, max_unavailable)
         except KeyboardInterrupt:
             say(
                 f"interrupted: containers already started stay up. See them with `launcher status`; remove them all"
@@ -74,7 +77,7 @@ def run(
             )
             raise Exit(130) from None
     plan = t.plan
-    state = "unchanged" if changes.unchanged else f"{len(changes.create)} service(s) (re)created"
+    state = "unchanged" if changes.unchanged else f"{len(changes.create)} service(s) (re)created" + rolled(changes)
     say(f"{'ready' if wait else 'running'}: {plan.deployment} on {len(plan.nodes)} node(s), {state}")
     if plan.endpoint and wait:
         say(f"endpoint: {plan.endpoint}  model: {plan.model_name}")
@@ -83,16 +86,24 @@ def run(
 
 
 def up(
-    target: Target, progress: Progress, command: str = "launcher up", wait: bool = True, prove_fabric: bool = True
+    target: Target,
+    progress: Progress,
+    command: str = "launcher up",
+    wait: bool = True,
+    prove_fabric: bool = True,
+    allow_downtime: bool = False,
+    max_unavailable: int = 1,
 ) -> Changes:
     """Converge the nodes on the plan. With wait=False, return once every container runs (no readiness).
-    `prove_fabric`: the fabric check runs before anything starts, for every rendezvous group (re)created."""
+    `prove_fabric`: the fabric check runs before anything starts, for every rendezvous group (re)created.
+    Replicas whose spec changed roll last, one step at a time (commands.roll), waited for even so."""
     plan = target.plan
     progress.log(f"checking {len(plan.nodes)} node(s)")
     current, held = check_and_lock(target, command)
     with locking.releasing(locking.Site.of(target), held) as lock:
         lock.outcome = "up failed"
         changes = reconcile.compute(plan, current)
+        roll = rolling.prepare(target, progress, changes, current, allow_downtime, max_unavailable)
         _announce(target, progress, changes)
         groups = to_prove(plan, changes)
         if prove_fabric and groups:
@@ -106,8 +117,14 @@ def up(
             _run_phases(target, progress, changes, current, started, wait)
         except KeyboardInterrupt as exc:
             raise _interrupted(target, exc, started) from None
+        rolling.run(target, progress, roll)
         lock.outcome = "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created")
+        lock.outcome += rolled(changes)
     return changes
+
+
+def rolled(changes: Changes) -> str:
+    return f", {len(changes.rolled)} replica(s) rolled" if changes.rolled else ""
 
 
 def check_and_lock(target: Target, command: str) -> tuple[list[Container], LockInfo]:
@@ -145,6 +162,8 @@ def _announce(target: Target, progress: Progress, changes: Changes) -> None:
     """Say what will change, and remove what must go before anything starts."""
     if changes.unchanged:
         progress.log(f"unchanged: all {len(changes.keep)} service(s) already run as planned")
+        return
+    if not changes.create and not changes.remove:  # only a roll
         return
     for s in changes.create:
         progress.log(f"will (re)create {s.tag}: {changes.reasons.get(s.service)}")

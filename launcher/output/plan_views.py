@@ -141,6 +141,12 @@ def _stop_text(plan: Plan) -> list[str]:
         )
     elif plan.migration_limit == 0:
         out.append("request migration: off (services.frontend.migration_limit: 0)")
+    rolled = [g.base for g in plan.groups if g.replica == 0 and g.replicas > 1]
+    if rolled:
+        out.append(
+            f"rolling: a change to {', '.join(rolled)} rolls, one replica at a time drained, replaced and proven by a"
+            " smoke request, rolled back if it fails (`up --max-unavailable K` widens a step)"
+        )
     return out
 
 

@@ -22,10 +22,11 @@ class Changes:
     keep: list[Service] = field(default_factory=list)
     remove: list[Container] = field(default_factory=list)  # orphans, and old containers being replaced
     reasons: dict[str, str] = field(default_factory=dict)  # service -> why it is (re)created
+    rolled: list[str] = field(default_factory=list)  # replicas replaced one step at a time (plan.roll)
 
     @property
     def unchanged(self) -> bool:
-        return not self.create and not self.remove
+        return not self.create and not self.remove and not self.rolled
 
 
 def compute(plan: Plan, containers: list[Container]) -> Changes:

@@ -17,6 +17,13 @@ LIST_MARK = "@@launcher-list@@"  # what follows is a service listing (docker ins
 # A check-and-list script exits with this when the container engine (or python_env) does not answer,
 # to tell "the engine is down" from "the listing failed".
 ENGINE_UNAVAILABLE = 97
+# A rolling `up` keeps a replaced service's stopped container (or run directory) under this suffix until
+# its replacement proved itself, to start it again on a rollback; `up` removes any left over.
+HELD_SUFFIX = ".held"
+
+
+def held_name(name: str) -> str:
+    return name + HELD_SUFFIX
 
 
 class Runtime(Protocol):
@@ -43,6 +50,20 @@ class Runtime(Protocol):
     def term_script(self, plan: Plan, names: list[str]) -> str:
         """SIGTERM to each named service's engine process only (what `docker stop` sends first), leaving
         it to finish and exit on its own: the drain's signal. Prints nothing; a service not running is skipped."""
+        ...
+
+    def hold_script(self, plan: Plan, names: list[str]) -> str:
+        """Stop each named service and keep it under `held_name` (unless one is held already): what a
+        rollback starts again. Prints nothing."""
+        ...
+
+    def restore_script(self, plan: Plan, names: list[str]) -> str:
+        """Remove what runs under each name, put the held one back in its place and start it as it was;
+        then list the deployment (after LIST_MARK)."""
+        ...
+
+    def discard_held_script(self, plan: Plan, names: list[str]) -> str:
+        """Remove the held services of these names (their replacements proved themselves)."""
         ...
 
     def remove_all_script(self, plan: Plan, now: bool = False) -> str:

@@ -11,7 +11,7 @@ import dataclasses
 import posixpath
 
 from launcher.plan.types import FABRIC_LABEL, LABEL, Plan, Service
-from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK
+from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK, held_name
 from launcher.runtime.lock import guard_script
 from launcher.runtime.shell import join, q, write_from_stdin
 
@@ -77,6 +77,31 @@ class Docker:
         if not names:
             return "true"
         return "docker kill --signal TERM " + " ".join(q(n) for n in names) + " >/dev/null 2>&1 || true"
+
+    def hold_script(self, plan: Plan, names: list[str]) -> str:
+        """`docker stop` (its drain came before), then renamed: its config, image and logs are kept."""
+        lines = ["set -e"]
+        for n in names:
+            name, held = q(n), q(held_name(n))
+            lines.append(
+                f"if ! docker inspect -f . {held} >/dev/null 2>&1 && docker inspect -f . {name} >/dev/null 2>&1;"
+                f" then docker stop -t 10 {name} >/dev/null; docker rename {name} {held}; fi"
+            )
+        return "\n".join(lines)
+
+    def restore_script(self, plan: Plan, names: list[str]) -> str:
+        lines = ["set -e"]
+        for n in names:
+            name, held = q(n), q(held_name(n))
+            lines.append(
+                f"if docker inspect -f . {held} >/dev/null 2>&1; then docker rm -f {name} >/dev/null 2>&1 || true;"
+                f" docker rename {held} {name}; fi; docker start {name} >/dev/null"
+            )
+        lines += [f"echo {q(LIST_MARK)}", self.list_script(plan)]
+        return "\n".join(lines)
+
+    def discard_held_script(self, plan: Plan, names: list[str]) -> str:
+        return "docker rm -f " + " ".join(q(held_name(n)) for n in names) + " >/dev/null 2>&1 || true"
 
     def remove_all_script(self, plan: Plan, now: bool = False) -> str:
         """Remove every container of the deployment on this node, and its secret env files; print the count.

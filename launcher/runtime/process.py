@@ -14,7 +14,7 @@ import json
 import posixpath
 
 from launcher.plan.types import Plan, Service
-from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK
+from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK, held_name
 from launcher.runtime.lock import guard_script
 from launcher.runtime.shell import q, write_from_stdin
 
@@ -145,6 +145,8 @@ class Process:
                 f"install -d -m 0700 {d} {d}/scratch",
                 write_from_stdin(f"{d}/env", body, quoted=True),
                 f"printf '%s' {q(json.dumps(plan.labels(s)))} > {d}/labels.json",
+                # the command as it started, for a rollback to start it again (restore_script)
+                f"printf '%s' {q(self._argv(s))} > {d}/cmd",
                 *self._launch(d, s),
             ]
             stdin += body
@@ -161,13 +163,21 @@ class Process:
         return "\n".join(lines)
 
     @staticmethod
-    def _launch(d: str, s: Service) -> list[str]:
+    def _argv(s: Service) -> str:
+        return " ".join(q(a) for a in s.command)
+
+    @classmethod
+    def _launch(cls, d: str, s: Service) -> list[str]:
+        body = q('. ../env; "$@"; echo $? > ../exit') + f" {q(s.name)} {cls._argv(s)} > {d}/log"
+        return cls._wrapped(d, body)
+
+    @staticmethod
+    def _wrapped(d: str, body: str) -> list[str]:
+        """Start `bash -c BODY` as the session's leader in the service's scratch directory; record its pid."""
         return [
             f"date -u +%Y-%m-%dT%H:%M:%SZ > {d}/started",
             # The wrapper is the session leader; it records the service's exit code.
-            f"(cd {d}/scratch && exec setsid bash -c "
-            + q('. ../env; "$@"; echo $? > ../exit')
-            + f" {q(s.name)} {' '.join(q(a) for a in s.command)} > {d}/log 2>&1 < /dev/null) &",
+            f"(cd {d}/scratch && exec setsid bash -c {body} 2>&1 < /dev/null) &",
             f"echo $! > {d}/pid",
             # A service that failed at once is gone already: no start time, listed as exited
             # with its code; the other services of this script still start.
@@ -185,6 +195,33 @@ class Process:
     def term_script(self, plan: Plan, names: list[str]) -> str:
         dirs = " ".join(f'"$RUN"/{q(name)}' for name in names)
         return self._run(plan) + STOP_FN + f'for d in {dirs}; do term_engine "$d"; done' if names else "true"
+
+    def hold_script(self, plan: Plan, names: list[str]) -> str:
+        """Stopped (its drain came before), then its run directory renamed: env, command and log kept."""
+        lines = [self._run(plan) + STOP_FN]
+        for n in names:
+            d, h = f'"$RUN"/{q(n)}', f'"$RUN"/{q(held_name(n))}'
+            lines.append(f"if [ ! -d {h} ] && [ -d {d} ]; then stop_svc {d}; mv {d} {h}; fi")
+        return "\n".join(lines)
+
+    def restore_script(self, plan: Plan, names: list[str]) -> str:
+        """The held run directory back in place, its recorded command started again (its log appended to)."""
+        lines = ["set -e", STOP_FN, self._run(plan)]
+        for n in names:
+            d, h = f'"$RUN"/{q(n)}', f'"$RUN"/{q(held_name(n))}'
+            body = q('. ../env; eval "$(cat ../cmd)"; echo $? > ../exit') + f" {q(n)} >> {d}/log"
+            lines += [
+                f"if [ -d {h} ]; then if [ -d {d} ]; then stop_svc {d}; rm -rf {d}; fi; mv {h} {d}; fi",
+                f"[ -f {d}/cmd ] || {{ echo {q(f'{n}: no previous run to start again')} >&2; exit 1; }}",
+                f"stop_svc {d}",
+                f"rm -f {d}/exit",
+                *self._wrapped(d, body),
+            ]
+        lines += [f"echo {q(LIST_MARK)}", self.list_script(plan)]
+        return "\n".join(lines)
+
+    def discard_held_script(self, plan: Plan, names: list[str]) -> str:
+        return self.remove_script(plan, [held_name(n) for n in names])
 
     def remove_all_script(self, plan: Plan, now: bool = False) -> str:
         # TERM every session first, then wait for all of them together: one slow exit, not the sum.

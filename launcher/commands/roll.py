@@ -1,0 +1,223 @@
+"""Rolling `up`: the steps `launcher.plan.roll` chose, run one after the other, each on its replicas only.
+
+A step: drain the replicas' workers (`commands.drain`: out of routing, their in-flight requests let
+finish), stop them and keep them held (the runtime's `hold_script`: a renamed container, or run
+directory), start the new spec, wait until it is ready, then send smoke requests through the frontend
+until one has reached each new replica (its own /metrics request counter moved). Only then is the held
+one removed and the next step begun. When the new replica fails, or Ctrl-C comes, it is removed and the
+held one started again in its place (rollback): every replica runs one spec or the other, never half.
+Every step is a line of the head node's audit log.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+
+from launcher.commands import drain as drains
+from launcher.commands import locking
+from launcher.commands.context import Target
+from launcher.commands.nodes import NodeFailures, by_node, start
+from launcher.commands.waiter import ANSI, ServiceFailed, Waiter
+from launcher.errors import LauncherError
+from launcher.output.progress import Progress
+from launcher.plan import drain as plan_drain
+from launcher.plan import readiness
+from launcher.plan import roll as plan_roll
+from launcher.plan.metrics import metrics_url
+from launcher.plan.reconcile import Changes
+from launcher.plan.roll import Roll, Step
+from launcher.plan.state import Container
+from launcher.plan.types import Service
+from launcher.transport.errors import NodeError, describe
+
+SMOKE_ATTEMPTS = 30  # requests through the frontend until one reached the new replica (round robin: 2-3)
+LOG_LINES = 20
+SCRIPT_SECONDS = 120.0
+
+
+class DowntimeRefused(LauncherError):
+    """A change that would leave a role with no running replica, without --allow-downtime."""
+
+    exit_code = 2
+
+
+class RollFailed(LauncherError):
+    """A new replica failed and was rolled back: the others are untouched."""
+
+    exit_code = 1
+
+
+class RollInterrupted(LauncherError):
+    """Ctrl-C during a roll: the replica being replaced was rolled back; say which spec each runs."""
+
+    exit_code = 130
+
+
+def prepare(
+    t: Target, progress: Progress, changes: Changes, current: list[Container], allow_downtime: bool, widest: int
+) -> Roll:
+    """The roll this `up` makes, taken out of `changes` (said, not yet run); refused (nothing changed)
+    when a role would be unavailable and `--allow-downtime` was not given."""
+    groups = plan_roll.rollable(t.plan, changes, current)
+    roll = Roll(plan_roll.steps(t.plan, groups, widest), widest)
+    down = plan_roll.downtime(t.plan, changes, current, groups)
+    if down and not allow_downtime:
+        raise DowntimeRefused(
+            f"up refused, nothing changed: role {', '.join(down)} would be unavailable during its restart (its only"
+            f" running replica's spec changed); pass --allow-downtime to restart it anyway, or give its group"
+            f" `replicas: 2` to roll it"
+        )
+    for role in down:
+        progress.log(f"--allow-downtime: role {role} is unavailable during its restart")
+    plan_roll.split(t.plan, changes, roll)
+    for line in roll.describe():
+        progress.log(line)
+    return roll
+
+
+def run(t: Target, progress: Progress, roll: Roll) -> None:
+    """Every step in order; stops at the first that fails (rolled back, RollFailed) or at Ctrl-C."""
+    done: list[str] = []
+    for i, step in enumerate(roll.steps):
+        try:
+            replace(t, progress, step)
+        except KeyboardInterrupt:
+            back = rollback(t, step, "interrupted (Ctrl-C)")
+            rest = [u for s in roll.steps[i + 1 :] for u in s.units]
+            raise RollInterrupted(
+                f"interrupted: rolling up stopped. On the new spec: {', '.join(done) or 'none'}. On the previous"
+                f" spec: {step.label} ({back}){', ' + ', '.join(rest) + ' (not reached)' if rest else ''}."
+                f" `launcher up` again resumes the roll."
+            ) from None
+        done += step.units
+
+
+def replace(t: Target, progress: Progress, step: Step) -> None:
+    """One step, as the module's docstring says; a failure after the hold is rolled back (RollFailed)."""
+    site = locking.Site.of(t)
+    began = time.monotonic()
+    progress.log(f"rolling {step.label}: draining")
+    lines = drain(t, step.services, lambda line: progress.log(f"drain: {line}"))
+    locking.audit(site, f"roll {step.label}: " + ("; ".join(lines) or "nothing to drain"))
+    try:
+        hold(t, step)
+        start(t, step.services, progress)
+        # ready, and registered: the frontend lists every worker again (the drained one had left it)
+        Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
+        proof = smoke(t, step)
+    except (ServiceFailed, NodeFailures) as exc:
+        reason = str(exc).splitlines()[0]
+        logs = last_logs(t, step.services)
+        back = rollback(t, step, reason, progress)
+        raise RollFailed(
+            f"rolling up failed on replica {step.label}: {reason}\n{back}; the other replicas are untouched.\n"
+            f"--- last {LOG_LINES} log lines of the new {step.label} ---\n{logs}\n---"
+        ) from None
+    discard(t, step)
+    took = time.monotonic() - began
+    locking.audit(site, f"roll {step.label}: replaced in {took:.1f}s ({proof})")
+    progress.log(f"rolled {step.label}: replaced in {took:.1f}s, {proof}")
+
+
+def drain(t: Target, services: list[Service], told: Callable[[str], None]) -> list[str]:
+    """The step's workers drained (prefill first), within drain_timeout; the lines said and audited."""
+    deadline = time.monotonic() + t.plan.drain_timeout
+    workers = [s for s in services if plan_drain.drained(s)]
+    out = []
+    for phase in ([s for s in workers if s.role == "prefill"], [s for s in workers if s.role != "prefill"]):
+        on = by_node(phase)
+        results = t.fleet.map(lambda h, on=on: drains.drain_node(t, h, on[h.node.index], deadline, {}), on)
+        for _, result in sorted(results.items()):
+            for d in [] if isinstance(result, Exception) else result:
+                if d.outcome != "not running":
+                    told(d.describe())
+                    out.append(f"drain {d.describe()}")
+            if isinstance(result, Exception):
+                out.append(f"drain failed: {describe(result)}")  # a courtesy: the stop goes on
+                told(out[-1])
+    return out
+
+
+def _on_nodes(t: Target, services: list[Service], script: Callable[[list[str]], str], what: str) -> None:
+    names = {i: [s.name for s in ss] for i, ss in by_node(services).items()}
+    _, failures = t.fleet.run(lambda h: script(names[h.node.index]), names, timeout=SCRIPT_SECONDS).scripts()
+    if failures:
+        raise NodeFailures(what, failures, t.plan)
+
+
+def hold(t: Target, step: Step) -> None:
+    _on_nodes(t, step.services, lambda n: t.runtime.hold_script(t.plan, n), f"cannot stop {step.label}")
+
+
+def discard(t: Target, step: Step) -> None:
+    _on_nodes(t, step.services, lambda n: t.runtime.discard_held_script(t.plan, n), "cannot remove the old replica")
+
+
+def rollback(t: Target, step: Step, reason: str, progress: Progress | None = None) -> str:
+    """The new replica removed, the held one started again in its place (held first if the step had not
+    got that far) and, given `progress`, waited for until ready; audited. Returns what the user is told."""
+    site = locking.Site.of(t)
+    try:
+        hold(t, step)
+        _on_nodes(t, step.services, lambda n: t.runtime.restore_script(t.plan, n), "rollback failed")
+        if progress is not None:
+            Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
+    except (NodeFailures, NodeError, ServiceFailed) as exc:
+        text = f"rollback of {step.label} FAILED ({str(exc).splitlines()[0]}): `launcher status` shows what runs"
+    else:
+        text = f"rolled back: {step.label} runs the previous spec again"
+    try:
+        locking.audit(site, f"roll {step.label}: {reason}; {text}")
+    except Exception:  # the audit line is not worth hiding the rollback's outcome
+        pass
+    return text
+
+
+def smoke(t: Target, step: Step) -> str:
+    """Chat completions through the frontend until each new replica's own request counter has moved
+    (the frontend routes round robin among the replicas): proof that it serves, not only that it runs."""
+    plan = t.plan
+    if not plan.endpoint:
+        return "no endpoint to send a smoke request through"
+    watched = [s for s in step.services if plan_drain.drained(s) and metrics_url(s)]
+    before = {s.name: requests(t, s) for s in watched}
+    entry = t.fleet.host(plan.entry.node.index)
+    last = "no answer"
+    for attempt in range(1, SMOKE_ATTEMPTS + 1):
+        body = readiness.chat_request(plan.model_name)
+        body["messages"][0]["content"] = f"Say hello ({secrets.token_hex(4)})."  # no prefix cache to stick to
+        try:
+            status, answer = entry.http("POST", plan.endpoint + "/v1/chat/completions", body, timeout=60)
+            last = f"HTTP {status}" if status != 200 else "200 with no text"
+            ok = status == 200 and readiness.answer_text(answer).strip()
+        except (OSError, ConnectionError, NodeError) as exc:
+            last, ok = describe(exc), False
+        moved = [s for s in watched if (requests(t, s) or 0) > (before[s.name] or 0)]
+        if ok and len(moved) == len(watched):
+            return f"{attempt} smoke request(s) until one reached it"
+        if not ok:
+            time.sleep(1)
+    raise ServiceFailed(f"no smoke request reached {step.label} in {SMOKE_ATTEMPTS} tries (last: {last})")
+
+
+def requests(t: Target, s: Service) -> float | None:
+    url = metrics_url(s)
+    try:
+        status, body = t.fleet.host(s.node.index).http("GET", url, timeout=5, limit=plan_drain.MAX_METRICS_BYTES)
+        return plan_roll.worker_requests(body) if status == 200 and isinstance(body, str) else None
+    except (OSError, ValueError, NodeError):
+        return None
+
+
+def last_logs(t: Target, services: list[Service]) -> str:
+    out = []
+    for s in services:
+        try:
+            script = t.runtime.logs_script(t.plan, s.name, tail=LOG_LINES)
+            text = t.fleet.host(s.node.index).run(script, timeout=30).stdout
+        except Exception as exc:  # the node itself may be the cause
+            text = f"(no logs: {describe(exc)})"
+        out.append(ANSI.sub("", text).rstrip())
+    return "\n".join(out)

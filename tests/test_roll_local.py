@@ -1,0 +1,199 @@
+"""Rolling `up` for real on this machine (issue 28, case 6: the embedded default with `replicas: 2` on
+decode; etcd, NATS, the frontend and the mockers as local processes, the process runtime), each step a
+fresh `launcher` subprocess while streamed chat completions run through the frontend without pause:
+
+- a decode flag changed: `up` rolls the two replicas one at a time: 0 failed, 0 truncated streams, both
+  replicas on the new spec after;
+- a change that makes the new replica exit: rolled back, exit 1 naming the replica, the cause and its
+  last log lines; the old spec serves again on it, the other replica untouched, 0 failed streams;
+- a changed flag on prefill (one replica): refused (exit 2, nothing changed), then `--allow-downtime`
+  recreates it as `up` always did;
+- Ctrl-C while a new replica starts: it is rolled back, `up` says which replica runs which spec."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.plan.build import REPLICA_PORT_STEP
+from tests.helpers import Lines, assert_gone, free_port, fresh_env, local_stack, wait_for
+from tests.test_drain_local import launcher, stream
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = 4  # streams in flight at every moment, each one after the other
+TOKENS = 200  # ~1.5 s a stream at speedup 1: several streams start and end during each step
+STARTUP = 2  # seconds each mocker takes to "load its model" (--startup-time): a roll step is slow
+LOAD_LIMIT = 240
+
+
+class Load:
+    """CLIENTS threads streaming chat completions through the frontend one after another until stopped;
+    every outcome kept (a truncated stream: no finish_reason `length` or fewer chunks than asked)."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1"):
+        self.port, self.host, self.stop, self.results = port, host, threading.Event(), []
+        self.pool = ThreadPoolExecutor(CLIENTS)
+
+    def _client(self, k: int) -> None:
+        deadline = time.monotonic() + LOAD_LIMIT
+        i = 0
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            out = stream(self.port, k * 10_000 + i, {}, self.host, max_tokens=TOKENS)
+            out["at"] = time.strftime("%H:%M:%S")
+            self.results.append(out)
+            if out["error"] is not None:
+                time.sleep(0.1)  # a failure is counted; not spinning on it leaves the CPU to what serves
+            i += 1
+
+    def __enter__(self) -> Load:
+        self.futures = [self.pool.submit(self._client, k) for k in range(CLIENTS)]
+        deadline = time.monotonic() + 30
+        while len(self.results) < CLIENTS and time.monotonic() < deadline:  # every client has been served once
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for f in self.futures:
+            f.result(timeout=90)
+        self.pool.shutdown()
+
+    def bad(self) -> list[dict]:
+        return [r for r in self.results if r["error"] is not None or r["finish"] != "length" or r["chunks"] < TOKENS]
+
+
+def replicas(config: str, env: dict, cwd: Path) -> dict[str, dict]:
+    status = launcher("status", config, "--json", env=env, cwd=cwd)
+    assert status.returncode in (0, 1), status.stdout + status.stderr  # 1: what runs is not the file (outdated)
+    state = json.loads(status.stdout)
+    out = {r["name"]: r for r in state["replicas"]}
+    out["frontend"] = state["frontend"]
+    for s in state["services"]:
+        out.setdefault(s["service"], s)
+    return out
+
+
+def rewrite(config: str, data: dict) -> None:
+    Path(config).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
+    data, ports = local_stack(tmp_path, "roll")
+    for group in data["groups"].values():
+        group["args"] = {"speedup-ratio": 1, "startup-time": STARTUP}
+    data["groups"]["decode"]["replicas"] = 2
+    data["drain_timeout"] = 30
+    config = str(tmp_path / "local.yaml")
+    rewrite(config, data)
+    port = free_port()
+    env = {**fresh_env(), "LAUNCHER_PORT": str(port)}
+    second = data["groups"]["decode"]["system_port"] + REPLICA_PORT_STEP
+    try:
+        up = launcher("up", config, env=env, cwd=tmp_path)
+        assert up.returncode == 0, up.stdout + up.stderr
+        before = replicas(config, env, tmp_path)
+
+        # 1. A decode flag changed: rolled one replica at a time under constant streaming load.
+        data["groups"]["decode"]["args"]["startup-time"] = STARTUP + 1
+        rewrite(config, data)
+        with Load(port) as load:
+            started = time.monotonic()
+            roll = launcher("up", config, env=env, cwd=tmp_path)
+            took = time.monotonic() - started
+        out = roll.stdout + roll.stderr
+        print(f"\nrolling up of 2 decode replicas: {took:.1f}s; streams {len(load.results)}, bad {len(load.bad())}")
+        assert roll.returncode == 0, out
+        assert load.bad() == [], load.bad()
+        assert len(load.results) >= 2 * CLIENTS, load.results  # streams started and ended during the roll
+        assert "will roll decode: 2 replica(s) (decode, decode.1) in 2 step(s)" in out, out
+        assert out.index("rolled decode: replaced in") < out.index("rolled decode.1: replaced in"), out
+        assert out.count("smoke request(s) until one reached it") == 2, out  # its own request counter moved
+        assert "0 service(s) (re)created, 2 replica(s) rolled" in out, out
+        after = replicas(config, env, tmp_path)
+        for name in ("decode", "decode.1"):
+            assert after[name]["running_spec"] == [after[name]["spec"]] != before[name]["running_spec"], after
+        assert after["prefill-r0"]["id"] == before["prefill-r0"]["id"]  # the rest untouched
+        audit = (tmp_path / "state" / "roll" / "audit.log").read_text()
+        assert '"roll decode: drain decode-r0 on node 0: ' in audit and '"roll decode.1: replaced in' in audit, audit
+
+        # 2. A change that makes the new replica exit: rolled back, the old spec serving again.
+        missing = str(tmp_path / "missing-engine.json")  # a valid flag (doctor passes it); the mocker exits
+        data["groups"]["decode"]["args"]["extra-engine-args"] = missing
+        rewrite(config, data)
+        with Load(port) as load:
+            bad = launcher("up", config, env=env, cwd=tmp_path)
+        out = bad.stdout + bad.stderr
+        print(f"rollback: streams {len(load.results)}, bad {len(load.bad())}")
+        if load.bad():
+            print(out, load.bad()[0], load.bad()[-1])
+        assert bad.returncode == 1, out
+        assert "rolling up failed on replica decode: decode rank 0 of group decode" in out, out
+        assert "exited with exit code 1 (container roll-decode-r0)" in out, out
+        assert f"FileNotFoundError: [Errno 2] No such file or directory: '{missing}'" in out, out  # its last log lines
+        assert "rolled back: decode runs the previous spec again; the other replicas are untouched" in out, out
+        assert load.bad() == [], load.bad()
+        back = replicas(config, env, tmp_path)
+        assert back["decode"]["running_spec"] == after["decode"]["running_spec"], back  # the previous spec
+        assert back["decode-r0"]["state"].startswith("running"), back
+        assert back["decode.1-r0"]["id"] == after["decode.1-r0"]["id"], back
+        assert back["frontend"]["instances"]["backend"] == 2, back["frontend"]  # both serve: waited for
+        assert "decode-r0.held" not in back and "roll-decode-r0.held" not in json.dumps(back)
+        assert stream(port, 1, {}, max_tokens=8)["finish"] == "length"  # serving
+
+        # 3. Prefill has one replica: a change would take it down; refused, then allowed.
+        del data["groups"]["decode"]["args"]["extra-engine-args"]  # decode as it runs
+        data["groups"]["prefill"]["args"]["startup-time"] = STARTUP + 1
+        rewrite(config, data)
+        refused = launcher("up", config, env=env, cwd=tmp_path)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        lines = refused.stderr.strip().splitlines()
+        assert lines[-1].endswith(
+            "up refused, nothing changed: role prefill would be unavailable during its restart (its only running"
+            " replica's spec changed); pass --allow-downtime to restart it anyway, or give its group `replicas: 2`"
+            " to roll it"
+        ), refused.stderr
+        assert replicas(config, env, tmp_path)["prefill-r0"]["id"] == before["prefill-r0"]["id"]
+        allowed = launcher("up", config, "--allow-downtime", env=env, cwd=tmp_path)
+        assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+        assert "--allow-downtime: role prefill is unavailable during its restart" in allowed.stderr, allowed.stderr
+        assert replicas(config, env, tmp_path)["prefill-r0"]["id"] != before["prefill-r0"]["id"]
+
+        # 4. Ctrl-C while the first new replica starts: it is rolled back, the next one not reached.
+        ready = replicas(config, env, tmp_path)
+        data["groups"]["decode"]["args"]["startup-time"] = STARTUP
+        rewrite(config, data)
+        argv = [sys.executable, "-m", "launcher", "up", config, "--skip-doctor"]
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            progress = Lines(proc.stderr)
+            assert progress.until(lambda line: "started 1 container(s)" in line, 60), progress.text()
+            proc.send_signal(signal.SIGINT)
+            err = progress.rest(60)
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        assert (
+            "interrupted: rolling up stopped. On the new spec: none. On the previous spec: decode (rolled back:"
+            " decode runs the previous spec again), decode.1 (not reached)."
+        ) in err, err
+        wait_for(lambda: replicas(config, env, tmp_path)["decode-r0"]["state"].startswith("running"), 30)
+        now = replicas(config, env, tmp_path)
+        assert [now[n]["running_spec"] for n in ("decode", "decode.1")] == [
+            ready[n]["running_spec"] for n in ("decode", "decode.1")
+        ], now
+        assert not (tmp_path / "state" / "roll" / "lock").exists(), "the lock was left behind"
+    finally:
+        launcher("down", config, "--now", env=env, cwd=tmp_path)
+    assert_gone([], (port, *ports, second))
