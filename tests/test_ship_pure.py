@@ -21,7 +21,7 @@ from launcher.config.load import load as load_config
 from launcher.errors import ConfigError
 from launcher.output.transfer import Moving, TransferView, size
 from launcher.plan.build import build as build_plan
-from launcher.remote import relay as remote
+from launcher.remote import manifest as remote
 from launcher.runtime import for_plan
 from tests.helpers import CONFIGS, REPO, UNREACHABLE, fresh_env
 from tests.test_relay_hostile import Started
