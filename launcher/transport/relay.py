@@ -1,6 +1,7 @@
 """One stream of bytes to many nodes at the speed of one copy: the nodes pass it on to each other.
 
-The operator's side of `launcher/remote/relay.py` (read its docstring for the protocol). Each chosen
+The operator's side of `launcher/remote/relay.py` (read its docstring for the protocol), on the same
+core (`launcher/remote/relay_core.py`: the ring, the seal, the handshake, a downstream). Each chosen
 node runs a relay (`Host.start`); they form a tree, a chain by default (`fanout` 1): the root, a
 `Feed` on this machine (an image's `docker save` stream, a directory's records) or a relay on a source
 node, sends ONE stream to the first node, which passes it on to the next as the bytes arrive, and so
