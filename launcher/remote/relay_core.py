@@ -207,8 +207,9 @@ def shut(sock) -> None:
 class Downstream:
     """One node a relay passes the stream to, from the position that node says it holds.
 
-    Lost (its connection broke), it keeps its hold on the ring: the stream waits for the launcher to
-    re-route (a replacement, `replaces` this one, takes over the hold once attached) or to drop it.
+    Lost (its connection broke) or stopped (`stop`: a replacement is on its way), it keeps its hold on
+    the ring: the stream waits for the launcher to re-route (a replacement, `replaces` this one, takes
+    over the hold once attached) or to drop it. Only then (`released`) does the hold end.
     Each end says how it connects (`connect`), reports (`report`) and closes (`close`, `finished`)."""
 
     serial = 0
@@ -220,7 +221,8 @@ class Downstream:
         self.name = f"{ident}#{Downstream.serial}"
         self.replaces = replaces
         self.conn = None
-        self.dropped = False
+        self.dropped = False  # stopped or dropped: its connection is closed, nothing more to report
+        self.released = False  # dropped, or its replacement is attached: it holds the ring no more
         self.sent = 0
         self.thread = threading.Thread(target=self.run, daemon=True, name=f"down-{ident}")
 
@@ -246,6 +248,9 @@ class Downstream:
             deadline = None if self.deadline is None else time.monotonic() + self.deadline
             pos = prove_to(self.conn, self.key, self.frm, self.id, deadline)
             attached = ring.attach(self.name, pos, ring.keep)
+            if self.released:  # its replacement let go of it while it attached
+                ring.detach(self.name)
+                return
             self.let_go()
             if not attached:
                 self.report("cannot-resume", position=pos, held=ring.held_from())
@@ -258,9 +263,9 @@ class Downstream:
             ring.detach(self.name)
         except Exception as exc:  # the connection, the peer's words: either way this link is lost
             self.let_go()
-            if self.dropped or ring.closed:
+            if self.released or ring.closed:
                 ring.detach(self.name)
-            else:
+            elif not self.dropped:
                 self.report("lost", detail=str(exc) or type(exc).__name__, sent=self.sent)
         finally:
             if self.conn is not None:
@@ -284,6 +289,7 @@ class Downstream:
     def let_go(self) -> None:
         """The one this replaces holds the ring no more (this one holds it now, or could not)."""
         if self.replaces is not None:
+            self.replaces.released = True
             self.ring.detach(self.replaces.name)
             self.replaces = None
 
@@ -294,6 +300,7 @@ class Downstream:
             self.close()
 
     def drop(self) -> None:
+        self.released = True
         self.stop()
         self.let_go()
         self.ring.detach(self.name)
