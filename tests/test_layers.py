@@ -1,11 +1,14 @@
 """The package's layers, as the README draws them: config -> plan -> runtime | transport -> output ->
 commands -> cli. Read from the source (every import, at any depth, function-level ones included):
 no import cycle anywhere, and no layer importing one above it (runtime and transport, side by side,
-never import each other). Also: no function longer than the screen a person reads it on."""
+never import each other). remote/ (programs run on nodes) stands apart: any layer may import it, it
+imports nothing of the launcher but its own siblings, and at module level only the standard library, in
+python 3.8's grammar. Also: no function longer than the screen a person reads it on."""
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "launcher"
@@ -19,7 +22,8 @@ RANKS = {
     "commands": 5,
     "cli": 6, "__main__": 7,
 }  # fmt: skip
-STANDALONE = "remote"  # programs shipped to nodes: they import nothing of the launcher
+STANDALONE = "remote"  # programs shipped to nodes: they import nothing of the launcher (the launcher may import them)
+IN_IMAGE = {"engine_check"}  # runs with the engine's own python (3.10 or newer), not the host's
 MAX_FUNCTION_LINES = 80
 
 
@@ -98,11 +102,38 @@ def test_no_layer_imports_one_above_it() -> None:
         for dep in deps:
             theirs = part(dep)
             if mine == STANDALONE or theirs == STANDALONE:
-                if mine != theirs:
+                if mine == STANDALONE and theirs != STANDALONE:
                     wrong.append(f"{module} -> {dep} (remote programs stand alone)")
             elif theirs != mine and RANKS[theirs] >= RANKS[mine]:
                 wrong.append(f"{module} ({mine}) -> {dep} ({theirs})")
     assert not wrong, "imports against the layers:\n" + "\n".join(sorted(wrong))
+
+
+def test_remote_programs_need_only_the_standard_library_and_python_3_8() -> None:
+    """What runs on a node finds no launcher and maybe an old python3 there: at module level it imports
+    only the standard library and its siblings (bundled with it: launcher/remote/__init__.py), and it
+    parses in python 3.8's grammar (an engine's own packages are imported inside functions, in the image)."""
+    wrong = []
+    for path in sorted((PACKAGE / STANDALONE).glob("*.py")):
+        text = path.read_text()
+        for node in ast.parse(text).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and not node.level:
+                names.append(node.module or "")
+            wrong += [f"{path.name}: imports {n}" for n in names if n.split(".")[0] not in sys.stdlib_module_names]
+        if path.stem not in IN_IMAGE:
+            try:
+                ast.parse(text, str(path), feature_version=(3, 8))
+            except SyntaxError as exc:
+                wrong.append(f"{path.name}:{exc.lineno}: not python 3.8: {exc.msg}")
+    assert not wrong, "remote programs that would not run on a node:\n" + "\n".join(wrong)
+
+
+def test_the_launcher_may_import_remote_modules_but_not_the_other_way() -> None:
+    g = graph()
+    assert "launcher.remote.relay_core" in g["launcher.transport.relay"]  # the relay's one core, both ends
+    assert "launcher.remote.relay_core" in g["launcher.remote.relay"]  # a relative import counts too
+    assert not [m for m in g["launcher.remote.relay"] if part(m) != STANDALONE]
 
 
 def test_no_function_is_longer_than_a_screen() -> None:

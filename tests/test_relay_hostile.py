@@ -19,6 +19,7 @@ from launcher.commands import ship
 from launcher.config.schema import SSHSettings
 from launcher.plan.types import Node
 from launcher.remote import relay as remote
+from launcher.remote import relay_core
 from launcher.transport.host import Options
 from launcher.transport.local import LocalHost
 
@@ -74,7 +75,7 @@ class Started:
 def connect(node: Started, frm: str = "up", key: bytes | None = None) -> socket.socket:
     """An upstream's connection, through the relay's own handshake (proving `key`, the run's by default)."""
     sock = socket.create_connection(("127.0.0.1", node.port), timeout=10)
-    remote.prove_to(sock, node.key if key is None else key, frm, "n0", time.monotonic() + 10)
+    relay_core.prove_to(sock, node.key if key is None else key, frm, "n0", time.monotonic() + 10)
     return sock
 
 
@@ -108,7 +109,7 @@ def dir_sink(root: Path, files: dict[str, bytes]) -> dict:
 
 
 def doctor(root: Path) -> str:
-    program = REPO / "launcher" / "remote" / "relay.py"
+    program = REPO / "launcher" / "remote" / "manifest.py"
     return subprocess.run(
         ["python3", str(program), "check", str(root), "M"], capture_output=True, text=True, timeout=60
     ).stdout.strip()
@@ -190,7 +191,7 @@ def test_only_the_named_upstream_that_proves_the_key_is_taken_and_the_launcher_a
         assert sum(e["ev"] == "upstream" for e in node.events) == 1
         node.say(op="upstream", id="second")  # the launcher re-routes: the second takes over, the first is cut off
         second = socket.create_connection(("127.0.0.1", node.port), timeout=10)
-        position = remote.prove_to(second, node.key, "second", "n0", time.monotonic() + 10)
+        position = relay_core.prove_to(second, node.key, "second", "n0", time.monotonic() + 10)
         assert position == half
         deadline = time.monotonic() + 10
         while first.recv(65536) and time.monotonic() < deadline:

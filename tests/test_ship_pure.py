@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from launcher.commands import preflight, stage
+from launcher.commands import preflight, ship, stage
 from launcher.commands.context import Target
 from launcher.config.load import load as load_config
 from launcher.errors import ConfigError
 from launcher.output.transfer import Moving, TransferView, size
 from launcher.plan.build import build as build_plan
-from launcher.remote import relay as remote
+from launcher.remote import manifest as remote
 from launcher.runtime import for_plan
 from tests.helpers import CONFIGS, REPO, UNREACHABLE, fresh_env
 from tests.test_relay_hostile import Started
@@ -187,9 +187,10 @@ def test_a_pipe_gets_state_changes_and_bytes_and_rate_per_node():
     assert size(1234) == "1.2 kB" and size(999) == "999 B" and size(2.5e9) == "2.5 GB"
 
 
-def test_the_relay_program_stands_alone():
-    """It runs on the node's python3 with nothing of the launcher: a fresh interpreter, no path."""
-    program = (REPO / "launcher" / "remote" / "relay.py").read_text()
+def test_the_scan_program_stands_alone():
+    """The program stage's scan sends (remote/manifest.py, as the loader gives it) runs on the node's
+    python3 with nothing of the launcher: a fresh interpreter, no path."""
+    program = ship.program("scan").decode()
     proc = subprocess.run(
         ["python3", "-I", "-c", program, "scan"], input=json.dumps({"root": "/nonexistent"}) + "\n",
         capture_output=True, text=True, timeout=60,

@@ -33,8 +33,8 @@ from launcher.output.bench_views import compare_table, number, results_table
 from launcher.output.console import say
 from launcher.plan import bench as B
 from launcher.plan import bench_results as R
+from launcher.remote import program as remote_program
 
-PLOT = Path(__file__).resolve().parent.parent / "remote" / "bench_plot.py"
 # LMSYS, 2025-05-05 (96 H100, DeepSeek-V3, 2000-token inputs): per prefill node and per decode node.
 LMSYS = {"input_tokens_per_s_per_prefill_node": 52300, "output_tokens_per_s_per_decode_node": 22300,
          "source": "LMSYS blog 2025-05-05, 12 nodes x 8 H100 (prefill and decode measured apart)"}  # fmt: skip
@@ -243,8 +243,8 @@ def finish(results: dict[str, Any], work: Path, out: Path, bin_dir: Path) -> Non
     table = results_table(results["results"], per_gpu)
     console.stdout().print(table)
     lines = [lmsys_line(results)]
-    plot = subprocess.run([str(bin_dir / "python"), str(PLOT), str(work / "results.json"), str(work / "plot.png")],
-                          capture_output=True, text=True)  # fmt: skip
+    argv = [str(bin_dir / "python"), "-", str(work / "results.json"), str(work / "plot.png")]
+    plot = subprocess.run(argv, input=remote_program("bench_plot"), capture_output=True, text=True)
     if plot.returncode != 0:
         lines.append(f"warning: no plot: {(plot.stderr.strip().splitlines() or ['?'])[-1]}")
     with (work / "results.txt").open("w") as f:

@@ -24,6 +24,7 @@ from launcher.config.yamlfile import load_json
 from launcher.errors import ConfigError, LauncherError
 from launcher.output import plan_views
 from launcher.plan.types import Service
+from launcher.remote import program as remote_program
 from launcher.runtime.shell import q
 from launcher.transport.errors import NodeError
 
@@ -31,7 +32,6 @@ TOKENIZER_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
     "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
 )  # fmt: skip
-KV_FLUSH = Path(__file__).resolve().parent.parent / "remote" / "kv_flush.py"
 
 
 class BenchError(LauncherError):
@@ -215,7 +215,7 @@ def flush(t: Target, kind: str, targets: list[str]) -> str:
         return f"router POST /flush_cache: {status} {str(body).strip()[:80]}"
     worker = first_worker(t)
     script = in_image(t.plan, worker, ["python3", "-", *targets])
-    done = t.fleet.host(worker.node.index).run(script, stdin=KV_FLUSH.read_text(), timeout=120)
+    done = t.fleet.host(worker.node.index).run(script, stdin=remote_program("kv_flush"), timeout=120)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     answer = json.loads(lines[-1]) if lines else {"ok": False, "error": done.stderr.strip()[-300:]}
     if not answer.get("ok"):

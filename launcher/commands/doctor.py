@@ -5,7 +5,6 @@ one node, and the router's pinned version in its image. `up` runs it first."""
 from __future__ import annotations
 
 import json
-from importlib import resources
 
 from launcher.commands import fabric, locking, preflight
 from launcher.commands.context import Connection, Target, connected, target
@@ -16,6 +15,7 @@ from launcher.output.fabric_view import show
 from launcher.output.progress import Progress
 from launcher.output.tables import checks_table
 from launcher.plan.types import Plan, Service
+from launcher.remote import program as remote_program
 from launcher.runtime.docker import docker_check_run
 from launcher.runtime.shell import join, q
 from launcher.transport.errors import describe
@@ -86,7 +86,7 @@ def engine_argv(command: list[str]) -> tuple[str, list[str]] | None:
 def check_args(t: Target) -> list[Check]:
     """Run each distinct role's exact argv through its engine's parser, in the image, starting nothing."""
     plan, fleet = t.plan, t.fleet
-    checker = resources.files("launcher.remote").joinpath("engine_check.py").read_text()
+    checker = remote_program("engine_check")
     seen: dict[tuple[str, str], tuple[Service, list[str]]] = {}
     for s in plan.services:
         found = engine_argv(s.command)

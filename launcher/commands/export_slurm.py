@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import shlex
 import sys
-from importlib import resources
 from pathlib import Path
 
 from launcher.errors import ConfigError, one_line
 from launcher.output.console import say
 from launcher.plan.types import Plan
+from launcher.remote import program as remote_program
 from launcher.runtime.slurm import batch_script
 
 
 def run(plan: Plan, config: Path, out: Path | None) -> None:
-    waiter = resources.files("launcher.remote").joinpath("slurm_wait.py").read_text()
+    waiter = remote_program("slurm_wait")
     command = f"launcher export {shlex.quote(str(config))} --to slurm"
     script = batch_script(plan, waiter, command)
     nodes = max(s.node.index for s in plan.services) + 1

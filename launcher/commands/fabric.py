@@ -7,7 +7,6 @@ measure bandwidth. Figures go to the head node's audit log."""
 from __future__ import annotations
 
 import time
-from importlib import resources
 
 from launcher.commands import locking
 from launcher.commands.context import Target
@@ -19,6 +18,7 @@ from launcher.output.progress import Progress
 from launcher.plan import fabric
 from launcher.plan.fabric_verdict import Line, Outcome, Report, judge, start_skew
 from launcher.plan.types import Group
+from launcher.remote import program as remote_program
 
 
 def check(t: Target, groups: list[Group] | None = None, running: set[str] | None = None) -> Report:
@@ -48,7 +48,7 @@ def check(t: Target, groups: list[Group] | None = None, running: set[str] | None
 def run_jobs(t: Target, jobs: dict[int, list[fabric.Job]]) -> dict[tuple[int, int], Outcome]:
     """Every node's jobs at once (whatever --parallel says: the ranks wait for each other), watched as
     they go (see fabric_run): a failing rank stops its group; Ctrl-C removes the run's containers."""
-    program = resources.files("launcher.remote").joinpath("fabric_check.py").read_text()
+    program = remote_program("fabric_check")
     run = FabricRun(t, jobs, program)
     try:
         run.start()

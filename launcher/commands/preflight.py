@@ -14,12 +14,13 @@ from launcher.commands import ship
 from launcher.commands.context import Target
 from launcher.plan import fabric
 from launcher.plan.types import FABRIC_LABEL, Plan, Service
+from launcher.remote import program as remote_program
+from launcher.remote.manifest import MANIFEST  # what `launcher stage` writes next to the weights
 from launcher.runtime.base import LIST_MARK, Runtime, parse_after_mark
 from launcher.runtime.shell import q
 from launcher.transport.errors import NodeError, describe
 
 MARK = "@@check"
-MANIFEST = ".launcher-manifest"  # what `launcher stage` writes next to the weights (remote/relay.py)
 
 
 @dataclass
@@ -117,7 +118,7 @@ def model_check(path: str, python_env: str | None = None) -> str:
     the python3 stage runs (the node's, else python_env's)."""
     cfg = posixpath.join(path, "config.json")
     manifest = posixpath.join(path, MANIFEST)
-    checker = f'"$PY" -c {q(ship.program().decode())} check {q(path)} {MARK}'
+    checker = f'"$PY" -c {q(remote_program("manifest"))} check {q(path)} {MARK}'
     fallback = (
         f"if [ -r {q(cfg)} ]; then echo {MARK} model ok {q(path)}=$(sha256sum {q(cfg)} | cut -c1-16); "
         f"else echo {MARK} model fail {q(path)}; fi"

@@ -1,6 +1,7 @@
 """What `image push` and `stage` share: the relay program (launcher/remote/relay.py) started on the
-nodes, one-shot requests to it (scan a directory), the relay tree run with a live view, and the
-report of what each node holds when it ends (or Ctrl-C stops it)."""
+nodes, one-shot requests to it (emit a directory) or to the manifest program (remote/manifest.py: scan
+a directory), the relay tree run with a live view, and the report of what each node holds when it ends
+(or Ctrl-C stops it)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from launcher.config.schema import SSHSettings
 from launcher.output.transfer import Moving, TransferView
 from launcher.plan.types import Node, Plan
+from launcher.remote import program as remote_program
 from launcher.runtime.shell import q
 from launcher.transport.host import Host, Options
 from launcher.transport.local import LocalHost
@@ -23,11 +23,12 @@ from launcher.transport.relay import ROOT, Feed, Hop, Relay, Timing
 # The program arrives on stdin, ahead of the launcher's JSON lines (see remote/relay.py).
 BOOT = "import sys;n=int(sys.argv.pop(1));exec(compile(sys.stdin.buffer.read(n),'launcher-relay','exec'))"
 NO_PYTHON = "python3 is not installed on this node (the launcher's relay needs it on the host)"
+PROGRAMS = {"relay": "relay", "emit": "relay", "scan": "manifest"}  # mode -> the remote program that has it
 
 
-@cache
-def program() -> bytes:
-    return resources.files("launcher.remote").joinpath("relay.py").read_bytes()
+def program(mode: str = "relay") -> bytes:
+    """The remote program that runs `mode`, as sent (its siblings bundled in: launcher/remote)."""
+    return remote_program(PROGRAMS[mode]).encode()
 
 
 def find_python(python_env: str | None) -> str:
@@ -38,11 +39,11 @@ def find_python(python_env: str | None) -> str:
 
 
 def relay_script(plan: Plan | None, mode: str) -> str:
-    """The node's python3 (or python_env's) running the relay program in `mode`."""
+    """The node's python3 (or python_env's) running the program of `mode` (relay, emit, scan)."""
     python = find_python(plan.python_env if plan is not None else None)
     return (
         f"PY=$({python}) || {{ echo {q(NO_PYTHON)} >&2; exit 127; }}; "
-        f'exec "$PY" -u -c {q(BOOT)} {len(program())} {q(mode)}'
+        f'exec "$PY" -u -c {q(BOOT)} {len(program(mode))} {q(mode)}'
     )
 
 
@@ -52,12 +53,12 @@ def this_machine() -> LocalHost:
 
 
 def ask(host: Host, plan: Plan | None, mode: str, request: dict, timeout: float | None = None) -> dict:
-    """One request to the relay program in `mode` (`scan`): its last event, e.g. {"ev": "scan", ...}.
+    """One request to the program of `mode` (`scan`): its last event, e.g. {"ev": "scan", ...}.
     `timeout` bounds the whole answer, progress events or not (a stuck disk can chatter forever)."""
     proc = host.start(relay_script(plan, mode))
     began = time.monotonic()
     try:
-        proc.write(program() + json.dumps(request).encode() + b"\n")
+        proc.write(program(mode) + json.dumps(request).encode() + b"\n")
         while True:
             if timeout is not None and time.monotonic() - began > timeout:
                 raise TimeoutError(f"no answer in {timeout:.0f}s")
@@ -79,7 +80,7 @@ def ask(host: Host, plan: Plan | None, mode: str, request: dict, timeout: float 
 def emitted(host: Host, request: dict) -> tuple[Callable[[], Any], Any]:
     """A directory's record stream (relay program `emit` on `host`), as pieces of bytes."""
     proc = host.start(relay_script(None, "emit"))
-    proc.write(program() + json.dumps(request).encode() + b"\n")
+    proc.write(program("emit") + json.dumps(request).encode() + b"\n")
 
     def pieces():
         while data := proc.read():

@@ -31,6 +31,7 @@ from launcher.output.console import say
 from launcher.output.tables import print_json
 from launcher.output.transfer import outcome_table, size
 from launcher.plan.types import Node
+from launcher.remote.manifest import unsafe_name  # the nodes' own rule, applied here first
 from launcher.transport.errors import describe
 from launcher.transport.host import Host
 from launcher.transport.relay import Feed, Hop
@@ -173,22 +174,6 @@ def _loopback(address: str) -> bool:
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
-OURS = (".launcher-manifest", ".launcher-stage.lock", ".launcher-manifest.tmp")  # as remote/relay.py's
-
-
-def unsafe_name(rel: object) -> str | None:
-    """Why a path of the scan is not one a node may write (the same rule as remote/relay.py's, which
-    every node applies again, links resolved), or None."""
-    if not isinstance(rel, str) or not rel or "\x00" in rel or len(rel) > 4096:
-        return "an empty path, a NUL in it, or over 4096 bytes"
-    if rel.startswith("/"):
-        return "an absolute path"
-    parts = rel.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "a path with `..`, `.` or an empty part"
-    if parts[-1] in OURS or parts[-1].endswith(".launcher-part"):
-        return "the name of one of the launcher's own files"
-    return None
 
 
 def checked_scan(given: str, where: str, files: object) -> list[dict]:

@@ -1,7 +1,9 @@
 """The launcher's relay: run on each node by `launcher image push` and `launcher stage`, so that one
 stream from the operator reaches every node, each node passing it on to the next as the bytes pass.
 
-Standard library only (the host's python3, 3.8 or newer); it imports nothing of the launcher. The
+Standard library only (the host's python3, 3.8 or newer); it imports nothing of the launcher, only
+its siblings relay_core.py (framing, seal, handshake, ring, downstream: shared with the operator's end,
+transport/relay.py) and manifest.py, which arrive bundled with it (launcher/remote/__init__.py). The
 launcher starts it as
 
     python3 -u -c 'import sys;n=int(sys.argv.pop(1));exec(compile(sys.stdin.buffer.read(n),...))' N MODE
@@ -15,10 +17,8 @@ Modes:
          around), and feeds it to its sink: a command (`docker load`) or a directory (the stream's
          files). Events go to stdout as JSON lines. It keeps the last RING bytes, KEEP of them behind
          every downstream, so a node re-routed after its upstream failed resumes where it stopped.
-  scan   one JSON line in -> the state of a directory against the files expected (complete, partial,
-         missing, altered) and its free space; or, without `expect`, the files it holds with hashes.
   emit   one JSON line in -> the record stream of a directory's files on stdout.
-  check  ROOT MARK -> doctor's check of ROOT against its manifest, one `MARK model ...` line.
+(Scanning a directory and doctor's check are the manifest program's: remote/manifest.py.)
 
 Trust: the launcher's SSH sessions (this program's stdin) are the only trusted channel; the cluster
 network is not. Each run has a random key that only the SSH sessions carry (never a TCP connection).
@@ -54,21 +54,16 @@ import sys
 import threading
 import time
 
-CHUNK = 1 << 20
+from . import relay_core
+from .manifest import LOCK, PART, inside, unsafe_name, write_manifest
+from .relay_core import CHUNK, FRAME, HANDSHAKE, MAC, SEAL, Ring, Sealer, proof, read_line, rewire, shut
+
 RING = 64 << 20  # bytes of the stream held
 KEEP = 48 << 20  # of them, held behind every downstream (a re-routed node resumes within these)
 SOCK_BUF = 1 << 20  # bounds what is in flight on a link (and so what KEEP must cover)
 IDLE = 60.0  # no line from the launcher for this long: it is gone; stop
 REPORT = 0.5  # seconds between progress events
-FRAME = struct.Struct("!I")
-MANIFEST = ".launcher-manifest"
-PART = ".launcher-part"
-LOCK = ".launcher-stage.lock"
-OURS = (MANIFEST, LOCK, MANIFEST + ".tmp")  # the launcher's own files, at any level of a directory
-MAC = 32  # bytes of an HMAC-SHA256
-SEAL = struct.Struct("!QI")  # what a frame's MAC covers besides its bytes: its payload offset and length
 HEADER_MAX = 64 << 10  # a record header longer than this is not one the launcher wrote
-HANDSHAKE = 10.0  # seconds for a connection to prove itself (a slow loris is cut off here)
 MAX_CONNS = 4  # connections being proven or streaming at once (the upstream, its replacement, spares)
 TAIL = 4096  # bytes of a sink command's output kept (its last lines, for the report)
 ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -83,114 +78,6 @@ def say(ev: str, **fields) -> None:
         sys.stdout.flush()
 
 
-# -- the ring: the stream's last bytes, readers each at their own position --------------------------
-
-
-class Ring:
-    def __init__(self, cap: int = RING, keep: int = KEEP):
-        self.buf = bytearray(cap)
-        self.view = memoryview(self.buf)
-        self.cap, self.keep = cap, keep
-        self.end = 0  # bytes of the stream received so far
-        self.reserved = 0  # being written right now, past `end`
-        self.eof = False
-        self.closed = False
-        self.cond = threading.Condition()
-        # name -> [position, bytes to hold behind it]; "hold" keeps the first bytes until the first
-        # downstream takes them (or the launcher says there will be none: `release`)
-        self.readers: dict = {"hold": [0, 0]}
-
-    def _low(self) -> int:
-        lows = [pos - keep for pos, keep in self.readers.values()]
-        return min(lows) if lows else self.end
-
-    def held_from(self) -> int:
-        """The oldest byte still in the ring (a reader may start there)."""
-        return max(0, self.end + self.reserved - self.cap)
-
-    def reserve(self, n: int, stop: threading.Event | None = None):
-        """Room for up to n bytes after `end` (waits while a reader needs what it would overwrite).
-        None when closed or stopped."""
-        with self.cond:
-            while True:
-                if self.closed or (stop is not None and stop.is_set()):
-                    return None
-                room = self._low() + self.cap - self.end
-                if room >= min(n, 65536, max(1, self.cap // 4)):
-                    break
-                self.cond.wait(1)
-            at = self.end % self.cap
-            size = min(n, room, self.cap - at)
-            self.reserved = size
-            return self.view[at : at + size]
-
-    def commit(self, n: int) -> None:
-        with self.cond:
-            self.end += n
-            self.reserved = 0
-            self.cond.notify_all()
-
-    def write(self, data) -> bool:
-        data = memoryview(data)
-        while data:
-            room = self.reserve(len(data))
-            if room is None:
-                return False
-            room[:] = data[: len(room)]
-            self.commit(len(room))
-            data = data[len(room) :]
-        return True
-
-    def finish(self) -> None:
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-    def ended(self) -> bool:
-        """Wait for the stream's end frame (it comes after the last record): True unless closed."""
-        with self.cond:
-            while not self.eof and not self.closed:
-                self.cond.wait(1)
-            return self.eof and not self.closed
-
-    def attach(self, name: str, pos: int, keep: int) -> bool:
-        with self.cond:
-            if pos < self.held_from():
-                return False
-            self.readers[name] = [pos, keep]
-            return True
-
-    def detach(self, name: str) -> None:
-        with self.cond:
-            self.readers.pop(name, None)
-            self.cond.notify_all()
-
-    def read(self, name: str, pos: int, n: int = CHUNK):
-        """A view of the bytes at `pos` (waits for them); b"" at the end of the stream; None when closed.
-        Valid until the reader advances past it."""
-        with self.cond:
-            while not self.closed and self.end <= pos and not self.eof:
-                self.cond.wait(1)
-            if self.closed or name not in self.readers:
-                return None
-            if self.end <= pos:
-                return b""
-            at = pos % self.cap
-            size = min(n, self.end - pos, self.cap - at)
-            return self.view[at : at + size]
-
-    def advance(self, name: str, pos: int) -> None:
-        with self.cond:
-            if name in self.readers:
-                self.readers[name][0] = pos
-            self.cond.notify_all()
-
-
 # -- sockets ----------------------------------------------------------------------------------------
 
 
@@ -198,64 +85,6 @@ def tune(sock: socket.socket) -> None:
     for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def read_line(sock, limit: int = 256, deadline: float | None = None) -> str:
-    """One handshake line: at most `limit` bytes, and (with a deadline) whole before it."""
-    data = b""
-    while not data.endswith(b"\n"):
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ConnectionError("the handshake took too long")
-            sock.settimeout(left)
-        got = sock.recv(1)
-        if not got or len(data) > limit:
-            raise ConnectionError("the peer closed during the handshake")
-        data += got
-    return data.decode("ascii", "replace").strip()
-
-
-def proof(key: bytes, *parts: str) -> str:
-    """HMAC of a handshake's words under the run's key: shows the key is held, never reveals it."""
-    return hmac.new(key, "|".join(parts).encode(), hashlib.sha256).hexdigest()
-
-
-def prove_to(sock, key: bytes, frm: str, to: str, deadline: float) -> int:
-    """The upstream's side of the handshake; returns the position the downstream holds."""
-    mine = os.urandom(16).hex()
-    sock.sendall(f"LR1 {frm} {to} {mine}\n".encode())
-    theirs = read_line(sock, 256, deadline)
-    if not theirs or theirs.startswith("no"):
-        raise ConnectionError(f"refused by the node: {theirs[3:] or 'no reason'}")
-    sock.sendall(proof(key, "up", frm, to, mine, theirs).encode() + b"\n")
-    position, _, mac = read_line(sock, 256, deadline).partition(" ")
-    if not hmac.compare_digest(mac.encode(), proof(key, "down", frm, to, mine, theirs, position).encode()):
-        raise ConnectionError("the node did not prove it holds the run's key")
-    return int(position)
-
-
-class Sealer:
-    """The root's side of the stream's seal: each piece of payload into frames of at most CHUNK bytes,
-    each with its MAC (the same as the launcher's transport/relay.py seals with)."""
-
-    def __init__(self, key: bytes):
-        self.key, self.offset = key, 0
-
-    def seal(self, data):
-        data = memoryview(data)
-        for at in range(0, len(data), CHUNK):
-            piece = data[at : at + CHUNK]
-            mac = hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, len(piece)), hashlib.sha256)
-            mac.update(piece)
-            self.offset += len(piece)
-            yield FRAME.pack(len(piece))
-            yield piece
-            yield mac.digest()
-
-    def end(self) -> bytes:
-        mac = hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, 0), hashlib.sha256)
-        return FRAME.pack(0) + mac.digest()
 
 
 def recv_exact(sock, n: int):
@@ -266,17 +95,6 @@ def recv_exact(sock, n: int):
             return None
         data += got
     return data
-
-
-def shut(sock) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
 
 
 # -- the relay ----------------------------------------------------------------------------------------
@@ -331,86 +149,20 @@ class Upstream:
         return not self.thread.is_alive()
 
 
-class Downstream:
-    """One node this relay passes the stream to, from the position that node says it holds.
-
-    Lost (its connection broke), it keeps its hold on the ring: the stream waits for the launcher to
-    re-route (a replacement, `replaces` this one, takes over the hold once attached) or to drop it."""
-
-    serial = 0
+class Downstream(relay_core.Downstream):
+    """One node this relay passes the stream to, over TCP (relay_core.Downstream: the rules)."""
 
     def __init__(self, relay: Relay, ident: str, address: str, port: int, replaces: Downstream | None = None):
-        Downstream.serial += 1
-        self.relay, self.id, self.address, self.port = relay, ident, address, port
-        self.name = f"{ident}#{Downstream.serial}"
-        self.replaces = replaces
-        self.sock = None
-        self.dropped = False
-        self.sent = 0
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        super().__init__(relay.ring, relay.key, relay.id, ident, replaces)
+        self.address, self.port = address, port
 
-    def run(self) -> None:
-        ring = self.relay.ring
-        try:
-            sock = socket.create_connection((self.address, self.port), timeout=10)
-            self.sock = sock
-            if self.dropped:
-                return
-            tune(sock)
-            pos = prove_to(sock, self.relay.key, self.relay.id, self.id, time.monotonic() + HANDSHAKE)
-            attached = ring.attach(self.name, pos, ring.keep)
-            self.let_go()
-            if not attached:
-                say("downstream", id=self.id, state="cannot-resume", position=pos, held=ring.held_from())
-                return
-            ring.detach("hold")
-            say("downstream", id=self.id, state="connected", position=pos)
-            sock.settimeout(None)
-            self.sent = pos
-            self.pump(sock, pos)
-            ring.detach(self.name)
-        except (OSError, ValueError) as exc:
-            self.let_go()
-            if self.dropped or ring.closed:
-                ring.detach(self.name)
-            else:
-                say("downstream", id=self.id, state="lost", detail=str(exc) or type(exc).__name__, sent=self.sent)
-        finally:
-            if self.sock is not None:
-                shut(self.sock)
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection((self.address, self.port), timeout=10)
+        tune(sock)
+        return sock
 
-    def pump(self, sock: socket.socket, pos: int) -> None:
-        ring = self.relay.ring
-        while True:
-            view = ring.read(self.name, pos)
-            if view is None:
-                return
-            if not view:
-                sock.sendall(FRAME.pack(0))
-                say("downstream", id=self.id, state="done", sent=pos)
-                return
-            sock.sendall(FRAME.pack(len(view)))
-            sock.sendall(view)
-            pos += len(view)
-            self.sent = pos
-            ring.advance(self.name, pos)
-
-    def let_go(self) -> None:
-        """The one this replaces holds the ring no more (this one holds it now, or could not)."""
-        if self.replaces is not None:
-            self.relay.ring.detach(self.replaces.name)
-            self.replaces = None
-
-    def stop(self) -> None:
-        """Close the connection; the hold on the ring stays (for a replacement)."""
-        self.dropped = True
-        if self.sock is not None:
-            shut(self.sock)
-
-    def drop(self) -> None:
-        self.stop()
-        self.let_go()
-        self.relay.ring.detach(self.name)
+    def report(self, state: str, **fields) -> None:
+        say("downstream", id=self.id, state=state, **fields)
 
 
 class Relay:
@@ -521,17 +273,7 @@ class Relay:
     def add(self, ident: str, address: str, port: int, replaces: str | None = None) -> None:
         """Pass the stream to this node too; `replaces`: the failed node it takes over from (its hold
         on the ring ends once the new one is attached), or itself (a reconnection)."""
-        old = self.downstreams.pop(replaces, None) if replaces else None
-        same = self.downstreams.pop(ident, None)
-        if same is not None and old is None:
-            old = same
-        elif same is not None:
-            same.drop()
-        if old is not None:
-            old.stop()
-        d = Downstream(self, ident, address, port, replaces=old)
-        self.downstreams[ident] = d
-        d.thread.start()
+        rewire(self.downstreams, ident, replaces, lambda old: Downstream(self, ident, address, port, old))
 
     def drop(self, ident: str) -> None:
         d = self.downstreams.pop(ident, None)
@@ -850,20 +592,6 @@ def image_sink(relay: Relay, sink: dict) -> None:
     )
 
 
-def unsafe_name(rel) -> str | None:
-    """Why a relative path from a list or a record is not one to write, by its words alone (or None)."""
-    if not isinstance(rel, str) or not rel or "\x00" in rel or len(rel) > 4096:
-        return "an empty path, a NUL in it, or over 4096 bytes"
-    if rel.startswith("/"):
-        return "an absolute path"
-    parts = rel.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "a path with `..`, `.` or an empty part"
-    if parts[-1] in OURS or parts[-1].endswith(PART):
-        return "the name of one of the launcher's own files"
-    return None
-
-
 def unsafe(root: str, rel: str) -> str | None:
     """unsafe_name, and: the path (or its partial file) leaves the root through a link on this node."""
     why = unsafe_name(rel)
@@ -1129,224 +857,13 @@ def emit(req: dict) -> int:
     return 0
 
 
-# -- scanning, manifests, doctor's check ----------------------------------------------------------------
-
-
-def sha256_file(path: str, progress=None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(CHUNK)
-            if not block:
-                return digest.hexdigest()
-            digest.update(block)
-            if progress is not None:
-                progress(len(block))
-
-
-def read_manifest(root: str) -> dict:
-    try:
-        with open(os.path.join(root, MANIFEST)) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) and isinstance(data.get("files"), list) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def known_hash(root: str, rel: str, st, manifest: dict):
-    """The file's sha256 from the manifest, when its size and mtime are those it had when verified."""
-    seen = (manifest.get("verified") or {}).get(rel)
-    if seen != [st.st_size, st.st_mtime_ns]:
-        return None
-    for entry in manifest["files"]:
-        if entry.get("path") == rel and entry.get("size") == st.st_size:
-            return entry.get("sha256")
-    return None
-
-
-def write_manifest(root: str, files: list, verified) -> None:
-    """The expected files (path, size, sha256) and, for those verified on this node, their size and
-    mtime then: a later check re-hashes only files that changed since."""
-    seen = {}
-    for entry in files:
-        if entry["path"] in verified:
-            try:
-                st = os.stat(os.path.join(root, entry["path"]))
-                seen[entry["path"]] = [st.st_size, st.st_mtime_ns]
-            except OSError:
-                pass
-    data = {"format": "launcher-manifest 1", "files": files, "verified": seen}
-    tmp = os.path.join(root, MANIFEST + ".tmp")
-    try:
-        os.unlink(tmp)  # whatever is there (a link another user planted) goes, its target untouched
-    except FileNotFoundError:
-        pass
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "w") as f:
-        json.dump(data, f, indent=0)
-    os.replace(tmp, os.path.join(root, MANIFEST))
-
-
-class Hashing:
-    """Progress of a long hash, as events (no more than one every 2 s)."""
-
-    def __init__(self):
-        self.done = 0
-        self.last = time.monotonic()
-
-    def __call__(self, n: int) -> None:
-        self.done += n
-        if time.monotonic() - self.last > 2:
-            self.last = time.monotonic()
-            say("hashing", bytes=self.done)
-
-
-def inside(root: str, path: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def source_files(root: str, skipped: list | None = None) -> list:
-    """The files under root, links followed: each real directory once (device and inode: a link back up
-    makes no loop), links (to a directory or a file) that lead outside root not at all (named in
-    `skipped`); the launcher's own files (manifest, lock, partial files) at no level."""
-    found, seen, real_root = [], set(), os.path.realpath(root)
-    skipped = [] if skipped is None else skipped
-    for here, dirs, names in os.walk(root, followlinks=True):
-        st = os.stat(here)
-        if (st.st_dev, st.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        keep = []
-        for d in sorted(dirs):
-            full = os.path.join(here, d)
-            if os.path.islink(full) and not inside(real_root, os.path.realpath(full)):
-                skipped.append(os.path.relpath(full, root))
-            else:
-                keep.append(d)
-        dirs[:] = keep
-        for name in sorted(names):
-            full = os.path.join(here, name)
-            rel = os.path.relpath(full, root)
-            if name in OURS or name.endswith(PART) or not os.path.isfile(full):
-                continue
-            if not inside(real_root, os.path.realpath(full)):
-                skipped.append(rel)
-                continue
-            found.append(rel)
-    return found
-
-
-def scan_source(req: dict) -> dict:
-    root = req["root"]
-    if not os.path.isdir(root):
-        return {"error": "missing", "detail": f"{root}: no such directory"}
-    manifest = {} if req.get("rehash") else read_manifest(root)
-    progress = Hashing()
-    files, skipped = [], []
-    for rel in source_files(root, skipped):
-        path = os.path.join(root, rel)
-        st = os.stat(path)
-        sha = known_hash(root, rel, st, manifest) or sha256_file(path, progress)
-        files.append({"path": rel, "size": st.st_size, "sha256": sha})
-    if req.get("write_manifest"):
-        try:
-            write_manifest(root, files, {f["path"] for f in files})
-        except OSError:
-            pass  # a read-only source
-    return {"files": files, "bytes": sum(f["size"] for f in files), "skipped": skipped}
-
-
-def file_state(root: str, entry: dict, manifest: dict, progress) -> dict:
-    path = os.path.join(root, entry["path"])
-    try:
-        st = os.stat(path)
-    except OSError:
-        st = None
-    if st is not None:
-        if st.st_size == entry["size"]:
-            sha = known_hash(root, entry["path"], st, manifest) or sha256_file(path, progress)
-            if sha == entry["sha256"]:
-                return {"state": "complete", "have": 0}
-            return {"state": "altered", "have": 0}
-        return {"state": "short" if st.st_size < entry["size"] else "longer", "have": 0}
-    try:
-        have = os.path.getsize(path + PART)
-    except OSError:
-        return {"state": "missing", "have": 0}
-    return {"state": "partial", "have": have if have < entry["size"] else 0}
-
-
-def free_bytes(path: str) -> int:
-    while path and not os.path.exists(path):
-        path = os.path.dirname(path.rstrip("/")) or "/"
-    st = os.statvfs(path or "/")
-    return st.f_bavail * st.f_frsize
-
-
-def scan_target(req: dict) -> dict:
-    root, expect = req["root"], req["expect"]
-    exists = os.path.isdir(root)
-    manifest = {} if req.get("rehash") or not exists else read_manifest(root)
-    progress = Hashing()
-    states = {e["path"]: file_state(root, e, manifest, progress) for e in expect} if exists else {}
-    for e in expect:
-        states.setdefault(e["path"], {"state": "missing", "have": 0})
-    need = sum(e["size"] - states[e["path"]]["have"] for e in expect if states[e["path"]]["state"] != "complete")
-    complete = all(s["state"] == "complete" for s in states.values())
-    if complete and exists and req.get("write_manifest"):
-        try:
-            write_manifest(root, expect, {e["path"] for e in expect})
-        except OSError:
-            pass
-    return {"exists": exists, "files": states, "need": need, "free": free_bytes(root)}
-
-
-def scan(req: dict) -> int:
-    try:
-        result = scan_target(req) if req.get("expect") is not None else scan_source(req)
-    except OSError as exc:
-        result = {"error": "os", "detail": str(exc)}
-    say("scan", **result)
-    return 0
-
-
-def check(root: str, mark: str) -> int:
-    """Doctor: every file of the manifest present, whole and unaltered (re-hashed only when its size
-    or mtime changed since it was verified). Exit 3 when there is no manifest."""
-    manifest = read_manifest(root)
-    if not manifest:
-        return 3
-    problems = []
-    for entry in manifest["files"]:
-        state = file_state(root, entry, manifest, None)["state"]
-        if state == "short":
-            size = os.path.getsize(os.path.join(root, entry["path"]))
-            problems.append(f"short {entry['path']} ({size} of {entry['size']} bytes)")
-        elif state in ("missing", "partial"):
-            problems.append(f"missing {entry['path']}")
-        elif state != "complete":
-            problems.append(f"{state} {entry['path']} (sha256 or size differs from the manifest)")
-    if problems:
-        print(f"{mark} model fail {root}: " + "; ".join(problems))
-        return 0
-    listing = "".join(f"{e['path']} {e['size']} {e['sha256']}\n" for e in manifest["files"])
-    digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
-    total = sum(e["size"] for e in manifest["files"])
-    print(f"{mark} model ok {root}=manifest:{digest} ({len(manifest['files'])} files, {total} bytes)")
-    return 0
-
-
 def main() -> int:
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
-    if mode == "check":
-        return check(sys.argv[2], sys.argv[3])
     try:
         req = json.loads(sys.stdin.buffer.readline())
     except ValueError:
         say("error", detail="no request from the launcher")
         return 2
-    if mode == "scan":
-        return scan(req)
     if mode == "emit":
         return emit(req)
     if mode != "relay":

@@ -1,6 +1,7 @@
 """One stream of bytes to many nodes at the speed of one copy: the nodes pass it on to each other.
 
-The operator's side of `launcher/remote/relay.py` (read its docstring for the protocol). Each chosen
+The operator's side of `launcher/remote/relay.py` (read its docstring for the protocol), on the same
+core (`launcher/remote/relay_core.py`: the ring, the seal, the handshake, a downstream). Each chosen
 node runs a relay (`Host.start`); they form a tree, a chain by default (`fanout` 1): the root, a
 `Feed` on this machine (an image's `docker save` stream, a directory's records) or a relay on a source
 node, sends ONE stream to the first node, which passes it on to the next as the bytes arrive, and so
@@ -20,13 +21,9 @@ node) goes to a callback; Ctrl-C aborts every relay and `RelayInterrupted` says 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import queue
-import secrets
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,14 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.remote import relay_core
+from launcher.remote.relay_core import CHUNK, Ring, Sealer, rewire
 from launcher.transport.errors import describe
 from launcher.transport.host import Host
 from launcher.transport.stream import Running
 
 ROOT = "root"
-CHUNK = 1 << 20
-FRAME = struct.Struct("!I")
-SEAL = struct.Struct("!QI")  # as remote/relay.py: a frame's MAC covers its payload offset and length
 # The operator's end holds more than a node's (see remote/relay.py RING/KEEP): what is in flight to the
 # first node crosses an SSH channel and two TCP connections, each with buffers of its own.
 FEED_RING, FEED_KEEP = 96 << 20, 80 << 20
@@ -97,80 +93,6 @@ class RelayInterrupted(KeyboardInterrupt):
         self.hops = hops
 
 
-class _Ring:
-    """The stream's last bytes on this machine (the same rules as remote/relay.py's Ring: the writer
-    waits while a reader still needs what it would overwrite; `keep` bytes stay behind each reader)."""
-
-    def __init__(self, cap: int, keep: int):
-        self.buf = bytearray(cap)
-        self.view = memoryview(self.buf)
-        self.cap, self.keep = cap, keep
-        self.end = 0
-        self.eof = self.closed = False
-        self.cond = threading.Condition()
-        # "hold" keeps the stream's first bytes until the first reader is there to take them
-        self.readers: dict[str, int] = {"hold": 0}
-
-    def _room(self) -> int:
-        low = min((pos - (0 if name == "hold" else self.keep) for name, pos in self.readers.items()), default=self.end)
-        return low + self.cap - self.end
-
-    def write(self, data: bytes) -> bool:
-        left = memoryview(data)
-        while left:
-            with self.cond:
-                while not self.closed and self._room() <= 0:
-                    self.cond.wait(1)
-                if self.closed:
-                    return False
-                at = self.end % self.cap
-                size = min(len(left), self._room(), self.cap - at)
-                self.view[at : at + size] = left[:size]
-                self.end += size
-                self.cond.notify_all()
-            left = left[size:]
-        return True
-
-    def attach(self, name: str, pos: int) -> bool:
-        with self.cond:
-            if pos < max(0, self.end - self.cap):
-                return False
-            self.readers[name] = pos
-            return True
-
-    def read(self, name: str, pos: int) -> bytes | None:
-        with self.cond:
-            while not self.closed and name in self.readers and self.end <= pos and not self.eof:
-                self.cond.wait(1)
-            if self.closed or name not in self.readers:
-                return None
-            if self.end <= pos:
-                return b""
-            at = pos % self.cap
-            return bytes(self.view[at : at + min(CHUNK, self.end - pos, self.cap - at)])
-
-    def advance(self, name: str, pos: int) -> None:
-        with self.cond:
-            if name in self.readers:
-                self.readers[name] = pos
-            self.cond.notify_all()
-
-    def detach(self, name: str) -> None:
-        with self.cond:
-            self.readers.pop(name, None)
-            self.cond.notify_all()
-
-    def finish(self) -> None:
-        with self.cond:
-            self.eof = True
-            self.cond.notify_all()
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-
 class Feed:
     """The tree's root on the operator's machine: the bytes of `source()`, sent to its child hops through
     their nodes' SSH connections (forwarded channels to their relays' ports)."""
@@ -179,7 +101,7 @@ class Feed:
 
     def __init__(self, source: Callable[[], Iterable[bytes]], ring: int = FEED_RING, keep: int = FEED_KEEP):
         self.source = source  # opened only when the tree is wired (nothing is read for nobody)
-        self.ring = _Ring(ring, keep)
+        self.ring = Ring(ring, keep)
         self.events: queue.Queue | None = None
         self.run_key = b""  # the run's (not `key`: that is this root's name in the tree)
         self.senders: dict[str, _Sender] = {}
@@ -203,17 +125,7 @@ class Feed:
 
     def add(self, hop: Hop, replaces: str | None = None) -> None:
         """Send the stream to `hop` too (see remote/relay.py Relay.add for `replaces`)."""
-        old = self.senders.pop(replaces, None) if replaces else None
-        same = self.senders.pop(hop.key, None)
-        if same is not None and old is None:
-            old = same
-        elif same is not None:
-            same.drop()
-        if old is not None:
-            old.stop()
-        sender = _Sender(self, hop, old)
-        self.senders[hop.key] = sender
-        threading.Thread(target=sender.run, daemon=True, name=f"feed-{hop.key}").start()
+        rewire(self.senders, hop.key, replaces, lambda old: _Sender(self, hop, old))
 
     def drop(self, key: str) -> None:
         sender = self.senders.pop(key, None)
@@ -226,61 +138,29 @@ class Feed:
             self.drop(key)
 
 
-class _Sender:
-    """The Feed's stream to one hop (the same rules as remote/relay.py's Downstream: lost, it keeps its
-    hold on the ring until a replacement is attached or it is dropped)."""
+class _Sender(relay_core.Downstream):
+    """The Feed's stream to one hop, through its node's SSH connection (relay_core.Downstream: the rules)."""
 
-    serial = 0
+    deadline = None  # the forwarded channel's own timeout bounds the handshake
 
     def __init__(self, feed: Feed, hop: Hop, replaces: _Sender | None):
-        _Sender.serial += 1
-        self.feed, self.hop, self.replaces = feed, hop, replaces
-        self.name = f"{hop.key}#{_Sender.serial}"
-        self.conn: Any = None
-        self.stopped = False
+        super().__init__(feed.ring, feed.run_key, ROOT, hop.key, replaces)
+        self.feed, self.hop = feed, hop
 
-    def run(self) -> None:
-        feed, ring, key = self.feed, self.feed.ring, self.hop.key
-        assert feed.events is not None
-        pos = 0
-        try:
-            self.conn = self.hop.host.open_port(self.hop.port, timeout=10)
-            pos = _prove_to(self.conn, feed.run_key, ROOT, key)
-            attached = ring.attach(self.name, pos)
-            self.let_go()
-            if not attached:
-                feed.events.put((ROOT, {"ev": "downstream", "id": key, "state": "cannot-resume", "position": pos}))
-                return
-            ring.detach("hold")
-            while (view := ring.read(self.name, pos)) is not None:
-                self.conn.sendall(FRAME.pack(len(view)) + view)
-                if not view:
-                    break
-                pos += len(view)
-                ring.advance(self.name, pos)
-            ring.detach(self.name)
-        except Exception as exc:
-            self.let_go()
-            if self.stopped or ring.closed:
-                ring.detach(self.name)
-            else:
-                state = {"ev": "downstream", "id": key, "state": "lost", "detail": describe(exc), "sent": pos}
-                feed.events.put((ROOT, state))
+    def connect(self) -> Any:
+        return self.hop.host.open_port(self.hop.port, timeout=10)
 
-    def let_go(self) -> None:
-        if self.replaces is not None:
-            self.feed.ring.detach(self.replaces.name)
-            self.replaces = None
+    def report(self, state: str, **fields: Any) -> None:
+        if state in ("cannot-resume", "lost"):  # the others are the node relays' words, not the monitor's
+            assert self.feed.events is not None
+            self.feed.events.put((ROOT, {"ev": "downstream", "id": self.id, "state": state, **fields}))
 
-    def stop(self) -> None:
-        self.stopped = True
-        if self.conn is not None:
-            threading.Thread(target=_quietly, args=(self.conn.close,), daemon=True).start()  # may take a while
+    def close(self) -> None:
+        threading.Thread(target=_quietly, args=(self.conn.close,), daemon=True).start()  # may take a while
 
-    def drop(self) -> None:
-        self.stop()
-        self.let_go()
-        self.feed.ring.detach(self.name)
+    def finished(self) -> None:
+        if self.dropped:  # dropped while it connected; otherwise the channel goes with the hop's connection
+            self.close()
 
 
 def _quietly(close: Callable[[], None]) -> None:
@@ -288,57 +168,6 @@ def _quietly(close: Callable[[], None]) -> None:
         close()
     except Exception:
         pass  # the channel's connection is gone already
-
-
-def _read_line(conn: Any) -> str:
-    data = b""
-    while not data.endswith(b"\n"):
-        got = conn.recv(1)
-        if not got or len(data) > 256:
-            raise ConnectionError("the relay closed during the handshake")
-        data += got
-    return data.decode("ascii", "replace").strip()
-
-
-def _proof(key: bytes, *parts: str) -> str:
-    return hmac.new(key, "|".join(parts).encode(), hashlib.sha256).hexdigest()
-
-
-def _prove_to(conn: Any, key: bytes, frm: str, to: str) -> int:
-    """The upstream's side of the handshake (as remote/relay.py's prove_to): each side proves it holds
-    the run's key, which never crosses; returns the position the node holds."""
-    mine = secrets.token_hex(16)
-    conn.sendall(f"LR1 {frm} {to} {mine}\n".encode())
-    theirs = _read_line(conn)
-    if not theirs or theirs.startswith("no"):
-        raise ConnectionError(f"refused by the node: {theirs[3:] or 'no reason'}")
-    conn.sendall(_proof(key, "up", frm, to, mine, theirs).encode() + b"\n")
-    position, _, mac = _read_line(conn).partition(" ")
-    if not hmac.compare_digest(mac.encode(), _proof(key, "down", frm, to, mine, theirs, position).encode()):
-        raise ConnectionError("the node did not prove it holds the run's key")
-    return int(position)
-
-
-class Sealer:
-    """The stream's seal (the same as remote/relay.py's Sealer): frames of at most CHUNK bytes, each
-    `!I n` + bytes + HMAC(key, `LRF1` + `!QI` (payload offset, n) + bytes); n = 0 ends the stream."""
-
-    def __init__(self, key: bytes):
-        self.key, self.offset = key, 0
-
-    def seal(self, data: bytes | bytearray | memoryview) -> Iterable[bytes | memoryview]:
-        view = memoryview(data)
-        for at in range(0, len(view), CHUNK):
-            piece = view[at : at + CHUNK]
-            mac = hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, len(piece)), hashlib.sha256)
-            mac.update(piece)
-            self.offset += len(piece)
-            yield FRAME.pack(len(piece))
-            yield piece
-            yield mac.digest()
-
-    def end(self) -> bytes:
-        return FRAME.pack(0) + hmac.new(self.key, b"LRF1" + SEAL.pack(self.offset, 0), hashlib.sha256).digest()
 
 
 def _sealed(pieces: Iterable[bytes], sealer: Sealer) -> Iterable[bytes | memoryview]:
