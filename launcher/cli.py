@@ -106,6 +106,23 @@ def plan(
     command.run(config, inventory, format.value, out_dir, verbose, profile)
 
 
+AllowDowntimeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-downtime",
+        help="Recreate a changed group that has a single running replica (its role is unavailable meanwhile).",
+    ),
+]
+MaxUnavailableOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-unavailable",
+        min=1,
+        help="Replicas of a group replaced at once by a rolling up (at least one always keeps serving).",
+    ),
+]
+
+
 @app.command()
 def up(
     config: ConfigArg = None,
@@ -131,21 +148,8 @@ def up(
         ),
     ] = True,
     profile: ProfileOpt = None,
-    allow_downtime: Annotated[
-        bool,
-        typer.Option(
-            "--allow-downtime",
-            help="Recreate a changed group that has a single running replica (its role is unavailable meanwhile).",
-        ),
-    ] = False,
-    max_unavailable: Annotated[
-        int,
-        typer.Option(
-            "--max-unavailable",
-            min=1,
-            help="Replicas of a group replaced at once by a rolling up (at least one always keeps serving).",
-        ),
-    ] = 1,
+    allow_downtime: AllowDowntimeOpt = False,
+    max_unavailable: MaxUnavailableOpt = 1,
 ) -> None:
     """Start the deployment on every node, wait until it answers, and print the endpoint.
 
@@ -195,6 +199,8 @@ def scale(
         ),
     ] = True,
     profile: ProfileOpt = None,
+    allow_downtime: AllowDowntimeOpt = False,
+    max_unavailable: MaxUnavailableOpt = 1,
 ) -> None:
     """Set `replicas:` of a group in the deployment file (comments and layout kept), then converge as
     `up` does: new replicas start on free nodes, removed ones are drained first."""
@@ -203,7 +209,8 @@ def scale(
     link = connection(parallel, connect_timeout, host_key_policy)
     command.run(
         request, config, config_opt, inventory, link, dry_run=dry_run, skip_doctor=skip_doctor,
-        skip_fabric=skip_fabric, wait=wait, profile=profile,
+        skip_fabric=skip_fabric, wait=wait, profile=profile, allow_downtime=allow_downtime,
+        max_unavailable=max_unavailable,
     )  # fmt: skip
 
 

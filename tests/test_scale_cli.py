@@ -5,8 +5,10 @@ untouched, and `--dry-run` saying what would start and stop while touching neith
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -133,6 +135,40 @@ def test_every_refusal_is_one_line_exit_2_and_the_file_untouched(config: Path, t
     assert [p.name for p in tmp_path.iterdir()] == ["deploy.yaml"]  # no temporary file left either
 
 
+def test_a_group_sharing_an_anchor_or_an_unwritable_directory_is_refused(tmp_path: Path, capsys) -> None:
+    """An alias would carry the new count into another group; a directory where no file can be written is
+    one line, not a traceback. Both: exit 2, the file untouched."""
+    shared = FILE.replace("  prefill:\n    engine: mocker\n    nodes: 1\n    args: {speedup-ratio: 10}\n", "")
+    shared = shared.replace("  decode:\n    engine: mocker", "  decode: &worker\n    engine: mocker")
+    shared += "  prefill: *worker\n"
+    path = tmp_path / "anchored.yaml"
+    path.write_text(shared)
+    assert build(load(path, None)).deployment == "scale-demo"  # a valid file: decode and prefill alike
+    code, out, err = run_cli(["scale", "decode=1", str(path), "--dry-run"], capsys)  # prefill: 1 too
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "the edit would change more than groups.decode.replicas (a YAML anchor or alias" in err
+    assert path.read_text() == shared
+    # A directory another user (nobody) may read but not write, outside pytest's root-only tmp dirs.
+    sealed = Path(tempfile.mkdtemp(prefix="launcher-test-sealed-"))
+    try:
+        plain = sealed / "deploy.yaml"
+        plain.write_text(FILE)
+        plain.chmod(0o666)  # even a file it may write: the temporary beside it is what cannot be made
+        sealed.chmod(0o555)
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        proc = subprocess.run([*as_nobody, sys.executable, "-m", "launcher", "scale", "decode=3", str(plain)],
+                              capture_output=True, text=True, timeout=120, env=fresh_env(), cwd="/")  # fmt: skip
+        after = plain.read_text()
+    finally:
+        sealed.chmod(0o700)
+        shutil.rmtree(sealed)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot write beside it: Permission denied" in lines[0], (
+        proc.stderr
+    )
+    assert after == FILE
+
+
 # -- which running workers the plan no longer has, and as what they were started (pure) ----------
 
 
@@ -162,3 +198,10 @@ def test_a_replica_the_file_lost_is_found_with_its_ports_and_others_are_left_alo
     assert [(s.service, s.env.get("DYN_SYSTEM_PORT")) for s in strays(loaded, plan, [hostile])] == [
         ("decode.999999999-r0", None)
     ]
+    # A container whose service label names another container (here the live decode-r0), or a held copy
+    # `NAME.held`: never signalled under the name its label gives.
+    liar = container(plan, "decode", 999_999_999)
+    liar.labels[f"{LABEL}.service"] = "decode-r0"
+    held = container(plan, "decode", 999_999_998)
+    held.name += ".held"
+    assert strays(loaded, plan, [liar, held]) == []

@@ -36,12 +36,15 @@ def run(
     skip_fabric: bool,
     wait: bool,
     profile: str | None,
+    allow_downtime: bool = False,
+    max_unavailable: int = 1,
 ) -> None:
     group, count = plan_scale.parse_request(request)
     t = target(config, config_opt, inventory, profile=profile or "")
     assert t.loaded is not None
     plan_scale.check_group(t.loaded, t.plan, group)
-    edit = rewrite.set_group_value(read_file(t.path), str(t.path), group, "replicas", count)
+    text = read_file(t.path)  # what is edited; the file must still read so when it is replaced
+    edit = rewrite.set_group_value(text, str(t.path), group, "replicas", count)
     if edit.old is not None and (not isinstance(edit.old, int) or isinstance(edit.old, bool)):
         raise ConfigError(
             f"replicas is written as {str(edit.old)[:60]!r}, not a number: `scale` edits a number only",
@@ -51,7 +54,8 @@ def run(
     before = t.loaded.spec.groups[group].replicas
     planned: list[Plan] = []
     write = not dry_run and before != count  # the same count: the file stays as it is (no `replicas: 1` added)
-    rewrite.replace_checked(t.path, edit.text, lambda p: planned.append(_checked(t, p, group, count)), write=write)
+    check = lambda p: planned.append(_checked(t, p, group, count))  # noqa: E731
+    rewrite.replace_checked(t.path, edit.text, check, write=write, unchanged_since=text)
     change = f"{group}: replicas {before} -> {count} in {t.path}"
     if edit.other_lines and write:
         say(f"note: the YAML round trip also rewrote {edit.other_lines} other line(s) of {t.path} (layout only)")
@@ -62,18 +66,33 @@ def run(
     say(f"scale: {change}" + ("" if before != count else " (already so): converging as `up` does"))
     up_command.run(
         t.path, None, t.inventory, connection, skip_doctor=skip_doctor, wait=wait, skip_fabric=skip_fabric,
-        profile=profile,
+        profile=profile, allow_downtime=allow_downtime, max_unavailable=max_unavailable,
     )  # fmt: skip
 
 
 def _checked(t: Target, temporary: Path, group: str, count: int) -> Plan:
-    """The edited text read and planned as any deployment file; its errors name the file, not the temporary."""
+    """The edited text read and planned as any deployment file; its errors name the file, not the temporary.
+    Nothing but the group's replicas may differ from the file as read (an anchor or alias that the group
+    shares with another would carry the new count there too)."""
     try:
-        return build(load_file(temporary, t.inventory, t.profile))
+        loaded = load_file(temporary, t.inventory, t.profile)
+        plan = build(loaded)
     except ConfigErrors as exc:
         raise ConfigErrors([_renamed(e, t.path, group, count) for e in exc.errors]) from None
     except ConfigError as exc:
         raise _renamed(exc, t.path, group, count) from None
+    assert t.loaded is not None
+    expected = t.loaded.spec.model_dump()
+    expected["groups"][group]["replicas"] = count
+    if loaded.spec.model_dump() != expected:
+        raise ConfigError(
+            f"cannot scale {group} to {count}: the edit would change more than groups.{group}.replicas (a YAML"
+            " anchor or alias shares it with another part of the file, or the file changed meanwhile): edit it"
+            " by hand",
+            file=str(t.path),
+            key=f"groups.{group}.replicas",
+        )
+    return plan
 
 
 def _renamed(exc: ConfigError, path: Path, group: str, count: int) -> ConfigError:

@@ -90,19 +90,30 @@ def set_group_value(text: str, file: str, group: str, key: str, value: int, afte
     return Rewrite(new, old, max(0, _changed_lines(text, new) - (2 if old is not None else 1)))
 
 
-def replace_checked(path: Path, text: str, check: Callable[[Path], None], write: bool = True) -> None:
+def replace_checked(
+    path: Path, text: str, check: Callable[[Path], None], write: bool = True, unchanged_since: str | None = None
+) -> None:
     """The file replaced at once by `text`: written beside it (so that `.env` and ${CONFIG_DIR} resolve as
     for the file itself) with the mode it had, `check`ed there (it raises to refuse), renamed over it
-    (`write=False`: checked only, the file left as it is). A symbolic link stays one: its target is replaced."""
+    (`write=False`: checked only, the file left as it is). A symbolic link stays one: its target is replaced.
+    `unchanged_since`: the text the edit was made from; the file is refused if it no longer reads so (an
+    editor saved it meanwhile). A file or directory that cannot be written is one line, not a traceback."""
     path = path.resolve()
-    mode = path.stat().st_mode & 0o7777
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        mode = path.stat().st_mode & 0o7777
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ConfigError(f"cannot write beside it: {exc.strerror or exc}", file=str(path)) from None
     try:
         with os.fdopen(handle, "w") as out:
             out.write(text)
         os.chmod(temporary, mode)
         check(Path(temporary))
         if write:
+            if unchanged_since is not None and path.read_text() != unchanged_since:
+                raise ConfigError("changed while it was being edited: nothing written; run it again", file=str(path))
             os.replace(temporary, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot be replaced: {exc.strerror or exc}", file=str(path)) from None
     finally:
         Path(temporary).unlink(missing_ok=True)

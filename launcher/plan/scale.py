@@ -106,6 +106,10 @@ def _as_started(plan: Plan, c: Container, ranks: dict[int | None, Service]) -> S
     template = ranks.get(c.rank) or next(iter(ranks.values()))
     if not 0 <= c.node_index < len(plan.nodes):
         return None
+    # Its labels are the node's word: one whose service label does not give back its own name (another
+    # container's service, or a held copy `NAME.held`) is not signalled, lest the live one be drained.
+    if c.name != f"{plan.deployment}-{c.service}":
+        return None
     env = {k: v for k, v in template.env.items() if k != "DYN_SYSTEM_PORT"}
     return dataclasses.replace(
         template, service=c.service, node=plan.nodes[c.node_index], env=env, group=c.group, replica=c.replica
