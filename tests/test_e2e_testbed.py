@@ -124,7 +124,7 @@ def test_killed_rank_fails_up_fast_and_lock_refuses_a_second_up(testbed, work, t
     running_r3 = "docker ps -q --no-trunc --filter name=testbed-104-decode-r3 --filter status=running"
     old = testbed.ssh(7, running_r3).stdout.strip()
     first = subprocess.Popen(
-        [sys.executable, "-m", "launcher", "up", "-c", str(slow), "-i", str(testbed.inventory)],
+        [sys.executable, "-m", "launcher", "up", "-c", str(slow), "-i", str(testbed.inventory), "--allow-downtime"],
         cwd=work,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -139,7 +139,7 @@ def test_killed_rank_fails_up_fast_and_lock_refuses_a_second_up(testbed, work, t
             time.sleep(0.5)
         assert victim, "decode r3 never started on node 7"
 
-        second = launcher(testbed, "up", cwd=work, config=slow, timeout=60)
+        second = launcher(testbed, "up", "--allow-downtime", cwd=work, config=slow, timeout=60)
         assert second.returncode == 1
         assert "locked by" in second.stderr and "launcher up" in second.stderr
 

@@ -29,6 +29,7 @@ from launcher.commands import bench_recipe
 from launcher.config.load import load as load_config
 from launcher.plan.build import build as build_plan
 from launcher.plan.engines.base import dynamo_env
+from launcher.remote import program as remote_program
 from tests.helpers import REPO, connected_target, free_port, fresh_env, listening, wait_for
 
 pytestmark = pytest.mark.slow
@@ -170,7 +171,7 @@ def kv_flush(env: dict[str, str], *paths: str) -> tuple[int, dict]:
     """kv_flush.py as bench runs it on a worker's node: the program on stdin, the paths as arguments."""
     done = subprocess.run(
         [str(BIN / "python3"), "-", *paths],
-        input=bench_recipe.KV_FLUSH.read_text(),
+        input=remote_program("kv_flush"),  # as bench sends it (launcher.remote.program)
         env={**fresh_env(), **env},
         capture_output=True,
         text=True,

@@ -442,7 +442,7 @@ def test_a_second_ctrl_c_leaves_at_once_and_still_says_what_had_not_answered():
     def press_ctrl_c_twice() -> None:
         hanging.wait(30)
         signal.pthread_kill(main.ident, signal.SIGINT)
-        for _ in range(300):  # the first Ctrl-C has put the map in its grace wait (3 s at most)
+        for _ in range(3000):  # the first Ctrl-C has put the map in its grace wait (30 s at most: a loaded CI)
             if in_grace_wait():
                 break
             threading.Event().wait(0.01)
