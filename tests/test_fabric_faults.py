@@ -3,6 +3,7 @@ dynamo-sglang groups cut down to a 1-node prefill and a 3-node decode group, LAU
 104-GPU shape itself is proven healthy in tests/test_fabric_testbed.py): a blocked dist-init port named
 without waiting out `fabric.timeout`, and `up` then starting nothing anywhere; a group whose leader is down; a
 rank routed to its leader through another interface; `up` proving the fabric before it starts the ranks; a
+decode node cut off from the mockers' bootstrap ports (configs/testbed-small.yaml); a
 fabric python missing from the image and one without torch named as exactly that, and the check's
 containers: labelled, removed within 5 s of a Ctrl-C, and a killed run's leftovers removed by `down` and by
 the next check. Each test prints its times. (Each rank is a torch import, about 2.5 CPU-s: the faults were
@@ -28,6 +29,7 @@ from tests.test_fabric_testbed import containers, doctor, failing, firewall, lab
 pytestmark = pytest.mark.testbed
 
 DSR1 = REPO / "configs" / "testbed-dsr1.yaml"
+MOCKERS = REPO / "configs" / "testbed-small.yaml"  # prefill mockers on nodes 0-1, decode on 2-3
 DECODE_LEADER = 1
 REFUSE = "OUTPUT -p tcp -d {} --dport 29500 -j REJECT --reject-with tcp-reset"  # refused: a leader not started yet
 
@@ -299,3 +301,29 @@ def test_the_token_is_not_in_the_containers_command_line(small, tmp_path):
     args = " ".join(c["Args"]) + " ".join(c["Config"]["Env"] or [])
     assert '"rendezvous"' in args and "FABRIC_TOKEN" in args  # the job and the bootstrap that reads the token
     assert re.search(r"[0-9a-f]{64}", args) is None  # the token itself (64 hex digits) is nowhere
+
+
+def test_a_decode_node_cut_off_from_the_prefill_bootstrap_ports(small, tmp_path):
+    """With the mockers (every prefill rank serves its own bootstrap port, no group rendezvous), decode node
+    3 cannot reach port 30001: each of the two prefill nodes is named, pair by pair, and nothing else."""
+    tb = small
+    # The prefill nodes' port servers wait out fabric.timeout for the pair that never connects (the check
+    # does not yet end once every client has reported): 15 s here instead of the default 60.
+    data = yaml.safe_load(MOCKERS.read_text())
+    data["fabric"] = {"timeout": 15}
+    config = tmp_path / "mockers.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    with firewall(tb, 3, "OUTPUT -p tcp --dport 30001 -j DROP"):
+        code, data, took = doctor(tb, config, tmp_path)
+    print(f"\nbootstrap pairs named after {took:.1f}s (fabric check {data['fabric']['seconds']:.1f}s)")
+    assert code == 1
+    fails = failing(data, "peer")
+    assert [c["node"] for c in fails] == [3, 3]
+    for c, owner in zip(sorted(fails, key=lambda c: c["detail"]), (0, 1), strict=True):
+        assert (
+            f"{label(tb, 3)} cannot reach {label(tb, owner)} port 30001 (bootstrap of prefill-r{owner})" in c["detail"]
+        )
+        assert f"a firewall drops TCP 30001 between {tb.nodes[3][0]} and {tb.nodes[owner][0]}" in c["fix"]
+    assert [c for c in data["checks"] if c["status"] == "fail" and c["name"] != "peer"] == []
+    peers = data["fabric"]["peers"]
+    assert data["fabric"]["groups"] == [] and len([p for p in peers if not p["ok"]]) == 2 < len(peers)
