@@ -4,6 +4,9 @@ counter a smoke request must move; and the runtimes' hold/restore scripts as tex
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from launcher.config.load import load as load_config
@@ -126,8 +129,9 @@ def test_hold_and_restore_scripts_quote_and_keep_the_old_service(tmp_path):
     docker, process = Docker(), Process()
     assert "docker rename rr-decode.1-r0 rr-decode.1-r0.held" in docker.hold_script(plan, ["rr-decode.1-r0"])
     restore = docker.restore_script(plan, ["rr-decode.1-r0"])
-    assert "docker rename rr-decode.1-r0.held rr-decode.1-r0; fi; docker start rr-decode.1-r0" in restore
-    assert "docker rm -f 'x;y.held'" in docker.discard_held_script(plan, ["x;y"])
+    assert "docker rename rr-decode.1-r0.held rr-decode.1-r0; if [ -f" in restore
+    assert "; fi; fi; docker start rr-decode.1-r0" in restore
+    assert "docker rm -f 'x;y.held' >" in docker.discard_held_script(plan, ["x;y"])
     held = process.hold_script(plan, ["rr-decode-r0"])
     assert 'stop_svc "$RUN"/rr-decode-r0; mv "$RUN"/rr-decode-r0 "$RUN"/rr-decode-r0.held' in held
     assert 'eval "$(cat ../cmd)"' in process.restore_script(plan, ["rr-decode-r0"])
@@ -145,3 +149,120 @@ def test_plan_says_which_groups_roll(tmp_path):
         " rolled back if it fails (`up --max-unavailable K` widens a step)"
     ) in text
     assert "rolling:" not in plan_views.to_text(plan_of(tmp_path, decode=1, name="b.yaml"))
+
+
+def rm_plan(tmp_path, speed: int, name: str, options: str = "[--rm]"):
+    text = FILE.replace("PREFILL", "1").replace("DECODE", "2").replace("SPEED", str(speed))
+    text = text.replace("mode: decode,", f"mode: decode, container: {{run_options: {options}}},")
+    return build_plan(load_config(write(tmp_path, text, name)))
+
+
+def refusal(plan, changes, current) -> str:
+    from launcher.commands import roll as rolling
+    from launcher.commands.context import Target
+    from launcher.output.progress import Progress
+    from launcher.runtime import for_plan
+
+    t = Target(Path(plan.file), None, plan, for_plan(plan))
+    with pytest.raises(rolling.DowntimeRefused) as refused:
+        rolling.prepare(t, Progress(live=False), changes, current, False, 1)
+    return str(refused.value)
+
+
+def test_a_group_run_with_rm_or_without_a_recorded_command_cannot_roll_and_is_downtime(tmp_path):
+    # --rm: `docker stop` removes the container, the hold's rename has nothing left, the rollback nothing
+    # to start: such a group is recreated at once, refused before anything is drained.
+    old, new = rm_plan(tmp_path, 1, "a.yaml"), rm_plan(tmp_path, 2, "b.yaml")
+    current = running(old)
+    changes = reconcile.compute(new, current)
+    assert plan_roll.rollable(new, changes, current) == []
+    assert "decode" in plan_roll.downtime(new, changes, current, [])
+    text = refusal(new, changes, current)
+    assert "role decode, prefill would be unavailable during its restart (cannot roll: group decode's" in text
+    assert "containers run with --rm (a stopped one is removed: nothing to roll back to)" in text
+    assert text.endswith("pass --allow-downtime to restart it anyway, or give its group `replicas: 2` to roll it")
+    # The same plan without --rm rolls decode (the running containers can be held).
+    old, new = rm_plan(tmp_path, 1, "c.yaml", "[]"), rm_plan(tmp_path, 2, "d.yaml", "[]")
+    current = running(old)
+    changes = reconcile.compute(new, current)
+    assert [g.name for g in plan_roll.rollable(new, changes, current)] == ["decode", "decode.1"]
+    # A container the node lists as auto-removed (started with --rm by an older file) cannot be held either.
+    # One replica's: that one is recreated at once (the other serves meanwhile), the other rolls.
+    current[-1].holdable = False
+    assert [g.name for g in plan_roll.rollable(new, changes, current)] == ["decode"]
+    assert plan_roll.downtime(new, changes, current, plan_roll.rollable(new, changes, current)) == ["prefill"]
+    for c in current:
+        c.holdable = c.role != "decode"
+    assert plan_roll.rollable(new, changes, current) == []
+    assert "run with --rm" in plan_roll.blocked(new, changes, current)["decode"]
+    # The process runtime: a run directory with no recorded command (an older launcher's) has nothing to restart.
+    new.runtime = "process"
+    assert "record no command to start again" in plan_roll.blocked(new, changes, current)["decode"]
+
+
+def test_the_listing_says_whether_a_service_can_be_held(tmp_path):
+    from launcher.runtime.base import parse_list
+
+    inspect = '[{"Name": "/a", "State": {"Status": "running"}, "HostConfig": {"AutoRemove": true}}, {"Name": "/b"}]'
+    assert [c.holdable for c in parse_list(0, inspect)] == [False, True]
+    # The process runtime's listing, run for real over a run directory with and without `cmd`.
+    plan = plan_of(tmp_path)
+    plan.state_dir = str(tmp_path / "state")
+    host = subprocess.run(["uname", "-n"], capture_output=True, text=True, check=True).stdout.strip()
+    run = tmp_path / "state" / plan.deployment / "run" / host
+    for name in ("old", "new"):
+        (run / name).mkdir(parents=True)
+        (run / name / "labels.json").write_text('{"launcher.deployment": "rr"}')
+    (run / "new" / "cmd").write_text("sleep 1")
+    (tmp_path / "state").chmod(0o700)
+    out = subprocess.run(["bash", "-c", Process().list_script(plan)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert {c.name: c.holdable for c in parse_list(0, out.stdout)} == {"old": False, "new": True}
+
+
+def test_the_hold_keeps_the_secrets_of_the_held_container(tmp_path):
+    plan, docker = plan_of(tmp_path), Docker()
+    secrets = f"/var/tmp/launcher/{plan.deployment}/secrets"
+    plan.state_dir = "/var/tmp/launcher"
+    hold = docker.hold_script(plan, ["x;y"])
+    assert f"docker rename 'x;y' 'x;y.held'; if [ -f '{secrets}/x;y.env' ]; then cp -p '{secrets}/x;y.env'" in hold
+    assert f"'{secrets}/x;y.held.env'; fi; fi" in hold
+    restore = docker.restore_script(plan, ["x;y"])
+    assert f"docker rename 'x;y.held' 'x;y'; if [ -f '{secrets}/x;y.held.env' ]; then mv -f" in restore
+    assert f"mv -f '{secrets}/x;y.held.env' '{secrets}/x;y.env'; fi; fi; docker start 'x;y'" in restore
+    assert docker.discard_held_script(plan, ["x;y"]).endswith(f"rm -f '{secrets}/x;y.held.env'")
+
+
+def test_a_held_copy_is_never_an_orphan_and_up_says_what_it_does_with_it(tmp_path):
+    old, new = plan_of(tmp_path, decode=2), plan_of(tmp_path, decode=2, speed=2, name="b.yaml")
+    current = running(new)
+    held_copy = next(c for c in running(old) if c.name == "rr-decode.1-r0")
+    held_copy.name, held_copy.state = "rr-decode.1-r0.held", "exited"
+    current.append(held_copy)
+    assert reconcile.compute(new, current).unchanged  # not removed as an orphan
+    (removed,) = reconcile.held(new, current)
+    assert removed.describe() == (
+        "removing rr-decode.1-r0.held on node 2 (previous spec of rr-decode.1-r0): rr-decode.1-r0 runs the current spec"
+    )
+    # The base gone (a failed rollback): the held copy is the last good one, restored.
+    without = [c for c in current if c.name != "rr-decode.1-r0"]
+    (restored,) = reconcile.held(new, without)
+    assert restored.action == "restore" and "rr-decode.1-r0 is absent: its previous spec is started again" in (
+        restored.describe()
+    )
+    exited = [c if c.name != "rr-decode.1-r0" else Container(2, "x", c.name, c.labels, "exited", 1) for c in current]
+    assert reconcile.held(new, exited)[0].why == "rr-decode.1-r0 is exited (exit 1): its previous spec is started again"
+    # The base runs another spec than the plan's: the held copy is kept, said.
+    assert reconcile.held(plan_of(tmp_path, decode=2, speed=3, name="c.yaml"), current)[0].action == "keep"
+    # Its service no longer planned (scaled in): removed, said.
+    assert reconcile.held(plan_of(tmp_path, decode=1, speed=2, name="d.yaml"), current)[0].why == (
+        "rr-decode.1-r0 is no longer in the plan"
+    )
+
+
+def test_no_wait_still_waits_before_a_roll():
+    from launcher.commands.up import waits_before_roll
+
+    assert waits_before_roll(reconcile.Changes(rolled=["decode"]), wait=False)
+    assert not waits_before_roll(reconcile.Changes(rolled=["decode"]), wait=True)
+    assert not waits_before_roll(reconcile.Changes(), wait=False)

@@ -90,7 +90,9 @@ list_svcs() {
     [ $first = 1 ] || printf ','; first=0
     printf '{"Id":"%s","Name":"/%s","State":{"Status":"%s","ExitCode":%s,"StartedAt":"%s"},"Config":{"Labels":' \
       "$pid" "$name" "$state" "${code:-137}" "$(cat "$d/started" 2>/dev/null)"
-    printf '%s}}' "$labels"
+    # LauncherCmd: the command it started with is recorded (a roll's rollback can start it again)
+    cmd=false; [ -f "$d/cmd" ] && cmd=true
+    printf '%s},"LauncherCmd":%s}' "$labels" "$cmd"
   done
   printf ']\n'
 }
