@@ -4,7 +4,9 @@ counter a smoke request must move; and the runtimes' hold/restore scripts as tex
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from launcher.plan.build import build as build_plan
 from launcher.plan.state import Container
 from launcher.runtime.docker import Docker
 from launcher.runtime.process import Process
-from tests.helpers import write
+from tests.helpers import connected_target, free_port, local_command_deployment, write
 
 FILE = """\
 deployment: rr
@@ -266,3 +268,113 @@ def test_no_wait_still_waits_before_a_roll():
     assert waits_before_roll(reconcile.Changes(rolled=["decode"]), wait=False)
     assert not waits_before_roll(reconcile.Changes(rolled=["decode"]), wait=True)
     assert not waits_before_roll(reconcile.Changes(), wait=False)
+
+
+class Flood:
+    """A hostile peer on loopback where the frontend would be: it answers every request with a 200 whose body
+    never ends (up to FLOOD_BYTES, then it closes): an answer the launcher must cut off, not read whole."""
+
+    FLOOD_BYTES = 64 << 20
+
+    def __init__(self, port: int, expected: int):
+        self.expected = expected
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.server.settimeout(30)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.sent: list[int] = []
+
+    def _serve(self) -> None:
+        for _ in range(self.expected):  # bounded: as many requests as the test sends
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                sent = 0
+                try:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+                    while sent < self.FLOOD_BYTES:
+                        conn.sendall(b"x" * 65536)
+                        sent += 65536
+                except OSError:
+                    pass
+                self.sent.append(sent)
+
+    def __enter__(self) -> Flood:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.close()
+        self.thread.join(30)
+
+
+def frontend_plan(tmp_path, port: int):
+    import yaml
+
+    data = {
+        "deployment": "sm",
+        "runtime": "process",
+        "state_dir": str(tmp_path / "state"),
+        "gpus_per_node": 0,
+        "nodes": [{"name": "local", "address": "127.0.0.1"}],
+        "model": {"path": "/models/x", "name": "x"},
+        "services": {"frontend": {"port": port}},
+        "groups": {"decode": {"engine": "mocker", "mode": "decode", "nodes": ["local"], "replicas": 2}},
+    }
+    (tmp_path / "sm.yaml").write_text(yaml.safe_dump(data))
+    return build_plan(load_config(tmp_path / "sm.yaml", environ={}))
+
+
+def test_the_smoke_requests_read_at_most_a_mebibyte_of_an_answer(tmp_path, monkeypatch):
+    from launcher.commands import roll as rolling
+    from launcher.commands import up
+    from launcher.commands.waiter import ServiceFailed
+
+    port = free_port()
+    plan = frontend_plan(tmp_path, port)
+    monkeypatch.setattr(rolling, "SMOKE_ATTEMPTS", 1)  # one flooded answer is the case
+    step = plan_roll.Step("decode", ["decode"], [s for s in plan.services if s.group == "decode"])
+    with Flood(port, expected=2) as flood, connected_target(plan) as t:
+        with pytest.raises(ServiceFailed) as rolled:
+            rolling.smoke(t, step)
+        with pytest.raises(ServiceFailed) as upped:
+            up.smoke_test(t, attempts=1)
+    over = f"the answer of 127.0.0.1:{port}/v1/chat/completions is over 1048576 bytes"
+    assert f"no smoke request reached decode in 1 tries (last: {over})" in str(rolled.value)
+    assert f"a chat completion through {plan.endpoint} answered {over}" in str(upped.value)
+    assert all(sent < flood.FLOOD_BYTES for sent in flood.sent), flood.sent  # cut off, not read to the end
+
+
+def test_a_roll_step_failing_after_the_hold_is_rolled_back_whatever_the_error(tmp_path):
+    """Not only a failed replica: here the node's listing is unreadable once the old replica is held (a
+    ListingError from `start`, which escaped before with the old replica held and nothing restored)."""
+    from launcher.commands import down
+    from launcher.commands import roll as rolling
+    from launcher.commands.nodes import list_services, start
+    from launcher.output.progress import Progress
+
+    path = local_command_deployment(tmp_path, "rf", "serve", "exec sleep 600", replicas=2)
+    plan = build_plan(load_config(path, environ={}))
+    step = plan_roll.Step("serve", ["serve"], [s for s in plan.services if s.group == "serve"])
+    host = subprocess.run(["uname", "-n"], capture_output=True, text=True, check=True).stdout.strip()
+    run = tmp_path / "state" / "rf" / "run" / host
+    with connected_target(plan) as t:
+        try:
+            start(t, plan.services, Progress(live=False))
+            pid = (run / "rf-serve-r0" / "pid").read_text()
+            (run / "junk").mkdir()
+            (run / "junk" / "labels.json").write_text("{")  # the listing's JSON broken from now on
+            with pytest.raises(rolling.RollFailed) as failed:
+                rolling.replace(t, Progress(live=False), step, [], ["serve.1"])
+            (run / "junk" / "labels.json").unlink()
+            (run / "junk").rmdir()
+            text = str(failed.value)
+            assert text.startswith("rolling up failed on replica serve: node 0: unreadable service list"), text
+            assert "On the new spec: none. On the previous spec: serve.1 (not reached)." in text, text
+            found, _ = list_services(t)
+            assert found[(0, "rf-serve-r0")].running and (0, "rf-serve-r0.held") not in found, found
+            assert (run / "rf-serve-r0" / "pid").read_text() != pid  # the held copy started again
+        finally:
+            down.down(t)

@@ -273,7 +273,7 @@ def smoke_test(target: Target, attempts: int = SMOKE_ATTEMPTS) -> str:
     plan = target.plan
     host = target.fleet.host(plan.entry.node.index)
     last = ""
-    for _ in range(attempts):
+    for attempt in range(1, attempts + 1):
         try:
             request = readiness.chat_request(plan.model_name)
             url = plan.endpoint + "/v1/chat/completions"
@@ -290,5 +290,6 @@ def smoke_test(target: Target, attempts: int = SMOKE_ATTEMPTS) -> str:
                     )
                 return f"200 OK: {text[:60]!r}"
             last = f"HTTP {status}: {str(body)[:300]}"
-        time.sleep(1)
+        if attempt < attempts:
+            time.sleep(1)
     raise ServiceFailed(f"smoke test failed: a chat completion through {plan.endpoint} answered {last}")
