@@ -79,8 +79,8 @@ class Docker:
         return "docker kill --signal TERM " + " ".join(q(n) for n in names) + " >/dev/null 2>&1 || true"
 
     def hold_script(self, plan: Plan, names: list[str]) -> str:
-        """`docker stop` (its drain came before), then renamed: its config, image and logs are kept."""
-        lines = ["set -e"]
+        """`docker stop` (its drain came before), then renamed: its config, image, logs and secrets are kept."""
+        lines = [guard_script(plan.state_dir, create=False), "set -e"]  # it copies the secrets file
         for n in names:
             name, held = q(n), q(held_name(n))
             env, held_env = q(secrets_path(plan, n)), q(secrets_path(plan, held_name(n)))
@@ -94,7 +94,7 @@ class Docker:
         return "\n".join(lines)
 
     def restore_script(self, plan: Plan, names: list[str]) -> str:
-        lines = ["set -e"]
+        lines = [guard_script(plan.state_dir, create=False), "set -e"]  # it moves the secrets file back
         for n in names:
             name, held = q(n), q(held_name(n))
             env, held_env = q(secrets_path(plan, n)), q(secrets_path(plan, held_name(n)))

@@ -208,7 +208,7 @@ class Process:
 
     def restore_script(self, plan: Plan, names: list[str]) -> str:
         """The held run directory back in place, its recorded command started again (its log appended to)."""
-        lines = ["set -e", STOP_FN, self._run(plan)]
+        lines = [self._run(plan), "set -e", STOP_FN]
         for n in names:
             d, h = f'"$RUN"/{q(n)}', f'"$RUN"/{q(held_name(n))}'
             body = q('. ../env; eval "$(cat ../cmd)"; echo $? > ../exit') + f" {q(n)} >> {d}/log"
