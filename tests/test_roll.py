@@ -197,6 +197,12 @@ def test_a_group_run_with_rm_or_without_a_recorded_command_cannot_roll_and_is_do
         c.holdable = c.role != "decode"
     assert plan_roll.rollable(new, changes, current) == []
     assert "run with --rm" in plan_roll.blocked(new, changes, current)["decode"]
+    from launcher.output import plan_views
+
+    assert (
+        "rolling: none: group decode's containers run with --rm (a stopped one is removed: nothing to roll back to);"
+        " a change recreates it at once"
+    ) in plan_views.to_text(rm_plan(tmp_path, 2, "e.yaml"))
     # The process runtime: a run directory with no recorded command (an older launcher's) has nothing to restart.
     new.runtime = "process"
     assert "record no command to start again" in plan_roll.blocked(new, changes, current)["decode"]
@@ -365,7 +371,7 @@ def test_a_roll_step_failing_after_the_hold_is_rolled_back_whatever_the_error(tm
             start(t, plan.services, Progress(live=False))
             pid = (run / "rf-serve-r0" / "pid").read_text()
             (run / "junk").mkdir()
-            (run / "junk" / "labels.json").write_text("{")  # the listing's JSON broken from now on
+            (run / "junk" / "labels.json").write_text("[")  # the listing's JSON broken from now on
             with pytest.raises(rolling.RollFailed) as failed:
                 rolling.replace(t, Progress(live=False), step, [], ["serve.1"])
             (run / "junk" / "labels.json").unlink()

@@ -11,6 +11,7 @@ Every step is a line of the head node's audit log.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -153,13 +154,17 @@ def finish(t: Target, progress: Progress, step: Step, began: float, proof: str) 
     took = time.monotonic() - began
     left = ", ".join(f"{held_name(s.name)} on node {s.node.index}" for s in step.services)
     try:
-        discard(t, step)
-        locking.audit(locking.Site.of(t), f"roll {step.label}: replaced in {took:.1f}s ({proof})")
+        try:
+            discard(t, step)
+            left = ""
+        except Exception as exc:  # the new replica serves: what is left is said, nothing rolled back
+            progress.log(f"rolled {step.label}: its previous copy is left ({left}): {describe(exc)}")
+        with contextlib.suppress(Exception):  # the audit line is not worth failing a proven step
+            locking.audit(locking.Site.of(t), f"roll {step.label}: replaced in {took:.1f}s ({proof})")
     except KeyboardInterrupt:
-        progress.log(f"rolled {step.label}: replaced in {took:.1f}s, {proof}; its previous copy is left: {left}")
-        raise Replaced(f"its previous copy is left: {left}") from None
-    except Exception as exc:  # the new replica serves; what is left is said
-        progress.log(f"rolled {step.label}: its previous copy is left ({left}): {describe(exc)}")
+        said = f"its previous copy is left: {left}" if left else "its previous copy removed"
+        progress.log(f"rolled {step.label}: replaced in {took:.1f}s, {proof}; {said}")
+        raise Replaced(said) from None
     progress.log(f"rolled {step.label}: replaced in {took:.1f}s, {proof}")
 
 
