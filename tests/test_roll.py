@@ -4,9 +4,12 @@ counter a smoke request must move; and the runtimes' hold/restore scripts as tex
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -384,3 +387,44 @@ def test_a_roll_step_failing_after_the_hold_is_rolled_back_whatever_the_error(tm
             assert (run / "rf-serve-r0" / "pid").read_text() != pid  # the held copy started again
         finally:
             down.down(t)
+
+
+def test_ctrl_c_once_the_new_replica_proved_itself_leaves_the_held_copy_and_rolls_nothing_back(tmp_path):
+    """Ctrl-C while the proven step's held copy is removed (a copy slow to stop: it ignores SIGTERM): the
+    step is done, `Replaced` names what is left; before, `run` rolled the proven replica back."""
+    from launcher.commands import down
+    from launcher.commands import roll as rolling
+    from launcher.commands.nodes import list_services, start
+    from launcher.output.progress import Progress
+
+    path = local_command_deployment(tmp_path, "rc", "serve", "trap '' TERM; exec sleep 600", replicas=2)
+    plan = build_plan(load_config(path, environ={}))
+    step = plan_roll.Step("serve", ["serve"], [s for s in plan.services if s.group == "serve"])
+    host = subprocess.run(["uname", "-n"], capture_output=True, text=True, check=True).stdout.strip()
+    run = tmp_path / "state" / "rc" / "run" / host
+    removing = threading.Event()
+
+    def interrupt(signum, frame):  # a Ctrl-C that only counts while the copy is being removed
+        if removing.is_set():
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with connected_target(plan) as t:
+        try:
+            start(t, plan.services, Progress(live=False))
+            (run / "rc-serve-r0").rename(run / "rc-serve-r0.held")  # the old copy, still running, as held
+            start(t, step.services, Progress(live=False))  # the new replica, proven (say)
+            removing.set()
+            timer.start()
+            with pytest.raises(rolling.Replaced) as replaced:
+                rolling.finish(t, Progress(live=False), step, time.monotonic(), "1 smoke request(s)")
+            removing.clear()
+            assert replaced.value.left == "its previous copy is left: rc-serve-r0.held on node 0"
+            found, _ = list_services(t)
+            assert found[(0, "rc-serve-r0")].running  # the new replica kept
+        finally:
+            removing.clear()
+            timer.cancel()
+            signal.signal(signal.SIGINT, previous)
+            down.down(t, now=True)
