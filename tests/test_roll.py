@@ -364,7 +364,7 @@ def test_a_roll_step_failing_after_the_hold_is_rolled_back_whatever_the_error(tm
     from launcher.commands.nodes import list_services, start
     from launcher.output.progress import Progress
 
-    path = local_command_deployment(tmp_path, "rf", "serve", "exec sleep 600", replicas=2)
+    path = local_command_deployment(tmp_path, "rf", "serve", "exec sleep 600", replicas=2, timeout=2)
     plan = build_plan(load_config(path, environ={}))
     step = plan_roll.Step("serve", ["serve"], [s for s in plan.services if s.group == "serve"])
     host = subprocess.run(["uname", "-n"], capture_output=True, text=True, check=True).stdout.strip()
