@@ -144,7 +144,9 @@ def up(
     wait: Annotated[
         bool,
         typer.Option(
-            "--wait/--no-wait", help="Wait until the service answers (default), or only until every container runs."
+            "--wait/--no-wait",
+            help="Wait until the service answers (default), or only until every container runs (a rolling `up`"
+            " still waits until everything is ready before it drains a replica).",
         ),
     ] = True,
     profile: ProfileOpt = None,

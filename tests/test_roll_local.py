@@ -8,11 +8,13 @@ fresh `launcher` subprocess while streamed chat completions run through the fron
   last log lines; the old spec serves again on it, the other replica untouched, 0 failed streams;
 - a changed flag on prefill (one replica): refused (exit 2, nothing changed), then `--allow-downtime`
   recreates it as `up` always did;
+- a held copy left by a failed rollback: `status` shows it held, the next `up` restores it first;
 - Ctrl-C while a new replica starts: it is rolled back, `up` says which replica runs which spec."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +27,7 @@ import pytest
 import yaml
 
 from launcher.plan.build import REPLICA_PORT_STEP
-from tests.helpers import Lines, assert_gone, free_port, fresh_env, local_stack, wait_for
+from tests.helpers import Lines, assert_gone, free_port, fresh_env, local_stack, session_members, wait_for
 from tests.test_drain_local import launcher, stream
 
 pytestmark = pytest.mark.slow
@@ -103,12 +105,13 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         before = replicas(config, env, tmp_path)
 
-        # 1. A decode flag changed: rolled one replica at a time under constant streaming load.
+        # 1. A decode flag changed: rolled one replica at a time under constant streaming load (--no-wait:
+        # a roll waits until everything is ready even so, before it drains a replica).
         data["groups"]["decode"]["args"]["startup-time"] = STARTUP + 1
         rewrite(config, data)
         with Load(port) as load:
             started = time.monotonic()
-            roll = launcher("up", config, env=env, cwd=tmp_path)
+            roll = launcher("up", config, "--no-wait", env=env, cwd=tmp_path)
             took = time.monotonic() - started
         out = roll.stdout + roll.stderr
         print(f"\nrolling up of 2 decode replicas: {took:.1f}s; streams {len(load.results)}, bad {len(load.bad())}")
@@ -119,6 +122,7 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         assert out.index("rolled decode: replaced in") < out.index("rolled decode.1: replaced in"), out
         assert out.count("smoke request(s) until one reached it") == 2, out  # its own request counter moved
         assert "0 service(s) (re)created, 2 replica(s) rolled" in out, out
+        assert "--no-wait: waiting until every service is ready before rolling" in out, out
         after = replicas(config, env, tmp_path)
         for name in ("decode", "decode.1"):
             assert after[name]["running_spec"] == [after[name]["spec"]] != before[name]["running_spec"], after
@@ -140,7 +144,10 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         assert "rolling up failed on replica decode: decode rank 0 of group decode" in out, out
         assert "exited with exit code 1 (container roll-decode-r0)" in out, out
         assert f"FileNotFoundError: [Errno 2] No such file or directory: '{missing}'" in out, out  # its last log lines
-        assert "rolled back: decode runs the previous spec again; the other replicas are untouched" in out, out
+        assert (
+            "rolled back: decode runs the previous spec again. On the new spec: none. On the previous spec: decode.1"
+            " (not reached)."
+        ) in out, out
         assert load.bad() == [], load.bad()
         back = replicas(config, env, tmp_path)
         assert back["decode"]["running_spec"] == after["decode"]["running_spec"], back  # the previous spec
@@ -150,8 +157,29 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         assert "decode-r0.held" not in back and "roll-decode-r0.held" not in json.dumps(back)
         assert stream(port, 1, {}, max_tokens=8)["finish"] == "length"  # serving
 
-        # 3. Prefill has one replica: a change would take it down; refused, then allowed.
+        # 3. A held copy left by a rollback that failed (its service gone): shown as held, and the next `up`
+        # restores it first (never removes it as an orphan), then finds everything as planned.
         del data["groups"]["decode"]["args"]["extra-engine-args"]  # decode as it runs
+        rewrite(config, data)
+        run = next((tmp_path / "state" / "roll" / "run").iterdir())
+        leader = int((run / "roll-decode-r0" / "pid").read_text())
+        os.killpg(leader, signal.SIGTERM)  # stopped and held, as a roll's hold leaves it
+        wait_for(lambda: not session_members(leader), 30)
+        (run / "roll-decode-r0").rename(run / "roll-decode-r0.held")
+        shown = launcher("status", config, "--json", env=env, cwd=tmp_path)
+        assert '"held (previous spec of roll-decode-r0)"' in shown.stdout and "not in plan" not in shown.stdout
+        restored = launcher("up", config, env=env, cwd=tmp_path)
+        out = restored.stdout + restored.stderr
+        assert restored.returncode == 0, out
+        assert (
+            "restoring roll-decode-r0.held on node 0 (previous spec of roll-decode-r0): roll-decode-r0 is absent:"
+            " its previous spec is started again"
+        ) in out, out
+        assert "unchanged" in out and "(re)create" not in out, out
+        back = replicas(config, env, tmp_path)
+        assert back["decode-r0"]["state"].startswith("running") and not (run / "roll-decode-r0.held").exists()
+
+        # 4. Prefill has one replica: a change would take it down; refused, then allowed.
         data["groups"]["prefill"]["args"]["startup-time"] = STARTUP + 1
         rewrite(config, data)
         refused = launcher("up", config, env=env, cwd=tmp_path)
@@ -168,7 +196,7 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         assert "--allow-downtime: role prefill is unavailable during its restart" in allowed.stderr, allowed.stderr
         assert replicas(config, env, tmp_path)["prefill-r0"]["id"] != before["prefill-r0"]["id"]
 
-        # 4. Ctrl-C while the first new replica starts: it is rolled back, the next one not reached.
+        # 5. Ctrl-C while the first new replica starts: it is rolled back, the next one not reached.
         ready = replicas(config, env, tmp_path)
         data["groups"]["decode"]["args"]["startup-time"] = STARTUP
         rewrite(config, data)

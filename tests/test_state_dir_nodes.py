@@ -56,5 +56,8 @@ def test_every_node_script_that_writes_or_signals_checks_the_state_dir_first():
         assert runtime.start_script(plan, services)[0].startswith("s="), runtime.name
     assert Process().remove_all_script(plan).lstrip().startswith("s=")
     assert Process().remove_script(plan, ["x"]).lstrip().startswith("s=")
+    for runtime in (Docker(), Process()):  # a roll's hold and restore move the secrets or the run directory
+        assert runtime.hold_script(plan, ["x"]).startswith("s="), runtime.name
+        assert runtime.restore_script(plan, ["x"]).startswith("s="), runtime.name
     listing = Process().list_script(plan)
     assert listing.index(STATE_DIR_REFUSED) < listing.index('list_svcs "$RUN"')

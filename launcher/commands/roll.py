@@ -11,6 +11,7 @@ Every step is a line of the head node's audit log.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -30,8 +31,10 @@ from launcher.plan.reconcile import Changes
 from launcher.plan.roll import Roll, Step
 from launcher.plan.state import Container
 from launcher.plan.types import Service
+from launcher.runtime.base import held_name
 from launcher.transport.errors import NodeError, describe
 
+SMOKE_BYTES = 1 << 20  # a smoke answer is a few tokens: anything longer is not trusted
 SMOKE_ATTEMPTS = 30  # requests through the frontend until one reached the new replica (round robin: 2-3)
 LOG_LINES = 20
 SCRIPT_SECONDS = 120.0
@@ -44,7 +47,7 @@ class DowntimeRefused(LauncherError):
 
 
 class RollFailed(LauncherError):
-    """A new replica failed and was rolled back: the others are untouched."""
+    """A roll step failed and was rolled back; says which replicas run which spec."""
 
     exit_code = 1
 
@@ -63,14 +66,22 @@ def prepare(
     groups = plan_roll.rollable(t.plan, changes, current)
     roll = Roll(plan_roll.steps(t.plan, groups, widest), widest)
     down = plan_roll.downtime(t.plan, changes, current, groups)
+    why = plan_roll.blocked(t.plan, changes, current)
     if down and not allow_downtime:
         raise DowntimeRefused(
-            f"up refused, nothing changed: role {', '.join(down)} would be unavailable during its restart (its only"
-            f" running replica's spec changed); pass --allow-downtime to restart it anyway, or give its group"
-            f" `replicas: 2` to roll it"
+            f"up refused, nothing changed: role {', '.join(down)} would be unavailable during its restart ("
+            + (
+                "; ".join(f"cannot roll: {why[r]}" for r in down if r in why)
+                or "its only running replica's spec changed"
+            )
+            + "); pass --allow-downtime to restart it anyway"
+            + ("" if all(r in why for r in down) else ", or give its group `replicas: 2` to roll it")
         )
     for role in down:
-        progress.log(f"--allow-downtime: role {role} is unavailable during its restart")
+        progress.log(
+            f"--allow-downtime: role {role} is unavailable during its restart"
+            + (f" ({why[role]})" if role in why else "")
+        )
     plan_roll.split(t.plan, changes, roll)
     for line in roll.describe():
         progress.log(line)
@@ -81,11 +92,16 @@ def run(t: Target, progress: Progress, roll: Roll) -> None:
     """Every step in order; stops at the first that fails (rolled back, RollFailed) or at Ctrl-C."""
     done: list[str] = []
     for i, step in enumerate(roll.steps):
+        rest = [u for s in roll.steps[i + 1 :] for u in s.units]
         try:
-            replace(t, progress, step)
+            replace(t, progress, step, done, rest)
+        except Replaced as exc:  # Ctrl-C once the new replica had proved itself: the step is done
+            raise RollInterrupted(
+                f"interrupted: rolling up stopped. {step.label} was replaced ({exc.left}). On the new spec:"
+                f" {', '.join([*done, *step.units])}.{specs_left(rest)} `launcher up` again resumes the roll."
+            ) from None
         except KeyboardInterrupt:
             back = rollback(t, step, "interrupted (Ctrl-C)")
-            rest = [u for s in roll.steps[i + 1 :] for u in s.units]
             raise RollInterrupted(
                 f"interrupted: rolling up stopped. On the new spec: {', '.join(done) or 'none'}. On the previous"
                 f" spec: {step.label} ({back}){', ' + ', '.join(rest) + ' (not reached)' if rest else ''}."
@@ -94,30 +110,61 @@ def run(t: Target, progress: Progress, roll: Roll) -> None:
         done += step.units
 
 
-def replace(t: Target, progress: Progress, step: Step) -> None:
-    """One step, as the module's docstring says; a failure after the hold is rolled back (RollFailed)."""
+class Replaced(KeyboardInterrupt):
+    """Ctrl-C after a step's smoke passed (while its held copy was removed): `left` names what is left."""
+
+    def __init__(self, left: str):
+        super().__init__(left)
+        self.left = left
+
+
+def specs_left(rest: list[str]) -> str:
+    return f" On the previous spec: {', '.join(rest)} (not reached)." if rest else ""
+
+
+def replace(t: Target, progress: Progress, step: Step, done: list[str], rest: list[str]) -> None:
+    """One step, as the module's docstring says: whatever fails before the smoke passed (a node, a listing,
+    the audit, the new replica) is rolled back (RollFailed naming the cause and which replica runs which spec)."""
     site = locking.Site.of(t)
     began = time.monotonic()
-    progress.log(f"rolling {step.label}: draining")
-    lines = drain(t, step.services, lambda line: progress.log(f"drain: {line}"))
-    locking.audit(site, f"roll {step.label}: " + ("; ".join(lines) or "nothing to drain"))
     try:
+        progress.log(f"rolling {step.label}: draining")
+        lines = drain(t, step.services, lambda line: progress.log(f"drain: {line}"))
+        locking.audit(site, f"roll {step.label}: " + ("; ".join(lines) or "nothing to drain"))
         hold(t, step)
         start(t, step.services, progress)
         # ready, and registered: the frontend lists every worker again (the drained one had left it)
         Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
         proof = smoke(t, step)
-    except (ServiceFailed, NodeFailures) as exc:
-        reason = str(exc).splitlines()[0]
+    except Exception as exc:  # KeyboardInterrupt is not one: `run` rolls back and says so
+        reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
         logs = last_logs(t, step.services)
         back = rollback(t, step, reason, progress)
         raise RollFailed(
-            f"rolling up failed on replica {step.label}: {reason}\n{back}; the other replicas are untouched.\n"
+            f"rolling up failed on replica {step.label}: {reason}\n{back}. On the new spec:"
+            f" {', '.join(done) or 'none'}.{specs_left(rest)}\n"
             f"--- last {LOG_LINES} log lines of the new {step.label} ---\n{logs}\n---"
         ) from None
-    discard(t, step)
+    finish(t, progress, step, began, proof)
+
+
+def finish(t: Target, progress: Progress, step: Step, began: float, proof: str) -> None:
+    """The proven step's held copy removed and audited. The step is done whatever happens here: a failure
+    or Ctrl-C leaves the held copy (named), never rolls back a replica that proved itself."""
     took = time.monotonic() - began
-    locking.audit(site, f"roll {step.label}: replaced in {took:.1f}s ({proof})")
+    left = ", ".join(f"{held_name(s.name)} on node {s.node.index}" for s in step.services)
+    try:
+        try:
+            discard(t, step)
+            left = ""
+        except Exception as exc:  # the new replica serves: what is left is said, nothing rolled back
+            progress.log(f"rolled {step.label}: its previous copy is left ({left}): {describe(exc)}")
+        with contextlib.suppress(Exception):  # the audit line is not worth failing a proven step
+            locking.audit(locking.Site.of(t), f"roll {step.label}: replaced in {took:.1f}s ({proof})")
+    except KeyboardInterrupt:
+        said = f"its previous copy is left: {left}" if left else "its previous copy removed"
+        progress.log(f"rolled {step.label}: replaced in {took:.1f}s, {proof}; {said}")
+        raise Replaced(said) from None
     progress.log(f"rolled {step.label}: replaced in {took:.1f}s, {proof}")
 
 
@@ -164,7 +211,7 @@ def rollback(t: Target, step: Step, reason: str, progress: Progress | None = Non
         _on_nodes(t, step.services, lambda n: t.runtime.restore_script(t.plan, n), "rollback failed")
         if progress is not None:
             Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
-    except (NodeFailures, NodeError, ServiceFailed) as exc:
+    except Exception as exc:  # whatever it is (a node, a listing, the new replica), the user must hear it
         text = f"rollback of {step.label} FAILED ({str(exc).splitlines()[0]}): `launcher status` shows what runs"
     else:
         text = f"rolled back: {step.label} runs the previous spec again"
@@ -189,15 +236,20 @@ def smoke(t: Target, step: Step) -> str:
         body = readiness.chat_request(plan.model_name)
         body["messages"][0]["content"] = f"Say hello ({secrets.token_hex(4)})."  # no prefix cache to stick to
         try:
-            status, answer = entry.http("POST", plan.endpoint + "/v1/chat/completions", body, timeout=60)
+            url = plan.endpoint + "/v1/chat/completions"
+            status, answer = entry.http("POST", url, body, timeout=60, limit=SMOKE_BYTES)
             last = f"HTTP {status}" if status != 200 else "200 with no text"
             ok = status == 200 and readiness.answer_text(answer).strip()
-        except (OSError, ConnectionError, NodeError) as exc:
+        except ValueError as exc:  # an answer over SMOKE_BYTES
+            last, ok = str(exc), False
+        except (OSError, NodeError) as exc:
             last, ok = describe(exc), False
         moved = [s for s in watched if (requests(t, s) or 0) > (before[s.name] or 0)]
+        if ok and not watched:  # no request counter of its own to watch (not a Dynamo worker)
+            return f"{attempt} smoke request(s) until one answered (not attributable to the replica)"
         if ok and len(moved) == len(watched):
             return f"{attempt} smoke request(s) until one reached it"
-        if not ok:
+        if not ok and attempt < SMOKE_ATTEMPTS:
             time.sleep(1)
     raise ServiceFailed(f"no smoke request reached {step.label} in {SMOKE_ATTEMPTS} tries (last: {last})")
 

@@ -14,7 +14,7 @@ from launcher.errors import Exit
 from launcher.output import console
 from launcher.output.console import say
 from launcher.output.tables import print_json, status_table
-from launcher.plan.state import Container
+from launcher.plan.state import Container, held_base
 from launcher.plan.types import LABEL, Node, split_unit
 
 
@@ -98,7 +98,7 @@ def replicas_of(t: Target, rows: list[StatusRow]) -> list[dict[str, Any]]:
     running services carry, and whether it runs that spec: current, outdated, partial or missing."""
     out = []
     for g in t.plan.groups:
-        mine = [r for r in rows if r.group == g.name and not r.state.endswith("(not in plan)")]
+        mine = [r for r in rows if r.group == g.name and not outside_plan(r)]
         running = [r for r in mine if r.state.startswith("running")]
         seen = sorted({r.group_spec for r in mine if r.group_spec})
         wanted = t.plan.group_hash(g.name)
@@ -166,8 +166,15 @@ def status(t: Target) -> tuple[list[StatusRow], dict[int, str], EndpointState]:
     for key, c in found.items():
         if key not in planned:
             node = t.plan.nodes[c.node_index]
-            rows.append(_row(node, c.service, c.role, c.group, c.rank, c.state + " (not in plan)", c, now, "-"))
+            base = held_base(c.name)  # a roll's held copy: what a rollback (or the next `up`) starts again
+            state = f"held (previous spec of {base})" if base is not None else c.state + " (not in plan)"
+            rows.append(_row(node, c.service, c.role, c.group, c.rank, state, c, now, "-"))
     return rows, unreachable, endpoint_state(t, unreachable)
+
+
+def outside_plan(r: StatusRow) -> bool:
+    """A row of a container the plan does not have: an orphan, or a roll's held copy."""
+    return r.state.endswith("(not in plan)") or r.state.startswith("held (")
 
 
 def _row(node, service, role, group, rank, state, c: Container | None, now: datetime, health: str) -> StatusRow:

@@ -4,6 +4,7 @@ answers, and say so; re-running converges (unchanged services are kept)."""
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 import time
 
@@ -22,6 +23,7 @@ from launcher.plan.reconcile import Changes
 from launcher.plan.state import Container
 from launcher.plan.types import Group, Plan, Service
 from launcher.runtime import lock as lock_scripts
+from launcher.runtime.base import LIST_MARK, parse_list
 from launcher.runtime.lock import LockInfo
 from launcher.transport.host import Completed
 
@@ -102,6 +104,7 @@ def up(
     current, held = check_and_lock(target, command)
     with locking.releasing(locking.Site.of(target), held) as lock:
         lock.outcome = "up failed"
+        current = settle_held(target, progress, current)
         changes = reconcile.compute(plan, current)
         roll = rolling.prepare(target, progress, changes, current, allow_downtime, max_unavailable)
         _announce(target, progress, changes)
@@ -117,10 +120,49 @@ def up(
             _run_phases(target, progress, changes, current, started, wait)
         except KeyboardInterrupt as exc:
             raise _interrupted(target, exc, started) from None
+        if waits_before_roll(changes, wait):
+            progress.log(
+                "--no-wait: waiting until every service is ready before rolling (a drain needs the others serving)"
+            )
+            Waiter(target, progress, plan.services, check_endpoint=plan.has_dynamo_frontend).run()
         rolling.run(target, progress, roll)
         lock.outcome = "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created")
         lock.outcome += rolled(changes)
     return changes
+
+
+def settle_held(target: Target, progress: Progress, current: list[Container]) -> list[Container]:
+    """The held copies an interrupted or failed roll left (`reconcile.held`): restored, removed or kept,
+    each said and audited, before anything else; returns what the nodes list after."""
+    plan, runtime = target.plan, target.runtime
+    actions = reconcile.held(plan, current)
+    scripts: dict[int, list[str]] = {}
+    for h in actions:
+        progress.log(h.describe())
+        if h.action == "remove":
+            scripts.setdefault(h.copy.node_index, []).append(runtime.discard_held_script(plan, [h.base]))
+        elif h.action == "restore":
+            scripts.setdefault(h.copy.node_index, []).append(runtime.restore_script(plan, [h.base]))
+    if not scripts:
+        return current
+    site = locking.Site.of(target)
+    locking.audit(site, "; ".join(h.describe() for h in actions))
+    listing = f"echo {shlex.quote(LIST_MARK)}\n{runtime.list_script(plan)}"
+    results = target.fleet.run(lambda h: "\n".join([*scripts[h.node.index], listing]), scripts, timeout=120)
+    done, failures = results.scripts()
+    if failures:
+        raise NodeFailures("cannot restore or remove a held copy (nothing else changed)", failures, plan)
+    for i, answer in done.items():
+        # the last listing printed: after the restores' own ones
+        listed = parse_list(i, answer.stdout.rsplit(LIST_MARK, 1)[1])
+        current = [c for c in current if c.node_index != i] + listed
+    return current
+
+
+def waits_before_roll(changes: Changes, wait: bool) -> bool:
+    """`--no-wait` returns once containers run, but a roll must not drain a replica while its siblings still
+    load: with replicas to roll, `up` waits until everything is ready even so."""
+    return bool(changes.rolled) and not wait
 
 
 def rolled(changes: Changes) -> str:
@@ -231,11 +273,12 @@ def smoke_test(target: Target, attempts: int = SMOKE_ATTEMPTS) -> str:
     plan = target.plan
     host = target.fleet.host(plan.entry.node.index)
     last = ""
-    for _ in range(attempts):
+    for attempt in range(1, attempts + 1):
         try:
             request = readiness.chat_request(plan.model_name)
-            status, body = host.http("POST", plan.endpoint + "/v1/chat/completions", request, timeout=60)
-        except (OSError, ConnectionError) as exc:
+            url = plan.endpoint + "/v1/chat/completions"
+            status, body = host.http("POST", url, request, timeout=60, limit=rolling.SMOKE_BYTES)
+        except (OSError, ValueError) as exc:  # ValueError: an answer over SMOKE_BYTES
             last = str(exc)
         else:
             if status == 200:
@@ -247,5 +290,6 @@ def smoke_test(target: Target, attempts: int = SMOKE_ATTEMPTS) -> str:
                     )
                 return f"200 OK: {text[:60]!r}"
             last = f"HTTP {status}: {str(body)[:300]}"
-        time.sleep(1)
+        if attempt < attempts:
+            time.sleep(1)
     raise ServiceFailed(f"smoke test failed: a chat completion through {plan.endpoint} answered {last}")

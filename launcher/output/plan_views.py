@@ -8,6 +8,7 @@ from typing import Any
 
 from launcher.config.redact import REDACTED
 from launcher.plan import drain, metrics
+from launcher.plan import roll as plan_roll
 from launcher.plan.types import Group, Plan, Service
 from launcher.runtime.docker import docker_run, secrets_file
 from launcher.runtime.shell import join, q
@@ -141,12 +142,18 @@ def _stop_text(plan: Plan) -> list[str]:
         )
     elif plan.migration_limit == 0:
         out.append("request migration: off (services.frontend.migration_limit: 0)")
-    rolled = [g.base for g in plan.groups if g.replica == 0 and g.replicas > 1]
-    if rolled:
+    multi = [g for g in plan.groups if g.replica == 0 and g.replicas > 1]
+    held = [g.base for g in multi if plan_roll.unholdable(plan, g, []) is None]
+    if held:
         out.append(
-            f"rolling: a change to {', '.join(rolled)} rolls, one replica at a time drained, replaced and proven by a"
+            f"rolling: a change to {', '.join(held)} rolls, one replica at a time drained, replaced and proven by a"
             " smoke request, rolled back if it fails (`up --max-unavailable K` widens a step)"
         )
+    out += [
+        f"rolling: none: {why}; a change recreates it at once"
+        for g in multi
+        if (why := plan_roll.unholdable(plan, g, []))
+    ]
     return out
 
 

@@ -80,8 +80,8 @@ def _infra_recreated(plan: Plan, changes: Changes) -> bool:
     return any(s.role in ("etcd", "nats") and s.service in changes.reasons for s in plan.services)
 
 
-def rollable(plan: Plan, changes: Changes, containers: list[Container]) -> list[Group]:
-    """The replicas that roll: of a group with 2 or more, every container running, a spec changed."""
+def _candidates(plan: Plan, changes: Changes, containers: list[Container]) -> list[Group]:
+    """The replicas that would roll: of a group with 2 or more, every container running, a spec changed."""
     if _infra_recreated(plan, changes):
         return []
     at = {(c.node_index, c.name): c for c in containers}
@@ -90,6 +90,40 @@ def rollable(plan: Plan, changes: Changes, containers: list[Container]) -> list[
         ss = members(plan, g)
         if g.replicas >= 2 and ss and all(_running(s, at) for s in ss) and any(_spec_changed(s, at) for s in ss):
             out.append(g)
+    return out
+
+
+def unholdable(plan: Plan, group: Group, containers: list[Container]) -> str | None:
+    """Why a replica cannot roll (its old copy could not be held for a rollback), or None: its containers
+    run, or would run, with docker's --rm (a stop removes them), or a process-runtime service's run
+    directory has no recorded command to start again (started by an older launcher)."""
+    ss = members(plan, group)
+    at = {(c.node_index, c.name): c for c in containers}
+    if plan.runtime == "docker" and any(_auto_removed(s.container.run_options or []) for s in ss):
+        return f"group {group.base}'s containers run with --rm (a stopped one is removed: nothing to roll back to)"
+    if any((c := at.get((s.node.index, s.name))) is not None and not c.holdable for s in ss):
+        if plan.runtime == "docker":
+            return f"group {group.base}'s containers run with --rm (a stopped one is removed: nothing to roll back to)"
+        return f"group {group.base}'s run directories record no command to start again (started by an older launcher)"
+    return None
+
+
+def _auto_removed(options: list[str]) -> bool:
+    return any(o == "--rm" or o in ("--rm=true", "--rm=1") for o in options)
+
+
+def rollable(plan: Plan, changes: Changes, containers: list[Container]) -> list[Group]:
+    """The replicas that roll: those that would (`_candidates`) and can (`unholdable`); the others are
+    recreated at once, as `up` always did (downtime when their role has no other replica)."""
+    return [g for g in _candidates(plan, changes, containers) if unholdable(plan, g, containers) is None]
+
+
+def blocked(plan: Plan, changes: Changes, containers: list[Container]) -> dict[str, str]:
+    """Role -> why its replicas, which would roll, cannot (`unholdable`): said in the downtime refusal."""
+    out: dict[str, str] = {}
+    for g in _candidates(plan, changes, containers):
+        if (why := unholdable(plan, g, containers)) is not None:
+            out.setdefault(members(plan, g)[0].role, why)
     return out
 
 

@@ -11,6 +11,19 @@ from datetime import UTC, datetime
 
 from launcher.plan.types import LABEL, small_whole, split_unit
 
+# A rolling `up` keeps a replaced service's stopped container (or run directory) under this suffix until
+# its replacement proved itself, to start it again on a rollback (see `launcher.plan.reconcile.held`).
+HELD_SUFFIX = ".held"
+
+
+def held_name(name: str) -> str:
+    return name + HELD_SUFFIX
+
+
+def held_base(name: str) -> str | None:
+    """The service whose held copy NAME is, or None: NAME is not one."""
+    return name[: -len(HELD_SUFFIX)] if name.endswith(HELD_SUFFIX) and len(name) > len(HELD_SUFFIX) else None
+
 
 @dataclass
 class Container:
@@ -25,6 +38,9 @@ class Container:
     started_at: str = ""
     finished_at: str = ""
     restarts: int = 0
+    # can it be stopped and started again as it was (a roll's hold)? Not a docker container run with --rm
+    # (a stop removes it), nor a process-runtime service whose run directory has no recorded command
+    holdable: bool = True
 
     @property
     def service(self) -> str:

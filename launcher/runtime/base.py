@@ -9,7 +9,7 @@ import json
 from typing import Protocol
 
 from launcher.errors import LauncherError
-from launcher.plan.state import Container
+from launcher.plan.state import HELD_SUFFIX, Container, held_name  # noqa: F401 (the runtimes' names)
 from launcher.plan.types import Plan, Service
 
 POLL_MARK = "@@launcher-last-line@@"
@@ -17,13 +17,6 @@ LIST_MARK = "@@launcher-list@@"  # what follows is a service listing (docker ins
 # A check-and-list script exits with this when the container engine (or python_env) does not answer,
 # to tell "the engine is down" from "the listing failed".
 ENGINE_UNAVAILABLE = 97
-# A rolling `up` keeps a replaced service's stopped container (or run directory) under this suffix until
-# its replacement proved itself, to start it again on a rollback; `up` removes any left over.
-HELD_SUFFIX = ".held"
-
-
-def held_name(name: str) -> str:
-    return name + HELD_SUFFIX
 
 
 class Runtime(Protocol):
@@ -132,6 +125,7 @@ def parse_list(node_index: int, stdout: str) -> list[Container]:
                 started_at=state.get("StartedAt", ""),
                 finished_at=state.get("FinishedAt", ""),
                 restarts=int(item.get("RestartCount", 0) or 0),
+                holdable=not (item.get("HostConfig") or {}).get("AutoRemove") and item.get("LauncherCmd") is not False,
             )
         )
     return out

@@ -79,29 +79,37 @@ class Docker:
         return "docker kill --signal TERM " + " ".join(q(n) for n in names) + " >/dev/null 2>&1 || true"
 
     def hold_script(self, plan: Plan, names: list[str]) -> str:
-        """`docker stop` (its drain came before), then renamed: its config, image and logs are kept."""
-        lines = ["set -e"]
+        """`docker stop` (its drain came before), then renamed: its config, image, logs and secrets are kept."""
+        lines = [guard_script(plan.state_dir, create=False), "set -e"]  # it copies the secrets file
         for n in names:
             name, held = q(n), q(held_name(n))
+            env, held_env = q(secrets_path(plan, n)), q(secrets_path(plan, held_name(n)))
+            # its secrets kept too: the new replica's start writes the file under its name, which the
+            # held container mounts (a rollback must not start it with the new secrets)
             lines.append(
                 f"if ! docker inspect -f . {held} >/dev/null 2>&1 && docker inspect -f . {name} >/dev/null 2>&1;"
-                f" then docker stop -t 10 {name} >/dev/null; docker rename {name} {held}; fi"
+                f" then docker stop -t 10 {name} >/dev/null; docker rename {name} {held};"
+                f" if [ -f {env} ]; then cp -p {env} {held_env}; fi; fi"
             )
         return "\n".join(lines)
 
     def restore_script(self, plan: Plan, names: list[str]) -> str:
-        lines = ["set -e"]
+        lines = [guard_script(plan.state_dir, create=False), "set -e"]  # it moves the secrets file back
         for n in names:
             name, held = q(n), q(held_name(n))
+            env, held_env = q(secrets_path(plan, n)), q(secrets_path(plan, held_name(n)))
             lines.append(
                 f"if docker inspect -f . {held} >/dev/null 2>&1; then docker rm -f {name} >/dev/null 2>&1 || true;"
-                f" docker rename {held} {name}; fi; docker start {name} >/dev/null"
+                f" docker rename {held} {name}; if [ -f {held_env} ]; then mv -f {held_env} {env}; fi; fi;"
+                f" docker start {name} >/dev/null"
             )
         lines += [f"echo {q(LIST_MARK)}", self.list_script(plan)]
         return "\n".join(lines)
 
     def discard_held_script(self, plan: Plan, names: list[str]) -> str:
-        return "docker rm -f " + " ".join(q(held_name(n)) for n in names) + " >/dev/null 2>&1 || true"
+        """The held containers removed, and their secrets (the copies `hold_script` kept)."""
+        envs = " ".join(q(secrets_path(plan, held_name(n))) for n in names)
+        return "docker rm -f " + " ".join(q(held_name(n)) for n in names) + f" >/dev/null 2>&1 || true; rm -f {envs}"
 
     def remove_all_script(self, plan: Plan, now: bool = False) -> str:
         """Remove every container of the deployment on this node, and its secret env files; print the count.
@@ -152,7 +160,12 @@ class Docker:
 
 def secrets_file(plan: Plan, service: Service) -> str:
     """Where the node keeps a service's secret env (mode 0600, written by `up`, removed by `down`)."""
-    return posixpath.join(plan.state_dir, plan.deployment, "secrets", f"{service.name}.env")
+    return secrets_path(plan, service.name)
+
+
+def secrets_path(plan: Plan, name: str) -> str:
+    """The secret env file of the container NAME (a held one's: its copy, kept for a rollback)."""
+    return posixpath.join(plan.state_dir, plan.deployment, "secrets", f"{name}.env")
 
 
 def docker_run(plan: Plan, service: Service) -> list[str]:

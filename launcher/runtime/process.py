@@ -90,7 +90,9 @@ list_svcs() {
     [ $first = 1 ] || printf ','; first=0
     printf '{"Id":"%s","Name":"/%s","State":{"Status":"%s","ExitCode":%s,"StartedAt":"%s"},"Config":{"Labels":' \
       "$pid" "$name" "$state" "${code:-137}" "$(cat "$d/started" 2>/dev/null)"
-    printf '%s}}' "$labels"
+    # LauncherCmd: the command it started with is recorded (a roll's rollback can start it again)
+    cmd=false; [ -f "$d/cmd" ] && cmd=true
+    printf '%s},"LauncherCmd":%s}' "$labels" "$cmd"
   done
   printf ']\n'
 }
@@ -206,7 +208,7 @@ class Process:
 
     def restore_script(self, plan: Plan, names: list[str]) -> str:
         """The held run directory back in place, its recorded command started again (its log appended to)."""
-        lines = ["set -e", STOP_FN, self._run(plan)]
+        lines = [self._run(plan), "set -e", STOP_FN]
         for n in names:
             d, h = f'"$RUN"/{q(n)}', f'"$RUN"/{q(held_name(n))}'
             body = q('. ../env; eval "$(cat ../cmd)"; echo $? > ../exit') + f" {q(n)} >> {d}/log"
