@@ -237,7 +237,9 @@ def test_a_link_cut_mid_push_names_the_node_and_the_others_still_get_it(ship, bu
     again = ship.launcher("image", "push", "--json")
     assert again.returncode == 0, again.stderr
     nodes = nodes_of(again.stdout)
-    assert nodes[ship.names[cut]]["status"] == "pushed"
+    # Pushed now; or, where the cut landed after its engine had loaded every byte (only the answer was
+    # lost: seen on a loaded CI machine), found there already. Either way it holds the image after.
+    assert nodes[ship.names[cut]]["status"] in ("pushed", "skipped"), nodes
     assert [nodes[n]["status"] for n in ship.names if n != ship.names[cut]] == ["skipped"] * 3
     assert ship.image_id(cut) == engine_id
 
