@@ -82,8 +82,7 @@ class Docker:
         """`docker stop` (its drain came before), then renamed: its config, image, logs and secrets are kept."""
         lines = [guard_script(plan.state_dir, create=False), "set -e"]  # it copies the secrets file
         for n in names:
-            name, held = q(n), q(held_name(n))
-            env, held_env = q(secrets_path(plan, n)), q(secrets_path(plan, held_name(n)))
+            name, held, env, held_env = _held_pair(plan, n)
             # its secrets kept too: the new replica's start writes the file under its name, which the
             # held container mounts (a rollback must not start it with the new secrets)
             lines.append(
@@ -96,8 +95,7 @@ class Docker:
     def restore_script(self, plan: Plan, names: list[str]) -> str:
         lines = [guard_script(plan.state_dir, create=False), "set -e"]  # it moves the secrets file back
         for n in names:
-            name, held = q(n), q(held_name(n))
-            env, held_env = q(secrets_path(plan, n)), q(secrets_path(plan, held_name(n)))
+            name, held, env, held_env = _held_pair(plan, n)
             lines.append(
                 f"if docker inspect -f . {held} >/dev/null 2>&1; then docker rm -f {name} >/dev/null 2>&1 || true;"
                 f" docker rename {held} {name}; if [ -f {held_env} ]; then mv -f {held_env} {env}; fi; fi;"
@@ -156,6 +154,12 @@ class Docker:
         for name in names:
             script += f"; echo {q(POLL_MARK + name)}; {self.logs_script(plan, name, tail=1)} | tail -n 1 | cut -c1-200"
         return script
+
+
+def _held_pair(plan: Plan, name: str) -> tuple[str, str, str, str]:
+    """A container's name, its held copy's, and their secret env files' paths, each quoted for the shell."""
+    held = held_name(name)
+    return q(name), q(held), q(secrets_path(plan, name)), q(secrets_path(plan, held))
 
 
 def secrets_file(plan: Plan, service: Service) -> str:
