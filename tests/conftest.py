@@ -305,3 +305,20 @@ def pytest_collection_modifyitems(config, items):
             first_tier[file] = min(first_tier.get(file, 2), tier(item))
         order = {id(item): first_tier[file] for item, file in zip(items, files, strict=True)}
         items.sort(key=lambda item: order[id(item)])  # stable: a file's own order is kept
+
+
+# Where the suite's time goes, per process: with LAUNCHER_TEST_TIMELINE set (`.ci/run` sets it), each test's
+# process, start and end (epoch seconds) and id are appended to that file, one line each.
+_test_started: dict[str, float] = {}
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _test_started[nodeid] = time.time()
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    timeline = os.environ.get("LAUNCHER_TEST_TIMELINE")
+    if timeline and nodeid in _test_started:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(timeline, "a") as out:  # one short write per line: O_APPEND keeps the processes' lines whole
+            out.write(f"{worker}\t{_test_started.pop(nodeid):.1f}\t{time.time():.1f}\t{nodeid}\n")

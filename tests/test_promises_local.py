@@ -392,7 +392,9 @@ def test_watch_restart_count_starts_afresh_after_reset_after_healthy_seconds(mon
     resets = [t for t, m in log if m == "group worker: healthy for 30s, restart count reset"]
     # The first round more than 30 s after each restart (the second one's only if the rounds reach it).
     assert resets in ([first + 31], [first + 31, first + 45 + 31]), log
-    assert restarts(log) == [(first, "restarting group worker (1/5)"), (first + 45, "restarting group worker (1/5)")], log
+    assert restarts(log) == [(first, "restarting group worker (1/5)"), (first + 45, "restarting group worker (1/5)")], (
+        log
+    )
 
 
 def test_watch_waits_a_round_while_an_up_holds_the_lock(monkeypatch, tmp_path):

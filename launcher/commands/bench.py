@@ -149,7 +149,9 @@ def start_client(t: Target, options: Options, bin_dir: Path, tokenizer: str) -> 
     host, _, port = plan.endpoint.removeprefix("http://").partition(":")
     forward = head.forward(host, int(port or 80))
     via = "directly" if forward.url == plan.endpoint else f"through {head.node.label}'s SSH connection"
-    version = subprocess.run([str(bin_dir / "aiperf"), "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run(
+        [str(bin_dir / "aiperf"), "--version"], capture_output=True, text=True, env=client.env_writing_bytecode()
+    ).stdout.strip()
     through = f"on this machine, {forward.url} -> {plan.endpoint} {via}"
     return Client("local", str(bin_dir / "aiperf"), version.splitlines()[-1] if version else "?", forward.url,
                   through, tokenizer, forward)  # fmt: skip
@@ -244,7 +246,9 @@ def finish(results: dict[str, Any], work: Path, out: Path, bin_dir: Path) -> Non
     console.stdout().print(table)
     lines = [lmsys_line(results)]
     argv = [str(bin_dir / "python"), "-", str(work / "results.json"), str(work / "plot.png")]
-    plot = subprocess.run(argv, input=remote_program("bench_plot"), capture_output=True, text=True)
+    plot = subprocess.run(
+        argv, input=remote_program("bench_plot"), capture_output=True, text=True, env=client.env_writing_bytecode()
+    )
     if plot.returncode != 0:
         lines.append(f"warning: no plot: {(plot.stderr.strip().splitlines() or ['?'])[-1]}")
     with (work / "results.txt").open("w") as f:
