@@ -94,13 +94,33 @@ def run_local(argv: list[str], log: Path, timeout: float) -> Outcome:
 
 
 def _end(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGINT, 10), (signal.SIGKILL, 5)):
+    """Ctrl-C to AIPerf's whole process group, then SIGKILL, until none of the group is left (bounded): a
+    worker that outlived AIPerf's main process wrote into the run's directory after it had been renamed
+    DIR.incomplete, leaving a DIR.partial behind (seen in CI)."""
+    for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait)
+        except ProcessLookupError:
             return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
+        if _group_ended(proc, wait):
+            return
+
+
+def _group_ended(proc: subprocess.Popen, seconds: float) -> bool:
+    """Whether AIPerf's process group is empty within `seconds` (its main process reaped first: a zombie
+    still counts as a member)."""
+    deadline = time.monotonic() + seconds
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 # -- on the head node -----------------------------------------------------------------------------------

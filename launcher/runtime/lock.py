@@ -126,15 +126,17 @@ def guard_script(state_dir: str, create: bool = True) -> str:
 
     `create` False (a script that only reads or stops what is there): a missing state_dir is fine."""
     make = '{ mkdir -p "$(dirname "$s")" && mkdir -m 0700 "$s"; } 2>/dev/null' if create else "why=-"
+    # ${EUID:-$(id -u)}: bash's own variable, no fork of `id` in every script; sh falls back to `id -u`.
     return (
         f"s={q(state_dir)}; why=; "
         f'[ -e "$s" ] || [ -L "$s" ] || {make}; '
         'if [ "$why" = - ]; then why=; '
-        'elif [ -L "$s" ] && [ "$(stat -c %u "$s")" != "$(id -u)" ]; then why="a link owned by $(stat -c %U "$s")"; '
+        'elif [ -L "$s" ] && [ "$(stat -c %u "$s")" != "${EUID:-$(id -u)}" ]; then '
+        'why="a link owned by $(stat -c %U "$s")"; '
         'elif [ ! -e "$s" ]; then why="missing and cannot be created"; '
         'elif [ ! -d "$s" ]; then why="not a directory"; '
         'else read -r uid user mode <<< "$(stat -L -c \'%u %U %a\' "$s")"; '
-        'if [ "$uid" != "$(id -u)" ]; then why="owned by $user (uid $uid), mode $mode, not by $(id -un)"; '
+        'if [ "$uid" != "${EUID:-$(id -u)}" ]; then why="owned by $user (uid $uid), mode $mode, not by $(id -un)"; '
         'elif [ $((8#$mode & 022)) != 0 ]; then why="mode $mode: writable by group or others"; fi; fi; '
         f'if [ -n "$why" ]; then echo "{STATE_DIR_REFUSED} $why"; exit 3; fi'
     )
