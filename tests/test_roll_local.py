@@ -222,6 +222,64 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
             ready[n]["running_spec"] for n in ("decode", "decode.1")
         ], now
         assert not (tmp_path / "state" / "roll" / "lock").exists(), "the lock was left behind"
+
+        # 6, 7. A roll stopped between steps, then one stopped with a replica held: what `status` says.
+        rolls_in_progress(config, env, tmp_path, ready)
     finally:
         launcher("down", config, "--now", env=env, cwd=tmp_path)
     assert_gone([], (port, *ports, second))
+
+
+def rolls_in_progress(config: str, env: dict, cwd: Path, ready: dict) -> None:
+    """Ctrl-C once decode was replaced (decode.1's step rolled back): the replicas run two specs, and a
+    fresh `launcher status` (--json, and its table) says a roll is in progress that `up` finishes. Then
+    decode.1 stopped and held as a roll's step leaves it: `status` names the replica being replaced, from
+    which spec to which, and that `up` rolls it back first; that `up` does so and finishes the roll."""
+    argv = [sys.executable, "-m", "launcher", "up", config, "--skip-doctor"]
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        progress = Lines(proc.stderr)
+        assert progress.until(lambda line: "rolling decode.1: draining" in line, 120), progress.text()
+        proc.send_signal(signal.SIGINT)
+        err = progress.rest(60)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "On the new spec: decode. On the previous spec: decode.1 (rolled back" in err
+    wait_for(lambda: replicas(config, env, cwd)["decode.1-r0"]["state"].startswith("running"), 30)
+    status = launcher("status", config, "--json", env=env, cwd=cwd)
+    [roll] = json.loads(status.stdout)["rolls"]
+    assert (roll["group"], roll["current"], roll["outdated"], roll["replacing"], roll["next"]) == (
+        "decode", ["decode"], ["decode.1"], [], "finish"
+    ), roll  # fmt: skip
+    says = "roll in progress: decode: replicas on two specs. `launcher up` will roll decode.1 to the plan's spec"
+    assert roll["says"] == says
+    table = launcher("status", config, env=env, cwd=cwd)
+    assert says in table.stdout.splitlines(), table.stdout
+    now = replicas(config, env, cwd)
+    assert now["decode.1"]["running_spec"] == ready["decode.1"]["running_spec"] != [now["decode.1"]["spec"]], now
+
+    run = next((cwd / "state" / "roll" / "run").iterdir())
+    leader = int((run / "roll-decode.1-r0" / "pid").read_text())
+    os.killpg(leader, signal.SIGTERM)  # stopped and held, as a roll's step leaves it before the new copy starts
+    wait_for(lambda: not session_members(leader), 30)
+    (run / "roll-decode.1-r0").rename(run / "roll-decode.1-r0.held")
+    status = launcher("status", config, "--json", env=env, cwd=cwd)
+    [roll] = json.loads(status.stdout)["rolls"]
+    assert roll["replacing"] == [
+        {"replica": "decode.1", "from_spec": ready["decode.1"]["running_spec"], "to_spec": now["decode.1"]["spec"],
+         "running_spec": [], "state": "missing", "next": "roll back"}
+    ], roll  # fmt: skip
+    assert roll["next"] == "roll back" and roll["current"] == ["decode"], roll
+    assert roll["says"] == (
+        f"roll in progress: decode: replacing decode.1 (spec {ready['decode.1']['running_spec'][0]} ->"
+        f" {now['decode.1']['spec']}, missing). `launcher up` will roll back decode.1 (start the held copy again),"
+        " then roll decode.1 to the plan's spec"
+    ), roll
+    finished = launcher("up", config, "--skip-doctor", env=env, cwd=cwd)
+    out = finished.stdout + finished.stderr
+    assert finished.returncode == 0, out
+    assert "restoring roll-decode.1-r0.held on node 0" in out and "rolled decode.1: replaced in" in out, out
+    status = launcher("status", config, "--json", env=env, cwd=cwd)
+    assert status.returncode == 0 and json.loads(status.stdout)["rolls"] == [], status.stdout
