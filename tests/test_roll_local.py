@@ -9,7 +9,10 @@ fresh `launcher` subprocess while streamed chat completions run through the fron
 - a changed flag on prefill (one replica): refused (exit 2, nothing changed), then `--allow-downtime`
   recreates it as `up` always did;
 - a held copy left by a failed rollback: `status` shows it held, the next `up` restores it first;
-- Ctrl-C while a new replica starts: it is rolled back, `up` says which replica runs which spec."""
+- Ctrl-C while a new replica starts: it is rolled back, `up` says which replica runs which spec;
+- a roll stopped between steps (replicas on two specs), then with a replica held: a fresh `status` says
+  a roll is in progress, which replica is replaced from which spec to which, and whether `up` finishes it
+  or rolls it back first; that `up` does so."""
 
 from __future__ import annotations
 
