@@ -12,6 +12,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -130,6 +131,168 @@ def local_stack(directory: Path, name: str) -> tuple[dict, tuple[int, ...]]:
     data["deployment"] = name
     data["state_dir"] = str(directory / "state")
     return data, ports
+
+
+class LocalFile(NamedTuple):
+    """A test's configs/local.yaml (local_stack), written as DIRECTORY/local.yaml: its path, data and ports;
+    the frontend's port (free_port) and the environment that gives it as LAUNCHER_PORT."""
+
+    config: str
+    data: dict
+    ports: tuple[int, ...]
+    port: int
+    env: dict[str, str]
+
+
+def local_file(directory: Path, name: str, edit=None) -> LocalFile:
+    """local_stack's data, changed by `edit(data)` when given, written as DIRECTORY/local.yaml."""
+    import yaml
+
+    data, ports = local_stack(directory, name)
+    if edit is not None:
+        edit(data)
+    config = directory / "local.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    port = free_port()
+    return LocalFile(str(config), data, ports, port, {**fresh_env(), "LAUNCHER_PORT": str(port)})
+
+
+def launcher(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """A fresh `launcher ARGS` process in CWD with ENV, as a user runs it: its exit code and output."""
+    argv = [sys.executable, "-m", "launcher", *args]
+    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def timed_up(config: str, env: dict[str, str], cwd: Path, what: str) -> subprocess.CompletedProcess:
+    """`launcher up CONFIG`, its duration printed as `WHAT, to ready: Ns` (a figure for the report)."""
+    import time
+
+    started = time.monotonic()
+    up = launcher("up", config, env=env, cwd=cwd)
+    print(f"\n{what}, to ready: {time.monotonic() - started:.1f}s")
+    return up
+
+
+def interrupted(*args: str, env: dict[str, str], cwd: Path, when, limit: float = 60) -> tuple[int, str]:
+    """`launcher ARGS` as a user runs it, sent Ctrl-C (SIGINT) once a line of its stderr satisfies `when`
+    (within `limit` seconds, while it still runs): its exit code and all it wrote to stderr."""
+    import signal
+
+    argv = [sys.executable, "-m", "launcher", *args]
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        progress = Lines(proc.stderr)
+        assert progress.until(when, limit) and proc.poll() is None, progress.text()
+        proc.send_signal(signal.SIGINT)
+        err = progress.rest(60)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
+# Tokens a streamed answer asks for: the mocker at speedup 1 makes ~150 tokens/s per stream, ~10 s, longer
+# than a `launcher down` takes to start and read the counts on a loaded machine, short enough for a test.
+STREAM_TOKENS = 1500
+
+
+def stream(
+    port: int, i: int, out: dict | None = None, host: str = "127.0.0.1", max_tokens: int = STREAM_TOKENS
+) -> dict:
+    """One streamed chat completion: how many chunks came, its finish_reason, any error (None: none), in
+    `out` as they come (another thread may watch it) and returned."""
+    import http.client
+    import json
+
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": f"tell me a long story {i}"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    out = out if out is not None else {}
+    out.update(chunks=0, finish=None, error=None)
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        if response.status != 200:
+            out["error"] = f"HTTP {response.status}: {response.read(300)!r}"
+            return out
+        for line in response:
+            data = line.strip().removeprefix(b"data:").strip()
+            if not data or data == b"[DONE]" or not line.startswith(b"data:"):
+                continue
+            chunk = json.loads(data)
+            if "error" in chunk or not chunk.get("choices"):
+                out["error"] = out["error"] or chunk.get("error", chunk)
+                continue
+            out["chunks"] += 1
+            out["finish"] = chunk["choices"][0].get("finish_reason") or out["finish"]
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        out["error"] = repr(exc)
+    finally:
+        conn.close()
+    return out
+
+
+class StreamLoad:
+    """`clients` threads streaming chat completions (`stream`) through the frontend at PORT one after
+    another until stopped (at most `limit` seconds and `per_client` streams each); every outcome kept.
+    `warm`: entering waits until every client has been served once."""
+
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", *, clients: int = 4, tokens: int = STREAM_TOKENS,
+        limit: float = 240, per_client: int = 1000, warm: bool = False,
+    ):  # fmt: skip
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.port, self.host, self.clients, self.tokens, self.limit = port, host, clients, tokens, limit
+        self.per_client, self.warm = per_client, warm
+        self.stop, self.results = threading.Event(), []
+        self.pool = ThreadPoolExecutor(clients)
+
+    def _client(self, k: int) -> None:
+        import time
+
+        deadline = time.monotonic() + self.limit
+        for i in range(self.per_client):
+            if self.stop.is_set() or time.monotonic() >= deadline:
+                return
+            out = stream(self.port, k * 10_000 + i, {}, self.host, max_tokens=self.tokens)
+            out["at"] = time.strftime("%H:%M:%S")
+            self.results.append(out)
+            if out["error"] is not None:
+                time.sleep(0.1)  # a failure is counted; not spinning on it leaves the CPU to what serves
+
+    def __enter__(self) -> StreamLoad:
+        import time
+
+        self.futures = [self.pool.submit(self._client, k) for k in range(self.clients)]
+        deadline = time.monotonic() + 30
+        while self.warm and len(self.results) < self.clients and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for f in self.futures:
+            f.result(timeout=180)
+        self.pool.shutdown()
+
+    def failed(self) -> list[dict]:
+        return [r for r in self.results if r["error"] is not None]
+
+    def cut(self) -> list[dict]:
+        """Streams that ended without an error yet short: no finish_reason `length` or fewer chunks than asked."""
+        return [
+            r for r in self.results if r["error"] is None and (r["finish"] != "length" or r["chunks"] < self.tokens)
+        ]
+
+    def bad(self) -> list[dict]:
+        return self.failed() + self.cut()
 
 
 def listening(port: int) -> bool:

@@ -6,12 +6,10 @@ killed mid-stream, its requests complete on the other one (and fail without migr
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -23,79 +21,36 @@ import pytest
 import yaml
 
 from launcher.plan.drain import worker_in_flight
-from tests.helpers import assert_gone, free_port, fresh_env, local_stack
+from tests.helpers import STREAM_TOKENS, assert_gone, free_port, launcher, local_file, stream
 
 pytestmark = pytest.mark.slow
 
 STREAMS = 4
-# The mocker at speedup 1 makes ~150 tokens/s per stream: ~10 s, longer than a `launcher down` takes to
-# start and read the counts on a loaded machine, short enough for the test.
-TOKENS = 1500
+TOKENS = STREAM_TOKENS  # ~10 s a stream at speedup 1 (see tests.helpers)
 SPREAD = 6  # streams over two decode workers (the frontend's round robin puts some on each)
 DECODE_SYSTEM_PORT = 5  # index in local_stack's ports (configs/local.yaml's 19091)
-
-
-def launcher(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "launcher", *args]
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
 
 
 @contextmanager
 def deployment(tmp_path: Path, name: str, edit=None) -> Iterator[tuple[str, dict[str, str], int, tuple[int, ...]]]:
     """The local stack up, its mockers at speedup 1 (streams long enough to be caught in flight); `edit`
     changes the file's data first."""
-    data, ports = local_stack(tmp_path, name)
-    for group in data["groups"].values():
-        group["args"]["speedup-ratio"] = 1
-    data["drain_timeout"] = 60
-    if edit is not None:
-        edit(data)
-    config = tmp_path / "local.yaml"
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
-    port = free_port()
-    env = {**fresh_env(), "LAUNCHER_PORT": str(port)}
+
+    def slow(data: dict) -> None:
+        for group in data["groups"].values():
+            group["args"]["speedup-ratio"] = 1
+        data["drain_timeout"] = 60
+        if edit is not None:
+            edit(data)
+
+    config, _, ports, port, env = local_file(tmp_path, name, slow)
     try:
-        up = launcher("up", str(config), env=env, cwd=tmp_path)
+        up = launcher("up", config, env=env, cwd=tmp_path)
         assert up.returncode == 0, up.stdout + up.stderr
-        yield str(config), env, port, ports
+        yield config, env, port, ports
     finally:
-        launcher("down", str(config), "--now", env=env, cwd=tmp_path)
+        launcher("down", config, "--now", env=env, cwd=tmp_path)
     assert_gone([], (port, *ports))
-
-
-def stream(port: int, i: int, out: dict | None = None, host: str = "127.0.0.1", max_tokens: int = TOKENS) -> dict:
-    """One streamed chat completion: how many chunks came, its finish_reason, any error (None: none), in
-    `out` as they come (another thread may watch it) and returned."""
-    body = {
-        "model": "tiny",
-        "messages": [{"role": "user", "content": f"tell me a long story {i}"}],
-        "max_tokens": max_tokens,
-        "stream": True,
-    }
-    out = out if out is not None else {}
-    out.update(chunks=0, finish=None, error=None)
-    conn = http.client.HTTPConnection(host, port, timeout=60)
-    try:
-        conn.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        if response.status != 200:
-            out["error"] = f"HTTP {response.status}: {response.read(300)!r}"
-            return out
-        for line in response:
-            data = line.strip().removeprefix(b"data:").strip()
-            if not data or data == b"[DONE]" or not line.startswith(b"data:"):
-                continue
-            chunk = json.loads(data)
-            if "error" in chunk or not chunk.get("choices"):
-                out["error"] = out["error"] or chunk.get("error", chunk)
-                continue
-            out["chunks"] += 1
-            out["finish"] = chunk["choices"][0].get("finish_reason") or out["finish"]
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        out["error"] = repr(exc)
-    finally:
-        conn.close()
-    return out
 
 
 def in_flight(port: int) -> int | str:

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from launcher.plan.drain import worker_in_flight
-from tests.helpers import REPO, launcher_on
-from tests.test_drain_local import STREAMS, TOKENS, stream
+from tests.helpers import REPO, launcher_on, stream
+from tests.test_drain_local import STREAMS, TOKENS
 
 pytestmark = pytest.mark.testbed
 

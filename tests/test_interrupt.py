@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from tests.helpers import Lines, free_port, local_stack
+from tests.helpers import free_port, interrupted, local_stack
 
 pytestmark = pytest.mark.slow
 
@@ -23,27 +22,13 @@ def test_ctrl_c_during_up(tmp_path):
     cfg.write_text(yaml.safe_dump(data, sort_keys=False))
     env = {**os.environ, "LAUNCHER_PORT": str(free_port())}
     argv = [sys.executable, "-m", "launcher"]
-    proc = subprocess.Popen(
-        [*argv, "up", str(cfg), "--skip-doctor"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Interrupted while it waits: every service started, the frontend still short of the decode worker.
+    code, err = interrupted(
+        "up", str(cfg), "--skip-doctor", env=env, cwd=tmp_path,
+        when=lambda line: "frontend registry: waiting for" in line and "`backend`" in line,
+    )  # fmt: skip
     try:
-        # Interrupted while it waits: every service started, the frontend still short of the decode worker.
-        progress = Lines(proc.stderr)
-        waiting = progress.until(lambda line: "frontend registry: waiting for" in line and "`backend`" in line, 60)
-        assert waiting and proc.poll() is None, progress.text()
-        proc.send_signal(signal.SIGINT)
-        err = progress.rest(30)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    try:
-        assert proc.returncode == 130, err
+        assert code == 130, err
         assert "Traceback" not in err
         assert "interrupted: up stopped" in err and "interrupt-test-decode-r0 on node 0" in err
         assert f"launcher down -c {cfg}" in err

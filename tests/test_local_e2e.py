@@ -9,13 +9,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.helpers import (
     LOCAL_PORTS,
@@ -23,22 +20,16 @@ from tests.helpers import (
     assert_gone,
     assert_workers_logged,
     chat,
-    free_port,
     fresh_env,
+    launcher,
     listening,
-    local_stack,
+    local_file,
     printed_curl_reply,
     session_members,
+    timed_up,
 )
 
 pytestmark = pytest.mark.slow
-
-LAUNCHER = [sys.executable, "-m", "launcher"]
-
-
-def launcher(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([*LAUNCHER, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
 
 QUICKSTART_PORT = 8000  # the frontend's port when LAUNCHER_PORT is not set, as in the README's quickstart
 # Two suites' quickstarts would hold the same ports: one at a time on this machine.
@@ -85,14 +76,8 @@ def running_services(env: dict[str, str], cwd: Path) -> dict[str, str]:
 
 
 def test_up_status_down_on_this_machine(tmp_path, quickstart):
-    port = free_port()
-    env = {**fresh_env(), "LAUNCHER_PORT": str(port)}
-    data, ports = local_stack(tmp_path, "local-e2e")
-    config = str(tmp_path / "local.yaml")
-    Path(config).write_text(yaml.safe_dump(data, sort_keys=False))
-    started = time.monotonic()
-    up = launcher("up", config, env=env, cwd=tmp_path)
-    print(f"\nlocal up to ready: {time.monotonic() - started:.1f}s")
+    config, _, ports, port, env = local_file(tmp_path, "local-e2e")
+    up = timed_up(config, env, tmp_path, "local up")
     pids: list[int] = []
     try:
         assert up.returncode == 0, up.stdout + up.stderr

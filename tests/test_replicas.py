@@ -194,12 +194,6 @@ def plan_error(tmp_path, capsys, text: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("line", "expected"), BAD)
-def test_bad_replicas_are_one_line_exit_2(tmp_path, capsys, line, expected):
-    text = SIX_NODES + f"  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    {line}\n"
-    assert expected in plan_error(tmp_path, capsys, text)
-
-
 def test_a_bad_replicas_value_as_a_user_runs_it(tmp_path):
     """The same in a fresh `launcher` process: one line naming the file, the line and the key, exit 2."""
     out = plan_cli(tmp_path, SIX_NODES + "  decode:\n    engine: dynamo-sglang\n    nodes: 2\n    replicas: 0\n")
@@ -222,9 +216,12 @@ BAD_NODES = [
 ]
 
 
-@pytest.mark.parametrize(("nodes", "expected"), BAD_NODES)
-def test_bad_replica_nodes_are_one_line_exit_2(tmp_path, capsys, nodes, expected):
-    text = SIX_NODES + f"  decode:\n    engine: dynamo-sglang\n    {nodes}\n    replicas: 2\n"
+@pytest.mark.parametrize(
+    ("nodes", "replicas", "expected"),
+    [("nodes: 2", line, expected) for line, expected in BAD] + [(n, "replicas: 2", e) for n, e in BAD_NODES],
+)
+def test_bad_replicas_or_replica_nodes_are_one_line_exit_2(tmp_path, capsys, nodes, replicas, expected):
+    text = SIX_NODES + f"  decode:\n    engine: dynamo-sglang\n    {nodes}\n    {replicas}\n"
     assert expected in plan_error(tmp_path, capsys, text)
 
 

@@ -5,36 +5,23 @@ choosing one, `down` removing both (the replica on ports apart included)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import yaml
 
 from launcher.plan.build import REPLICA_PORT_STEP
-from tests.helpers import assert_gone, free_port, fresh_env, local_stack, printed_curl_reply, session_members
+from tests.helpers import assert_gone, launcher, local_file, printed_curl_reply, session_members, timed_up
 
 pytestmark = pytest.mark.slow
 
 
-def launcher(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "launcher", *args]
-    return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def two_decode_replicas(data: dict) -> None:
+    data["groups"]["decode"]["replicas"] = 2
 
 
 def test_two_decode_replicas_up_status_logs_down(tmp_path):
-    port = free_port()
-    env = {**fresh_env(), "LAUNCHER_PORT": str(port)}
-    data, ports = local_stack(tmp_path, "local-replicas")
-    data["groups"]["decode"]["replicas"] = 2
+    config, data, ports, port, env = local_file(tmp_path, "local-replicas", two_decode_replicas)
     second_system_port = data["groups"]["decode"]["system_port"] + REPLICA_PORT_STEP
-    config = str(tmp_path / "local.yaml")
-    Path(config).write_text(yaml.safe_dump(data, sort_keys=False))
-    started = time.monotonic()
-    up = launcher("up", config, env=env, cwd=tmp_path)
-    print(f"\nlocal up with 2 decode replicas, to ready: {time.monotonic() - started:.1f}s")
+    up = timed_up(config, env, tmp_path, "local up with 2 decode replicas")
     pids: list[int] = []
     try:
         assert up.returncode == 0, up.stdout + up.stderr

@@ -428,3 +428,68 @@ def test_ctrl_c_once_the_new_replica_proved_itself_leaves_the_held_copy_and_roll
             timer.cancel()
             signal.signal(signal.SIGINT, previous)
             down.down(t, now=True)
+
+
+def unit(name: str, state: str, spec: str = "new", running: tuple[str, ...] = ("old",)) -> dict:
+    """A replica as `status` lists it (its group: the name before the dot)."""
+    running_spec = [spec] if state == "current" else [] if state == "missing" else list(running)
+    return {"name": name, "group": name.split(".")[0], "spec": spec, "running_spec": running_spec, "state": state}
+
+
+def test_status_finds_no_roll_where_every_replica_runs_one_spec():
+    assert plan_roll.in_progress([unit("decode", "current"), unit("decode.1", "current")], {}) == []
+    # every replica outdated: the file was edited, `up` not run yet; a replica missing is not a roll either
+    assert plan_roll.in_progress([unit("decode", "outdated"), unit("decode.1", "outdated")], {}) == []
+    assert plan_roll.in_progress([unit("decode", "current"), unit("decode.1", "missing")], {}) == []
+
+
+def test_status_names_a_roll_stopped_between_steps_and_that_up_finishes_it():
+    rolls = plan_roll.in_progress(
+        [unit("prefill", "current"), unit("decode", "current"), unit("decode.1", "outdated")], {}
+    )
+    assert [(r["group"], r["current"], r["outdated"], r["replacing"], r["next"]) for r in rolls] == [
+        ("decode", ["decode"], ["decode.1"], [], "finish")
+    ]
+    assert rolls[0]["says"] == (
+        "roll in progress: decode: replicas on two specs. `launcher up` will roll decode.1 to the plan's spec"
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "action", "says"),
+    [
+        (
+            "current",
+            "finish",
+            "`launcher up` will remove the held copy of decode, then roll decode.1 to the plan's spec",
+        ),
+        (
+            "missing",
+            "roll back",
+            "`launcher up` will roll back decode (start the held copy again), then roll decode, decode.1 to the plan's"
+            " spec",
+        ),
+        ("partial", "roll back", "`launcher up` will roll back decode (start the held copy again), then roll decode,"),
+        (
+            "outdated",
+            "keep",
+            "`launcher up` will keep the held copy of decode (`launcher down` removes it), then roll decode, decode.1",
+        ),
+    ],
+)
+def test_status_names_the_replica_a_held_copy_belongs_to_and_what_up_does_with_it(state, action, says):
+    """A held copy (`decode`'s, of spec `old`): `up` removes it when decode runs the plan's spec, starts it
+    again when decode does not run (or runs in part), keeps it when decode runs yet another spec."""
+    rolls = plan_roll.in_progress(
+        [unit("decode", state, running=("other",)), unit("decode.1", "outdated")], {"decode": ["old", "old"]}
+    )
+    assert len(rolls) == 1 and rolls[0]["next"] == ("roll back" if action == "roll back" else "finish"), rolls
+    [replacing] = rolls[0]["replacing"]
+    assert (replacing["replica"], replacing["from_spec"], replacing["to_spec"], replacing["next"]) == (
+        "decode",
+        ["old"],
+        "new",
+        action,
+    )
+    assert rolls[0]["says"].startswith(f"roll in progress: decode: replacing decode (spec old -> new, {state}).")
+    assert says in rolls[0]["says"], rolls[0]["says"]

@@ -9,26 +9,35 @@ fresh `launcher` subprocess while streamed chat completions run through the fron
 - a changed flag on prefill (one replica): refused (exit 2, nothing changed), then `--allow-downtime`
   recreates it as `up` always did;
 - a held copy left by a failed rollback: `status` shows it held, the next `up` restores it first;
-- Ctrl-C while a new replica starts: it is rolled back, `up` says which replica runs which spec."""
+- Ctrl-C while a new replica starts: it is rolled back, `up` says which replica runs which spec;
+- a roll stopped between steps (replicas on two specs), then with a replica held: a fresh `status` says
+  a roll is in progress, which replica is replaced from which spec to which, and whether `up` finishes it
+  or rolls it back first; that `up` does so."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
 
 from launcher.plan.build import REPLICA_PORT_STEP
-from tests.helpers import Lines, assert_gone, free_port, fresh_env, local_stack, session_members, wait_for
-from tests.test_drain_local import launcher, stream
+from tests.helpers import (
+    StreamLoad,
+    assert_gone,
+    free_port,
+    fresh_env,
+    interrupted,
+    launcher,
+    local_stack,
+    session_members,
+    stream,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -38,40 +47,10 @@ STARTUP = 2  # seconds each mocker takes to "load its model" (--startup-time): a
 LOAD_LIMIT = 240
 
 
-class Load:
-    """CLIENTS threads streaming chat completions through the frontend one after another until stopped;
-    every outcome kept (a truncated stream: no finish_reason `length` or fewer chunks than asked)."""
-
-    def __init__(self, port: int, host: str = "127.0.0.1"):
-        self.port, self.host, self.stop, self.results = port, host, threading.Event(), []
-        self.pool = ThreadPoolExecutor(CLIENTS)
-
-    def _client(self, k: int) -> None:
-        deadline = time.monotonic() + LOAD_LIMIT
-        i = 0
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            out = stream(self.port, k * 10_000 + i, {}, self.host, max_tokens=TOKENS)
-            out["at"] = time.strftime("%H:%M:%S")
-            self.results.append(out)
-            if out["error"] is not None:
-                time.sleep(0.1)  # a failure is counted; not spinning on it leaves the CPU to what serves
-            i += 1
-
-    def __enter__(self) -> Load:
-        self.futures = [self.pool.submit(self._client, k) for k in range(CLIENTS)]
-        deadline = time.monotonic() + 30
-        while len(self.results) < CLIENTS and time.monotonic() < deadline:  # every client has been served once
-            time.sleep(0.1)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for f in self.futures:
-            f.result(timeout=90)
-        self.pool.shutdown()
-
-    def bad(self) -> list[dict]:
-        return [r for r in self.results if r["error"] is not None or r["finish"] != "length" or r["chunks"] < TOKENS]
+def streaming(port: int, host: str = "127.0.0.1") -> StreamLoad:
+    """CLIENTS threads streaming TOKENS-token chat completions through the frontend one after another until
+    stopped, each client served once before the roll begins; every outcome kept (`bad`: failed or cut)."""
+    return StreamLoad(port, host, clients=CLIENTS, tokens=TOKENS, limit=LOAD_LIMIT, warm=True)
 
 
 def replicas(config: str, env: dict, cwd: Path) -> dict[str, dict]:
@@ -109,7 +88,7 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         # a roll waits until everything is ready even so, before it drains a replica).
         data["groups"]["decode"]["args"]["startup-time"] = STARTUP + 1
         rewrite(config, data)
-        with Load(port) as load:
+        with streaming(port) as load:
             started = time.monotonic()
             roll = launcher("up", config, "--no-wait", env=env, cwd=tmp_path)
             took = time.monotonic() - started
@@ -134,7 +113,7 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         missing = str(tmp_path / "missing-engine.json")  # a valid flag (doctor passes it); the mocker exits
         data["groups"]["decode"]["args"]["extra-engine-args"] = missing
         rewrite(config, data)
-        with Load(port) as load:
+        with streaming(port) as load:
             bad = launcher("up", config, env=env, cwd=tmp_path)
         out = bad.stdout + bad.stderr
         print(f"rollback: streams {len(load.results)}, bad {len(load.bad())}")
@@ -161,11 +140,7 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         # restores it first (never removes it as an orphan), then finds everything as planned.
         del data["groups"]["decode"]["args"]["extra-engine-args"]  # decode as it runs
         rewrite(config, data)
-        run = next((tmp_path / "state" / "roll" / "run").iterdir())
-        leader = int((run / "roll-decode-r0" / "pid").read_text())
-        os.killpg(leader, signal.SIGTERM)  # stopped and held, as a roll's hold leaves it
-        wait_for(lambda: not session_members(leader), 30)
-        (run / "roll-decode-r0").rename(run / "roll-decode-r0.held")
+        run = hold_by_hand(tmp_path, "roll-decode-r0")  # stopped and held, as a roll's hold leaves it
         shown = launcher("status", config, "--json", env=env, cwd=tmp_path)
         assert '"held (previous spec of roll-decode-r0)"' in shown.stdout and "not in plan" not in shown.stdout
         restored = launcher("up", config, env=env, cwd=tmp_path)
@@ -200,18 +175,10 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         ready = replicas(config, env, tmp_path)
         data["groups"]["decode"]["args"]["startup-time"] = STARTUP
         rewrite(config, data)
-        argv = [sys.executable, "-m", "launcher", "up", config, "--skip-doctor"]
-        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            progress = Lines(proc.stderr)
-            assert progress.until(lambda line: "started 1 container(s)" in line, 60), progress.text()
-            proc.send_signal(signal.SIGINT)
-            err = progress.rest(60)
-            proc.wait(10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert proc.returncode == 130 and "Traceback" not in err, err
+        code, err = interrupted(
+            "up", config, "--skip-doctor", env=env, cwd=tmp_path, when=lambda line: "started 1 container(s)" in line
+        )
+        assert code == 130 and "Traceback" not in err, err
         assert (
             "interrupted: rolling up stopped. On the new spec: none. On the previous spec: decode (rolled back:"
             " decode runs the previous spec again), decode.1 (not reached)."
@@ -222,6 +189,62 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
             ready[n]["running_spec"] for n in ("decode", "decode.1")
         ], now
         assert not (tmp_path / "state" / "roll" / "lock").exists(), "the lock was left behind"
+
+        # 6, 7. A roll stopped between steps, then one stopped with a replica held: what `status` says.
+        rolls_in_progress(config, env, tmp_path, ready)
     finally:
         launcher("down", config, "--now", env=env, cwd=tmp_path)
     assert_gone([], (port, *ports, second))
+
+
+def hold_by_hand(cwd: Path, name: str) -> Path:
+    """The process-runtime service NAME stopped and its run directory renamed NAME.held, as a roll's hold
+    leaves it; the run directory's parent, returned."""
+    run = next((cwd / "state" / "roll" / "run").iterdir())
+    leader = int((run / name / "pid").read_text())
+    os.killpg(leader, signal.SIGTERM)
+    wait_for(lambda: not session_members(leader), 30)
+    (run / name).rename(run / f"{name}.held")
+    return run
+
+
+def rolls_in_progress(config: str, env: dict, cwd: Path, ready: dict) -> None:
+    """Ctrl-C once decode was replaced (decode.1's step rolled back): the replicas run two specs, and a
+    fresh `launcher status` (--json, and its table) says a roll is in progress that `up` finishes. Then
+    decode.1 stopped and held as a roll's step leaves it: `status` names the replica being replaced, from
+    which spec to which, and that `up` rolls it back first; that `up` does so and finishes the roll."""
+    when = lambda line: "rolling decode.1: draining" in line  # noqa: E731
+    code, err = interrupted("up", config, "--skip-doctor", env=env, cwd=cwd, when=when, limit=120)
+    assert code == 130 and "On the new spec: decode. On the previous spec: decode.1 (rolled back" in err, err
+    wait_for(lambda: replicas(config, env, cwd)["decode.1-r0"]["state"].startswith("running"), 30)
+    status = launcher("status", config, "--json", env=env, cwd=cwd)
+    [roll] = json.loads(status.stdout)["rolls"]
+    assert (roll["group"], roll["current"], roll["outdated"], roll["replacing"], roll["next"]) == (
+        "decode", ["decode"], ["decode.1"], [], "finish"
+    ), roll  # fmt: skip
+    says = "roll in progress: decode: replicas on two specs. `launcher up` will roll decode.1 to the plan's spec"
+    assert roll["says"] == says
+    table = launcher("status", config, env=env, cwd=cwd)
+    assert says in table.stdout.splitlines(), table.stdout
+    now = replicas(config, env, cwd)
+    assert now["decode.1"]["running_spec"] == ready["decode.1"]["running_spec"] != [now["decode.1"]["spec"]], now
+
+    hold_by_hand(cwd, "roll-decode.1-r0")  # as a roll's step leaves it before the new copy starts
+    status = launcher("status", config, "--json", env=env, cwd=cwd)
+    [roll] = json.loads(status.stdout)["rolls"]
+    assert roll["replacing"] == [
+        {"replica": "decode.1", "from_spec": ready["decode.1"]["running_spec"], "to_spec": now["decode.1"]["spec"],
+         "running_spec": [], "state": "missing", "next": "roll back"}
+    ], roll  # fmt: skip
+    assert roll["next"] == "roll back" and roll["current"] == ["decode"], roll
+    assert roll["says"] == (
+        f"roll in progress: decode: replacing decode.1 (spec {ready['decode.1']['running_spec'][0]} ->"
+        f" {now['decode.1']['spec']}, missing). `launcher up` will roll back decode.1 (start the held copy again),"
+        " then roll decode.1 to the plan's spec"
+    ), roll
+    finished = launcher("up", config, "--skip-doctor", env=env, cwd=cwd)
+    out = finished.stdout + finished.stderr
+    assert finished.returncode == 0, out
+    assert "restoring roll-decode.1-r0.held on node 0" in out and "rolled decode.1: replaced in" in out, out
+    status = launcher("status", config, "--json", env=env, cwd=cwd)
+    assert status.returncode == 0 and json.loads(status.stdout)["rolls"] == [], status.stdout

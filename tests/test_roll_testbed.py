@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, launcher_on
-from tests.test_roll_local import STARTUP, Load
+from tests.test_roll_local import STARTUP, streaming
 
 pytestmark = pytest.mark.testbed
 
@@ -50,7 +50,7 @@ def test_rolling_up_and_rollback_on_docker(testbed, tmp_path):
 
         data["groups"]["decode"]["args"]["startup-time"] = STARTUP + 1
         config.write_text(yaml.safe_dump(data, sort_keys=False))
-        with Load(8000, testbed.nodes[0][1]) as load:
+        with streaming(8000, testbed.nodes[0][1]) as load:
             started = time.monotonic()
             roll = launcher_on(testbed, config, "up", cwd=tmp_path)
             took = time.monotonic() - started
@@ -63,7 +63,7 @@ def test_rolling_up_and_rollback_on_docker(testbed, tmp_path):
 
         data["groups"]["decode"]["args"]["extra-engine-args"] = "/nonexistent/engine.json"
         config.write_text(yaml.safe_dump(data, sort_keys=False))
-        with Load(8000, testbed.nodes[0][1]) as load:
+        with streaming(8000, testbed.nodes[0][1]) as load:
             bad = launcher_on(testbed, config, "up", cwd=tmp_path)
         out = bad.stdout + bad.stderr
         print(f"docker rollback: streams {len(load.results)}, bad {load.bad()}")

@@ -7,7 +7,6 @@ stopped; the file stays the truth (`up` of it afterwards is `unchanged`)."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,16 +14,8 @@ from pathlib import Path
 import pytest
 
 from launcher.plan.build import REPLICA_PORT_STEP
-from tests.helpers import listening
-from tests.test_drain_local import (
-    DECODE_SYSTEM_PORT,
-    TOKENS,
-    deployment,
-    in_flight,
-    launcher,
-    stream,
-    wait_in_flight,
-)
+from tests.helpers import STREAM_TOKENS, StreamLoad, launcher, listening, stream
+from tests.test_drain_local import DECODE_SYSTEM_PORT, deployment, in_flight, wait_in_flight
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +25,6 @@ MAX_STREAMS_PER_CLIENT = 30  # bounds the load loop whatever happens
 
 def two_decode_replicas(data: dict) -> None:
     data["groups"]["decode"]["replicas"] = 2
-
-
-def load(port: int, stop: threading.Event, results: list[dict]) -> None:
-    """One client: a stream, then the next, until told to stop (bounded in count)."""
-    for i in range(MAX_STREAMS_PER_CLIENT):
-        if stop.is_set():
-            return
-        results.append(stream(port, i))
 
 
 def wait_serving(port: int, limit: float = 60) -> int:
@@ -60,23 +43,16 @@ def test_scale_out_and_in_under_streaming_load_drops_nothing(tmp_path):
     with deployment(tmp_path, "scale-load", two_decode_replicas) as (config, env, port, ports):
         original = Path(config).read_text()
         third = ports[DECODE_SYSTEM_PORT] + 2 * REPLICA_PORT_STEP
-        stop, results = threading.Event(), []
-        with ThreadPoolExecutor(CLIENTS) as pool:
-            clients = [pool.submit(load, port, stop, results) for _ in range(CLIENTS)]
-            try:
-                started = time.monotonic()
-                out = launcher("scale", "decode=3", config, "--skip-doctor", env=env, cwd=tmp_path)
-                scale_out = time.monotonic() - started
-                assert out.returncode == 0, out.stdout + out.stderr
-                assert Path(config).read_text() == original.replace("replicas: 2", "replicas: 3")
-                served = wait_serving(third)
-                started = time.monotonic()
-                scaled_in = launcher("scale", "decode=2", config, "--skip-doctor", env=env, cwd=tmp_path)
-                scale_in = time.monotonic() - started
-            finally:
-                stop.set()
-                for c in clients:
-                    c.result(timeout=180)
+        with StreamLoad(port, clients=CLIENTS, per_client=MAX_STREAMS_PER_CLIENT) as load:
+            started = time.monotonic()
+            out = launcher("scale", "decode=3", config, "--skip-doctor", env=env, cwd=tmp_path)
+            scale_out = time.monotonic() - started
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert Path(config).read_text() == original.replace("replicas: 2", "replicas: 3")
+            served = wait_serving(third)
+            started = time.monotonic()
+            scaled_in = launcher("scale", "decode=2", config, "--skip-doctor", env=env, cwd=tmp_path)
+            scale_in = time.monotonic() - started
         said = scaled_in.stdout + scaled_in.stderr
         assert scaled_in.returncode == 0, said
         assert Path(config).read_text() == original
@@ -84,8 +60,7 @@ def test_scale_out_and_in_under_streaming_load_drops_nothing(tmp_path):
         down, held, last = down_after_the_file_lost_a_replica(config, env, port, ports, tmp_path)
         audit = (tmp_path / "state" / "scale-load" / "audit.log").read_text().splitlines()
     drained = [line for line in said.splitlines() if "drain: decode.2-r0 on node 0: " in line]
-    failed = [r for r in results if r["error"] is not None]
-    cut = [r for r in results if r["error"] is None and (r["finish"] != "length" or r["chunks"] < TOKENS)]
+    results, failed, cut = load.results, load.failed(), load.cut()
     print(
         f"\nscale decode 2->3 under load: {scale_out:.1f}s; 3->2 (drain included): {scale_in:.1f}s; "
         f"{len(results)} streams, {len(failed)} failed, {len(cut)} truncated; the third replica held {served} at once"
@@ -103,7 +78,7 @@ def test_scale_out_and_in_under_streaming_load_drops_nothing(tmp_path):
     assert down.returncode == 0, down.stdout + down.stderr
     assert "down: draining 3 worker(s) first" in down.stdout, down.stdout
     assert f"drain: decode.1-r0 on node 0: {held} request(s) in flight, drained in" in down.stdout, down.stdout
-    assert all(r["error"] is None and r["finish"] == "length" and r["chunks"] >= TOKENS for r in last), last
+    assert all(r["error"] is None and r["finish"] == "length" and r["chunks"] >= STREAM_TOKENS for r in last), last
     assert any(a.startswith("drain decode.1-r0 on node 0: ") for a in actions), actions
 
 

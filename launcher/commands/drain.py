@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from launcher.commands import locking
 from launcher.commands.context import Target
+from launcher.commands.nodes import by_node
 from launcher.errors import LauncherError
 from launcher.plan import drain as plan_drain
 from launcher.plan import scale as plan_scale
@@ -57,13 +58,6 @@ def drain(t: Target, told: Callable[[str], None], services: list[Service] | None
     if done:
         wait_for_frontend(t, deadline)
     return done
-
-
-def by_node(services: list[Service]) -> dict[int, list[Service]]:
-    out: dict[int, list[Service]] = {}
-    for s in services:
-        out.setdefault(s.node.index, []).append(s)
-    return out
 
 
 def drain_node(

@@ -14,6 +14,7 @@ from launcher.errors import Exit
 from launcher.output import console
 from launcher.output.console import say
 from launcher.output.tables import print_json, status_table
+from launcher.plan import roll as plan_roll
 from launcher.plan.state import Container, held_base
 from launcher.plan.types import LABEL, Node, split_unit
 
@@ -65,8 +66,9 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
     else:
         console.stdout().print(status_table(rows))
         for replica in replicas_of(t, rows):
-            if replica["replicas"] > 1:
-                say(replica_line(replica))
+            say(replica_line(replica))
+        for roll in rolls_of(t, rows):
+            say(roll["says"])
         for i, why in sorted(unreachable.items()):
             say(f"{plan.nodes[i].label}: unreachable: {why}", style="red")
         if plan.endpoint:
@@ -90,7 +92,18 @@ def status_json(t: Target, rows: list[StatusRow], unreachable: dict[int, str], e
         "unreachable": {str(i): why for i, why in unreachable.items()},
         "services": [r.to_json() for r in rows],
         "replicas": replicas_of(t, rows),
+        "rolls": rolls_of(t, rows),
     }
+
+
+def rolls_of(t: Target, rows: list[StatusRow]) -> list[dict[str, Any]]:
+    """The rolls in progress (`launcher.plan.roll.in_progress`): from the replicas' specs and the held
+    copies found (each row of one carries its replica's name and the group spec it ran)."""
+    held: dict[str, list[str]] = {}
+    for r in rows:
+        if r.group is not None and r.state.startswith("held ("):
+            held.setdefault(r.group, []).extend([r.group_spec] if r.group_spec else [])
+    return plan_roll.in_progress(replicas_of(t, rows), held)
 
 
 def replicas_of(t: Target, rows: list[StatusRow]) -> list[dict[str, Any]]:

@@ -175,3 +175,58 @@ def worker_requests(text: str) -> float:
     if any(not math.isfinite(v) or v < 0 for v in values):
         raise ValueError("a request counter that is not a count")
     return sum(values)
+
+
+def in_progress(replicas: list[dict], held: dict[str, list[str]]) -> list[dict]:
+    """The rolls `status` finds in progress, one per group: a replica with a held copy (`held`: unit name ->
+    the group specs its held copies carry) is being replaced; replicas on two specs (some on the plan's,
+    some running another) are a roll stopped between steps. `replicas`: status's, each with its `name`,
+    `group`, plan `spec`, `running_spec` and `state` (current, outdated, partial, missing). Says what the
+    next `launcher up` does, as `up` would (`reconcile.held`, then `rollable`): finish or roll back."""
+    out = []
+    for base in dict.fromkeys(r["group"] for r in replicas):
+        units = [r for r in replicas if r["group"] == base]
+        current = [r["name"] for r in units if r["state"] == "current"]
+        outdated = [r["name"] for r in units if r["state"] == "outdated"]
+        replacing = [_replacing(r, held[r["name"]]) for r in units if r["name"] in held]
+        if not replacing and not (current and outdated):
+            continue
+        back = [r["replica"] for r in replacing if r["next"] == "roll back"]
+        rest = [n for n in outdated if n not in back]  # running another spec: rolled after
+        out.append(
+            {"group": base, "current": current, "outdated": outdated, "replacing": replacing,
+             "next": "roll back" if back else "finish", "says": _says(base, replacing, back, rest)}
+        )  # fmt: skip
+    return out
+
+
+def _replacing(replica: dict, held_specs: list[str]) -> dict:
+    """A replica with a held copy: from the held copy's spec to the plan's, and what `up` does with it:
+    `finish` (the new spec runs: the held copy is removed), `roll back` (the replica does not run: its held
+    copy is started again), `keep` (it runs yet another spec: the held copy is left)."""
+    state = replica["state"]
+    action = {"current": "finish", "outdated": "keep"}.get(state, "roll back")
+    return {
+        "replica": replica["name"], "from_spec": sorted(set(held_specs)), "to_spec": replica["spec"],
+        "running_spec": replica["running_spec"], "state": state, "next": action,
+    }  # fmt: skip
+
+
+def _says(base: str, replacing: list[dict], back: list[str], rest: list[str]) -> str:
+    """The status line of one roll in progress."""
+    steps = [
+        f"replacing {r['replica']} (spec {', '.join(r['from_spec']) or '?'} -> {r['to_spec']}, {r['state']})"
+        for r in replacing
+    ]
+    if not steps:
+        steps = ["replicas on two specs"]
+    todo = []
+    if back:
+        todo.append(f"roll back {', '.join(back)} (start the held copy again)")
+    if done := [r["replica"] for r in replacing if r["next"] == "finish"]:
+        todo.append(f"remove the held copy of {', '.join(done)}")
+    if kept := [r["replica"] for r in replacing if r["next"] == "keep"]:
+        todo.append(f"keep the held copy of {', '.join(kept)} (`launcher down` removes it)")
+    if rest or back:
+        todo.append(f"roll {', '.join([*back, *rest])} to the plan's spec")
+    return f"roll in progress: {base}: {'; '.join(steps)}. `launcher up` will {', then '.join(todo)}"
