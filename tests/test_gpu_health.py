@@ -82,6 +82,8 @@ def test_a_recorded_healthy_node_and_a_missing_gpu():
     assert short.verdict == "drain" and "GPU missing: 2 of the 8 planned" in short.summary()
     failing = parse(answer(query="No devices were found\n", rc=6), expected=8)
     assert failing.verdict == "drain" and "nvidia-smi fails: No devices were found" in failing.summary()
+    with pytest.raises(GpuAnswerError, match="no python3 on the node"):
+        parse(gpu_health.NO_PYTHON + "\n", expected=8)
     none = parse(json.dumps({"v": 1, "tool": None}), expected=8)
     assert (none.verdict, none.summary()) == ("ok", "no NVIDIA GPU tool (nvidia-smi) on the node")
 
@@ -185,6 +187,8 @@ def test_the_node_program_reads_the_replayed_tools_and_remembers_its_place(tmp_p
     assert json.loads((tmp_path / "state" / "gpu-health.json").read_text())["cursor"] == "s=replay;i=1"
     again = parse(run_program(tmp_path, **env), expected=2)  # nothing new since the last look
     assert (again.verdict, again.summary()) == ("ok", "2 GPU(s) of 2 planned, healthy")
+    denied = parse(run_program(tmp_path / "denied", GPU_REPLAY_KLOG_DENIED="1", **env), expected=2)
+    assert denied.verdict == "warn" and "may not read the kernel log" in denied.summary()
     none = json.loads(run_program(tmp_path, "--diag", replay=False))
     assert none == {"v": 1, "tool": None, "dcgmi": None}
     assert parse(json.dumps(none), expected=8).diag == "dcgmi is not installed on the node"

@@ -187,7 +187,7 @@ def gpu_health_section(plan) -> str:
     return (
         f"if PY=$({ship.find_python(plan.python_env)}); then "
         f'"$PY" -c {program} {q(gpu_health.state_path(plan))} --peek | head -c {gpu_health.ANSWER_BYTES}; '
-        "else echo 'no python3 on the node'; fi"
+        f"else echo {q(gpu_health.NO_PYTHON)}; fi"
     )
 
 

@@ -28,6 +28,7 @@ from launcher.transport.errors import describe
 CATALOG = "https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html"
 ANSWER_BYTES = 256 * 1024  # the program's own bounds add up to less (query 64 KiB, 64 lines of 400, dcgmi 64 KiB)
 MAX_GPUS = 64
+NO_PYTHON = "no python3 on the node (the GPU health program needs one)"
 MAX_LINES = 64
 LINE_CHARS = 400
 RANK = {"ok": 0, "ignore": 1, "warn": 2, "restart": 3, "drain": 4}
@@ -116,6 +117,8 @@ def parse(text: str, expected: int) -> NodeGpus:
     if len(text) > ANSWER_BYTES:
         raise GpuAnswerError(f"the answer is over {ANSWER_BYTES // 1024} KiB")
     lines = [line for line in text.splitlines() if line.strip()]
+    if lines == [NO_PYTHON]:
+        raise GpuAnswerError(NO_PYTHON)
     if len(lines) != 1:
         raise GpuAnswerError(f"expected one JSON line, got {len(lines)} line(s)")
     try:
@@ -288,14 +291,14 @@ def node_script(plan: Plan, *, diag: bool = False, peek: bool = False) -> str:
     """Shell: the program (on stdin) under the node's python3, its answer cut at ANSWER_BYTES."""
     flags = (" --diag" if diag else "") + (" --peek" if peek else "")
     return (
-        f"PY=$({ship.find_python(plan.python_env)}) || {{ echo 'no python3 on the node'; exit 0; }}; "
+        f"PY=$({ship.find_python(plan.python_env)}) || {{ echo {q(NO_PYTHON)}; exit 0; }}; "
         f'"$PY" - {q(state_path(plan))}{flags} 2>&1 | head -c {ANSWER_BYTES + 1}'
     )
 
 
 def look(t: Target, indices: list[int] | None = None, *, diag: bool = False, peek: bool = False) -> dict:
     """Every chosen node at once -> {index: NodeGpus, or the one line saying why not}."""
-    timeout = 400 if diag else 60
+    timeout = 400 if diag else 90  # the program's own bounds add up to 55 s (query twice, kernel log)
     script = node_script(t.plan, diag=diag, peek=peek)
     results = t.fleet.run(script, indices, stdin=remote_program("gpu_health"), timeout=timeout)
     out: dict[int, NodeGpus | str] = {}
