@@ -132,6 +132,7 @@ HOSTILE = {
     "index not a number": answer(query=QUERY.splitlines()[0] + "\n²" + QUERY.splitlines()[1][1:] + "\n"),
     "lying count": answer(query=QUERY.splitlines()[0] + "\n" + "".join(
         f"{i}, u, n, 00000000:{i:02x}:00.0, 0, No, No, No, 0x0\n" for i in range(65))),
+    "nul in csv": answer(query=QUERY.splitlines()[0] + "\n0, \x00, \"unclosed\n"),
     "too many lines": answer(lines=["NVRM: Xid (PCI:0000:9b:00): 13, x"] * 65),
     "entry shape": json.dumps({"v": 1, "tool": "nvidia-smi", "query": {"rc": 0, "out": QUERY},
                                "klog": {"source": "j", "lines": [["x"]], "error": None}}),

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from launcher.commands import ship
 from launcher.commands.context import Target
+from launcher.commands.preflight import Check
 from launcher.plan.types import Plan
 from launcher.remote import program as remote_program
 from launcher.runtime.shell import q
@@ -162,7 +163,10 @@ def _query(node: NodeGpus, query: dict) -> None:
 
 def parse_query(out: str) -> list[dict]:
     """`nvidia-smi --query-gpu=... --format=csv,nounits` (header first) -> one dict per GPU."""
-    rows = list(csv.reader(io.StringIO(out[: 64 * 1024]), skipinitialspace=True))
+    try:
+        rows = list(csv.reader(io.StringIO(out[: 64 * 1024]), skipinitialspace=True))
+    except csv.Error as exc:
+        raise GpuAnswerError(f"nvidia-smi's CSV is not CSV: {exc}") from None
     if not rows:
         raise GpuAnswerError("nvidia-smi printed nothing")
     header = [h.strip() for h in rows[0]]
@@ -325,8 +329,6 @@ FIXES = {
 
 def doctor_checks(t: Target, reachable: list[int], diag: bool):
     """One `gpu-health` check per reachable node (and `gpu-diag` with --gpu-diag)."""
-    from launcher.commands.preflight import Check
-
     checks = []
     for i, node in look(t, reachable, diag=diag).items():
         if isinstance(node, str):
