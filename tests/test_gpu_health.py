@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,18 @@ def test_the_node_program_bounds_a_flood_and_the_parser_refuses_it(tmp_path):
         assert len(out) < gpu_health.ANSWER_BYTES
         with pytest.raises(GpuAnswerError, match=says):
             parse(out, expected=8)
+
+
+def test_a_tool_that_floods_or_hangs_is_stopped_at_its_bounds():
+    from launcher.remote import gpu_health as node_side
+
+    started = time.monotonic()
+    flood = node_side.bounded([sys.executable, "-c", "while True: print('0' * 100)"], 4096, 10.0)
+    # closes its output, then never exits (a tool stuck in the driver can)
+    hang = node_side.bounded([sys.executable, "-c", "import os, time; print('x', flush=True); os.close(1); "
+                              "time.sleep(60)"], 4096, 1.0)  # fmt: skip
+    assert flood[0] is None and len(flood[1]) == 4096
+    assert hang == (None, "x\n") and time.monotonic() - started < 10
 
 
 # -- as a user runs it --------------------------------------------------------------------------------

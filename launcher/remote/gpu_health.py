@@ -66,6 +66,11 @@ def bounded(argv, limit, seconds):
             chunks.append(chunk)
             size += len(chunk)
     stopped = size > limit or time.monotonic() >= deadline
+    if not stopped:
+        try:  # its output closed: it should be exiting, but never wait past the deadline for it
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            stopped = True
     if stopped:
         proc.kill()
     code = proc.wait()
