@@ -424,16 +424,24 @@ def doctor(
             "group's torch.distributed rendezvous, all-reduce and bandwidth, in the group's image.",
         ),
     ] = False,
+    gpu_diag: Annotated[
+        bool,
+        typer.Option("--gpu-diag", help="Also run `dcgmi diag -r 1` on every node that has DCGM (a quick GPU test)."),
+    ] = False,
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = None,
     host_key_policy: HostKeyOpt = None,
 ) -> None:
-    """Preflight on every node (SSH, engine, GPUs, IB, shm, disk, model, image, ports, clock, the interface
-    to each group's leader) and the engine flags, before anything starts. Exit 1 if any check fails."""
+    """Preflight on every node (SSH, engine, GPUs and their health: ECC, remapped rows, throttling, Xid
+    lines in the kernel log; IB, shm, disk, model, image, ports, clock, the interface to each group's
+    leader) and the engine flags, before anything starts. Exit 1 if any check fails."""
     from launcher.commands import doctor as command
 
     link = connection(parallel, connect_timeout, host_key_policy)
-    command.run(config, config_opt, inventory, link, as_json=as_json, with_args=check_args, with_fabric=with_fabric)
+    command.run(
+        config, config_opt, inventory, link,
+        as_json=as_json, with_args=check_args, with_fabric=with_fabric, gpu_diag=gpu_diag,
+    )  # fmt: skip
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """`launcher collect`: one tarball with what a bug report needs. Every service's logs, the deployment
 file and the plan (secrets `***`), versions and image IDs, the runtime's records of each service (`docker
 inspect`, or the process runtime's run directory), per node the GPUs (`nvidia-smi -q`), InfiniBand
-(`ibstat`, `ibv_devinfo`), `ip addr`, `df`, `free`, kernel and driver, the head node's audit log, and
+(`ibstat`, `ibv_devinfo`), the GPU health program's raw answer (gpu-health.json),
+`ip addr`, `df`, `free`, kernel and driver, the head node's audit log, and
 `status --json`. A node that does not answer is listed in the bundle's index and the rest is still
 collected (exit 1). Every text is passed through the plan's redactor (config.redact) before it enters the
 tarball.
@@ -21,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__
+from launcher.commands import gpu_health, ship
 from launcher.commands import status as status_command
 from launcher.commands.context import Connection, Target, connected, target
 from launcher.commands.logs import SINCE
 from launcher.errors import ConfigError, Exit
 from launcher.output import plan_views
 from launcher.output.console import say
+from launcher.remote import program as remote_program
 from launcher.runtime.shell import join, q
 from launcher.transport.errors import describe
 
@@ -173,7 +176,19 @@ def node_script(t: Target) -> str:
         python = f"{plan.python_env}/bin/python3" if plan.python_env else "python3"
         sections += [("versions.txt", f"{q(python)} --version 2>&1; {q(python)} -c {q(VERSIONS_PY)} 2>&1")]
     sections.append(("services.json", t.runtime.list_script(plan)))
+    sections.append(("gpu-health.json", gpu_health_section(plan)))
     return "\n".join(f"echo {q(SECTION + ' ' + name)}; {{ {command} ; }} 2>&1" for name, command in sections)
+
+
+def gpu_health_section(plan) -> str:
+    """The gpu_health program's raw answer (bounded by the program and by `head`), read without moving its
+    kernel log position (--peek): what `doctor` and `status` judge, as the node printed it."""
+    program = q(remote_program("gpu_health"))
+    return (
+        f"if PY=$({ship.find_python(plan.python_env)}); then "
+        f'"$PY" -c {program} {q(gpu_health.state_path(plan))} --peek | head -c {gpu_health.ANSWER_BYTES}; '
+        f"else echo {q(gpu_health.NO_PYTHON)}; fi"
+    )
 
 
 def split_sections(stdout: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from launcher.commands import fabric, locking, preflight
+from launcher.commands import fabric, gpu_health, locking, preflight
 from launcher.commands.context import Connection, Target, connected, target
 from launcher.commands.preflight import Check
 from launcher.errors import Exit
@@ -22,12 +22,22 @@ from launcher.transport.errors import describe
 
 
 def run(
-    config, config_opt, inventory, connection: Connection, *, as_json: bool, with_args: bool, with_fabric: bool = False
+    config,
+    config_opt,
+    inventory,
+    connection: Connection,
+    *,
+    as_json: bool,
+    with_args: bool,
+    with_fabric: bool = False,
+    gpu_diag: bool = False,
 ) -> None:
     t = target(config, config_opt, inventory)
     report = None
     with connected(t, connection):
         checks = check(t, with_args)
+        reachable = [c.node for c in checks if c.name == "ssh" and c.status == "ok"]
+        checks += gpu_health.doctor_checks(t, reachable, gpu_diag)
         if with_fabric:
             report = fabric.check(t, running=t.running)
             checks += [Check(x.node, x.name, x.status, x.detail, x.fix) for x in report.lines()]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from launcher.commands import gpu_health
 from launcher.commands.context import Connection, Target, connected, read_routes, target
 from launcher.commands.health import EndpointState, endpoint_state, probe_http
 from launcher.commands.nodes import list_services
@@ -59,10 +60,11 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
     with connected(t, connection):
         read_routes(t)  # network.interface: auto names each rank's interface in its spec
         rows, unreachable, endpoint = status(t)
+        gpu_lines, gpus = gpu_health.status_lines(t, unreachable)
     plan = t.plan
-    problems = problems_of(t, rows, unreachable, endpoint)
+    problems = problems_of(t, rows, unreachable, endpoint) + gpu_problems(gpu_lines)
     if as_json:
-        print_json(status_json(t, rows, unreachable, endpoint))
+        print_json(with_gpus(status_json(t, rows, unreachable, endpoint), gpus, problems))
     else:
         console.stdout().print(status_table(rows))
         for replica in replicas_of(t, rows):
@@ -71,12 +73,31 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
             say(roll["says"])
         for i, why in sorted(unreachable.items()):
             say(f"{plan.nodes[i].label}: unreachable: {why}", style="red")
+        for line in gpu_lines:
+            say(line, style="red")
         if plan.endpoint:
             say(endpoint_line(t, endpoint))
         if problems:
             say(f"not ok: {'; '.join(problems)}", style="red")
     if problems:
         raise Exit(1)
+
+
+def gpu_problems(gpu_lines: list[str]) -> list[str]:
+    """Each sick node's GPU line (gpu_health.status_lines) is a problem (`status` exits 1 while it
+    lasts), but a warning (throttling, an Xid outside the table)."""
+    problems = []
+    for line in gpu_lines:
+        node, _, rest = line.partition(": GPUs")
+        verdict = rest.split(":")[0].strip() or "unreadable"
+        if verdict != "warn":
+            problems.append(f"{node}: GPUs {verdict}")
+    return problems
+
+
+def with_gpus(data: dict, gpus: dict, problems: list[str]) -> dict:
+    """`status --json` with each node's GPU verdict (`gpus`) and the GPU problems counted."""
+    return {**data, "ok": not problems, "problems": problems, "gpus": gpus}
 
 
 def status_json(t: Target, rows: list[StatusRow], unreachable: dict[int, str], endpoint: EndpointState) -> dict:
