@@ -248,10 +248,16 @@ def _run_phases(
     create = {s.service for s in changes.create}
     # Old containers were removed already: only names still on a node need a `docker rm` first.
     kept = [c for c in current if c not in changes.remove]
-    for i, phase in enumerate(phases(plan.services)):
-        started += start(target, [s for s in phase if s.service in create], progress, known=kept)
-        if i < 2 and phase and wait:
-            Waiter(target, progress, phase).run()
+    if wait:
+        for i, phase in enumerate(phases(plan.services)):
+            started += start(target, [s for s in phase if s.service in create], progress, known=kept)
+            if i < 2 and phase:
+                Waiter(target, progress, phase).run()
+    else:
+        # Nothing is waited for between phases: one script per node, its services in phase order (etcd and
+        # NATS, then the frontend, then the ranks), not one round trip per phase on the head.
+        in_order = [s for phase in phases(plan.services) for s in phase if s.service in create]
+        started += start(target, in_order, progress, known=kept)
     if wait:
         Waiter(target, progress, plan.services, check_endpoint=plan.has_dynamo_frontend).run()
         if plan.endpoint:

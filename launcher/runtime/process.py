@@ -21,13 +21,13 @@ from launcher.runtime.shell import q, write_from_stdin
 # Stop one service directory's session: TERM, up to 10 s, then KILL. Only a pid whose start time
 # matches the one recorded is signalled as a leader; survivors are found by session id.
 # proc_start PID: set $pst to PID's start time (field 22 of /proc/PID/stat, counted after the command name,
-# which may hold spaces and parentheses), empty when there is no such process. Builtins only, no fork: the
-# listing runs it for every service at every poll (forked `cat`s and `awk`s here were a third of the test
-# suite's CPU time).
+# which may hold spaces and parentheses) and $pstate to its state (field 3: Z for a zombie), both empty when
+# there is no such process. Builtins only, no fork: the listing runs it for every service at every poll
+# (forked `cat`s and `awk`s here were a third of the test suite's CPU time).
 PROC_START_FN = r"""
 proc_start() {
-  pst=; line=; read -r line 2>/dev/null < "/proc/$1/stat" || [ -n "$line" ] || return 0
-  set -f; set -- ${line##*") "}; set +f; pst=${20:-}
+  pst=; pstate=; line=; read -r line 2>/dev/null < "/proc/$1/stat" || [ -n "$line" ] || return 0
+  set -f; set -- ${line##*") "}; set +f; pstate=${1:-}; pst=${20:-}
 }
 """
 
@@ -103,8 +103,10 @@ list_svcs() {
     name=${d##*/}; pid=0; read -r pid 2>/dev/null < "$d/pid" || :
     st=; read -r st 2>/dev/null < "$d/starttime" || :; started=; read -r started 2>/dev/null < "$d/started" || :
     state=exited; code=137; read -r code 2>/dev/null < "$d/exit" || :
+    # A zombie has exited: where the init process reaps orphans late (some container inits, a loaded
+    # machine) its stat stays readable, with its start time, for many seconds.
     if [ -r "/proc/$pid/stat" ]; then
-      proc_start "$pid"; if [ "$pst" = "$st" ]; then state=running; code=0; fi
+      proc_start "$pid"; if [ "$pst" = "$st" ] && [ "$pstate" != Z ]; then state=running; code=0; fi
     fi
     [ $first = 1 ] || printf ','; first=0
     printf '{"Id":"%s","Name":"/%s","State":{"Status":"%s","ExitCode":%s,"StartedAt":"%s"},"Config":{"Labels":' \
