@@ -97,6 +97,31 @@ def test_a_reused_pid_is_never_signalled(tmp_path):
         bystander.wait(timeout=10)
 
 
+def test_a_service_that_exited_but_is_not_reaped_yet_is_listed_as_exited(tmp_path):
+    """A zombie keeps its pid and start time readable until it is reaped (this machine's init reaps orphans
+    about every 1.3 s, later under load): it has exited, and must be listed so, with its exit code."""
+    p = two_group_plan(tmp_path, ["sleep", "30"], ["sleep", "30"])
+    script, stdin = RT.start_script(p, p.services[:1])
+    assert bash(script, stdin).returncode == 0
+    (service,) = p.services[:1]
+    run_dir = next((tmp_path / "state").glob(f"rt-local/run/*/{service.name}"))
+    bash(RT.remove_script(p, [service.name]))
+    exited = subprocess.Popen(["sh", "-c", "exit 3"])  # never waited for until the end: a zombie
+    try:
+        stat = Path(f"/proc/{exited.pid}/stat")
+        wait_for(lambda: stat.read_text().rsplit(") ", 1)[1].startswith("Z"), 10, 0.05, "the zombie")
+        run_dir.mkdir(parents=True)
+        (run_dir / "pid").write_text(f"{exited.pid}\n")
+        (run_dir / "starttime").write_text(stat.read_text().rsplit(") ", 1)[1].split()[19] + "\n")
+        (run_dir / "exit").write_text("3\n")
+        (run_dir / "labels.json").write_text("{}")
+        listing = listed(p)[service.name]
+        assert (listing.running, listing.state, listing.exit_code) == (False, "exited", 3), listing
+    finally:
+        exited.wait(timeout=10)
+        bash(RT.remove_all_script(p))
+
+
 def test_a_half_removed_service_directory_is_skipped(tmp_path):
     p = two_group_plan(tmp_path, ["sleep", "30"], ["sleep", "30"])
     script, stdin = RT.start_script(p, p.services)
