@@ -1,11 +1,15 @@
 """`launcher watch`: keep a deployment alive, like LeaderWorkerSet does on Kubernetes.
 
 A torch.distributed group cannot go on without one of its ranks, so when any rank of a worker group
-dies the whole group is recreated (every rank together). Single services (etcd, NATS, frontend,
-router) are restarted alone. Restarts back off (doubling) and stop at a maximum, after which watch
-exits 1 with a clear message; a unit healthy for `reset_after` seconds since its last restart starts
-counting afresh. Every action is logged here and in the head node's audit log. The deployment lock
-is only held while acting, so `down` from another shell is never blocked for long.
+dies, or is hung (requests running, no token progress in its `/metrics` for the file's
+`watch.hung_after`: launcher.plan.stall), the whole group is recreated (every rank together). Single
+services (etcd, NATS, frontend, router) are restarted alone. Restarts back off (doubling) and stop at the
+unit's budget (N restarts, within M minutes when the file says so: flags given win over the file), after
+which watch alerts (the audit log; the file's webhook) and exits 1 with a clear message; a unit healthy
+for `reset_after` seconds since its last restart starts counting afresh. Every decision is one line (what
+it saw, what it did, what happened) here, every action a line of the head node's audit log. The
+deployment lock is only held while acting, so `down` from another shell is never blocked for long.
+`dry_run`: the same decisions said, nothing done (no restart, no lock, no audit line).
 """
 
 from __future__ import annotations
