@@ -41,7 +41,7 @@ def test_a_group_that_always_fails_spends_its_budget_and_the_webhook_gets_one_al
     decisions = [(t, m) for t, m in log if m.startswith("group worker: saw")]
     saw = "group worker: saw local worker r0 exited (exit 3); "
     assert [t for t, m in decisions if "restarted it" in m] == [1000, 1004, 1012], log  # back-off 4, 8
-    assert decisions[0][1].startswith(saw + "restarted it (1/3, the next no sooner than 4s); "), decisions
+    assert decisions[0][1].startswith(saw + "restarted it (1/3, back-off 4s before another); "), decisions
     assert decisions[-1] == (1013, saw + "gave up after 3 restart(s) in 1 min; alerted: audit log, webhook (HOOK)"
                              " answered HTTP 204"), decisions  # fmt: skip
     assert (1000, "group worker: policy 3 restart(s) in 1 min, back-off 4s doubling") in log, log

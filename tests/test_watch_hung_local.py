@@ -1,7 +1,7 @@
 """A hung rank on this machine (process runtime, the real Dynamo stack of configs/local.yaml): the decode
 mocker runs at a decode speed of almost nothing (`--decode-speedup-ratio`), so under load its process lives,
 its `/health` answers and it holds requests, but it makes no token progress. The file gives decode
-`watch: {hung_after: 3}`. `status` names it hung (and not while it is idle), `watch --dry-run` says it would
+`watch: {hung_after: 3}`. `status` and `top` name it hung (and not while it is idle), `watch --dry-run` says it would
 restart it and does nothing, and `watch` restarts its group; prefill, busy and making progress, is left.
 """
 
@@ -47,6 +47,11 @@ def rows(path: Path, cwd: Path, env: dict[str, str]) -> dict[str, dict]:
     return {s["service"]: s for s in json.loads(status.stdout)["services"]}
 
 
+def status_ok(path: Path, cwd: Path, env: dict[str, str]) -> dict | None:
+    status = launcher("status", str(path), "--json", cwd=cwd, env=env)
+    return json.loads(status.stdout) if status.returncode == 0 else None
+
+
 def watching(path: Path, cwd: Path, env: dict[str, str], *extra: str) -> tuple[subprocess.Popen, Lines]:
     proc = subprocess.Popen(
         [*LAUNCHER, "watch", str(path), "--interval", "0.5", *extra],
@@ -69,12 +74,16 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
     path, env, port = stack(tmp_path)
     audit = tmp_path / "state" / "hung" / "audit.log"
     try:
-        up = launcher("up", str(path), "--skip-doctor", cwd=tmp_path, env=env, timeout=240)
+        # --no-wait: up's own smoke request would wait on this decode for minutes; ready is checked here
+        up = launcher("up", str(path), "--skip-doctor", "--no-wait", cwd=tmp_path, env=env, timeout=240)
         assert up.returncode == 0, up.stdout + up.stderr
-        idle = rows(path, tmp_path, env)
-        assert idle["decode-r0"]["health"] == "healthy", idle  # idle: nothing in flight, never hung
+        ready = wait_for(lambda: status_ok(path, tmp_path, env), 120, interval=1, what="the stack to serve")
+        idle = {s["service"]: s for s in ready["services"]}
+        assert idle["decode-r0"]["health"] in ("healthy", "running"), idle  # idle: nothing in flight, not hung
         started = time.monotonic()
-        with ChatLoad(f"http://127.0.0.1:{port}", workers=2, max_tokens=20, limit=120):
+        load = ChatLoad(f"http://127.0.0.1:{port}", workers=2, max_tokens=20, limit=120)
+        try:
+            load.__enter__()
             seen = wait_for(
                 lambda: (r := rows(path, tmp_path, env))["decode-r0"]["health"].startswith("hung") and r,
                 60, what="status to name decode hung",
@@ -83,6 +92,9 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
             assert "request(s) running, no token progress for" in seen["decode-r0"]["health"], seen
             assert not seen["prefill-r0"]["health"].startswith("hung"), seen
             first = seen["decode-r0"]["id"]
+            top = launcher("top", str(path), "--json", "--interval", "1", cwd=tmp_path, env=env)
+            states = {r["service"]: r["state"] for r in json.loads(top.stdout)["rows"]}
+            assert states["decode-r0"].startswith("hung (") and states["prefill-r0"] == "up", states
             audit_before = audit.read_text()
 
             dry, lines = watching(path, tmp_path, env, "--dry-run")
@@ -102,8 +114,10 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
                 print(f"watch restarted the hung group in {time.monotonic() - began:.1f}s")
             finally:
                 stop(proc)
+        finally:
+            load.stop.set()  # its requests stuck on the slow decode end with the stack (threads are daemons)
         text = lines.text()
-        assert done is not None and "decode r0 hung (" in done and "(1/5, the next no sooner than 5s)" in done, text
+        assert done is not None and "decode r0 hung (" in done and "(1/5, back-off 5s before another)" in done, text
         assert "group decode: policy 5 restart(s), back-off 5s doubling, hung after 3s" in text, text
         assert "restarting group prefill" not in text and "Traceback" not in text, text
         assert rows(path, tmp_path, env)["decode-r0"]["id"] != first

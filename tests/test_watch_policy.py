@@ -44,6 +44,9 @@ def decode(running: float, itl: float) -> observe.Parsed:
 
 def test_the_real_scrapes_give_work_in_flight_and_a_progress_count():
     assert in_flight(decode(3, 241)) == 3
+    # an engine gauge still at 0 while Dynamo counts 2 requests in its handler (a step that never ends)
+    held = observe.parse(with_value(DECODE, "dynamo_component_inflight_requests", 2))
+    assert held.first(("vllm:num_requests_running",)) == 0 and in_flight(held) == 2
     assert progress_count(decode(3, 241)) == progress_count(decode(3, 240)) + 1  # one more token: progress
     prefill = observe.parse(PREFILL)  # Dynamo's own metrics only: in-flight requests and bytes streamed back
     assert in_flight(prefill) == 0 and progress_count(prefill) == 3885

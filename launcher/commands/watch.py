@@ -301,11 +301,11 @@ def _act(w: Watcher, unit: Unit, hung: list[str]) -> None:
         locking.audit(site, f"watch: {action}")
         lock.outcome = restart(t, progress, unit, found, w.ready_timeout)
         w.tracker.forget([s.name for s in unit.services])
-        wait = unit.next_allowed - time.monotonic()
+        delay = budget.backoff * 2 ** (unit.restarts - 1)
         result = lock.outcome.removeprefix("watch: ")
         progress.log(
             f"{unit.name}: saw {'; '.join(reasons)}; restarted it ({unit.restarts}/{budget.max_restarts},"
-            f" the next no sooner than {max(0.0, wait):.0f}s); {result}"
+            f" back-off {delay:g}s before another); {result}"
         )
     finally:
         try:

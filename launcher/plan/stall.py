@@ -20,11 +20,12 @@ PROGRESS = (GENERATION_TOKENS, PROMPT_TOKENS, TOKEN_OBSERVATIONS[:1], TOKEN_OBSE
 
 
 def in_flight(p: Parsed) -> float | None:
-    """Requests running on the rank (the engine's own gauge, else Dynamo's in-flight count); None if absent."""
-    for name in RUNNING:
-        if (value := p.total(name)) is not None:
-            return value
-    return p.total("dynamo_component_inflight_requests", GENERATE)
+    """Requests running on the rank: the engine's own gauge or Dynamo's in-flight count on `generate`,
+    the higher (an engine may update its gauge only between steps: a stuck step would read 0); None if
+    it exports neither."""
+    values = [p.first(RUNNING), p.total("dynamo_component_inflight_requests", GENERATE)]
+    found = [v for v in values if v is not None]
+    return max(found) if found else None
 
 
 def progress_count(p: Parsed) -> float | None:
