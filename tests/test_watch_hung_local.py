@@ -1,7 +1,8 @@
 """A hung rank on this machine (process runtime, the real Dynamo stack of configs/local.yaml): the decode
 mocker runs at a decode speed of almost nothing (`--decode-speedup-ratio`), so under load its process lives,
 its `/health` answers and it holds requests, but it makes no token progress. The file gives decode
-`watch: {hung_after: 3}`. `status` and `top` name it hung (and not while it is idle), `watch --dry-run` says it would
+`watch: {hung_after: 3}` (prefill none: its request waits on the stuck decode to take its KV, so it too
+holds work without progress; the file leaves it to the decode's restart). `status` and `top` name it hung (and not while it is idle), `watch --dry-run` says it would
 restart it and does nothing, and `watch` restarts its group; prefill, busy and making progress, is left.
 """
 
@@ -29,7 +30,6 @@ def stack(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
     data, _ = local_stack(tmp_path, "hung")
     data["groups"]["decode"]["args"] = {"speedup-ratio": 10, "decode-speedup-ratio": 0.00001}
     data["groups"]["decode"]["watch"] = {"hung_after": 3}
-    data["groups"]["prefill"]["watch"] = {"hung_after": 3}
     path = tmp_path / "hung.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     port = free_port()
@@ -90,7 +90,7 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
             )  # fmt: skip
             print(f"\nstatus named decode hung {time.monotonic() - started:.1f}s into the load")
             assert "request(s) running, no token progress for" in seen["decode-r0"]["health"], seen
-            assert not seen["prefill-r0"]["health"].startswith("hung"), seen
+            assert seen["prefill-r0"]["health"] == "healthy", seen  # no window in the file: not judged
             first = seen["decode-r0"]["id"]
             top = launcher("top", str(path), "--json", "--interval", "1", cwd=tmp_path, env=env)
             states = {r["service"]: r["state"] for r in json.loads(top.stdout)["rows"]}
