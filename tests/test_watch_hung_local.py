@@ -2,8 +2,9 @@
 mocker runs at a decode speed of almost nothing (`--decode-speedup-ratio`), so under load its process lives,
 its `/health` answers and it holds requests, but it makes no token progress. The file gives decode
 `watch: {hung_after: 3}` (prefill none: its request waits on the stuck decode to take its KV, so it too
-holds work without progress; the file leaves it to the decode's restart). `status` and `top` name it hung (and not while it is idle), `watch --dry-run` says it would
-restart it and does nothing, and `watch` restarts its group; prefill, busy and making progress, is left.
+holds work without progress; the file leaves it to the decode's restart). `status` and `top` name decode
+hung (and not while it is idle), `watch --dry-run` says it would restart it and does nothing, and `watch`
+restarts its group, and only it.
 """
 
 from __future__ import annotations
