@@ -75,10 +75,13 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
     path, env, port = stack(tmp_path)
     audit = tmp_path / "state" / "hung" / "audit.log"
     try:
+        began_up = time.monotonic()
         # --no-wait: up's own smoke request would wait on this decode for minutes; ready is checked here
         up = launcher("up", str(path), "--skip-doctor", "--no-wait", cwd=tmp_path, env=env, timeout=240)
         assert up.returncode == 0, up.stdout + up.stderr
+        print(f"\nup --no-wait: {time.monotonic() - began_up:.1f}s")
         ready = wait_for(lambda: status_ok(path, tmp_path, env), 120, interval=1, what="the stack to serve")
+        print(f"serving: {time.monotonic() - began_up:.1f}s")
         idle = {s["service"]: s for s in ready["services"]}
         assert idle["decode-r0"]["health"] in ("healthy", "running"), idle  # idle: nothing in flight, not hung
         started = time.monotonic()
@@ -89,7 +92,7 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
                 lambda: (r := rows(path, tmp_path, env))["decode-r0"]["health"].startswith("hung") and r,
                 60, what="status to name decode hung",
             )  # fmt: skip
-            print(f"\nstatus named decode hung {time.monotonic() - started:.1f}s into the load")
+            print(f"status named decode hung {time.monotonic() - started:.1f}s into the load")
             assert "request(s) running, no token progress for" in seen["decode-r0"]["health"], seen
             assert seen["prefill-r0"]["health"] == "healthy", seen  # no window in the file: not judged
             first = seen["decode-r0"]["id"]
@@ -98,6 +101,7 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
             assert states["decode-r0"].startswith("hung (") and states["prefill-r0"] == "up", states
             audit_before = audit.read_text()
 
+            print(f"top named it too {time.monotonic() - started:.1f}s into the load")
             dry, lines = watching(path, tmp_path, env, "--dry-run")
             try:
                 said = lines.until(lambda line: "group decode: saw" in line, 40)
@@ -108,6 +112,7 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
             assert rows(path, tmp_path, env)["decode-r0"]["id"] == first  # nothing restarted
             assert audit.read_text() == audit_before and not (tmp_path / "state" / "hung" / "lock").exists()
 
+            print(f"dry run said it {time.monotonic() - started:.1f}s into the load")
             proc, lines = watching(path, tmp_path, env)
             try:
                 began = time.monotonic()
@@ -124,5 +129,6 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
         assert rows(path, tmp_path, env)["decode-r0"]["id"] != first
         assert "watch: restarting group decode (1/5): local decode r0 hung" in audit.read_text()
     finally:
-        down = launcher("down", str(path), cwd=tmp_path, env=env)
+        # --now: requests still stuck on the slow decode are not drained (up to drain_timeout) first
+        down = launcher("down", str(path), "--now", cwd=tmp_path, env=env)
     assert down.returncode == 0, down.stderr
