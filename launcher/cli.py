@@ -325,27 +325,35 @@ def watch(
     config_opt: ConfigOpt = None,
     inventory: InventoryOpt = None,
     interval: Annotated[float, typer.Option("--interval", min=0.5, max=DAY, help="Seconds between checks.")] = 2.0,
-    max_restarts: Annotated[int, typer.Option("--max-restarts", min=0, help="Per group or service.")] = 5,
+    max_restarts: Annotated[
+        int | None,
+        typer.Option("--max-restarts", min=0, help="Per group or service (default: the file's watch:, else 5)."),
+    ] = None,
     backoff: Annotated[
-        float, typer.Option("--backoff", min=0, max=DAY, help="First wait between restarts (doubles).")
-    ] = 5.0,
+        float | None,
+        typer.Option("--backoff", min=0, max=DAY, help="1st wait between restarts, doubling (default: file, else 5)."),
+    ] = None,
     reset_after: Annotated[
-        float,
+        float | None,
         typer.Option("--reset-after", min=0, max=DAY, help="Healthy seconds after which a restart count starts over."),
-    ] = 600.0,
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what it would do each round; restart nothing, take no lock.")
+    ] = False,
     parallel: ParallelOpt = 32,
     connect_timeout: TimeoutOpt = None,
     host_key_policy: HostKeyOpt = None,
 ) -> None:
-    """Supervise the deployment: a dead rank gets its whole group recreated; etcd/NATS/frontend are
-    restarted alone; with back-off and a maximum, then exit 1. Runs until Ctrl-C, or until a
-    `launcher down` from anywhere ends it (exit 0)."""
+    """Supervise the deployment: a dead rank, or one hung (work in flight, no token progress for the
+    file's watch.hung_after), gets its whole group recreated; etcd/NATS/frontend are restarted alone;
+    with back-off and a restart budget (flags given win over the file's watch:), then an alert and exit 1.
+    Runs until Ctrl-C, or until a `launcher down` from anywhere ends it (exit 0)."""
     from launcher.commands import watch as command
 
     link = connection(parallel, connect_timeout, host_key_policy)
     command.run(
         config, config_opt, inventory, link, interval=interval, max_restarts=max_restarts, backoff=backoff,
-        reset_after=reset_after,
+        reset_after=reset_after, dry_run=dry_run,
     )  # fmt: skip
 
 

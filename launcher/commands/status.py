@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from launcher.commands import gpu_health
+from launcher.commands import gpu_health, rank_progress
 from launcher.commands.context import Connection, Target, connected, read_routes, target
 from launcher.commands.health import EndpointState, endpoint_state, probe_http
 from launcher.commands.nodes import list_services
@@ -177,7 +177,7 @@ def problems_of(t: Target, rows: list[StatusRow], unreachable: dict[int, str], e
     problems += [
         f"{r.service} on node {r.node.index}: {r.health}"
         for r in rows
-        if r.state == "running" and r.health.startswith(("unhealthy", "not answering"))
+        if r.state == "running" and r.health.startswith(("unhealthy", "not answering", "hung"))
     ]
     if t.plan.endpoint and not endpoint.ready:
         problems.append(f"endpoint {t.plan.endpoint} not ready")
@@ -197,6 +197,7 @@ def status(t: Target) -> tuple[list[StatusRow], dict[int, str], EndpointState]:
         if c and c.spec != s.spec_hash():
             state += " (outdated spec)"
         rows.append(_row(s.node, s.service, s.role, s.group, s.rank, state, c, now, health.get(s.name, "-")))
+    mark_hung(t, rows, unreachable)
     for key, c in found.items():
         if key not in planned:
             node = t.plan.nodes[c.node_index]
@@ -204,6 +205,16 @@ def status(t: Target) -> tuple[list[StatusRow], dict[int, str], EndpointState]:
             state = f"held (previous spec of {base})" if base is not None else c.state + " (not in plan)"
             rows.append(_row(node, c.service, c.role, c.group, c.rank, state, c, now, "-"))
     return rows, unreachable, endpoint_state(t, unreachable)
+
+
+def mark_hung(t: Target, rows: list[StatusRow], unreachable: dict[int, str]) -> None:
+    """The progress rule (watch.hung_after in the file): a healthy rank with requests running and no token
+    progress over two scrapes is `hung` in its health (what `watch` restarts)."""
+    healthy = {(r.node.index, r.service): r for r in rows if r.health in ("healthy", "running") and r.group is not None}
+    ranks = [s for s in t.plan.services if (s.node.index, s.service) in healthy and s.node.index not in unreachable]
+    for name, seen in rank_progress.hung_now(t, ranks).items():
+        s = next(s for s in ranks if s.name == name)
+        healthy[(s.node.index, s.service)].health = f"hung ({seen})"
 
 
 def outside_plan(r: StatusRow) -> bool:

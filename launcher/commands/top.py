@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from launcher.commands import rank_progress
 from launcher.commands.context import Connection, Target, connected, target
 from launcher.errors import Exit
 from launcher.output import console
@@ -21,6 +22,7 @@ from launcher.output.tables import print_json
 from launcher.output.top_view import table, to_json
 from launcher.plan import observe
 from launcher.plan.metrics import ScrapeTarget, scrape_targets
+from launcher.plan.stall import Tracker, Verdict
 from launcher.plan.state import Container
 from launcher.plan.types import Service
 from launcher.runtime.base import LIST_MARK, parse_after_mark
@@ -90,6 +92,9 @@ class Sampler:
         self.good: dict[str, list[tuple[float, observe.Parsed]]] = {}  # service -> last two good scrapes
         self.heard: dict[int, float] = {}  # node -> when it last answered (or was first asked)
         self.patience = 0.0  # a node whose answer is later than this counts as not answering
+        self.progress = Tracker()  # the progress rule (watch.hung_after): which ranks are hung
+        self.verdicts: dict[str, Verdict] = {}
+        self.span: float | None = None  # a one-shot view judges over what it saw (caps each window)
 
     def round(self, deadline: float, patience: float | None = None) -> list[observe.TopRow]:
         """Ask every node not still busy with the last round; wait until `deadline` seconds have passed.
@@ -118,7 +123,19 @@ class Sampler:
             for name, scrape in reading.scrapes.items():
                 if isinstance(scrape, observe.Parsed):
                     self.good[name] = [*self.good.get(name, [])[-1:], (reading.at, scrape)]
+            self.judge(reading)
         return [self.row(s) for s in self.shown]
+
+    def judge(self, reading: Reading) -> None:
+        """Each rank of the reading whose group has a window: hung or not (launcher.plan.stall)."""
+        for name, scrape in reading.scrapes.items():
+            service = self.targets[name].service
+            window = rank_progress.window(self.t, service)
+            if window is None or service.group is None:
+                continue
+            window = window if self.span is None else min(window, self.span)
+            parsed = scrape if isinstance(scrape, observe.Parsed) else None
+            self.verdicts[name] = self.progress.see(name, reading.at, parsed, window)
 
     def row(self, s: Service) -> observe.TopRow:
         target_ = self.targets.get(s.name)
@@ -138,7 +155,7 @@ class Sampler:
         elif isinstance(reading, str):
             row.state = f"node unreachable: {reading}"
         elif reading is not None:
-            row.state = self.state(s, reading, target_)
+            row.state = self.named(s, self.state(s, reading, target_))
             row.gpus = self.gpus(s, reading)
         return row
 
@@ -160,6 +177,11 @@ class Sampler:
             return "running (no metrics endpoint)"
         scrape = reading.scrapes.get(s.name)
         return "up" if isinstance(scrape, observe.Parsed) else f"metrics not answering: {scrape}"
+
+    def named(self, s: Service, state: str) -> str:
+        """`hung (...)` for a rank up whose progress the rule judges hung."""
+        verdict = self.verdicts.get(s.name)
+        return f"hung ({verdict.line})" if state == "up" and verdict is not None and verdict.hung else state
 
     def gpus(self, s: Service, reading: Reading) -> list[observe.Gpu] | None:
         if reading.gpus is None:
@@ -197,6 +219,7 @@ def two_rounds(sampler: Sampler, interval: float) -> list[observe.TopRow]:
     minute (connecting to many nodes of a busy machine takes seconds); a node still silent then is
     reported as such."""
     deadline = max(interval, JSON_ROUND_LIMIT)
+    sampler.span = interval / 2  # two scrapes an interval apart: no progress between them is the stall
     sampler.round(deadline, patience=deadline)
     time.sleep(interval)
     return sampler.round(deadline, patience=deadline)

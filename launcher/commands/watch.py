@@ -1,26 +1,32 @@
 """`launcher watch`: keep a deployment alive, like LeaderWorkerSet does on Kubernetes.
 
 A torch.distributed group cannot go on without one of its ranks, so when any rank of a worker group
-dies the whole group is recreated (every rank together). Single services (etcd, NATS, frontend,
-router) are restarted alone. Restarts back off (doubling) and stop at a maximum, after which watch
-exits 1 with a clear message; a unit healthy for `reset_after` seconds since its last restart starts
-counting afresh. Every action is logged here and in the head node's audit log. The deployment lock
-is only held while acting, so `down` from another shell is never blocked for long.
+dies, or is hung (requests running, no token progress in its `/metrics` for the file's
+`watch.hung_after`: launcher.plan.stall), the whole group is recreated (every rank together). Single
+services (etcd, NATS, frontend, router) are restarted alone. Restarts back off (doubling) and stop at the
+unit's budget (N restarts, within M minutes when the file says so: flags given win over the file), after
+which watch alerts (the audit log; the file's webhook) and exits 1 with a clear message; a unit healthy
+for `reset_after` seconds since its last restart starts counting afresh. Every decision is one line (what
+it saw, what it did, what happened) here, every action a line of the head node's audit log. The
+deployment lock is only held while acting, so `down` from another shell is never blocked for long.
+`dry_run`: the same decisions said, nothing done (no restart, no lock, no audit line).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from launcher.commands import locking
+from launcher.commands import alert, locking, rank_progress
 from launcher.commands.context import Connection, Target, connected, read_routes, target
 from launcher.commands.nodes import list_services, remove, restart_in_place, start
 from launcher.commands.waiter import Waiter
+from launcher.config.schema import WatchPolicy
 from launcher.errors import LauncherError
 from launcher.output import console
 from launcher.output.progress import Progress
+from launcher.plan.stall import Tracker
 from launcher.plan.state import Container
 from launcher.plan.types import Plan, Service
 
@@ -37,21 +43,86 @@ class Stopped(LauncherError):
     exit_code = 0
 
 
+DEFAULT_MAX_RESTARTS, DEFAULT_BACKOFF, DEFAULT_RESET_AFTER = 5, 5.0, 600.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    """When a unit is restarted: back-off doubling from `backoff`, at most `max_restarts` restarts counted
+    (those of the last `within` seconds, when set), the count starting afresh after `reset_after` healthy
+    seconds; `hung_after`: the window of the progress rule (None: not judged). Pure: `now` is given."""
+
+    max_restarts: int = DEFAULT_MAX_RESTARTS
+    backoff: float = DEFAULT_BACKOFF
+    reset_after: float = DEFAULT_RESET_AFTER
+    within: float | None = None
+    hung_after: float | None = None
+
+    def describe(self) -> str:
+        span = f" in {self.within / 60:g} min" if self.within else ""
+        hung = f", hung after {self.hung_after:g}s without progress" if self.hung_after else ""
+        return f"{self.max_restarts} restart(s){span}, back-off {self.backoff:g}s doubling{hung}"
+
+    def healthy(self, unit: Unit, now: float) -> str | None:
+        """A unit healthy for a long stretch since its last restart starts counting afresh: the maximum
+        is for crash loops, not for one fault a week. Returns the line saying so, if it did."""
+        if unit.times and now - unit.times[-1] > self.reset_after:
+            unit.times, unit.next_allowed = [], 0.0
+            return f"healthy for {self.reset_after:.0f}s, restart count reset"
+        return None
+
+    def counted(self, unit: Unit, now: float) -> int:
+        """The restarts that count against the budget now (those older than `within` drop out)."""
+        if self.within is not None:
+            unit.times = [t for t in unit.times if now - t < self.within]
+        return len(unit.times)
+
+    def exhausted(self, unit: Unit, now: float) -> bool:
+        return self.counted(unit, now) >= self.max_restarts
+
+    def count(self, unit: Unit, now: float) -> None:
+        unit.times.append(now)
+        unit.next_allowed = now + self.backoff * 2 ** (len(unit.times) - 1)
+
+
 @dataclass
 class Unit:
-    """What is restarted as one: a worker group, or one single service."""
+    """What is restarted as one: a worker group, or one single service; and its budget."""
 
     name: str
     services: list[Service]
-    restarts: int = 0
+    budget: Budget = field(default_factory=Budget)
+    times: list[float] = field(default_factory=list)  # when it was restarted (those still counted)
     next_allowed: float = 0.0
-    last_restart: float = 0.0
+    said: str = ""  # the last waiting decision said: said once, not every round
+
+    @property
+    def restarts(self) -> int:
+        return len(self.times)
 
 
-def units(plan: Plan) -> list[Unit]:
-    out = [Unit(s.service, [s]) for s in plan.services if s.group is None]
+def budget_of(policy: WatchPolicy, flags: dict[str, float | None]) -> Budget:
+    """A flag given on the command line wins; else the file's key (the group's over the deployment's);
+    else the default."""
+
+    def pick(flag: float | None, from_file: float | None, default: float) -> float:
+        return flag if flag is not None else from_file if from_file is not None else default
+
+    return Budget(
+        max_restarts=int(pick(flags.get("max_restarts"), policy.max_restarts, DEFAULT_MAX_RESTARTS)),
+        backoff=pick(flags.get("backoff"), policy.backoff, DEFAULT_BACKOFF),
+        reset_after=pick(flags.get("reset_after"), None, DEFAULT_RESET_AFTER),
+        within=None if policy.within is None else policy.within * 60,
+        hung_after=policy.hung_after,
+    )
+
+
+def units(plan: Plan, flags: dict[str, float | None] | None = None) -> list[Unit]:
+    flags = flags or {}
+    out = [Unit(s.service, [s], budget_of(WatchPolicy(), flags)) for s in plan.services if s.group is None]
     for group in plan.groups:
-        out.append(Unit(f"group {group.name}", [s for s in plan.services if s.group == group.name]))
+        members = [s for s in plan.services if s.group == group.name]
+        out.append(Unit(f"group {group.name}", members, budget_of(group.watch, flags)))
     return out
 
 
@@ -82,75 +153,136 @@ def run(config, config_opt, inventory, connection: Connection, **options) -> Non
             console.say(str(exc), to_stderr=True)  # not an error: someone ran `launcher down`
 
 
+@dataclass
+class Watcher:
+    """One watch: its units, the progress of their ranks, and what it may do."""
+
+    t: Target
+    progress: Progress
+    watched: list[Unit]
+    ready_timeout: float | None = None
+    dry_run: bool = False
+    tracker: Tracker = field(default_factory=Tracker)
+    no_data: dict[str, str] = field(default_factory=dict)  # rank -> why its metrics said nothing (said once)
+
+    def hung(self, found: dict[tuple[int, str], Container], unreachable: Collection[int]) -> dict[str, str]:
+        """The ranks judged by the progress rule this round that are hung: service name -> reason."""
+        running = [
+            s for u in self.watched if u.budget.hung_after for s in u.services
+            if s.node.index not in unreachable and (c := found.get((s.node.index, s.name))) is not None and c.running
+        ]  # fmt: skip
+        verdicts, failed = rank_progress.judge(
+            self.t, self.tracker, rank_progress.judged(self.t, running), time.monotonic()
+        )
+        for name, why in failed.items():
+            if self.no_data.get(name) != why:
+                self.progress.log(f"{name}: metrics give no data ({why}): its progress is not judged this round")
+        self.no_data = failed
+        tags = {s.name: s.tag for s in running}
+        return {name: f"{tags[name]} hung ({v.line})" for name, v in verdicts.items() if v.hung}
+
+    def round(self) -> None:
+        plan = self.t.plan
+        found, unreachable = list_services(self.t, timeout=LIST_TIMEOUT)
+        for i, why in unreachable.items():
+            self.progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
+        hung = self.hung(found, unreachable)
+        for unit in self.watched:
+            extra = [why for s in unit.services if (why := hung.get(s.name))]
+            self.decide(unit, dead(unit, found, unreachable) + extra, extra)
+
+    def decide(self, unit: Unit, reasons: list[str], hung: list[str]) -> None:
+        """What to do with one unit this round, explained in one line: what it saw, did, and what happened."""
+        now, budget = time.monotonic(), unit.budget
+        if not reasons:
+            if line := budget.healthy(unit, now):
+                self.progress.log(f"{unit.name}: {line}")
+            unit.said = ""
+            return
+        saw = "; ".join(reasons)
+        if budget.exhausted(unit, now):
+            self.give_up(unit, saw)
+        elif now < unit.next_allowed:
+            self.say_once(
+                unit,
+                f"saw {saw}; waits: back-off for {unit.next_allowed - now:.0f}s more"
+                f" ({unit.restarts}/{budget.max_restarts} restarts counted)",
+            )
+        elif self.dry_run:
+            self.say_once(
+                unit, f"saw {saw}; would restart it ({unit.restarts + 1}/{budget.max_restarts}); dry run: nothing done"
+            )
+        else:
+            _act(self, unit, hung)
+
+    def say_once(self, unit: Unit, line: str) -> None:
+        if unit.said != line.split(" for ")[0]:
+            unit.said = line.split(" for ")[0]
+            self.progress.log(f"{unit.name}: {line}")
+
+    def give_up(self, unit: Unit, saw: str) -> None:
+        """Past the budget: no more restarts. Alert: the audit log, and the webhook when the file names one."""
+        budget = unit.budget
+        counted = f"{unit.restarts} restart(s)" + (f" in {budget.within / 60:g} min" if budget.within else "")
+        if self.dry_run:
+            self.say_once(unit, f"saw {saw}; would give up ({counted}, the budget) and alert; dry run: nothing done")
+            return
+        plan = self.t.plan
+        locking.audit(locking.Site.of(self.t), f"watch: gave up on {unit.name} after {counted}: {saw}")
+        document = {
+            "deployment": plan.deployment, "unit": unit.name, "event": "gave up", "restarts": unit.restarts,
+            "budget": budget.describe(), "reasons": saw.split("; "),
+        }  # fmt: skip
+        sent = alert.webhook(plan, {k: plan.redactor()(v) if isinstance(v, str) else v for k, v in document.items()})
+        self.progress.log(
+            f"{unit.name}: saw {saw}; gave up after {counted}; alerted: audit log" + (f", {sent}" if sent else "")
+        )
+        raise GaveUp(
+            f"{unit.name} died again ({saw}) after {unit.restarts} restart(s): giving up."
+            f" `launcher logs` shows why; `launcher up` restarts it by hand."
+        )
+
+
 def watch(
     t: Target,
     progress: Progress,
     *,
     interval: float = 2.0,
-    max_restarts: int = 5,
-    backoff: float = 5.0,
-    reset_after: float = 600.0,
+    max_restarts: int | None = None,
+    backoff: float | None = None,
+    reset_after: float | None = None,
     ready_timeout: float | None = None,
     rounds: int | None = None,
+    dry_run: bool = False,
 ) -> None:
     plan = t.plan
-    watched = units(plan)
-    progress.log(f"watching {plan.deployment}: {len(watched)} unit(s) on {len(plan.nodes)} node(s), every {interval}s")
-    policy = Policy(max_restarts, backoff, reset_after)
+    flags = {"max_restarts": max_restarts, "backoff": backoff, "reset_after": reset_after}
+    watcher = Watcher(t, progress, units(plan, flags), ready_timeout, dry_run)
+    mode = " (dry run: says what it would do, does nothing)" if dry_run else ""
+    progress.log(
+        f"watching {plan.deployment}: {len(watcher.watched)} unit(s) on {len(plan.nodes)} node(s),"
+        f" every {interval}s{mode}"
+    )
+    for unit in watcher.watched:
+        if unit.services[0].group is not None:
+            progress.log(f"{unit.name}: policy {unit.budget.describe()}")
     done = 0
     while rounds is None or done < rounds:
         done += 1
         tick = time.monotonic()
-        found, unreachable = list_services(t, timeout=LIST_TIMEOUT)
-        for i, why in unreachable.items():
-            progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
-        for unit in watched:
-            reasons = dead(unit, found, unreachable)
-            if policy.due(unit, reasons, progress):
-                _act(t, progress, unit, policy, ready_timeout)
+        watcher.round()
         time.sleep(max(0.0, interval - (time.monotonic() - tick)))
 
 
-@dataclass(frozen=True)
-class Policy:
-    """When a dead unit is restarted: back-off doubling from `backoff`, at most `max_restarts` times,
-    the count starting afresh after `reset_after` healthy seconds."""
-
-    max_restarts: int
-    backoff: float
-    reset_after: float
-
-    def due(self, unit: Unit, reasons: list[str], progress: Progress) -> bool:
-        now = time.monotonic()
-        if not reasons:
-            # A unit healthy for a long stretch since its last restart starts counting afresh: the
-            # maximum is for crash loops, not for one fault a week.
-            if unit.restarts and now - unit.last_restart > self.reset_after:
-                progress.log(f"{unit.name}: healthy for {self.reset_after:.0f}s, restart count reset")
-                unit.restarts, unit.next_allowed = 0, 0.0
-            return False
-        if unit.restarts >= self.max_restarts:
-            raise GaveUp(
-                f"{unit.name} died again ({'; '.join(reasons)}) after {unit.restarts} restart(s):"
-                f" giving up. `launcher logs` shows why; `launcher up` restarts it by hand."
-            )
-        return now >= unit.next_allowed
-
-    def count(self, unit: Unit) -> None:
-        now = time.monotonic()
-        unit.restarts += 1
-        unit.last_restart = now
-        unit.next_allowed = now + self.backoff * 2 ** (unit.restarts - 1)
-
-
-def _act(t: Target, progress: Progress, unit: Unit, policy: Policy, ready_timeout: float | None) -> None:
-    """Under the lock, look again and restart the unit if it is still dead."""
+def _act(w: Watcher, unit: Unit, hung: list[str]) -> None:
+    """Under the lock, look again and restart the unit if it is still dead (or one of its ranks hung)."""
+    t, progress, budget = w.t, w.progress, unit.budget
     plan, site = t.plan, locking.Site.of(t)
     try:
         lock = locking.acquire(site, "launcher watch")
     except locking.Locked as exc:
         # An `up` or `down` is at work: its outcome is seen next round, nothing is counted.
-        progress.log(f"{unit.name}: not restarted now: {exc}")
+        progress.log(f"{unit.name}: not restarted now: {exc} (tried again next round)")
         return
     try:
         # Under the lock, look again: a `down` since the listing means stop watching; a unit
@@ -159,15 +291,22 @@ def _act(t: Target, progress: Progress, unit: Unit, policy: Policy, ready_timeou
             raise Stopped(f"watch ends: {plan.deployment} was taken down ({why})")
         nodes = sorted({s.node.index for s in unit.services})
         found, unreachable = list_services(t, nodes, timeout=LIST_TIMEOUT)
-        reasons = dead(unit, found, unreachable)
+        reasons = dead(unit, found, unreachable) + hung
         if not reasons:
             progress.log(f"{unit.name}: running again, nothing to do")
             return
-        policy.count(unit)
-        action = f"restarting {unit.name} ({unit.restarts}/{policy.max_restarts}): {'; '.join(reasons)}"
+        budget.count(unit, time.monotonic())
+        action = f"restarting {unit.name} ({unit.restarts}/{budget.max_restarts}): {'; '.join(reasons)}"
         progress.log(action)
         locking.audit(site, f"watch: {action}")
-        lock.outcome = restart(t, progress, unit, found, ready_timeout)
+        lock.outcome = restart(t, progress, unit, found, w.ready_timeout)
+        w.tracker.forget([s.name for s in unit.services])
+        delay = budget.backoff * 2 ** (unit.restarts - 1)
+        result = lock.outcome.removeprefix("watch: ")
+        progress.log(
+            f"{unit.name}: saw {'; '.join(reasons)}; restarted it ({unit.restarts}/{budget.max_restarts},"
+            f" back-off {delay:g}s before another); {result}"
+        )
     finally:
         try:
             locking.release(site, lock)

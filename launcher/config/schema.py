@@ -254,6 +254,31 @@ class FabricSpec(Strict):
     iters: Annotated[int, Field(ge=1, le=100)] = 3
 
 
+class WatchPolicy(Strict):
+    """`watch:` for the whole deployment, or for one group (a group's keys win over the deployment's):
+    what `launcher watch` does with it. Unset keys fall back to watch's flags; a flag given on the command
+    line wins over the file."""
+
+    hung_after: Annotated[float, Field(gt=0, le=86400)] | None = Field(
+        default=None, description="seconds a rank with requests running may make no token progress before it is hung"
+    )
+    max_restarts: Annotated[int, Field(ge=0, le=1000, strict=True)] | None = Field(
+        default=None, description="the restart budget: at most this many restarts within `within` minutes"
+    )
+    within: Annotated[float, Field(gt=0, le=10080)] | None = Field(
+        default=None, description="minutes the restart budget counts over (unset: until --reset-after healthy seconds)"
+    )
+    backoff: Annotated[float, Field(ge=0, le=86400)] | None = Field(
+        default=None, description="seconds before the first restart's successor; doubles with each restart"
+    )
+
+
+class DeploymentWatch(WatchPolicy):
+    webhook_url_env: EnvName | None = Field(
+        default=None, description="a declared secret (`secrets:`) holding a URL: sent a JSON alert when watch gives up"
+    )
+
+
 class GroupSpec(Strict):
     engine: str
     # A count (per replica), a list (every replica's nodes, packed in order: N x the nodes of one), or
@@ -280,6 +305,7 @@ class GroupSpec(Strict):
     # The fabric check's rendezvous: default by engine (dynamo-sglang, sglang and dynamo-vllm ranks
     # rendezvous; mocker ranks never do; a `command` group may ask for it).
     fabric: bool | None = None
+    watch: WatchPolicy = WatchPolicy()
 
     @field_validator("nodes")
     @classmethod
@@ -369,6 +395,7 @@ class DeploymentSpec(Strict):
     metrics: MetricsSpec = MetricsSpec()
     network: NetworkSpec = NetworkSpec()
     fabric: FabricSpec = FabricSpec()
+    watch: DeploymentWatch = DeploymentWatch()
     groups: Annotated[dict[GroupName, GroupSpec], Field(max_length=MAX_GROUPS)]
     profiles: Profiles = {}
     state_dir: str = "/var/tmp/launcher"

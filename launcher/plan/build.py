@@ -17,6 +17,7 @@ from launcher.config.schema import (
     GroupSpec,
     ProfileGroup,
     ServiceSpec,
+    WatchPolicy,
     as_text,
 )
 from launcher.errors import ConfigError
@@ -74,6 +75,7 @@ def build(loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None) -
         secret_sources=secret_sources(b.services, loaded),
         drain_timeout=spec.drain_timeout,
         migration_limit=spec.services.frontend.migration_limit if spec.services.frontend.enabled else None,
+        watch_webhook_env=b.watch_webhook(),
     )
 
 
@@ -302,7 +304,25 @@ class Builder:
             base=ctx.name,
             replica=ctx.replica,
             replicas=ctx.replicas,
+            watch=self.watch_policy(ctx.name),
         )
+
+    def watch_policy(self, group: str) -> WatchPolicy:
+        """The group's `watch:` keys over the deployment's."""
+        mine = self.spec.groups[group].watch.model_dump(exclude_none=True)
+        shared = self.spec.watch.model_dump(exclude_none=True, exclude={"webhook_url_env"})
+        return WatchPolicy(**{**shared, **mine})
+
+    def watch_webhook(self) -> str | None:
+        """watch.webhook_url_env: a declared secret whose value is an http(s) URL (checked here, never shown)."""
+        name, key = self.spec.watch.webhook_url_env, ("watch", "webhook_url_env")
+        if name is None:
+            return None
+        if name not in self.secret_names:
+            raise self.error(f"{name}: expected a secret declared under `secrets:` (the alert webhook's URL)", *key)
+        if not self.loaded.secret_values[name].startswith(("http://", "https://")):
+            raise self.error(f"the secret {name} must hold an http:// or https:// URL (its value is not shown)", *key)
+        return name
 
     def replica_spec(
         self, group: GroupSpec, engine: Engine, first: GroupContext, placed: list[list[Node]], replica: int

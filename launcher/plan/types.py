@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from launcher.config.redact import Redactor
-from launcher.config.schema import ContainerSettings, FabricSpec, SSHSettings
+from launcher.config.schema import ContainerSettings, FabricSpec, SSHSettings, WatchPolicy
 
 LABEL = "launcher"  # label prefix: launcher.deployment, launcher.role, ...
 # The fabric check's containers: launcher.fabric=<deployment>/<run id>, launcher.fabric.deployment=<deployment>
@@ -139,6 +139,8 @@ class Group:
     base: str = ""
     replica: int = 0
     replicas: int = 1
+    # `watch:` of the file for this group (its own keys over the deployment's): hung window, restart budget
+    watch: WatchPolicy = field(default_factory=WatchPolicy)
 
     def __post_init__(self) -> None:
         self.base = self.base or self.name
@@ -191,6 +193,7 @@ class Plan:
     secret_sources: dict[str, str] = field(default_factory=dict)
     drain_timeout: float = 60.0  # seconds a stop waits for a worker's in-flight requests (drain_timeout)
     migration_limit: int | None = None  # the Dynamo frontend's --migration-limit (None: no Dynamo frontend)
+    watch_webhook_env: str | None = None  # watch.webhook_url_env: the declared secret holding the alert URL
 
     def redactor(self) -> Redactor:
         """The one redactor for whatever leaves the launcher about this deployment (see config.redact)."""

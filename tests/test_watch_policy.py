@@ -1,0 +1,224 @@
+"""`watch`'s rules, pure: the progress rule (launcher.plan.stall) on real Dynamo scrapes, the restart
+budget and back-off (watch.Budget), which setting wins (flag, group, deployment, default), the file's
+`watch:` keys and the alert webhook (a receiver written here on loopback: the user's endpoint)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from launcher.commands import alert
+from launcher.commands.watch import Budget, Unit, budget_of, units
+from launcher.config.load import load as load_config
+from launcher.config.schema import WatchPolicy
+from launcher.errors import ConfigError
+from launcher.plan import observe
+from launcher.plan.build import build as build_plan
+from launcher.plan.stall import Tracker, in_flight, progress_count
+from tests.helpers import MINIMAL, run_cli, write
+
+DATA = Path(__file__).parent / "data" / "metrics"
+DECODE = (DATA / "dynamo-1.6.1-mocker-decode.txt").read_text()
+PREFILL = (DATA / "dynamo-1.6.1-mocker-prefill.txt").read_text()
+
+
+def with_value(text: str, sample: str, value: float) -> str:
+    """The scrape with one sample (its first series) set to VALUE: a later scrape of the same rank."""
+    return re.sub(rf"^({re.escape(sample)}(?:\{{[^}}]*\}})?) \S+$", rf"\g<1> {value}", text, count=1, flags=re.M)
+
+
+def decode(running: float, itl: float) -> observe.Parsed:
+    text = with_value(DECODE, "vllm:num_requests_running", running)
+    return observe.parse(with_value(text, "vllm:inter_token_latency_seconds_count", itl))
+
+
+# -- the progress rule ----------------------------------------------------------------------------
+
+
+def test_the_real_scrapes_give_work_in_flight_and_a_progress_count():
+    assert in_flight(decode(3, 241)) == 3
+    # an engine gauge still at 0 while Dynamo counts 2 requests in its handler (a step that never ends)
+    held = observe.parse(with_value(DECODE, "dynamo_component_inflight_requests", 2))
+    assert held.first(("vllm:num_requests_running",)) == 0 and in_flight(held) == 2
+    assert progress_count(decode(3, 241)) == progress_count(decode(3, 240)) + 1  # one more token: progress
+    prefill = observe.parse(PREFILL)  # Dynamo's own metrics only: in-flight requests and bytes streamed back
+    assert in_flight(prefill) == 0 and progress_count(prefill) == 3885
+
+
+def test_a_rank_with_work_in_flight_and_no_progress_is_hung_after_the_window():
+    tracker = Tracker()
+    states = [tracker.see("r0", at, decode(2, 100), window=10).state for at in (0, 5, 9.9, 10)]
+    assert states == ["progressing", "stalled", "stalled", "hung"]
+    verdict = tracker.see("r0", 12, decode(2, 100), window=10)
+    assert verdict.hung and verdict.line == "2 request(s) running, no token progress for 12.0s"
+    # one token more and it is progressing again; its stall counts from there
+    assert tracker.see("r0", 13, decode(2, 101), window=10).state == "progressing"
+    assert tracker.see("r0", 22, decode(2, 101), window=10).state == "stalled"
+
+
+def test_an_idle_rank_is_never_hung_however_long_nothing_moves():
+    tracker = Tracker()
+    assert {tracker.see("r0", at, decode(0, 100), window=10).state for at in range(0, 100, 5)} == {"idle"}
+    # work arriving starts the clock then, not at the last token an hour ago
+    assert tracker.see("r0", 100, decode(1, 100), window=10).state == "stalled"
+    assert tracker.see("r0", 111, decode(1, 100), window=10).hung
+
+
+def test_no_data_neither_proves_progress_nor_makes_a_rank_hung():
+    tracker = Tracker()
+    tracker.see("r0", 0, decode(1, 100), window=10)
+    assert tracker.see("r0", 30, None, window=10).state == "no data"
+    assert tracker.see("r0", 31, decode(1, 100), window=10).hung  # the stall went on meanwhile
+    blank = observe.parse("# nothing a rank counts\nother_metric 1\n")
+    assert tracker.see("r1", 0, blank, window=1).state == "no data"
+    assert tracker.see("r1", 50, blank, window=1).state == "no data"
+
+
+def test_a_counter_that_went_down_is_a_restarted_engine_not_a_stall():
+    tracker = Tracker()
+    tracker.see("r0", 0, decode(1, 500), window=10)
+    assert tracker.see("r0", 9, decode(1, 3), window=10).state == "progressing"
+    tracker.forget(["r0"])
+    assert tracker.see("r0", 100, decode(1, 3), window=10).state == "progressing"  # a fresh start
+
+
+# -- the budget and back-off ----------------------------------------------------------------------
+
+
+def test_backoff_doubles_and_the_budget_counts_restarts_within_its_window():
+    budget, unit = Budget(max_restarts=3, backoff=10, within=300), Unit("group decode", [])
+    budget.count(unit, 0)
+    assert unit.next_allowed == 10
+    budget.count(unit, 10)
+    assert unit.next_allowed == 30
+    budget.count(unit, 30)
+    assert unit.next_allowed == 70
+    assert budget.exhausted(unit, 70)  # 3 restarts in 5 minutes
+    assert not budget.exhausted(unit, 301)  # the first dropped out of the window: one more is allowed
+    assert unit.restarts == 2
+
+
+def test_without_a_window_the_count_resets_only_after_reset_after_healthy_seconds():
+    budget, unit = Budget(max_restarts=2, backoff=1, reset_after=60), Unit("etcd", [])
+    budget.count(unit, 0)
+    budget.count(unit, 5)
+    assert budget.exhausted(unit, 10_000)
+    assert budget.healthy(unit, 30) is None and unit.restarts == 2
+    assert budget.healthy(unit, 66) == "healthy for 60s, restart count reset"
+    assert unit.restarts == 0 and unit.next_allowed == 0 and not budget.exhausted(unit, 66)
+
+
+def test_a_flag_given_wins_over_the_group_which_wins_over_the_deployment_and_the_default(tmp_path):
+    text = MINIMAL + "watch: {max_restarts: 7, backoff: 2, hung_after: 30}\n"
+    text = text.replace(
+        "    args: {tp-size: 16}\n", "    args: {tp-size: 16}\n    watch: {max_restarts: 2, within: 10}\n"
+    )
+    plan = build_plan(load_config(write(tmp_path, text), environ={}))
+    found = {u.name: u.budget for u in units(plan)}
+    assert found["group decode"] == Budget(max_restarts=2, backoff=2, within=600, hung_after=30)
+    assert found["group prefill"] == Budget(max_restarts=7, backoff=2, hung_after=30)
+    assert found["etcd"] == Budget()  # single services: flags or the defaults
+    flagged = {u.name: u.budget for u in units(plan, {"max_restarts": 4, "backoff": None, "reset_after": 9})}
+    assert flagged["group decode"] == Budget(max_restarts=4, backoff=2, reset_after=9, within=600, hung_after=30)
+    assert budget_of(WatchPolicy(), {}) == Budget(max_restarts=5, backoff=5.0, reset_after=600.0)
+
+
+@pytest.mark.parametrize(
+    ("watch", "expected"),
+    [
+        ("{hung_after: 0}", "watch.hung_after"),
+        ("{max_restarts: true}", "watch.max_restarts"),
+        ("{within: -1}", "watch.within"),
+        ("{retries: 3}", "watch.retries"),
+    ],
+)
+def test_bad_watch_keys_give_one_line_naming_the_key(tmp_path, capsys, watch, expected):
+    text = MINIMAL.replace("    args: {tp-size: 16}\n", f"    args: {{tp-size: 16}}\n    watch: {watch}\n")
+    code, _, err = run_cli(["plan", str(write(tmp_path, text))], capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert f"groups.decode.{expected}" in err.splitlines()[0], err
+
+
+def test_the_webhook_must_be_a_declared_secret_holding_an_http_url(tmp_path):
+    text = MINIMAL + "secrets: [HOOK]\nwatch: {webhook_url_env: HOOK}\n"
+    plan = build_plan(load_config(write(tmp_path, text), environ={"HOOK": "http://127.0.0.1:9/alert"}))
+    assert plan.watch_webhook_env == "HOOK"
+    with pytest.raises(ConfigError) as not_url:
+        build_plan(load_config(write(tmp_path, text), environ={"HOOK": "ftp://secret-host/x"}))
+    assert "HOOK must hold an http:// or https:// URL" in str(not_url.value)
+    assert "secret-host" not in str(not_url.value)
+    undeclared = MINIMAL + "watch: {webhook_url_env: HOOK}\n"
+    with pytest.raises(ConfigError, match="HOOK: expected a secret declared under `secrets:`"):
+        build_plan(load_config(write(tmp_path, undeclared), environ={"HOOK": "http://x"}))
+
+
+# -- the webhook ----------------------------------------------------------------------------------
+
+
+class Receiver(ThreadingHTTPServer):
+    """The user's alert endpoint on loopback: counts what it is sent; `delay` makes it slow to answer."""
+
+    daemon_threads = True
+
+    def __init__(self, delay: float = 0.0):
+        self.received: list[dict] = []
+        self.delay = delay
+        super().__init__(("127.0.0.1", 0), _Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hooks/T0KEN-in-the-path"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        time.sleep(self.server.delay)  # type: ignore[attr-defined]
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append(json.loads(body))  # type: ignore[attr-defined]
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def plan_with_hook(tmp_path: Path, url: str):
+    text = MINIMAL + "secrets: [HOOK]\nwatch: {webhook_url_env: HOOK}\n"
+    return build_plan(load_config(write(tmp_path, text), environ={"HOOK": url}))
+
+
+def test_the_webhook_receives_the_alert_as_json(tmp_path):
+    receiver = Receiver()
+    try:
+        said = alert.webhook(plan_with_hook(tmp_path, receiver.url), {"unit": "group decode", "event": "gave up"})
+    finally:
+        receiver.shutdown()
+    assert said == "webhook (HOOK) answered HTTP 204"
+    assert receiver.received == [{"unit": "group decode", "event": "gave up"}]
+
+
+def test_a_failed_or_slow_webhook_is_one_line_within_the_timeout_and_never_shows_the_url(tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/hooks/T0KEN-in-the-path"
+    said = alert.webhook(plan_with_hook(tmp_path, closed), {"event": "gave up"})
+    assert said is not None and said.startswith("webhook (HOOK) failed: ") and "T0KEN" not in said, said
+    monkeypatch.setattr(alert, "WEBHOOK_TIMEOUT", 0.5)
+    slow = Receiver(delay=3)
+    try:
+        started = time.monotonic()
+        said = alert.webhook(plan_with_hook(tmp_path, slow.url), {"event": "gave up"})
+        took = time.monotonic() - started
+    finally:
+        slow.shutdown()
+    assert said == "webhook (HOOK) failed: no answer within 0.5s", said
+    assert took < 2.5, took  # bounded: not the receiver's 3 s
+    assert alert.webhook(build_plan(load_config(write(tmp_path, MINIMAL), environ={})), {}) is None
