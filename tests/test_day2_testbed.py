@@ -1,0 +1,407 @@
+"""Issue 28, cases 1-4, under AIPerf's streaming load, on the testbed's docker runtime (an sshd and a dockerd
+per node): a mocker deployment of 2 prefill and 2 decode replicas, one node each (nodes 0-3, the services on
+node 0; node 4 free for a third decode replica), every mocker taking STARTUP seconds to "load its model"
+(`--startup-time`), so that a roll step is slow enough to matter. Each step is a fresh `launcher` subprocess.
+
+The load is the real AIPerf 0.13 client of `launcher bench` (its env: scripts/bench-env), run here against the
+frontend on node 0: streamed chat completions of exactly OSL tokens at a fixed concurrency, its per-request
+records exported (`--export-level records`). A case starts it, waits until requests flow, makes its change,
+waits until requests that began after it have completed, then ends it with Ctrl-C (SIGINT: AIPerf stops
+sending and writes its results; the CONCURRENCY requests in flight at that moment, begun after the change, it
+drops: they are in neither its records nor its error count, so the case ends a fixed time after its change, not
+a --benchmark-duration chosen to outlast it). What is asserted comes from AIPerf's own export: its error count
+0, every recorded request streamed all its OSL tokens, and the load covered the change (requests began before,
+during and after it).
+
+1. a decode flag changed, rolling `up` (one replica at a time, each drained first): 0 failed, 0 truncated;
+   p99 TTFT during the roll against before it (printed); both decode containers on the new spec after;
+2. `scale decode=3` (a replica on the free node), then `scale decode=2` (drained first): 0 failed;
+3. a change that makes the new replica exit: rolled back, exit 1 naming the replica and the cause, 0 failed,
+   the previous containers running again;
+4. `down` with AIPerf's requests in flight (long streams): every one completes whole, each worker drained
+   first; nothing is left on any node."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.commands.bench_client import env_writing_bytecode, read_export
+from launcher.plan.drain import samples, worker_in_flight
+from tests.bench_env import bench_env  # noqa: F401
+from tests.helpers import REPO, launcher_on, wait_for
+
+pytestmark = pytest.mark.testbed
+
+NAME = "testbed-small"
+STARTUP = 3  # seconds each mocker takes to start (--startup-time); the rolled spec takes STARTUP + 1
+CONCURRENCY = 4  # AIPerf's streams in flight at every moment
+ISL, OSL = 64, 200  # a stream of ~1.5 s at speedup 1: many start and end during each roll step
+LONG_OSL = 1500  # ~10 s: streams still running when `down` reads the workers' counts
+AIPERF_LIMIT = 600  # seconds: AIPerf's --benchmark-duration, a bound only (each case ends it once done)
+FRONTEND_PORT = 8000
+DECODE_PORT = 9090  # the decode mockers' system port (/metrics): replicas on nodes of their own share it
+DECODE_NODES = (2, 3)  # prefill's 2 replicas take nodes 0 and 1, decode's the next two
+SPARE = 4  # the free node `scale decode=3` puts the third decode replica on
+LABEL = f"label=launcher.deployment={NAME}"
+
+
+@dataclass
+class Deployment:
+    testbed: object
+    config: Path
+    data: dict
+    dir: Path
+    aiperf: Path
+
+    def write(self) -> None:
+        self.config.write_text(yaml.safe_dump(self.data, sort_keys=False))
+
+    def launcher(self, *args: str) -> subprocess.CompletedProcess:
+        return launcher_on(self.testbed, self.config, *args, cwd=self.dir)
+
+    def load(self, name: str, **kw) -> AIPerf:
+        return AIPerf(self.aiperf, self.testbed.nodes[0][1], self.dir / name, **kw)
+
+
+@pytest.fixture(scope="module")
+def deployed(testbed, bench_env, tmp_path_factory):  # noqa: F811
+    work = tmp_path_factory.mktemp("day2")
+    data = yaml.safe_load((REPO / "configs" / "testbed-small.yaml").read_text())
+    for group in ("prefill", "decode"):
+        data["groups"][group].update(nodes=1, replicas=2)
+        data["groups"][group]["args"] = {"speedup-ratio": 1, "startup-time": STARTUP}
+    data["drain_timeout"] = 60
+    d = Deployment(testbed, work / "small.yaml", data, work, bench_env)
+    d.write()
+    up = d.launcher("up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield d
+    finally:
+        d.launcher("down", "--now")
+
+
+# -- AIPerf in the background --------------------------------------------------------------------------
+
+
+def frontend_requests(address: str) -> float:
+    """The requests the frontend has answered so far (its own counter), 0 while it cannot be read."""
+    try:
+        with urllib.request.urlopen(f"http://{address}:{FRONTEND_PORT}/metrics", timeout=5) as r:
+            text = r.read(4 << 20).decode()
+        return sum(v for _, _, v in samples(text, ("dynamo_frontend_requests_total",)))
+    except (OSError, ValueError):
+        return 0.0
+
+
+class AIPerf:
+    """AIPerf streaming chat completions of `osl` tokens at CONCURRENCY through the frontend, in its own
+    session; `count` requests in all, or (None) until `stop()`. Its artifacts in `out`."""
+
+    def __init__(self, bin_dir: Path, address: str, out: Path, osl: int = OSL, count: int | None = None):
+        self.address, self.out, self.osl = address, out, osl
+        self.argv = [
+            str(bin_dir / "aiperf"), "profile", "--model", "tiny", "--tokenizer", str(REPO / "models" / "tiny"),
+            "--endpoint-type", "chat", "--endpoint", "/v1/chat/completions", "--streaming",
+            "--url", f"http://{address}:{FRONTEND_PORT}",
+            "--isl", str(ISL), "--isl-stddev", "0", "--osl", str(osl), "--osl-stddev", "0",
+            "--extra-inputs", f"max_tokens:{osl}", "--extra-inputs", f"min_tokens:{osl}",
+            "--extra-inputs", "ignore_eos:true", "--use-server-token-count",
+            "--concurrency", str(CONCURRENCY), "--random-seed", "28", "--num-dataset-entries", "8",
+            "--artifact-dir", str(out), "--ui", "none", "--export-level", "records",
+            # the fewest processes AIPerf starts with (its start-up is most of its CPU): no GPU or server
+            # metrics collectors, one worker and one record processor (4 streams need no more), 8 prompts
+            # made (100 by default: seconds of its start-up) and sent in turn
+            "--no-gpu-telemetry", "--no-server-metrics", "--workers-max", "1", "--record-processor-service-count", "1",
+            *(["--request-count", str(count)] if count else ["--benchmark-duration", str(AIPERF_LIMIT)]),
+        ]  # fmt: skip
+        self.stopped_ns: int | None = None
+
+    def __enter__(self) -> AIPerf:
+        self.out.mkdir(parents=True)
+        self.log = (self.out.parent / f"{self.out.name}.log").open("w")
+        self.proc = subprocess.Popen(self.argv, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=env_writing_bytecode())  # fmt: skip
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:  # a failed assertion inside: its whole process group goes
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+    def flowing(self, more: int = 2 * CONCURRENCY, limit: float = 180) -> None:
+        """Wait until the frontend has answered `more` requests from now on (AIPerf's start-up included)."""
+        base = frontend_requests(self.address)
+
+        def served() -> bool:
+            assert self.proc.poll() is None, f"AIPerf ended early: {self.tail()}"
+            return frontend_requests(self.address) >= base + more
+
+        wait_for(served, limit, 0.5, f"{more} requests through the frontend")
+
+    def during(self, change) -> tuple[subprocess.CompletedProcess, tuple[int, int]]:
+        """change() run under the flowing load; returns its outcome and its window (epoch ns)."""
+        self.flowing()
+        began = time.time_ns()
+        outcome = change()
+        window = (began, time.time_ns())
+        self.flowing()  # at most one request per stream began before the change ended: half of these after
+        return outcome, window
+
+    def stop(self) -> None:
+        """Ctrl-C: AIPerf stops sending, cancels what is in flight and writes its export."""
+        self.stopped_ns = time.time_ns()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        self.proc.wait(timeout=120)
+
+    def finish(self, limit: float = 180) -> int:
+        return self.proc.wait(timeout=limit)
+
+    def tail(self) -> str:
+        return "\n".join((self.out.parent / f"{self.out.name}.log").read_text(errors="replace").splitlines()[-15:])
+
+    def records(self) -> list[dict]:
+        path = self.out / "profile_export.jsonl"
+        assert path.exists(), f"AIPerf wrote no records: {self.tail()}"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def summary(self) -> dict:
+        return read_export(self.out)
+
+
+@dataclass
+class Judged:
+    """AIPerf's per-request records sorted: streamed whole (no error, exactly OSL tokens), failed or
+    truncated, and any that AIPerf marks cancelled by the test's Ctrl-C (AIPerf 0.13 drops those instead)."""
+
+    whole: list[dict]
+    bad: list[dict]
+    cancelled: list[dict]
+
+    def started(self, since: int, until: int | None = None) -> list[dict]:
+        return [r for r in self.whole + self.bad if since <= r["metadata"]["request_start_ns"] < (until or 1 << 64)]
+
+
+def judge(load: AIPerf) -> Judged:
+    whole, bad, cancelled = [], [], []
+    for r in load.records():
+        meta = r["metadata"]
+        tokens = (r.get("metrics") or {}).get("output_sequence_length", {}).get("value")
+        if meta.get("was_cancelled") and load.stopped_ns and (meta.get("cancellation_time_ns") or 0) >= load.stopped_ns:
+            cancelled.append(r)
+        elif r.get("error") is None and tokens == load.osl:
+            whole.append(r)
+        else:
+            bad.append(r)
+    return Judged(whole, bad, cancelled)
+
+
+def p99_ttft_ms(records: list[dict]) -> str:
+    values = sorted(r["metrics"]["time_to_first_token"]["value"] for r in records)
+    return f"{values[min(len(values) - 1, int(0.99 * len(values)))]:.0f} ms of {len(values)}" if values else "none"
+
+
+def check_load(load: AIPerf, judged: Judged, windows: list[tuple[int, int]]) -> None:
+    """What every case asserts of its AIPerf run: no request failed or came short, the export's own error
+    count is only the requests its Ctrl-C cancelled (at most one per stream), and requests started before
+    each change, during it and after it (the load covered it)."""
+    assert judged.bad == [], [(r["metadata"]["request_start_ns"], r.get("error")) for r in judged.bad][:10]
+    assert len(judged.cancelled) <= CONCURRENCY, judged.cancelled
+    errors = load.summary().get("error_request_count", {}).get("avg", 0)
+    assert errors == len(judged.cancelled), (errors, load.summary().get("error_summary"))
+    first, last = windows[0][0], windows[-1][1]
+    assert len(judged.started(0, first)) >= CONCURRENCY, "no load before the change"
+    assert all(judged.started(a, b) for a, b in windows), "a change with no request started during it"
+    assert judged.started(last), "no request started after the change"
+
+
+def decode_containers(testbed, nodes: tuple[int, ...]) -> dict[str, str]:
+    """name -> 'state spec' of the deployment's decode containers on these nodes (held ones included)."""
+    out = {}
+    for i in nodes:
+        listing = testbed.ssh(
+            i,
+            f"docker ps -a --filter {LABEL} --filter label=launcher.role=decode"
+            " --format '{{.Names}} {{.State}} {{.Label \"launcher.spec\"}}'",
+        ).stdout
+        for line in listing.splitlines():
+            name, state, spec = line.split()
+            out[name] = f"{state} {spec}"
+    return out
+
+
+def summary_line(case: str, judged: Judged, took: float, windows: list[tuple[int, int]]) -> str:
+    before = p99_ttft_ms(judged.started(0, windows[0][0]))
+    during = p99_ttft_ms([r for a, b in windows for r in judged.started(a, b)])
+    return (
+        f"\n{case}: {took:.1f}s; AIPerf (concurrency {CONCURRENCY}, ISL {ISL}, OSL {OSL}): {len(judged.whole)} whole,"
+        f" {len(judged.bad)} failed or truncated, {len(judged.cancelled)} cancelled at its end;"
+        f" p99 TTFT before {before}, during {during}"
+    )
+
+
+# -- the cases ------------------------------------------------------------------------------------------
+
+
+def test_rolling_up_a_decode_flag_under_aiperf(deployed):
+    d = deployed
+    before = decode_containers(d.testbed, DECODE_NODES)
+    assert sorted(before) == [f"{NAME}-decode-r0", f"{NAME}-decode.1-r0"], before
+    assert all(v.startswith("running ") for v in before.values()), before
+
+    d.data["groups"]["decode"]["args"]["startup-time"] = STARTUP + 1
+    d.write()
+    with d.load("roll") as load:
+        roll, window = load.during(lambda: d.launcher("up"))
+        took = (window[1] - window[0]) / 1e9
+        load.stop()
+    judged = judge(load)
+    print(summary_line("rolling up of 2 decode replicas", judged, took, [window]))
+    check_load(load, judged, [window])
+    out = roll.stdout + roll.stderr
+    assert roll.returncode == 0, out
+    assert out.count("rolled decode") == 2 and "smoke request(s) until one reached it" in out, out
+    after = decode_containers(d.testbed, DECODE_NODES)
+    assert sorted(after) == sorted(before), after  # the held ones removed
+    assert all(after[n].startswith("running ") and after[n] != before[n] for n in after), (before, after)
+
+
+def test_scale_decode_out_and_in_under_aiperf(deployed):
+    d = deployed
+    third = f"{NAME}-decode.2-r0"
+    with d.load("scale") as load:
+        out3, grow = load.during(lambda: d.launcher("scale", "decode=3"))
+        added = decode_containers(d.testbed, (SPARE,))
+        out2, shrink = load.during(lambda: d.launcher("scale", "decode=2"))
+        load.stop()
+    judged = judge(load)
+    print(summary_line("scale decode=3", judged, (grow[1] - grow[0]) / 1e9, [grow]))
+    print(summary_line("scale decode=2", judged, (shrink[1] - shrink[0]) / 1e9, [shrink]))
+    check_load(load, judged, [grow, shrink])
+    assert out3.returncode == 0, out3.stdout + out3.stderr
+    assert list(added) == [third] and added[third].startswith("running "), added
+    assert out2.returncode == 0, out2.stdout + out2.stderr
+    assert f"drain: decode.2-r0 on node {SPARE}: " in out2.stdout + out2.stderr, out2.stdout + out2.stderr
+    assert decode_containers(d.testbed, (SPARE,)) == {}
+    assert "replicas: 2" in d.config.read_text()
+
+
+def test_a_new_replica_that_exits_is_rolled_back_under_aiperf(deployed):
+    d = deployed
+    before = decode_containers(d.testbed, DECODE_NODES)
+    d.data["groups"]["decode"]["args"]["extra-engine-args"] = "/nonexistent/engine.json"
+    d.write()
+    with d.load("rollback") as load:
+        bad, window = load.during(lambda: d.launcher("up"))
+        load.stop()
+    judged = judge(load)
+    print(summary_line("rolled back", judged, (window[1] - window[0]) / 1e9, [window]))
+    check_load(load, judged, [window])
+    out = bad.stdout + bad.stderr
+    assert bad.returncode == 1, out
+    assert "rolling up failed on replica decode: " in out and "/nonexistent/engine.json" in out, out
+    assert "rolled back: decode runs the previous spec again" in out, out
+    assert decode_containers(d.testbed, DECODE_NODES) == before  # the previous containers, running
+    del d.data["groups"]["decode"]["args"]["extra-engine-args"]
+    d.write()
+
+
+def decode_in_flight(testbed) -> int:
+    total = 0
+    for i in DECODE_NODES:
+        try:
+            with urllib.request.urlopen(f"http://{testbed.nodes[i][1]}:{DECODE_PORT}/metrics", timeout=5) as r:
+                total += worker_in_flight(r.read(4 << 20).decode())
+        except (OSError, ValueError):
+            return -1
+    return total
+
+
+def test_down_lets_aiperf_requests_in_flight_complete(deployed):
+    d = deployed
+    with d.load("down", osl=LONG_OSL, count=CONCURRENCY) as load:
+        # every stream on a decode worker (the frontend's round robin spreads them over both)
+        wait_for(lambda: decode_in_flight(d.testbed) == CONCURRENCY, 180, 0.3, f"{CONCURRENCY} streams on decode")
+        down = d.launcher("down")
+        code = load.finish()
+    judged = judge(load)
+    print(f"\n{down.stdout}\nAIPerf ({CONCURRENCY} streams of {LONG_OSL} tokens): exit {code}, {len(judged.whole)}"
+          f" whole, {len(judged.bad)} failed or truncated")  # fmt: skip
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert code == 0, load.tail()
+    assert judged.bad == [] and len(judged.whole) == CONCURRENCY, judged.bad
+    assert load.summary().get("error_request_count", {}).get("avg", 0) == 0, load.summary().get("error_summary")
+    lines = [line for line in down.stdout.splitlines() if line.startswith("drain: decode")]
+    assert len(lines) == 2 and all("drained in" in line for line in lines), down.stdout
+    counted = sum(int(line.split(": ")[2].split()[0]) for line in lines)
+    # What down waited for: the streams still running when it read the counts (all of them unless the
+    # machine is so busy that some ended first), every one of which then completed (above).
+    assert 1 <= counted <= CONCURRENCY, down.stdout
+    for i in range(SPARE + 1):
+        assert d.testbed.ssh(i, f"docker ps -aq --filter {LABEL}").stdout.split() == []
+
+
+# A hostile /metrics on the node's loopback: connections that send nothing (the readiness probe) are
+# closed; the first request is answered one byte every 0.2 s, for 30 s at most.
+TRICKLE = """
+import socket, sys, time
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(4)
+for _ in range(20):
+    conn, _ = server.accept()
+    if not conn.recv(65536):
+        conn.close()
+        continue
+    conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 1000\\r\\n\\r\\n")
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            conn.sendall(b"#")
+            time.sleep(0.2)
+    except OSError:
+        pass
+    break
+"""
+
+
+def test_a_metrics_peer_trickling_through_the_ssh_channel_is_cut_off_at_the_deadline(testbed, tmp_path):
+    """The drain's /metrics read goes through the node's SSH connection. Its cut at the deadline, a
+    `shutdown`, only feigned the end of reading on a paramiko channel: the trickle went on being read."""
+    from launcher.config.schema import SSHSettings
+    from launcher.plan.types import Node
+    from launcher.transport.host import Options
+    from launcher.transport.ssh import SSHHost
+    from tests.helpers import free_port, wait_for
+
+    name, address = testbed.nodes[1]
+    ssh = SSHSettings(user="root", key=str(testbed.key), known_hosts=str(testbed.known_hosts), connect_timeout=5)
+    host = SSHHost(Node(1, name, address, ssh, 0), Options())
+    (tmp_path / "trickle.py").write_text(TRICKLE)
+    port = free_port()
+    script = shlex.quote(str(tmp_path / "trickle.py"))
+    started = host.run(f"setsid python3 {script} {port} >/dev/null 2>&1 < /dev/null & echo $!")
+    try:
+        probe = f"python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}), 1).close()'"
+        wait_for(lambda: host.run(probe).ok, 30, 0.2, "the trickling server")
+        began = time.monotonic()
+        with pytest.raises(ConnectionError, match="no whole answer"):
+            host.http("GET", f"http://127.0.0.1:{port}/metrics", timeout=1.0, limit=1000)
+        took = time.monotonic() - began
+        assert took < 5, f"the read took {took:.1f}s"
+    finally:
+        host.run(f"kill {shlex.quote(started.stdout.strip())} 2>/dev/null || true")
+        host.close()
