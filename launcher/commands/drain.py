@@ -11,6 +11,7 @@ frontend, still up, is given until the same deadline to finish the streams it is
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ POLL_SECONDS = 0.25
 SCRAPE_SECONDS = 3.0  # one /metrics read, whole answer included
 SCRIPT_SECONDS = 60.0
 FRONTEND_TAIL_SECONDS = 5.0  # the frontend's last relayed tokens, after the workers drained
+UNREADABLE_GRACE_SECONDS = 2.0  # a worker's count unreadable this long after its signal: ask the frontend
 
 
 def drain(t: Target, told: Callable[[str], None], services: list[Service] | None = None) -> list[Drain]:
@@ -46,9 +48,10 @@ def drain(t: Target, told: Callable[[str], None], services: list[Service] | None
     first = t.fleet.map(lambda h: {s.name: in_flight(h, s, deadline) for s in everyone[h.node.index]}, everyone)
     counts: dict[str, int | None] = {k: v for r in first.succeeded.values() for k, v in r.items()}
     done: list[Drain] = []
+    idle = FrontendIdle(t, deadline)
     for phase in phases:
         on = by_node(phase)
-        results = t.fleet.map(lambda h, on=on: drain_node(t, h, on[h.node.index], deadline, counts), on)
+        results = t.fleet.map(lambda h, on=on: drain_node(t, h, on[h.node.index], deadline, counts, idle), on)
         for i, result in sorted(results.items()):
             if isinstance(result, Exception):
                 result = [Drain(s.service, i, outcome=f"node failed: {describe(result)}") for s in on[i]]
@@ -61,10 +64,16 @@ def drain(t: Target, told: Callable[[str], None], services: list[Service] | None
 
 
 def drain_node(
-    t: Target, host: Host, services: list[Service], deadline: float, counts: dict[str, int | None]
+    t: Target,
+    host: Host,
+    services: list[Service],
+    deadline: float,
+    counts: dict[str, int | None],
+    frontend_idle: FrontendIdle | None = None,
 ) -> list[Drain]:
     """One node's workers of one phase: count, signal, wait (see the module's docstring). `counts`: each
-    worker's in-flight requests when the drain began (the larger of that and the count now is reported)."""
+    worker's in-flight requests when the drain began (the larger of that and the count now is reported).
+    A worker whose count cannot be read is done once `frontend_idle` says the frontend relays no request."""
     running = running_names(t, host)
     drains = {s.name: Drain(s.service, host.node.index) for s in services}
     live = [s for s in services if s.name in running]
@@ -84,6 +93,8 @@ def drain_node(
             drains[s.name].left = count
             if count == 0:
                 finish(drains[s.name], pending, s, "drained", started)
+            elif unreadable_but_idle(count, started, frontend_idle):
+                finish(drains[s.name], pending, s, "idle", started)
         if pending:
             running = running_names(t, host)
             for s in [s for s in pending if s.name not in running]:
@@ -95,6 +106,14 @@ def drain_node(
         drains[s.name].outcome = "timed out"
         drains[s.name].seconds = time.monotonic() - started
     return list(drains.values())
+
+
+def unreadable_but_idle(count: int | None, started: float, frontend_idle: FrontendIdle | None) -> bool:
+    """A worker whose count has been unreadable since a little after its signal, while the frontend relays
+    no request (the frontend is read only then: at most once a second)."""
+    if count is not None or frontend_idle is None or time.monotonic() - started < UNREADABLE_GRACE_SECONDS:
+        return False
+    return frontend_idle()
 
 
 def finish(d: Drain, pending: list[Service], s: Service, outcome: str, started: float) -> None:
@@ -123,6 +142,32 @@ def in_flight(host: Host, s: Service, deadline: float, read=plan_drain.worker_in
         return read(body)
     except (OSError, ValueError, NodeError):  # not answering, or not a count: unknown, never the drain's end
         return None
+
+
+class FrontendIdle:
+    """Does the Dynamo frontend relay no request (its in-flight gauge reads zero)? Read at most once a
+    second, whichever node's drain asks. Every request of a Dynamo deployment passes through the frontend,
+    so a worker whose own count cannot be read (its /metrics closed at the signal, or never answered: one
+    that never registered, or whose group lost a rank and that ignores SIGTERM) holds none once the
+    frontend relays none; without this, `down` of a half-broken deployment waited out drain_timeout."""
+
+    def __init__(self, t: Target, deadline: float):
+        frontend = next((s for s in t.plan.services if s.role == "frontend"), None)
+        self.frontend = frontend if t.plan.has_dynamo_frontend else None
+        self.host = t.fleet.host(frontend.node.index) if self.frontend else None
+        self.deadline = deadline
+        self.lock = threading.Lock()
+        self.read_at: float | None = None
+        self.idle = False
+
+    def __call__(self) -> bool:
+        if self.frontend is None or self.host is None:
+            return False
+        with self.lock:
+            if self.read_at is None or time.monotonic() - self.read_at >= 1.0:
+                self.idle = in_flight(self.host, self.frontend, self.deadline, plan_drain.frontend_in_flight) == 0
+                self.read_at = time.monotonic()
+            return self.idle
 
 
 def wait_for_frontend(t: Target, deadline: float) -> None:

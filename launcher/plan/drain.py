@@ -136,7 +136,7 @@ class Drain:
     node: int
     waited_for: int | None = None  # in flight when it was signalled (None: its /metrics could not say)
     seconds: float = 0.0
-    outcome: str = "drained"  # drained | exited | timed out | not running
+    outcome: str = "drained"  # drained | exited | idle | timed out | not running
     left: int | None = None  # still in flight when the wait ended (timed out)
 
     def describe(self) -> str:
@@ -151,4 +151,5 @@ class Drain:
         if self.outcome == "timed out":
             still = "an unknown number" if self.left is None else str(self.left)
             return text + f", drain_timeout reached after {self.seconds:.1f}s with {still} still in flight"
-        return text + f", drained in {self.seconds:.1f}s" + (" (exited)" if self.outcome == "exited" else "")
+        how = {"exited": " (exited)", "idle": " (its own count unreadable; the frontend relays no request)"}
+        return text + f", drained in {self.seconds:.1f}s" + how.get(self.outcome, "")
