@@ -252,3 +252,58 @@ def test_doctor_status_and_collect_show_a_replayed_fallen_gpu(tmp_path):
         raw = next(m for m in tar.getmembers() if m.name.endswith("/gpu-health.json"))
         assert "Xid (PCI:0000:a1:00): 79" in tar.extractfile(raw).read().decode(), bundle.stderr
     assert os.environ.get("GPU_REPLAY_KLOG") is None  # the stand-ins never reach this process's PATH
+
+
+# -- the kernel log position kept on the node: another user of the node may not steer it ------------------
+
+
+def test_the_state_file_is_never_written_or_read_through_a_planted_link(tmp_path):
+    from launcher.remote import gpu_health as node_side
+
+    victim = tmp_path / "victim"
+    victim.write_text("the SSH user's file\n")
+    path = tmp_path / "gpu-health.json"
+    (tmp_path / f"gpu-health.json.{os.getpid()}.tmp").symlink_to(victim)  # the name save() writes first
+    node_side.save(str(path), {"cursor": "c", "boot": node_side.boot_id(), "seen": []})
+    assert victim.read_text() == "the SSH user's file\n"
+    assert json.loads(path.read_text())["cursor"] == "c" and oct(path.stat().st_mode & 0o777) == "0o600"
+    forged = tmp_path / "forged.json"
+    line = "NVRM: Xid (PCI:0000:a1:00): 79, pid=0, GPU has fallen off the bus."
+    forged.write_text(json.dumps({"cursor": "x", "boot": node_side.boot_id(), "seen": [line]}))
+    path.unlink()
+    path.symlink_to(forged)
+    assert node_side.load(str(path)) == {}
+
+
+def state_dir_answer(tmp_path: Path, state_dir: Path) -> str:
+    """The node script `status` and `doctor` send, run here under bash with the stand-in tools."""
+    from launcher.config.load import load
+    from launcher.plan.build import build
+
+    config = local_command_deployment(tmp_path, "gpust", "worker", "sleep 1")
+    config.write_text(config.read_text().replace(str(tmp_path / "state"), str(state_dir)))
+    plan = build(load(config, environ={}))
+    env = {"PATH": f"{REPLAY_BIN}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "GPU_REPLAY_QUERY": str(DATA / "query-h100-nccl-1264.csv"),
+           "GPU_REPLAY_KLOG": str(KLOG / "akash-support-244.dmesg")}  # fmt: skip
+    done = subprocess.run(["bash", "-c", gpu_health.node_script(plan)], input=program("gpu_health"),
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    return done.stdout
+
+
+def test_a_state_dir_of_another_user_is_refused_not_written_to(tmp_path):
+    shared = tmp_path / "shared"  # another user made the shared state_dir first, writable by all
+    shared.mkdir()
+    (shared / "gpust").mkdir()
+    for d in (shared, shared / "gpust"):
+        os.chown(d, 65534, 65534)
+        d.chmod(0o777)
+    node = parse(state_dir_answer(tmp_path, shared), expected=2)
+    assert list((shared / "gpust").iterdir()) == []  # nothing written where that user can swap files
+    assert node.verdict == "restart" and "Xid 43" in node.summary()  # the kernel log is still read
+    warned = [f.text for f in node.findings if f.verdict == "warn"]
+    assert any("position not kept" in w and "owned by nobody" in w for w in warned), warned
+    mine = tmp_path / "mine"  # missing: created for this user alone, the position kept there
+    assert parse(state_dir_answer(tmp_path, mine), expected=2).verdict == "restart"
+    assert oct(mine.stat().st_mode & 0o777) == "0o700" and (mine / "gpust" / "gpu-health.json").is_file()
+    assert parse(state_dir_answer(tmp_path, mine), expected=2).verdict == "ok"  # nothing new since

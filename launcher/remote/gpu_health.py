@@ -14,7 +14,11 @@ The lines seen this boot are kept in STATE (at most KEPT), so that a node that l
 flagged until it reboots, not only on the first look after it. --peek (collect) reads without moving
 the position. One JSON line on stdout: {"v": 1, "tool": ..., "query": ..., "klog": ..., "dcgmi": ...}.
 
-argv: STATE [--diag] [--peek]
+argv: STATE [--diag] [--peek] [--state-refused=WHY]
+STATE's directory is the launcher's state_dir, checked by the node script first (lock.guard_script): where
+it is refused (another user's, or writable by others), --state-refused says why and no position is read or
+kept there. The file itself is read and written without following a link, and never through a planted
+temporary name (O_EXCL), even so.
 """
 
 import json
@@ -99,7 +103,8 @@ def boot_id():
 
 def load(path):
     try:
-        with open(path) as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
             state = json.loads(f.read(1 << 20))
     except (OSError, ValueError):
         return {}
@@ -107,9 +112,14 @@ def load(path):
 
 
 def save(path, state):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
     part = f"{path}.{os.getpid()}.tmp"
-    with open(part, "w") as f:
+    try:  # a link or file left at this name is removed, never written through (O_EXCL | O_NOFOLLOW)
+        os.unlink(part)
+    except FileNotFoundError:
+        pass
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
         json.dump(state, f)
     os.replace(part, path)  # atomic: a status and a doctor at once leave one whole file
 
@@ -147,14 +157,16 @@ def ring(state):
     return new, {"after": last}, None
 
 
-def kernel_log(path, peek):
-    state = load(path)
+def kernel_log(path, peek, refused=None):
+    state = {} if refused else load(path)
     source = "journalctl" if shutil.which("journalctl") else "dmesg"
     new, position, error = (journal if source == "journalctl" else ring)(state)
     seen = [dict(line=line, new=False) for line in state.get("seen", []) if isinstance(line, str)]
     seen += [dict(line=line[:LINE_CHARS], new=True) for line in new]  # printable already (bounded())
     seen = seen[-KEPT:]
-    if not peek and error is None:
+    if refused and error is None:
+        error = f"its position not kept (every line of this boot counts as new): the state_dir is {refused}"
+    elif not peek and error is None:
         try:
             save(path, dict(position, boot=boot_id(), seen=[s["line"] for s in seen]))
         except OSError as exc:
@@ -168,7 +180,8 @@ def main(argv):
     answer = {"v": 1, "tool": "nvidia-smi" if tool else None}
     if tool:
         answer["query"] = query(tool)
-        answer["klog"] = kernel_log(path, "--peek" in argv)
+        refused = next((a.split("=", 1)[1] for a in argv if a.startswith("--state-refused=")), None)
+        answer["klog"] = kernel_log(path, "--peek" in argv, refused)
     if "--diag" in argv:
         dcgmi = shutil.which("dcgmi")
         answer["dcgmi"] = None
