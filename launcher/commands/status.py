@@ -209,12 +209,14 @@ def status(t: Target) -> tuple[list[StatusRow], dict[int, str], EndpointState]:
 
 def mark_hung(t: Target, rows: list[StatusRow], unreachable: dict[int, str]) -> None:
     """The progress rule (watch.hung_after in the file): a healthy rank with requests running and no token
-    progress over two scrapes is `hung` in its health (what `watch` restarts)."""
+    progress over two scrapes is `hung` in its health (what `watch` restarts) where that covers its
+    window, else `stalled` (not a problem: a long step, or a hang not yet proven)."""
     healthy = {(r.node.index, r.service): r for r in rows if r.health in ("healthy", "running") and r.group is not None}
     ranks = [s for s in t.plan.services if (s.node.index, s.service) in healthy and s.node.index not in unreachable]
-    for name, seen in rank_progress.hung_now(t, ranks).items():
+    for name, seen in rank_progress.stalls_now(t, ranks).items():
         s = next(s for s in ranks if s.name == name)
-        healthy[(s.node.index, s.service)].health = f"hung ({seen})"
+        after = "" if seen.hung else f"; hung after {rank_progress.window(t, s):g}s"
+        healthy[(s.node.index, s.service)].health = f"{seen.state} ({seen.line}{after})"
 
 
 def outside_plan(r: StatusRow) -> bool:
