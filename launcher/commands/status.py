@@ -230,8 +230,14 @@ def _row(node, service, role, group, rank, state, c: Container | None, now: date
         c.uptime(now) if c else None, c.restarts if c else 0, health,
         c.name if c else None, c.id if c else None,
         replica=None if group is None else split_unit(group)[1],
-        group_spec=c.labels.get(f"{LABEL}.group-spec") if c else None,
+        group_spec=_printable(c.labels.get(f"{LABEL}.group-spec")) if c else None,
     )  # fmt: skip
+
+
+def _printable(label: str | None) -> str | None:
+    """A label value a node sent, as the replica and roll lines quote it: no escape sequence of a hostile
+    node's reaches the operator's terminal (it is compared with the plan's hash as shown)."""
+    return None if label is None else "".join(c if c.isprintable() else "?" for c in label[:64])
 
 
 def _health(t: Target, found: dict[tuple[int, str], Container], unreachable: dict[int, str]) -> dict[str, str]:
