@@ -266,3 +266,13 @@ def test_a_one_shot_view_names_hung_only_after_the_files_window(tmp_path, hung_a
         rank.shutdown()
     verdict = seen[plan.services[0].name]
     assert verdict.state == state and "2 request(s) running, no token progress for" in verdict.line, verdict
+
+
+def test_a_budget_from_the_flags_never_overflows_its_back_off():
+    """--max-restarts has no upper bound (the file's has 1000): past 1024 restarts, 2**n no longer fits a
+    float, and the back-off must stay a number rather than end `watch` with a traceback."""
+    budget, unit = Budget(max_restarts=5000, backoff=0.5, reset_after=10**9), Unit("group decode", [])
+    for at in range(1100):
+        budget.count(unit, float(at))
+    assert unit.restarts == 1100 and 1099 < unit.next_allowed < float("inf")
+    assert not budget.exhausted(unit, 1100.0)
