@@ -307,3 +307,28 @@ def test_a_state_dir_of_another_user_is_refused_not_written_to(tmp_path):
     assert parse(state_dir_answer(tmp_path, mine), expected=2).verdict == "restart"
     assert oct(mine.stat().st_mode & 0o777) == "0o700" and (mine / "gpust" / "gpu-health.json").is_file()
     assert parse(state_dir_answer(tmp_path, mine), expected=2).verdict == "ok"  # nothing new since
+
+
+def test_a_node_shared_by_two_groups_expects_every_gpu_the_plan_gives_it(tmp_path):
+    """Prefill on GPUs 0-3 and decode on 4-7 of one node: the plan needs 8 there, so a node whose query lists
+    6 (two vanished without an Xid) is short of GPUs, though each group alone uses 4."""
+    from launcher.config.load import load
+    from launcher.plan.build import build
+    from tests.helpers import write
+
+    text = """\
+    deployment: demo
+    image: example/image:1
+    gpus_per_node: 8
+    nodes:
+      - {name: a, address: 10.9.0.1}
+    groups:
+      prefill: {engine: dynamo-sglang, nodes: [a], gpus: [0, 1, 2, 3], args: {tp-size: 4}}
+      decode: {engine: dynamo-sglang, nodes: [a], gpus: [4, 5, 6, 7], args: {tp-size: 4}}
+    """
+    plan = build(load(write(tmp_path, text), environ={}))
+    assert gpu_health.expected_gpus(plan, 0) == 8
+    header, row = QUERY.splitlines()[:2]
+    six = "\n".join([header, *(row.replace("0,", f"{i},", 1) for i in range(6))]) + "\n"
+    node = parse(answer(query=six), expected=gpu_health.expected_gpus(plan, 0))
+    assert node.verdict == "drain" and "GPU missing: 6 of the 8 planned" in node.summary(), node.summary()

@@ -284,7 +284,9 @@ def _clean(text: str) -> str:
 
 
 def expected_gpus(plan: Plan, index: int) -> int:
-    return max((len(g.gpus) for g in plan.groups if index in g.node_indices), default=0)
+    """How many GPUs node INDEX must list: up to the highest index any group there is given (groups share a
+    node on GPUs of their own, 0-3 and 4-7; and the driver renumbers what is left when one vanishes)."""
+    return max((max(g.gpus) + 1 for g in plan.groups if index in g.node_indices and g.gpus), default=0)
 
 
 def state_path(plan: Plan) -> str:
