@@ -332,3 +332,14 @@ def test_a_node_shared_by_two_groups_expects_every_gpu_the_plan_gives_it(tmp_pat
     six = "\n".join([header, *(row.replace("0,", f"{i},", 1) for i in range(6))]) + "\n"
     node = parse(answer(query=six), expected=gpu_health.expected_gpus(plan, 0))
     assert node.verdict == "drain" and "GPU missing: 6 of the 8 planned" in node.summary(), node.summary()
+
+
+def test_a_kernel_log_past_its_byte_bound_is_read_again_shorter_never_taken_as_whole(tmp_path):
+    """20,000 kernel lines of 330 bytes (a busy node: firewall logging) are 6.6 MB, past the 4 MiB the node
+    program reads: the newest lines, the Xids and journalctl's cursor, are the ones a cut drops. The program
+    reads the newest lines again, fewer, rather than judge the oldest part and keep no position."""
+    env = {"GPU_REPLAY_QUERY": str(DATA / "query-h100-nccl-1264.csv"), "GPU_REPLAY_KLOG_FLOOD": "20000",
+           "GPU_REPLAY_KLOG": str(KLOG / "akash-support-209-xid79.dmesg")}  # fmt: skip
+    node = parse(run_program(tmp_path, **env), expected=2)
+    assert node.verdict == "drain" and "Xid 79" in node.summary(), node.summary()
+    assert json.loads((tmp_path / "state" / "gpu-health.json").read_text())["cursor"] == "s=replay;i=1"

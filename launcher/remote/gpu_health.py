@@ -8,7 +8,8 @@ answer). It runs, each bounded in bytes and time:
     no such field;
   - the kernel log's NVRM lines (Xid, and "fallen off the bus", which a GPU can log without an Xid:
     NVIDIA/NVSentinel#155) since the last look: `journalctl -k` after the cursor kept in STATE, else
-    `dmesg` after the kernel timestamp kept there;
+    `dmesg` after the kernel timestamp kept there (a journal read cut at its bounds is made again for
+    fewer lines: a cut drops the newest lines and the cursor, so a cut read is never judged as the whole);
   - with --diag, `dcgmi diag -r 1` where dcgmi exists.
 The lines seen this boot are kept in STATE (at most KEPT), so that a node that logged a fatal Xid stays
 flagged until it reboots, not only on the first look after it. --peek (collect) reads without moving
@@ -38,7 +39,8 @@ BASIC_FIELDS = "index,uuid,name,pci.bus_id"
 QUERY_BYTES = 32 * 1024  # 8 GPUs need under 2 KiB; a node lists at most a few dozen
 QUERY_SECONDS = 20.0
 KLOG_BYTES = 4 * 1024 * 1024  # of the kernel log read per look; its NVRM lines are kept, the rest dropped
-KLOG_LINES = 20000  # journalctl -n: the newest lines of this boot, on a first look
+KLOG_LINES = 20000  # journalctl -n: the newest lines of this boot on a first look, the next ones after
+KLOG_LINES_AGAIN = 2000  # ...and when those were past KLOG_BYTES: a kernel line is at most ~1 KiB, so these fit
 KLOG_SECONDS = 15.0
 LINE_CHARS = 400  # of one kept line
 KEPT = 64  # NVRM lines kept per boot (the newest)
@@ -126,10 +128,14 @@ def save(path, state):
 
 def journal(state):
     """(new NVRM lines, the next position, why not when it could not read)."""
-    argv = ["journalctl", "-k", "-b", "--no-pager", "-o", "short-iso", "--show-cursor", "-n", str(KLOG_LINES)]
-    if state.get("cursor"):
-        argv += ["--after-cursor", str(state["cursor"])]
-    code, out = bounded(argv, KLOG_BYTES, KLOG_SECONDS)
+    after = ["--after-cursor", str(state["cursor"])] if state.get("cursor") else []
+    for count in (KLOG_LINES, KLOG_LINES_AGAIN):
+        argv = ["journalctl", "-k", "-b", "--no-pager", "-o", "short-iso", "--show-cursor", "-n", str(count)]
+        code, out = bounded(argv + after, KLOG_BYTES, KLOG_SECONDS)
+        if code is not None:  # whole: a cut keeps the oldest part and drops the newest lines and the cursor
+            break
+    if code is None:
+        return [], {"cursor": state.get("cursor")}, "journalctl: past its bounds (4 MiB or 15 s) and stopped"
     lines = out.splitlines()
     cursor = state.get("cursor")
     if lines and lines[-1].startswith("-- cursor: "):
@@ -144,6 +150,8 @@ def journal(state):
 def ring(state):
     """dmesg's lines after the last kernel timestamp seen (no cursor there)."""
     code, out = bounded(["dmesg"], KLOG_BYTES, KLOG_SECONDS)
+    if code is None:  # its newest lines are the ones cut: nothing read can stand for the whole
+        return [], {"after": state.get("after")}, "dmesg: past its bounds (4 MiB or 15 s) and stopped"
     if code != 0:
         return [], {"after": state.get("after")}, "dmesg: " + (out.strip().splitlines() or [f"exit {code}"])[-1]
     after, new = float(state.get("after") or 0.0), []
