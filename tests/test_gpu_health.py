@@ -343,3 +343,17 @@ def test_a_kernel_log_past_its_byte_bound_is_read_again_shorter_never_taken_as_w
     node = parse(run_program(tmp_path, **env), expected=2)
     assert node.verdict == "drain" and "Xid 79" in node.summary(), node.summary()
     assert json.loads((tmp_path / "state" / "gpu-health.json").read_text())["cursor"] == "s=replay;i=1"
+
+
+def test_a_burst_of_cleanup_xids_after_a_fatal_one_never_pushes_it_out(tmp_path):
+    """Xid 79, then Xid 45 for each channel of each process it killed (lines built in the format of the
+    recorded open-gpu-kernel-modules-1150 journal, not a recording): the program keeps 64 lines, and the
+    burst must not leave only the cleanup lines, which the table ignores."""
+    burst = [f"kernel: NVRM: Xid (PCI:0000:a1:00): 45, pid={1000 + i}, name=python3, Ch {i:08x}" for i in range(100)]
+    klog = tmp_path / "xid79-then-45s.journal"
+    klog.write_text((KLOG / "akash-support-209-xid79.dmesg").read_text() + "\n".join(burst) + "\n")
+    env = {"GPU_REPLAY_QUERY": str(DATA / "query-h100-nccl-1264.csv"), "GPU_REPLAY_KLOG": str(klog)}
+    node = parse(run_program(tmp_path, **env), expected=2)
+    assert node.verdict == "drain" and "Xid 79 on PCI 0000:a1:00" in node.summary(), node.summary()
+    later = parse(run_program(tmp_path, **env), expected=2)  # the next look: still flagged until a reboot
+    assert later.verdict == "drain" and "Xid 79" in later.summary(), later.summary()

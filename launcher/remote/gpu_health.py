@@ -11,9 +11,10 @@ answer). It runs, each bounded in bytes and time:
     `dmesg` after the kernel timestamp kept there (a journal read cut at its bounds is made again for
     fewer lines: a cut drops the newest lines and the cursor, so a cut read is never judged as the whole);
   - with --diag, `dcgmi diag -r 1` where dcgmi exists.
-The lines seen this boot are kept in STATE (at most KEPT), so that a node that logged a fatal Xid stays
-flagged until it reboots, not only on the first look after it. --peek (collect) reads without moving
-the position. One JSON line on stdout: {"v": 1, "tool": ..., "query": ..., "klog": ..., "dcgmi": ...}.
+The lines seen this boot are kept in STATE (the newest of each GPU and Xid, at most KEPT), so that a node
+that logged a fatal Xid stays flagged until it reboots, not only on the first look after it. --peek
+(collect) reads without moving the position. One JSON line on stdout:
+{"v": 1, "tool": ..., "query": ..., "klog": ..., "dcgmi": ...}.
 
 argv: STATE [--diag] [--peek] [--state-refused=WHY]
 STATE's directory is the launcher's state_dir, checked by the node script first (lock.guard_script): where
@@ -50,6 +51,11 @@ DIAG_BYTES = 32 * 1024
 PRINTABLE = bytes(range(32, 127)) + b"\n\t"
 DIAG_SECONDS = 300.0
 NVRM = re.compile(r"NVRM: (Xid|.*fallen off the bus)")
+# What a line is about: (the GPU's bus:device, the Xid or "off bus"). One line of each is kept, the newest, so
+# that a burst (Xid 45 for every channel of every process an Xid 79 killed) never pushes the fatal line out.
+ABOUT = re.compile(
+    r"NVRM: (?:Xid \((?:PCI:)?([0-9A-Fa-f:.]+)\): (\d+)|GPU ([0-9A-Fa-f:]+)[.0-9]*: .*fallen off the bus)"
+)
 NOT_ALLOWED = "insufficient permissions"  # journalctl's words for a user outside systemd-journal/adm
 DMESG_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
@@ -165,13 +171,31 @@ def ring(state):
     return new, {"after": last}, None
 
 
+def about(line):
+    """(bus:device, Xid or "off bus") of an NVRM line, the line itself when it names neither."""
+    found = ABOUT.search(line)
+    if found is None:
+        return line
+    bus = (found.group(1) or found.group(3)).lower().split(".")[0].split(":")[-2:]
+    return ":".join(bus), found.group(2) or "off bus"
+
+
+def one_of_each(entries):
+    """The newest entry of each kind (about()), in the order of those newest entries."""
+    newest = {}
+    for entry in entries:
+        newest.pop(about(entry["line"]), None)
+        newest[about(entry["line"])] = entry
+    return list(newest.values())
+
+
 def kernel_log(path, peek, refused=None):
     state = {} if refused else load(path)
     source = "journalctl" if shutil.which("journalctl") else "dmesg"
     new, position, error = (journal if source == "journalctl" else ring)(state)
     seen = [dict(line=line, new=False) for line in state.get("seen", []) if isinstance(line, str)]
     seen += [dict(line=line[:LINE_CHARS], new=True) for line in new]  # printable already (bounded())
-    seen = seen[-KEPT:]
+    seen = one_of_each(seen)[-KEPT:]
     if refused and error is None:
         error = f"its position not kept (every line of this boot counts as new): the state_dir is {refused}"
     elif not peek and error is None:
