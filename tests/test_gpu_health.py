@@ -252,3 +252,108 @@ def test_doctor_status_and_collect_show_a_replayed_fallen_gpu(tmp_path):
         raw = next(m for m in tar.getmembers() if m.name.endswith("/gpu-health.json"))
         assert "Xid (PCI:0000:a1:00): 79" in tar.extractfile(raw).read().decode(), bundle.stderr
     assert os.environ.get("GPU_REPLAY_KLOG") is None  # the stand-ins never reach this process's PATH
+
+
+# -- the kernel log position kept on the node: another user of the node may not steer it ------------------
+
+
+def test_the_state_file_is_never_written_or_read_through_a_planted_link(tmp_path):
+    from launcher.remote import gpu_health as node_side
+
+    victim = tmp_path / "victim"
+    victim.write_text("the SSH user's file\n")
+    path = tmp_path / "gpu-health.json"
+    (tmp_path / f"gpu-health.json.{os.getpid()}.tmp").symlink_to(victim)  # the name save() writes first
+    node_side.save(str(path), {"cursor": "c", "boot": node_side.boot_id(), "seen": []})
+    assert victim.read_text() == "the SSH user's file\n"
+    assert json.loads(path.read_text())["cursor"] == "c" and oct(path.stat().st_mode & 0o777) == "0o600"
+    forged = tmp_path / "forged.json"
+    line = "NVRM: Xid (PCI:0000:a1:00): 79, pid=0, GPU has fallen off the bus."
+    forged.write_text(json.dumps({"cursor": "x", "boot": node_side.boot_id(), "seen": [line]}))
+    path.unlink()
+    path.symlink_to(forged)
+    assert node_side.load(str(path)) == {}
+
+
+def state_dir_answer(tmp_path: Path, state_dir: Path) -> str:
+    """The node script `status` and `doctor` send, run here under bash with the stand-in tools."""
+    from launcher.config.load import load
+    from launcher.plan.build import build
+
+    config = local_command_deployment(tmp_path, "gpust", "worker", "sleep 1")
+    config.write_text(config.read_text().replace(str(tmp_path / "state"), str(state_dir)))
+    plan = build(load(config, environ={}))
+    env = {"PATH": f"{REPLAY_BIN}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "GPU_REPLAY_QUERY": str(DATA / "query-h100-nccl-1264.csv"),
+           "GPU_REPLAY_KLOG": str(KLOG / "akash-support-244.dmesg")}  # fmt: skip
+    done = subprocess.run(["bash", "-c", gpu_health.node_script(plan)], input=program("gpu_health"),
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    return done.stdout
+
+
+def test_a_state_dir_of_another_user_is_refused_not_written_to(tmp_path):
+    shared = tmp_path / "shared"  # another user made the shared state_dir first, writable by all
+    shared.mkdir()
+    (shared / "gpust").mkdir()
+    for d in (shared, shared / "gpust"):
+        os.chown(d, 65534, 65534)
+        d.chmod(0o777)
+    node = parse(state_dir_answer(tmp_path, shared), expected=2)
+    assert list((shared / "gpust").iterdir()) == []  # nothing written where that user can swap files
+    assert node.verdict == "restart" and "Xid 43" in node.summary()  # the kernel log is still read
+    warned = [f.text for f in node.findings if f.verdict == "warn"]
+    assert any("position not kept" in w and "owned by nobody" in w for w in warned), warned
+    mine = tmp_path / "mine"  # missing: created for this user alone, the position kept there
+    assert parse(state_dir_answer(tmp_path, mine), expected=2).verdict == "restart"
+    assert oct(mine.stat().st_mode & 0o777) == "0o700" and (mine / "gpust" / "gpu-health.json").is_file()
+    assert parse(state_dir_answer(tmp_path, mine), expected=2).verdict == "ok"  # nothing new since
+
+
+def test_a_node_shared_by_two_groups_expects_every_gpu_the_plan_gives_it(tmp_path):
+    """Prefill on GPUs 0-3 and decode on 4-7 of one node: the plan needs 8 there, so a node whose query lists
+    6 (two vanished without an Xid) is short of GPUs, though each group alone uses 4."""
+    from launcher.config.load import load
+    from launcher.plan.build import build
+    from tests.helpers import write
+
+    text = """\
+    deployment: demo
+    image: example/image:1
+    gpus_per_node: 8
+    nodes:
+      - {name: a, address: 10.9.0.1}
+    groups:
+      prefill: {engine: dynamo-sglang, nodes: [a], gpus: [0, 1, 2, 3], args: {tp-size: 4}}
+      decode: {engine: dynamo-sglang, nodes: [a], gpus: [4, 5, 6, 7], args: {tp-size: 4}}
+    """
+    plan = build(load(write(tmp_path, text), environ={}))
+    assert gpu_health.expected_gpus(plan, 0) == 8
+    header, row = QUERY.splitlines()[:2]
+    six = "\n".join([header, *(row.replace("0,", f"{i},", 1) for i in range(6))]) + "\n"
+    node = parse(answer(query=six), expected=gpu_health.expected_gpus(plan, 0))
+    assert node.verdict == "drain" and "GPU missing: 6 of the 8 planned" in node.summary(), node.summary()
+
+
+def test_a_kernel_log_past_its_byte_bound_is_read_again_shorter_never_taken_as_whole(tmp_path):
+    """20,000 kernel lines of 330 bytes (a busy node: firewall logging) are 6.6 MB, past the 4 MiB the node
+    program reads: the newest lines, the Xids and journalctl's cursor, are the ones a cut drops. The program
+    reads the newest lines again, fewer, rather than judge the oldest part and keep no position."""
+    env = {"GPU_REPLAY_QUERY": str(DATA / "query-h100-nccl-1264.csv"), "GPU_REPLAY_KLOG_FLOOD": "20000",
+           "GPU_REPLAY_KLOG": str(KLOG / "akash-support-209-xid79.dmesg")}  # fmt: skip
+    node = parse(run_program(tmp_path, **env), expected=2)
+    assert node.verdict == "drain" and "Xid 79" in node.summary(), node.summary()
+    assert json.loads((tmp_path / "state" / "gpu-health.json").read_text())["cursor"] == "s=replay;i=1"
+
+
+def test_a_burst_of_cleanup_xids_after_a_fatal_one_never_pushes_it_out(tmp_path):
+    """Xid 79, then Xid 45 for each channel of each process it killed (lines built in the format of the
+    recorded open-gpu-kernel-modules-1150 journal, not a recording): the program keeps 64 lines, and the
+    burst must not leave only the cleanup lines, which the table ignores."""
+    burst = [f"kernel: NVRM: Xid (PCI:0000:a1:00): 45, pid={1000 + i}, name=python3, Ch {i:08x}" for i in range(100)]
+    klog = tmp_path / "xid79-then-45s.journal"
+    klog.write_text((KLOG / "akash-support-209-xid79.dmesg").read_text() + "\n".join(burst) + "\n")
+    env = {"GPU_REPLAY_QUERY": str(DATA / "query-h100-nccl-1264.csv"), "GPU_REPLAY_KLOG": str(klog)}
+    node = parse(run_program(tmp_path, **env), expected=2)
+    assert node.verdict == "drain" and "Xid 79 on PCI 0000:a1:00" in node.summary(), node.summary()
+    later = parse(run_program(tmp_path, **env), expected=2)  # the next look: still flagged until a reboot
+    assert later.verdict == "drain" and "Xid 79" in later.summary(), later.summary()

@@ -139,6 +139,33 @@ def test_a_half_removed_service_directory_is_skipped(tmp_path):
         bash(RT.remove_all_script(p))
 
 
+def test_a_pid_or_exit_file_holding_garbage_is_listed_as_exited_and_never_signals_the_caller(tmp_path):
+    """Files of a run directory that a crash or a hand left odd: each service is listed (exited), the
+    listing stays JSON, and stopping them signals nothing (pid 0 would be `pkill -s 0`: the script's own
+    session, over SSH the session of the command that runs it)."""
+    p = two_group_plan(tmp_path, ["sleep", "30"], ["sleep", "30"])
+    script, stdin = RT.start_script(p, p.services[:1])
+    assert bash(script, stdin).returncode == 0
+    run = next((tmp_path / "state").glob(f"rt-local/run/*/{p.services[0].name}")).parent
+    odd = {"zero": ("0", "0"), "two": ("1 2", "3"), "quote": ('12"', 'x"'), "subst": ("$(touch PWNED)", "")}
+    for name, (pid, code) in odd.items():
+        (run / name).mkdir()
+        (run / name / "pid").write_text(pid + "\n")
+        (run / name / "exit").write_text(code + "\n")
+        (run / name / "labels.json").write_text("{}")
+    try:
+        seen = listed(p)
+        assert {n: (seen[n].state, seen[n].exit_code) for n in odd} == {
+            "zero": ("exited", 0), "two": ("exited", 3), "quote": ("exited", 137), "subst": ("exited", 137)
+        }  # fmt: skip
+        assert seen[p.services[0].name].running
+    finally:
+        stop = subprocess.run(["setsid", "bash", "-c", RT.remove_all_script(p)], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)  # fmt: skip
+    assert (stop.returncode, stop.stdout) == (0, "5\n"), stop
+    assert listed(p) == {} and not (tmp_path / "PWNED").exists()
+
+
 def test_python_env_with_a_quote_gets_a_clear_message(tmp_path):
     p = two_group_plan(tmp_path, ["true"], ["true"])
     p.python_env = str(tmp_path / "it's env")

@@ -493,3 +493,32 @@ def test_status_names_the_replica_a_held_copy_belongs_to_and_what_up_does_with_i
     )
     assert rolls[0]["says"].startswith(f"roll in progress: decode: replacing decode (spec old -> new, {state}).")
     assert says in rolls[0]["says"], rolls[0]["says"]
+
+
+def test_a_spec_label_a_node_sends_never_reaches_the_terminal_as_control_codes(tmp_path):
+    """`status`'s roll and replica lines quote the group-spec labels the nodes list (a held copy's, an
+    outdated replica's): a hostile node's label holding escape sequences is shown printable."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from launcher.commands.status import _row, replica_line, replicas_of, rolls_of
+    from launcher.plan.state import held_name
+
+    plan = plan_of(tmp_path, decode=2)
+    hostile = "\x1b]0;owned\x07\x1b[2Jold"
+    now = datetime.now(UTC)
+    rows = []
+    for c in running(plan):
+        if c.labels.get("launcher.group") == "decode":  # decode.0 runs the plan's spec, its held copy beside it
+            labels = {**c.labels, "launcher.group-spec": hostile}
+            held = Container(c.node_index, "h", held_name(c.name), labels, "exited", 0)
+            rows.append(_row(plan.nodes[c.node_index], c.service, c.role, c.group, c.rank, "held (x)", held, now, "-"))
+        if c.labels.get("launcher.group") == "decode.1":
+            c = Container(c.node_index, c.id, c.name, {**c.labels, "launcher.group-spec": hostile}, "running", 0)
+        rows.append(_row(plan.nodes[c.node_index], c.service, c.role, c.group, c.rank, "running", c, now, "ok"))
+    t = SimpleNamespace(plan=plan)
+    [roll] = rolls_of(t, rows)
+    lines = [roll["says"], *(replica_line(r) for r in replicas_of(t, rows))]
+    assert "replacing decode (spec ?]0;owned??[2Jold -> " in roll["says"], roll["says"]
+    assert any("running ?]0;owned??[2Jold" in line for line in lines), lines
+    assert all(line.isprintable() for line in lines), lines

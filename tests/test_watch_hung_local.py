@@ -1,10 +1,11 @@
 """A hung rank on this machine (process runtime, the real Dynamo stack of configs/local.yaml): the decode
 mocker runs at a decode speed of almost nothing (`--decode-speedup-ratio`), so under load its process lives,
 its `/health` answers and it holds requests, but it makes no token progress. The file gives decode
-`watch: {hung_after: 3}` (prefill none: its request waits on the stuck decode to take its KV, so it too
-holds work without progress; the file leaves it to the decode's restart). `status` and `top` name decode
-hung (and not while it is idle), `watch --dry-run` says it would restart it and does nothing, and `watch`
-restarts its group, and only it.
+`watch: {hung_after: 2}`: no longer than `status` waits between its two reads (a one-shot view names hung
+only a stall that covers the window; a longer one is `stalled`: tests/test_watch_policy.py). Prefill has
+none: its request waits on the stuck decode to take its KV, so it too holds work without progress; the file
+leaves it to the decode's restart. `status` and `top` name decode hung (and not while it is idle), `watch
+--dry-run` says it would restart it and does nothing, and `watch` restarts its group, and only it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ LAUNCHER = [sys.executable, "-m", "launcher"]
 def stack(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
     data, _ = local_stack(tmp_path, "hung")
     data["groups"]["decode"]["args"] = {"speedup-ratio": 10, "decode-speedup-ratio": 0.00001}
-    data["groups"]["decode"]["watch"] = {"hung_after": 3}
+    data["groups"]["decode"]["watch"] = {"hung_after": 2}
     path = tmp_path / "hung.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     port = free_port()
@@ -96,7 +97,7 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
             assert "request(s) running, no token progress for" in seen["decode-r0"]["health"], seen
             assert seen["prefill-r0"]["health"] == "healthy", seen  # no window in the file: not judged
             first = seen["decode-r0"]["id"]
-            top = launcher("top", str(path), "--json", "--interval", "1", cwd=tmp_path, env=env)
+            top = launcher("top", str(path), "--json", "--interval", "2", cwd=tmp_path, env=env)
             states = {r["service"]: r["state"] for r in json.loads(top.stdout)["rows"]}
             assert states["decode-r0"].startswith("hung (") and states["prefill-r0"] == "up", states
             audit_before = audit.read_text()
@@ -124,7 +125,7 @@ def test_a_rank_stalled_under_load_is_named_hung_and_its_group_restarted(tmp_pat
             load.stop.set()  # its requests stuck on the slow decode end with the stack (threads are daemons)
         text = lines.text()
         assert done is not None and "decode r0 hung (" in done and "(1/5, back-off 5s before another)" in done, text
-        assert "group decode: policy 5 restart(s), back-off 5s doubling, hung after 3s" in text, text
+        assert "group decode: policy 5 restart(s), back-off 5s doubling, hung after 2s" in text, text
         assert "restarting group prefill" not in text and "Traceback" not in text, text
         assert rows(path, tmp_path, env)["decode-r0"]["id"] != first
         assert "watch: restarting group decode (1/5): local decode r0 hung" in audit.read_text()

@@ -222,3 +222,57 @@ def test_a_failed_or_slow_webhook_is_one_line_within_the_timeout_and_never_shows
     assert said == "webhook (HOOK) failed: no answer within 0.5s", said
     assert took < 2.5, took  # bounded: not the receiver's 3 s
     assert alert.webhook(build_plan(load_config(write(tmp_path, MINIMAL), environ={})), {}) is None
+
+
+# -- one-shot views (status, top --once): a stall shorter than the file's window is not `hung` -------------
+
+
+class StuckRank(ThreadingHTTPServer):
+    """A rank's /metrics on loopback: 2 requests running, its token counters never moving."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Metrics)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+class _Metrics(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = with_value(DECODE, "vllm:num_requests_running", 2).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("hung_after", "state"), [(60, "stalled"), (1, "hung")])
+def test_a_one_shot_view_names_hung_only_after_the_files_window(tmp_path, hung_after, state):
+    from launcher.commands import rank_progress
+    from launcher.plan.metrics import ScrapeTarget
+    from tests.helpers import connected_target, local_command_deployment
+
+    config = local_command_deployment(tmp_path, "stall", "worker", "sleep 1", watch={"hung_after": hung_after})
+    plan = build_plan(load_config(config, environ={}))
+    rank = StuckRank()
+    try:
+        target_ = ScrapeTarget(plan.services[0], f"http://127.0.0.1:{rank.server_address[1]}/metrics", "worker")
+        with connected_target(plan) as t:
+            seen = rank_progress.stalls_over(t, [target_])
+    finally:
+        rank.shutdown()
+    verdict = seen[plan.services[0].name]
+    assert verdict.state == state and "2 request(s) running, no token progress for" in verdict.line, verdict
+
+
+def test_a_budget_from_the_flags_never_overflows_its_back_off():
+    """--max-restarts has no upper bound (the file's has 1000): past 1024 restarts, 2**n no longer fits a
+    float, and the back-off must stay a number rather than end `watch` with a traceback."""
+    budget, unit = Budget(max_restarts=5000, backoff=0.5, reset_after=10**9), Unit("group decode", [])
+    for at in range(1100):
+        budget.count(unit, float(at))
+    assert unit.restarts == 1100 and 1099 < unit.next_allowed < float("inf")
+    assert not budget.exhausted(unit, 1100.0)

@@ -185,8 +185,8 @@ def gpu_health_section(plan) -> str:
     kernel log position (--peek): what `doctor` and `status` judge, as the node printed it."""
     program = q(remote_program("gpu_health"))
     return (
-        f"if PY=$({ship.find_python(plan.python_env)}); then "
-        f'"$PY" -c {program} {q(gpu_health.state_path(plan))} --peek | head -c {gpu_health.ANSWER_BYTES}; '
+        f"if PY=$({ship.find_python(plan.python_env)}); then {gpu_health.state_args(plan, create=False)}; "
+        f'"$PY" -c {program} "$@" --peek | head -c {gpu_health.ANSWER_BYTES}; '
         f"else echo {q(gpu_health.NO_PYTHON)}; fi"
     )
 

@@ -23,6 +23,7 @@ from launcher.commands.context import Target
 from launcher.commands.preflight import Check
 from launcher.plan.types import Plan
 from launcher.remote import program as remote_program
+from launcher.runtime.lock import STATE_DIR_REFUSED, guard_script
 from launcher.runtime.shell import q
 from launcher.transport.errors import describe
 
@@ -212,7 +213,7 @@ def gpu_findings(gpu: dict) -> list[Finding]:
 
 def _kernel_log(node: NodeGpus, klog: dict) -> None:
     if klog["error"]:
-        node.findings.append(Finding("warn", f"kernel log not read ({_clean(klog['error'])[:160]})"))
+        node.findings.append(Finding("warn", f"kernel log: {_clean(klog['error'])[:200]}"))
     entries = klog["lines"]
     if len(entries) > MAX_LINES:
         raise GpuAnswerError(f"over {MAX_LINES} kernel log lines")
@@ -283,7 +284,9 @@ def _clean(text: str) -> str:
 
 
 def expected_gpus(plan: Plan, index: int) -> int:
-    return max((len(g.gpus) for g in plan.groups if index in g.node_indices), default=0)
+    """How many GPUs node INDEX must list: up to the highest index any group there is given (groups share a
+    node on GPUs of their own, 0-3 and 4-7; and the driver renumbers what is left when one vanishes)."""
+    return max((max(g.gpus) + 1 for g in plan.groups if index in g.node_indices and g.gpus), default=0)
 
 
 def state_path(plan: Plan) -> str:
@@ -291,18 +294,30 @@ def state_path(plan: Plan) -> str:
     return posixpath.join(plan.state_dir, plan.deployment, "gpu-health.json")
 
 
+def state_args(plan: Plan, create: bool = True) -> str:
+    """Shell: set "$@" to the program's STATE argument, and --state-refused=WHY where the state_dir is not
+    this user's alone (lock.guard_script: another user of the node could swap the file, or forge the lines
+    it keeps). `create`: make a missing state_dir (0700), as every script that writes there does."""
+    refused = q(STATE_DIR_REFUSED + " ")
+    return (
+        f"why=$({guard_script(plan.state_dir, create)}); "
+        f'case "$why" in {refused}*) set -- {q(state_path(plan))} "--state-refused=${{why#{refused}}}";; '
+        f"*) set -- {q(state_path(plan))};; esac"
+    )
+
+
 def node_script(plan: Plan, *, diag: bool = False, peek: bool = False) -> str:
     """Shell: the program (on stdin) under the node's python3, its answer cut at ANSWER_BYTES."""
     flags = (" --diag" if diag else "") + (" --peek" if peek else "")
     return (
-        f"PY=$({ship.find_python(plan.python_env)}) || {{ echo {q(NO_PYTHON)}; exit 0; }}; "
-        f'"$PY" - {q(state_path(plan))}{flags} 2>&1 | head -c {ANSWER_BYTES + 1}'
+        f"PY=$({ship.find_python(plan.python_env)}) || {{ echo {q(NO_PYTHON)}; exit 0; }}; {state_args(plan)}; "
+        f'"$PY" - "$@"{flags} 2>&1 | head -c {ANSWER_BYTES + 1}'
     )
 
 
 def look(t: Target, indices: list[int] | None = None, *, diag: bool = False, peek: bool = False) -> dict:
     """Every chosen node at once -> {index: NodeGpus, or the one line saying why not}."""
-    timeout = 400 if diag else 90  # the program's own bounds add up to 55 s (query twice, kernel log)
+    timeout = 400 if diag else 90  # the program's own bounds add up to 70 s (query twice, kernel log twice)
     script = node_script(t.plan, diag=diag, peek=peek)
     results = t.fleet.run(script, indices, stdin=remote_program("gpu_health"), timeout=timeout)
     out: dict[int, NodeGpus | str] = {}

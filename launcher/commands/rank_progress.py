@@ -53,26 +53,31 @@ def scrape(t: Target, targets: list[ScrapeTarget]) -> dict[str, observe.Parsed |
     return {x.service.name: a for x, a in zip(targets, answers, strict=True)}
 
 
-def judge(t: Target, tracker: Tracker, targets: list[ScrapeTarget], at: float, span: float | None = None):
+def judge(t: Target, tracker: Tracker, targets: list[ScrapeTarget], at: float):
     """One round: each target scraped and fed to TRACKER at AT -> (verdicts, why not scraped) by service
-    name. SPAN, when given, caps each group's window (a one-shot view judges over what it saw)."""
+    name, each judged under its group's own window."""
     verdicts: dict[str, Verdict] = {}
     failed: dict[str, str] = {}
     for name, answer in scrape(t, targets).items():
         target_ = next(x for x in targets if x.service.name == name)
-        limit = window(t, target_.service) or 0.0
-        if span is not None:
-            limit = min(limit, span)
         if isinstance(answer, str):
             failed[name] = answer
-        verdicts[name] = tracker.see(name, at, None if isinstance(answer, str) else answer, limit)
+        verdicts[name] = tracker.see(
+            name, at, None if isinstance(answer, str) else answer, window(t, target_.service) or 0.0
+        )
     return verdicts, failed
 
 
-def hung_now(t: Target, services: list[Service]) -> dict[str, str]:
-    """`status`: the ranks among SERVICES (running ones) with requests running and no token progress over
-    two scrapes STATUS_SPAN apart (or their window, when shorter): service name -> what was seen."""
-    targets = judged(t, services)
+def stalls_now(t: Target, services: list[Service]) -> dict[str, Verdict]:
+    """`status`: the ranks among SERVICES (running ones) seen with requests running and no token progress
+    over two scrapes (stalls_over)."""
+    return stalls_over(t, judged(t, services))
+
+
+def stalls_over(t: Target, targets: list[ScrapeTarget]) -> dict[str, Verdict]:
+    """Two scrapes of TARGETS STATUS_SPAN apart (or the shortest window, when shorter) -> the ranks with
+    requests running and no token progress between them: `hung` where that covers their group's window,
+    else `stalled` (a one-shot view cannot wait out a window of minutes; a long step is not a hang)."""
     if not targets:
         return {}
     tracker = Tracker()
@@ -80,5 +85,5 @@ def hung_now(t: Target, services: list[Service]) -> dict[str, str]:
     judge(t, tracker, targets, started)
     span = min([STATUS_SPAN, *(window(t, x.service) or STATUS_SPAN for x in targets)])
     time.sleep(max(0.0, span - (time.monotonic() - started)))
-    verdicts, _ = judge(t, tracker, targets, time.monotonic(), span=span)
-    return {name: v.line for name, v in verdicts.items() if v.hung}
+    verdicts, _ = judge(t, tracker, targets, time.monotonic())
+    return {name: v for name, v in verdicts.items() if v.state in ("hung", "stalled")}

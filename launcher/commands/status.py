@@ -209,12 +209,14 @@ def status(t: Target) -> tuple[list[StatusRow], dict[int, str], EndpointState]:
 
 def mark_hung(t: Target, rows: list[StatusRow], unreachable: dict[int, str]) -> None:
     """The progress rule (watch.hung_after in the file): a healthy rank with requests running and no token
-    progress over two scrapes is `hung` in its health (what `watch` restarts)."""
+    progress over two scrapes is `hung` in its health (what `watch` restarts) where that covers its
+    window, else `stalled` (not a problem: a long step, or a hang not yet proven)."""
     healthy = {(r.node.index, r.service): r for r in rows if r.health in ("healthy", "running") and r.group is not None}
     ranks = [s for s in t.plan.services if (s.node.index, s.service) in healthy and s.node.index not in unreachable]
-    for name, seen in rank_progress.hung_now(t, ranks).items():
+    for name, seen in rank_progress.stalls_now(t, ranks).items():
         s = next(s for s in ranks if s.name == name)
-        healthy[(s.node.index, s.service)].health = f"hung ({seen})"
+        after = "" if seen.hung else f"; hung after {rank_progress.window(t, s):g}s"
+        healthy[(s.node.index, s.service)].health = f"{seen.state} ({seen.line}{after})"
 
 
 def outside_plan(r: StatusRow) -> bool:
@@ -228,8 +230,14 @@ def _row(node, service, role, group, rank, state, c: Container | None, now: date
         c.uptime(now) if c else None, c.restarts if c else 0, health,
         c.name if c else None, c.id if c else None,
         replica=None if group is None else split_unit(group)[1],
-        group_spec=c.labels.get(f"{LABEL}.group-spec") if c else None,
+        group_spec=_printable(c.labels.get(f"{LABEL}.group-spec")) if c else None,
     )  # fmt: skip
+
+
+def _printable(label: str | None) -> str | None:
+    """A label value a node sent, as the replica and roll lines quote it: no escape sequence of a hostile
+    node's reaches the operator's terminal (it is compared with the plan's hash as shown)."""
+    return None if label is None else "".join(c if c.isprintable() else "?" for c in label[:64])
 
 
 def _health(t: Target, found: dict[tuple[int, str], Container], unreachable: dict[int, str]) -> dict[str, str]:

@@ -94,7 +94,7 @@ class Sampler:
         self.patience = 0.0  # a node whose answer is later than this counts as not answering
         self.progress = Tracker()  # the progress rule (watch.hung_after): which ranks are hung
         self.verdicts: dict[str, Verdict] = {}
-        self.span: float | None = None  # a one-shot view judges over what it saw (caps each window)
+        self.one_shot = False  # --once/--json: a stall shorter than the window is shown as `stalled`
 
     def round(self, deadline: float, patience: float | None = None) -> list[observe.TopRow]:
         """Ask every node not still busy with the last round; wait until `deadline` seconds have passed.
@@ -133,7 +133,6 @@ class Sampler:
             window = rank_progress.window(self.t, service)
             if window is None or service.group is None:
                 continue
-            window = window if self.span is None else min(window, self.span)
             parsed = scrape if isinstance(scrape, observe.Parsed) else None
             self.verdicts[name] = self.progress.see(name, reading.at, parsed, window)
 
@@ -179,9 +178,16 @@ class Sampler:
         return "up" if isinstance(scrape, observe.Parsed) else f"metrics not answering: {scrape}"
 
     def named(self, s: Service, state: str) -> str:
-        """`hung (...)` for a rank up whose progress the rule judges hung."""
+        """`hung (...)` for a rank up whose progress the rule judges hung over its group's window; in a
+        one-shot view, `stalled (...)` for one with no progress between its two reads, a shorter time."""
         verdict = self.verdicts.get(s.name)
-        return f"hung ({verdict.line})" if state == "up" and verdict is not None and verdict.hung else state
+        if state != "up" or verdict is None:
+            return state
+        if verdict.hung:
+            return f"hung ({verdict.line})"
+        if verdict.state == "stalled" and self.one_shot:
+            return f"stalled ({verdict.line}; hung after {rank_progress.window(self.t, s):g}s)"
+        return state
 
     def gpus(self, s: Service, reading: Reading) -> list[observe.Gpu] | None:
         if reading.gpus is None:
@@ -219,7 +225,7 @@ def two_rounds(sampler: Sampler, interval: float) -> list[observe.TopRow]:
     minute (connecting to many nodes of a busy machine takes seconds); a node still silent then is
     reported as such."""
     deadline = max(interval, JSON_ROUND_LIMIT)
-    sampler.span = interval / 2  # two scrapes an interval apart: no progress between them is the stall
+    sampler.one_shot = True  # two scrapes an interval apart: hung only where that covers the window
     sampler.round(deadline, patience=deadline)
     time.sleep(interval)
     return sampler.round(deadline, patience=deadline)

@@ -82,7 +82,12 @@ class Budget:
 
     def count(self, unit: Unit, now: float) -> None:
         unit.times.append(now)
-        unit.next_allowed = now + self.backoff * 2 ** (len(unit.times) - 1)
+        unit.next_allowed = now + self.delay(len(unit.times))
+
+    def delay(self, restarts: int) -> float:
+        """The back-off after the RESTARTS-th restart: doubling, its exponent capped (--max-restarts has no
+        bound; 2**1024 is past a float, and 2**40 back-offs are already longer than any watch runs)."""
+        return self.backoff * 2 ** min(max(restarts - 1, 0), 40)
 
 
 @dataclass
@@ -301,7 +306,7 @@ def _act(w: Watcher, unit: Unit, hung: list[str]) -> None:
         locking.audit(site, f"watch: {action}")
         lock.outcome = restart(t, progress, unit, found, w.ready_timeout)
         w.tracker.forget([s.name for s in unit.services])
-        delay = budget.backoff * 2 ** (unit.restarts - 1)
+        delay = budget.delay(unit.restarts)
         result = lock.outcome.removeprefix("watch: ")
         progress.log(
             f"{unit.name}: saw {'; '.join(reasons)}; restarted it ({unit.restarts}/{budget.max_restarts},"

@@ -38,6 +38,8 @@ STOP_FN = (
 term_svc() {
   d=$1; [ -f "$d/pid" ] || return 0
   pid=; read -r pid < "$d/pid" || :; st=; read -r st 2>/dev/null < "$d/starttime" || :
+  # a pid file a crash or a hand left odd signals nothing: 0 would be `pkill -s 0`, this script's own session
+  [ "$pid" -gt 1 ] 2>/dev/null || return 0
   if [ -r "/proc/$pid/stat" ]; then
     proc_start "$pid"; [ "$pst" = "$st" ] || return 0
     kill -TERM -- "-$pid" 2>/dev/null || true
@@ -103,6 +105,10 @@ list_svcs() {
     name=${d##*/}; pid=0; read -r pid 2>/dev/null < "$d/pid" || :
     st=; read -r st 2>/dev/null < "$d/starttime" || :; started=; read -r started 2>/dev/null < "$d/started" || :
     state=exited; code=137; read -r code 2>/dev/null < "$d/exit" || :
+    # what is printed into the JSON below is what these files should hold, or nothing: a file left odd
+    # (a crash, a hand) is one service listed as exited, never a node whose whole listing is unreadable
+    case $pid in ''|*[!0-9]*) pid=0;; esac; case $code in ''|*[!0-9]*) code=137;; esac
+    case $started in *[!0-9TZ:-]*) started=;; esac
     # A zombie has exited: where the init process reaps orphans late (some container inits, a loaded
     # machine) its stat stays readable, with its start time, for many seconds.
     if [ -r "/proc/$pid/stat" ]; then
