@@ -52,6 +52,18 @@ def test_the_real_answers_read_zero_and_a_count_is_read_where_the_mocker_puts_it
     assert drain.worker_in_flight(two) == 5
 
 
+def test_a_frontend_that_never_relayed_a_request_has_none_in_flight_and_garbage_is_no_count():
+    # Its per-model series appear with the first request: before, only the families' HELP/TYPE lines.
+    fresh = "\n".join(line for line in FRONTEND.splitlines() if not line.startswith("dynamo_frontend_")) + "\n"
+    assert "dynamo_frontend_inflight_requests{" not in fresh and "# TYPE dynamo_frontend_" in fresh
+    assert drain.frontend_in_flight(fresh) == 0
+    # Requests served but no in-flight series, or an answer that is not the frontend's: no count.
+    served = fresh + 'dynamo_frontend_requests_total{model="tiny",status="success"} 7\n'
+    for text in (served, "<html>busy</html>\n", ""):
+        with pytest.raises(ValueError):
+            drain.frontend_in_flight(text)
+
+
 def test_without_dynamos_gauge_the_engines_running_and_waiting_requests_count():
     text = 'sglang:num_running_reqs{tp="0"} 4\nsglang:num_queue_reqs{tp="0"} 1\nsglang:token_usage 0.5\n'
     assert drain.worker_in_flight(text) == 5

@@ -106,7 +106,12 @@ def test_link_cut_while_up_waits(testbed, tmp_path):
             proc.wait()
         testbed.run("heal", "3")
         launcher(testbed, "lock", "break", cwd=tmp_path)
-        launcher(testbed, "down", cwd=tmp_path)
+        began = time.monotonic()
+        down = launcher(testbed, "down", cwd=tmp_path)
+        print(f"down after the healed cut: {time.monotonic() - began:.1f}s\n{down.stdout}{down.stderr}")
+    # The decode ranks never registered (no etcd): their /metrics never answer and SIGTERM does not end them;
+    # the frontend, which never relayed a request, says none is in flight (down used to wait 60 s for them).
+    assert down.returncode == 0 and "drain_timeout reached" not in down.stdout, down.stdout
 
 
 def test_sshd_killed_during_down(testbed, tmp_path):

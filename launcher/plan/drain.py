@@ -39,6 +39,8 @@ ENGINE_IN_FLIGHT = (
     "sglang:num_queue_reqs",
 )
 FRONTEND_IN_FLIGHT = "dynamo_frontend_inflight_requests"
+FRONTEND_REQUESTS = "dynamo_frontend_requests_total"
+FRONTEND_FAMILY = "\n# TYPE dynamo_frontend_"  # a line of the frontend's own metric families
 
 
 def worker_env(engine: str, drain_timeout: float) -> dict[str, str]:
@@ -121,11 +123,16 @@ def worker_in_flight(text: str) -> int:
 
 
 def frontend_in_flight(text: str) -> int:
-    """The Dynamo frontend's in-flight requests (all models); ValueError as for a worker."""
-    values = [v for _, _, v in _samples(text, (FRONTEND_IN_FLIGHT,))]
-    if not values:
-        raise ValueError("no in-flight request count in it")
-    return _count(values)
+    """The Dynamo frontend's in-flight requests (all models); ValueError as for a worker. Its gauges are per
+    model and appear with the first request: a frontend's answer (its own metric families are there) with no
+    in-flight and no request sample at all has never relayed a request, so none is in flight."""
+    samples = _samples(text, (FRONTEND_IN_FLIGHT, FRONTEND_REQUESTS))
+    values = [v for name, _, v in samples if name == FRONTEND_IN_FLIGHT]
+    if values:
+        return _count(values)
+    if not samples and (FRONTEND_FAMILY in text or text.startswith(FRONTEND_FAMILY[1:])):
+        return 0
+    raise ValueError("no in-flight request count in it")
 
 
 @dataclass
