@@ -18,8 +18,6 @@ from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK, held
 from launcher.runtime.lock import guard_script
 from launcher.runtime.shell import q, write_from_stdin
 
-# Stop one service directory's session: TERM, up to 10 s, then KILL. Only a pid whose start time
-# matches the one recorded is signalled as a leader; survivors are found by session id.
 # proc_start PID: set $pst to PID's start time (field 22 of /proc/PID/stat, counted after the command name,
 # which may hold spaces and parentheses) and $pstate to its state (field 3: Z for a zombie), both empty when
 # there is no such process. Builtins only, no fork: the listing runs it for every service at every poll
@@ -31,33 +29,32 @@ proc_start() {
 }
 """
 
+# Stop one service directory's session: TERM, up to 10 s, then KILL. Only a pid whose start time
+# matches the one recorded is signalled as a leader; survivors are found by session id.
 STOP_FN = (
     PROC_START_FN
     + r"""
+# recorded DIR: set $pid to the service's recorded pid (empty unless a number over 1: a file a crash or a
+# hand left odd signals nothing, and 0 would be `pkill -s 0`, this script's own session) and $live to
+# `yes` (that process runs, with the recorded start time), `no` (the pid now belongs to another process:
+# reused, which the kernel only does once no process is left in our session) or `gone` (no process has it;
+# a leader that is gone leaves its id to its session's survivors).
+recorded() {
+  pid=; st=; live=; read -r pid 2>/dev/null < "$1/pid" || :
+  [ "$pid" -gt 1 ] 2>/dev/null || { pid=; return 0; }
+  read -r st 2>/dev/null < "$1/starttime" || :
+  live=gone; [ -r "/proc/$pid/stat" ] || return 0
+  proc_start "$pid"; if [ "$pst" = "$st" ]; then live=yes; else live=no; fi
+}
 # term_svc DIR: SIGTERM the service's session (only if the recorded pid is still ours).
 term_svc() {
-  d=$1; [ -f "$d/pid" ] || return 0
-  pid=; read -r pid < "$d/pid" || :; st=; read -r st 2>/dev/null < "$d/starttime" || :
-  # a pid file a crash or a hand left odd signals nothing: 0 would be `pkill -s 0`, this script's own session
-  [ "$pid" -gt 1 ] 2>/dev/null || return 0
-  if [ -r "/proc/$pid/stat" ]; then
-    proc_start "$pid"; [ "$pst" = "$st" ] || return 0
-    kill -TERM -- "-$pid" 2>/dev/null || true
-  fi
+  recorded "$1"; [ -n "$pid" ] && [ "$live" != no ] || return 0
+  if [ "$live" = yes ]; then kill -TERM -- "-$pid" 2>/dev/null || true; fi
   pkill -TERM -s "$pid" 2>/dev/null || true
 }
-# our_sid DIR: set $sid to the service's session id if that session can still be ours (else empty). A live process
-# with the recorded pid but another start time means the pid was reused, which the kernel only does
-# once no process is left in our session: nothing of ours remains, print nothing. A leader that is
-# gone leaves its id to its session's survivors, so those are still found by session id.
+# our_sid DIR: set $sid to the service's session id if that session can still be ours (else empty).
 our_sid() {
-  sid=; pid=0; read -r pid 2>/dev/null < "$1/pid" || :
-  # pid 0 would mean "my own session" to pgrep: a service that never started has nothing to wait for
-  [ "$pid" -gt 1 ] 2>/dev/null || return 0
-  if [ -r "/proc/$pid/stat" ]; then
-    st=; read -r st 2>/dev/null < "$1/starttime" || :
-    proc_start "$pid"; [ "$pst" = "$st" ] || return 0
-  fi
+  recorded "$1"; sid=; [ -n "$pid" ] && [ "$live" != no ] || return 0
   sid=$pid
 }
 # reap_svcs DIR...: wait (10 s at most, all together) for the sessions to end, then SIGKILL survivors.
@@ -84,10 +81,7 @@ stop_svc() { term_svc "$1"; reap_svcs "$1"; }
 # term_engine DIR: SIGTERM the service's engine only (the wrapper's child), as `docker stop` signals a
 # container's main process: the wrapper stays to record the engine's exit code once it has finished.
 term_engine() {
-  d=$1; [ -f "$d/pid" ] || return 0
-  pid=; read -r pid < "$d/pid" || :; st=; read -r st 2>/dev/null < "$d/starttime" || :
-  [ -r "/proc/$pid/stat" ] || return 0
-  proc_start "$pid"; [ "$pst" = "$st" ] || return 0
+  recorded "$1"; [ "$live" = yes ] || return 0
   pkill -TERM -P "$pid" 2>/dev/null || true
 }
 """
