@@ -87,7 +87,7 @@ def test_aiperf_argv_is_perf_sh_s():
         "--extra-inputs max_tokens:256 --extra-inputs min_tokens:256 --extra-inputs ignore_eos:true",
         "--use-server-token-count",
         "--concurrency 4 --request-count 40 --num-dataset-entries 48 --random-seed 7",
-        "--artifact-dir /out/c4 --ui none --warmup-request-count 8",
+        "--artifact-dir /out/c4 --ui none --no-gpu-telemetry --no-server-metrics --warmup-request-count 8",
     ):
         assert part in text, part
     assert "nvext" not in text  # Dynamo 1.6.1's frontend answers 400 to nvext.ignore_eos

@@ -33,9 +33,10 @@ from tests.testbed_104 import DEPLOYMENT_FILE, testbed_104  # noqa: F401
 
 pytestmark = pytest.mark.testbed
 
-# A tiny workload (the assertions are structural): two concurrencies (each is a run of AIPerf: its start-up
-# is most of the test's CPU), 10 requests each per unit of it.
-ARGS = ["--workload", "e2e", "--concurrency", "1,2", "--isl", "100", "--osl", "16"]
+# A tiny workload (the assertions are structural): two concurrencies from this machine, one on the head node
+# (each is a run of AIPerf: its start-up is most of the test's CPU), 10 requests each per unit of it.
+ARGS = ["--workload", "e2e", "--isl", "100", "--osl", "16"]
+CONCURRENCIES = {"local": [1, 2], "head": [2]}
 
 
 def launcher(testbed, command: str, *args: str, cwd: Path, timeout: float = 900, env=None):
@@ -59,8 +60,8 @@ def check_run(out: Path, where: str) -> dict:
     ]  # fmt: skip
     results = json.loads((out / "results.json").read_text())
     rows = results["results"]
-    assert [r["concurrency"] for r in rows] == [1, 2]
-    assert [r["requests"] for r in rows] == [10, 20]  # 10 x concurrency, after 2 x concurrency warm-up
+    assert [r["concurrency"] for r in rows] == CONCURRENCIES[where]
+    assert [r["requests"] for r in rows] == [10 * c for c in CONCURRENCIES[where]]  # after 2 x c warm-up
     assert all(r["errors"] == 0 for r in rows), rows
     assert all(r["output_tokens_per_request"] == 16 for r in rows)  # the server's count: exactly OSL each
     assert all(r["input_tokens_per_request"] >= 100 for r in rows)  # 100 synthetic tokens, plus the template
@@ -104,7 +105,7 @@ def test_the_seed_e2e_defaults_exceed_the_tiny_model_context(testbed, deployed):
 
 def test_bench_from_this_machine_through_the_head_node(testbed, deployed):
     started = time.monotonic()
-    out = launcher(testbed, "bench", *ARGS, "--out", str(deployed / "local-run"), cwd=deployed)
+    out = launcher(testbed, "bench", *ARGS, "--concurrency", "1,2", "--out", str(deployed / "local-run"), cwd=deployed)
     print(f"\nbench (2 concurrencies, local client) took {time.monotonic() - started:.0f} s")
     assert out.returncode == 0, out.stdout + out.stderr
     head = testbed.nodes[0]
@@ -120,8 +121,8 @@ def test_bench_from_this_machine_through_the_head_node(testbed, deployed):
 
 
 def test_bench_on_the_head_node_then_compare(testbed, deployed, bench_env):  # noqa: F811
-    out = launcher(testbed, "bench", *ARGS, "--on-head", "--head-env", str(bench_env), "--out",
-                   str(deployed / "head-run"), cwd=deployed)  # fmt: skip
+    out = launcher(testbed, "bench", *ARGS, "--concurrency", "2", "--on-head", "--head-env", str(bench_env),
+                   "--out", str(deployed / "head-run"), cwd=deployed)  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"client: AIPerf 0.13.0 on the head node, node 0 ({testbed.nodes[0][0]}" in out.stderr
     check_run(deployed / "head-run", "head")
@@ -136,6 +137,8 @@ def test_bench_on_the_head_node_then_compare(testbed, deployed, bench_env):  # n
     lines = compared.stdout.splitlines()
     assert lines[0].split() == ["conc", "metric", "local-run", "head-run", "change"]
     assert sum(line.split()[:1] in (["1"], ["2"]) for line in lines) == 2
+    one_sided = next(line for line in lines if line.split()[:1] == ["1"]).split()  # "1 req/s 1.2 - -"
+    assert one_sided[-2:] == ["-", "-"] and one_sided[-3] != "-"  # concurrency 1 ran only from this machine
     assert 'recipe differs: client.where: "local" -> "head"' in lines
     assert not any("recipe differs: recipe." in line for line in lines)  # same file, plan, images, model
     print("\n" + "\n".join(lines[:12]))
