@@ -10,6 +10,7 @@ router (garbage, a forged id, an answer without end) refused in one line within 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -22,13 +23,15 @@ import pytest
 import yaml
 
 from launcher.commands.drain import router_count, unroute
+from launcher.commands.nodes import start
 from launcher.config.load import load
+from launcher.output.progress import Progress
 from launcher.plan import drain
 from launcher.plan.build import build
 from launcher.plan.types import Node, Plan, Probe, Service
 from launcher.transport.host import Options
 from launcher.transport.local import LocalHost
-from tests.helpers import free_port, wait_for
+from tests.helpers import assert_gone, connected_target, free_port, fresh_env, launcher, wait_for
 from tests.test_drain import answer, serve_once, trickle
 
 pytestmark = pytest.mark.slow
@@ -37,10 +40,12 @@ BIN = Path(sys.executable).parent  # the project's env: etcd and the router's py
 
 
 def plan_with_router(tmp_path: Path) -> tuple[Plan, dict[str, int]]:
-    ports = {k: free_port() for k in ("router", "metrics", "prefill", "decode", "peer")}
+    ports = {k: free_port() for k in ("router", "metrics", "prefill", "decode", "peer", "peer2")}
     data = {
         "deployment": "router-drain",
         "runtime": "process",
+        "python_env": str(BIN.parent),
+        "state_dir": str(tmp_path / "state"),
         "gpus_per_node": 8,
         "versions": {"sglang": "0.5.21", "sglang_router": "0.3.2"},
         "model": {"path": "/model", "name": "tiny"},
@@ -57,6 +62,15 @@ def plan_with_router(tmp_path: Path) -> tuple[Plan, dict[str, int]]:
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return build(load(path, environ={})), ports
+
+
+def etcd_argv(tmp_path: Path, name: str, client: int, peer: int) -> list[str]:
+    return [
+        str(BIN / "etcd"), "--name", name, "--data-dir", str(tmp_path / name), "--listen-client-urls",
+        f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"{name}=http://127.0.0.1:{peer}",
+    ]  # fmt: skip
 
 
 def started(argv: list[str], log: Path) -> subprocess.Popen:
@@ -139,3 +153,44 @@ def test_a_hostile_router_is_refused_in_one_line_within_the_deadline(behaviour, 
     assert said.startswith("not removed from the router (") and says in said, said
     assert "\n" not in said and len(said) < 260 and took < 5, (said, took)
     thread.join(timeout=35)
+
+
+def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_path):
+    """`launcher down` as a user runs it, on the process runtime: the plan's real router and, as its two
+    workers (by the plan's names, on the plan's ports), real etcds standing in for SGLang. Each worker is
+    removed from the router first, counted by the router (no --enable-metrics), then everything stops.
+    The old `down` said the groups had no drain and cut them."""
+    plan, ports = plan_with_router(tmp_path)
+    router = next(s for s in plan.services if s.role == "router")
+    peers = {"prefill": ports["peer"], "decode": ports["peer2"]}
+    stand_ins = [
+        dataclasses.replace(s, command=etcd_argv(tmp_path, s.role, ports[s.role], peers[s.role]))
+        for s in plan.services if s.group
+    ]  # fmt: skip
+    env = {**fresh_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    down = None
+    try:
+        with connected_target(plan) as target:
+            start(target, [router, *stand_ins], Progress(live=False))
+        wait_for(lambda: len(listed(router)) == 2, 60, 0.2, "the router listing both workers")
+        began = time.monotonic()
+        down = launcher("down", str(tmp_path / "router.yaml"), env=env, cwd=tmp_path)
+        print(f"\nlauncher down: {time.monotonic() - began:.1f}s")
+    finally:
+        if down is None or down.returncode != 0:  # left behind: cleaned, whatever failed
+            launcher("down", str(tmp_path / "router.yaml"), "--now", env=env, cwd=tmp_path)
+    out = down.stdout + down.stderr
+    print(f"\n{out}")
+    assert down.returncode == 0, out
+    assert "down: draining 2 worker(s) first, up to 60s" in out and "has no drain" not in out, out
+    for role, node in (("prefill", 0), ("decode", 1)):
+        line = next(x for x in out.splitlines() if x.startswith(f"drain: {role}-r0 "))
+        assert line.startswith(
+            f"drain: {role}-r0 on node {node}: removed from the router; counted by the router (the worker's /metrics"
+            " is off); an unknown number of request(s) in flight, drained in "
+        ), line
+    assert out.index("drain: prefill-r0") < out.index("drain: decode-r0"), out
+    assert "down: removed " in out, out  # (both nodes are this machine: each counts all three)
+    audit = (tmp_path / "state" / "router-drain" / "audit.log").read_text()
+    assert '"drain decode-r0 on node 1: removed from the router;' in audit, audit
+    assert_gone([], tuple(ports[k] for k in ("router", "metrics", "prefill", "decode")))
