@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands.drain import router_count, unroute
+from launcher.commands.drain import drain_node, router_count, unroute
 from launcher.commands.nodes import start
 from launcher.config.load import load
 from launcher.output.progress import Progress
@@ -155,6 +155,39 @@ def test_a_hostile_router_is_refused_in_one_line_within_the_deadline(behaviour, 
     thread.join(timeout=35)
 
 
+def workers_as_etcds(tmp_path: Path, plan: Plan, ports: dict[str, int]) -> list[Service]:
+    """The plan's two SGLang workers (their names, node, ports) with a real etcd's command instead."""
+    peers = {"prefill": ports["peer"], "decode": ports["peer2"]}
+    return [
+        dataclasses.replace(s, command=etcd_argv(tmp_path, s.role, ports[s.role], peers[s.role]))
+        for s in plan.services if s.group
+    ]  # fmt: skip
+
+
+def test_a_worker_whose_router_is_gone_is_not_waited_for(tmp_path):
+    """The router died (not started here): the removal fails, said in one line; the worker's own count is
+    unreadable and the router answers nothing, so no request can reach it: the drain ends at once, not
+    at drain_timeout."""
+    plan, ports = plan_with_router(tmp_path)
+    decode = next(s for s in plan.services if s.role == "decode")
+    with connected_target(plan) as target:
+        try:
+            start(target, workers_as_etcds(tmp_path, plan, ports), Progress(live=False))
+            host = target.fleet.host(decode.node.index)
+            began = time.monotonic()
+            [d] = drain_node(target, host, [decode], time.monotonic() + 60, {}, None, drain.routed(plan.services))
+            took = time.monotonic() - began
+        finally:
+            target.fleet.run(target.runtime.remove_all_script(plan, now=True), timeout=60)
+    print(f"\n{d.describe()}")
+    assert d.outcome == "router gone" and took < 20, (d.describe(), took)
+    assert d.describe().startswith(
+        "decode-r0 on node 1: not removed from the router (ConnectionRefusedError: [Errno 111] Connection refused);"
+        " an unknown number of request(s) in flight, drained in "
+    ), d.describe()
+    assert d.describe().endswith("(its own count unreadable; its router does not answer: no request reaches it)")
+
+
 def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_path):
     """`launcher down` as a user runs it, on the process runtime: the plan's real router and, as its two
     workers (by the plan's names, on the plan's ports), real etcds standing in for SGLang. Each worker is
@@ -162,11 +195,7 @@ def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_
     The old `down` said the groups had no drain and cut them."""
     plan, ports = plan_with_router(tmp_path)
     router = next(s for s in plan.services if s.role == "router")
-    peers = {"prefill": ports["peer"], "decode": ports["peer2"]}
-    stand_ins = [
-        dataclasses.replace(s, command=etcd_argv(tmp_path, s.role, ports[s.role], peers[s.role]))
-        for s in plan.services if s.group
-    ]  # fmt: skip
+    stand_ins = workers_as_etcds(tmp_path, plan, ports)
     env = {**fresh_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
     down = None
     try:

@@ -109,6 +109,8 @@ def drain_node(
                 finish(drains[s.name], pending, s, "drained", started)
             elif unreadable_but_idle(count, started, frontend_idle):
                 finish(drains[s.name], pending, s, "idle", started)
+            elif count is None and s.name in routers and router_gone(t, routers[s.name][0], started, deadline):
+                finish(drains[s.name], pending, s, "router gone", started)
         if pending:
             running = running_names(t, host)
             for s in [s for s in pending if s.name not in running]:
@@ -169,6 +171,22 @@ def router_count(host: Host, router: Service, url: str, deadline: float, d: Drai
     if count is not None and not (d.router or "").endswith(ROUTER_COUNTED):
         d.router = f"{d.router or ''}{ROUTER_COUNTED}"
     return count
+
+
+def router_gone(t: Target, router: Service, started: float, deadline: float) -> bool:
+    """Does the router not answer at all, a little after the drain's start? Every request to a worker behind
+    it passes through it: none reaches a worker whose router is gone (without this, `down` of a deployment
+    whose router died waited out drain_timeout for workers whose own count cannot be read)."""
+    if time.monotonic() - started < UNREADABLE_GRACE_SECONDS:
+        return False
+    host = t.fleet.host(router.node.index)
+    try:
+        host.http("GET", f"{plan_drain.router_api(router)}/health", timeout=scrape_seconds(deadline), limit=4096)
+    except (ValueError, NodeError):  # an answer, or the router's node not reached: not known to be gone
+        return False
+    except OSError:  # refused, or no answer in time
+        return True
+    return False
 
 
 def unreadable_but_idle(count: int | None, started: float, frontend_idle: FrontendIdle | None) -> bool:

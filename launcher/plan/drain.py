@@ -213,7 +213,7 @@ class Drain:
     node: int
     waited_for: int | None = None  # in flight when it was signalled (None: its /metrics could not say)
     seconds: float = 0.0
-    outcome: str = "drained"  # drained | exited | idle | timed out | not running
+    outcome: str = "drained"  # drained | exited | idle | router gone | timed out | not running
     left: int | None = None  # still in flight when the wait ended (timed out)
     router: str | None = None  # behind an sglang-router: what its removal from the router came to
 
@@ -229,5 +229,9 @@ class Drain:
         if self.outcome == "timed out":
             still = "an unknown number" if self.left is None else str(self.left)
             return text + f", drain_timeout reached after {self.seconds:.1f}s with {still} still in flight"
-        how = {"exited": " (exited)", "idle": " (its own count unreadable; the frontend relays no request)"}
+        how = {
+            "exited": " (exited)",
+            "idle": " (its own count unreadable; the frontend relays no request)",
+            "router gone": " (its own count unreadable; its router does not answer: no request reaches it)",
+        }
         return text + f", drained in {self.seconds:.1f}s" + how.get(self.outcome, "")
