@@ -5,6 +5,7 @@ peer on loopback that sends without end or one byte at a time)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -219,9 +220,87 @@ def test_prefill_workers_drain_before_decode_and_only_dynamo_ranks_that_serve_ge
     # dynamo-sglang: only node-rank 0 registers `generate`; the other ranks stop with it
     wide = plan_of("dsr1-104gpu.yaml")
     assert [[s.service for s in phase] for phase in drain.phases(wide)] == [["prefill-r0"], ["decode-r0"]]
-    # plain SGLang behind its router: no Dynamo, no drain (said, not hidden)
+    # plain SGLang behind its router: rank 0 of each group, the URL the router was given, prefill first
     pd = plan_of("sglang-1p1d-32gpu.yaml")
-    assert drain.phases(pd) == [] and drain.not_drained(pd) == ["decode", "prefill"]
+    assert [[s.service for s in phase] for phase in drain.phases(pd)] == [["prefill-r0"], ["decode-r0"]]
+    assert drain.not_drained(pd) == []
+
+
+def test_the_sglang_workers_behind_the_router_are_the_urls_it_was_given(tmp_path):
+    pd = plan_of("sglang-1p1d-32gpu.yaml")
+    router = next(s for s in pd.services if s.role == "router")
+    routed = {pd_name.split("-", 2)[-1]: (r.service, url) for pd_name, (r, url) in drain.routed(pd.services).items()}
+    assert routed == {
+        "prefill-r0": ("router", "http://192.0.2.40:30000"),
+        "decode-r0": ("router", "http://192.0.2.42:30000"),
+    }
+    given = router.command[router.command.index("--pd-disaggregation") :]
+    assert all(url in given for _, url in routed.values())
+    assert drain.router_api(router) == "http://192.0.2.40:8000"
+    # what the plan says of it
+    text = plan_views.to_text(pd)
+    assert "drain: `down` takes the SGLang workers out of the router first (its /workers API)" in text
+    assert "Dynamo workers" not in text
+    # mini_lb (SGLang 0.5.1's) has no worker API: nothing drained through it, said as before
+    data = yaml.safe_load((REPO / "configs" / "sglang-1p1d-32gpu.yaml").read_text())
+    data["services"]["router"]["kind"] = "mini_lb"
+    data["versions"] = {"sglang": "0.5.1"}
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    mini = build(load(path, environ={}))
+    assert drain.routed(mini.services) == {} and drain.phases(mini) == []
+    assert drain.not_drained(mini) == ["decode", "prefill"]
+
+
+ROUTER = REPO / "tests" / "data" / "router"
+
+
+def test_the_real_routers_worker_list_gives_each_workers_id_and_its_metrics_the_count():
+    listed = json.loads((ROUTER / "sglang-router-0.3.2-workers.json").read_text())
+    after = json.loads((ROUTER / "sglang-router-0.3.2-workers-after-delete.json").read_text())
+    deleted = json.loads((ROUTER / "sglang-router-0.3.2-delete.json").read_text())
+    decode, prefill = "http://127.0.0.1:37302", "http://127.0.0.1:37301"
+    assert drain.router_worker_id(listed, decode) == deleted["worker_id"] == "285df6e8-39b7-48e1-9b68-ed16e69665b6"
+    assert drain.router_worker_id(listed, prefill) == "1ab66203-bd71-47de-93b7-ecbdf50ddd4d"
+    assert drain.router_worker_id(after, decode) is None  # removed: no longer listed
+    assert drain.router_worker_id(after, prefill) == "1ab66203-bd71-47de-93b7-ecbdf50ddd4d"
+    assert drain.router_worker_id(listed, "http://127.0.0.1:1") is None
+    metrics = (ROUTER / "sglang-router-0.3.2-metrics-after-delete.txt").read_text()
+    assert drain.router_in_flight(metrics, decode) == 0
+    busy = metrics.replace(
+        f'smg_worker_requests_active{{worker="{decode}"}} 0', f'smg_worker_requests_active{{worker="{decode}"}} 4'
+    )
+    assert busy != metrics and drain.router_in_flight(busy, decode) == 4
+    with pytest.raises(ValueError, match="no in-flight count for that worker"):
+        drain.router_in_flight(metrics, prefill)  # no series for it: unknown, not 0
+
+
+URL = "http://10.0.0.1:30000"
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ("<html>gateway</html>", "no `workers` list"),
+        ({"workers": {"url": URL}}, "no `workers` list"),
+        ({"workers": [{"url": URL, "id": "../../shutdown"}]}, "not a UUID"),
+        ({"workers": [{"url": URL, "id": "1ab66203-bd71-47de-93b7-ecbdf50ddd4d/../x"}]}, "not a UUID"),
+        ({"workers": [{"url": URL}]}, "not a UUID"),
+        ({"workers": [{"url": URL, "id": 7}]}, "not a UUID"),
+        ({"workers": [{"url": "x", "id": "y"}] * 5000}, "over 4096 workers"),
+    ],
+)
+def test_a_hostile_worker_list_is_refused_in_a_short_reason(answer, why):
+    with pytest.raises(ValueError, match=why) as refused:
+        drain.router_worker_id(answer, URL)
+    assert len(str(refused.value)) < 80 and "\n" not in str(refused.value)
+    # entries that are not objects, or other workers', are passed over
+    assert drain.router_worker_id({"workers": [1, "x", None, {"url": "y", "id": "z"}]}, URL) is None
+
+
+def test_a_drain_behind_the_router_says_what_came_of_the_removal():
+    d = drain.Drain("decode-r0", 1, 3, 2.5, "drained", 0, router="removed from the router")
+    assert d.describe() == "decode-r0 on node 1: removed from the router; 3 request(s) in flight, drained in 2.5s"
 
 
 def test_the_plan_sets_the_grace_period_and_migration_and_says_so():
@@ -236,7 +315,7 @@ def test_the_plan_sets_the_grace_period_and_migration_and_says_so():
     assert plan_views.to_json(local)["stop"] == {"drain_timeout": 60, "migration_limit": 3}
     pd = plan_of("sglang-1p1d-32gpu.yaml")
     assert not any(drain.GRACE_ENV in s.env for s in pd.services)
-    assert "drain:" not in plan_views.to_text(pd)
+    assert "drain: a stop lets the Dynamo workers" not in plan_views.to_text(pd)
 
 
 def launcher_plan(tmp_path: Path, edit) -> subprocess.CompletedProcess:

@@ -34,7 +34,8 @@ def drain_first(t: Target, now: bool) -> list[str]:
         say("down --now: drain skipped, in-flight requests are cut")
         return ["drain skipped (--now)"]
     for group in plan_drain.not_drained(t.plan):
-        say(f"down: group {group} has no drain (not a Dynamo engine): its requests in flight are cut")
+        why = "neither a Dynamo engine nor behind an sglang-router"
+        say(f"down: group {group} has no drain ({why}): its requests in flight are cut")
     # Replicas the file no longer has (`replicas:` lowered since `up`) are drained with the others.
     workers = [s for p in plan_drain.phases(t.plan) for s in p] + strays(t)
     if not workers:

@@ -6,6 +6,10 @@ Per phase (prefill workers, then the others), every node at once: read each work
 from its /metrics (through the node's connection, bounded in size and time), SIGTERM its engine (it
 deregisters), then poll until the count reads zero or the worker has exited, or the deadline. Last, the
 frontend, still up, is given until the same deadline to finish the streams it is relaying.
+
+Plain SGLang workers behind the plan's sglang-router are not signalled: each is removed from the router
+through its API (through the router node's connection), then waited for the same way while it still
+runs (its count, else the router's count of its requests); the stop that follows the drain ends it.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def drain(t: Target, told: Callable[[str], None], services: list[Service] | None
     """Drain every drained worker of the plan (or of `services`), phase by phase, all within drain_timeout;
     `told` hears each drain's line as it ends. A node that cannot be reached is reported in its drains' outcome."""
     deadline = time.monotonic() + t.plan.drain_timeout
-    phases = plan_drain.phases(t.plan) if services is None else plan_drain.order(services)
+    routers = plan_drain.routed(t.plan.services)
+    phases = plan_drain.phases(t.plan) if services is None else plan_drain.order(services, set(routers))
     # Every worker's count as the drain begins: a decode worker's requests are waited for (it keeps
     # serving them) while the prefill workers drain, and are counted as waited for.
     everyone = by_node([s for phase in phases for s in phase])
@@ -51,7 +56,7 @@ def drain(t: Target, told: Callable[[str], None], services: list[Service] | None
     idle = FrontendIdle(t, deadline)
     for phase in phases:
         on = by_node(phase)
-        results = t.fleet.map(lambda h, on=on: drain_node(t, h, on[h.node.index], deadline, counts, idle), on)
+        results = t.fleet.map(lambda h, on=on: drain_node(t, h, on[h.node.index], deadline, counts, idle, routers), on)
         for i, result in sorted(results.items()):
             if isinstance(result, Exception):
                 result = [Drain(s.service, i, outcome=f"node failed: {describe(result)}") for s in on[i]]
@@ -70,10 +75,13 @@ def drain_node(
     deadline: float,
     counts: dict[str, int | None],
     frontend_idle: FrontendIdle | None = None,
+    routers: dict[str, tuple[Service, str]] | None = None,
 ) -> list[Drain]:
-    """One node's workers of one phase: count, signal, wait (see the module's docstring). `counts`: each
-    worker's in-flight requests when the drain began (the larger of that and the count now is reported).
-    A worker whose count cannot be read is done once `frontend_idle` says the frontend relays no request."""
+    """One node's workers of one phase: count, signal (or take out of its router), wait (see the module's
+    docstring). `counts`: each worker's in-flight requests when the drain began (the larger of that and the
+    count now is reported). A worker whose count cannot be read is done once `frontend_idle` says the
+    frontend relays no request. `routers`: the workers behind an sglang-router (plan.drain.routed)."""
+    routers = routers or {}
     running = running_names(t, host)
     drains = {s.name: Drain(s.service, host.node.index) for s in services}
     live = [s for s in services if s.name in running]
@@ -84,17 +92,25 @@ def drain_node(
         known = [c for c in (counts.get(s.name), in_flight(host, s, deadline)) if c is not None]
         drains[s.name].waited_for = max(known) if known else None
     started = time.monotonic()
-    if live:
-        host.run(t.runtime.term_script(t.plan, [s.name for s in live]), timeout=SCRIPT_SECONDS)
+    for s in [s for s in live if s.name in routers]:
+        drains[s.name].router = unroute(t.fleet.host(routers[s.name][0].node.index), *routers[s.name], deadline)
+    signalled = [s.name for s in live if s.name not in routers]
+    if signalled:
+        host.run(t.runtime.term_script(t.plan, signalled), timeout=SCRIPT_SECONDS)
     pending = list(live)
     while pending:
         for s in list(pending):
             count = in_flight(host, s, deadline)
+            if count is None and s.name in routers:
+                router, url = routers[s.name]
+                count = router_count(t.fleet.host(router.node.index), router, url, deadline, drains[s.name])
             drains[s.name].left = count
             if count == 0:
                 finish(drains[s.name], pending, s, "drained", started)
             elif unreadable_but_idle(count, started, frontend_idle):
                 finish(drains[s.name], pending, s, "idle", started)
+            elif count is None and s.name in routers and router_gone(t, routers[s.name][0], started, deadline):
+                finish(drains[s.name], pending, s, "router gone", started)
         if pending:
             running = running_names(t, host)
             for s in [s for s in pending if s.name not in running]:
@@ -106,6 +122,71 @@ def drain_node(
         drains[s.name].outcome = "timed out"
         drains[s.name].seconds = time.monotonic() - started
     return list(drains.values())
+
+
+def unroute(host: Host, router: Service, url: str, deadline: float) -> str:
+    """Take the worker at URL out of the sglang-router's routing (its API, see plan.drain): look its id up,
+    DELETE it, then until the router lists it no more (within the deadline). Returns what came of it, one
+    line; a failure is said and the drain goes on (the worker's requests are still waited for)."""
+    api = plan_drain.router_api(router)
+    try:
+        worker = router_listed(host, api, url, deadline)
+        if worker is None:
+            return "not in the router's workers (nothing to remove)"
+        status, _ = host.http("DELETE", f"{api}/workers/{worker}", timeout=scrape_seconds(deadline),
+                              limit=plan_drain.MAX_ROUTER_ANSWER)  # fmt: skip
+        if status not in (200, 202, 204, 404):  # 404: gone already
+            return f"not removed from the router (it answered HTTP {status})"
+        while router_listed(host, api, url, deadline) is not None:
+            if time.monotonic() >= deadline:
+                return "the router still lists it at drain_timeout"
+            time.sleep(POLL_SECONDS)
+        return "removed from the router"
+    except (OSError, ValueError, NodeError) as exc:
+        return f"not removed from the router ({describe(exc).splitlines()[0][:200]})"
+
+
+def router_listed(host: Host, api: str, url: str, deadline: float) -> str | None:
+    """The router's id of the worker at URL (None: not listed); ValueError when its answer is not a listing."""
+    status, body = host.http(
+        "GET", f"{api}/workers", timeout=scrape_seconds(deadline), limit=plan_drain.MAX_ROUTER_ANSWER
+    )
+    if status != 200:
+        raise ValueError(f"GET /workers answered HTTP {status}")
+    return plan_drain.router_worker_id(body, url)
+
+
+def scrape_seconds(deadline: float) -> float:
+    """One request's time: SCRAPE_SECONDS, never past the deadline (at least a tenth of a second)."""
+    return max(0.1, min(SCRAPE_SECONDS, deadline - time.monotonic()))
+
+
+ROUTER_COUNTED = "; counted by the router (the worker's /metrics is off)"
+
+
+def router_count(host: Host, router: Service, url: str, deadline: float, d: Drain) -> int | None:
+    """The router's own count of its requests on the worker at URL (HOST: the router's node), for a worker
+    whose /metrics is off (no --enable-metrics); the drain's line says so."""
+    count = in_flight(host, router, deadline, lambda text: plan_drain.router_in_flight(text, url))
+    if count is not None and not (d.router or "").endswith(ROUTER_COUNTED):
+        d.router = f"{d.router or ''}{ROUTER_COUNTED}"
+    return count
+
+
+def router_gone(t: Target, router: Service, started: float, deadline: float) -> bool:
+    """Does the router not answer at all, a little after the drain's start? Every request to a worker behind
+    it passes through it: none reaches a worker whose router is gone (without this, `down` of a deployment
+    whose router died waited out drain_timeout for workers whose own count cannot be read)."""
+    if time.monotonic() - started < UNREADABLE_GRACE_SECONDS:
+        return False
+    host = t.fleet.host(router.node.index)
+    try:
+        host.http("GET", f"{plan_drain.router_api(router)}/health", timeout=scrape_seconds(deadline), limit=4096)
+    except (ValueError, NodeError):  # an answer, or the router's node not reached: not known to be gone
+        return False
+    except OSError:  # refused, or no answer in time
+        return True
+    return False
 
 
 def unreadable_but_idle(count: int | None, started: float, frontend_idle: FrontendIdle | None) -> bool:

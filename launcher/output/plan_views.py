@@ -130,10 +130,15 @@ def _replica_line(plan: Plan, group: Group) -> list[str]:
 def _stop_text(plan: Plan) -> list[str]:
     """What a stop does to the requests in flight: the drain, and the frontend's request migration."""
     out = []
-    if drain.phases(plan):
+    if any(drain.drained(s) for s in plan.services):
         out.append(
             f"drain: a stop lets the Dynamo workers finish their requests first, up to {plan.drain_timeout:g}s"
             " (drain_timeout; `down --now` skips it)"
+        )
+    if drain.routed(plan.services):
+        out.append(
+            "drain: `down` takes the SGLang workers out of the router first (its /workers API) and lets them"
+            f" finish their requests, up to {plan.drain_timeout:g}s (drain_timeout; `down --now` skips it)"
         )
     if plan.migration_limit:
         out.append(

@@ -9,17 +9,28 @@ exits. The real engines (dynamo.sglang, dynamo.vllm) keep serving them through t
 serving /metrics at the signal. So the count is read before the signal, and afterwards the drain ends
 when the count reads zero, or when the worker has exited, or at drain_timeout.
 
-Nothing a /metrics answer says is trusted beyond a bound: its size, the number of series read, each
-line's length and each value (finite, whole, 0 to MAX_IN_FLIGHT); anything else is "unreadable", never a crash.
+Plain SGLang behind its P/D router (sglang-router 0.3.2, checked against the real router): no graceful
+deregistration, so `down` takes each worker out of the router first, through the router's API (`GET /workers`
+lists {"workers": [{"id": UUID, "url": ...}]}; `DELETE /workers/{id}` queues the removal: 202, then 404 and
+no longer listed), then waits for its in-flight count (SGLang's /metrics with --enable-metrics, else the
+router's own `smg_worker_requests_active{worker=URL}`), then stops it. Only where the router goes too: a
+worker recreated behind a router that stays would stay out of its routing (nothing adds it back).
+
+Nothing a /metrics or router answer says is trusted beyond a bound: its size, the number of series or workers
+read, each line's length and each value (finite, whole, 0 to MAX_IN_FLIGHT; a worker id a UUID); anything else
+is "unreadable", never a crash.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from launcher.plan.engines import args as A
 from launcher.plan.types import Plan, Service
 
 # The engines whose workers deregister on SIGTERM and finish their requests (Dynamo's graceful shutdown).
@@ -41,6 +52,9 @@ ENGINE_IN_FLIGHT = (
 FRONTEND_IN_FLIGHT = "dynamo_frontend_inflight_requests"
 FRONTEND_REQUESTS = "dynamo_frontend_requests_total"
 FRONTEND_FAMILY = "\n# TYPE dynamo_frontend_"  # a line of the frontend's own metric families
+ROUTER_IN_FLIGHT = "smg_worker_requests_active"  # the router's requests on each worker, by its URL
+MAX_ROUTER_ANSWER = 1 << 20  # /workers lists ~300 bytes a worker
+MAX_ROUTER_WORKERS = 4096
 
 
 def worker_env(engine: str, drain_timeout: float) -> dict[str, str]:
@@ -60,21 +74,77 @@ def drained(s: Service) -> bool:
 
 def phases(plan: Plan) -> list[list[Service]]:
     """The drained services in the order they are drained: prefill workers first (a request they hold
-    goes on to decode, which must still be there), then decode and aggregated ones. Empty phases dropped."""
-    return order(plan.services)
+    goes on to decode, which must still be there), then decode and aggregated ones. Empty phases dropped.
+    The plain SGLang workers behind the plan's router are drained too (see `routed`)."""
+    return order(plan.services, set(routed(plan.services)))
 
 
-def order(services: list[Service]) -> list[list[Service]]:
-    """`phases` of any services (those a plan no longer has, say)."""
-    workers = [s for s in services if drained(s)]
+def order(services: list[Service], routed_names: Collection[str] = ()) -> list[list[Service]]:
+    """`phases` of any services (those a plan no longer has, say); `routed_names`: workers drained
+    through their router."""
+    workers = [s for s in services if drained(s) or s.name in routed_names]
     prefill = [s for s in workers if s.role == "prefill"]
     rest = [s for s in workers if s.role != "prefill"]
     return [p for p in (prefill, rest) if p]
 
 
 def not_drained(plan: Plan) -> list[str]:
-    """The worker groups that have no drain (not Dynamo engines): stopped without one."""
-    return sorted({s.group for s in plan.services if s.group and s.engine not in DYNAMO_ENGINES})
+    """The worker groups that have no drain (not Dynamo engines, nor plain SGLang behind the plan's router):
+    stopped without one."""
+    behind = {s.group for s in plan.services if s.name in routed(plan.services)}
+    return sorted({s.group for s in plan.services if s.group and s.engine not in DYNAMO_ENGINES} - behind)
+
+
+def router_worker_url(s: Service) -> str | None:
+    """The URL a plain SGLang group's rank 0 serves on, as the plan gives it to the router."""
+    if s.engine != "sglang" or s.group is None or s.rank != 0:
+        return None
+    port = A.value(s.command, "--port")
+    return f"http://{s.node.address}:{port}" if port else None
+
+
+def router_api(router: Service) -> str:
+    """The sglang-router's own HTTP address (its --port, on its node)."""
+    return f"http://{router.node.address}:{A.value(router.command, '--port')}"
+
+
+def routed(services: list[Service]) -> dict[str, tuple[Service, str]]:
+    """The plain SGLang workers an sglang-router of these services was given (--prefill/--decode URL),
+    by service name: (that router, the worker's URL). mini_lb has no worker API: none behind it."""
+    routers = [r for r in services if r.role == "router" and "--pd-disaggregation" in r.command]
+    out = {}
+    for s in services:
+        url = router_worker_url(s)
+        for r in routers:
+            given = {r.command[i + 1] for i, a in enumerate(r.command[:-1]) if a in ("--prefill", "--decode")}
+            if url and url in given and A.value(r.command, "--port"):
+                out[s.name] = (r, url)
+    return out
+
+
+def router_worker_id(answer: object, url: str) -> str | None:
+    """The id the router gives the worker at URL, from its `GET /workers` answer (parsed JSON); None when
+    it lists no such worker. ValueError (the reason, short) when the answer is not that listing."""
+    workers = answer.get("workers") if isinstance(answer, dict) else None
+    if not isinstance(workers, list):
+        raise ValueError("not the router's worker list (no `workers` list in it)")
+    if len(workers) > MAX_ROUTER_WORKERS:
+        raise ValueError(f"over {MAX_ROUTER_WORKERS} workers listed")
+    for w in workers:
+        if isinstance(w, dict) and w.get("url") == url:
+            try:  # the id goes into a request path: a UUID only, in its own spelling
+                return str(uuid.UUID(str(w.get("id"))[:64]))
+            except ValueError:
+                raise ValueError("the worker's id is not a UUID") from None
+    return None
+
+
+def router_in_flight(text: str, url: str) -> int:
+    """The router's requests in flight on the worker at URL, from its /metrics; ValueError as for a worker."""
+    values = [v for _, labels, v in _samples(text, (ROUTER_IN_FLIGHT,)) if labels.get("worker") == url]
+    if not values:
+        raise ValueError("no in-flight count for that worker in it")
+    return _count(values)
 
 
 def _samples(text: str, names: tuple[str, ...]) -> list[tuple[str, dict[str, str], float]]:
@@ -143,8 +213,9 @@ class Drain:
     node: int
     waited_for: int | None = None  # in flight when it was signalled (None: its /metrics could not say)
     seconds: float = 0.0
-    outcome: str = "drained"  # drained | exited | idle | timed out | not running
+    outcome: str = "drained"  # drained | exited | idle | router gone | timed out | not running
     left: int | None = None  # still in flight when the wait ended (timed out)
+    router: str | None = None  # behind an sglang-router: what its removal from the router came to
 
     def describe(self) -> str:
         """One line: `decode-r0 on node 3: 6 request(s) in flight, drained in 4.2s (exited)`."""
@@ -154,9 +225,13 @@ class Drain:
         if self.outcome.startswith("node failed"):
             return f"{where}: not drained, {self.outcome}"
         count = "an unknown number of" if self.waited_for is None else str(self.waited_for)
-        text = f"{where}: {count} request(s) in flight"
+        text = f"{where}: {self.router + '; ' if self.router else ''}{count} request(s) in flight"
         if self.outcome == "timed out":
             still = "an unknown number" if self.left is None else str(self.left)
             return text + f", drain_timeout reached after {self.seconds:.1f}s with {still} still in flight"
-        how = {"exited": " (exited)", "idle": " (its own count unreadable; the frontend relays no request)"}
+        how = {
+            "exited": " (exited)",
+            "idle": " (its own count unreadable; the frontend relays no request)",
+            "router gone": " (its own count unreadable; its router does not answer: no request reaches it)",
+        }
         return text + f", drained in {self.seconds:.1f}s" + how.get(self.outcome, "")

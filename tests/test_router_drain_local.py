@@ -1,0 +1,225 @@
+"""The drain of plain SGLang workers behind their router, against the real sglang-router 0.3.2 (the wheel `uv
+sync` installs), started here from the plan's own router argv (its version pin check included). No SGLang engine
+runs on a CPU-only machine, so the two worker URLs the plan gives the router are a real etcd's two client ports:
+the router registers any HTTP server whose /health answers 200, and that is all a removal needs.
+
+What is checked is what `down` does first for such a worker (launcher.commands.drain.unroute): its id looked
+up in the router's `GET /workers`, `DELETE /workers/{id}`, and the router listing it no more, the other worker
+left in; the router's own count of its requests read from its /metrics; a removal done twice; and a hostile
+router (garbage, a forged id, an answer without end) refused in one line within the deadline."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.commands.drain import drain_node, router_count, unroute
+from launcher.commands.nodes import start
+from launcher.config.load import load
+from launcher.output.progress import Progress
+from launcher.plan import drain
+from launcher.plan.build import build
+from launcher.plan.types import Node, Plan, Probe, Service
+from launcher.transport.host import Options
+from launcher.transport.local import LocalHost
+from tests.helpers import assert_gone, connected_target, free_port, fresh_env, launcher, wait_for
+from tests.test_drain import answer, serve_once, trickle
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent  # the project's env: etcd and the router's python3
+
+
+def plan_with_router(tmp_path: Path) -> tuple[Plan, dict[str, int]]:
+    ports = {k: free_port() for k in ("router", "metrics", "prefill", "decode", "peer", "peer2")}
+    data = {
+        "deployment": "router-drain",
+        "runtime": "process",
+        "python_env": str(BIN.parent),
+        "state_dir": str(tmp_path / "state"),
+        "gpus_per_node": 8,
+        "versions": {"sglang": "0.5.21", "sglang_router": "0.3.2"},
+        "model": {"path": "/model", "name": "tiny"},
+        "nodes": [{"name": "a", "address": "127.0.0.1"}, {"name": "b", "address": "localhost"}],
+        "services": {
+            "etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False},
+            "router": {"enabled": True, "node": 0, "port": ports["router"], "prometheus_port": ports["metrics"]},
+        },
+        "groups": {
+            "prefill": {"engine": "sglang", "nodes": 1, "port": ports["prefill"], "args": {"tp-size": 8}},
+            "decode": {"engine": "sglang", "nodes": 1, "port": ports["decode"], "args": {"tp-size": 8}},
+        },
+    }  # fmt: skip
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return build(load(path, environ={})), ports
+
+
+def etcd_argv(tmp_path: Path, name: str, client: int, peer: int) -> list[str]:
+    return [
+        str(BIN / "etcd"), "--name", name, "--data-dir", str(tmp_path / name), "--listen-client-urls",
+        f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
+        "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+        "--initial-cluster", f"{name}=http://127.0.0.1:{peer}",
+    ]  # fmt: skip
+
+
+def started(argv: list[str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    with log.open("w") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def listed(router: Service) -> dict[str, str]:
+    """url -> worker_type of what the router lists now ({} while it does not answer)."""
+    import json
+
+    try:
+        with urllib.request.urlopen(f"{drain.router_api(router)}/workers", timeout=2) as r:
+            return {w["url"]: w["worker_type"] for w in json.loads(r.read())["workers"]}
+    except OSError:
+        return {}
+
+
+@pytest.fixture
+def router_up(tmp_path) -> Iterator[tuple[Service, dict[str, tuple[Service, str]]]]:
+    plan, ports = plan_with_router(tmp_path)
+    router = next(s for s in plan.services if s.role == "router")
+    routed = drain.routed(plan.services)
+    clients = f"http://127.0.0.1:{ports['prefill']},http://127.0.0.1:{ports['decode']}"
+    etcd = started(
+        [str(BIN / "etcd"), "--data-dir", str(tmp_path / "etcd"), "--listen-client-urls", clients,
+         "--advertise-client-urls", clients.split(",")[0], "--listen-peer-urls", f"http://127.0.0.1:{ports['peer']}"],
+        tmp_path / "etcd.log",
+    )  # fmt: skip
+    proc = started(router.command, tmp_path / "router.log")
+    try:
+        urls = {url for _, url in routed.values()}
+        wait_for(lambda: set(listed(router)) == urls, 60, 0.2, "the router listing both workers")
+        yield router, routed
+    finally:
+        for p in (proc, etcd):
+            os.killpg(p.pid, 9)
+            p.wait(timeout=30)
+
+
+def test_a_worker_is_taken_out_of_the_real_router_and_the_other_left_in(router_up):
+    router, routed = router_up
+    (decode,) = [url for name, (_, url) in routed.items() if name.endswith("-decode-r0")]
+    (prefill,) = [url for name, (_, url) in routed.items() if name.endswith("-prefill-r0")]
+    assert listed(router) == {prefill: "prefill", decode: "decode"}
+    host = LocalHost(router.node, Options())
+    began = time.monotonic()
+    said = unroute(host, router, decode, time.monotonic() + 10)
+    print(f"\nremoved from the real router in {time.monotonic() - began:.2f}s: {said}")
+    assert said == "removed from the router"
+    assert listed(router) == {prefill: "prefill"}  # no longer routed to; the prefill worker left in
+    # Done twice (a second `down`): nothing to remove, said so.
+    assert unroute(host, router, decode, time.monotonic() + 10) == "not in the router's workers (nothing to remove)"
+    # The router's own count of its requests on it (read when the worker's /metrics is off), and said so.
+    d = drain.Drain("decode-r0", 1, router=said)
+    assert router_count(host, router, decode, time.monotonic() + 10, d) == 0
+    assert d.describe().startswith(
+        "decode-r0 on node 1: removed from the router; counted by the router (the worker's /metrics is off);"
+    ), d.describe()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "says"),
+    [
+        (answer(b"<html>a gateway</html>"), "ValueError: not the router's worker list"),
+        (answer(b'{"workers": [{"url": "http://127.0.0.1:9", "id": "../../shutdown"}]}'), "not a UUID"),
+        (answer(b"x" * (2 << 20)), "is over 1048576 bytes"),
+        (trickle, "no whole answer"),
+    ],
+    ids=["garbage", "a forged id", "huge", "one byte at a time"],
+)
+def test_a_hostile_router_is_refused_in_one_line_within_the_deadline(behaviour, says):
+    port, thread = serve_once(behaviour)
+    node = Node(0, "local", "127.0.0.1", ssh=None, gpus=0)  # type: ignore[arg-type]
+    router = Service("d", "router", "router", node, "", ["--port", str(port)], {}, None, Probe("running"), 1.0)  # type: ignore[arg-type]
+    began = time.monotonic()
+    said = unroute(LocalHost(node, Options()), router, "http://127.0.0.1:9", time.monotonic() + 1)
+    took = time.monotonic() - began
+    assert said.startswith("not removed from the router (") and says in said, said
+    assert "\n" not in said and len(said) < 260 and took < 5, (said, took)
+    thread.join(timeout=35)
+
+
+def workers_as_etcds(tmp_path: Path, plan: Plan, ports: dict[str, int]) -> list[Service]:
+    """The plan's two SGLang workers (their names, node, ports) with a real etcd's command instead."""
+    peers = {"prefill": ports["peer"], "decode": ports["peer2"]}
+    return [
+        dataclasses.replace(s, command=etcd_argv(tmp_path, s.role, ports[s.role], peers[s.role]))
+        for s in plan.services if s.group
+    ]  # fmt: skip
+
+
+def test_a_worker_whose_router_is_gone_is_not_waited_for(tmp_path):
+    """The router died (not started here): the removal fails, said in one line; the worker's own count is
+    unreadable and the router answers nothing, so no request can reach it: the drain ends at once, not
+    at drain_timeout."""
+    plan, ports = plan_with_router(tmp_path)
+    decode = next(s for s in plan.services if s.role == "decode")
+    with connected_target(plan) as target:
+        try:
+            start(target, workers_as_etcds(tmp_path, plan, ports), Progress(live=False))
+            host = target.fleet.host(decode.node.index)
+            began = time.monotonic()
+            [d] = drain_node(target, host, [decode], time.monotonic() + 60, {}, None, drain.routed(plan.services))
+            took = time.monotonic() - began
+        finally:
+            target.fleet.run(target.runtime.remove_all_script(plan, now=True), timeout=60)
+    print(f"\n{d.describe()}")
+    assert d.outcome == "router gone" and took < 20, (d.describe(), took)
+    assert d.describe().startswith(
+        "decode-r0 on node 1: not removed from the router (ConnectionRefusedError: [Errno 111] Connection refused);"
+        " an unknown number of request(s) in flight, drained in "
+    ), d.describe()
+    assert d.describe().endswith("(its own count unreadable; its router does not answer: no request reaches it)")
+
+
+def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_path):
+    """`launcher down` as a user runs it, on the process runtime: the plan's real router and, as its two
+    workers (by the plan's names, on the plan's ports), real etcds standing in for SGLang. Each worker is
+    removed from the router first, counted by the router (no --enable-metrics), then everything stops.
+    The old `down` said the groups had no drain and cut them."""
+    plan, ports = plan_with_router(tmp_path)
+    router = next(s for s in plan.services if s.role == "router")
+    stand_ins = workers_as_etcds(tmp_path, plan, ports)
+    env = {**fresh_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    down = None
+    try:
+        with connected_target(plan) as target:
+            start(target, [router, *stand_ins], Progress(live=False))
+        wait_for(lambda: len(listed(router)) == 2, 60, 0.2, "the router listing both workers")
+        began = time.monotonic()
+        down = launcher("down", str(tmp_path / "router.yaml"), env=env, cwd=tmp_path)
+        print(f"\nlauncher down: {time.monotonic() - began:.1f}s")
+    finally:
+        if down is None or down.returncode != 0:  # left behind: cleaned, whatever failed
+            launcher("down", str(tmp_path / "router.yaml"), "--now", env=env, cwd=tmp_path)
+    out = down.stdout + down.stderr
+    print(f"\n{out}")
+    assert down.returncode == 0, out
+    assert "down: draining 2 worker(s) first, up to 60s" in out and "has no drain" not in out, out
+    for role, node in (("prefill", 0), ("decode", 1)):
+        line = next(x for x in out.splitlines() if x.startswith(f"drain: {role}-r0 "))
+        assert line.startswith(
+            f"drain: {role}-r0 on node {node}: removed from the router; counted by the router (the worker's /metrics"
+            " is off); an unknown number of request(s) in flight, drained in "
+        ), line
+    assert out.index("drain: prefill-r0") < out.index("drain: decode-r0"), out
+    assert "down: removed " in out, out  # (both nodes are this machine: each counts all three)
+    audit = (tmp_path / "state" / "router-drain" / "audit.log").read_text()
+    assert '"drain decode-r0 on node 1: removed from the router;' in audit, audit
+    assert_gone([], tuple(ports[k] for k in ("router", "metrics", "prefill", "decode")))
