@@ -1,9 +1,9 @@
 """Shared fixtures. `testbed`: the multi-node testbed of scripts/testbed, brought up once per session.
 
 Each testbed node is a network namespace with its own sshd and dockerd (see scripts/testbed). The fixture runs
-`scripts/testbed up N` (N from LAUNCHER_TESTBED_NODES, default 13) once and `scripts/testbed down` at the end of
-the session (LAUNCHER_TESTBED_KEEP=1 leaves it up for debugging). Without root or network namespaces the tests
-that use it are skipped, except under CI=true, where that is a failure.
+`scripts/testbed up N` once (N: 5, grown to 13 for the files that need it; LAUNCHER_TESTBED_NODES caps it) and
+`scripts/testbed down` at the end of the session (LAUNCHER_TESTBED_KEEP=1 leaves it up for debugging). Without
+root or network namespaces the tests that use it are skipped, except under CI=true, where that is a failure.
 """
 
 from __future__ import annotations
@@ -190,12 +190,24 @@ def bring_up(n: int, env: dict[str, str], timeout: float = 1200) -> Testbed:
     )
 
 
+# The session's testbed starts with the nodes most files need and grows, once, for a module that declares
+# more (`TESTBED_NODES = 13` at its top). The whole suite runs the files that need 13 in one process
+# (BIG_TESTBED_FILES below), so its three processes run one testbed of 13 nodes and two of 5 instead of three
+# of 13: 16 nodes' dockerd, containerd and sshd fewer to start and keep idle.
+SMALL_TESTBED = 5
+
+
+def testbed_size() -> int:
+    """The most nodes a testbed of this run may have (LAUNCHER_TESTBED_NODES, default 13)."""
+    return int(os.environ.get("LAUNCHER_TESTBED_NODES", "13"))
+
+
 @pytest.fixture(scope="session")
-def testbed():
-    """The session's testbed: N nodes (LAUNCHER_TESTBED_NODES, default 13), torn down at the end."""
+def session_testbed():
+    """The session's testbed: SMALL_TESTBED nodes (fewer where LAUNCHER_TESTBED_NODES says so), grown by
+    `testbed` for a module that needs more, torn down at the end."""
     require_testbed_capable()
-    n = int(os.environ.get("LAUNCHER_TESTBED_NODES", "13"))
-    tb = bring_up(n, env_for_testbed())
+    tb = bring_up(min(testbed_size(), SMALL_TESTBED), env_for_testbed())
     try:
         yield tb
     finally:
@@ -203,6 +215,23 @@ def testbed():
             down = tb.run("down", check=False)
             if down.returncode != 0:
                 pytest.fail(f"scripts/testbed down failed:\n{down.stdout}{down.stderr}", pytrace=False)
+
+
+def grow_testbed(tb: Testbed, n: int) -> Testbed:
+    """TB with at least N nodes (at most testbed_size()): `scripts/testbed up N` adds the missing ones and
+    rewrites the inventory; TB's node list is updated in place, so every holder of it sees them."""
+    n = min(n, testbed_size())
+    if len(tb.nodes) < n:
+        grown = bring_up(n, tb.env)
+        tb.nodes[:] = grown.nodes
+        tb.up_seconds, tb.up_output = grown.up_seconds, grown.up_output
+    return tb
+
+
+@pytest.fixture(scope="module")
+def testbed(session_testbed, request):
+    """The session's testbed, with as many nodes as the module declares (TESTBED_NODES, else SMALL_TESTBED)."""
+    return grow_testbed(session_testbed, getattr(request.module, "TESTBED_NODES", SMALL_TESTBED))
 
 
 FABRIC_ENV = REPO / "scripts" / "fabric-env"
@@ -223,6 +252,7 @@ def fabric_python() -> Path:
 # `-m "not slow and not testbed"` is a run of pure tests only.
 HEAVY_FIXTURES = {
     "testbed": "testbed",
+    "session_testbed": "testbed",
     "bench_env": "slow",
     "fabric_python": "slow",
     "parser_env": "slow",
@@ -258,6 +288,9 @@ def pytest_xdist_auto_num_workers(config) -> int:
 # The files that use the session's testbed-104 deployment (tests/testbed_104.py): they run in one process,
 # one after another (a test of another file that uses it fails, naming this list).
 TESTBED_104_FILES = frozenset({"tests/test_bench_testbed.py", "tests/test_observe_testbed.py"})
+# The files that need a testbed of 13 nodes (TESTBED_NODES = 13): one process runs them all, one after
+# another, so that only its testbed grows to 13 (SMALL_TESTBED above).
+BIG_TESTBED_FILES = TESTBED_104_FILES | {"tests/test_e2e_testbed.py", "tests/test_fabric_testbed.py"}
 
 
 def suite_file(item) -> str:
@@ -265,14 +298,14 @@ def suite_file(item) -> str:
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Each file's tests in one process (they share its module fixtures), and the files of TESTBED_104_FILES
+    """Each file's tests in one process (they share its module fixtures), and the files of BIG_TESTBED_FILES
     in one; the files in the order of the collection (conftest puts the longest tiers first)."""
     from xdist.scheduler import LoadFileScheduling
 
     class FilesAndSharedDeployments(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return "testbed-104" if path in TESTBED_104_FILES else path
+            return "testbed-13" if path in BIG_TESTBED_FILES else path
 
     return FilesAndSharedDeployments(config, log)
 
@@ -295,6 +328,10 @@ def pytest_collection_modifyitems(config, items):
         for fixture in HEAVY_FIXTURES.keys() & set(getattr(item, "fixturenames", ())):
             if not item.get_closest_marker(HEAVY_FIXTURES[fixture]):
                 item.add_marker(HEAVY_FIXTURES[fixture])
+    for module in {item.module for item in items if getattr(item.module, "TESTBED_NODES", 0) > SMALL_TESTBED}:
+        file = Path(module.__file__).relative_to(REPO).as_posix()
+        if file not in BIG_TESTBED_FILES:
+            raise pytest.UsageError(f"{file} needs a testbed of {module.TESTBED_NODES}: add it to BIG_TESTBED_FILES")
     for item in shared:
         if suite_file(item) not in TESTBED_104_FILES:
             raise pytest.UsageError(f"{suite_file(item)} uses testbed_104: add it to TESTBED_104_FILES (conftest)")

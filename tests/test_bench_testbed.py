@@ -32,6 +32,7 @@ from tests.test_router_testbed import router_config
 from tests.testbed_104 import DEPLOYMENT_FILE, testbed_104  # noqa: F401
 
 pytestmark = pytest.mark.testbed
+TESTBED_NODES = 13  # the 104-GPU shape (tests/conftest.py grows the session's testbed to it)
 
 # A tiny workload (the assertions are structural): two concurrencies from this machine, one on the head node
 # (each is a run of AIPerf: its start-up is most of the test's CPU), 10 requests each per unit of it.

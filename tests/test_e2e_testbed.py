@@ -14,6 +14,7 @@ import yaml
 from tests.helpers import REPO, assert_workers_logged, chat, launcher_on, printed_curl_reply
 
 pytestmark = pytest.mark.testbed
+TESTBED_NODES = 13  # the 104-GPU shape (tests/conftest.py grows the session's testbed to it)
 
 CONFIG = REPO / "configs" / "testbed-104.yaml"
 LABEL = "label=launcher.deployment=testbed-104"

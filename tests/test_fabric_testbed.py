@@ -22,6 +22,7 @@ from tests.conftest import in_ci
 from tests.helpers import REPO, STATE_DIR, launcher_on
 
 pytestmark = pytest.mark.testbed
+TESTBED_NODES = 13  # the 104-GPU shape (tests/conftest.py grows the session's testbed to it)
 
 DSR1 = REPO / "configs" / "testbed-dsr1.yaml"
 PREFILL, DECODE = list(range(4)), list(range(4, 13))

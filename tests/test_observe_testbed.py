@@ -21,6 +21,7 @@ from tests.test_observe_local import GONE
 from tests.testbed_104 import PROMETHEUS_PORT, testbed_104  # noqa: F401
 
 pytestmark = pytest.mark.testbed
+TESTBED_NODES = 13  # the 104-GPU shape (tests/conftest.py grows the session's testbed to it)
 
 
 def launcher(testbed, config: Path, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import grow_testbed
 from tests.helpers import REPO, fresh_env
 
 PROMETHEUS_PORT = 9099  # 9090 is the mockers' system port on every node
@@ -29,10 +30,11 @@ def launcher(testbed, config: Path, *args: str, cwd: Path, timeout: float = 600)
 
 
 @pytest.fixture(scope="session")
-def testbed_104(testbed, tmp_path_factory):
+def testbed_104(session_testbed, tmp_path_factory):
     """(directory, deployment file): configs/testbed-104.yaml with `metrics: {prometheus: true}`, up."""
     from tests.test_observe_local import ensure_prometheus
 
+    testbed = grow_testbed(session_testbed, 13)
     if len(testbed.nodes) < 13:
         pytest.fail("these tests run configs/testbed-104.yaml: LAUNCHER_TESTBED_NODES=13", pytrace=False)
     ensure_prometheus()
