@@ -327,3 +327,60 @@ def test_a_decode_node_cut_off_from_the_prefill_bootstrap_ports(small, tmp_path)
     assert [c for c in data["checks"] if c["status"] == "fail" and c["name"] != "peer"] == []
     peers = data["fabric"]["peers"]
     assert data["fabric"]["groups"] == [] and len([p for p in peers if not p["ok"]]) == 2 < len(peers)
+
+
+def test_a_rolled_multi_node_replica_meets_first_and_one_that_cannot_is_rolled_back(small, tmp_path):
+    """decode as 2 replicas of a 2-node `command` group that asks for the check (replica 0 on nodes 0-1,
+    replica 1 on nodes 2-3), started with --skip-fabric. A changed flag rolls them: replica 0's ranks meet
+    in the fabric check between its old ranks stopping and its new ones starting; replica 1's member drops
+    what it sends to its leader's dist-init port, so its step fails the check, is rolled back before its
+    new spec starts (exit 1 naming the node and the cause) and runs its previous spec again."""
+    tb = small
+    data = yaml.safe_load(DSR1.read_text())
+    data["deployment"] = "fabric-roll"
+    data["services"]["frontend"] = {"enabled": False}
+    decode = data["groups"]["decode"]
+    ranks = ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]  # stops at once (a bare sleep waits out the grace)
+    decode.update(engine="command", fabric=True, args=ranks, timeout=120, nodes=2, replicas=2)
+    decode.pop("system_port")
+    decode.pop("bootstrap_port")
+    data["groups"] = {"decode": decode}
+    config = tmp_path / "fabric-roll.yaml"
+    config.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        up = launcher_on(tb, config, "up", "--skip-doctor", "--skip-fabric", cwd=tmp_path, timeout=300)
+        assert up.returncode == 0, up.stderr[-3000:]
+        decode["args"] = [*ranks[:2], ranks[2].replace("600", "601")]
+        config.write_text(yaml.safe_dump(data, sort_keys=False))
+        plan = subprocess.run([sys.executable, "-m", "launcher", "plan", str(config), "-i", str(tb.inventory)],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert "rolling: each replica of decode meets in the fabric check before its new spec starts" in plan.stdout
+        leader = tb.nodes[2][1]  # replica 1's leader; node 3 its other rank
+        with firewall(tb, 3, f"OUTPUT -p tcp -d {leader} --dport 29500 -j DROP"):
+            began = time.monotonic()
+            rolled = launcher_on(tb, config, "up", "--skip-doctor", cwd=tmp_path, timeout=600)
+        print(f"\nroll with a blocked replica: exit {rolled.returncode} after {time.monotonic() - began:.1f}s")
+        log = rolled.stderr
+        assert rolled.returncode == 1, log[-3000:]
+        first = log[log.index("rolling decode: draining") :]
+        assert first.index("fabric: decode: 2 ranks met") < first.index("rolled decode: replaced")
+        (failed,) = [line for line in log.splitlines() if "rolling up failed on replica" in line]
+        assert failed == (
+            f"error: rolling up failed on replica decode.1: the fabric check failed: {label(tb, 3)} cannot reach"
+            f" {label(tb, 2)} port 29500 (dist-init of decode.1-r0) at {leader}:29500: no answer in 3 s (packets"
+            " dropped?)"
+        ), log[-3000:]
+        assert "rendezvous:decode.1  rank 1 on node 3 (" in log, log[-3000:]  # the table: its ranks did not meet
+        assert "fabric: decode.1: rendezvous FAILED (2 of 2 ranks)" in log
+        assert "log lines of the new" not in log  # it never started: no logs of it to show
+        assert "rolled back: decode.1 runs the previous spec again" in log
+        status = json.loads(launcher_on(tb, config, "status", "--json", cwd=tmp_path).stdout)
+        replicas = {r["name"]: r for r in status["replicas"]}
+        assert replicas["decode"]["state"] == "current" and replicas["decode"]["running"] == 2
+        assert replicas["decode.1"]["state"] == "outdated" and replicas["decode.1"]["running"] == 2
+        audit = Path(STATE_DIR, "fabric-roll", "audit.log").read_text()
+        assert "fabric check (roll) ok" in audit and "fabric check (roll) FAILED" in audit
+    finally:
+        launcher_on(tb, config, "down", "--now", cwd=tmp_path, timeout=300)
+    assert containers(tb, "fabric-roll") == []
+    assert fabric_containers(tb, "fabric-roll") == {i: [] for i in range(4)}

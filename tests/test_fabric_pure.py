@@ -326,3 +326,23 @@ def test_jobs_script_passes_on_the_live_lines_and_each_end_as_they_come():
     assert first == ["CLEANED", '@@fabric-live 0 @@fabric-fatal {"ok": false}', "@@fabric-live 0 @@fabric-end 1"]
     assert "@@fabric-live 1 @@fabric-end 0" in rest and "noise" not in "".join(first)
     assert parse_jobs("\n".join(first) + rest)[1] == (0, "done", "")
+
+
+def test_a_rolling_steps_peers_are_its_own_ports_and_the_ports_its_nodes_use(tmp_path):
+    """dsr1-104gpu with decode as 2 replicas of 4 nodes (prefill on 0-3, decode on 4-7 and 8-11): the step
+    that replaces replica 1 proves its own dist-init port from its members, and what its nodes use elsewhere
+    (prefill's bootstrap, etcd, NATS) from its nodes only; replica 0's dist-init port is not its to prove."""
+    data = yaml.safe_load((CONFIGS / "dsr1-104gpu.yaml").read_text())
+    data["groups"]["decode"].update(nodes=4, replicas=2)
+    data["groups"]["decode"]["args"].update({"tp-size": 32, "dp-size": 32})
+    plan = build_data(tmp_path, data)
+    second = [s for s in plan.services if s.group == "decode.1"]
+    assert sorted(s.node.index for s in second) == [8, 9, 10, 11]
+    step = {(p.what, p.service, p.users) for p in fabric.step_peers(plan, second)}
+    assert step == {
+        ("dist-init", "decode.1-r0", (9, 10, 11)),
+        ("bootstrap", "prefill-r0", (8, 9, 10, 11)),
+        ("etcd", "etcd", (8, 9, 10, 11)),
+        ("nats", "nats", (8, 9, 10, 11)),
+    }
+    assert ("dist-init", "decode-r0") in {(p.what, p.service) for p in plan.peers}  # the plan has it; the step not

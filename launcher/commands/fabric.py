@@ -6,26 +6,30 @@ measure bandwidth. Figures go to the head node's audit log."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from launcher.commands import locking
 from launcher.commands.context import Target
 from launcher.commands.fabric_run import FabricRun
-from launcher.errors import Exit
+from launcher.errors import Exit, LauncherError
 from launcher.output import console
 from launcher.output.fabric_view import failures_table, summary
 from launcher.output.progress import Progress
 from launcher.plan import fabric
 from launcher.plan.fabric_verdict import Line, Outcome, Report, judge, start_skew
-from launcher.plan.types import Group
+from launcher.plan.types import Group, PeerPort, Service
 from launcher.remote import program as remote_program
 
 
-def check(t: Target, groups: list[Group] | None = None, running: set[str] | None = None) -> Report:
+def check(
+    t: Target, groups: list[Group] | None = None, running: set[str] | None = None, peers: list[PeerPort] | None = None
+) -> Report:
     """Run the check on every node concerned; `groups`: the groups whose rendezvous is proven (default:
-    every rendezvous group none of whose services runs, as `running` names them)."""
+    every rendezvous group none of whose services runs, as `running` names them); `peers`: the peer ports
+    tried (default: all the plan's)."""
     started = time.monotonic()
-    plan = t.plan
+    plan = t.plan if peers is None else dataclasses.replace(t.plan, peers=peers)
     chosen = fabric.checked_groups(plan, running) if groups is None else groups
     skipped = [
         Line(
@@ -78,20 +82,47 @@ def before_start(t: Target, progress: Progress, groups: list[Group]) -> Report |
     rendezvous group about to be (re)created meets, every peer port answers, or nothing starts."""
     if not groups:
         return None
-    names = ", ".join(f"{g.name} ({len(g.node_indices)} nodes)" for g in groups)
-    progress.log(f"fabric: rendezvous of {names}, and {sum(len(p.users) for p in t.plan.peers)} peer connection(s)")
     try:
-        report = check(t, groups)
+        report = proven(t, progress, groups, "up")
     except KeyboardInterrupt:
         console.say(
             "interrupted during the fabric check: nothing was started; its containers were removed", to_stderr=True
         )
         raise Exit(130) from None
-    locking.audit(locking.Site.of(t), audit_line(t, report, "up"))
+    if not report.ok:
+        console.say("nothing was started; fix the above, or `launcher up --skip-fabric`", to_stderr=True)
+        raise Exit(1)
+    return report
+
+
+class FabricFailed(LauncherError):
+    """A rolled replica's ranks could not meet: its step is rolled back (the previous spec starts again)."""
+
+    exit_code = 1
+
+
+def before_roll_step(t: Target, progress: Progress, groups: list[Group], services: list[Service]) -> None:
+    """A rolling step's multi-node replicas, once their old ranks stopped (their dist-init port free again)
+    and before the new spec starts: their ranks meet and the step's peer ports answer (fabric.step_peers),
+    or FabricFailed names the first failure (the roll then restores the previous spec, which had met
+    there before). Ctrl-C goes to the roll as it comes."""
+    peers = fabric.step_peers(t.plan, services)
+    if groups and not (report := proven(t, progress, groups, "roll", peers)).ok:
+        first = next((ln for ln in report.lines() if ln.status == "fail"), None)  # its detail names the nodes
+        raise FabricFailed(f"the fabric check failed: {first.detail if first else 'see above'}")
+
+
+def proven(
+    t: Target, progress: Progress, groups: list[Group], command: str, peers: list[PeerPort] | None = None
+) -> Report:
+    """The check of GROUPS and PEERS (default: the plan's), its figures audited and logged, its failures shown."""
+    names = ", ".join(f"{g.name} ({len(g.node_indices)} nodes)" for g in groups)
+    tried = t.plan.peers if peers is None else peers
+    progress.log(f"fabric: rendezvous of {names}, and {sum(len(p.users) for p in tried)} peer connection(s)")
+    report = check(t, groups, peers=peers)
+    locking.audit(locking.Site.of(t), audit_line(t, report, command))
     for line in summary(t.plan, report):
         progress.log("fabric: " + line)
     if not report.ok:
         failures_table(t.plan, report, console.stderr())
-        console.say("nothing was started; fix the above, or `launcher up --skip-fabric`", to_stderr=True)
-        raise Exit(1)
     return report

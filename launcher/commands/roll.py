@@ -94,7 +94,7 @@ def run(t: Target, progress: Progress, roll: Roll) -> None:
     for i, step in enumerate(roll.steps):
         rest = [u for s in roll.steps[i + 1 :] for u in s.units]
         try:
-            replace(t, progress, step, done, rest)
+            replace(t, progress, step, done, rest, roll.prove_fabric)
         except Replaced as exc:  # Ctrl-C once the new replica had proved itself: the step is done
             raise RollInterrupted(
                 f"interrupted: rolling up stopped. {step.label} was replaced ({exc.left}). On the new spec:"
@@ -122,30 +122,44 @@ def specs_left(rest: list[str]) -> str:
     return f" On the previous spec: {', '.join(rest)} (not reached)." if rest else ""
 
 
-def replace(t: Target, progress: Progress, step: Step, done: list[str], rest: list[str]) -> None:
+def replace(t: Target, progress: Progress, step: Step, done: list[str], rest: list[str], prove: bool) -> None:
     """One step, as the module's docstring says: whatever fails before the smoke passed (a node, a listing,
     the audit, the new replica) is rolled back (RollFailed naming the cause and which replica runs which spec)."""
     site = locking.Site.of(t)
     began = time.monotonic()
+    started = False  # the new spec's services (their logs say why they failed; none before they start)
     try:
         progress.log(f"rolling {step.label}: draining")
         lines = drain(t, step.services, lambda line: progress.log(f"drain: {line}"))
         locking.audit(site, f"roll {step.label}: " + ("; ".join(lines) or "nothing to drain"))
         hold(t, step)
+        if prove:
+            prove_fabric(t, progress, step)
+        started = True
         start(t, step.services, progress)
         # ready, and registered: the frontend lists every worker again (the drained one had left it)
         Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
         proof = smoke(t, step)
     except Exception as exc:  # KeyboardInterrupt is not one: `run` rolls back and says so
         reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
-        logs = last_logs(t, step.services)
+        logs = new_logs(t, step) if started else ""
         back = rollback(t, step, reason, progress)
         raise RollFailed(
             f"rolling up failed on replica {step.label}: {reason}\n{back}. On the new spec:"
-            f" {', '.join(done) or 'none'}.{specs_left(rest)}\n"
-            f"--- last {LOG_LINES} log lines of the new {step.label} ---\n{logs}\n---"
+            f" {', '.join(done) or 'none'}.{specs_left(rest)}{logs}"
         ) from None
     finish(t, progress, step, began, proof)
+
+
+def prove_fabric(t: Target, progress: Progress, step: Step) -> None:
+    """The step's multi-node replicas meet in the fabric check before their new spec starts, as `up` proves
+    every group it (re)creates: a node that cannot reach its leader now fails the step, not a model load."""
+    units = {s.group for s in step.services}
+    groups = [g for g in t.plan.groups if g.rendezvous and g.name in units]
+    if groups:
+        from launcher.commands import fabric  # (imported only when it runs: start-up time)
+
+        fabric.before_roll_step(t, progress, groups, step.services)
 
 
 def finish(t: Target, progress: Progress, step: Step, began: float, proof: str) -> None:
@@ -261,6 +275,10 @@ def requests(t: Target, s: Service) -> float | None:
         return plan_roll.worker_requests(body) if status == 200 and isinstance(body, str) else None
     except (OSError, ValueError, NodeError):
         return None
+
+
+def new_logs(t: Target, step: Step) -> str:
+    return f"\n--- last {LOG_LINES} log lines of the new {step.label} ---\n{last_logs(t, step.services)}\n---"
 
 
 def last_logs(t: Target, services: list[Service]) -> str:

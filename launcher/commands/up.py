@@ -125,6 +125,7 @@ def up(
                 "--no-wait: waiting until every service is ready before rolling (a drain needs the others serving)"
             )
             Waiter(target, progress, plan.services, check_endpoint=plan.has_dynamo_frontend).run()
+        roll.prove_fabric = prove_fabric
         rolling.run(target, progress, roll)
         lock.outcome = "up done: " + ("unchanged" if changes.unchanged else f"{len(changes.create)} (re)created")
         lock.outcome += rolled(changes)

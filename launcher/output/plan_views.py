@@ -154,6 +154,12 @@ def _stop_text(plan: Plan) -> list[str]:
             f"rolling: a change to {', '.join(held)} rolls, one replica at a time drained, replaced and proven by a"
             " smoke request, rolled back if it fails (`up --max-unavailable K` widens a step)"
         )
+    met = [g.base for g in multi if g.base in held and g.rendezvous]
+    if met:
+        out.append(
+            f"rolling: each replica of {', '.join(met)} meets in the fabric check before its new spec starts"
+            " (`up --skip-fabric` skips it); a replica that cannot is rolled back"
+        )
     out += [
         f"rolling: none: {why}; a change recreates it at once"
         for g in multi

@@ -7,6 +7,7 @@ results of the check are judged in `fabric_verdict`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -213,6 +214,20 @@ def jobs(plan: Plan, groups: list[Group], with_peers: bool = True) -> dict[int, 
         first = out[i][0]
         first.spec["reach"] = reach_spec(plan, i)
         first.peers = [k for k, p in enumerate(plan.peers) if i in p.users]
+    return out
+
+
+def step_peers(plan: Plan, services: list[Service]) -> list[PeerPort]:
+    """The peer ports a rolling step's new SERVICES will serve or use: those they own (tried from every
+    user, as `up` does), and those they connect to (tried from their nodes only). The other replicas'
+    ports are not this step's to prove: their ranks run and hold them, or a later step proves them."""
+    names, nodes = {s.name for s in services}, {s.node.index for s in services}
+    out = []
+    for p in plan.peers:
+        if p.service in names:
+            out.append(p)
+        elif users := tuple(u for u in p.users if u in nodes):
+            out.append(dataclasses.replace(p, users=users))
     return out
 
 

@@ -43,6 +43,7 @@ class Step:
 class Roll:
     steps: list[Step] = field(default_factory=list)
     max_unavailable: int = 1
+    prove_fabric: bool = True  # each step's multi-node replicas meet in the fabric check before they start
 
     @property
     def units(self) -> list[str]:
