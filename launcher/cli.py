@@ -83,7 +83,7 @@ ProfileOpt = Annotated[
 
 
 def connection(parallel: int, connect_timeout: float | None, host_key_policy: HostKeyPolicy | None):
-    from launcher.commands.context import Connection
+    from launcher.operations.context import Connection
 
     policy = host_key_policy.value if host_key_policy else None
     return Connection(parallel=parallel, connect_timeout=connect_timeout, host_key_policy=policy)

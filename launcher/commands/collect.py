@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__
-from launcher.commands import gpu_health, ship
 from launcher.commands import status as status_command
-from launcher.commands.context import Connection, Target, connected, target
 from launcher.commands.logs import SINCE
 from launcher.errors import ConfigError, Exit
+from launcher.operations import gpu_health, ship
+from launcher.operations.context import Connection, Target, connected, target
 from launcher.output import plan_views
 from launcher.output.console import say
 from launcher.remote import program as remote_program

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-from launcher.commands import fabric, gpu_health, locking, preflight
-from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.preflight import Check
 from launcher.errors import Exit
+from launcher.operations import fabric, gpu_health, locking, preflight
+from launcher.operations.context import Connection, Target, connected, target
+from launcher.operations.preflight import Check
 from launcher.output import console
 from launcher.output.fabric_view import show
 from launcher.output.progress import Progress

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from launcher.commands import allocation, export_slurm
+from launcher.commands import export_slurm
+from launcher.config import allocation
 from launcher.config.load import load
 from launcher.config.schema import InventorySpec, NodeSpec
 from launcher.config.yamlfile import load_yaml

@@ -11,9 +11,9 @@ import zlib
 from rich.console import Console
 from rich.markup import escape
 
-from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.nodes import list_services
 from launcher.errors import ConfigError, Exit
+from launcher.operations.context import Connection, Target, connected, target
+from launcher.operations.nodes import list_services
 from launcher.output import console
 from launcher.output.console import say
 from launcher.plan.state import Container

@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from launcher.commands import up as up_command
-from launcher.commands.context import Connection, Target, load_file, target
 from launcher.config import rewrite
 from launcher.config.yamlfile import read_file
 from launcher.errors import ConfigError, ConfigErrors
+from launcher.operations.context import Connection, Target, load_file, target
 from launcher.output.console import say
 from launcher.plan import drain as plan_drain
 from launcher.plan import scale as plan_scale

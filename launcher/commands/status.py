@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from launcher.commands import gpu_health, rank_progress
-from launcher.commands.context import Connection, Target, connected, read_routes, target
-from launcher.commands.health import EndpointState, endpoint_state, probe_http
-from launcher.commands.nodes import list_services
 from launcher.errors import Exit
+from launcher.operations import gpu_health, rank_progress
+from launcher.operations.context import Connection, Target, connected, read_routes, target
+from launcher.operations.health import EndpointState, endpoint_state, probe_http
+from launcher.operations.nodes import list_services
 from launcher.output import console
 from launcher.output.console import say
 from launcher.output.tables import print_json, status_table

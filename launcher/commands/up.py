@@ -8,13 +8,13 @@ import shlex
 import sys
 import time
 
-from launcher.commands import locking
-from launcher.commands import roll as rolling
-from launcher.commands.context import Connection, Target, connected, remember, target
-from launcher.commands.drain import drain_strays
-from launcher.commands.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
-from launcher.commands.waiter import ServiceFailed, Waiter
 from launcher.errors import ConfigError, Exit, LauncherError
+from launcher.operations import locking
+from launcher.operations import roll as rolling
+from launcher.operations.context import Connection, Target, connected, remember, target
+from launcher.operations.drain import drain_strays
+from launcher.operations.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
+from launcher.operations.waiter import ServiceFailed, Waiter
 from launcher.output import console, plan_views
 from launcher.output.console import say
 from launcher.output.progress import Progress
@@ -110,7 +110,7 @@ def up(
         _announce(target, progress, changes)
         groups = to_prove(plan, changes)
         if prove_fabric and groups:
-            from launcher.commands import fabric  # (imported only when it runs: start-up time)
+            from launcher.operations import fabric  # (imported only when it runs: start-up time)
 
             fabric.before_start(target, progress, groups)
         elif groups:

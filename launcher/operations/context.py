@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.commands import allocation
+from launcher.config import allocation
 from launcher.config.load import Loaded, load
 from launcher.config.yamlfile import load_json
 from launcher.errors import ConfigError

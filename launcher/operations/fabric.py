@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
-from launcher.commands import locking
-from launcher.commands.context import Target
-from launcher.commands.fabric_run import FabricRun
 from launcher.errors import Exit
+from launcher.operations import locking
+from launcher.operations.context import Target
+from launcher.operations.fabric_run import FabricRun
 from launcher.output import console
 from launcher.output.fabric_view import failures_table, summary
 from launcher.output.progress import Progress

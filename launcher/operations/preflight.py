@@ -10,8 +10,8 @@ import posixpath
 import time
 from dataclasses import asdict, dataclass
 
-from launcher.commands import ship
-from launcher.commands.context import Target
+from launcher.operations import ship
+from launcher.operations.context import Target
 from launcher.plan import fabric
 from launcher.plan.types import FABRIC_LABEL, Plan, Service
 from launcher.remote import program as remote_program

@@ -16,12 +16,12 @@ import secrets
 import time
 from collections.abc import Callable
 
-from launcher.commands import drain as drains
-from launcher.commands import locking
-from launcher.commands.context import Target
-from launcher.commands.nodes import NodeFailures, by_node, start
-from launcher.commands.waiter import ANSI, ServiceFailed, Waiter
 from launcher.errors import LauncherError
+from launcher.operations import drain as drains
+from launcher.operations import locking
+from launcher.operations.context import Target
+from launcher.operations.nodes import NodeFailures, by_node, start
+from launcher.operations.waiter import ANSI, ServiceFailed, Waiter
 from launcher.output.progress import Progress
 from launcher.plan import drain as plan_drain
 from launcher.plan import readiness
