@@ -501,7 +501,7 @@ def test_a_spec_label_a_node_sends_never_reaches_the_terminal_as_control_codes(t
     from datetime import UTC, datetime
     from types import SimpleNamespace
 
-    from launcher.commands.status import _row, replica_line, replicas_of, rolls_of
+    from launcher.operations.service_status import _row, replica_line, replicas_of, rolls_of
     from launcher.plan.state import held_name
 
     plan = plan_of(tmp_path, decode=2)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands import doctor
 from launcher.config.load import load as load_config
+from launcher.operations import checks as doctor
 from launcher.operations.nodes import start
 from launcher.operations.waiter import ServiceFailed, Waiter
 from launcher.output.progress import Progress

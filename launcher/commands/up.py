@@ -66,9 +66,9 @@ def run(
     with connected(t, connection):
         t.fleet.warm(t.fleet.hosts)  # connecting while what comes next is imported
         if not skip_doctor:
-            from launcher.commands import doctor  # (imported only when it runs: start-up time)
+            from launcher.operations import checks  # (imported only when it runs: start-up time)
 
-            doctor.before_up(t, progress)
+            checks.before_up(t, progress)
         try:
             changes = up(t, progress, command, wait, not skip_fabric, allow_downtime, max_unavailable)
         except KeyboardInterrupt:
@@ -98,7 +98,7 @@ def up(
 ) -> Changes:
     """Converge the nodes on the plan. With wait=False, return once every container runs (no readiness).
     `prove_fabric`: the fabric check runs before anything starts, for every rendezvous group (re)created.
-    Replicas whose spec changed roll last, one step at a time (commands.roll), waited for even so."""
+    Replicas whose spec changed roll last, one step at a time (operations.roll), waited for even so."""
     plan = target.plan
     progress.log(f"checking {len(plan.nodes)} node(s)")
     current, held = check_and_lock(target, command)
