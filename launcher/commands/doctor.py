@@ -29,11 +29,12 @@ def run(
     t = target(config, config_opt, inventory)
     report = None
     with connected(t, connection):
-        checks = check(t, with_args)
+        found = check(t, with_args)
+        checks = found.checks
         reachable = [c.node for c in checks if c.name == "ssh" and c.status == "ok"]
         checks += gpu_health.doctor_checks(t, reachable, gpu_diag)
         if with_fabric:
-            report = fabric.check(t, running=t.running)
+            report = fabric.check(t, running=found.running)
             checks += [Check(x.node, x.name, x.status, x.detail, x.fix) for x in report.lines()]
             try:
                 locking.audit(locking.Site.of(t), fabric.audit_line(t, report, "doctor --fabric"))

@@ -8,7 +8,7 @@ import json
 from launcher.errors import Exit
 from launcher.operations import preflight
 from launcher.operations.context import Target
-from launcher.operations.preflight import Check
+from launcher.operations.preflight import Check, Findings
 from launcher.output import console
 from launcher.output.progress import Progress
 from launcher.output.tables import checks_table
@@ -22,22 +22,22 @@ from launcher.transport.errors import describe
 def before_up(t: Target, progress: Progress) -> None:
     """`up`'s preflight: nothing starts unless every check passes."""
     progress.log("doctor: checking every node and the engine flags")
-    bad = [c for c in check(t, with_args=True, stop_early=True) if c.status == "fail"]
+    bad = failed(check(t, with_args=True, stop_early=True).checks)
     if bad:
         checks_table(t.plan, bad, as_json=False, console=console.stderr())
         console.say("nothing was started; fix the above, or `launcher up --skip-doctor`", to_stderr=True)
         raise Exit(1)
 
 
-def check(t: Target, with_args: bool, stop_early: bool = False) -> list[Check]:
+def check(t: Target, with_args: bool, stop_early: bool = False) -> Findings:
     """Node checks, then (with_args) the engines' parsers; stop_early skips the parsers once a node failed."""
-    checks = preflight.run(t)
-    reachable = {c.node for c in checks if c.name == "ssh" and c.status == "ok"}
-    if stop_early and any(c.status == "fail" for c in checks):
-        return checks
+    found = preflight.run(t)
+    reachable = {c.node for c in found.checks if c.name == "ssh" and c.status == "ok"}
+    if stop_early and failed(found.checks):
+        return found
     if with_args and reachable:
-        checks += check_args(t)
-    return checks
+        return Findings(found.checks + check_args(t), found.running)
+    return found
 
 
 # -- the engines' own argument parsers, inside the image on one node ---------------------------

@@ -47,7 +47,6 @@ class Target:
     loaded: Loaded | None = None  # the file as read, to build the plan again with facts from the nodes
     # What the nodes said about their routes (node index -> leader address -> route), once asked.
     routes: dict[int, dict[str, Route]] = field(default_factory=dict)
-    running: set[str] = field(default_factory=set)  # this deployment's services found running (doctor)
 
     def route_prefix(self, host: Host) -> str:
         """Shell to put before a command's first script on a node: it prints the node's routes to its

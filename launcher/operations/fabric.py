@@ -21,7 +21,7 @@ from launcher.plan.types import Group
 from launcher.remote import program as remote_program
 
 
-def check(t: Target, groups: list[Group] | None = None, running: set[str] | None = None) -> Report:
+def check(t: Target, groups: list[Group] | None = None, running: frozenset[str] | None = None) -> Report:
     """Run the check on every node concerned; `groups`: the groups whose rendezvous is proven (default:
     every rendezvous group none of whose services runs, as `running` names them)."""
     started = time.monotonic()
