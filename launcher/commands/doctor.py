@@ -30,7 +30,7 @@ def run(
     report = None
     with connected(t, connection):
         found = check(t, with_args)
-        checks = found.checks
+        checks = list(found.checks)  # its own list: what follows adds to it
         reachable = [c.node for c in checks if c.name == "ssh" and c.status == "ok"]
         checks += gpu_health.doctor_checks(t, reachable, gpu_diag)
         if with_fabric:
