@@ -83,7 +83,7 @@ ProfileOpt = Annotated[
 
 
 def connection(parallel: int, connect_timeout: float | None, host_key_policy: HostKeyPolicy | None):
-    from launcher.commands.context import Connection
+    from launcher.operations.context import Connection
 
     policy = host_key_policy.value if host_key_policy else None
     return Connection(parallel=parallel, connect_timeout=connect_timeout, host_key_policy=policy)
@@ -207,13 +207,16 @@ def scale(
     """Set `replicas:` of a group in the deployment file (comments and layout kept), then converge as
     `up` does: new replicas start on free nodes, removed ones are drained first."""
     from launcher.commands import scale as command
+    from launcher.commands import up as converge
 
-    link = connection(parallel, connect_timeout, host_key_policy)
-    command.run(
-        request, config, config_opt, inventory, link, dry_run=dry_run, skip_doctor=skip_doctor,
-        skip_fabric=skip_fabric, wait=wait, profile=profile, allow_downtime=allow_downtime,
-        max_unavailable=max_unavailable,
-    )  # fmt: skip
+    link = connection(parallel, connect_timeout, host_key_policy)  # its checks first, as every verb's
+    edited = command.run(request, config, config_opt, inventory, dry_run=dry_run, profile=profile)
+    if edited is not None:  # converge exactly as `up` does: it is `up` that runs
+        path, resolved_inventory = edited
+        converge.run(
+            path, None, resolved_inventory, link, skip_doctor=skip_doctor, wait=wait, skip_fabric=skip_fabric,
+            profile=profile, allow_downtime=allow_downtime, max_unavailable=max_unavailable,
+        )  # fmt: skip
 
 
 @app.command()

@@ -487,7 +487,7 @@ def local_command_deployment(tmp_path: Path, name: str, group: str, script: str,
 
 def connected_target(plan, **connection):
     """A plan as a command sees it, with a fleet of connections (a context manager)."""
-    from launcher.commands.context import Connection, Target, connected
+    from launcher.operations.context import Connection, Target, connected
     from launcher.runtime import for_plan
 
     return connected(Target(Path(plan.file), None, plan, for_plan(plan)), Connection(**connection))

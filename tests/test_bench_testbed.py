@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands import bench_recipe
-from launcher.commands.nodes import start
 from launcher.config.load import load as load_config
+from launcher.operations import bench_recipe
+from launcher.operations.nodes import start
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.bench_env import bench_env  # noqa: F401

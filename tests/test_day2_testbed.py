@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands.bench_client import env_writing_bytecode, read_export
+from launcher.operations.bench_client import env_writing_bytecode, read_export
 from launcher.plan.drain import samples, worker_in_flight
 from tests.bench_env import bench_env  # noqa: F401
 from tests.helpers import REPO, launcher_on, wait_for

@@ -3,7 +3,7 @@ to an engine of launcher/remote/engine_check.py (the real parses are in tests/te
 
 from __future__ import annotations
 
-from launcher.commands import doctor
+from launcher.operations import checks as doctor
 from launcher.plan.engines import ENGINES
 from launcher.remote import engine_check
 

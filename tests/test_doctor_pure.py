@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
-from launcher.commands import preflight
 from launcher.config.load import load as load_config
+from launcher.operations import preflight
 from launcher.plan.build import build as build_plan
 from launcher.runtime.docker import Docker
 from tests.helpers import CONFIGS, REPO, run_cli, write

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands.drain import in_flight
 from launcher.config.load import load
+from launcher.operations.drain import in_flight
 from launcher.output import plan_views
 from launcher.plan import drain
 from launcher.plan.build import build

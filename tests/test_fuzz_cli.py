@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 
 from launcher import cli
 from launcher.commands import logs as logs_command
-from launcher.commands.context import load_plan
+from launcher.operations.context import load_plan
 from launcher.transport import fleet as transport
 from tests.helpers import CONFIGS, KNOWN_COMMANDS, cli_commands, fresh_env, loopback_inventory, run_cli
 from tests.seeds import manifests

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.commands import gpu_health
-from launcher.commands.gpu_health import GpuAnswerError, parse, xid_finding
+from launcher.operations import gpu_health
+from launcher.operations.gpu_health import GpuAnswerError, parse, xid_finding
 from launcher.remote import program
 from tests.helpers import REPO, fresh_env, local_command_deployment
 

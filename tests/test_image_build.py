@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.commands.engine import build_context
+from launcher.transport.docker_engine import build_context
 from tests.helpers import REPO, fresh_env
 
 SECRET = "sk-never-sent-0123456789"

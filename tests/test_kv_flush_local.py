@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands import bench_recipe
 from launcher.config.load import load as load_config
+from launcher.operations import bench_recipe
 from launcher.plan.build import build as build_plan
 from launcher.plan.engines.base import dynamo_env
 from launcher.remote import program as remote_program

@@ -1,9 +1,11 @@
-"""The package's layers, as the README draws them: config -> plan -> runtime | transport -> output ->
-commands -> cli. Read from the source (every import, at any depth, function-level ones included):
-no import cycle anywhere, and no layer importing one above it (runtime and transport, side by side,
-never import each other). remote/ (programs run on nodes) stands apart: any layer may import it, it
-imports nothing of the launcher but its own siblings, and at module level only the standard library, in
-python 3.8's grammar. Also: no function longer than the screen a person reads it on."""
+"""The package's layers, as docs/architecture.md draws them: config -> plan -> runtime | transport -> output
+-> operations -> commands -> cli. commands/ holds verbs only, one module per verb the CLI calls, and no verb
+imports another (what verbs share is in operations/, which imports no verb). Read from the source (every
+import, at any depth, function-level ones included): no import cycle anywhere, and no layer importing one
+above it (runtime and transport, side by side, never import each other). remote/ (programs run on nodes)
+stands apart: any layer may import it, it imports nothing of the launcher but its own siblings, and at
+module level only the standard library, in python 3.8's grammar. Also: no function longer than the screen a
+person reads it on."""
 
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ RANKS = {
     "plan": 2,
     "runtime": 3, "transport": 3,
     "output": 4,
-    "commands": 5,
-    "cli": 6, "__main__": 7,
+    "operations": 5,
+    "commands": 6,
+    "cli": 7, "__main__": 8,
 }  # fmt: skip
 STANDALONE = "remote"  # programs shipped to nodes: they import nothing of the launcher (the launcher may import them)
 IN_IMAGE = {"engine_check"}  # runs with the engine's own python (3.10 or newer), not the host's
@@ -70,8 +73,8 @@ def part(module: str) -> str:
 def test_the_graph_sees_the_layers() -> None:
     g = graph()
     # A parser that found nothing would let the tests below pass vacuously.
-    assert "launcher.plan.build" in g["launcher.commands.context"]
-    assert "launcher.transport.fleet" in g["launcher.commands.context"]  # a function-level import counts too
+    assert "launcher.plan.build" in g["launcher.operations.context"]
+    assert "launcher.transport.fleet" in g["launcher.operations.context"]  # a function-level import counts too
     assert {part(m) for m in g} >= set(RANKS) - {"__init__"} | {STANDALONE}
 
 
@@ -145,3 +148,31 @@ def test_no_function_is_longer_than_a_screen() -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}: {lines} lines")
     assert not long, "functions over {MAX_FUNCTION_LINES} lines:\n" + "\n".join(long)
+
+
+def test_commands_holds_the_verbs_the_cli_calls_and_nothing_else() -> None:
+    """One module per verb: every module of commands/ is one the CLI imports as a verb, and every verb the CLI
+    imports is there; what verbs share (the deployment, node operations, checks, the lock) is operations/."""
+    cli = ast.parse((PACKAGE / "cli.py").read_text())
+    called = {
+        alias.name
+        for node in ast.walk(cli)
+        if isinstance(node, ast.ImportFrom) and node.module == "launcher.commands"
+        for alias in node.names
+    }
+    held = {p.stem for p in (PACKAGE / "commands").glob("*.py") if p.stem != "__init__"}
+    assert "up" in called and "doctor" in called  # the parser found the verbs
+    assert held == called, f"not verbs: {sorted(held - called)}; verbs elsewhere: {sorted(called - held)}"
+
+
+def test_no_verb_imports_another() -> None:
+    """A verb used as a library by another is a library in the wrong layer: what two verbs share moves to
+    operations/ (`up` runs doctor's checks from operations.checks, `collect` reads operations.service_status)."""
+    wrong = [
+        f"{module} -> {dep}"
+        for module, deps in graph().items()
+        if part(module) == "commands"
+        for dep in deps
+        if part(dep) == "commands" and dep != "launcher.commands"
+    ]
+    assert not wrong, "verbs importing verbs:\n" + "\n".join(sorted(wrong))

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from launcher.commands import locking
-from launcher.commands.locking import Site
 from launcher.config.schema import SSHSettings
+from launcher.operations import locking
+from launcher.operations.locking import Site
 from launcher.plan.types import Node
 from launcher.runtime import lock
 from launcher.transport.host import Options

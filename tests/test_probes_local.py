@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from launcher.commands import down
-from launcher.commands.nodes import start
-from launcher.commands.waiter import ServiceFailed, Waiter
 from launcher.config.load import load as load_config
+from launcher.operations.nodes import start
+from launcher.operations.waiter import ServiceFailed, Waiter
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from launcher.plan.engines.sglang import FIRED_UP

@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from launcher.commands.context import LAST, remember, target
 from launcher.config.load import load
+from launcher.operations.context import LAST, remember, target
 from launcher.plan import reconcile
 from launcher.plan.build import build
 from launcher.plan.engines import args as A

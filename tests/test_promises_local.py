@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands import down, locking
+from launcher.commands import down
 from launcher.commands import watch as watchmod
-from launcher.commands.locking import Site
-from launcher.commands.nodes import start
 from launcher.config.load import load as load_config
+from launcher.operations import locking
+from launcher.operations.locking import Site
+from launcher.operations.nodes import start
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.helpers import (

@@ -14,9 +14,9 @@ import time
 import paramiko
 import pytest
 
-from launcher.commands import preflight
 from launcher.config.load import load as load_config
 from launcher.config.schema import SSHSettings
+from launcher.operations import preflight
 from launcher.plan.build import build as build_plan
 from launcher.plan.types import Node
 from launcher.runtime import docker
@@ -195,7 +195,7 @@ def test_a_refused_connection_is_reported_per_node_with_its_kind():
 def test_ssh_settings_precedence_node_file_inventory_then_command_line(tmp_path):
     """README: "given on the command line they win over the files' `ssh:` settings (node, then inventory),
     else 10 s and `strict`"; "The inventory's ... `ssh` settings are defaults under the file's"."""
-    from launcher.commands.context import Connection, Target, connected
+    from launcher.operations.context import Connection, Target, connected
     from launcher.runtime import for_plan
 
     inv = write(

@@ -532,9 +532,9 @@ def test_doctor_runs_dynamo_vllm_parser_per_role(vllm_parser_env: Path, tmp_path
 
     import yaml
 
-    from launcher.commands import doctor
-    from launcher.commands.context import Target
     from launcher.config.load import load as load_config
+    from launcher.operations import checks as doctor
+    from launcher.operations.context import Target
     from launcher.plan.build import build as build_plan
     from launcher.runtime import for_plan
     from launcher.transport.fleet import Fleet

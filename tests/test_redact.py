@@ -105,8 +105,8 @@ def test_logs_and_collect_hide_a_secrets_escaped_forms(tmp_path):
 def test_bench_recipe_files_hold_no_secret(tmp_path):
     """The recipe writer: command.txt (a command line that carried the value) and nodes.json (a node's
     error that echoed it, JSON-escaped there) show `***`; the deployment file keeps its `${MY_KEY}`."""
-    from launcher.commands import bench_recipe
-    from launcher.commands.context import Target
+    from launcher.operations import bench_recipe
+    from launcher.operations.context import Target
     from launcher.runtime import for_plan
 
     secret = 'b3nch"s3cret\\' + os.urandom(6).hex()

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.commands import ship
 from launcher.config.schema import SSHSettings
+from launcher.operations import ship
 from launcher.plan.types import Node
 from launcher.remote import relay as remote
 from launcher.transport.host import Options

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.commands import ship
+from launcher.operations import ship
 from launcher.remote import program, siblings
 
 REPO = Path(__file__).resolve().parent.parent

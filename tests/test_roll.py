@@ -163,8 +163,8 @@ def rm_plan(tmp_path, speed: int, name: str, options: str = "[--rm]"):
 
 
 def refusal(plan, changes, current) -> str:
-    from launcher.commands import roll as rolling
-    from launcher.commands.context import Target
+    from launcher.operations import roll as rolling
+    from launcher.operations.context import Target
     from launcher.output.progress import Progress
     from launcher.runtime import for_plan
 
@@ -337,9 +337,9 @@ def frontend_plan(tmp_path, port: int):
 
 
 def test_the_smoke_requests_read_at_most_a_mebibyte_of_an_answer(tmp_path, monkeypatch):
-    from launcher.commands import roll as rolling
     from launcher.commands import up
-    from launcher.commands.waiter import ServiceFailed
+    from launcher.operations import roll as rolling
+    from launcher.operations.waiter import ServiceFailed
 
     port = free_port()
     plan = frontend_plan(tmp_path, port)
@@ -360,8 +360,8 @@ def test_a_roll_step_failing_after_the_hold_is_rolled_back_whatever_the_error(tm
     """Not only a failed replica: here the node's listing is unreadable once the old replica is held (a
     ListingError from `start`, which escaped before with the old replica held and nothing restored)."""
     from launcher.commands import down
-    from launcher.commands import roll as rolling
-    from launcher.commands.nodes import list_services, start
+    from launcher.operations import roll as rolling
+    from launcher.operations.nodes import list_services, start
     from launcher.output.progress import Progress
 
     path = local_command_deployment(tmp_path, "rf", "serve", "exec sleep 600", replicas=2, timeout=2)
@@ -393,8 +393,8 @@ def test_ctrl_c_once_the_new_replica_proved_itself_leaves_the_held_copy_and_roll
     """Ctrl-C while the proven step's held copy is removed (a copy slow to stop: it ignores SIGTERM): the
     step is done, `Replaced` names what is left; before, `run` rolled the proven replica back."""
     from launcher.commands import down
-    from launcher.commands import roll as rolling
-    from launcher.commands.nodes import list_services, start
+    from launcher.operations import roll as rolling
+    from launcher.operations.nodes import list_services, start
     from launcher.output.progress import Progress
 
     path = local_command_deployment(tmp_path, "rc", "serve", "trap '' TERM; exec sleep 600", replicas=2)
@@ -501,7 +501,7 @@ def test_a_spec_label_a_node_sends_never_reaches_the_terminal_as_control_codes(t
     from datetime import UTC, datetime
     from types import SimpleNamespace
 
-    from launcher.commands.status import _row, replica_line, replicas_of, rolls_of
+    from launcher.operations.service_status import _row, replica_line, replicas_of, rolls_of
     from launcher.plan.state import held_name
 
     plan = plan_of(tmp_path, decode=2)

@@ -3,7 +3,7 @@ sync` installs), started here from the plan's own router argv (its version pin c
 runs on a CPU-only machine, so the two worker URLs the plan gives the router are a real etcd's two client ports:
 the router registers any HTTP server whose /health answers 200, and that is all a removal needs.
 
-What is checked is what `down` does first for such a worker (launcher.commands.drain.unroute): its id looked
+What is checked is what `down` does first for such a worker (launcher.operations.drain.unroute): its id looked
 up in the router's `GET /workers`, `DELETE /workers/{id}`, and the router listing it no more, the other worker
 left in; the router's own count of its requests read from its /metrics; a removal done twice; and a hostile
 router (garbage, a forged id, an answer without end) refused in one line within the deadline."""
@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands.drain import drain_node, router_count, unroute
-from launcher.commands.nodes import start
 from launcher.config.load import load
+from launcher.operations.drain import drain_node, router_count, unroute
+from launcher.operations.nodes import start
 from launcher.output.progress import Progress
 from launcher.plan import drain
 from launcher.plan.build import build

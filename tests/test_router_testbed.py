@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands import doctor
-from launcher.commands.nodes import start
-from launcher.commands.waiter import ServiceFailed, Waiter
 from launcher.config.load import load as load_config
+from launcher.operations import checks as doctor
+from launcher.operations.nodes import start
+from launcher.operations.waiter import ServiceFailed, Waiter
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.helpers import REPO, connected_target, launcher_on

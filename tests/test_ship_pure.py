@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from launcher.commands import preflight, ship, stage
-from launcher.commands.context import Target
+from launcher.commands import stage
 from launcher.config.load import load as load_config
 from launcher.errors import ConfigError
+from launcher.operations import preflight, ship
+from launcher.operations.context import Target
 from launcher.output.transfer import Moving, TransferView, size
 from launcher.plan.build import build as build_plan
 from launcher.remote import manifest as remote

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands import ship as ship_module
 from launcher.config.schema import SSHSettings
+from launcher.operations import ship as ship_module
 from launcher.plan.types import Node
 from launcher.transport.host import Options
 from launcher.transport.relay import Feed, Hop, Relay

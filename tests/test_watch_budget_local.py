@@ -13,8 +13,8 @@ import yaml
 
 from launcher.commands import down
 from launcher.commands import watch as watchmod
-from launcher.commands.nodes import start
 from launcher.config.load import load as load_config
+from launcher.operations.nodes import start
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.helpers import connected_target, free_port, listening, wait_for

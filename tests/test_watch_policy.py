@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from launcher.commands import alert
 from launcher.commands.watch import Budget, Unit, budget_of, units
 from launcher.config.load import load as load_config
 from launcher.config.schema import WatchPolicy
 from launcher.errors import ConfigError
+from launcher.operations import alert
 from launcher.plan import observe
 from launcher.plan.build import build as build_plan
 from launcher.plan.stall import Tracker, in_flight, progress_count
@@ -251,7 +251,7 @@ class _Metrics(BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize(("hung_after", "state"), [(60, "stalled"), (1, "hung")])
 def test_a_one_shot_view_names_hung_only_after_the_files_window(tmp_path, hung_after, state):
-    from launcher.commands import rank_progress
+    from launcher.operations import rank_progress
     from launcher.plan.metrics import ScrapeTarget
     from tests.helpers import connected_target, local_command_deployment
 

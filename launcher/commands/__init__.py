@@ -1,4 +1,5 @@
-"""One module per verb (`up`, `down`, `status`, `logs`, `exec`, `doctor`, `watch`, `lock`, `migrate`,
-`plan`), each with a `run` the CLI calls; what several verbs share: the deployment a command acts on
-(`context`), operations on the nodes (`nodes`), health probes (`health`), waiting until ready
-(`waiter`), the deployment lock (`locking`), and doctor's node checks (`preflight`)."""
+"""The verbs, one module each, named as the CLI names them (`import_` for `import`): `plan`, `up`,
+`scale`, `status`, `logs`, `exec`, `down`, `lock`, `watch`, `top`, `collect`, `doctor`, `migrate`,
+`bench`, `import_`, `export`, `image`, `stage`; each has a `run` the CLI calls. What several verbs share
+is in `launcher.operations`; a verb imports no other verb (`scale` returns the file that the CLI then
+hands to `up`)."""

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__
-from launcher.commands import bench_client as client
-from launcher.commands import bench_recipe as recipe
-from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.health import endpoint_state
 from launcher.config.yamlfile import load_json
 from launcher.errors import ConfigError, Exit, one_line
+from launcher.operations import bench_client as client
+from launcher.operations import bench_recipe as recipe
+from launcher.operations.context import Connection, Target, connected, target
+from launcher.operations.health import endpoint_state
 from launcher.output import console
 from launcher.output.bench_views import compare_table, number, results_table
 from launcher.output.console import say

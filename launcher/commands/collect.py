@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__
-from launcher.commands import gpu_health, ship
-from launcher.commands import status as status_command
-from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.logs import SINCE
 from launcher.errors import ConfigError, Exit
+from launcher.operations import gpu_health, service_status, ship
+from launcher.operations.context import Connection, Target, connected, target
 from launcher.output import plan_views
 from launcher.output.console import say
 from launcher.remote import program as remote_program
+from launcher.runtime.docker import SINCE
 from launcher.runtime.shell import join, q
 from launcher.transport.errors import describe
 
@@ -251,8 +250,8 @@ def _head(t: Target, bundle: Bundle, missing: dict[int, str]) -> None:
         except Exception as exc:
             bundle.index["audit_log"] = describe(exc)
     try:
-        rows, unreachable, endpoint = status_command.status(t)
-        data = status_command.status_json(t, rows, unreachable, endpoint)
+        rows, unreachable, endpoint = service_status.status(t)
+        data = service_status.status_json(t, rows, unreachable, endpoint)
         bundle.add("status.json", json.dumps(data, indent=2) + "\n")
     except Exception as exc:  # the bundle is for when things are broken: note it, keep the rest
         bundle.index["status"] = f"status failed: {describe(exc)}"

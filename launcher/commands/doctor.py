@@ -1,24 +1,18 @@
 """`launcher doctor`: find, before anything starts, what would make a start hang or fail: every node's
 checks (`preflight`), then each role's exact argv through its engine's own parser inside the image on
-one node, and the router's pinned version in its image. `up` runs it first."""
+one node, and the router's pinned version in its image (operations/checks.py, which `up` runs first); with
+--fabric, the fabric check; GPU health always."""
 
 from __future__ import annotations
 
-import json
-
-from launcher.commands import fabric, gpu_health, locking, preflight
-from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.preflight import Check
 from launcher.errors import Exit
+from launcher.operations import fabric, gpu_health, locking
+from launcher.operations.checks import check
+from launcher.operations.context import Connection, connected, target
+from launcher.operations.preflight import Check
 from launcher.output import console
 from launcher.output.fabric_view import show
-from launcher.output.progress import Progress
 from launcher.output.tables import checks_table
-from launcher.plan.types import Plan, Service
-from launcher.remote import program as remote_program
-from launcher.runtime.docker import docker_check_run
-from launcher.runtime.shell import join, q
-from launcher.transport.errors import describe
 
 
 def run(
@@ -35,11 +29,12 @@ def run(
     t = target(config, config_opt, inventory)
     report = None
     with connected(t, connection):
-        checks = check(t, with_args)
+        found = check(t, with_args)
+        checks = list(found.checks)  # its own list: what follows adds to it
         reachable = [c.node for c in checks if c.name == "ssh" and c.status == "ok"]
         checks += gpu_health.doctor_checks(t, reachable, gpu_diag)
         if with_fabric:
-            report = fabric.check(t, running=t.running)
+            report = fabric.check(t, running=found.running)
             checks += [Check(x.node, x.name, x.status, x.detail, x.fix) for x in report.lines()]
             try:
                 locking.audit(locking.Site.of(t), fabric.audit_line(t, report, "doctor --fabric"))
@@ -50,128 +45,3 @@ def run(
         show(t.plan, report, console.stdout())
     if any(c.status == "fail" for c in checks):
         raise Exit(1)
-
-
-def before_up(t: Target, progress: Progress) -> None:
-    """`up`'s preflight: nothing starts unless every check passes."""
-    progress.log("doctor: checking every node and the engine flags")
-    bad = [c for c in check(t, with_args=True, stop_early=True) if c.status == "fail"]
-    if bad:
-        checks_table(t.plan, bad, as_json=False, console=console.stderr())
-        console.say("nothing was started; fix the above, or `launcher up --skip-doctor`", to_stderr=True)
-        raise Exit(1)
-
-
-def check(t: Target, with_args: bool, stop_early: bool = False) -> list[Check]:
-    """Node checks, then (with_args) the engines' parsers; stop_early skips the parsers once a node failed."""
-    checks = preflight.run(t)
-    reachable = {c.node for c in checks if c.name == "ssh" and c.status == "ok"}
-    if stop_early and any(c.status == "fail" for c in checks):
-        return checks
-    if with_args and reachable:
-        checks += check_args(t)
-    return checks
-
-
-# -- the engines' own argument parsers, inside the image on one node ---------------------------
-
-MODULES = {
-    ("python3", "-m", "dynamo.sglang"): "dynamo-sglang",
-    ("python3", "-m", "dynamo.vllm"): "dynamo-vllm",
-    ("python3", "-m", "dynamo.mocker"): "dynamo-mocker",
-    ("python3", "-m", "dynamo.frontend"): "dynamo-frontend",
-    ("python3", "-m", "sglang.launch_server"): "sglang",
-    ("vllm", "serve"): "vllm",  # engine_check's vllm parses what follows `vllm serve` (the model first)
-}
-
-
-def engine_argv(command: list[str]) -> tuple[str, list[str]] | None:
-    """(engine_check's engine, the argv its parser takes) for a service's command, or None."""
-    for prefix, engine in MODULES.items():
-        if tuple(command[: len(prefix)]) == prefix:
-            return engine, command[len(prefix) :]
-    return None
-
-
-def check_args(t: Target) -> list[Check]:
-    """Run each distinct role's exact argv through its engine's parser, in the image, starting nothing."""
-    plan, fleet = t.plan, t.fleet
-    checker = remote_program("engine_check")
-    seen: dict[tuple[str, str], tuple[Service, list[str]]] = {}
-    for s in plan.services:
-        found = engine_argv(s.command)
-        if found and (found[0], s.role) not in seen:
-            seen[(found[0], s.role)] = (s, found[1])
-    checks = [check_router(t, s) for s in plan.services if s.role == "router" and s.command[:2] == ["sh", "-c"]]
-    for (engine, role), (s, argv) in seen.items():
-        script = in_image(plan, s, ["python3", "-", "--engine", engine, "--", *argv])
-        try:
-            r = fleet.host(s.node.index).run(script, stdin=checker, timeout=300)
-        except Exception as exc:
-            checks.append(Check(s.node.index, f"args:{role}", "fail", describe(exc), "check the node"))
-            continue
-        checks.append(_verdict(s.node.index, f"args:{role}", engine, r.stdout, r.stderr))
-    return checks
-
-
-def _verdict(node: int, name: str, engine: str, stdout: str, stderr: str) -> Check:
-    """engine_check.py's JSON line -> a check."""
-    verdict = _last_json(stdout)
-    if verdict is None:
-        detail = f"the {engine} parser did not run: {(stderr or stdout).strip()[-300:]}"
-        return Check(node, name, "fail", detail, "is the engine installed in the image?")
-    version = verdict.get("version", "")
-    if not verdict.get("ok"):
-        detail = f"{engine} {version} rejects: " + "; ".join(verdict.get("errors") or [])
-        fix = "fix the flag" + (
-            " (launcher migrate CONFIG --sglang VERSION for renamed ones)" if "sglang" in engine else ""
-        )
-        return Check(node, name, "fail", detail, fix)
-    warn = "; ".join(verdict.get("warnings") or [])
-    return Check(
-        node, name, "warn" if warn else "ok", f"{engine} {version} accepts the argv" + (f" ({warn})" if warn else "")
-    )
-
-
-def in_image(plan: Plan, s: Service, argv: list[str]) -> str:
-    """A script running argv where the service would run: a throwaway container of its image, or python_env."""
-    if plan.runtime == "docker":
-        return join(docker_check_run(plan, s, argv))
-    env = dict(s.env)
-    if plan.python_env:
-        env["PATH"] = f"{plan.python_env}/bin:" + env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return "env " + " ".join(f"{k}={q(v)}" for k, v in env.items()) + " " + join(argv)
-
-
-def check_router(t: Target, s: Service) -> Check:
-    """The router's version pin, checked in its image before anything starts: it starts last, after the
-    engines' model load, which is far too late to learn that the image holds another sglang-router."""
-    pinned = s.command[3]
-    try:
-        r = t.fleet.host(s.node.index).run(in_image(t.plan, s, [*s.command[:4], "--help"]), timeout=120)
-    except Exception as exc:
-        return Check(s.node.index, "router", "fail", describe(exc), "check the node")
-    if r.exit_code == 0 and "--pd-disaggregation" in r.stdout:
-        return Check(s.node.index, "router", "ok", f"sglang-router {pinned} in the image")
-    why = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or [f"exit {r.exit_code}"])[-1]
-    return Check(
-        s.node.index,
-        "router",
-        "fail",
-        why.removeprefix("launcher: ")[:300],
-        f"install sglang-router=={pinned} in the router's image (services.router.image), or change the pin",
-    )
-
-
-def _last_json(text: str) -> dict | None:
-    for line in reversed(text.strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None
-
-
-def failed(checks: list[Check]) -> list[Check]:
-    return [c for c in checks if c.status == "fail"]

@@ -2,7 +2,7 @@
 works after the file was edited), in parallel; idempotent; the reachable nodes are cleaned even when
 some are not (those are named, exit 1).
 
-First the Dynamo workers are drained (`commands.drain`: out of routing, their in-flight requests let
+First the Dynamo workers are drained (`operations.drain`: out of routing, their in-flight requests let
 finish, up to the file's drain_timeout) while the frontend, etcd and NATS still run, so that every
 stream in flight completes; `--now` skips that. Each drain is a line of the head node's audit log."""
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import sys
 import time
 
-from launcher.commands import locking
-from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.drain import drain, strays
-from launcher.commands.nodes import NodeFailures
+from launcher.operations import locking
+from launcher.operations.context import Connection, Target, connected, target
+from launcher.operations.drain import drain, strays
+from launcher.operations.nodes import NodeFailures
 from launcher.output.console import say
 from launcher.plan import drain as plan_drain
 from launcher.runtime import lock as lock_scripts

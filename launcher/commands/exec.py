@@ -3,8 +3,8 @@ is the worst one (a signal death counts as 128+signal, or 255 over SSH; an unrea
 
 from __future__ import annotations
 
-from launcher.commands.context import Connection, connected, target
 from launcher.errors import ConfigError, Exit
+from launcher.operations.context import Connection, connected, target
 from launcher.output import console
 from launcher.output.console import say
 from launcher.runtime.shell import join

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import shlex
 import sys
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from launcher.commands import allocation, export_slurm
+from launcher.config import allocation
 from launcher.config.load import load
 from launcher.config.schema import InventorySpec, NodeSpec
 from launcher.config.yamlfile import load_yaml
@@ -22,6 +23,8 @@ from launcher.output.console import say
 from launcher.plan.build import build
 from launcher.plan.kube import exporter
 from launcher.plan.types import Plan
+from launcher.remote import program as remote_program
+from launcher.runtime.slurm import batch_script
 
 SCHEMA = "leaderworkerset.v1.schema.json.gz"
 # With no nodes in the file or an inventory: enough placeholders for any group counts; unused ones stay idle.
@@ -60,7 +63,7 @@ def schema() -> dict:
 def run(config: Path, inventory: Path | None, to: str, out: Path | None) -> None:
     plan = placeholder_plan(config, inventory)
     if to == "slurm":
-        export_slurm.run(plan, config, out)
+        slurm(plan, config, out)
         return
     bare = sorted({s.service for s in plan.services if not s.image})
     if bare:
@@ -109,3 +112,25 @@ def write(plan: Plan, manifests: list[dict], out: Path | None) -> None:
         raise ConfigError(f"cannot write: {exc.strerror}", file=one_line(str(exc.filename or out)), key="-o") from None
     say(f"wrote {len(files)} file(s) to {out}: {lws} LeaderWorkerSet(s), each valid against the CRD's schema;"
         f" kubectl apply -f {out}", to_stderr=True)  # fmt: skip
+
+
+def slurm(plan: Plan, config: Path, out: Path | None) -> None:
+    """The batch script (runtime/slurm.py), with the readiness waiter that runs inside the job
+    (remote/slurm_wait.py) embedded, so the file alone is what sbatch needs."""
+    waiter = remote_program("slurm_wait")
+    command = f"launcher export {shlex.quote(str(config))} --to slurm"
+    script = batch_script(plan, waiter, command)
+    nodes = max(s.node.index for s in plan.services) + 1
+    steps = len(plan.services)
+    if out is None:
+        sys.stdout.write(script + "\n")
+    else:
+        try:
+            out.write_text(script + "\n")
+            out.chmod(0o755)
+        except OSError as exc:
+            raise ConfigError(f"cannot write: {exc.strerror}", file=one_line(str(out)), key="-o") from None
+    where = f"wrote {out}" if out else "the script above"
+    runtime = "pyxis containers" if plan.runtime == "docker" else "the process runtime"
+    say(f"{where}: {steps} srun step(s) on {nodes} node(s), {runtime}; submit it with `sbatch {out or 'FILE'}`",
+        to_stderr=True)  # fmt: skip

@@ -18,15 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.commands import ship
-from launcher.commands.context import Connection, Target, connected, resolve, target
-from launcher.commands.engine import BuildContext, Engine, LocalImage, build_context, where
 from launcher.config.load import load
 from launcher.errors import ConfigError, Exit
+from launcher.operations import ship
+from launcher.operations.context import Connection, Target, connected, resolve, target
 from launcher.output.console import say
 from launcher.output.tables import print_json
 from launcher.output.transfer import outcome_table, size
 from launcher.runtime.shell import q
+from launcher.transport.docker_engine import BuildContext, Engine, LocalImage, build_context, where
 from launcher.transport.errors import describe
 from launcher.transport.relay import Feed, Hop
 

@@ -3,8 +3,8 @@ and removing it."""
 
 from __future__ import annotations
 
-from launcher.commands import locking
-from launcher.commands.context import Connection, connected, target
+from launcher.operations import locking
+from launcher.operations.context import Connection, connected, target
 from launcher.output.console import say
 
 # The files' ssh settings apply, as everywhere; only the head node is reached.

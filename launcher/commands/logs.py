@@ -11,22 +11,17 @@ import zlib
 from rich.console import Console
 from rich.markup import escape
 
-from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.nodes import list_services
 from launcher.errors import ConfigError, Exit
+from launcher.operations.context import Connection, Target, connected, target
+from launcher.operations.nodes import list_services
 from launcher.output import console
 from launcher.output.console import say
 from launcher.plan.state import Container
 from launcher.plan.types import Plan
+from launcher.runtime.docker import SINCE
 from launcher.transport.errors import describe
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# What `docker logs --since` takes: a Go duration, a date with an optional time and zone, a Unix timestamp.
-SINCE = re.compile(
-    r"[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+"
-    r"|\d{4}-\d{2}-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?(Z|[+-]\d{2}:\d{2})?"
-    r"|\d+(\.\d+)?"
-)
 COLOURS = [
     "cyan", "magenta", "green", "yellow", "blue", "bright_red",
     "bright_cyan", "bright_magenta", "bright_green", "bright_yellow", "bright_blue",

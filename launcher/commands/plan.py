@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from launcher.commands.context import load_plan
 from launcher.errors import ConfigError, one_line
+from launcher.operations.context import load_plan
 from launcher.output import plan_views
 from launcher.output.console import say
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from launcher.commands import up as up_command
-from launcher.commands.context import Connection, Target, load_file, target
 from launcher.config import rewrite
 from launcher.config.yamlfile import read_file
 from launcher.errors import ConfigError, ConfigErrors
+from launcher.operations.context import Target, load_file, target
 from launcher.output.console import say
 from launcher.plan import drain as plan_drain
 from launcher.plan import scale as plan_scale
@@ -29,16 +28,12 @@ def run(
     config: Path | None,
     config_opt: Path | None,
     inventory: Path | None,
-    connection: Connection,
     *,
     dry_run: bool,
-    skip_doctor: bool,
-    skip_fabric: bool,
-    wait: bool,
     profile: str | None,
-    allow_downtime: bool = False,
-    max_unavailable: int = 1,
-) -> None:
+) -> tuple[Path, Path | None] | None:
+    """The file edited (and checked), and its inventory: what `up` converges next (the CLI runs it); None
+    with --dry-run."""
     group, count = plan_scale.parse_request(request)
     t = target(config, config_opt, inventory, profile=profile or "")
     assert t.loaded is not None
@@ -62,12 +57,9 @@ def run(
     if dry_run:
         say(f"scale --dry-run: {change} (the file is not written, no node is touched)")
         _say_difference(t.plan, planned[0])
-        return
+        return None
     say(f"scale: {change}" + ("" if before != count else " (already so): converging as `up` does"))
-    up_command.run(
-        t.path, None, t.inventory, connection, skip_doctor=skip_doctor, wait=wait, skip_fabric=skip_fabric,
-        profile=profile, allow_downtime=allow_downtime, max_unavailable=max_unavailable,
-    )  # fmt: skip
+    return t.path, t.inventory
 
 
 def _checked(t: Target, temporary: Path, group: str, count: int) -> Plan:

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launcher.commands import ship
-from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.preflight import model_host_path
 from launcher.errors import ConfigError, Exit, LauncherError, one_line
+from launcher.operations import ship
+from launcher.operations.context import Connection, Target, connected, target
+from launcher.operations.preflight import model_host_path
 from launcher.output.console import say
 from launcher.output.tables import print_json
 from launcher.output.transfer import outcome_table, size

@@ -14,9 +14,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from launcher.commands import rank_progress
-from launcher.commands.context import Connection, Target, connected, target
 from launcher.errors import Exit
+from launcher.operations import rank_progress
+from launcher.operations.context import Connection, Target, connected, target
 from launcher.output import console
 from launcher.output.tables import print_json
 from launcher.output.top_view import table, to_json

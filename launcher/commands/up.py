@@ -8,13 +8,13 @@ import shlex
 import sys
 import time
 
-from launcher.commands import locking
-from launcher.commands import roll as rolling
-from launcher.commands.context import Connection, Target, connected, remember, target
-from launcher.commands.drain import drain_strays
-from launcher.commands.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
-from launcher.commands.waiter import ServiceFailed, Waiter
 from launcher.errors import ConfigError, Exit, LauncherError
+from launcher.operations import locking
+from launcher.operations import roll as rolling
+from launcher.operations.context import Connection, Target, connected, remember, target
+from launcher.operations.drain import drain_strays
+from launcher.operations.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
+from launcher.operations.waiter import ServiceFailed, Waiter
 from launcher.output import console, plan_views
 from launcher.output.console import say
 from launcher.output.progress import Progress
@@ -66,9 +66,9 @@ def run(
     with connected(t, connection):
         t.fleet.warm(t.fleet.hosts)  # connecting while what comes next is imported
         if not skip_doctor:
-            from launcher.commands import doctor  # (imported only when it runs: start-up time)
+            from launcher.operations import checks  # (imported only when it runs: start-up time)
 
-            doctor.before_up(t, progress)
+            checks.before_up(t, progress)
         try:
             changes = up(t, progress, command, wait, not skip_fabric, allow_downtime, max_unavailable)
         except KeyboardInterrupt:
@@ -98,7 +98,7 @@ def up(
 ) -> Changes:
     """Converge the nodes on the plan. With wait=False, return once every container runs (no readiness).
     `prove_fabric`: the fabric check runs before anything starts, for every rendezvous group (re)created.
-    Replicas whose spec changed roll last, one step at a time (commands.roll), waited for even so."""
+    Replicas whose spec changed roll last, one step at a time (operations.roll), waited for even so."""
     plan = target.plan
     progress.log(f"checking {len(plan.nodes)} node(s)")
     current, held = check_and_lock(target, command)
@@ -110,7 +110,7 @@ def up(
         _announce(target, progress, changes)
         groups = to_prove(plan, changes)
         if prove_fabric and groups:
-            from launcher.commands import fabric  # (imported only when it runs: start-up time)
+            from launcher.operations import fabric  # (imported only when it runs: start-up time)
 
             fabric.before_start(target, progress, groups)
         elif groups:

@@ -18,12 +18,12 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from launcher.commands import alert, locking, rank_progress
-from launcher.commands.context import Connection, Target, connected, read_routes, target
-from launcher.commands.nodes import list_services, remove, restart_in_place, start
-from launcher.commands.waiter import Waiter
 from launcher.config.schema import WatchPolicy
 from launcher.errors import LauncherError
+from launcher.operations import alert, locking, rank_progress
+from launcher.operations.context import Connection, Target, connected, read_routes, target
+from launcher.operations.nodes import list_services, remove, restart_in_place, start
+from launcher.operations.waiter import Waiter
 from launcher.output import console
 from launcher.output.progress import Progress
 from launcher.plan.stall import Tracker

@@ -1,6 +1,6 @@
 """A Slurm allocation as an inventory: what `scontrol` and the job's variables say, parsed (pure).
 
-`commands/allocation` runs `scontrol show hostnames "$SLURM_JOB_NODELIST"` and `scontrol show node -o`;
+`config/allocation` runs `scontrol show hostnames "$SLURM_JOB_NODELIST"` and `scontrol show node -o`;
 here their output becomes nodes (NodeName, NodeAddr) with the job's GPUs per node."""
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ def budget(plan: Plan) -> float:
     return ALIGN + 2 * f.connect_timeout + 4 * f.timeout + START_MARGIN
 
 
-def checked_groups(plan: Plan, running: set[str] | None = None) -> list[Group]:
+def checked_groups(plan: Plan, running: frozenset[str] | set[str] | None = None) -> list[Group]:
     """The groups whose rendezvous the check proves: spread over more than one node, engine (or file)
     says their ranks rendezvous, and (`running`: names of services already up) not running now."""
     running = running or set()

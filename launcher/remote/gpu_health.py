@@ -1,7 +1,7 @@
 """A node's GPU health, read where it is: the launcher's gpu_health program.
 
 Standard library only (the host's python3, 3.8 or newer); it imports nothing of the launcher. Sent over
-the node's SSH session by `doctor`, `status` and `collect` (launcher/commands/gpu_health.py reads its
+the node's SSH session by `doctor`, `status` and `collect` (launcher/operations/gpu_health.py reads its
 answer). It runs, each bounded in bytes and time:
   - `nvidia-smi --query-gpu=FIELDS --format=csv,nounits` (with its header: the reader checks the columns
     it is given against the ones it asked for), once more with the basic fields when the driver knows

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import posixpath
+import re
 
 from launcher.plan.types import FABRIC_LABEL, LABEL, Plan, Service
 from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, POLL_MARK, held_name
 from launcher.runtime.lock import guard_script
 from launcher.runtime.shell import join, q, write_from_stdin
+
+# What `docker logs --since` takes: a Go duration, a date with an optional time and zone, a Unix timestamp.
+SINCE = re.compile(
+    r"[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+"
+    r"|\d{4}-\d{2}-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d+)?)?)?)?(Z|[+-]\d{2}:\d{2})?"
+    r"|\d+(\.\d+)?"
+)
 
 
 class Docker:

@@ -2,7 +2,7 @@
 
 `mkdir` is atomic on every filesystem; the lock directory holds who, when, which command. A lock whose
 holder provably died (same machine, by machine id and PID namespace, and its pid is gone) may be taken
-over; `commands.locking` decides that and runs these scripts.
+over; `operations.locking` decides that and runs these scripts.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.commands.bench_recipe import BenchError
 from launcher.config.yamlfile import load_json
 from launcher.errors import ConfigError
+from launcher.operations.bench_recipe import BenchError
 from launcher.output.console import say
 from launcher.runtime.shell import join, q
 from launcher.transport.host import Host

@@ -19,10 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from launcher.commands import locking
-from launcher.commands.context import Target
-from launcher.commands.nodes import by_node
 from launcher.errors import LauncherError
+from launcher.operations import locking
+from launcher.operations.context import Target
+from launcher.operations.nodes import by_node
 from launcher.plan import drain as plan_drain
 from launcher.plan import scale as plan_scale
 from launcher.plan.drain import Drain

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.commands import allocation
+from launcher.config import allocation
 from launcher.config.load import Loaded, load
 from launcher.config.yamlfile import load_json
 from launcher.errors import ConfigError
@@ -47,7 +47,6 @@ class Target:
     loaded: Loaded | None = None  # the file as read, to build the plan again with facts from the nodes
     # What the nodes said about their routes (node index -> leader address -> route), once asked.
     routes: dict[int, dict[str, Route]] = field(default_factory=dict)
-    running: set[str] = field(default_factory=set)  # this deployment's services found running (doctor)
 
     def route_prefix(self, host: Host) -> str:
         """Shell to put before a command's first script on a node: it prints the node's routes to its

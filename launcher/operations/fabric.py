@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from launcher.commands import locking
-from launcher.commands.context import Target
-from launcher.commands.fabric_run import FabricRun
 from launcher.errors import Exit, LauncherError
+from launcher.operations import locking
+from launcher.operations.context import Target
+from launcher.operations.fabric_run import FabricRun
 from launcher.output import console
 from launcher.output.fabric_view import failures_table, summary
 from launcher.output.progress import Progress
@@ -23,7 +23,10 @@ from launcher.remote import program as remote_program
 
 
 def check(
-    t: Target, groups: list[Group] | None = None, running: set[str] | None = None, peers: list[PeerPort] | None = None
+    t: Target,
+    groups: list[Group] | None = None,
+    running: frozenset[str] | None = None,
+    peers: list[PeerPort] | None = None,
 ) -> Report:
     """Run the check on every node concerned; `groups`: the groups whose rendezvous is proven (default:
     every rendezvous group none of whose services runs, as `running` names them); `peers`: the peer ports

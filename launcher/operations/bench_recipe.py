@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from launcher import __version__
-from launcher.commands.context import Target, load_file
-from launcher.commands.doctor import in_image
-from launcher.commands.preflight import model_host_path
 from launcher.config.yamlfile import load_json
 from launcher.errors import ConfigError, LauncherError
+from launcher.operations.checks import in_image
+from launcher.operations.context import Target, load_file
+from launcher.operations.preflight import model_host_path
 from launcher.output import plan_views
 from launcher.plan.types import Service
 from launcher.remote import program as remote_program

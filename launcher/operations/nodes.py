@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import secrets
 
-from launcher.commands.context import Target
-from launcher.commands.locking import refuse_unsafe
 from launcher.errors import LauncherError
+from launcher.operations.context import Target
+from launcher.operations.locking import refuse_unsafe
 from launcher.output.progress import Progress
 from launcher.plan.state import Container
 from launcher.plan.types import Plan, Service

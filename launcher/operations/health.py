@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.commands.context import Target
-from launcher.commands.nodes import by_node
+from launcher.operations.context import Target
+from launcher.operations.nodes import by_node
 from launcher.plan import readiness
 from launcher.plan.types import Service
 from launcher.transport.errors import NodeError

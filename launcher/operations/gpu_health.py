@@ -18,9 +18,9 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from launcher.commands import ship
-from launcher.commands.context import Target
-from launcher.commands.preflight import Check
+from launcher.operations import ship
+from launcher.operations.context import Target
+from launcher.operations.preflight import Check
 from launcher.plan.types import Plan
 from launcher.remote import program as remote_program
 from launcher.runtime.lock import STATE_DIR_REFUSED, guard_script

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.commands.context import Target
+from launcher.operations.context import Target
 from launcher.plan import fabric
 from launcher.plan.types import FABRIC_LABEL
 from launcher.runtime.fabric import BOOT, END_MARK, LIVE_MARK, jobs_script, parse_jobs, program_stdin

@@ -1,6 +1,6 @@
 """Rolling `up`: the steps `launcher.plan.roll` chose, run one after the other, each on its replicas only.
 
-A step: drain the replicas' workers (`commands.drain`: out of routing, their in-flight requests let
+A step: drain the replicas' workers (`operations.drain`: out of routing, their in-flight requests let
 finish), stop them and keep them held (the runtime's `hold_script`: a renamed container, or run
 directory), start the new spec, wait until it is ready, then send smoke requests through the frontend
 until one has reached each new replica (its own /metrics request counter moved). Only then is the held
@@ -16,12 +16,12 @@ import secrets
 import time
 from collections.abc import Callable
 
-from launcher.commands import drain as drains
-from launcher.commands import locking
-from launcher.commands.context import Target
-from launcher.commands.nodes import NodeFailures, by_node, start
-from launcher.commands.waiter import ANSI, ServiceFailed, Waiter
 from launcher.errors import LauncherError
+from launcher.operations import drain as drains
+from launcher.operations import locking
+from launcher.operations.context import Target
+from launcher.operations.nodes import NodeFailures, by_node, start
+from launcher.operations.waiter import ANSI, ServiceFailed, Waiter
 from launcher.output.progress import Progress
 from launcher.plan import drain as plan_drain
 from launcher.plan import readiness
@@ -157,7 +157,7 @@ def prove_fabric(t: Target, progress: Progress, step: Step) -> None:
     units = {s.group for s in step.services}
     groups = [g for g in t.plan.groups if g.rendezvous and g.name in units]
     if groups:
-        from launcher.commands import fabric  # (imported only when it runs: start-up time)
+        from launcher.operations import fabric  # (imported only when it runs: start-up time)
 
         fabric.before_roll_step(t, progress, groups, step.services)
 

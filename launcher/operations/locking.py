@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from launcher.commands.context import Target
 from launcher.errors import LauncherError, one_line
+from launcher.operations.context import Target
 from launcher.runtime import lock as scripts
 from launcher.runtime.lock import LockInfo
 from launcher.transport.host import Completed, Host

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from launcher.commands.context import Target
+from launcher.operations.context import Target
 from launcher.plan import observe
 from launcher.plan.metrics import ScrapeTarget, scrape_targets
 from launcher.plan.stall import Tracker, Verdict

@@ -10,8 +10,8 @@ import posixpath
 import time
 from dataclasses import asdict, dataclass
 
-from launcher.commands import ship
-from launcher.commands.context import Target
+from launcher.operations import ship
+from launcher.operations.context import Target
 from launcher.plan import fabric
 from launcher.plan.types import FABRIC_LABEL, Plan, Service
 from launcher.remote import program as remote_program
@@ -33,6 +33,15 @@ class Check:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the node checks found: the checks, and this deployment's services found running (their ports
+    are theirs, not a conflict; the fabric check leaves them be)."""
+
+    checks: list[Check]
+    running: frozenset[str] = frozenset()
 
 
 def model_host_path(plan: Plan, service: Service) -> str | None:
@@ -152,7 +161,7 @@ FIXES = {
 }
 
 
-def run(target: Target) -> list[Check]:
+def run(target: Target) -> Findings:
     """All checks on all nodes at once; cross-node comparisons after."""
     fleet = target.fleet
     script = f"echo {LIST_MARK}; {target.runtime.list_script(target.plan)}"
@@ -165,7 +174,6 @@ def run(target: Target) -> list[Check]:
     for i, r in listing.succeeded.items():
         if r.ok:
             running[i] = {c.name for c in parse_after_mark(i, r.stdout) if c.running}
-    target.running = {name for names in running.values() for name in names}
     sent = time.time()
     # A node that could not be reached a moment ago is reported as such, not waited for again.
     results = fleet.run(
@@ -195,7 +203,7 @@ def run(target: Target) -> list[Check]:
                 "launcher migrate CONFIG --sglang VERSION",
             )
         )
-    return checks
+    return Findings(checks, frozenset(name for names in running.values() for name in names))
 
 
 def interface_checks(target: Target, reachable: set[int]) -> list[Check]:

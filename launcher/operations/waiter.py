@@ -7,10 +7,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from launcher.commands.context import Target
-from launcher.commands.health import EndpointState, endpoint_state, probe_http
-from launcher.commands.nodes import NodeFailures, by_node
 from launcher.errors import LauncherError
+from launcher.operations.context import Target
+from launcher.operations.health import EndpointState, endpoint_state, probe_http
+from launcher.operations.nodes import NodeFailures, by_node
 from launcher.output.progress import Progress, Row
 from launcher.plan import readiness
 from launcher.plan.state import Container
