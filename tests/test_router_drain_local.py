@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +40,9 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent  # the project's env: etcd and the router's python3
 
 
-def plan_with_router(tmp_path: Path) -> tuple[Plan, dict[str, int]]:
+def plan_with_router(tmp_path: Path, decode_first: bool = False) -> tuple[Plan, dict[str, int]]:
+    """decode_first: the decode group on node 0 and prefill on node 1 (the drain's lines come phase by
+    phase, and within a phase by node: only then does their order show the phases')."""
     ports = {k: free_port() for k in ("router", "metrics", "prefill", "decode", "peer", "peer2")}
     data = {
         "deployment": "router-drain",
@@ -59,6 +62,8 @@ def plan_with_router(tmp_path: Path) -> tuple[Plan, dict[str, int]]:
             "decode": {"engine": "sglang", "nodes": 1, "port": ports["decode"], "args": {"tp-size": 8}},
         },
     }  # fmt: skip
+    if decode_first:
+        data["groups"] = {"decode": data["groups"]["decode"], "prefill": data["groups"]["prefill"]}
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return build(load(path, environ={})), ports
@@ -88,6 +93,16 @@ def listed(router: Service) -> dict[str, str]:
             return {w["url"]: w["worker_type"] for w in json.loads(r.read())["workers"]}
     except OSError:
         return {}
+
+
+def routed_once(router: Service) -> None:
+    """One request through the router to both workers (the etcd stand-ins answer it 404): the router counts a
+    worker's requests (smg_worker_requests_active) from the first one routed to it, as on a deployment that
+    has served."""
+    request = urllib.request.Request(f"{drain.router_api(router)}/generate", data=b'{"text": "hi"}', method="POST")
+    request.add_header("Content-Type", "application/json")
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(request, timeout=10)
 
 
 @pytest.fixture
@@ -191,9 +206,10 @@ def test_a_worker_whose_router_is_gone_is_not_waited_for(tmp_path):
 def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_path):
     """`launcher down` as a user runs it, on the process runtime: the plan's real router and, as its two
     workers (by the plan's names, on the plan's ports), real etcds standing in for SGLang. Each worker is
-    removed from the router first, counted by the router (no --enable-metrics), then everything stops.
+    removed from the router first, counted by the router (no --enable-metrics: its count, 0 here, read
+    before the removal too), then everything stops. Prefill is drained first, though on node 1.
     The old `down` said the groups had no drain and cut them."""
-    plan, ports = plan_with_router(tmp_path)
+    plan, ports = plan_with_router(tmp_path, decode_first=True)
     router = next(s for s in plan.services if s.role == "router")
     stand_ins = workers_as_etcds(tmp_path, plan, ports)
     env = {**fresh_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -202,6 +218,7 @@ def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_
         with connected_target(plan) as target:
             start(target, [router, *stand_ins], Progress(live=False))
         wait_for(lambda: len(listed(router)) == 2, 60, 0.2, "the router listing both workers")
+        routed_once(router)
         began = time.monotonic()
         down = launcher("down", str(tmp_path / "router.yaml"), env=env, cwd=tmp_path)
         print(f"\nlauncher down: {time.monotonic() - began:.1f}s")
@@ -212,14 +229,14 @@ def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_
     print(f"\n{out}")
     assert down.returncode == 0, out
     assert "down: draining 2 worker(s) first, up to 60s" in out and "has no drain" not in out, out
-    for role, node in (("prefill", 0), ("decode", 1)):
+    for role, node in (("prefill", 1), ("decode", 0)):
         line = next(x for x in out.splitlines() if x.startswith(f"drain: {role}-r0 "))
         assert line.startswith(
             f"drain: {role}-r0 on node {node}: removed from the router; counted by the router (the worker's /metrics"
-            " is off); an unknown number of request(s) in flight, drained in "
+            " is off); 0 request(s) in flight, drained in "
         ), line
     assert out.index("drain: prefill-r0") < out.index("drain: decode-r0"), out
     assert "down: removed " in out, out  # (both nodes are this machine: each counts all three)
     audit = (tmp_path / "state" / "router-drain" / "audit.log").read_text()
-    assert '"drain decode-r0 on node 1: removed from the router;' in audit, audit
+    assert '"drain decode-r0 on node 0: removed from the router;' in audit, audit
     assert_gone([], tuple(ports[k] for k in ("router", "metrics", "prefill", "decode")))

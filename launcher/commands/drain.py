@@ -50,7 +50,8 @@ def drain(t: Target, told: Callable[[str], None], services: list[Service] | None
     # Every worker's count as the drain begins: a decode worker's requests are waited for (it keeps
     # serving them) while the prefill workers drain, and are counted as waited for.
     everyone = by_node([s for phase in phases for s in phase])
-    first = t.fleet.map(lambda h: {s.name: in_flight(h, s, deadline) for s in everyone[h.node.index]}, everyone)
+    first = t.fleet.map(lambda h: {s.name: counted(t, h, s, deadline, routers) for s in everyone[h.node.index]},
+                        everyone)  # fmt: skip
     counts: dict[str, int | None] = {k: v for r in first.succeeded.values() for k, v in r.items()}
     done: list[Drain] = []
     idle = FrontendIdle(t, deadline)
@@ -89,7 +90,7 @@ def drain_node(
         if s.name not in running:
             drains[s.name].outcome = "not running"
     for s in live:
-        known = [c for c in (counts.get(s.name), in_flight(host, s, deadline)) if c is not None]
+        known = [c for c in (counts.get(s.name), counted(t, host, s, deadline, routers)) if c is not None]
         drains[s.name].waited_for = max(known) if known else None
     started = time.monotonic()
     for s in [s for s in live if s.name in routers]:
@@ -100,10 +101,7 @@ def drain_node(
     pending = list(live)
     while pending:
         for s in list(pending):
-            count = in_flight(host, s, deadline)
-            if count is None and s.name in routers:
-                router, url = routers[s.name]
-                count = router_count(t.fleet.host(router.node.index), router, url, deadline, drains[s.name])
+            count = counted(t, host, s, deadline, routers, drains[s.name])
             drains[s.name].left = count
             if count == 0:
                 finish(drains[s.name], pending, s, "drained", started)
@@ -164,12 +162,25 @@ def scrape_seconds(deadline: float) -> float:
 ROUTER_COUNTED = "; counted by the router (the worker's /metrics is off)"
 
 
-def router_count(host: Host, router: Service, url: str, deadline: float, d: Drain) -> int | None:
+def router_count(host: Host, router: Service, url: str, deadline: float, d: Drain | None = None) -> int | None:
     """The router's own count of its requests on the worker at URL (HOST: the router's node), for a worker
-    whose /metrics is off (no --enable-metrics); the drain's line says so."""
+    whose /metrics is off (no --enable-metrics); the drain's line (D's) says so."""
     count = in_flight(host, router, deadline, lambda text: plan_drain.router_in_flight(text, url))
-    if count is not None and not (d.router or "").endswith(ROUTER_COUNTED):
+    if d is not None and count is not None and not (d.router or "").endswith(ROUTER_COUNTED):
         d.router = f"{d.router or ''}{ROUTER_COUNTED}"
+    return count
+
+
+def counted(
+    t: Target, host: Host, s: Service, deadline: float, routers: dict[str, tuple[Service, str]], d: Drain | None = None
+) -> int | None:
+    """The worker's in-flight requests: its own /metrics, else (behind an sglang-router) the router's count
+    of them (without it, the count before the removal was never read: "an unknown number" while the router
+    counted them)."""
+    count = in_flight(host, s, deadline)
+    if count is None and s.name in routers:
+        router, url = routers[s.name]
+        count = router_count(t.fleet.host(router.node.index), router, url, deadline, d)
     return count
 
 
