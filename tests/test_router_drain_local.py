@@ -10,10 +10,13 @@ router (garbage, a forged id, an answer without end) refused in one line within 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher.commands.drain import drain_node, router_count, unroute
+from launcher.commands import drain as drain_module
+from launcher.commands.drain import drain_node, router_count, router_gone, unroute
 from launcher.commands.nodes import start
 from launcher.config.load import load
 from launcher.output.progress import Progress
@@ -201,6 +205,37 @@ def test_a_worker_whose_router_is_gone_is_not_waited_for(tmp_path):
         " an unknown number of request(s) in flight, drained in "
     ), d.describe()
     assert d.describe().endswith("(its own count unreadable; its router does not answer: no request reaches it)")
+
+
+def serve_on(port: int, behaviour) -> threading.Thread:
+    """The test's attacker on a given port: answers each connection with `behaviour(conn)`, until one ends."""
+    server = socket.create_server(("127.0.0.1", port))
+
+    def run():
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                with contextlib.suppress(OSError):  # the launcher hung up on it
+                    behaviour(conn)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_router_slow_to_answer_is_not_taken_for_gone(tmp_path):
+    """A router that answers its /health a byte at a time is still there (its streams may still be relaying):
+    the drain must not end at once as "router gone" and stop the worker under them. It was, as was a router
+    answering garbage: only a refused port is a router gone."""
+    plan, ports = plan_with_router(tmp_path)
+    router = next(s for s in plan.services if s.role == "router")
+    with connected_target(plan) as target:
+        slow = serve_on(ports["router"], trickle)
+        started = time.monotonic() - drain_module.UNREADABLE_GRACE_SECONDS  # past the grace
+        assert router_gone(target, router, started, time.monotonic() + 0.5) is False
+        slow.join(timeout=35)
+        assert router_gone(target, router, started, time.monotonic() + 0.5) is True  # now nothing listens
 
 
 def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_path):

@@ -185,18 +185,20 @@ def counted(
 
 
 def router_gone(t: Target, router: Service, started: float, deadline: float) -> bool:
-    """Does the router not answer at all, a little after the drain's start? Every request to a worker behind
-    it passes through it: none reaches a worker whose router is gone (without this, `down` of a deployment
-    whose router died waited out drain_timeout for workers whose own count cannot be read)."""
+    """Is the router gone (its port refuses), a little after the drain's start? Every request to a worker
+    behind it passes through it: none reaches a worker whose router is gone (without this, `down` of a
+    deployment whose router died waited out drain_timeout for workers whose own count cannot be read). A
+    router slow to answer, or answering garbage, is still there: its streams may still be relaying, so
+    it is not taken for gone (the worker's stop would cut them)."""
     if time.monotonic() - started < UNREADABLE_GRACE_SECONDS:
         return False
     host = t.fleet.host(router.node.index)
     try:
         host.http("GET", f"{plan_drain.router_api(router)}/health", timeout=scrape_seconds(deadline), limit=4096)
-    except (ValueError, NodeError):  # an answer, or the router's node not reached: not known to be gone
-        return False
-    except OSError:  # refused, or no answer in time
+    except ConnectionRefusedError:  # nothing listens on its port (through SSH too: the channel is refused)
         return True
+    except (OSError, ValueError, NodeError):  # slow, garbage, or its node not reached: not known to be gone
+        return False
     return False
 
 
