@@ -44,9 +44,12 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent  # the project's env: etcd and the router's python3
 
 
-def plan_with_router(tmp_path: Path, decode_first: bool = False) -> tuple[Plan, dict[str, int]]:
+def plan_with_router(
+    tmp_path: Path, decode_first: bool = False, router_args: dict | None = None
+) -> tuple[Plan, dict[str, int]]:
     """decode_first: the decode group on node 0 and prefill on node 1 (the drain's lines come phase by
-    phase, and within a phase by node: only then does their order show the phases')."""
+    phase, and within a phase by node: only then does their order show the phases'); router_args: the
+    router's `args` in the file."""
     ports = {k: free_port() for k in ("router", "metrics", "prefill", "decode", "peer", "peer2")}
     data = {
         "deployment": "router-drain",
@@ -66,6 +69,8 @@ def plan_with_router(tmp_path: Path, decode_first: bool = False) -> tuple[Plan, 
             "decode": {"engine": "sglang", "nodes": 1, "port": ports["decode"], "args": {"tp-size": 8}},
         },
     }  # fmt: skip
+    if router_args:
+        data["services"]["router"]["args"] = router_args
     if decode_first:
         data["groups"] = {"decode": data["groups"]["decode"], "prefill": data["groups"]["prefill"]}
     path = tmp_path / "router.yaml"
@@ -93,7 +98,8 @@ def listed(router: Service) -> dict[str, str]:
     import json
 
     try:
-        with urllib.request.urlopen(f"{drain.router_api(router)}/workers", timeout=2) as r:
+        request = urllib.request.Request(f"{drain.router_api(router)}/workers", headers=drain.router_auth(router))
+        with urllib.request.urlopen(request, timeout=2) as r:
             return {w["url"]: w["worker_type"] for w in json.loads(r.read())["workers"]}
     except OSError:
         return {}
@@ -111,7 +117,14 @@ def routed_once(router: Service) -> None:
 
 @pytest.fixture
 def router_up(tmp_path) -> Iterator[tuple[Service, dict[str, tuple[Service, str]]]]:
-    plan, ports = plan_with_router(tmp_path)
+    with running_router(tmp_path) as up:
+        yield up
+
+
+@contextlib.contextmanager
+def running_router(tmp_path: Path, router_args: dict | None = None) -> Iterator[tuple[Service, dict]]:
+    """The plan's real router, its two workers an etcd's two client ports; (the router, plan.drain.routed)."""
+    plan, ports = plan_with_router(tmp_path, router_args=router_args)
     router = next(s for s in plan.services if s.role == "router")
     routed = drain.routed(plan.services)
     clients = f"http://127.0.0.1:{ports['prefill']},http://127.0.0.1:{ports['decode']}"
@@ -181,6 +194,34 @@ def workers_as_etcds(tmp_path: Path, plan: Plan, ports: dict[str, int]) -> list[
         dataclasses.replace(s, command=etcd_argv(tmp_path, s.role, ports[s.role], peers[s.role]))
         for s in plan.services if s.group
     ]  # fmt: skip
+
+
+KEYS = ["ops:Operator:admin:adm1n-s3cret", "ro:Reader:user:us3r-s3cret"]
+
+
+def test_a_router_whose_worker_api_wants_a_key_is_given_its_admin_key(tmp_path):
+    """A router with control-plane keys (its worker API answers 401 without one, 403 to a user's key): the
+    removal sends the admin key from its args, in the request only; no key in what is said. It answered
+    `not removed from the router (ValueError: GET /workers answered HTTP 401)` and the worker stayed routed."""
+    with running_router(tmp_path, {"control-plane-api-keys": KEYS}) as (router, routed):
+        (decode,) = [url for name, (_, url) in routed.items() if name.endswith("-decode-r0")]
+        host = LocalHost(router.node, Options())
+        assert unroute(host, router, decode, time.monotonic() + 10) == "removed from the router"
+        assert set(listed(router)) == {url for _, url in routed.values()} - {decode}
+        # a key the router holds as a user's: refused by the router, said in one line without the key
+        port = drain.router_api(router).rsplit(":", 1)[1]
+        user = dataclasses.replace(
+            router, command=["--port", port, "--control-plane-api-keys", "ro:R:admin:us3r-s3cret"]
+        )
+        (prefill,) = set(listed(router))
+        said = unroute(host, user, prefill, time.monotonic() + 10)
+        assert said == "not removed from the router (ValueError: GET /workers answered HTTP 403)", said
+    # a key that is no header value (a newline in it): refused without a word of it
+    bad = dataclasses.replace(router, command=["--port", "9", "--control-plane-api-keys", "k:n:admin:s3cret\nX: y"])
+    said = unroute(host, bad, decode, time.monotonic() + 1)
+    assert (
+        said == "not removed from the router (ValueError: a request header's value is not printable ASCII on one line)"
+    ), said
 
 
 def test_a_worker_whose_router_is_gone_is_not_waited_for(tmp_path):

@@ -128,14 +128,14 @@ def unroute(host: Host, router: Service, url: str, deadline: float) -> str:
     line; a failure is said and the drain goes on (the worker's requests are still waited for)."""
     api = plan_drain.router_api(router)
     try:
-        worker = router_listed(host, api, url, deadline)
+        worker = router_listed(host, router, url, deadline)
         if worker is None:
             return "not in the router's workers (nothing to remove)"
         status, _ = host.http("DELETE", f"{api}/workers/{worker}", timeout=scrape_seconds(deadline),
-                              limit=plan_drain.MAX_ROUTER_ANSWER)  # fmt: skip
+                              limit=plan_drain.MAX_ROUTER_ANSWER, headers=plan_drain.router_auth(router))  # fmt: skip
         if status not in (200, 202, 204, 404):  # 404: gone already
             return f"not removed from the router (it answered HTTP {status})"
-        while router_listed(host, api, url, deadline) is not None:
+        while router_listed(host, router, url, deadline) is not None:
             if time.monotonic() >= deadline:
                 return "the router still lists it at drain_timeout"
             time.sleep(POLL_SECONDS)
@@ -144,10 +144,14 @@ def unroute(host: Host, router: Service, url: str, deadline: float) -> str:
         return f"not removed from the router ({describe(exc).splitlines()[0][:200]})"
 
 
-def router_listed(host: Host, api: str, url: str, deadline: float) -> str | None:
+def router_listed(host: Host, router: Service, url: str, deadline: float) -> str | None:
     """The router's id of the worker at URL (None: not listed); ValueError when its answer is not a listing."""
     status, body = host.http(
-        "GET", f"{api}/workers", timeout=scrape_seconds(deadline), limit=plan_drain.MAX_ROUTER_ANSWER
+        "GET",
+        f"{plan_drain.router_api(router)}/workers",
+        timeout=scrape_seconds(deadline),
+        limit=plan_drain.MAX_ROUTER_ANSWER,
+        headers=plan_drain.router_auth(router),
     )
     if status != 200:
         raise ValueError(f"GET /workers answered HTTP {status}")
