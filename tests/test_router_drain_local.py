@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.server
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +23,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -316,3 +320,67 @@ def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_
     audit = (tmp_path / "state" / "router-drain" / "audit.log").read_text()
     assert '"drain decode-r0 on node 0: removed from the router;' in audit, audit
     assert_gone([], tuple(ports[k] for k in ("router", "metrics", "prefill", "decode")))
+
+
+def router_that_never_lets_go(port: int, urls: list[str], deleted: threading.Event) -> http.server.HTTPServer:
+    """The test's attacker on the router's port: lists the workers, accepts each DELETE (202) and lists them
+    still, forever: the drain stays in the removal until drain_timeout."""
+    listing = json.dumps({"workers": [{"id": str(uuid.uuid4()), "url": url} for url in urls]}).encode()
+
+    class Router(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def reply(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self.reply(200, listing)
+
+        def do_DELETE(self):
+            self.reply(202, b"{}")
+            deleted.set()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Router)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_down_interrupted_after_a_removal_says_the_worker_is_out_of_the_router(tmp_path):
+    """Ctrl-C during `down`'s drain, once a worker was taken out of the router: `down` said "nothing removed"
+    and nothing more, the deployment left running with that worker out of its router's routing (nothing adds
+    it back: the router serves without it). It must say so, and how to finish."""
+    plan, ports = plan_with_router(tmp_path)
+    routed = drain.routed(plan.services)
+    env = {**fresh_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    config = str(tmp_path / "router.yaml")
+    deleted = threading.Event()
+    router = router_that_never_lets_go(ports["router"], [url for _, url in routed.values()], deleted)
+    proc = None
+    try:
+        with connected_target(plan) as target:
+            start(target, workers_as_etcds(tmp_path, plan, ports), Progress(live=False))
+        argv = [sys.executable, "-m", "launcher", "down", config]
+        proc = subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert deleted.wait(60), "no DELETE reached the router"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        router.shutdown()
+        router.server_close()
+        launcher("down", config, "--now", env=env, cwd=tmp_path)
+    print(f"\n{out}")
+    assert proc.returncode == 130, out
+    assert "down: interrupted during the drain, nothing removed" in out, out
+    assert (
+        "the SGLang workers it took out of the router stay out (nothing adds them back): finish with `launcher down`"
+        in out
+    ), out
