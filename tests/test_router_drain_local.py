@@ -119,9 +119,14 @@ def routed_once(router: Service) -> None:
         urllib.request.urlopen(request, timeout=10)
 
 
+# The router's control-plane keys (its worker API answers 401 without a key, 403 to a user's): the removal
+# must send the admin key from its args (without one it failed with HTTP 401 and the worker stayed routed).
+KEYS = ["ops:Operator:admin:adm1n-s3cret", "ro:Reader:user:us3r-s3cret"]
+
+
 @pytest.fixture
 def router_up(tmp_path) -> Iterator[tuple[Service, dict[str, tuple[Service, str]]]]:
-    with running_router(tmp_path) as up:
+    with running_router(tmp_path, {"control-plane-api-keys": KEYS}) as up:
         yield up
 
 
@@ -149,6 +154,7 @@ def running_router(tmp_path: Path, router_args: dict | None = None) -> Iterator[
 
 
 def test_a_worker_is_taken_out_of_the_real_router_and_the_other_left_in(router_up):
+    """With control-plane keys on the router (KEYS): the removal sends its admin key."""
     router, routed = router_up
     (decode,) = [url for name, (_, url) in routed.items() if name.endswith("-decode-r0")]
     (prefill,) = [url for name, (_, url) in routed.items() if name.endswith("-prefill-r0")]
@@ -167,6 +173,18 @@ def test_a_worker_is_taken_out_of_the_real_router_and_the_other_left_in(router_u
     assert d.describe().startswith(
         "decode-r0 on node 1: removed from the router; counted by the router (the worker's /metrics is off);"
     ), d.describe()
+    # A key the router holds as a user's: refused by the router, said in one line without the key.
+    port = drain.router_api(router).rsplit(":", 1)[1]
+    user = dataclasses.replace(router, command=["--port", port, "--control-plane-api-keys", "ro:R:admin:us3r-s3cret"])
+    said = unroute(host, user, prefill, time.monotonic() + 10)
+    assert said == "not removed from the router (ValueError: GET /workers answered HTTP 403)", said
+    assert listed(router) == {prefill: "prefill"}
+    # A key that is no header value (a newline in it): refused without a word of it.
+    bad = dataclasses.replace(router, command=["--port", port, "--control-plane-api-keys", "k:n:admin:s3cret\nX: y"])
+    said = unroute(host, bad, prefill, time.monotonic() + 1)
+    assert said == (
+        "not removed from the router (ValueError: a request header's value is not printable ASCII on one line)"
+    ), said
 
 
 @pytest.mark.parametrize(
@@ -198,34 +216,6 @@ def workers_as_etcds(tmp_path: Path, plan: Plan, ports: dict[str, int]) -> list[
         dataclasses.replace(s, command=etcd_argv(tmp_path, s.role, ports[s.role], peers[s.role]))
         for s in plan.services if s.group
     ]  # fmt: skip
-
-
-KEYS = ["ops:Operator:admin:adm1n-s3cret", "ro:Reader:user:us3r-s3cret"]
-
-
-def test_a_router_whose_worker_api_wants_a_key_is_given_its_admin_key(tmp_path):
-    """A router with control-plane keys (its worker API answers 401 without one, 403 to a user's key): the
-    removal sends the admin key from its args, in the request only; no key in what is said. It answered
-    `not removed from the router (ValueError: GET /workers answered HTTP 401)` and the worker stayed routed."""
-    with running_router(tmp_path, {"control-plane-api-keys": KEYS}) as (router, routed):
-        (decode,) = [url for name, (_, url) in routed.items() if name.endswith("-decode-r0")]
-        host = LocalHost(router.node, Options())
-        assert unroute(host, router, decode, time.monotonic() + 10) == "removed from the router"
-        assert set(listed(router)) == {url for _, url in routed.values()} - {decode}
-        # a key the router holds as a user's: refused by the router, said in one line without the key
-        port = drain.router_api(router).rsplit(":", 1)[1]
-        user = dataclasses.replace(
-            router, command=["--port", port, "--control-plane-api-keys", "ro:R:admin:us3r-s3cret"]
-        )
-        (prefill,) = set(listed(router))
-        said = unroute(host, user, prefill, time.monotonic() + 10)
-        assert said == "not removed from the router (ValueError: GET /workers answered HTTP 403)", said
-    # a key that is no header value (a newline in it): refused without a word of it
-    bad = dataclasses.replace(router, command=["--port", "9", "--control-plane-api-keys", "k:n:admin:s3cret\nX: y"])
-    said = unroute(host, bad, decode, time.monotonic() + 1)
-    assert (
-        said == "not removed from the router (ValueError: a request header's value is not printable ASCII on one line)"
-    ), said
 
 
 def test_a_worker_whose_router_is_gone_is_not_waited_for(tmp_path):
