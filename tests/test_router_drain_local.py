@@ -10,12 +10,20 @@ router (garbage, a forged id, an answer without end) refused in one line within 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import http.server
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +31,8 @@ import pytest
 import yaml
 
 from launcher.config.load import load
-from launcher.operations.drain import drain_node, router_count, unroute
+from launcher.operations import drain as drain_module
+from launcher.operations.drain import drain_node, router_count, router_gone, unroute
 from launcher.operations.nodes import start
 from launcher.output.progress import Progress
 from launcher.plan import drain
@@ -39,7 +48,12 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent  # the project's env: etcd and the router's python3
 
 
-def plan_with_router(tmp_path: Path) -> tuple[Plan, dict[str, int]]:
+def plan_with_router(
+    tmp_path: Path, decode_first: bool = False, router_args: dict | None = None
+) -> tuple[Plan, dict[str, int]]:
+    """decode_first: the decode group on node 0 and prefill on node 1 (the drain's lines come phase by
+    phase, and within a phase by node: only then does their order show the phases'); router_args: the
+    router's `args` in the file."""
     ports = {k: free_port() for k in ("router", "metrics", "prefill", "decode", "peer", "peer2")}
     data = {
         "deployment": "router-drain",
@@ -59,6 +73,10 @@ def plan_with_router(tmp_path: Path) -> tuple[Plan, dict[str, int]]:
             "decode": {"engine": "sglang", "nodes": 1, "port": ports["decode"], "args": {"tp-size": 8}},
         },
     }  # fmt: skip
+    if router_args:
+        data["services"]["router"]["args"] = router_args
+    if decode_first:
+        data["groups"] = {"decode": data["groups"]["decode"], "prefill": data["groups"]["prefill"]}
     path = tmp_path / "router.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return build(load(path, environ={})), ports
@@ -84,15 +102,38 @@ def listed(router: Service) -> dict[str, str]:
     import json
 
     try:
-        with urllib.request.urlopen(f"{drain.router_api(router)}/workers", timeout=2) as r:
+        request = urllib.request.Request(f"{drain.router_api(router)}/workers", headers=drain.router_auth(router))
+        with urllib.request.urlopen(request, timeout=2) as r:
             return {w["url"]: w["worker_type"] for w in json.loads(r.read())["workers"]}
     except OSError:
         return {}
 
 
+def routed_once(router: Service) -> None:
+    """One request through the router to both workers (the etcd stand-ins answer it 404): the router counts a
+    worker's requests (smg_worker_requests_active) from the first one routed to it, as on a deployment that
+    has served."""
+    request = urllib.request.Request(f"{drain.router_api(router)}/generate", data=b'{"text": "hi"}', method="POST")
+    request.add_header("Content-Type", "application/json")
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        urllib.request.urlopen(request, timeout=10)
+
+
+# The router's control-plane keys (its worker API answers 401 without a key, 403 to a user's): the removal
+# must send the admin key from its args (without one it failed with HTTP 401 and the worker stayed routed).
+KEYS = ["ops:Operator:admin:adm1n-s3cret", "ro:Reader:user:us3r-s3cret"]
+
+
 @pytest.fixture
 def router_up(tmp_path) -> Iterator[tuple[Service, dict[str, tuple[Service, str]]]]:
-    plan, ports = plan_with_router(tmp_path)
+    with running_router(tmp_path, {"control-plane-api-keys": KEYS}) as up:
+        yield up
+
+
+@contextlib.contextmanager
+def running_router(tmp_path: Path, router_args: dict | None = None) -> Iterator[tuple[Service, dict]]:
+    """The plan's real router, its two workers an etcd's two client ports; (the router, plan.drain.routed)."""
+    plan, ports = plan_with_router(tmp_path, router_args=router_args)
     router = next(s for s in plan.services if s.role == "router")
     routed = drain.routed(plan.services)
     clients = f"http://127.0.0.1:{ports['prefill']},http://127.0.0.1:{ports['decode']}"
@@ -113,6 +154,7 @@ def router_up(tmp_path) -> Iterator[tuple[Service, dict[str, tuple[Service, str]
 
 
 def test_a_worker_is_taken_out_of_the_real_router_and_the_other_left_in(router_up):
+    """With control-plane keys on the router (KEYS): the removal sends its admin key."""
     router, routed = router_up
     (decode,) = [url for name, (_, url) in routed.items() if name.endswith("-decode-r0")]
     (prefill,) = [url for name, (_, url) in routed.items() if name.endswith("-prefill-r0")]
@@ -131,6 +173,18 @@ def test_a_worker_is_taken_out_of_the_real_router_and_the_other_left_in(router_u
     assert d.describe().startswith(
         "decode-r0 on node 1: removed from the router; counted by the router (the worker's /metrics is off);"
     ), d.describe()
+    # A key the router holds as a user's: refused by the router, said in one line without the key.
+    port = drain.router_api(router).rsplit(":", 1)[1]
+    user = dataclasses.replace(router, command=["--port", port, "--control-plane-api-keys", "ro:R:admin:us3r-s3cret"])
+    said = unroute(host, user, prefill, time.monotonic() + 10)
+    assert said == "not removed from the router (ValueError: GET /workers answered HTTP 403)", said
+    assert listed(router) == {prefill: "prefill"}
+    # A key that is no header value (a newline in it): refused without a word of it.
+    bad = dataclasses.replace(router, command=["--port", port, "--control-plane-api-keys", "k:n:admin:s3cret\nX: y"])
+    said = unroute(host, bad, prefill, time.monotonic() + 1)
+    assert said == (
+        "not removed from the router (ValueError: a request header's value is not printable ASCII on one line)"
+    ), said
 
 
 @pytest.mark.parametrize(
@@ -188,12 +242,44 @@ def test_a_worker_whose_router_is_gone_is_not_waited_for(tmp_path):
     assert d.describe().endswith("(its own count unreadable; its router does not answer: no request reaches it)")
 
 
+def serve_on(port: int, behaviour) -> threading.Thread:
+    """The test's attacker on a given port: answers each connection with `behaviour(conn)`, until one ends."""
+    server = socket.create_server(("127.0.0.1", port))
+
+    def run():
+        with server:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                with contextlib.suppress(OSError):  # the launcher hung up on it
+                    behaviour(conn)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_router_slow_to_answer_is_not_taken_for_gone(tmp_path):
+    """A router that answers its /health a byte at a time is still there (its streams may still be relaying):
+    the drain must not end at once as "router gone" and stop the worker under them. It was, as was a router
+    answering garbage: only a refused port is a router gone."""
+    plan, ports = plan_with_router(tmp_path)
+    router = next(s for s in plan.services if s.role == "router")
+    with connected_target(plan) as target:
+        slow = serve_on(ports["router"], trickle)
+        started = time.monotonic() - drain_module.UNREADABLE_GRACE_SECONDS  # past the grace
+        assert router_gone(target, router, started, time.monotonic() + 0.5) is False
+        slow.join(timeout=35)
+        assert router_gone(target, router, started, time.monotonic() + 0.5) is True  # now nothing listens
+
+
 def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_path):
     """`launcher down` as a user runs it, on the process runtime: the plan's real router and, as its two
     workers (by the plan's names, on the plan's ports), real etcds standing in for SGLang. Each worker is
-    removed from the router first, counted by the router (no --enable-metrics), then everything stops.
+    removed from the router first, counted by the router (no --enable-metrics: its count, 0 here, read
+    before the removal too), then everything stops. Prefill is drained first, though on node 1.
     The old `down` said the groups had no drain and cut them."""
-    plan, ports = plan_with_router(tmp_path)
+    plan, ports = plan_with_router(tmp_path, decode_first=True)
     router = next(s for s in plan.services if s.role == "router")
     stand_ins = workers_as_etcds(tmp_path, plan, ports)
     env = {**fresh_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -202,6 +288,7 @@ def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_
         with connected_target(plan) as target:
             start(target, [router, *stand_ins], Progress(live=False))
         wait_for(lambda: len(listed(router)) == 2, 60, 0.2, "the router listing both workers")
+        routed_once(router)
         began = time.monotonic()
         down = launcher("down", str(tmp_path / "router.yaml"), env=env, cwd=tmp_path)
         print(f"\nlauncher down: {time.monotonic() - began:.1f}s")
@@ -212,14 +299,78 @@ def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_
     print(f"\n{out}")
     assert down.returncode == 0, out
     assert "down: draining 2 worker(s) first, up to 60s" in out and "has no drain" not in out, out
-    for role, node in (("prefill", 0), ("decode", 1)):
+    for role, node in (("prefill", 1), ("decode", 0)):
         line = next(x for x in out.splitlines() if x.startswith(f"drain: {role}-r0 "))
         assert line.startswith(
             f"drain: {role}-r0 on node {node}: removed from the router; counted by the router (the worker's /metrics"
-            " is off); an unknown number of request(s) in flight, drained in "
+            " is off); 0 request(s) in flight, drained in "
         ), line
     assert out.index("drain: prefill-r0") < out.index("drain: decode-r0"), out
     assert "down: removed " in out, out  # (both nodes are this machine: each counts all three)
     audit = (tmp_path / "state" / "router-drain" / "audit.log").read_text()
-    assert '"drain decode-r0 on node 1: removed from the router;' in audit, audit
+    assert '"drain decode-r0 on node 0: removed from the router;' in audit, audit
     assert_gone([], tuple(ports[k] for k in ("router", "metrics", "prefill", "decode")))
+
+
+def router_that_never_lets_go(port: int, urls: list[str], deleted: threading.Event) -> http.server.HTTPServer:
+    """The test's attacker on the router's port: lists the workers, accepts each DELETE (202) and lists them
+    still, forever: the drain stays in the removal until drain_timeout."""
+    listing = json.dumps({"workers": [{"id": str(uuid.uuid4()), "url": url} for url in urls]}).encode()
+
+    class Router(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def reply(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            self.reply(200, listing)
+
+        def do_DELETE(self):
+            self.reply(202, b"{}")
+            deleted.set()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Router)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_down_interrupted_after_a_removal_says_the_worker_is_out_of_the_router(tmp_path):
+    """Ctrl-C during `down`'s drain, once a worker was taken out of the router: `down` said "nothing removed"
+    and nothing more, the deployment left running with that worker out of its router's routing (nothing adds
+    it back: the router serves without it). It must say so, and how to finish."""
+    plan, ports = plan_with_router(tmp_path)
+    routed = drain.routed(plan.services)
+    env = {**fresh_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    config = str(tmp_path / "router.yaml")
+    deleted = threading.Event()
+    router = router_that_never_lets_go(ports["router"], [url for _, url in routed.values()], deleted)
+    proc = None
+    try:
+        with connected_target(plan) as target:
+            start(target, workers_as_etcds(tmp_path, plan, ports), Progress(live=False))
+        argv = [sys.executable, "-m", "launcher", "down", config]
+        proc = subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        assert deleted.wait(60), "no DELETE reached the router"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        router.shutdown()
+        router.server_close()
+        launcher("down", config, "--now", env=env, cwd=tmp_path)
+    print(f"\n{out}")
+    assert proc.returncode == 130, out
+    assert "down: interrupted during the drain, nothing removed" in out, out
+    assert (
+        "the SGLang workers it took out of the router stay out (nothing adds them back): finish with `launcher down`"
+        in out
+    ), out

@@ -28,6 +28,12 @@ def run(config, config_opt, inventory, connection: Connection, now: bool = False
     say(f"down: removed {sum(removed.values())} container(s) of {t.plan.deployment} on {len(removed)} node(s)")
 
 
+OUT_OF_ROUTER = (
+    "down: the SGLang workers it took out of the router stay out (nothing adds them back): finish with"
+    " `launcher down`, or restart the router"
+)
+
+
 def drain_first(t: Target, now: bool) -> list[str]:
     """Drain the workers (not with `now`), each drain said as it ends; returns the audit lines."""
     if now:
@@ -47,6 +53,8 @@ def drain_first(t: Target, now: bool) -> list[str]:
         drains = drain(t, lambda line: say(f"drain: {line}"), workers)
     except KeyboardInterrupt:
         say("down: interrupted during the drain, nothing removed; `launcher down --now` stops at once", to_stderr=True)
+        if plan_drain.routed(t.plan.services):  # its removal from the router is not undone by the interrupt
+            say(OUT_OF_ROUTER, to_stderr=True)
         raise
     except Exception as exc:  # the drain is a courtesy to the requests: its failure never keeps anything running
         say(f"down: the drain failed ({describe(exc)}); stopping anyway", to_stderr=True)

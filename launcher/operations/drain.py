@@ -50,7 +50,8 @@ def drain(t: Target, told: Callable[[str], None], services: list[Service] | None
     # Every worker's count as the drain begins: a decode worker's requests are waited for (it keeps
     # serving them) while the prefill workers drain, and are counted as waited for.
     everyone = by_node([s for phase in phases for s in phase])
-    first = t.fleet.map(lambda h: {s.name: in_flight(h, s, deadline) for s in everyone[h.node.index]}, everyone)
+    first = t.fleet.map(lambda h: {s.name: counted(t, h, s, deadline, routers) for s in everyone[h.node.index]},
+                        everyone)  # fmt: skip
     counts: dict[str, int | None] = {k: v for r in first.succeeded.values() for k, v in r.items()}
     done: list[Drain] = []
     idle = FrontendIdle(t, deadline)
@@ -89,7 +90,7 @@ def drain_node(
         if s.name not in running:
             drains[s.name].outcome = "not running"
     for s in live:
-        known = [c for c in (counts.get(s.name), in_flight(host, s, deadline)) if c is not None]
+        known = [c for c in (counts.get(s.name), counted(t, host, s, deadline, routers)) if c is not None]
         drains[s.name].waited_for = max(known) if known else None
     started = time.monotonic()
     for s in [s for s in live if s.name in routers]:
@@ -100,10 +101,7 @@ def drain_node(
     pending = list(live)
     while pending:
         for s in list(pending):
-            count = in_flight(host, s, deadline)
-            if count is None and s.name in routers:
-                router, url = routers[s.name]
-                count = router_count(t.fleet.host(router.node.index), router, url, deadline, drains[s.name])
+            count = counted(t, host, s, deadline, routers, drains[s.name])
             drains[s.name].left = count
             if count == 0:
                 finish(drains[s.name], pending, s, "drained", started)
@@ -130,14 +128,14 @@ def unroute(host: Host, router: Service, url: str, deadline: float) -> str:
     line; a failure is said and the drain goes on (the worker's requests are still waited for)."""
     api = plan_drain.router_api(router)
     try:
-        worker = router_listed(host, api, url, deadline)
+        worker = router_listed(host, router, url, deadline)
         if worker is None:
             return "not in the router's workers (nothing to remove)"
         status, _ = host.http("DELETE", f"{api}/workers/{worker}", timeout=scrape_seconds(deadline),
-                              limit=plan_drain.MAX_ROUTER_ANSWER)  # fmt: skip
+                              limit=plan_drain.MAX_ROUTER_ANSWER, headers=plan_drain.router_auth(router))  # fmt: skip
         if status not in (200, 202, 204, 404):  # 404: gone already
             return f"not removed from the router (it answered HTTP {status})"
-        while router_listed(host, api, url, deadline) is not None:
+        while router_listed(host, router, url, deadline) is not None:
             if time.monotonic() >= deadline:
                 return "the router still lists it at drain_timeout"
             time.sleep(POLL_SECONDS)
@@ -146,10 +144,14 @@ def unroute(host: Host, router: Service, url: str, deadline: float) -> str:
         return f"not removed from the router ({describe(exc).splitlines()[0][:200]})"
 
 
-def router_listed(host: Host, api: str, url: str, deadline: float) -> str | None:
+def router_listed(host: Host, router: Service, url: str, deadline: float) -> str | None:
     """The router's id of the worker at URL (None: not listed); ValueError when its answer is not a listing."""
     status, body = host.http(
-        "GET", f"{api}/workers", timeout=scrape_seconds(deadline), limit=plan_drain.MAX_ROUTER_ANSWER
+        "GET",
+        f"{plan_drain.router_api(router)}/workers",
+        timeout=scrape_seconds(deadline),
+        limit=plan_drain.MAX_ROUTER_ANSWER,
+        headers=plan_drain.router_auth(router),
     )
     if status != 200:
         raise ValueError(f"GET /workers answered HTTP {status}")
@@ -164,28 +166,43 @@ def scrape_seconds(deadline: float) -> float:
 ROUTER_COUNTED = "; counted by the router (the worker's /metrics is off)"
 
 
-def router_count(host: Host, router: Service, url: str, deadline: float, d: Drain) -> int | None:
+def router_count(host: Host, router: Service, url: str, deadline: float, d: Drain | None = None) -> int | None:
     """The router's own count of its requests on the worker at URL (HOST: the router's node), for a worker
-    whose /metrics is off (no --enable-metrics); the drain's line says so."""
+    whose /metrics is off (no --enable-metrics); the drain's line (D's) says so."""
     count = in_flight(host, router, deadline, lambda text: plan_drain.router_in_flight(text, url))
-    if count is not None and not (d.router or "").endswith(ROUTER_COUNTED):
+    if d is not None and count is not None and not (d.router or "").endswith(ROUTER_COUNTED):
         d.router = f"{d.router or ''}{ROUTER_COUNTED}"
     return count
 
 
+def counted(
+    t: Target, host: Host, s: Service, deadline: float, routers: dict[str, tuple[Service, str]], d: Drain | None = None
+) -> int | None:
+    """The worker's in-flight requests: its own /metrics, else (behind an sglang-router) the router's count
+    of them (without it, the count before the removal was never read: "an unknown number" while the router
+    counted them)."""
+    count = in_flight(host, s, deadline)
+    if count is None and s.name in routers:
+        router, url = routers[s.name]
+        count = router_count(t.fleet.host(router.node.index), router, url, deadline, d)
+    return count
+
+
 def router_gone(t: Target, router: Service, started: float, deadline: float) -> bool:
-    """Does the router not answer at all, a little after the drain's start? Every request to a worker behind
-    it passes through it: none reaches a worker whose router is gone (without this, `down` of a deployment
-    whose router died waited out drain_timeout for workers whose own count cannot be read)."""
+    """Is the router gone (its port refuses), a little after the drain's start? Every request to a worker
+    behind it passes through it: none reaches a worker whose router is gone (without this, `down` of a
+    deployment whose router died waited out drain_timeout for workers whose own count cannot be read). A
+    router slow to answer, or answering garbage, is still there: its streams may still be relaying, so
+    it is not taken for gone (the worker's stop would cut them)."""
     if time.monotonic() - started < UNREADABLE_GRACE_SECONDS:
         return False
     host = t.fleet.host(router.node.index)
     try:
         host.http("GET", f"{plan_drain.router_api(router)}/health", timeout=scrape_seconds(deadline), limit=4096)
-    except (ValueError, NodeError):  # an answer, or the router's node not reached: not known to be gone
-        return False
-    except OSError:  # refused, or no answer in time
+    except ConnectionRefusedError:  # nothing listens on its port (through SSH too: the channel is refused)
         return True
+    except (OSError, ValueError, NodeError):  # slow, garbage, or its node not reached: not known to be gone
+        return False
     return False
 
 

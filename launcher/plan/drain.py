@@ -108,6 +108,17 @@ def router_api(router: Service) -> str:
     return f"http://{router.node.address}:{A.value(router.command, '--port')}"
 
 
+def router_auth(router: Service) -> dict[str, str]:
+    """The header that opens the router's worker API: its first admin key (`--control-plane-api-keys
+    ID:NAME:admin:KEY` in its args; the router's own parsing). With keys set, sglang-router 0.3.2 answers
+    `GET /workers` 401 without a key and 403 to a user's (checked): no drain got past that."""
+    for entry in A.flags(router.command).get("--control-plane-api-keys", []):
+        parts = entry.split(":", 3)
+        if len(parts) == 4 and parts[2].lower() == "admin":
+            return {"Authorization": f"Bearer {parts[3]}"}
+    return {}
+
+
 def routed(services: list[Service]) -> dict[str, tuple[Service, str]]:
     """The plain SGLang workers an sglang-router of these services was given (--prefill/--decode URL),
     by service name: (that router, the worker's URL). mini_lb has no worker API: none behind it."""

@@ -73,10 +73,17 @@ class Host(Protocol):
         ...
 
     def http(
-        self, method: str, url: str, body: Any = None, timeout: float = 5.0, limit: int | None = None
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        timeout: float = 5.0,
+        limit: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """An HTTP request to a port on the node (through the SSH connection when remote). `limit`: an
-        untrusted answer (see `http.request`): at most that many bytes, the whole exchange within `timeout`."""
+        untrusted answer (see `http.request`): at most that many bytes, the whole exchange within `timeout`.
+        `headers`: more request headers (a key: never in argv, only in the request itself)."""
         ...
 
     def forward(self, host: str, port: int) -> Forward:

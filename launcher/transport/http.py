@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -32,15 +33,20 @@ def request(
     body: Any,
     timeout: float,
     limit: int | None = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """One request; returns (status, body as JSON when it parses, else text). OSError/ConnectionError
     when nothing answers, or the answer is not HTTP.
 
     `limit` (bytes): the answer is not trusted: ValueError when its body is longer, and the whole exchange
-    ends within `timeout` (a peer that sends one byte at a time cannot hold the caller longer)."""
+    ends within `timeout` (a peer that sends one byte at a time cannot hold the caller longer).
+    `extra_headers`: more request headers (their values never in an error: they may hold a key)."""
     conn = _Connection(host, port, open_socket, timeout)
     payload = None if body is None else json.dumps(body).encode()
-    headers = {"Accept": "*/*"}
+    if any(not re.fullmatch(r"[ -~]*", v) for v in (extra_headers or {}).values()):
+        # http.client would refuse it naming the value, which may be a key: refused here without it
+        raise ValueError("a request header's value is not printable ASCII on one line")
+    headers = {"Accept": "*/*", **(extra_headers or {})}
     if payload is not None:
         headers["Content-Type"] = "application/json"
     cut = threading.Event()

@@ -132,7 +132,13 @@ class LocalHost:
         return conn
 
     def http(
-        self, method: str, url: str, body: Any = None, timeout: float = 5.0, limit: int | None = None
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        timeout: float = 5.0,
+        limit: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         parts = urlsplit(url)
         host, port = parts.hostname or self.node.address, parts.port or 80
@@ -141,7 +147,7 @@ class LocalHost:
         def open_socket() -> socket.socket:
             return socket.create_connection((host, port), timeout=timeout)
 
-        return http.request(open_socket, method, host, port, path, body, timeout, limit)
+        return http.request(open_socket, method, host, port, path, body, timeout, limit, headers)
 
     def forward(self, host: str, port: int) -> Forward:
         """This machine reaches its own ports directly: the address itself."""

@@ -363,13 +363,23 @@ class SSHHost:
         return chan
 
     def http(
-        self, method: str, url: str, body: Any = None, timeout: float = 5.0, limit: int | None = None
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        timeout: float = 5.0,
+        limit: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """An HTTP request to a port on the node, through the SSH connection (no route needed)."""
         parts = urlsplit(url)
         host, port = parts.hostname or self.node.address, parts.port or 80
         path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
-        return http.request(lambda: self._channel(host, port, timeout), method, host, port, path, body, timeout, limit)
+
+        def open_channel() -> Any:
+            return self._channel(host, port, timeout)
+
+        return http.request(open_channel, method, host, port, path, body, timeout, limit, headers)
 
     def forward(self, host: str, port: int) -> Tunnel:
         """A local port whose connections are carried to HOST:PORT over this node's SSH connection."""
