@@ -6,7 +6,7 @@ machine sets: 13 `import torch` at once (every rank imports torch; the testbed's
     uv run benchmarks/bench_fabric.py [--repeat 5]      (root; a 13-node testbed up, scripts/fabric-env built)
     uv run benchmarks/bench_fabric.py --blocked [--repeat 3]
 
---blocked: the case of tests/test_fabric_testbed.py's blocked port (node 7, decode rank 3, drops what it
+--blocked: the case of tests/testbed/test_fabric_testbed.py's blocked port (node 7, decode rank 3, drops what it
 sends to its leader's dist-init port 29500, an iptables rule inside its namespace): how long until the
 check names it (each run must fail naming rank 3 on node 7, or the figure is not counted as such).
 

@@ -3,7 +3,7 @@
 docs/reference.md holds only an introduction and the marker below; every build walks `launcher.cli.app` (the
 same click command `launcher --help` prints) and writes one section per command: its usage line, its help,
 its arguments and options with their types and defaults. Nothing generated is committed, so the page cannot
-drift from the command line. `render()` is also what tests/test_docs.py checks against the app.
+drift from the command line. `render()` is also what tests/pure/test_docs.py checks against the app.
 """
 
 from __future__ import annotations

@@ -287,10 +287,10 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 # The files that use the session's testbed-104 deployment (tests/testbed_104.py): they run in one process,
 # one after another (a test of another file that uses it fails, naming this list).
-TESTBED_104_FILES = frozenset({"tests/test_bench_testbed.py", "tests/test_observe_testbed.py"})
+TESTBED_104_FILES = frozenset({"tests/testbed/test_bench_testbed.py", "tests/testbed/test_observe_testbed.py"})
 # The files that need a testbed of 13 nodes (TESTBED_NODES = 13): one process runs them all, one after
 # another, so that only its testbed grows to 13 (SMALL_TESTBED above).
-BIG_TESTBED_FILES = TESTBED_104_FILES | {"tests/test_e2e_testbed.py", "tests/test_fabric_testbed.py"}
+BIG_TESTBED_FILES = TESTBED_104_FILES | {"tests/testbed/test_e2e_testbed.py", "tests/testbed/test_fabric_testbed.py"}
 
 
 def suite_file(item) -> str:

@@ -5,7 +5,7 @@ of the session. Import it into a test module:
     from tests.testbed_104 import testbed_104  # noqa: F401
 
 Its users run one after another (tests/conftest.py puts them together), so that another module's own
-testbed-104 (tests/test_e2e_testbed.py brings it up and down itself) never comes between them.
+testbed-104 (tests/testbed/test_e2e_testbed.py brings it up and down itself) never comes between them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def launcher(testbed, config: Path, *args: str, cwd: Path, timeout: float = 600)
 @pytest.fixture(scope="session")
 def testbed_104(session_testbed, tmp_path_factory):
     """(directory, deployment file): configs/testbed-104.yaml with `metrics: {prometheus: true}`, up."""
-    from tests.test_observe_local import ensure_prometheus
+    from tests.local.test_observe_local import ensure_prometheus
 
     testbed = grow_testbed(session_testbed, 13)
     if len(testbed.nodes) < 13:

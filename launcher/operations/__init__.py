@@ -4,4 +4,4 @@ on the nodes (`nodes`), health probes (`health`), waiting until ready (`waiter`)
 `gpu_health`), what each service is doing (`service_status`), shipping files to nodes (`ship`), draining and
 rolling replicas (`drain`, `roll`), the rank and alert watchers (`rank_progress`, `alert`), the benchmark's
 client and recipes (`bench_client`, `bench_recipe`). Nothing here is a verb, and nothing here imports
-`launcher.commands` (tests/test_layers.py)."""
+`launcher.commands` (tests/pure/test_layers.py)."""

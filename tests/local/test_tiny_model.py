@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import unavailable
 from tests.helpers import wait_for
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "models" / "tiny"
 FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]
 

@@ -17,7 +17,7 @@ from launcher.plan import dashboard, metrics
 from launcher.plan.build import build
 from tests.helpers import CONFIGS, REPO, run_cli
 
-SCHEMAS = Path(__file__).parent / "data" / "grafana-schema"
+SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "grafana-schema"
 
 
 PASSWORD = "grafana-admin-pw-7c1e"

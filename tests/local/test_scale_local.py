@@ -15,7 +15,7 @@ import pytest
 
 from launcher.plan.build import REPLICA_PORT_STEP
 from tests.helpers import STREAM_TOKENS, StreamLoad, launcher, listening, stream
-from tests.test_drain_local import DECODE_SYSTEM_PORT, deployment, in_flight, wait_in_flight
+from tests.local.test_drain_local import DECODE_SYSTEM_PORT, deployment, in_flight, wait_in_flight
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ import pytest
 from launcher.operations import ship
 from launcher.remote import program, siblings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROGRAMS = sorted(p.stem for p in (REPO / "launcher" / "remote").glob("*.py") if p.stem != "__init__")
 BARE = ["/usr/bin/python3", "-I"]  # no site-packages, no current directory: the launcher is not there
 

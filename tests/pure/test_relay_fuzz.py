@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from launcher.remote import relay as remote
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 KEY = b"k" * 32
 BODIES = {"a.bin": bytes(range(256)) * 8, "d/b.bin": b"0123456789"}
 LISTED = [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in BODIES.items()]
@@ -113,7 +113,7 @@ def test_the_record_parser_under_a_bounded_fuzz():
         "import resource, sys, tracemalloc;"
         "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
         "tracemalloc.start();"
-        "from tests.test_relay_fuzz import fuzz_record_parser;"
+        "from tests.pure.test_relay_fuzz import fuzz_record_parser;"
         "fuzz_record_parser()"
     )
     proc = subprocess.run(

@@ -3,7 +3,7 @@ dsr1-104gpu's own group shapes (prefill on 4 nodes, decode on 9) in configs/test
 torch.distributed rendezvous for real with Gloo across the namespaces (the CPU torch env of scripts/fabric-env
 mounted into the containers), all met and measured. The faults (a blocked port, a leader down, a route
 through another interface, `up`'s check before it starts anything, a node cut off from the mockers' bootstrap
-ports) are shown on the smallest shape in tests/test_fabric_faults.py. Each test prints its figures (times,
+ports) are shown on the smallest shape in tests/testbed/test_fabric_faults.py. Each test prints its figures (times,
 bandwidth); none asserts a time."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.bench_env import bench_env  # noqa: F401
 from tests.helpers import STATE_DIR, connected_target, fresh_env, launcher_on, wait_for
-from tests.test_router_testbed import router_config
+from tests.testbed.test_router_testbed import router_config
 from tests.testbed_104 import DEPLOYMENT_FILE, testbed_104  # noqa: F401
 
 pytestmark = pytest.mark.testbed

@@ -20,7 +20,7 @@ import yaml
 
 from tests.helpers import KNOWN_COMMANDS, cli_commands, fresh_env, loopback_inventory, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 LAUNCHER = str(Path(sys.executable).with_name("launcher"))
 ENV = fresh_env()

@@ -13,7 +13,7 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "launcher"
+PACKAGE = Path(__file__).resolve().parents[2] / "launcher"
 # Rank of each top-level part: a module may import its own part and parts of a lower rank only.
 RANKS = {
     "__init__": 0, "errors": 0,

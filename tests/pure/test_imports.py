@@ -6,7 +6,7 @@ so that the libraries it uses are loaded, then forgets every `launcher` module a
 module, which imports that module alone: in each child the package's own import order runs from scratch
 as in a fresh interpreter, and the libraries (typer, rich, pydantic, paramiko: most of the time of a
 fresh start) are not loaded 110 times over. So an import order that breaks `launcher migrate` for a user
-breaks this test too; tests/test_cli_fresh.py runs the program itself in fresh interpreters.
+breaks this test too; tests/pure/test_cli_fresh.py runs the program itself in fresh interpreters.
 """
 
 from __future__ import annotations

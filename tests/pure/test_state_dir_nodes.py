@@ -15,7 +15,7 @@ from pathlib import Path
 from launcher.runtime.docker import Docker
 from launcher.runtime.lock import STATE_DIR_REFUSED
 from launcher.runtime.process import Process
-from tests.test_orchestration_pure import make_plan
+from tests.pure.test_orchestration_pure import make_plan
 
 OTHER_UID = 65534  # nobody: another local user
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ChatLoad, fresh_env, launcher_on, top_rounds, wait_for
-from tests.test_observe_local import GONE
+from tests.local.test_observe_local import GONE
 from tests.testbed_104 import PROMETHEUS_PORT, testbed_104  # noqa: F401
 
 pytestmark = pytest.mark.testbed

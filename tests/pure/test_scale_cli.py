@@ -1,7 +1,7 @@
 """`launcher scale GROUP=N` as a user runs it (fresh processes): the file edited in place with its comments
 and layout kept byte for byte but the one value, every refusal one line and exit 2 with the file
 untouched, and `--dry-run` saying what would start and stop while touching neither file nor node.
-(Converging is `up`'s code: tests/test_scale_local.py runs it for real.)"""
+(Converging is `up`'s code: tests/local/test_scale_local.py runs it for real.)"""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ parsers, and `launcher/remote/engine_check.py` parses an argv with them without 
 
 Other tests can import the helpers:
 
-    from tests.test_real_parsers import check_args
+    from tests.local.test_real_parsers import check_args
     result = check_args("dynamo-sglang", argv)   # argv without `python3 -m dynamo.sglang`
     assert result["ok"], result["errors"]
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PARSER_ENV = REPO / "scripts" / "parser-env"
 CHECKER = REPO / "launcher" / "remote" / "engine_check.py"
 DEFAULT_SGLANG = "0.5.21"
@@ -276,7 +276,7 @@ def _plan_services(config_name: str, inventory: str | None = None) -> list[dict[
     from launcher.output import plan_views
     from launcher.plan.build import build as build_plan
 
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     inv = repo / inventory if inventory else None
     loaded = load_config(repo / "configs" / config_name, inv, environ={})
     return plan_views.to_json(build_plan(loaded))["services"]

@@ -1,5 +1,5 @@
 """`launcher doctor` runs every engine's argv through that engine's own parser: each engine's module maps
-to an engine of launcher/remote/engine_check.py (the real parses are in tests/test_real_parsers.py)."""
+to an engine of launcher/remote/engine_check.py (the real parses are in tests/local/test_real_parsers.py)."""
 
 from __future__ import annotations
 

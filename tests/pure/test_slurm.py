@@ -1,7 +1,7 @@
 """Slurm without a cluster: `-i slurm` read from scontrol's output, the batch script `export --to slurm`
 writes (bash's own syntax check, every node address from the job, pyxis options, GPUs), and the step
 wrapper on real local processes: a signal ends its service's whole session, orphans included.
-The cluster itself is in tests/test_slurm_testbed.py."""
+The cluster itself is in tests/testbed/test_slurm_testbed.py."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 from launcher.output.top_view import table
 from launcher.plan import observe
 
-DATA = Path(__file__).parent / "data" / "metrics"
+DATA = Path(__file__).resolve().parents[1] / "data" / "metrics"
 FRONTEND = (DATA / "dynamo-1.6.1-frontend.txt").read_text()
 DECODE = (DATA / "dynamo-1.6.1-mocker-decode.txt").read_text()
 PREFILL = (DATA / "dynamo-1.6.1-mocker-prefill.txt").read_text()

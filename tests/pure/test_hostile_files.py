@@ -20,7 +20,7 @@ from tests.seeds import manifests
 
 CPU_S = 2.0
 RSS_MB = 200
-LWS_SEED = "002_5075cd10cd9de433.txt"  # one LeaderWorkerSet (tests/test_lws.py imports it whole)
+LWS_SEED = "002_5075cd10cd9de433.txt"  # one LeaderWorkerSet (tests/pure/test_lws.py imports it whole)
 
 
 def refused(args: list[str], cwd: Path, starts: str, *words: str) -> str:

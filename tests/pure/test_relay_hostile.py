@@ -24,7 +24,7 @@ from launcher.transport.host import Options
 from launcher.transport.local import LocalHost
 
 MB = 1 << 20
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Started:

@@ -2,7 +2,7 @@
 mocker runs at a decode speed of almost nothing (`--decode-speedup-ratio`), so under load its process lives,
 its `/health` answers and it holds requests, but it makes no token progress. The file gives decode
 `watch: {hung_after: 2}`: no longer than `status` waits between its two reads (a one-shot view names hung
-only a stall that covers the window; a longer one is `stalled`: tests/test_watch_policy.py). Prefill has
+only a stall that covers the window; a longer one is `stalled`: tests/pure/test_watch_policy.py). Prefill has
 none: its request waits on the stuck decode to take its KV, so it too holds work without progress; the file
 leaves it to the decode's restart. `status` and `top` name decode hung (and not while it is idle), `watch
 --dry-run` says it would restart it and does nothing, and `watch` restarts its group, and only it.

@@ -25,7 +25,7 @@ from launcher.plan.build import build as build_plan
 from launcher.remote import manifest as remote
 from launcher.runtime import for_plan
 from tests.helpers import CONFIGS, REPO, UNREACHABLE, fresh_env
-from tests.test_relay_hostile import Started
+from tests.pure.test_relay_hostile import Started
 
 INV = REPO / "tests" / "data" / "inventory-32.yaml"
 

@@ -1,6 +1,6 @@
 """The fabric check's faults on the smallest testbed shape that shows each (4 nodes: dsr1-104gpu's
 dynamo-sglang groups cut down to a 1-node prefill and a 3-node decode group, LAUNCHER_TESTBED_NODES=4; the
-104-GPU shape itself is proven healthy in tests/test_fabric_testbed.py): a blocked dist-init port named
+104-GPU shape itself is proven healthy in tests/testbed/test_fabric_testbed.py): a blocked dist-init port named
 without waiting out `fabric.timeout`, and `up` then starting nothing anywhere; a group whose leader is down; a
 rank routed to its leader through another interface; `up` proving the fabric before it starts the ranks; a
 decode node cut off from the mockers' bootstrap ports (configs/testbed-small.yaml); a
@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.helpers import REPO, STATE_DIR, launcher_on
-from tests.test_fabric_testbed import containers, doctor, failing, firewall, label
+from tests.testbed.test_fabric_testbed import containers, doctor, failing, firewall, label
 
 pytestmark = pytest.mark.testbed
 

@@ -2,7 +2,7 @@
 
 The computed context (pure: the archive the engine would receive), the repository's own .dockerignore,
 and a real build on a testbed node's Docker engine (this machine has no engine of its own; the node's
-plays the operator's, as in tests/test_ship_testbed.py): the image's /ctx holds what reached the engine."""
+plays the operator's, as in tests/testbed/test_ship_testbed.py): the image's /ctx holds what reached the engine."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """configs/dsr1-104gpu.yaml's stress profiles (seed 004's benchmarking flags), every rank exactly as
 `launcher plan --profile NAME --format json` renders it, through the real parsers of the pinned Dynamo 1.6.1
-+ SGLang 0.5.21 (scripts/parser-env, as tests/test_real_parsers.py does): they parse, with no warning, and
++ SGLang 0.5.21 (scripts/parser-env, as tests/local/test_real_parsers.py does): they parse, with no warning, and
 a wrong value is rejected by name."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, fresh_env
-from tests.test_real_parsers import check_args, parser_env  # noqa: F401  (the fixture builds the env)
+from tests.local.test_real_parsers import check_args, parser_env  # noqa: F401  (the fixture builds the env)
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ from launcher.operations.nodes import start
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.helpers import connected_target, free_port, listening, wait_for
-from tests.test_promises_local import Clock, deployment
-from tests.test_watch_policy import Receiver
+from tests.local.test_promises_local import Clock, deployment
+from tests.pure.test_watch_policy import Receiver
 
 pytestmark = pytest.mark.slow
 

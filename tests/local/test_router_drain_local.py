@@ -41,7 +41,7 @@ from launcher.plan.types import Node, Plan, Probe, Service
 from launcher.transport.host import Options
 from launcher.transport.local import LocalHost
 from tests.helpers import assert_gone, connected_target, free_port, fresh_env, launcher, wait_for
-from tests.test_drain import answer, serve_once, trickle
+from tests.pure.test_drain import answer, serve_once, trickle
 
 pytestmark = pytest.mark.slow
 

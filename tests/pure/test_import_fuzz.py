@@ -25,8 +25,8 @@ from launcher.plan.build import build
 from launcher.plan.kube.exporter import to_manifests
 from launcher.plan.kube.importer import Options, from_manifests, render
 from tests.helpers import fresh_env
+from tests.pure.test_lws import crd_schema
 from tests.seeds import manifests
-from tests.test_lws import crd_schema
 
 SEED = [d for d in yaml.safe_load_all(manifests("001_3bc60c81eb28b8e5.txt")) if d]
 OPTIONS = Options(sglang="0.5.21", sglang_router="0.3.2")

@@ -24,7 +24,7 @@ from launcher.plan.build import build as build_plan
 from launcher.plan.stall import Tracker, in_flight, progress_count
 from tests.helpers import MINIMAL, run_cli, write
 
-DATA = Path(__file__).parent / "data" / "metrics"
+DATA = Path(__file__).resolve().parents[1] / "data" / "metrics"
 DECODE = (DATA / "dynamo-1.6.1-mocker-decode.txt").read_text()
 PREFILL = (DATA / "dynamo-1.6.1-mocker-prefill.txt").read_text()
 
