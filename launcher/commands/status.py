@@ -71,6 +71,8 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
             say(replica_line(replica))
         for roll in rolls_of(t, rows):
             say(roll["says"])
+        for line in replaced_lines(t):
+            say(line)
         for i, why in sorted(unreachable.items()):
             say(f"{plan.nodes[i].label}: unreachable: {why}", style="red")
         for line in gpu_lines:
@@ -81,6 +83,16 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
             say(f"not ok: {'; '.join(problems)}", style="red")
     if problems:
         raise Exit(1)
+
+
+def replaced_lines(t: Target) -> list[str]:
+    """The substitutions `watch` made (read back from the replacement ranks' labels), and labels refused."""
+    plan = t.plan
+    moved = [
+        f"{plan.nodes[spare].label} replaces {plan.nodes[lost].label} (lost; its group ranks moved by watch)"
+        for lost, spare in sorted(plan.substitutes.items())
+    ]
+    return moved + t.notes
 
 
 def gpu_problems(gpu_lines: list[str]) -> list[str]:
@@ -173,7 +185,8 @@ def endpoint_line(t: Target, endpoint: EndpointState) -> str:
 
 def problems_of(t: Target, rows: list[StatusRow], unreachable: dict[int, str], endpoint: EndpointState) -> list[str]:
     problems = [f"{r.service} on node {r.node.index}: {r.state}" for r in rows if r.state != "running"]
-    problems += [f"{t.plan.nodes[i].label}: unreachable" for i in unreachable]
+    # a lost node whose ranks moved to a spare runs nothing planned: its silence is no problem any more
+    problems += [f"{t.plan.nodes[i].label}: unreachable" for i in unreachable if i not in t.plan.substitutes]
     problems += [
         f"{r.service} on node {r.node.index}: {r.health}"
         for r in rows
@@ -187,6 +200,7 @@ def problems_of(t: Target, rows: list[StatusRow], unreachable: dict[int, str], e
 def status(t: Target) -> tuple[list[StatusRow], dict[int, str], EndpointState]:
     """Rows for every planned service and every labelled container found; unreachable nodes apart."""
     found, unreachable = list_services(t)
+    t.notes = t.adopt_substitutes(found.values())  # said with the table: a group moved to a spare
     now = datetime.now(UTC)
     health = _health(t, found, unreachable)
     rows: list[StatusRow] = []

@@ -105,6 +105,9 @@ def up(
     with locking.releasing(locking.Site.of(target), held) as lock:
         lock.outcome = "up failed"
         current = settle_held(target, progress, current)
+        for line in target.adopt_substitutes(current):  # a group moved to a spare by `watch` stays there
+            progress.log(line)
+        plan = target.plan
         changes = reconcile.compute(plan, current)
         roll = rolling.prepare(target, progress, changes, current, allow_downtime, max_unavailable)
         _announce(target, progress, changes)

@@ -1,0 +1,139 @@
+"""`watch` and a lost node: a node that fails SSH (the listing each round makes over it) for the file's
+`watch.lost_after` seconds is lost; its group ranks move to a spare (launcher.plan.spares: the plan
+built again with the spare in its place), the groups on it recreated there whole, each new rank labelled
+with whom it replaces and the head's audit log saying so. Without a spare (or where the node runs etcd,
+NATS or the frontend, which cannot move), the loss is reported once, in one line and as an alert (the
+audit log; the file's webhook), and everything else keeps serving.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.commands import alert, locking
+from launcher.commands.nodes import list_services, remove, start
+from launcher.commands.waiter import Waiter
+from launcher.errors import LauncherError
+from launcher.plan import spares
+from launcher.plan.types import Node, Plan
+
+# `w` below is the caller's launcher.commands.watch.Watcher (not imported: watch imports this module)
+Watcher = Any
+
+LIST_TIMEOUT = 30.0
+
+
+@dataclass
+class Unseen:
+    """Since when each node has failed SSH (monotonic), and the nodes already judged lost."""
+
+    since: dict[int, float] = field(default_factory=dict)
+    judged: set[int] = field(default_factory=set)
+
+    def update(self, unreachable: dict[int, str], now: float) -> None:
+        for i in [i for i in self.since if i not in unreachable]:
+            del self.since[i]
+            self.judged.discard(i)
+        for i in unreachable:
+            self.since.setdefault(i, now)
+
+    def lost(self, window: float | None, now: float) -> list[tuple[int, float]]:
+        """The nodes unseen for WINDOW seconds not judged yet (each judged once while it stays unseen)."""
+        if window is None:
+            return []
+        out = [(i, now - t) for i, t in sorted(self.since.items()) if now - t >= window and i not in self.judged]
+        self.judged.update(i for i, _ in out)
+        return out
+
+
+def check(w: Watcher, unreachable: dict[int, str]) -> None:
+    """This round's unreachable nodes: each one unseen past the window is lost, and acted on."""
+    now = time.monotonic()
+    w.unseen.update(unreachable, now)
+    for index, unseen_for in w.unseen.lost(w.t.plan.lost_after, now):
+        if index not in w.t.plan.substitutes:  # already replaced: it runs nothing of the plan
+            judge(w, index, unseen_for)
+
+
+def judge(w: Watcher, lost: int, unseen_for: float) -> None:
+    plan = w.t.plan
+    window = f"watch.lost_after {plan.lost_after:g}s"
+    saw = f"{plan.nodes[lost].label}: saw it fail SSH for {unseen_for:.0f}s ({window}): lost"
+    try:
+        spare = spares.choose(plan, lost)
+        new = spares.substitute(w.t.loaded, plan, lost, spare.index)
+    except spares.Refused as exc:
+        no_spare(w, lost, saw, str(exc))
+        return
+    groups = spares.groups_on(plan, lost)
+    if w.dry_run:
+        w.progress.log(f"{saw}; would move {', '.join(groups)} to {spare.label}; dry run: nothing done")
+        return
+    replace(w, lost, spare, new, groups, saw)
+
+
+def no_spare(w: Watcher, lost: int, saw: str, why: str) -> None:
+    """Nothing can take the node's place: say so once, alert, and leave the rest serving."""
+    plan = w.t.plan
+    groups = ", ".join(spares.groups_on(plan, lost)) or "nothing of a group"
+    if w.dry_run:
+        w.progress.log(f"{saw}; cannot move it ({why}); would alert; dry run: nothing done")
+        return
+    locking.audit(locking.Site.of(w.t), f"watch: {plan.nodes[lost].label} lost, not replaced: {why}")
+    document = {
+        "deployment": plan.deployment, "node": plan.nodes[lost].label, "event": "node lost, not replaced",
+        "reason": why, "groups down": groups,
+    }  # fmt: skip
+    sent = alert.webhook(plan, {k: plan.redactor()(v) for k, v in document.items()})
+    w.progress.log(
+        f"{saw}; not replaced: {why}; {groups} stay down there, the rest keep serving;"
+        f" alerted: audit log" + (f", {sent}" if sent else "")
+    )
+
+
+def replace(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str], saw: str) -> None:
+    """Under the lock: remove the groups' ranks still reachable, start them on the new node set, wait."""
+    site = locking.Site.of(w.t)
+    try:
+        lock = locking.acquire(site, "launcher watch")
+    except locking.Locked as exc:
+        w.unseen.judged.discard(lost)  # judged again next round
+        w.progress.log(f"{saw}; not replaced now: {exc} (tried again next round)")
+        return
+    try:
+        if why := locking.taken_down(site):
+            w.stop(why)
+        lock.outcome = moved(w, lost, spare, new, groups)
+        w.progress.log(f"{saw}; {lock.outcome.removeprefix('watch: ')}")
+    finally:
+        try:
+            locking.release(site, lock)
+        except Exception:
+            pass
+
+
+def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> str:
+    """Recreate GROUPS on NEW's nodes (the caller holds the lock) -> the audit line of the outcome."""
+    t, progress, site = w.t, w.progress, locking.Site.of(w.t)
+    old_plan, started = t.plan, time.monotonic()
+    who = f"{spare.label} replaces {old_plan.nodes[lost].label} for {', '.join(groups)}"
+    locking.audit(site, f"watch: {who}: recreating them there")
+    old_members = [s for s in old_plan.services if s.group in groups]
+    reachable = sorted({s.node.index for s in old_members} - {lost})
+    found, _ = list_services(t, reachable, timeout=LIST_TIMEOUT) if reachable else ({}, {})
+    members = [s for s in new.services if s.group in groups]
+    try:
+        old = [c for s in old_members if (c := found.get((s.node.index, s.name))) is not None]
+        if old:
+            remove(t, old)
+        t.plan = new  # from here on the spare is the plan's: labels on its ranks record the substitution
+        start(t, members, progress, known=[])
+        w.rebuild(groups)
+        entry = new.entry
+        check_endpoint = new.has_dynamo_frontend and entry is not None and entry.node.index != lost
+        Waiter(t, progress, members, check_endpoint=check_endpoint).run()
+    except LauncherError as exc:
+        return f"watch: {who}: failed: {str(exc).splitlines()[0]}"
+    return f"watch: {who}: serving again after {time.monotonic() - started:.1f}s"
