@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
+from launcher.commands import lost
 from launcher.config.load import load as load_config
 from launcher.plan import spares
 from launcher.plan.build import build
@@ -158,3 +160,44 @@ def test_bad_lost_after_is_one_line_exit_2(tmp_path, value):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=REPO)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "lost_after" in done.stderr
+
+
+def test_a_node_is_lost_after_the_window_and_two_failed_rounds_judged_once():
+    unseen = lost.Unseen()
+    unseen.update({2: "timed out"}, 100.0)
+    assert unseen.lost(20, 130.0) == []  # one failed round: a slow listing, not yet a lost node
+    unseen.update({2: "timed out"}, 131.0)
+    assert unseen.lost(20, 119.0) == []  # within the window
+    assert unseen.lost(20, 131.0) == [(2, 31.0)]
+    assert unseen.lost(20, 140.0) == []  # judged once while it stays unseen
+    assert unseen.lost(None, 500.0) == []  # no watch.lost_after: never lost
+    unseen.update({}, 150.0)  # seen again: judged afresh if it goes again
+    unseen.update({2: "refused"}, 160.0)
+    unseen.update({2: "refused"}, 161.0)
+    assert unseen.lost(20, 181.0) == [(2, 21.0)]
+
+
+class Said:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def test_watch_dry_run_says_the_move_or_the_missing_spare(loaded):
+    """`watch --dry-run` with a lost node: one line, what it would do; nothing reaches a node (no fleet)."""
+    plan = build(loaded)
+    said = Said()
+    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True)
+    lost.judge(w, 2, 25.0)
+    assert said.lines == [
+        "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost;"
+        " would move decode to node 4 (node4 10.9.0.5); dry run: nothing done"
+    ]
+    w.t.plan = spares.substitute(loaded, spares.substitute(loaded, plan, 2, 4), 3, 5)
+    lost.judge(w, 1, 25.0)
+    assert said.lines[1:] == [
+        "node 1 (node1 10.9.0.2): saw it fail SSH for 25s (watch.lost_after 20s): lost; cannot move it (no spare"
+        " node: every inventory node runs a service of sp); would alert; dry run: nothing done"
+    ]

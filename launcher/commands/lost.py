@@ -22,37 +22,52 @@ from launcher.plan.types import Node, Plan
 # `w` below is the caller's launcher.commands.watch.Watcher (not imported: watch imports this module)
 Watcher = Any
 
-LIST_TIMEOUT = 30.0
+LIST_TIMEOUT = 30.0  # a listing slower than this counts as the node not seen this round
+LIST_FLOOR = 5.0
+MIN_ROUNDS = 2  # failed rounds in a row before a node can be lost
 
 
 @dataclass
 class Unseen:
-    """Since when each node has failed SSH (monotonic), and the nodes already judged lost."""
+    """Since when each node has failed SSH (the start of the first round whose listing it failed), in how
+    many rounds running, and the nodes already judged lost. Two failed rounds at least: one slow listing
+    on a loaded node is not a lost node."""
 
     since: dict[int, float] = field(default_factory=dict)
+    rounds: dict[int, int] = field(default_factory=dict)
     judged: set[int] = field(default_factory=set)
 
-    def update(self, unreachable: dict[int, str], now: float) -> None:
+    def update(self, unreachable: dict[int, str], started: float) -> None:
         for i in [i for i in self.since if i not in unreachable]:
-            del self.since[i]
+            del self.since[i], self.rounds[i]
             self.judged.discard(i)
         for i in unreachable:
-            self.since.setdefault(i, now)
+            self.since.setdefault(i, started)
+            self.rounds[i] = self.rounds.get(i, 0) + 1
 
     def lost(self, window: float | None, now: float) -> list[tuple[int, float]]:
         """The nodes unseen for WINDOW seconds not judged yet (each judged once while it stays unseen)."""
         if window is None:
             return []
-        out = [(i, now - t) for i, t in sorted(self.since.items()) if now - t >= window and i not in self.judged]
+        out = [
+            (i, now - t) for i, t in sorted(self.since.items())
+            if now - t >= window and self.rounds[i] >= MIN_ROUNDS and i not in self.judged
+        ]  # fmt: skip
         self.judged.update(i for i, _ in out)
         return out
 
 
-def check(w: Watcher, unreachable: dict[int, str]) -> None:
-    """This round's unreachable nodes: each one unseen past the window is lost, and acted on."""
-    now = time.monotonic()
-    w.unseen.update(unreachable, now)
-    for index, unseen_for in w.unseen.lost(w.t.plan.lost_after, now):
+def list_timeout(plan: Plan) -> float:
+    """How long a round waits for a node's listing: a cut link answers nothing for minutes, so with
+    `lost_after` the wait is that window (at least LIST_FLOOR s: a loaded node is slow, not lost)."""
+    return LIST_TIMEOUT if plan.lost_after is None else min(LIST_TIMEOUT, max(LIST_FLOOR, plan.lost_after))
+
+
+def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
+    """This round's unreachable nodes (its listing began at STARTED): each one unseen past the window is
+    lost, and acted on."""
+    w.unseen.update(unreachable, started)
+    for index, unseen_for in w.unseen.lost(w.t.plan.lost_after, time.monotonic()):
         if index not in w.t.plan.substitutes:  # already replaced: it runs nothing of the plan
             judge(w, index, unseen_for)
 

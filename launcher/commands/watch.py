@@ -197,11 +197,12 @@ class Watcher:
         return {name: f"{tags[name]} hung ({v.line})" for name, v in verdicts.items() if v.hung}
 
     def round(self) -> None:
-        plan = self.t.plan
-        found, unreachable = list_services(self.t, timeout=LIST_TIMEOUT)
+        plan, started = self.t.plan, time.monotonic()
+        found, unreachable = list_services(self.t, timeout=lost.list_timeout(plan))
         for i, why in unreachable.items():
-            self.progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
-        lost.check(self, unreachable)
+            if i not in plan.substitutes:  # a lost node already replaced: said when it was
+                self.progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
+        lost.check(self, unreachable, started)
         hung = self.hung(found, unreachable)
         for unit in self.watched:
             extra = [why for s in unit.services if (why := hung.get(s.name))]
