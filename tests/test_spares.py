@@ -3,13 +3,14 @@ a lost node's place, the refusals, and the substitution labels read back from th
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 
-from launcher.commands import lost
+from launcher.commands import gpu_health, lost
 from launcher.config.load import load as load_config
 from launcher.plan import spares
 from launcher.plan.build import build
@@ -190,14 +191,34 @@ def test_watch_dry_run_says_the_move_or_the_missing_spare(loaded):
     plan = build(loaded)
     said = Said()
     w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True)
-    lost.judge(w, 2, 25.0)
+    lost.judge(w, 2, "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost")
     assert said.lines == [
         "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost;"
         " would move decode to node 4 (node4 10.9.0.5); dry run: nothing done"
     ]
     w.t.plan = spares.substitute(loaded, spares.substitute(loaded, plan, 2, 4), 3, 5)
-    lost.judge(w, 1, 25.0)
+    lost.judge(w, 1, "node 1: lost")
     assert said.lines[1:] == [
-        "node 1 (node1 10.9.0.2): saw it fail SSH for 25s (watch.lost_after 20s): lost; cannot move it (no spare"
-        " node: every inventory node runs a service of sp); would alert; dry run: nothing done"
+        "node 1: lost; cannot move it (no spare node: every inventory node runs a service of sp); would alert;"
+        " dry run: nothing done"
     ]
+
+
+def test_a_gpu_verdict_of_drain_excludes_the_node_like_a_lost_one():
+    """A recorded Xid 79 (fallen off the bus) on node 2 is a node to move; a warning, a healthy node, or
+    one whose tool could not be read is not."""
+    data = REPO / "tests" / "data" / "gpu"
+    query = (data / "query-h100-nccl-1264.csv").read_text()
+
+    def answer(lines: list[str]) -> str:
+        klog = {"source": "journalctl", "lines": [{"line": x, "new": True} for x in lines], "error": None}
+        return json.dumps({"v": 1, "tool": "nvidia-smi", "query": {"rc": 0, "out": query}, "klog": klog})
+
+    fallen = (data / "klog" / "akash-support-209-xid79.dmesg").read_text().splitlines()
+    seen = {
+        1: gpu_health.parse(answer([]), expected=2),
+        2: gpu_health.parse(answer(fallen), expected=2),
+        3: "timed out after 20s",
+    }
+    found = lost.drained(seen)
+    assert [i for i, _ in found] == [2] and "Xid 79" in found[0][1], found

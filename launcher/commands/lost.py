@@ -1,9 +1,11 @@
 """`watch` and a lost node: a node that fails SSH (the listing each round makes over it) for the file's
-`watch.lost_after` seconds is lost; its group ranks move to a spare (launcher.plan.spares: the plan
-built again with the spare in its place), the groups on it recreated there whole, each new rank labelled
-with whom it replaces and the head's audit log saying so. Without a spare (or where the node runs etcd,
-NATS or the frontend, which cannot move), the loss is reported once, in one line and as an alert (the
-audit log; the file's webhook), and everything else keeps serving.
+`watch.lost_after` seconds is lost, and so is one whose GPU health verdict is `drain` (looked at every
+GPU_EVERY seconds, with `lost_after` set: launcher.commands.gpu_health); its group ranks move to a
+spare (launcher.plan.spares: the plan built again with the spare in its place), the groups on it
+recreated there whole, each new rank labelled with whom it replaces and the head's audit log saying so.
+Without a spare (or where the node runs etcd, NATS or the frontend, which cannot move), the loss is
+reported once, in one line and as an alert (the audit log; the file's webhook), and everything else
+keeps serving.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.commands import alert, locking
+from launcher.commands import alert, gpu_health, locking
 from launcher.commands.nodes import list_services, remove, start
 from launcher.commands.waiter import Waiter
 from launcher.errors import LauncherError
@@ -25,6 +27,8 @@ Watcher = Any
 LIST_TIMEOUT = 30.0  # a listing slower than this counts as the node not seen this round
 LIST_FLOOR = 5.0
 MIN_ROUNDS = 2  # failed rounds in a row before a node can be lost
+GPU_EVERY = 30.0  # seconds between two looks at the nodes' GPU health (a look runs a program on each node)
+GPU_TIMEOUT = 20.0  # a look that takes longer holds watch's round up: that node is not judged this time
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Unseen:
     since: dict[int, float] = field(default_factory=dict)
     rounds: dict[int, int] = field(default_factory=dict)
     judged: set[int] = field(default_factory=set)
+    gpus_next: float = 0.0  # when the GPUs are looked at next (monotonic)
 
     def update(self, unreachable: dict[int, str], started: float) -> None:
         for i in [i for i in self.since if i not in unreachable]:
@@ -65,17 +70,31 @@ def list_timeout(plan: Plan) -> float:
 
 def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
     """This round's unreachable nodes (its listing began at STARTED): each one unseen past the window is
-    lost, and acted on."""
+    lost, and acted on; then, every GPU_EVERY seconds, the GPUs of the nodes that run group ranks."""
+    plan, now = w.t.plan, time.monotonic()
     w.unseen.update(unreachable, started)
-    for index, unseen_for in w.unseen.lost(w.t.plan.lost_after, time.monotonic()):
-        if index not in w.t.plan.substitutes:  # already replaced: it runs nothing of the plan
-            judge(w, index, unseen_for)
-
-
-def judge(w: Watcher, lost: int, unseen_for: float) -> None:
-    plan = w.t.plan
     window = f"watch.lost_after {plan.lost_after:g}s"
-    saw = f"{plan.nodes[lost].label}: saw it fail SSH for {unseen_for:.0f}s ({window}): lost"
+    for index, unseen_for in w.unseen.lost(plan.lost_after, now):
+        if index not in w.t.plan.substitutes:  # already replaced: it runs nothing of the plan
+            judge(w, index, f"{plan.nodes[index].label}: saw it fail SSH for {unseen_for:.0f}s ({window}): lost")
+    if plan.lost_after is None or now < w.unseen.gpus_next:
+        return
+    w.unseen.gpus_next = now + GPU_EVERY
+    ranked = sorted({i for g in plan.groups for i in g.node_indices} - set(unreachable) - w.unseen.judged)
+    # --peek: the kernel log's place stays where `status` and `doctor` left it (a fatal Xid holds anyway)
+    for index, why in drained(gpu_health.look(w.t, ranked, peek=True, timeout=GPU_TIMEOUT) if ranked else {}):
+        w.unseen.judged.add(index)  # judged once (until the node is unseen and seen again)
+        judge(w, index, f"{plan.nodes[index].label}: saw GPUs drain ({why}): excluded like a lost node")
+
+
+def drained(seen: dict) -> list[tuple[int, str]]:
+    """The nodes whose GPU verdict says drain and exclude the node (gpu_health.look's answer), and why.
+    A node whose tool cannot be read is not drained for that: it is said by `status` and `doctor`."""
+    return [(i, n.summary()) for i, n in sorted(seen.items()) if not isinstance(n, str) and n.verdict == "drain"]
+
+
+def judge(w: Watcher, lost: int, saw: str) -> None:
+    plan = w.t.plan
     try:
         spare = spares.choose(plan, lost)
         new = spares.substitute(w.t.loaded, plan, lost, spare.index)
@@ -136,7 +155,9 @@ def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> s
     who = f"{spare.label} replaces {old_plan.nodes[lost].label} for {', '.join(groups)}"
     locking.audit(site, f"watch: {who}: recreating them there")
     old_members = [s for s in old_plan.services if s.group in groups]
-    reachable = sorted({s.node.index for s in old_members} - {lost})
+    # a node lost over SSH is not listed again (it would cost the whole listing wait); a drained one is:
+    # its old ranks are removed with the others
+    reachable = sorted({s.node.index for s in old_members} - ({lost} if lost in w.unseen.since else set()))
     found, _ = list_services(t, reachable, timeout=LIST_TIMEOUT) if reachable else ({}, {})
     members = [s for s in new.services if s.group in groups]
     try:
