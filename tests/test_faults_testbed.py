@@ -298,3 +298,8 @@ def lose_nodes_while_watched(testbed, launcher, lines: Lines, watch: subprocess.
     assert watch.poll() is None
     assert answers_in_a_row(endpoint, 3, 60), "the rest stopped serving"
     assert {i: sorted(spare_ids(testbed, i)) for i in (0, 1, 2)} == serving, "services of the other nodes were stopped"
+    # Node 3 back: the ranks that moved off it, still there, are removed (they would register beside the new ones)
+    testbed.run("heal", "3")
+    removed = lines.until(lambda x: "back, replaced on a spare; removed them" in x, 60)
+    assert removed and "spare-small-decode-r1 on node 3" in removed, lines.text()[-3000:]
+    assert testbed.ssh(3, "docker ps -aq --filter label=launcher.deployment=spare-small").stdout.split() == []

@@ -19,6 +19,7 @@ from launcher.commands.nodes import list_services, remove, start
 from launcher.commands.waiter import Waiter
 from launcher.errors import LauncherError
 from launcher.plan import spares
+from launcher.plan.state import Container
 from launcher.plan.types import Node, Plan
 
 # `w` below is the caller's launcher.commands.watch.Watcher (not imported: watch imports this module)
@@ -85,6 +86,40 @@ def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
     for index, why in drained(gpu_health.look(w.t, ranked, peek=True, timeout=GPU_TIMEOUT) if ranked else {}):
         w.unseen.judged.add(index)  # judged once (until the node is unseen and seen again)
         judge(w, index, f"{plan.nodes[index].label}: saw GPUs drain ({why}): excluded like a lost node")
+
+
+def remove_stale(w: Watcher, found: dict[tuple[int, str], Container]) -> None:
+    """A replaced node seen again still runs the ranks that moved off it: they would register beside their
+    replacements. Removed (under the lock), said in one line."""
+    plan = w.t.plan
+    planned = {(s.node.index, s.name) for s in plan.services}
+    stale = [
+        c for key, c in sorted(found.items())
+        if c.node_index in plan.substitutes and key not in planned and c.group is not None
+    ]  # fmt: skip
+    if not stale:
+        return
+    names = ", ".join(f"{c.name} on {plan.nodes[c.node_index].label}" for c in stale)
+    if w.dry_run:
+        w.progress.log(f"saw {names} back, replaced on a spare; would remove them; dry run: nothing done")
+        return
+    site = locking.Site.of(w.t)
+    try:
+        lock = locking.acquire(site, "launcher watch")
+    except locking.Locked as exc:
+        w.progress.log(f"saw {names} back, replaced on a spare; not removed now: {exc} (tried again next round)")
+        return
+    try:
+        remove(w.t, stale)
+        lock.outcome = f"watch: removed {names}: replaced on a spare"
+        w.progress.log(f"saw {names} back, replaced on a spare; removed them")
+    except LauncherError as exc:
+        w.progress.log(f"saw {names} back, replaced on a spare; removing them failed: {str(exc).splitlines()[0]}")
+    finally:
+        try:
+            locking.release(site, lock)
+        except Exception:
+            pass
 
 
 def drained(seen: dict) -> list[tuple[int, str]]:

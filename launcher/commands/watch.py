@@ -203,6 +203,7 @@ class Watcher:
             if i not in plan.substitutes:  # a lost node already replaced: said when it was
                 self.progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
         lost.check(self, unreachable, started)
+        lost.remove_stale(self, found)
         hung = self.hung(found, unreachable)
         for unit in self.watched:
             extra = [why for s in unit.services if (why := hung.get(s.name))]
