@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -239,6 +240,7 @@ def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(te
     try:
         up = launcher("up", "--skip-doctor")
         assert up.returncode == 0, up.stderr
+        forged_label_is_ignored(testbed, launcher)
         argv = ["watch", "-c", str(config), "-i", str(inventory), "--interval", "1", "--connect-timeout", "3"]
         watch = subprocess.Popen(
             [sys.executable, "-m", "launcher", *argv], cwd=tmp_path, stderr=subprocess.PIPE, text=True
@@ -261,6 +263,24 @@ def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(te
         down = launcher("down")  # the spare's containers with the rest
     assert down.returncode == 0, down.stderr
     assert all(not spare_ids(testbed, i) for i in range(5))
+
+
+def forged_label_is_ignored(testbed, launcher) -> None:
+    """A container on the spare whose label claims it replaces a node the inventory does not have: `status`
+    says so in one line and keeps the file's plan (no group moves to node 4)."""
+    labels = ["--label", "launcher.deployment=spare-small", "--label", "launcher.group=decode"]
+    forged = [*labels, "--label", "launcher.replaces=7:10.9.9.9", "--name", "spare-small-forged"]
+    run = testbed.ssh(4, testbed.docker_run(*forged, testbed.vars["TESTBED_IMAGE"], "sleep", "300", detach=True))
+    assert run.returncode == 0, run.stderr
+    try:
+        status = launcher("status", "--json", timeout=120)
+        assert json.loads(status.stdout)["replaced"] == [], status.stdout
+        plain = launcher("status", timeout=120)
+        said = [x for x in plain.stdout.splitlines() if "launcher.replaces" in x]
+        assert len(said) == 1 and "names no inventory node: ignored" in said[0], plain.stdout
+        assert "replaces node" not in plain.stdout
+    finally:
+        testbed.ssh(4, "docker rm -f spare-small-forged")
 
 
 def spare_ids(testbed, i: int) -> list[str]:

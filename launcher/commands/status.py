@@ -126,6 +126,8 @@ def status_json(t: Target, rows: list[StatusRow], unreachable: dict[int, str], e
         "services": [r.to_json() for r in rows],
         "replicas": replicas_of(t, rows),
         "rolls": rolls_of(t, rows),
+        # the substitutions `watch` made, read back from the replacement ranks' labels (launcher.plan.spares)
+        "replaced": [{"lost": lost, "spare": spare} for lost, spare in sorted(plan.substitutes.items())],
     }
 
 
