@@ -252,11 +252,15 @@ def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(te
             watch.wait(30)
             testbed.run("heal", "3")
             testbed.run("heal", "4")
-        # The next `up` of the same file keeps the group on the spare (read back from its labels) and removes
-        # the stale ranks the lost node still ran (a rank cut off from etcd ends by itself: the spare's may be
-        # started again, but there, never on node 3).
-        up = launcher("up", "--skip-doctor")
+        # The next `up` of the same file keeps the group on the spare (read back from its labels), node 3 cut
+        # again: a node replaced is no longer one `up` needs (a rank cut off from etcd ends by itself: the
+        # spare's may be started again, but there, never on node 3).
+        testbed.run("cut", "3")
+        up = launcher("up", "--skip-doctor", "--connect-timeout", "3")
+        testbed.run("heal", "3")
         assert up.returncode == 0, up.stderr
+        assert "node 3 ({} {}): not reachable".format(*testbed.nodes[3]) in up.stderr, up.stderr
+        assert "replaced by a spare" in up.stderr
         assert spare_ids(testbed, 3) == [] and spare_ids(testbed, 4), up.stderr
         assert replaces_label(testbed, 4) == f"3:{testbed.nodes[3][1]}", up.stderr
     finally:

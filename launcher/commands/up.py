@@ -105,7 +105,8 @@ def up(
     with locking.releasing(locking.Site.of(target), held) as lock:
         lock.outcome = "up failed"
         current = settle_held(target, progress, current)
-        for line in target.adopt_substitutes(current):  # a group moved to a spare by `watch` stays there
+        # a group `watch` moved to a spare stays there (check_nodes read it; held copies settled since)
+        for line in dict.fromkeys(target.notes + target.adopt_substitutes(current)):
             progress.log(line)
         plan = target.plan
         changes = reconcile.compute(plan, current)
