@@ -74,9 +74,9 @@ def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
     lost, and acted on; then, every GPU_EVERY seconds, the GPUs of the nodes that run group ranks."""
     plan, now = w.t.plan, time.monotonic()
     w.unseen.update(unreachable, started)
-    window = f"watch.lost_after {plan.lost_after:g}s"
-    for index, unseen_for in w.unseen.lost(plan.lost_after, now):
+    for index, unseen_for in w.unseen.lost(plan.lost_after, now):  # none without watch.lost_after
         if index not in w.t.plan.substitutes:  # already replaced: it runs nothing of the plan
+            window = f"watch.lost_after {plan.lost_after:g}s"
             judge(w, index, f"{plan.nodes[index].label}: saw it fail SSH for {unseen_for:.0f}s ({window}): lost")
     if plan.lost_after is None or now < w.unseen.gpus_next:
         return
