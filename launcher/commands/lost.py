@@ -42,6 +42,7 @@ class Unseen:
     rounds: dict[int, int] = field(default_factory=dict)
     judged: set[int] = field(default_factory=set)
     gpus_next: float = 0.0  # when the GPUs are looked at next (monotonic)
+    said: str = ""  # the last dry-run line about stale ranks (said once)
 
     def update(self, unreachable: dict[int, str], started: float) -> None:
         for i in [i for i in self.since if i not in unreachable]:
@@ -101,7 +102,10 @@ def remove_stale(w: Watcher, found: dict[tuple[int, str], Container]) -> None:
         return
     names = ", ".join(f"{c.name} on {plan.nodes[c.node_index].label}" for c in stale)
     if w.dry_run:
-        w.progress.log(f"saw {names} back, replaced on a spare; would remove them; dry run: nothing done")
+        line = f"saw {names} back, replaced on a spare; would remove them; dry run: nothing done"
+        if w.unseen.said != line:  # said once, not every round
+            w.unseen.said = line
+            w.progress.log(line)
         return
     site = locking.Site.of(w.t)
     try:
