@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -203,7 +204,8 @@ def spare_files(testbed, tmp_path: Path, nodes: int = 5) -> tuple[Path, Path]:
 
     data = yaml.safe_load(CONFIG.read_text())
     data["deployment"] = "spare-small"
-    data["watch"] = {"lost_after": 2}
+    data["secrets"] = ["HOOK"]  # the alert webhook's URL (a receiver on loopback: the user's endpoint)
+    data["watch"] = {"lost_after": 2, "webhook_url_env": "HOOK"}
     config = tmp_path / "spare.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     inv = yaml.safe_load(testbed.inventory.read_text())
@@ -231,11 +233,15 @@ def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(te
     the one spare, and the endpoint serves again; then node 4 is cut too: no spare is left, which watch says
     in one line while the rest keeps serving. The next `up` keeps the group on the spare, `down` cleans it."""
     assert len(testbed.nodes) >= 5, "this test needs LAUNCHER_TESTBED_NODES=5 or more"
+    from tests.test_watch_policy import Receiver
+
     config, inventory = spare_files(testbed, tmp_path)
+    receiver = Receiver()
+    env = {**os.environ, "HOOK": receiver.url}
 
     def launcher(command: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "launcher", command, "-c", str(config), "-i", str(inventory), *args]
-        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env)
 
     try:
         up = launcher("up", "--skip-doctor")
@@ -243,10 +249,12 @@ def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(te
         forged_label_is_ignored(testbed, launcher)
         argv = ["watch", "-c", str(config), "-i", str(inventory), "--interval", "1", "--connect-timeout", "3"]
         watch = subprocess.Popen(
-            [sys.executable, "-m", "launcher", *argv], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-m", "launcher", *argv], cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env
         )
         try:
             lose_nodes_while_watched(testbed, launcher, Lines(watch.stderr), watch)
+            [alert] = receiver.received  # one alert: no spare for node 4 (node 3's move is no alert)
+            assert alert["event"] == "node lost, not replaced" and "no spare node" in alert["reason"], alert
         finally:
             watch.terminate()
             watch.wait(30)
@@ -265,6 +273,7 @@ def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(te
         assert replaces_label(testbed, 4) == f"3:{testbed.nodes[3][1]}", up.stderr
     finally:
         down = launcher("down")  # the spare's containers with the rest
+        receiver.shutdown()
     assert down.returncode == 0, down.stderr
     assert all(not spare_ids(testbed, i) for i in range(5))
 
@@ -318,6 +327,8 @@ def lose_nodes_while_watched(testbed, launcher, lines: Lines, watch: subprocess.
     testbed.run("cut", "4")
     reported = lines.until(lambda x: "node 4" in x and "not replaced" in x, 120)
     assert reported and "no spare node" in reported, lines.text()[-3000:]
+    assert reported.rstrip().endswith("alerted: audit log, webhook (HOOK) answered HTTP 204"), reported
+    assert "T0KEN" not in lines.text()  # the URL is never printed
     print(reported.strip())
     assert watch.poll() is None
     assert answers_in_a_row(endpoint, 3, 60), "the rest stopped serving"

@@ -105,6 +105,21 @@ def test_a_spare_already_used_and_no_spare_left(loaded):
         spares.choose(twice, 1)
 
 
+def test_a_replica_on_the_lost_node_moves_alone(tmp_path):
+    """decode with `replicas: 2` of one node each (a count: nodes 0 and 1, in inventory order), nodes 2-5
+    spares: losing node 1 moves replica decode.1 to node 2, and leaves replica 0 as it was."""
+    groups = "groups:\n  decode: {engine: dynamo-sglang, nodes: 1, replicas: 2, mode: decode}\n"
+    loaded = load_config(write(tmp_path, FILE[: FILE.index("groups:")] + groups))
+    plan = build(loaded)
+    assert [(g.name, g.node_indices) for g in plan.groups] == [("decode", [0]), ("decode.1", [1])]
+    assert spares.groups_on(plan, 1) == ["decode.1"] and spares.choose(plan, 1).index == 2
+    new = spares.substitute(loaded, plan, 1, 2)
+    assert [(g.name, g.node_indices) for g in new.groups] == [("decode", [0]), ("decode.1", [2])]
+    before = [s.spec_hash() for s in plan.services if s.group != "decode.1"]
+    assert before == [s.spec_hash() for s in new.services if s.group != "decode.1"]
+    assert {new.labels(s)[REPLACES_LABEL] for s in new.services if s.group == "decode.1"} == {"1:10.9.0.2"}
+
+
 def labelled(plan, node: int, value: str | None = None) -> list[Container]:
     """The containers a node would list for the plan's services on it (labels as `start` puts them)."""
     out = []
