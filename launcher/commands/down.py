@@ -13,7 +13,7 @@ import time
 
 from launcher.commands import locking
 from launcher.commands.context import Connection, Target, connected, target
-from launcher.commands.drain import drain, strays
+from launcher.commands.drain import drain, listing, strays
 from launcher.commands.nodes import NodeFailures
 from launcher.output.console import say
 from launcher.plan import drain as plan_drain
@@ -36,7 +36,10 @@ def drain_first(t: Target, now: bool) -> list[str]:
     for group in plan_drain.not_drained(t.plan):
         say(f"down: group {group} has no drain (not a Dynamo engine): its requests in flight are cut")
     # Replicas the file no longer has (`replicas:` lowered since `up`) are drained with the others.
-    workers = [s for p in plan_drain.phases(t.plan) for s in p] + strays(t)
+    listed = listing(t)
+    for line in t.adopt_substitutes(listed):  # a group `watch` moved to a spare is drained there
+        say(f"down: {line}")
+    workers = [s for p in plan_drain.phases(t.plan) for s in p] + strays(t, listed)
     if not workers:
         return []
     timeout = t.plan.drain_timeout
