@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, Lines, chat, launcher_on
+from tests.helpers import REPO, STATE_DIR, Lines, chat, launcher_on
 
 pytestmark = pytest.mark.testbed
 
@@ -319,6 +319,8 @@ def lose_nodes_while_watched(testbed, launcher, lines: Lines, watch: subprocess.
     print(f"\nlost node: the group serving on the spare {moved_after:.1f}s after the cut (watch says);"
           f" 3 answers in a row {time.monotonic() - cut:.1f}s after it\n{moved.strip()}")  # fmt: skip
     assert replaces_label(testbed, 4) == f"3:{testbed.nodes[3][1]}"
+    audit = testbed.ssh(0, f"cat {STATE_DIR}/spare-small/audit.log").stdout
+    assert f"watch: {spare} replaces {lost} for decode: recreating them there" in audit, audit[-2000:]
     status = launcher("status", "--connect-timeout", "3", timeout=120)
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"{spare} replaces {lost}" in status.stdout
