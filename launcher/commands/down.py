@@ -13,7 +13,7 @@ import time
 
 from launcher.operations import locking
 from launcher.operations.context import Connection, Target, connected, target
-from launcher.operations.drain import drain, strays
+from launcher.operations.drain import drain, listing, strays
 from launcher.operations.nodes import NodeFailures
 from launcher.output.console import say
 from launcher.plan import drain as plan_drain
@@ -43,7 +43,10 @@ def drain_first(t: Target, now: bool) -> list[str]:
         why = "neither a Dynamo engine nor behind an sglang-router"
         say(f"down: group {group} has no drain ({why}): its requests in flight are cut")
     # Replicas the file no longer has (`replicas:` lowered since `up`) are drained with the others.
-    workers = [s for p in plan_drain.phases(t.plan) for s in p] + strays(t)
+    listed = listing(t)
+    for line in t.adopt_substitutes(listed):  # a group `watch` moved to a spare is drained there
+        say(f"down: {line}")
+    workers = [s for p in plan_drain.phases(t.plan) for s in p] + strays(t, listed)
     if not workers:
         return []
     timeout = t.plan.drain_timeout

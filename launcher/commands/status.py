@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from launcher.errors import Exit
 from launcher.operations import gpu_health
-from launcher.operations.context import Connection, connected, read_routes, target
+from launcher.operations.context import Connection, Target, connected, read_routes, target
 from launcher.operations.service_status import (
     endpoint_line,
     problems_of,
@@ -37,6 +37,8 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
             say(replica_line(replica))
         for roll in rolls_of(t, rows):
             say(roll["says"])
+        for line in replaced_lines(t):
+            say(line)
         for i, why in sorted(unreachable.items()):
             say(f"{plan.nodes[i].label}: unreachable: {why}", style="red")
         for line in gpu_lines:
@@ -47,6 +49,16 @@ def run(config, config_opt, inventory, connection: Connection, *, as_json: bool)
             say(f"not ok: {'; '.join(problems)}", style="red")
     if problems:
         raise Exit(1)
+
+
+def replaced_lines(t: Target) -> list[str]:
+    """The substitutions `watch` made (read back from the replacement ranks' labels), and labels refused."""
+    plan = t.plan
+    moved = [
+        f"{plan.nodes[spare].label} replaces {plan.nodes[lost].label} (lost; its group ranks moved by watch)"
+        for lost, spare in sorted(plan.substitutes.items())
+    ]
+    return moved + t.notes
 
 
 def gpu_problems(gpu_lines: list[str]) -> list[str]:

@@ -105,6 +105,10 @@ def up(
     with locking.releasing(locking.Site.of(target), held) as lock:
         lock.outcome = "up failed"
         current = settle_held(target, progress, current)
+        # a group `watch` moved to a spare stays there (check_nodes read it; held copies settled since)
+        for line in dict.fromkeys(target.notes + target.adopt_substitutes(current)):
+            progress.log(line)
+        plan = target.plan
         changes = reconcile.compute(plan, current)
         roll = rolling.prepare(target, progress, changes, current, allow_downtime, max_unavailable)
         _announce(target, progress, changes)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from launcher.config.schema import WatchPolicy
 from launcher.errors import LauncherError
-from launcher.operations import alert, locking, rank_progress
+from launcher.operations import alert, locking, lost, rank_progress
 from launcher.operations.context import Connection, Target, connected, read_routes, target
 from launcher.operations.nodes import list_services, remove, restart_in_place, start
 from launcher.operations.waiter import Waiter
@@ -169,6 +169,16 @@ class Watcher:
     dry_run: bool = False
     tracker: Tracker = field(default_factory=Tracker)
     no_data: dict[str, str] = field(default_factory=dict)  # rank -> why its metrics said nothing (said once)
+    unseen: lost.Unseen = field(default_factory=lost.Unseen)  # nodes failing SSH: since when (watch.lost_after)
+    flags: dict[str, float | None] = field(default_factory=dict)
+
+    def stop(self, why: str) -> None:
+        raise Stopped(f"watch ends: {self.t.plan.deployment} was taken down ({why})")
+
+    def rebuild(self, groups: list[str]) -> None:
+        """The units of GROUPS afresh from the plan (their ranks moved to a spare); the others keep their count."""
+        fresh = {u.name: u for u in units(self.t.plan, self.flags)}
+        self.watched = [fresh.get(u.name, u) if u.name.removeprefix("group ") in groups else u for u in self.watched]
 
     def hung(self, found: dict[tuple[int, str], Container], unreachable: Collection[int]) -> dict[str, str]:
         """The ranks judged by the progress rule this round that are hung: service name -> reason."""
@@ -187,10 +197,13 @@ class Watcher:
         return {name: f"{tags[name]} hung ({v.line})" for name, v in verdicts.items() if v.hung}
 
     def round(self) -> None:
-        plan = self.t.plan
-        found, unreachable = list_services(self.t, timeout=LIST_TIMEOUT)
+        plan, started = self.t.plan, time.monotonic()
+        found, unreachable = list_services(self.t, timeout=lost.list_timeout(plan))
         for i, why in unreachable.items():
-            self.progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
+            if i not in plan.substitutes:  # a lost node already replaced: said when it was
+                self.progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
+        lost.check(self, unreachable, started)
+        lost.remove_stale(self, found)
         hung = self.hung(found, unreachable)
         for unit in self.watched:
             extra = [why for s in unit.services if (why := hung.get(s.name))]
@@ -262,12 +275,19 @@ def watch(
 ) -> None:
     plan = t.plan
     flags = {"max_restarts": max_restarts, "backoff": backoff, "reset_after": reset_after}
-    watcher = Watcher(t, progress, units(plan, flags), ready_timeout, dry_run)
+    found, _ = list_services(t, timeout=LIST_TIMEOUT)
+    for line in t.adopt_substitutes(found.values()):  # a group moved to a spare before stays there
+        progress.log(line)
+    plan = t.plan
+    watcher = Watcher(t, progress, units(plan, flags), ready_timeout, dry_run, flags=flags)
     mode = " (dry run: says what it would do, does nothing)" if dry_run else ""
     progress.log(
         f"watching {plan.deployment}: {len(watcher.watched)} unit(s) on {len(plan.nodes)} node(s),"
         f" every {interval}s{mode}"
+        + (f"; a node failing SSH for {plan.lost_after:g}s is lost" if plan.lost_after else "")
     )
+    for lost_index, spare in sorted(plan.substitutes.items()):
+        progress.log(f"{plan.nodes[spare].label} replaces {plan.nodes[lost_index].label} (recorded on its ranks)")
     for unit in watcher.watched:
         if unit.services[0].group is not None:
             progress.log(f"{unit.name}: policy {unit.budget.describe()}")

@@ -274,6 +274,10 @@ class WatchPolicy(Strict):
 
 
 class DeploymentWatch(WatchPolicy):
+    lost_after: Annotated[float, Field(gt=0, le=86400)] | None = Field(
+        default=None,
+        description="seconds a node may fail SSH before watch calls it lost and moves its group ranks to a spare",
+    )
     webhook_url_env: EnvName | None = Field(
         default=None, description="a declared secret (`secrets:`) holding a URL: sent a JSON alert when watch gives up"
     )

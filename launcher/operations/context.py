@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +16,11 @@ from launcher.config import allocation
 from launcher.config.load import Loaded, load
 from launcher.config.yamlfile import load_json
 from launcher.errors import ConfigError
-from launcher.plan import fabric
+from launcher.plan import fabric, spares
 from launcher.plan.build import build
 from launcher.plan.fabric import Route
-from launcher.plan.types import Node, Plan
+from launcher.plan.state import Container
+from launcher.plan.types import REPLACES_LABEL, Node, Plan
 from launcher.runtime import for_plan
 from launcher.runtime.base import Runtime
 from launcher.runtime.network import parse_routes, route_script
@@ -47,6 +48,7 @@ class Target:
     loaded: Loaded | None = None  # the file as read, to build the plan again with facts from the nodes
     # What the nodes said about their routes (node index -> leader address -> route), once asked.
     routes: dict[int, dict[str, Route]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # substitution labels refused, said by `status`
 
     def route_prefix(self, host: Host) -> str:
         """Shell to put before a command's first script on a node: it prints the node's routes to its
@@ -60,7 +62,20 @@ class Target:
             self.routes[i] = parse_routes(text)
         if self.plan.network_interface == "auto" and self.loaded is not None:
             found = {i: {a: r.interface for a, r in rs.items() if r.interface} for i, rs in self.routes.items()}
-            self.plan = build(self.loaded, found)
+            self.plan = build(self.loaded, found, self.plan.substitutes)
+
+    def adopt_substitutes(self, containers: Iterable[Container]) -> list[str]:
+        """Build the plan again with the spares the listed replacement ranks record (launcher.plan.spares:
+        a group moved off a lost node stays on its spare); returns one line per substitution taken or
+        refused (the labels are the nodes' word)."""
+        containers = [c for c in containers if REPLACES_LABEL in c.labels]
+        if self.loaded is None or not (containers or self.plan.substitutes):
+            return []
+        base = build(self.loaded, self.plan.interfaces)
+        plan, lines = spares.apply_recorded(self.loaded, base, containers)
+        if plan.substitutes != self.plan.substitutes:
+            self.plan = plan
+        return lines
 
     def unresolved_interfaces(self) -> dict[int, str]:
         """With `network.interface: auto`: the nodes whose interface to a leader is still unknown, and why."""

@@ -284,15 +284,21 @@ def wait_for_frontend(t: Target, deadline: float) -> None:
         time.sleep(POLL_SECONDS)
 
 
+def listing(t: Target) -> list[Container]:
+    """What the nodes that answer list (a node whose list is unreadable: its workers are not drained)."""
+    done, _ = t.fleet.run(t.runtime.list_script(t.plan), timeout=SCRIPT_SECONDS).scripts()
+    containers = []
+    for i, r in sorted(done.items()):
+        with contextlib.suppress(LauncherError):
+            containers += parse_list(i, r.stdout)
+    return containers
+
+
 def strays(t: Target, containers: list[Container] | None = None) -> list[Service]:
     """The Dynamo workers running that the plan no longer has (a replica scaled in: `replicas:` lowered),
     as the services they were started as; `containers`: what the nodes listed (None: list them now)."""
     if containers is None:
-        done, _ = t.fleet.run(t.runtime.list_script(t.plan), timeout=SCRIPT_SECONDS).scripts()
-        containers = []
-        for i, r in sorted(done.items()):
-            with contextlib.suppress(LauncherError):  # a node whose list is unreadable: its strays are not drained
-                containers += parse_list(i, r.stdout)
+        containers = listing(t)
     return plan_scale.strays(t.loaded, t.plan, [c for c in containers if c.running])
 
 

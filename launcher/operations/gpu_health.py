@@ -315,9 +315,13 @@ def node_script(plan: Plan, *, diag: bool = False, peek: bool = False) -> str:
     )
 
 
-def look(t: Target, indices: list[int] | None = None, *, diag: bool = False, peek: bool = False) -> dict:
-    """Every chosen node at once -> {index: NodeGpus, or the one line saying why not}."""
-    timeout = 400 if diag else 90  # the program's own bounds add up to 70 s (query twice, kernel log twice)
+def look(
+    t: Target, indices: list[int] | None = None, *, diag: bool = False, peek: bool = False, timeout: float | None = None
+) -> dict:
+    """Every chosen node at once -> {index: NodeGpus, or the one line saying why not}. `timeout`: a caller
+    that must not wait long (watch's round) gives its own."""
+    # the program's own bounds add up to 70 s (query twice, kernel log twice)
+    timeout = timeout if timeout is not None else 400 if diag else 90
     script = node_script(t.plan, diag=diag, peek=peek)
     results = t.fleet.run(script, indices, stdin=remote_program("gpu_health"), timeout=timeout)
     out: dict[int, NodeGpus | str] = {}

@@ -108,6 +108,11 @@ def check_nodes(
             found += parse_after_mark(i, r.stdout)
     for i, why in target.unresolved_interfaces().items():
         failures.setdefault(i, why + " (network.interface: auto); name the interface instead")
+    # A group moved to a spare by `watch` stays there (the record: its ranks' labels); the lost node it
+    # replaced runs nothing of the plan now, so its silence does not stop `up`.
+    target.notes += target.adopt_substitutes(found)
+    for i in [i for i in failures if i in target.plan.substitutes and not target.plan.by_node(i)]:
+        target.notes.append(f"{target.plan.nodes[i].label}: not reachable ({failures.pop(i)}); replaced by a spare")
     if failures:
         raise NodeFailures("cannot start: nodes not ready", failures, target.plan)
     return found

@@ -66,6 +66,8 @@ def status_json(t: Target, rows: list[StatusRow], unreachable: dict[int, str], e
         "services": [r.to_json() for r in rows],
         "replicas": replicas_of(t, rows),
         "rolls": rolls_of(t, rows),
+        # the substitutions `watch` made, read back from the replacement ranks' labels (launcher.plan.spares)
+        "replaced": [{"lost": lost, "spare": spare} for lost, spare in sorted(plan.substitutes.items())],
     }
 
 
@@ -125,7 +127,8 @@ def endpoint_line(t: Target, endpoint: EndpointState) -> str:
 
 def problems_of(t: Target, rows: list[StatusRow], unreachable: dict[int, str], endpoint: EndpointState) -> list[str]:
     problems = [f"{r.service} on node {r.node.index}: {r.state}" for r in rows if r.state != "running"]
-    problems += [f"{t.plan.nodes[i].label}: unreachable" for i in unreachable]
+    # a lost node whose ranks moved to a spare runs nothing planned: its silence is no problem any more
+    problems += [f"{t.plan.nodes[i].label}: unreachable" for i in unreachable if i not in t.plan.substitutes]
     problems += [
         f"{r.service} on node {r.node.index}: {r.health}"
         for r in rows
@@ -139,6 +142,7 @@ def problems_of(t: Target, rows: list[StatusRow], unreachable: dict[int, str], e
 def status(t: Target) -> tuple[list[StatusRow], dict[int, str], EndpointState]:
     """Rows for every planned service and every labelled container found; unreachable nodes apart."""
     found, unreachable = list_services(t)
+    t.notes = t.adopt_substitutes(found.values())  # said with the table: a group moved to a spare
     now = datetime.now(UTC)
     health = _health(t, found, unreachable)
     rows: list[StatusRow] = []

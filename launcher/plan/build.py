@@ -40,10 +40,14 @@ def _default(engine: Engine, what: str, ctx: GroupContext) -> int | None:
     return method(ctx) if callable(method) else None
 
 
-def build(loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None) -> Plan:
+def build(
+    loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None, substitutes: dict[int, int] | None = None
+) -> Plan:
     """The plan of a loaded file. `interfaces` (node index -> leader address -> interface name) are
-    facts read on the nodes by `up`/`doctor`, for `network.interface: auto`."""
-    b = Builder(loaded, resolve_nodes(loaded), interfaces=interfaces or {})
+    facts read on the nodes by `up`/`doctor`, for `network.interface: auto`. `substitutes` (lost node
+    index -> spare node index): the group ranks placed on a lost node are placed on its spare instead
+    (checked by launcher.plan.spares, which is how callers give them)."""
+    b = Builder(loaded, resolve_nodes(loaded), interfaces=interfaces or {}, substitutes=dict(substitutes or {}))
     urls = b.add_infra()
     b.add_groups(urls)
     if loaded.spec.services.router.enabled:
@@ -76,6 +80,8 @@ def build(loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None) -
         drain_timeout=spec.drain_timeout,
         migration_limit=spec.services.frontend.migration_limit if spec.services.frontend.enabled else None,
         watch_webhook_env=b.watch_webhook(),
+        lost_after=spec.watch.lost_after,
+        substitutes=b.substitutes,
     )
 
 
@@ -113,6 +119,7 @@ class Builder:
     interfaces: dict[int, dict[str, str]] = field(default_factory=dict)
     served: list[fabric.Served] = field(default_factory=list)  # ports ranks serve to other nodes
     router_peers: list = field(default_factory=list)  # the router's worker URLs, as peer ports
+    substitutes: dict[int, int] = field(default_factory=dict)  # lost node index -> its spare's
 
     def __post_init__(self) -> None:
         spec = self.loaded.spec
@@ -275,6 +282,9 @@ class Builder:
     def add_groups(self, urls: dict[str, str | None]) -> None:
         """Every group, replica by replica: each replica a complete instance with its own leader."""
         placement = place_groups(self.loaded, self.nodes)
+        swap = self.substitutes  # lost node -> spare: the ranks placed on a lost node go to its spare
+        for replicas in placement.values():
+            replicas[:] = [[self.nodes[swap.get(n.index, n.index)] for n in nodes] for nodes in replicas]
         for name, group in self.spec.groups.items():
             engine = self.engine(name, group)
             first: GroupContext | None = None
@@ -310,7 +320,7 @@ class Builder:
     def watch_policy(self, group: str) -> WatchPolicy:
         """The group's `watch:` keys over the deployment's."""
         mine = self.spec.groups[group].watch.model_dump(exclude_none=True)
-        shared = self.spec.watch.model_dump(exclude_none=True, exclude={"webhook_url_env"})
+        shared = self.spec.watch.model_dump(exclude_none=True, exclude={"webhook_url_env", "lost_after"})
         return WatchPolicy(**{**shared, **mine})
 
     def watch_webhook(self) -> str | None:

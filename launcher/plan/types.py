@@ -15,6 +15,8 @@ from launcher.config.redact import Redactor
 from launcher.config.schema import ContainerSettings, FabricSpec, SSHSettings, WatchPolicy
 
 LABEL = "launcher"  # label prefix: launcher.deployment, launcher.role, ...
+# On a group rank moved to a spare node: `INDEX:ADDRESS` of the lost node it replaces (launcher.plan.spares).
+REPLACES_LABEL = f"{LABEL}.replaces"
 # The fabric check's containers: launcher.fabric=<deployment>/<run id>, launcher.fabric.deployment=<deployment>
 # (apart from the deployment's own: no listing of its services counts them; `down` removes them too).
 FABRIC_LABEL = f"{LABEL}.fabric"
@@ -194,6 +196,9 @@ class Plan:
     drain_timeout: float = 60.0  # seconds a stop waits for a worker's in-flight requests (drain_timeout)
     migration_limit: int | None = None  # the Dynamo frontend's --migration-limit (None: no Dynamo frontend)
     watch_webhook_env: str | None = None  # watch.webhook_url_env: the declared secret holding the alert URL
+    lost_after: float | None = None  # watch.lost_after: seconds a node unseen over SSH is lost (None: never)
+    # lost node index -> the spare its group ranks moved to (launcher.plan.spares; read back from the labels)
+    substitutes: dict[int, int] = field(default_factory=dict)
 
     def redactor(self) -> Redactor:
         """The one redactor for whatever leaves the launcher about this deployment (see config.redact)."""
@@ -246,6 +251,9 @@ class Plan:
             labels[f"{LABEL}.rank"] = str(service.rank)
         if service.replica is not None:
             labels[f"{LABEL}.replica"] = str(service.replica)
+        replaced = [lost for lost, spare in self.substitutes.items() if spare == service.node.index]
+        if replaced and service.group is not None:  # the substitution's record, read back at plan time
+            labels[REPLACES_LABEL] = f"{replaced[0]}:{self.nodes[replaced[0]].address}"
         return labels
 
 

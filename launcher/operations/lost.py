@@ -1,0 +1,214 @@
+"""`watch` and a lost node: a node that fails SSH (the listing each round makes over it) for the file's
+`watch.lost_after` seconds is lost, and so is one whose GPU health verdict is `drain` (looked at every
+GPU_EVERY seconds, with `lost_after` set: launcher.operations.gpu_health); its group ranks move to a
+spare (launcher.plan.spares: the plan built again with the spare in its place), the groups on it
+recreated there whole, each new rank labelled with whom it replaces and the head's audit log saying so.
+Without a spare (or where the node runs etcd, NATS or the frontend, which cannot move), the loss is
+reported once, in one line and as an alert (the audit log; the file's webhook), and everything else
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.errors import LauncherError
+from launcher.operations import alert, gpu_health, locking
+from launcher.operations.nodes import list_services, remove, start
+from launcher.operations.waiter import Waiter
+from launcher.plan import spares
+from launcher.plan.state import Container
+from launcher.plan.types import Node, Plan
+
+# `w` below is the caller's launcher.commands.watch.Watcher (not imported: watch imports this module)
+Watcher = Any
+
+LIST_TIMEOUT = 30.0  # a listing slower than this counts as the node not seen this round
+LIST_FLOOR = 5.0
+MIN_ROUNDS = 2  # failed rounds in a row before a node can be lost
+GPU_EVERY = 30.0  # seconds between two looks at the nodes' GPU health (a look runs a program on each node)
+GPU_TIMEOUT = 20.0  # a look that takes longer holds watch's round up: that node is not judged this time
+
+
+@dataclass
+class Unseen:
+    """Since when each node has failed SSH (the start of the first round whose listing it failed), in how
+    many rounds running, and the nodes already judged lost. Two failed rounds at least: one slow listing
+    on a loaded node is not a lost node."""
+
+    since: dict[int, float] = field(default_factory=dict)
+    rounds: dict[int, int] = field(default_factory=dict)
+    judged: set[int] = field(default_factory=set)
+    gpus_next: float = 0.0  # when the GPUs are looked at next (monotonic)
+    said: str = ""  # the last dry-run line about stale ranks (said once)
+
+    def update(self, unreachable: dict[int, str], started: float) -> None:
+        for i in [i for i in self.since if i not in unreachable]:
+            del self.since[i], self.rounds[i]
+            self.judged.discard(i)
+        for i in unreachable:
+            self.since.setdefault(i, started)
+            self.rounds[i] = self.rounds.get(i, 0) + 1
+
+    def lost(self, window: float | None, now: float) -> list[tuple[int, float]]:
+        """The nodes unseen for WINDOW seconds not judged yet (each judged once while it stays unseen)."""
+        if window is None:
+            return []
+        out = [
+            (i, now - t) for i, t in sorted(self.since.items())
+            if now - t >= window and self.rounds[i] >= MIN_ROUNDS and i not in self.judged
+        ]  # fmt: skip
+        self.judged.update(i for i, _ in out)
+        return out
+
+
+def list_timeout(plan: Plan) -> float:
+    """How long a round waits for a node's listing: a cut link answers nothing for minutes, so with
+    `lost_after` the wait is that window (at least LIST_FLOOR s: a loaded node is slow, not lost)."""
+    return LIST_TIMEOUT if plan.lost_after is None else min(LIST_TIMEOUT, max(LIST_FLOOR, plan.lost_after))
+
+
+def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
+    """This round's unreachable nodes (its listing began at STARTED): each one unseen past the window is
+    lost, and acted on; then, every GPU_EVERY seconds, the GPUs of the nodes that run group ranks."""
+    plan, now = w.t.plan, time.monotonic()
+    w.unseen.update(unreachable, started)
+    for index, unseen_for in w.unseen.lost(plan.lost_after, now):  # none without watch.lost_after
+        if index not in w.t.plan.substitutes:  # already replaced: it runs nothing of the plan
+            window = f"watch.lost_after {plan.lost_after:g}s"
+            judge(w, index, f"{plan.nodes[index].label}: saw it fail SSH for {unseen_for:.0f}s ({window}): lost")
+    if plan.lost_after is None or now < w.unseen.gpus_next:
+        return
+    w.unseen.gpus_next = now + GPU_EVERY
+    ranked = sorted({i for g in plan.groups for i in g.node_indices} - set(unreachable) - w.unseen.judged)
+    # --peek: the kernel log's place stays where `status` and `doctor` left it (a fatal Xid holds anyway)
+    for index, why in drained(gpu_health.look(w.t, ranked, peek=True, timeout=GPU_TIMEOUT) if ranked else {}):
+        w.unseen.judged.add(index)  # judged once (until the node is unseen and seen again)
+        judge(w, index, f"{plan.nodes[index].label}: saw GPUs drain ({why}): excluded like a lost node")
+
+
+def remove_stale(w: Watcher, found: dict[tuple[int, str], Container]) -> None:
+    """A replaced node seen again still runs the ranks that moved off it: they would register beside their
+    replacements. Removed (under the lock), said in one line."""
+    plan = w.t.plan
+    planned = {(s.node.index, s.name) for s in plan.services}
+    stale = [
+        c for key, c in sorted(found.items())
+        if c.node_index in plan.substitutes and key not in planned and c.group is not None
+    ]  # fmt: skip
+    if not stale:
+        return
+    names = ", ".join(f"{c.name} on {plan.nodes[c.node_index].label}" for c in stale)
+    if w.dry_run:
+        line = f"saw {names} back, replaced on a spare; would remove them; dry run: nothing done"
+        if w.unseen.said != line:  # said once, not every round
+            w.unseen.said = line
+            w.progress.log(line)
+        return
+    site = locking.Site.of(w.t)
+    try:
+        lock = locking.acquire(site, "launcher watch")
+    except locking.Locked as exc:
+        w.progress.log(f"saw {names} back, replaced on a spare; not removed now: {exc} (tried again next round)")
+        return
+    try:
+        remove(w.t, stale)
+        lock.outcome = f"watch: removed {names}: replaced on a spare"
+        w.progress.log(f"saw {names} back, replaced on a spare; removed them")
+    except LauncherError as exc:
+        w.progress.log(f"saw {names} back, replaced on a spare; removing them failed: {str(exc).splitlines()[0]}")
+    finally:
+        try:
+            locking.release(site, lock)
+        except Exception:
+            pass
+
+
+def drained(seen: dict) -> list[tuple[int, str]]:
+    """The nodes whose GPU verdict says drain and exclude the node (gpu_health.look's answer), and why.
+    A node whose tool cannot be read is not drained for that: it is said by `status` and `doctor`."""
+    return [(i, n.summary()) for i, n in sorted(seen.items()) if not isinstance(n, str) and n.verdict == "drain"]
+
+
+def judge(w: Watcher, lost: int, saw: str) -> None:
+    plan = w.t.plan
+    try:
+        spare = spares.choose(plan, lost)
+        new = spares.substitute(w.t.loaded, plan, lost, spare.index)
+    except spares.Refused as exc:
+        no_spare(w, lost, saw, str(exc))
+        return
+    groups = spares.groups_on(plan, lost)
+    if w.dry_run:
+        w.progress.log(f"{saw}; would move {', '.join(groups)} to {spare.label}; dry run: nothing done")
+        return
+    replace(w, lost, spare, new, groups, saw)
+
+
+def no_spare(w: Watcher, lost: int, saw: str, why: str) -> None:
+    """Nothing can take the node's place: say so once, alert, and leave the rest serving."""
+    plan = w.t.plan
+    groups = ", ".join(spares.groups_on(plan, lost)) or "nothing of a group"
+    if w.dry_run:
+        w.progress.log(f"{saw}; cannot move it ({why}); would alert; dry run: nothing done")
+        return
+    locking.audit(locking.Site.of(w.t), f"watch: {plan.nodes[lost].label} lost, not replaced: {why}")
+    document = {
+        "deployment": plan.deployment, "node": plan.nodes[lost].label, "event": "node lost, not replaced",
+        "reason": why, "groups down": groups,
+    }  # fmt: skip
+    sent = alert.webhook(plan, {k: plan.redactor()(v) for k, v in document.items()})
+    w.progress.log(
+        f"{saw}; not replaced: {why}; {groups} stay down there, the rest keep serving;"
+        f" alerted: audit log" + (f", {sent}" if sent else "")
+    )
+
+
+def replace(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str], saw: str) -> None:
+    """Under the lock: remove the groups' ranks still reachable, start them on the new node set, wait."""
+    site = locking.Site.of(w.t)
+    try:
+        lock = locking.acquire(site, "launcher watch")
+    except locking.Locked as exc:
+        w.unseen.judged.discard(lost)  # judged again next round
+        w.progress.log(f"{saw}; not replaced now: {exc} (tried again next round)")
+        return
+    try:
+        if why := locking.taken_down(site):
+            w.stop(why)
+        lock.outcome = moved(w, lost, spare, new, groups)
+        w.progress.log(f"{saw}; {lock.outcome.removeprefix('watch: ')}")
+    finally:
+        try:
+            locking.release(site, lock)
+        except Exception:
+            pass
+
+
+def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> str:
+    """Recreate GROUPS on NEW's nodes (the caller holds the lock) -> the audit line of the outcome."""
+    t, progress, site = w.t, w.progress, locking.Site.of(w.t)
+    old_plan, started = t.plan, time.monotonic()
+    who = f"{spare.label} replaces {old_plan.nodes[lost].label} for {', '.join(groups)}"
+    locking.audit(site, f"watch: {who}: recreating them there")
+    old_members = [s for s in old_plan.services if s.group in groups]
+    # a node lost over SSH is not listed again (it would cost the whole listing wait); a drained one is:
+    # its old ranks are removed with the others
+    reachable = sorted({s.node.index for s in old_members} - ({lost} if lost in w.unseen.since else set()))
+    found, _ = list_services(t, reachable, timeout=LIST_TIMEOUT) if reachable else ({}, {})
+    members = [s for s in new.services if s.group in groups]
+    try:
+        old = [c for s in old_members if (c := found.get((s.node.index, s.name))) is not None]
+        if old:
+            remove(t, old)
+        t.plan = new  # from here on the spare is the plan's: labels on its ranks record the substitution
+        start(t, members, progress, known=[])
+        w.rebuild(groups)
+        entry = new.entry
+        check_endpoint = new.has_dynamo_frontend and entry is not None and entry.node.index != lost
+        Waiter(t, progress, members, check_endpoint=check_endpoint).run()
+    except LauncherError as exc:
+        return f"watch: {who}: failed: {str(exc).splitlines()[0]}"
+    return f"watch: {who}: serving again after {time.monotonic() - started:.1f}s"

@@ -1,0 +1,117 @@
+"""Lost nodes and spares, as data: which inventory nodes are spares, the plan with a spare in a lost
+node's place, and the substitutions read back from the nodes' labels.
+
+A spare is an inventory node on which the file's plan puts no service: listing a node in the inventory
+and in no group (nor under `services:`) is how a file declares one; `replicas` and node counts take
+inventory nodes in order, so the spares are the nodes after those. Only group ranks move: a lost node
+that runs etcd, NATS, the frontend or the router cannot be replaced (their clients know its address).
+
+The substitution is recorded on the replacement ranks themselves (the label `launcher.replaces` =
+`INDEX:ADDRESS` of the lost node): `up`, `status`, `watch` and `down` read it back from the listing and
+build the plan with the spare in place, so that none of them brings the group back onto the lost node.
+A label is the node's word: it is taken only where it names an inventory node that the file's plan
+gives group ranks to, from a container on a spare, and the substitution passes the same checks as one
+`watch` makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from launcher.config.load import Loaded
+from launcher.errors import LauncherError
+from launcher.plan.build import build
+from launcher.plan.state import Container
+from launcher.plan.types import REPLACES_LABEL, Node, Plan, small_whole
+
+
+class Refused(LauncherError):
+    """A substitution that cannot be made (no spare, a spare in use, two ranks of a group on one node)."""
+
+    exit_code = 1
+
+
+def spare_nodes(plan: Plan) -> list[Node]:
+    """The inventory nodes on which the plan runs nothing, in inventory order (nodes already lost are not
+    spares: they are what was replaced)."""
+    used = {s.node.index for s in plan.services} | set(plan.substitutes)
+    return [n for n in plan.nodes if n.index not in used]
+
+
+def groups_on(plan: Plan, node: int) -> list[str]:
+    """The groups (replicas) with a rank on NODE."""
+    return [g.name for g in plan.groups if node in g.node_indices]
+
+
+def choose(plan: Plan, lost: int) -> Node:
+    """The spare for LOST: the first free one that none of its groups already uses."""
+    check_movable(plan, lost)
+    spares = spare_nodes(plan)
+    if not spares:
+        raise Refused(f"no spare node: every inventory node runs a service of {plan.deployment}")
+    return spares[0]
+
+
+def check_movable(plan: Plan, lost: int) -> None:
+    if not 0 <= lost < len(plan.nodes):
+        raise Refused(f"no node {lost} in the inventory")
+    if lost in plan.substitutes:
+        raise Refused(f"{plan.nodes[lost].label} was already replaced")
+    singles = sorted({s.role for s in plan.services if s.node.index == lost and s.group is None})
+    if singles:
+        raise Refused(f"{plan.nodes[lost].label} runs {', '.join(singles)}: only group ranks move to a spare")
+    if not groups_on(plan, lost):
+        raise Refused(f"{plan.nodes[lost].label} runs no group rank: nothing to move")
+
+
+def substitute(loaded: Loaded, plan: Plan, lost: int, spare: int) -> Plan:
+    """The plan with SPARE in LOST's place (on top of the plan's substitutions so far); refused with a
+    one-line reason where SPARE is not a free inventory node or would take a second rank of a group."""
+    check_movable(plan, lost)
+    if not 0 <= spare < len(plan.nodes):
+        raise Refused(f"no node {spare} in the inventory to be a spare")
+    where = plan.nodes[spare].label
+    if spare == lost:
+        raise Refused(f"{where} cannot replace itself")
+    for g in plan.groups:
+        if lost in g.node_indices and spare in g.node_indices:
+            raise Refused(f"{where} already runs a rank of {g.name}: two ranks of one group on one node")
+    if spare not in {n.index for n in spare_nodes(plan)}:
+        raise Refused(f"{where} is not a spare: it runs services of {plan.deployment} or was replaced")
+    return build(loaded, plan.interfaces, {**plan.substitutes, lost: spare})
+
+
+def recorded(plan: Plan, containers: Iterable[Container]) -> tuple[dict[int, int], list[str]]:
+    """The substitutions the replacement ranks' labels record (lost index -> spare index), checked
+    against PLAN (the file's, without substitutions); and one line for each label refused."""
+    found: dict[int, int] = {}
+    refused: list[str] = []
+    spares = {n.index for n in spare_nodes(plan)}
+    for c in containers:
+        raw = c.labels.get(REPLACES_LABEL)
+        if raw is None:
+            continue
+        index, _, address = raw.partition(":")
+        lost = small_whole(index)
+        here = plan.nodes[c.node_index].label if 0 <= c.node_index < len(plan.nodes) else f"node {c.node_index}"
+        if lost is None or lost >= len(plan.nodes) or plan.nodes[lost].address != address:
+            refused.append(f"{here}: {c.name}'s label {REPLACES_LABEL}={raw[:80]!r} names no inventory node: ignored")
+        elif c.node_index not in spares or not groups_on(plan, lost) or found.get(lost, c.node_index) != c.node_index:
+            refused.append(
+                f"{here}: {c.name}'s label says it replaces {plan.nodes[lost].label}, which the plan does not"
+                " allow (not a spare, no group rank there, or another spare has it): ignored"
+            )
+        else:
+            found[lost] = c.node_index
+    return found, refused
+
+
+def apply_recorded(loaded: Loaded, plan: Plan, containers: Iterable[Container]) -> tuple[Plan, list[str]]:
+    """PLAN with the substitutions the labels record (each one checked as `substitute` checks it)."""
+    found, lines = recorded(plan, containers)
+    for lost, spare in sorted(found.items()):
+        try:
+            plan = substitute(loaded, plan, lost, spare)
+        except Refused as exc:
+            lines.append(f"the substitution of {plan.nodes[lost].label} recorded on the nodes is refused: {exc}")
+    return plan, lines

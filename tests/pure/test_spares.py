@@ -1,0 +1,239 @@
+"""Lost nodes and spares as data (launcher.plan.spares): which nodes are spares, the plan with a spare in
+a lost node's place, the refusals, and the substitution labels read back from the nodes (not trusted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from launcher.config.load import load as load_config
+from launcher.operations import gpu_health, lost
+from launcher.plan import spares
+from launcher.plan.build import build
+from launcher.plan.state import Container
+from launcher.plan.types import REPLACES_LABEL
+from tests.helpers import REPO, fresh_env, write
+
+# node0: services; decode on node1+node2 (one group of two ranks); prefill on node3; node4, node5: spares
+FILE = """\
+deployment: sp
+image: example/image:1
+gpus_per_node: 8
+model: {path: /models/x, name: x}
+watch: {lost_after: 20}
+nodes:
+  - {address: 10.9.0.1}
+  - {address: 10.9.0.2}
+  - {address: 10.9.0.3}
+  - {address: 10.9.0.4}
+  - {address: 10.9.0.5}
+  - {address: 10.9.0.6}
+services:
+  etcd: {node: 0}
+  nats: {node: 0}
+  frontend: {node: 0}
+groups:
+  decode: {engine: dynamo-sglang, nodes: [1, 2], mode: decode}
+  prefill: {engine: dynamo-sglang, nodes: [3], mode: prefill}
+"""
+
+
+@pytest.fixture
+def loaded(tmp_path):
+    return load_config(write(tmp_path, FILE))
+
+
+def nodes_of(plan, group: str) -> list[int]:
+    return sorted({s.node.index for s in plan.services if s.group == group})
+
+
+def test_spares_are_the_inventory_nodes_the_plan_leaves_free(loaded):
+    plan = build(loaded)
+    assert plan.lost_after == 20
+    assert [n.index for n in spares.spare_nodes(plan)] == [4, 5]
+    assert spares.choose(plan, 2).index == 4
+
+
+def test_the_plan_with_the_spare_in_place_and_its_labels(loaded):
+    plan = build(loaded)
+    new = spares.substitute(loaded, plan, 2, 4)
+    assert nodes_of(new, "decode") == [1, 4] and nodes_of(new, "prefill") == [3]
+    assert new.substitutes == {2: 4}
+    assert [g.node_indices for g in new.groups if g.name == "decode"] == [[1, 4]]
+    moved = [s for s in new.services if s.node.index == 4]
+    assert {s.rank for s in moved} == {1}  # node 2's rank, rank for rank
+    assert all(new.labels(s)[REPLACES_LABEL] == "2:10.9.0.3" for s in moved)
+    # the rank that stayed carries no record; the other services are unchanged
+    assert all(REPLACES_LABEL not in new.labels(s) for s in new.services if s.node.index != 4)
+    same = {s.name: s.spec_hash() for s in plan.services if s.group != "decode"}
+    assert same == {s.name: s.spec_hash() for s in new.services if s.group != "decode"}
+    # the next spare is the one after: node 4 is the plan's now
+    assert [n.index for n in spares.spare_nodes(new)] == [5]
+    assert spares.choose(new, 3).index == 5
+
+
+@pytest.mark.parametrize(
+    ("lost", "spare", "expected"),
+    [
+        (2, 1, "already runs a rank of decode: two ranks of one group on one node"),
+        (2, 3, "is not a spare: it runs services of sp"),
+        (2, 0, "is not a spare"),
+        (2, 2, "cannot replace itself"),
+        (2, 9, "no node 9 in the inventory to be a spare"),
+        (0, 4, "runs etcd, frontend, nats: only group ranks move to a spare"),
+        (4, 5, "runs no group rank: nothing to move"),
+    ],
+)
+def test_substitutions_refused(loaded, lost, spare, expected):
+    with pytest.raises(spares.Refused, match=expected):
+        spares.substitute(loaded, build(loaded), lost, spare)
+
+
+def test_a_spare_already_used_and_no_spare_left(loaded):
+    once = spares.substitute(loaded, build(loaded), 2, 4)
+    with pytest.raises(spares.Refused, match="is not a spare"):
+        spares.substitute(loaded, once, 3, 4)  # node 4 took node 2's place already
+    with pytest.raises(spares.Refused, match="was already replaced"):
+        spares.substitute(loaded, once, 2, 5)
+    twice = spares.substitute(loaded, once, 3, 5)
+    assert nodes_of(twice, "prefill") == [5] and nodes_of(twice, "decode") == [1, 4]
+    with pytest.raises(spares.Refused, match="no spare node: every inventory node runs a service of sp"):
+        spares.choose(twice, 1)
+
+
+def test_a_replica_on_the_lost_node_moves_alone(tmp_path):
+    """decode with `replicas: 2` of one node each (a count: nodes 0 and 1, in inventory order), nodes 2-5
+    spares: losing node 1 moves replica decode.1 to node 2, and leaves replica 0 as it was."""
+    groups = "groups:\n  decode: {engine: dynamo-sglang, nodes: 1, replicas: 2, mode: decode}\n"
+    loaded = load_config(write(tmp_path, FILE[: FILE.index("groups:")] + groups))
+    plan = build(loaded)
+    assert [(g.name, g.node_indices) for g in plan.groups] == [("decode", [0]), ("decode.1", [1])]
+    assert spares.groups_on(plan, 1) == ["decode.1"] and spares.choose(plan, 1).index == 2
+    new = spares.substitute(loaded, plan, 1, 2)
+    assert [(g.name, g.node_indices) for g in new.groups] == [("decode", [0]), ("decode.1", [2])]
+    before = [s.spec_hash() for s in plan.services if s.group != "decode.1"]
+    assert before == [s.spec_hash() for s in new.services if s.group != "decode.1"]
+    assert {new.labels(s)[REPLACES_LABEL] for s in new.services if s.group == "decode.1"} == {"1:10.9.0.2"}
+
+
+def labelled(plan, node: int, value: str | None = None) -> list[Container]:
+    """The containers a node would list for the plan's services on it (labels as `start` puts them)."""
+    out = []
+    for s in plan.by_node(node):
+        labels = plan.labels(s)
+        if value is not None:
+            labels[REPLACES_LABEL] = value
+        out.append(Container(node, "id", s.name, labels, "running", 0))
+    return out
+
+
+def test_the_substitution_is_read_back_from_the_labels(loaded):
+    base = build(loaded)
+    moved = spares.substitute(loaded, base, 2, 4)
+    listing = [c for i in range(6) for c in labelled(moved, i)]
+    plan, lines = spares.apply_recorded(loaded, base, listing)
+    assert lines == [] and plan.substitutes == {2: 4}
+    assert [s.spec_hash() for s in plan.services] == [s.spec_hash() for s in moved.services]
+
+
+@pytest.mark.parametrize(
+    ("node", "value", "says"),
+    [
+        (4, "7:10.9.0.8", "names no inventory node: ignored"),  # forged: a node not in the inventory
+        (4, "2:10.9.0.99", "names no inventory node: ignored"),  # the index of one, another's address
+        (4, "2" * 5000, "names no inventory node: ignored"),
+        (4, "0:10.9.0.1", "which the plan does not allow"),  # node 0 has no group rank: nothing to replace
+        (3, "2:10.9.0.3", "which the plan does not allow"),  # node 3 is the plan's, not a spare
+    ],
+)
+def test_forged_substitution_labels_are_ignored_in_one_line(loaded, node, value, says):
+    base = build(loaded)
+    moved = spares.substitute(loaded, base, 2, 4)
+    forged = labelled(moved, node, value)[:1]
+    plan, lines = spares.apply_recorded(loaded, base, forged)
+    assert plan.substitutes == {}
+    assert [s.spec_hash() for s in plan.services] == [s.spec_hash() for s in base.services]
+    assert len(lines) == 1 and says in lines[0] and "\n" not in lines[0] and len(lines[0]) < 300
+
+
+def test_two_spares_claiming_one_lost_node_keep_the_first(loaded):
+    base = build(loaded)
+    a = labelled(spares.substitute(loaded, base, 2, 4), 4)
+    b = labelled(spares.substitute(loaded, base, 2, 5), 5)
+    plan, lines = spares.apply_recorded(loaded, base, a + b)
+    assert plan.substitutes == {2: 4}
+    assert len(lines) == 1 and "another spare has it" in lines[0]
+
+
+@pytest.mark.parametrize("value", ["0", "soon"])
+def test_bad_lost_after_is_one_line_exit_2(tmp_path, value):
+    path = write(tmp_path, FILE.replace("lost_after: 20", f"lost_after: {value}"))
+    argv = [sys.executable, "-m", "launcher", "plan", str(path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=fresh_env(), cwd=REPO)
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "lost_after" in done.stderr
+
+
+def test_a_node_is_lost_after_the_window_and_two_failed_rounds_judged_once():
+    unseen = lost.Unseen()
+    unseen.update({2: "timed out"}, 100.0)
+    assert unseen.lost(20, 130.0) == []  # one failed round: a slow listing, not yet a lost node
+    unseen.update({2: "timed out"}, 131.0)
+    assert unseen.lost(20, 119.0) == []  # within the window
+    assert unseen.lost(20, 131.0) == [(2, 31.0)]
+    assert unseen.lost(20, 140.0) == []  # judged once while it stays unseen
+    assert unseen.lost(None, 500.0) == []  # no watch.lost_after: never lost
+    unseen.update({}, 150.0)  # seen again: judged afresh if it goes again
+    unseen.update({2: "refused"}, 160.0)
+    unseen.update({2: "refused"}, 161.0)
+    assert unseen.lost(20, 181.0) == [(2, 21.0)]
+
+
+class Said:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def test_watch_dry_run_says_the_move_or_the_missing_spare(loaded):
+    """`watch --dry-run` with a lost node: one line, what it would do; nothing reaches a node (no fleet)."""
+    plan = build(loaded)
+    said = Said()
+    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True)
+    lost.judge(w, 2, "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost")
+    assert said.lines == [
+        "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost;"
+        " would move decode to node 4 (node4 10.9.0.5); dry run: nothing done"
+    ]
+    w.t.plan = spares.substitute(loaded, spares.substitute(loaded, plan, 2, 4), 3, 5)
+    lost.judge(w, 1, "node 1: lost")
+    assert said.lines[1:] == [
+        "node 1: lost; cannot move it (no spare node: every inventory node runs a service of sp); would alert;"
+        " dry run: nothing done"
+    ]
+
+
+def test_a_gpu_verdict_of_drain_excludes_the_node_like_a_lost_one():
+    """A recorded Xid 79 (fallen off the bus) on node 2 is a node to move; a warning, a healthy node, or
+    one whose tool could not be read is not."""
+    data = REPO / "tests" / "data" / "gpu"
+    query = (data / "query-h100-nccl-1264.csv").read_text()
+
+    def answer(lines: list[str]) -> str:
+        klog = {"source": "journalctl", "lines": [{"line": x, "new": True} for x in lines], "error": None}
+        return json.dumps({"v": 1, "tool": "nvidia-smi", "query": {"rc": 0, "out": query}, "klog": klog})
+
+    fallen = (data / "klog" / "akash-support-209-xid79.dmesg").read_text().splitlines()
+    seen = {
+        1: gpu_health.parse(answer([]), expected=2),
+        2: gpu_health.parse(answer(fallen), expected=2),
+        3: "timed out after 20s",
+    }
+    found = lost.drained(seen)
+    assert [i for i, _ in found] == [2] and "Xid 79" in found[0][1], found
