@@ -76,7 +76,17 @@ def build(loaded: Loaded, interfaces: dict[int, dict[str, str]] | None = None) -
         drain_timeout=spec.drain_timeout,
         migration_limit=spec.services.frontend.migration_limit if spec.services.frontend.enabled else None,
         watch_webhook_env=b.watch_webhook(),
+        flag_table=flag_table_use(spec),
     )
+
+
+def flag_table_use(spec) -> flagdrift.TableUse | None:
+    """Which flag table checked the SGLang groups' flags, for the declared release (None: no SGLang group
+    or no declared release, so nothing was checked)."""
+    sglang = spec.versions.sglang
+    if not sglang or not any(g.engine in SGLANG_ENGINES for g in spec.groups.values()):
+        return None
+    return flagdrift.table_use(sglang)
 
 
 def secret_sources(services: list[Service], loaded: Loaded) -> dict[str, str]:
