@@ -604,6 +604,7 @@ def _option_record(action: argparse.Action) -> dict[str, Any]:
     deprecated = (
         "deprecat" in type(action).__name__.lower()
         or bool(getattr(action, "deprecated", False))
+        or bool(getattr(action, "new_flag", None))  # an action that names its successor
         or bool(_DEPRECATION.search(help_text))
     )
     record: dict[str, Any] = {
@@ -630,7 +631,11 @@ def option_set(engine: str) -> dict[str, Any]:
     """Every option of the engine's parser (argparse's own --help excepted), in the parser's order."""
     if engine not in _OPTION_PARSERS:
         raise SystemExit(f"--options supports {', '.join(_OPTION_PARSERS)}, not {engine!r}")
-    parser = _OPTION_PARSERS[engine]()
+    return options_of(_OPTION_PARSERS[engine](), engine, _dist_version(engine))
+
+
+def options_of(parser: argparse.ArgumentParser, engine: str, version: str | None) -> dict[str, Any]:
+    """Any argparse parser's option set, as `--options` prints it."""
     options = [
         _option_record(action)
         for action in parser._actions
@@ -638,7 +643,7 @@ def option_set(engine: str) -> dict[str, Any]:
     ]
     return {
         "engine": engine,
-        "version": _dist_version(engine),
+        "version": version,
         "prog": parser.prog,
         "allow_abbrev": parser.allow_abbrev,
         "options": options,

@@ -156,8 +156,11 @@ class Table:
     def newest(self) -> str:
         return self.known[-1]
 
-    def describe(self) -> str:
-        return f"{self.path.name} (SGLang {self.known[0]} .. {self.newest})"
+    @classmethod
+    def from_data(cls, data: dict, path: Path) -> Table:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{path}: flag table format {data.get('format')!r}, expected {FORMAT}")
+        return cls(data["engine"], path, data["baseline"], data["releases"], data["deprecated"])
 
     def changes_up_to(self, version: str) -> list[Change]:
         """Flags removed or renamed by the releases after the baseline up to `version`, latest change last;
@@ -197,5 +200,4 @@ def load(engine: str = "sglang") -> Table | None:
     path = HERE / f"{engine}.json"
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
-    return Table(engine, path, data["baseline"], data["releases"], data["deprecated"])
+    return Table.from_data(json.loads(path.read_text()), path)
