@@ -631,7 +631,9 @@ def option_set(engine: str) -> dict[str, Any]:
     """Every option of the engine's parser (argparse's own --help excepted), in the parser's order."""
     if engine not in _OPTION_PARSERS:
         raise SystemExit(f"--options supports {', '.join(_OPTION_PARSERS)}, not {engine!r}")
-    return options_of(_OPTION_PARSERS[engine](), engine, _dist_version(engine))
+    with _program_name(engine):  # a parser built with the default prog names itself after sys.argv[0]
+        parser = _OPTION_PARSERS[engine]()
+    return options_of(parser, engine, _dist_version(engine))
 
 
 def options_of(parser: argparse.ArgumentParser, engine: str, version: str | None) -> dict[str, Any]:
