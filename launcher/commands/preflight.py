@@ -195,10 +195,10 @@ def run(target: Target) -> list[Check]:
                 "launcher migrate CONFIG --sglang VERSION",
             )
         )
-    table = plan.flag_table
-    if table is not None and table.behind:
-        fix = f"launcher migrate CONFIG --sglang {table.newest} (when Dynamo's release pairs with it)"
-        checks.append(Check(None, "versions", "warn", table.behind_line(), fix))
+    for table in plan.flag_tables:
+        if table.behind:
+            fix = f"move versions.{table.engine} to {table.newest} when Dynamo's release pairs with it"
+            checks.append(Check(None, "versions", "warn", table.behind_line(), fix))
     return checks
 
 

@@ -113,43 +113,49 @@ class Finding:
         return f"{self.what} {self.message}"
 
 
-def _table_rule(change: flagtables.Change) -> Rename:
+NAMES = {"sglang": "SGLang", "vllm": "vLLM"}
+
+
+def _table_rule(change: flagtables.Change, engine: str = "sglang") -> Rename:
     """A table entry as a rule: a valued flag's successor takes its value, a switch's keeps its fixed one."""
     new = list(change.new)
     if change.takes_value and len(new) == 1:
         new.append("{value}")
     what = {"renamed": "was renamed", "removed_with_replacement": "was removed", "removed": "was removed"}
-    why = f"{what[change.kind]} in SGLang {change.version} (flag table)"
+    why = f"{what[change.kind]} in {NAMES[engine]} {change.version} (flag table)"
     if change.prefix_of:
         several = len(change.prefix_of) > 1
         why += ", where it is an ambiguous prefix" if several else f", where argparse takes it as {change.prefix_of[0]}"
     return Rename(change.option, new, None, change.version, why)
 
 
-def rules(sglang: str | None = None) -> list[Rename]:
-    """The hand-written rules, then the shipped table's changes up to `sglang` (all when None) that no
-    hand rule covers."""
-    table = flagtables.load("sglang")
+def rules(sglang: str | None = None, engine: str = "sglang") -> list[Rename]:
+    """The hand-written rules (SGLang's), then the shipped table's changes up to the release `sglang`
+    (all when None) that no hand rule covers."""
+    hand = FLAGS if engine == "sglang" else []
+    table = flagtables.load(engine)
     if table is None:
-        return list(FLAGS)
-    covered = {rule.old for rule in FLAGS}
+        return list(hand)
+    covered = {rule.old for rule in hand}
     changes = table.changes_up_to(sglang or table.newest)
-    return FLAGS + [_table_rule(c) for c in changes if c.option not in covered]
+    return hand + [_table_rule(c, engine) for c in changes if c.option not in covered]
 
 
-def _deprecated_findings(present: dict, sglang: str) -> list[Finding]:
+def _deprecated_findings(present: dict, sglang: str, engine: str = "sglang") -> list[Finding]:
     """Flags the declared release's own parser marks deprecated (from the table): they start, with a warning."""
-    table = flagtables.load("sglang")
+    table = flagtables.load(engine)
     if table is None:
         return []
-    covered = {rule.old for rule in FLAGS}
+    covered = {rule.old for rule in FLAGS} if engine == "sglang" else set()
     found = []
     for change in table.deprecated_in(sglang):
         if change.option in present and change.option not in covered:
             said = re.sub(r"^\W*deprecated\W*", "", change.note, flags=re.I).split(")")[0].strip()
             said = said or (f"use {' '.join(change.new)}" if change.new else "")
             found.append(
-                Finding(change.option, "warning", f"is deprecated in SGLang {change.version} (its parser: {said})")
+                Finding(
+                    change.option, "warning", f"is deprecated in {NAMES[engine]} {change.version} (its parser: {said})"
+                )
             )
     return found
 
@@ -168,11 +174,12 @@ def _replacement(rule: Rename, argv: list[str]) -> str:
     return "use " + " ".join(tokens)
 
 
-def check(argv: list[str], env: dict[str, str], sglang: str) -> list[Finding]:
+def check(argv: list[str], env: dict[str, str], sglang: str, engine: str = "sglang") -> list[Finding]:
+    """What is stale in an argv (and env) for the declared release of `engine` ("sglang" or "vllm")."""
     v = Version(sglang)
     found: list[Finding] = []
     present = A.flags(argv)
-    for rule in rules(sglang):
+    for rule in rules(sglang, engine):
         if rule.old not in present:
             continue
         state = rule.applies(v)
@@ -181,10 +188,12 @@ def check(argv: list[str], env: dict[str, str], sglang: str) -> list[Finding]:
                 Finding(
                     rule.old,
                     "error" if state == "removed" else "warning",
-                    f"{rule.why}: {_replacement(rule, argv)} (declared SGLang {sglang})",
+                    f"{rule.why}: {_replacement(rule, argv)} (declared {NAMES[engine]} {sglang})",
                 )
             )
-    found += _deprecated_findings(present, sglang)
+    found += _deprecated_findings(present, sglang, engine)
+    if engine != "sglang":
+        return found
     for fact in ENVS:
         if fact.name in env and v >= Version(fact.since):
             found.append(Finding(fact.name, "warning", fact.message))
@@ -276,11 +285,12 @@ def _replace_token(text: str, old: str, new: list[str]) -> str:
 
 @dataclass(frozen=True)
 class TableUse:
-    """The shipped flag table a plan's SGLang flags were checked against, and for which release."""
+    """The shipped flag table a plan's engine flags were checked against, and for which release."""
 
+    engine: str  # "sglang" | "vllm"
     path: str  # relative to the package's parent (launcher/plan/flagtables/sglang.json)
     known: tuple[str, ...]  # the releases it covers, oldest first
-    declared: str  # the file's versions.sglang
+    declared: str  # the file's versions.sglang / versions.vllm
 
     @property
     def newest(self) -> str:
@@ -292,23 +302,26 @@ class TableUse:
         return Version(self.declared) < Version(self.newest)
 
     def line(self) -> str:
+        name = NAMES[self.engine]
         text = (
-            f"flag table {self.path} (SGLang {self.known[0]} .. {self.newest}) for the declared SGLang {self.declared}"
+            f"flag table {self.path} ({name} {self.known[0]} .. {self.newest}) for the declared {name} {self.declared}"
         )
         if Version(self.declared) > Version(self.newest):
             text += f": newer than the table's newest, so only changes up to {self.newest} are known"
         return text
 
     def behind_line(self) -> str:
-        return (
-            f"SGLang {self.declared} is pinned; the newest release the flag table knows is {self.newest}"
-            f" (`launcher migrate CONFIG --sglang {self.newest} --dry-run` shows what would change)"
+        line = (
+            f"{NAMES[self.engine]} {self.declared} is pinned; the newest release the flag table knows is {self.newest}"
         )
+        if self.engine == "sglang":
+            return line + f" (`launcher migrate CONFIG --sglang {self.newest} --dry-run` shows what would change)"
+        return line + f" (docs/drift/vllm-{self.newest}.md says what changed)"
 
 
-def table_use(sglang: str) -> TableUse | None:
-    table = flagtables.load("sglang")
+def table_use(version: str, engine: str = "sglang") -> TableUse | None:
+    table = flagtables.load(engine)
     if table is None:
         return None
     where = table.path.relative_to(table.path.parents[3]).as_posix()
-    return TableUse(where, tuple(table.known), sglang)
+    return TableUse(engine, where, tuple(table.known), version)

@@ -194,7 +194,7 @@ class Plan:
     drain_timeout: float = 60.0  # seconds a stop waits for a worker's in-flight requests (drain_timeout)
     migration_limit: int | None = None  # the Dynamo frontend's --migration-limit (None: no Dynamo frontend)
     watch_webhook_env: str | None = None  # watch.webhook_url_env: the declared secret holding the alert URL
-    flag_table: Any = None  # flagdrift.TableUse: the flag table the SGLang flags were checked against
+    flag_tables: list = field(default_factory=list)  # flagdrift.TableUse: the flag tables the engine flags met
 
     def redactor(self) -> Redactor:
         """The one redactor for whatever leaves the launcher about this deployment (see config.redact)."""
