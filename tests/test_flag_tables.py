@@ -81,6 +81,9 @@ def test_diff_of_two_real_parsers_finds_renames_removals_and_defaults():
     assert drift["choices_changed"] == [{"option": "--mode", "removed": ["b"], "added": ["c"]}]
     assert [(e["option"], e["new"]) for e in drift["deprecated"]] == [("--dp", ["--attn-dp", "auto"])]
     assert drift["new"] == ["--retired-knob-v2", "--dp"]
+    # an option the new parser no longer registers but still takes (scripts/flag-drift asks it): not removed
+    drift = flagtables.diff(old, {**new, "also_accepts": ["--retired"]})
+    assert drift["removed"] == [] and drift["still_accepted"] == ["--retired"]
     # the same set against itself: nothing changed
     same = flagtables.diff(old, old)
     assert not any(same[k] for k in ("renamed", "removed_with_replacement", "removed", "default_changed", "new"))
@@ -118,14 +121,23 @@ def test_migrate_rewrites_every_removed_with_replacement_flag_of_a_table(monkeyp
     )
 
 
-def test_shipped_table_is_the_diff_of_the_shipped_option_sets():
-    sets = [json.loads(p.read_text()) for p in sorted((TABLES / "options").glob("sglang-*.json"))]
-    assert [s["version"] for s in sets] == ["0.5.21", "0.5.22", "0.5.23"]
-    assert json.loads((TABLES / "sglang.json").read_text()) == flagtables.table("sglang", sets)
-    for release in flagtables.table("sglang", sets)["releases"]:
-        page = (REPO / "docs" / "drift" / f"sglang-{release['version']}.md").read_text()
-        assert page.startswith(f"# SGLang {release['previous']} → {release['version']}\n")
-        assert all(f"`{e['option']}`" in page for k in ("removed", "deprecated") for e in release[k])
+SHIPPED = {
+    "sglang": ("SGLang", ["0.5.21", "0.5.22", "0.5.23"]),
+    "vllm": ("vLLM", ["0.31.0", "0.32.0", "0.33.0", "0.34.0"]),
+}
+
+
+@pytest.mark.parametrize("engine", sorted(SHIPPED))
+def test_shipped_table_is_the_diff_of_the_shipped_option_sets(engine):
+    name, versions = SHIPPED[engine]
+    sets = [json.loads(p.read_text()) for p in (TABLES / "options").glob(f"{engine}-*.json")]
+    assert sorted(s["version"] for s in sets) == versions
+    assert json.loads((TABLES / f"{engine}.json").read_text()) == flagtables.table(engine, sets)
+    for release in flagtables.table(engine, sets)["releases"]:
+        page = (REPO / "docs" / "drift" / f"{engine}-{release['version']}.md").read_text()
+        assert page.startswith(f"# {name} {release['previous']} → {release['version']}\n")
+        kinds = ("renamed", "removed_with_replacement", "removed", "deprecated")
+        assert all(f"`{e['option']}`" in page for k in kinds for e in release[k])
 
 
 def test_shipped_sglang_table_drives_the_findings():
@@ -179,6 +191,10 @@ def test_plan_names_the_table_and_doctor_warns_once_each(tmp_path, capsys):
         "SGLang 0.5.22 is pinned; the newest release the flag table knows is 0.5.23"
         " (`launcher migrate CONFIG --sglang 0.5.23 --dry-run` shows what would change)"
     )
+
+    code, out, err = run_cli(["plan", str(REPO / "configs" / "vllm-wideep-16gpu.yaml")], capsys)
+    assert code == 0, err
+    assert "flag table launcher/plan/flagtables/vllm.json (vLLM 0.31.0 .. 0.34.0) for the declared vLLM 0.31.0" in out
 
     newest = write(tmp_path, LOCAL.format(tmp=tmp_path, sglang="0.5.23", flag="enable-dp-lm-head"))
     code, out, err = run_cli(["doctor", str(newest), "--json", "--no-args"], capsys)

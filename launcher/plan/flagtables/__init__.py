@@ -42,8 +42,9 @@ def _gone(old: dict, new: dict, current: dict[str, dict]) -> tuple[list[dict], l
     by_dest: dict[str, list[dict]] = {}
     for record in new["options"]:
         by_dest.setdefault(record["dest"], []).append(record)
+    accepted = set(new.get("also_accepts", []))  # not registered, yet the parser takes them (its probe)
     for name, record in _by_option(old["options"]).items():
-        if name in current or not name.startswith("--"):
+        if name in current or name in accepted or not name.startswith("--"):
             continue
         entry = {"option": name, "takes_value": record["nargs"] != 0}
         if new.get("allow_abbrev", True) and (prefix := _prefix_of(name, set(current))):
@@ -102,6 +103,7 @@ def diff(old: dict, new: dict) -> dict:
         "default_changed": defaults,
         "choices_changed": choices,
         "new": [name for name in added if name not in taken],
+        "still_accepted": sorted(n for n in new.get("also_accepts", []) if n in known),
     }
 
 
