@@ -203,6 +203,10 @@ def run(target: Target) -> Findings:
                 "launcher migrate CONFIG --sglang VERSION",
             )
         )
+    for table in plan.flag_tables:
+        if table.behind:
+            fix = f"move versions.{table.engine} to {table.newest} when Dynamo's release pairs with it"
+            checks.append(Check(None, "versions", "warn", table.behind_line(), fix))
     return Findings(checks, frozenset(name for names in running.values() for name in names))
 
 

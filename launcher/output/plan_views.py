@@ -94,6 +94,7 @@ def to_text(plan: Plan, verbose: bool = False) -> str:
     if plan.endpoint:
         lines.append(f"endpoint {plan.endpoint}" + (f"  model {plan.model_name}" if plan.model_name else ""))
     lines += _stop_text(plan)
+    lines += [table.line() for table in plan.flag_tables]
     lines.append("")
     for node in plan.nodes:
         here = ", ".join(_who(s) for s in plan.by_node(node.index)) or "(idle)"

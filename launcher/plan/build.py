@@ -29,6 +29,7 @@ from launcher.plan.nodes import node_at, place_groups, resolve_nodes
 from launcher.plan.types import Group, Node, Plan, Service
 
 SGLANG_ENGINES = ("dynamo-sglang", "sglang")
+VLLM_ENGINES = ("dynamo-vllm", "vllm")
 # Replicas of a group that share a node (only engines that need no GPU may) are apart by this many
 # ports: replica K listens on the group's ports + K x REPLICA_PORT_STEP.
 REPLICA_PORT_STEP = 100
@@ -82,7 +83,20 @@ def build(
         watch_webhook_env=b.watch_webhook(),
         lost_after=spec.watch.lost_after,
         substitutes=b.substitutes,
+        flag_tables=flag_table_use(spec),
     )
+
+
+def flag_table_use(spec) -> list[flagdrift.TableUse]:
+    """Which flag tables checked the engine groups' flags, for the declared releases (none: no group of
+    that engine, or no declared release, so nothing was checked)."""
+    used = []
+    for engine, members, version in (("sglang", SGLANG_ENGINES, spec.versions.sglang),
+                                      ("vllm", VLLM_ENGINES, spec.versions.vllm)):  # fmt: skip
+        if version and any(g.engine in members for g in spec.groups.values()):
+            use = flagdrift.table_use(version, engine)
+            used += [use] if use is not None else []
+    return used
 
 
 def secret_sources(services: list[Service], loaded: Loaded) -> dict[str, str]:
@@ -431,13 +445,14 @@ class Builder:
         return self.spec.profiles[profile].get(group, ProfileGroup()) if profile else ProfileGroup()
 
     def check_flags(self, name: str, group: GroupSpec, ctx: GroupContext) -> None:
-        """Engine flags and env vars that the declared SGLang version renamed or removed."""
-        engine_name, sglang = group.engine, self.spec.versions.sglang
-        if engine_name not in SGLANG_ENGINES or not sglang:
+        """Engine flags and env vars that the declared SGLang (or vLLM) release renamed or removed."""
+        engine_name, versions = group.engine, self.spec.versions
+        family, version = ("sglang", versions.sglang) if engine_name in SGLANG_ENGINES else ("vllm", versions.vllm)
+        if engine_name not in SGLANG_ENGINES + VLLM_ENGINES or not version:
             return
         layers = (group.env, self.profile_of(name).env)
         env = {**self.container_env(group.container), **{k: as_text(v) for layer in layers for k, v in layer.items()}}
-        for finding in flagdrift.check(ctx.argv, env, sglang):
+        for finding in flagdrift.check(ctx.argv, env, version, family):
             self.findings.append((name, finding))
             self.warnings.append(f"groups.{name}: {finding}")
 

@@ -1,8 +1,12 @@
 """Offline knowledge of SGLang flags and env vars that were renamed, removed or changed meaning.
 
-Facts from the SGLang wheels of each version (see shared/reference/sglang-and-vllm.md). `check` says
-what is stale for a declared version; `migrate_argv` rewrites an argv for it. A flag renamed in a
-version that still accepts the old spelling with a warning is reported, not an error: it starts.
+Two sources: the hand-written rules below (FLAGS, ENVS: facts from the SGLang wheels of each version, see
+shared/reference/sglang-and-vllm.md), and the shipped flag table (launcher/plan/flagtables/sglang.json,
+written by scripts/flag-drift from the real parsers of consecutive releases), which adds every flag a
+release after its baseline renamed or removed, and the flags each release's parser marks deprecated.
+A hand rule wins over the table for the same flag. `check` says what is stale for a declared version;
+`migrate_argv` rewrites an argv for it. A flag renamed in a version that still accepts the old spelling
+with a warning is reported, not an error: it starts.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 
 from packaging.version import Version
 
+from launcher.plan import flagtables
 from launcher.plan.engines import args as A
 
 
@@ -108,6 +113,53 @@ class Finding:
         return f"{self.what} {self.message}"
 
 
+NAMES = {"sglang": "SGLang", "vllm": "vLLM"}
+
+
+def _table_rule(change: flagtables.Change, engine: str = "sglang") -> Rename:
+    """A table entry as a rule: a valued flag's successor takes its value, a switch's keeps its fixed one."""
+    new = list(change.new)
+    if change.takes_value and len(new) == 1:
+        new.append("{value}")
+    what = {"renamed": "was renamed", "removed_with_replacement": "was removed", "removed": "was removed"}
+    why = f"{what[change.kind]} in {NAMES[engine]} {change.version} (flag table)"
+    if change.prefix_of:
+        several = len(change.prefix_of) > 1
+        why += ", where it is an ambiguous prefix" if several else f", where argparse takes it as {change.prefix_of[0]}"
+    return Rename(change.option, new, None, change.version, why)
+
+
+def rules(sglang: str | None = None, engine: str = "sglang") -> list[Rename]:
+    """The hand-written rules (SGLang's), then the shipped table's changes up to the release `sglang`
+    (all when None) that no hand rule covers."""
+    hand = FLAGS if engine == "sglang" else []
+    table = flagtables.load(engine)
+    if table is None:
+        return list(hand)
+    covered = {rule.old for rule in hand}
+    changes = table.changes_up_to(sglang or table.newest)
+    return hand + [_table_rule(c, engine) for c in changes if c.option not in covered]
+
+
+def _deprecated_findings(present: dict, sglang: str, engine: str = "sglang") -> list[Finding]:
+    """Flags the declared release's own parser marks deprecated (from the table): they start, with a warning."""
+    table = flagtables.load(engine)
+    if table is None:
+        return []
+    covered = {rule.old for rule in FLAGS} if engine == "sglang" else set()
+    found = []
+    for change in table.deprecated_in(sglang):
+        if change.option in present and change.option not in covered:
+            said = re.sub(r"^\W*deprecated\W*", "", change.note, flags=re.I).split(")")[0].strip()
+            said = said or (f"use {' '.join(change.new)}" if change.new else "")
+            found.append(
+                Finding(
+                    change.option, "warning", f"is deprecated in {NAMES[engine]} {change.version} (its parser: {said})"
+                )
+            )
+    return found
+
+
 def _replacement(rule: Rename, argv: list[str]) -> str:
     if not rule.new:
         return "remove it"
@@ -122,11 +174,12 @@ def _replacement(rule: Rename, argv: list[str]) -> str:
     return "use " + " ".join(tokens)
 
 
-def check(argv: list[str], env: dict[str, str], sglang: str) -> list[Finding]:
+def check(argv: list[str], env: dict[str, str], sglang: str, engine: str = "sglang") -> list[Finding]:
+    """What is stale in an argv (and env) for the declared release of `engine` ("sglang" or "vllm")."""
     v = Version(sglang)
     found: list[Finding] = []
     present = A.flags(argv)
-    for rule in FLAGS:
+    for rule in rules(sglang, engine):
         if rule.old not in present:
             continue
         state = rule.applies(v)
@@ -135,9 +188,12 @@ def check(argv: list[str], env: dict[str, str], sglang: str) -> list[Finding]:
                 Finding(
                     rule.old,
                     "error" if state == "removed" else "warning",
-                    f"{rule.why}: {_replacement(rule, argv)} (declared SGLang {sglang})",
+                    f"{rule.why}: {_replacement(rule, argv)} (declared {NAMES[engine]} {sglang})",
                 )
             )
+    found += _deprecated_findings(present, sglang, engine)
+    if engine != "sglang":
+        return found
     for fact in ENVS:
         if fact.name in env and v >= Version(fact.since):
             found.append(Finding(fact.name, "warning", fact.message))
@@ -159,7 +215,7 @@ def migrate_argv(argv: list[str], sglang: str) -> list[str]:
     """argv with every flag that is removed (or deprecated) in `sglang` replaced by its successor."""
     v = Version(sglang)
     out = list(argv)
-    for rule in FLAGS:
+    for rule in rules(sglang):
         if rule.old not in A.flags(out) or not rule.applies(v):
             continue
         replacement = _replacement(rule, out)
@@ -174,7 +230,7 @@ def migrate_argv(argv: list[str], sglang: str) -> list[str]:
 # Text rewrites of a deployment file: mapping keys (`enable-deepep-moe: true`) and list/string tokens.
 def migrate_text(text: str, sglang: str) -> str:
     v = Version(sglang)
-    for rule in FLAGS:
+    for rule in rules(sglang):
         if not rule.applies(v):
             continue
         key = rule.old.removeprefix("--")
@@ -197,6 +253,14 @@ def migrate_text(text: str, sglang: str) -> str:
                 flags=re.M,
             )
             text = _replace_token(text, rule.old, rule.new[:1])
+        else:
+            # removed without a successor: the key is commented out, with why (the parser would refuse it)
+            text = re.sub(
+                rf"^(\s*){re.escape(key)}:(.*?)\s*$",
+                rf"\g<1># {key}:\g<2>  # {rule.why}",
+                text,
+                flags=re.M,
+            )
     return text
 
 
@@ -217,3 +281,47 @@ def _replace_token(text: str, old: str, new: list[str]) -> str:
         separator = ", " if "[" in code else " "
         out.append(token.sub(separator.join(new), code) + hash_ + comment)
     return "".join(out)
+
+
+@dataclass(frozen=True)
+class TableUse:
+    """The shipped flag table a plan's engine flags were checked against, and for which release."""
+
+    engine: str  # "sglang" | "vllm"
+    path: str  # relative to the package's parent (launcher/plan/flagtables/sglang.json)
+    known: tuple[str, ...]  # the releases it covers, oldest first
+    declared: str  # the file's versions.sglang / versions.vllm
+
+    @property
+    def newest(self) -> str:
+        return self.known[-1]
+
+    @property
+    def behind(self) -> bool:
+        """The declared release is older than the newest the table knows."""
+        return Version(self.declared) < Version(self.newest)
+
+    def line(self) -> str:
+        name = NAMES[self.engine]
+        text = (
+            f"flag table {self.path} ({name} {self.known[0]} .. {self.newest}) for the declared {name} {self.declared}"
+        )
+        if Version(self.declared) > Version(self.newest):
+            text += f": newer than the table's newest, so only changes up to {self.newest} are known"
+        return text
+
+    def behind_line(self) -> str:
+        line = (
+            f"{NAMES[self.engine]} {self.declared} is pinned; the newest release the flag table knows is {self.newest}"
+        )
+        if self.engine == "sglang":
+            return line + f" (`launcher migrate CONFIG --sglang {self.newest} --dry-run` shows what would change)"
+        return line + f" (docs/drift/vllm-{self.newest}.md says what changed)"
+
+
+def table_use(version: str, engine: str = "sglang") -> TableUse | None:
+    table = flagtables.load(engine)
+    if table is None:
+        return None
+    where = table.path.relative_to(table.path.parents[3]).as_posix()
+    return TableUse(engine, where, tuple(table.known), version)

@@ -199,6 +199,7 @@ class Plan:
     lost_after: float | None = None  # watch.lost_after: seconds a node unseen over SSH is lost (None: never)
     # lost node index -> the spare its group ranks moved to (launcher.plan.spares; read back from the labels)
     substitutes: dict[int, int] = field(default_factory=dict)
+    flag_tables: list = field(default_factory=list)  # flagdrift.TableUse: the flag tables the engine flags met
 
     def redactor(self) -> Redactor:
         """The one redactor for whatever leaves the launcher about this deployment (see config.redact)."""

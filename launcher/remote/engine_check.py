@@ -530,6 +530,128 @@ def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) 
     return result, 0 if result["ok"] else 1
 
 
+# --- the whole option set, as data (scripts/flag-drift diffs two releases' sets) -----------------------
+
+
+def _sglang_parser() -> argparse.ArgumentParser:
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser(prog="sglang serve")
+    ServerArgs.add_cli_args(parser)
+    return parser
+
+
+def _vllm_parser() -> argparse.ArgumentParser:
+    _settle_vllm_platform()
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+
+    try:
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:  # older vLLM
+        from vllm.utils import FlexibleArgumentParser  # type: ignore[no-redef]
+    parser = FlexibleArgumentParser(description="vLLM CLI")
+    subparsers = parser.add_subparsers(required=False, dest="subparser")
+    return ServeSubcommand().subparser_init(subparsers)
+
+
+_OPTION_PARSERS = {"sglang": _sglang_parser, "vllm": _vllm_parser}
+# The option itself is deprecated ("Deprecated. Use ...", "(Deprecated: ...)", "is deprecated"), not a
+# successor that mentions the flag it replaces ("Replaces the deprecated --grpc-mode").
+_DEPRECATION = re.compile(r"^\W*deprecated\b|\b(flag|option|argument) is (now )?deprecated\b", re.I)
+# "use --x", "Use '--x=v' instead", "replaced by --x": the successor a note names, with a value after "="
+_SUCCESSOR = re.compile(
+    r"(?:\buse|replaced by|switch to|in favou?r of)\s+[`'\"]?(--[a-z0-9][\w-]*(?:\{[\w,-]+\}[\w-]*)?)(?:=([\w.:/-]+))?",
+    re.I,
+)
+
+
+def _successor(text: str) -> list[str]:
+    """The argv a deprecation note says to write instead: `--a-{x,y}=v` -> --a-x v --a-y v."""
+    found = _SUCCESSOR.search(text)
+    if found is None:
+        return []
+    flag, value = found.group(1), found.group(2)
+    brace = re.search(r"\{([\w,-]+)\}", flag)
+    flags = (
+        [flag[: brace.start()] + part + flag[brace.end() :] for part in brace.group(1).split(",")] if brace else [flag]
+    )
+    tokens: list[str] = []
+    for name in flags:
+        tokens += [name, value.rstrip(".")] if value else [name]
+    return tokens
+
+
+def _plain(value: Any) -> Any:
+    """A default or choice as JSON data: scalars as they are, sequences item by item, others by repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(str(item) for item in value)
+    return getattr(value, "value", None) if hasattr(value, "value") else repr(value)[:200]
+
+
+def _choices(choices: Any) -> list[str]:
+    """Choices as strings, in the parser's order (a set's order varies between runs: sorted)."""
+    listed = [str(_plain(c)) for c in choices]
+    return sorted(listed) if isinstance(choices, (set, frozenset)) else listed
+
+
+def _option_record(action: argparse.Action) -> dict[str, Any]:
+    help_text = action.help if isinstance(action.help, str) and action.help != argparse.SUPPRESS else ""
+    notes = [str(getattr(action, a)) for a in ("error_message", "new_flag") if getattr(action, a, None)]
+    deprecated = (
+        "deprecat" in type(action).__name__.lower()
+        or bool(getattr(action, "deprecated", False))
+        or bool(getattr(action, "new_flag", None))  # an action that names its successor
+        or bool(_DEPRECATION.search(help_text))
+    )
+    record: dict[str, Any] = {
+        "options": list(action.option_strings),
+        "dest": action.dest,
+        "action": type(action).__name__,
+        "type": getattr(action.type, "__name__", None) if action.type is not None else None,
+        "nargs": action.nargs if action.nargs is None or isinstance(action.nargs, (int, str)) else str(action.nargs),
+        "choices": None if action.choices is None else _choices(action.choices),
+        "default": None if action.default is argparse.SUPPRESS else _plain(action.default),
+        "deprecated": deprecated,
+    }
+    if deprecated:
+        record["note"] = (help_text or " ".join(notes)).strip()[:400]
+        new_flag = str(getattr(action, "new_flag", None) or "")
+        record["replacement"] = _successor("use " + new_flag) if new_flag else _successor(" ".join([*notes, help_text]))
+        const_value = getattr(action, "const_value", None)
+        if const_value is not None and not isinstance(const_value, bool) and len(record["replacement"]) == 1:
+            record["replacement"].append(str(action.const_value))
+    return record
+
+
+def option_set(engine: str) -> dict[str, Any]:
+    """Every option of the engine's parser (argparse's own --help excepted), in the parser's order."""
+    if engine not in _OPTION_PARSERS:
+        raise SystemExit(f"--options supports {', '.join(_OPTION_PARSERS)}, not {engine!r}")
+    with _program_name(engine):  # a parser built with the default prog names itself after sys.argv[0]
+        parser = _OPTION_PARSERS[engine]()
+    return options_of(parser, engine, _dist_version(engine))
+
+
+def options_of(parser: argparse.ArgumentParser, engine: str, version: str | None) -> dict[str, Any]:
+    """Any argparse parser's option set, as `--options` prints it."""
+    options = [
+        _option_record(action)
+        for action in parser._actions
+        if action.option_strings and not isinstance(action, argparse._HelpAction)
+    ]
+    return {
+        "engine": engine,
+        "version": version,
+        "prog": parser.prog,
+        "allow_abbrev": parser.allow_abbrev,
+        "options": options,
+    }
+
+
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[Any]:
     """Send everything written to fd 1 (Python or native code) to stderr; yield a stream to the real stdout."""
@@ -591,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = cli.add_mutually_exclusive_group(required=True)
     mode.add_argument("--engine", choices=ENGINES)
     mode.add_argument("--batch", action="store_true", help="read JSON requests from stdin, one per line")
+    mode.add_argument("--options", choices=sorted(_OPTION_PARSERS), help="print the parser's whole option set as JSON")
     cli.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set before importing")
     options = cli.parse_args(argv)
     if options.batch and engine_argv:
@@ -599,6 +722,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
     with _stdout_to_stderr() as out:
+        if options.options:
+            out.write(json.dumps(option_set(options.options), indent=1) + "\n")
+            return 0
         if not options.batch:
             result, status = check_argv(options.engine, engine_argv, env)
             out.write(json.dumps(result) + "\n")
