@@ -47,7 +47,9 @@ NAME = "testbed-small"
 STARTUP = 3  # seconds each mocker takes to start (--startup-time); the rolled spec takes STARTUP + 1
 CONCURRENCY = 4  # AIPerf's streams in flight at every moment
 ISL, OSL = 64, 200  # a stream of ~1.5 s at speedup 1: many start and end during each roll step
-LONG_OSL = 1500  # ~10 s: streams still running when `down` reads the workers' counts
+# ~13 s: streams still running when `down` (its start-up, then the prefill phase) reads the decode workers'
+# counts, on a busy machine too (1,500 tokens ended first once, in a CI run at load 20)
+LONG_OSL = 2000
 AIPERF_LIMIT = 600  # seconds: AIPerf's --benchmark-duration, a bound only (each case ends it once done)
 FRONTEND_PORT = 8000
 DECODE_PORT = 9090  # the decode mockers' system port (/metrics): replicas on nodes of their own share it
