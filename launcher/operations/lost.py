@@ -135,7 +135,7 @@ def drained(seen: dict) -> list[tuple[int, str]]:
 def judge(w: Watcher, lost: int, saw: str) -> None:
     plan = w.t.plan
     try:
-        spare = spares.choose(plan, lost)
+        spare = spares.choose(plan, lost, unseen=set(w.unseen.since) | w.unseen.judged)
         new = spares.substitute(w.t.loaded, plan, lost, spare.index)
     except spares.Refused as exc:
         no_spare(w, lost, saw, str(exc))

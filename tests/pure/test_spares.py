@@ -205,7 +205,7 @@ def test_watch_dry_run_says_the_move_or_the_missing_spare(loaded):
     """`watch --dry-run` with a lost node: one line, what it would do; nothing reaches a node (no fleet)."""
     plan = build(loaded)
     said = Said()
-    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True)
+    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True, unseen=lost.Unseen())
     lost.judge(w, 2, "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost")
     assert said.lines == [
         "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost;"
@@ -237,3 +237,39 @@ def test_a_gpu_verdict_of_drain_excludes_the_node_like_a_lost_one():
     }
     found = lost.drained(seen)
     assert [i for i, _ in found] == [2] and "Xid 79" in found[0][1], found
+
+
+def test_a_spare_lost_in_turn_passes_the_ranks_on_to_the_next_spare(loaded):
+    """node 4 replaced node 2, then node 4 is lost too: decode's rank moves on to node 5 (not left on the
+    dead node 4), its label still names node 2 (whose place it holds), and neither 2 nor 4 is a spare."""
+    once = spares.substitute(loaded, build(loaded), 2, 4)
+    assert spares.choose(once, 4).index == 5
+    twice = spares.substitute(loaded, once, 4, 5)
+    assert nodes_of(twice, "decode") == [1, 5] and nodes_of(twice, "prefill") == [3]
+    assert twice.by_node(4) == [] and twice.by_node(2) == []
+    assert {twice.labels(s)[REPLACES_LABEL] for s in twice.by_node(5)} == {"2:10.9.0.3"}
+    assert spares.spare_nodes(twice) == []
+    with pytest.raises(spares.Refused, match="was already replaced"):
+        spares.choose(twice, 4)
+    # read back from the labels, it is node 2 -> node 5 (node 4 is a free node again for a fresh watch)
+    listing = [c for i in range(6) for c in labelled(twice, i)]
+    plan, lines = spares.apply_recorded(loaded, build(loaded), listing)
+    assert lines == [] and plan.substitutes == {2: 5} and nodes_of(plan, "decode") == [1, 5]
+
+
+def test_watch_never_moves_ranks_to_a_spare_it_cannot_see(loaded):
+    """The first spare (node 4) fails SSH too: node 2's ranks go to node 5; with every spare unseen, the
+    loss is reported (no spare reachable), not moved onto a dead node."""
+    plan = build(loaded)
+    said = Said()
+    unseen = lost.Unseen()
+    unseen.update({2: "timed out", 4: "timed out"}, 100.0)
+    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True, unseen=unseen)
+    lost.judge(w, 2, "node 2: lost")
+    assert said.lines == ["node 2: lost; would move decode to node 5 (node5 10.9.0.6); dry run: nothing done"]
+    unseen.update({2: "timed out", 4: "timed out", 5: "refused"}, 110.0)
+    lost.judge(w, 2, "node 2: lost")
+    assert said.lines[1] == (
+        "node 2: lost; cannot move it (no spare node reachable: node 4 (node4 10.9.0.5), node 5 (node5 10.9.0.6)"
+        " fail SSH); would alert; dry run: nothing done"
+    )
