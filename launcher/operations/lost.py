@@ -199,13 +199,15 @@ def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> s
     reachable = sorted({s.node.index for s in old_members} - ({lost} if lost in w.unseen.since else set()))
     found, _ = list_services(t, reachable, timeout=LIST_TIMEOUT) if reachable else ({}, {})
     members = [s for s in new.services if s.group in groups]
+    # From here on the spare is the plan's (labels on its ranks record the substitution), and so are the
+    # units watch restarts: a failed remove or start below is retried on the spare, never on the lost node.
+    t.plan = new
+    w.rebuild(groups)
     try:
         old = [c for s in old_members if (c := found.get((s.node.index, s.name))) is not None]
         if old:
             remove(t, old)
-        t.plan = new  # from here on the spare is the plan's: labels on its ranks record the substitution
         start(t, members, progress, known=[])
-        w.rebuild(groups)
         entry = new.entry
         check_endpoint = new.has_dynamo_frontend and entry is not None and entry.node.index != lost
         Waiter(t, progress, members, check_endpoint=check_endpoint).run()
