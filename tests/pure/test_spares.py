@@ -16,6 +16,7 @@ from launcher.plan import spares
 from launcher.plan.build import build
 from launcher.plan.state import Container
 from launcher.plan.types import REPLACES_LABEL
+from launcher.runtime.base import ListingError, parse_list
 from tests.helpers import REPO, fresh_env, write
 
 # node0: services; decode on node1+node2 (one group of two ranks); prefill on node3; node4, node5: spares
@@ -273,3 +274,29 @@ def test_watch_never_moves_ranks_to_a_spare_it_cannot_see(loaded):
         "node 2: lost; cannot move it (no spare node reachable: node 4 (node4 10.9.0.5), node 5 (node5 10.9.0.6)"
         " fail SSH); would alert; dry run: nothing done"
     )
+
+
+@pytest.mark.parametrize(
+    ("listing", "says"),
+    [
+        ('{"a": 1}', "not a JSON list"),
+        ("[1]", "an entry is not a JSON object"),
+        ('[{"Name": 5}]', "an entry has an Id, Name, Status or time that is not text"),
+        ('[{"State": {"ExitCode": "zz"}}]', "an entry has an ExitCode or RestartCount that is not a whole number"),
+        ('[{"Config": {"Labels": ["launcher.replaces"]}}]', "an entry its labels are not a JSON object"),
+        ('[{"Config": {"Labels": {"launcher.replaces": 5}}}]', "an entry label launcher.replaces is not text"),
+        ('[{"Config": {"Labels": {"launcher.\\u001b[2J": {}}}}]', "an entry label launcher.?[2J is not text"),
+        ('[{"Config": 7}]', "not a JSON object"),
+    ],
+)
+def test_a_listing_not_of_docker_inspects_shape_is_one_line(listing, says):
+    """A node's listing is its word: labels and fields of the wrong type (where a substitution label is
+    read from) make the node's listing unreadable, in one line, never an AttributeError later."""
+    with pytest.raises(ListingError) as caught:
+        parse_list(3, listing)
+    assert str(caught.value).startswith("node 3: unreadable service list (") and says in str(caught.value)
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
+    good = '[{"Id": "abc", "Name": "/sp-decode-r1", "State": {"Status": "running", "ExitCode": 0},'
+    good += ' "Config": {"Labels": {"launcher.replaces": "2:10.9.0.3"}}, "HostConfig": null}]'
+    (c,) = parse_list(4, good)
+    assert (c.node_index, c.name, c.running, c.labels[REPLACES_LABEL]) == (4, "sp-decode-r1", True, "2:10.9.0.3")
