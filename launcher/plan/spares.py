@@ -16,6 +16,7 @@ gives group ranks to, from a container on a spare, and the substitution passes t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable
 
 from launcher.config.load import Loaded
@@ -99,7 +100,9 @@ def recorded(plan: Plan, containers: Iterable[Container]) -> tuple[dict[int, int
     found: dict[int, int] = {}
     refused: list[str] = []
     spares = {n.index for n in spare_nodes(plan)}
-    for c in containers:
+    # the newest move first: a spare lost in turn and back with its stale ranks lost the place to the
+    # next spare later (chained); ties (and listings without start times) keep the listing's order
+    for c in sorted(containers, key=lambda c: _started(c.started_at), reverse=True):
         raw = c.labels.get(REPLACES_LABEL)
         if raw is None:
             continue
@@ -116,6 +119,11 @@ def recorded(plan: Plan, containers: Iterable[Container]) -> tuple[dict[int, int
         else:
             found[lost] = c.node_index
     return found, refused
+
+
+def _started(text: str) -> str:
+    """A start time to the second, as comparable text ('' when it is not one: last)."""
+    return text[:19] if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d.*", text[:40]) else ""
 
 
 def apply_recorded(loaded: Loaded, plan: Plan, containers: Iterable[Container]) -> tuple[Plan, list[str]]:

@@ -300,3 +300,25 @@ def test_a_listing_not_of_docker_inspects_shape_is_one_line(listing, says):
     good += ' "Config": {"Labels": {"launcher.replaces": "2:10.9.0.3"}}, "HostConfig": null}]'
     (c,) = parse_list(4, good)
     assert (c.node_index, c.name, c.running, c.labels[REPLACES_LABEL]) == (4, "sp-decode-r1", True, "2:10.9.0.3")
+
+
+def test_after_a_spare_was_lost_in_turn_its_stale_ranks_lose_to_the_newer_move(loaded):
+    """node 4 replaced node 2, then node 4 was lost and node 5 took the ranks on; node 4 comes back still
+    running its (now stale) ranks, labelled as replacing node 2, with no watch running to remove them. The
+    newer move (its ranks started later) is the record: read back, it is node 2 -> node 5, whatever the
+    listing order; the stale claim is said in one line."""
+    base = build(loaded)
+    once = spares.substitute(loaded, base, 2, 4)
+    twice = spares.substitute(loaded, once, 4, 5)
+
+    def at(containers: list[Container], when: str) -> list[Container]:
+        for c in containers:
+            c.started_at = when
+        return containers
+
+    stale = at(labelled(once, 4), "2026-12-07T10:00:01.5Z")
+    newer = at(labelled(twice, 5), "2026-12-07T10:20:00.123456789Z")
+    for listing in (stale + newer, newer + stale):
+        plan, lines = spares.apply_recorded(loaded, base, listing)
+        assert plan.substitutes == {2: 5} and nodes_of(plan, "decode") == [1, 5]
+        assert len(lines) == 1 and "node 4 (node4 10.9.0.5)" in lines[0] and "another spare has it" in lines[0]
