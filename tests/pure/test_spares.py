@@ -322,3 +322,29 @@ def test_after_a_spare_was_lost_in_turn_its_stale_ranks_lose_to_the_newer_move(l
         plan, lines = spares.apply_recorded(loaded, base, listing)
         assert plan.substitutes == {2: 5} and nodes_of(plan, "decode") == [1, 5]
         assert len(lines) == 1 and "node 4 (node4 10.9.0.5)" in lines[0] and "another spare has it" in lines[0]
+
+
+def test_watch_removes_ranks_only_from_a_replaced_node_it_saw_lost(loaded):
+    """A label is a spare's word: one on node 4 claiming node 2 (which this watch never saw fail) is no
+    ground to remove node 2's running ranks, which would take a healthy group down. Ranks on a replaced
+    node this watch saw unreachable are stale, and are removed (said, in a dry run)."""
+    base = build(loaded)
+    claimed = spares.substitute(loaded, base, 2, 4)
+    found = {(c.node_index, c.name): c for c in labelled(base, 2)}  # node 2 runs its decode rank
+    said = Said()
+    w = SimpleNamespace(t=SimpleNamespace(plan=claimed, loaded=loaded), progress=said, dry_run=True)
+    w.unseen = lost.Unseen()
+    lost.remove_stale(w, found)
+    assert said.lines == [
+        "node 2 (node2 10.9.0.3) is replaced by a spare, as its labels say, but this watch never saw it lost:"
+        " its ranks (sp-decode-r1) are left running; `launcher up` decides"
+    ]
+    lost.remove_stale(w, found)
+    assert len(said.lines) == 1  # said once
+    w.unseen.update({2: "timed out"}, 100.0)
+    w.unseen.update({}, 130.0)  # seen again
+    lost.remove_stale(w, found)
+    assert said.lines[1:] == [
+        "saw sp-decode-r1 on node 2 (node2 10.9.0.3) back, replaced on a spare; would remove them;"
+        " dry run: nothing done"
+    ]
