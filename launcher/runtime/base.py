@@ -6,6 +6,7 @@ unit-tested without a node, and each action is one script, one round trip per no
 from __future__ import annotations
 
 import json
+import re
 from typing import Protocol
 
 from launcher.errors import LauncherError
@@ -82,6 +83,9 @@ class Runtime(Protocol):
         ...
 
 
+CONTAINER_NAME = re.compile(r"/?[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
 class ListingError(LauncherError):
     """A node's service list could not be read."""
 
@@ -148,6 +152,8 @@ def odd_entry(item: object) -> str | None:
     texts += [state.get(k, "") for k in ("Status", "StartedAt", "FinishedAt")]
     if not all(isinstance(x, str) for x in texts):
         return "has an Id, Name, Status or time that is not text"
+    if texts[1] and not CONTAINER_NAME.fullmatch(texts[1]):  # docker's own rule: printed names never escape
+        return "has a Name docker would refuse"
     if not all(type(x) is int or x is None for x in (state.get("ExitCode"), item.get("RestartCount"))):
         return "has an ExitCode or RestartCount that is not a whole number"
     labels = config.get("Labels") or {}

@@ -287,6 +287,7 @@ def test_watch_never_moves_ranks_to_a_spare_it_cannot_see(loaded):
         ('[{"Config": {"Labels": {"launcher.replaces": 5}}}]', "an entry label launcher.replaces is not text"),
         ('[{"Config": {"Labels": {"launcher.\\u001b[2J": {}}}}]', "an entry label launcher.?[2J is not text"),
         ('[{"Config": 7}]', "not a JSON object"),
+        ('[{"Name": "/x\\u001b[2J"}]', "an entry has a Name docker would refuse"),
     ],
 )
 def test_a_listing_not_of_docker_inspects_shape_is_one_line(listing, says):
