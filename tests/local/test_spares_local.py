@@ -60,17 +60,10 @@ def test_a_move_whose_start_fails_leaves_watch_restarting_the_group_on_the_spare
     assert f"{who}: recreating them there" in audit
 
 
-@pytest.mark.parametrize(
-    ("labels", "says"),
-    [
-        ({"launcher.deployment": "hostile-labels", "launcher.replaces": 5}, "label launcher.replaces is not text"),
-        (["launcher.replaces"], "its labels are not a JSON object"),
-    ],
-)
-def test_a_node_listing_labels_of_the_wrong_shape_is_one_line_not_a_traceback(tmp_path, labels, says):
+def test_a_node_listing_labels_of_the_wrong_shape_is_one_line_not_a_traceback(tmp_path):
     """The process runtime lists what the node's run directory holds: a node that answers a substitution
     label that is a number (or labels that are a list) is a node whose listing is unreadable, said in one
-    line by `status` (exit 1), never a traceback; a well-formed listing beside it still reads."""
+    line by `status` (exit 1), never a traceback; the same directory well-formed reads."""
     data = {
         "deployment": "hostile-labels",
         "runtime": "process",
@@ -88,8 +81,12 @@ def test_a_node_listing_labels_of_the_wrong_shape_is_one_line_not_a_traceback(tm
     plain = launcher("status", str(config), env=fresh_env(), cwd=tmp_path, timeout=60)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr, plain.stderr
     assert "g" in plain.stdout and "missing" in plain.stdout, plain.stdout  # nothing listed: read fine
-    (run / "hostile-labels-g-r0" / "labels.json").write_text(json.dumps(labels))
-    status = launcher("status", str(config), env=fresh_env(), cwd=tmp_path, timeout=60)
-    assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
-    (line,) = [x for x in (status.stdout + status.stderr).splitlines() if "unreadable service list" in x]
-    assert says in line and len(line) < 300, line
+    for labels, says in [
+        ({"launcher.deployment": "hostile-labels", "launcher.replaces": 5}, "label launcher.replaces is not text"),
+        (["launcher.replaces"], "its labels are not a JSON object"),
+    ]:
+        (run / "hostile-labels-g-r0" / "labels.json").write_text(json.dumps(labels))
+        status = launcher("status", str(config), env=fresh_env(), cwd=tmp_path, timeout=60)
+        assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
+        (line,) = [x for x in (status.stdout + status.stderr).splitlines() if "unreadable service list" in x]
+        assert says in line and len(line) < 300, line
