@@ -43,8 +43,13 @@ class Unseen:
     judged: set[int] = field(default_factory=set)
     gpus_next: float = 0.0  # when the GPUs are looked at next (monotonic)
     said: str = ""  # the last dry-run line about stale ranks (said once)
+    # every node this watch saw fail SSH or judged drained: only there are ranks on a replaced node stale
+    # (elsewhere the substitution is a spare's label alone, and the node's ranks may be all that serves)
+    gone: set[int] = field(default_factory=set)
+    told: set[str] = field(default_factory=set)  # the lines about ranks left on a replaced node (said once)
 
     def update(self, unreachable: dict[int, str], started: float) -> None:
+        self.gone.update(unreachable)
         for i in [i for i in self.since if i not in unreachable]:
             del self.since[i], self.rounds[i]
             self.judged.discard(i)
@@ -86,6 +91,7 @@ def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
     # --peek: the kernel log's place stays where `status` and `doctor` left it (a fatal Xid holds anyway)
     for index, why in drained(gpu_health.look(w.t, ranked, peek=True, timeout=GPU_TIMEOUT) if ranked else {}):
         w.unseen.judged.add(index)  # judged once (until the node is unseen and seen again)
+        w.unseen.gone.add(index)
         judge(w, index, f"{plan.nodes[index].label}: saw GPUs drain ({why}): excluded like a lost node")
 
 
@@ -94,10 +100,20 @@ def remove_stale(w: Watcher, found: dict[tuple[int, str], Container]) -> None:
     replacements. Removed (under the lock), said in one line."""
     plan = w.t.plan
     planned = {(s.node.index, s.name) for s in plan.services}
-    stale = [
+    moved = [
         c for key, c in sorted(found.items())
         if c.node_index in plan.substitutes and key not in planned and c.group is not None
     ]  # fmt: skip
+    stale = [c for c in moved if c.node_index in w.unseen.gone]
+    for i in sorted({c.node_index for c in moved} - w.unseen.gone):
+        names = ", ".join(c.name for c in moved if c.node_index == i)
+        line = (
+            f"{plan.nodes[i].label} is replaced by a spare, as its labels say, but this watch never saw it lost:"
+            f" its ranks ({names}) are left running; `launcher up` decides"
+        )
+        if line not in w.unseen.told:
+            w.unseen.told.add(line)
+            w.progress.log(line)
     if not stale:
         return
     names = ", ".join(f"{c.name} on {plan.nodes[c.node_index].label}" for c in stale)
@@ -135,7 +151,7 @@ def drained(seen: dict) -> list[tuple[int, str]]:
 def judge(w: Watcher, lost: int, saw: str) -> None:
     plan = w.t.plan
     try:
-        spare = spares.choose(plan, lost)
+        spare = spares.choose(plan, lost, unseen=set(w.unseen.since) | w.unseen.judged)
         new = spares.substitute(w.t.loaded, plan, lost, spare.index)
     except spares.Refused as exc:
         no_spare(w, lost, saw, str(exc))
@@ -199,13 +215,15 @@ def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> s
     reachable = sorted({s.node.index for s in old_members} - ({lost} if lost in w.unseen.since else set()))
     found, _ = list_services(t, reachable, timeout=LIST_TIMEOUT) if reachable else ({}, {})
     members = [s for s in new.services if s.group in groups]
+    # From here on the spare is the plan's (labels on its ranks record the substitution), and so are the
+    # units watch restarts: a failed remove or start below is retried on the spare, never on the lost node.
+    t.plan = new
+    w.rebuild(groups)
     try:
         old = [c for s in old_members if (c := found.get((s.node.index, s.name))) is not None]
         if old:
             remove(t, old)
-        t.plan = new  # from here on the spare is the plan's: labels on its ranks record the substitution
         start(t, members, progress, known=[])
-        w.rebuild(groups)
         entry = new.entry
         check_endpoint = new.has_dynamo_frontend and entry is not None and entry.node.index != lost
         Waiter(t, progress, members, check_endpoint=check_endpoint).run()

@@ -16,7 +16,8 @@ gives group ranks to, from a container on a spare, and the substitution passes t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Collection, Iterable
 
 from launcher.config.load import Loaded
 from launcher.errors import LauncherError
@@ -43,13 +44,17 @@ def groups_on(plan: Plan, node: int) -> list[str]:
     return [g.name for g in plan.groups if node in g.node_indices]
 
 
-def choose(plan: Plan, lost: int) -> Node:
-    """The spare for LOST: the first free one that none of its groups already uses."""
+def choose(plan: Plan, lost: int, unseen: Collection[int] = ()) -> Node:
+    """The spare for LOST: the first free one, of those not UNSEEN (nodes failing SSH, or judged lost: a
+    spare that cannot be reached would take the ranks down with it)."""
     check_movable(plan, lost)
-    spares = spare_nodes(plan)
-    if not spares:
+    free = spare_nodes(plan)
+    if not free:
         raise Refused(f"no spare node: every inventory node runs a service of {plan.deployment}")
-    return spares[0]
+    seen = [n for n in free if n.index not in unseen]
+    if not seen:
+        raise Refused(f"no spare node reachable: {', '.join(n.label for n in free)} fail SSH")
+    return seen[0]
 
 
 def check_movable(plan: Plan, lost: int) -> None:
@@ -78,7 +83,15 @@ def substitute(loaded: Loaded, plan: Plan, lost: int, spare: int) -> Plan:
             raise Refused(f"{where} already runs a rank of {g.name}: two ranks of one group on one node")
     if spare not in {n.index for n in spare_nodes(plan)}:
         raise Refused(f"{where} is not a spare: it runs services of {plan.deployment} or was replaced")
-    return build(loaded, plan.interfaces, {**plan.substitutes, lost: spare})
+    return build(loaded, plan.interfaces, chained(plan.substitutes, lost, spare))
+
+
+def chained(substitutes: dict[int, int], lost: int, spare: int) -> dict[int, int]:
+    """SUBSTITUTES with SPARE in LOST's place. A spare lost in turn passes on the place it held: the ranks
+    the file puts on the first lost node go to the new spare (the plan is built from the file's placement,
+    so a substitution of a node the file never placed on would move nothing). LOST stays a key, last, so
+    that it is no spare again; the first key of a spare is the node its ranks' label names."""
+    return {**{gone: spare if held == lost else held for gone, held in substitutes.items()}, lost: spare}
 
 
 def recorded(plan: Plan, containers: Iterable[Container]) -> tuple[dict[int, int], list[str]]:
@@ -87,7 +100,9 @@ def recorded(plan: Plan, containers: Iterable[Container]) -> tuple[dict[int, int
     found: dict[int, int] = {}
     refused: list[str] = []
     spares = {n.index for n in spare_nodes(plan)}
-    for c in containers:
+    # the newest move first: a spare lost in turn and back with its stale ranks lost the place to the
+    # next spare later (chained); ties (and listings without start times) keep the listing's order
+    for c in sorted(containers, key=lambda c: _started(c.started_at), reverse=True):
         raw = c.labels.get(REPLACES_LABEL)
         if raw is None:
             continue
@@ -104,6 +119,11 @@ def recorded(plan: Plan, containers: Iterable[Container]) -> tuple[dict[int, int
         else:
             found[lost] = c.node_index
     return found, refused
+
+
+def _started(text: str) -> str:
+    """A start time to the second, as comparable text ('' when it is not one: last)."""
+    return text[:19] if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d.*", text[:40]) else ""
 
 
 def apply_recorded(loaded: Loaded, plan: Plan, containers: Iterable[Container]) -> tuple[Plan, list[str]]:

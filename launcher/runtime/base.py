@@ -6,6 +6,7 @@ unit-tested without a node, and each action is one script, one round trip per no
 from __future__ import annotations
 
 import json
+import re
 from typing import Protocol
 
 from launcher.errors import LauncherError
@@ -82,6 +83,9 @@ class Runtime(Protocol):
         ...
 
 
+CONTAINER_NAME = re.compile(r"/?[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
 class ListingError(LauncherError):
     """A node's service list could not be read."""
 
@@ -111,15 +115,20 @@ def parse_list(node_index: int, stdout: str) -> list[Container]:
         # Seen only when something removes a service while it is being listed; the caller reports the
         # node (watch skips it this round) instead of a traceback.
         raise ListingError(f"node {node_index}: unreadable service list ({exc}); try again") from exc
+    if not isinstance(items, list):
+        raise ListingError(f"node {node_index}: unreadable service list (not a JSON list)")
     out = []
     for item in items:
-        state = item.get("State", {})
+        why = odd_entry(item)
+        if why is not None:  # the node's answer, read as untrusted: docker never prints this
+            raise ListingError(f"node {node_index}: unreadable service list (an entry {why})")
+        state = item.get("State") or {}
         out.append(
             Container(
                 node_index=node_index,
                 id=item.get("Id", "")[:12],
                 name=item.get("Name", "").lstrip("/"),
-                labels=item.get("Config", {}).get("Labels") or {},
+                labels=(item.get("Config") or {}).get("Labels") or {},
                 state=state.get("Status", "unknown"),
                 exit_code=int(state.get("ExitCode", 0) or 0),
                 started_at=state.get("StartedAt", ""),
@@ -129,3 +138,27 @@ def parse_list(node_index: int, stdout: str) -> list[Container]:
             )
         )
     return out
+
+
+def odd_entry(item: object) -> str | None:
+    """Why one listed entry is not of `docker inspect`'s shape (None: it is): the fields read are of the
+    types docker gives them, every label text (a label is the node's word: `launcher.replaces` among them)."""
+    if not isinstance(item, dict):
+        return "is not a JSON object"
+    state, config, host = (item.get(k) or {} for k in ("State", "Config", "HostConfig"))
+    if not all(isinstance(x, dict) for x in (state, config, host)):
+        return "has a State, Config or HostConfig that is not a JSON object"
+    texts = [item.get(k, "") for k in ("Id", "Name")]
+    texts += [state.get(k, "") for k in ("Status", "StartedAt", "FinishedAt")]
+    if not all(isinstance(x, str) for x in texts):
+        return "has an Id, Name, Status or time that is not text"
+    if texts[1] and not CONTAINER_NAME.fullmatch(texts[1]):  # docker's own rule: printed names never escape
+        return "has a Name docker would refuse"
+    if not all(type(x) is int or x is None for x in (state.get("ExitCode"), item.get("RestartCount"))):
+        return "has an ExitCode or RestartCount that is not a whole number"
+    labels = config.get("Labels") or {}
+    if not isinstance(labels, dict):
+        return "its labels are not a JSON object"
+    odd = next((k for k, v in labels.items() if not isinstance(v, str)), None)
+    shown = "".join(ch if ch.isprintable() else "?" for ch in (odd or "")[:60])  # never the terminal's
+    return None if odd is None else f"label {shown} is not text"

@@ -16,6 +16,7 @@ from launcher.plan import spares
 from launcher.plan.build import build
 from launcher.plan.state import Container
 from launcher.plan.types import REPLACES_LABEL
+from launcher.runtime.base import ListingError, parse_list
 from tests.helpers import REPO, fresh_env, write
 
 # node0: services; decode on node1+node2 (one group of two ranks); prefill on node3; node4, node5: spares
@@ -205,7 +206,7 @@ def test_watch_dry_run_says_the_move_or_the_missing_spare(loaded):
     """`watch --dry-run` with a lost node: one line, what it would do; nothing reaches a node (no fleet)."""
     plan = build(loaded)
     said = Said()
-    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True)
+    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True, unseen=lost.Unseen())
     lost.judge(w, 2, "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost")
     assert said.lines == [
         "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost;"
@@ -237,3 +238,114 @@ def test_a_gpu_verdict_of_drain_excludes_the_node_like_a_lost_one():
     }
     found = lost.drained(seen)
     assert [i for i, _ in found] == [2] and "Xid 79" in found[0][1], found
+
+
+def test_a_spare_lost_in_turn_passes_the_ranks_on_to_the_next_spare(loaded):
+    """node 4 replaced node 2, then node 4 is lost too: decode's rank moves on to node 5 (not left on the
+    dead node 4), its label still names node 2 (whose place it holds), and neither 2 nor 4 is a spare."""
+    once = spares.substitute(loaded, build(loaded), 2, 4)
+    assert spares.choose(once, 4).index == 5
+    twice = spares.substitute(loaded, once, 4, 5)
+    assert nodes_of(twice, "decode") == [1, 5] and nodes_of(twice, "prefill") == [3]
+    assert twice.by_node(4) == [] and twice.by_node(2) == []
+    assert {twice.labels(s)[REPLACES_LABEL] for s in twice.by_node(5)} == {"2:10.9.0.3"}
+    assert spares.spare_nodes(twice) == []
+    with pytest.raises(spares.Refused, match="was already replaced"):
+        spares.choose(twice, 4)
+    # read back from the labels, it is node 2 -> node 5 (node 4 is a free node again for a fresh watch)
+    listing = [c for i in range(6) for c in labelled(twice, i)]
+    plan, lines = spares.apply_recorded(loaded, build(loaded), listing)
+    assert lines == [] and plan.substitutes == {2: 5} and nodes_of(plan, "decode") == [1, 5]
+
+
+def test_watch_never_moves_ranks_to_a_spare_it_cannot_see(loaded):
+    """The first spare (node 4) fails SSH too: node 2's ranks go to node 5; with every spare unseen, the
+    loss is reported (no spare reachable), not moved onto a dead node."""
+    plan = build(loaded)
+    said = Said()
+    unseen = lost.Unseen()
+    unseen.update({2: "timed out", 4: "timed out"}, 100.0)
+    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True, unseen=unseen)
+    lost.judge(w, 2, "node 2: lost")
+    assert said.lines == ["node 2: lost; would move decode to node 5 (node5 10.9.0.6); dry run: nothing done"]
+    unseen.update({2: "timed out", 4: "timed out", 5: "refused"}, 110.0)
+    lost.judge(w, 2, "node 2: lost")
+    assert said.lines[1] == (
+        "node 2: lost; cannot move it (no spare node reachable: node 4 (node4 10.9.0.5), node 5 (node5 10.9.0.6)"
+        " fail SSH); would alert; dry run: nothing done"
+    )
+
+
+@pytest.mark.parametrize(
+    ("listing", "says"),
+    [
+        ('{"a": 1}', "not a JSON list"),
+        ("[1]", "an entry is not a JSON object"),
+        ('[{"Name": 5}]', "an entry has an Id, Name, Status or time that is not text"),
+        ('[{"State": {"ExitCode": "zz"}}]', "an entry has an ExitCode or RestartCount that is not a whole number"),
+        ('[{"Config": {"Labels": ["launcher.replaces"]}}]', "an entry its labels are not a JSON object"),
+        ('[{"Config": {"Labels": {"launcher.replaces": 5}}}]', "an entry label launcher.replaces is not text"),
+        ('[{"Config": {"Labels": {"launcher.\\u001b[2J": {}}}}]', "an entry label launcher.?[2J is not text"),
+        ('[{"Config": 7}]', "not a JSON object"),
+        ('[{"Name": "/x\\u001b[2J"}]', "an entry has a Name docker would refuse"),
+    ],
+)
+def test_a_listing_not_of_docker_inspects_shape_is_one_line(listing, says):
+    """A node's listing is its word: labels and fields of the wrong type (where a substitution label is
+    read from) make the node's listing unreadable, in one line, never an AttributeError later."""
+    with pytest.raises(ListingError) as caught:
+        parse_list(3, listing)
+    assert str(caught.value).startswith("node 3: unreadable service list (") and says in str(caught.value)
+    assert "\n" not in str(caught.value) and "\x1b" not in str(caught.value)
+    good = '[{"Id": "abc", "Name": "/sp-decode-r1", "State": {"Status": "running", "ExitCode": 0},'
+    good += ' "Config": {"Labels": {"launcher.replaces": "2:10.9.0.3"}}, "HostConfig": null}]'
+    (c,) = parse_list(4, good)
+    assert (c.node_index, c.name, c.running, c.labels[REPLACES_LABEL]) == (4, "sp-decode-r1", True, "2:10.9.0.3")
+
+
+def test_after_a_spare_was_lost_in_turn_its_stale_ranks_lose_to_the_newer_move(loaded):
+    """node 4 replaced node 2, then node 4 was lost and node 5 took the ranks on; node 4 comes back still
+    running its (now stale) ranks, labelled as replacing node 2, with no watch running to remove them. The
+    newer move (its ranks started later) is the record: read back, it is node 2 -> node 5, whatever the
+    listing order; the stale claim is said in one line."""
+    base = build(loaded)
+    once = spares.substitute(loaded, base, 2, 4)
+    twice = spares.substitute(loaded, once, 4, 5)
+
+    def at(containers: list[Container], when: str) -> list[Container]:
+        for c in containers:
+            c.started_at = when
+        return containers
+
+    stale = at(labelled(once, 4), "2026-12-07T10:00:01.5Z")
+    newer = at(labelled(twice, 5), "2026-12-07T10:20:00.123456789Z")
+    for listing in (stale + newer, newer + stale):
+        plan, lines = spares.apply_recorded(loaded, base, listing)
+        assert plan.substitutes == {2: 5} and nodes_of(plan, "decode") == [1, 5]
+        assert len(lines) == 1 and "node 4 (node4 10.9.0.5)" in lines[0] and "another spare has it" in lines[0]
+
+
+def test_watch_removes_ranks_only_from_a_replaced_node_it_saw_lost(loaded):
+    """A label is a spare's word: one on node 4 claiming node 2 (which this watch never saw fail) is no
+    ground to remove node 2's running ranks, which would take a healthy group down. Ranks on a replaced
+    node this watch saw unreachable are stale, and are removed (said, in a dry run)."""
+    base = build(loaded)
+    claimed = spares.substitute(loaded, base, 2, 4)
+    found = {(c.node_index, c.name): c for c in labelled(base, 2)}  # node 2 runs its decode rank
+    said = Said()
+    w = SimpleNamespace(t=SimpleNamespace(plan=claimed, loaded=loaded), progress=said, dry_run=True)
+    w.unseen = lost.Unseen()
+    lost.remove_stale(w, found)
+    assert said.lines == [
+        "node 2 (node2 10.9.0.3) is replaced by a spare, as its labels say, but this watch never saw it lost:"
+        " its ranks (sp-decode-r1) are left running; `launcher up` decides"
+    ]
+    lost.remove_stale(w, found)
+    assert len(said.lines) == 1  # said once
+    w.unseen.update({2: "timed out"}, 100.0)
+    w.unseen.update({}, 130.0)  # seen again
+    lost.remove_stale(w, found)
+    assert said.lines[1:] == [
+        "saw sp-decode-r1 on node 2 (node2 10.9.0.3) back, replaced on a spare; would remove them;"
+        " dry run: nothing done"
+    ]
