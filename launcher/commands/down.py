@@ -73,6 +73,8 @@ def down(t: Target, command: str = "launcher down", now: bool = False) -> dict[i
     `down` mark a `watch` obeys."""
     plan = t.plan
     mark = lock_scripts.mark_down_script(plan.state_dir, plan.deployment, command)
+    # watch's record of its moves goes with the deployment: a later `up` starts from the file's placement
+    mark += "; " + lock_scripts.clear_moves_script(plan.state_dir, plan.deployment)
     # The other nodes are connected to while the head takes the lock: nothing is removed before it is held.
     t.fleet.warm(i for i in t.fleet.hosts if i != plan.head.index)
     try:

@@ -22,6 +22,7 @@ from launcher.plan.fabric import Route
 from launcher.plan.state import Container
 from launcher.plan.types import REPLACES_LABEL, Node, Plan
 from launcher.runtime import for_plan
+from launcher.runtime import lock as lock_scripts
 from launcher.runtime.base import Runtime
 from launcher.runtime.network import parse_routes, route_script
 from launcher.transport.host import Host, Options
@@ -72,10 +73,26 @@ class Target:
         if self.loaded is None or not (containers or self.plan.substitutes):
             return []
         base = build(self.loaded, self.plan.interfaces)
-        plan, lines = spares.apply_recorded(self.loaded, base, containers)
+        moves = self.moves_recorded(base) if containers else {}
+        plan, lines = spares.apply_recorded(self.loaded, base, containers, moves)
         if plan.substitutes != self.plan.substitutes:
             self.plan = plan
         return lines
+
+    def moves_recorded(self, plan: Plan) -> dict[int, int]:
+        """The head node's record of watch's moves (runtime.lock.MOVES_FILE): one read, asked only when a
+        listed rank carries a substitution label; a head that does not answer is no record."""
+        # behind the state-dir guard, as every lock script on the head (a refusal is not JSON: no record)
+        script = (
+            lock_scripts.guard_script(plan.state_dir)
+            + "\n"
+            + lock_scripts.read_moves_script(plan.state_dir, plan.deployment)
+        )
+        try:
+            text = self.head.run(script).stdout
+        except Exception:  # the head unreachable or failing: no move is confirmed, every label refused
+            return {}
+        return spares.parse_moves(plan, text, lock_scripts.MOVES_BYTES)
 
     def unresolved_interfaces(self) -> dict[int, str]:
         """With `network.interface: auto`: the nodes whose interface to a leader is still unknown, and why."""

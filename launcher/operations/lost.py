@@ -21,6 +21,7 @@ from launcher.operations.waiter import Waiter
 from launcher.plan import spares
 from launcher.plan.state import Container
 from launcher.plan.types import Node, Plan
+from launcher.runtime import lock as lock_scripts
 
 # `w` below is the caller's launcher.commands.watch.Watcher (not imported: watch imports this module)
 Watcher = Any
@@ -220,6 +221,9 @@ def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> s
     t.plan = new
     w.rebuild(groups)
     try:
+        # the record that makes the spare's labels count (runtime.lock.MOVES_FILE), before they exist
+        record = spares.moves_record(new, new.substitutes)
+        locking.on_head(site, lock_scripts.write_moves_script(new.state_dir, new.deployment, record))
         old = [c for s in old_members if (c := found.get((s.node.index, s.name))) is not None]
         if old:
             remove(t, old)

@@ -16,6 +16,7 @@ gives group ranks to, from a container on a spare, and the substitution passes t
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection, Iterable
 
@@ -94,9 +95,48 @@ def chained(substitutes: dict[int, int], lost: int, spare: int) -> dict[int, int
     return {**{gone: spare if held == lost else held for gone, held in substitutes.items()}, lost: spare}
 
 
-def recorded(plan: Plan, containers: Iterable[Container]) -> tuple[dict[int, int], list[str]]:
+def moves_record(plan: Plan, substitutes: dict[int, int]) -> dict[str, dict[str, object]]:
+    """What the head node's record of watch's moves holds (runtime.lock.write_moves_script): per lost node
+    its spare, both by index and address (a record of another inventory's nodes then matches nothing)."""
+    nodes = plan.nodes
+    return {
+        str(lost): {"spare": spare, "lost_address": nodes[lost].address, "spare_address": nodes[spare].address}
+        for lost, spare in substitutes.items()
+    }
+
+
+def parse_moves(plan: Plan, text: str, limit: int) -> dict[int, int]:
+    """The head node's record (its text, read at most LIMIT + 1 bytes) as lost index -> spare index: only
+    entries whose indices and addresses are this inventory's; anything else (not JSON, too long, another
+    shape) is no record at all (every label then refused)."""
+    if len(text) > limit:
+        return {}
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    out = {}
+    for key, entry in data.items():
+        lost = small_whole(key) if isinstance(key, str) else None
+        if lost is None or lost >= len(plan.nodes) or not isinstance(entry, dict):
+            continue
+        spare = entry.get("spare")
+        if type(spare) is not int or not 0 <= spare < len(plan.nodes):
+            continue
+        addresses = (entry.get("lost_address"), entry.get("spare_address"))
+        if addresses == (plan.nodes[lost].address, plan.nodes[spare].address):
+            out[lost] = spare
+    return out
+
+
+def recorded(
+    plan: Plan, containers: Iterable[Container], moves: dict[int, int] | None = None
+) -> tuple[dict[int, int], list[str]]:
     """The substitutions the replacement ranks' labels record (lost index -> spare index), checked
-    against PLAN (the file's, without substitutions); and one line for each label refused."""
+    against PLAN (the file's, without substitutions) and, given MOVES (the head node's record of watch's
+    moves, parse_moves), against it; and one line for each label refused."""
     found: dict[int, int] = {}
     refused: list[str] = []
     spares = {n.index for n in spare_nodes(plan)}
@@ -116,6 +156,11 @@ def recorded(plan: Plan, containers: Iterable[Container]) -> tuple[dict[int, int
                 f"{here}: {c.name}'s label says it replaces {plan.nodes[lost].label}, which the plan does not"
                 " allow (not a spare, no group rank there, or another spare has it): ignored"
             )
+        elif moves is not None and moves.get(lost) != c.node_index:
+            refused.append(
+                f"{here}: {c.name}'s label says it replaces {plan.nodes[lost].label}, but the head node's record of"
+                " watch's moves has no such move (a label is the node's word): ignored"
+            )
         else:
             found[lost] = c.node_index
     return found, refused
@@ -126,9 +171,12 @@ def _started(text: str) -> str:
     return text[:19] if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d.*", text[:40]) else ""
 
 
-def apply_recorded(loaded: Loaded, plan: Plan, containers: Iterable[Container]) -> tuple[Plan, list[str]]:
-    """PLAN with the substitutions the labels record (each one checked as `substitute` checks it)."""
-    found, lines = recorded(plan, containers)
+def apply_recorded(
+    loaded: Loaded, plan: Plan, containers: Iterable[Container], moves: dict[int, int] | None = None
+) -> tuple[Plan, list[str]]:
+    """PLAN with the substitutions the labels record and MOVES confirms (each one checked as `substitute`
+    checks it)."""
+    found, lines = recorded(plan, containers, moves)
     for lost, spare in sorted(found.items()):
         try:
             plan = substitute(loaded, plan, lost, spare)

@@ -252,3 +252,33 @@ def parse_down_mark(text: str) -> str | None:
         return f"{mark['who']}@{mark['from']} ran `{mark['command']}` at {when}"
     except (ValueError, KeyError, TypeError):
         return "`launcher down` ran"
+
+
+# The moves `watch` made (lost node -> spare), written on the head node under the lock when it moves a
+# group: the labels on the spare's ranks say which node they replace, but a label is the word of whoever
+# can run a container on that node; a substitution is taken only where this record, which only the
+# launcher writes (over SSH, under the lock), says the same (launcher.plan.spares). `down` removes it.
+MOVES_FILE = "moves.json"
+MOVES_BYTES = 64 << 10  # a few lines per lost node: anything longer is not the launcher's
+
+
+def _moves(state_dir: str, deployment: str) -> str:
+    return posixpath.join(state_dir, deployment, MOVES_FILE)
+
+
+def write_moves_script(state_dir: str, deployment: str, moves: dict[str, dict[str, object]]) -> str:
+    """Replace the record with MOVES (lost index -> {spare, lost_address, spare_address}), atomically."""
+    path = _moves(state_dir, deployment)
+    text = json.dumps(moves, sort_keys=True)
+    return (
+        f"mkdir -p {q(posixpath.dirname(path))} && printf '%s\\n' {q(text)} > {q(path + '.new')}"
+        f" && mv -f {q(path + '.new')} {q(path)}"
+    )
+
+
+def read_moves_script(state_dir: str, deployment: str) -> str:
+    return f"head -c {MOVES_BYTES + 1} {q(_moves(state_dir, deployment))} 2>/dev/null || true"
+
+
+def clear_moves_script(state_dir: str, deployment: str) -> str:
+    return f"rm -f {q(_moves(state_dir, deployment))}"

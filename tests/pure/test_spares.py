@@ -161,6 +161,40 @@ def test_forged_substitution_labels_are_ignored_in_one_line(loaded, node, value,
     assert len(lines) == 1 and says in lines[0] and "\n" not in lines[0] and len(lines[0]) < 300
 
 
+def test_a_label_counts_only_where_the_head_nodes_record_of_watchs_moves_says_the_same(loaded):
+    """A well-formed label on a real spare naming a real group node (what anyone who can run a container
+    on the spare can write) moves nothing unless the record watch wrote on the head node (under the lock)
+    has that move; the record as runtime.lock writes it reads back to the same substitutions."""
+    base = build(loaded)
+    moved = spares.substitute(loaded, base, 2, 4)
+    listing = [c for i in range(6) for c in labelled(moved, i)]
+    record = json.dumps(spares.moves_record(moved, moved.substitutes))
+    assert spares.parse_moves(base, record, 65536) == {2: 4}
+    plan, lines = spares.apply_recorded(loaded, base, listing, spares.parse_moves(base, record, 65536))
+    assert lines == [] and plan.substitutes == {2: 4}
+    for moves in ({}, {2: 5}, {1: 4}):  # no record, another spare's move, another node's
+        plan, lines = spares.apply_recorded(loaded, base, listing, moves)
+        assert plan.substitutes == {} and [s.spec_hash() for s in plan.services] == [
+            s.spec_hash() for s in base.services
+        ]
+        assert lines and all("the head node's record of watch's moves has no such move" in x for x in lines)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "", "not json", "[]", '{"2": 4}', '{"2": {"spare": "4"}}', '{"2": {"spare": 4}}',
+        '{"2": {"spare": 4, "lost_address": "10.9.0.3", "spare_address": "10.9.0.99"}}',
+        '{"2": {"spare": 99, "lost_address": "10.9.0.3", "spare_address": "10.9.0.5"}}',
+        '{"-1": {"spare": 4, "lost_address": "10.9.0.3", "spare_address": "10.9.0.5"}}',
+        '{"2": {"spare": true, "lost_address": "10.9.0.3", "spare_address": "10.9.0.5"}}',
+        '{"2": {"spare": 4, "lost_address": "10.9.0.3", "spare_address": "10.9.0.5"}}' + " " * 70000,
+    ],
+)  # fmt: skip
+def test_a_record_not_of_the_launchers_making_confirms_nothing(loaded, text):
+    assert spares.parse_moves(build(loaded), text, 65536) == {}
+
+
 def test_two_spares_claiming_one_lost_node_keep_the_first(loaded):
     base = build(loaded)
     a = labelled(spares.substitute(loaded, base, 2, 4), 4)

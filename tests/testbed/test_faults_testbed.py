@@ -279,21 +279,27 @@ def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(te
 
 
 def forged_label_is_ignored(testbed, launcher) -> None:
-    """A container on the spare whose label claims it replaces a node the inventory does not have: `status`
-    says so in one line and keeps the file's plan (no group moves to node 4)."""
+    """Containers on the spare whose labels claim they replace a node the inventory does not have, and a
+    real group node (well formed: what anyone who can run a container on the spare can write): `status`
+    says so in one line each and keeps the file's plan (no group moves to node 4); only watch's record on
+    the head node makes such a label count."""
     labels = ["--label", "launcher.deployment=spare-small", "--label", "launcher.group=decode"]
-    forged = [*labels, "--label", "launcher.replaces=7:10.9.9.9", "--name", "spare-small-forged"]
-    run = testbed.ssh(4, testbed.docker_run(*forged, testbed.vars["TESTBED_IMAGE"], "sleep", "300", detach=True))
-    assert run.returncode == 0, run.stderr
+    image = testbed.vars["TESTBED_IMAGE"]
+    for name, claim in (("forged", "7:10.9.9.9"), ("forged-well", f"3:{testbed.nodes[3][1]}")):
+        forged = [*labels, "--label", f"launcher.replaces={claim}", "--name", f"spare-small-{name}"]
+        run = testbed.ssh(4, testbed.docker_run(*forged, image, "sleep", "300", detach=True))
+        assert run.returncode == 0, run.stderr
     try:
         status = launcher("status", "--json", timeout=120)
         assert json.loads(status.stdout)["replaced"] == [], status.stdout
         plain = launcher("status", timeout=120)
-        said = [x for x in plain.stdout.splitlines() if "launcher.replaces" in x]
-        assert len(said) == 1 and "names no inventory node: ignored" in said[0], plain.stdout
-        assert "replaces node" not in plain.stdout
+        said = [x for x in plain.stdout.splitlines() if "'s label" in x]
+        assert len(said) == 2, plain.stdout
+        assert any("names no inventory node: ignored" in x for x in said), plain.stdout
+        assert any("record of watch's moves has no such move" in x for x in said), plain.stdout
+        assert "its group ranks moved by watch" not in plain.stdout  # status's line of a substitution taken
     finally:
-        testbed.ssh(4, "docker rm -f spare-small-forged")
+        testbed.ssh(4, "docker rm -f spare-small-forged spare-small-forged-well")
 
 
 def spare_ids(testbed, i: int) -> list[str]:
