@@ -197,7 +197,7 @@ def bring_up(n: int, env: dict[str, str], timeout: float = 1200) -> Testbed:
 SMALL_TESTBED = 5
 
 
-def testbed_size() -> int:
+def max_testbed_nodes() -> int:
     """The most nodes a testbed of this run may have (LAUNCHER_TESTBED_NODES, default 13)."""
     return int(os.environ.get("LAUNCHER_TESTBED_NODES", "13"))
 
@@ -207,7 +207,7 @@ def session_testbed():
     """The session's testbed: SMALL_TESTBED nodes (fewer where LAUNCHER_TESTBED_NODES says so), grown by
     `testbed` for a module that needs more, torn down at the end."""
     require_testbed_capable()
-    tb = bring_up(min(testbed_size(), SMALL_TESTBED), env_for_testbed())
+    tb = bring_up(min(max_testbed_nodes(), SMALL_TESTBED), env_for_testbed())
     try:
         yield tb
     finally:
@@ -218,9 +218,9 @@ def session_testbed():
 
 
 def grow_testbed(tb: Testbed, n: int) -> Testbed:
-    """TB with at least N nodes (at most testbed_size()): `scripts/testbed up N` adds the missing ones and
+    """TB with at least N nodes (at most max_testbed_nodes()): `scripts/testbed up N` adds the missing ones and
     rewrites the inventory; TB's node list is updated in place, so every holder of it sees them."""
-    n = min(n, testbed_size())
+    n = min(n, max_testbed_nodes())
     if len(tb.nodes) < n:
         grown = bring_up(n, tb.env)
         tb.nodes[:] = grown.nodes

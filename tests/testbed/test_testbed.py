@@ -23,8 +23,8 @@ from tests.conftest import (
     Testbed,
     bring_up,
     env_for_testbed,
+    max_testbed_nodes,
     require_testbed_capable,
-    testbed_size,
     unavailable,
 )
 
@@ -56,7 +56,7 @@ def test_bring_up_time(testbed: Testbed, capsys: pytest.CaptureFixture[str]) -> 
         print(f"\n[testbed] `scripts/testbed up {len(testbed.nodes)}` took {testbed.up_seconds:.2f} s")
         print(f"[testbed] {testbed.up_output.strip()}")
     n = len(testbed.nodes)  # 5 (SMALL_TESTBED), or 13 where this process ran a file that grew it first
-    assert n in {min(testbed_size(), SMALL_TESTBED), testbed_size()}
+    assert n in {min(max_testbed_nodes(), SMALL_TESTBED), max_testbed_nodes()}
     assert re.search(rf"^testbed: {n} nodes up in [\d.]+ s", testbed.up_output, re.M), testbed.up_output
     # What `up` said is so: each node's SSH reaches that node, in the namespace that holds its own address.
     for i, (name, address) in enumerate(testbed.nodes):
