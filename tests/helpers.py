@@ -52,7 +52,11 @@ STATE_DIR = user_set("TESTBED_STATE_DIR") or f"/var/tmp/launcher-test-{CHECKOUT_
 # the kernel's ephemeral ports (32768 and up, where outgoing connections take theirs) and below 32768,
 # since Dynamo keeps system ports in 16 signed bits; above configs/local.yaml's fixed ports.
 PORT_RANGE = (20000, 32000)
-PORT_BLOCK = 200
+PORT_BLOCK = 1000
+# Only the block's first PORTS_HANDED are handed out: a deployment's replica K listens on its group's ports
+# + K x 100 (REPLICA_PORT_STEP), which must stay in this process's block too (with a block of 200 handed out
+# whole, `scale decode=3`'s replica 2 once landed on another process's port, answered by its service).
+PORTS_HANDED = 100
 
 
 class _PortBlock:
@@ -77,14 +81,14 @@ class _PortBlock:
         raise AssertionError(f"every test port block of {PORT_RANGE} is held by another process")
 
     def take(self) -> int:
-        """The next port of the block that nothing listens on (nor holds bound), never the same one twice
-        in a row of PORT_BLOCK."""
-        for _ in range(PORT_BLOCK):
-            port = self.base + self.handed % PORT_BLOCK
+        """The next port of the block's first PORTS_HANDED that nothing listens on (nor holds bound), never
+        the same one twice in a row of PORTS_HANDED."""
+        for _ in range(PORTS_HANDED):
+            port = self.base + self.handed % PORTS_HANDED
             self.handed += 1
             if bindable(port):
                 return port
-        raise AssertionError(f"no free port in {self.base}-{self.base + PORT_BLOCK - 1}")
+        raise AssertionError(f"no free port in {self.base}-{self.base + PORTS_HANDED - 1}")
 
 
 _ports: list[_PortBlock] = []

@@ -55,9 +55,18 @@ def drain(t: Target, told: Callable[[str], None], services: list[Service] | None
     counts: dict[str, int | None] = {k: v for r in first.succeeded.values() for k, v in r.items()}
     done: list[Drain] = []
     idle = FrontendIdle(t, deadline)
+    stop = threading.Event()  # Ctrl-C: the nodes' drain loops end at their next poll
     for phase in phases:
         on = by_node(phase)
-        results = t.fleet.map(lambda h, on=on: drain_node(t, h, on[h.node.index], deadline, counts, idle, routers), on)
+        try:
+            results = t.fleet.map(
+                lambda h, on=on: drain_node(t, h, on[h.node.index], deadline, counts, idle, routers, stop), on
+            )
+        except KeyboardInterrupt:
+            # the pool's threads are joined when the process exits: left polling, they would hold the
+            # interrupted command up to drain_timeout
+            stop.set()
+            raise
         for i, result in sorted(results.items()):
             if isinstance(result, Exception):
                 result = [Drain(s.service, i, outcome=f"node failed: {describe(result)}") for s in on[i]]
@@ -77,6 +86,7 @@ def drain_node(
     counts: dict[str, int | None],
     frontend_idle: FrontendIdle | None = None,
     routers: dict[str, tuple[Service, str]] | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Drain]:
     """One node's workers of one phase: count, signal (or take out of its router), wait (see the module's
     docstring). `counts`: each worker's in-flight requests when the drain began (the larger of that and the
@@ -94,7 +104,8 @@ def drain_node(
         drains[s.name].waited_for = max(known) if known else None
     started = time.monotonic()
     for s in [s for s in live if s.name in routers]:
-        drains[s.name].router = unroute(t.fleet.host(routers[s.name][0].node.index), *routers[s.name], deadline)
+        host_of_router = t.fleet.host(routers[s.name][0].node.index)
+        drains[s.name].router = unroute(host_of_router, *routers[s.name], deadline, stop)
     signalled = [s.name for s in live if s.name not in routers]
     if signalled:
         host.run(t.runtime.term_script(t.plan, signalled), timeout=SCRIPT_SECONDS)
@@ -113,16 +124,20 @@ def drain_node(
             running = running_names(t, host)
             for s in [s for s in pending if s.name not in running]:
                 finish(drains[s.name], pending, s, "exited", started)
-        if not pending or time.monotonic() >= deadline:
+        if not pending or time.monotonic() >= deadline or stopped(stop):
             break
         time.sleep(POLL_SECONDS)
     for s in pending:
-        drains[s.name].outcome = "timed out"
+        drains[s.name].outcome = "interrupted" if stopped(stop) else "timed out"
         drains[s.name].seconds = time.monotonic() - started
     return list(drains.values())
 
 
-def unroute(host: Host, router: Service, url: str, deadline: float) -> str:
+def stopped(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+def unroute(host: Host, router: Service, url: str, deadline: float, stop: threading.Event | None = None) -> str:
     """Take the worker at URL out of the sglang-router's routing (its API, see plan.drain): look its id up,
     DELETE it, then until the router lists it no more (within the deadline). Returns what came of it, one
     line; a failure is said and the drain goes on (the worker's requests are still waited for)."""
@@ -138,6 +153,8 @@ def unroute(host: Host, router: Service, url: str, deadline: float) -> str:
         while router_listed(host, router, url, deadline) is not None:
             if time.monotonic() >= deadline:
                 return "the router still lists it at drain_timeout"
+            if stopped(stop):
+                return "the router still listed it when the drain was interrupted"
             time.sleep(POLL_SECONDS)
         return "removed from the router"
     except (OSError, ValueError, NodeError) as exc:
