@@ -11,6 +11,7 @@ import socket
 import threading
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class _Connection(http.client.HTTPConnection):
@@ -22,6 +23,13 @@ class _Connection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         self.sock = self._open_socket()
+
+
+def target(url: str, default_host: str) -> tuple[str, int, str]:
+    """(host, port, path with its query) of URL, as both transports open it (DEFAULT_HOST: the node's own)."""
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
+    return parts.hostname or default_host, parts.port or 80, path
 
 
 def request(

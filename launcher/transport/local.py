@@ -9,7 +9,6 @@ import socket
 import subprocess
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from launcher.plan.types import Node
 from launcher.transport import http
@@ -140,9 +139,7 @@ class LocalHost:
         limit: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        parts = urlsplit(url)
-        host, port = parts.hostname or self.node.address, parts.port or 80
-        path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
+        host, port, path = http.target(url, self.node.address)
 
         def open_socket() -> socket.socket:
             return socket.create_connection((host, port), timeout=timeout)

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import paramiko
 from fabric import Config, Connection
@@ -372,9 +371,7 @@ class SSHHost:
         headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """An HTTP request to a port on the node, through the SSH connection (no route needed)."""
-        parts = urlsplit(url)
-        host, port = parts.hostname or self.node.address, parts.port or 80
-        path = parts.path + (f"?{parts.query}" if parts.query else "") or "/"
+        host, port, path = http.target(url, self.node.address)
 
         def open_channel() -> Any:
             return self._channel(host, port, timeout)
