@@ -106,6 +106,10 @@ def drain_node(
     for s in [s for s in live if s.name in routers]:
         host_of_router = t.fleet.host(routers[s.name][0].node.index)
         drains[s.name].router = unroute(host_of_router, *routers[s.name], deadline, stop)
+    if stopped(stop):  # Ctrl-C came while the workers left the router: none is signalled after it
+        for s in live:
+            drains[s.name].outcome = "interrupted"
+        return list(drains.values())
     signalled = [s.name for s in live if s.name not in routers]
     if signalled:
         host.run(t.runtime.term_script(t.plan, signalled), timeout=SCRIPT_SECONDS)

@@ -16,6 +16,9 @@ from launcher.transport.local import LocalHost
 from launcher.transport.ssh import SSHHost
 
 T = TypeVar("T")
+# How often a waiting main thread wakes: Python runs a signal's handler only in the main thread, between
+# bytecodes, and a Ctrl-C the kernel delivered to a pool thread does not interrupt the main thread's wait.
+WAKE_SECONDS = 0.2
 
 
 class FleetResult(dict[int, Any]):
@@ -128,6 +131,9 @@ class Fleet:
 
         futures = {i: pool.submit(guarded, i) for i in chosen}
         try:
+            pending = set(futures.values())
+            while pending:  # timed waits: the kernel may give a Ctrl-C to a pool thread, and a main thread
+                _, pending = wait(pending, timeout=WAKE_SECONDS)  # blocked for good would never raise it
             return FleetResult((i, f.result()) for i, f in futures.items())
         except KeyboardInterrupt:
             if not finish_on_interrupt:
