@@ -5,6 +5,7 @@ a failure on one node never hides the others.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
@@ -131,9 +132,10 @@ class Fleet:
 
         futures = {i: pool.submit(guarded, i) for i in chosen}
         try:
-            pending = set(futures.values())
-            while pending:  # timed waits: the kernel may give a Ctrl-C to a pool thread, and a main thread
-                _, pending = wait(pending, timeout=WAKE_SECONDS)  # blocked for good would never raise it
+            for f in futures.values():  # timed waits: the kernel may give a Ctrl-C to a pool thread, and
+                while not f.done():  # a main thread blocked for good would never raise it
+                    with contextlib.suppress(TimeoutError):
+                        f.result(timeout=WAKE_SECONDS)
             return FleetResult((i, f.result()) for i, f in futures.items())
         except KeyboardInterrupt:
             if not finish_on_interrupt:
