@@ -9,6 +9,7 @@ on this machine, talking to the endpoint through a port forwarded over the head 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import signal
@@ -24,7 +25,9 @@ from launcher.errors import ConfigError
 from launcher.operations.bench_recipe import BenchError
 from launcher.output.console import say
 from launcher.runtime.shell import join, q
+from launcher.transport.errors import NodeError
 from launcher.transport.host import Host
+from launcher.transport.spawn import spawn_session
 
 AIPERF_VERSION = "0.13.0"
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -81,8 +84,7 @@ def run_local(argv: list[str], log: Path, timeout: float) -> Outcome:
     # id and fails (HFValidationError, seen here); a local path is loaded as such without it.
     env = env_writing_bytecode()
     with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)  # fmt: skip
+        proc = spawn_session(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:
             code = proc.wait(timeout=timeout)
         except (KeyboardInterrupt, subprocess.TimeoutExpired) as exc:
@@ -94,9 +96,8 @@ def run_local(argv: list[str], log: Path, timeout: float) -> Outcome:
 
 
 def _end(proc: subprocess.Popen) -> None:
-    """Ctrl-C to AIPerf's whole process group, then SIGKILL, until none of the group is left (bounded): a
-    worker that outlived AIPerf's main process wrote into the run's directory after it had been renamed
-    DIR.incomplete, leaving a DIR.partial behind (seen in CI)."""
+    """Ctrl-C to AIPerf's whole process group, then SIGKILL, until none of the group is left (bounded):
+    none of it may write into the run's directory once that is renamed DIR.incomplete."""
     for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
@@ -146,14 +147,18 @@ def run_on_head(host: Host, argv: list[str], remote_dir: str, local_dir: Path, t
     launch = (
         f"mkdir -p {q(remote_dir)} && cd {q(remote_dir)} && setsid sh -c {q(inner)} > aiperf.log 2>&1 < /dev/null &"
     )
-    host.run(launch, timeout=60)
     try:
+        host.run(launch, timeout=60)
         while not host.run(f"test -f {q(remote_dir)}/exit-code", timeout=60).ok:
             if time.monotonic() - started > timeout:
                 raise BenchError(f"AIPerf on {host.node.label} did not finish within {timeout:.0f} s")
             time.sleep(POLL_SECONDS)
-    except BaseException:  # Ctrl-C or the timeout: end its process group there (setsid made it the leader)
-        host.run(f"kill -INT -- -$(cat {q(remote_dir)}/pid) 2>/dev/null; true", timeout=30)
+    except BaseException:  # Ctrl-C or the timeout: end its process group there (setsid made it the leader);
+        # a Ctrl-C during the launch may come before its pid file is written: that is waited for (5 s at most)
+        pid = f"{q(remote_dir)}/pid"
+        wait_pid = f"for i in $(seq 50); do test -s {pid} && break; sleep 0.1; done"
+        with contextlib.suppress(NodeError):  # what went wrong is the error raised, not this clean-up's
+            host.run(f"{wait_pid}; kill -INT -- -$(cat {pid} 2>/dev/null) 2>/dev/null; true", timeout=30)
         raise
     code = int(host.run(f"cat {q(remote_dir)}/exit-code", timeout=30).stdout.strip() or 1)
     copied = host.run(f"tar -C {q(remote_dir)} -czf - . | base64 | tr -d '\\n'", timeout=600)

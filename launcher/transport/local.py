@@ -15,6 +15,7 @@ from launcher.transport import http
 from launcher.transport.errors import NodeError
 from launcher.transport.forward import Forward
 from launcher.transport.host import Completed, Options
+from launcher.transport.spawn import spawn_session
 from launcher.transport.stream import Conn, Running, socket_conn
 
 
@@ -59,13 +60,12 @@ class LocalHost:
 
     def _stream(self, script: str, out: Callable[[str], None]) -> Completed:
         """Output line by line until the script ends (or the caller is interrupted: then it is ended)."""
-        proc = subprocess.Popen(
+        proc = spawn_session(
             ["bash", "-c", script],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            start_new_session=True,
         )
         try:
             assert proc.stdout is not None
@@ -79,12 +79,8 @@ class LocalHost:
 
     def start(self, script: str) -> Running:
         """The script as a process of its own (own session: `kill` ends its whole process group)."""
-        proc = subprocess.Popen(
-            ["bash", "-c", script],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
+        proc = spawn_session(
+            ["bash", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr

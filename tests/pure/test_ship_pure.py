@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,7 @@ def test_doctor_checks_the_manifest_with_python_env_when_the_node_has_no_python3
     expect = weights(root)
     remote.write_manifest(str(root), expect, {f["path"] for f in expect})
     (tmp_path / "env" / "bin").mkdir(parents=True)
-    (tmp_path / "env" / "bin" / "python3").symlink_to(shutil.which("python3"))
+    (tmp_path / "env" / "bin" / "python3").symlink_to(os.path.realpath(sys.executable))  # not a shim: a binary
     (tmp_path / "bin").mkdir()
     for tool in ("sha256sum", "cut"):
         (tmp_path / "bin" / tool).symlink_to(shutil.which(tool))
