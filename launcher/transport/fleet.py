@@ -14,12 +14,19 @@ from launcher.plan.types import Node
 from launcher.transport.errors import describe
 from launcher.transport.host import Completed, Host, Options
 from launcher.transport.local import LocalHost
-from launcher.transport.ssh import SSHHost
 
 T = TypeVar("T")
 # How often a waiting main thread wakes: Python runs a signal's handler only in the main thread, between
 # bytecodes, and a Ctrl-C the kernel delivered to a pool thread does not interrupt the main thread's wait.
 WAKE_SECONDS = 0.2
+
+
+def ssh_host(node: Node, options: Options) -> Host:
+    """A node over SSH. Its module (paramiko, fabric: 0.2 CPU-s to import) loads only when a fleet has such
+    a node: every command of a deployment on this machine alone, and every refusal, goes without."""
+    from launcher.transport.ssh import SSHHost
+
+    return SSHHost(node, options)
 
 
 class FleetResult(dict[int, Any]):
@@ -65,7 +72,7 @@ class Fleet:
         self.options = options or Options()
         self.hosts: dict[int, Host] = {}
         for node in nodes:
-            self.hosts[node.index] = LocalHost(node, self.options) if node.is_local else SSHHost(node, self.options)
+            self.hosts[node.index] = LocalHost(node, self.options) if node.is_local else ssh_host(node, self.options)
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.options.parallel), thread_name_prefix="node")
         self._warming: dict[int, Future] = {}
 

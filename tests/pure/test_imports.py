@@ -15,8 +15,11 @@ import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
 import launcher
+
+REPO = Path(__file__).resolve().parents[2]
 
 MODULES = sorted(
     info.name
@@ -97,3 +100,28 @@ def test_bytecode_is_kept_where_pythondontwritebytecode_is_set(tmp_path) -> None
     assert proc.returncode == 0 and proc.stdout.strip() == str(copy / "cli.py"), proc.stderr
     assert list((copy / "__pycache__").glob("cli.*.pyc")), "no bytecode kept for launcher.cli"
     assert list((tmp_path / "__pycache__").glob("after_launcher.*.pyc")), "none for what it imported after"
+
+
+def test_a_deployment_on_this_machine_alone_never_loads_the_ssh_stack(tmp_path):
+    """paramiko and fabric cost 0.2 CPU-s of every `launcher` process that loads them: a command whose nodes
+    are all this machine, and a refusal, go without (CI runs hundreds of such processes); a command with a
+    node over SSH loads them when its fleet is made, and still tells a refused connection as such."""
+
+    def loaded(*argv: str) -> tuple[set[str], str]:
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "launcher", *argv], capture_output=True,
+                              text=True, timeout=120, cwd=REPO)  # fmt: skip
+        lines = done.stderr.splitlines()
+        names = {line.split("|")[-1].strip() for line in lines if line.startswith("import time:")}
+        said = "\n".join(line for line in lines if not line.startswith("import time:"))
+        return names & {"paramiko", "fabric", "invoke", "prometheus_client"}, said + done.stdout
+
+    assert loaded("plan", "configs/local.yaml")[0] == set()
+    assert loaded("up", "configs/nope.yaml")[0] == set()
+    # the same deployment with its node at 127.0.0.2, over SSH to a port nothing listens on (9, discard)
+    text = (REPO / "configs" / "local.yaml").read_text().replace("${CONFIG_DIR}/..", str(REPO))
+    config = tmp_path / "ssh.yaml"
+    config.write_text(text.replace("address: 127.0.0.1}", "address: 127.0.0.2, ssh: {port: 9}}"))
+    assert "address: 127.0.0.2" in config.read_text()
+    modules, said = loaded("exec", "-c", str(config), "--all", "--connect-timeout", "1", "--", "true")
+    assert {"paramiko", "fabric"} <= modules
+    assert "connection refused: nothing listens on the SSH port" in said
