@@ -3,7 +3,8 @@
 
 * a rank whose rendezvous failed (`@@fabric-fatal`), or a job that ended without an answer (its python
   missing, its container refused), stops its group at once: the group's other containers are removed
-  rather than left to wait out `fabric.timeout` for a rank that will never come;
+  rather than left to wait out `fabric.timeout` for a rank that will never come; and the first such
+  failure stops every other group still running too (the check has its verdict: it says so and ends);
 * Ctrl-C (or the budget running out) removes every container of the run (they carry the label
   `launcher.fabric=<deployment>/<run id>`) on every node before the interrupt goes on;
 * a killed earlier run's leftovers (`launcher.fabric.deployment=<deployment>`) are removed first.
@@ -36,7 +37,9 @@ class Live:
     reach: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     fatal: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     ended: dict[tuple[int, int], int] = field(default_factory=dict)
-    stopped: dict[str, str] = field(default_factory=dict)  # group -> why it was stopped
+    stopped: dict[str | None, str] = field(default_factory=dict)  # group (None: peer ports only) -> why stopped
+    first_failure: str = ""  # the group whose rank failed first: every other unfinished group stops then
+    cut_short: set[str | None] = field(default_factory=set)  # groups stopped for another group's failure
     stdout: dict[int, list[str]] = field(default_factory=dict)
     failed: dict[int, Exception] = field(default_factory=dict)  # nodes whose script could not start
 
@@ -52,7 +55,7 @@ class FabricRun:
         self.live = Live()
         self.events: queue.Queue[tuple[int, str | None]] = queue.Queue()
         self.running: dict[int, Any] = {}
-        self.pending_stop: dict[str, float] = {}  # group -> when to remove its containers
+        self.pending_stop: dict[str | None, float] = {}  # group -> when to remove its containers
         self.removed: set[tuple[int, int]] = set()  # jobs removed by the launcher while they still ran
 
     # -- the scripts -------------------------------------------------------------------------------
@@ -147,9 +150,21 @@ class FabricRun:
         group = self.jobs[i][k].group
         if group is None or group in self.live.stopped:
             return
-        rank = self.jobs[i][k].rank
-        self.live.stopped[group] = f"stopped once rank {rank} on {self.t.plan.nodes[i].label} had failed"
+        rank, node = self.jobs[i][k].rank, self.t.plan.nodes[i].label
+        self.live.stopped[group] = f"stopped once rank {rank} on {node} had failed"
         self.pending_stop[group] = time.monotonic() + STOP_GRACE
+        if not self.live.first_failure:
+            self.live.first_failure = group
+            self._cut_short(f"ended once rank {rank} of {group} on {node} had failed (the check stops at the first)")
+
+    def _cut_short(self, why: str) -> None:
+        """Every other group still running (and the nodes that only try peer ports) is stopped with the first
+        failing one: the verdict is made, and their ranks would only go on importing torch and meeting."""
+        for (i, k), job in [(key, self.jobs[key[0]][key[1]]) for key in self.names]:
+            if job.group not in self.live.stopped and (i, k) not in self.live.ended:
+                self.live.stopped[job.group] = why
+                self.live.cut_short.add(job.group)
+                self.pending_stop[job.group] = time.monotonic() + STOP_GRACE
 
     def _due_stops(self) -> None:
         now = time.monotonic()
@@ -158,7 +173,7 @@ class FabricRun:
                 del self.pending_stop[group]
                 threading.Thread(target=self._remove_group, args=(group,), daemon=True).start()
 
-    def _remove_group(self, group: str) -> None:
+    def _remove_group(self, group: str | None) -> None:
         plan, runtime = self.t.plan, self.t.runtime
         names: dict[int, list[str]] = {}
         for (i, k), name in self.names.items():
@@ -199,7 +214,8 @@ class FabricRun:
         if (i, k) in self.live.fatal:
             return self.live.fatal[(i, k)]
         if (i, k) in self.removed and job.group in self.live.stopped:
-            return {"stopped": self.live.stopped[job.group], **self.live.reach.get((i, k), {})}
+            cut = {"cut_short": True} if job.group in self.live.cut_short else {}
+            return {"stopped": self.live.stopped[job.group], **cut, **self.live.reach.get((i, k), {})}
         if answer is None:
             why = self.live.failed.get(i)
             return describe(why) if why is not None else "no answer within the check's budget"

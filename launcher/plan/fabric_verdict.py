@@ -214,6 +214,10 @@ def group_result(plan: Plan, g: Group, ranks: list[RankResult]) -> GroupResult:
             if r.raw.get("note"):
                 lines.append(Line(r.node, name, "warn", f"rank {r.rank}: {r.raw['note']}", "a busy node: try again"))
         return GroupResult(g.name, True, ranks, lines)
+    if all(r.ok or r.raw.get("cut_short") for r in ranks):  # stopped for another group's failure: unproven
+        why = next(r.error for r in ranks if not r.ok)
+        line = Line(g.leader, name, "skip", f"not finished: the check {why}", "fix that failure, then check again")
+        return GroupResult(g.name, False, ranks, [line])
     return GroupResult(g.name, False, ranks, rank_lines(plan, g, ranks))
 
 

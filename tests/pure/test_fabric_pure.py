@@ -254,6 +254,32 @@ def test_a_member_cut_off_from_its_leader_is_named_with_the_leader():
     assert "rank 3" not in stopped and "rank 1 (tb5)" in stopped
 
 
+def test_a_group_cut_short_by_another_groups_failure_is_unproven_not_at_fault():
+    """The check stops at the first failing group (operations/fabric_run): prefill, still importing torch
+    then, is neither ok nor a failure of its own: one "skip" line says why it did not finish."""
+    plan = build("testbed-dsr1.yaml", INVENTORY_32)
+    groups = fabric.checked_groups(plan)
+    jobs = fabric.jobs(plan, groups)
+    why = "ended once rank 3 of decode on node 7 had failed (the check stops at the first)"
+
+    def per_rank(rank):
+        if rank == 3:
+            return answer(3, 9, phase="reach", error="cannot reach the leader 10.213.0.14:29500: no answer in 3 s")
+        return {"stopped": "stopped once rank 3 on node 7 had failed"}
+
+    outcomes = decode_outcomes(plan, jobs, per_rank)
+    prefill_group = next(g for g in groups if g.name == "prefill")
+    for i in prefill_group.node_indices:
+        outcomes[(i, 0)] = {"stopped": why, "cut_short": True}
+    outcomes[(prefill_group.node_indices[1], 0)] = answer(1, 4, ok=True, phase="done", waited_s=0.2, init_s=0.1)
+    _, (prefill, decode) = judge(plan, jobs, outcomes, groups)
+    assert not prefill.ok and [(ln.status, ln.detail) for ln in prefill.lines] == [
+        ("skip", f"not finished: the check {why}")
+    ]
+    assert prefill.to_json()["problems"] == []
+    assert not decode.ok and any("rank 3 on node 7" in ln.detail and ln.status == "fail" for ln in decode.lines)
+
+
 def test_a_leader_that_never_started_leaves_the_others_named_as_waiting():
     plan = build("testbed-dsr1.yaml", INVENTORY_32)
     g = next(g for g in plan.groups if g.name == "decode")
