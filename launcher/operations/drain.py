@@ -165,6 +165,30 @@ def unroute(host: Host, router: Service, url: str, deadline: float, stop: thread
         return f"not removed from the router ({describe(exc).splitlines()[0][:200]})"
 
 
+def reroute(host: Host, router: Service, url: str, deadline: float) -> str:
+    """Put the worker at URL back into the sglang-router's routing once its new spec serves (a roll took it
+    out first): `POST /workers` with the type and bootstrap port the router was started with, then until the
+    router lists it (within the deadline). Returns what came of it, one line starting "routed" when it is."""
+    spec = plan_drain.router_worker_spec(router, url)
+    if spec is None:
+        return f"not routed again: the router's argv does not name {url}"
+    try:
+        if router_listed(host, router, url, deadline) is not None:
+            return "routed: the router still lists it"
+        api = plan_drain.router_api(router)
+        status, _ = host.http("POST", f"{api}/workers", spec, timeout=scrape_seconds(deadline),
+                              limit=plan_drain.MAX_ROUTER_ANSWER, headers=plan_drain.router_auth(router))  # fmt: skip
+        if status not in (200, 201, 202):
+            return f"not routed again (the router answered HTTP {status})"
+        while router_listed(host, router, url, deadline) is None:
+            if time.monotonic() >= deadline:
+                return "not routed again: the router does not list it within the deadline"
+            time.sleep(POLL_SECONDS)
+        return "routed again (added back to the router)"
+    except (OSError, ValueError, NodeError) as exc:
+        return f"not routed again ({describe(exc).splitlines()[0][:200]})"
+
+
 def router_listed(host: Host, router: Service, url: str, deadline: float) -> str | None:
     """The router's id of the worker at URL (None: not listed); ValueError when its answer is not a listing."""
     status, body = host.http(

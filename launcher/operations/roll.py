@@ -118,6 +118,9 @@ class Replaced(KeyboardInterrupt):
         self.left = left
 
 
+ROUTE_BACK_SECONDS = 60.0  # for the router to list a ready worker it was told to add again
+
+
 def specs_left(rest: list[str]) -> str:
     return f" On the previous spec: {', '.join(rest)} (not reached)." if rest else ""
 
@@ -139,6 +142,7 @@ def replace(t: Target, progress: Progress, step: Step, done: list[str], rest: li
         start(t, step.services, progress)
         # ready, and registered: the frontend lists every worker again (the drained one had left it)
         Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
+        route_back(t, step, progress)
         proof = smoke(t, step)
     except Exception as exc:  # KeyboardInterrupt is not one: `run` rolls back and says so
         reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
@@ -189,7 +193,9 @@ def drain(t: Target, services: list[Service], told: Callable[[str], None]) -> li
     out = []
     for phase in ([s for s in workers if s.role == "prefill"], [s for s in workers if s.role != "prefill"]):
         on = by_node(phase)
-        results = t.fleet.map(lambda h, on=on: drains.drain_node(t, h, on[h.node.index], deadline, {}), on)
+        results = t.fleet.map(
+            lambda h, on=on: drains.drain_node(t, h, on[h.node.index], deadline, {}, routers=routed(t, services)), on
+        )
         for _, result in sorted(results.items()):
             for d in [] if isinstance(result, Exception) else result:
                 if d.outcome != "not running":
@@ -199,6 +205,29 @@ def drain(t: Target, services: list[Service], told: Callable[[str], None]) -> li
                 out.append(f"drain failed: {describe(result)}")  # a courtesy: the stop goes on
                 told(out[-1])
     return out
+
+
+def routed(t: Target, services: list[Service]) -> dict[str, tuple[Service, str]]:
+    """The step's plain SGLang workers behind the plan's sglang-router: its drain takes them out of the
+    router first (the router would go on sending them requests while they stop), and route_back puts
+    the new spec back in."""
+    names = {s.name for s in services}
+    return {name: r for name, r in plan_drain.routed(t.plan.services).items() if name in names}
+
+
+def route_back(t: Target, step: Step, progress: Progress) -> None:
+    """The step's workers that the drain took out of the router, back in once ready (the router would
+    otherwise never send them a request again); RouteFailed (the step rolls back) when the router will not."""
+    deadline = time.monotonic() + ROUTE_BACK_SECONDS
+    for name, (router, url) in routed(t, step.services).items():
+        said = drains.reroute(t.fleet.host(router.node.index), router, url, deadline)
+        progress.log(f"router: {name}: {said}")
+        if not said.startswith("routed"):
+            raise RouteFailed(f"{name} is not in its router's routing again: {said}")
+
+
+class RouteFailed(LauncherError):
+    exit_code = 1
 
 
 def _on_nodes(t: Target, services: list[Service], script: Callable[[list[str]], str], what: str) -> None:
@@ -225,6 +254,7 @@ def rollback(t: Target, step: Step, reason: str, progress: Progress | None = Non
         _on_nodes(t, step.services, lambda n: t.runtime.restore_script(t.plan, n), "rollback failed")
         if progress is not None:
             Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
+            route_back(t, step, progress)
     except Exception as exc:  # whatever it is (a node, a listing, the new replica), the user must hear it
         text = f"rollback of {step.label} FAILED ({str(exc).splitlines()[0]}): `launcher status` shows what runs"
     else:

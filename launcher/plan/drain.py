@@ -131,6 +131,21 @@ def routed(services: list[Service]) -> dict[str, tuple[Service, str]]:
     return out
 
 
+def router_worker_spec(router: Service, url: str) -> dict[str, object] | None:
+    """What the router's `POST /workers` takes to route to the worker at URL again, read from the router's
+    own argv (`--prefill URL [BOOTSTRAP_PORT]`, `--decode URL`): the same type and bootstrap port it was
+    started with (checked on sglang-router 0.3.2: answered 202, then listed as before). None: not given it."""
+    argv = router.command
+    for i, arg in enumerate(argv[:-1]):
+        if arg in ("--prefill", "--decode") and argv[i + 1] == url:
+            spec: dict[str, object] = {"url": url, "worker_type": arg[2:]}
+            following = argv[i + 2] if i + 2 < len(argv) else ""
+            if arg == "--prefill" and following.isdigit():
+                spec["bootstrap_port"] = int(following)
+            return spec
+    return None
+
+
 def router_worker_id(answer: object, url: str) -> str | None:
     """The id the router gives the worker at URL, from its `GET /workers` answer (parsed JSON); None when
     it lists no such worker. ValueError (the reason, short) when the answer is not that listing."""

@@ -32,7 +32,7 @@ import yaml
 
 from launcher.config.load import load
 from launcher.operations import drain as drain_module
-from launcher.operations.drain import drain_node, router_count, router_gone, unroute
+from launcher.operations.drain import drain_node, reroute, router_count, router_gone, unroute
 from launcher.operations.nodes import start
 from launcher.output.progress import Progress
 from launcher.plan import drain
@@ -185,6 +185,42 @@ def test_a_worker_is_taken_out_of_the_real_router_and_the_other_left_in(router_u
     assert said == (
         "not removed from the router (ValueError: a request header's value is not printable ASCII on one line)"
     ), said
+
+
+def test_a_rolled_worker_is_routed_again_as_the_router_was_started_with_it(router_up):
+    """A roll takes each worker out of the router before it stops it (as `down` does) and, once the new spec
+    is ready, puts it back (operations.roll.route_back -> drain.reroute): the same type, and the prefill
+    worker its bootstrap port, as the router's own argv gave them; a worker still listed is left as it is."""
+    router, routed = router_up
+    host = LocalHost(router.node, Options())
+    before = workers(router)
+    for _, url in routed.values():
+        assert unroute(host, router, url, time.monotonic() + 10) == "removed from the router"
+    assert listed(router) == {}
+    for _, url in routed.values():
+        assert reroute(host, router, url, time.monotonic() + 10) == "routed again (added back to the router)"
+    after = workers(router)
+    assert after == before and {w["worker_type"] for w in after.values()} == {"prefill", "decode"}
+    assert [w.get("bootstrap_port") for w in after.values() if w["worker_type"] == "prefill"] == [
+        int(drain.router_worker_spec(router, url)["bootstrap_port"])  # type: ignore[call-overload]
+        for _, url in routed.values()
+        if drain.router_worker_spec(router, url)["worker_type"] == "prefill"  # type: ignore[index]
+    ]
+    # Again (a rollback after a step that had routed it): nothing added twice.
+    (url, *_) = [u for _, u in routed.values()]
+    assert reroute(host, router, url, time.monotonic() + 10) == "routed: the router still lists it"
+    assert len(workers(router)) == 2
+    # A URL the router was never given: nothing sent, said so.
+    said = reroute(host, router, "http://127.0.0.1:9", time.monotonic() + 10)
+    assert said == "not routed again: the router's argv does not name http://127.0.0.1:9"
+
+
+def workers(router: Service) -> dict[str, dict]:
+    """url -> what the router says of the worker, its id and health left out (a new id on each addition)."""
+    request = urllib.request.Request(f"{drain.router_api(router)}/workers", headers=drain.router_auth(router))
+    with urllib.request.urlopen(request, timeout=5) as r:
+        listing = json.loads(r.read())["workers"]
+    return {w["url"]: {k: v for k, v in w.items() if k not in ("id", "is_healthy", "load")} for w in listing}
 
 
 @pytest.mark.parametrize(

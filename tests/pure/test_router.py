@@ -53,6 +53,25 @@ def test_two_prefill_groups_each_with_its_bootstrap_port(tmp_path):
     assert "http://192.0.2.44:30000" in argv and argv[argv.index("http://192.0.2.44:30000") + 1] == "8999"
 
 
+def test_each_worker_goes_back_into_the_router_as_its_argv_gave_it(tmp_path):
+    """What a roll's route_back POSTs for each worker: its type and (prefill) its own bootstrap port."""
+    from launcher.plan import drain
+
+    data = routed(tmp_path)
+    data["nodes"].append({"name": "pd-4", "address": "192.0.2.44"})
+    data["groups"]["prefill-b"] = {**data["groups"]["prefill"], "nodes": 1, "bootstrap_port": 8999}
+    data["groups"]["prefill-b"]["args"] = {**data["groups"]["prefill"]["args"], "tp-size": 8, "dp-size": 8}
+    data["groups"]["prefill-b"]["mode"] = "prefill"
+    p = build(tmp_path, data)
+    router = router_of(p)
+    specs = {name: drain.router_worker_spec(r, url) for name, (r, url) in drain.routed(p.services).items()}
+    assert sorted((s["worker_type"], s.get("bootstrap_port")) for s in specs.values()) == [
+        ("decode", None), ("prefill", 8998), ("prefill", 8999)
+    ]  # fmt: skip
+    assert specs[next(n for n in specs if "prefill-b" in n)]["url"] == "http://192.0.2.44:30000"
+    assert drain.router_worker_spec(router, "http://192.0.2.99:30000") is None  # not given: nothing to add
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
