@@ -27,7 +27,7 @@ from launcher.output.console import say
 from launcher.runtime.shell import join, q
 from launcher.transport.errors import NodeError
 from launcher.transport.host import Host
-from launcher.transport.spawn import spawn_session
+from launcher.transport.spawn import held_signals, spawn_session
 
 AIPERF_VERSION = "0.13.0"
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -148,17 +148,17 @@ def run_on_head(host: Host, argv: list[str], remote_dir: str, local_dir: Path, t
         f"mkdir -p {q(remote_dir)} && cd {q(remote_dir)} && setsid sh -c {q(inner)} > aiperf.log 2>&1 < /dev/null &"
     )
     try:
-        host.run(launch, timeout=60)
+        if not (launched := host.run(launch, timeout=60)).ok:
+            raise BenchError(f"AIPerf could not be started on {host.node.label}: {launched.why()}")
         while not host.run(f"test -f {q(remote_dir)}/exit-code", timeout=60).ok:
             if time.monotonic() - started > timeout:
                 raise BenchError(f"AIPerf on {host.node.label} did not finish within {timeout:.0f} s")
             time.sleep(POLL_SECONDS)
-    except BaseException:  # Ctrl-C or the timeout: end its process group there (setsid made it the leader);
-        # a Ctrl-C during the launch may come before its pid file is written: that is waited for (5 s at most)
-        pid = f"{q(remote_dir)}/pid"
-        wait_pid = f"for i in $(seq 50); do test -s {pid} && break; sleep 0.1; done"
-        with contextlib.suppress(NodeError):  # what went wrong is the error raised, not this clean-up's
-            host.run(f"{wait_pid}; kill -INT -- -$(cat {pid} 2>/dev/null) 2>/dev/null; true", timeout=30)
+    except BaseException:  # Ctrl-C or the timeout: end its process group there (setsid made it the leader)
+        # A second Ctrl-C does not cut this short (it would leave AIPerf running there); what went wrong is
+        # the error raised, not this clean-up's.
+        with held_signals(), contextlib.suppress(NodeError):
+            host.run(end_remote_group(f"{remote_dir}/pid"), timeout=30)
         raise
     code = int(host.run(f"cat {q(remote_dir)}/exit-code", timeout=30).stdout.strip() or 1)
     copied = host.run(f"tar -C {q(remote_dir)} -czf - . | base64 | tr -d '\\n'", timeout=600)
@@ -169,6 +169,18 @@ def run_on_head(host: Host, argv: list[str], remote_dir: str, local_dir: Path, t
     # it is removed (a leftover `*-cN` directory on the head was seen so): its process group goes first.
     host.run(f"kill -KILL -- -$(cat {q(remote_dir)}/pid) 2>/dev/null; rm -rf {q(remote_dir)}", timeout=60)
     return Outcome(code, time.monotonic() - started)
+
+
+def end_remote_group(pid_file: str) -> str:
+    """Ctrl-C to the process group its pid file names, then SIGKILL after 5 s. A Ctrl-C during the launch
+    may come before the file is written: that is waited for (5 s at most); what it holds must be a number."""
+    pid = q(pid_file)
+    return (
+        f"for i in $(seq 50); do test -s {pid} && break; sleep 0.1; done; p=$(cat {pid} 2>/dev/null); "
+        'case "$p" in ""|*[!0-9]*) exit 0;; esac; kill -INT -- "-$p" 2>/dev/null || exit 0; '
+        'for i in $(seq 50); do kill -0 -- "-$p" 2>/dev/null || exit 0; sleep 0.1; done; '
+        'kill -KILL -- "-$p" 2>/dev/null; true'
+    )
 
 
 def read_export(artifacts: Path) -> dict:

@@ -141,6 +141,11 @@ def stopped(stop: threading.Event | None) -> bool:
     return stop is not None and stop.is_set()
 
 
+# What unroute says once the router took the DELETE (whether or not it still listed the worker when the drain
+# ended): a roll puts such a worker back into the router.
+DELETE_SENT = ("removed from the router", "the router still list")
+
+
 def unroute(host: Host, router: Service, url: str, deadline: float, stop: threading.Event | None = None) -> str:
     """Take the worker at URL out of the sglang-router's routing (its API, see plan.drain): look its id up,
     DELETE it, then until the router lists it no more (within the deadline). Returns what came of it, one
@@ -168,25 +173,33 @@ def unroute(host: Host, router: Service, url: str, deadline: float, stop: thread
 def reroute(host: Host, router: Service, url: str, deadline: float) -> str:
     """Put the worker at URL back into the sglang-router's routing once its new spec serves (a roll took it
     out first): `POST /workers` with the type and bootstrap port the router was started with, then until the
-    router lists it (within the deadline). Returns what came of it, one line starting "routed" when it is."""
+    router lists it, a failed exchange tried again, all within the deadline. Returns what came of it, one line
+    starting "routed" when it is."""
     spec = plan_drain.router_worker_spec(router, url)
     if spec is None:
         return f"not routed again: the router's argv does not name {url}"
-    try:
-        if router_listed(host, router, url, deadline) is not None:
-            return "routed: the router still lists it"
-        api = plan_drain.router_api(router)
-        status, _ = host.http("POST", f"{api}/workers", spec, timeout=scrape_seconds(deadline),
-                              limit=plan_drain.MAX_ROUTER_ANSWER, headers=plan_drain.router_auth(router))  # fmt: skip
-        if status not in (200, 201, 202):
-            return f"not routed again (the router answered HTTP {status})"
-        while router_listed(host, router, url, deadline) is None:
-            if time.monotonic() >= deadline:
-                return "not routed again: the router does not list it within the deadline"
+    while True:
+        try:
+            return _add_back(host, router, url, spec, deadline)
+        except (OSError, ValueError, NodeError) as exc:  # a busy or restarting router: again, until the deadline
+            if time.monotonic() + POLL_SECONDS >= deadline:
+                return f"not routed again ({describe(exc).splitlines()[0][:200]})"
             time.sleep(POLL_SECONDS)
-        return "routed again (added back to the router)"
-    except (OSError, ValueError, NodeError) as exc:
-        return f"not routed again ({describe(exc).splitlines()[0][:200]})"
+
+
+def _add_back(host: Host, router: Service, url: str, spec: dict[str, object], deadline: float) -> str:
+    if router_listed(host, router, url, deadline) is not None:
+        return "routed: the router still lists it"
+    api = plan_drain.router_api(router)
+    status, _ = host.http("POST", f"{api}/workers", spec, timeout=scrape_seconds(deadline),
+                          limit=plan_drain.MAX_ROUTER_ANSWER, headers=plan_drain.router_auth(router))  # fmt: skip
+    if status not in (200, 201, 202):
+        return f"not routed again (the router answered HTTP {status})"
+    while router_listed(host, router, url, deadline) is None:
+        if time.monotonic() >= deadline:
+            return "not routed again: the router does not list it within the deadline"
+        time.sleep(POLL_SECONDS)
+    return "routed again (added back to the router)"
 
 
 def router_listed(host: Host, router: Service, url: str, deadline: float) -> str | None:

@@ -73,7 +73,9 @@ def audit_line(t: Target, report: Report, command: str) -> str:
     for g in report.groups:
         took = max((r.rendezvous_s or 0) for r in g.ranks) if g.ok else None
         rates = " ".join(f"{t.plan.nodes[r.node].name}={r.ring_gbps}" for r in g.ranks if r.ring_gbps is not None)
-        state = f"rendezvous {took:.2f}s" if took is not None else "rendezvous FAILED"
+        state = (
+            f"rendezvous {took:.2f}s" if took is not None else "not finished" if g.cut_short else "rendezvous FAILED"
+        )
         parts.append(f"{g.name}: {state}, {g.ranks[0].backend or 'no'} send GB/s per node: {rates or '-'}")
     bad = sum(1 for p in report.pairs if p.ok is False)
     parts.append(f"peers: {len(report.pairs) - bad}/{len(report.pairs)} answered")

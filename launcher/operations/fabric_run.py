@@ -57,6 +57,8 @@ class FabricRun:
         self.running: dict[int, Any] = {}
         self.pending_stop: dict[str | None, float] = {}  # group -> when to remove its containers
         self.removed: set[tuple[int, int]] = set()  # jobs removed by the launcher while they still ran
+        self.arrived: dict[tuple[int, int], float] = {}  # when each job's first failure or end line came
+        self.cut_at: dict[str | None, float] = {}  # when each cut-short group was stopped
 
     # -- the scripts -------------------------------------------------------------------------------
     def script(self, i: int) -> str:
@@ -128,6 +130,7 @@ class FabricRun:
         k, mark, rest = int(parts[1]), parts[2], parts[3]
         if (i, k) not in self.names:
             return
+        self.arrived.setdefault((i, k), time.monotonic())  # (a cut group's rank failing after the cut: cut)
         if mark == END_MARK:
             code = int(rest) if rest.strip().lstrip("-").isdigit() else 255
             self.live.ended[(i, k)] = code
@@ -164,6 +167,7 @@ class FabricRun:
             if job.group not in self.live.stopped and (i, k) not in self.live.ended:
                 self.live.stopped[job.group] = why
                 self.live.cut_short.add(job.group)
+                self.cut_at[job.group] = time.monotonic()
                 self.pending_stop[job.group] = time.monotonic() + STOP_GRACE
 
     def _due_stops(self) -> None:
@@ -209,6 +213,8 @@ class FabricRun:
 
     def _outcome(self, i: int, k: int, job: fabric.Job, parsed: tuple[int, str, str] | None) -> Any:
         answer = answer_of(job, *parsed) if parsed is not None else None
+        if self._failed_after_cut(i, k, job, answer):  # its leader removed under it: the cut, not its fault
+            return {"stopped": self.live.stopped[job.group], "cut_short": True, **self.live.reach.get((i, k), {})}
         if isinstance(answer, dict):
             return answer
         if (i, k) in self.live.fatal:
@@ -220,6 +226,16 @@ class FabricRun:
             why = self.live.failed.get(i)
             return describe(why) if why is not None else "no answer within the check's budget"
         return answer
+
+    def _failed_after_cut(self, i: int, k: int, job: fabric.Job, answer: Any) -> bool:
+        """A rank of a cut-short group that failed once the cut had begun: the group's other containers are
+        removed in parallel, and a member whose leader went first fails its own way (store or Gloo reset)."""
+        if job.group is None or job.group not in self.live.cut_short:
+            return False
+        rendezvous = answer.get("rendezvous") if isinstance(answer, dict) else None
+        if isinstance(rendezvous, dict) and rendezvous.get("ok"):
+            return False  # it met before the cut: its answer stands
+        return self.arrived.get((i, k), float("inf")) >= self.cut_at[job.group]
 
 
 def answer_of(job: fabric.Job, code: int, out: str, err: str) -> Any:

@@ -93,15 +93,16 @@ def run(t: Target, progress: Progress, roll: Roll) -> None:
     done: list[str] = []
     for i, step in enumerate(roll.steps):
         rest = [u for s in roll.steps[i + 1 :] for u in s.units]
+        unrouted: set[str] = set()  # the step's workers its drain took out of their router, until back in
         try:
-            replace(t, progress, step, done, rest, roll.prove_fabric)
+            replace(t, progress, step, done, rest, roll.prove_fabric, unrouted)
         except Replaced as exc:  # Ctrl-C once the new replica had proved itself: the step is done
             raise RollInterrupted(
                 f"interrupted: rolling up stopped. {step.label} was replaced ({exc.left}). On the new spec:"
                 f" {', '.join([*done, *step.units])}.{specs_left(rest)} `launcher up` again resumes the roll."
             ) from None
         except KeyboardInterrupt:
-            back = rollback(t, step, "interrupted (Ctrl-C)")
+            back = rollback(t, step, "interrupted (Ctrl-C)", unrouted=unrouted)
             raise RollInterrupted(
                 f"interrupted: rolling up stopped. On the new spec: {', '.join(done) or 'none'}. On the previous"
                 f" spec: {step.label} ({back}){', ' + ', '.join(rest) + ' (not reached)' if rest else ''}."
@@ -119,21 +120,25 @@ class Replaced(KeyboardInterrupt):
 
 
 ROUTE_BACK_SECONDS = 60.0  # for the router to list a ready worker it was told to add again
+ROUTE_BACK_AFTER_INTERRUPT = 10.0  # the same after Ctrl-C (the user is waiting to get the prompt back)
 
 
 def specs_left(rest: list[str]) -> str:
     return f" On the previous spec: {', '.join(rest)} (not reached)." if rest else ""
 
 
-def replace(t: Target, progress: Progress, step: Step, done: list[str], rest: list[str], prove: bool) -> None:
+def replace(
+    t: Target, progress: Progress, step: Step, done: list[str], rest: list[str], prove: bool, unrouted: set[str]
+) -> None:
     """One step, as the module's docstring says: whatever fails before the smoke passed (a node, a listing,
-    the audit, the new replica) is rolled back (RollFailed naming the cause and which replica runs which spec)."""
+    the audit, the new replica, its router not taking it back) is rolled back (RollFailed naming the cause
+    and which replica runs which spec). `unrouted`: filled with the workers the drain took out of their router."""
     site = locking.Site.of(t)
     began = time.monotonic()
     started = False  # the new spec's services (their logs say why they failed; none before they start)
     try:
         progress.log(f"rolling {step.label}: draining")
-        lines = drain(t, step.services, lambda line: progress.log(f"drain: {line}"))
+        lines = drain(t, step.services, lambda line: progress.log(f"drain: {line}"), unrouted)
         locking.audit(site, f"roll {step.label}: " + ("; ".join(lines) or "nothing to drain"))
         hold(t, step)
         if prove:
@@ -142,12 +147,13 @@ def replace(t: Target, progress: Progress, step: Step, done: list[str], rest: li
         start(t, step.services, progress)
         # ready, and registered: the frontend lists every worker again (the drained one had left it)
         Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
-        route_back(t, step, progress)
+        if missing := route_back(t, step, unrouted, progress.log):
+            raise RouteFailed(f"not in its router's routing again: {'; '.join(missing)}")
         proof = smoke(t, step)
     except Exception as exc:  # KeyboardInterrupt is not one: `run` rolls back and says so
         reason = (str(exc).splitlines() or [""])[0] or type(exc).__name__
         logs = new_logs(t, step) if started else ""
-        back = rollback(t, step, reason, progress)
+        back = rollback(t, step, reason, progress, unrouted)
         raise RollFailed(
             f"rolling up failed on replica {step.label}: {reason}\n{back}. On the new spec:"
             f" {', '.join(done) or 'none'}.{specs_left(rest)}{logs}"
@@ -186,18 +192,23 @@ def finish(t: Target, progress: Progress, step: Step, began: float, proof: str) 
     progress.log(f"rolled {step.label}: replaced in {took:.1f}s, {proof}")
 
 
-def drain(t: Target, services: list[Service], told: Callable[[str], None]) -> list[str]:
-    """The step's workers drained (prefill first), within drain_timeout; the lines said and audited."""
+def drain(t: Target, services: list[Service], told: Callable[[str], None], unrouted: set[str]) -> list[str]:
+    """The step's workers drained (prefill first), within drain_timeout; the lines said and audited. The
+    plain SGLang workers behind the plan's router are drained through it (taken out first): those it took
+    out go into `unrouted`."""
     deadline = time.monotonic() + t.plan.drain_timeout
-    workers = [s for s in services if plan_drain.drained(s)]
+    routers = routed(t, services)
+    full = {s.name: s for s in services}
     out = []
-    for phase in ([s for s in workers if s.role == "prefill"], [s for s in workers if s.role != "prefill"]):
+    for phase in plan_drain.order(services, set(routers)):
         on = by_node(phase)
         results = t.fleet.map(
-            lambda h, on=on: drains.drain_node(t, h, on[h.node.index], deadline, {}, routers=routed(t, services)), on
+            lambda h, on=on: drains.drain_node(t, h, on[h.node.index], deadline, {}, routers=routers), on
         )
         for _, result in sorted(results.items()):
             for d in [] if isinstance(result, Exception) else result:
+                if (d.router or "").startswith(drains.DELETE_SENT):  # (a Drain names the service, not the container)
+                    unrouted.update(n for n in routers if full[n].service == d.service)
                 if d.outcome != "not running":
                     told(d.describe())
                     out.append(f"drain {d.describe()}")
@@ -215,15 +226,24 @@ def routed(t: Target, services: list[Service]) -> dict[str, tuple[Service, str]]
     return {name: r for name, r in plan_drain.routed(t.plan.services).items() if name in names}
 
 
-def route_back(t: Target, step: Step, progress: Progress) -> None:
-    """The step's workers that the drain took out of the router, back in once ready (the router would
-    otherwise never send them a request again); RouteFailed (the step rolls back) when the router will not."""
-    deadline = time.monotonic() + ROUTE_BACK_SECONDS
+def route_back(
+    t: Target, step: Step, unrouted: set[str], told: Callable[[str], None], seconds: float = 0.0
+) -> list[str]:
+    """The step's workers that its drain took out of their router, back in (the router would otherwise never
+    send them a request again), each within its own ROUTE_BACK_SECONDS (or `seconds`); those put back leave
+    `unrouted`. Returns one line per worker still out (the caller decides what that fails)."""
+    missing = []
     for name, (router, url) in routed(t, step.services).items():
+        if name not in unrouted:
+            continue
+        deadline = time.monotonic() + (seconds or ROUTE_BACK_SECONDS)
         said = drains.reroute(t.fleet.host(router.node.index), router, url, deadline)
-        progress.log(f"router: {name}: {said}")
-        if not said.startswith("routed"):
-            raise RouteFailed(f"{name} is not in its router's routing again: {said}")
+        told(f"router: {name}: {said}")
+        if said.startswith("routed"):
+            unrouted.discard(name)
+        else:
+            missing.append(f"{name}: {said}")
+    return missing
 
 
 class RouteFailed(LauncherError):
@@ -245,25 +265,45 @@ def discard(t: Target, step: Step) -> None:
     _on_nodes(t, step.services, lambda n: t.runtime.discard_held_script(t.plan, n), "cannot remove the old replica")
 
 
-def rollback(t: Target, step: Step, reason: str, progress: Progress | None = None) -> str:
+def rollback(
+    t: Target, step: Step, reason: str, progress: Progress | None = None, unrouted: set[str] | None = None
+) -> str:
     """The new replica removed, the held one started again in its place (held first if the step had not
-    got that far) and, given `progress`, waited for until ready; audited. Returns what the user is told."""
+    got that far) and, given `progress`, waited for until ready; the workers out of their router put back
+    (after Ctrl-C too, briefly: sglang-router checks a worker's health before it routes to it); audited.
+    Returns what the user is told."""
     site = locking.Site.of(t)
+    unrouted = unrouted if unrouted is not None else set()
     try:
         hold(t, step)
         _on_nodes(t, step.services, lambda n: t.runtime.restore_script(t.plan, n), "rollback failed")
         if progress is not None:
             Waiter(t, progress, step.services, check_endpoint=t.plan.has_dynamo_frontend).run()
-            route_back(t, step, progress)
     except Exception as exc:  # whatever it is (a node, a listing, the new replica), the user must hear it
         text = f"rollback of {step.label} FAILED ({str(exc).splitlines()[0]}): `launcher status` shows what runs"
     else:
         text = f"rolled back: {step.label} runs the previous spec again"
+    text += routed_back(t, step, unrouted, progress)
     try:
         locking.audit(site, f"roll {step.label}: {reason}; {text}")
     except Exception:  # the audit line is not worth hiding the rollback's outcome
         pass
     return text
+
+
+def routed_back(t: Target, step: Step, unrouted: set[str], progress: Progress | None) -> str:
+    """route_back for a rollback: what is still out of its router, said (never raised: the rollback's own
+    outcome is told first). After Ctrl-C, ROUTE_BACK_AFTER_INTERRUPT seconds a worker."""
+    if not unrouted:
+        return ""
+    told = progress.log if progress is not None else (lambda line: None)
+    try:
+        missing = route_back(t, step, unrouted, told, 0.0 if progress is not None else ROUTE_BACK_AFTER_INTERRUPT)
+    except Exception as exc:  # (KeyboardInterrupt, a second Ctrl-C, is not caught: it leaves at once)
+        missing = [f"{', '.join(sorted(unrouted))}: {describe(exc)}"]
+    if not missing:
+        return "; back in its router's routing"
+    return f"; OUT of its router's routing ({'; '.join(missing)}): `launcher up` again routes it back"
 
 
 def smoke(t: Target, step: Step) -> str:

@@ -24,6 +24,8 @@ def summary(plan: Plan, report: Report) -> list[str]:
                 f"{g.name}: {len(g.ranks)} ranks met in {took:.1f} s, all-reduce correct ({g.ranks[0].backend});"
                 f" send GB/s per node: {rates or '-'}"
             )
+        elif g.cut_short:
+            out.append(f"{g.name}: not finished, {g.lines[0].detail[len('not finished: ') :]}")
         else:
             out.append(f"{g.name}: rendezvous FAILED ({sum(1 for r in g.ranks if not r.ok)} of {len(g.ranks)} ranks)")
     bad = sum(1 for p in report.pairs if p.ok is False)

@@ -71,8 +71,14 @@ class GroupResult:
     ranks: list[RankResult]
     lines: list[Line]
 
+    @property
+    def cut_short(self) -> bool:
+        """Stopped for another group's failure: unproven, not at fault (one `skip` line says so)."""
+        return not self.ok and [ln.status for ln in self.lines] == ["skip"]
+
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "ranks": [r.to_json() for r in self.ranks],
+        return {"name": self.name, "ok": self.ok, "cut_short": self.cut_short,
+                "ranks": [r.to_json() for r in self.ranks],
                 "problems": [ln.to_json() for ln in self.lines if ln.status == "fail"]}  # fmt: skip
 
 

@@ -21,18 +21,36 @@ HELD = (signal.SIGINT, signal.SIGTERM)
 
 @contextlib.contextmanager
 def held_signals() -> Iterator[list[int]]:
-    """SIGINT and SIGTERM recorded, not acted on, while the block runs (main thread only: Python runs
-    handlers there, so no other thread's block can be interrupted); yields the list they are recorded in."""
+    """SIGINT and SIGTERM recorded, not acted on, while the block runs; yields the list they are recorded in.
+    Main thread only (Python runs handlers there: no other thread's block can be interrupted). The handlers
+    are swapped with both signals blocked, so none lands half-way; one that came while they were swapped back
+    is taken off the queue and recorded too. A signal that is ignored (SIG_IGN, as under nohup) stays so."""
     arrived: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield arrived
         return
-    previous = {sig: signal.signal(sig, lambda signum, _frame: arrived.append(signum)) for sig in HELD}
+    held = [sig for sig in HELD if signal.getsignal(sig) is not signal.SIG_IGN]
+    if not held:
+        yield arrived
+        return
+    previous: dict[int, Any] = {}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        for sig in held:
+            previous[sig] = signal.signal(sig, lambda signum, _frame: arrived.append(signum))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         yield arrived
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            while (pending := signal.sigtimedwait(held, 0)) is not None:
+                arrived.append(pending.si_signo)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def spawn_session(argv: list[str], **popen: Any) -> subprocess.Popen:

@@ -104,6 +104,7 @@ def test_ctrl_c_during_a_run_stops_aiperf_and_leaves_an_incomplete_directory(loc
         lines = Lines(proc.stderr)
         assert lines.until(lambda line: line.startswith("c=2: 400 requests"), 120), lines.text()
         aiperf = min(wait_for(lambda: aiperf_processes(f"{out}.partial"), 60, 0.2, "AIPerf to start"))
+        assert os.getpgid(aiperf) == aiperf  # AIPerf's main process leads its own group: the one to end
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
     finally:

@@ -348,6 +348,39 @@ def test_down_takes_each_sglang_worker_out_of_the_router_before_it_stops_it(tmp_
     assert_gone([], tuple(ports[k] for k in ("router", "metrics", "prefill", "decode")))
 
 
+def test_a_roll_step_takes_its_workers_out_of_the_router_and_puts_them_back(tmp_path):
+    """The roll's own drain (operations.roll.drain, as a step runs it) on the plan's real router with etcds
+    standing in for the two SGLang workers: both are taken out of the router (they are no Dynamo workers,
+    and the roll used to skip them: the router kept routing to a stopped worker), noted as out, and
+    route_back puts each back; one the drain never took out is left alone."""
+    from launcher.operations import roll
+    from launcher.plan.roll import Step
+
+    plan, ports = plan_with_router(tmp_path)
+    router = next(s for s in plan.services if s.role == "router")
+    stand_ins = workers_as_etcds(tmp_path, plan, ports)
+    env = {**fresh_env(), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    try:
+        with connected_target(plan) as target:
+            start(target, [router, *stand_ins], Progress(live=False))
+            wait_for(lambda: len(listed(router)) == 2, 60, 0.2, "the router listing both workers")
+            before = workers(router)
+            said: list[str] = []
+            unrouted: set[str] = set()
+            workers_of = [s for s in plan.services if s.group]
+            roll.drain(target, workers_of, said.append, unrouted)
+            assert unrouted == {s.name for s in workers_of} and listed(router) == {}, said
+            assert all(": removed from the router;" in line for line in said), said
+            step = Step("decode", ["decode"], workers_of)
+            assert roll.route_back(target, step, unrouted, said.append) == [] and unrouted == set()
+            assert workers(router) == before
+            # Nothing out of the router: nothing sent.
+            assert roll.route_back(target, step, unrouted, said.append) == []
+            assert sum("routed again" in line for line in said) == 2, said
+    finally:
+        launcher("down", str(tmp_path / "router.yaml"), "--now", env=env, cwd=tmp_path)
+
+
 def router_that_never_lets_go(port: int, urls: list[str], deleted: threading.Event) -> http.server.HTTPServer:
     """The test's attacker on the router's port: lists the workers, accepts each DELETE (202) and lists them
     still, forever: the drain stays in the removal until drain_timeout."""

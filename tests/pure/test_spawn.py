@@ -24,6 +24,8 @@ SCRIPT = textwrap.dedent(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    if len(sys.argv) > 3:  # as under nohup
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     real_popen = subprocess.Popen
 
     def popen_then_signal(*args, **kwargs):
@@ -47,9 +49,9 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run(how: str, signame: str) -> tuple[int, str]:
-    done = subprocess.run([sys.executable, "-c", SCRIPT, how, signame], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+def run(how: str, signame: str, *ignored: str) -> tuple[int, str]:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, how, signame, *ignored], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
     pid, outcome = done.stdout.split()
     return int(pid), outcome
 
@@ -103,5 +105,14 @@ def test_plain_popen_leaves_the_process_running_unknown_to_anyone():
     pid, outcome = run("Popen", "SIGINT")
     try:
         assert outcome == "interrupted" and alive(pid)
+    finally:
+        end(pid)
+
+
+def test_an_ignored_ctrl_c_stays_ignored_and_the_process_is_kept():
+    """Under nohup (SIGINT ignored) a SIGINT in the window changes nothing: the process is handed back running."""
+    pid, outcome = run("spawn_session", "SIGINT", "ignore")
+    try:
+        assert outcome == "returned" and alive(pid)
     finally:
         end(pid)
