@@ -376,7 +376,7 @@ def test_a_roll_step_failing_after_the_hold_is_rolled_back_whatever_the_error(tm
             (run / "junk").mkdir()
             (run / "junk" / "labels.json").write_text("[")  # the listing's JSON broken from now on
             with pytest.raises(rolling.RollFailed) as failed:
-                rolling.replace(t, Progress(live=False), step, [], ["serve.1"], True)
+                rolling.replace(t, Progress(live=False), step, [], ["serve.1"], True, set())
             (run / "junk" / "labels.json").unlink()
             (run / "junk").rmdir()
             text = str(failed.value)
