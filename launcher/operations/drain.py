@@ -69,7 +69,7 @@ def drain(t: Target, told: Callable[[str], None], services: list[Service] | None
             raise
         for i, result in sorted(results.items()):
             if isinstance(result, Exception):
-                result = [Drain(s.service, i, outcome=f"node failed: {describe(result)}") for s in on[i]]
+                result = [Drain(s.service, i, outcome=f"node failed: {describe(result)}", name=s.name) for s in on[i]]
             for d in result:
                 told(d.describe())
             done += result
@@ -94,7 +94,7 @@ def drain_node(
     frontend relays no request. `routers`: the workers behind an sglang-router (plan.drain.routed)."""
     routers = routers or {}
     running = running_names(t, host)
-    drains = {s.name: Drain(s.service, host.node.index) for s in services}
+    drains = {s.name: Drain(s.service, host.node.index, name=s.name) for s in services}
     live = [s for s in services if s.name in running]
     for s in services:
         if s.name not in running:
@@ -141,15 +141,11 @@ def stopped(stop: threading.Event | None) -> bool:
     return stop is not None and stop.is_set()
 
 
-# What unroute says once the router took the DELETE (whether or not it still listed the worker when the drain
-# ended): a roll puts such a worker back into the router.
-DELETE_SENT = ("removed from the router", "the router still list")
-
-
 def unroute(host: Host, router: Service, url: str, deadline: float, stop: threading.Event | None = None) -> str:
     """Take the worker at URL out of the sglang-router's routing (its API, see plan.drain): look its id up,
     DELETE it, then until the router lists it no more (within the deadline). Returns what came of it, one
-    line; a failure is said and the drain goes on (the worker's requests are still waited for)."""
+    line (Drain.out_of_router reads it); a failure is said and the drain goes on (the worker's requests are
+    still waited for)."""
     api = plan_drain.router_api(router)
     try:
         worker = router_listed(host, router, url, deadline)

@@ -38,7 +38,6 @@ class Live:
     fatal: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     ended: dict[tuple[int, int], int] = field(default_factory=dict)
     stopped: dict[str | None, str] = field(default_factory=dict)  # group (None: peer ports only) -> why stopped
-    first_failure: str = ""  # the group whose rank failed first: every other unfinished group stops then
     cut_short: set[str | None] = field(default_factory=set)  # groups stopped for another group's failure
     stdout: dict[int, list[str]] = field(default_factory=dict)
     failed: dict[int, Exception] = field(default_factory=dict)  # nodes whose script could not start
@@ -156,14 +155,14 @@ class FabricRun:
         rank, node = self.jobs[i][k].rank, self.t.plan.nodes[i].label
         self.live.stopped[group] = f"stopped once rank {rank} on {node} had failed"
         self.pending_stop[group] = time.monotonic() + STOP_GRACE
-        if not self.live.first_failure:
-            self.live.first_failure = group
-            self._cut_short(f"ended once rank {rank} of {group} on {node} had failed (the check stops at the first)")
+        self._cut_short(f"ended once rank {rank} of {group} on {node} had failed (the check stops at the first)")
 
     def _cut_short(self, why: str) -> None:
         """Every other group still running (and the nodes that only try peer ports) is stopped with the first
-        failing one: the verdict is made, and their ranks would only go on importing torch and meeting."""
-        for (i, k), job in [(key, self.jobs[key[0]][key[1]]) for key in self.names]:
+        failing one: the verdict is made, and their ranks would only go on importing torch and meeting. (After
+        the first failure every unfinished group is stopped already: a later one finds none left.)"""
+        for i, k in self.names:
+            job = self.jobs[i][k]
             if job.group not in self.live.stopped and (i, k) not in self.live.ended:
                 self.live.stopped[job.group] = why
                 self.live.cut_short.add(job.group)

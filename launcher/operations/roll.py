@@ -198,7 +198,6 @@ def drain(t: Target, services: list[Service], told: Callable[[str], None], unrou
     out go into `unrouted`."""
     deadline = time.monotonic() + t.plan.drain_timeout
     routers = routed(t, services)
-    full = {s.name: s for s in services}
     out = []
     for phase in plan_drain.order(services, set(routers)):
         on = by_node(phase)
@@ -207,8 +206,8 @@ def drain(t: Target, services: list[Service], told: Callable[[str], None], unrou
         )
         for _, result in sorted(results.items()):
             for d in [] if isinstance(result, Exception) else result:
-                if (d.router or "").startswith(drains.DELETE_SENT):  # (a Drain names the service, not the container)
-                    unrouted.update(n for n in routers if full[n].service == d.service)
+                if d.out_of_router:
+                    unrouted.add(d.name)
                 if d.outcome != "not running":
                     told(d.describe())
                     out.append(f"drain {d.describe()}")
@@ -227,16 +226,16 @@ def routed(t: Target, services: list[Service]) -> dict[str, tuple[Service, str]]
 
 
 def route_back(
-    t: Target, step: Step, unrouted: set[str], told: Callable[[str], None], seconds: float = 0.0
+    t: Target, step: Step, unrouted: set[str], told: Callable[[str], None], seconds: float = ROUTE_BACK_SECONDS
 ) -> list[str]:
     """The step's workers that its drain took out of their router, back in (the router would otherwise never
-    send them a request again), each within its own ROUTE_BACK_SECONDS (or `seconds`); those put back leave
-    `unrouted`. Returns one line per worker still out (the caller decides what that fails)."""
+    send them a request again), each within its own `seconds`; those put back leave `unrouted`. Returns one
+    line per worker still out (the caller decides what that fails)."""
     missing = []
     for name, (router, url) in routed(t, step.services).items():
         if name not in unrouted:
             continue
-        deadline = time.monotonic() + (seconds or ROUTE_BACK_SECONDS)
+        deadline = time.monotonic() + seconds
         said = drains.reroute(t.fleet.host(router.node.index), router, url, deadline)
         told(f"router: {name}: {said}")
         if said.startswith("routed"):
@@ -298,7 +297,8 @@ def routed_back(t: Target, step: Step, unrouted: set[str], progress: Progress | 
         return ""
     told = progress.log if progress is not None else (lambda line: None)
     try:
-        missing = route_back(t, step, unrouted, told, 0.0 if progress is not None else ROUTE_BACK_AFTER_INTERRUPT)
+        seconds = ROUTE_BACK_SECONDS if progress is not None else ROUTE_BACK_AFTER_INTERRUPT
+        missing = route_back(t, step, unrouted, told, seconds)
     except Exception as exc:  # (KeyboardInterrupt, a second Ctrl-C, is not caught: it leaves at once)
         missing = [f"{', '.join(sorted(unrouted))}: {describe(exc)}"]
     if not missing:

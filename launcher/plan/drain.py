@@ -242,6 +242,13 @@ class Drain:
     outcome: str = "drained"  # drained | exited | idle | router gone | timed out | not running
     left: int | None = None  # still in flight when the wait ended (timed out)
     router: str | None = None  # behind an sglang-router: what its removal from the router came to
+    name: str = ""  # the service's full (container) name, as the plan's `routed` keys it
+
+    @property
+    def out_of_router(self) -> bool:
+        """Did the router take its removal (whether or not it still listed it when the drain ended)? A roll
+        then puts it back."""
+        return (self.router or "").startswith(("removed from the router", "the router still list"))
 
     def describe(self) -> str:
         """One line: `decode-r0 on node 3: 6 request(s) in flight, drained in 4.2s (exited)`."""

@@ -41,13 +41,18 @@ def test_router_starts_with_the_workers_and_owns_the_endpoint(tmp_path):
     assert r.ports == [8000, 29000] and r.group is None
 
 
-def test_two_prefill_groups_each_with_its_bootstrap_port(tmp_path):
+def two_prefill_groups(tmp_path: Path) -> dict:
+    """The 1P1D file with a second prefill group on node pd-4, its bootstrap port 8999."""
     data = routed(tmp_path)
     data["nodes"].append({"name": "pd-4", "address": "192.0.2.44"})
     data["groups"]["prefill-b"] = {**data["groups"]["prefill"], "nodes": 1, "bootstrap_port": 8999}
     data["groups"]["prefill-b"]["args"] = {**data["groups"]["prefill"]["args"], "tp-size": 8, "dp-size": 8}
     data["groups"]["prefill-b"]["mode"] = "prefill"
-    argv = router_of(build(tmp_path, data)).command
+    return data
+
+
+def test_two_prefill_groups_each_with_its_bootstrap_port(tmp_path):
+    argv = router_of(build(tmp_path, two_prefill_groups(tmp_path))).command
     i = argv.index("--pd-disaggregation")
     assert argv[i:].count("--prefill") == 2
     assert "http://192.0.2.44:30000" in argv and argv[argv.index("http://192.0.2.44:30000") + 1] == "8999"
@@ -57,12 +62,7 @@ def test_each_worker_goes_back_into_the_router_as_its_argv_gave_it(tmp_path):
     """What a roll's route_back POSTs for each worker: its type and (prefill) its own bootstrap port."""
     from launcher.plan import drain
 
-    data = routed(tmp_path)
-    data["nodes"].append({"name": "pd-4", "address": "192.0.2.44"})
-    data["groups"]["prefill-b"] = {**data["groups"]["prefill"], "nodes": 1, "bootstrap_port": 8999}
-    data["groups"]["prefill-b"]["args"] = {**data["groups"]["prefill"]["args"], "tp-size": 8, "dp-size": 8}
-    data["groups"]["prefill-b"]["mode"] = "prefill"
-    p = build(tmp_path, data)
+    p = build(tmp_path, two_prefill_groups(tmp_path))
     router = router_of(p)
     specs = {name: drain.router_worker_spec(r, url) for name, (r, url) in drain.routed(p.services).items()}
     assert sorted((s["worker_type"], s.get("bootstrap_port")) for s in specs.values()) == [

@@ -13,6 +13,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent(
@@ -91,8 +93,13 @@ def test_the_clis_sigterm_inside_popen_is_handled_the_same_way():
         end(pid)
 
 
-def test_without_a_signal_the_process_is_handed_back_running():
-    pid, outcome = run("spawn_session", "none")
+@pytest.mark.parametrize(
+    "ignored",
+    [(), ("ignore",)],
+    ids=["no signal: handed back running", "SIGINT ignored (nohup): it stays ignored, the process is kept"],
+)
+def test_the_process_is_handed_back_running_when_nothing_ends_it(ignored):
+    pid, outcome = run("spawn_session", "SIGINT" if ignored else "none", *ignored)
     try:
         assert outcome == "returned" and alive(pid)
         assert os.getpgid(pid) == pid  # a session (and process group) of its own
@@ -105,14 +112,5 @@ def test_plain_popen_leaves_the_process_running_unknown_to_anyone():
     pid, outcome = run("Popen", "SIGINT")
     try:
         assert outcome == "interrupted" and alive(pid)
-    finally:
-        end(pid)
-
-
-def test_an_ignored_ctrl_c_stays_ignored_and_the_process_is_kept():
-    """Under nohup (SIGINT ignored) a SIGINT in the window changes nothing: the process is handed back running."""
-    pid, outcome = run("spawn_session", "SIGINT", "ignore")
-    try:
-        assert outcome == "returned" and alive(pid)
     finally:
         end(pid)
