@@ -14,29 +14,32 @@ from launcher.output.progress import Progress
 from launcher.output.tables import checks_table
 from launcher.plan.types import Plan, Service
 from launcher.remote import program as remote_program
+from launcher.runtime import verdicts
 from launcher.runtime.docker import docker_check_run
 from launcher.runtime.shell import join, q
+from launcher.runtime.verdicts import KEPT_MARK
 from launcher.transport.errors import describe
 
 
 def before_up(t: Target, progress: Progress) -> None:
     """`up`'s preflight: nothing starts unless every check passes."""
     progress.log("doctor: checking every node and the engine flags")
-    bad = failed(check(t, with_args=True, stop_early=True).checks)
+    bad = failed(check(t, with_args=True, stop_early=True, kept_verdicts=True).checks)
     if bad:
         checks_table(t.plan, bad, as_json=False, console=console.stderr())
         console.say("nothing was started; fix the above, or `launcher up --skip-doctor`", to_stderr=True)
         raise Exit(1)
 
 
-def check(t: Target, with_args: bool, stop_early: bool = False) -> Findings:
-    """Node checks, then (with_args) the engines' parsers; stop_early skips the parsers once a node failed."""
+def check(t: Target, with_args: bool, stop_early: bool = False, kept_verdicts: bool = False) -> Findings:
+    """Node checks, then (with_args) the engines' parsers; stop_early skips the parsers once a node failed;
+    kept_verdicts (`up`) replays a parser's passing verdict for the same image and argv (runtime/verdicts)."""
     found = preflight.run(t)
     reachable = {c.node for c in found.checks if c.name == "ssh" and c.status == "ok"}
     if stop_early and failed(found.checks):
         return found
     if with_args and reachable:
-        return Findings(found.checks + check_args(t), found.running)
+        return Findings(found.checks + check_args(t, kept_verdicts), found.running)
     return found
 
 
@@ -60,8 +63,9 @@ def engine_argv(command: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
-def check_args(t: Target) -> list[Check]:
-    """Run each distinct role's exact argv through its engine's parser, in the image, starting nothing."""
+def check_args(t: Target, kept_verdicts: bool = False) -> list[Check]:
+    """Run each distinct role's exact argv through its engine's parser, in the image, starting nothing
+    (kept_verdicts: a passing verdict for the same script, checker and engine code is replayed)."""
     plan, fleet = t.plan, t.fleet
     checker = remote_program("engine_check")
     seen: dict[tuple[str, str], tuple[Service, list[str]]] = {}
@@ -72,6 +76,9 @@ def check_args(t: Target) -> list[Check]:
     checks = [check_router(t, s) for s in plan.services if s.role == "router" and s.command[:2] == ["sh", "-c"]]
     for (engine, role), (s, argv) in seen.items():
         script = in_image(plan, s, ["python3", "-", "--engine", engine, "--", *argv])
+        identity = verdict_identity(plan, s) if kept_verdicts else None
+        if identity:
+            script = verdicts.kept_or_checked(plan.state_dir, identity, script, checker)
         try:
             r = fleet.host(s.node.index).run(script, stdin=checker, timeout=300)
         except Exception as exc:
@@ -81,6 +88,14 @@ def check_args(t: Target) -> list[Check]:
     return checks
 
 
+def verdict_identity(plan: Plan, s: Service) -> str | None:
+    """What names the engine's installed code where S's check runs (runtime/verdicts), or None: a process
+    runtime without python_env runs whatever python3 the PATH finds, which nothing here can name."""
+    if plan.runtime == "docker":
+        return verdicts.image_identity(s.image)
+    return verdicts.env_identity(plan.python_env) if plan.python_env else None
+
+
 def _verdict(node: int, name: str, engine: str, stdout: str, stderr: str) -> Check:
     """engine_check.py's JSON line -> a check."""
     verdict = _last_json(stdout)
@@ -88,16 +103,16 @@ def _verdict(node: int, name: str, engine: str, stdout: str, stderr: str) -> Che
         detail = f"the {engine} parser did not run: {(stderr or stdout).strip()[-300:]}"
         return Check(node, name, "fail", detail, "is the engine installed in the image?")
     version = verdict.get("version", "")
+    kept = " (kept from an earlier check: the same argv on the same engine install)" if KEPT_MARK in stdout else ""
     if not verdict.get("ok"):
-        detail = f"{engine} {version} rejects: " + "; ".join(verdict.get("errors") or [])
+        detail = f"{engine} {version} rejects: " + "; ".join(verdict.get("errors") or []) + kept
         fix = "fix the flag" + (
             " (launcher migrate CONFIG --sglang VERSION for renamed ones)" if "sglang" in engine else ""
         )
         return Check(node, name, "fail", detail, fix)
     warn = "; ".join(verdict.get("warnings") or [])
-    return Check(
-        node, name, "warn" if warn else "ok", f"{engine} {version} accepts the argv" + (f" ({warn})" if warn else "")
-    )
+    detail = f"{engine} {version} accepts the argv{kept}" + (f" ({warn})" if warn else "")
+    return Check(node, name, "warn" if warn else "ok", detail)
 
 
 def in_image(plan: Plan, s: Service, argv: list[str]) -> str:

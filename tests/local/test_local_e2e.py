@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers import (
     LOCAL_PORTS,
@@ -107,10 +108,33 @@ def test_up_status_down_on_this_machine(tmp_path, quickstart):
 
         again = launcher("up", config, env=env, cwd=tmp_path)
         assert again.returncode == 0 and "unchanged" in again.stdout + again.stderr
+        check_kept_verdicts(Path(yaml.safe_load(Path(config).read_text())["state_dir"]), config, env, tmp_path)
     finally:
         down = launcher("down", config, env=env, cwd=tmp_path)
     assert down.returncode == 0, down.stderr
     assert_gone(pids, (port, *ports))
+
+
+def check_kept_verdicts(state: Path, config: str, env: dict[str, str], cwd: Path) -> None:
+    """The first `up` kept each role's passing parser verdict (frontend, prefill, decode); the next `up`s
+    replay them and judge them as fresh ones: a kept verdict that rejects stops `up` and says it was kept,
+    while `doctor` runs the parsers afresh and passes; without the kept files `up` checks and keeps again."""
+    kept = sorted((state / "verdicts").iterdir())
+    assert len(kept) == 3 and all('"ok": true' in f.read_text() for f in kept), kept
+    original = {f: f.read_text() for f in kept}
+    for f in kept:
+        f.write_text(json.dumps({"ok": False, "engine": "x", "version": "1", "errors": ["planted"]}) + "\n")
+    refused = launcher("up", config, env=env, cwd=cwd)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "rejects: planted (kept from an earlier check: the same argv on the same engine install)" in refused.stderr
+    assert "nothing was started" in refused.stderr
+    doctor = launcher("doctor", config, env=env, cwd=cwd)
+    assert doctor.returncode == 0 and "planted" not in doctor.stdout + doctor.stderr, doctor.stdout + doctor.stderr
+    for f in kept:
+        f.unlink()
+    again = launcher("up", config, env=env, cwd=cwd)
+    assert again.returncode == 0 and "unchanged" in again.stdout + again.stderr, again.stderr
+    assert {f: f.read_text() for f in sorted((state / "verdicts").iterdir())} == original
 
 
 def test_the_checkouts_quickstart_still_serves(quickstart):

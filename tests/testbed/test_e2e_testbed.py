@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import REPO, assert_workers_logged, chat, launcher_on, printed_curl_reply
+from tests.helpers import REPO, STATE_DIR, assert_workers_logged, chat, launcher_on, printed_curl_reply
 
 pytestmark = pytest.mark.testbed
 TESTBED_NODES = 13  # the 104-GPU shape (tests/conftest.py grows the session's testbed to it)
@@ -103,6 +103,12 @@ def test_up_again_changes_nothing(testbed, work):
     assert again.returncode == 0, again.stderr
     assert "unchanged" in again.stdout + again.stderr
     assert ids(testbed, work) == before
+    # The parsers' passing verdicts were kept under the image's ID on the node, one per role
+    # (tests/pure/test_verdicts.py has the rules, tests/local/test_local_e2e.py their replay)
+    image = testbed.vars["TESTBED_IMAGE"]
+    image_id = testbed.ssh(0, f"docker image inspect --format '{{{{.Id}}}}' {image}", check=True).stdout.strip()
+    kept = list(Path(STATE_DIR, "verdicts").glob("*-" + image_id.removeprefix("sha256:")))
+    assert len(kept) >= 3 and all('"ok": true' in f.read_text() for f in kept), (image_id, kept)
 
 
 def test_changed_decode_arg_recreates_exactly_the_decode_group(testbed, work, tmp_path):

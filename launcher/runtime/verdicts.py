@@ -1,0 +1,71 @@
+"""An engine parser's passing verdict, kept on the node for the next `up` of the same engine and argv.
+
+Why: every `up` runs each role's exact argv through its engine's parser where the role runs, starting
+nothing (operations/checks.py). On a real image that is a container start and an SGLang import, about
+8 CPU-s and several seconds per role, paid again by every unchanged `up` and every step of a roll. The
+verdict depends only on what the check runs: its whole script (image reference or env, mounts, the argv),
+the checker program, and the engine's installed code. That code is named by the image's ID (a digest of
+its content) on docker, and on the process runtime by a digest of the python_env's site-packages listing
+(names, sizes, times: installing, upgrading or removing a package changes it; an edit inside an editable
+install does not, which is why `doctor` never replays). A verdict that passed is written to
+`<state_dir>/verdicts/<key>-<identity>` and replayed while all of them are the same; anything else runs
+the parser again, and a verdict is kept only if the identity did not change while it ran.
+
+The state dir is the launcher's own (guard_script: this user's, nobody else may write it), so a replayed
+verdict is one this launcher wrote; it is still judged as a fresh one is (checks._verdict)."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+
+from launcher.runtime.lock import guard_script
+from launcher.runtime.shell import q
+
+KEPT_MARK = "LAUNCHER_VERDICT_KEPT"
+KEPT_DAYS = 30  # verdicts older than this are removed when a new one is written: the directory stays small
+REPLAY_BYTES = 65536  # engine_check prints one JSON line; a kept file larger than this is cut, then fails
+
+
+def key(script: str, checker: str) -> str:
+    """What the verdict depends on besides the image's content: the check's script and the checker."""
+    digest = hashlib.sha256(f"{script}\0{checker}".encode())
+    return digest.hexdigest()[:32]
+
+
+def image_identity(image: str) -> str:
+    """A shell command printing the ID of IMAGE on this node's Docker engine (sha256:<hex>)."""
+    return f"docker image inspect --format '{{{{.Id}}}}' {q(image)} 2>/dev/null"
+
+
+def env_identity(python_env: str) -> str:
+    """A shell command printing a digest of PYTHON_ENV's site-packages listing (what is installed there);
+    nothing where there is none."""
+    listing = f"ls -l --full-time {q(python_env)}/lib/python3*/site-packages 2>/dev/null"
+    return f"l=$({listing}) && printf '%s\\n' \"$l\" | sha256sum | cut -c1-64"
+
+
+def kept_or_checked(state_dir: str, identity: str, script: str, checker: str) -> str:
+    """SCRIPT (a check that prints the checker's JSON verdict), wrapped so that a passing verdict for the
+    same script, checker and IDENTITY (a command printing what the engine's code is) is replayed (after
+    KEPT_MARK) instead of run, and a new passing one is kept. Without a usable state dir or identity it
+    just runs SCRIPT."""
+    directory = posixpath.join(state_dir, "verdicts")
+    return "\n".join([
+        f"if ( {guard_script(state_dir)} ) >/dev/null 2>&1; then d={q(directory)}; else d=; fi",
+        f"id=$({identity}) || id=",
+        'h=${id#sha256:}; f=',
+        f'case $h in ""|*[!0-9a-f]*) ;; *) [ -n "$d" ] && f="$d/{key(script, checker)}-$h" ;; esac',
+        'if [ -n "$f" ] && [ -f "$f" ] && [ ! -L "$f" ]; then',
+        f"  echo {KEPT_MARK}; head -c {REPLAY_BYTES} \"$f\"; exit 0",
+        "fi",
+        f"out=$({script}); rc=$?",
+        "printf '%s\\n' \"$out\"",
+        # kept only if it passed and what the engine's code is did not change while it ran
+        'if [ "$rc" = 0 ] && [ -n "$f" ] && printf \'%s\\n\' "$out" | tail -n 1 | grep -q \'"ok": true\' '
+        f'&& [ "$({identity})" = "$id" ]; then',
+        f'  {{ mkdir -p "$d" && find "$d" -type f -mtime +{KEPT_DAYS} -delete; '
+        "printf '%s\\n' \"$out\" > \"$f.$$\" && mv -f \"$f.$$\" \"$f\"; } 2>/dev/null",
+        "fi",
+        'exit "$rc"',
+    ])  # fmt: skip

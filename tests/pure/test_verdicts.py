@@ -1,0 +1,122 @@
+"""The node script that keeps and replays an engine parser's passing verdict (launcher/runtime/verdicts.py),
+run by a real bash here: a check that counts its runs and prints a chosen verdict, an identity read from a
+file (as `docker image inspect` or the python_env's listing digest prints one on a node)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from launcher.runtime import verdicts
+from launcher.runtime.shell import join, q
+
+PASS = json.dumps({"ok": True, "engine": "dynamo-mocker", "version": "1.6.1", "errors": [], "warnings": []})
+FAIL = json.dumps({"ok": False, "engine": "dynamo-mocker", "version": "1.6.1", "errors": ["--bogus"]})
+IDENTITY = "sha256:" + "ab" * 32
+
+
+class Node:
+    """A state dir, an identity file and a check whose verdict and exit code the test sets."""
+
+    def __init__(self, root: Path, state: str = "state") -> None:
+        self.state, self.identity, self.runs = root / state, root / "identity", root / "runs"
+        self.verdict, self.code = root / "verdict", 0
+        self.identity.write_text(IDENTITY + "\n")
+        self.verdict.write_text(PASS + "\n")
+        self.check = join(["sh", "-c", f'echo run >> {q(str(self.runs))}; cat {q(str(self.verdict))}; exit "$0"'])
+
+    def run(self, checker: str = "checker v1", code: int = 0, identity_after: str | None = None) -> tuple[int, str]:
+        check = f"{self.check} {code}"
+        if identity_after is not None:  # the image is re-tagged while the check runs
+            check = f"{check}; rc=$?; echo {q(identity_after)} > {q(str(self.identity))}; (exit $rc)"
+            check = f"sh -c {q(check)}"
+        script = verdicts.kept_or_checked(str(self.state), f"cat {q(str(self.identity))}", check, checker)
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+        return done.returncode, done.stdout
+
+    def run_count(self) -> int:
+        return len(self.runs.read_text().splitlines()) if self.runs.exists() else 0
+
+    def kept(self) -> list[Path]:
+        directory = self.state / "verdicts"
+        return sorted(directory.iterdir()) if directory.exists() else []
+
+
+@pytest.fixture
+def node(tmp_path) -> Node:
+    return Node(tmp_path)
+
+
+def test_a_passing_verdict_is_kept_and_replayed_without_running_the_check(node):
+    assert node.run() == (0, PASS + "\n")
+    assert node.run_count() == 1 and len(node.kept()) == 1
+    assert node.kept()[0].name.endswith("-" + "ab" * 32)
+    code, out = node.run()
+    assert (code, out) == (0, f"{verdicts.KEPT_MARK}\n{PASS}\n") and node.run_count() == 1
+
+
+def test_a_rejecting_or_failed_check_is_never_kept(node):
+    node.verdict.write_text(FAIL + "\n")
+    assert node.run(code=1) == (1, FAIL + "\n")
+    node.verdict.write_text(PASS + "\n")
+    assert node.run(code=3)[0] == 3  # an ok line but a failed run
+    assert node.kept() == [] and node.run_count() == 2
+    node.verdict.write_text("Traceback (most recent call last):\n")
+    assert node.run()[0] == 0 and node.kept() == []  # no verdict at all: nothing to keep
+
+
+def test_another_image_checker_or_argv_runs_the_check_again(node):
+    node.run()
+    node.identity.write_text("sha256:" + "cd" * 32 + "\n")  # another image under the same tag
+    assert node.run() == (0, PASS + "\n") and node.run_count() == 2
+    assert node.run(checker="checker v2") == (0, PASS + "\n") and node.run_count() == 3  # a new launcher
+    assert len(node.kept()) == 3
+
+
+def test_an_identity_that_changes_while_the_check_runs_keeps_nothing(node):
+    assert node.run(identity_after="sha256:" + "ef" * 32) == (0, PASS + "\n")
+    assert node.kept() == []
+
+
+@pytest.mark.parametrize("identity", ["", "none", "sha256:../../etc", "sha256:AB" + "ab" * 31, "sha256:ab cd"])
+def test_without_a_clean_hex_identity_it_always_runs_and_keeps_nothing(node, identity):
+    node.identity.write_text(identity + "\n")
+    node.run()
+    assert node.run() == (0, PASS + "\n") and node.run_count() == 2 and node.kept() == []
+
+
+def test_a_state_dir_others_may_write_is_not_used(node):
+    node.state.mkdir(mode=0o700)
+    os.chmod(node.state, 0o777)
+    node.run()
+    assert node.run() == (0, PASS + "\n") and node.run_count() == 2 and node.kept() == []
+
+
+def test_a_link_at_the_verdicts_place_is_not_replayed(node, tmp_path):
+    node.run()
+    (kept,) = node.kept()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text(PASS + "\n")
+    kept.unlink()
+    kept.symlink_to(elsewhere)
+    assert node.run() == (0, PASS + "\n") and node.run_count() == 2
+
+
+def test_a_state_dir_with_spaces_and_quotes(tmp_path):
+    node = Node(tmp_path, state='it\'s a "state" $dir')
+    node.run()
+    assert node.run()[1].startswith(verdicts.KEPT_MARK) and node.run_count() == 1
+    assert node.kept()[0].parent == tmp_path / 'it\'s a "state" $dir' / "verdicts"
+
+
+def test_verdicts_older_than_the_limit_are_removed_when_one_is_written(node):
+    node.run()
+    (old,) = node.kept()
+    days = verdicts.KEPT_DAYS + 1
+    os.utime(old, (old.stat().st_atime - days * 86400, old.stat().st_mtime - days * 86400))
+    node.run(checker="checker v2")
+    assert node.kept() != [] and old not in node.kept()
