@@ -41,7 +41,8 @@ def image_identity(image: str) -> str:
 def env_identity(python_env: str) -> str:
     """A shell command printing a digest of PYTHON_ENV's site-packages listing (what is installed there);
     nothing where there is none."""
-    listing = f"ls -l --full-time {q(python_env)}/lib/python3*/site-packages 2>/dev/null"
+    # __pycache__ left out: it changes whenever python compiles a top-level module there, nothing installed
+    listing = f"ls -l --full-time -I __pycache__ {q(python_env)}/lib/python3*/site-packages 2>/dev/null"
     return f"l=$({listing}) && printf '%s\\n' \"$l\" | sha256sum | cut -c1-64"
 
 

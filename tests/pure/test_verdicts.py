@@ -120,3 +120,25 @@ def test_verdicts_older_than_the_limit_are_removed_when_one_is_written(node):
     os.utime(old, (old.stat().st_atime - days * 86400, old.stat().st_mtime - days * 86400))
     node.run(checker="checker v2")
     assert node.kept() != [] and old not in node.kept()
+
+
+def test_a_python_envs_identity_follows_what_is_installed(tmp_path):
+    """env_identity: a package added or upgraded changes it; python compiling a module does not; no env, none."""
+    site = tmp_path / "env" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    (site / "engine-1.0.dist-info").mkdir()
+
+    def identity() -> str:
+        command = verdicts.env_identity(str(tmp_path / "env"))
+        return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30).stdout.strip()
+
+    first = identity()
+    assert len(first) == 64 and set(first) <= set("0123456789abcdef")
+    (site / "__pycache__").mkdir()
+    (site / "__pycache__" / "six.cpython-311.pyc").write_bytes(b"")
+    assert identity() == first
+    (site / "engine-1.0.dist-info").rename(site / "engine-1.1.dist-info")
+    assert identity() != first
+    missing = subprocess.run(["bash", "-c", verdicts.env_identity(str(tmp_path / "none"))], capture_output=True,
+                             text=True, timeout=30)  # fmt: skip
+    assert missing.stdout == ""
