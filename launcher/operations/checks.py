@@ -103,7 +103,8 @@ def _verdict(node: int, name: str, engine: str, stdout: str, stderr: str) -> Che
         detail = f"the {engine} parser did not run: {(stderr or stdout).strip()[-300:]}"
         return Check(node, name, "fail", detail, "is the engine installed in the image?")
     version = verdict.get("version", "")
-    kept = " (kept from an earlier check: the same argv on the same engine install)" if KEPT_MARK in stdout else ""
+    replayed = stdout.lstrip().startswith(KEPT_MARK + "\n")
+    kept = " (kept from an earlier check: the same argv on the same engine install)" if replayed else ""
     if not verdict.get("ok"):
         detail = f"{engine} {version} rejects: " + "; ".join(verdict.get("errors") or []) + kept
         fix = "fix the flag" + (

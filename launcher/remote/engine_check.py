@@ -448,6 +448,41 @@ def _looks_like_option(token: str) -> bool:
     return token.startswith("-") and not re.fullmatch(r"-\d+(\.\d*)?([eE][-+]?\d+)?", token)
 
 
+# Files the parser opened while it parsed (an audit hook: it cannot be removed, so it records only while
+# _reads is a list). `up` keeps a passing verdict for the next `up` only when this is empty: a verdict that
+# read a --config file, a chat template or a plugin depends on their content, which its key does not cover.
+_reads: list[str] | None = None
+_MAX_READS = 20
+_NOT_READ = ("/proc/", "/sys/", "/dev/")
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _reads is None or event != "open" or not args or len(_reads) >= _MAX_READS:
+        return
+    path = args[0]
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if not isinstance(path, str):
+        return  # a file descriptor
+    full = os.path.abspath(path)
+    code = {os.path.abspath(p) + os.sep for p in (*sys.path, sys.prefix, sys.base_prefix) if p}
+    if not full.startswith(_NOT_READ) and not any(full.startswith(c) for c in code) and full not in _reads:
+        _reads.append(full)
+
+
+sys.addaudithook(_audit)
+
+
+@contextlib.contextmanager
+def _recording_reads(into: list[str]) -> Iterator[None]:
+    global _reads
+    _reads = into
+    try:
+        yield
+    finally:
+        _reads = None
+
+
 def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], int]:
     """Check one argv; returns (result, exit status)."""
 
@@ -473,7 +508,9 @@ def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) 
     notes: list[str] = []
     remaining = list(argv)
     known: set[str] = set()
+    reads: list[str] = []
     with (
+        _recording_reads(reads),
         _argparse_raises(),
         _record_option_strings(known),
         _capture_diagnostics(records, caught),
@@ -527,6 +564,7 @@ def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) 
     result["errors"] = logged_errors + errors
     result["ok"] = not failed
     result["notes"] = notes
+    result["reads"] = reads
     return result, 0 if result["ok"] else 1
 
 

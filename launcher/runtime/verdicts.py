@@ -39,34 +39,52 @@ def image_identity(image: str) -> str:
 
 
 def env_identity(python_env: str) -> str:
-    """A shell command printing a digest of PYTHON_ENV's site-packages listing (what is installed there);
-    nothing where there is none."""
+    """A shell command printing a digest of what the process runtime's check runs with: PYTHON_ENV's
+    python3 and its site-packages listing (what is installed there), and the node's own variables that
+    python and the engines read (the check's `env K=V` sets only the service's); nothing where the env
+    has no python3 or no site-packages."""
+    env = q(python_env)
     # __pycache__ left out: it changes whenever python compiles a top-level module there, nothing installed
-    listing = f"ls -l --full-time -I __pycache__ {q(python_env)}/lib/python3*/site-packages 2>/dev/null"
-    return f"l=$({listing}) && printf '%s\\n' \"$l\" | sha256sum | cut -c1-64"
+    parts = [
+        f"ls -lL --full-time {env}/bin/python3",
+        f"ls -l --full-time -I __pycache__ {env}/lib/python3*/site-packages",
+        "{ env | grep -E '^(PYTHON|SGLANG_|VLLM_|DYN_|LD_LIBRARY_PATH=)' | sort || true; }",
+    ]
+    return f"l=$({' && '.join(parts)} 2>/dev/null) && printf '%s\\n' \"$l\" | sha256sum | cut -c1-64"
 
 
 def kept_or_checked(state_dir: str, identity: str, script: str, checker: str) -> str:
-    """SCRIPT (a check that prints the checker's JSON verdict), wrapped so that a passing verdict for the
-    same script, checker and IDENTITY (a command printing what the engine's code is) is replayed (after
-    KEPT_MARK) instead of run, and a new passing one is kept. Without a usable state dir or identity it
-    just runs SCRIPT."""
+    """SCRIPT (a check that prints the checker's JSON verdict last), wrapped so that a passing verdict for
+    the same script, checker and IDENTITY (a command printing what the engine's code is) is replayed (after
+    KEPT_MARK) instead of run, and a new passing one that read no file is kept. Without a usable state dir
+    or identity it just runs SCRIPT."""
     directory = posixpath.join(state_dir, "verdicts")
+    # Replayed only from a file and directory this user owns and nobody else may write (the state dir's
+    # guard alone allows a 0750 one, and the directory may predate a stricter umask).
+    own = '[ -O "$d" ] && [ -O "$f" ] && [ -z "$(find "$d" "$f" -maxdepth 0 -perm /022 2>/dev/null)" ]'
+    # Kept: the check passed, its verdict (the last line) read no file whose content the key does not cover
+    # (engine_check's "reads": a --config file, a chat template), fits the replay, and the identity held.
+    kept = (
+        f'[ "$rc" = 0 ] && [ -n "$f" ] && [ "${{#last}}" -le {REPLAY_BYTES} ] && '
+        "case $last in *'\"ok\": true'*'\"reads\": []'*) true ;; *) false ;; esac && "
+        f'[ "$({identity})" = "$id" ]'
+    )
+    write = (
+        f'umask 077; mkdir -p "$d" && chmod 0700 "$d" && find "$d" -maxdepth 1 -type f -mtime +{KEPT_DAYS} -delete; '
+        'set -C; printf \'%s\\n\' "$last" > "$f.$$" && mv -f "$f.$$" "$f"'
+    )
     return "\n".join([
-        f"if ( {guard_script(state_dir)} ) >/dev/null 2>&1; then d={q(directory)}; else d=; fi",
+        # bash: the guard's own syntax, whatever the login shell is
+        f"if bash -c {q(guard_script(state_dir))} >/dev/null 2>&1; then d={q(directory)}; else d=; fi",
         f"id=$({identity}) || id=",
         'h=${id#sha256:}; f=',
         f'case $h in ""|*[!0-9a-f]*) ;; *) [ -n "$d" ] && f="$d/{key(script, checker)}-$h" ;; esac',
-        'if [ -n "$f" ] && [ -f "$f" ] && [ ! -L "$f" ]; then',
+        f'if [ -n "$f" ] && [ -f "$f" ] && [ ! -L "$f" ] && {own}; then',
         f"  echo {KEPT_MARK}; head -c {REPLAY_BYTES} \"$f\"; exit 0",
         "fi",
         f"out=$({script}); rc=$?",
         "printf '%s\\n' \"$out\"",
-        # kept only if it passed and what the engine's code is did not change while it ran
-        'if [ "$rc" = 0 ] && [ -n "$f" ] && printf \'%s\\n\' "$out" | tail -n 1 | grep -q \'"ok": true\' '
-        f'&& [ "$({identity})" = "$id" ]; then',
-        f'  {{ mkdir -p "$d" && find "$d" -type f -mtime +{KEPT_DAYS} -delete; '
-        "printf '%s\\n' \"$out\" > \"$f.$$\" && mv -f \"$f.$$\" \"$f\"; } 2>/dev/null",
-        "fi",
+        "last=$(printf '%s\\n' \"$out\" | tail -n 1)",
+        f"if {kept}; then ( {write} ) 2>/dev/null; fi",
         'exit "$rc"',
     ])  # fmt: skip

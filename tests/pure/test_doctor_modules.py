@@ -22,3 +22,27 @@ def test_vllm_serve_is_checked_from_its_model_on():
     assert doctor.engine_argv(["vllm", "serve", "/m", "--port", "8200"]) == ("vllm", ["/m", "--port", "8200"])
     assert doctor.engine_argv(["python3", "-m", "dynamo.vllm", "--model", "/m"]) == ("dynamo-vllm", ["--model", "/m"])
     assert doctor.engine_argv(["sh", "-c", "true"]) is None
+
+
+def test_the_verdict_names_the_files_the_parser_read(tmp_path, monkeypatch):
+    """`reads`: a file the parser opened (a --config file) is named, so `up` does not keep that verdict
+    (runtime/verdicts); the parser's own code and /proc are not files of the argv's."""
+    config = tmp_path / "engine.yaml"
+    config.write_text("tp: 8\n")
+
+    def loader():
+        def check(argv: list[str]) -> list[str]:
+            with open(argv[1]) as f, open("/proc/self/status") as g:
+                f.read(), g.read()
+            import json  # noqa: F401 - code the parser imports is not a read
+
+            return []
+
+        return {}, check
+
+    monkeypatch.setitem(engine_check._LOADERS, "fake", loader)
+    monkeypatch.setitem(engine_check._PROGRAM, "fake", "fake")
+    result, status = engine_check.check_argv("fake", ["--config", str(config)])
+    assert status == 0 and result["ok"] and result["reads"] == [str(config)]
+    plain, _ = engine_check.check_argv("fake", ["--config", "/proc/self/status"])
+    assert plain["reads"] == [] and '"reads": []' in engine_check.json.dumps(plain)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from launcher.runtime import verdicts
 from launcher.runtime.shell import join, q
 
-PASS = json.dumps({"ok": True, "engine": "dynamo-mocker", "version": "1.6.1", "errors": [], "warnings": []})
+PASS = json.dumps({"ok": True, "engine": "dynamo-mocker", "version": "1.6.1", "errors": [], "reads": []})
 FAIL = json.dumps({"ok": False, "engine": "dynamo-mocker", "version": "1.6.1", "errors": ["--bogus"]})
 IDENTITY = "sha256:" + "ab" * 32
 
@@ -27,15 +28,20 @@ class Node:
         self.verdict, self.code = root / "verdict", 0
         self.identity.write_text(IDENTITY + "\n")
         self.verdict.write_text(PASS + "\n")
-        self.check = join(["sh", "-c", f'echo run >> {q(str(self.runs))}; cat {q(str(self.verdict))}; exit "$0"'])
+        self.stdin = root / "stdin"  # what the check read on its stdin (the checker program, on a node)
+        body = f'echo run >> {q(str(self.runs))}; cat > {q(str(self.stdin))}; cat {q(str(self.verdict))}; exit "$0"'
+        self.check = join(["sh", "-c", body])
 
-    def run(self, checker: str = "checker v1", code: int = 0, identity_after: str | None = None) -> tuple[int, str]:
+    def run(
+        self, checker: str = "checker v1", code: int = 0, identity_after: str | None = None, umask: int = 0o022
+    ) -> tuple[int, str]:
         check = f"{self.check} {code}"
         if identity_after is not None:  # the image is re-tagged while the check runs
             check = f"{check}; rc=$?; echo {q(identity_after)} > {q(str(self.identity))}; (exit $rc)"
             check = f"sh -c {q(check)}"
         script = verdicts.kept_or_checked(str(self.state), f"cat {q(str(self.identity))}", check, checker)
-        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(["bash", "-c", f"umask {umask:03o}; {script}"], input=checker, capture_output=True,
+                              text=True, timeout=30)  # fmt: skip
         return done.returncode, done.stdout
 
     def run_count(self) -> int:
@@ -126,6 +132,8 @@ def test_a_python_envs_identity_follows_what_is_installed(tmp_path):
     """env_identity: a package added or upgraded changes it; python compiling a module does not; no env, none."""
     site = tmp_path / "env" / "lib" / "python3.11" / "site-packages"
     site.mkdir(parents=True)
+    (tmp_path / "env" / "bin").mkdir()
+    (tmp_path / "env" / "bin" / "python3").symlink_to(sys.executable)
     (site / "engine-1.0.dist-info").mkdir()
 
     def identity() -> str:
@@ -142,3 +150,61 @@ def test_a_python_envs_identity_follows_what_is_installed(tmp_path):
     missing = subprocess.run(["bash", "-c", verdicts.env_identity(str(tmp_path / "none"))], capture_output=True,
                              text=True, timeout=30)  # fmt: skip
     assert missing.stdout == ""
+
+
+def test_the_check_still_reads_the_checker_on_stdin_and_a_replay_reads_nothing(node):
+    node.run(checker="print('the checker')")
+    assert node.stdin.read_text() == "print('the checker')"
+    node.stdin.unlink()
+    assert node.run(checker="print('the checker')")[1].startswith(verdicts.KEPT_MARK) and not node.stdin.exists()
+
+
+def test_a_verdict_that_read_a_file_is_not_kept(node):
+    """engine_check's "reads": the parser opened a --config file, whose content the key does not cover."""
+    node.verdict.write_text(json.dumps({"ok": True, "errors": [], "reads": ["/etc/sglang.yaml"]}) + "\n")
+    node.run()
+    assert node.run()[0] == 0 and node.run_count() == 2 and node.kept() == []
+
+
+def test_only_the_verdict_line_is_kept_and_only_if_it_fits_the_replay(node):
+    node.verdict.write_text("an entrypoint's banner\n" + PASS + "\n")
+    assert node.run() == (0, "an entrypoint's banner\n" + PASS + "\n")
+    assert node.run()[1] == f"{verdicts.KEPT_MARK}\n{PASS}\n"
+    huge = json.dumps({"ok": True, "warnings": ["x" * verdicts.REPLAY_BYTES], "reads": []})
+    node.verdict.write_text(huge + "\n")
+    node.run(checker="checker v2")
+    assert node.run(checker="checker v2")[1] == huge + "\n" and node.run_count() == 3  # run both times
+
+
+def test_kept_files_are_the_users_alone_whatever_the_umask(node):
+    node.state.mkdir(mode=0o750)  # a state dir the guard accepts
+    node.run(umask=0o002)
+    (kept,) = node.kept()
+    assert oct(kept.parent.stat().st_mode & 0o777) == "0o700" and oct(kept.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_verdict_others_could_have_written_is_not_replayed(node):
+    node.run()
+    (kept,) = node.kept()
+    os.chmod(kept.parent, 0o770)  # e.g. made by an older launcher under umask 002
+    assert node.run() == (0, PASS + "\n") and node.run_count() == 2
+    assert oct(kept.parent.stat().st_mode & 0o777) == "0o700"  # made private again when it kept the new one
+    os.chmod(kept, 0o666)
+    assert node.run() == (0, PASS + "\n") and node.run_count() == 3
+
+
+def test_a_python_envs_identity_needs_its_python3_and_follows_python_variables(tmp_path):
+    site = tmp_path / "env" / "lib" / "python3.11" / "site-packages"
+    site.mkdir(parents=True)
+    command = verdicts.env_identity(str(tmp_path / "env"))
+
+    def identity(**env: str) -> str:
+        environ = {"PATH": os.environ["PATH"], **env}
+        return subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=environ, timeout=30).stdout
+
+    assert identity() == ""  # no python3 in the env: the PATH's would run, which nothing names
+    (tmp_path / "env" / "bin").mkdir()
+    (tmp_path / "env" / "bin" / "python3").symlink_to(sys.executable)
+    plain = identity()
+    assert plain and identity(PYTHONPATH="/opt/patches") != plain and identity(SGLANG_X="1") != plain
+    assert identity(SSH_CONNECTION="10.0.0.1 50000 10.0.0.2 22") == plain

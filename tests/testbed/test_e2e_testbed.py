@@ -99,16 +99,19 @@ def test_exec_on_a_role(testbed, work):
 
 def test_up_again_changes_nothing(testbed, work):
     before = ids(testbed, work)
+    # The first `up` kept the parsers' passing verdicts under the image's ID on the nodes, one per role;
+    # this one replays them: none is written again (tests/pure/test_verdicts.py has the rules,
+    # tests/local/test_local_e2e.py shows a replay judged as a fresh verdict)
+    image_id = testbed.ssh(0, f"docker image inspect --format '{{{{.Id}}}}' {testbed.vars['TESTBED_IMAGE']}",
+                           check=True).stdout.strip()  # fmt: skip
+    verdicts = Path(STATE_DIR, "verdicts")
+    kept = {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in verdicts.glob("*-" + image_id.removeprefix("sha256:"))}
+    assert len(kept) >= 3 and all('"ok": true' in f.read_text() for f in kept), (image_id, kept)
     again = launcher(testbed, "up", cwd=work)
     assert again.returncode == 0, again.stderr
     assert "unchanged" in again.stdout + again.stderr
     assert ids(testbed, work) == before
-    # The parsers' passing verdicts were kept under the image's ID on the node, one per role
-    # (tests/pure/test_verdicts.py has the rules, tests/local/test_local_e2e.py their replay)
-    image = testbed.vars["TESTBED_IMAGE"]
-    image_id = testbed.ssh(0, f"docker image inspect --format '{{{{.Id}}}}' {image}", check=True).stdout.strip()
-    kept = list(Path(STATE_DIR, "verdicts").glob("*-" + image_id.removeprefix("sha256:")))
-    assert len(kept) >= 3 and all('"ok": true' in f.read_text() for f in kept), (image_id, kept)
+    assert {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in kept} == kept  # replayed, not rewritten
 
 
 def test_changed_decode_arg_recreates_exactly_the_decode_group(testbed, work, tmp_path):
