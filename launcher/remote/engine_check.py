@@ -465,7 +465,8 @@ def _audit(event: str, args: tuple) -> None:
     if not isinstance(path, str):
         return  # a file descriptor
     full = os.path.abspath(path)
-    code = {os.path.abspath(p) + os.sep for p in (*sys.path, sys.prefix, sys.base_prefix) if p}
+    # where code and package data live; not "" (the working directory, where a --config file may be)
+    code = {p.rstrip(os.sep) + os.sep for p in (*sys.path, sys.prefix, sys.base_prefix) if os.path.isabs(p)}
     if not full.startswith(_NOT_READ) and not any(full.startswith(c) for c in code) and full not in _reads:
         _reads.append(full)
 

@@ -44,5 +44,9 @@ def test_the_verdict_names_the_files_the_parser_read(tmp_path, monkeypatch):
     monkeypatch.setitem(engine_check._PROGRAM, "fake", "fake")
     result, status = engine_check.check_argv("fake", ["--config", str(config)])
     assert status == 0 and result["ok"] and result["reads"] == [str(config)]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(engine_check.sys, "path", ["", *engine_check.sys.path])  # as `python3 -` has it
+    relative, _ = engine_check.check_argv("fake", ["--config", "engine.yaml"])
+    assert relative["reads"] == [str(config)]
     plain, _ = engine_check.check_argv("fake", ["--config", "/proc/self/status"])
     assert plain["reads"] == [] and '"reads": []' in engine_check.json.dumps(plain)
