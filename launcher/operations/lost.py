@@ -18,7 +18,7 @@ from launcher.errors import LauncherError
 from launcher.operations import alert, gpu_health, locking
 from launcher.operations.nodes import list_services, remove, start
 from launcher.operations.waiter import Waiter
-from launcher.plan import spares
+from launcher.plan import readiness, spares
 from launcher.plan.state import Container
 from launcher.plan.types import Node, Plan
 from launcher.runtime import lock as lock_scripts
@@ -30,6 +30,8 @@ LIST_TIMEOUT = 30.0  # a listing slower than this counts as the node not seen th
 LIST_FLOOR = 5.0
 MIN_ROUNDS = 2  # failed rounds in a row before a node can be lost
 GPU_EVERY = 30.0  # seconds between two looks at the nodes' GPU health (a look runs a program on each node)
+PROBE_TIMEOUT = 3.0  # a rank's health check asked through another node (operations.health's wait)
+PROBE_LIMIT = 65536  # bytes of a health answer read: it comes from the network
 GPU_TIMEOUT = 20.0  # a look that takes longer holds watch's round up: that node is not judged this time
 
 
@@ -48,12 +50,15 @@ class Unseen:
     # (elsewhere the substitution is a spare's label alone, and the node's ranks may be all that serves)
     gone: set[int] = field(default_factory=set)
     told: set[str] = field(default_factory=set)  # the lines about ranks left on a replaced node (said once)
+    # nodes failing SSH whose ranks still answered through another node (said once until seen again)
+    serving: set[int] = field(default_factory=set)
 
     def update(self, unreachable: dict[int, str], started: float) -> None:
         self.gone.update(unreachable)
         for i in [i for i in self.since if i not in unreachable]:
             del self.since[i], self.rounds[i]
             self.judged.discard(i)
+            self.serving.discard(i)
         for i in unreachable:
             self.since.setdefault(i, started)
             self.rounds[i] = self.rounds.get(i, 0) + 1
@@ -82,9 +87,15 @@ def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
     plan, now = w.t.plan, time.monotonic()
     w.unseen.update(unreachable, started)
     for index, unseen_for in w.unseen.lost(plan.lost_after, now):  # none without watch.lost_after
-        if index not in w.t.plan.substitutes:  # already replaced: it runs nothing of the plan
-            window = f"watch.lost_after {plan.lost_after:g}s"
-            judge(w, index, f"{plan.nodes[index].label}: saw it fail SSH for {unseen_for:.0f}s ({window}): lost")
+        if index in w.t.plan.substitutes:  # already replaced: it runs nothing of the plan
+            continue
+        window = f"watch.lost_after {plan.lost_after:g}s"
+        saw = f"{plan.nodes[index].label}: saw it fail SSH for {unseen_for:.0f}s ({window})"
+        if serving := answering(w.t, index, unreachable):
+            w.unseen.judged.discard(index)  # asked again next round: lost once its ranks stop answering too
+            still_serving(w, index, f"{saw}, but {serving}")
+            continue
+        judge(w, index, f"{saw}: lost")
     if plan.lost_after is None or now < w.unseen.gpus_next:
         return
     w.unseen.gpus_next = now + GPU_EVERY
@@ -94,6 +105,47 @@ def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
         w.unseen.judged.add(index)  # judged once (until the node is unseen and seen again)
         w.unseen.gone.add(index)
         judge(w, index, f"{plan.nodes[index].label}: saw GPUs drain ({why}): excluded like a lost node")
+
+
+def answering(t: Any, index: int, unreachable: dict[int, str]) -> str | None:
+    """A second opinion before a node that fails SSH is judged lost: the health checks of its group ranks,
+    asked through another reachable node's connection (what the rest of the deployment sees of it, not
+    this machine's link to its sshd). The first that passes, said in words; None where none does or
+    nothing can be asked (no HTTP health check there: ranks >= 1 of a multi-node Dynamo group)."""
+    plan = t.plan
+    ranks = [s for s in plan.services if s.node.index == index and s.group is not None and s.probe.kind == "http"]
+    witness = next((n for n in plan.nodes if n.index != index and n.index not in unreachable), None)
+    if not ranks or witness is None:
+        return None
+    host = t.fleet.host(witness.index)
+    for s in ranks:
+        try:
+            status, body = host.http("GET", s.probe.url, timeout=PROBE_TIMEOUT, limit=PROBE_LIMIT)
+        except (OSError, ValueError, LauncherError):  # no answer, one over the limit, the witness's SSH gone
+            continue
+        if readiness.probe_passes(s.probe, status, body):
+            return f"{s.name} answers its health check through {witness.label}"
+    return None
+
+
+def still_serving(w: Watcher, index: int, saw: str) -> None:
+    """Not replaced: a node whose ranks serve is not lost, and a spare beside it would run its group twice.
+    Said once (until the node is seen again), in the audit log and as an alert: nothing can manage the node
+    until its SSH is back."""
+    if index in w.unseen.serving:
+        return
+    w.unseen.serving.add(index)
+    plan = w.t.plan
+    if w.dry_run:
+        w.progress.log(f"{saw}: not lost, not replaced; dry run: nothing done")
+        return
+    locking.audit(locking.Site.of(w.t), f"watch: {plan.nodes[index].label} fails SSH, its ranks serve: not replaced")
+    document = {
+        "deployment": plan.deployment, "node": plan.nodes[index].label,
+        "event": "node unreachable over SSH, still serving", "reason": saw,
+    }  # fmt: skip
+    sent = alert.webhook(plan, {k: plan.redactor()(v) for k, v in document.items()})
+    w.progress.log(f"{saw}: not lost, not replaced (fix its SSH); alerted: audit log" + (f", {sent}" if sent else ""))
 
 
 def remove_stale(w: Watcher, found: dict[tuple[int, str], Container]) -> None:

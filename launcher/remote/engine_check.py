@@ -465,8 +465,12 @@ def _audit(event: str, args: tuple) -> None:
     if not isinstance(path, str):
         return  # a file descriptor
     full = os.path.abspath(path)
-    # where code and package data live; not "" (the working directory, where a --config file may be)
-    code = {p.rstrip(os.sep) + os.sep for p in (*sys.path, sys.prefix, sys.base_prefix) if os.path.isabs(p)}
+    # where code, package data and compiled code live; not "" (the working directory, where a --config
+    # file may be); a .pyc anywhere is compiled code (PYTHONPYCACHEPREFIX puts it outside the packages)
+    places = (*sys.path, sys.prefix, sys.base_prefix, getattr(sys, "pycache_prefix", None) or "")
+    code = {p.rstrip(os.sep) + os.sep for p in places if os.path.isabs(p)}
+    if full.endswith(".pyc"):
+        return
     if not full.startswith(_NOT_READ) and not any(full.startswith(c) for c in code) and full not in _reads:
         _reads.append(full)
 
@@ -544,7 +548,22 @@ def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) 
             notes.append(f"raised at {frame.filename}:{frame.lineno}")
 
     failed = bool(errors)
+    logged_errors, result["warnings"] = _diagnostics(records, caught, failed)
+    result["warnings"] += _abbreviations(remaining, known)
+    result["errors"] = logged_errors + errors
+    result["ok"] = not failed
+    result["notes"] = notes
+    result["reads"] = reads
+    return result, 0 if result["ok"] else 1
+
+
+def _diagnostics(
+    records: list[logging.LogRecord], caught: list[warnings.WarningMessage], failed: bool
+) -> tuple[list[str], list[str]]:
+    """(errors, warnings) from what the parser logged and warned: a logged error is an error of a parse
+    that failed (the frontend logs "Unknown arguments" and then exits), a warning of one that passed."""
     logged_errors: list[str] = []
+    said: list[str] = []
     for record in records:
         try:
             message = _clean(record.getMessage())
@@ -553,20 +572,13 @@ def check_argv(engine: str, argv: list[str], env: dict[str, str] | None = None) 
         if not message:
             continue
         if record.levelno < logging.ERROR:
-            result["warnings"].append(message)
+            said.append(message)
         elif failed:
-            logged_errors.append(message)  # e.g. the frontend logs "Unknown arguments" and then exits
+            logged_errors.append(message)
         else:
-            result["warnings"].append(f"logged error: {message}")
-    for item in caught:
-        result["warnings"].append(f"{item.category.__name__}: {_clean(item.message)}")
-    result["warnings"] += _abbreviations(remaining, known)
-
-    result["errors"] = logged_errors + errors
-    result["ok"] = not failed
-    result["notes"] = notes
-    result["reads"] = reads
-    return result, 0 if result["ok"] else 1
+            said.append(f"logged error: {message}")
+    said += [f"{item.category.__name__}: {_clean(item.message)}" for item in caught]
+    return logged_errors, said
 
 
 # --- the whole option set, as data (scripts/flag-drift diffs two releases' sets) -----------------------

@@ -4,10 +4,11 @@ Why: every `up` runs each role's exact argv through its engine's parser where th
 nothing (operations/checks.py). On a real image that is a container start and an SGLang import, about
 8 CPU-s and several seconds per role, paid again by every unchanged `up` and every step of a roll. The
 verdict depends only on what the check runs: its whole script (image reference or env, mounts, the argv),
-the checker program, and the engine's installed code. That code is named by the image's ID (a digest of
-its content) on docker, and on the process runtime by a digest of the python_env's site-packages listing
-(names, sizes, times: installing, upgrading or removing a package changes it; an edit inside an editable
-install does not, which is why `doctor` never replays). A verdict that passed is written to
+the checker program, the files the parser opens (a verdict that opened any is not kept), and the
+engine's installed code. That code is named by the image's ID (a digest of its content) on docker, and on
+the process runtime by a digest of the names in the python_env's site-packages (installing, upgrading or
+removing a package changes them; an edit inside an editable install, or a package rebuilt under the same
+version, does not, which is why `doctor` never replays). A verdict that passed is written to
 `<state_dir>/verdicts/<key>-<identity>` and replayed while all of them are the same; anything else runs
 the parser again, and a verdict is kept only if the identity did not change while it ran.
 
@@ -40,14 +41,15 @@ def image_identity(image: str) -> str:
 
 def env_identity(python_env: str) -> str:
     """A shell command printing a digest of what the process runtime's check runs with: PYTHON_ENV's
-    python3 and its site-packages listing (what is installed there), and the node's own variables that
-    python and the engines read (the check's `env K=V` sets only the service's); nothing where the env
-    has no python3 or no site-packages."""
+    python3, the names in its site-packages (a package installed, upgraded or removed changes them: a
+    distribution's `NAME-VERSION.dist-info`), and the node's own variables that python and the engines read
+    (the check's `env K=V` sets only the service's); nothing where the env has no python3 or no
+    site-packages. Names, not times: python writes `__pycache__` into a package's directory the first time
+    it imports it, which changes the directory's time and nothing installed."""
     env = q(python_env)
-    # __pycache__ left out: it changes whenever python compiles a top-level module there, nothing installed
     parts = [
         f"ls -lL --full-time {env}/bin/python3",
-        f"ls -l --full-time -I __pycache__ {env}/lib/python3*/site-packages",
+        f"ls -1 -I __pycache__ {env}/lib/python3*/site-packages",
         "{ env | grep -E '^(PYTHON|SGLANG_|VLLM_|DYN_|LD_LIBRARY_PATH=)' | sort || true; }",
     ]
     return f"l=$({' && '.join(parts)} 2>/dev/null) && printf '%s\\n' \"$l\" | sha256sum | cut -c1-64"

@@ -26,14 +26,18 @@ def test_vllm_serve_is_checked_from_its_model_on():
 
 def test_the_verdict_names_the_files_the_parser_read(tmp_path, monkeypatch):
     """`reads`: a file the parser opened (a --config file) is named, so `up` does not keep that verdict
-    (runtime/verdicts); the parser's own code and /proc are not files of the argv's."""
+    (runtime/verdicts); the parser's own code, compiled code wherever it is, and /proc are not files of
+    the argv's."""
     config = tmp_path / "engine.yaml"
     config.write_text("tp: 8\n")
+    compiled = tmp_path / "pycache" / "args.cpython-311.pyc"  # compiled code (PYTHONPYCACHEPREFIX's place)
+    compiled.parent.mkdir()
+    compiled.write_bytes(b"")
 
     def loader():
         def check(argv: list[str]) -> list[str]:
-            with open(argv[1]) as f, open("/proc/self/status") as g:
-                f.read(), g.read()
+            with open(argv[1]) as f, open("/proc/self/status") as g, open(compiled, "rb") as h:
+                f.read(), g.read(), h.read()
             import json  # noqa: F401 - code the parser imports is not a read
 
             return []

@@ -229,7 +229,8 @@ def answers_in_a_row(endpoint: str, count: int, limit: float) -> bool:
 
 
 def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(testbed, tmp_path):
-    """Node 3 (decode r1) loses sshd and its link while serving: `watch` moves the decode group onto node 4,
+    """Node 3 (decode r1) loses sshd while serving: its rank still answers through node 0, so `watch` says so
+    and alerts, and moves nothing; then its link too: `watch` moves the decode group onto node 4,
     the one spare, and the endpoint serves again; then node 4 is cut too: no spare is left, which watch says
     in one line while the rest keeps serving. The next `up` keeps the group on the spare, `down` cleans it."""
     assert len(testbed.nodes) >= 5, "this test needs LAUNCHER_TESTBED_NODES=5 or more"
@@ -253,7 +254,9 @@ def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(te
         )
         try:
             lose_nodes_while_watched(testbed, launcher, Lines(watch.stderr), watch)
-            [alert] = receiver.received  # one alert: no spare for node 4 (node 3's move is no alert)
+            # two alerts: node 3 serving without SSH, no spare for node 4 (node 3's move is no alert)
+            serving, alert = receiver.received
+            assert serving["event"] == "node unreachable over SSH, still serving", serving
             assert alert["event"] == "node lost, not replaced" and "no spare node" in alert["reason"], alert
         finally:
             watch.terminate()
@@ -314,10 +317,15 @@ def replaces_label(testbed, i: int) -> str:
 def lose_nodes_while_watched(testbed, launcher, lines: Lines, watch: subprocess.Popen) -> None:
     endpoint = f"http://{testbed.nodes[0][1]}:8000"
     assert lines.until(lambda x: "a node failing SSH for 2s is lost" in x, 60), lines.text()
-    testbed.run("kill-sshd", "3")
-    testbed.run("cut", "3")
-    cut = time.monotonic()
     lost, spare = "node 3 ({} {})".format(*testbed.nodes[3]), "node 4 ({} {})".format(*testbed.nodes[4])
+    # sshd alone gone: its rank still answers through node 0, so node 3 is not lost and nothing moves
+    testbed.run("kill-sshd", "3")
+    kept = lines.until(lambda x: lost in x and "not lost, not replaced" in x, 60)
+    assert kept and "decode-r1 answers its health check through node 0" in kept, lines.text()[-3000:]
+    assert kept.rstrip().endswith("alerted: audit log, webhook (HOOK) answered HTTP 204"), kept
+    assert spare_ids(testbed, 4) == [] and replaces_label(testbed, 4) == ""
+    testbed.run("cut", "3")  # and now its link: lost
+    cut = time.monotonic()
     moved = lines.until(lambda x: f"{spare} replaces {lost}" in x and "serving again" in x, 240)
     assert moved, lines.text()[-3000:]
     moved_after = time.monotonic() - cut
