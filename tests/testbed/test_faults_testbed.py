@@ -229,7 +229,7 @@ def answers_in_a_row(endpoint: str, count: int, limit: float) -> bool:
 
 
 def test_a_lost_node_moves_to_the_spare_and_without_one_the_rest_keep_serving(testbed, tmp_path):
-    """Node 3 (decode r1) loses sshd while serving: its rank still answers through node 0, so `watch` says so
+    """Node 3 (decode r1) loses SSH while serving: its rank still answers through node 0, so `watch` says so
     and alerts, and moves nothing; then its link too: `watch` moves the decode group onto node 4,
     the one spare, and the endpoint serves again; then node 4 is cut too: no spare is left, which watch says
     in one line while the rest keeps serving. The next `up` keeps the group on the spare, `down` cleans it."""
@@ -318,8 +318,9 @@ def lose_nodes_while_watched(testbed, launcher, lines: Lines, watch: subprocess.
     endpoint = f"http://{testbed.nodes[0][1]}:8000"
     assert lines.until(lambda x: "a node failing SSH for 2s is lost" in x, 60), lines.text()
     lost, spare = "node 3 ({} {})".format(*testbed.nodes[3]), "node 4 ({} {})".format(*testbed.nodes[4])
-    # sshd alone gone: its rank still answers through node 0, so node 3 is not lost and nothing moves
-    testbed.run("kill-sshd", "3")
+    # SSH alone gone (its packets dropped): its rank still answers through node 0, so node 3 is not lost
+    # and nothing moves
+    testbed.run("block-ssh", "3")
     kept = lines.until(lambda x: lost in x and "not lost, not replaced" in x, 60)
     assert kept and "decode-r1 answers its health check through node 0" in kept, lines.text()[-3000:]
     assert kept.rstrip().endswith("alerted: audit log, webhook (HOOK) answered HTTP 204"), kept

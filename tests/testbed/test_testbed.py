@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from tests.conftest import (
     require_testbed_capable,
     unavailable,
 )
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.testbed
 
@@ -229,6 +231,34 @@ def _our_pids_alive(pids: list[int]) -> list[int]:
         if state not in ("Z", "X"):  # a zombie is dead; it only waits for a parent that may not reap
             alive.append(pid)
     return alive
+
+
+def test_block_ssh_times_ssh_out_while_the_nodes_ports_answer_until_heal(testbed: Testbed) -> None:
+    """block-ssh: the node's SSH port drops everything (a node the launcher cannot manage) while its other
+    ports (here a python http.server started on it) still answer; heal lets SSH through again."""
+    i = len(testbed.nodes) - 2
+    address = testbed.nodes[i][1]
+    server = testbed.ssh(i, "nohup python3 -m http.server 18089 --bind 0.0.0.0 >/dev/null 2>&1 & echo $!")
+    assert server.returncode == 0 and server.stdout.strip().isdigit(), server.stderr
+    try:
+        wait_for(lambda: port_answers(address, 18089), 30)
+        testbed.run("block-ssh", str(i))
+        blocked = testbed.ssh(i, "true", timeout=60)
+        assert blocked.returncode == 255 and "timed out" in blocked.stderr, blocked.stderr
+        assert port_answers(address, 18089)
+        testbed.run("block-ssh", str(i))  # idempotent: one rule, which heal removes
+    finally:
+        testbed.run("heal", str(i))
+    assert testbed.ssh(i, f"kill {server.stdout.strip()}").returncode == 0  # SSH answers again
+    assert_healthy(testbed, i)
+
+
+def port_answers(address: str, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def test_down_leaves_nothing_behind() -> None:
