@@ -202,7 +202,7 @@ class Watcher:
         for i, why in unreachable.items():
             if i not in plan.substitutes:  # a lost node already replaced: said when it was
                 self.progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
-        lost.check(self, unreachable, started)
+        lost.check(self, unreachable, started, found)
         lost.remove_stale(self, found)
         hung = self.hung(found, unreachable)
         for unit in self.watched:

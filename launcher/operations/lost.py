@@ -10,6 +10,7 @@ keeps serving.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from launcher.runtime import lock as lock_scripts
 
 # `w` below is the caller's launcher.commands.watch.Watcher (not imported: watch imports this module)
 Watcher = Any
+Found = dict[tuple[int, str], Container]  # this round's listing: (node index, service name) -> container
 
 LIST_TIMEOUT = 30.0  # a listing slower than this counts as the node not seen this round
 LIST_FLOOR = 5.0
@@ -50,8 +52,10 @@ class Unseen:
     # (elsewhere the substitution is a spare's label alone, and the node's ranks may be all that serves)
     gone: set[int] = field(default_factory=set)
     told: set[str] = field(default_factory=set)  # the lines about ranks left on a replaced node (said once)
-    # nodes failing SSH whose ranks still answered through another node (said once until seen again)
+    # nodes failing SSH whose ranks still answered through another node (said once until seen again), and
+    # the rounds in a row each such node has not answered: lost after MIN_ROUNDS (one slow answer is not)
     serving: set[int] = field(default_factory=set)
+    misses: dict[int, int] = field(default_factory=dict)
 
     def update(self, unreachable: dict[int, str], started: float) -> None:
         self.gone.update(unreachable)
@@ -59,6 +63,7 @@ class Unseen:
             del self.since[i], self.rounds[i]
             self.judged.discard(i)
             self.serving.discard(i)
+            self.misses.pop(i, None)
         for i in unreachable:
             self.since.setdefault(i, started)
             self.rounds[i] = self.rounds.get(i, 0) + 1
@@ -81,9 +86,10 @@ def list_timeout(plan: Plan) -> float:
     return LIST_TIMEOUT if plan.lost_after is None else min(LIST_TIMEOUT, max(LIST_FLOOR, plan.lost_after))
 
 
-def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
-    """This round's unreachable nodes (its listing began at STARTED): each one unseen past the window is
-    lost, and acted on; then, every GPU_EVERY seconds, the GPUs of the nodes that run group ranks."""
+def check(w: Watcher, unreachable: dict[int, str], started: float, found: Found | None = None) -> None:
+    """This round's unreachable nodes (its listing began at STARTED, FOUND what it listed): each one unseen
+    past the window is lost, and acted on, unless its ranks still serve (`answering`); then, every GPU_EVERY
+    seconds, the GPUs of the nodes that run group ranks."""
     plan, now = w.t.plan, time.monotonic()
     w.unseen.update(unreachable, started)
     for index, unseen_for in w.unseen.lost(plan.lost_after, now):  # none without watch.lost_after
@@ -91,9 +97,13 @@ def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
             continue
         window = f"watch.lost_after {plan.lost_after:g}s"
         saw = f"{plan.nodes[index].label}: saw it fail SSH for {unseen_for:.0f}s ({window})"
-        if serving := answering(w.t, index, unreachable):
+        serving = answering(w.t, index, unreachable, found or {})
+        misses = 0 if serving else w.unseen.misses.get(index, 0) + 1
+        w.unseen.misses[index] = misses
+        if serving or (index in w.unseen.serving and misses < MIN_ROUNDS):
             w.unseen.judged.discard(index)  # asked again next round: lost once its ranks stop answering too
-            still_serving(w, index, f"{saw}, but {serving}")
+            if serving:
+                still_serving(w, index, f"{saw}, but {serving}")
             continue
         judge(w, index, f"{saw}: lost")
     if plan.lost_after is None or now < w.unseen.gpus_next:
@@ -107,25 +117,51 @@ def check(w: Watcher, unreachable: dict[int, str], started: float) -> None:
         judge(w, index, f"{plan.nodes[index].label}: saw GPUs drain ({why}): excluded like a lost node")
 
 
-def answering(t: Any, index: int, unreachable: dict[int, str]) -> str | None:
+def answering(t: Any, index: int, unreachable: dict[int, str], found: Found) -> str | None:
     """A second opinion before a node that fails SSH is judged lost: the health checks of its group ranks,
     asked through another reachable node's connection (what the rest of the deployment sees of it, not
-    this machine's link to its sshd). The first that passes, said in words; None where none does or
-    nothing can be asked (no HTTP health check there: ranks >= 1 of a multi-node Dynamo group)."""
+    this machine's link to its sshd), a node of the same group first. Serving, said in words, only if every
+    one of them passes and every rank of their groups elsewhere runs (a group broken elsewhere can only be
+    recreated by moving it). None otherwise, and where nothing can vouch for the node: a rank there without
+    an HTTP health check (ranks >= 1 of a multi-node Dynamo group), or an address that is not the node's
+    alone (loopback, or shared by inventory nodes on different SSH ports: the witness would reach itself)."""
     plan = t.plan
-    ranks = [s for s in plan.services if s.node.index == index and s.group is not None and s.probe.kind == "http"]
-    witness = next((n for n in plan.nodes if n.index != index and n.index not in unreachable), None)
-    if not ranks or witness is None:
+    node = plan.nodes[index]
+    here = [s for s in plan.services if s.node.index == index and s.group is not None]
+    if not here or any(s.probe.kind != "http" for s in here) or not own_address(plan, node.address):
         return None
+    groups = {s.group for s in here}
+    elsewhere = [s for s in plan.services if s.group in groups and s.node.index != index]
+    if any(s.node.index in unreachable or not (c := found.get((s.node.index, s.name))) or not c.running
+           for s in elsewhere):  # fmt: skip
+        return None
+    peers = {s.node.index for s in elsewhere}
+    candidates = sorted((n for n in plan.nodes if n.index != index and n.index not in unreachable),
+                        key=lambda n: (n.index not in peers, n.index))  # fmt: skip
+    if not candidates:
+        return None
+    witness = candidates[0]
     host = t.fleet.host(witness.index)
-    for s in ranks:
+    for s in here:  # the first that does not pass ends it: one probe's wait per node and round at most
         try:
             status, body = host.http("GET", s.probe.url, timeout=PROBE_TIMEOUT, limit=PROBE_LIMIT)
-        except (OSError, ValueError, LauncherError):  # no answer, one over the limit, the witness's SSH gone
-            continue
-        if readiness.probe_passes(s.probe, status, body):
-            return f"{s.name} answers its health check through {witness.label}"
-    return None
+        except Exception:  # noqa: BLE001 - no answer, one over the limit, the witness's SSH: never watch's end
+            return None
+        if not readiness.probe_passes(s.probe, status, body):
+            return None
+    said = f"{here[0].name} answers its" if len(here) == 1 else f"{', '.join(s.name for s in here)} answer their"
+    return f"{said} health check through {witness.label}"
+
+
+def own_address(plan: Plan, address: str) -> bool:
+    """ADDRESS names one inventory node and is not loopback."""
+    try:
+        if ipaddress.ip_address(address).is_loopback:
+            return False
+    except ValueError:
+        if address == "localhost":
+            return False
+    return sum(1 for n in plan.nodes if n.address == address) == 1
 
 
 def still_serving(w: Watcher, index: int, saw: str) -> None:
