@@ -17,6 +17,7 @@ from typing import Any
 
 from launcher.errors import LauncherError
 from launcher.operations import alert, gpu_health, locking
+from launcher.operations.health import PROBE_TIMEOUT
 from launcher.operations.nodes import list_services, remove, start
 from launcher.operations.waiter import Waiter
 from launcher.plan import readiness, spares
@@ -32,7 +33,6 @@ LIST_TIMEOUT = 30.0  # a listing slower than this counts as the node not seen th
 LIST_FLOOR = 5.0
 MIN_ROUNDS = 2  # failed rounds in a row before a node can be lost
 GPU_EVERY = 30.0  # seconds between two looks at the nodes' GPU health (a look runs a program on each node)
-PROBE_TIMEOUT = 3.0  # a rank's health check asked through another node (operations.health's wait)
 PROBE_LIMIT = 65536  # bytes of a health answer read: it comes from the network
 GPU_TIMEOUT = 20.0  # a look that takes longer holds watch's round up: that node is not judged this time
 
@@ -171,17 +171,12 @@ def still_serving(w: Watcher, index: int, saw: str) -> None:
     if index in w.unseen.serving:
         return
     w.unseen.serving.add(index)
-    plan = w.t.plan
     if w.dry_run:
         w.progress.log(f"{saw}: not lost, not replaced; dry run: nothing done")
         return
-    locking.audit(locking.Site.of(w.t), f"watch: {plan.nodes[index].label} fails SSH, its ranks serve: not replaced")
-    document = {
-        "deployment": plan.deployment, "node": plan.nodes[index].label,
-        "event": "node unreachable over SSH, still serving", "reason": saw,
-    }  # fmt: skip
-    sent = alert.webhook(plan, {k: plan.redactor()(v) for k, v in document.items()})
-    w.progress.log(f"{saw}: not lost, not replaced (fix its SSH); alerted: audit log" + (f", {sent}" if sent else ""))
+    said = alerted(w, index, "fails SSH, its ranks serve: not replaced",
+                   {"event": "node unreachable over SSH, still serving", "reason": saw})  # fmt: skip
+    w.progress.log(f"{saw}: not lost, not replaced (fix its SSH); {said}")
 
 
 def remove_stale(w: Watcher, found: dict[tuple[int, str], Container]) -> None:
@@ -259,16 +254,19 @@ def no_spare(w: Watcher, lost: int, saw: str, why: str) -> None:
     if w.dry_run:
         w.progress.log(f"{saw}; cannot move it ({why}); would alert; dry run: nothing done")
         return
-    locking.audit(locking.Site.of(w.t), f"watch: {plan.nodes[lost].label} lost, not replaced: {why}")
-    document = {
-        "deployment": plan.deployment, "node": plan.nodes[lost].label, "event": "node lost, not replaced",
-        "reason": why, "groups down": groups,
-    }  # fmt: skip
+    said = alerted(w, lost, f"lost, not replaced: {why}",
+                   {"event": "node lost, not replaced", "reason": why, "groups down": groups})  # fmt: skip
+    w.progress.log(f"{saw}; not replaced: {why}; {groups} stay down there, the rest keep serving; {said}")
+
+
+def alerted(w: Watcher, index: int, audit: str, document: dict[str, str]) -> str:
+    """The node's event in the head's audit log (`watch: NODE AUDIT`) and, redacted, to the file's webhook
+    (DOCUMENT with the deployment and the node) -> `alerted: audit log[, what the webhook answered]`."""
+    plan, node = w.t.plan, w.t.plan.nodes[index].label
+    locking.audit(locking.Site.of(w.t), f"watch: {node} {audit}")
+    document = {"deployment": plan.deployment, "node": node, **document}
     sent = alert.webhook(plan, {k: plan.redactor()(v) for k, v in document.items()})
-    w.progress.log(
-        f"{saw}; not replaced: {why}; {groups} stay down there, the rest keep serving;"
-        f" alerted: audit log" + (f", {sent}" if sent else "")
-    )
+    return "alerted: audit log" + (f", {sent}" if sent else "")
 
 
 def replace(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str], saw: str) -> None:
