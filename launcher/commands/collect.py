@@ -23,13 +23,13 @@ from typing import Any
 
 from launcher import __version__
 from launcher.errors import ConfigError, Exit
-from launcher.operations import gpu_health, service_status, ship
+from launcher.operations import gpu_health, service_status
 from launcher.operations.context import Connection, Target, connected, target
 from launcher.output import plan_views
 from launcher.output.console import say
 from launcher.remote import program as remote_program
 from launcher.runtime.docker import SINCE
-from launcher.runtime.shell import join, q
+from launcher.runtime.shell import find_python, join, q
 from launcher.transport.errors import describe
 
 SECTION = "@@launcher-section@@"
@@ -184,7 +184,7 @@ def gpu_health_section(plan) -> str:
     kernel log position (--peek): what `doctor` and `status` judge, as the node printed it."""
     program = q(remote_program("gpu_health"))
     return (
-        f"if PY=$({ship.find_python(plan.python_env)}); then {gpu_health.state_args(plan, create=False)}; "
+        f"if PY=$({find_python(plan.python_env)}); then {gpu_health.state_args(plan, create=False)}; "
         f'"$PY" -c {program} "$@" --peek | head -c {gpu_health.ANSWER_BYTES}; '
         f"else echo {q(gpu_health.NO_PYTHON)}; fi"
     )

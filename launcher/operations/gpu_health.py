@@ -18,13 +18,12 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from launcher.operations import ship
 from launcher.operations.context import Target
 from launcher.operations.preflight import Check
 from launcher.plan.types import Plan
 from launcher.remote import program as remote_program
 from launcher.runtime.lock import STATE_DIR_REFUSED, guard_script
-from launcher.runtime.shell import q
+from launcher.runtime.shell import find_python, q
 from launcher.transport.errors import describe
 
 CATALOG = "https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html"
@@ -310,7 +309,7 @@ def node_script(plan: Plan, *, diag: bool = False, peek: bool = False) -> str:
     """Shell: the program (on stdin) under the node's python3, its answer cut at ANSWER_BYTES."""
     flags = (" --diag" if diag else "") + (" --peek" if peek else "")
     return (
-        f"PY=$({ship.find_python(plan.python_env)}) || {{ echo {q(NO_PYTHON)}; exit 0; }}; {state_args(plan)}; "
+        f"PY=$({find_python(plan.python_env)}) || {{ echo {q(NO_PYTHON)}; exit 0; }}; {state_args(plan)}; "
         f'"$PY" - "$@"{flags} 2>&1 | head -c {ANSWER_BYTES + 1}'
     )
 

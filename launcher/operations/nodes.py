@@ -4,17 +4,20 @@ start services, remove containers. Each is one script per node, all nodes at onc
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
 from launcher.errors import LauncherError
 from launcher.operations.context import Target
 from launcher.operations.locking import refuse_unsafe
-from launcher.output.progress import Progress
 from launcher.plan.state import Container
 from launcher.plan.types import Plan, Service
 from launcher.runtime.base import ENGINE_UNAVAILABLE, LIST_MARK, ListingError, parse_after_mark, parse_list
 from launcher.transport.errors import describe
 from launcher.transport.fleet import MapInterrupted
 from launcher.transport.host import Completed, Host
+
+if TYPE_CHECKING:  # rich's live display costs a `launcher` process 34 ms to import: only `up` draws it
+    from launcher.output.progress import Progress
 
 # Seconds a Ctrl-C gives the start scripts already sent (docker run -d returns in about a second).
 START_GRACE = 20.0

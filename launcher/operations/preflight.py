@@ -10,14 +10,13 @@ import posixpath
 import time
 from dataclasses import asdict, dataclass
 
-from launcher.operations import ship
 from launcher.operations.context import Target
 from launcher.plan import fabric
 from launcher.plan.types import FABRIC_LABEL, Plan, Service
 from launcher.remote import program as remote_program
 from launcher.remote.manifest import MANIFEST  # what `launcher stage` writes next to the weights
 from launcher.runtime.base import LIST_MARK, Runtime, parse_after_mark
-from launcher.runtime.shell import q
+from launcher.runtime.shell import find_python, q
 from launcher.transport.errors import NodeError, describe
 
 MARK = "@@check"
@@ -133,7 +132,7 @@ def model_check(path: str, python_env: str | None = None) -> str:
         f"else echo {MARK} model fail {q(path)}; fi"
     )
     return (
-        f"if [ -r {q(manifest)} ] && PY=$({ship.find_python(python_env)}); then "
+        f"if [ -r {q(manifest)} ] && PY=$({find_python(python_env)}); then "
         f"{checker} || echo {MARK} model fail {q(path)}: the manifest check failed; "
         f"else {fallback}; fi"
     )

@@ -15,7 +15,7 @@ from launcher.config.schema import SSHSettings
 from launcher.output.transfer import Moving, TransferView
 from launcher.plan.types import Node, Plan
 from launcher.remote import program as remote_program
-from launcher.runtime.shell import q
+from launcher.runtime.shell import find_python, q
 from launcher.transport.host import Host, Options
 from launcher.transport.local import LocalHost
 from launcher.transport.relay import ROOT, Feed, Hop, Relay, Timing
@@ -29,13 +29,6 @@ PROGRAMS = {"relay": "relay", "emit": "relay", "scan": "manifest"}  # mode -> th
 def program(mode: str = "relay") -> bytes:
     """The remote program that runs `mode`, as sent (its siblings bundled in: launcher/remote)."""
     return remote_program(PROGRAMS[mode]).encode()
-
-
-def find_python(python_env: str | None) -> str:
-    """Shell: the path of the node's python3, else python_env's (what runs the relay program and doctor's
-    manifest check)."""
-    fallback = f"{python_env}/bin/python3" if python_env else "python3"
-    return f"command -v python3 || command -v {q(fallback)}"
 
 
 def relay_script(plan: Plan | None, mode: str) -> str:

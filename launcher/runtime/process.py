@@ -57,13 +57,17 @@ our_sid() {
   recorded "$1"; sid=; [ -n "$pid" ] && [ "$live" != no ] || return 0
   sid=$pid
 }
+# in_session SID: a process of the session runs. Its leader's process group is asked first, with the
+# builtin `kill -0`; only once that group is gone does `pgrep` (a scan of /proc, some 7 ms) look for the
+# session's other groups: polled every 0.1 s while services drain, pgrep alone was 2,300 processes a suite.
+in_session() { kill -0 -- "-$1" 2>/dev/null || pgrep -s "$1" >/dev/null 2>&1; }
 # reap_svcs DIR...: wait (10 s at most, all together) for the sessions to end, then SIGKILL survivors.
 reap_svcs() {
   i=0
   while [ $i -lt 100 ]; do
     alive=0
     for d in "$@"; do
-      our_sid "$d"; [ -n "$sid" ] && pgrep -s "$sid" >/dev/null 2>&1 && alive=1
+      our_sid "$d"; [ -n "$sid" ] && in_session "$sid" && alive=1
     done
     [ $alive = 0 ] && return 0
     sleep 0.1; i=$((i+1))

@@ -9,6 +9,13 @@ q = shlex.quote
 join = shlex.join
 
 
+def find_python(python_env: str | None) -> str:
+    """Shell: the path of the node's python3, else python_env's (what runs the relay program, doctor's
+    manifest check and the GPU health program)."""
+    fallback = f"{python_env}/bin/python3" if python_env else "python3"
+    return f"command -v python3 || command -v {q(fallback)}"
+
+
 def write_from_stdin(path: str, body: str, quoted: bool = False) -> str:
     """A line that writes exactly len(body) bytes of stdin to path, mode 0600 (secrets never in argv).
 

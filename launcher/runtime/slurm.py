@@ -32,7 +32,7 @@ setsid "$@" < /dev/null &
 svc=$!
 stop() {
   kill -TERM -- "-$svc" 2>/dev/null; pkill -TERM -s "$svc" 2>/dev/null
-  for _ in $(seq 100); do pgrep -s "$svc" >/dev/null 2>&1 || break; sleep 0.1; done
+  for _ in $(seq 100); do kill -0 -- "-$svc" 2>/dev/null || pgrep -s "$svc" >/dev/null 2>&1 || break; sleep 0.1; done
   pkill -KILL -s "$svc" 2>/dev/null; kill -KILL -- "-$svc" 2>/dev/null
   cd / && rm -rf "$dir"
 }

@@ -50,6 +50,7 @@ ISL, OSL = 64, 200  # a stream of ~1.5 s at speedup 1: many start and end during
 # ~13 s: streams still running when `down` (its start-up, then the prefill phase) reads the decode workers'
 # counts, on a busy machine too (1,500 tokens ended first once, in a CI run at load 20)
 LONG_OSL = 2000
+REQUEST_RATE = 20  # requests a second at most: see AIPerf.argv
 AIPERF_LIMIT = 600  # seconds: AIPerf's --benchmark-duration, a bound only (each case ends it once done)
 FRONTEND_PORT = 8000
 DECODE_PORT = 9090  # the decode mockers' system port (/metrics): replicas on nodes of their own share it
@@ -124,8 +125,15 @@ class AIPerf:
             "--artifact-dir", str(out), "--ui", "none", "--export-level", "records",
             # the fewest processes AIPerf starts with (its start-up is most of its CPU): no GPU or server
             # metrics collectors, one worker and one record processor (4 streams need no more), 8 prompts
-            # made (100 by default: seconds of its start-up) and sent in turn
+            # made (100 by default: seconds of its start-up) and sent in turn, from random tokens (its
+            # default corpus is tokenized at start-up: about 3 CPU-s of each run here)
             "--no-gpu-telemetry", "--no-server-metrics", "--workers-max", "1", "--record-processor-service-count", "1",
+            "--prompt-corpus", "random",
+            # A concurrency alone is AIPerf's burst mode, whose timing loop polls for a free slot without
+            # sleeping: a whole core for as long as it runs (31 CPU-s of a 20 s run against 12 with a rate,
+            # measured here). A rate far above what 4 streams of ~1.5 s reach (about 3 a second) keeps the
+            # concurrency the bound, and a freed slot is taken within 1/RATE s.
+            "--request-rate", str(REQUEST_RATE),
             *(["--request-count", str(count)] if count else ["--benchmark-duration", str(AIPERF_LIMIT)]),
         ]  # fmt: skip
         self.stopped_ns: int | None = None

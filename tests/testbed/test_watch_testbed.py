@@ -124,7 +124,7 @@ def test_killed_decode_rank_recreates_the_group_and_serves_again(testbed, deploy
         return now if len(fresh) == len(decode) else None
 
     # Both ranks of the group recreated (new containers, started anew), not only the one that died.
-    after = wait_for(group_recreated, 120, interval=0.5, what="both decode ranks recreated")
+    after = wait_for(group_recreated, 120, interval=1, what="both decode ranks recreated")
     for name in decode:
         assert after[name][0] == before[name][0] and after[name][2] != before[name][2], (before[name], after[name])
     reply = wait_serving(head, 120)
@@ -161,7 +161,7 @@ def test_killed_etcd_is_restarted_and_workers_serve_again(testbed, deployed, tmp
         now = containers(testbed)
         return now if etcd in now and now[etcd][2] != before[etcd][2] and now[etcd][3] == "running" else None
 
-    back = wait_for(etcd_restarted, 90, interval=0.5, what="watch restarted etcd")
+    back = wait_for(etcd_restarted, 90, interval=1, what="watch restarted etcd")
     restarted = time.monotonic() - killed
     assert back[etcd][1] == before[etcd][1], "etcd was recreated (its data lost), not restarted in place"
     others = {n: before[n] for n in before if n != etcd}
