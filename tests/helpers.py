@@ -196,9 +196,14 @@ def interrupted(*args: str, env: dict[str, str], cwd: Path, when, limit: float =
     return proc.returncode, err
 
 
-# Tokens a streamed answer asks for: the mocker at speedup 1 makes ~150 tokens/s per stream, ~10 s, longer
-# than a `launcher down` takes to start and read the counts on a loaded machine, short enough for a test.
-STREAM_TOKENS = 1500
+# The mockers' speed where a test streams under a change (drain, scale, roll): a quarter of real time, ~38
+# tokens/s per stream, so that a stream lasts as long with a quarter of the tokens. What those tests watch is
+# streams in flight across a change; every token is a chunk the frontend, the mocker and the client each
+# handle (about 0.5 ms of CPU all told), and four streams at speedup 1 kept a third of a core busy.
+STREAM_SPEEDUP = 0.25
+# Tokens a streamed answer asks for at STREAM_SPEEDUP: ~10 s, longer than a `launcher down` takes to start and
+# read the counts on a loaded machine, short enough for a test.
+STREAM_TOKENS = 375
 
 
 def stream(

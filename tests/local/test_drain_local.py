@@ -23,24 +23,24 @@ import pytest
 
 from launcher.plan.build import REPLICA_PORT_STEP
 from launcher.plan.drain import worker_in_flight
-from tests.helpers import STREAM_TOKENS, assert_gone, launcher, local_file, stream
+from tests.helpers import STREAM_SPEEDUP, STREAM_TOKENS, assert_gone, launcher, local_file, stream
 
 pytestmark = pytest.mark.slow
 
 STREAMS = 4
-TOKENS = STREAM_TOKENS  # ~10 s a stream at speedup 1 (see tests.helpers)
+TOKENS = STREAM_TOKENS  # ~10 s a stream at STREAM_SPEEDUP (see tests.helpers)
 SPREAD = 6  # streams over two decode replicas (the frontend's round robin puts some on each)
 DECODE_SYSTEM_PORT = 5  # index in local_stack's ports (configs/local.yaml's 19091)
 
 
 @contextmanager
 def deployment(tmp_path: Path, name: str, edit=None) -> Iterator[tuple[str, dict[str, str], int, tuple[int, ...]]]:
-    """The local stack up, its mockers at speedup 1 (streams long enough to be caught in flight); `edit`
+    """The local stack up, its mockers at STREAM_SPEEDUP (streams long enough to be caught in flight); `edit`
     changes the file's data first."""
 
     def slow(data: dict) -> None:
         for group in data["groups"].values():
-            group["args"]["speedup-ratio"] = 1
+            group["args"]["speedup-ratio"] = STREAM_SPEEDUP
         data["drain_timeout"] = 60
         if edit is not None:
             edit(data)
@@ -118,8 +118,8 @@ def test_down_now_cuts_the_streams_at_once(tmp_path):
     assert "drain skipped (--now)" in audit and '"drain decode-r0' not in audit, audit
 
 
-MIGRATE_TOKENS = 600  # ~4 s a stream: long enough to be killed mid-stream at KILL_AT tokens, short to wait out
-KILL_AT = 100  # tokens every stream has streamed when the decode rank dies
+MIGRATE_TOKENS = 150  # ~4 s a stream: long enough to be killed mid-stream at KILL_AT tokens, short to wait out
+KILL_AT = 25  # tokens every stream has streamed when the decode rank dies
 # The frontend's request_span lines (Dynamo 1.6.1); a line's first request_id is the HTTP request's.
 RETRY = re.compile(r"migration retry scheduled .*?migration\.from_worker_id=(\d+) .*?request_id=([0-9a-f-]+) ")
 RETRIED = re.compile(r'route request completed .*?request_id=([0-9a-f-]+) .*?worker_id=(\d+) request\.attempt=1 '

@@ -27,6 +27,7 @@ import yaml
 
 from launcher.plan.build import REPLICA_PORT_STEP
 from tests.helpers import (
+    STREAM_SPEEDUP,
     StreamLoad,
     assert_gone,
     free_port,
@@ -42,7 +43,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.slow
 
 CLIENTS = 4  # streams in flight at every moment, each one after the other
-TOKENS = 200  # ~1.5 s a stream at speedup 1: several streams start and end during each step
+TOKENS = 50  # ~1.5 s a stream at STREAM_SPEEDUP: several streams start and end during each step
 STARTUP = 2  # seconds each mocker takes to "load its model" (--startup-time): a roll step is slow
 LOAD_LIMIT = 240
 
@@ -71,7 +72,7 @@ def rewrite(config: str, data: dict) -> None:
 def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
     data, ports = local_stack(tmp_path, "roll")
     for group in data["groups"].values():
-        group["args"] = {"speedup-ratio": 1, "startup-time": STARTUP}
+        group["args"] = {"speedup-ratio": STREAM_SPEEDUP, "startup-time": STARTUP}
     data["groups"]["decode"]["replicas"] = 2
     data["drain_timeout"] = 30
     config = str(tmp_path / "local.yaml")

@@ -39,17 +39,17 @@ import yaml
 from launcher.operations.bench_client import env_writing_bytecode, read_export
 from launcher.plan.drain import samples, worker_in_flight
 from tests.bench_env import bench_env  # noqa: F401
-from tests.helpers import REPO, launcher_on, wait_for
+from tests.helpers import REPO, STREAM_SPEEDUP, launcher_on, wait_for
 
 pytestmark = pytest.mark.testbed
 
 NAME = "testbed-small"
 STARTUP = 3  # seconds each mocker takes to start (--startup-time); the rolled spec takes STARTUP + 1
 CONCURRENCY = 4  # AIPerf's streams in flight at every moment
-ISL, OSL = 64, 200  # a stream of ~1.5 s at speedup 1: many start and end during each roll step
+ISL, OSL = 64, 50  # a stream of ~1.5 s at STREAM_SPEEDUP: many start and end during each roll step
 # ~13 s: streams still running when `down` (its start-up, then the prefill phase) reads the decode workers'
-# counts, on a busy machine too (1,500 tokens ended first once, in a CI run at load 20)
-LONG_OSL = 2000
+# counts, on a busy machine too (375 tokens at this speed, 1,500 at speedup 1, once ended first in a CI run at load 20)
+LONG_OSL = 500
 REQUEST_RATE = 20  # requests a second at most: see AIPerf.argv
 AIPERF_LIMIT = 600  # seconds: AIPerf's --benchmark-duration, a bound only (each case ends it once done)
 FRONTEND_PORT = 8000
@@ -83,7 +83,7 @@ def deployed(testbed, bench_env, tmp_path_factory):  # noqa: F811
     data = yaml.safe_load((REPO / "configs" / "testbed-small.yaml").read_text())
     for group in ("prefill", "decode"):
         data["groups"][group].update(nodes=1, replicas=2)
-        data["groups"][group]["args"] = {"speedup-ratio": 1, "startup-time": STARTUP}
+        data["groups"][group]["args"] = {"speedup-ratio": STREAM_SPEEDUP, "startup-time": STARTUP}
     data["drain_timeout"] = 60
     d = Deployment(testbed, work / "small.yaml", data, work, bench_env)
     d.write()
