@@ -321,13 +321,37 @@ def tier(item) -> int:
     return 0 if item.get_closest_marker("testbed") else 1 if item.get_closest_marker("slow") else 2
 
 
+# The longest files of the local and pure tiers (seconds in the fresh-clone CI runs of 2026-12-07), which start
+# first in their tier: a long file begun near the end leaves the other processes idle while it finishes.
+LONG_FILES = (
+    "tests/local/test_roll_local.py",  # ~90 s, mostly waiting on mockers to start
+    "tests/local/test_promises_local.py",  # ~75 s
+    "tests/local/test_drain_local.py",  # ~65 s
+    "tests/local/test_bench_local.py",  # ~50 s
+    "tests/local/test_real_parsers.py",
+    "tests/local/test_fabric_program.py",
+    "tests/local/test_scale_local.py",
+    "tests/local/test_watch_hung_local.py",
+    "tests/pure/test_fuzz_cli.py",  # ~55 s of computing
+    "tests/pure/test_cli_fresh.py",
+    "tests/pure/test_fuzz_config.py",
+    "tests/pure/test_hostile_files.py",
+    "tests/pure/test_import_fuzz.py",
+)
+
+
 def file_order(first_tier: dict[str, int]) -> dict[str, int]:
     """Each file's place: the testbed files first, in their order; then a local file, a pure file, a local file,
     and so on. The local files mostly wait (on streams, rolls, timeouts) and the pure ones only compute: run
     side by side they keep both cores busy, where the local tier alone left about 130 CPU-s idle in a CI run
-    (three processes all waiting at once). The many short pure files left over end the run evenly."""
+    (three processes all waiting at once). In each tier the LONG_FILES first; the many short pure files left
+    over end the run evenly."""
+
+    def longest_first(files: list[str]) -> list[str]:
+        return sorted(files, key=lambda f: LONG_FILES.index(f) if f in LONG_FILES else len(LONG_FILES))
+
     testbed = [f for f, t in first_tier.items() if t == 0]
-    heavy, pure = ([f for f, t in first_tier.items() if t == k] for k in (1, 2))
+    heavy, pure = (longest_first([f for f, t in first_tier.items() if t == k]) for k in (1, 2))
     mixed = [f for pair in zip(heavy, pure, strict=False) for f in pair]
     mixed += heavy[len(pure) :] + pure[len(heavy) :]
     return {f: i for i, f in enumerate(testbed + mixed)}
