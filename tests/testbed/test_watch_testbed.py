@@ -34,12 +34,15 @@ def containers(testbed) -> dict[str, tuple[int, str, str, str]]:
     """Every container of the deployment on every node: name -> (node, id, started at, state). Fails on a
     container docker itself restarted (watch acts, not a restart policy) or on one name on two nodes."""
     found = {}
+    listing = (
+        "docker ps -aq --filter label=launcher.deployment=testbed-small | xargs -r docker inspect --format "
+        "'{{.Name}} {{.Id}} {{.State.StartedAt}} {{.State.Status}} {{.RestartCount}}'"
+    )
     for i in range(len(testbed.nodes)):
-        r = testbed.ssh(
-            i,
-            "docker ps -aq --filter label=launcher.deployment=testbed-small | xargs -r docker inspect --format "
-            "'{{.Name}} {{.Id}} {{.State.StartedAt}} {{.State.Status}} {{.RestartCount}}'",
-        )
+        for _ in range(3):  # watch may remove a container between `ps` and `inspect`: listed again
+            r = testbed.ssh(i, listing)
+            if "No such object" not in r.stderr:
+                break
         assert r.returncode == 0, r.stderr
         for line in r.stdout.splitlines():
             name, cid, started, state, restarts = line.split()
