@@ -83,6 +83,20 @@ def wait_for_containers(tb, deployment: str, count: int, limit: float = 120) -> 
     raise AssertionError(f"the check's {count} containers never all ran: {found}")
 
 
+def inspect_running(tb, node: int, deployment: str, limit: float = 120) -> list[dict]:
+    """`docker inspect` of the check's running containers on one node, once there is one. Listing and inspecting
+    happen in one command: counting containers across nodes first let a CI run inspect node 1 before its
+    container had started (an empty `docker inspect`)."""
+    cmd = f"docker ps -q --filter label=launcher.fabric.deployment={deployment} | xargs -r docker inspect"
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        out = tb.ssh(node, cmd, timeout=30).stdout.strip()
+        if out.startswith("["):
+            return json.loads(out)
+        time.sleep(0.3)
+    raise AssertionError(f"no running fabric container of {deployment} on node {node} within {limit:.0f}s")
+
+
 def test_a_blocked_dist_init_port_is_named_without_waiting_out_the_timeout(small, tmp_path):
     """Node 3 drops what it sends to the decode leader's dist-init port: it is named with the leader, the
     other ranks are not waited for, and the check ends long before `fabric.timeout` (30 s)."""
@@ -290,9 +304,7 @@ def test_the_token_is_not_in_the_containers_command_line(small, tmp_path):
     with firewall(tb, 3, REFUSE.format(tb.nodes[DECODE_LEADER][1])):
         proc = start_doctor(tb, config, tmp_path)
         try:
-            wait_for_containers(tb, "fabric-inspect", 3)
-            ids = tb.ssh(1, "docker ps -q --filter label=launcher.fabric.deployment=fabric-inspect").stdout.split()
-            inspect = json.loads(tb.ssh(1, f"docker inspect {' '.join(ids)}").stdout)
+            inspect = inspect_running(tb, DECODE_LEADER, "fabric-inspect")
             proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=60)
         finally:
