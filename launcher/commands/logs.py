@@ -21,6 +21,7 @@ from launcher.plan.types import Plan
 from launcher.runtime.docker import SINCE
 from launcher.transport.errors import describe
 
+LINE_LIMIT = 1 << 20  # characters of one log line held before it is printed as it is (no newline yet)
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 COLOURS = [
     "cyan", "magenta", "green", "yellow", "blue", "bright_red",
@@ -140,6 +141,9 @@ def stream_logs(
         def feed(chunk: str) -> None:
             buffer[0] += chunk
             *lines, buffer[0] = buffer[0].split("\n")
+            if len(buffer[0]) > LINE_LIMIT:  # a container that never ends its line is not kept whole in memory
+                lines.append(buffer[0])
+                buffer[0] = ""
             for line in lines:
                 printer.line(c, line)
 

@@ -15,7 +15,7 @@ from launcher.operations.context import Connection, Target, connected, remember,
 from launcher.operations.drain import drain_strays
 from launcher.operations.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
 from launcher.operations.waiter import ServiceFailed, Waiter
-from launcher.output import console, plan_views
+from launcher.output import plan_views
 from launcher.output.console import say
 from launcher.output.progress import Progress
 from launcher.plan import readiness, reconcile
@@ -61,7 +61,7 @@ def run(
             file=str(t.path),
         )
     remember(t)
-    progress = Progress(console.stderr())
+    progress = Progress()
     command = "launcher up " + " ".join(sys.argv[2:])
     with connected(t, connection):
         t.fleet.warm(t.fleet.hosts)  # connecting while what comes next is imported

@@ -151,7 +151,7 @@ def run(config, config_opt, inventory, connection: Connection, **options) -> Non
     with connected(t, connection):
         read_routes(t)  # network.interface: auto: a group restarted gets the interfaces `up` gave it
         try:
-            watch(t, Progress(console.stderr(), live=False), **options)
+            watch(t, Progress(live=False), **options)
         except KeyboardInterrupt:
             console.say("watch stopped", to_stderr=True)
         except Stopped as exc:

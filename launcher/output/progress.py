@@ -1,15 +1,17 @@
-"""What a person sees while `up` waits: a live table on a terminal, timestamped lines otherwise."""
+"""What a person sees while `up` waits: a live table on a terminal, timestamped lines otherwise.
+
+rich is loaded only for the live table: piped (CI, logs, the tests' hundreds of `up`, `down` and `watch`
+processes) the lines go straight to stderr, 0.05 CPU-s of start-up saved each time."""
 
 from __future__ import annotations
 
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
@@ -23,9 +25,14 @@ class Row:
 
 class Progress:
     def __init__(self, console: Console | None = None, live: bool | None = None):
-        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
-        self.live_mode = self.console.is_terminal if live is None else live
-        self._live: Live | None = None
+        """Lines to `console`, or (None) to stderr; the live table where `live`, or (None) on a terminal."""
+        self.live_mode = (console.is_terminal if console else is_tty()) if live is None else live
+        if console is None and self.live_mode:
+            from launcher.output.console import stderr
+
+            console = stderr()
+        self.console = console
+        self._live: Any = None  # rich's Live while the table shows
         self._seen: dict[str, str] = {}
 
     @property
@@ -35,12 +42,19 @@ class Progress:
     def log(self, message: str) -> None:
         if self._live is not None:
             self._live.console.print(message, markup=False)
-        else:
-            stamp = time.strftime("%H:%M:%S")
-            self.console.print(f"[{stamp}] {message}", markup=False)
+            return
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        if self.console is not None:
+            self.console.print(line, markup=False)
+        else:  # engine text among it: control characters shown escaped, never sent to the terminal
+            sys.stderr.write("\n".join(map(printable, line.split("\n"))) + "\n")
+            sys.stderr.flush()
 
     def start(self) -> None:
         if self.live_mode and self._live is None:
+            from rich.live import Live
+            from rich.table import Table
+
             self._live = Live(Table(), console=self.console, refresh_per_second=4, transient=True)
             self._live.start()
 
@@ -51,6 +65,9 @@ class Progress:
 
     def update(self, rows: list[Row]) -> None:
         if self._live is not None:
+            from rich.table import Table
+            from rich.text import Text
+
             table = Table(box=None, pad_edge=False)
             for column in ("node", "service", "state", "elapsed", "last log line"):
                 table.add_column(column, no_wrap=column != "last log line", overflow="ellipsis")
@@ -72,3 +89,10 @@ class Progress:
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def printable(text: str) -> str:
+    """TEXT with its control characters (an escape sequence from a node's log) escaped; tabs kept."""
+    if text.isprintable() or all(c.isprintable() or c == "\t" for c in text):
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from launcher.output import console as console_module
 from launcher.plan.types import Plan
+
+if TYPE_CHECKING:  # rich is loaded by the tables only: `status --json` and the checks that pass go without
+    from rich.console import Console
+    from rich.table import Table
 
 CHECK_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
 
@@ -34,6 +34,9 @@ def checks_table(
         print_json({"deployment": plan.deployment, "ok": ok, "checks": [c.to_json() for c in checks], **(extra or {})})
         return
     console = console or console_module.stdout()
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False)
     for col in ("node", "check", "status", "detail", "fix"):
         table.add_column(col, overflow="fold")
@@ -48,6 +51,9 @@ def checks_table(
 
 def status_table(rows: list) -> Table:
     """`status` rows (`node`, `service`, `role`, `rank`, `state`, `uptime`, `restarts`, `health`)."""
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(box=None, pad_edge=False)
     for col in ("node", "address", "service", "role", "rank", "state", "uptime", "restarts", "health"):
         table.add_column(col)

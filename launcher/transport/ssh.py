@@ -1,4 +1,4 @@
-"""A node over SSH: one connection per node (fabric/paramiko) for the whole command, opened on first
+"""A node over SSH: one connection per node (paramiko) for the whole command, opened on first
 use; `~/.ssh/config`, the inventory's user/port/key/jump and ssh-agent honoured; host keys checked
 (strict, or OpenSSH's accept-new); the jump host's key checked the same way; keepalives every few
 seconds; HTTP to the node's ports through forwarded channels.
@@ -6,7 +6,7 @@ seconds; HTTP to the node's ports through forwarded channels.
 
 from __future__ import annotations
 
-import io
+import codecs
 import logging
 import math
 import os
@@ -18,16 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paramiko
-from fabric import Config, Connection
-from invoke.exceptions import CommandTimedOut
-
 from launcher.plan.types import Node
 from launcher.transport import http
 from launcher.transport.errors import NodeError, classify
 from launcher.transport.forward import Tunnel
 from launcher.transport.host import DEFAULT_CONNECT_TIMEOUT, Completed, Options
 from launcher.transport.session import Session, SessionError, Timeout
+from launcher.transport.ssh_client import Client, host_config, paramiko
 from launcher.transport.stream import Conn, Running
 
 # paramiko logs every refused forwarded channel (a probe before the service listens) at ERROR level;
@@ -65,8 +62,8 @@ class SSHHost:
     def __init__(self, node: Node, options: Options):
         self.node = node
         self.options = options
-        self._conn: Any = None
-        self._gateway: Any = None  # the jump host's connection, when there is one
+        self._conn: Client | None = None
+        self._gateway: Client | None = None  # the jump host's connection, when there is one
         self._lock = threading.Lock()
         self._session: Session | None = None  # the node's shell for every script (see `session`)
         self._session_lock = threading.Lock()
@@ -83,74 +80,57 @@ class SSHHost:
                 return
             self._conn = self._open()
 
-    def _open(self) -> Any:
+    def _open(self) -> Client:
         ssh = self.node.ssh
         timeout = self.connect_timeout
-        # fabric truncates connect_timeout to whole seconds (0.5 would become "no timeout"): round up.
-        tcp_timeout = max(1, math.ceil(timeout))
-        connect_kwargs: dict[str, Any] = {"banner_timeout": timeout, "auth_timeout": timeout}
-        if ssh.key:
-            connect_kwargs["key_filename"] = os.path.expanduser(ssh.key)
+        tcp_timeout = max(1, math.ceil(timeout))  # a whole number of seconds, never 0 ("no timeout")
         known = Path(os.path.expanduser(ssh.known_hosts or "~/.ssh/known_hosts"))
         policy = self.options.host_key_policy or ssh.host_key_policy or "strict"
 
-        def check_host_keys(c: Any) -> None:
-            """The jump host's key is checked exactly like the node's: same known_hosts, same policy."""
-            client: paramiko.SSHClient = c.client
-            if known.exists():
-                client.load_host_keys(str(known))
-            client.set_missing_host_key_policy(_AcceptNew(known) if policy == "accept-new" else paramiko.RejectPolicy())
+        def client(host: str, user: str | None, port: int | None) -> Client:
+            """A client whose host key is checked against the same known_hosts, by the same policy (the jump
+            host's too)."""
+            try:
+                c = Client(host, user, port, ssh.key, host_config(host))
+            except ValueError as exc:
+                raise NodeError(self.node, "ssh config", str(exc)) from None
+            c.load_host_keys(known)
+            accept = _AcceptNew(known) if policy == "accept-new" else paramiko.RejectPolicy()
+            c.client.set_missing_host_key_policy(accept)
+            return c
 
-        conn = Connection(
-            self.node.address,
-            user=ssh.user,
-            port=ssh.port,
-            connect_timeout=tcp_timeout,
-            connect_kwargs=connect_kwargs,
-            config=Config(overrides={"run": {"hide": True, "warn": True, "in_stream": False}}),
-        )
-        check_host_keys(conn)
-        # A jump host from the inventory, or a ProxyJump from ~/.ssh/config: either way it is opened
-        # here, its key checked and the hop bounded in time (fabric's own hop would accept any key).
-        jump = ssh.jump or conn.ssh_config.get("proxyjump")
+        conn = client(self.node.address, ssh.user, ssh.port)
+        # A jump host from the inventory, or a ProxyJump from ~/.ssh/config: either way it is opened here,
+        # its key checked and the hop bounded in time.
+        jump = ssh.jump or conn.jump
         try:
             if jump and jump.lower() != "none":
-                conn.gateway = None
-                hop = self._through(jump, conn, timeout, tcp_timeout, connect_kwargs, check_host_keys)
-                conn.connect_kwargs["sock"] = hop
-            elif not conn.gateway:  # (a ProxyCommand from ~/.ssh/config brings its own pipe)
-                conn.connect_kwargs["sock"] = tcp_connect(conn.host, conn.port or 22, tcp_timeout)
-            conn.open()
+                sock = self._through(jump, conn, timeout, tcp_timeout, client)
+            elif conn.proxy_command:  # a ProxyCommand from ~/.ssh/config brings its own pipe
+                sock = paramiko.ProxyCommand(conn.proxy_command)
+            else:
+                sock = tcp_connect(conn.host, conn.port, tcp_timeout)
+            conn.open(sock, timeout, tcp_timeout)
         except NodeError:
             raise
         except Exception as exc:  # every failure becomes a per-node error, classified
+            conn.close()
             kind, detail = classify(exc)
             raise NodeError(self.node, kind, detail) from None
         conn.transport.set_keepalive(self.options.keepalive)
         return conn
 
-    def _through(self, jump: str, conn: Any, timeout: float, tcp_timeout: int, kwargs: dict, check: Callable) -> Any:
-        """Open the jump host (host key checked) and a channel through it to the node, both bounded."""
+    def _through(self, jump: str, conn: Client, timeout: float, tcp_timeout: int, client: Callable) -> Any:
+        """Open the jump host (host key checked) and a channel through it to the node, both bounded. The jump
+        host's own SSH config entry gives its address, user, port and keys, never a hop of its own."""
         if "," in jump:
             raise NodeError(self.node, "error", f"ProxyJump {jump}: only one jump host is supported")
         user, _, rest = jump.rpartition("@")
         host, _, port = rest.partition(":")
-        gateway = Connection(
-            host,
-            user=user or None,  # as OpenSSH: the jump host's own user, not the node's
-            port=int(port) if port else None,
-            connect_timeout=tcp_timeout,
-            connect_kwargs=dict(kwargs),
-            gateway=False,  # no hops of its own from ~/.ssh/config
-        )
-        check(gateway)
+        gateway = client(host, user or None, int(port) if port.isdigit() else None)  # its own user, as OpenSSH
         try:
-            if not gateway.gateway:
-                gateway.connect_kwargs["sock"] = tcp_connect(gateway.host, gateway.port or 22, tcp_timeout)
-            gateway.open()
-            channel = gateway.transport.open_channel(
-                "direct-tcpip", (conn.host, int(conn.port or 22)), ("", 0), timeout=timeout
-            )
+            gateway.open(tcp_connect(gateway.host, gateway.port, tcp_timeout), timeout, tcp_timeout)
+            channel = gateway.transport.open_channel("direct-tcpip", (conn.host, conn.port), ("", 0), timeout=timeout)
         except Exception as exc:
             gateway.close()
             if isinstance(exc, paramiko.ChannelException):
@@ -208,23 +188,45 @@ class SSHHost:
         self.connect()
         if out is None:
             return self._run_in_session(script, stdin, timeout or self.options.command_timeout)
+        return self._stream(script, out, timeout)
+
+    def _stream(self, script: str, out: Callable[[str], None], timeout: float | None) -> Completed:
+        """The script on a channel of its own, its stdout and stderr handed to `out` as they come (decoded
+        whole characters; nothing kept), until it exits or `timeout` passes. A channel closed under it
+        (the connection lost, or closed by a watchdog) is an error, not an exit."""
+        transport = self._conn.transport  # (a watchdog may close the connection while this reads)
         try:
-            result = self._conn.run(
-                script,
-                hide=True,
-                warn=True,
-                in_stream=False,
-                out_stream=_Sink(out),
-                err_stream=_Sink(out),
-                timeout=timeout,
-            )
+            chan = transport.open_session(timeout=2 * self.connect_timeout)
+            chan.exec_command(script)
+            chan.shutdown_write()
         except Exception as exc:
-            if isinstance(exc, CommandTimedOut):
-                raise NodeError(self.node, "command timed out", f"after {exc.timeout}s") from None
             kind, detail = classify(exc)
             self.close()
             raise NodeError(self.node, kind, detail) from None
-        return Completed(result.exited, result.stdout, result.stderr)
+        decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                if chan.recv_ready():
+                    out(decoders[0].decode(chan.recv(65536)))
+                elif chan.recv_stderr_ready():
+                    out(decoders[1].decode(chan.recv_stderr(65536)))
+                elif chan.exit_status_ready() and (chan.eof_received or chan.closed):
+                    return Completed(chan.recv_exit_status(), "", "")
+                elif chan.closed or not transport.is_active():
+                    raise NodeError(self.node, "connection lost", "the channel closed before the command ended")
+                elif deadline is not None and time.monotonic() > deadline:
+                    raise NodeError(self.node, "command timed out", f"after {timeout:.0f}s")
+                else:
+                    _wait_readable(chan, 0.2)
+        except NodeError:
+            raise
+        except Exception as exc:
+            kind, detail = classify(exc)
+            self.close()
+            raise NodeError(self.node, kind, detail) from None
+        finally:
+            chan.close()
 
     def _run_in_session(self, script: str, stdin: str | None, timeout: float) -> Completed:
         """Through the node's one shell session (see `session`); on a channel of its own when the
@@ -404,10 +406,10 @@ class SSHHost:
         return chan
 
 
-class _Sink(io.TextIOBase):
-    def __init__(self, fn: Callable[[str], None]):
-        self.fn = fn
-
-    def write(self, text: str) -> int:
-        self.fn(text)
-        return len(text)
+def _wait_readable(chan: Any, seconds: float) -> None:
+    """Until the channel has something to read, or `seconds`; a channel closed meanwhile (its pipe gone)
+    returns at once, for the caller to see it closed."""
+    try:
+        select.select([chan], [], [], seconds)
+    except (OSError, ValueError):
+        pass
