@@ -1,12 +1,17 @@
 """Every verb as a user runs it: `launcher ...` in a fresh interpreter, never inside pytest's process.
 
 Import order inside one pytest process hides real breakage (an import cycle that only bites when a
-verb's own module is the first one loaded), so these run the installed console script.
+verb's own module is the first one loaded), so these run the installed console script: every verb's help,
+every shipped config's plan (text, the default) and migration, every bad command line of the table. The
+same plan in its other formats, and the help of the subcommands, run the same entry point in this process
+(each fresh process costs 0.3-0.5 CPU-s; these add no import order of their own).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import json
 import os
 import re
@@ -18,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from launcher import cli
 from tests.helpers import KNOWN_COMMANDS, cli_commands, fresh_env, loopback_inventory, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +40,24 @@ def launch_all(argvs: list[tuple[str, ...]]) -> dict[tuple[str, ...], subprocess
     """Many fresh `launcher` runs, two at a time (each costs ~0.3-0.5 s of CPU)."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(zip(argvs, pool.map(lambda argv: launcher(*argv), argvs), strict=True))
+
+
+def in_process(*args: str) -> subprocess.CompletedProcess:
+    """The CLI's entry point run in this process, in the repository, its output captured: what a fresh
+    run would print, for a verb that already has its fresh run here."""
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, cwd = sys.argv, Path.cwd()
+    sys.argv = ["launcher", *args]
+    try:
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    return subprocess.CompletedProcess(["launcher", *args], code, out.getvalue(), err.getvalue())
 
 
 def assert_no_traceback(proc: subprocess.CompletedProcess) -> None:
@@ -131,7 +155,12 @@ def assert_shows_help(proc: subprocess.CompletedProcess, path: tuple[str, ...]) 
 
 @pytest.fixture(scope="module")
 def help_runs() -> dict[tuple[str, ...], subprocess.CompletedProcess]:
-    return launch_all([(*path, "--help") for path in sorted(COMMANDS)] + GROUPS + [("version",)])
+    """Fresh: each verb's help (a subcommand's in this process: its verb's module has its fresh run), the
+    bare groups, `version`."""
+    fresh = [(*path, "--help") for path in sorted(COMMANDS) if len(path) < 2] + GROUPS + [("version",)]
+    runs = launch_all(fresh)
+    runs.update({(*path, "--help"): in_process(*path, "--help") for path in sorted(COMMANDS) if len(path) >= 2})
+    return runs
 
 
 @pytest.mark.parametrize("path", sorted(COMMANDS), ids=lambda p: " ".join(("launcher", *p)))
@@ -236,8 +265,12 @@ def plan_argv(config: Path, fmt: str, inventory: Path, out_root: Path) -> tuple[
 
 @pytest.fixture(scope="module")
 def plan_runs(inventory: Path, tmp_path_factory) -> tuple[Path, dict[tuple[str, ...], subprocess.CompletedProcess]]:
+    """Every config's plan: text (the default) in a fresh process, the other formats in this one."""
     out_root = tmp_path_factory.mktemp("scripts")
-    return out_root, launch_all([plan_argv(c, fmt, inventory, out_root) for c in CONFIGS for fmt in FORMATS])
+    runs = launch_all([plan_argv(c, "text", inventory, out_root) for c in CONFIGS])
+    for argv in (plan_argv(c, fmt, inventory, out_root) for c in CONFIGS for fmt in FORMATS if fmt != "text"):
+        runs[argv] = in_process(*argv)
+    return out_root, runs
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

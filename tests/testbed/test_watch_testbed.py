@@ -30,15 +30,16 @@ def serving(address: str) -> dict | None:
         return None
 
 
-def containers(testbed) -> dict[str, tuple[int, str, str, str]]:
-    """Every container of the deployment on every node: name -> (node, id, started at, state). Fails on a
-    container docker itself restarted (watch acts, not a restart policy) or on one name on two nodes."""
+def containers(testbed, nodes: set[int] | None = None) -> dict[str, tuple[int, str, str, str]]:
+    """Every container of the deployment on every node (or on NODES only: a wait polls the nodes it watches,
+    an SSH connection and a docker call each): name -> (node, id, started at, state). Fails on a container
+    docker itself restarted (watch acts, not a restart policy) or on one name on two nodes."""
     found = {}
     listing = (
         "docker ps -aq --filter label=launcher.deployment=testbed-small | xargs -r docker inspect --format "
         "'{{.Name}} {{.Id}} {{.State.StartedAt}} {{.State.Status}} {{.RestartCount}}'"
     )
-    for i in range(len(testbed.nodes)):
+    for i in sorted(nodes) if nodes is not None else range(len(testbed.nodes)):
         for _ in range(3):  # watch may remove a container between `ps` and `inspect`: listed again
             r = testbed.ssh(i, listing)
             if "No such object" not in r.stderr:
@@ -122,12 +123,13 @@ def test_killed_decode_rank_recreates_the_group_and_serves_again(testbed, deploy
     testbed.ssh(before[victim][0], f"docker kill {victim}", check=True)
 
     def group_recreated():
-        now = containers(testbed)
+        now = containers(testbed, {before[n][0] for n in decode})
         fresh = [n for n in decode if n in now and now[n][1] != before[n][1] and now[n][3] == "running"]
-        return now if len(fresh) == len(decode) else None
+        return len(fresh) == len(decode)
 
     # Both ranks of the group recreated (new containers, started anew), not only the one that died.
-    after = wait_for(group_recreated, 120, interval=1, what="both decode ranks recreated")
+    wait_for(group_recreated, 120, interval=1, what="both decode ranks recreated")
+    after = containers(testbed)
     for name in decode:
         assert after[name][0] == before[name][0] and after[name][2] != before[name][2], (before[name], after[name])
     reply = wait_serving(head, 120)
@@ -161,11 +163,12 @@ def test_killed_etcd_is_restarted_and_workers_serve_again(testbed, deployed, tmp
     testbed.ssh(before[etcd][0], f"docker kill {etcd}", check=True)
 
     def etcd_restarted():
-        now = containers(testbed)
-        return now if etcd in now and now[etcd][2] != before[etcd][2] and now[etcd][3] == "running" else None
+        now = containers(testbed, {before[etcd][0]})
+        return etcd in now and now[etcd][2] != before[etcd][2] and now[etcd][3] == "running"
 
-    back = wait_for(etcd_restarted, 90, interval=1, what="watch restarted etcd")
+    wait_for(etcd_restarted, 90, interval=1, what="watch restarted etcd")
     restarted = time.monotonic() - killed
+    back = containers(testbed)
     assert back[etcd][1] == before[etcd][1], "etcd was recreated (its data lost), not restarted in place"
     others = {n: before[n] for n in before if n != etcd}
     assert any("-prefill-r" in n for n in others) and any("-decode-r" in n for n in others), others
