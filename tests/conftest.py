@@ -278,7 +278,11 @@ def pytest_runtest_teardown(item, nextitem):
 # How many processes run the whole suite (`-n auto` in pyproject.toml): the testbed tests mostly wait on
 # nodes, timeouts and services, so three processes on 2 cores finish in about half the time of one. A run
 # of named files, or one with testbed names of the user's own (one testbed only), runs in this process.
-SUITE_PROCESSES = 3
+# The processes past TESTBED_PROCESSES take no testbed file (no testbed of their own) and start once every
+# testbed file has been handed out: the testbed tier alone keeps both cores busy (1-6 % idle in CI runs), the
+# local tier's waits on services left 15-27 % of the cores idle in its minutes with three processes.
+SUITE_PROCESSES = 4
+TESTBED_PROCESSES = 3
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
@@ -312,7 +316,30 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return "testbed-13" if path in BIG_TESTBED_FILES else path
 
+        def _assign_work_unit(self, node) -> None:
+            if takes_testbed(node):
+                return super()._assign_work_unit(node)
+            if any(map(testbed_scope, self.workqueue)):
+                return None  # not yet: asked again as tests complete (mark_test_complete)
+            super()._assign_work_unit(node)
+
+        def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
+            super().mark_test_complete(node, item_index, duration)
+            for other in self.nodes:  # a process past TESTBED_PROCESSES that waits for its first file
+                idle = other in self.assigned_work and self._pending_of(self.assigned_work[other]) == 0
+                if self.workqueue and idle and not takes_testbed(other) and not other.shutting_down:
+                    self._reschedule(other)
+
     return FilesAndSharedDeployments(config, log)
+
+
+def takes_testbed(node) -> bool:
+    """Whether this test process may run testbed files: the first TESTBED_PROCESSES (gw0, gw1, gw2)."""
+    return int(node.workerinput["workerid"].removeprefix("gw")) < TESTBED_PROCESSES
+
+
+def testbed_scope(scope: str) -> bool:
+    return scope == "testbed-13" or scope.startswith("tests/testbed/")
 
 
 def tier(item) -> int:

@@ -41,6 +41,7 @@ STOP_FN = (
 # a leader that is gone leaves its id to its session's survivors).
 recorded() {
   pid=; st=; live=; read -r pid 2>/dev/null < "$1/pid" || :
+  case $pid in ''|0*|*[!0-9]*) pid=; return 0 ;; esac  # digits only, no sign or leading 0 (`+5`, `05`)
   [ "$pid" -gt 1 ] 2>/dev/null || { pid=; return 0; }
   read -r st 2>/dev/null < "$1/starttime" || :
   live=gone; [ -r "/proc/$pid/stat" ] || return 0

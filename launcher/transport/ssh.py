@@ -92,8 +92,8 @@ class SSHHost:
             host's too)."""
             try:
                 c = Client(host, user, port, ssh.key, host_config(host))
-            except ValueError as exc:
-                raise NodeError(self.node, "ssh config", str(exc)) from None
+            except Exception as exc:  # a file paramiko cannot read, a bad Port, a Match exec that fails...
+                raise NodeError(self.node, "ssh config", str(exc) or type(exc).__name__) from None
             c.load_host_keys(known)
             accept = _AcceptNew(known) if policy == "accept-new" else paramiko.RejectPolicy()
             c.client.set_missing_host_key_policy(accept)
@@ -127,7 +127,9 @@ class SSHHost:
             raise NodeError(self.node, "error", f"ProxyJump {jump}: only one jump host is supported")
         user, _, rest = jump.rpartition("@")
         host, _, port = rest.partition(":")
-        gateway = client(host, user or None, int(port) if port.isdigit() else None)  # its own user, as OpenSSH
+        if port and not port.isdigit():
+            raise NodeError(self.node, "error", f"ProxyJump {jump}: the port is not a number")
+        gateway = client(host, user or None, int(port) if port else None)  # its own user, as OpenSSH
         try:
             gateway.open(tcp_connect(gateway.host, gateway.port, tcp_timeout), timeout, tcp_timeout)
             channel = gateway.transport.open_channel("direct-tcpip", (conn.host, conn.port), ("", 0), timeout=timeout)
@@ -148,13 +150,14 @@ class SSHHost:
 
         A cut link leaves TCP silent for minutes; this notices within `timeout`."""
         conn = self._conn
-        if conn is None or conn.transport is None or not conn.transport.is_active():
+        transport = None if conn is None else conn.transport
+        if transport is None or not transport.is_active():
             return False
         answered = threading.Event()
 
         def ask() -> None:
             try:
-                conn.transport.global_request("keepalive@openssh.com", wait=True)
+                transport.global_request("keepalive@openssh.com", wait=True)
                 answered.set()
             except Exception:
                 pass
@@ -194,7 +197,10 @@ class SSHHost:
         """The script on a channel of its own, its stdout and stderr handed to `out` as they come (decoded
         whole characters; nothing kept), until it exits or `timeout` passes. A channel closed under it
         (the connection lost, or closed by a watchdog) is an error, not an exit."""
-        transport = self._conn.transport  # (a watchdog may close the connection while this reads)
+        conn = self._conn  # (a watchdog may close the connection while this reads)
+        if conn is None:
+            raise NodeError(self.node, "connection lost", "closed before the command started")
+        transport = conn.transport
         try:
             chan = transport.open_session(timeout=2 * self.connect_timeout)
             chan.exec_command(script)
@@ -207,17 +213,21 @@ class SSHHost:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
+                ended = chan.eof_received or chan.closed  # before reading: no data comes after the end
                 if chan.recv_ready():
                     out(decoders[0].decode(chan.recv(65536)))
                 elif chan.recv_stderr_ready():
                     out(decoders[1].decode(chan.recv_stderr(65536)))
-                elif chan.exit_status_ready() and (chan.eof_received or chan.closed):
-                    return Completed(chan.recv_exit_status(), "", "")
-                elif chan.closed or not transport.is_active():
-                    raise NodeError(self.node, "connection lost", "the channel closed before the command ended")
+                elif ended and chan.status_event.wait(0.2):  # all read; an exit status, or a close without one
+                    out("".join(d.decode(b"", final=True) for d in decoders))
+                    if chan.exit_status == -1:  # (paramiko's value until one arrives; a real one is unsigned)
+                        raise NodeError(self.node, "connection lost", "the channel closed before the command ended")
+                    return Completed(chan.exit_status, "", "")
+                elif not transport.is_active():
+                    raise NodeError(self.node, "connection lost", "the connection closed before the command ended")
                 elif deadline is not None and time.monotonic() > deadline:
                     raise NodeError(self.node, "command timed out", f"after {timeout:.0f}s")
-                else:
+                elif not ended:
                     _wait_readable(chan, 0.2)
         except NodeError:
             raise
@@ -411,5 +421,5 @@ def _wait_readable(chan: Any, seconds: float) -> None:
     returns at once, for the caller to see it closed."""
     try:
         select.select([chan], [], [], seconds)
-    except (OSError, ValueError):
-        pass
+    except (OSError, ValueError):  # (a pipe gone, or a descriptor past select's 1024)
+        time.sleep(seconds)

@@ -2,8 +2,8 @@
 fabric's Connection, without fabric and invoke: 0.13 CPU-s of every command that talks to a node).
 
 paramiko's ssh_config module imports invoke only to evaluate `Match exec` lines; invoke in turn imports
-asyncio and unittest.mock. Where no SSH config file holds such a line, paramiko is imported with invoke kept
-out; where one does, as it is (the line then runs its command, as OpenSSH would).
+asyncio and unittest.mock. paramiko is imported with invoke kept out; where an SSH config file holds such a
+line, invoke is loaded then and handed to paramiko (the line runs its command, as OpenSSH would).
 """
 
 from __future__ import annotations
@@ -21,19 +21,25 @@ MATCH_EXEC = re.compile(r"^\s*match\b.*\bexec\b", re.IGNORECASE | re.MULTILINE)
 CONFIG_LIMIT = 1 << 20  # bytes of one SSH config file read (a bigger one is read no further)
 
 
-def _config_texts() -> list[str]:
+def _config_texts() -> list[tuple[str, str]]:
+    """(name, text) of each SSH config file there is; one over CONFIG_LIMIT is refused (ValueError), never
+    read in part (a line cut short could name another host)."""
     texts = []
     for name in SSH_CONFIG_FILES:
         try:
             with open(os.path.expanduser(name), encoding="utf-8", errors="replace") as f:
-                texts.append(f.read(CONFIG_LIMIT))
+                text = f.read(CONFIG_LIMIT + 1)
         except OSError:
             continue
+        if len(text) > CONFIG_LIMIT:
+            raise ValueError(f"{name}: larger than {CONFIG_LIMIT >> 20} MiB")
+        texts.append((name, text))
     return texts
 
 
 def _import_paramiko() -> Any:
-    if "paramiko" in sys.modules or "invoke" in sys.modules or any(MATCH_EXEC.search(t) for t in _config_texts()):
+    """paramiko, its ssh_config module without invoke (see `host_config` for `Match exec`)."""
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
         import paramiko
 
         return paramiko
@@ -49,11 +55,17 @@ def _import_paramiko() -> Any:
 paramiko = _import_paramiko()
 
 
-def host_config(host: str, texts: list[str] | None = None) -> dict[str, Any]:
+def host_config(host: str) -> dict[str, Any]:
     """HOST's entry in the SSH config files, as paramiko reads them (keys lower-case: hostname, user, port,
-    identityfile, proxyjump, proxycommand...). A file paramiko cannot parse is named (ValueError)."""
+    identityfile, proxyjump, proxycommand...). A file paramiko cannot parse is named (ValueError). Where a file
+    has a `Match exec` line, invoke is loaded first and handed to paramiko, which runs the line's command
+    through it (as OpenSSH would run it); paramiko.config looks it up as its module attribute `invoke`."""
     config = paramiko.SSHConfig()
-    for name, text in zip(SSH_CONFIG_FILES, _config_texts() if texts is None else texts, strict=False):
+    for name, text in _config_texts():
+        if MATCH_EXEC.search(text) and getattr(paramiko.config, "invoke", None) is None:
+            import invoke
+
+            paramiko.config.invoke = invoke
         try:
             config.parse(text.splitlines(keepends=True))
         except Exception as exc:  # paramiko's ConfigParseError, or a value it cannot read
@@ -70,7 +82,10 @@ class Client:
         self.ssh_config = ssh_config
         self.host = ssh_config.get("hostname", host)
         self.user = user or ssh_config.get("user") or getpass.getuser()
-        self.port = int(port or ssh_config.get("port", 22))
+        given = port or ssh_config.get("port", 22)
+        if not str(given).isdigit() or not 0 < int(given) < 65536:
+            raise ValueError(f"Port {given!r} for {host} is not a TCP port")
+        self.port = int(given)
         self.keys = [os.path.expanduser(k) for k in ([key] if key else []) + list(ssh_config.get("identityfile", []))]
         self.client = paramiko.SSHClient()
         self.transport: Any = None
@@ -111,5 +126,4 @@ class Client:
         return self.transport is not None and self.transport.is_active()
 
     def close(self) -> None:
-        self.client.close()
-        self.transport = None
+        self.client.close()  # (the transport is kept: closed, it says so, for a thread still looking at it)
