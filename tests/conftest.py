@@ -316,19 +316,26 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return "testbed-13" if path in BIG_TESTBED_FILES else path
 
-        def _assign_work_unit(self, node) -> None:
-            if takes_testbed(node):
-                return super()._assign_work_unit(node)
-            if any(map(testbed_scope, self.workqueue)):
-                return None  # not yet: asked again as tests complete (mark_test_complete)
+        def _assign_work_unit(self, node) -> bool:
+            """A file for the process, unless it takes no testbed file and some are still to be handed out
+            (then it is asked again as tests complete: mark_test_complete). Whether it got one."""
+            if not takes_testbed(node) and any(map(testbed_scope, self.workqueue)):
+                return False
             super()._assign_work_unit(node)
+            return True
 
         def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
             super().mark_test_complete(node, item_index, duration)
-            for other in self.nodes:  # a process past TESTBED_PROCESSES that waits for its first file
-                idle = other in self.assigned_work and self._pending_of(self.assigned_work[other]) == 0
-                if self.workqueue and idle and not takes_testbed(other) and not other.shutting_down:
-                    self._reschedule(other)
+            for other in self.nodes:  # a process past TESTBED_PROCESSES that waits for its first files
+                if takes_testbed(other) or other.shutting_down or node is other:
+                    continue
+                # Two tests at least, as xdist gives each process at the start: a process runs a test once it
+                # knows the next one (or that none comes), so one test alone would wait for the end.
+                for _ in range(len(self.workqueue)):
+                    if self._pending_of(self.assigned_work[other]) >= 2 or not self.workqueue:
+                        break
+                    if not self._assign_work_unit(other):
+                        break
 
     return FilesAndSharedDeployments(config, log)
 
