@@ -278,11 +278,7 @@ def pytest_runtest_teardown(item, nextitem):
 # How many processes run the whole suite (`-n auto` in pyproject.toml): the testbed tests mostly wait on
 # nodes, timeouts and services, so three processes on 2 cores finish in about half the time of one. A run
 # of named files, or one with testbed names of the user's own (one testbed only), runs in this process.
-# The processes past TESTBED_PROCESSES take no testbed file (no testbed of their own) and start once every
-# testbed file has been handed out: the testbed tier alone keeps both cores busy (1-6 % idle in CI runs), the
-# local tier's waits on services left 15-27 % of the cores idle in its minutes with three processes.
-SUITE_PROCESSES = 4
-TESTBED_PROCESSES = 3
+SUITE_PROCESSES = 3
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
@@ -316,37 +312,7 @@ def pytest_xdist_make_scheduler(config, log):
             path = nodeid.split("::", 1)[0]
             return "testbed-13" if path in BIG_TESTBED_FILES else path
 
-        def _assign_work_unit(self, node) -> bool:
-            """A file for the process, unless it takes no testbed file and some are still to be handed out
-            (then it is asked again as tests complete: mark_test_complete). Whether it got one."""
-            if not takes_testbed(node) and any(map(testbed_scope, self.workqueue)):
-                return False
-            super()._assign_work_unit(node)
-            return True
-
-        def mark_test_complete(self, node, item_index: int, duration: float = 0) -> None:
-            super().mark_test_complete(node, item_index, duration)
-            for other in self.nodes:  # a process past TESTBED_PROCESSES that waits for its first files
-                if takes_testbed(other) or other.shutting_down or node is other:
-                    continue
-                # Two tests at least, as xdist gives each process at the start: a process runs a test once it
-                # knows the next one (or that none comes), so one test alone would wait for the end.
-                for _ in range(len(self.workqueue)):
-                    if self._pending_of(self.assigned_work[other]) >= 2 or not self.workqueue:
-                        break
-                    if not self._assign_work_unit(other):
-                        break
-
     return FilesAndSharedDeployments(config, log)
-
-
-def takes_testbed(node) -> bool:
-    """Whether this test process may run testbed files: the first TESTBED_PROCESSES (gw0, gw1, gw2)."""
-    return int(node.workerinput["workerid"].removeprefix("gw")) < TESTBED_PROCESSES
-
-
-def testbed_scope(scope: str) -> bool:
-    return scope == "testbed-13" or scope.startswith("tests/testbed/")
 
 
 def tier(item) -> int:
