@@ -461,8 +461,8 @@ def launcher_on(testbed, config: Path, command: str, *args: str, cwd: Path, time
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run the real CLI entry point in-process; return (exit code, stdout, stderr)."""
+def cli_main(args: list[str]) -> int:
+    """The real CLI entry point run in-process; its exit code (what it printed is the caller's to capture)."""
     old = sys.argv
     sys.argv = ["launcher", *args]
     code = 0
@@ -472,6 +472,12 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = old
+    return code
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the real CLI entry point in-process; return (exit code, stdout, stderr)."""
+    code = cli_main(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

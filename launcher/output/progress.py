@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from launcher.errors import one_line
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -47,7 +49,7 @@ class Progress:
         if self.console is not None:
             self.console.print(line, markup=False)
         else:  # engine text among it: control characters shown escaped, never sent to the terminal
-            sys.stderr.write("\n".join(map(printable, line.split("\n"))) + "\n")
+            sys.stderr.write("\n".join(map(one_line, line.split("\n"))) + "\n")
             sys.stderr.flush()
 
     def start(self) -> None:
@@ -89,10 +91,3 @@ class Progress:
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
-
-
-def printable(text: str) -> str:
-    """TEXT with its control characters (an escape sequence from a node's log) escaped; tabs kept."""
-    if text.isprintable() or all(c.isprintable() or c == "\t" for c in text):
-        return text
-    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)

@@ -210,19 +210,33 @@ class SSHHost:
             self.close()
             raise NodeError(self.node, kind, detail) from None
         decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(2)]
+        try:
+            code = self._pump(chan, lambda b: out(decoders[0].decode(b)), lambda b: out(decoders[1].decode(b)), timeout)
+            out("".join(d.decode(b"", final=True) for d in decoders))
+            if code == -1:  # (paramiko's value until one arrives; a real one is unsigned)
+                raise NodeError(self.node, "connection lost", "the channel closed before the command ended")
+            return Completed(code, "", "")
+        finally:
+            chan.close()
+
+    def _pump(
+        self, chan: Any, on_out: Callable[[bytes], None], on_err: Callable[[bytes], None], timeout: float | None
+    ) -> int:
+        """A running command's stdout and stderr handed over as they come, until its exit status (-1: the
+        channel closed without one) or `timeout` (NodeError). Everything sent before the end is read: no data
+        follows EOF, so once EOF is seen and both buffers are empty the rest is the exit status, waited for
+        without polling (paramiko keeps the channel readable after EOF)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        transport = chan.get_transport()  # (the connection's, even once a watchdog has closed it)
         try:
             while True:
                 ended = chan.eof_received or chan.closed  # before reading: no data comes after the end
                 if chan.recv_ready():
-                    out(decoders[0].decode(chan.recv(65536)))
+                    on_out(chan.recv(65536))
                 elif chan.recv_stderr_ready():
-                    out(decoders[1].decode(chan.recv_stderr(65536)))
+                    on_err(chan.recv_stderr(65536))
                 elif ended and chan.status_event.wait(0.2):  # all read; an exit status, or a close without one
-                    out("".join(d.decode(b"", final=True) for d in decoders))
-                    if chan.exit_status == -1:  # (paramiko's value until one arrives; a real one is unsigned)
-                        raise NodeError(self.node, "connection lost", "the channel closed before the command ended")
-                    return Completed(chan.exit_status, "", "")
+                    return chan.exit_status
                 elif not transport.is_active():
                     raise NodeError(self.node, "connection lost", "the connection closed before the command ended")
                 elif deadline is not None and time.monotonic() > deadline:
@@ -235,8 +249,6 @@ class SSHHost:
             kind, detail = classify(exc)
             self.close()
             raise NodeError(self.node, kind, detail) from None
-        finally:
-            chan.close()
 
     def _run_in_session(self, script: str, stdin: str | None, timeout: float) -> Completed:
         """Through the node's one shell session (see `session`); on a channel of its own when the
@@ -307,7 +319,6 @@ class SSHHost:
             self.close()
             raise NodeError(self.node, kind, detail) from None
         out, err = bytearray(), bytearray()
-        deadline = time.monotonic() + timeout
         try:
             chan.exec_command(script)
             if stdin:
@@ -316,26 +327,13 @@ class SSHHost:
                 except OSError:
                     pass  # the command ended first
             chan.shutdown_write()
-            while True:
-                if chan.recv_ready():
-                    out += chan.recv(65536)
-                    continue
-                if chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                    continue
-                idle = not chan.recv_ready() and not chan.recv_stderr_ready()
-                if chan.exit_status_ready() and idle and (chan.eof_received or chan.closed):
-                    break
-                if time.monotonic() > deadline:
-                    raise NodeError(self.node, "command timed out", f"after {timeout:.0f}s")
-                select.select([chan], [], [], 0.05)
-            code = chan.recv_exit_status()
-        except NodeError:
-            raise
         except Exception as exc:
+            chan.close()
             kind, detail = classify(exc)
             self.close()
             raise NodeError(self.node, kind, detail) from None
+        try:
+            code = self._pump(chan, out.extend, err.extend, timeout)
         finally:
             chan.close()
         return Completed(code, out.decode(errors="replace"), err.decode(errors="replace"))

@@ -23,8 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launcher import cli
-from tests.helpers import KNOWN_COMMANDS, cli_commands, fresh_env, loopback_inventory, run_cli
+from tests.helpers import KNOWN_COMMANDS, cli_commands, cli_main, fresh_env, loopback_inventory, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -45,17 +44,12 @@ def launch_all(argvs: list[tuple[str, ...]]) -> dict[tuple[str, ...], subprocess
 def in_process(*args: str) -> subprocess.CompletedProcess:
     """The CLI's entry point run in this process, in the repository, its output captured: what a fresh
     run would print, for a verb that already has its fresh run here."""
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    argv, cwd = sys.argv, Path.cwd()
-    sys.argv = ["launcher", *args]
+    out, err, cwd = io.StringIO(), io.StringIO(), Path.cwd()
     try:
         os.chdir(REPO)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            code = cli_main(list(args))
     finally:
-        sys.argv = argv
         os.chdir(cwd)
     return subprocess.CompletedProcess(["launcher", *args], code, out.getvalue(), err.getvalue())
 
