@@ -12,7 +12,7 @@ from launcher.errors import ConfigError, Exit, LauncherError
 from launcher.operations import locking
 from launcher.operations import roll as rolling
 from launcher.operations.context import Connection, Target, connected, remember, target
-from launcher.operations.drain import drain_strays
+from launcher.operations.drain import drain_before_removal
 from launcher.operations.nodes import NodeFailures, StartInterrupted, check_nodes, remove, start
 from launcher.operations.waiter import ServiceFailed, Waiter
 from launcher.output import plan_views
@@ -215,7 +215,7 @@ def _announce(target: Target, progress: Progress, changes: Changes) -> None:
     for s in changes.create:
         progress.log(f"will (re)create {s.tag}: {changes.reasons.get(s.service)}")
     if changes.remove:
-        drain_strays(target, changes.remove, progress.log)  # a replica scaled in: its requests finish first
+        drain_before_removal(target, changes.remove, progress.log)  # scaled in or recreated: requests finish first
         progress.log(f"removing {len(changes.remove)} old container(s)")
         remove(target, changes.remove)
 

@@ -356,21 +356,29 @@ def strays(t: Target, containers: list[Container] | None = None) -> list[Service
     return plan_scale.strays(t.loaded, t.plan, [c for c in containers if c.running])
 
 
-def drain_strays(t: Target, containers: list[Container], told: Callable[[str], None]) -> None:
-    """Before `up` removes containers the plan no longer has: its Dynamo workers drained first (as `down`
-    drains, bounded by drain_timeout), each drain said and written to the audit log. A failed drain is
-    said and the removal goes on (the drain is a courtesy to the requests, never what keeps a worker)."""
-    services = strays(t, containers)
-    if not services:
+def drain_before_removal(t: Target, containers: list[Container], told: Callable[[str], None]) -> None:
+    """Before `up` removes containers, the Dynamo workers among them drained first (as `down` drains, bounded
+    by drain_timeout), each drain said and written to the audit log with why: those the plan no longer has
+    (a replica scaled in) and those it recreates with another spec (a role of one replica changed with
+    --allow-downtime, a group whose rendezvous changed). A recreated worker behind an sglang-router is not
+    taken out of it (the router finds the new one at the same address). A failed drain is said and the
+    removal goes on (the drain is a courtesy to the requests, never what keeps a worker)."""
+    gone = strays(t, containers)
+    recreated = plan_drain.recreated(t.plan, [c for c in containers if c.running])
+    if not gone and not recreated:
         return
     timeout = t.plan.drain_timeout
-    told(f"draining {len(services)} worker(s) the file no longer has before removing them, up to {timeout:g}s")
+    if gone:
+        told(f"draining {len(gone)} worker(s) the file no longer has before removing them, up to {timeout:g}s")
+    if recreated:
+        told(f"draining {len(recreated)} worker(s) before recreating them with their new spec, up to {timeout:g}s")
+    why = {s.name: "recreate" for s in recreated} | {s.name: "scale-in" for s in gone}
     try:
-        drains = drain(t, lambda line: told(f"drain: {line}"), services)
+        drains = drain(t, lambda line: told(f"drain: {line}"), gone + recreated)
     except Exception as exc:
         told(f"the drain failed ({describe(exc)}); removing anyway")
         return
-    audit(t, [f"drain {d.describe()} (scale-in, drain_timeout {timeout:g}s)" for d in drains])
+    audit(t, [f"drain {d.describe()} ({why.get(d.name, 'recreate')}, drain_timeout {timeout:g}s)" for d in drains])
 
 
 def audit(t: Target, lines: list[str]) -> None:

@@ -17,13 +17,16 @@ from typing import Any
 
 from launcher.errors import LauncherError
 from launcher.operations import alert, gpu_health, locking
+from launcher.operations import drain as drains
 from launcher.operations.health import PROBE_TIMEOUT
 from launcher.operations.nodes import list_services, remove, start
 from launcher.operations.waiter import Waiter
+from launcher.plan import drain as plan_drain
 from launcher.plan import readiness, spares
 from launcher.plan.state import Container
-from launcher.plan.types import Node, Plan
+from launcher.plan.types import Node, Plan, Service
 from launcher.runtime import lock as lock_scripts
+from launcher.transport.errors import describe
 
 # `w` below is the caller's launcher.commands.watch.Watcher (not imported: watch imports this module)
 Watcher = Any
@@ -301,6 +304,8 @@ def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> s
     # its old ranks are removed with the others
     reachable = sorted({s.node.index for s in old_members} - ({lost} if lost in w.unseen.since else set()))
     found, _ = list_services(t, reachable, timeout=LIST_TIMEOUT) if reachable else ({}, {})
+    if lost not in w.unseen.since:  # excluded for its GPUs, still serving: its groups' requests finish first
+        drain_first(w, old_members, found)
     members = [s for s in new.services if s.group in groups]
     # From here on the spare is the plan's (labels on its ranks record the substitution), and so are the
     # units watch restarts: a failed remove or start below is retried on the spare, never on the lost node.
@@ -320,3 +325,23 @@ def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> s
     except LauncherError as exc:
         return f"watch: {who}: failed: {str(exc).splitlines()[0]}"
     return f"watch: {who}: serving again after {time.monotonic() - started:.1f}s"
+
+
+def drain_first(w: Watcher, services: list[Service], found: Found) -> None:
+    """The running workers of the groups leaving a node its GPU verdict excludes, drained before they are
+    removed (as `down` drains, bounded by drain_timeout; each drain said and audited). A node lost over SSH
+    is not drained: its groups lost a rank, and migration carries what they held once they are stopped."""
+    running = [
+        s for s in services
+        if (c := found.get((s.node.index, s.name))) is not None and c.running and plan_drain.drained(s)
+    ]  # fmt: skip
+    if not running:
+        return
+    timeout = w.t.plan.drain_timeout
+    w.progress.log(f"draining {len(running)} worker(s) before moving their group(s), up to {timeout:g}s")
+    try:
+        done = drains.drain(w.t, lambda line: w.progress.log(f"drain: {line}"), running)
+    except Exception as exc:  # the drain is a courtesy to the requests: the move goes on
+        w.progress.log(f"the drain failed ({describe(exc)}); moving anyway")
+        return
+    drains.audit(w.t, [f"drain {d.describe()} (watch: moved off, drain_timeout {timeout:g}s)" for d in done])

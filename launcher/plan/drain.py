@@ -29,6 +29,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from launcher.plan.engines import args as A
+from launcher.plan.state import Container
 from launcher.plan.types import Plan, Service
 
 # The engines whose workers deregister on SIGTERM and finish their requests (Dynamo's graceful shutdown).
@@ -68,6 +69,15 @@ def drained(s: Service) -> bool:
     if s.group is None or s.engine not in DYNAMO_ENGINES:
         return False
     return s.engine != "dynamo-sglang" or s.rank == 0
+
+
+def recreated(plan: Plan, running: list[Container]) -> list[Service]:
+    """The drained Dynamo workers among RUNNING whose names the plan still has, as the plan has them (`up`
+    recreates them with another spec). Plain SGLang workers behind a router are left out: the router finds
+    the new one at the same address, where a removal through its API would have to be undone."""
+    planned = {(s.node.index, s.name): s for s in plan.services}
+    found = [planned.get((c.node_index, c.name)) for c in running]
+    return [s for s in found if s is not None and drained(s)]
 
 
 def phases(plan: Plan) -> list[list[Service]]:

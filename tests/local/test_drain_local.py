@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from launcher.plan.build import REPLICA_PORT_STEP
 from launcher.plan.drain import worker_in_flight
@@ -191,3 +192,45 @@ def test_without_migration_the_requests_on_the_dead_worker_fail(tmp_path):
     failed = [r for r in results if r["error"] is not None or r["finish"] != "length"]
     assert len(failed) == held >= 1, results
     assert migrations(logs) == {}, logs
+
+
+def test_a_group_moved_off_a_node_its_gpus_exclude_is_drained_first(tmp_path, monkeypatch):
+    """`watch` moving the groups of a node whose GPU verdict is `drain` (it still serves, unlike a node lost
+    over SSH): the streams in flight on it complete whole before its ranks are removed, and the drain is in
+    the audit log. Decode runs on a second node on this machine ("localhost": what Dynamo is told is 127.0.0.1); its spare refuses SSH, so the start
+    there fails after the drain (what `watch` then does is tests/local/test_spares_local.py's)."""
+    from launcher.commands import watch
+    from launcher.operations import lost
+    from launcher.operations.context import Connection, connected, target
+    from launcher.plan import spares
+    from tests.helpers import free_port
+
+    def edit(data: dict) -> None:
+        data["nodes"].append({"name": "gpu-sick", "address": "localhost"})
+        data["groups"]["decode"]["nodes"] = ["gpu-sick"]
+        data["watch"] = {"lost_after": 5}
+
+    with deployment(tmp_path, "drain-move", edit) as (config, env, port, ports):
+        monkeypatch.setenv("LAUNCHER_PORT", env["LAUNCHER_PORT"])  # the file's frontend port, read by target()
+        data = yaml.safe_load(Path(config).read_text())  # the spare added once up is done (doctor would refuse it)
+        data["nodes"].append(
+            {"name": "spare", "address": "127.0.0.2", "ssh": {"port": free_port(), "connect_timeout": 2}}
+        )
+        Path(config).write_text(yaml.safe_dump(data, sort_keys=False))
+        t = target(config)
+        said: list[str] = []
+        with connected(t, Connection(connect_timeout=2)), ThreadPoolExecutor(STREAMS) as pool:
+            streams = [pool.submit(stream, port, i) for i in range(STREAMS)]
+            wait_in_flight(ports[DECODE_SYSTEM_PORT], STREAMS)
+            w = watch.Watcher(t, type("Said", (), {"log": staticmethod(said.append)})(), watch.units(t.plan))
+            outcome = lost.moved(w, 1, t.plan.nodes[2], spares.substitute(t.loaded, t.plan, 1, 2), ["decode"])
+            results = [s.result(timeout=120) for s in streams]
+    print(f"\n{said}\n{outcome}\n{results}")
+    for r in results:
+        assert r["error"] is None and r["finish"] == "length" and r["chunks"] >= TOKENS, results
+    assert "draining 1 worker(s) before moving their group(s), up to 60s" in said, said
+    drained = f"drain: decode-r0 on node 1: {STREAMS} request(s) in flight, drained in"
+    assert any(line.startswith(drained) for line in said), said
+    assert outcome.startswith("watch: node 2 (spare 127.0.0.2) replaces node 1 (gpu-sick localhost) for decode: failed")
+    audit = (tmp_path / "state" / "drain-move" / "audit.log").read_text()
+    assert "(watch: moved off, drain_timeout 60s)" in audit and '"drain decode-r0 on node 1: ' in audit, audit

@@ -7,7 +7,7 @@ fresh `launcher` subprocess while streamed chat completions run through the fron
 - a change that makes the new replica exit: rolled back, exit 1 naming the replica, the cause and its
   last log lines; the old spec serves again on it, the other replica untouched, 0 failed streams;
 - a changed flag on prefill (one replica): refused (exit 2, nothing changed), then `--allow-downtime`
-  recreates it as `up` always did;
+  drains it (audited) and recreates it;
 - a held copy left by a failed rollback: `status` shows it held, the next `up` restores it first;
 - Ctrl-C while a new replica starts: it is rolled back, `up` says which replica runs which spec;
 - a roll stopped between steps (replicas on two specs), then with a replica held: a fresh `status` says
@@ -170,6 +170,11 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         allowed = launcher("up", config, "--allow-downtime", env=env, cwd=tmp_path)
         assert allowed.returncode == 0, allowed.stdout + allowed.stderr
         assert "--allow-downtime: role prefill is unavailable during its restart" in allowed.stderr, allowed.stderr
+        # drained before it is recreated, as down drains: out of routing, its requests let finish
+        assert "draining 1 worker(s) before recreating them with their new spec, up to 30s" in allowed.stderr
+        audit = (tmp_path / "state" / "roll" / "audit.log").read_text()
+        (drained,) = [line for line in audit.splitlines() if "(recreate, drain_timeout 30s)" in line]
+        assert "drain prefill-r0 on node 0: " in drained and "drain_timeout reached" not in drained, drained
         assert replicas(config, env, tmp_path)["prefill-r0"]["id"] != before["prefill-r0"]["id"]
 
         # 5. Ctrl-C while the first new replica starts: it is rolled back, the next one not reached.

@@ -95,8 +95,11 @@ def dynamo_env(address: str, etcd: str | None, nats: str | None) -> dict[str, st
 
     ETCD_ENDPOINTS / NATS_SERVER point at the head node (defaults are localhost, wrong on every other
     node). The advertised hosts are pinned to the node's own address: auto-detection picks an
-    unreachable interface on multi-NIC hosts.
+    unreachable interface on multi-NIC hosts. Dynamo takes an IP address or an interface name there, so a
+    node written as `localhost` advertises 127.0.0.1 (as "localhost", every worker exits at start:
+    "interface not found: localhost").
     """
+    address = "127.0.0.1" if address == "localhost" else address
     env = {
         # The mocker's prefill workers advertise their bootstrap host from this (else from the
         # hostname, which on a real cluster may resolve to a loopback or management address).
