@@ -197,8 +197,9 @@ def test_without_migration_the_requests_on_the_dead_worker_fail(tmp_path):
 def test_a_group_moved_off_a_node_its_gpus_exclude_is_drained_first(tmp_path, monkeypatch):
     """`watch` moving the groups of a node whose GPU verdict is `drain` (it still serves, unlike a node lost
     over SSH): the streams in flight on it complete whole before its ranks are removed, and the drain is in
-    the audit log. Decode runs on a second node on this machine ("localhost": what Dynamo is told is 127.0.0.1); its spare refuses SSH, so the start
-    there fails after the drain (what `watch` then does is tests/local/test_spares_local.py's)."""
+    the audit log. Decode runs on a second node on this machine ("localhost": what Dynamo is told is
+    127.0.0.1); its spare refuses SSH, so the start there fails after the drain (what `watch` then does is
+    tests/local/test_spares_local.py's)."""
     from launcher.commands import watch
     from launcher.operations import lost
     from launcher.operations.context import Connection, connected, target
