@@ -25,6 +25,7 @@ from launcher.remote import program as remote_program
 from launcher.runtime.lock import STATE_DIR_REFUSED, guard_script
 from launcher.runtime.shell import find_python, q
 from launcher.transport.errors import describe
+from launcher.transport.host import Completed
 
 CATALOG = "https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html"
 ANSWER_BYTES = 256 * 1024  # the program's own bounds add up to less (query 64 KiB, 64 lines of 400, dcgmi 64 KiB)
@@ -323,16 +324,36 @@ def look(
     timeout = timeout if timeout is not None else 400 if diag else 90
     script = node_script(t.plan, diag=diag, peek=peek)
     results = t.fleet.run(script, indices, stdin=remote_program("gpu_health"), timeout=timeout)
-    out: dict[int, NodeGpus | str] = {}
-    for i, r in sorted(results.items()):
-        if isinstance(r, Exception):
-            out[i] = describe(r)
-            continue
-        try:
-            out[i] = parse(r.stdout, expected_gpus(t.plan, i))
-        except GpuAnswerError as exc:
-            out[i] = f"GPU health unreadable: {exc}"
-    return out
+    return {i: read(t.plan, i, r) for i, r in sorted(results.items())}
+
+
+def read(plan: Plan, index: int, result: Completed | Exception) -> NodeGpus | str:
+    """One node's run of the program -> its GPUs, or the one line saying why not."""
+    if isinstance(result, Exception):
+        return describe(result)
+    try:
+        return parse(result.stdout, expected_gpus(plan, index))
+    except GpuAnswerError as exc:
+        return f"GPU health unreadable: {exc}"
+
+
+def spare_unfit(t: Target, spare: int, need: int, timeout: float) -> str | None:
+    """Why node SPARE cannot take the ranks of a node the plan gives NEED GPUs (None: it can). Its verdict
+    must be below `drain` (a spare fallen off the bus would take the group down with it) and it must list
+    NEED GPUs at least. Where the plan needs none there (gpus_per_node 0), nothing is looked at: a spare
+    of a deployment without GPUs has no nvidia-smi, and needs none."""
+    if need == 0:
+        return None
+    seen = look(t, [spare], peek=True, timeout=timeout).get(spare, "no answer")
+    if isinstance(seen, str):
+        return seen
+    if not seen.tool:
+        return f"no nvidia-smi there: its GPUs cannot be checked ({need} needed)"
+    if seen.verdict == "drain":
+        return f"GPUs drain: {seen.summary()}"
+    if len(seen.gpus) < need:
+        return f"{len(seen.gpus)} GPU(s), {need} needed"
+    return None
 
 
 # -- what doctor and status show --------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """`watch` and a lost node: a node that fails SSH (the listing each round makes over it) for the file's
 `watch.lost_after` seconds is lost, and so is one whose GPU health verdict is `drain` (looked at every
 GPU_EVERY seconds, with `lost_after` set: launcher.operations.gpu_health); its group ranks move to a
-spare (launcher.plan.spares: the plan built again with the spare in its place), the groups on it
-recreated there whole, each new rank labelled with whom it replaces and the head's audit log saying so.
-Without a spare (or where the node runs etcd, NATS or the frontend, which cannot move), the loss is
+spare (launcher.plan.spares: the plan built again with the spare in its place) whose own GPUs pass the
+same look, the groups on it recreated there whole, each new rank labelled with whom it replaces and the
+head's audit log saying so. Without a spare fit to take them (or where the node runs etcd, NATS or the
+frontend, which cannot move), the loss is
 reported once, in one line and as an alert (the audit log; the file's webhook), and everything else
 keeps serving.
 """
@@ -236,9 +237,16 @@ def drained(seen: dict) -> list[tuple[int, str]]:
 
 
 def judge(w: Watcher, lost: int, saw: str) -> None:
+    """Move LOST's groups to the first spare that can take them (reachable, and with the GPUs the plan
+    gives LOST, none of them to drain), or say why none can."""
     plan = w.t.plan
+    need = gpu_health.expected_gpus(plan, lost)
+
+    def unfit(spare: Node) -> str | None:
+        return gpu_health.spare_unfit(w.t, spare.index, need, GPU_TIMEOUT)
+
     try:
-        spare = spares.choose(plan, lost, unseen=set(w.unseen.since) | w.unseen.judged)
+        spare = spares.choose(plan, lost, unseen=set(w.unseen.since) | w.unseen.judged, unfit=unfit)
         new = spares.substitute(w.t.loaded, plan, lost, spare.index)
     except spares.Refused as exc:
         no_spare(w, lost, saw, str(exc))
