@@ -75,6 +75,8 @@ class GpuAnswerError(ValueError):
 class Finding:
     verdict: str
     text: str
+    gpu: str | None = None  # the GPU index an Xid names, where its PCI bus is one the query lists
+    line: str = ""  # the kernel log line it was read from: what `watch` remembers having acted on
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict, "text": self.text}
@@ -224,6 +226,7 @@ def _kernel_log(node: NodeGpus, klog: dict) -> None:
         finding = xid_finding(entry["line"][:LINE_CHARS], by_bus)
         # a fatal Xid holds until the node reboots; an application's only when it is new since the last look
         if finding and (entry["new"] or finding.verdict == "drain"):
+            finding.line = _clean(entry["line"][:LINE_CHARS])
             node.findings.append(finding)
 
 
@@ -238,7 +241,8 @@ def xid_finding(line: str, by_bus: dict[str, str] | None = None) -> Finding | No
     gpu = (by_bus or {}).get(_bus(bus))
     where = f"GPU {gpu} (PCI {bus})" if gpu is not None else f"PCI {bus}"
     verdict, meaning = XIDS.get(xid, ("warn", f"not in the launcher's table: look it up in {CATALOG}"))
-    return Finding(verdict, f"Xid {xid} on {where}: {meaning}" + (f" [{rest}]" if rest and verdict != "ignore" else ""))
+    text = f"Xid {xid} on {where}: {meaning}" + (f" [{rest}]" if rest and verdict != "ignore" else "")
+    return Finding(verdict, text, gpu=gpu)
 
 
 def _diag(node: NodeGpus, dcgmi: dict) -> str:
@@ -335,6 +339,11 @@ def read(plan: Plan, index: int, result: Completed | Exception) -> NodeGpus | st
         return parse(result.stdout, expected_gpus(plan, index))
     except GpuAnswerError as exc:
         return f"GPU health unreadable: {exc}"
+
+
+def gpu_nodes(plan: Plan) -> list[int]:
+    """The nodes the plan gives GPUs to (a group's ranks there use some): the ones whose GPUs matter."""
+    return sorted({i for g in plan.groups if g.gpus for i in g.node_indices})
 
 
 def spare_unfit(t: Target, spare: int, need: int, timeout: float) -> str | None:

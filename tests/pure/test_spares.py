@@ -469,3 +469,89 @@ def test_a_deployment_without_gpus_never_looks_at_a_spares_gpus(tmp_path):
     lost.judge(watcher(plan, loaded, fleet, said), 2, "node 2: lost")
     assert said.lines == ["node 2: lost; would move decode to node 4 (node4 10.9.0.5); dry run: nothing done"]
     assert fleet.looked_at() == []
+
+
+# -- a `restart` verdict: the groups on that GPU restarted, once per kernel log line ---------------------
+
+# node 0: services; node 1: prefill on GPU 0 and decode on GPU 1 (groups sharing a node on GPUs of their own)
+SHARED = """\
+deployment: rs
+image: example/image:1
+gpus_per_node: 2
+model: {path: /models/x, name: x}
+nodes:
+  - {address: 10.9.0.1}
+  - {address: 10.9.0.2}
+services:
+  etcd: {node: 0}
+  nats: {node: 0}
+  frontend: {node: 0}
+groups:
+  prefill: {engine: dynamo-sglang, nodes: [1], gpus: [0], mode: prefill}
+  decode: {engine: dynamo-sglang, nodes: [1], gpus: [1], mode: decode}
+"""
+
+
+def shared_gpus(tmp_path, klog_lines: list[str]):
+    """The SHARED plan, its listing (every service running), and a fleet whose node 1 replays the recorded
+    H100 query (GPU 0 on bus 18:00, GPU 1 on 2a:00) and KLOG_LINES as its kernel log."""
+    loaded = load_config(write(tmp_path, SHARED + f"state_dir: {tmp_path / 'state'}\n"))
+    plan = build(loaded)
+    klog = tmp_path / "klog.dmesg"
+    klog.write_text("\n".join(klog_lines) + "\n")
+    replay = {"GPU_REPLAY_QUERY": str(REPO / "tests/data/gpu/query-h100-nccl-1264.csv"), "GPU_REPLAY_KLOG": str(klog)}
+    fleet = ReplayFleet(plan.nodes, tmp_path, {1: replay})
+    listing = {(c.node_index, c.name): c for i in range(2) for c in labelled(plan, i)}
+    return loaded, plan, fleet, listing
+
+
+def xid43_lines() -> list[str]:
+    return (REPO / "tests/data/gpu/klog/akash-support-244.dmesg").read_text().splitlines()
+
+
+def test_a_restart_verdict_restarts_the_group_on_that_gpu_once(tmp_path, monkeypatch):
+    """The recorded Xid 43 line (akash-support-244), its bus written as GPU 1's (2a:00, not a recording):
+    watch's round (dry run) says it would restart decode, whose rank uses GPU 1, not prefill on GPU 0. The
+    look peeks, so the line stays new: the next rounds neither say it again nor, once decode's container
+    is a new one, ask for another restart."""
+    from launcher.commands import watch
+
+    line = next(x for x in xid43_lines() if "): 43," in x).replace("PCI:0000:00:05", "PCI:0000:2a:00")
+    loaded, plan, fleet, listing = shared_gpus(tmp_path, [line])
+    monkeypatch.setattr(watch, "list_services", lambda t, indices=None, timeout=None: (listing, {}))
+    said = Said()
+    t = SimpleNamespace(plan=plan, loaded=loaded, fleet=fleet, head=fleet.host(0))
+    w = watch.Watcher(t, said, watch.units(plan), dry_run=True)
+    w.round()
+    assert said.lines == [
+        "group decode: saw node1 decode r0 GPU verdict restart (Xid 43 on GPU 1 (PCI 0000:2a:00): GPU stopped"
+        " processing, a channel reset after an application fault (RESTART_APP)); would restart it (1/5);"
+        " dry run: nothing done"
+    ]
+    assert fleet.looked_at() == [1]  # the node with GPU groups only, not node 0's services
+    w.unseen.gpus_next = 0.0  # the next look is due now: the same line, still new (peek)
+    w.round()
+    assert len(said.lines) == 1  # said once while its restart waits
+    decode = next(k for k in listing if k[1] == "rs-decode-r0")
+    listing[decode] = Container(1, "new-id", "rs-decode-r0", listing[decode].labels, "running", 0)  # restarted
+    w.unseen.gpus_next = 0.0
+    assert lost.gpu_restarts(w, listing) == {}
+    w.round()
+    assert len(said.lines) == 1 and w.unseen.gpus.pending == {}
+    assert sum(1 for s in fleet.host(1).scripts if '"$PY" -' in s) == 3  # looked at three times, acted once
+
+
+def test_an_xid_on_a_bus_the_query_does_not_list_restarts_every_gpu_group_on_the_node(tmp_path):
+    """The recorded akash-support-244 kernel log: Xid 43, 31 and 94 on buses 00:05, 00:07, 00:08, which the
+    recorded query (18:00, 2a:00) does not list: both groups on the node are asked to restart, one reason
+    each; a look that finds them again adds nothing."""
+    loaded, plan, fleet, listing = shared_gpus(tmp_path, xid43_lines())
+    w = watcher(plan, loaded, fleet, Said())
+    lost.check(w, {}, 0.0, listing)
+    asked = lost.gpu_restarts(w, listing)
+    assert sorted(asked) == ["rs-decode-r0", "rs-prefill-r0"], asked
+    assert all(" GPU verdict restart (Xid " in why and "on PCI 0000:00:0" in why for why in asked.values()), asked
+    w.unseen.gpus.pending.clear()
+    w.unseen.gpus_next = 0.0
+    lost.check(w, {}, 0.0, listing)
+    assert lost.gpu_restarts(w, listing) == {}  # every line acted on already
