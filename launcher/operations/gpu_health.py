@@ -25,7 +25,7 @@ from launcher.remote import program as remote_program
 from launcher.runtime.lock import STATE_DIR_REFUSED, guard_script
 from launcher.runtime.shell import find_python, q
 from launcher.transport.errors import describe
-from launcher.transport.host import Completed
+from launcher.transport.host import Completed, Host
 
 CATALOG = "https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html"
 ANSWER_BYTES = 256 * 1024  # the program's own bounds add up to less (query 64 KiB, 64 lines of 400, dcgmi 64 KiB)
@@ -96,12 +96,16 @@ class NodeGpus:
     def verdict(self) -> str:
         return max((f.verdict for f in self.findings), key=RANK.__getitem__, default="ok")
 
+    def worst(self) -> list[str]:
+        """The findings of the worst verdict, one line per kind: a burst of one Xid on one GPU is said once."""
+        if self.verdict == "ok":
+            return []
+        return list(dict.fromkeys(f.text.split(" [")[0] for f in self.findings if f.verdict == self.verdict))
+
     def summary(self) -> str:
         if not self.tool:
             return "no NVIDIA GPU tool (nvidia-smi) on the node"
-        # one line per kind of finding: a burst of the same Xid on the same GPU is said once
-        worst = list(dict.fromkeys(f.text.split(" [")[0] for f in self.findings if f.verdict == self.verdict))
-        worst = [] if self.verdict == "ok" else worst
+        worst = self.worst()
         head = f"{len(self.gpus)} GPU(s)" + (f" of {self.expected} planned" if self.expected else "")
         if not worst:
             return head + ", healthy"
@@ -331,6 +335,15 @@ def look(
     return {i: read(t.plan, i, r) for i, r in sorted(results.items())}
 
 
+def look_host(t: Target, host: Host, timeout: float) -> NodeGpus | str:
+    """One node's look through its own host, without moving the kernel log's place (`top`, per node)."""
+    try:
+        result = host.run(node_script(t.plan, peek=True), stdin=remote_program("gpu_health"), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - one node's failure is that node's line, never the caller's end
+        return describe(exc)
+    return read(t.plan, host.node.index, result)
+
+
 def read(plan: Plan, index: int, result: Completed | Exception) -> NodeGpus | str:
     """One node's run of the program -> its GPUs, or the one line saying why not."""
     if isinstance(result, Exception):
@@ -363,6 +376,22 @@ def spare_unfit(t: Target, spare: int, need: int, timeout: float) -> str | None:
     if len(seen.gpus) < need:
         return f"{len(seen.gpus)} GPU(s), {need} needed"
     return None
+
+
+def marker(seen: NodeGpus | str | None) -> str:
+    """`top`'s word for a node's GPUs: `ok`, or the verdict and its first finding (`drain: Xid 79 on ...`)."""
+    if seen is None:
+        return "-"  # not looked at yet
+    if isinstance(seen, str):
+        return f"? {seen[:80]}"
+    if not seen.tool:
+        return "no nvidia-smi"
+    worst = seen.worst() if seen.verdict not in ("ok", "ignore") else []
+    if not worst:
+        return "ok"
+    first = worst[0] if len(worst[0]) <= 100 else worst[0][:97] + "..."  # a table cell, not a report
+    more = f" (+{len(worst) - 1} more)" if len(worst) > 1 else ""
+    return f"{seen.verdict}: {first}{more}"
 
 
 # -- what doctor and status show --------------------------------------------------------------------
