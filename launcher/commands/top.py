@@ -4,7 +4,9 @@ each service's Prometheus `/metrics` through the nodes' connections (and `nvidia
 Every interval each node is asked once (its services' state, its GPUs, then each metrics endpoint on it),
 all nodes at once. A node that has not answered by the end of the interval keeps its last figures and
 says for how long it has been silent; a node is never asked again while its last round is still out, so
-one slow or cut node never holds up the view of the others.
+one slow or cut node never holds up the view of the others. Where the plan gives a node GPUs, their health
+verdict (launcher.operations.gpu_health, without moving the kernel log's place) is looked at every
+HEALTH_EVERY seconds beside the rounds, so that a sick GPU's slow nvidia-smi never holds up its figures.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from launcher.errors import Exit
-from launcher.operations import rank_progress
+from launcher.operations import gpu_health, rank_progress
 from launcher.operations.context import Connection, Target, connected, target
 from launcher.output import console
 from launcher.output.tables import print_json
@@ -36,6 +38,8 @@ JSON_ROUND_LIMIT = 60.0
 # How long one node's round may take before it counts as failed; a round of the view does not wait for
 # it (that is the interval): the node's rows say how long it has been silent meanwhile.
 NODE_TIMEOUT = 30.0
+HEALTH_EVERY = 30.0  # seconds between two GPU health looks at a node (a look runs a program there)
+HEALTH_TIMEOUT = 20.0
 
 
 @dataclass
@@ -86,8 +90,12 @@ class Sampler:
             x.service.name: x for x in scrape_targets(plan.services) if x.kind in ("worker", "frontend", "router")
         }
         self.shown = [s for s in plan.services if s.group is not None or s.role in ("frontend", "router")]
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(plan.nodes))), thread_name_prefix="top")
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(32, 2 * len(plan.nodes))), thread_name_prefix="top")
         self.pending: dict[int, Future] = {}
+        self.gpu_nodes = set(gpu_health.gpu_nodes(plan))  # empty: no `gpu` column
+        self.health: dict[int, gpu_health.NodeGpus | str] = {}  # node -> its last GPU health look
+        self.looking: dict[int, Future] = {}
+        self.health_next: dict[int, float] = {}
         self.latest: dict[int, Reading | str] = {}  # node -> last reading, or why the node failed
         self.good: dict[str, list[tuple[float, observe.Parsed]]] = {}  # service -> last two good scrapes
         self.heard: dict[int, float] = {}  # node -> when it last answered (or was first asked)
@@ -108,7 +116,10 @@ class Sampler:
             if i not in self.pending:
                 on_node = [x for x in self.targets.values() if x.service.node.index == i]
                 self.pending[i] = self.pool.submit(read_node, self.t, self.t.fleet.host(i), on_node, NODE_TIMEOUT)
-        wait(list(self.pending.values()), timeout=max(0.0, deadline - (time.monotonic() - started)))
+        self.look_at_gpus(started)
+        futures = [*self.pending.values(), *self.looking.values()]
+        wait(futures, timeout=max(0.0, deadline - (time.monotonic() - started)))
+        self.take_looks()
         for i, future in list(self.pending.items()):
             if not future.done():
                 continue
@@ -125,6 +136,23 @@ class Sampler:
                     self.good[name] = [*self.good.get(name, [])[-1:], (reading.at, scrape)]
             self.judge(reading)
         return [self.row(s) for s in self.shown]
+
+    def look_at_gpus(self, now: float) -> None:
+        """A GPU health look at each GPU node due for one and not still being looked at."""
+        for i in sorted(self.gpu_nodes - set(self.looking)):
+            if now >= self.health_next.get(i, 0.0):
+                self.health_next[i] = now + HEALTH_EVERY
+                host = self.t.fleet.host(i)
+                self.looking[i] = self.pool.submit(gpu_health.look_host, self.t, host, HEALTH_TIMEOUT)
+
+    def take_looks(self) -> None:
+        for i, future in list(self.looking.items()):
+            if future.done():
+                del self.looking[i]
+                try:
+                    self.health[i] = future.result()
+                except Exception as exc:  # look_host says its own failures; anything else is the node's line too
+                    self.health[i] = describe(exc)
 
     def judge(self, reading: Reading) -> None:
         """Each rank of the reading whose group has a window: hung or not (launcher.plan.stall)."""
@@ -143,6 +171,8 @@ class Sampler:
             s.node.index, s.node.name, s.service, s.role, s.group, s.rank, kind, "waiting for the first answer",
             url=target_.url if target_ else None,
         )  # fmt: skip
+        if s.node.index in self.gpu_nodes:
+            row.gpu_health = gpu_health.marker(self.health.get(s.node.index))
         reading = self.latest.get(s.node.index)
         good = self.good.get(s.name, [])
         if good:

@@ -205,6 +205,7 @@ class Watcher:
         lost.check(self, unreachable, started, found)
         lost.remove_stale(self, found)
         hung = self.hung(found, unreachable)
+        hung = lost.gpu_restarts(self, found) | hung  # GPU `restart` verdicts (Xid 13, 31, 43...): lost.py
         for unit in self.watched:
             extra = [why for s in unit.services if (why := hung.get(s.name))]
             self.decide(unit, dead(unit, found, unreachable) + extra, extra)

@@ -25,6 +25,7 @@ from launcher.remote import program as remote_program
 from launcher.runtime.lock import STATE_DIR_REFUSED, guard_script
 from launcher.runtime.shell import find_python, q
 from launcher.transport.errors import describe
+from launcher.transport.host import Completed, Host
 
 CATALOG = "https://docs.nvidia.com/deploy/xid-errors/analyzing-xid-catalog.html"
 ANSWER_BYTES = 256 * 1024  # the program's own bounds add up to less (query 64 KiB, 64 lines of 400, dcgmi 64 KiB)
@@ -74,6 +75,8 @@ class GpuAnswerError(ValueError):
 class Finding:
     verdict: str
     text: str
+    gpu: str | None = None  # the GPU index an Xid names, where its PCI bus is one the query lists
+    line: str = ""  # the kernel log line it was read from: what `watch` remembers having acted on
 
     def to_json(self) -> dict:
         return {"verdict": self.verdict, "text": self.text}
@@ -93,12 +96,16 @@ class NodeGpus:
     def verdict(self) -> str:
         return max((f.verdict for f in self.findings), key=RANK.__getitem__, default="ok")
 
+    def worst(self) -> list[str]:
+        """The findings of the worst verdict, one line per kind: a burst of one Xid on one GPU is said once."""
+        if self.verdict == "ok":
+            return []
+        return list(dict.fromkeys(f.text.split(" [")[0] for f in self.findings if f.verdict == self.verdict))
+
     def summary(self) -> str:
         if not self.tool:
             return "no NVIDIA GPU tool (nvidia-smi) on the node"
-        # one line per kind of finding: a burst of the same Xid on the same GPU is said once
-        worst = list(dict.fromkeys(f.text.split(" [")[0] for f in self.findings if f.verdict == self.verdict))
-        worst = [] if self.verdict == "ok" else worst
+        worst = self.worst()
         head = f"{len(self.gpus)} GPU(s)" + (f" of {self.expected} planned" if self.expected else "")
         if not worst:
             return head + ", healthy"
@@ -223,6 +230,7 @@ def _kernel_log(node: NodeGpus, klog: dict) -> None:
         finding = xid_finding(entry["line"][:LINE_CHARS], by_bus)
         # a fatal Xid holds until the node reboots; an application's only when it is new since the last look
         if finding and (entry["new"] or finding.verdict == "drain"):
+            finding.line = _clean(entry["line"][:LINE_CHARS])
             node.findings.append(finding)
 
 
@@ -237,7 +245,8 @@ def xid_finding(line: str, by_bus: dict[str, str] | None = None) -> Finding | No
     gpu = (by_bus or {}).get(_bus(bus))
     where = f"GPU {gpu} (PCI {bus})" if gpu is not None else f"PCI {bus}"
     verdict, meaning = XIDS.get(xid, ("warn", f"not in the launcher's table: look it up in {CATALOG}"))
-    return Finding(verdict, f"Xid {xid} on {where}: {meaning}" + (f" [{rest}]" if rest and verdict != "ignore" else ""))
+    text = f"Xid {xid} on {where}: {meaning}" + (f" [{rest}]" if rest and verdict != "ignore" else "")
+    return Finding(verdict, text, gpu=gpu)
 
 
 def _diag(node: NodeGpus, dcgmi: dict) -> str:
@@ -323,16 +332,66 @@ def look(
     timeout = timeout if timeout is not None else 400 if diag else 90
     script = node_script(t.plan, diag=diag, peek=peek)
     results = t.fleet.run(script, indices, stdin=remote_program("gpu_health"), timeout=timeout)
-    out: dict[int, NodeGpus | str] = {}
-    for i, r in sorted(results.items()):
-        if isinstance(r, Exception):
-            out[i] = describe(r)
-            continue
-        try:
-            out[i] = parse(r.stdout, expected_gpus(t.plan, i))
-        except GpuAnswerError as exc:
-            out[i] = f"GPU health unreadable: {exc}"
-    return out
+    return {i: read(t.plan, i, r) for i, r in sorted(results.items())}
+
+
+def look_host(t: Target, host: Host, timeout: float) -> NodeGpus | str:
+    """One node's look through its own host, without moving the kernel log's place (`top`, per node)."""
+    try:
+        result = host.run(node_script(t.plan, peek=True), stdin=remote_program("gpu_health"), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - one node's failure is that node's line, never the caller's end
+        return describe(exc)
+    return read(t.plan, host.node.index, result)
+
+
+def read(plan: Plan, index: int, result: Completed | Exception) -> NodeGpus | str:
+    """One node's run of the program -> its GPUs, or the one line saying why not."""
+    if isinstance(result, Exception):
+        return describe(result)
+    try:
+        return parse(result.stdout, expected_gpus(plan, index))
+    except GpuAnswerError as exc:
+        return f"GPU health unreadable: {exc}"
+
+
+def gpu_nodes(plan: Plan) -> list[int]:
+    """The nodes the plan gives GPUs to (a group's ranks there use some): the ones whose GPUs matter."""
+    return sorted({i for g in plan.groups if g.gpus for i in g.node_indices})
+
+
+def spare_unfit(t: Target, spare: int, need: int, timeout: float) -> str | None:
+    """Why node SPARE cannot take the ranks of a node the plan gives NEED GPUs (None: it can). Its verdict
+    must be below `drain` (a spare fallen off the bus would take the group down with it) and it must list
+    NEED GPUs at least. Where the plan needs none there (gpus_per_node 0), nothing is looked at: a spare
+    of a deployment without GPUs has no nvidia-smi, and needs none."""
+    if need == 0:
+        return None
+    seen = look(t, [spare], peek=True, timeout=timeout).get(spare, "no answer")
+    if isinstance(seen, str):
+        return seen
+    if not seen.tool:
+        return f"no nvidia-smi there: its GPUs cannot be checked ({need} needed)"
+    if seen.verdict == "drain":
+        return f"GPUs drain: {seen.summary()}"
+    if len(seen.gpus) < need:
+        return f"{len(seen.gpus)} GPU(s), {need} needed"
+    return None
+
+
+def marker(seen: NodeGpus | str | None) -> str:
+    """`top`'s word for a node's GPUs: `ok`, or the verdict and its first finding (`drain: Xid 79 on ...`)."""
+    if seen is None:
+        return "-"  # not looked at yet
+    if isinstance(seen, str):
+        return f"? {seen[:80]}"
+    if not seen.tool:
+        return "no nvidia-smi"
+    worst = seen.worst() if seen.verdict not in ("ok", "ignore") else []
+    if not worst:
+        return "ok"
+    first = worst[0] if len(worst[0]) <= 100 else worst[0][:97] + "..."  # a table cell, not a report
+    more = f" (+{len(worst) - 1} more)" if len(worst) > 1 else ""
+    return f"{seen.verdict}: {first}{more}"
 
 
 # -- what doctor and status show --------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """`watch` and a lost node: a node that fails SSH (the listing each round makes over it) for the file's
 `watch.lost_after` seconds is lost, and so is one whose GPU health verdict is `drain` (looked at every
-GPU_EVERY seconds, with `lost_after` set: launcher.operations.gpu_health); its group ranks move to a
-spare (launcher.plan.spares: the plan built again with the spare in its place), the groups on it
-recreated there whole, each new rank labelled with whom it replaces and the head's audit log saying so.
-Without a spare (or where the node runs etcd, NATS or the frontend, which cannot move), the loss is
+GPU_EVERY seconds on the nodes the plan gives GPUs to, `lost_after` set or not:
+launcher.operations.gpu_health); its group ranks move to a spare (launcher.plan.spares: the plan built
+again with the spare in its place) whose own GPUs pass the same look, the groups on it recreated there
+whole, each new rank labelled with whom it replaces and the head's audit log saying so. Without a spare
+fit to take them (or where the node runs etcd, NATS or the frontend, which cannot move), the loss is
 reported once, in one line and as an alert (the audit log; the file's webhook), and everything else
-keeps serving.
+keeps serving. A `restart` verdict (an application's Xid: 13, 31, 43...) is a reason to restart the
+groups using that GPU (gpu_restarts, which watch's round adds to its hung ranks), once per kernel log line.
 """
 
 from __future__ import annotations
@@ -41,6 +43,19 @@ GPU_TIMEOUT = 20.0  # a look that takes longer holds watch's round up: that node
 
 
 @dataclass
+class GpuRestarts:
+    """What `restart` verdicts asked of watch. The look peeks (the kernel log's place stays where `status`
+    and `doctor` left it), so a line stays new round after round: each is acted on once, and the rank it
+    names is restarted until its container is a new one."""
+
+    # per node, the `restart` lines already turned into reasons (only those its last look still showed:
+    # the program keeps 64 lines a node, so this stays as small)
+    acted: dict[int, set[str]] = field(default_factory=dict)
+    # (node index, rank name) -> (why, the container it named: its id and start): until that one is replaced
+    pending: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)
+
+
+@dataclass
 class Unseen:
     """Since when each node has failed SSH (the start of the first round whose listing it failed), in how
     many rounds running, and the nodes already judged lost. Two failed rounds at least: one slow listing
@@ -59,6 +74,7 @@ class Unseen:
     # the rounds in a row each such node has not answered: lost after MIN_ROUNDS (one slow answer is not)
     serving: set[int] = field(default_factory=set)
     misses: dict[int, int] = field(default_factory=dict)
+    gpus: GpuRestarts = field(default_factory=GpuRestarts)
 
     def update(self, unreachable: dict[int, str], started: float) -> None:
         self.gone.update(unreachable)
@@ -92,7 +108,7 @@ def list_timeout(plan: Plan) -> float:
 def check(w: Watcher, unreachable: dict[int, str], started: float, found: Found | None = None) -> None:
     """This round's unreachable nodes (its listing began at STARTED, FOUND what it listed): each one unseen
     past the window is lost, and acted on, unless its ranks still serve (`answering`); then, every GPU_EVERY
-    seconds, the GPUs of the nodes that run group ranks."""
+    seconds, the GPUs of the nodes the plan gives GPUs to (look_at_gpus)."""
     plan, now = w.t.plan, time.monotonic()
     w.unseen.update(unreachable, started)
     for index, unseen_for in w.unseen.lost(plan.lost_after, now):  # none without watch.lost_after
@@ -109,15 +125,66 @@ def check(w: Watcher, unreachable: dict[int, str], started: float, found: Found 
                 still_serving(w, index, f"{saw}, but {serving}")
             continue
         judge(w, index, f"{saw}: lost")
-    if plan.lost_after is None or now < w.unseen.gpus_next:
-        return
-    w.unseen.gpus_next = now + GPU_EVERY
-    ranked = sorted({i for g in plan.groups for i in g.node_indices} - set(unreachable) - w.unseen.judged)
+    if now >= w.unseen.gpus_next:
+        w.unseen.gpus_next = now + GPU_EVERY
+        look_at_gpus(w, unreachable, found or {})
+
+
+def look_at_gpus(w: Watcher, unreachable: dict[int, str], found: Found) -> None:
+    """The GPUs of the nodes the plan gives GPUs to (none in a deployment without GPUs), `lost_after` set
+    or not: a `drain` verdict excludes the node like a lost one; a `restart` verdict is noted for the
+    groups on that GPU (note_restarts)."""
+    plan = w.t.plan
+    nodes = [i for i in gpu_health.gpu_nodes(plan) if i not in unreachable and i not in w.unseen.judged]
     # --peek: the kernel log's place stays where `status` and `doctor` left it (a fatal Xid holds anyway)
-    for index, why in drained(gpu_health.look(w.t, ranked, peek=True, timeout=GPU_TIMEOUT) if ranked else {}):
+    seen = gpu_health.look(w.t, nodes, peek=True, timeout=GPU_TIMEOUT) if nodes else {}
+    for index, why in drained(seen):
         w.unseen.judged.add(index)  # judged once (until the node is unseen and seen again)
         w.unseen.gone.add(index)
         judge(w, index, f"{plan.nodes[index].label}: saw GPUs drain ({why}): excluded like a lost node")
+    note_restarts(w, seen, found)
+
+
+def note_restarts(w: Watcher, seen: dict, found: Found) -> None:
+    """Each `restart` finding not acted on yet -> a reason for the running rank of each group that uses its
+    GPU on that node (every GPU group there where the Xid's PCI bus is not one the query lists). A node
+    drained this round is left alone: its groups moved, or wait for a spare."""
+    plan, noted = w.t.plan, w.unseen.gpus
+    for index, node in sorted(seen.items()):
+        if isinstance(node, str) or node.verdict == "drain":
+            continue
+        restarts = [f for f in node.findings if f.verdict == "restart" and f.line]
+        for finding in restarts:
+            if finding.line in noted.acted.get(index, set()):
+                continue
+            for s in ranks_on_gpu(plan, index, finding.gpu):
+                c = found.get((index, s.name))
+                if c is not None and c.running:  # one not running is dead(): restarted for that
+                    why = f"{s.tag} GPU verdict restart ({finding.text.split(' [')[0]})"
+                    noted.pending[(index, s.name)] = (why, c.id + c.started_at)
+        noted.acted[index] = {f.line for f in restarts}
+
+
+def ranks_on_gpu(plan: Plan, index: int, gpu: str | None) -> list[Service]:
+    """The group ranks on node INDEX whose group uses GPU (an index as nvidia-smi lists it); every one
+    with GPUs there when GPU is None (an Xid whose PCI bus maps to no GPU the query listed)."""
+    groups = {g.name for g in plan.groups if index in g.node_indices and g.gpus and (gpu is None or int(gpu) in g.gpus)}
+    return [s for s in plan.services if s.group in groups and s.node.index == index]
+
+
+def gpu_restarts(w: Watcher, found: Found) -> dict[str, str]:
+    """For watch's round: the ranks a GPU `restart` verdict asks to restart, rank name -> reason (the round
+    turns it into its group's restart, as a hung rank's). Each is asked until its container is replaced
+    (a restart under back-off waits, it is not dropped); one the plan no longer has (moved) is dropped."""
+    pending, out = w.unseen.gpus.pending, {}
+    planned = {(s.node.index, s.name) for s in w.t.plan.services}
+    for key, (why, named) in list(pending.items()):
+        c = found.get(key)
+        if key not in planned or (c is not None and c.id + c.started_at != named):
+            del pending[key]  # acted on: a new container, or the group lives elsewhere now
+        elif c is not None and c.running:  # gone or stopped: dead() restarts it; unlisted: not seen this round
+            out[key[1]] = why
+    return out
 
 
 def answering(t: Any, index: int, unreachable: dict[int, str], found: Found) -> str | None:
@@ -236,9 +303,16 @@ def drained(seen: dict) -> list[tuple[int, str]]:
 
 
 def judge(w: Watcher, lost: int, saw: str) -> None:
+    """Move LOST's groups to the first spare that can take them (reachable, and with the GPUs the plan
+    gives LOST, none of them to drain), or say why none can."""
     plan = w.t.plan
+    need = gpu_health.expected_gpus(plan, lost)
+
+    def unfit(spare: Node) -> str | None:
+        return gpu_health.spare_unfit(w.t, spare.index, need, GPU_TIMEOUT)
+
     try:
-        spare = spares.choose(plan, lost, unseen=set(w.unseen.since) | w.unseen.judged)
+        spare = spares.choose(plan, lost, unseen=set(w.unseen.since) | w.unseen.judged, unfit=unfit)
         new = spares.substitute(w.t.loaded, plan, lost, spare.index)
     except spares.Refused as exc:
         no_spare(w, lost, saw, str(exc))

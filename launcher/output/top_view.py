@@ -46,10 +46,19 @@ def _state(row: TopRow) -> Text:
     return Text(text, style=style)
 
 
+def _gpu_health(row: TopRow) -> Text:
+    """The node's GPU verdict: `ok` green, `warn: ...` yellow, `restart: ...`/`drain: ...` red."""
+    text = row.gpu_health or "-"
+    verdict = text.split(":")[0]
+    style = {"ok": "green", "warn": "yellow", "restart": "red", "drain": "red"}.get(verdict, "")
+    return Text(text, style=style)
+
+
 def table(rows: list[TopRow], title: str) -> Table:
     t = Table(box=None, pad_edge=False, title=title, title_justify="left")
-    for column in COLUMNS:
-        t.add_column(column, justify="right" if column not in ("node", "service", "state") else "left")
+    health = any(row.gpu_health is not None for row in rows)  # a `gpu` column only where the plan has GPUs
+    for column in COLUMNS + (("gpu",) if health else ()):
+        t.add_column(column, justify="right" if column not in ("node", "service", "state", "gpu") else "left")
     for row in rows:
         f = row.figures
         who = row.role if row.rank is None else f"{row.group} r{row.rank}"
@@ -61,12 +70,14 @@ def table(rows: list[TopRow], title: str) -> Table:
                 number(f.output_tps), number(f.requests_ps, 2), millis(f.ttft_p50, f.ttft_p99),
                 millis(f.itl_p50, f.itl_p99),
             ]  # fmt: skip
-        t.add_row(Text(f"{row.node_index} {row.node}"), Text(who), _state(row), *cells, gpu_text(row))
+        mark = [_gpu_health(row)] if health else []
+        t.add_row(Text(f"{row.node_index} {row.node}"), Text(who), _state(row), *cells, gpu_text(row), *mark)
+    blank = [""] if health else []
     for unit, total in replica_totals(rows).items():
         group, replica = split_unit(unit)
-        t.add_row(Text("replica"), Text(f"{group} replica {replica} total"), *_total_cells(total))
+        t.add_row(Text("replica"), Text(f"{group} replica {replica} total"), *_total_cells(total), *blank)
     for role, total in totals(rows).items():
-        t.add_row(Text("all", style="bold"), Text(f"{role} total", style="bold"), *_total_cells(total))
+        t.add_row(Text("all", style="bold"), Text(f"{role} total", style="bold"), *_total_cells(total), *blank)
     return t
 
 

@@ -274,6 +274,7 @@ class TopRow:
     gpus: list[Gpu] | None = None
     age: float | None = None  # seconds since its metrics last answered
     url: str | None = None
+    gpu_health: str | None = None  # its node's GPU verdict in a word or a line (`top`); None: no GPUs there
 
     @property
     def ok(self) -> bool:
@@ -289,6 +290,7 @@ class TopRow:
             **(self.figures.to_json() if self.figures else {}),
             "sources": self.figures.sources if self.figures else {},
             "gpus": gpus, "age_s": None if self.age is None else round(self.age, 2), "metrics_url": self.url,
+            "gpu_health": self.gpu_health,
         }  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from launcher.config.load import Loaded
 from launcher.errors import LauncherError
@@ -45,9 +45,13 @@ def groups_on(plan: Plan, node: int) -> list[str]:
     return [g.name for g in plan.groups if node in g.node_indices]
 
 
-def choose(plan: Plan, lost: int, unseen: Collection[int] = ()) -> Node:
+def choose(
+    plan: Plan, lost: int, unseen: Collection[int] = (), unfit: Callable[[Node], str | None] | None = None
+) -> Node:
     """The spare for LOST: the first free one, of those not UNSEEN (nodes failing SSH, or judged lost: a
-    spare that cannot be reached would take the ranks down with it)."""
+    spare that cannot be reached would take the ranks down with it) that UNFIT finds no fault with (it
+    says why a spare cannot take the ranks, e.g. its GPUs: operations.gpu_health.spare_unfit). Asked in
+    order, so a healthy first spare costs one look; none fit: refused, naming each spare's reason."""
     check_movable(plan, lost)
     free = spare_nodes(plan)
     if not free:
@@ -55,7 +59,14 @@ def choose(plan: Plan, lost: int, unseen: Collection[int] = ()) -> Node:
     seen = [n for n in free if n.index not in unseen]
     if not seen:
         raise Refused(f"no spare node reachable: {', '.join(n.label for n in free)} fail SSH")
-    return seen[0]
+    reasons = {n.index: "fails SSH" for n in free if n.index in unseen}
+    for node in seen:
+        why = unfit(node) if unfit else None
+        if why is None:
+            return node
+        reasons[node.index] = why
+    said = "; ".join(f"{plan.nodes[i].label}: {why}" for i, why in sorted(reasons.items()))
+    raise Refused(f"no spare node fit to take its ranks: {said}")
 
 
 def check_movable(plan: Plan, lost: int) -> None:

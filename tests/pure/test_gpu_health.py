@@ -357,3 +357,67 @@ def test_a_burst_of_cleanup_xids_after_a_fatal_one_never_pushes_it_out(tmp_path)
     assert node.verdict == "drain" and "Xid 79 on PCI 0000:a1:00" in node.summary(), node.summary()
     later = parse(run_program(tmp_path, **env), expected=2)  # the next look: still flagged until a reboot
     assert later.verdict == "drain" and "Xid 79" in later.summary(), later.summary()
+
+
+# -- top: a `gpu` column with each node's verdict --------------------------------------------------------
+
+
+def top_rows(tmp_path: Path, gpus_per_node: int, replays: dict) -> tuple[list, object]:
+    """Two rounds of top's sampler over two nodes each running one `command` group (nothing started: the
+    process runtime lists no service) whose GPU looks replay recorded output (tests/gpu_replay.py)."""
+    import yaml
+
+    from launcher.commands.top import Sampler
+    from launcher.config.load import load
+    from launcher.operations.context import Target
+    from launcher.plan.build import build
+    from launcher.runtime import for_plan
+    from tests.gpu_replay import ReplayFleet
+
+    data = {
+        "deployment": "gtop", "runtime": "process", "state_dir": str(tmp_path / "state"),
+        "gpus_per_node": gpus_per_node,
+        "nodes": [{"name": "a", "address": "10.9.0.1"}, {"name": "b", "address": "10.9.0.2"}],
+        "services": {"etcd": {"enabled": False}, "nats": {"enabled": False}, "frontend": {"enabled": False}},
+        "groups": {g: {"engine": "command", "nodes": [g], "args": ["sleep", "1"]} for g in ("a", "b")},
+    }  # fmt: skip
+    tmp_path.mkdir(exist_ok=True)
+    config = tmp_path / "gtop.yaml"
+    config.write_text(yaml.safe_dump(data))
+    plan = build(load(config, environ={}))
+    t = Target(config, None, plan, for_plan(plan))
+    t.fleet = ReplayFleet(plan.nodes, tmp_path, replays)
+    sampler = Sampler(t)
+    try:
+        sampler.round(30.0, patience=30.0)
+        return sampler.round(30.0, patience=30.0), t.fleet
+    finally:
+        sampler.close()
+
+
+def test_top_shows_each_gpu_nodes_verdict_in_a_gpu_column(tmp_path):
+    """Node a replays the recorded healthy H100 query, node b the recorded Xid 79 (fallen off the bus):
+    each row carries its node's verdict, looked at once over two rounds (every 30 s), in the table's `gpu`
+    column and in --json; a deployment without GPUs has no such column and looks at nothing."""
+    from rich.console import Console
+
+    from launcher.output.top_view import table
+    from tests.gpu_replay import FALLEN
+
+    rows, fleet = top_rows(tmp_path, 2, {1: FALLEN})
+    marks = {r.node: r.gpu_health for r in rows}
+    assert marks["a"] == "ok"
+    assert marks["b"] == ("drain: Xid 79 on PCI 0000:a1:00: GPU has fallen off the bus (RESTART_BM: reboot the node)"
+                          " (+1 more)"), marks  # fmt: skip
+    assert [sum('"$PY" -' in s for s in fleet.host(i).scripts) for i in (0, 1)] == [1, 1]
+    console = Console(width=400, record=True)
+    console.print(table(rows, "top"))
+    text = console.export_text()
+    header = next(line for line in text.splitlines() if line.lstrip().startswith("node"))
+    assert header.rstrip().endswith("gpu") and "drain: Xid 79 on PCI 0000:a1:00" in text, text
+    assert rows[1].to_json()["gpu_health"] == marks["b"]
+    plain, fleet = top_rows(tmp_path / "none", 0, {})
+    assert {r.gpu_health for r in plain} == {None} and fleet.looked_at() == []
+    console = Console(width=400, record=True)
+    console.print(table(plain, "top"))
+    assert " gpu" not in console.export_text()

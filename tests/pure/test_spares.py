@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,13 +18,14 @@ from launcher.plan.build import build
 from launcher.plan.state import Container
 from launcher.plan.types import REPLACES_LABEL
 from launcher.runtime.base import ListingError, parse_list
+from tests.gpu_replay import FALLEN, NO_TOOL, ReplayFleet, one_gpu
 from tests.helpers import REPO, fresh_env, write
 
 # node0: services; decode on node1+node2 (one group of two ranks); prefill on node3; node4, node5: spares
 FILE = """\
 deployment: sp
 image: example/image:1
-gpus_per_node: 8
+gpus_per_node: 2
 model: {path: /models/x, name: x}
 watch: {lost_after: 20}
 nodes:
@@ -45,7 +47,8 @@ groups:
 
 @pytest.fixture
 def loaded(tmp_path):
-    return load_config(write(tmp_path, FILE))
+    # the state_dir under tmp_path: the GPU look at a spare (a replay, run here) checks it exists
+    return load_config(write(tmp_path, FILE + f"state_dir: {tmp_path / 'state'}\n"))
 
 
 def nodes_of(plan, group: str) -> list[int]:
@@ -236,11 +239,18 @@ class Said:
         self.lines.append(line)
 
 
+def watcher(plan, loaded, fleet: ReplayFleet, said: Said, dry_run: bool = True) -> SimpleNamespace:
+    """What lost.py reads of watch's Watcher: its target (the plan, the file, a fleet of replayed nodes, the
+    head node where the audit log is), what it says, and the nodes it has seen fail."""
+    t = SimpleNamespace(plan=plan, loaded=loaded, fleet=fleet, head=fleet.host(plan.head.index))
+    return SimpleNamespace(t=t, progress=said, dry_run=dry_run, unseen=lost.Unseen())
+
+
 def test_watch_dry_run_says_the_move_or_the_missing_spare(loaded):
     """`watch --dry-run` with a lost node: one line, what it would do; nothing reaches a node (no fleet)."""
     plan = build(loaded)
     said = Said()
-    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True, unseen=lost.Unseen())
+    w = watcher(plan, loaded, ReplayFleet(plan.nodes, Path(loaded.file).parent), said)
     lost.judge(w, 2, "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost")
     assert said.lines == [
         "node 2 (node2 10.9.0.3): saw it fail SSH for 25s (watch.lost_after 20s): lost;"
@@ -299,7 +309,8 @@ def test_watch_never_moves_ranks_to_a_spare_it_cannot_see(loaded):
     said = Said()
     unseen = lost.Unseen()
     unseen.update({2: "timed out", 4: "timed out"}, 100.0)
-    w = SimpleNamespace(t=SimpleNamespace(plan=plan, loaded=loaded), progress=said, dry_run=True, unseen=unseen)
+    w = watcher(plan, loaded, ReplayFleet(plan.nodes, Path(loaded.file).parent), said)
+    w.unseen = unseen
     lost.judge(w, 2, "node 2: lost")
     assert said.lines == ["node 2: lost; would move decode to node 5 (node5 10.9.0.6); dry run: nothing done"]
     unseen.update({2: "timed out", 4: "timed out", 5: "refused"}, 110.0)
@@ -383,3 +394,164 @@ def test_watch_removes_ranks_only_from_a_replaced_node_it_saw_lost(loaded):
         "saw sp-decode-r1 on node 2 (node2 10.9.0.3) back, replaced on a spare; would remove them;"
         " dry run: nothing done"
     ]
+
+
+# -- a spare's GPUs, looked at before ranks move onto it (recorded output replayed: tests/gpu_replay.py) -----
+
+
+def test_a_healthy_spare_is_taken_once_its_gpus_are_looked_at(loaded):
+    """The plan gives node 2 two GPUs; the first spare's replayed H100 query lists two, no Xid: taken, and
+    only it was looked at (a healthy first spare costs one look)."""
+    plan = build(loaded)
+    fleet = ReplayFleet(plan.nodes, Path(loaded.file).parent)
+    said = Said()
+    lost.judge(watcher(plan, loaded, fleet, said), 2, "node 2: lost")
+    assert said.lines == ["node 2: lost; would move decode to node 4 (node4 10.9.0.5); dry run: nothing done"]
+    assert fleet.looked_at() == [4]
+
+
+@pytest.mark.parametrize(
+    ("replay", "refused"),
+    [
+        (FALLEN, "GPUs drain: 2 GPU(s): Xid 79 on PCI 0000:a1:00: GPU has fallen off the bus"),
+        ("one gpu", "1 GPU(s), 2 needed"),
+        (NO_TOOL, "no nvidia-smi there: its GPUs cannot be checked (2 needed)"),
+        ("garbage", "GPU health unreadable: nvidia-smi's columns are not the ones asked for: "),
+    ],
+)
+def test_a_spare_to_drain_short_of_gpus_or_unchecked_is_skipped_for_the_next(loaded, tmp_path, replay, refused):
+    """A spare is the node's word as much as any: an answer that is not the program's (4 KiB of every byte
+    as nvidia-smi's output) refuses it in one line, as a spare to drain, short of GPUs or without a tool."""
+    plan = build(loaded)
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(bytes(range(256)) * 16)
+    if isinstance(replay, str):
+        replay = {"one gpu": one_gpu(tmp_path), "garbage": {"GPU_REPLAY_QUERY": str(garbage)}}[replay]
+    fleet = ReplayFleet(plan.nodes, tmp_path, {4: replay})
+    said = Said()
+    lost.judge(watcher(plan, loaded, fleet, said), 2, "node 2: lost")
+    assert said.lines == ["node 2: lost; would move decode to node 5 (node5 10.9.0.6); dry run: nothing done"]
+    assert fleet.looked_at() == [4, 5]
+    why = gpu_health.spare_unfit(SimpleNamespace(plan=plan, fleet=fleet), 4, 2, 20.0)
+    assert why.startswith(refused) and "\n" not in why, why
+
+
+def test_no_spare_fit_is_one_line_and_an_alert_naming_each_refusal(loaded, tmp_path):
+    """Node 4's GPUs fell off the bus (a recorded Xid 79), node 5 lists one GPU of the two needed: the
+    no-spare path, one line and an alert (the head node's audit log, a replayed node too), each spare's
+    reason named; the dry run says it too, and alerts nothing."""
+    plan = build(loaded)
+    fleet = ReplayFleet(plan.nodes, tmp_path, {4: FALLEN, 5: one_gpu(tmp_path)})
+    why = ("no spare node fit to take its ranks: node 4 (node4 10.9.0.5): GPUs drain: 2 GPU(s): Xid 79 on PCI"
+           " 0000:a1:00: GPU has fallen off the bus (RESTART_BM: reboot the node); a GPU has fallen off the bus"
+           " (logged without an Xid); node 5 (node5 10.9.0.6): 1 GPU(s), 2 needed")  # fmt: skip
+    dry = Said()
+    lost.judge(watcher(plan, loaded, fleet, dry), 2, "node 2: lost")
+    assert dry.lines == [f"node 2: lost; cannot move it ({why}); would alert; dry run: nothing done"]
+    said = Said()
+    lost.judge(watcher(plan, loaded, fleet, said, dry_run=False), 2, "node 2: lost")
+    assert said.lines == [
+        f"node 2: lost; not replaced: {why}; decode stay down there, the rest keep serving; alerted: audit log"
+    ]
+    audit = (tmp_path / "state" / "sp" / "audit.log").read_text()
+    assert f"watch: node 2 (node2 10.9.0.3) lost, not replaced: {why}" in audit, audit
+    assert "\n" not in said.lines[0]
+
+
+def test_a_deployment_without_gpus_never_looks_at_a_spares_gpus(tmp_path):
+    """gpus_per_node 0: the plan needs no GPU on the lost node, so a spare without nvidia-smi is fit, and
+    nothing runs on it to find out."""
+    text = FILE.replace("gpus_per_node: 2", "gpus_per_node: 0").replace("engine: dynamo-sglang", "engine: mocker")
+    loaded = load_config(write(tmp_path, text))
+    plan = build(loaded)
+    fleet = ReplayFleet(plan.nodes, tmp_path, dict.fromkeys(range(6), NO_TOOL))
+    said = Said()
+    lost.judge(watcher(plan, loaded, fleet, said), 2, "node 2: lost")
+    assert said.lines == ["node 2: lost; would move decode to node 4 (node4 10.9.0.5); dry run: nothing done"]
+    assert fleet.looked_at() == []
+
+
+# -- a `restart` verdict: the groups on that GPU restarted, once per kernel log line ---------------------
+
+# node 0: services; node 1: prefill on GPU 0 and decode on GPU 1 (groups sharing a node on GPUs of their own)
+SHARED = """\
+deployment: rs
+image: example/image:1
+gpus_per_node: 2
+model: {path: /models/x, name: x}
+nodes:
+  - {address: 10.9.0.1}
+  - {address: 10.9.0.2}
+services:
+  etcd: {node: 0}
+  nats: {node: 0}
+  frontend: {node: 0}
+groups:
+  prefill: {engine: dynamo-sglang, nodes: [1], gpus: [0], mode: prefill}
+  decode: {engine: dynamo-sglang, nodes: [1], gpus: [1], mode: decode}
+"""
+
+
+def shared_gpus(tmp_path, klog_lines: list[str]):
+    """The SHARED plan, its listing (every service running), and a fleet whose node 1 replays the recorded
+    H100 query (GPU 0 on bus 18:00, GPU 1 on 2a:00) and KLOG_LINES as its kernel log."""
+    loaded = load_config(write(tmp_path, SHARED + f"state_dir: {tmp_path / 'state'}\n"))
+    plan = build(loaded)
+    klog = tmp_path / "klog.dmesg"
+    klog.write_text("\n".join(klog_lines) + "\n")
+    replay = {"GPU_REPLAY_QUERY": str(REPO / "tests/data/gpu/query-h100-nccl-1264.csv"), "GPU_REPLAY_KLOG": str(klog)}
+    fleet = ReplayFleet(plan.nodes, tmp_path, {1: replay})
+    listing = {(c.node_index, c.name): c for i in range(2) for c in labelled(plan, i)}
+    return loaded, plan, fleet, listing
+
+
+def xid43_lines() -> list[str]:
+    return (REPO / "tests/data/gpu/klog/akash-support-244.dmesg").read_text().splitlines()
+
+
+def test_a_restart_verdict_restarts_the_group_on_that_gpu_once(tmp_path, monkeypatch):
+    """The recorded Xid 43 line (akash-support-244), its bus written as GPU 1's (2a:00, not a recording):
+    watch's round (dry run) says it would restart decode, whose rank uses GPU 1, not prefill on GPU 0. The
+    look peeks, so the line stays new: the next rounds neither say it again nor, once decode's container
+    is a new one, ask for another restart."""
+    from launcher.commands import watch
+
+    line = next(x for x in xid43_lines() if "): 43," in x).replace("PCI:0000:00:05", "PCI:0000:2a:00")
+    loaded, plan, fleet, listing = shared_gpus(tmp_path, [line])
+    monkeypatch.setattr(watch, "list_services", lambda t, indices=None, timeout=None: (listing, {}))
+    said = Said()
+    t = SimpleNamespace(plan=plan, loaded=loaded, fleet=fleet, head=fleet.host(0))
+    w = watch.Watcher(t, said, watch.units(plan), dry_run=True)
+    w.round()
+    assert said.lines == [
+        "group decode: saw node1 decode r0 GPU verdict restart (Xid 43 on GPU 1 (PCI 0000:2a:00): GPU stopped"
+        " processing, a channel reset after an application fault (RESTART_APP)); would restart it (1/5);"
+        " dry run: nothing done"
+    ]
+    assert fleet.looked_at() == [1]  # the node with GPU groups only, not node 0's services
+    w.unseen.gpus_next = 0.0  # the next look is due now: the same line, still new (peek)
+    w.round()
+    assert len(said.lines) == 1  # said once while its restart waits
+    decode = next(k for k in listing if k[1] == "rs-decode-r0")
+    listing[decode] = Container(1, "new-id", "rs-decode-r0", listing[decode].labels, "running", 0)  # restarted
+    w.unseen.gpus_next = 0.0
+    assert lost.gpu_restarts(w, listing) == {}
+    w.round()
+    assert len(said.lines) == 1 and w.unseen.gpus.pending == {}
+    assert sum(1 for s in fleet.host(1).scripts if '"$PY" -' in s) == 3  # looked at three times, acted once
+
+
+def test_an_xid_on_a_bus_the_query_does_not_list_restarts_every_gpu_group_on_the_node(tmp_path):
+    """The recorded akash-support-244 kernel log: Xid 43, 31 and 94 on buses 00:05, 00:07, 00:08, which the
+    recorded query (18:00, 2a:00) does not list: both groups on the node are asked to restart, one reason
+    each; a look that finds them again adds nothing."""
+    loaded, plan, fleet, listing = shared_gpus(tmp_path, xid43_lines())
+    w = watcher(plan, loaded, fleet, Said())
+    lost.check(w, {}, 0.0, listing)
+    asked = lost.gpu_restarts(w, listing)
+    assert sorted(asked) == ["rs-decode-r0", "rs-prefill-r0"], asked
+    assert all(" GPU verdict restart (Xid " in why and "on PCI 0000:00:0" in why for why in asked.values()), asked
+    w.unseen.gpus.pending.clear()
+    w.unseen.gpus_next = 0.0
+    lost.check(w, {}, 0.0, listing)
+    assert lost.gpu_restarts(w, listing) == {}  # every line acted on already
