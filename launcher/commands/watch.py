@@ -6,12 +6,13 @@ launcher.plan.stall), or is unhealthy (running, but failing its HTTP health prob
 `watch.unhealthy_after`, three probes in a row at least: launcher.plan.liveness; a frozen rank), the whole
 group is recreated (every rank together). Single services (etcd, NATS, frontend, router) are restarted
 alone. Restarts back off (doubling) and stop at the unit's budget (N restarts, within M minutes when the
-file says so: flags given win over the file), after which watch alerts (the audit log; the file's
-webhook) and exits 1 with a clear message; a unit healthy for `reset_after` seconds since its last
-restart starts counting afresh. Every decision is one line (what it saw, what it did, what happened)
-here, every action a line of the head node's audit log. The deployment lock is only held while acting,
-so `down` from another shell is never blocked for long. `dry_run`: the same decisions said, nothing done
-(no restart, no lock, no audit line).
+file says so: flags given win over the file); past it watch gives up on that unit alone: alerts once (the
+audit log; the file's webhook), restarts it no more, and goes on supervising every other unit (a unit given
+up on that runs again in containers recreated since, by a `launcher up`, is taken back with a fresh
+budget). A unit healthy for `reset_after` seconds since its last restart starts counting afresh. Every
+decision is one line (what it saw, what it did, what happened) here, every action a line of the head
+node's audit log. The deployment lock is only held while acting, so `down` from another shell is never
+blocked for long. `dry_run`: the same decisions said, nothing done (no restart, no lock, no audit line).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ Found = dict[tuple[int, str], Container]  # a round's listing: (node index, serv
 
 
 class GaveUp(LauncherError):
+    """A watch of a bounded number of rounds (tests) ended with units it gave up on."""
+
     exit_code = 1
 
 
@@ -110,6 +113,9 @@ class Unit:
     times: list[float] = field(default_factory=list)  # when it was restarted (those still counted)
     next_allowed: float = 0.0
     said: str = ""  # the last waiting decision said: said once, not every round
+    # past its budget: the ids of its containers then (None: supervised); it is restarted no more
+    given_up: frozenset[str] | None = None
+    gave_up_after: str = ""  # `3 restart(s) in 1 min`, said again when watch stops
 
     @property
     def restarts(self) -> int:
@@ -163,7 +169,8 @@ def dead(unit: Unit, found: Found, unreachable: Collection[int]) -> list[str]:
 
 
 def run(config, config_opt, inventory, connection: Connection, **options) -> None:
-    """The verb: supervise until Ctrl-C, a `down` from anywhere (exit 0), or giving up (exit 1)."""
+    """The verb: supervise until Ctrl-C (saying which units it gave up on), or a `down` from anywhere (exit 0).
+    A unit past its budget is given up on alone: the others are still supervised."""
     t = target(config, config_opt, inventory)
     with connected(t, connection):
         read_routes(t)  # network.interface: auto: a group restarted gets the interfaces `up` gave it
@@ -201,9 +208,9 @@ class Watcher:
     def running(
         self, found: Found, unreachable: Collection[int], ranks: Callable[[Unit], list[Service]]
     ) -> list[Service]:
-        """RANKS of each unit that run on a node seen this round."""
+        """RANKS of each unit still supervised that run on a node seen this round."""
         return [
-            s for u in self.watched for s in ranks(u)
+            s for u in self.watched if u.given_up is None for s in ranks(u)
             if s.node.index not in unreachable and (c := found.get((s.node.index, s.name))) is not None and c.running
         ]  # fmt: skip
 
@@ -243,10 +250,13 @@ class Watcher:
         lost.remove_stale(self, found)
         hung, sick = self.hung(found, unreachable), self.unhealthy(found, unreachable)
         for unit in self.watched:
+            if unit.given_up is not None:
+                self.taken_back(unit, found)
+                continue
             judged = [why for s in unit.services for why in (hung.get(s.name), sick.get(s.name)) if why]
-            self.decide(unit, dead(unit, found, unreachable) + judged, judged)
+            self.decide(unit, dead(unit, found, unreachable) + judged, judged, found)
 
-    def decide(self, unit: Unit, reasons: list[str], judged: list[str]) -> None:
+    def decide(self, unit: Unit, reasons: list[str], judged: list[str], found: Found) -> None:
         """What to do with one unit this round, explained in one line: what it saw, did, and what happened.
         JUDGED: the reasons among REASONS from its ranks' probes (hung, unhealthy), not from the listing."""
         now, budget = time.monotonic(), unit.budget
@@ -257,7 +267,7 @@ class Watcher:
             return
         saw = "; ".join(reasons)
         if budget.exhausted(unit, now):
-            self.give_up(unit, saw)
+            self.give_up(unit, saw, found)
         elif now < unit.next_allowed:
             self.say_once(
                 unit,
@@ -276,13 +286,16 @@ class Watcher:
             unit.said = line.split(" for ")[0]
             self.progress.log(f"{unit.name}: {line}")
 
-    def give_up(self, unit: Unit, saw: str) -> None:
-        """Past the budget: no more restarts. Alert: the audit log, and the webhook when the file names one."""
+    def give_up(self, unit: Unit, saw: str, found: Found) -> None:
+        """Past the budget: the unit is restarted no more, the others still are. Alerted once: the audit
+        log, and the webhook when the file names one."""
         budget = unit.budget
         counted = f"{unit.restarts} restart(s)" + (f" in {budget.within / 60:g} min" if budget.within else "")
         if self.dry_run:
             self.say_once(unit, f"saw {saw}; would give up ({counted}, the budget) and alert; dry run: nothing done")
             return
+        unit.given_up = frozenset(c.id for s in unit.services if (c := found.get((s.node.index, s.name))))
+        unit.gave_up_after = counted
         plan = self.t.plan
         locking.audit(locking.Site.of(self.t), f"watch: gave up on {unit.name} after {counted}: {saw}")
         document = {
@@ -291,12 +304,26 @@ class Watcher:
         }  # fmt: skip
         sent = alert.webhook(plan, {k: plan.redactor()(v) if isinstance(v, str) else v for k, v in document.items()})
         self.progress.log(
-            f"{unit.name}: saw {saw}; gave up after {counted}; alerted: audit log" + (f", {sent}" if sent else "")
+            f"{unit.name}: saw {saw}; gave up after {counted}; alerted: audit log"
+            + (f", {sent}" if sent else "")
+            + "; restarted no more (`launcher up` recreates it), the rest still watched"
         )
-        raise GaveUp(
-            f"{unit.name} died again ({saw}) after {unit.restarts} restart(s): giving up."
-            f" `launcher logs` shows why; `launcher up` restarts it by hand."
-        )
+
+    def taken_back(self, unit: Unit, found: Found) -> None:
+        """A unit given up on whose every rank runs again, in a container recreated since (a `launcher up`
+        by hand): supervised again, its budget fresh. Said once. One that merely still runs (given up for
+        a hung or unhealthy rank) stays given up."""
+        now = [found.get((s.node.index, s.name)) for s in unit.services]
+        if unit.given_up is None or any(c is None or not c.running for c in now):
+            return
+        if {c.id for c in now if c is not None} <= unit.given_up:
+            return
+        unit.given_up, unit.times, unit.next_allowed, unit.said = None, [], 0.0, ""
+        self.progress.log(f"{unit.name}: runs again, recreated since watch gave up on it: watched again, budget fresh")
+
+    def gave_up_on(self) -> str:
+        """The units given up on, in one line (empty: none)."""
+        return ", ".join(f"{u.name} (after {u.gave_up_after})" for u in self.watched if u.given_up is not None)
 
 
 def watch(
@@ -329,6 +356,18 @@ def watch(
     for unit in watcher.watched:
         if unit.services[0].group is not None:
             progress.log(f"{unit.name}: policy {unit.budget.describe(probed=bool(unit.probed))}")
+    try:
+        supervise(watcher, interval, rounds)
+    except KeyboardInterrupt:
+        if given_up := watcher.gave_up_on():
+            progress.log(f"given up on, not restarted since: {given_up}")
+        raise
+    if given_up := watcher.gave_up_on():  # a bounded watch (tests): its exit code says so
+        raise GaveUp(f"watch ends after {rounds} round(s); it gave up on {given_up}: `launcher up` restarts them")
+
+
+def supervise(watcher: Watcher, interval: float, rounds: int | None) -> None:
+    """One round every INTERVAL seconds, ROUNDS of them (None: until interrupted)."""
     done = 0
     while rounds is None or done < rounds:
         done += 1

@@ -130,6 +130,34 @@ def test_a_rank_loading_is_judged_only_past_its_ready_timeout_and_a_new_containe
     assert frozen == [None, None, "unhealthy for 2s: timed out"]
 
 
+# -- giving up on one unit ------------------------------------------------------------------------
+
+
+def test_a_unit_given_up_on_is_taken_back_only_once_recreated_by_someone_else(tmp_path):
+    from launcher.commands.watch import Watcher
+    from launcher.plan.state import Container
+    from tests.helpers import local_command_deployment
+
+    plan = build_plan(load_config(local_command_deployment(tmp_path, "back", "g", "true"), environ={}))
+    (unit,) = units(plan)
+    said: list[str] = []
+    w = Watcher(None, type("Said", (), {"log": staticmethod(said.append)})(), [unit])  # type: ignore[arg-type]
+    rank = plan.services[0]
+
+    def listed(container_id: str, state: str = "running"):
+        return {(rank.node.index, rank.name): Container(rank.node.index, container_id, rank.name, {}, state, 0)}
+
+    unit.times, unit.given_up, unit.gave_up_after = [1.0, 2.0], frozenset({"41"}), "2 restart(s)"
+    assert w.gave_up_on() == "group g (after 2 restart(s))"
+    w.taken_back(unit, listed("41"))  # the one it gave up on, still running (a hung rank): stays given up
+    w.taken_back(unit, listed("42", "exited"))  # recreated, but not running
+    w.taken_back(unit, {})  # gone, or its node unseen
+    assert unit.given_up == frozenset({"41"}) and not said
+    w.taken_back(unit, listed("42"))  # a `launcher up` recreated it: watched again, from a fresh budget
+    assert unit.given_up is None and unit.restarts == 0 and w.gave_up_on() == ""
+    assert said == ["group g: runs again, recreated since watch gave up on it: watched again, budget fresh"]
+
+
 # -- the budget and back-off ----------------------------------------------------------------------
 
 
