@@ -347,10 +347,12 @@ def watch(
     connect_timeout: TimeoutOpt = None,
     host_key_policy: HostKeyOpt = None,
 ) -> None:
-    """Supervise the deployment: a dead rank, or one hung (work in flight, no token progress for the
-    file's watch.hung_after), gets its whole group recreated; etcd/NATS/frontend are restarted alone;
-    with back-off and a restart budget (flags given win over the file's watch:), then an alert and exit 1.
-    Runs until Ctrl-C, or until a `launcher down` from anywhere ends it (exit 0)."""
+    """Supervise the deployment: a dead rank, one hung (work in flight, no token progress for the
+    file's watch.hung_after), or one failing its health probe (watch.unhealthy_after, default 10 s),
+    gets its whole group recreated; etcd/NATS/frontend are restarted alone;
+    with back-off and a restart budget (flags given win over the file's watch:); past it, an alert, and
+    that unit alone is restarted no more. Runs until Ctrl-C, or until a `launcher down` from anywhere ends
+    it (exit 0)."""
     from launcher.commands import watch as command
 
     link = connection(parallel, connect_timeout, host_key_policy)

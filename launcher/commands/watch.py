@@ -1,39 +1,46 @@
 """`launcher watch`: keep a deployment alive, like LeaderWorkerSet does on Kubernetes.
 
 A torch.distributed group cannot go on without one of its ranks, so when any rank of a worker group
-dies, or is hung (requests running, no token progress in its `/metrics` for the file's
-`watch.hung_after`: launcher.plan.stall), the whole group is recreated (every rank together). Single
-services (etcd, NATS, frontend, router) are restarted alone. Restarts back off (doubling) and stop at the
-unit's budget (N restarts, within M minutes when the file says so: flags given win over the file), after
-which watch alerts (the audit log; the file's webhook) and exits 1 with a clear message; a unit healthy
-for `reset_after` seconds since its last restart starts counting afresh. Every decision is one line (what
-it saw, what it did, what happened) here, every action a line of the head node's audit log. The
-deployment lock is only held while acting, so `down` from another shell is never blocked for long.
-`dry_run`: the same decisions said, nothing done (no restart, no lock, no audit line).
+dies, is hung (requests running, no token progress in its `/metrics` for the file's `watch.hung_after`:
+launcher.plan.stall), or is unhealthy (running, but failing its HTTP health probe for the file's
+`watch.unhealthy_after`, three probes in a row at least: launcher.plan.liveness; a frozen rank), the whole
+group is recreated (every rank together). Single services (etcd, NATS, frontend, router) are restarted
+alone. Restarts back off (doubling) and stop at the unit's budget (N restarts, within M minutes when the
+file says so: flags given win over the file); past it watch gives up on that unit alone: alerts once (the
+audit log; the file's webhook), restarts it no more, and goes on supervising every other unit (a unit given
+up on that runs again in containers recreated since, by a `launcher up`, is taken back with a fresh
+budget). A unit healthy for `reset_after` seconds since its last restart starts counting afresh. Every
+decision is one line (what it saw, what it did, what happened) here, every action a line of the head
+node's audit log. The deployment lock is only held while acting, so `down` from another shell is never
+blocked for long. `dry_run`: the same decisions said, nothing done (no restart, no lock, no audit line).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from launcher.config.schema import WatchPolicy
 from launcher.errors import LauncherError
-from launcher.operations import alert, locking, lost, rank_progress
+from launcher.operations import alert, health, locking, lost, rank_progress
 from launcher.operations.context import Connection, Target, connected, read_routes, target
 from launcher.operations.nodes import list_services, remove, restart_in_place, start
 from launcher.operations.waiter import Waiter
 from launcher.output import console
 from launcher.output.progress import Progress
+from launcher.plan.liveness import Liveness
 from launcher.plan.stall import Tracker
 from launcher.plan.state import Container
 from launcher.plan.types import Plan, Service
 
 LIST_TIMEOUT = 30.0  # a listing slower than this counts as the node not seen this round
+Found = dict[tuple[int, str], Container]  # a round's listing: (node index, service name) -> container
 
 
 class GaveUp(LauncherError):
+    """A watch of a bounded number of rounds (tests) ended with units it gave up on."""
+
     exit_code = 1
 
 
@@ -44,24 +51,30 @@ class Stopped(LauncherError):
 
 
 DEFAULT_MAX_RESTARTS, DEFAULT_BACKOFF, DEFAULT_RESET_AFTER = 5, 5.0, 600.0
+# A frozen rank is caught within seconds; a loaded one answering slowly once or twice is not restarted for it.
+DEFAULT_UNHEALTHY_AFTER = 10.0
 
 
 @dataclass(frozen=True)
 class Budget:
     """When a unit is restarted: back-off doubling from `backoff`, at most `max_restarts` restarts counted
     (those of the last `within` seconds, when set), the count starting afresh after `reset_after` healthy
-    seconds; `hung_after`: the window of the progress rule (None: not judged). Pure: `now` is given."""
+    seconds; `hung_after`: the window of the progress rule (None: not judged); `unhealthy_after`: the
+    window of the health probe rule (launcher.plan.liveness). Pure: `now` is given."""
 
     max_restarts: int = DEFAULT_MAX_RESTARTS
     backoff: float = DEFAULT_BACKOFF
     reset_after: float = DEFAULT_RESET_AFTER
     within: float | None = None
     hung_after: float | None = None
+    unhealthy_after: float = DEFAULT_UNHEALTHY_AFTER
 
-    def describe(self) -> str:
+    def describe(self, probed: bool = False) -> str:
+        """In words; PROBED: the unit's ranks have a health probe, so its window is said too."""
         span = f" in {self.within / 60:g} min" if self.within else ""
         hung = f", hung after {self.hung_after:g}s without progress" if self.hung_after else ""
-        return f"{self.max_restarts} restart(s){span}, back-off {self.backoff:g}s doubling{hung}"
+        sick = f", unhealthy after {self.unhealthy_after:g}s failing its health probe" if probed else ""
+        return f"{self.max_restarts} restart(s){span}, back-off {self.backoff:g}s doubling{hung}{sick}"
 
     def healthy(self, unit: Unit, now: float) -> str | None:
         """A unit healthy for a long stretch since its last restart starts counting afresh: the maximum
@@ -100,10 +113,19 @@ class Unit:
     times: list[float] = field(default_factory=list)  # when it was restarted (those still counted)
     next_allowed: float = 0.0
     said: str = ""  # the last waiting decision said: said once, not every round
+    # past its budget: the ids of its containers then (None: supervised); it is restarted no more
+    given_up: frozenset[str] | None = None
+    gave_up_after: str = ""  # `3 restart(s) in 1 min`, said again when watch stops
 
     @property
     def restarts(self) -> int:
         return len(self.times)
+
+    @property
+    def probed(self) -> list[Service]:
+        """Its ranks with an HTTP health probe (a single service's may be readiness only: the router's
+        fails while any worker does, so only group ranks are judged by it)."""
+        return [s for s in self.services if s.group is not None and s.probe.kind == "http"]
 
 
 def budget_of(policy: WatchPolicy, flags: dict[str, float | None]) -> Budget:
@@ -119,6 +141,7 @@ def budget_of(policy: WatchPolicy, flags: dict[str, float | None]) -> Budget:
         reset_after=pick(flags.get("reset_after"), None, DEFAULT_RESET_AFTER),
         within=None if policy.within is None else policy.within * 60,
         hung_after=policy.hung_after,
+        unhealthy_after=pick(None, policy.unhealthy_after, DEFAULT_UNHEALTHY_AFTER),
     )
 
 
@@ -131,7 +154,7 @@ def units(plan: Plan, flags: dict[str, float | None] | None = None) -> list[Unit
     return out
 
 
-def dead(unit: Unit, found: dict[tuple[int, str], Container], unreachable: Collection[int]) -> list[str]:
+def dead(unit: Unit, found: Found, unreachable: Collection[int]) -> list[str]:
     """Why the unit needs a restart (empty: healthy, or its node cannot be seen right now)."""
     reasons = []
     for s in unit.services:
@@ -146,7 +169,8 @@ def dead(unit: Unit, found: dict[tuple[int, str], Container], unreachable: Colle
 
 
 def run(config, config_opt, inventory, connection: Connection, **options) -> None:
-    """The verb: supervise until Ctrl-C, a `down` from anywhere (exit 0), or giving up (exit 1)."""
+    """The verb: supervise until Ctrl-C (saying which units it gave up on), or a `down` from anywhere (exit 0).
+    A unit past its budget is given up on alone: the others are still supervised."""
     t = target(config, config_opt, inventory)
     with connected(t, connection):
         read_routes(t)  # network.interface: auto: a group restarted gets the interfaces `up` gave it
@@ -171,6 +195,7 @@ class Watcher:
     no_data: dict[str, str] = field(default_factory=dict)  # rank -> why its metrics said nothing (said once)
     unseen: lost.Unseen = field(default_factory=lost.Unseen)  # nodes failing SSH: since when (watch.lost_after)
     flags: dict[str, float | None] = field(default_factory=dict)
+    liveness: Liveness = field(default_factory=Liveness)  # each rank's failed health probes in a row
 
     def stop(self, why: str) -> None:
         raise Stopped(f"watch ends: {self.t.plan.deployment} was taken down ({why})")
@@ -180,12 +205,18 @@ class Watcher:
         fresh = {u.name: u for u in units(self.t.plan, self.flags)}
         self.watched = [fresh.get(u.name, u) if u.name.removeprefix("group ") in groups else u for u in self.watched]
 
-    def hung(self, found: dict[tuple[int, str], Container], unreachable: Collection[int]) -> dict[str, str]:
-        """The ranks judged by the progress rule this round that are hung: service name -> reason."""
-        running = [
-            s for u in self.watched if u.budget.hung_after for s in u.services
+    def running(
+        self, found: Found, unreachable: Collection[int], ranks: Callable[[Unit], list[Service]]
+    ) -> list[Service]:
+        """RANKS of each unit still supervised that run on a node seen this round."""
+        return [
+            s for u in self.watched if u.given_up is None for s in ranks(u)
             if s.node.index not in unreachable and (c := found.get((s.node.index, s.name))) is not None and c.running
         ]  # fmt: skip
+
+    def hung(self, found: Found, unreachable: Collection[int]) -> dict[str, str]:
+        """The ranks judged by the progress rule this round that are hung: service name -> reason."""
+        running = self.running(found, unreachable, lambda u: u.services if u.budget.hung_after else [])
         verdicts, failed = rank_progress.judge(
             self.t, self.tracker, rank_progress.judged(self.t, running), time.monotonic()
         )
@@ -196,6 +227,19 @@ class Watcher:
         tags = {s.name: s.tag for s in running}
         return {name: f"{tags[name]} hung ({v.line})" for name, v in verdicts.items() if v.hung}
 
+    def unhealthy(self, found: Found, unreachable: Collection[int]) -> dict[str, str]:
+        """The running ranks with a health probe, each probed (all at once, bounded: health.failures), that
+        failed it for their unit's `unhealthy_after` (launcher.plan.liveness): service name -> reason."""
+        windows = {s.name: u.budget.unhealthy_after for u in self.watched for s in u.probed}
+        running = self.running(found, unreachable, lambda u: u.probed)
+        failures, now, out = health.failures(self.t, running), time.monotonic(), {}
+        for s in running:
+            container = found[(s.node.index, s.name)].id
+            grace = self.ready_timeout or s.timeout
+            if line := self.liveness.see(s.name, container, now, failures[s.name], windows[s.name], grace):
+                out[s.name] = f"{s.tag} {line}"
+        return out
+
     def round(self) -> None:
         plan, started = self.t.plan, time.monotonic()
         found, unreachable = list_services(self.t, timeout=lost.list_timeout(plan))
@@ -204,14 +248,18 @@ class Watcher:
                 self.progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
         lost.check(self, unreachable, started, found)
         lost.remove_stale(self, found)
-        hung = self.hung(found, unreachable)
+        hung, sick = self.hung(found, unreachable), self.unhealthy(found, unreachable)
         hung = lost.gpu_restarts(self, found) | hung  # GPU `restart` verdicts (Xid 13, 31, 43...): lost.py
         for unit in self.watched:
-            extra = [why for s in unit.services if (why := hung.get(s.name))]
-            self.decide(unit, dead(unit, found, unreachable) + extra, extra)
+            if unit.given_up is not None:
+                self.taken_back(unit, found)
+                continue
+            judged = [why for s in unit.services for why in (hung.get(s.name), sick.get(s.name)) if why]
+            self.decide(unit, dead(unit, found, unreachable) + judged, judged, found)
 
-    def decide(self, unit: Unit, reasons: list[str], hung: list[str]) -> None:
-        """What to do with one unit this round, explained in one line: what it saw, did, and what happened."""
+    def decide(self, unit: Unit, reasons: list[str], judged: list[str], found: Found) -> None:
+        """What to do with one unit this round, explained in one line: what it saw, did, and what happened.
+        JUDGED: the reasons among REASONS from its ranks' probes (hung, unhealthy), not from the listing."""
         now, budget = time.monotonic(), unit.budget
         if not reasons:
             if line := budget.healthy(unit, now):
@@ -220,7 +268,7 @@ class Watcher:
             return
         saw = "; ".join(reasons)
         if budget.exhausted(unit, now):
-            self.give_up(unit, saw)
+            self.give_up(unit, saw, found)
         elif now < unit.next_allowed:
             self.say_once(
                 unit,
@@ -232,20 +280,23 @@ class Watcher:
                 unit, f"saw {saw}; would restart it ({unit.restarts + 1}/{budget.max_restarts}); dry run: nothing done"
             )
         else:
-            _act(self, unit, hung)
+            _act(self, unit, judged)
 
     def say_once(self, unit: Unit, line: str) -> None:
         if unit.said != line.split(" for ")[0]:
             unit.said = line.split(" for ")[0]
             self.progress.log(f"{unit.name}: {line}")
 
-    def give_up(self, unit: Unit, saw: str) -> None:
-        """Past the budget: no more restarts. Alert: the audit log, and the webhook when the file names one."""
+    def give_up(self, unit: Unit, saw: str, found: Found) -> None:
+        """Past the budget: the unit is restarted no more, the others still are. Alerted once: the audit
+        log, and the webhook when the file names one."""
         budget = unit.budget
         counted = f"{unit.restarts} restart(s)" + (f" in {budget.within / 60:g} min" if budget.within else "")
         if self.dry_run:
             self.say_once(unit, f"saw {saw}; would give up ({counted}, the budget) and alert; dry run: nothing done")
             return
+        unit.given_up = frozenset(c.id for s in unit.services if (c := found.get((s.node.index, s.name))))
+        unit.gave_up_after = counted
         plan = self.t.plan
         locking.audit(locking.Site.of(self.t), f"watch: gave up on {unit.name} after {counted}: {saw}")
         document = {
@@ -254,12 +305,26 @@ class Watcher:
         }  # fmt: skip
         sent = alert.webhook(plan, {k: plan.redactor()(v) if isinstance(v, str) else v for k, v in document.items()})
         self.progress.log(
-            f"{unit.name}: saw {saw}; gave up after {counted}; alerted: audit log" + (f", {sent}" if sent else "")
+            f"{unit.name}: saw {saw}; gave up after {counted}; alerted: audit log"
+            + (f", {sent}" if sent else "")
+            + "; restarted no more (`launcher up` recreates it), the rest still watched"
         )
-        raise GaveUp(
-            f"{unit.name} died again ({saw}) after {unit.restarts} restart(s): giving up."
-            f" `launcher logs` shows why; `launcher up` restarts it by hand."
-        )
+
+    def taken_back(self, unit: Unit, found: Found) -> None:
+        """A unit given up on whose every rank runs again, in a container recreated since (a `launcher up`
+        by hand): supervised again, its budget fresh. Said once. One that merely still runs (given up for
+        a hung or unhealthy rank) stays given up."""
+        now = [found.get((s.node.index, s.name)) for s in unit.services]
+        if unit.given_up is None or any(c is None or not c.running for c in now):
+            return
+        if {c.id for c in now if c is not None} <= unit.given_up:
+            return
+        unit.given_up, unit.times, unit.next_allowed, unit.said = None, [], 0.0, ""
+        self.progress.log(f"{unit.name}: runs again, recreated since watch gave up on it: watched again, budget fresh")
+
+    def gave_up_on(self) -> str:
+        """The units given up on, in one line (empty: none)."""
+        return ", ".join(f"{u.name} (after {u.gave_up_after})" for u in self.watched if u.given_up is not None)
 
 
 def watch(
@@ -291,7 +356,19 @@ def watch(
         progress.log(f"{plan.nodes[spare].label} replaces {plan.nodes[lost_index].label} (recorded on its ranks)")
     for unit in watcher.watched:
         if unit.services[0].group is not None:
-            progress.log(f"{unit.name}: policy {unit.budget.describe()}")
+            progress.log(f"{unit.name}: policy {unit.budget.describe(probed=bool(unit.probed))}")
+    try:
+        supervise(watcher, interval, rounds)
+    except KeyboardInterrupt:
+        if given_up := watcher.gave_up_on():
+            progress.log(f"given up on, not restarted since: {given_up}")
+        raise
+    if given_up := watcher.gave_up_on():  # a bounded watch (tests): its exit code says so
+        raise GaveUp(f"watch ends after {rounds} round(s); it gave up on {given_up}: `launcher up` restarts them")
+
+
+def supervise(watcher: Watcher, interval: float, rounds: int | None) -> None:
+    """One round every INTERVAL seconds, ROUNDS of them (None: until interrupted)."""
     done = 0
     while rounds is None or done < rounds:
         done += 1
@@ -300,8 +377,9 @@ def watch(
         time.sleep(max(0.0, interval - (time.monotonic() - tick)))
 
 
-def _act(w: Watcher, unit: Unit, hung: list[str]) -> None:
-    """Under the lock, look again and restart the unit if it is still dead (or one of its ranks hung)."""
+def _act(w: Watcher, unit: Unit, judged: list[str]) -> None:
+    """Under the lock, look again and restart the unit if it is still dead (or one of its ranks JUDGED hung
+    or unhealthy this round)."""
     t, progress, budget = w.t, w.progress, unit.budget
     plan, site = t.plan, locking.Site.of(t)
     try:
@@ -317,7 +395,7 @@ def _act(w: Watcher, unit: Unit, hung: list[str]) -> None:
             raise Stopped(f"watch ends: {plan.deployment} was taken down ({why})")
         nodes = sorted({s.node.index for s in unit.services})
         found, unreachable = list_services(t, nodes, timeout=LIST_TIMEOUT)
-        reasons = dead(unit, found, unreachable) + hung
+        reasons = dead(unit, found, unreachable) + judged
         if not reasons:
             progress.log(f"{unit.name}: running again, nothing to do")
             return

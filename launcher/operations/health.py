@@ -4,17 +4,21 @@ registry of workers, or the SGLang router's readiness), asked through each node'
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.errors import one_line
 from launcher.operations.context import Target
 from launcher.operations.nodes import by_node
 from launcher.plan import readiness
 from launcher.plan.types import Service
-from launcher.transport.errors import NodeError
+from launcher.transport.errors import NodeError, describe
 from launcher.transport.host import Host
 
 PROBE_TIMEOUT = 3.0
+PROBE_LIMIT = 65536  # bytes of a health answer read where it is judged unattended: it comes from the network
+PROBES_AT_ONCE = 128  # a round of `failures` takes PROBE_TIMEOUT per this many ranks that do not answer
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,31 @@ def probe_http(target: Target, services: list[Service]) -> dict[str, Answer]:
     for answers in target.fleet.map(check, nodes).succeeded.values():
         out.update(answers)
     return out
+
+
+def failures(target: Target, services: list[Service]) -> dict[str, str | None]:
+    """`watch`'s look at running ranks: each HTTP probe among SERVICES, all at once, each within
+    PROBE_TIMEOUT and PROBE_LIMIT bytes -> service name -> why it failed, in one line (None: it passed).
+    Whatever a node sends, or fails to, is a failed probe, never an error of the caller."""
+    services = [s for s in services if s.probe.kind == "http"]
+    if not services:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(PROBES_AT_ONCE, len(services)), thread_name_prefix="probe") as pool:
+        answers = list(pool.map(lambda s: failure(target, s), services))
+    return {s.name: why for s, why in zip(services, answers, strict=True)}
+
+
+def failure(target: Target, service: Service) -> str | None:
+    """One bounded probe of SERVICE through its node's connection: why it failed (None: it passed)."""
+    try:
+        host = target.fleet.host(service.node.index)
+        status, body = host.http("GET", service.probe.url, timeout=PROBE_TIMEOUT, limit=PROBE_LIMIT)
+        if readiness.probe_passes(service.probe, status, body):
+            return None
+        return one_line(readiness.describe_answer(status, body))[:200]
+    except Exception as exc:  # noqa: BLE001 - no answer, one over the limit, a broken channel: a failed probe
+        said = describe(exc) if isinstance(exc, NodeError) else str(exc) or type(exc).__name__
+        return one_line(said)[:200]
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any
 from launcher.errors import LauncherError
 from launcher.operations import alert, gpu_health, locking
 from launcher.operations import drain as drains
-from launcher.operations.health import PROBE_TIMEOUT
+from launcher.operations.health import PROBE_LIMIT, PROBE_TIMEOUT
 from launcher.operations.nodes import list_services, remove, start
 from launcher.operations.waiter import Waiter
 from launcher.plan import drain as plan_drain
@@ -38,7 +38,6 @@ LIST_TIMEOUT = 30.0  # a listing slower than this counts as the node not seen th
 LIST_FLOOR = 5.0
 MIN_ROUNDS = 2  # failed rounds in a row before a node can be lost
 GPU_EVERY = 30.0  # seconds between two looks at the nodes' GPU health (a look runs a program on each node)
-PROBE_LIMIT = 65536  # bytes of a health answer read: it comes from the network
 GPU_TIMEOUT = 20.0  # a look that takes longer holds watch's round up: that node is not judged this time
 
 

@@ -1,11 +1,14 @@
 """A group that always fails, watched on a test clock (the processes are real, `watch` runs in-process as
 in test_promises_local.py's timing tests): the file's restart budget (`watch: {max_restarts, within,
 backoff}`) stops the loop, each decision is one line, and the alert reaches the audit log and the webhook
-the file names (a receiver on loopback: the user's endpoint) without its URL ever being printed. And a
-rank whose `/metrics` sends garbage (a hostile peer on loopback) is "no data" in one line, never a restart."""
+the file names (a receiver on loopback: the user's endpoint) once, without its URL ever being printed.
+Giving up on one group stops supervising it alone: another group killed afterwards is still restarted.
+And a rank whose `/metrics` sends garbage (a hostile peer on loopback) is "no data" in one line, never a
+restart."""
 
 from __future__ import annotations
 
+import os
 import shlex
 
 import pytest
@@ -18,7 +21,7 @@ from launcher.operations.nodes import start
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.helpers import connected_target, free_port, listening, wait_for
-from tests.local.test_promises_local import Clock, deployment
+from tests.local.test_promises_local import Clock, deployment, kill_session
 from tests.pure.test_watch_policy import Receiver
 
 pytestmark = pytest.mark.slow
@@ -37,8 +40,8 @@ def test_a_group_that_always_fails_spends_its_budget_and_the_webhook_gets_one_al
     try:
         with connected_target(plan) as target:
             try:
-                with pytest.raises(watchmod.GaveUp) as gave_up:
-                    watchmod.watch(target, progress, interval=1, rounds=100)
+                with pytest.raises(watchmod.GaveUp) as gave_up:  # rounds past the give-up (at 1013): said once
+                    watchmod.watch(target, progress, interval=1, rounds=30)
             finally:
                 down.down(target)
     finally:
@@ -49,15 +52,49 @@ def test_a_group_that_always_fails_spends_its_budget_and_the_webhook_gets_one_al
     first = "group worker: saw local worker r0 is gone; restarted it (1/3, back-off 4s before another); "
     assert decisions[0][1].startswith(first), decisions  # never started: watch starts it
     assert decisions[-1] == (1013, saw + "gave up after 3 restart(s) in 1 min; alerted: audit log, webhook (HOOK)"
-                             " answered HTTP 204"), decisions  # fmt: skip
+                             " answered HTTP 204; restarted no more (`launcher up` recreates it), the rest still"
+                             " watched"), decisions  # fmt: skip
+    assert not [m for t, m in log if t > 1013], log  # given up: no restart, no line, however many rounds follow
     assert (1000, "group worker: policy 3 restart(s) in 1 min, back-off 4s doubling") in log, log
-    assert "after 3 restart(s): giving up" in str(gave_up.value)
+    assert "watch ends after 30 round(s); it gave up on group worker (after 3 restart(s) in 1 min)" in str(
+        gave_up.value
+    )
     [alert] = receiver.received
     assert alert["unit"] == "group worker" and alert["event"] == "gave up" and alert["restarts"] == 3, alert
     assert alert["reasons"] == ["local worker r0 exited (exit 3)"], alert
     audit = (tmp_path / "state" / "budget" / "audit.log").read_text()
     assert "watch: gave up on group worker after 3 restart(s) in 1 min: local worker r0 exited (exit 3)" in audit
     assert "T0KEN" not in audit and not any("T0KEN" in m for _, m in log)
+
+
+def test_a_group_given_up_on_leaves_the_others_supervised(monkeypatch, tmp_path):
+    """One group always fails and is given up on; the other, killed afterwards, is still restarted."""
+    path = deployment(tmp_path, "two", {"bad": "exit 3", "good": "exec sleep 600"}, watch={"max_restarts": 1})
+    plan = build_plan(load_config(path, environ={}))
+    good_pid = tmp_path / "state" / "two" / "run" / os.uname().nodename / "two-good-r0" / "pid"
+    clock = Clock()
+    monkeypatch.setattr(watchmod, "time", clock)
+    log: list[tuple[float, str]] = []
+    progress = Progress(live=False)
+    progress.log = lambda message: log.append((clock.now, message))
+    with connected_target(plan) as target:
+        try:
+            start(target, target.plan.services, progress)
+            first = int(good_pid.read_text())
+            clock.hooks.append((1010, lambda: kill_session(first)))  # well after bad is given up on
+            with pytest.raises(watchmod.GaveUp) as gave_up:
+                watchmod.watch(target, progress, interval=1, rounds=20)
+            second = int(good_pid.read_text())
+        finally:
+            down.down(target)
+    given_up = [t for t, m in log if m.startswith("group bad: saw") and "gave up after 1 restart(s)" in m]
+    assert len(given_up) == 1 and given_up[0] < 1010, log
+    assert [m for t, m in log if m.startswith("restarting group bad")] == [
+        "restarting group bad (1/1): local bad r0 exited (exit 3)"
+    ], log
+    again = [(t, m) for t, m in log if m.startswith("group good: saw local good r0 ") and "restarted it" in m]
+    assert len(again) == 1 and again[0][0] >= 1010 and "group good serving again after" in again[0][1], log
+    assert second != first and "it gave up on group bad (after 1 restart(s))" in str(gave_up.value)
 
 
 GARBAGE_SERVER = """

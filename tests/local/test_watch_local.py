@@ -1,4 +1,5 @@
-"""`watch` and `up --watch` on this machine (process runtime, no testbed): give-up and supervision.
+"""`watch` and `up --watch` on this machine (process runtime, no testbed): giving up on a group, and
+supervision.
 
 The group here is the `command` engine running plain shell, so these tests take seconds; the testbed
 tests (test_watch_testbed.py) do the same with the real Dynamo stack in Docker.
@@ -37,25 +38,38 @@ def worker_pid(path: Path, cwd: Path) -> int | None:
     return int(rows[0]["id"]) if rows else None
 
 
-def test_watch_gives_up_after_the_maximum_with_exit_1(tmp_path):
+def test_watch_gives_up_on_a_group_past_its_budget_and_goes_on_until_interrupted(tmp_path):
     path = config(tmp_path, "sleep 1; exit 3")
+    watch = None
     try:
         up = launcher("up", str(path), "--skip-doctor", cwd=tmp_path)
         assert up.returncode == 0, up.stderr
         started = time.monotonic()
-        watch = launcher(
-            "watch", str(path), "--interval", "0.5", "--backoff", "0.5", "--max-restarts", "2", cwd=tmp_path
-        )
+        watch = subprocess.Popen(
+            [*LAUNCHER, "watch", str(path), "--interval", "0.5", "--backoff", "0.5", "--max-restarts", "2"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lines = Lines(watch.stderr)
+        gave_up = lines.until(lambda line: "gave up after 2 restart(s)" in line, 60)
         print(f"\nwatch gave up after 2 restarts in {time.monotonic() - started:.1f}s")
-        assert watch.returncode == 1, watch.stdout + watch.stderr
-        assert "restarting group worker (1/2): local worker r0 exited (exit 3)" in watch.stderr
-        assert "restarting group worker (2/2)" in watch.stderr
-        last = watch.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: group worker died again") and "giving up" in last, last
-        assert "Traceback" not in watch.stderr
+        assert gave_up is not None and "restarted no more (`launcher up` recreates it)" in gave_up, lines.text()
+        time.sleep(2)  # rounds go on: the group is restarted no more, and not said again
+        assert watch.poll() is None, lines.text()
+        watch.send_signal(signal.SIGINT)
+        errs = lines.rest(30)
+        assert watch.wait(10) == 0, errs
+        assert "restarting group worker (1/2): local worker r0 exited (exit 3)" in errs
+        assert "restarting group worker (2/2)" in errs and "restarting group worker (3/" not in errs, errs
+        assert errs.count("gave up after") == 1, errs
+        stopped = errs.strip().splitlines()[-2:]
+        assert "given up on, not restarted since: group worker (after 2 restart(s))" in stopped[0], errs
+        assert stopped[1] == "watch stopped" and "Traceback" not in errs, errs
         audit = (tmp_path / "state" / "watch-local" / "audit.log").read_text()
-        assert audit.count("watch: restarting group worker") == 2, audit
+        assert audit.count("watch: restarting group worker") == 2 and audit.count("watch: gave up on") == 1, audit
     finally:
+        if watch is not None and watch.poll() is None:
+            watch.kill()
+            watch.wait(10)
         launcher("down", str(path), cwd=tmp_path)
 
 

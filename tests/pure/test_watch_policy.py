@@ -1,6 +1,7 @@
-"""`watch`'s rules, pure: the progress rule (launcher.plan.stall) on real Dynamo scrapes, the restart
-budget and back-off (watch.Budget), which setting wins (flag, group, deployment, default), the file's
-`watch:` keys and the alert webhook (a receiver written here on loopback: the user's endpoint)."""
+"""`watch`'s rules, pure: the progress rule (launcher.plan.stall) on real Dynamo scrapes, the health probe
+rule (launcher.plan.liveness) and its probes against hostile peers on loopback, the restart budget and
+back-off (watch.Budget), which setting wins (flag, group, deployment, default), the file's `watch:` keys
+and the alert webhook (a receiver written here on loopback: the user's endpoint)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from launcher.errors import ConfigError
 from launcher.operations import alert
 from launcher.plan import observe
 from launcher.plan.build import build as build_plan
+from launcher.plan.liveness import MIN_FAILED, Liveness
 from launcher.plan.stall import Tracker, in_flight, progress_count
 from tests.helpers import MINIMAL, run_cli, write
 
@@ -89,6 +91,73 @@ def test_a_counter_that_went_down_is_a_restarted_engine_not_a_stall():
     assert tracker.see("r0", 100, decode(1, 3), window=10).state == "progressing"  # a fresh start
 
 
+# -- the health probe rule -------------------------------------------------------------------------
+
+
+def test_a_rank_that_stops_answering_is_unhealthy_after_the_window_and_three_failed_probes():
+    live = Liveness()
+    assert live.see("r0", "c1", 0, None, window=10, grace=600) is None  # it passed: judged from now on
+    seen = [live.see("r0", "c1", at, "timed out", window=10, grace=600) for at in (2, 4, 8, 11.9, 12)]
+    assert seen == [None, None, None, None, "unhealthy for 10s: timed out"]  # counted from the first failure
+    # a short window still takes MIN_FAILED probes in a row: one slow answer on a loaded rank is not a fault
+    quick = Liveness()
+    quick.see("r0", "c1", 0, None, window=0.5, grace=600)
+    assert [quick.see("r0", "c1", at, "HTTP 503", window=0.5, grace=600) for at in range(1, MIN_FAILED + 1)] == [
+        *[None] * (MIN_FAILED - 1),
+        f"unhealthy for {MIN_FAILED - 1}s: HTTP 503",
+    ]
+
+
+def test_a_probe_that_passes_again_starts_the_count_over():
+    live = Liveness()
+    live.see("r0", "c1", 0, None, window=4, grace=600)
+    assert live.see("r0", "c1", 1, "timed out", window=4, grace=600) is None
+    assert live.see("r0", "c1", 2, "timed out", window=4, grace=600) is None
+    assert live.see("r0", "c1", 3, None, window=4, grace=600) is None  # answered: not failing any more
+    again = [live.see("r0", "c1", at, "timed out", window=4, grace=600) for at in (4, 6, 8)]
+    assert again == [None, None, "unhealthy for 4s: timed out"]
+
+
+def test_a_rank_loading_is_judged_only_past_its_ready_timeout_and_a_new_container_afresh():
+    live = Liveness()
+    # never passed since this watch first saw its container: loading its weights, `up`'s wait
+    assert {live.see("r0", "c1", at, "connection refused", window=2, grace=60) for at in range(0, 60, 2)} == {None}
+    assert live.see("r0", "c1", 60, "connection refused", window=2, grace=60) == "unhealthy for 60s: connection refused"
+    # recreated (another container id): a fresh start, whatever the old one did
+    assert live.see("r0", "c2", 61, "connection refused", window=2, grace=60) is None
+    assert live.see("r0", "c2", 62, None, window=2, grace=60) is None
+    frozen = [live.see("r0", "c2", at, "timed out", window=2, grace=60) for at in (63, 64, 65)]
+    assert frozen == [None, None, "unhealthy for 2s: timed out"]
+
+
+# -- giving up on one unit ------------------------------------------------------------------------
+
+
+def test_a_unit_given_up_on_is_taken_back_only_once_recreated_by_someone_else(tmp_path):
+    from launcher.commands.watch import Watcher
+    from launcher.plan.state import Container
+    from tests.helpers import local_command_deployment
+
+    plan = build_plan(load_config(local_command_deployment(tmp_path, "back", "g", "true"), environ={}))
+    (unit,) = units(plan)
+    said: list[str] = []
+    w = Watcher(None, type("Said", (), {"log": staticmethod(said.append)})(), [unit])  # type: ignore[arg-type]
+    rank = plan.services[0]
+
+    def listed(container_id: str, state: str = "running"):
+        return {(rank.node.index, rank.name): Container(rank.node.index, container_id, rank.name, {}, state, 0)}
+
+    unit.times, unit.given_up, unit.gave_up_after = [1.0, 2.0], frozenset({"41"}), "2 restart(s)"
+    assert w.gave_up_on() == "group g (after 2 restart(s))"
+    w.taken_back(unit, listed("41"))  # the one it gave up on, still running (a hung rank): stays given up
+    w.taken_back(unit, listed("42", "exited"))  # recreated, but not running
+    w.taken_back(unit, {})  # gone, or its node unseen
+    assert unit.given_up == frozenset({"41"}) and not said
+    w.taken_back(unit, listed("42"))  # a `launcher up` recreated it: watched again, from a fresh budget
+    assert unit.given_up is None and unit.restarts == 0 and w.gave_up_on() == ""
+    assert said == ["group g: runs again, recreated since watch gave up on it: watched again, budget fresh"]
+
+
 # -- the budget and back-off ----------------------------------------------------------------------
 
 
@@ -128,12 +197,19 @@ def test_a_flag_given_wins_over_the_group_which_wins_over_the_deployment_and_the
     flagged = {u.name: u.budget for u in units(plan, {"max_restarts": 4, "backoff": None, "reset_after": 9})}
     assert flagged["group decode"] == Budget(max_restarts=4, backoff=2, reset_after=9, within=600, hung_after=30)
     assert budget_of(WatchPolicy(), {}) == Budget(max_restarts=5, backoff=5.0, reset_after=600.0)
+    assert budget_of(WatchPolicy(), {}).unhealthy_after == 10  # a frozen rank: caught within seconds
+    sick = MINIMAL + "watch: {unhealthy_after: 30}\n"
+    sick = sick.replace("    args: {tp-size: 16}\n", "    args: {tp-size: 16}\n    watch: {unhealthy_after: 4}\n")
+    found = {u.name: u.budget for u in units(build_plan(load_config(write(tmp_path, sick), environ={})))}
+    assert (found["group decode"].unhealthy_after, found["group prefill"].unhealthy_after) == (4, 30)
+    assert found["group decode"].describe(probed=True).endswith(", unhealthy after 4s failing its health probe")
 
 
 @pytest.mark.parametrize(
     ("watch", "expected"),
     [
         ("{hung_after: 0}", "watch.hung_after"),
+        ("{unhealthy_after: -2}", "watch.unhealthy_after"),
         ("{max_restarts: true}", "watch.max_restarts"),
         ("{within: -1}", "watch.within"),
         ("{retries: 3}", "watch.retries"),
@@ -276,3 +352,78 @@ def test_a_budget_from_the_flags_never_overflows_its_back_off():
         budget.count(unit, float(at))
     assert unit.restarts == 1100 and 1099 < unit.next_allowed < float("inf")
     assert not budget.exhausted(unit, 1100.0)
+
+
+# -- the health probes of `watch`: answers from the network, never trusted ------------------------
+
+
+class HostileRank(ThreadingHTTPServer):
+    """A rank's health endpoint on loopback, one behaviour per path: /ok answers ready; /frozen reads the
+    request and never answers (a SIGSTOPped engine: the kernel accepts, nothing replies); /huge sends a
+    megabyte of JSON; /ugly a 503 whose words hold newlines and escapes."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        self.release = threading.Event()
+        super().__init__(("127.0.0.1", 0), _Hostile)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class _Hostile(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path == "/frozen":
+            self.server.release.wait(30)  # type: ignore[attr-defined]
+            return
+        status, body = {
+            "/ok": (200, b'{"status": "ready"}'),
+            "/huge": (200, b'{"status": "ready", "pad": "' + b"x" * (1 << 20) + b'"}'),
+            "/ugly": (503, b'{"status": "notready\\n\\u001b[31mERROR\\r", "reason": "' + b"y" * 5000 + b'"}'),
+        }[self.path]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_each_probe_is_bounded_in_time_and_bytes_and_a_bad_answer_is_one_line(tmp_path, monkeypatch):
+    import dataclasses
+
+    from launcher.operations import health
+    from launcher.plan.types import Probe
+    from tests.helpers import connected_target, local_command_deployment
+
+    monkeypatch.setattr(health, "PROBE_TIMEOUT", 1.0)
+    plan = build_plan(load_config(local_command_deployment(tmp_path, "probes", "worker", "true"), environ={}))
+    rank = HostileRank()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/health"
+    urls = {"ok": rank.url("/ok"), "frozen": rank.url("/frozen"), "huge": rank.url("/huge"),
+            "ugly": rank.url("/ugly"), "closed": closed}  # fmt: skip
+    ranks = [
+        dataclasses.replace(plan.services[0], service=name, probe=Probe("http", url, {"status": "ready"}))
+        for name, url in urls.items()
+    ]
+    try:
+        with connected_target(plan) as t:
+            started = time.monotonic()
+            said = {name.removeprefix("probes-"): why for name, why in health.failures(t, ranks).items()}
+            took = time.monotonic() - started
+    finally:
+        rank.release.set()
+        rank.shutdown()
+    assert took < 2.5, took  # all at once, each within the probe's timeout: not the sum, not the peer's pace
+    assert said["ok"] is None, said
+    assert said["frozen"] == f"no whole answer from 127.0.0.1:{rank.server_address[1]}/frozen within 1s", said
+    assert "over 65536 bytes" in said["huge"], said
+    assert "refused" in said["closed"].lower(), said
+    assert said["ugly"].startswith("HTTP 503 notready"), said
+    for why in said.values():
+        assert why is None or (why.isprintable() and len(why) <= 200), said
