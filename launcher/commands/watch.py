@@ -196,6 +196,8 @@ class Watcher:
     unseen: lost.Unseen = field(default_factory=lost.Unseen)  # nodes failing SSH: since when (watch.lost_after)
     flags: dict[str, float | None] = field(default_factory=dict)
     liveness: Liveness = field(default_factory=Liveness)  # each rank's failed health probes in a row
+    probes: tuple[int, int] = (0, 0)  # this round's rank health probes: (passing, probed)
+    looked: bool = False  # the first round's summary said
 
     def stop(self, why: str) -> None:
         raise Stopped(f"watch ends: {self.t.plan.deployment} was taken down ({why})")
@@ -233,6 +235,7 @@ class Watcher:
         windows = {s.name: u.budget.unhealthy_after for u in self.watched for s in u.probed}
         running = self.running(found, unreachable, lambda u: u.probed)
         failures, now, out = health.failures(self.t, running), time.monotonic(), {}
+        self.probes = (sum(1 for s in running if not failures[s.name]), len(running))
         for s in running:
             container = found[(s.node.index, s.name)].id
             grace = self.ready_timeout or s.timeout
@@ -256,6 +259,19 @@ class Watcher:
                 continue
             judged = [why for s in unit.services for why in (hung.get(s.name), sick.get(s.name)) if why]
             self.decide(unit, dead(unit, found, unreachable) + judged, judged, found)
+        if not self.looked:
+            self.first_look(found, unreachable)
+
+    def first_look(self, found: Found, unreachable: Collection[int]) -> None:
+        """One line after the first round: what watch found as it began (a rank frozen before it never
+        passed a probe under this watch, and is judged only past its group's timeout: see plan.liveness)."""
+        self.looked = True
+        running = sum(1 for u in self.watched if not dead(u, found, unreachable))
+        passing, probed = self.probes
+        self.progress.log(
+            f"first look: {running}/{len(self.watched)} unit(s) running as planned,"
+            f" {passing}/{probed} rank health probe(s) passing"
+        )
 
     def decide(self, unit: Unit, reasons: list[str], judged: list[str], found: Found) -> None:
         """What to do with one unit this round, explained in one line: what it saw, did, and what happened.

@@ -47,11 +47,13 @@ recorded() {
   live=gone; [ -r "/proc/$pid/stat" ] || return 0
   proc_start "$pid"; if [ "$pst" = "$st" ]; then live=yes; else live=no; fi
 }
-# term_svc DIR: SIGTERM the service's session (only if the recorded pid is still ours).
+# term_svc DIR: SIGTERM the service's session (only if the recorded pid is still ours), then SIGCONT: a
+# stopped process (a rank frozen with SIGSTOP, which watch restarts) only sees the TERM once it runs again,
+# and would otherwise hold the stop for reap_svcs' 10 s until the KILL.
 term_svc() {
   recorded "$1"; [ -n "$pid" ] && [ "$live" != no ] || return 0
-  if [ "$live" = yes ]; then kill -TERM -- "-$pid" 2>/dev/null || true; fi
-  pkill -TERM -s "$pid" 2>/dev/null || true
+  if [ "$live" = yes ]; then kill -TERM -- "-$pid" 2>/dev/null || true; kill -CONT -- "-$pid" 2>/dev/null || true; fi
+  pkill -TERM -s "$pid" 2>/dev/null || true; pkill -CONT -s "$pid" 2>/dev/null || true
 }
 # our_sid DIR: set $sid to the service's session id if that session can still be ours (else empty).
 our_sid() {
