@@ -44,14 +44,21 @@ GPU_TIMEOUT = 20.0  # a look that takes longer holds watch's round up: that node
 @dataclass
 class GpuRestarts:
     """What `restart` verdicts asked of watch. The look peeks (the kernel log's place stays where `status`
-    and `doctor` left it), so a line stays new round after round: each is acted on once, and the rank it
-    names is restarted until its container is a new one."""
+    and `doctor` left it), so a line comes back look after look: each is acted on once (`acted` only grows,
+    a cut read that lists nothing forgets none), and the rank it names is restarted until its container is a
+    new one. Only a rank whose container this watch already saw at its previous look is restarted for a line
+    first seen now: one started since (`dead()` restarted it after the Xid killed it, or an `up`) may be
+    younger than the Xid, and the first look only takes note (a watch started again, by systemd say, must
+    not restart every group for the Xids of the past)."""
 
-    # per node, the `restart` lines already turned into reasons (only those its last look still showed:
-    # the program keeps 64 lines a node, so this stays as small)
     acted: dict[int, set[str]] = field(default_factory=dict)
     # (node index, rank name) -> (why, the container it named: its id and start): until that one is replaced
     pending: dict[tuple[int, str], tuple[str, str]] = field(default_factory=dict)
+    # (node index, rank name) -> its container (id and start) at the previous look; None: no look yet
+    containers: dict[tuple[int, str], str] | None = None
+
+
+ACTED_KEPT = 512  # lines remembered per node (a boot's worth of distinct Xid lines is far fewer)
 
 
 @dataclass
@@ -146,22 +153,26 @@ def look_at_gpus(w: Watcher, unreachable: dict[int, str], found: Found) -> None:
 
 def note_restarts(w: Watcher, seen: dict, found: Found) -> None:
     """Each `restart` finding not acted on yet -> a reason for the running rank of each group that uses its
-    GPU on that node (every GPU group there where the Xid's PCI bus is not one the query lists). A node
-    drained this round is left alone: its groups moved, or wait for a spare."""
+    GPU on that node (every GPU group there where the Xid's PCI bus is not one the query lists), if that
+    rank's container is the one the previous look saw (see GpuRestarts). A node drained this round is left
+    alone: its groups moved, or wait for a spare."""
     plan, noted = w.t.plan, w.unseen.gpus
+    before = noted.containers
     for index, node in sorted(seen.items()):
         if isinstance(node, str) or node.verdict == "drain":
             continue
-        restarts = [f for f in node.findings if f.verdict == "restart" and f.line]
-        for finding in restarts:
-            if finding.line in noted.acted.get(index, set()):
-                continue
+        acted = noted.acted.setdefault(index, set())
+        restarts = [f for f in node.findings if f.verdict == "restart" and f.line and f.line not in acted]
+        for finding in restarts if before is not None else []:
             for s in ranks_on_gpu(plan, index, finding.gpu):
                 c = found.get((index, s.name))
-                if c is not None and c.running:  # one not running is dead(): restarted for that
+                if c is not None and c.running and before.get((index, s.name)) == c.id + c.started_at:
                     why = f"{s.tag} GPU verdict restart ({finding.text.split(' [')[0]})"
                     noted.pending[(index, s.name)] = (why, c.id + c.started_at)
-        noted.acted[index] = {f.line for f in restarts}
+        acted.update(f.line for f in restarts)
+        if len(acted) > ACTED_KEPT:  # bounded: a node logging without end cannot grow watch's memory
+            noted.acted[index] = {f.line for f in node.findings if f.line}
+    noted.containers = {key: c.id + c.started_at for key, c in found.items() if c.group is not None}
 
 
 def ranks_on_gpu(plan: Plan, index: int, gpu: str | None) -> list[Service]:

@@ -510,10 +510,11 @@ def xid43_lines() -> list[str]:
 
 
 def test_a_restart_verdict_restarts_the_group_on_that_gpu_once(tmp_path, monkeypatch):
-    """The recorded Xid 43 line (akash-support-244), its bus written as GPU 1's (2a:00, not a recording):
-    watch's round (dry run) says it would restart decode, whose rank uses GPU 1, not prefill on GPU 0. The
-    look peeks, so the line stays new: the next rounds neither say it again nor, once decode's container
-    is a new one, ask for another restart."""
+    """The recorded Xid 43 line (akash-support-244), its bus written as GPU 1's (2a:00, not a recording),
+    logged after watch's first look: its round (dry run) says it would restart decode, whose rank uses GPU 1,
+    not prefill on GPU 0. The look peeks, so the line comes back: the next rounds neither say it again nor,
+    once decode's container is a new one, ask for another restart. The first look only takes note: a line
+    already there when a watch begins may be older than the containers (a watch started again)."""
     from launcher.commands import watch
 
     line = next(x for x in xid43_lines() if "): 43," in x).replace("PCI:0000:00:05", "PCI:0000:2a:00")
@@ -522,31 +523,57 @@ def test_a_restart_verdict_restarts_the_group_on_that_gpu_once(tmp_path, monkeyp
     said = Said()
     t = SimpleNamespace(plan=plan, loaded=loaded, fleet=fleet, head=fleet.host(0))
     w = watch.Watcher(t, said, watch.units(plan), dry_run=True)
+    w.round()  # the line was there before this watch: noted, not acted on
+    assert said.lines == ["first look: 5/5 unit(s) running as planned, 0/0 rank health probe(s) passing"]
+    later = line.replace("[", "[1", 1)  # the same Xid logged again later (its kernel timestamp 10x on)
+    (tmp_path / "klog.dmesg").write_text(later + "\n")
+    w.unseen.gpus_next = 0.0  # the next look is due now
     w.round()
-    assert said.lines == [
+    assert said.lines[1:] == [
         "group decode: saw node1 decode r0 GPU verdict restart (Xid 43 on GPU 1 (PCI 0000:2a:00): GPU stopped"
         " processing, a channel reset after an application fault (RESTART_APP)); would restart it (1/5);"
         " dry run: nothing done"
     ]
     assert fleet.looked_at() == [1]  # the node with GPU groups only, not node 0's services
-    w.unseen.gpus_next = 0.0  # the next look is due now: the same line, still new (peek)
+    w.unseen.gpus_next = 0.0  # the same line again (peek)
     w.round()
-    assert len(said.lines) == 1  # said once while its restart waits
+    assert len(said.lines) == 2  # said once while its restart waits
     decode = next(k for k in listing if k[1] == "rs-decode-r0")
     listing[decode] = Container(1, "new-id", "rs-decode-r0", listing[decode].labels, "running", 0)  # restarted
     w.unseen.gpus_next = 0.0
     assert lost.gpu_restarts(w, listing) == {}
     w.round()
-    assert len(said.lines) == 1 and w.unseen.gpus.pending == {}
-    assert sum(1 for s in fleet.host(1).scripts if '"$PY" -' in s) == 3  # looked at three times, acted once
+    assert len(said.lines) == 2 and w.unseen.gpus.pending == {}
+    assert sum(1 for s in fleet.host(1).scripts if '"$PY" -' in s) == 4  # looked at four times, acted once
+
+
+def test_a_restart_verdict_spares_a_container_started_since_the_last_look(tmp_path):
+    """An Xid that killed decode: `dead()` restarted it before the next GPU look, which then finds the line.
+    The container is younger than that look's predecessor, so the Xid may predate it: not restarted again."""
+    line = next(x for x in xid43_lines() if "): 43," in x).replace("PCI:0000:00:05", "PCI:0000:2a:00")
+    loaded, plan, fleet, listing = shared_gpus(tmp_path, [])
+    w = watcher(plan, loaded, fleet, Said())
+    lost.check(w, {}, 0.0, listing)  # the first look: nothing logged
+    (tmp_path / "klog.dmesg").write_text(line + "\n")
+    decode = next(k for k in listing if k[1] == "rs-decode-r0")
+    listing[decode] = Container(1, "new-id", "rs-decode-r0", listing[decode].labels, "running", 0)  # restarted
+    w.unseen.gpus_next = 0.0
+    lost.check(w, {}, 0.0, listing)
+    assert lost.gpu_restarts(w, listing) == {}
+    w.unseen.gpus_next = 0.0
+    lost.check(w, {}, 0.0, listing)  # acted on (by dead()): not asked later either
+    assert lost.gpu_restarts(w, listing) == {}
 
 
 def test_an_xid_on_a_bus_the_query_does_not_list_restarts_every_gpu_group_on_the_node(tmp_path):
     """The recorded akash-support-244 kernel log: Xid 43, 31 and 94 on buses 00:05, 00:07, 00:08, which the
-    recorded query (18:00, 2a:00) does not list: both groups on the node are asked to restart, one reason
-    each; a look that finds them again adds nothing."""
-    loaded, plan, fleet, listing = shared_gpus(tmp_path, xid43_lines())
+    recorded query (18:00, 2a:00) does not list, logged after watch's first look: both groups on the node are
+    asked to restart, one reason each; a look that finds them again adds nothing."""
+    loaded, plan, fleet, listing = shared_gpus(tmp_path, [])
     w = watcher(plan, loaded, fleet, Said())
+    lost.check(w, {}, 0.0, listing)  # the first look: nothing logged yet
+    (tmp_path / "klog.dmesg").write_text("\n".join(xid43_lines()) + "\n")
+    w.unseen.gpus_next = 0.0
     lost.check(w, {}, 0.0, listing)
     asked = lost.gpu_restarts(w, listing)
     assert sorted(asked) == ["rs-decode-r0", "rs-prefill-r0"], asked
