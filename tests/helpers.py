@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -302,6 +303,38 @@ class StreamLoad:
 
     def bad(self) -> list[dict]:
         return self.failed() + self.cut()
+
+
+class Migration(NamedTuple):
+    """A request the Dynamo frontend moved to another worker (`migrations`)."""
+
+    left: str  # the worker it left
+    on: str | None  # the worker that then completed it; None: not completed
+    reason: str  # "disconnected": cut mid-stream; "cannot_connect": routed to a worker already gone
+    client_id: str | None  # the client's X-Request-Id, where it sent one (AIPerf does)
+
+
+def migrations(log: str) -> dict[str, Migration]:
+    """From the Dynamo frontend's log (its request_span lines, Dynamo 1.6.1; colours or not): each migrated
+    request's id (the HTTP request's: a line's first request_id) -> its Migration."""
+    left: dict[str, dict[str, str]] = {}
+    done: dict[str, str] = {}
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", log).splitlines():
+        if "migration retry scheduled" not in line and "route request completed" not in line:
+            continue
+        fields: dict[str, str] = {}
+        for key, value in re.findall(r'([\w.]+)=("[^"]*"|\S+)', line):
+            fields.setdefault(key, value.strip('"'))
+        request = fields.get("request_id", "")
+        if "migration retry scheduled" in line:
+            left.setdefault(request, fields)
+        elif fields.get("migration.is_retry") == "true" and fields.get("request.outcome") == "success":
+            done[request] = fields.get("worker_id", "")
+    return {
+        request: Migration(f.get("migration.from_worker_id", ""), done.get(request), f.get("migration.reason", ""),
+                           f.get("x_request_id"))
+        for request, f in left.items()
+    }  # fmt: skip
 
 
 def listening(port: int) -> bool:

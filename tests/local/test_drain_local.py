@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -24,7 +23,7 @@ import yaml
 
 from launcher.plan.build import REPLICA_PORT_STEP
 from launcher.plan.drain import worker_in_flight
-from tests.helpers import STREAM_SPEEDUP, STREAM_TOKENS, assert_gone, launcher, local_file, stream
+from tests.helpers import STREAM_SPEEDUP, STREAM_TOKENS, assert_gone, launcher, local_file, migrations, stream
 
 pytestmark = pytest.mark.slow
 
@@ -121,10 +120,6 @@ def test_down_now_cuts_the_streams_at_once(tmp_path):
 
 MIGRATE_TOKENS = 150  # ~4 s a stream: long enough to be killed mid-stream at KILL_AT tokens, short to wait out
 KILL_AT = 25  # tokens every stream has streamed when the decode rank dies
-# The frontend's request_span lines (Dynamo 1.6.1); a line's first request_id is the HTTP request's.
-RETRY = re.compile(r"migration retry scheduled .*?migration\.from_worker_id=(\d+) .*?request_id=([0-9a-f-]+) ")
-RETRIED = re.compile(r'route request completed .*?request_id=([0-9a-f-]+) .*?worker_id=(\d+) request\.attempt=1 '
-                     r'migration\.is_retry=true .*?request\.outcome="success"')  # fmt: skip
 
 
 def two_decode_replicas(migration_limit: int | None):
@@ -137,14 +132,6 @@ def two_decode_replicas(migration_limit: int | None):
             data["services"]["frontend"]["migration_limit"] = migration_limit
 
     return edit
-
-
-def migrations(log: str) -> dict[str, tuple[str, str | None]]:
-    """From the frontend's log: each migrated request's id -> (the worker it left, the worker that then
-    completed it; None: not completed)."""
-    left = {m.group(2): m.group(1) for m in RETRY.finditer(log)}
-    done = {m.group(1): m.group(2) for m in RETRIED.finditer(log)}
-    return {request: (worker, done.get(request)) for request, worker in left.items()}
 
 
 def kill_decode_r0_while_streaming(tmp_path: Path, name: str, migration_limit: int | None) -> tuple[int, list, str]:
@@ -179,8 +166,8 @@ def test_a_request_on_a_decode_replica_that_dies_continues_on_the_other(tmp_path
     assert len({r["chunks"] for r in results}) == 1, results
     assert "Request migration enabled (limit: 3)" in logs, logs
     moved = migrations(logs)
-    left = {worker for worker, _ in moved.values()}
-    completed = [req for req, (worker, on) in moved.items() if on is not None and on != worker]
+    left = {m.left for m in moved.values()}
+    completed = [request for request, m in moved.items() if m.on is not None and m.on != m.left]
     print(f"on the killed decode-r0: {held}; migrated: {len(moved)} (from worker {left}); completed on the"
           f" other replica: {len(completed)}")  # fmt: skip
     assert len(left) == 1 and len(moved) == held == len(completed) >= 1, (held, moved, logs)

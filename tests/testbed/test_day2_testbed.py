@@ -19,7 +19,12 @@ during and after it).
 3. a change that makes the new replica exit: rolled back, exit 1 naming the replica and the cause, 0 failed,
    the previous containers running again;
 4. `down` with AIPerf's requests in flight (long streams): every one completes whole, each worker drained
-   first; nothing is left on any node."""
+   first; nothing is left on any node;
+5. the deployment up again: a decode replica's container killed under AIPerf (`docker kill` on its node), with
+   migration on (the default): 0 failed, 0 truncated, the requests it held mid-stream (and those routed to it
+   before the frontend noticed) counted in the frontend's log, each completed on the other replica;
+and case 4's `down --now`, last (the one decode replica left serving), with AIPerf's long streams in flight: no
+drain, every one cut at once. Two `down`s on one deployment cost one more `up`, not a second deployment."""
 
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ import yaml
 from launcher.operations.bench_client import env_writing_bytecode, read_export
 from launcher.plan.drain import samples, worker_in_flight
 from tests.bench_env import bench_env  # noqa: F401
-from tests.helpers import REPO, STREAM_SPEEDUP, launcher_on, wait_for
+from tests.helpers import REPO, STREAM_SPEEDUP, Migration, launcher_on, migrations, wait_for
 
 pytestmark = pytest.mark.testbed
 
@@ -50,6 +55,7 @@ ISL, OSL = 64, 50  # a stream of ~1.5 s at STREAM_SPEEDUP: many start and end du
 # ~13 s: streams still running when `down` (its start-up, then the prefill phase) reads the decode workers'
 # counts, on a busy machine too (375 tokens at this speed, 1,500 at speedup 1, once ended first in a CI run at load 20)
 LONG_OSL = 500
+MIGRATE_OSL = 100  # ~2.7 s a stream (case 5): decode-r0 always holds some mid-stream when it is killed
 REQUEST_RATE = 20  # requests a second at most: see AIPerf.argv
 AIPERF_LIMIT = 600  # seconds: AIPerf's --benchmark-duration, a bound only (each case ends it once done)
 FRONTEND_PORT = 8000
@@ -328,9 +334,10 @@ def test_a_new_replica_that_exits_is_rolled_back_under_aiperf(deployed):
     d.write()
 
 
-def decode_in_flight(testbed) -> int:
+def decode_in_flight(testbed, nodes: tuple[int, ...] = DECODE_NODES) -> int:
+    """The requests in flight on the decode workers of these nodes together; -1 while one cannot be read."""
     total = 0
-    for i in DECODE_NODES:
+    for i in nodes:
         try:
             with urllib.request.urlopen(f"http://{testbed.nodes[i][1]}:{DECODE_PORT}/metrics", timeout=5) as r:
                 total += worker_in_flight(r.read(4 << 20).decode())
@@ -359,6 +366,85 @@ def test_down_lets_aiperf_requests_in_flight_complete(deployed):
     # What down waited for: the streams still running when it read the counts (all of them unless the
     # machine is so busy that some ended first), every one of which then completed (above).
     assert 1 <= counted <= CONCURRENCY, down.stdout
+    for i in range(SPARE + 1):
+        assert d.testbed.ssh(i, f"docker ps -aq --filter {LABEL}").stdout.split() == []
+
+
+def frontend_log(testbed) -> str:
+    """The frontend's log lines about request migration (what `launcher logs --role frontend --grep
+    migration` shows), read on node 0."""
+    return testbed.ssh(0, f"docker logs {NAME}-frontend 2>&1 | grep -F migration").stdout
+
+
+def test_a_decode_replica_killed_under_aiperf_its_requests_complete_on_the_other(deployed):
+    """Case 5, on the module's deployment brought up again after case 4's `down` (an `up`, not a second
+    deployment): decode-r0's container killed (`docker kill`: no drain, no goodbye) while AIPerf streams
+    through both decode replicas. The frontend (migration on by default) moves the streams it held to
+    decode.1 mid-stream, and the requests it still routes to the dead one before it notices: AIPerf sees 0
+    errors and every request whole; the frontend's log counts the migrated ones, each completed on decode.1."""
+    d = deployed
+    began = time.monotonic()
+    again = d.launcher("up")
+    print(f"\nup again after case 4: {time.monotonic() - began:.1f}s")
+    assert again.returncode == 0, again.stdout + again.stderr
+    node = DECODE_NODES[0]
+    assert "Request migration enabled (limit: 3)" in frontend_log(d.testbed)
+
+    def cut() -> dict[str, Migration]:
+        return {k: m for k, m in migrations(frontend_log(d.testbed)).items() if m.reason == "disconnected"}
+
+    def kill() -> int:
+        held = wait_for(lambda: max(decode_in_flight(d.testbed, (node,)), 0), 60, 0.2, "streams on decode-r0")
+        killed = d.testbed.ssh(node, f"docker kill {NAME}-decode-r0")
+        assert killed.returncode == 0, killed.stderr
+        # until the streams it held have left it and completed elsewhere (~2.7 s a stream)
+        wait_for(lambda: (c := cut()) and all(m.on for m in c.values()), 60, 0.5, "the cut streams completed")
+        return held
+
+    with d.load("migrate", osl=MIGRATE_OSL) as load:
+        held, window = load.during(kill)
+        load.stop()
+    judged = judge(load)
+    moved = migrations(frontend_log(d.testbed))
+    mid = [m for m in moved.values() if m.reason == "disconnected"]
+    recorded = {r["metadata"].get("x_request_id"): r for r in judged.whole + judged.bad}
+    seen = [m for m in moved.values() if m.client_id in recorded]  # not those AIPerf's Ctrl-C dropped
+    print(summary_line("decode-r0 killed", judged, (window[1] - window[0]) / 1e9, [window]).replace(
+        f"OSL {OSL}", f"OSL {MIGRATE_OSL}") + f"; decode-r0 held {held} streams; migrated: {len(mid)} cut"
+        f" mid-stream, {len(moved) - len(mid)} routed to it after its death; of them {len(seen)} recorded by"
+        f" AIPerf, {sum(m.on not in (None, m.left) for m in seen)} completed on the other replica")  # fmt: skip
+    check_load(load, judged, [window])
+    assert len(mid) >= 1 and len({m.left for m in moved.values()}) == 1, moved  # all from decode-r0
+    assert all(m.on not in (None, m.left) for m in mid + seen), moved  # completed on decode.1 (none retried on r0)
+    assert all(recorded[m.client_id] in judged.whole for m in seen), moved  # whole, as AIPerf counts (again)
+    containers = decode_containers(d.testbed, DECODE_NODES)
+    assert containers[f"{NAME}-decode-r0"].startswith("exited "), containers
+    assert containers[f"{NAME}-decode.1-r0"].startswith("running "), containers
+
+
+def test_down_now_cuts_aiperf_requests_in_flight_at_once(deployed):
+    """Case 4's `down --now`, the deployment's last use (decode.1 serving alone since case 5): with every
+    AIPerf stream in flight it returns without draining, and AIPerf reports every one cut."""
+    d = deployed
+    serving = tuple(i for i in DECODE_NODES if "running" in str(decode_containers(d.testbed, (i,))))
+    with d.load("down-now", osl=LONG_OSL, count=CONCURRENCY) as load:
+        every = lambda: decode_in_flight(d.testbed, serving) == CONCURRENCY  # noqa: E731
+        wait_for(every, 180, 0.3, f"{CONCURRENCY} streams on decode")
+        began = time.monotonic()
+        down = d.launcher("down", "--now")
+        took = time.monotonic() - began
+        code = load.finish()
+    judged = judge(load)
+    # Cut: each record an error (the stream broken mid-chunk) or short of its tokens (closed between chunks:
+    # no usage came, so AIPerf has no token count); none whole. All failed: AIPerf exits 1 with no summary.
+    cut = [(r.get("error") or {}).get("type") or f"{(r.get('metrics') or {}).get('output_sequence_length')} tokens"
+           for r in judged.bad]  # fmt: skip
+    print(f"\n{down.stdout}\ndown --now: {took:.1f}s; AIPerf ({CONCURRENCY} streams of {LONG_OSL} tokens): exit"
+          f" {code}, {len(judged.whole)} whole, {len(judged.bad)} cut: {cut}")  # fmt: skip
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "down --now: drain skipped, in-flight requests are cut" in down.stdout, down.stdout
+    assert "drain:" not in down.stdout and "draining" not in down.stdout, down.stdout
+    assert judged.whole == [] and len(judged.bad) == CONCURRENCY, (judged.whole, judged.bad)
     for i in range(SPARE + 1):
         assert d.testbed.ssh(i, f"docker ps -aq --filter {LABEL}").stdout.split() == []
 
