@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from launcher.operations.context import Target
 from launcher.operations.preflight import Check
-from launcher.plan.types import Plan
+from launcher.plan import engines
+from launcher.plan.types import Group, Plan
 from launcher.remote import program as remote_program
 from launcher.runtime.lock import STATE_DIR_REFUSED, guard_script
 from launcher.runtime.shell import find_python, q
@@ -291,10 +292,16 @@ def _clean(text: str) -> str:
 # -- asking every node ----------------------------------------------------------------------------
 
 
+def gpu_groups(plan: Plan) -> list[Group]:
+    """The groups whose ranks may use GPUs: given some, by an engine that is not GPU-free (a mocker is given
+    the node's GPU indices too, and uses none: its nodes and spares need no nvidia-smi to be asked)."""
+    return [g for g in plan.groups if g.gpus and not getattr(engines.get(g.engine), "gpu_free", False)]
+
+
 def expected_gpus(plan: Plan, index: int) -> int:
     """How many GPUs node INDEX must list: up to the highest index any group there is given (groups share a
     node on GPUs of their own, 0-3 and 4-7; and the driver renumbers what is left when one vanishes)."""
-    return max((max(g.gpus) + 1 for g in plan.groups if index in g.node_indices and g.gpus), default=0)
+    return max((max(g.gpus) + 1 for g in gpu_groups(plan) if index in g.node_indices), default=0)
 
 
 def state_path(plan: Plan) -> str:
@@ -356,7 +363,7 @@ def read(plan: Plan, index: int, result: Completed | Exception) -> NodeGpus | st
 
 def gpu_nodes(plan: Plan) -> list[int]:
     """The nodes the plan gives GPUs to (a group's ranks there use some): the ones whose GPUs matter."""
-    return sorted({i for g in plan.groups if g.gpus for i in g.node_indices})
+    return sorted({i for g in gpu_groups(plan) for i in g.node_indices})
 
 
 def spare_unfit(t: Target, spare: int, need: int, timeout: float) -> str | None:

@@ -178,7 +178,8 @@ def note_restarts(w: Watcher, seen: dict, found: Found) -> None:
 def ranks_on_gpu(plan: Plan, index: int, gpu: str | None) -> list[Service]:
     """The group ranks on node INDEX whose group uses GPU (an index as nvidia-smi lists it); every one
     with GPUs there when GPU is None (an Xid whose PCI bus maps to no GPU the query listed)."""
-    groups = {g.name for g in plan.groups if index in g.node_indices and g.gpus and (gpu is None or int(gpu) in g.gpus)}
+    on_node = [g for g in gpu_health.gpu_groups(plan) if index in g.node_indices]
+    groups = {g.name for g in on_node if gpu is None or int(gpu) in g.gpus}
     return [s for s in plan.services if s.group in groups and s.node.index == index]
 
 

@@ -458,17 +458,20 @@ def test_no_spare_fit_is_one_line_and_an_alert_naming_each_refusal(loaded, tmp_p
     assert "\n" not in said.lines[0]
 
 
-def test_a_deployment_without_gpus_never_looks_at_a_spares_gpus(tmp_path):
-    """gpus_per_node 0: the plan needs no GPU on the lost node, so a spare without nvidia-smi is fit, and
-    nothing runs on it to find out."""
-    text = FILE.replace("gpus_per_node: 2", "gpus_per_node: 0").replace("engine: dynamo-sglang", "engine: mocker")
+@pytest.mark.parametrize("gpus_per_node", [0, 2])
+def test_a_deployment_without_gpus_never_looks_at_a_spares_gpus(tmp_path, gpus_per_node):
+    """Mocker groups, with gpus_per_node 0 or left at a GPU count (the mocker is given the node's GPU indices
+    and uses none): the plan needs no GPU on the lost node, so a spare without nvidia-smi is fit, nothing
+    runs on it to find out, and watch looks at no node's GPUs."""
+    text = FILE.replace("gpus_per_node: 2", f"gpus_per_node: {gpus_per_node}")
+    text = text.replace("engine: dynamo-sglang", "engine: mocker")
     loaded = load_config(write(tmp_path, text))
     plan = build(loaded)
     fleet = ReplayFleet(plan.nodes, tmp_path, dict.fromkeys(range(6), NO_TOOL))
     said = Said()
     lost.judge(watcher(plan, loaded, fleet, said), 2, "node 2: lost")
     assert said.lines == ["node 2: lost; would move decode to node 4 (node4 10.9.0.5); dry run: nothing done"]
-    assert fleet.looked_at() == []
+    assert fleet.looked_at() == [] and gpu_health.gpu_nodes(plan) == []
 
 
 # -- a `restart` verdict: the groups on that GPU restarted, once per kernel log line ---------------------

@@ -54,6 +54,9 @@ class Engine:
 
     name = ""
     needs_gpu = True
+    # Never touches a GPU it is given (the mocker simulates one): its nodes' GPU health is not its concern.
+    # A `command` group needs none either, yet may run anything on the GPUs the plan gives it.
+    gpu_free = False
     # Do the group's ranks meet in torch.distributed's rendezvous (one instance over many nodes)?
     rendezvous = False
 

@@ -14,6 +14,7 @@ from launcher.plan.types import Probe
 class Mocker(Engine):
     name = "mocker"
     needs_gpu = False
+    gpu_free = True
     module = ("python3", "-m", "dynamo.mocker")
 
     def validate(self, group: GroupContext) -> list[str]:
