@@ -1,5 +1,5 @@
-"""Issue 28, cases 1-5 and `down --now`, under AIPerf's streaming load, on the testbed's docker runtime (an sshd and a dockerd
-per node): a mocker deployment of 2 prefill and 2 decode replicas, one node each (nodes 0-3, the services on
+"""Issue 28, cases 1-5 and `down --now`, under AIPerf's streaming load, on the testbed's docker runtime (an
+sshd and a dockerd per node): a mocker deployment of 2 prefill and 2 decode replicas, one node each (nodes 0-3, the services on
 node 0; node 4 free for a third decode replica), every mocker taking STARTUP seconds to "load its model"
 (`--startup-time`), so that a roll step is slow enough to matter. Each step is a fresh `launcher` subprocess.
 
