@@ -1,7 +1,7 @@
 """Issue 28, cases 1-5 and `down --now`, under AIPerf's streaming load, on the testbed's docker runtime (an sshd and a
 dockerd per node): a mocker deployment of 2 prefill and 2 decode replicas, one node each (nodes 0-3, the services on
-node 0; node 4 free for a third decode replica), every mocker taking STARTUP seconds to "load its model" (`--startup-
-time`), so that a roll step is slow enough to matter. Each step is a fresh `launcher` subprocess.
+node 0; node 4 free for a third decode replica), every mocker taking STARTUP seconds to "load its model"
+(`--startup-time`), so that a roll step is slow enough to matter. Each step is a fresh `launcher` subprocess.
 
 The load is the real AIPerf 0.13 client of `launcher bench` (its env: scripts/bench-env), run here against the
 frontend on node 0: streamed chat completions of exactly OSL tokens at a fixed concurrency, its per-request
