@@ -359,19 +359,19 @@ def strays(t: Target, containers: list[Container] | None = None) -> list[Service
 def drain_before_removal(t: Target, containers: list[Container], told: Callable[[str], None]) -> None:
     """Before `up` removes containers, the Dynamo workers among them drained first (as `down` drains, bounded
     by drain_timeout), each drain said and written to the audit log with why: those the plan no longer has
-    (a replica scaled in) and those it recreates with another spec (a role of one replica changed with
-    --allow-downtime, a group whose rendezvous changed). A recreated worker behind an sglang-router is not
+    (a replica scaled in) and those it recreates whose group still serves (a role of one replica changed
+    with --allow-downtime, etcd or NATS recreated). A recreated worker behind an sglang-router is not
     taken out of it (the router finds the new one at the same address). A failed drain is said and the
     removal goes on (the drain is a courtesy to the requests, never what keeps a worker)."""
     gone = strays(t, containers)
-    recreated = plan_drain.recreated(t.plan, [c for c in containers if c.running])
+    recreated = plan_drain.recreated(t.plan, containers)
     if not gone and not recreated:
         return
     timeout = t.plan.drain_timeout
     if gone:
         told(f"draining {len(gone)} worker(s) the file no longer has before removing them, up to {timeout:g}s")
     if recreated:
-        told(f"draining {len(recreated)} worker(s) before recreating them with their new spec, up to {timeout:g}s")
+        told(f"draining {len(recreated)} worker(s) before recreating them, up to {timeout:g}s")
     why = {s.name: "recreate" for s in recreated} | {s.name: "scale-in" for s in gone}
     try:
         drains = drain(t, lambda line: told(f"drain: {line}"), gone + recreated)

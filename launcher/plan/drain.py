@@ -71,13 +71,19 @@ def drained(s: Service) -> bool:
     return s.engine != "dynamo-sglang" or s.rank == 0
 
 
-def recreated(plan: Plan, running: list[Container]) -> list[Service]:
-    """The drained Dynamo workers among RUNNING whose names the plan still has, as the plan has them (`up`
-    recreates them with another spec). Plain SGLang workers behind a router are left out: the router finds
-    the new one at the same address, where a removal through its API would have to be undone."""
-    planned = {(s.node.index, s.name): s for s in plan.services}
-    found = [planned.get((c.node_index, c.name)) for c in running]
-    return [s for s in found if s is not None and drained(s)]
+def recreated(plan: Plan, removed: list[Container]) -> list[Service]:
+    """The drained Dynamo workers among the containers `up` removes (REMOVED) whose names the plan still has,
+    as the plan has them (`up` recreates them): only those of a group whose every rank runs, since a group
+    that lost a rank cannot finish what it holds (the drain would wait out drain_timeout for nothing). Plain
+    SGLang workers behind a router are left out: the router finds the new one at the same address, where a
+    removal through its API would have to be undone."""
+    running = {(c.node_index, c.name) for c in removed if c.running}
+    members: dict[str, list[Service]] = {}
+    for s in plan.services:
+        if s.group is not None:
+            members.setdefault(s.group, []).append(s)
+    whole = {g for g, ranks in members.items() if all((s.node.index, s.name) in running for s in ranks)}
+    return [s for s in plan.services if s.group in whole and drained(s)]
 
 
 def phases(plan: Plan) -> list[list[Service]]:

@@ -171,7 +171,7 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         assert allowed.returncode == 0, allowed.stdout + allowed.stderr
         assert "--allow-downtime: role prefill is unavailable during its restart" in allowed.stderr, allowed.stderr
         # drained before it is recreated, as down drains: out of routing, its requests let finish
-        assert "draining 1 worker(s) before recreating them with their new spec, up to 30s" in allowed.stderr
+        assert "draining 1 worker(s) before recreating them, up to 30s" in allowed.stderr
         audit = (tmp_path / "state" / "roll" / "audit.log").read_text()
         (drained,) = [line for line in audit.splitlines() if "(recreate, drain_timeout 30s)" in line]
         assert "drain prefill-r0 on node 0: " in drained and "drain_timeout reached" not in drained, drained
