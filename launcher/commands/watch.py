@@ -74,6 +74,7 @@ class Budget:
         span = f" in {self.within / 60:g} min" if self.within else ""
         hung = f", hung after {self.hung_after:g}s without progress" if self.hung_after else ""
         sick = f", unhealthy after {self.unhealthy_after:g}s failing its health probe" if probed else ""
+        sick = ", not judged by its health probe (unhealthy_after 0)" if probed and not self.unhealthy_after else sick
         return f"{self.max_restarts} restart(s){span}, back-off {self.backoff:g}s doubling{hung}{sick}"
 
     def healthy(self, unit: Unit, now: float) -> str | None:
@@ -125,6 +126,8 @@ class Unit:
     def probed(self) -> list[Service]:
         """Its ranks with an HTTP health probe (a single service's may be readiness only: the router's
         fails while any worker does, so only group ranks are judged by it)."""
+        if not self.budget.unhealthy_after:  # `watch.unhealthy_after: 0`: not judged by its probe
+            return []
         return [s for s in self.services if s.group is not None and s.probe.kind == "http"]
 
 
@@ -372,7 +375,8 @@ def watch(
         progress.log(f"{plan.nodes[spare].label} replaces {plan.nodes[lost_index].label} (recorded on its ranks)")
     for unit in watcher.watched:
         if unit.services[0].group is not None:
-            progress.log(f"{unit.name}: policy {unit.budget.describe(probed=bool(unit.probed))}")
+            probe = any(s.probe.kind == "http" for s in unit.services)
+            progress.log(f"{unit.name}: policy {unit.budget.describe(probed=probe)}")
     try:
         supervise(watcher, interval, rounds)
     except KeyboardInterrupt:

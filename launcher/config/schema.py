@@ -272,10 +272,10 @@ class WatchPolicy(Strict):
     hung_after: Annotated[float, Field(gt=0, le=86400)] | None = Field(
         default=None, description="seconds a rank with requests running may make no token progress before it is hung"
     )
-    unhealthy_after: Annotated[float, Field(gt=0, le=86400)] | None = Field(
+    unhealthy_after: Annotated[float, Field(ge=0, le=86400)] | None = Field(
         default=None,
         description="seconds a running rank may fail its health probe (three probes in a row at least) before watch"
-        " restarts its group (unset: 10)",
+        " restarts its group (unset: 10; 0: never judged by its probe)",
     )
     max_restarts: Annotated[int, Field(ge=0, le=1000, strict=True)] | None = Field(
         default=None, description="the restart budget: at most this many restarts within `within` minutes"

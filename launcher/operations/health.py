@@ -70,8 +70,9 @@ def failure(target: Target, service: Service) -> str | None:
     """One bounded probe of SERVICE through its node's connection: why it failed (None: it passed)."""
     try:
         host = target.fleet.host(service.node.index)
-        status, body = host.http("GET", service.probe.url, timeout=PROBE_TIMEOUT, limit=PROBE_LIMIT)
-        if readiness.probe_passes(service.probe, status, body):
+        probe = readiness.liveness_probe(service)
+        status, body = host.http("GET", probe.url, timeout=PROBE_TIMEOUT, limit=PROBE_LIMIT)
+        if readiness.probe_passes(probe, status, body):
             return None
         return one_line(readiness.describe_answer(status, body))[:200]
     except Exception as exc:  # noqa: BLE001 - no answer, one over the limit, a broken channel: a failed probe

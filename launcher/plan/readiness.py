@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from launcher.plan.types import Plan, Probe
+from launcher.plan.types import Plan, Probe, Service
 
 
 def probe_passes(probe: Probe, status: int, body: Any) -> bool:
@@ -13,6 +13,17 @@ def probe_passes(probe: Probe, status: int, body: Any) -> bool:
     if not probe.expect:
         return True
     return isinstance(body, dict) and all(str(body.get(k)) == str(v) for k, v in probe.expect.items())
+
+
+def liveness_probe(s: Service) -> Probe:
+    """What `watch` asks a running rank each round (is it alive at all?): its readiness probe, except plain
+    SGLang's rank 0, whose /health generates a token (SGLang waits up to 20 s for it: a rank busy with long
+    prefills would read as frozen). There /get_model_info, which its HTTP server answers without the
+    scheduler; a rank frozen outright answers neither. Ranks 1 and up serve a bare /health."""
+    probe = s.probe
+    if s.engine == "sglang" and s.rank == 0 and probe.kind == "http" and (probe.url or "").endswith("/health"):
+        return Probe(kind="http", url=(probe.url or "").removesuffix("/health") + "/get_model_info")
+    return probe
 
 
 def probe_text(probe: Probe) -> str:

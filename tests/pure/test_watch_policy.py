@@ -427,3 +427,39 @@ def test_each_probe_is_bounded_in_time_and_bytes_and_a_bad_answer_is_one_line(tm
     assert said["ugly"].startswith("HTTP 503 notready"), said
     for why in said.values():
         assert why is None or (why.isprintable() and len(why) <= 200), said
+
+
+def test_a_plain_sglang_leader_is_asked_a_page_its_http_server_answers_without_generating():
+    """SGLang's /health generates a token (up to 20 s under load): watch's liveness look asks rank 0 for
+    /get_model_info instead; ranks 1 and up, and Dynamo's workers, keep their readiness probe."""
+    from launcher.config.load import load
+    from launcher.plan import readiness
+    from launcher.plan.build import build
+    from tests.helpers import REPO
+
+    plan = build(load(REPO / "configs" / "sglang-tp16-2node.yaml", environ={"CONFIG_DIR": "/repo/configs"}))
+    ranks = sorted((s for s in plan.services if s.engine == "sglang"), key=lambda s: s.rank)
+    urls = [readiness.liveness_probe(s).url for s in ranks]
+    assert (
+        urls[0].endswith("/get_model_info")
+        and urls[0].removesuffix("/get_model_info") + "/health" == ranks[0].probe.url
+    )
+    assert urls[1:] == [s.probe.url for s in ranks[1:]] and all(u.endswith("/health") for u in urls[1:])
+    local = build(load(REPO / "configs" / "local.yaml", environ={"CONFIG_DIR": "/repo/configs"}))
+    assert all(readiness.liveness_probe(s) == s.probe for s in local.services)
+
+
+def test_unhealthy_after_0_leaves_the_ranks_unjudged_by_their_probe(tmp_path):
+    import yaml
+
+    from launcher.commands import watch
+    from launcher.config.load import load
+    from launcher.plan.build import build
+    from tests.helpers import REPO
+
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text().replace("${CONFIG_DIR}", str(REPO / "configs")))
+    data["groups"]["decode"]["watch"] = {"unhealthy_after": 0}
+    (tmp_path / "w.yaml").write_text(yaml.safe_dump(data))
+    units = {u.name: u for u in watch.units(build(load(tmp_path / "w.yaml", environ={})))}
+    assert units["group decode"].probed == [] and len(units["group prefill"].probed) == 1
+    assert "not judged by its health probe (unhealthy_after 0)" in units["group decode"].budget.describe(probed=True)
