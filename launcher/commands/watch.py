@@ -115,7 +115,8 @@ class Unit:
     next_allowed: float = 0.0
     said: str = ""  # the last waiting decision said: said once, not every round
     # past its budget: the ids of its containers then (None: supervised); it is restarted no more
-    given_up: frozenset[str] | None = None
+    # given up on: each rank's container as listed then ((node, name) -> id; None: not listed, its node unseen)
+    given_up: dict[tuple[int, str], str | None] | None = None
     gave_up_after: str = ""  # `3 restart(s) in 1 min`, said again when watch stops
 
     @property
@@ -314,7 +315,9 @@ class Watcher:
         if self.dry_run:
             self.say_once(unit, f"saw {saw}; would give up ({counted}, the budget) and alert; dry run: nothing done")
             return
-        unit.given_up = frozenset(c.id for s in unit.services if (c := found.get((s.node.index, s.name))))
+        unit.given_up = {
+            (s.node.index, s.name): c.id if (c := found.get((s.node.index, s.name))) else None for s in unit.services
+        }
         unit.gave_up_after = counted
         plan = self.t.plan
         locking.audit(locking.Site.of(self.t), f"watch: gave up on {unit.name} after {counted}: {saw}")
@@ -330,13 +333,16 @@ class Watcher:
         )
 
     def taken_back(self, unit: Unit, found: Found) -> None:
-        """A unit given up on whose every rank runs again, in a container recreated since (a `launcher up`
-        by hand): supervised again, its budget fresh. Said once. One that merely still runs (given up for
-        a hung or unhealthy rank) stays given up."""
-        now = [found.get((s.node.index, s.name)) for s in unit.services]
-        if unit.given_up is None or any(c is None or not c.running for c in now):
+        """A unit given up on whose every rank runs again, each in a container other than the one listed when
+        watch gave up (a `launcher up` by hand recreates a group whole): supervised again, its budget fresh.
+        Said once. One that merely still runs (given up for a hung or unhealthy rank), or whose rank was not
+        listed then (its node unseen: the same container may come back), stays given up."""
+        if unit.given_up is None:
             return
-        if {c.id for c in now if c is not None} <= unit.given_up:
+        now = {key: found.get(key) for key in unit.given_up}
+        if any(c is None or not c.running for c in now.values()):
+            return
+        if any(old is None or now[key].id == old for key, old in unit.given_up.items()):  # type: ignore[union-attr]
             return
         unit.given_up, unit.times, unit.next_allowed, unit.said = None, [], 0.0, ""
         self.progress.log(f"{unit.name}: runs again, recreated since watch gave up on it: watched again, budget fresh")
