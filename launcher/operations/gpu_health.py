@@ -292,6 +292,17 @@ def _clean(text: str) -> str:
 # -- asking every node ----------------------------------------------------------------------------
 
 
+GONE = ("nvidia-smi fails", "GPU missing", "fallen off the bus")  # a drain finding whose GPU no longer serves
+
+
+def gpu_gone(node: NodeGpus | str) -> bool:
+    """Does a `drain` finding say a GPU no longer serves at all (fallen off the bus, missing, nvidia-smi
+    failing)? Its ranks then hold requests they cannot finish: `watch` moves them without a drain."""
+    if isinstance(node, str):
+        return False
+    return any(f.verdict == "drain" and any(k in f.text for k in GONE) for f in node.findings)
+
+
 def gpu_groups(plan: Plan) -> list[Group]:
     """The groups whose ranks may use GPUs: given some, by an engine that is not GPU-free (a mocker is given
     the node's GPU indices too, and uses none: its nodes and spares need no nvidia-smi to be asked)."""

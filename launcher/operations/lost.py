@@ -81,6 +81,7 @@ class Unseen:
     serving: set[int] = field(default_factory=set)
     misses: dict[int, int] = field(default_factory=dict)
     gpus: GpuRestarts = field(default_factory=GpuRestarts)
+    gpu_gone: set[int] = field(default_factory=set)  # nodes judged for a GPU that no longer serves (gpu_gone)
 
     def update(self, unreachable: dict[int, str], started: float) -> None:
         self.gone.update(unreachable)
@@ -147,6 +148,8 @@ def look_at_gpus(w: Watcher, unreachable: dict[int, str], found: Found) -> None:
     for index, why in drained(seen):
         w.unseen.judged.add(index)  # judged once (until the node is unseen and seen again)
         w.unseen.gone.add(index)
+        if gpu_health.gpu_gone(seen[index]):
+            w.unseen.gpu_gone.add(index)  # its ranks cannot finish what they hold: moved without a drain
         judge(w, index, f"{plan.nodes[index].label}: saw GPUs drain ({why}): excluded like a lost node")
     note_restarts(w, seen, found)
 
@@ -389,7 +392,7 @@ def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> s
     # its old ranks are removed with the others
     reachable = sorted({s.node.index for s in old_members} - ({lost} if lost in w.unseen.since else set()))
     found, _ = list_services(t, reachable, timeout=LIST_TIMEOUT) if reachable else ({}, {})
-    if lost not in w.unseen.since:  # excluded for its GPUs, still serving: its groups' requests finish first
+    if lost not in w.unseen.since and lost not in w.unseen.gpu_gone:  # excluded for its GPUs, still serving
         drain_first(w, old_members, found)
     members = [s for s in new.services if s.group in groups]
     # From here on the spare is the plan's (labels on its ranks record the substitution), and so are the
@@ -415,7 +418,8 @@ def moved(w: Watcher, lost: int, spare: Node, new: Plan, groups: list[str]) -> s
 def drain_first(w: Watcher, services: list[Service], found: Found) -> None:
     """The running workers of the groups leaving a node its GPU verdict excludes, drained before they are
     removed (as `down` drains, bounded by drain_timeout; each drain said and audited). A node lost over SSH
-    is not drained: its groups lost a rank, and migration carries what they held once they are stopped."""
+    is not drained: its groups lost a rank, and migration carries what they held once they are stopped; nor
+    is one whose GPU no longer serves (fallen off the bus, missing: gpu_health.gpu_gone)."""
     running = [
         s for s in services
         if (c := found.get((s.node.index, s.name))) is not None and c.running and plan_drain.drained(s)

@@ -421,3 +421,18 @@ def test_top_shows_each_gpu_nodes_verdict_in_a_gpu_column(tmp_path):
     console = Console(width=400, record=True)
     console.print(table(plain, "top"))
     assert " gpu" not in console.export_text()
+
+
+def test_a_gpu_fallen_off_the_bus_is_gone_and_an_ecc_count_is_not(tmp_path):
+    """watch drains a node's groups before it moves them off a node its GPUs exclude, unless a GPU there no
+    longer serves at all (then its ranks cannot finish what they hold): the recorded Xid 79 log says so; a
+    drain for memory errors alone, or a healthy node, does not."""
+    from launcher.operations import gpu_health
+    from tests.gpu_replay import FALLEN, HEALTHY
+
+    fallen = gpu_health.parse(run_program(tmp_path / "fallen", **FALLEN), expected=2)
+    assert fallen.verdict == "drain" and gpu_health.gpu_gone(fallen)
+    assert not gpu_health.gpu_gone(gpu_health.parse(run_program(tmp_path / "ok", **HEALTHY), expected=2))
+    ecc = gpu_health.Finding("drain", "GPU 0: 2 uncorrected ECC error(s) since the driver loaded")
+    assert not gpu_health.gpu_gone(gpu_health.NodeGpus(tool=True, findings=[ecc]))
+    assert not gpu_health.gpu_gone("no answer")
