@@ -378,13 +378,18 @@ def gpu_nodes(plan: Plan) -> list[int]:
 
 
 def spare_unfit(t: Target, spare: int, need: int, timeout: float) -> str | None:
-    """Why node SPARE cannot take the ranks of a node the plan gives NEED GPUs (None: it can). Its verdict
-    must be below `drain` (a spare fallen off the bus would take the group down with it) and it must list
-    NEED GPUs at least. Where the plan needs none there (gpus_per_node 0), nothing is looked at: a spare
-    of a deployment without GPUs has no nvidia-smi, and needs none."""
+    """Why node SPARE cannot take the ranks of a node the plan gives NEED GPUs (None: it can): looked at now
+    (spare_fault). Where the plan needs none there (gpus_per_node 0), nothing is looked at: a spare of a
+    deployment without GPUs has no nvidia-smi, and needs none."""
     if need == 0:
         return None
-    seen = look(t, [spare], peek=True, timeout=timeout).get(spare, "no answer")
+    return spare_fault(look(t, [spare], peek=True, timeout=timeout).get(spare, "no answer"), need)
+
+
+def spare_fault(seen: NodeGpus | str, need: int) -> str | None:
+    """Why a spare whose look gave SEEN cannot take the ranks of a node the plan gives NEED GPUs (None: it
+    can). Its verdict must be below `drain` (a spare fallen off the bus would take the group down with it)
+    and it must list NEED GPUs at least."""
     if isinstance(seen, str):
         return seen
     if not seen.tool:

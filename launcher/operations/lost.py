@@ -320,13 +320,16 @@ def judge(w: Watcher, lost: int, saw: str) -> None:
     """Move LOST's groups to the first spare that can take them (reachable, and with the GPUs the plan
     gives LOST, none of them to drain), or say why none can."""
     plan = w.t.plan
-    need = gpu_health.expected_gpus(plan, lost)
+    need, unseen = gpu_health.expected_gpus(plan, lost), set(w.unseen.since) | w.unseen.judged
+    # every reachable spare looked at together (one wait, not one per unfit spare), only where GPUs matter
+    free = [n.index for n in spares.spare_nodes(plan) if n.index not in unseen] if need else []
+    looked = gpu_health.look(w.t, free, peek=True, timeout=GPU_TIMEOUT) if free else {}
 
     def unfit(spare: Node) -> str | None:
-        return gpu_health.spare_unfit(w.t, spare.index, need, GPU_TIMEOUT)
+        return gpu_health.spare_fault(looked.get(spare.index, "no answer"), need) if need else None
 
     try:
-        spare = spares.choose(plan, lost, unseen=set(w.unseen.since) | w.unseen.judged, unfit=unfit)
+        spare = spares.choose(plan, lost, unseen=unseen, unfit=unfit)
         new = spares.substitute(w.t.loaded, plan, lost, spare.index)
     except spares.Refused as exc:
         no_spare(w, lost, saw, str(exc))

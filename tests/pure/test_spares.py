@@ -400,14 +400,14 @@ def test_watch_removes_ranks_only_from_a_replaced_node_it_saw_lost(loaded):
 
 
 def test_a_healthy_spare_is_taken_once_its_gpus_are_looked_at(loaded):
-    """The plan gives node 2 two GPUs; the first spare's replayed H100 query lists two, no Xid: taken, and
-    only it was looked at (a healthy first spare costs one look)."""
+    """The plan gives node 2 two GPUs; the first spare's replayed H100 query lists two, no Xid: taken. Every
+    free spare is looked at in one go (one wait, however many turn out unfit), none of the nodes in use."""
     plan = build(loaded)
     fleet = ReplayFleet(plan.nodes, Path(loaded.file).parent)
     said = Said()
     lost.judge(watcher(plan, loaded, fleet, said), 2, "node 2: lost")
     assert said.lines == ["node 2: lost; would move decode to node 4 (node4 10.9.0.5); dry run: nothing done"]
-    assert fleet.looked_at() == [4]
+    assert fleet.looked_at() == [4, 5]
 
 
 @pytest.mark.parametrize(
