@@ -1,9 +1,11 @@
 """Rolling `up` for real on this machine (issue 28, case 6: the embedded default with `replicas: 2` on
 decode; etcd, NATS, the frontend and the mockers as local processes, the process runtime), each step a
-fresh `launcher` subprocess while streamed chat completions run through the frontend without pause:
+fresh `launcher` subprocess while streamed chat completions run through the frontend without pause (AIPerf for
+the roll, a stream client of the test's own for the rest):
 
-- a decode flag changed: `up` rolls the two replicas one at a time: 0 failed, 0 truncated streams, both
-  replicas on the new spec after;
+- a decode flag changed: `up` rolls the two replicas one at a time under AIPerf's streaming load (its error
+  count 0, every stream whole: tests/aiperf_load.py; p99 TTFT before and during printed), both replicas on the
+  new spec after;
 - a change that makes the new replica exit: rolled back, exit 1 naming the replica, the cause and its
   last log lines; the old spec serves again on it, the other replica untouched, 0 failed streams;
 - a changed flag on prefill (one replica): refused (exit 2, nothing changed), then `--allow-downtime`
@@ -19,13 +21,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from launcher.plan.build import REPLICA_PORT_STEP
+from tests.aiperf_load import AIPerf, check_load, judge, summary_line
+from tests.bench_env import bench_env  # noqa: F401
 from tests.helpers import (
     STREAM_SPEEDUP,
     StreamLoad,
@@ -69,7 +72,7 @@ def rewrite(config: str, data: dict) -> None:
     Path(config).write_text(yaml.safe_dump(data, sort_keys=False))
 
 
-def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
+def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path, bench_env):  # noqa: F811
     data, ports = local_stack(tmp_path, "roll")
     for group in data["groups"].values():
         group["args"] = {"speedup-ratio": STREAM_SPEEDUP, "startup-time": STARTUP}
@@ -85,19 +88,25 @@ def test_rolling_up_rollback_and_the_single_replica_refusal(tmp_path):
         assert up.returncode == 0, up.stdout + up.stderr
         before = replicas(config, env, tmp_path)
 
-        # 1. A decode flag changed: rolled one replica at a time under constant streaming load (--no-wait:
-        # a roll waits until everything is ready even so, before it drains a replica).
+        # 1. A decode flag changed: rolled one replica at a time under AIPerf's constant streaming load (issue
+        # 28, case 6; --no-wait: a roll waits until everything is ready even so, before it drains a replica).
         data["groups"]["decode"]["args"]["startup-time"] = STARTUP + 1
         rewrite(config, data)
-        with streaming(port) as load:
-            started = time.monotonic()
-            roll = launcher("up", config, "--no-wait", env=env, cwd=tmp_path)
-            took = time.monotonic() - started
+        with AIPerf(bench_env, f"http://127.0.0.1:{port}", tmp_path / "roll-load") as load:
+            roll, window = load.during(lambda: launcher("up", config, "--no-wait", env=env, cwd=tmp_path))
+            load.stop()
         out = roll.stdout + roll.stderr
-        print(f"\nrolling up of 2 decode replicas: {took:.1f}s; streams {len(load.results)}, bad {len(load.bad())}")
+        judged = judge(load)
+        print(
+            summary_line(
+                "rolling up of 2 decode replicas (the embedded default)",
+                judged,
+                (window[1] - window[0]) / 1e9,
+                [window],
+            )
+        )
         assert roll.returncode == 0, out
-        assert load.bad() == [], load.bad()
-        assert len(load.results) >= 2 * CLIENTS, load.results  # streams started and ended during the roll
+        check_load(load, judged, [window])  # AIPerf's error count 0, every stream whole, load before/during/after
         assert "will roll decode: 2 replica(s) (decode, decode.1) in 2 step(s)" in out, out
         assert out.index("rolled decode: replaced in") < out.index("rolled decode.1: replaced in"), out
         assert out.count("smoke request(s) until one reached it") == 2, out  # its own request counter moved

@@ -367,9 +367,11 @@ def test_a_rolled_multi_node_replica_meets_first_and_one_that_cannot_is_rolled_b
         first = log[log.index("rolling decode: draining") :]
         assert first.index("fabric: decode: 2 ranks met") < first.index("rolled decode: replaced")
         (failed,) = [line for line in log.splitlines() if "rolling up failed on replica" in line]
-        assert failed == (
+        # the seconds it waited are the silence's, as the node measured it: 3 s, 4 on a loaded machine
+        said = re.sub(r"no answer in \d+ s", "no answer in N s", failed)
+        assert said == (
             f"error: rolling up failed on replica decode.1: the fabric check failed: {label(tb, 3)} cannot reach"
-            f" {label(tb, 2)} port 29500 (dist-init of decode.1-r0) at {leader}:29500: no answer in 3 s (packets"
+            f" {label(tb, 2)} port 29500 (dist-init of decode.1-r0) at {leader}:29500: no answer in N s (packets"
             " dropped?)"
         ), log[-3000:]
         assert "rendezvous:decode.1  rank 1 on node 3 (" in log, log[-3000:]  # the table: its ranks did not meet
