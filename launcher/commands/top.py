@@ -93,6 +93,9 @@ class Sampler:
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(32, 2 * len(plan.nodes))), thread_name_prefix="top")
         self.pending: dict[int, Future] = {}
         self.gpu_nodes = set(gpu_health.gpu_nodes(plan))  # empty: no `gpu` column
+        # the GPU looks in a pool of their own: a slow nvidia-smi (up to HEALTH_TIMEOUT) never holds a node's
+        # figures up, however many nodes there are
+        self.looks = ThreadPoolExecutor(max_workers=max(1, min(32, len(self.gpu_nodes))), thread_name_prefix="gpu")
         self.health: dict[int, gpu_health.NodeGpus | str] = {}  # node -> its last GPU health look
         self.looking: dict[int, Future] = {}
         self.health_next: dict[int, float] = {}
@@ -143,7 +146,7 @@ class Sampler:
             if now >= self.health_next.get(i, 0.0):
                 self.health_next[i] = now + HEALTH_EVERY
                 host = self.t.fleet.host(i)
-                self.looking[i] = self.pool.submit(gpu_health.look_host, self.t, host, HEALTH_TIMEOUT)
+                self.looking[i] = self.looks.submit(gpu_health.look_host, self.t, host, HEALTH_TIMEOUT)
 
     def take_looks(self) -> None:
         for i, future in list(self.looking.items()):
@@ -228,6 +231,7 @@ class Sampler:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.looks.shutdown(wait=False, cancel_futures=True)
 
 
 def run(
