@@ -42,6 +42,8 @@ def drain_first(t: Target, now: bool) -> list[str]:
     for group in plan_drain.not_drained(t.plan):
         why = "neither a Dynamo engine nor behind an sglang-router"
         say(f"down: group {group} has no drain ({why}): its requests in flight are cut")
+    if not drainable(t):  # nothing the file runs can be drained: no listing to look for strays either
+        return []
     # Replicas the file no longer has (`replicas:` lowered since `up`) are drained with the others.
     listed = listing(t)
     for line in t.adopt_substitutes(listed):  # a group `watch` moved to a spare is drained there
@@ -65,6 +67,13 @@ def drain_first(t: Target, now: bool) -> list[str]:
     say(f"down: drained in {time.monotonic() - started:.1f}s")
     timeout = t.plan.drain_timeout
     return [f"drain {d.describe()} (drain_timeout {timeout:g}s)" for d in drains if d.outcome != "not running"]
+
+
+def drainable(t: Target) -> bool:
+    """Does any group of the file have a drain (a Dynamo engine, or workers behind the sglang-router)? A stray
+    replica is drained as its group's engine is, so without one there is nothing to look for on the nodes
+    (one round trip to every node fewer: `down` of a `command` or plain vLLM deployment)."""
+    return any(plan_drain.drained(s) for s in t.plan.services) or bool(plan_drain.routed(t.plan.services))
 
 
 def down(t: Target, command: str = "launcher down", now: bool = False) -> dict[int, int]:

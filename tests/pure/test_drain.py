@@ -430,3 +430,22 @@ def test_up_drains_a_recreated_worker_only_where_its_group_still_serves():
     assert [s.name for s in drain.recreated(plan, listed(None))] == [leader.name]
     assert drain.recreated(plan, listed(ranks[-1].name)) == []  # a rank died: nothing to wait for
     assert drain.recreated(plan, listed(None)[1:]) == []  # one not listed (gone): the same
+
+
+def test_down_looks_for_strays_only_where_a_group_has_a_drain(tmp_path):
+    """`down` lists the nodes for replicas the file no longer has only where some group has a drain (a
+    Dynamo engine, or workers behind the sglang-router): a stray is drained as its group's engine is, so a
+    `command` or plain vLLM deployment spares every node that round trip."""
+    from types import SimpleNamespace
+
+    from launcher.commands.down import drainable
+
+    assert drainable(SimpleNamespace(plan=plan_of("local.yaml")))  # mockers
+    assert drainable(SimpleNamespace(plan=plan_of("sglang-1p1d-32gpu.yaml")))  # behind the router
+    data = yaml.safe_load((REPO / "configs" / "local.yaml").read_text().replace("${CONFIG_DIR}", str(REPO / "configs")))
+    for group in data["groups"].values():
+        group.update(engine="command", args=["sleep", "30"])
+        group.pop("bootstrap_port", None)
+        group.pop("system_port", None)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    assert not drainable(SimpleNamespace(plan=build(load(tmp_path / "c.yaml", environ={}))))
