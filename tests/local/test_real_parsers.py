@@ -278,14 +278,19 @@ def _plan_services(config_name: str, inventory: str | None = None) -> list[dict[
 
     repo = Path(__file__).resolve().parents[2]
     inv = repo / inventory if inventory else None
-    loaded = load_config(repo / "configs" / config_name, inv, environ={})
+    environ = {"TESTBED_IMAGE": "testbed:test"} if config_name.startswith("testbed") else {}
+    loaded = load_config(repo / "configs" / config_name, inv, environ=environ)
     return plan_views.to_json(build_plan(loaded))["services"]
 
 
+@pytest.mark.parametrize("config_name", ["dsr1-104gpu.yaml", "testbed-dsr1.yaml"])
 @pytest.mark.parametrize("role", ["prefill", "decode"])
-def test_dsr1_104gpu_argv_parse_under_the_pinned_dynamo_sglang(parser_env: Path, role: str) -> None:
-    """Every rank of the 104-GPU plan, exactly as rendered, parses under Dynamo 1.6.1 + SGLang 0.5.21."""
-    ranks = [s for s in _plan_services("dsr1-104gpu.yaml") if s["role"] == role]
+def test_dsr1_104gpu_argv_parse_under_the_pinned_dynamo_sglang(parser_env: Path, role: str, config_name: str) -> None:
+    """Every rank of the 104-GPU plan, exactly as rendered, parses under Dynamo 1.6.1 + SGLang 0.5.21; and so
+    do those of its testbed shape (the same groups, args, ports and leaders on 13 testbed nodes, which start
+    with --no-args: the testbed's image has no SGLang, so only here are its argv parsed)."""
+    inv = "tests/data/inventory-32.yaml" if config_name.startswith("testbed") else None
+    ranks = [s for s in _plan_services(config_name, inv) if s["role"] == role]
     assert len(ranks) == {"prefill": 4, "decode": 9}[role]
     for service in (ranks[0], ranks[-1]):  # leader and a follower differ only in --node-rank
         argv = service["command"]
