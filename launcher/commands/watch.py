@@ -202,6 +202,7 @@ class Watcher:
     liveness: Liveness = field(default_factory=Liveness)  # each rank's failed health probes in a row
     probes: tuple[int, int] = (0, 0)  # this round's rank health probes: (passing, probed)
     looked: bool = False  # the first round's summary said
+    unseen_now: Collection[int] = ()  # the nodes this round's listing could not see
 
     def stop(self, why: str) -> None:
         raise Stopped(f"watch ends: {self.t.plan.deployment} was taken down ({why})")
@@ -250,6 +251,7 @@ class Watcher:
     def round(self) -> None:
         plan, started = self.t.plan, time.monotonic()
         found, unreachable = list_services(self.t, timeout=lost.list_timeout(plan))
+        self.unseen_now = set(unreachable)
         for i, why in unreachable.items():
             if i not in plan.substitutes:  # a lost node already replaced: said when it was
                 self.progress.log(f"{plan.nodes[i].label}: cannot be seen: {why}")
@@ -315,8 +317,13 @@ class Watcher:
         if self.dry_run:
             self.say_once(unit, f"saw {saw}; would give up ({counted}, the budget) and alert; dry run: nothing done")
             return
+        # a rank gone from a node that answered: any container there later is a new one (""); one on a node
+        # not seen: decided once the node is seen again (None)
         unit.given_up = {
-            (s.node.index, s.name): c.id if (c := found.get((s.node.index, s.name))) else None for s in unit.services
+            (s.node.index, s.name): c.id
+            if (c := found.get((s.node.index, s.name)))
+            else ("" if s.node.index not in self.unseen_now else None)
+            for s in unit.services
         }
         unit.gave_up_after = counted
         plan = self.t.plan
@@ -329,7 +336,8 @@ class Watcher:
         self.progress.log(
             f"{unit.name}: saw {saw}; gave up after {counted}; alerted: audit log"
             + (f", {sent}" if sent else "")
-            + "; restarted no more (`launcher up` recreates it), the rest still watched"
+            + "; restarted no more (`launcher up` recreates it if it died; a hung or unhealthy one: `launcher down`,"
+            " then `up`), the rest still watched"
         )
 
     def taken_back(self, unit: Unit, found: Found) -> None:
@@ -339,6 +347,12 @@ class Watcher:
         listed then (its node unseen: the same container may come back), stays given up."""
         if unit.given_up is None:
             return
+        for (
+            key,
+            old,
+        ) in unit.given_up.items():  # a node unseen at the give-up, seen now: what runs there is the baseline
+            if old is None and (c := found.get(key)) is not None:
+                unit.given_up[key] = c.id
         now = {key: found.get(key) for key in unit.given_up}
         if any(c is None or not c.running for c in now.values()):
             return

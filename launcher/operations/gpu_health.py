@@ -292,12 +292,14 @@ def _clean(text: str) -> str:
 # -- asking every node ----------------------------------------------------------------------------
 
 
-GONE = ("nvidia-smi fails", "GPU missing", "fallen off the bus")  # a drain finding whose GPU no longer serves
+# a drain finding whose GPU no longer serves (nvidia-smi failing is not one: a driver and library mismatch
+# leaves the running ranks serving)
+GONE = ("GPU missing", "fallen off the bus")
 
 
 def gpu_gone(node: NodeGpus | str) -> bool:
-    """Does a `drain` finding say a GPU no longer serves at all (fallen off the bus, missing, nvidia-smi
-    failing)? Its ranks then hold requests they cannot finish: `watch` moves them without a drain."""
+    """Does a `drain` finding say a GPU no longer serves at all (fallen off the bus, missing)? Its ranks then
+    hold requests they cannot finish: `watch` moves them without a drain."""
     if isinstance(node, str):
         return False
     return any(f.verdict == "drain" and any(k in f.text for k in GONE) for f in node.findings)

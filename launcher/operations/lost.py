@@ -175,7 +175,11 @@ def note_restarts(w: Watcher, seen: dict, found: Found) -> None:
         acted.update(f.line for f in restarts)
         if len(acted) > ACTED_KEPT:  # bounded: a node logging without end cannot grow watch's memory
             noted.acted[index] = {f.line for f in node.findings if f.line}
-    noted.containers = {key: c.id + c.started_at for key, c in found.items() if c.group is not None}
+    # a node not listed this round keeps its entries (its containers are compared again at the next look)
+    listed = {key: c.id + c.started_at for key, c in found.items() if c.group is not None}
+    seen_nodes = {key[0] for key in found}
+    kept = {key: v for key, v in (before or {}).items() if key[0] not in seen_nodes}
+    noted.containers = {**kept, **listed}
 
 
 def ranks_on_gpu(plan: Plan, index: int, gpu: str | None) -> list[Service]:
@@ -228,10 +232,11 @@ def answering(t: Any, index: int, unreachable: dict[int, str], found: Found) -> 
     host = t.fleet.host(witness.index)
     for s in here:  # the first that does not pass ends it: one probe's wait per node and round at most
         try:
-            status, body = host.http("GET", s.probe.url, timeout=PROBE_TIMEOUT, limit=PROBE_LIMIT)
+            probe = readiness.liveness_probe(s)  # plain SGLang's /health generates: slow under load
+            status, body = host.http("GET", probe.url, timeout=PROBE_TIMEOUT, limit=PROBE_LIMIT)
         except Exception:  # noqa: BLE001 - no answer, one over the limit, the witness's SSH: never watch's end
             return None
-        if not readiness.probe_passes(s.probe, status, body):
+        if not readiness.probe_passes(probe, status, body):
             return None
     said = f"{here[0].name} answers its" if len(here) == 1 else f"{', '.join(s.name for s in here)} answer their"
     return f"{said} health check through {witness.label}"

@@ -73,17 +73,15 @@ def drained(s: Service) -> bool:
 
 def recreated(plan: Plan, removed: list[Container]) -> list[Service]:
     """The drained Dynamo workers among the containers `up` removes (REMOVED) whose names the plan still has,
-    as the plan has them (`up` recreates them): only those of a group whose every rank runs, since a group
-    that lost a rank cannot finish what it holds (the drain would wait out drain_timeout for nothing). Plain
-    SGLang workers behind a router are left out: the router finds the new one at the same address, where a
-    removal through its API would have to be undone."""
-    running = {(c.node_index, c.name) for c in removed if c.running}
-    members: dict[str, list[Service]] = {}
-    for s in plan.services:
-        if s.group is not None:
-            members.setdefault(s.group, []).append(s)
-    whole = {g for g, ranks in members.items() if all((s.node.index, s.name) in running for s in ranks)}
-    return [s for s in plan.services if s.group in whole and drained(s)]
+    as the plan has them (`up` recreates them): only those of a group none of whose removed containers has
+    stopped, judged by the group the containers were started in (a group that lost a rank cannot finish what
+    it holds, and the drain would wait out drain_timeout for nothing; a group the file now gives more ranks
+    still serves as it runs). Plain SGLang workers behind a router are left out: the router finds the new one
+    at the same address, where a removal through its API would have to be undone."""
+    broken = {c.group for c in removed if c.group is not None and not c.running}
+    running = {(c.node_index, c.name): c for c in removed if c.running and c.group not in broken}
+    planned = [(s, running.get((s.node.index, s.name))) for s in plan.services]
+    return [s for s, c in planned if c is not None and drained(s)]
 
 
 def phases(plan: Plan) -> list[list[Service]]:

@@ -21,6 +21,8 @@ def liveness_probe(s: Service) -> Probe:
     prefills would read as frozen). There /get_model_info, which its HTTP server answers without the
     scheduler; a rank frozen outright answers neither. Ranks 1 and up serve a bare /health."""
     probe = s.probe
+    if "--api-key" in s.command:  # SGLang then lets only /health and /metrics through without the key
+        return probe
     if s.engine == "sglang" and s.rank == 0 and probe.kind == "http" and (probe.url or "").endswith("/health"):
         return Probe(kind="http", url=(probe.url or "").removesuffix("/health") + "/get_model_info")
     return probe

@@ -52,7 +52,8 @@ def test_a_group_that_always_fails_spends_its_budget_and_the_webhook_gets_one_al
     first = "group worker: saw local worker r0 is gone; restarted it (1/3, back-off 4s before another); "
     assert decisions[0][1].startswith(first), decisions  # never started: watch starts it
     assert decisions[-1] == (1013, saw + "gave up after 3 restart(s) in 1 min; alerted: audit log, webhook (HOOK)"
-                             " answered HTTP 204; restarted no more (`launcher up` recreates it), the rest still"
+                             " answered HTTP 204; restarted no more (`launcher up` recreates it if it died; a hung or"
+                             " unhealthy one: `launcher down`, then `up`), the rest still"
                              " watched"), decisions  # fmt: skip
     assert not [m for t, m in log if t > 1013], log  # given up: no restart, no line, however many rounds follow
     assert (1000, "group worker: policy 3 restart(s) in 1 min, back-off 4s doubling") in log, log

@@ -412,8 +412,9 @@ def test_import_of_a_migration_limit_that_is_not_ascii_digits_is_no_crash(tmp_pa
 
 
 def test_up_drains_a_recreated_worker_only_where_its_group_still_serves():
-    """`up` recreating a group drains its Dynamo worker first (plan.drain.recreated) while every rank runs;
-    a group that lost a rank cannot finish what it holds, so its leader is not waited for."""
+    """`up` recreating a group drains its Dynamo worker first (plan.drain.recreated) while every rank it runs
+    runs (judged by the group label the containers were started with); a group that lost a rank cannot
+    finish what it holds, so its leader is not waited for; one the file now gives more ranks still serves."""
     from launcher.plan.state import Container
 
     plan = plan_of("dsr1-104gpu.yaml")  # DeepSeek-R1 on 104 GPUs: Dynamo's SGLang groups over many nodes
@@ -421,15 +422,16 @@ def test_up_drains_a_recreated_worker_only_where_its_group_still_serves():
     ranks = [s for s in plan.services if s.group == group.name]
 
     def listed(exited: str | None) -> list[Container]:
+        labels = {"launcher.group": group.name}
         return [
-            Container(s.node.index, f"id{i}", s.name, {}, "exited" if s.name == exited else "running", 0)
+            Container(s.node.index, f"id{i}", s.name, labels, "exited" if s.name == exited else "running", 0)
             for i, s in enumerate(ranks)
         ]
 
     leader = next(s for s in ranks if s.rank == 0)
     assert [s.name for s in drain.recreated(plan, listed(None))] == [leader.name]
     assert drain.recreated(plan, listed(ranks[-1].name)) == []  # a rank died: nothing to wait for
-    assert drain.recreated(plan, listed(None)[1:]) == []  # one not listed (gone): the same
+    assert [s.name for s in drain.recreated(plan, listed(None)[:1])] == [leader.name]  # the file grew the group
 
 
 def test_down_looks_for_strays_only_where_a_group_has_a_drain(tmp_path):

@@ -149,9 +149,8 @@ def test_a_unit_given_up_on_is_taken_back_only_once_recreated_by_someone_else(tm
 
     key = (rank.node.index, rank.name)
     unit.times, unit.given_up, unit.gave_up_after = [1.0, 2.0], {key: None}, "2 restart(s)"
-    w.taken_back(unit, listed("41"))  # not listed when watch gave up (its node unseen): the same one, maybe
-    assert unit.given_up == {key: None} and not said
-    unit.given_up = {key: "41"}
+    w.taken_back(unit, listed("41"))  # not listed when watch gave up (its node unseen): what runs now is the baseline
+    assert unit.given_up == {key: "41"} and not said
     assert w.gave_up_on() == "group g (after 2 restart(s))"
     w.taken_back(unit, listed("41"))  # the one it gave up on, still running (a hung rank): stays given up
     w.taken_back(unit, listed("42", "exited"))  # recreated, but not running
@@ -160,6 +159,9 @@ def test_a_unit_given_up_on_is_taken_back_only_once_recreated_by_someone_else(tm
     w.taken_back(unit, listed("42"))  # a `launcher up` recreated it: watched again, from a fresh budget
     assert unit.given_up is None and unit.restarts == 0 and w.gave_up_on() == ""
     assert said == ["group g: runs again, recreated since watch gave up on it: watched again, budget fresh"]
+    unit.given_up = {key: ""}  # gone from a node that answered when watch gave up (its restart's start failed)
+    w.taken_back(unit, listed("43"))  # whatever runs there now was started since
+    assert unit.given_up is None and len(said) == 2
 
 
 # -- the budget and back-off ----------------------------------------------------------------------
