@@ -326,11 +326,15 @@ class Clock:
 
 
 @contextlib.contextmanager
-def watch_on_clock(monkeypatch, tmp_path: Path, script: str):
-    """(target, clock, log, progress): a one-group deployment watched on a test clock; `log` gets
-    (time, line); everything it started is removed at the end."""
-    path = deployment(tmp_path, "clocked", {"worker": script})
-    p = build_plan(load_config(path, environ={}))
+def watch_on_clock(
+    monkeypatch, tmp_path: Path, script: str | dict[str, str], name: str = "clocked", environ=None, **top
+):
+    """(target, clock, log, progress): a deployment watched on a test clock, of one group `worker` running
+    SCRIPT (or of the groups SCRIPT maps to their scripts; TOP: the file's other keys, ENVIRON its
+    environment); `log` gets (time, line); everything it started is removed at the end."""
+    groups = {"worker": script} if isinstance(script, str) else script
+    path = deployment(tmp_path, name, groups, **top)
+    p = build_plan(load_config(path, environ=environ or {}))
     clock = Clock()
     monkeypatch.setattr(watchmod, "time", clock)
     log: list[tuple[float, str]] = []

@@ -21,7 +21,7 @@ from launcher.operations.nodes import start
 from launcher.output.progress import Progress
 from launcher.plan.build import build as build_plan
 from tests.helpers import connected_target, free_port, listening, wait_for
-from tests.local.test_promises_local import Clock, deployment, kill_session
+from tests.local.test_promises_local import Clock, deployment, kill_session, watch_on_clock
 from tests.pure.test_watch_policy import Receiver
 
 pytestmark = pytest.mark.slow
@@ -30,20 +30,12 @@ pytestmark = pytest.mark.slow
 def test_a_group_that_always_fails_spends_its_budget_and_the_webhook_gets_one_alert(monkeypatch, tmp_path):
     receiver = Receiver()
     policy = {"webhook_url_env": "HOOK", "max_restarts": 3, "within": 1, "backoff": 4}
-    path = deployment(tmp_path, "budget", {"worker": "exit 3"}, secrets=["HOOK"], watch=policy)
-    plan = build_plan(load_config(path, environ={"HOOK": receiver.url}))
-    clock = Clock()
-    monkeypatch.setattr(watchmod, "time", clock)
-    log: list[tuple[float, str]] = []
-    progress = Progress(live=False)
-    progress.log = lambda message: log.append((clock.now, message))
     try:
-        with connected_target(plan) as target:
-            try:
-                with pytest.raises(watchmod.GaveUp) as gave_up:  # rounds past the give-up (at 1013): said once
-                    watchmod.watch(target, progress, interval=1, rounds=30)
-            finally:
-                down.down(target)
+        clocked = watch_on_clock(
+            monkeypatch, tmp_path, "exit 3", "budget", {"HOOK": receiver.url}, secrets=["HOOK"], watch=policy
+        )
+        with clocked as (target, clock, log, progress), pytest.raises(watchmod.GaveUp) as gave_up:
+            watchmod.watch(target, progress, interval=1, rounds=30)  # rounds past the give-up (at 1013): said once
     finally:
         receiver.shutdown()
     decisions = [(t, m) for t, m in log if m.startswith("group worker: saw")]
@@ -70,24 +62,20 @@ def test_a_group_that_always_fails_spends_its_budget_and_the_webhook_gets_one_al
 
 def test_a_group_given_up_on_leaves_the_others_supervised(monkeypatch, tmp_path):
     """One group always fails and is given up on; the other, killed afterwards, is still restarted."""
-    path = deployment(tmp_path, "two", {"bad": "exit 3", "good": "exec sleep 600"}, watch={"max_restarts": 1})
-    plan = build_plan(load_config(path, environ={}))
     good_pid = tmp_path / "state" / "two" / "run" / os.uname().nodename / "two-good-r0" / "pid"
-    clock = Clock()
-    monkeypatch.setattr(watchmod, "time", clock)
-    log: list[tuple[float, str]] = []
-    progress = Progress(live=False)
-    progress.log = lambda message: log.append((clock.now, message))
-    with connected_target(plan) as target:
-        try:
-            start(target, target.plan.services, progress)
-            first = int(good_pid.read_text())
-            clock.hooks.append((1010, lambda: kill_session(first)))  # well after bad is given up on
-            with pytest.raises(watchmod.GaveUp) as gave_up:
-                watchmod.watch(target, progress, interval=1, rounds=20)
-            second = int(good_pid.read_text())
-        finally:
-            down.down(target)
+    groups = {"bad": "exit 3", "good": "exec sleep 600"}
+    with watch_on_clock(monkeypatch, tmp_path, groups, "two", watch={"max_restarts": 1}) as (
+        target,
+        clock,
+        log,
+        progress,
+    ):
+        start(target, target.plan.services, progress)
+        first = int(good_pid.read_text())
+        clock.hooks.append((1010, lambda: kill_session(first)))  # well after bad is given up on
+        with pytest.raises(watchmod.GaveUp) as gave_up:
+            watchmod.watch(target, progress, interval=1, rounds=20)
+        second = int(good_pid.read_text())
     given_up = [t for t, m in log if m.startswith("group bad: saw") and "gave up after 1 restart(s)" in m]
     assert len(given_up) == 1 and given_up[0] < 1010, log
     assert [m for t, m in log if m.startswith("restarting group bad")] == [
