@@ -373,12 +373,22 @@ def drain_before_removal(t: Target, containers: list[Container], told: Callable[
     if recreated:
         told(f"draining {len(recreated)} worker(s) before recreating them, up to {timeout:g}s")
     why = {s.name: "recreate" for s in recreated} | {s.name: "scale-in" for s in gone}
+    drain_audited(t, gone + recreated, told, lambda d: why.get(d.name, "recreate"), "removing")
+
+
+def drain_audited(
+    t: Target, services: list[Service], told: Callable[[str], None], why: Callable[[Drain], str], then: str
+) -> None:
+    """Drain SERVICES before a stop other than `down`'s, each drain said and written to the audit log with
+    WHY it was drained; a failed drain is said, and what comes THEN (`removing`, `moving`) goes on: the drain
+    is a courtesy to the requests, never what keeps a worker."""
+    timeout = t.plan.drain_timeout
     try:
-        drains = drain(t, lambda line: told(f"drain: {line}"), gone + recreated)
+        drains = drain(t, lambda line: told(f"drain: {line}"), services)
     except Exception as exc:
-        told(f"the drain failed ({describe(exc)}); removing anyway")
+        told(f"the drain failed ({describe(exc)}); {then} anyway")
         return
-    audit(t, [f"drain {d.describe()} ({why.get(d.name, 'recreate')}, drain_timeout {timeout:g}s)" for d in drains])
+    audit(t, [f"drain {d.describe()} ({why(d)}, drain_timeout {timeout:g}s)" for d in drains])
 
 
 def audit(t: Target, lines: list[str]) -> None:

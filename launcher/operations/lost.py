@@ -28,7 +28,6 @@ from launcher.plan import readiness, spares
 from launcher.plan.state import Container
 from launcher.plan.types import Node, Plan, Service
 from launcher.runtime import lock as lock_scripts
-from launcher.transport.errors import describe
 
 # `w` below is the caller's launcher.commands.watch.Watcher (not imported: watch imports this module)
 Watcher = Any
@@ -436,9 +435,4 @@ def drain_first(w: Watcher, services: list[Service], found: Found) -> None:
         return
     timeout = w.t.plan.drain_timeout
     w.progress.log(f"draining {len(running)} worker(s) before moving their group(s), up to {timeout:g}s")
-    try:
-        done = drains.drain(w.t, lambda line: w.progress.log(f"drain: {line}"), running)
-    except Exception as exc:  # the drain is a courtesy to the requests: the move goes on
-        w.progress.log(f"the drain failed ({describe(exc)}); moving anyway")
-        return
-    drains.audit(w.t, [f"drain {d.describe()} (watch: moved off, drain_timeout {timeout:g}s)" for d in done])
+    drains.drain_audited(w.t, running, w.progress.log, lambda d: "watch: moved off", "moving")
